@@ -1,0 +1,501 @@
+//! The ledger's decision procedure: `execute(state, command, now) -> Applied | Rejection`.
+//!
+//! It is a pure function of its inputs. Stores load an [`AccountState`] under the account's lock,
+//! call [`execute`], and persist what [`Changes`] names. A rejection changes nothing, so stores
+//! simply drop the state they loaded.
+
+use crate::{
+    AccountId, AccountState, Allocation, Amount, Command, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId,
+    HoldState, Outcome, Overage, Reference, Rejection, Timestamp,
+};
+
+/// What a successful command changed. Stores write the listed grants and holds as they stand in
+/// [`Applied::state`], the account row (always: totals may move) and the entries (assigning
+/// `seq` in order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub account_created: bool,
+    pub grants: Vec<GrantId>,
+    pub holds: Vec<HoldId>,
+    pub entries: Vec<Entry>,
+}
+
+impl Changes {
+    fn touch_grant(&mut self, grant_id: &GrantId) {
+        if !self.grants.contains(grant_id) {
+            self.grants.push(grant_id.clone());
+        }
+    }
+
+    fn touch_hold(&mut self, hold_id: &HoldId) {
+        if !self.holds.contains(hold_id) {
+            self.holds.push(hold_id.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.account_created && self.grants.is_empty() && self.holds.is_empty() && self.entries.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub state: AccountState,
+    pub outcome: Outcome,
+    pub changes: Changes,
+}
+
+/// Appends entries while tracking the running balance and held, so every entry carries the
+/// figures right after it.
+struct Journal<'a> {
+    account_id: AccountId,
+    balance: i128,
+    held: i128,
+    idempotency_key: Option<&'a str>,
+}
+
+impl Journal<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        changes: &mut Changes,
+        kind: EntryKind,
+        amount: Amount,
+        hold_id: Option<&HoldId>,
+        grant_id: Option<&GrantId>,
+        reference: Option<&Reference>,
+        at: Timestamp,
+    ) {
+        let (balance_delta, held_delta) = kind.deltas(amount);
+        self.balance += balance_delta;
+        self.held += held_delta;
+        assert!(self.held >= 0, "held went negative");
+        assert!(self.balance >= self.held, "balance went below held");
+        changes.entries.push(Entry {
+            seq: 0,
+            account_id: self.account_id.clone(),
+            kind,
+            amount,
+            hold_id: hold_id.cloned(),
+            grant_id: grant_id.cloned(),
+            reference: reference.cloned(),
+            balance_after: to_amount(self.balance),
+            held_after: to_amount(self.held),
+            at,
+            idempotency_key: self.idempotency_key.map(str::to_owned),
+        });
+    }
+}
+
+fn to_amount(value: i128) -> Amount {
+    Amount::from_micros(u64::try_from(value).expect("journal running sum out of range"))
+}
+
+/// Applies `command` at `now` to `state` (None when the account does not exist yet).
+pub fn execute(
+    state: Option<AccountState>,
+    command: &Command,
+    now: Timestamp,
+    idempotency_key: Option<&str>,
+) -> Result<Applied, Rejection> {
+    let mut changes = Changes::default();
+    let mut state = match state {
+        Some(state) => state,
+        None if command.creates_account() => {
+            let Command::Grant { account_id, .. } = command else { unreachable!("only grants create accounts") };
+            changes.account_created = true;
+            AccountState::new(account_id.clone(), now)
+        }
+        None => return Err(Rejection::AccountNotFound),
+    };
+    let before = state.materialized();
+    let mut journal = Journal {
+        account_id: state.account_id.clone(),
+        balance: i128::from(before.balance.micros()),
+        held: i128::from(before.held.micros()),
+        idempotency_key,
+    };
+    advance_with(&mut state, now, &mut journal, &mut changes);
+    let outcome = apply_command(&mut state, command, now, &mut journal, &mut changes)?;
+    refresh_liveness(&mut state, &mut changes);
+
+    // Pair assertion: the journal's running figures and the state's own figures agree.
+    let after = state.materialized();
+    assert_eq!(i128::from(after.balance.micros()), journal.balance, "journal balance disagrees with state");
+    assert_eq!(i128::from(after.held.micros()), journal.held, "journal held disagrees with state");
+    assert!(after.balance <= Amount::BALANCE_MAX, "balance above its maximum");
+    Ok(Applied { state, outcome, changes })
+}
+
+/// Records every expiry due at `now`; returns the changes (empty when nothing was due).
+pub fn advance(state: &mut AccountState, now: Timestamp) -> Changes {
+    let before = state.materialized();
+    let mut journal = Journal {
+        account_id: state.account_id.clone(),
+        balance: i128::from(before.balance.micros()),
+        held: i128::from(before.held.micros()),
+        idempotency_key: None,
+    };
+    let mut changes = Changes::default();
+    advance_with(state, now, &mut journal, &mut changes);
+    refresh_liveness(state, &mut changes);
+    changes
+}
+
+/// The account as it reads at `now`: expiries applied, nothing persisted.
+pub fn view(state: &AccountState, now: Timestamp) -> AccountState {
+    let mut copy = state.clone();
+    let _ = advance(&mut copy, now);
+    copy
+}
+
+/// The hold as it reads at `now` (a pending hold past its expiry reads as expired).
+pub fn view_hold(hold: &Hold, now: Timestamp) -> Hold {
+    let mut copy = hold.clone();
+    if copy.state == HoldState::Pending && copy.expires_at <= now {
+        copy.state = HoldState::Expired;
+        copy.remaining = Amount::ZERO;
+        copy.allocations.clear();
+    }
+    copy
+}
+
+fn advance_with(state: &mut AccountState, now: Timestamp, journal: &mut Journal<'_>, changes: &mut Changes) {
+    // Holds first, in expiry order, so credits they return to a grant that has itself expired by
+    // then expire at the hold's expiry.
+    let mut due: Vec<usize> = (0..state.holds.len())
+        .filter(|&index| {
+            let hold = &state.holds[index];
+            hold.state == HoldState::Pending && hold.expires_at <= now
+        })
+        .collect();
+    due.sort_by_key(|&index| (state.holds[index].expires_at, state.holds[index].hold_id.clone()));
+    for index in due {
+        let hold = &mut state.holds[index];
+        let at = hold.expires_at;
+        let remaining = hold.remaining;
+        let allocations = std::mem::take(&mut hold.allocations);
+        hold.state = HoldState::Expired;
+        hold.remaining = Amount::ZERO;
+        let hold_id = hold.hold_id.clone();
+        changes.touch_hold(&hold_id);
+        journal.push(changes, EntryKind::Expire, remaining, Some(&hold_id), None, None, at);
+        return_allocations(&mut state.grants, allocations, at, journal, changes);
+    }
+    let mut expiring: Vec<usize> = (0..state.grants.len())
+        .filter(|&index| state.grants[index].is_expired_at(now) && !state.grants[index].free.is_zero())
+        .collect();
+    expiring.sort_by_key(|&index| state.grants[index].spend_order_key_owned());
+    for index in expiring {
+        let grant = &mut state.grants[index];
+        let amount = std::mem::replace(&mut grant.free, Amount::ZERO);
+        let at = grant.expires_at.expect("only grants with an expiry expire");
+        let grant_id = grant.grant_id.clone();
+        changes.touch_grant(&grant_id);
+        journal.push(changes, EntryKind::GrantExpired, amount, None, Some(&grant_id), None, at);
+    }
+}
+
+impl Grant {
+    fn spend_order_key_owned(&self) -> (i32, i64, i64, String) {
+        let (priority, expiry, created, id) = self.spend_order_key();
+        (priority, expiry, created, id.to_owned())
+    }
+}
+
+/// Gives a hold's reserved credits back to their grants. A grant already expired at `at` does not
+/// take them back: that part expires now.
+fn return_allocations(
+    grants: &mut [Grant],
+    allocations: Vec<Allocation>,
+    at: Timestamp,
+    journal: &mut Journal<'_>,
+    changes: &mut Changes,
+) {
+    for allocation in allocations {
+        let grant = grants
+            .iter_mut()
+            .find(|grant| grant.grant_id == allocation.grant_id)
+            .expect("a pending hold's grant is always loaded");
+        changes.touch_grant(&grant.grant_id);
+        if grant.is_expired_at(at) {
+            let grant_id = grant.grant_id.clone();
+            journal.push(changes, EntryKind::GrantExpired, allocation.amount, None, Some(&grant_id), None, at);
+        } else {
+            grant.free = grant.free.plus(allocation.amount);
+        }
+    }
+}
+
+fn available(grants: &[Grant]) -> Amount {
+    Amount::sum(grants.iter().map(|grant| grant.free))
+}
+
+/// Takes `amount` from free credits in spend order. The caller has checked availability.
+fn take_free(grants: &mut [Grant], amount: Amount, changes: &mut Changes) -> Vec<Allocation> {
+    assert!(available(grants) >= amount, "take_free beyond available");
+    let mut order: Vec<usize> = (0..grants.len()).filter(|&index| !grants[index].free.is_zero()).collect();
+    order.sort_by_key(|&index| grants[index].spend_order_key_owned());
+    let mut allocations = Vec::new();
+    let mut left = amount;
+    for index in order {
+        if left.is_zero() {
+            break;
+        }
+        let grant = &mut grants[index];
+        let take = grant.free.min(left);
+        grant.free = grant.free.minus(take);
+        left = left.minus(take);
+        changes.touch_grant(&grant.grant_id);
+        allocations.push(Allocation { grant_id: grant.grant_id.clone(), amount: take });
+    }
+    assert!(left.is_zero(), "free credits ran out while taking");
+    allocations
+}
+
+/// Consumes `amount` of a hold's allocations, grants in spend order first.
+fn consume_allocations(grants: &[Grant], hold: &mut Hold, amount: Amount) {
+    let key = |allocation: &Allocation| {
+        grants
+            .iter()
+            .find(|grant| grant.grant_id == allocation.grant_id)
+            .expect("a pending hold's grant is always loaded")
+            .spend_order_key_owned()
+    };
+    hold.allocations.sort_by_key(key);
+    let mut left = amount;
+    for allocation in &mut hold.allocations {
+        let take = allocation.amount.min(left);
+        allocation.amount = allocation.amount.minus(take);
+        left = left.minus(take);
+    }
+    assert!(left.is_zero(), "hold allocations ran out while capturing");
+    hold.allocations.retain(|allocation| !allocation.amount.is_zero());
+}
+
+fn check_balance_room(state: &AccountState, amount: Amount) -> Result<(), Rejection> {
+    let balance = state.materialized().balance;
+    match balance.checked_add(amount) {
+        Some(total) if total <= Amount::BALANCE_MAX => Ok(()),
+        _ => Err(Rejection::BalanceLimit),
+    }
+}
+
+fn hold_index(state: &AccountState, hold_id: &HoldId) -> Result<usize, Rejection> {
+    state.holds.iter().position(|hold| &hold.hold_id == hold_id).ok_or(Rejection::HoldNotFound)
+}
+
+fn apply_command(
+    state: &mut AccountState,
+    command: &Command,
+    now: Timestamp,
+    journal: &mut Journal<'_>,
+    changes: &mut Changes,
+) -> Result<Outcome, Rejection> {
+    match command {
+        Command::Grant { grant_id, amount, priority, expires_at, reference, metadata, .. } => {
+            if let Some(reference) = reference {
+                let existing = state
+                    .grants
+                    .iter()
+                    .find(|grant| grant.kind == GrantKind::Grant && grant.reference.as_ref() == Some(reference));
+                if let Some(existing) = existing {
+                    return Ok(Outcome::Granted { grant: existing.clone(), created: false });
+                }
+            }
+            if expires_at.is_some_and(|expires_at| expires_at <= now) {
+                return Err(Rejection::ExpiryNotInFuture);
+            }
+            check_balance_room(state, *amount)?;
+            let grant = Grant {
+                grant_id: grant_id.clone(),
+                account_id: state.account_id.clone(),
+                kind: GrantKind::Grant,
+                amount: *amount,
+                free: *amount,
+                priority: *priority,
+                expires_at: *expires_at,
+                created_at: now,
+                reference: reference.clone(),
+                metadata: metadata.clone(),
+                live: true,
+            };
+            state.grants.push(grant.clone());
+            changes.touch_grant(grant_id);
+            journal.push(changes, EntryKind::Grant, *amount, None, Some(grant_id), reference.as_ref(), now);
+            Ok(Outcome::Granted { grant, created: true })
+        }
+        Command::Hold { hold_id, amount, ttl_seconds, reference, metadata, .. } => {
+            let available = available(&state.grants);
+            if available < *amount {
+                return Err(Rejection::InsufficientCredits { required: *amount, available });
+            }
+            let allocations = take_free(&mut state.grants, *amount, changes);
+            let hold = Hold {
+                hold_id: hold_id.clone(),
+                account_id: state.account_id.clone(),
+                amount: *amount,
+                captured: Amount::ZERO,
+                remaining: *amount,
+                refunded: Amount::ZERO,
+                state: HoldState::Pending,
+                expires_at: now.plus_seconds(*ttl_seconds),
+                created_at: now,
+                reference: reference.clone(),
+                metadata: metadata.clone(),
+                allocations,
+            };
+            state.holds.push(hold.clone());
+            changes.touch_hold(hold_id);
+            journal.push(changes, EntryKind::Hold, *amount, Some(hold_id), None, reference.as_ref(), now);
+            Ok(Outcome::Held { hold })
+        }
+        Command::Capture { hold_id, amount, is_final, overage } => {
+            let index = hold_index(state, hold_id)?;
+            match state.holds[index].state {
+                HoldState::Pending => {}
+                HoldState::Expired => return Err(Rejection::HoldExpired),
+                other => return Err(Rejection::HoldNotPending { state: other }),
+            }
+            let remaining = state.holds[index].remaining;
+            let from_hold = (*amount).min(remaining);
+            let excess = amount.minus(from_hold);
+            if !excess.is_zero() {
+                if *overage == Overage::Reject {
+                    return Err(Rejection::AmountExceedsHold { requested: *amount, remaining });
+                }
+                let available = available(&state.grants);
+                if available < excess {
+                    return Err(Rejection::InsufficientCredits { required: excess, available });
+                }
+            }
+            consume_allocations(&state.grants, &mut state.holds[index], from_hold);
+            if !from_hold.is_zero() {
+                journal.push(changes, EntryKind::Capture, from_hold, Some(hold_id), None, None, now);
+            }
+            if !excess.is_zero() {
+                let _ = take_free(&mut state.grants, excess, changes);
+                journal.push(changes, EntryKind::Debit, excess, Some(hold_id), None, None, now);
+            }
+            let hold = &mut state.holds[index];
+            hold.captured = hold.captured.plus(*amount);
+            hold.remaining = hold.remaining.minus(from_hold);
+            if *is_final {
+                let rest = std::mem::replace(&mut hold.remaining, Amount::ZERO);
+                let allocations = std::mem::take(&mut hold.allocations);
+                hold.state = HoldState::Captured;
+                if !rest.is_zero() {
+                    journal.push(changes, EntryKind::Release, rest, Some(hold_id), None, None, now);
+                }
+                return_allocations(&mut state.grants, allocations, now, journal, changes);
+            }
+            state.totals.spent = state.totals.spent.plus(*amount);
+            changes.touch_hold(hold_id);
+            Ok(Outcome::Captured { hold: state.holds[index].clone() })
+        }
+        Command::Release { hold_id } => {
+            let index = hold_index(state, hold_id)?;
+            match state.holds[index].state {
+                HoldState::Pending => {}
+                HoldState::Released => {
+                    return Ok(Outcome::Released { hold: state.holds[index].clone(), changed: false });
+                }
+                other => return Err(Rejection::HoldNotPending { state: other }),
+            }
+            let hold = &mut state.holds[index];
+            let rest = std::mem::replace(&mut hold.remaining, Amount::ZERO);
+            let allocations = std::mem::take(&mut hold.allocations);
+            hold.state = HoldState::Released;
+            changes.touch_hold(hold_id);
+            journal.push(changes, EntryKind::Release, rest, Some(hold_id), None, None, now);
+            return_allocations(&mut state.grants, allocations, now, journal, changes);
+            Ok(Outcome::Released { hold: state.holds[index].clone(), changed: true })
+        }
+        Command::Extend { hold_id, ttl_seconds } => {
+            let index = hold_index(state, hold_id)?;
+            match state.holds[index].state {
+                HoldState::Pending => {}
+                HoldState::Expired => return Err(Rejection::HoldExpired),
+                other => return Err(Rejection::HoldNotPending { state: other }),
+            }
+            state.holds[index].expires_at = now.plus_seconds(*ttl_seconds);
+            changes.touch_hold(hold_id);
+            journal.push(changes, EntryKind::Extend, Amount::ZERO, Some(hold_id), None, None, now);
+            Ok(Outcome::Extended { hold: state.holds[index].clone() })
+        }
+        Command::Debit { amount, reference, .. } => {
+            let available = available(&state.grants);
+            if available < *amount {
+                return Err(Rejection::InsufficientCredits { required: *amount, available });
+            }
+            let _ = take_free(&mut state.grants, *amount, changes);
+            state.totals.spent = state.totals.spent.plus(*amount);
+            journal.push(changes, EntryKind::Debit, *amount, None, None, reference.as_ref(), now);
+            Ok(Outcome::Debited {
+                account_id: state.account_id.clone(),
+                amount: *amount,
+                balances: state.materialized(),
+            })
+        }
+        Command::Refund { grant_id, amount, reference, hold_id, priority, expires_at, .. } => {
+            let existing = state
+                .grants
+                .iter()
+                .find(|grant| grant.kind == GrantKind::Refund && grant.reference.as_ref() == Some(reference));
+            if let Some(existing) = existing {
+                return Ok(Outcome::Refunded { grant: existing.clone(), created: false });
+            }
+            let refundable = match hold_id {
+                Some(hold_id) => {
+                    let hold = &state.holds[hold_index(state, hold_id)?];
+                    hold.captured.minus(hold.refunded)
+                }
+                None => state.totals.spent.minus(state.totals.refunded),
+            };
+            if *amount > refundable {
+                return Err(Rejection::RefundExceedsCharges { requested: *amount, refundable });
+            }
+            check_balance_room(state, *amount)?;
+            if let Some(hold_id) = hold_id {
+                let index = hold_index(state, hold_id)?;
+                state.holds[index].refunded = state.holds[index].refunded.plus(*amount);
+                changes.touch_hold(hold_id);
+            }
+            let expires_at = expires_at.filter(|expires_at| *expires_at > now);
+            let grant = Grant {
+                grant_id: grant_id.clone(),
+                account_id: state.account_id.clone(),
+                kind: GrantKind::Refund,
+                amount: *amount,
+                free: *amount,
+                priority: *priority,
+                expires_at,
+                created_at: now,
+                reference: Some(reference.clone()),
+                metadata: "{}".to_owned(),
+                live: true,
+            };
+            state.grants.push(grant.clone());
+            state.totals.refunded = state.totals.refunded.plus(*amount);
+            changes.touch_grant(grant_id);
+            journal.push(changes, EntryKind::Refund, *amount, hold_id.as_ref(), Some(grant_id), Some(reference), now);
+            Ok(Outcome::Refunded { grant, created: true })
+        }
+        Command::Sweep { .. } => Ok(Outcome::Swept { entries: changes.entries.len() }),
+    }
+}
+
+/// Recomputes each grant's `live` flag: live while it has free credits or a pending hold pins it.
+fn refresh_liveness(state: &mut AccountState, changes: &mut Changes) {
+    for grant in &mut state.grants {
+        let pinned = state.holds.iter().any(|hold| {
+            hold.state == HoldState::Pending
+                && hold.allocations.iter().any(|allocation| allocation.grant_id == grant.grant_id)
+        });
+        let live = !grant.free.is_zero() || pinned;
+        if live != grant.live {
+            grant.live = live;
+            changes.touch_grant(&grant.grant_id);
+        }
+    }
+}

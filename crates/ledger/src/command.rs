@@ -1,0 +1,200 @@
+//! Commands the ledger accepts, their outcomes and the exhaustive list of rejections.
+
+use std::fmt;
+
+use crate::{AccountId, Amount, Balances, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference, Timestamp};
+
+/// What a capture does with an amount above the hold's remaining part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overage {
+    /// Reject with [`Rejection::AmountExceedsHold`].
+    Reject,
+    /// Charge the excess from available credits in the same transaction, or reject with
+    /// [`Rejection::InsufficientCredits`].
+    IfAvailable,
+}
+
+/// One ledger mutation. Ids of new records are chosen by the caller so the ledger stays
+/// deterministic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Grant {
+        account_id: AccountId,
+        grant_id: GrantId,
+        amount: Amount,
+        priority: i32,
+        expires_at: Option<Timestamp>,
+        reference: Option<Reference>,
+        metadata: String,
+    },
+    Hold {
+        account_id: AccountId,
+        hold_id: HoldId,
+        amount: Amount,
+        ttl_seconds: u64,
+        reference: Option<Reference>,
+        metadata: String,
+    },
+    Capture {
+        hold_id: HoldId,
+        amount: Amount,
+        is_final: bool,
+        overage: Overage,
+    },
+    Release {
+        hold_id: HoldId,
+    },
+    Extend {
+        hold_id: HoldId,
+        ttl_seconds: u64,
+    },
+    Debit {
+        account_id: AccountId,
+        amount: Amount,
+        reference: Option<Reference>,
+    },
+    Refund {
+        account_id: AccountId,
+        grant_id: GrantId,
+        amount: Amount,
+        reference: Reference,
+        hold_id: Option<HoldId>,
+        priority: i32,
+        expires_at: Option<Timestamp>,
+    },
+    /// Records every expiry due at `now` (the sweeper's command).
+    Sweep {
+        account_id: AccountId,
+    },
+}
+
+/// Which account a command acts on: named directly, or through a hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Account(&'a AccountId),
+    Hold(&'a HoldId),
+}
+
+impl Command {
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            Command::Grant { account_id, .. }
+            | Command::Hold { account_id, .. }
+            | Command::Debit { account_id, .. }
+            | Command::Refund { account_id, .. }
+            | Command::Sweep { account_id } => Target::Account(account_id),
+            Command::Capture { hold_id, .. } | Command::Release { hold_id } | Command::Extend { hold_id, .. } => {
+                Target::Hold(hold_id)
+            }
+        }
+    }
+
+    /// The hold a store must load (in whatever state) before applying this command.
+    pub fn hold_to_load(&self) -> Option<&HoldId> {
+        match self {
+            Command::Capture { hold_id, .. } | Command::Release { hold_id } | Command::Extend { hold_id, .. } => {
+                Some(hold_id)
+            }
+            Command::Refund { hold_id, .. } => hold_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The grant a store must load by (kind, reference), if one exists.
+    pub fn grant_reference_to_load(&self) -> Option<(GrantKind, &Reference)> {
+        match self {
+            Command::Grant { reference: Some(reference), .. } => Some((GrantKind::Grant, reference)),
+            Command::Refund { reference, .. } => Some((GrantKind::Refund, reference)),
+            _ => None,
+        }
+    }
+
+    /// Whether this command may create the account.
+    pub fn creates_account(&self) -> bool {
+        matches!(self, Command::Grant { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Grant { .. } => "grant",
+            Command::Hold { .. } => "hold",
+            Command::Capture { .. } => "capture",
+            Command::Release { .. } => "release",
+            Command::Extend { .. } => "extend",
+            Command::Debit { .. } => "debit",
+            Command::Refund { .. } => "refund",
+            Command::Sweep { .. } => "sweep",
+        }
+    }
+}
+
+/// A successful command's result. `created`/`changed` tell a first application from a repeat
+/// that the ledger answers without change (same reference, release of a released hold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Granted { grant: Grant, created: bool },
+    Held { hold: Hold },
+    Captured { hold: Hold },
+    Released { hold: Hold, changed: bool },
+    Extended { hold: Hold },
+    Debited { account_id: AccountId, amount: Amount, balances: Balances },
+    Refunded { grant: Grant, created: bool },
+    Swept { entries: usize },
+}
+
+/// Every way the ledger can refuse a command. A rejection changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    InsufficientCredits { required: Amount, available: Amount },
+    AccountNotFound,
+    HoldNotFound,
+    HoldNotPending { state: HoldState },
+    HoldExpired,
+    AmountExceedsHold { requested: Amount, remaining: Amount },
+    /// A refund above what the hold captured (or, without a hold, above what the account spent)
+    /// minus what was already refunded.
+    RefundExceedsCharges { requested: Amount, refundable: Amount },
+    /// The account's balance would pass [`Amount::BALANCE_MAX`].
+    BalanceLimit,
+    /// A grant whose `expires_at` is not in the future.
+    ExpiryNotInFuture,
+}
+
+impl Rejection {
+    /// Stable machine-readable code (the API's `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InsufficientCredits { .. } => "insufficient_credits",
+            Rejection::AccountNotFound => "account_not_found",
+            Rejection::HoldNotFound => "hold_not_found",
+            Rejection::HoldNotPending { .. } => "hold_not_pending",
+            Rejection::HoldExpired => "hold_expired",
+            Rejection::AmountExceedsHold { .. } => "amount_exceeds_hold",
+            Rejection::RefundExceedsCharges { .. } => "refund_exceeds_charges",
+            Rejection::BalanceLimit => "invalid_amount",
+            Rejection::ExpiryNotInFuture => "invalid_request",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::InsufficientCredits { required, available } => {
+                write!(f, "{required} credits required, {available} available")
+            }
+            Rejection::AccountNotFound => f.write_str("no such account"),
+            Rejection::HoldNotFound => f.write_str("no such hold"),
+            Rejection::HoldNotPending { state } => write!(f, "the hold is {}, not pending", state.as_str()),
+            Rejection::HoldExpired => f.write_str("the hold has expired"),
+            Rejection::AmountExceedsHold { requested, remaining } => {
+                write!(f, "{requested} credits requested, {remaining} remain on the hold")
+            }
+            Rejection::RefundExceedsCharges { requested, refundable } => {
+                write!(f, "{requested} credits requested, at most {refundable} can be refunded")
+            }
+            Rejection::BalanceLimit => write!(f, "the balance would exceed {} credits", Amount::BALANCE_MAX),
+            Rejection::ExpiryNotInFuture => f.write_str("expires_at must be in the future"),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Identifiers, parsed at the edge into types that cannot hold an invalid value.
+
+use std::fmt;
+
+/// Longest account, hold or grant id.
+pub const ID_LENGTH_MAX: usize = 128;
+/// Longest reference and idempotency key.
+pub const REFERENCE_LENGTH_MAX: usize = 255;
+
+/// Why a text is not a valid identifier or reference. Maps to the API's `invalid_request`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdError {
+    pub what: &'static str,
+    pub rule: &'static str,
+}
+
+impl fmt::Display for IdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.rule)
+    }
+}
+
+fn check_id(what: &'static str, text: &str) -> Result<(), IdError> {
+    let rule = "1-128 characters of [A-Za-z0-9._-]";
+    let valid_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if text.is_empty() || text.len() > ID_LENGTH_MAX || !text.bytes().all(valid_char) {
+        return Err(IdError { what, rule });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<$name, IdError> {
+                check_id($what, text)?;
+                Ok($name(text.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An account id chosen by the client: 1–128 characters of `[A-Za-z0-9._-]` (never `:`).
+    AccountId,
+    "account_id"
+);
+id_type!(
+    /// A hold id; the service generates them, clients echo them back.
+    HoldId,
+    "hold_id"
+);
+id_type!(
+    /// A grant id; the service generates them.
+    GrantId,
+    "grant_id"
+);
+
+/// A client-chosen reference (grant, refund, hold, debit) or idempotency key:
+/// 1–255 characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reference(String);
+
+impl Reference {
+    pub fn parse(text: &str) -> Result<Reference, IdError> {
+        let valid = !text.is_empty()
+            && text.len() <= REFERENCE_LENGTH_MAX
+            && !text.chars().any(char::is_control);
+        if !valid {
+            return Err(IdError { what: "reference", rule: "1-255 characters, no control characters" });
+        }
+        Ok(Reference(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids_follow_the_charset() {
+        assert!(AccountId::parse("user-1.a_B").is_ok());
+        assert!(AccountId::parse(&"a".repeat(128)).is_ok());
+        for bad in ["", "a:b", "a b", "ü", "a/b", &"a".repeat(129)] {
+            assert!(AccountId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn references_reject_control_characters_and_length() {
+        assert!(Reference::parse("run:42/turn 3").is_ok());
+        assert!(Reference::parse("").is_err());
+        assert!(Reference::parse("a\nb").is_err());
+        assert!(Reference::parse(&"r".repeat(256)).is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! The ledger's records: grants, holds, journal entries and one account's state.
+
+use crate::{AccountId, Amount, GrantId, HoldId, Reference, Timestamp};
+
+/// Where a grant came from: an operator's grant or a refund of an earlier charge.
+/// References are unique per account *within* a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrantKind {
+    Grant,
+    Refund,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Grant => "grant",
+            GrantKind::Refund => "refund",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<GrantKind> {
+        match text {
+            "grant" => Some(GrantKind::Grant),
+            "refund" => Some(GrantKind::Refund),
+            _ => None,
+        }
+    }
+}
+
+/// Credits added to an account.
+///
+/// `amount = free + pinned + spent + expired` where `pinned` is what pending holds reserved from
+/// it. Only `free` is stored; the rest is recoverable from holds and the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub grant_id: GrantId,
+    pub account_id: AccountId,
+    pub kind: GrantKind,
+    pub amount: Amount,
+    /// Unspent and not reserved by any pending hold.
+    pub free: Amount,
+    /// Lower is spent first.
+    pub priority: i32,
+    pub expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub reference: Option<Reference>,
+    /// A small JSON object, kept as text: the ledger never looks inside.
+    pub metadata: String,
+    /// False once the grant can never again hold credits (no free part, no pins): stores skip
+    /// loading it.
+    pub live: bool,
+}
+
+impl Grant {
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+    }
+
+    /// Spend order: priority, then soonest expiry (none last), then oldest, then id.
+    pub fn spend_order_key(&self) -> (i32, i64, i64, &str) {
+        let expiry = self.expires_at.map_or(i64::MAX, Timestamp::micros);
+        (self.priority, expiry, self.created_at.micros(), self.grant_id.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HoldState {
+    Pending,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Pending => "pending",
+            HoldState::Captured => "captured",
+            HoldState::Released => "released",
+            HoldState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HoldState> {
+        match text {
+            "pending" => Some(HoldState::Pending),
+            "captured" => Some(HoldState::Captured),
+            "released" => Some(HoldState::Released),
+            "expired" => Some(HoldState::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Credits of one grant that a pending hold reserved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub grant_id: GrantId,
+    pub amount: Amount,
+}
+
+/// A reservation of credits.
+///
+/// While pending, `remaining = sum(allocations)`; `captured` counts everything charged through the
+/// hold, overage included. A resolved hold has `remaining = 0` and no allocations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub hold_id: HoldId,
+    pub account_id: AccountId,
+    pub amount: Amount,
+    pub captured: Amount,
+    pub remaining: Amount,
+    /// Credits refunded against this hold's captures; never above `captured`.
+    pub refunded: Amount,
+    pub state: HoldState,
+    pub expires_at: Timestamp,
+    pub created_at: Timestamp,
+    pub reference: Option<Reference>,
+    pub metadata: String,
+    pub allocations: Vec<Allocation>,
+}
+
+impl Hold {
+    /// True when the hold counts in `held`: pending and not yet at its expiry.
+    pub fn is_active_at(&self, now: Timestamp) -> bool {
+        self.state == HoldState::Pending && now < self.expires_at
+    }
+}
+
+/// What a journal entry records. Each kind moves balance and held in one fixed way, so the
+/// journal alone is enough to recompute an account (see [`EntryKind::deltas`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// balance +amount
+    Grant,
+    /// balance +amount (credits back for an earlier charge)
+    Refund,
+    /// held +amount
+    Hold,
+    /// balance −amount, held −amount (charged from a hold)
+    Capture,
+    /// held −amount (returned to available)
+    Release,
+    /// held −amount (the hold reached its expiry)
+    Expire,
+    /// nothing moves (a hold got a new expiry)
+    Extend,
+    /// balance −amount (charged from available: a debit or a capture's overage)
+    Debit,
+    /// balance −amount (a grant's free part reached its expiry)
+    GrantExpired,
+}
+
+/// Signed change of (balance, held) in micro-credits.
+pub type Deltas = (i128, i128);
+
+impl EntryKind {
+    pub const ALL: [EntryKind; 9] = [
+        EntryKind::Grant,
+        EntryKind::Refund,
+        EntryKind::Hold,
+        EntryKind::Capture,
+        EntryKind::Release,
+        EntryKind::Expire,
+        EntryKind::Extend,
+        EntryKind::Debit,
+        EntryKind::GrantExpired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Grant => "grant",
+            EntryKind::Refund => "refund",
+            EntryKind::Hold => "hold",
+            EntryKind::Capture => "capture",
+            EntryKind::Release => "release",
+            EntryKind::Expire => "expire",
+            EntryKind::Extend => "extend",
+            EntryKind::Debit => "debit",
+            EntryKind::GrantExpired => "grant_expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EntryKind> {
+        EntryKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    pub fn deltas(self, amount: Amount) -> Deltas {
+        let a = i128::from(amount.micros());
+        match self {
+            EntryKind::Grant | EntryKind::Refund => (a, 0),
+            EntryKind::Hold => (0, a),
+            EntryKind::Capture => (-a, -a),
+            EntryKind::Release | EntryKind::Expire => (0, -a),
+            EntryKind::Extend => (0, 0),
+            EntryKind::Debit | EntryKind::GrantExpired => (-a, 0),
+        }
+    }
+}
+
+/// One immutable journal line. Stores assign `seq` (strictly increasing) when they append it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub account_id: AccountId,
+    pub kind: EntryKind,
+    pub amount: Amount,
+    pub hold_id: Option<HoldId>,
+    pub grant_id: Option<GrantId>,
+    pub reference: Option<Reference>,
+    /// The account's materialised balance and held right after this entry.
+    pub balance_after: Amount,
+    pub held_after: Amount,
+    /// When the change took effect (for expiries, the expiry time).
+    pub at: Timestamp,
+    pub idempotency_key: Option<String>,
+}
+
+/// Lifetime counters kept on the account row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Captured plus debited.
+    pub spent: Amount,
+    /// Refunded (every refund ≤ what was spent before it).
+    pub refunded: Amount,
+}
+
+/// Everything the ledger needs to decide one operation on one account.
+///
+/// Stores load it under the account's lock: every live grant, every pending hold, plus the
+/// records a command names (the hold it targets, the grant or refund with its reference).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountState {
+    pub account_id: AccountId,
+    pub created_at: Timestamp,
+    pub totals: Totals,
+    pub grants: Vec<Grant>,
+    pub holds: Vec<Hold>,
+}
+
+/// Balance figures of an account at a moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balances {
+    /// Free credits of unexpired grants plus credits reserved by active holds.
+    pub balance: Amount,
+    /// Remaining amount of active holds.
+    pub held: Amount,
+    /// `balance − held`: free credits of unexpired grants. Never negative by construction.
+    pub available: Amount,
+}
+
+impl AccountState {
+    pub fn new(account_id: AccountId, created_at: Timestamp) -> AccountState {
+        AccountState { account_id, created_at, totals: Totals::default(), grants: Vec::new(), holds: Vec::new() }
+    }
+
+    /// The figures as stored (no expiry applied). After [`crate::advance`] they are exact at `now`.
+    pub fn materialized(&self) -> Balances {
+        let available = Amount::sum(self.grants.iter().map(|grant| grant.free));
+        let held = Amount::sum(
+            self.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining),
+        );
+        Balances { balance: available.plus(held), held, available }
+    }
+
+    pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {
+        self.holds.iter().find(|hold| &hold.hold_id == hold_id)
+    }
+
+    pub fn grant(&self, grant_id: &GrantId) -> Option<&Grant> {
+        self.grants.iter().find(|grant| &grant.grant_id == grant_id)
+    }
+}
