@@ -1,1 +1,146 @@
+//! The storage port of creditgraph's ledger.
+//!
+//! [`LedgerStore`] is the one trait every backend implements: apply a ledger [`Command`]
+//! atomically and idempotently, read accounts, holds and the journal, sweep expiries, verify.
+//! [`memory::MemoryStore`] is the in-process implementation; [`conformance`] is the shared suite
+//! that every backend's tests run, including a differential test against an independent
+//! reference model ([`conformance::model`]).
+//!
+//! Architecture invariant: no database driver type appears here. Adapters map their driver's
+//! errors into [`StoreError`].
 
+pub mod clock;
+pub mod codec;
+pub mod conformance;
+pub mod memory;
+
+use async_trait::async_trait;
+use ledger::{
+    AccountId, AccountState, Balances, Command, Entry, Hold, HoldId, Outcome, Rejection, Timestamp, Violation,
+};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+/// Longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
+
+/// An idempotency key with the fingerprint of the request that first used it. The same key with
+/// another fingerprint is a conflict, never a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub command: Command,
+    pub idempotency: Option<Idempotency>,
+}
+
+impl Request {
+    pub fn new(command: Command) -> Request {
+        Request { command, idempotency: None }
+    }
+
+    pub fn with_key(command: Command, key: &str, fingerprint: &str) -> Request {
+        Request { command, idempotency: Some(Idempotency { key: key.to_owned(), fingerprint: fingerprint.to_owned() }) }
+    }
+}
+
+/// What [`LedgerStore::execute`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Executed {
+    /// Applied now (or rejected now; a rejection is recorded for replay too).
+    Fresh(Result<Outcome, Rejection>),
+    /// The key was used before by the same request: the first result, nothing applied.
+    Replayed(Result<Outcome, Rejection>),
+    /// The key was used before by a different request.
+    Conflict,
+}
+
+impl Executed {
+    /// The result, fresh or replayed; `None` for a conflict.
+    pub fn result(&self) -> Option<&Result<Outcome, Rejection>> {
+        match self {
+            Executed::Fresh(result) | Executed::Replayed(result) => Some(result),
+            Executed::Conflict => None,
+        }
+    }
+}
+
+/// An account as it reads at a moment: expiries applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountView {
+    pub state: AccountState,
+    pub balances: Balances,
+}
+
+impl AccountView {
+    pub fn at(state: &AccountState, now: Timestamp) -> AccountView {
+        let state = ledger::view(state, now);
+        let balances = state.materialized();
+        AccountView { state, balances }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub accounts: u64,
+    pub entries: u64,
+    pub idempotency_keys_deleted: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub accounts: u64,
+    pub entries: u64,
+    pub holds: u64,
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the operation; retrying later may work.
+    #[error("store unavailable: {detail}")]
+    Unavailable { detail: String },
+    /// Retries on serialization failures or deadlocks ran out.
+    #[error("store contention: {detail}")]
+    Contention { detail: String },
+    /// Stored data does not decode: a bug or tampering; never retried.
+    #[error("store corrupt: {detail}")]
+    Corrupt { detail: String },
+    /// The store cannot start (bad URL, another process owns the file, failed migration).
+    #[error("store cannot start: {detail}")]
+    Startup { detail: String },
+}
+
+/// One ledger backend. Every method reads time from the store's own [`Clock`].
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// Applies one command in one transaction. With an idempotency key, the first result is
+    /// recorded in the same transaction, and later requests with that key replay it.
+    async fn execute(&self, request: Request) -> Result<Executed, StoreError>;
+
+    /// The account as it reads now, or `None` when it has no grant yet.
+    async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError>;
+
+    /// The hold as it reads now (a pending hold past its expiry reads as expired).
+    async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError>;
+
+    /// The account's active holds as they read now, oldest first.
+    async fn pending_holds(&self, account_id: &AccountId) -> Result<Vec<Hold>, StoreError>;
+
+    /// Journal entries of one account with `seq > after_seq`, in order, at most `limit`.
+    async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError>;
+
+    /// Records due expiries for at most `accounts_max` accounts and forgets idempotency keys
+    /// older than the store's retention.
+    async fn sweep(&self, accounts_max: u32) -> Result<SweepReport, StoreError>;
+
+    /// Recomputes every account from its journal and compares with the stored state.
+    async fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// A short name for logs ("sqlite", "postgres", "memory").
+    fn backend(&self) -> &'static str;
+}

@@ -1,0 +1,252 @@
+//! Text forms of ledger values that stores keep in a single column: a pending hold's
+//! allocations, and the recorded result of an idempotent request.
+//!
+//! The ledger crate has no serde on purpose; this module is the one place that writes its values
+//! as JSON for storage, so both adapters store byte-identical records.
+
+use ledger::{
+    AccountId, Allocation, Amount, Balances, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Outcome, Reference,
+    Rejection, Timestamp,
+};
+use serde_json::{json, Map, Value};
+
+use crate::StoreError;
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
+}
+
+pub fn encode_allocations(allocations: &[Allocation]) -> String {
+    let list: Vec<Value> = allocations
+        .iter()
+        .map(|allocation| json!([allocation.grant_id.as_str(), allocation.amount.micros()]))
+        .collect();
+    Value::Array(list).to_string()
+}
+
+pub fn decode_allocations(text: &str) -> Result<Vec<Allocation>, StoreError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| corrupt("allocations"))?;
+    let list = value.as_array().ok_or_else(|| corrupt("allocations"))?;
+    list.iter()
+        .map(|item| {
+            let grant_id = item.get(0).and_then(Value::as_str).and_then(|id| GrantId::parse(id).ok());
+            let micros = item.get(1).and_then(Value::as_u64);
+            match (grant_id, micros) {
+                (Some(grant_id), Some(micros)) => Ok(Allocation { grant_id, amount: Amount::from_micros(micros) }),
+                _ => Err(corrupt("allocation")),
+            }
+        })
+        .collect()
+}
+
+fn opt_ts(at: Option<Timestamp>) -> Value {
+    at.map_or(Value::Null, |at| json!(at.micros()))
+}
+
+fn opt_ref(reference: Option<&Reference>) -> Value {
+    reference.map_or(Value::Null, |reference| json!(reference.as_str()))
+}
+
+fn encode_grant(grant: &Grant) -> Value {
+    json!({
+        "grant_id": grant.grant_id.as_str(),
+        "account_id": grant.account_id.as_str(),
+        "kind": grant.kind.as_str(),
+        "amount": grant.amount.micros(),
+        "free": grant.free.micros(),
+        "priority": grant.priority,
+        "expires_at": opt_ts(grant.expires_at),
+        "created_at": grant.created_at.micros(),
+        "reference": opt_ref(grant.reference.as_ref()),
+        "metadata": grant.metadata,
+        "live": grant.live,
+    })
+}
+
+fn encode_hold(hold: &Hold) -> Value {
+    json!({
+        "hold_id": hold.hold_id.as_str(),
+        "account_id": hold.account_id.as_str(),
+        "amount": hold.amount.micros(),
+        "captured": hold.captured.micros(),
+        "remaining": hold.remaining.micros(),
+        "refunded": hold.refunded.micros(),
+        "state": hold.state.as_str(),
+        "expires_at": hold.expires_at.micros(),
+        "created_at": hold.created_at.micros(),
+        "reference": opt_ref(hold.reference.as_ref()),
+        "metadata": hold.metadata,
+        "allocations": encode_allocations(&hold.allocations),
+    })
+}
+
+/// Encodes the result of a command, as recorded for idempotent replay.
+pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
+    let value = match result {
+        Ok(Outcome::Granted { grant, created }) => json!({"ok": "granted", "grant": encode_grant(grant), "created": created}),
+        Ok(Outcome::Held { hold }) => json!({"ok": "held", "hold": encode_hold(hold)}),
+        Ok(Outcome::Captured { hold }) => json!({"ok": "captured", "hold": encode_hold(hold)}),
+        Ok(Outcome::Released { hold, changed }) => json!({"ok": "released", "hold": encode_hold(hold), "changed": changed}),
+        Ok(Outcome::Extended { hold }) => json!({"ok": "extended", "hold": encode_hold(hold)}),
+        Ok(Outcome::Debited { account_id, amount, balances }) => json!({
+            "ok": "debited",
+            "account_id": account_id.as_str(),
+            "amount": amount.micros(),
+            "balance": balances.balance.micros(),
+            "held": balances.held.micros(),
+            "available": balances.available.micros(),
+        }),
+        Ok(Outcome::Refunded { grant, created }) => json!({"ok": "refunded", "grant": encode_grant(grant), "created": created}),
+        Ok(Outcome::Swept { entries }) => json!({"ok": "swept", "entries": entries}),
+        Err(rejection) => encode_rejection(rejection),
+    };
+    value.to_string()
+}
+
+fn encode_rejection(rejection: &Rejection) -> Value {
+    match rejection {
+        Rejection::InsufficientCredits { required, available } => {
+            json!({"err": "insufficient_credits", "required": required.micros(), "available": available.micros()})
+        }
+        Rejection::AccountNotFound => json!({"err": "account_not_found"}),
+        Rejection::HoldNotFound => json!({"err": "hold_not_found"}),
+        Rejection::HoldNotPending { state } => json!({"err": "hold_not_pending", "state": state.as_str()}),
+        Rejection::HoldExpired => json!({"err": "hold_expired"}),
+        Rejection::AmountExceedsHold { requested, remaining } => {
+            json!({"err": "amount_exceeds_hold", "requested": requested.micros(), "remaining": remaining.micros()})
+        }
+        Rejection::RefundExceedsCharges { requested, refundable } => {
+            json!({"err": "refund_exceeds_charges", "requested": requested.micros(), "refundable": refundable.micros()})
+        }
+        Rejection::BalanceLimit => json!({"err": "balance_limit"}),
+        Rejection::ExpiryNotInFuture => json!({"err": "expiry_not_in_future"}),
+    }
+}
+
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn value(&self, name: &str) -> Result<&Value, StoreError> {
+        self.0.get(name).ok_or_else(|| corrupt(name))
+    }
+    fn u64(&self, name: &str) -> Result<u64, StoreError> {
+        self.value(name)?.as_u64().ok_or_else(|| corrupt(name))
+    }
+    fn i64(&self, name: &str) -> Result<i64, StoreError> {
+        self.value(name)?.as_i64().ok_or_else(|| corrupt(name))
+    }
+    fn amount(&self, name: &str) -> Result<Amount, StoreError> {
+        self.u64(name).map(Amount::from_micros)
+    }
+    fn str(&self, name: &str) -> Result<&str, StoreError> {
+        self.value(name)?.as_str().ok_or_else(|| corrupt(name))
+    }
+    fn bool(&self, name: &str) -> Result<bool, StoreError> {
+        self.value(name)?.as_bool().ok_or_else(|| corrupt(name))
+    }
+    fn ts(&self, name: &str) -> Result<Timestamp, StoreError> {
+        self.i64(name).map(Timestamp::from_micros)
+    }
+    fn opt_ts(&self, name: &str) -> Result<Option<Timestamp>, StoreError> {
+        match self.value(name)? {
+            Value::Null => Ok(None),
+            other => other.as_i64().map(|micros| Some(Timestamp::from_micros(micros))).ok_or_else(|| corrupt(name)),
+        }
+    }
+    fn opt_ref(&self, name: &str) -> Result<Option<Reference>, StoreError> {
+        match self.value(name)? {
+            Value::Null => Ok(None),
+            other => other.as_str().and_then(|text| Reference::parse(text).ok()).map(Some).ok_or_else(|| corrupt(name)),
+        }
+    }
+    fn object(&self, name: &str) -> Result<Fields<'_>, StoreError> {
+        self.value(name)?.as_object().map(Fields).ok_or_else(|| corrupt(name))
+    }
+}
+
+fn decode_grant(fields: &Fields<'_>) -> Result<Grant, StoreError> {
+    Ok(Grant {
+        grant_id: GrantId::parse(fields.str("grant_id")?).map_err(|_| corrupt("grant_id"))?,
+        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,
+        kind: GrantKind::parse(fields.str("kind")?).ok_or_else(|| corrupt("kind"))?,
+        amount: fields.amount("amount")?,
+        free: fields.amount("free")?,
+        priority: i32::try_from(fields.i64("priority")?).map_err(|_| corrupt("priority"))?,
+        expires_at: fields.opt_ts("expires_at")?,
+        created_at: fields.ts("created_at")?,
+        reference: fields.opt_ref("reference")?,
+        metadata: fields.str("metadata")?.to_owned(),
+        live: fields.bool("live")?,
+    })
+}
+
+fn decode_hold(fields: &Fields<'_>) -> Result<Hold, StoreError> {
+    Ok(Hold {
+        hold_id: HoldId::parse(fields.str("hold_id")?).map_err(|_| corrupt("hold_id"))?,
+        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,
+        amount: fields.amount("amount")?,
+        captured: fields.amount("captured")?,
+        remaining: fields.amount("remaining")?,
+        refunded: fields.amount("refunded")?,
+        state: HoldState::parse(fields.str("state")?).ok_or_else(|| corrupt("state"))?,
+        expires_at: fields.ts("expires_at")?,
+        created_at: fields.ts("created_at")?,
+        reference: fields.opt_ref("reference")?,
+        metadata: fields.str("metadata")?.to_owned(),
+        allocations: decode_allocations(fields.str("allocations")?)?,
+    })
+}
+
+/// Decodes what [`encode_result`] wrote.
+pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| corrupt("result"))?;
+    let fields = Fields(value.as_object().ok_or_else(|| corrupt("result"))?);
+    if let Some(kind) = fields.0.get("ok").and_then(Value::as_str) {
+        let outcome = match kind {
+            "granted" => Outcome::Granted { grant: decode_grant(&fields.object("grant")?)?, created: fields.bool("created")? },
+            "held" => Outcome::Held { hold: decode_hold(&fields.object("hold")?)? },
+            "captured" => Outcome::Captured { hold: decode_hold(&fields.object("hold")?)? },
+            "released" => Outcome::Released { hold: decode_hold(&fields.object("hold")?)?, changed: fields.bool("changed")? },
+            "extended" => Outcome::Extended { hold: decode_hold(&fields.object("hold")?)? },
+            "debited" => Outcome::Debited {
+                account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,
+                amount: fields.amount("amount")?,
+                balances: Balances {
+                    balance: fields.amount("balance")?,
+                    held: fields.amount("held")?,
+                    available: fields.amount("available")?,
+                },
+            },
+            "refunded" => {
+                Outcome::Refunded { grant: decode_grant(&fields.object("grant")?)?, created: fields.bool("created")? }
+            }
+            "swept" => Outcome::Swept { entries: usize::try_from(fields.u64("entries")?).unwrap_or(usize::MAX) },
+            _ => return Err(corrupt("result kind")),
+        };
+        return Ok(Ok(outcome));
+    }
+    let rejection = match fields.str("err")? {
+        "insufficient_credits" => Rejection::InsufficientCredits {
+            required: fields.amount("required")?,
+            available: fields.amount("available")?,
+        },
+        "account_not_found" => Rejection::AccountNotFound,
+        "hold_not_found" => Rejection::HoldNotFound,
+        "hold_not_pending" => {
+            Rejection::HoldNotPending { state: HoldState::parse(fields.str("state")?).ok_or_else(|| corrupt("state"))? }
+        }
+        "hold_expired" => Rejection::HoldExpired,
+        "amount_exceeds_hold" => Rejection::AmountExceedsHold {
+            requested: fields.amount("requested")?,
+            remaining: fields.amount("remaining")?,
+        },
+        "refund_exceeds_charges" => Rejection::RefundExceedsCharges {
+            requested: fields.amount("requested")?,
+            refundable: fields.amount("refundable")?,
+        },
+        "balance_limit" => Rejection::BalanceLimit,
+        "expiry_not_in_future" => Rejection::ExpiryNotInFuture,
+        _ => return Err(corrupt("rejection kind")),
+    };
+    Ok(Err(rejection))
+}

@@ -1,0 +1,214 @@
+//! An in-process [`LedgerStore`]: one mutex around plain maps.
+//!
+//! It serves tests that need a store but not a database, and it is the simplest correct shape of
+//! what the SQL adapters do: lock the account, load its state, [`ledger::execute`], write back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ledger::{
+    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Reference, StoredAccount,
+    Target,
+};
+
+use crate::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
+
+#[derive(Default)]
+struct Inner {
+    /// Live grants and pending holds per account.
+    accounts: HashMap<AccountId, AccountState>,
+    /// Every hold ever created, as last written.
+    holds: HashMap<HoldId, Hold>,
+    /// Every grant with a reference, by (account, kind, reference).
+    references: HashMap<(AccountId, &'static str, Reference), ledger::Grant>,
+    journal: Vec<Entry>,
+    /// key → (fingerprint, encoded result, recorded at µs)
+    idempotency: HashMap<String, (String, String, i64)>,
+}
+
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    idempotency_retention_seconds: u64,
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>, idempotency_retention_seconds: u64) -> MemoryStore {
+        MemoryStore { inner: Mutex::new(Inner::default()), clock, idempotency_retention_seconds }
+    }
+}
+
+impl Inner {
+    fn load(&self, command: &Command) -> Result<Option<AccountState>, ledger::Rejection> {
+        let account_id = match command.target() {
+            Target::Account(account_id) => account_id.clone(),
+            Target::Hold(hold_id) => {
+                self.holds.get(hold_id).ok_or(ledger::Rejection::HoldNotFound)?.account_id.clone()
+            }
+        };
+        let Some(mut state) = self.accounts.get(&account_id).cloned() else { return Ok(None) };
+        if let Some(hold_id) = command.hold_to_load() {
+            match self.holds.get(hold_id) {
+                Some(hold) if hold.account_id == account_id => {
+                    if state.hold(hold_id).is_none() {
+                        state.holds.push(hold.clone());
+                    }
+                }
+                _ => return Err(ledger::Rejection::HoldNotFound),
+            }
+        }
+        if let Some((kind, reference)) = command.grant_reference_to_load() {
+            let key = (account_id.clone(), kind.as_str(), reference.clone());
+            if let Some(grant) = self.references.get(&key) {
+                if state.grant(&grant.grant_id).is_none() {
+                    state.grants.push(grant.clone());
+                }
+            }
+        }
+        Ok(Some(state))
+    }
+
+    fn store(&mut self, applied: ledger::Applied) {
+        let ledger::Applied { mut state, changes, .. } = applied;
+        for grant_id in &changes.grants {
+            let grant = state.grant(grant_id).expect("touched grant is in the state").clone();
+            if let Some(reference) = grant.reference.clone() {
+                self.references.insert((grant.account_id.clone(), grant.kind.as_str(), reference), grant);
+            }
+        }
+        for hold_id in &changes.holds {
+            let hold = state.hold(hold_id).expect("touched hold is in the state").clone();
+            self.holds.insert(hold_id.clone(), hold);
+        }
+        for mut entry in changes.entries {
+            entry.seq = self.journal.len() as u64 + 1;
+            self.journal.push(entry);
+        }
+        state.grants.retain(|grant| grant.live);
+        state.holds.retain(|hold| hold.state == HoldState::Pending);
+        self.accounts.insert(state.account_id.clone(), state);
+    }
+}
+
+#[async_trait]
+impl LedgerStore for MemoryStore {
+    async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.inner.lock().expect("memory store lock poisoned");
+        if let Some(idempotency) = &request.idempotency {
+            if let Some((fingerprint, encoded, _)) = inner.idempotency.get(&idempotency.key) {
+                if fingerprint != &idempotency.fingerprint {
+                    return Ok(Executed::Conflict);
+                }
+                return Ok(Executed::Replayed(codec::decode_result(encoded)?));
+            }
+        }
+        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
+        let result = inner.load(&request.command).and_then(|state| ledger::execute(state, &request.command, now, key));
+        let result = match result {
+            Ok(applied) => {
+                let outcome = applied.outcome.clone();
+                inner.store(applied);
+                Ok(outcome)
+            }
+            Err(rejection) => Err(rejection),
+        };
+        if let Some(idempotency) = request.idempotency {
+            let record = (idempotency.fingerprint, codec::encode_result(&result), now.micros());
+            inner.idempotency.insert(idempotency.key, record);
+        }
+        Ok(Executed::Fresh(result))
+    }
+
+    async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
+        let inner = self.inner.lock().expect("memory store lock poisoned");
+        Ok(inner.accounts.get(account_id).map(|state| AccountView::at(state, self.clock.now())))
+    }
+
+    async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        let inner = self.inner.lock().expect("memory store lock poisoned");
+        Ok(inner.holds.get(hold_id).map(|hold| ledger::view_hold(hold, self.clock.now())))
+    }
+
+    async fn pending_holds(&self, account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
+        let now = self.clock.now();
+        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let mut holds: Vec<Hold> = inner
+            .accounts
+            .get(account_id)
+            .map(|state| state.holds.iter().filter(|hold| hold.is_active_at(now)).cloned().collect())
+            .unwrap_or_default();
+        holds.sort_by_key(|hold| (hold.created_at, hold.hold_id.clone()));
+        Ok(holds)
+    }
+
+    async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError> {
+        let inner = self.inner.lock().expect("memory store lock poisoned");
+        Ok(inner
+            .journal
+            .iter()
+            .filter(|entry| &entry.account_id == account_id && entry.seq > after_seq)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn sweep(&self, accounts_max: u32) -> Result<SweepReport, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.inner.lock().expect("memory store lock poisoned");
+        let due: Vec<AccountId> = inner
+            .accounts
+            .values()
+            .filter(|state| {
+                let mut copy = (*state).clone();
+                !ledger::advance(&mut copy, now).entries.is_empty()
+            })
+            .map(|state| state.account_id.clone())
+            .take(accounts_max as usize)
+            .collect();
+        let mut report = SweepReport::default();
+        for account_id in due {
+            let command = Command::Sweep { account_id };
+            let state = inner.load(&command).expect("sweep targets an existing account");
+            let applied = ledger::execute(state, &command, now, None).expect("a sweep is never rejected");
+            report.accounts += 1;
+            report.entries += applied.changes.entries.len() as u64;
+            inner.store(applied);
+        }
+        let retention_micros = i64::try_from(self.idempotency_retention_seconds).unwrap_or(i64::MAX / 2) * 1_000_000;
+        let before = inner.idempotency.len();
+        inner.idempotency.retain(|_, (_, _, at)| now.micros() - *at < retention_micros);
+        report.idempotency_keys_deleted = (before - inner.idempotency.len()) as u64;
+        Ok(report)
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let mut report = VerifyReport::default();
+        let mut journals: HashMap<&AccountId, Vec<Entry>> = HashMap::new();
+        for entry in &inner.journal {
+            journals.entry(&entry.account_id).or_default().push(entry.clone());
+        }
+        for (account_id, state) in &inner.accounts {
+            let holds: Vec<Hold> = inner.holds.values().filter(|hold| &hold.account_id == account_id).cloned().collect();
+            let stored = StoredAccount {
+                account_id: account_id.clone(),
+                totals: state.totals,
+                free: Amount::sum(state.grants.iter().map(|grant| grant.free)),
+                holds,
+            };
+            let entries = journals.remove(account_id).unwrap_or_default();
+            report.accounts += 1;
+            report.entries += entries.len() as u64;
+            report.holds += stored.holds.len() as u64;
+            report.violations.extend(ledger::verify_account(&entries, &stored));
+        }
+        Ok(report)
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
