@@ -445,12 +445,15 @@ fn apply_command(
             if let Some(existing) = existing {
                 return Ok(Outcome::Refunded { grant: existing.clone(), created: false });
             }
+            // Never more than the account was charged overall, and with a hold never more than
+            // that hold captured.
+            let account_refundable = state.totals.spent.minus(state.totals.refunded);
             let refundable = match hold_id {
                 Some(hold_id) => {
                     let hold = &state.holds[hold_index(state, hold_id)?];
-                    hold.captured.minus(hold.refunded)
+                    hold.captured.minus(hold.refunded).min(account_refundable)
                 }
-                None => state.totals.spent.minus(state.totals.refunded),
+                None => account_refundable,
             };
             if *amount > refundable {
                 return Err(Rejection::RefundExceedsCharges { requested: *amount, refundable });

@@ -145,15 +145,26 @@ pub enum Outcome {
 /// Every way the ledger can refuse a command. A rejection changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    InsufficientCredits { required: Amount, available: Amount },
+    InsufficientCredits {
+        required: Amount,
+        available: Amount,
+    },
     AccountNotFound,
     HoldNotFound,
-    HoldNotPending { state: HoldState },
+    HoldNotPending {
+        state: HoldState,
+    },
     HoldExpired,
-    AmountExceedsHold { requested: Amount, remaining: Amount },
+    AmountExceedsHold {
+        requested: Amount,
+        remaining: Amount,
+    },
     /// A refund above what the hold captured (or, without a hold, above what the account spent)
     /// minus what was already refunded.
-    RefundExceedsCharges { requested: Amount, refundable: Amount },
+    RefundExceedsCharges {
+        requested: Amount,
+        refundable: Amount,
+    },
     /// The account's balance would pass [`Amount::BALANCE_MAX`].
     BalanceLimit,
     /// A grant whose `expires_at` is not in the future.

@@ -77,9 +77,7 @@ pub struct Reference(String);
 
 impl Reference {
     pub fn parse(text: &str) -> Result<Reference, IdError> {
-        let valid = !text.is_empty()
-            && text.len() <= REFERENCE_LENGTH_MAX
-            && !text.chars().any(char::is_control);
+        let valid = !text.is_empty() && text.len() <= REFERENCE_LENGTH_MAX && !text.chars().any(char::is_control);
         if !valid {
             return Err(IdError { what: "reference", rule: "1-255 characters, no control characters" });
         }

@@ -257,9 +257,8 @@ impl AccountState {
     /// The figures as stored (no expiry applied). After [`crate::advance`] they are exact at `now`.
     pub fn materialized(&self) -> Balances {
         let available = Amount::sum(self.grants.iter().map(|grant| grant.free));
-        let held = Amount::sum(
-            self.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining),
-        );
+        let held =
+            Amount::sum(self.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining));
         Balances { balance: available.plus(held), held, available }
     }
 

@@ -137,11 +137,9 @@ fn capture_beyond_hold_is_refused_or_charged_from_available() {
     let hold_id = book.hold("4", 1200, T0).unwrap();
     let refused = book.capture(&hold_id, "5", true, T0);
     assert_eq!(refused, Err(Rejection::AmountExceedsHold { requested: cr("5"), remaining: cr("4") }));
-    let overage = Command::Capture { hold_id: hold_id.clone(), amount: cr("11"), is_final: true, overage: Overage::IfAvailable };
-    assert_eq!(
-        book.run(overage, T0),
-        Err(Rejection::InsufficientCredits { required: cr("7"), available: cr("6") })
-    );
+    let overage =
+        Command::Capture { hold_id: hold_id.clone(), amount: cr("11"), is_final: true, overage: Overage::IfAvailable };
+    assert_eq!(book.run(overage, T0), Err(Rejection::InsufficientCredits { required: cr("7"), available: cr("6") }));
     let overage = Command::Capture { hold_id, amount: cr("5"), is_final: true, overage: Overage::IfAvailable };
     book.run(overage, T0).unwrap();
     assert_eq!(book.balances(T0), balances("5", "0", "5"));

@@ -106,9 +106,8 @@ pub fn verify_account(entries: &[Entry], stored: &StoredAccount) -> Vec<Violatio
             EntryKind::Extend | EntryKind::Grant | EntryKind::GrantExpired => {}
         }
     }
-    let stored_held = Amount::sum(
-        stored.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining),
-    );
+    let stored_held =
+        Amount::sum(stored.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining));
     let stored_balance = stored.free.plus(stored_held);
     if (balance, held) != (i128::from(stored_balance.micros()), i128::from(stored_held.micros())) {
         report(format!(

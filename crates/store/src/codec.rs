@@ -83,10 +83,14 @@ fn encode_hold(hold: &Hold) -> Value {
 /// Encodes the result of a command, as recorded for idempotent replay.
 pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
     let value = match result {
-        Ok(Outcome::Granted { grant, created }) => json!({"ok": "granted", "grant": encode_grant(grant), "created": created}),
+        Ok(Outcome::Granted { grant, created }) => {
+            json!({"ok": "granted", "grant": encode_grant(grant), "created": created})
+        }
         Ok(Outcome::Held { hold }) => json!({"ok": "held", "hold": encode_hold(hold)}),
         Ok(Outcome::Captured { hold }) => json!({"ok": "captured", "hold": encode_hold(hold)}),
-        Ok(Outcome::Released { hold, changed }) => json!({"ok": "released", "hold": encode_hold(hold), "changed": changed}),
+        Ok(Outcome::Released { hold, changed }) => {
+            json!({"ok": "released", "hold": encode_hold(hold), "changed": changed})
+        }
         Ok(Outcome::Extended { hold }) => json!({"ok": "extended", "hold": encode_hold(hold)}),
         Ok(Outcome::Debited { account_id, amount, balances }) => json!({
             "ok": "debited",
@@ -96,7 +100,9 @@ pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
             "held": balances.held.micros(),
             "available": balances.available.micros(),
         }),
-        Ok(Outcome::Refunded { grant, created }) => json!({"ok": "refunded", "grant": encode_grant(grant), "created": created}),
+        Ok(Outcome::Refunded { grant, created }) => {
+            json!({"ok": "refunded", "grant": encode_grant(grant), "created": created})
+        }
         Ok(Outcome::Swept { entries }) => json!({"ok": "swept", "entries": entries}),
         Err(rejection) => encode_rejection(rejection),
     };
@@ -203,10 +209,14 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
     let fields = Fields(value.as_object().ok_or_else(|| corrupt("result"))?);
     if let Some(kind) = fields.0.get("ok").and_then(Value::as_str) {
         let outcome = match kind {
-            "granted" => Outcome::Granted { grant: decode_grant(&fields.object("grant")?)?, created: fields.bool("created")? },
+            "granted" => {
+                Outcome::Granted { grant: decode_grant(&fields.object("grant")?)?, created: fields.bool("created")? }
+            }
             "held" => Outcome::Held { hold: decode_hold(&fields.object("hold")?)? },
             "captured" => Outcome::Captured { hold: decode_hold(&fields.object("hold")?)? },
-            "released" => Outcome::Released { hold: decode_hold(&fields.object("hold")?)?, changed: fields.bool("changed")? },
+            "released" => {
+                Outcome::Released { hold: decode_hold(&fields.object("hold")?)?, changed: fields.bool("changed")? }
+            }
             "extended" => Outcome::Extended { hold: decode_hold(&fields.object("hold")?)? },
             "debited" => Outcome::Debited {
                 account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ledger::{
-    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Reference, StoredAccount,
-    Target,
+    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Reference, StoredAccount, Target,
 };
 
 use crate::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
@@ -43,19 +42,16 @@ impl Inner {
     fn load(&self, command: &Command) -> Result<Option<AccountState>, ledger::Rejection> {
         let account_id = match command.target() {
             Target::Account(account_id) => account_id.clone(),
-            Target::Hold(hold_id) => {
-                self.holds.get(hold_id).ok_or(ledger::Rejection::HoldNotFound)?.account_id.clone()
-            }
+            Target::Hold(hold_id) => self.holds.get(hold_id).ok_or(ledger::Rejection::HoldNotFound)?.account_id.clone(),
         };
         let Some(mut state) = self.accounts.get(&account_id).cloned() else { return Ok(None) };
         if let Some(hold_id) = command.hold_to_load() {
-            match self.holds.get(hold_id) {
-                Some(hold) if hold.account_id == account_id => {
-                    if state.hold(hold_id).is_none() {
-                        state.holds.push(hold.clone());
-                    }
+            // A hold of another account is simply not loaded: the ledger then answers
+            // `hold_not_found`, after checking what comes first (a refund's reference).
+            if let Some(hold) = self.holds.get(hold_id).filter(|hold| hold.account_id == account_id) {
+                if state.hold(hold_id).is_none() {
+                    state.holds.push(hold.clone());
                 }
-                _ => return Err(ledger::Rejection::HoldNotFound),
             }
         }
         if let Some((kind, reference)) = command.grant_reference_to_load() {
@@ -191,7 +187,8 @@ impl LedgerStore for MemoryStore {
             journals.entry(&entry.account_id).or_default().push(entry.clone());
         }
         for (account_id, state) in &inner.accounts {
-            let holds: Vec<Hold> = inner.holds.values().filter(|hold| &hold.account_id == account_id).cloned().collect();
+            let holds: Vec<Hold> =
+                inner.holds.values().filter(|hold| &hold.account_id == account_id).cloned().collect();
             let stored = StoredAccount {
                 account_id: account_id.clone(),
                 totals: state.totals,
@@ -211,4 +208,3 @@ impl LedgerStore for MemoryStore {
         "memory"
     }
 }
-

@@ -1,0 +1,164 @@
+//! The conformance suite every [`LedgerStore`] backend runs.
+//!
+//! Each check is a plain `async fn` taking a fresh store and the [`ManualClock`] it reads. A
+//! backend's test file defines `async fn new_store(clock: Arc<ManualClock>) -> Arc<dyn LedgerStore>`
+//! (a fresh, empty, migrated store per call) and invokes [`crate::conformance_tests!`] once; the
+//! macro lists every check, so a new check runs on every backend without touching them.
+
+pub mod differential;
+pub mod model;
+mod scenarios;
+
+use std::sync::Arc;
+
+use ledger::{AccountId, Amount, Balances, Command, GrantId, Hold, HoldId, Outcome, Overage, Reference, Rejection};
+
+use crate::{Executed, LedgerStore, ManualClock, Request};
+
+pub use differential::differential_against_model;
+pub use scenarios::*;
+
+/// A fresh store and the clock it reads.
+pub struct Harness {
+    pub store: Arc<dyn LedgerStore>,
+    pub clock: Arc<ManualClock>,
+}
+
+/// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from `$factory`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::conformance_tests!(@tests $factory;
+            partial_then_final_capture
+            concurrent_holds_exactly_one_wins
+            concurrent_holds_never_overdraw
+            expired_hold_counts_zero
+            insufficient_credits_changes_nothing
+            capture_beyond_hold
+            release_semantics
+            extend_moves_expiry
+            refund_by_reference_applies_once
+            refund_with_hold_of_another_account_is_not_found
+            grant_reference_returns_first_grant
+            grants_expire_exactly_and_sweep_records_them
+            pinned_grant_expiry_waits_for_the_hold
+            unknown_account_and_hold
+            idempotent_replay_returns_first_result
+            idempotency_key_with_other_request_conflicts
+            rejection_replays_as_rejection
+            concurrent_same_key_applies_once
+            entries_pagination_is_stable
+            sweep_forgets_old_idempotency_keys
+            differential_against_model
+        );
+    };
+    (@tests $factory:path; $($name:ident)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
+                let store = $factory(clock.clone()).await;
+                $crate::conformance::$name($crate::conformance::Harness { store, clock }).await;
+            }
+        )*
+    };
+}
+
+/// Parses a decimal amount written in a test.
+pub fn cr(text: &str) -> Amount {
+    Amount::parse(text).expect("test amounts are valid")
+}
+
+pub fn account(id: &str) -> AccountId {
+    AccountId::parse(id).expect("test account ids are valid")
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Small typed helpers over a store, so checks read like the contract.
+impl Harness {
+    pub async fn run(&self, command: Command) -> Result<Outcome, Rejection> {
+        match self.store.execute(Request::new(command)).await.expect("store answers") {
+            Executed::Fresh(result) => result,
+            other => panic!("expected a fresh result, got {other:?}"),
+        }
+    }
+
+    pub async fn grant(&self, account_id: &str, amount: &str) {
+        self.grant_with(account_id, amount, 100, None, None).await.expect("grant succeeds");
+    }
+
+    pub async fn grant_with(
+        &self,
+        account_id: &str,
+        amount: &str,
+        priority: i32,
+        expires_in_seconds: Option<u64>,
+        reference: Option<&str>,
+    ) -> Result<Outcome, Rejection> {
+        let now = self.clock_now();
+        self.run(Command::Grant {
+            account_id: account(account_id),
+            grant_id: GrantId::parse(&format!("g{}", new_id())).expect("valid id"),
+            amount: cr(amount),
+            priority,
+            expires_at: expires_in_seconds.map(|seconds| now.plus_seconds(seconds)),
+            reference: reference.map(|reference| Reference::parse(reference).expect("valid reference")),
+            metadata: "{}".to_owned(),
+        })
+        .await
+    }
+
+    pub fn hold_command(&self, account_id: &str, amount: &str, ttl_seconds: u64) -> Command {
+        Command::Hold {
+            account_id: account(account_id),
+            hold_id: HoldId::parse(&format!("h{}", new_id())).expect("valid id"),
+            amount: cr(amount),
+            ttl_seconds,
+            reference: None,
+            metadata: "{}".to_owned(),
+        }
+    }
+
+    pub async fn hold(&self, account_id: &str, amount: &str, ttl_seconds: u64) -> Result<Hold, Rejection> {
+        match self.run(self.hold_command(account_id, amount, ttl_seconds)).await? {
+            Outcome::Held { hold } => Ok(hold),
+            other => panic!("expected a hold, got {other:?}"),
+        }
+    }
+
+    pub async fn capture(&self, hold_id: &HoldId, amount: &str, is_final: bool) -> Result<Hold, Rejection> {
+        let command =
+            Command::Capture { hold_id: hold_id.clone(), amount: cr(amount), is_final, overage: Overage::Reject };
+        match self.run(command).await? {
+            Outcome::Captured { hold } => Ok(hold),
+            other => panic!("expected a capture, got {other:?}"),
+        }
+    }
+
+    pub async fn release(&self, hold_id: &HoldId) -> Result<Outcome, Rejection> {
+        self.run(Command::Release { hold_id: hold_id.clone() }).await
+    }
+
+    pub async fn balances(&self, account_id: &str) -> Balances {
+        self.store.account(&account(account_id)).await.expect("store answers").expect("account exists").balances
+    }
+
+    pub fn clock_now(&self) -> ledger::Timestamp {
+        use crate::Clock;
+        self.clock.now()
+    }
+
+    /// Asserts that `verify` finds nothing wrong.
+    pub async fn assert_verified(&self) {
+        let report = self.store.verify().await.expect("store answers");
+        assert!(report.violations.is_empty(), "verify found: {:#?}", report.violations);
+    }
+}
+
+/// Balances written as decimal strings: `(balance, held, available)`.
+pub fn balances(balance: &str, held: &str, available: &str) -> Balances {
+    Balances { balance: cr(balance), held: cr(held), available: cr(available) }
+}

@@ -1,0 +1,358 @@
+//! Scenario checks: the original's ledger checks (proovy-spec §8) restated against
+//! creditgraph's semantics, and the contract's edge cases.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use ledger::{Command, EntryKind, GrantId, HoldId, HoldState, Outcome, Overage, Reference, Rejection};
+
+use super::{account, balances, cr, Harness};
+use crate::{Executed, Request};
+
+/// Balance 20, hold 15, capture 10 not final → remaining 5 pending, balance 10, available 5;
+/// final capture 3 → captured, balance 7, available 7.
+pub async fn partial_then_final_capture(h: Harness) {
+    h.grant("u", "20").await;
+    let hold = h.hold("u", "15", 1200).await.unwrap();
+    let partial = h.capture(&hold.hold_id, "10", false).await.unwrap();
+    assert_eq!((partial.state, partial.captured, partial.remaining), (HoldState::Pending, cr("10"), cr("5")));
+    assert_eq!(h.balances("u").await, balances("10", "5", "5"));
+    let last = h.capture(&hold.hold_id, "3", true).await.unwrap();
+    assert_eq!((last.state, last.captured, last.remaining), (HoldState::Captured, cr("13"), cr("0")));
+    assert_eq!(h.balances("u").await, balances("7", "0", "7"));
+    let read = h.store.hold(&hold.hold_id).await.unwrap().unwrap();
+    assert_eq!(read.state, HoldState::Captured);
+    h.assert_verified().await;
+}
+
+/// Two concurrent holds of 7 on 10 → exactly one succeeds; balance 10, held 7, available 3.
+pub async fn concurrent_holds_exactly_one_wins(h: Harness) {
+    h.grant("u", "10").await;
+    let h = Arc::new(h);
+    let tasks = (0..2).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move { h.hold("u", "7", 1200).await })
+    });
+    let results: Vec<_> = join_all(tasks).await.into_iter().map(|joined| joined.unwrap()).collect();
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1, "{results:?}");
+    let refused = results.iter().find_map(|result| result.clone().err()).unwrap();
+    assert_eq!(refused, Rejection::InsufficientCredits { required: cr("7"), available: cr("3") });
+    assert_eq!(h.balances("u").await, balances("10", "7", "3"));
+    h.assert_verified().await;
+}
+
+/// 64 concurrent holds of 7 on 100: exactly 14 succeed and nothing is overdrawn.
+pub async fn concurrent_holds_never_overdraw(h: Harness) {
+    h.grant("u", "100").await;
+    let h = Arc::new(h);
+    let tasks = (0..64).map(|index| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let hold = h.hold("u", "7", 1200).await?;
+            // Half capture with overage allowed: the excess must also respect available.
+            if index % 2 == 0 {
+                let command = Command::Capture {
+                    hold_id: hold.hold_id,
+                    amount: cr("8"),
+                    is_final: true,
+                    overage: Overage::IfAvailable,
+                };
+                let _ = h.run(command).await;
+            }
+            Ok::<(), Rejection>(())
+        })
+    });
+    let results: Vec<_> = join_all(tasks).await.into_iter().map(|joined| joined.unwrap()).collect();
+    let held = results.iter().filter(|result| result.is_ok()).count();
+    assert!((12..=14).contains(&held), "{held} holds succeeded");
+    let figures = h.balances("u").await;
+    assert_eq!(figures.balance, figures.held.plus(figures.available));
+    h.assert_verified().await;
+}
+
+/// A hold past its TTL counts 0 at once (exact on read), reads as expired, and a new hold of the
+/// full balance succeeds; capturing it is `hold_expired`, releasing it `hold_not_pending`.
+pub async fn expired_hold_counts_zero(h: Harness) {
+    h.grant("u", "10").await;
+    let old = h.hold("u", "8", 60).await.unwrap();
+    h.clock.advance_seconds(59);
+    assert_eq!(h.balances("u").await, balances("10", "8", "2"));
+    h.clock.advance_seconds(1);
+    assert_eq!(h.balances("u").await, balances("10", "0", "10"));
+    assert_eq!(h.store.hold(&old.hold_id).await.unwrap().unwrap().state, HoldState::Expired);
+    assert!(h.store.pending_holds(&account("u")).await.unwrap().is_empty());
+    h.hold("u", "10", 60).await.unwrap();
+    assert_eq!(h.capture(&old.hold_id, "1", true).await, Err(Rejection::HoldExpired));
+    assert_eq!(h.release(&old.hold_id).await, Err(Rejection::HoldNotPending { state: HoldState::Expired }));
+    h.assert_verified().await;
+}
+
+pub async fn insufficient_credits_changes_nothing(h: Harness) {
+    h.grant("u", "5").await;
+    let before = h.store.entries(&account("u"), 0, 100).await.unwrap();
+    assert_eq!(
+        h.hold("u", "5.000001", 60).await,
+        Err(Rejection::InsufficientCredits { required: cr("5.000001"), available: cr("5") })
+    );
+    let debit = Command::Debit { account_id: account("u"), amount: cr("6"), reference: None };
+    assert!(matches!(h.run(debit).await, Err(Rejection::InsufficientCredits { .. })));
+    assert_eq!(h.store.entries(&account("u"), 0, 100).await.unwrap(), before);
+    assert_eq!(h.balances("u").await, balances("5", "0", "5"));
+}
+
+/// A capture above the remaining part is refused, or charged from available with
+/// `if_available`, or refused for funds when available is short.
+pub async fn capture_beyond_hold(h: Harness) {
+    h.grant("u", "10").await;
+    let hold = h.hold("u", "4", 60).await.unwrap();
+    assert_eq!(
+        h.capture(&hold.hold_id, "5", true).await,
+        Err(Rejection::AmountExceedsHold { requested: cr("5"), remaining: cr("4") })
+    );
+    let too_much = Command::Capture {
+        hold_id: hold.hold_id.clone(),
+        amount: cr("11"),
+        is_final: true,
+        overage: Overage::IfAvailable,
+    };
+    assert_eq!(h.run(too_much).await, Err(Rejection::InsufficientCredits { required: cr("7"), available: cr("6") }));
+    let overage = Command::Capture {
+        hold_id: hold.hold_id.clone(),
+        amount: cr("5"),
+        is_final: true,
+        overage: Overage::IfAvailable,
+    };
+    let Ok(Outcome::Captured { hold: captured }) = h.run(overage).await else { panic!("overage capture refused") };
+    assert_eq!((captured.captured, captured.state), (cr("5"), HoldState::Captured));
+    assert_eq!(h.balances("u").await, balances("5", "0", "5"));
+    h.assert_verified().await;
+}
+
+/// Release: pending → released; again → no-op success; a captured hold → `hold_not_pending`.
+pub async fn release_semantics(h: Harness) {
+    h.grant("u", "10").await;
+    let hold = h.hold("u", "6", 60).await.unwrap();
+    assert!(matches!(h.release(&hold.hold_id).await, Ok(Outcome::Released { changed: true, .. })));
+    assert!(matches!(h.release(&hold.hold_id).await, Ok(Outcome::Released { changed: false, .. })));
+    assert_eq!(h.balances("u").await, balances("10", "0", "10"));
+    let captured = h.hold("u", "6", 60).await.unwrap();
+    h.capture(&captured.hold_id, "6", true).await.unwrap();
+    assert_eq!(h.release(&captured.hold_id).await, Err(Rejection::HoldNotPending { state: HoldState::Captured }));
+    let releases = h
+        .store
+        .entries(&account("u"), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == EntryKind::Release)
+        .count();
+    assert_eq!(releases, 1, "a repeated release writes nothing");
+    h.assert_verified().await;
+}
+
+pub async fn extend_moves_expiry(h: Harness) {
+    h.grant("u", "10").await;
+    let hold = h.hold("u", "6", 60).await.unwrap();
+    h.clock.advance_seconds(50);
+    let extend = Command::Extend { hold_id: hold.hold_id.clone(), ttl_seconds: 60 };
+    let Ok(Outcome::Extended { hold: extended }) = h.run(extend).await else { panic!("extend refused") };
+    assert_eq!(extended.expires_at, h.clock_now().plus_seconds(60));
+    h.clock.advance_seconds(59);
+    assert_eq!(h.balances("u").await.held, cr("6"));
+    h.clock.advance_seconds(1);
+    assert_eq!(h.balances("u").await.held, cr("0"));
+    let late = Command::Extend { hold_id: hold.hold_id, ttl_seconds: 60 };
+    assert_eq!(h.run(late).await, Err(Rejection::HoldExpired));
+    h.assert_verified().await;
+}
+
+fn refund(account_id: &str, amount: &str, reference: &str, hold_id: Option<&HoldId>) -> Command {
+    Command::Refund {
+        account_id: account(account_id),
+        grant_id: GrantId::parse(&format!("r{}", uuid::Uuid::now_v7().simple())).unwrap(),
+        amount: cr(amount),
+        reference: Reference::parse(reference).unwrap(),
+        hold_id: hold_id.cloned(),
+        priority: 100,
+        expires_at: None,
+    }
+}
+
+/// A refund by reference applies once; with a hold, never beyond what it captured.
+pub async fn refund_by_reference_applies_once(h: Harness) {
+    h.grant("u", "20").await;
+    let hold = h.hold("u", "10", 60).await.unwrap();
+    h.capture(&hold.hold_id, "10", true).await.unwrap();
+    let first = h.run(refund("u", "10", "job-1", Some(&hold.hold_id))).await;
+    assert!(matches!(first, Ok(Outcome::Refunded { created: true, .. })), "{first:?}");
+    let again = h.run(refund("u", "10", "job-1", Some(&hold.hold_id))).await;
+    assert!(matches!(again, Ok(Outcome::Refunded { created: false, .. })), "{again:?}");
+    assert_eq!(h.balances("u").await, balances("20", "0", "20"));
+    assert_eq!(
+        h.run(refund("u", "0.5", "job-2", Some(&hold.hold_id))).await,
+        Err(Rejection::RefundExceedsCharges { requested: cr("0.5"), refundable: cr("0") })
+    );
+    assert!(matches!(h.run(refund("u", "1", "job-3", None)).await, Err(Rejection::RefundExceedsCharges { .. })));
+    h.assert_verified().await;
+}
+
+pub async fn refund_with_hold_of_another_account_is_not_found(h: Harness) {
+    h.grant("a", "10").await;
+    h.grant("b", "10").await;
+    let hold = h.hold("a", "5", 60).await.unwrap();
+    h.capture(&hold.hold_id, "5", true).await.unwrap();
+    assert_eq!(h.run(refund("b", "1", "x", Some(&hold.hold_id))).await, Err(Rejection::HoldNotFound));
+    assert_eq!(h.balances("b").await, balances("10", "0", "10"));
+}
+
+pub async fn grant_reference_returns_first_grant(h: Harness) {
+    let first = h.grant_with("u", "5", 100, None, Some("invoice-7")).await.unwrap();
+    let again = h.grant_with("u", "9", 100, None, Some("invoice-7")).await.unwrap();
+    let (Outcome::Granted { grant: a, created: true }, Outcome::Granted { grant: b, created: false }) = (first, again)
+    else {
+        panic!("expected a created grant then the same grant");
+    };
+    assert_eq!((a.grant_id, a.amount), (b.grant_id, b.amount));
+    assert_eq!(h.balances("u").await, balances("5", "0", "5"));
+    // The same reference on another account is a different grant.
+    assert!(matches!(
+        h.grant_with("v", "1", 100, None, Some("invoice-7")).await,
+        Ok(Outcome::Granted { created: true, .. })
+    ));
+}
+
+/// A grant's remainder leaves the balance exactly at `expires_at`; the sweeper journals it.
+pub async fn grants_expire_exactly_and_sweep_records_them(h: Harness) {
+    h.grant_with("u", "5", 100, Some(100), None).await.unwrap();
+    h.grant("u", "1").await;
+    assert_eq!(
+        h.grant_with("u", "1", 100, Some(0), None).await,
+        Err(Rejection::ExpiryNotInFuture),
+        "a grant already expired is refused"
+    );
+    h.clock.advance_seconds(99);
+    assert_eq!(h.balances("u").await, balances("6", "0", "6"));
+    h.clock.advance_seconds(1);
+    assert_eq!(h.balances("u").await, balances("1", "0", "1"));
+    let report = h.store.sweep(100).await.unwrap();
+    assert_eq!((report.accounts, report.entries), (1, 1));
+    let entries = h.store.entries(&account("u"), 0, 100).await.unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!((last.kind, last.amount, last.balance_after), (EntryKind::GrantExpired, cr("5"), cr("1")));
+    assert_eq!(h.store.sweep(100).await.unwrap().entries, 0, "a second sweep finds nothing");
+    h.assert_verified().await;
+}
+
+/// A hold pins its grant's credits: when the grant expires under a pending hold, the hold stays
+/// capturable; what it does not capture expires when it ends.
+pub async fn pinned_grant_expiry_waits_for_the_hold(h: Harness) {
+    h.grant_with("u", "10", 100, Some(100), None).await.unwrap();
+    let hold = h.hold("u", "6", 1000).await.unwrap();
+    h.clock.advance_seconds(200);
+    assert_eq!(h.balances("u").await, balances("6", "6", "0"));
+    h.capture(&hold.hold_id, "2", true).await.unwrap();
+    assert_eq!(h.balances("u").await, balances("0", "0", "0"));
+    h.assert_verified().await;
+}
+
+pub async fn unknown_account_and_hold(h: Harness) {
+    assert_eq!(h.hold("nobody", "1", 60).await, Err(Rejection::AccountNotFound));
+    assert!(h.store.account(&account("nobody")).await.unwrap().is_none());
+    let missing = HoldId::parse("missing").unwrap();
+    assert_eq!(h.release(&missing).await, Err(Rejection::HoldNotFound));
+    assert!(h.store.hold(&missing).await.unwrap().is_none());
+}
+
+/// The same key with the same request replays the first result and applies nothing twice.
+pub async fn idempotent_replay_returns_first_result(h: Harness) {
+    h.grant("u", "10").await;
+    let command = h.hold_command("u", "4", 60);
+    let first = h.store.execute(Request::with_key(command.clone(), "k1", "f1")).await.unwrap();
+    let second = h.store.execute(Request::with_key(command, "k1", "f1")).await.unwrap();
+    let Executed::Fresh(Ok(Outcome::Held { hold })) = &first else { panic!("{first:?}") };
+    assert_eq!(second, Executed::Replayed(Ok(Outcome::Held { hold: hold.clone() })));
+    assert_eq!(h.balances("u").await, balances("10", "4", "6"));
+    let entries = h.store.entries(&account("u"), 0, 100).await.unwrap();
+    assert_eq!(entries.last().unwrap().idempotency_key.as_deref(), Some("k1"));
+    h.assert_verified().await;
+}
+
+pub async fn idempotency_key_with_other_request_conflicts(h: Harness) {
+    h.grant("u", "10").await;
+    let first = h.store.execute(Request::with_key(h.hold_command("u", "4", 60), "k", "f1")).await.unwrap();
+    assert!(matches!(first, Executed::Fresh(Ok(_))));
+    let other = h.store.execute(Request::with_key(h.hold_command("u", "5", 60), "k", "f2")).await.unwrap();
+    assert_eq!(other, Executed::Conflict);
+    assert_eq!(h.balances("u").await, balances("10", "4", "6"));
+}
+
+/// A request rejected for funds replays as the same rejection, even after credits arrive.
+pub async fn rejection_replays_as_rejection(h: Harness) {
+    h.grant("u", "1").await;
+    let command = h.hold_command("u", "5", 60);
+    let first = h.store.execute(Request::with_key(command.clone(), "k", "f")).await.unwrap();
+    let rejected = Err(Rejection::InsufficientCredits { required: cr("5"), available: cr("1") });
+    assert_eq!(first, Executed::Fresh(rejected.clone()));
+    h.grant("u", "10").await;
+    let again = h.store.execute(Request::with_key(command, "k", "f")).await.unwrap();
+    assert_eq!(again, Executed::Replayed(rejected));
+    assert_eq!(h.balances("u").await, balances("11", "0", "11"));
+}
+
+/// 16 concurrent requests with one key apply once: one fresh result, fifteen equal replays.
+pub async fn concurrent_same_key_applies_once(h: Harness) {
+    h.grant("u", "100").await;
+    let command = h.hold_command("u", "3", 60);
+    let store = h.store.clone();
+    let tasks = (0..16).map(|_| {
+        let store = store.clone();
+        let command = command.clone();
+        tokio::spawn(async move { store.execute(Request::with_key(command, "same", "f")).await.unwrap() })
+    });
+    let results: Vec<Executed> = join_all(tasks).await.into_iter().map(|joined| joined.unwrap()).collect();
+    let fresh: Vec<_> = results.iter().filter(|result| matches!(result, Executed::Fresh(_))).collect();
+    assert_eq!(fresh.len(), 1, "{results:?}");
+    for result in &results {
+        assert_eq!(result.result(), fresh[0].result());
+    }
+    assert_eq!(h.balances("u").await, balances("100", "3", "97"));
+    h.assert_verified().await;
+}
+
+pub async fn entries_pagination_is_stable(h: Harness) {
+    for _ in 0..25 {
+        h.grant("u", "1").await;
+    }
+    let all = h.store.entries(&account("u"), 0, 1000).await.unwrap();
+    assert_eq!(all.len(), 25);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = h.store.entries(&account("u"), after, 10).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert!(all.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    assert_eq!(all.last().unwrap().balance_after, cr("25"));
+}
+
+pub async fn sweep_forgets_old_idempotency_keys(h: Harness) {
+    h.grant("u", "10").await;
+    let command = h.hold_command("u", "1", 60);
+    h.store.execute(Request::with_key(command.clone(), "old", "f")).await.unwrap();
+    h.clock.advance_seconds(3600);
+    assert!(matches!(
+        h.store.execute(Request::with_key(command.clone(), "old", "f")).await.unwrap(),
+        Executed::Replayed(_)
+    ));
+    h.clock.advance_seconds(86_400);
+    let report = h.store.sweep(100).await.unwrap();
+    assert_eq!(report.idempotency_keys_deleted, 1);
+    // The key is forgotten; the hold id inside the command already exists, so this proves the
+    // record is gone by the store no longer replaying it.
+    let after = h.store.execute(Request::with_key(h.hold_command("u", "1", 60), "old", "f2")).await.unwrap();
+    assert!(matches!(after, Executed::Fresh(Ok(_))), "{after:?}");
+    h.assert_verified().await;
+}
