@@ -1,1 +1,22 @@
-//! server (being written).
+//! The HTTP API of creditgraph: an axum [`router`] over any [`store::LedgerStore`].
+//!
+//! Requests are parsed at the edge into ledger types (`wire`), run as one store call, and
+//! rendered from the result; every failure is RFC 9457 problem+json with a stable `code`
+//! (`error`). Only the types in `dto` derive serde. Nothing here names a concrete backend.
+
+mod config;
+mod dto;
+mod error;
+mod extract;
+mod openapi;
+mod router;
+mod routes;
+mod state;
+mod sweeper;
+mod wire;
+
+pub use config::{ApiConfig, Role};
+pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
+pub use openapi::ApiDoc;
+pub use router::router;
+pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};

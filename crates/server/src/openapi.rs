@@ -1,0 +1,42 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` and the DTOs, so it
+//! cannot drift from the code.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{accounts, health, holds};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "creditgraph", description = "Prepaid credits: grants, holds, captures, journal."),
+    paths(
+        accounts::create_grant,
+        accounts::get_account,
+        accounts::list_entries,
+        accounts::create_debit,
+        accounts::create_refund,
+        holds::create_hold,
+        holds::get_hold,
+        holds::capture,
+        holds::release,
+        holds::extend,
+        health::healthz,
+        health::readyz,
+        health::openapi,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` scheme the paths refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

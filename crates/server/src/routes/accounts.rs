@@ -1,0 +1,248 @@
+//! Account routes: grants, balance, journal, debits and refunds.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use ledger::{Amount, Command, HoldState, Outcome};
+
+use crate::dto::{
+    AccountResponse, DebitRequest, DebitResponse, EntriesQuery, EntriesResponse, GrantRequest, GrantResponse, Problem,
+    RefundRequest,
+};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery, IdempotencyKey, JsonBody, RequireAdmin, RequireService};
+use crate::routes::{created_or_ok, json, new_grant_id};
+use crate::state::{unexpected_outcome, AppState};
+use crate::wire;
+
+/// Priority of a grant whose request names none: the contract's default.
+const GRANT_PRIORITY_DEFAULT: i32 = 100;
+
+/// Add credits to an account (creating it on its first grant).
+#[utoipa::path(
+    post, path = "/v1/accounts/{account_id}/grants", tag = "accounts",
+    params(("account_id" = String, Path, description = "1-128 characters of [A-Za-z0-9._-]"),
+           ("Idempotency-Key" = Option<String>, Header)),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, description = "granted", body = GrantResponse),
+        (status = 200, description = "the reference was used before: the first grant", body = GrantResponse),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_grant(
+    State(state): State<AppState>,
+    _auth: RequireAdmin,
+    ApiPath(account_id): ApiPath<String>,
+    key: IdempotencyKey,
+    body: JsonBody<GrantRequest>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let request = &body.value;
+    let amount = wire::parse_positive_amount("amount", &request.amount)?;
+    let expires_at = request.expires_at.as_deref().map(|text| wire::parse_time("expires_at", text)).transpose()?;
+    let reference = wire::parse_reference(request.reference.as_deref())?;
+    let metadata = wire::metadata_text(request.metadata.as_ref(), state.config.metadata_bytes_max)?;
+    let command = Command::Grant {
+        account_id,
+        grant_id: new_grant_id(),
+        amount,
+        priority: request.priority.unwrap_or(GRANT_PRIORITY_DEFAULT),
+        expires_at,
+        reference,
+        metadata,
+    };
+    match state.execute(command, &key, || body.fingerprint(Some(amount))).await? {
+        // `remaining` here is the grant's free part: the outcome does not say what pending holds
+        // pinned, and a replay must render exactly like the first response.
+        Ok(Outcome::Granted { grant, created }) => {
+            Ok(json(created_or_ok(created), wire::grant_response(&grant, grant.free)))
+        }
+        Ok(other) => Err(unexpected_outcome("grant", &other)),
+        Err(rejection) => Err(rejection.into()),
+    }
+}
+
+/// Balance, held and available credits of an account, with its grants that still have credits.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account_id}", tag = "accounts",
+    params(("account_id" = String, Path)),
+    responses(
+        (status = 200, body = AccountResponse),
+        (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_account(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(account_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let view = state.store.account(&account_id).await?.ok_or_else(ApiError::account_not_found)?;
+    let mut grants: Vec<&ledger::Grant> = view.state.grants.iter().collect();
+    grants.sort_by(|a, b| a.spend_order_key().cmp(&b.spend_order_key()));
+    let grants = grants
+        .into_iter()
+        .filter_map(|grant| {
+            let pinned = Amount::sum(
+                view.state
+                    .holds
+                    .iter()
+                    .filter(|hold| hold.state == HoldState::Pending)
+                    .flat_map(|hold| hold.allocations.iter())
+                    .filter(|allocation| allocation.grant_id == grant.grant_id)
+                    .map(|allocation| allocation.amount),
+            );
+            let remaining = grant.free.plus(pinned);
+            (!remaining.is_zero()).then(|| wire::grant_response(grant, remaining))
+        })
+        .collect::<Vec<GrantResponse>>();
+    let body = AccountResponse {
+        account_id: view.state.account_id.to_string(),
+        balance: view.balances.balance.to_string(),
+        held: view.balances.held.to_string(),
+        available: view.balances.available.to_string(),
+        grants,
+    };
+    Ok(json(StatusCode::OK, body))
+}
+
+/// The account's journal, oldest first, one page at a time.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account_id}/entries", tag = "accounts",
+    params(("account_id" = String, Path), EntriesQuery),
+    responses(
+        (status = 200, body = EntriesResponse),
+        (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_entries(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(account_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<EntriesQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let limit_max = state.config.entries_limit_max;
+    let limit = query.limit.unwrap_or(state.config.entries_limit_default.min(limit_max));
+    if !(1..=limit_max).contains(&limit) {
+        return Err(ApiError::invalid_request(format!("limit: must be between 1 and {limit_max}")));
+    }
+    let after_seq = match query.after.as_deref() {
+        None => 0,
+        Some(cursor) => {
+            cursor.parse::<u64>().map_err(|_| ApiError::invalid_request("after: not a cursor this API returned"))?
+        }
+    };
+    // One extra entry tells whether another page follows, without an empty last page.
+    let mut entries = state.store.entries(&account_id, after_seq, limit.saturating_add(1)).await?;
+    if entries.is_empty() && state.store.account(&account_id).await?.is_none() {
+        return Err(ApiError::account_not_found());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|entry| entry.seq.to_string())
+    } else {
+        None
+    };
+    let body = EntriesResponse { entries: entries.iter().map(wire::entry_response).collect(), next };
+    Ok(json(StatusCode::OK, body))
+}
+
+/// Charge credits without a prior hold, all or nothing.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account_id}/debits", tag = "accounts",
+    params(("account_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = DebitRequest,
+    responses(
+        (status = 201, body = DebitResponse),
+        (status = 402, description = "insufficient_credits", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_debit(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(account_id): ApiPath<String>,
+    key: IdempotencyKey,
+    body: JsonBody<DebitRequest>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let amount = wire::parse_positive_amount("amount", &body.value.amount)?;
+    let reference = wire::parse_reference(body.value.reference.as_deref())?;
+    let command = Command::Debit { account_id, amount, reference: reference.clone() };
+    match state.execute(command, &key, || body.fingerprint(Some(amount))).await? {
+        Ok(Outcome::Debited { account_id, amount, balances }) => {
+            let body = DebitResponse {
+                account_id: account_id.to_string(),
+                amount: amount.to_string(),
+                reference: reference.map(|reference| reference.to_string()),
+                balance: balances.balance.to_string(),
+                held: balances.held.to_string(),
+                available: balances.available.to_string(),
+            };
+            Ok(json(StatusCode::CREATED, body))
+        }
+        Ok(other) => Err(unexpected_outcome("debit", &other)),
+        Err(rejection) => Err(rejection.into()),
+    }
+}
+
+/// Give credits back for an earlier charge, at most once per reference.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account_id}/refunds", tag = "accounts",
+    params(("account_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = RefundRequest,
+    responses(
+        (status = 201, description = "refunded: a grant of kind refund", body = GrantResponse),
+        (status = 200, description = "the reference was used before: the first refund", body = GrantResponse),
+        (status = 404, description = "account_not_found, hold_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "refund_exceeds_charges, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_refund(
+    State(state): State<AppState>,
+    _auth: RequireAdmin,
+    ApiPath(account_id): ApiPath<String>,
+    key: IdempotencyKey,
+    body: JsonBody<RefundRequest>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let request = &body.value;
+    let amount = wire::parse_positive_amount("amount", &request.amount)?;
+    let reference = wire::parse_reference(Some(&request.reference))?
+        .ok_or_else(|| ApiError::invalid_request("reference: required"))?;
+    let hold_id = request.hold_id.as_deref().map(wire::parse_hold_id).transpose()?;
+    let expires_at =
+        state.config.refund_grant_ttl_seconds.map(|ttl_seconds| state.clock.now().plus_seconds(ttl_seconds));
+    let command = Command::Refund {
+        account_id,
+        grant_id: new_grant_id(),
+        amount,
+        reference,
+        hold_id,
+        priority: state.config.refund_grant_priority,
+        expires_at,
+    };
+    match state.execute(command, &key, || body.fingerprint(Some(amount))).await? {
+        Ok(Outcome::Refunded { grant, created }) => {
+            Ok(json(created_or_ok(created), wire::grant_response(&grant, grant.free)))
+        }
+        Ok(other) => Err(unexpected_outcome("refund", &other)),
+        Err(rejection) => Err(rejection.into()),
+    }
+}

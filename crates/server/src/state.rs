@@ -1,0 +1,57 @@
+//! What every handler shares: the store, the clock, the configuration and the token table.
+
+use std::sync::Arc;
+
+use ledger::{Command, Outcome, Rejection};
+use sha2::{Digest, Sha256};
+use store::{Clock, Executed, LedgerStore, Request};
+
+use crate::config::{ApiConfig, Role};
+use crate::error::ApiError;
+use crate::extract::IdempotencyKey;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn LedgerStore>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<ApiConfig>,
+    /// SHA-256 of each token with its role: comparing digests in constant time leaks neither
+    /// the tokens' contents nor their lengths.
+    pub token_digests: Arc<[([u8; 32], Role)]>,
+}
+
+pub fn token_digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> AppState {
+        let token_digests = config.tokens.iter().map(|(token, role)| (token_digest(token.as_bytes()), *role)).collect();
+        AppState { store, clock, config: Arc::new(config), token_digests }
+    }
+
+    /// Runs one ledger command, idempotently when the request carried a key. The fingerprint is
+    /// computed only when needed. A replay yields the first result, which renders exactly as the
+    /// first response did.
+    pub async fn execute(
+        &self,
+        command: Command,
+        key: &IdempotencyKey,
+        fingerprint: impl FnOnce() -> Result<String, ApiError>,
+    ) -> Result<Result<Outcome, Rejection>, ApiError> {
+        let request = match key.as_str() {
+            Some(key) => Request::with_key(command, key, &fingerprint()?),
+            None => Request::new(command),
+        };
+        match self.store.execute(request).await? {
+            Executed::Fresh(result) | Executed::Replayed(result) => Ok(result),
+            Executed::Conflict => Err(ApiError::idempotency_conflict()),
+        }
+    }
+}
+
+/// An outcome of a different kind than the command asked for: a store bug, answered with 500.
+pub fn unexpected_outcome(command: &str, outcome: &Outcome) -> ApiError {
+    tracing::error!(command, ?outcome, "store returned an outcome of another command");
+    ApiError::internal()
+}
