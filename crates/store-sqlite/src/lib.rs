@@ -1,1 +1,333 @@
-//! store-sqlite (being written).
+//! The SQLite ledger store: the embedded default backend of creditgraph.
+//!
+//! Shape (see ARCHITECTURE.md for the invariants):
+//! - one **writer thread** owns the only write connection and applies every mutation; it commits
+//!   up to `batch_max` queued operations per transaction (group commit, one fsync per batch), each
+//!   inside its own savepoint, and answers only after the commit is durable ([`writer`]);
+//! - a few **read connections** serve reads from the last committed WAL snapshot without
+//!   blocking the writer ([`readers`]);
+//! - an OS lock on `<database>.lock` makes a second process (or a second store in this process)
+//!   refuse to open the same file, so the writer's in-memory account cache is never stale
+//!   ([`lockfile`]);
+//! - the schema is embedded and migrated at open ([`schema`]).
+
+mod lockfile;
+mod readers;
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use ledger::{AccountId, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Violation};
+use store::{AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
+use tokio::sync::{mpsc, oneshot};
+
+use readers::Readers;
+use writer::{Counters, Done, Job, Work, Writer};
+
+/// Tuning of a [`SqliteStore`]. Every queue it creates is bounded by one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// `true`: `synchronous=FULL`, a reply means the change is on disk. `false`:
+    /// `synchronous=OFF`, for benchmarks only (a power loss may drop recent commits).
+    pub durable: bool,
+    /// Most operations committed in one transaction.
+    pub batch_max: usize,
+    /// Most operations waiting for the writer; callers beyond it wait to enqueue.
+    pub queue_max: usize,
+    /// Read connections (and concurrent reads).
+    pub read_connections: usize,
+    /// Idempotency keys younger than this are never forgotten by `sweep`.
+    pub idempotency_retention_seconds: u64,
+    /// Most accounts whose state the writer keeps in memory (0 turns the cache off).
+    pub cache_accounts_max: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> SqliteOptions {
+        SqliteOptions {
+            durable: true,
+            batch_max: 256,
+            queue_max: 4096,
+            read_connections: 4,
+            idempotency_retention_seconds: 86_400,
+            cache_accounts_max: 100_000,
+        }
+    }
+}
+
+/// Cumulative writer figures: `operations / commits` is the mean group-commit size, i.e. the
+/// operations per fsync when durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SqliteStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Jobs (ledger commands, key clean-ups) in those transactions.
+    pub operations: u64,
+}
+
+/// Accounts verified per read of the account list, so verification memory stays bounded by the
+/// largest single account rather than the database.
+const VERIFY_PAGE_ACCOUNTS: u32 = 1_000;
+/// Most journal-only accounts reported by one verification.
+const ORPHAN_ACCOUNTS_REPORTED_MAX: u32 = 100;
+
+/// A [`LedgerStore`] on one SQLite database file.
+pub struct SqliteStore {
+    path: PathBuf,
+    clock: Arc<dyn Clock>,
+    /// `None` once closed; cloned per request so closing waits only for requests in flight.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Readers>,
+    counters: Arc<Counters>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Unavailable { detail: "the SQLite writer has stopped (a failed ledger invariant is logged)".to_owned() }
+}
+
+fn unexpected(done: &Done) -> StoreError {
+    StoreError::Unavailable { detail: format!("the SQLite writer answered {done:?} to another job") }
+}
+
+/// Takes the owner lock, opens the write connection and migrates.
+fn open_locked(path: &Path, durable: bool) -> Result<(PathBuf, lockfile::OwnerLock, rusqlite::Connection), StoreError> {
+    let path = lockfile::resolve(path)?;
+    let owner = lockfile::acquire(&path)?;
+    let mut conn = schema::open_writer(&path, durable)?;
+    schema::migrate(&mut conn, &path)?;
+    Ok((path, owner, conn))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Startup { detail: format!("SQLite start-up task failed: {error}") })?
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the database at `path`, then starts the writer.
+    /// Fails with [`StoreError::Startup`] when another store owns the file.
+    pub async fn open(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let requested = path.to_owned();
+        let durable = options.durable;
+        let read_connections = options.read_connections;
+        let (path, owner, conn, readers) = blocking(move || {
+            let (path, owner, conn) = open_locked(&requested, durable)?;
+            let readers = Readers::open(path.clone(), read_connections)?;
+            Ok((path, owner, conn, readers))
+        })
+        .await?;
+        let counters = Arc::new(Counters::default());
+        let writer = Writer::new(
+            conn,
+            Arc::clone(&clock),
+            options.batch_max,
+            options.cache_accounts_max,
+            options.idempotency_retention_seconds,
+            Arc::clone(&counters),
+        );
+        let (sender, receiver) = mpsc::channel(options.queue_max.max(1));
+        let handle = std::thread::Builder::new()
+            .name("sqlite-writer".to_owned())
+            .spawn(move || writer.run(receiver, owner))
+            .map_err(|error| StoreError::Startup { detail: format!("cannot start the SQLite writer: {error}") })?;
+        tracing::info!(database = %path.display(), durable, batch_max = options.batch_max, "SQLite store open");
+        Ok(SqliteStore {
+            path,
+            clock,
+            jobs: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(readers),
+            counters,
+        })
+    }
+
+    /// Opens, migrates and closes: what `creditgraph migrate` runs. Takes the owner lock too, so
+    /// it refuses while a server owns the file.
+    pub async fn migrate_only(path: &Path) -> Result<(), StoreError> {
+        let requested = path.to_owned();
+        blocking(move || {
+            let (path, owner, conn) = open_locked(&requested, true)?;
+            conn.close().map_err(|(_, error)| StoreError::Startup {
+                detail: format!("database {}: closing after migration failed: {error}", path.display()),
+            })?;
+            drop(owner);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The resolved path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> SqliteStats {
+        SqliteStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            operations: self.counters.operations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting work, lets the writer drain and commit what is queued, joins it (which
+    /// closes the write connection and releases the owner lock) and closes the readers. Later
+    /// calls answer `Unavailable`. Dropping the store without closing also stops the writer, but
+    /// the lock is then released in the background.
+    pub async fn close(&self) {
+        drop(lock(&self.jobs).take());
+        self.readers.close();
+        let handle = lock(&self.writer).take();
+        if let Some(handle) = handle {
+            match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!(database = %self.path.display(), "the SQLite writer ended abnormally"),
+            }
+        }
+    }
+
+    async fn submit(&self, work: Work) -> Result<oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
+        let sender = lock(&self.jobs)
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable { detail: "the SQLite store is closed".to_owned() })?;
+        let (reply, receiver) = oneshot::channel();
+        sender.send(Job { work, reply }).await.map_err(|_| writer_gone())?;
+        Ok(receiver)
+    }
+
+    async fn answer(receiver: oneshot::Receiver<Result<Done, StoreError>>) -> Result<Done, StoreError> {
+        receiver.await.map_err(|_| writer_gone())?
+    }
+
+    async fn forget_keys(&self) -> Result<u64, StoreError> {
+        match Self::answer(self.submit(Work::ForgetKeys).await?).await? {
+            Done::Forgot(count) => Ok(count),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[async_trait]
+impl LedgerStore for SqliteStore {
+    async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
+        match Self::answer(self.submit(Work::Execute(request)).await?).await? {
+            Done::Executed(executed) => Ok(executed),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
+        let account_id = account_id.clone();
+        let clock = Arc::clone(&self.clock);
+        self.readers
+            .run(move |conn| {
+                let snapshot = conn.unchecked_transaction().map_err(rows::sql_error)?;
+                let state = rows::load_account(&snapshot, &account_id)?;
+                // Read after the snapshot: never earlier than any write it contains.
+                let now = clock.now();
+                Ok(state.map(|state| AccountView::at(&state, now)))
+            })
+            .await
+    }
+
+    async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        let hold_id = hold_id.clone();
+        let clock = Arc::clone(&self.clock);
+        self.readers
+            .run(move |conn| {
+                let hold = rows::hold(conn, &hold_id)?;
+                let now = clock.now();
+                Ok(hold.map(|hold| ledger::view_hold(&hold, now)))
+            })
+            .await
+    }
+
+    async fn pending_holds(&self, account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
+        let account_id = account_id.clone();
+        let clock = Arc::clone(&self.clock);
+        self.readers.run(move |conn| rows::active_holds(conn, &account_id, clock.now())).await
+    }
+
+    async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError> {
+        let account_id = account_id.clone();
+        self.readers.run(move |conn| rows::entries(conn, &account_id, after_seq, limit)).await
+    }
+
+    async fn sweep(&self, accounts_max: u32) -> Result<SweepReport, StoreError> {
+        let now = self.clock.now();
+        let due = self.readers.run(move |conn| rows::due_accounts(conn, now, accounts_max)).await?;
+        // Enqueue every sweep before awaiting any, so they share group commits.
+        let mut answers = Vec::with_capacity(due.len());
+        for account_id in due {
+            answers.push(self.submit(Work::Execute(Request::new(Command::Sweep { account_id }))).await?);
+        }
+        let mut report = SweepReport::default();
+        for answer in answers {
+            match Self::answer(answer).await? {
+                Done::Executed(Executed::Fresh(Ok(Outcome::Swept { entries }))) => {
+                    // Zero when a command on the account recorded the expiry in the meantime.
+                    if entries > 0 {
+                        report.accounts += 1;
+                        report.entries += entries as u64;
+                    }
+                }
+                Done::Executed(other) => {
+                    return Err(StoreError::Corrupt { detail: format!("a sweep answered {other:?}") });
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        report.idempotency_keys_deleted = self.forget_keys().await?;
+        Ok(report)
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.readers
+            .run(|conn| {
+                // One snapshot for the whole check, so concurrent commits cannot look like damage.
+                let snapshot = conn.unchecked_transaction().map_err(rows::sql_error)?;
+                let mut report = VerifyReport::default();
+                let mut after: Option<AccountId> = None;
+                loop {
+                    let page = rows::accounts_page(&snapshot, after.as_ref(), VERIFY_PAGE_ACCOUNTS)?;
+                    let Some((last, _)) = page.last() else { break };
+                    after = Some(last.clone());
+                    for (account_id, totals) in page {
+                        let entries = rows::all_entries(&snapshot, &account_id)?;
+                        let stored = StoredAccount {
+                            free: rows::free_sum(&snapshot, &account_id)?,
+                            holds: rows::all_holds(&snapshot, &account_id)?,
+                            account_id,
+                            totals,
+                        };
+                        report.accounts += 1;
+                        report.entries += entries.len() as u64;
+                        report.holds += stored.holds.len() as u64;
+                        report.violations.extend(ledger::verify_account(&entries, &stored));
+                    }
+                }
+                for account_id in rows::orphan_journal_accounts(&snapshot, ORPHAN_ACCOUNTS_REPORTED_MAX)? {
+                    let detail = "journal entries for an account the store does not have".to_owned();
+                    report.violations.push(Violation { account_id, detail });
+                }
+                Ok(report)
+            })
+            .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

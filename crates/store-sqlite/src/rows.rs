@@ -1,0 +1,457 @@
+//! Rows to ledger values and back, plus the queries the writer and the readers share.
+//!
+//! Amounts and times live in `INTEGER` columns. Every conversion is checked, so a row that does
+//! not fit the ledger's types becomes [`StoreError::Corrupt`] instead of a wrong number, and no
+//! driver error ever panics.
+
+use ledger::{
+    AccountId, AccountState, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference,
+    Timestamp, Totals,
+};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use store::{codec, StoreError};
+
+/// Maps a driver error: damaged data and violated constraints are `Corrupt` (a bug or tampering,
+/// never worth retrying); everything else (I/O, busy, full disk) is `Unavailable`.
+pub(crate) fn sql_error(error: rusqlite::Error) -> StoreError {
+    let detail = format!("sqlite: {error}");
+    let corrupt = match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => matches!(
+            failure.code,
+            ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+                | ErrorCode::ConstraintViolation
+                | ErrorCode::TypeMismatch
+        ),
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => true,
+        _ => false,
+    };
+    if corrupt {
+        StoreError::Corrupt { detail }
+    } else {
+        StoreError::Unavailable { detail }
+    }
+}
+
+pub(crate) fn corrupt(detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { detail: detail.into() }
+}
+
+/// Amounts are capped by the ledger far below `i64::MAX`; a larger one is a broken invariant.
+pub(crate) fn amount_to_sql(amount: Amount) -> Result<i64, StoreError> {
+    i64::try_from(amount.micros()).map_err(|_| corrupt(format!("amount {amount} does not fit a column")))
+}
+
+fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Result<T, StoreError> {
+    row.get(index).map_err(sql_error)
+}
+
+fn get_amount(row: &Row<'_>, index: usize, what: &str) -> Result<Amount, StoreError> {
+    let micros: i64 = get(row, index)?;
+    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(format!("negative {what} {micros}")))
+}
+
+fn get_time(row: &Row<'_>, index: usize) -> Result<Timestamp, StoreError> {
+    get::<i64>(row, index).map(Timestamp::from_micros)
+}
+
+fn get_reference(row: &Row<'_>, index: usize) -> Result<Option<Reference>, StoreError> {
+    match get::<Option<String>>(row, index)? {
+        None => Ok(None),
+        Some(text) => Reference::parse(&text).map(Some).map_err(|error| corrupt(format!("stored {error}"))),
+    }
+}
+
+fn parse_account_id(text: &str) -> Result<AccountId, StoreError> {
+    AccountId::parse(text).map_err(|error| corrupt(format!("stored {error}")))
+}
+
+fn get_account_id(row: &Row<'_>, index: usize) -> Result<AccountId, StoreError> {
+    parse_account_id(&get::<String>(row, index)?)
+}
+
+fn get_hold_id(row: &Row<'_>, index: usize) -> Result<HoldId, StoreError> {
+    HoldId::parse(&get::<String>(row, index)?).map_err(|error| corrupt(format!("stored {error}")))
+}
+
+fn get_grant_id(row: &Row<'_>, index: usize) -> Result<GrantId, StoreError> {
+    GrantId::parse(&get::<String>(row, index)?).map_err(|error| corrupt(format!("stored {error}")))
+}
+
+/// Runs a query and decodes every row with a decoder that may fail with a [`StoreError`].
+fn query_all<T>(
+    statement: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    decode: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut rows = statement.query(params).map_err(sql_error)?;
+    let mut list = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        list.push(decode(row)?);
+    }
+    Ok(list)
+}
+
+const GRANT_COLUMNS: &str =
+    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live";
+
+fn decode_grant(row: &Row<'_>) -> Result<Grant, StoreError> {
+    let kind: String = get(row, 2)?;
+    Ok(Grant {
+        grant_id: get_grant_id(row, 0)?,
+        account_id: get_account_id(row, 1)?,
+        kind: GrantKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown grant kind {kind:?}")))?,
+        amount: get_amount(row, 3, "grant amount")?,
+        free: get_amount(row, 4, "grant free part")?,
+        priority: get(row, 5)?,
+        expires_at: get::<Option<i64>>(row, 6)?.map(Timestamp::from_micros),
+        created_at: get_time(row, 7)?,
+        reference: get_reference(row, 8)?,
+        metadata: get(row, 9)?,
+        live: get(row, 10)?,
+    })
+}
+
+const HOLD_COLUMNS: &str =
+    "hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, created_at, \
+                            reference, metadata, allocations";
+
+fn decode_hold(row: &Row<'_>) -> Result<Hold, StoreError> {
+    let state: String = get(row, 6)?;
+    let allocations: String = get(row, 11)?;
+    Ok(Hold {
+        hold_id: get_hold_id(row, 0)?,
+        account_id: get_account_id(row, 1)?,
+        amount: get_amount(row, 2, "hold amount")?,
+        captured: get_amount(row, 3, "hold captured")?,
+        remaining: get_amount(row, 4, "hold remaining")?,
+        refunded: get_amount(row, 5, "hold refunded")?,
+        state: HoldState::parse(&state).ok_or_else(|| corrupt(format!("unknown hold state {state:?}")))?,
+        expires_at: get_time(row, 7)?,
+        created_at: get_time(row, 8)?,
+        reference: get_reference(row, 9)?,
+        metadata: get(row, 10)?,
+        allocations: codec::decode_allocations(&allocations)?,
+    })
+}
+
+const ENTRY_COLUMNS: &str =
+    "seq, account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key";
+
+fn decode_entry(row: &Row<'_>) -> Result<Entry, StoreError> {
+    let seq: i64 = get(row, 0)?;
+    let kind: String = get(row, 2)?;
+    let hold_id = match get::<Option<String>>(row, 4)? {
+        None => None,
+        Some(_) => Some(get_hold_id(row, 4)?),
+    };
+    let grant_id = match get::<Option<String>>(row, 5)? {
+        None => None,
+        Some(_) => Some(get_grant_id(row, 5)?),
+    };
+    Ok(Entry {
+        seq: u64::try_from(seq).map_err(|_| corrupt(format!("entry seq {seq}")))?,
+        account_id: get_account_id(row, 1)?,
+        kind: EntryKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown entry kind {kind:?}")))?,
+        amount: get_amount(row, 3, "entry amount")?,
+        hold_id,
+        grant_id,
+        reference: get_reference(row, 6)?,
+        balance_after: get_amount(row, 7, "entry balance_after")?,
+        held_after: get_amount(row, 8, "entry held_after")?,
+        at: get_time(row, 9)?,
+        idempotency_key: get(row, 10)?,
+    })
+}
+
+/// The account row's creation time and totals, or `None` when the account does not exist.
+fn account_row(conn: &Connection, account_id: &AccountId) -> Result<Option<(Timestamp, Totals)>, StoreError> {
+    let mut statement = conn
+        .prepare_cached("SELECT created_at, spent, refunded FROM accounts WHERE account_id = ?1")
+        .map_err(sql_error)?;
+    let mut rows = statement.query([account_id.as_str()]).map_err(sql_error)?;
+    let Some(row) = rows.next().map_err(sql_error)? else { return Ok(None) };
+    let totals = Totals { spent: get_amount(row, 1, "spent")?, refunded: get_amount(row, 2, "refunded")? };
+    Ok(Some((get_time(row, 0)?, totals)))
+}
+
+/// The state the ledger decides on: account row, live grants and pending holds. Callers that
+/// need a consistent picture call this inside a transaction.
+pub(crate) fn load_account(conn: &Connection, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+    let Some((created_at, totals)) = account_row(conn, account_id)? else { return Ok(None) };
+    let grants = {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1 AND live = 1 ORDER BY rowid");
+        let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+        query_all(&mut statement, [account_id.as_str()], decode_grant)?
+    };
+    let holds = {
+        let sql =
+            format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND state = 'pending' ORDER BY rowid");
+        let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+        query_all(&mut statement, [account_id.as_str()], decode_hold)?
+    };
+    Ok(Some(AccountState { account_id: account_id.clone(), created_at, totals, grants, holds }))
+}
+
+pub(crate) fn hold(conn: &Connection, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = ?1");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let mut rows = statement.query([hold_id.as_str()]).map_err(sql_error)?;
+    match rows.next().map_err(sql_error)? {
+        Some(row) => decode_hold(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The account a hold belongs to, for commands that name only the hold.
+pub(crate) fn hold_account(conn: &Connection, hold_id: &HoldId) -> Result<Option<AccountId>, StoreError> {
+    let mut statement = conn.prepare_cached("SELECT account_id FROM holds WHERE hold_id = ?1").map_err(sql_error)?;
+    let text: Option<String> =
+        statement.query_row([hold_id.as_str()], |row| row.get(0)).optional().map_err(sql_error)?;
+    text.as_deref().map(parse_account_id).transpose()
+}
+
+pub(crate) fn grant_by_reference(
+    conn: &Connection,
+    account_id: &AccountId,
+    kind: GrantKind,
+    reference: &Reference,
+) -> Result<Option<Grant>, StoreError> {
+    let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1 AND kind = ?2 AND reference = ?3");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let mut rows =
+        statement.query(params![account_id.as_str(), kind.as_str(), reference.as_str()]).map_err(sql_error)?;
+    match rows.next().map_err(sql_error)? {
+        Some(row) => decode_grant(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Pending holds of an account that have not reached their expiry at `now`, oldest first.
+pub(crate) fn active_holds(conn: &Connection, account_id: &AccountId, now: Timestamp) -> Result<Vec<Hold>, StoreError> {
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND state = 'pending' AND expires_at > ?2 \
+         ORDER BY created_at, hold_id"
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    query_all(&mut statement, params![account_id.as_str(), now.micros()], decode_hold)
+}
+
+/// Every hold of an account in any state (for verification).
+pub(crate) fn all_holds(conn: &Connection, account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 ORDER BY created_at, hold_id");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    query_all(&mut statement, [account_id.as_str()], decode_hold)
+}
+
+/// Sum of the free part of every grant of an account.
+pub(crate) fn free_sum(conn: &Connection, account_id: &AccountId) -> Result<Amount, StoreError> {
+    let mut statement =
+        conn.prepare_cached("SELECT COALESCE(SUM(free), 0) FROM grants WHERE account_id = ?1").map_err(sql_error)?;
+    let micros: i64 = statement.query_row([account_id.as_str()], |row| row.get(0)).map_err(sql_error)?;
+    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(format!("negative free sum {micros}")))
+}
+
+pub(crate) fn entries(
+    conn: &Connection,
+    account_id: &AccountId,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<Entry>, StoreError> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    query_all(&mut statement, params![account_id.as_str(), after, i64::from(limit)], decode_entry)
+}
+
+/// The whole journal of one account in `seq` order (for verification).
+pub(crate) fn all_entries(conn: &Connection, account_id: &AccountId) -> Result<Vec<Entry>, StoreError> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = ?1 ORDER BY seq");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    query_all(&mut statement, [account_id.as_str()], decode_entry)
+}
+
+/// A page of accounts in id order, starting after `after` (for verification).
+pub(crate) fn accounts_page(
+    conn: &Connection,
+    after: Option<&AccountId>,
+    limit: u32,
+) -> Result<Vec<(AccountId, Totals)>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT account_id, spent, refunded FROM accounts WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
+        )
+        .map_err(sql_error)?;
+    let after = after.map_or("", AccountId::as_str);
+    query_all(&mut statement, params![after, i64::from(limit)], |row| {
+        let totals = Totals { spent: get_amount(row, 1, "spent")?, refunded: get_amount(row, 2, "refunded")? };
+        Ok((get_account_id(row, 0)?, totals))
+    })
+}
+
+/// Accounts named by journal entries that have no account row (at most `limit`).
+pub(crate) fn orphan_journal_accounts(conn: &Connection, limit: u32) -> Result<Vec<AccountId>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT DISTINCT account_id FROM entries WHERE account_id NOT IN (SELECT account_id FROM accounts) \
+             LIMIT ?1",
+        )
+        .map_err(sql_error)?;
+    query_all(&mut statement, [i64::from(limit)], |row| get_account_id(row, 0))
+}
+
+/// Accounts with an expiry due at `now`: a pending hold at or past its expiry, or free credits of
+/// a live grant at or past its expiry. The same test as `ledger::advance` producing entries.
+pub(crate) fn due_accounts(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<AccountId>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT account_id FROM holds WHERE state = 'pending' AND expires_at <= ?1 \
+             UNION \
+             SELECT account_id FROM grants WHERE live = 1 AND expires_at IS NOT NULL AND expires_at <= ?1 AND free > 0 \
+             LIMIT ?2",
+        )
+        .map_err(sql_error)?;
+    query_all(&mut statement, params![now.micros(), i64::from(limit)], |row| get_account_id(row, 0))
+}
+
+pub(crate) fn upsert_account(conn: &Connection, state: &AccountState) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (account_id) DO UPDATE SET spent = excluded.spent, refunded = excluded.refunded",
+        )
+        .map_err(sql_error)?;
+    statement
+        .execute(params![
+            state.account_id.as_str(),
+            state.created_at.micros(),
+            amount_to_sql(state.totals.spent)?,
+            amount_to_sql(state.totals.refunded)?,
+        ])
+        .map_err(sql_error)?;
+    Ok(())
+}
+
+/// Inserts a new grant or updates the parts of an existing one that can change (`free`, `live`).
+/// A grant id that already belongs to another account is refused rather than overwritten.
+pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, created_at, \
+                                 reference, metadata, live) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT (grant_id) DO UPDATE SET free = excluded.free, live = excluded.live \
+             WHERE grants.account_id = excluded.account_id",
+        )
+        .map_err(sql_error)?;
+    let written = statement
+        .execute(params![
+            grant.grant_id.as_str(),
+            grant.account_id.as_str(),
+            grant.kind.as_str(),
+            amount_to_sql(grant.amount)?,
+            amount_to_sql(grant.free)?,
+            grant.priority,
+            grant.expires_at.map(Timestamp::micros),
+            grant.created_at.micros(),
+            grant.reference.as_ref().map(Reference::as_str),
+            grant.metadata,
+            grant.live,
+        ])
+        .map_err(sql_error)?;
+    if written != 1 {
+        return Err(corrupt(format!("grant id {} already belongs to another account", grant.grant_id)));
+    }
+    Ok(())
+}
+
+/// Inserts a new hold or updates the parts of an existing one that can change.
+pub(crate) fn upsert_hold(conn: &Connection, hold: &Hold) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, \
+                                created_at, reference, metadata, allocations) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (hold_id) DO UPDATE SET captured = excluded.captured, remaining = excluded.remaining, \
+                 refunded = excluded.refunded, state = excluded.state, expires_at = excluded.expires_at, \
+                 allocations = excluded.allocations \
+             WHERE holds.account_id = excluded.account_id",
+        )
+        .map_err(sql_error)?;
+    let written = statement
+        .execute(params![
+            hold.hold_id.as_str(),
+            hold.account_id.as_str(),
+            amount_to_sql(hold.amount)?,
+            amount_to_sql(hold.captured)?,
+            amount_to_sql(hold.remaining)?,
+            amount_to_sql(hold.refunded)?,
+            hold.state.as_str(),
+            hold.expires_at.micros(),
+            hold.created_at.micros(),
+            hold.reference.as_ref().map(Reference::as_str),
+            hold.metadata,
+            codec::encode_allocations(&hold.allocations),
+        ])
+        .map_err(sql_error)?;
+    if written != 1 {
+        return Err(corrupt(format!("hold id {} already belongs to another account", hold.hold_id)));
+    }
+    Ok(())
+}
+
+/// Appends one journal entry; SQLite assigns `seq` (the rowid, always above every earlier one).
+pub(crate) fn insert_entry(conn: &Connection, entry: &Entry) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, balance_after, \
+                                  held_after, at, idempotency_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql_error)?;
+    statement
+        .execute(params![
+            entry.account_id.as_str(),
+            entry.kind.as_str(),
+            amount_to_sql(entry.amount)?,
+            entry.hold_id.as_ref().map(HoldId::as_str),
+            entry.grant_id.as_ref().map(GrantId::as_str),
+            entry.reference.as_ref().map(Reference::as_str),
+            amount_to_sql(entry.balance_after)?,
+            amount_to_sql(entry.held_after)?,
+            entry.at.micros(),
+            entry.idempotency_key,
+        ])
+        .map_err(sql_error)?;
+    Ok(())
+}
+
+/// The fingerprint and encoded result recorded for an idempotency key.
+pub(crate) fn idempotency_record(conn: &Connection, key: &str) -> Result<Option<(String, String)>, StoreError> {
+    let mut statement =
+        conn.prepare_cached("SELECT fingerprint, result FROM idempotency WHERE key = ?1").map_err(sql_error)?;
+    statement.query_row([key], |row| Ok((row.get(0)?, row.get(1)?))).optional().map_err(sql_error)
+}
+
+pub(crate) fn insert_idempotency(
+    conn: &Connection,
+    key: &str,
+    fingerprint: &str,
+    result: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached("INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(sql_error)?;
+    statement.execute(params![key, fingerprint, result, now.micros()]).map_err(sql_error)?;
+    Ok(())
+}
+
+/// Forgets idempotency keys recorded at or before `cutoff`; returns how many.
+pub(crate) fn delete_idempotency_before(conn: &Connection, cutoff: Timestamp) -> Result<u64, StoreError> {
+    let mut statement = conn.prepare_cached("DELETE FROM idempotency WHERE created_at <= ?1").map_err(sql_error)?;
+    let deleted = statement.execute([cutoff.micros()]).map_err(sql_error)?;
+    Ok(deleted as u64)
+}

@@ -1,0 +1,89 @@
+//! Embedded migrations and the connection settings every connection gets.
+//!
+//! Migrations are compiled into the binary, so a deployed `creditgraph` needs no SQL files. They
+//! run in one `BEGIN IMMEDIATE` transaction at open: either the database reaches the newest
+//! version or nothing changes. `schema_migrations` records each applied version.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use store::StoreError;
+
+/// How long a connection waits for a lock held by another connection before giving up.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection (the adapter uses about twenty distinct ones).
+const STATEMENT_CACHE_MAX: usize = 64;
+
+/// Versions in ascending order; a version's SQL never changes once released.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_ledger.sql"))];
+
+fn startup(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Startup { detail: format!("database {}: {what}: {error}", path.display()) }
+}
+
+/// Opens the write connection: creates the file if missing, switches to WAL, sets durability.
+pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|error| startup(path, "cannot open", error))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|error| startup(path, "cannot set busy_timeout", error))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|error| startup(path, "cannot switch to WAL (is it a SQLite database?)", error))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(startup(path, "journal mode", format!("WAL refused, got {mode}")));
+    }
+    // FULL: a commit is on disk (the WAL is fsynced) before any reply leaves the writer.
+    let synchronous = if durable { "FULL" } else { "OFF" };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(|error| startup(path, "cannot set synchronous", error))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+    Ok(conn)
+}
+
+/// Opens a read connection. `query_only` makes an accidental write fail instead of racing the
+/// writer; WAL lets it read a committed snapshot while the writer commits.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|error| startup(path, "cannot open reader", error))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|error| startup(path, "cannot set busy_timeout", error))?;
+    conn.pragma_update(None, "query_only", "ON").map_err(|error| startup(path, "cannot set query_only", error))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+    Ok(conn)
+}
+
+/// Applies every migration newer than the database's version, all in one transaction.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let fail = |error: rusqlite::Error| startup(path, "migration failed", error);
+    let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
+    transaction
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version INTEGER PRIMARY KEY,
+                 applied_at INTEGER NOT NULL
+             )",
+        )
+        .map_err(fail)?;
+    let current: i64 = transaction
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))
+        .map_err(fail)?;
+    let latest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    if current > latest {
+        return Err(startup(
+            path,
+            "schema too new",
+            format!("version {current}, this creditgraph knows versions up to {latest}; upgrade creditgraph"),
+        ));
+    }
+    let applied_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX));
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+        transaction.execute_batch(sql).map_err(fail)?;
+        transaction
+            .execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", (version, applied_at))
+            .map_err(fail)?;
+        tracing::info!(version, database = %path.display(), "applied migration");
+    }
+    transaction.commit().map_err(fail)
+}
