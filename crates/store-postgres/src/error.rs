@@ -1,0 +1,94 @@
+//! Classification of driver and pool errors: which ones retry the transaction, which ones the
+//! caller sees, and as what.
+//!
+//! Only errors that PostgreSQL guarantees left nothing behind and that a fresh attempt can get
+//! past are retried: serialization failures (40001), deadlocks (40P01) and unique violations
+//! (23505, from two transactions creating the same account at once). Everything else is mapped
+//! to a [`StoreError`] once, here, and never retried: a lost connection in the middle of a
+//! COMMIT leaves the outcome unknown, and retrying it could apply a command twice.
+
+use deadpool_postgres::PoolError;
+use store::StoreError;
+use tokio_postgres::error::SqlState;
+
+/// Why a transaction attempt must be rolled back and run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetryCause {
+    Serialization,
+    Deadlock,
+    /// A unique violation, or a racing creation of the same account noticed by this adapter.
+    Race,
+}
+
+/// The failure of one transaction attempt.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Retry { cause: RetryCause, detail: String },
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure::Store(error)
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(error: tokio_postgres::Error) -> Failure {
+        let detail = describe(&error);
+        let retry = |cause| Failure::Retry { cause, detail: detail.clone() };
+        let Some(code) = error.code() else {
+            return Failure::Store(StoreError::Unavailable { detail });
+        };
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE {
+            return retry(RetryCause::Serialization);
+        }
+        if *code == SqlState::T_R_DEADLOCK_DETECTED {
+            return retry(RetryCause::Deadlock);
+        }
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return retry(RetryCause::Race);
+        }
+        // Class 22 (data exception) and 23 (integrity constraint violation): the data broke a
+        // rule of the schema, which the ledger never does on purpose.
+        if code.code().starts_with("22") || code.code().starts_with("23") {
+            return Failure::Store(StoreError::Corrupt { detail });
+        }
+        Failure::Store(StoreError::Unavailable { detail })
+    }
+}
+
+impl From<PoolError> for Failure {
+    fn from(error: PoolError) -> Failure {
+        Failure::Store(pool_error(error))
+    }
+}
+
+/// A driver error's text with its SQLSTATE and the server's message, which `Display` alone omits.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({}): {}", error, db.code().code(), db.message()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+/// A failure to get a pooled connection: the database is down, unreachable, or the pool closed.
+pub(crate) fn pool_error(error: PoolError) -> StoreError {
+    let detail = match &error {
+        PoolError::Backend(inner) => format!("cannot connect to PostgreSQL: {}", describe(inner)),
+        PoolError::Closed => "the connection pool is closed".to_owned(),
+        other => format!("cannot get a PostgreSQL connection: {other}"),
+    };
+    StoreError::Unavailable { detail }
+}
+
+/// A driver error outside a retried transaction (reads, verify): never retried.
+pub(crate) fn store_error(error: tokio_postgres::Error) -> StoreError {
+    match Failure::from(error) {
+        Failure::Store(error) => error,
+        Failure::Retry { detail, .. } => StoreError::Unavailable { detail },
+    }
+}

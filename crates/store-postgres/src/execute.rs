@@ -1,0 +1,377 @@
+//! One attempt at applying one command: a single READ COMMITTED transaction.
+//!
+//! The order of steps is what makes it correct with many server processes on one database:
+//! 1. the idempotency key is claimed first (`INSERT … ON CONFLICT DO NOTHING`), so a concurrent
+//!    request with the same key waits on the key's index entry until this one commits, then finds
+//!    the recorded result and replays it;
+//! 2. the account row is locked (`SELECT … FOR UPDATE`), which serialises every change of one
+//!    account across processes, and so keeps the account's journal `seq` increasing;
+//! 3. the state is loaded under that lock, decided by [`ledger::execute`], written back, and the
+//!    result recorded on the idempotency row, all in the same transaction.
+//!
+//! A transaction locks at most one account row, after at most one idempotency key, so two of
+//! them cannot wait on each other in a cycle; deadlocks and unique violations can still come
+//! from outside (a new account created by two transactions at once) and are retried by the
+//! caller.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use deadpool_postgres::Transaction;
+use futures::future::{maybe_done, MaybeDone};
+use ledger::{AccountId, AccountState, Applied, Command, Outcome, Rejection, Target, Timestamp};
+use store::{codec, Executed, Request, StoreError};
+use tokio_postgres::types::ToSql;
+
+use crate::error::{Failure, RetryCause};
+use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
+
+const CLAIM_KEY: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES ($1, $2, '', $3) \
+     ON CONFLICT (key) DO NOTHING";
+const READ_KEY: &str = "SELECT fingerprint, result FROM idempotency WHERE key = $1";
+const RECORD_RESULT: &str = "UPDATE idempotency SET result = $2 WHERE key = $1";
+const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
+const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (account_id) DO NOTHING";
+const UPDATE_ACCOUNT: &str = "UPDATE accounts SET spent = $2, refunded = $3 WHERE account_id = $1";
+const UPSERT_GRANT: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
+     created_at, reference, metadata, live) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
+     priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
+     metadata = EXCLUDED.metadata, live = EXCLUDED.live";
+const UPSERT_HOLD: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
+     expires_at, created_at, reference, metadata, allocations) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
+     remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
+     expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
+     allocations = EXCLUDED.allocations";
+const INSERT_ENTRY: &str = "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, \
+     balance_after, held_after, at, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq";
+
+fn lock_account_sql() -> String {
+    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR UPDATE")
+}
+fn live_grants_sql() -> String {
+    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id")
+}
+fn pending_holds_sql() -> String {
+    format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' ORDER BY created_at, hold_id")
+}
+fn hold_by_id_sql() -> String {
+    format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = $1")
+}
+fn grant_by_reference_sql() -> String {
+    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND kind = $2 AND reference = $3")
+}
+
+/// What one committed (or rolled back) attempt produced.
+pub(crate) struct Attempt {
+    pub executed: Executed,
+    /// Whether the transaction committed changes to the ledger (not only an idempotency record).
+    pub applied: bool,
+}
+
+/// Runs one attempt in `transaction`, committing or rolling it back before returning `Ok`.
+/// On `Err` the transaction is dropped, which rolls it back.
+pub(crate) async fn attempt(
+    transaction: Transaction<'_>,
+    request: &Request,
+    now: Timestamp,
+) -> Result<Attempt, Failure> {
+    if let Some(idempotency) = &request.idempotency {
+        let claim = transaction.prepare_cached(CLAIM_KEY).await?;
+        let claimed = transaction.execute(&claim, &[&idempotency.key, &idempotency.fingerprint, &now.micros()]).await?;
+        if claimed == 0 {
+            // The key exists, committed: the INSERT waited for any transaction still holding it.
+            let read = transaction.prepare_cached(READ_KEY).await?;
+            let row = transaction.query_opt(&read, &[&idempotency.key]).await?;
+            transaction.rollback().await?;
+            let Some(row) = row else {
+                // Swept between the two statements (only possible past the retention period).
+                return Err(Failure::Retry { cause: RetryCause::Race, detail: "idempotency key vanished".to_owned() });
+            };
+            let corrupt = |_| StoreError::Corrupt { detail: "undecodable idempotency record".to_owned() };
+            let fingerprint: &str = row.try_get(0).map_err(corrupt)?;
+            let recorded: &str = row.try_get(1).map_err(corrupt)?;
+            let executed = if fingerprint != idempotency.fingerprint {
+                Executed::Conflict
+            } else {
+                Executed::Replayed(codec::decode_result(recorded)?)
+            };
+            return Ok(Attempt { executed, applied: false });
+        }
+    }
+    let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
+    let result = match decide(&transaction, &request.command, now, key).await? {
+        Ok(applied) => {
+            let outcome = applied.outcome.clone();
+            write(&transaction, &applied).await?;
+            Ok((outcome, !applied.changes.is_empty()))
+        }
+        Err(rejection) => Err(rejection),
+    };
+    let changed = matches!(result, Ok((_, true)));
+    let result: Result<Outcome, Rejection> = result.map(|(outcome, _)| outcome);
+    if let Some(idempotency) = &request.idempotency {
+        let record = transaction.prepare_cached(RECORD_RESULT).await?;
+        transaction.execute(&record, &[&idempotency.key, &codec::encode_result(&result)]).await?;
+    }
+    if changed || request.idempotency.is_some() {
+        transaction.commit().await?;
+    } else {
+        transaction.rollback().await?;
+    }
+    Ok(Attempt { executed: Executed::Fresh(result), applied: changed })
+}
+
+/// Finds and locks the command's account, loads its state and lets the ledger decide.
+async fn decide(
+    transaction: &Transaction<'_>,
+    command: &Command,
+    now: Timestamp,
+    key: Option<&str>,
+) -> Result<Result<Applied, Rejection>, Failure> {
+    let account_id = match command.target() {
+        Target::Account(account_id) => account_id.clone(),
+        Target::Hold(hold_id) => {
+            let statement = transaction.prepare_cached(HOLD_ACCOUNT).await?;
+            let Some(row) = transaction.query_opt(&statement, &[&hold_id.as_str()]).await? else {
+                return Ok(Err(Rejection::HoldNotFound));
+            };
+            let text: &str = row.try_get(0).map_err(|_| corrupt("hold account_id"))?;
+            AccountId::parse(text).map_err(|_| corrupt("hold account_id"))?
+        }
+    };
+    let state = load(transaction, &account_id, command).await?;
+    Ok(ledger::execute(state, command, now, key))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
+}
+
+/// Locks the account row and loads what [`ledger::execute`] needs: live grants, pending holds,
+/// the hold the command names (any state, same account) and the grant its reference names.
+/// `Ok(None)`: no such account (a grant then creates it on write).
+async fn load(
+    transaction: &Transaction<'_>,
+    account_id: &AccountId,
+    command: &Command,
+) -> Result<Option<AccountState>, Failure> {
+    let lock = transaction.prepare_cached(&lock_account_sql()).await?;
+    let Some(account_row) = transaction.query_opt(&lock, &[&account_id.as_str()]).await? else {
+        return Ok(None);
+    };
+    let (_, created_at, totals) = rows::account(&account_row)?;
+    let grants_statement = transaction.prepare_cached(&live_grants_sql()).await?;
+    let holds_statement = transaction.prepare_cached(&pending_holds_sql()).await?;
+    let hold_statement = transaction.prepare_cached(&hold_by_id_sql()).await?;
+    let reference_statement = transaction.prepare_cached(&grant_by_reference_sql()).await?;
+    let named_hold = async {
+        match command.hold_to_load() {
+            Some(hold_id) => transaction.query_opt(&hold_statement, &[&hold_id.as_str()]).await,
+            None => Ok(None),
+        }
+    };
+    let referenced_grant = async {
+        match command.grant_reference_to_load() {
+            Some((kind, reference)) => {
+                let params: [&(dyn ToSql + Sync); 3] = [&account_id.as_str(), &kind.as_str(), &reference.as_str()];
+                transaction.query_opt(&reference_statement, &params).await
+            }
+            None => Ok(None),
+        }
+    };
+    // Pipelined: the four reads travel in one round trip.
+    let id = account_id.as_str();
+    let by_account: [&(dyn ToSql + Sync); 1] = [&id];
+    let (grant_rows, hold_rows, named_hold, referenced_grant) = tokio::try_join!(
+        transaction.query(&grants_statement, &by_account),
+        transaction.query(&holds_statement, &by_account),
+        named_hold,
+        referenced_grant,
+    )?;
+    let mut state = AccountState::new(account_id.clone(), created_at);
+    state.totals = totals;
+    state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
+    state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
+    // A hold of another account is simply not loaded: the ledger then answers `hold_not_found`,
+    // after checking what comes first (a refund's reference), as every store does.
+    if let Some(hold) = named_hold.as_ref().map(rows::hold).transpose()? {
+        if &hold.account_id == account_id && state.hold(&hold.hold_id).is_none() {
+            state.holds.push(hold);
+        }
+    }
+    if let Some(grant) = referenced_grant.as_ref().map(rows::grant).transpose()? {
+        if state.grant(&grant.grant_id).is_none() {
+            state.grants.push(grant);
+        }
+    }
+    Ok(Some(state))
+}
+
+/// One pipelined statement: a row count for upserts, the assigned `seq` for entries.
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<i64, tokio_postgres::Error>> + Send + 'a>>;
+
+fn count(rows: u64) -> i64 {
+    i64::try_from(rows).unwrap_or(i64::MAX)
+}
+
+/// Polls every future in `pending` in list order on each wake-up, so their first polls (which
+/// send the statements) happen in that order, and returns the outputs in that order.
+/// (`futures::join_all` switches to an unordered set above 30 futures.)
+async fn join_in_order(pending: Vec<Pending<'_>>) -> Vec<Result<i64, tokio_postgres::Error>> {
+    let mut slots: Vec<MaybeDone<Pending<'_>>> = pending.into_iter().map(maybe_done).collect();
+    std::future::poll_fn(|context| {
+        let mut done = true;
+        for slot in &mut slots {
+            done &= Pin::new(slot).poll(context).is_ready();
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    slots.iter_mut().map(|slot| Pin::new(slot).take_output().expect("every joined future completed")).collect()
+}
+
+/// Writes what the ledger changed: the account row, touched grants and holds (upserted as they
+/// stand in the new state), then the journal entries in order.
+///
+/// The statements are pipelined: sent together, executed by the server in the order sent. The
+/// entries' `seq` values are read back and checked to increase in journal order before commit.
+async fn write(transaction: &Transaction<'_>, applied: &Applied) -> Result<(), Failure> {
+    let Applied { state, changes, .. } = applied;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let account_sql = if changes.account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
+    let account_statement = transaction.prepare_cached(account_sql).await?;
+    let grant_statement = transaction.prepare_cached(UPSERT_GRANT).await?;
+    let hold_statement = transaction.prepare_cached(UPSERT_HOLD).await?;
+    let entry_statement = transaction.prepare_cached(INSERT_ENTRY).await?;
+
+    let account_id = state.account_id.as_str();
+    let spent = sql_amount(state.totals.spent)?;
+    let refunded = sql_amount(state.totals.refunded)?;
+    let created_at = state.created_at.micros();
+    let mut pending: Vec<Pending<'_>> =
+        Vec::with_capacity(1 + changes.grants.len() + changes.holds.len() + changes.entries.len());
+    let account_statement = &account_statement;
+    pending.push(Box::pin(async move {
+        if changes.account_created {
+            transaction.execute(account_statement, &[&account_id, &created_at, &spent, &refunded]).await.map(count)
+        } else {
+            transaction.execute(account_statement, &[&account_id, &spent, &refunded]).await.map(count)
+        }
+    }));
+    for grant_id in &changes.grants {
+        let grant = state.grant(grant_id).expect("a touched grant is in the applied state");
+        let amount = sql_amount(grant.amount)?;
+        let free = sql_amount(grant.free)?;
+        let expires_at = grant.expires_at.map(Timestamp::micros);
+        let created_at = grant.created_at.micros();
+        let reference = grant.reference.as_ref().map(|reference| reference.as_str());
+        let statement = &grant_statement;
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 11] = [
+                &grant.grant_id.as_str(),
+                &grant.account_id.as_str(),
+                &grant.kind.as_str(),
+                &amount,
+                &free,
+                &grant.priority,
+                &expires_at,
+                &created_at,
+                &reference,
+                &grant.metadata,
+                &grant.live,
+            ];
+            transaction.execute(statement, &params).await.map(count)
+        }));
+    }
+    for hold_id in &changes.holds {
+        let hold = state.hold(hold_id).expect("a touched hold is in the applied state");
+        let amount = sql_amount(hold.amount)?;
+        let captured = sql_amount(hold.captured)?;
+        let remaining = sql_amount(hold.remaining)?;
+        let refunded = sql_amount(hold.refunded)?;
+        let expires_at = hold.expires_at.micros();
+        let created_at = hold.created_at.micros();
+        let reference = hold.reference.as_ref().map(|reference| reference.as_str());
+        let allocations = codec::encode_allocations(&hold.allocations);
+        let statement = &hold_statement;
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 12] = [
+                &hold.hold_id.as_str(),
+                &hold.account_id.as_str(),
+                &amount,
+                &captured,
+                &remaining,
+                &refunded,
+                &hold.state.as_str(),
+                &expires_at,
+                &created_at,
+                &reference,
+                &hold.metadata,
+                &allocations,
+            ];
+            transaction.execute(statement, &params).await.map(count)
+        }));
+    }
+    let entries_start = pending.len();
+    for entry in &changes.entries {
+        let amount = sql_amount(entry.amount)?;
+        let balance_after = sql_amount(entry.balance_after)?;
+        let held_after = sql_amount(entry.held_after)?;
+        let at = entry.at.micros();
+        let statement = &entry_statement;
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 10] = [
+                &entry.account_id.as_str(),
+                &entry.kind.as_str(),
+                &amount,
+                &entry.hold_id.as_ref().map(|id| id.as_str()),
+                &entry.grant_id.as_ref().map(|id| id.as_str()),
+                &entry.reference.as_ref().map(|reference| reference.as_str()),
+                &balance_after,
+                &held_after,
+                &at,
+                &entry.idempotency_key.as_deref(),
+            ];
+            transaction.query_one(statement, &params).await?.try_get(0)
+        }));
+    }
+    // One join, so every statement is sent (in this order) before any answer is awaited. The
+    // first error in sending order is the real one: later statements fail only because the
+    // transaction aborted.
+    let mut results = Vec::with_capacity(pending.len());
+    for result in join_in_order(pending).await {
+        results.push(result?);
+    }
+    let account_rows = results[0];
+    let mut previous_seq = 0_i64;
+    for &seq in &results[entries_start..] {
+        if seq <= previous_seq {
+            return Err(Failure::Store(StoreError::Corrupt {
+                detail: format!("journal entries were assigned seq {seq} after {previous_seq}; not committed"),
+            }));
+        }
+        previous_seq = seq;
+    }
+    if changes.account_created && account_rows == 0 {
+        // Another transaction created the account first; its row is now committed, so the next
+        // attempt locks it and decides against its real state.
+        return Err(Failure::Retry {
+            cause: RetryCause::Race,
+            detail: format!("account {account_id} created concurrently"),
+        });
+    }
+    if !changes.account_created && account_rows != 1 {
+        return Err(Failure::Store(corrupt("account row (vanished while locked)")));
+    }
+    Ok(())
+}

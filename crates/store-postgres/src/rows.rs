@@ -1,0 +1,126 @@
+//! Mapping between table rows and ledger values.
+//!
+//! Every SELECT of a record names its columns through the constants here, so the decoder and the
+//! query cannot drift apart. Anything that does not decode is [`StoreError::Corrupt`]: the
+//! database holds something this build never writes.
+
+use ledger::{
+    AccountId, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference, Timestamp,
+    Totals,
+};
+use store::{codec, StoreError};
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
+
+pub(crate) const GRANT_COLUMNS: &str =
+    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live";
+pub(crate) const HOLD_COLUMNS: &str = "hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, \
+     created_at, reference, metadata, allocations";
+pub(crate) const ENTRY_COLUMNS: &str =
+    "seq, account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key";
+pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, created_at, spent, refunded";
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
+}
+
+fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<T, StoreError> {
+    row.try_get(index).map_err(|_| corrupt(what))
+}
+
+fn amount(row: &Row, index: usize, what: &str) -> Result<Amount, StoreError> {
+    let micros: i64 = get(row, index, what)?;
+    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(what))
+}
+
+fn timestamp(row: &Row, index: usize, what: &str) -> Result<Timestamp, StoreError> {
+    get::<i64>(row, index, what).map(Timestamp::from_micros)
+}
+
+fn opt_timestamp(row: &Row, index: usize, what: &str) -> Result<Option<Timestamp>, StoreError> {
+    Ok(get::<Option<i64>>(row, index, what)?.map(Timestamp::from_micros))
+}
+
+fn opt_reference(row: &Row, index: usize) -> Result<Option<Reference>, StoreError> {
+    get::<Option<&str>>(row, index, "reference")?
+        .map(|text| Reference::parse(text).map_err(|_| corrupt("reference")))
+        .transpose()
+}
+
+fn account_id(row: &Row, index: usize) -> Result<AccountId, StoreError> {
+    AccountId::parse(get(row, index, "account_id")?).map_err(|_| corrupt("account_id"))
+}
+
+fn hold_id(text: &str) -> Result<HoldId, StoreError> {
+    HoldId::parse(text).map_err(|_| corrupt("hold_id"))
+}
+
+fn grant_id(text: &str) -> Result<GrantId, StoreError> {
+    GrantId::parse(text).map_err(|_| corrupt("grant_id"))
+}
+
+/// An amount as a BIGINT. Ledger amounts stay far below `i64::MAX` (the balance maximum is
+/// 10^18 micro-credits), so failing here means a broken invariant, reported rather than panicked.
+pub(crate) fn sql_amount(amount: Amount) -> Result<i64, StoreError> {
+    i64::try_from(amount.micros())
+        .map_err(|_| StoreError::Corrupt { detail: format!("amount {amount} does not fit a BIGINT") })
+}
+
+/// The account row read with [`ACCOUNT_COLUMNS`]: id, creation time and lifetime totals.
+pub(crate) fn account(row: &Row) -> Result<(AccountId, Timestamp, Totals), StoreError> {
+    Ok((
+        account_id(row, 0)?,
+        timestamp(row, 1, "created_at")?,
+        Totals { spent: amount(row, 2, "spent")?, refunded: amount(row, 3, "refunded")? },
+    ))
+}
+
+pub(crate) fn grant(row: &Row) -> Result<Grant, StoreError> {
+    Ok(Grant {
+        grant_id: grant_id(get(row, 0, "grant_id")?)?,
+        account_id: account_id(row, 1)?,
+        kind: GrantKind::parse(get(row, 2, "grant kind")?).ok_or_else(|| corrupt("grant kind"))?,
+        amount: amount(row, 3, "grant amount")?,
+        free: amount(row, 4, "grant free")?,
+        priority: get(row, 5, "priority")?,
+        expires_at: opt_timestamp(row, 6, "grant expires_at")?,
+        created_at: timestamp(row, 7, "grant created_at")?,
+        reference: opt_reference(row, 8)?,
+        metadata: get::<String>(row, 9, "grant metadata")?,
+        live: get(row, 10, "live")?,
+    })
+}
+
+pub(crate) fn hold(row: &Row) -> Result<Hold, StoreError> {
+    Ok(Hold {
+        hold_id: hold_id(get(row, 0, "hold_id")?)?,
+        account_id: account_id(row, 1)?,
+        amount: amount(row, 2, "hold amount")?,
+        captured: amount(row, 3, "captured")?,
+        remaining: amount(row, 4, "remaining")?,
+        refunded: amount(row, 5, "hold refunded")?,
+        state: HoldState::parse(get(row, 6, "hold state")?).ok_or_else(|| corrupt("hold state"))?,
+        expires_at: timestamp(row, 7, "hold expires_at")?,
+        created_at: timestamp(row, 8, "hold created_at")?,
+        reference: opt_reference(row, 9)?,
+        metadata: get::<String>(row, 10, "hold metadata")?,
+        allocations: codec::decode_allocations(get(row, 11, "allocations")?)?,
+    })
+}
+
+pub(crate) fn entry(row: &Row) -> Result<Entry, StoreError> {
+    let seq: i64 = get(row, 0, "seq")?;
+    Ok(Entry {
+        seq: u64::try_from(seq).map_err(|_| corrupt("seq"))?,
+        account_id: account_id(row, 1)?,
+        kind: EntryKind::parse(get(row, 2, "entry kind")?).ok_or_else(|| corrupt("entry kind"))?,
+        amount: amount(row, 3, "entry amount")?,
+        hold_id: get::<Option<&str>>(row, 4, "entry hold_id")?.map(hold_id).transpose()?,
+        grant_id: get::<Option<&str>>(row, 5, "entry grant_id")?.map(grant_id).transpose()?,
+        reference: opt_reference(row, 6)?,
+        balance_after: amount(row, 7, "balance_after")?,
+        held_after: amount(row, 8, "held_after")?,
+        at: timestamp(row, 9, "entry at")?,
+        idempotency_key: get::<Option<String>>(row, 10, "idempotency_key")?,
+    })
+}

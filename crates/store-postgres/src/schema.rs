@@ -1,0 +1,158 @@
+//! Embedded migrations, applied at start-up under a transaction-scoped advisory lock.
+//!
+//! Several server processes may start against one database at the same moment; the advisory
+//! lock makes them apply the migrations one after the other, so the second finds them done.
+//! Versions are recorded in `schema_migrations`; a database migrated by a newer build (a
+//! version this build does not know) refuses to start rather than guess.
+
+use store::StoreError;
+use tokio_postgres::Client;
+
+/// Key of the advisory lock that serialises migrations ("creditgr" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6372_6564_6974_6772;
+
+/// One schema step. Versions are dense, starting at 1, and never edited once released.
+struct Migration {
+    version: i32,
+    sql: &'static str,
+}
+
+/// The schema shared in meaning with the SQLite adapter: amounts are BIGINT micro-credits, times
+/// BIGINT microseconds since the Unix epoch (UTC). CHECK constraints restate the ledger's
+/// invariants so a bug cannot write a negative figure unnoticed.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: r#"
+CREATE TABLE accounts (
+    account_id TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL,
+    spent BIGINT NOT NULL CHECK (spent >= 0),
+    refunded BIGINT NOT NULL CHECK (refunded >= 0)
+);
+
+CREATE TABLE grants (
+    grant_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (account_id),
+    kind TEXT NOT NULL CHECK (kind IN ('grant', 'refund')),
+    amount BIGINT NOT NULL CHECK (amount >= 0),
+    free BIGINT NOT NULL CHECK (free >= 0 AND free <= amount),
+    priority INTEGER NOT NULL,
+    expires_at BIGINT,
+    created_at BIGINT NOT NULL,
+    reference TEXT,
+    metadata TEXT NOT NULL,
+    live BOOLEAN NOT NULL,
+    UNIQUE (account_id, kind, reference)
+);
+CREATE INDEX grants_live ON grants (account_id) WHERE live;
+-- The sweeper's question: which live grants have a free part past its expiry?
+CREATE INDEX grants_live_expiry ON grants (expires_at) WHERE live AND expires_at IS NOT NULL;
+
+CREATE TABLE holds (
+    hold_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (account_id),
+    amount BIGINT NOT NULL CHECK (amount >= 0),
+    captured BIGINT NOT NULL CHECK (captured >= 0),
+    remaining BIGINT NOT NULL CHECK (remaining >= 0 AND remaining <= amount),
+    refunded BIGINT NOT NULL CHECK (refunded >= 0 AND refunded <= captured),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'captured', 'released', 'expired')),
+    expires_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    reference TEXT,
+    metadata TEXT NOT NULL,
+    allocations TEXT NOT NULL
+);
+CREATE INDEX holds_pending ON holds (account_id) WHERE state = 'pending';
+CREATE INDEX holds_pending_expiry ON holds (expires_at) WHERE state = 'pending';
+
+CREATE TABLE entries (
+    seq BIGSERIAL PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (account_id),
+    kind TEXT NOT NULL,
+    amount BIGINT NOT NULL CHECK (amount >= 0),
+    hold_id TEXT,
+    grant_id TEXT,
+    reference TEXT,
+    balance_after BIGINT NOT NULL CHECK (balance_after >= 0),
+    held_after BIGINT NOT NULL CHECK (held_after >= 0 AND held_after <= balance_after),
+    at BIGINT NOT NULL,
+    idempotency_key TEXT
+);
+CREATE INDEX entries_account_seq ON entries (account_id, seq);
+
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX idempotency_created ON idempotency (created_at);
+"#,
+}];
+
+/// The newest schema version this build knows.
+pub(crate) fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |migration| migration.version)
+}
+
+fn startup(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Startup { detail: format!("{what}: {error}") }
+}
+
+/// Applies every migration the database lacks, in one transaction holding the advisory lock.
+/// Returns the versions it applied (empty when the schema was already current).
+pub(crate) async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+    let transaction = client.transaction().await.map_err(|error| startup("cannot begin the migration", error))?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(|error| startup("cannot take the migration lock", error))?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(|error| startup("cannot create schema_migrations", error))?;
+    let current: i32 = transaction
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|error| startup("cannot read schema_migrations", error))?;
+    if current > latest_version() {
+        return Err(StoreError::Startup {
+            detail: format!(
+                "the database schema is at version {current}, newer than this build's {}; upgrade creditgraph",
+                latest_version()
+            ),
+        });
+    }
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|migration| migration.version > current) {
+        transaction
+            .batch_execute(migration.sql)
+            .await
+            .map_err(|error| startup(&format!("migration {} failed", migration.version), error))?;
+        transaction
+            .execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&migration.version])
+            .await
+            .map_err(|error| startup(&format!("cannot record migration {}", migration.version), error))?;
+        applied.push(migration.version);
+    }
+    transaction.commit().await.map_err(|error| startup("cannot commit the migration", error))?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    #[test]
+    fn versions_are_dense_from_one() {
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(usize::try_from(migration.version).ok(), Some(index + 1));
+        }
+    }
+}
