@@ -1,0 +1,320 @@
+//! PostgreSQL-specific behaviour: several pools (as several server processes) on one database,
+//! concurrent idempotent requests, restarts, concurrent migrations, sweeps and failures.
+
+use std::sync::Arc;
+
+use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Rejection};
+use store::{Executed, LedgerStore, ManualClock, Request, StoreError};
+use store_postgres::{testing, PostgresOptions, PostgresStore};
+
+fn account(text: &str) -> AccountId {
+    AccountId::parse(text).expect("valid account id")
+}
+
+fn credits(count: u64) -> Amount {
+    Amount::from_credits(count)
+}
+
+fn grant(account_id: &str, grant_id: &str, amount: u64) -> Command {
+    Command::Grant {
+        account_id: account(account_id),
+        grant_id: GrantId::parse(grant_id).expect("valid grant id"),
+        amount: credits(amount),
+        priority: 100,
+        expires_at: None,
+        reference: None,
+        metadata: "{}".to_owned(),
+    }
+}
+
+fn hold(account_id: &str, hold_id: &str, amount: u64, ttl_seconds: u64) -> Command {
+    Command::Hold {
+        account_id: account(account_id),
+        hold_id: HoldId::parse(hold_id).expect("valid hold id"),
+        amount: credits(amount),
+        ttl_seconds,
+        reference: None,
+        metadata: "{}".to_owned(),
+    }
+}
+
+async fn connect(url: &str, clock: &Arc<ManualClock>) -> Arc<PostgresStore> {
+    Arc::new(PostgresStore::connect(url, clock.clone(), PostgresOptions::default()).await.expect("connect"))
+}
+
+async fn fresh(request: Request, store: &PostgresStore) -> Result<Outcome, Rejection> {
+    match store.execute(request).await.expect("execute") {
+        Executed::Fresh(result) => result,
+        other => panic!("expected a fresh result, got {other:?}"),
+    }
+}
+
+async fn assert_clean(store: &PostgresStore) {
+    let report = store.verify().await.expect("verify");
+    assert!(report.violations.is_empty(), "violations: {:?}", report.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_never_overdraw() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    fresh(Request::new(grant("shared", "g1", 100)), &stores[0]).await.expect("grant");
+
+    let tasks: Vec<_> = (0..64)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            tokio::spawn(async move { store.execute(Request::new(hold("shared", &format!("h{index}"), 7, 600))).await })
+        })
+        .collect();
+    let (mut held, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task").expect("execute") {
+            Executed::Fresh(Ok(Outcome::Held { .. })) => held += 1,
+            Executed::Fresh(Err(Rejection::InsufficientCredits { .. })) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((held, refused), (14, 50));
+
+    for store in &stores {
+        let view = store.account(&account("shared")).await.expect("read").expect("account exists");
+        assert_eq!(view.balances.balance, credits(100));
+        assert_eq!(view.balances.held, credits(98));
+        assert_eq!(view.balances.available, credits(2));
+        assert_clean(store).await;
+    }
+    let entries = stores[1].entries(&account("shared"), 0, 1000).await.expect("entries");
+    assert_eq!(entries.len(), 15, "one grant and 14 holds");
+    assert!(entries.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    assert!(entries.iter().all(|entry| entry.held_after <= entry.balance_after));
+    let total = stores[0].stats().transactions + stores[1].stats().transactions;
+    assert_eq!(total, 15, "only applied commands commit: {:?} {:?}", stores[0].stats(), stores[1].stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hold_and_capture_race_across_pools() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    fresh(Request::new(grant("busy", "g1", 50)), &stores[0]).await.expect("grant");
+
+    let tasks: Vec<_> = (0..40)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            let other = stores[(index + 1) % 2].clone();
+            tokio::spawn(async move {
+                let hold_id = format!("h{index}");
+                match store.execute(Request::new(hold("busy", &hold_id, 3, 600))).await.expect("hold") {
+                    Executed::Fresh(Ok(_)) => {}
+                    Executed::Fresh(Err(Rejection::InsufficientCredits { .. })) => return 0,
+                    other => panic!("unexpected {other:?}"),
+                }
+                let capture = Command::Capture {
+                    hold_id: HoldId::parse(&hold_id).expect("valid"),
+                    amount: credits(2),
+                    is_final: true,
+                    overage: ledger::Overage::Reject,
+                };
+                match other.execute(Request::new(capture)).await.expect("capture") {
+                    Executed::Fresh(Ok(Outcome::Captured { .. })) => 2,
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut spent = 0;
+    for task in tasks {
+        spent += task.await.expect("task");
+    }
+    assert!(spent > 0 && spent <= 50);
+    let view = stores[0].account(&account("busy")).await.expect("read").expect("exists");
+    assert_eq!(view.balances.balance, credits(50 - spent));
+    assert_eq!(view.balances.held, Amount::ZERO);
+    assert_eq!(view.state.totals.spent, credits(spent));
+    assert_clean(&stores[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_grants_create_one_account() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    let tasks: Vec<_> = (0..16)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            tokio::spawn(async move { fresh(Request::new(grant("newcomer", &format!("g{index}"), 5)), &store).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.expect("task"), Ok(Outcome::Granted { created: true, .. })));
+    }
+    let view = stores[1].account(&account("newcomer")).await.expect("read").expect("exists");
+    assert_eq!(view.balances.balance, credits(80));
+    assert_eq!(view.state.grants.len(), 16);
+    assert_clean(&stores[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_key_sent_concurrently_applies_once() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    fresh(Request::new(grant("keyed", "g1", 100)), &stores[0]).await.expect("grant");
+
+    let tasks: Vec<_> = (0..16)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            tokio::spawn(async move {
+                store.execute(Request::with_key(hold("keyed", "h-keyed", 10, 600), "key-1", "fingerprint-1")).await
+            })
+        })
+        .collect();
+    let mut fresh_results = Vec::new();
+    let mut replayed_results = Vec::new();
+    for task in tasks {
+        match task.await.expect("task").expect("execute") {
+            Executed::Fresh(result) => fresh_results.push(result),
+            Executed::Replayed(result) => replayed_results.push(result),
+            Executed::Conflict => panic!("same fingerprint must not conflict"),
+        }
+    }
+    assert_eq!((fresh_results.len(), replayed_results.len()), (1, 15));
+    assert!(matches!(fresh_results[0], Ok(Outcome::Held { .. })));
+    assert!(replayed_results.iter().all(|result| result == &fresh_results[0]));
+
+    let view = stores[0].account(&account("keyed")).await.expect("read").expect("exists");
+    assert_eq!(view.balances.held, credits(10));
+    let entries = stores[0].entries(&account("keyed"), 0, 100).await.expect("entries");
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1].idempotency_key.as_deref(), Some("key-1"));
+
+    let other = Request::with_key(hold("keyed", "h-other", 10, 600), "key-1", "fingerprint-2");
+    assert_eq!(stores[1].execute(other).await.expect("execute"), Executed::Conflict);
+    assert_clean(&stores[1]).await;
+}
+
+#[tokio::test]
+async fn rejections_are_recorded_for_replay_and_change_nothing() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    let first = store.execute(Request::with_key(hold("ghost", "h1", 1, 60), "k", "f")).await.expect("execute");
+    assert_eq!(first, Executed::Fresh(Err(Rejection::AccountNotFound)));
+    fresh(Request::new(grant("ghost", "g1", 5)), &store).await.expect("grant");
+    // The key replays the recorded rejection even though the hold would now succeed.
+    let again = store.execute(Request::with_key(hold("ghost", "h1", 1, 60), "k", "f")).await.expect("execute");
+    assert_eq!(again, Executed::Replayed(Err(Rejection::AccountNotFound)));
+    let capture = Command::Capture {
+        hold_id: HoldId::parse("missing").expect("valid"),
+        amount: credits(1),
+        is_final: true,
+        overage: ledger::Overage::Reject,
+    };
+    assert_eq!(fresh(Request::new(capture), &store).await, Err(Rejection::HoldNotFound));
+    // A grant whose expiry is past is rejected and must not leave an account row behind.
+    let expired = Command::Grant {
+        account_id: account("never"),
+        grant_id: GrantId::parse("g-never").expect("valid"),
+        amount: credits(1),
+        priority: 100,
+        expires_at: Some(ledger::Timestamp::from_micros(1)),
+        reference: None,
+        metadata: "{}".to_owned(),
+    };
+    assert_eq!(fresh(Request::with_key(expired, "k2", "f2"), &store).await, Err(Rejection::ExpiryNotInFuture));
+    assert!(store.account(&account("never")).await.expect("read").is_none());
+    assert_clean(&store).await;
+}
+
+#[tokio::test]
+async fn restart_keeps_state() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    fresh(Request::new(grant("durable", "g1", 20)), &store).await.expect("grant");
+    fresh(Request::new(hold("durable", "h1", 15, 600)), &store).await.expect("hold");
+    let capture = Command::Capture {
+        hold_id: HoldId::parse("h1").expect("valid"),
+        amount: credits(10),
+        is_final: false,
+        overage: ledger::Overage::Reject,
+    };
+    fresh(Request::with_key(capture.clone(), "cap-1", "f"), &store).await.expect("capture");
+    let before = store.account(&account("durable")).await.expect("read").expect("exists");
+    assert_eq!((before.balances.balance, before.balances.available), (credits(10), credits(5)));
+    let hold_before = store.hold(&HoldId::parse("h1").expect("valid")).await.expect("read");
+    let entries_before = store.entries(&account("durable"), 0, 100).await.expect("entries");
+    store.close().await;
+    assert!(matches!(store.account(&account("durable")).await, Err(StoreError::Unavailable { .. })));
+
+    PostgresStore::migrate_only(&url).await.expect("migrations are idempotent");
+    let reopened = connect(&url, &clock).await;
+    let after = reopened.account(&account("durable")).await.expect("read").expect("exists");
+    assert_eq!(after, before);
+    assert_eq!(reopened.hold(&HoldId::parse("h1").expect("valid")).await.expect("read"), hold_before);
+    assert_eq!(reopened.entries(&account("durable"), 0, 100).await.expect("entries"), entries_before);
+    let replay = reopened.execute(Request::with_key(capture, "cap-1", "f")).await.expect("execute");
+    assert!(matches!(replay, Executed::Replayed(Ok(Outcome::Captured { .. }))));
+    assert_clean(&reopened).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_startups_migrate_once() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, clock) = (url.clone(), clock.clone());
+            tokio::spawn(
+                async move { PostgresStore::connect(&url, clock, PostgresOptions::default()).await.map(|_| ()) },
+            )
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("every concurrent start-up succeeds");
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
+    let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(versions, vec![1]);
+}
+
+#[tokio::test]
+async fn sweep_records_expiries_and_forgets_old_keys() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let options = PostgresOptions { idempotency_retention_seconds: 3600, ..PostgresOptions::default() };
+    let store = PostgresStore::connect(&url, clock.clone(), options).await.expect("connect");
+    fresh(Request::with_key(grant("sweepy", "g1", 10), "old-key", "f"), &store).await.expect("grant");
+    fresh(Request::new(hold("sweepy", "h1", 4, 10)), &store).await.expect("hold");
+    assert_eq!(store.sweep(100).await.expect("sweep"), store::SweepReport::default());
+
+    clock.advance_seconds(11);
+    assert_eq!(
+        store.hold(&HoldId::parse("h1").expect("valid")).await.expect("read").expect("exists").state,
+        ledger::HoldState::Expired
+    );
+    assert!(store.pending_holds(&account("sweepy")).await.expect("read").is_empty());
+    let report = store.sweep(100).await.expect("sweep");
+    assert_eq!((report.accounts, report.entries, report.idempotency_keys_deleted), (1, 1, 0));
+    assert_eq!(store.sweep(100).await.expect("sweep").accounts, 0, "a second sweep finds nothing due");
+
+    clock.advance_seconds(3600);
+    assert_eq!(store.sweep(100).await.expect("sweep").idempotency_keys_deleted, 1);
+    let entries = store.entries(&account("sweepy"), 0, 100).await.expect("entries");
+    assert_eq!(entries.last().map(|entry| entry.kind), Some(ledger::EntryKind::Expire));
+    assert_clean(&store).await;
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_startup_error() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let options = PostgresOptions { connect_timeout_seconds: 1, ..PostgresOptions::default() };
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let result = PostgresStore::connect("postgres://postgres@127.0.0.1:1/none", clock.clone(), options.clone()).await;
+    assert!(matches!(result, Err(StoreError::Startup { .. })), "{:?}", result.err());
+    let result = PostgresStore::connect("mysql://nope", clock, options).await;
+    assert!(matches!(result, Err(StoreError::Startup { .. })), "{:?}", result.err());
+}
