@@ -317,3 +317,141 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Batches run by hand, so "the same batch" is certain rather than likely.
+
+    use std::path::Path;
+
+    use ledger::{Amount, GrantId, HoldId, Outcome};
+    use store::ManualClock;
+
+    use super::*;
+    use crate::schema;
+
+    type Answer = oneshot::Receiver<Result<Done, StoreError>>;
+
+    fn writer(dir: &Path) -> Writer {
+        let path = dir.join("writer.db");
+        let mut conn = schema::open_writer(&path, true).expect("opens");
+        schema::migrate(&mut conn, &path).expect("migrates");
+        let clock = Arc::new(ManualClock::starting_now());
+        Writer::new(conn, clock, 16, 100, 86_400, Arc::default())
+    }
+
+    fn job(command: Command) -> (Job, Answer) {
+        let (reply, answer) = oneshot::channel();
+        (Job { work: Work::Execute(Request::new(command)), reply }, answer)
+    }
+
+    fn grant(account_id: &str, credits: u64) -> Command {
+        Command::Grant {
+            account_id: AccountId::parse(account_id).expect("valid id"),
+            grant_id: GrantId::parse(&format!("g-{account_id}-{credits}")).expect("valid id"),
+            amount: Amount::from_credits(credits),
+            priority: 100,
+            expires_at: None,
+            reference: None,
+            metadata: "{}".to_owned(),
+        }
+    }
+
+    fn hold(account_id: &str, hold_id: &str, credits: u64) -> Command {
+        Command::Hold {
+            account_id: AccountId::parse(account_id).expect("valid id"),
+            hold_id: HoldId::parse(hold_id).expect("valid id"),
+            amount: Amount::from_credits(credits),
+            ttl_seconds: 600,
+            reference: None,
+            metadata: "{}".to_owned(),
+        }
+    }
+
+    fn answer(mut answer: Answer) -> Result<Executed, StoreError> {
+        match answer.try_recv().expect("answered once the batch ended")? {
+            Done::Executed(executed) => Ok(executed),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn account(writer: &Writer, account_id: &str) -> Option<AccountState> {
+        rows::load_account(&writer.conn, &AccountId::parse(account_id).expect("valid id")).expect("reads")
+    }
+
+    #[test]
+    fn a_failing_job_rolls_back_alone_within_one_batch() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut writer = writer(dir.path());
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON entries WHEN NEW.account_id = 'bad' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+        let (jobs, answers): (Vec<Job>, Vec<Answer>) =
+            [grant("a", 10), grant("bad", 5), hold("a", "h1", 3), hold("a", "h2", 100), grant("c", 7)]
+                .into_iter()
+                .map(job)
+                .unzip();
+        writer.run_batch(jobs);
+        let [granted_a, failed, held, rejected, granted_c] = answers.try_into().expect("five answers");
+
+        assert!(matches!(answer(granted_a), Ok(Executed::Fresh(Ok(Outcome::Granted { .. })))));
+        assert!(matches!(answer(failed), Err(StoreError::Corrupt { detail }) if detail.contains("injected failure")));
+        assert!(matches!(answer(held), Ok(Executed::Fresh(Ok(Outcome::Held { .. })))));
+        assert!(matches!(answer(rejected), Ok(Executed::Fresh(Err(Rejection::InsufficientCredits { .. })))));
+        assert!(matches!(answer(granted_c), Ok(Executed::Fresh(Ok(Outcome::Granted { .. })))));
+        assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 1);
+        assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 5);
+
+        // The failed job's account row and grant (written before its entry failed) are gone.
+        assert_eq!(account(&writer, "bad"), None);
+        let grants: i64 = writer
+            .conn
+            .query_row("SELECT COUNT(*) FROM grants WHERE account_id = 'bad'", [], |row| row.get(0))
+            .expect("reads");
+        assert_eq!(grants, 0);
+        let a = account(&writer, "a").expect("a exists");
+        assert_eq!(a.materialized().held, Amount::from_credits(3));
+        assert_eq!(account(&writer, "c").expect("c exists").materialized().balance, Amount::from_credits(7));
+    }
+
+    #[test]
+    fn a_failed_commit_fails_the_whole_batch_and_drops_the_cache() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut writer = writer(dir.path());
+        // A deferred foreign key is checked only at COMMIT: the way to make COMMIT itself fail.
+        writer
+            .conn
+            .execute_batch(
+                "PRAGMA foreign_keys = ON;
+                 CREATE TABLE anchor (id TEXT PRIMARY KEY);
+                 CREATE TABLE poison (ref TEXT REFERENCES anchor (id) DEFERRABLE INITIALLY DEFERRED);
+                 CREATE TRIGGER poison_commit AFTER INSERT ON entries WHEN NEW.account_id = 'poison'
+                 BEGIN INSERT INTO poison VALUES ('dangling'); END;",
+            )
+            .expect("setup");
+        let (first, first_answer) = job(grant("a", 10));
+        writer.run_batch(vec![first]);
+        assert!(matches!(answer(first_answer), Ok(Executed::Fresh(Ok(_)))));
+        assert!(writer.cache.get(&AccountId::parse("a").expect("valid id")).is_some(), "a is cached");
+
+        let (held, held_answer) = job(hold("a", "h1", 4));
+        let (poison, poison_answer) = job(grant("poison", 1));
+        writer.run_batch(vec![held, poison]);
+        assert!(matches!(answer(held_answer), Err(StoreError::Unavailable { .. })));
+        assert!(matches!(answer(poison_answer), Err(StoreError::Unavailable { .. })));
+        assert!(writer.cache.states.is_empty(), "the cache is dropped after a failed commit");
+        assert_eq!(account(&writer, "poison"), None);
+        assert!(account(&writer, "a").expect("a exists").holds.is_empty(), "the hold was rolled back");
+
+        // Had the cache kept the uncommitted hold of 4, only 6 credits would look available.
+        let (full, full_answer) = job(hold("a", "h2", 10));
+        writer.run_batch(vec![full]);
+        assert!(matches!(answer(full_answer), Ok(Executed::Fresh(Ok(Outcome::Held { .. })))));
+        assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 2);
+        assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,279 @@
+//! SQLite-specific behaviour: the owner lock, durability across close and reopen, concurrency on
+//! one account, group commit, and a failing job that rolls back alone inside its batch.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ledger::{AccountId, Command, GrantId, HoldId, Outcome, Overage, Rejection};
+use store::conformance::{account, cr};
+use store::{Clock, Executed, LedgerStore, ManualClock, Request, StoreError};
+use store_sqlite::{SqliteOptions, SqliteStore};
+use tempfile::TempDir;
+
+fn database() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("ledger.db");
+    (dir, path)
+}
+
+async fn open(path: &Path, clock: &Arc<ManualClock>) -> SqliteStore {
+    SqliteStore::open(path, clock.clone(), SqliteOptions::default()).await.expect("the store opens")
+}
+
+fn grant(account_id: &str, grant_id: &str, amount: &str) -> Command {
+    Command::Grant {
+        account_id: account(account_id),
+        grant_id: GrantId::parse(grant_id).expect("valid id"),
+        amount: cr(amount),
+        priority: 100,
+        expires_at: None,
+        reference: None,
+        metadata: "{}".to_owned(),
+    }
+}
+
+fn hold(account_id: &str, hold_id: &str, amount: &str) -> Command {
+    Command::Hold {
+        account_id: account(account_id),
+        hold_id: HoldId::parse(hold_id).expect("valid id"),
+        amount: cr(amount),
+        ttl_seconds: 600,
+        reference: None,
+        metadata: "{}".to_owned(),
+    }
+}
+
+async fn run(store: &SqliteStore, command: Command) -> Result<Outcome, Rejection> {
+    match store.execute(Request::new(command)).await.expect("the store answers") {
+        Executed::Fresh(result) => result,
+        other => panic!("expected a fresh result, got {other:?}"),
+    }
+}
+
+async fn assert_verified(store: &SqliteStore) {
+    let report = store.verify().await.expect("verify answers");
+    assert!(report.violations.is_empty(), "verify found: {:#?}", report.violations);
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
+    let (dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let first = open(&path, &clock).await;
+
+    // Another spelling of the same file meets the same lock.
+    let other_spelling = dir.path().join(".").join("ledger.db");
+    for attempt in [&path, &other_spelling] {
+        match SqliteStore::open(attempt, clock.clone(), SqliteOptions::default()).await {
+            Err(StoreError::Startup { detail }) => {
+                assert!(detail.contains("is in use by another creditgraph process"), "{detail}");
+                assert!(detail.contains("ledger.db"), "{detail}");
+                assert!(detail.contains(&std::process::id().to_string()), "names the holder's pid: {detail}");
+            }
+            Err(other) => panic!("expected a start-up refusal, got {other}"),
+            Ok(_) => panic!("a second store opened {}", attempt.display()),
+        }
+    }
+    match SqliteStore::migrate_only(&path).await {
+        Err(StoreError::Startup { detail }) => assert!(detail.contains("in use"), "{detail}"),
+        other => panic!("migrate_only must refuse while the file is owned, got {other:?}"),
+    }
+
+    first.close().await;
+    let second = open(&path, &clock).await;
+    second.close().await;
+    SqliteStore::migrate_only(&path).await.expect("migrate_only works on a closed file");
+}
+
+#[tokio::test]
+async fn a_closed_store_answers_unavailable() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    run(&store, grant("acct", "g1", "5")).await.expect("grant succeeds");
+    store.close().await;
+    assert!(matches!(store.execute(Request::new(grant("acct", "g2", "5"))).await, Err(StoreError::Unavailable { .. })));
+    assert!(matches!(store.account(&account("acct")).await, Err(StoreError::Unavailable { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_and_reopen_keeps_every_balance_hold_and_entry() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    let accounts: Vec<String> = (0..8).map(|index| format!("acct-{index}")).collect();
+    for (index, account_id) in accounts.iter().enumerate() {
+        run(&store, grant(account_id, &format!("g-{index}"), "50")).await.expect("grant succeeds");
+        run(&store, hold(account_id, &format!("h-{index}-a"), "20")).await.expect("hold succeeds");
+        run(&store, hold(account_id, &format!("h-{index}-b"), "10")).await.expect("hold succeeds");
+        let capture = Command::Capture {
+            hold_id: HoldId::parse(&format!("h-{index}-a")).expect("valid id"),
+            amount: cr("12.5"),
+            is_final: true,
+            overage: Overage::Reject,
+        };
+        run(&store, capture).await.expect("capture succeeds");
+        let debit = Command::Debit { account_id: account(account_id), amount: cr("0.000125"), reference: None };
+        run(&store, debit).await.expect("debit succeeds");
+    }
+    let mut before = Vec::new();
+    for account_id in &accounts {
+        let id = account(account_id);
+        let view = store.account(&id).await.expect("answers").expect("exists");
+        let holds = store.pending_holds(&id).await.expect("answers");
+        let entries = store.entries(&id, 0, 1_000).await.expect("answers");
+        assert_eq!(view.balances.balance, cr("37.499875"));
+        assert_eq!(view.balances.held, cr("10"));
+        before.push((view, holds, entries));
+    }
+    store.close().await;
+
+    let reopened = open(&path, &clock).await;
+    for (account_id, (view, holds, entries)) in accounts.iter().zip(&before) {
+        let id = account(account_id);
+        assert_eq!(&reopened.account(&id).await.expect("answers").expect("exists"), view);
+        assert_eq!(&reopened.pending_holds(&id).await.expect("answers"), holds);
+        assert_eq!(&reopened.entries(&id, 0, 1_000).await.expect("answers"), entries);
+    }
+    let report = reopened.verify().await.expect("verify answers");
+    assert!(report.violations.is_empty(), "verify found: {:#?}", report.violations);
+    assert_eq!(report.accounts, 8);
+    assert_eq!(report.holds, 16);
+    // Work continues on the reopened file where it stopped.
+    let release = Command::Release { hold_id: HoldId::parse("h-0-b").expect("valid id") };
+    assert!(matches!(run(&reopened, release).await, Ok(Outcome::Released { changed: true, .. })));
+    assert_verified(&reopened).await;
+    reopened.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_holds_never_overdraw() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = Arc::new(open(&path, &clock).await);
+    run(&store, grant("shared", "g-shared", "100")).await.expect("grant succeeds");
+    let tasks: Vec<_> = (0..64)
+        .map(|index| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { run(&store, hold("shared", &format!("h-{index}"), "7")).await })
+        })
+        .collect();
+    let mut held = 0;
+    for task in tasks {
+        match task.await.expect("the task finishes") {
+            Ok(Outcome::Held { .. }) => held += 1,
+            Err(Rejection::InsufficientCredits { required, .. }) => assert_eq!(required, cr("7")),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(held, 14, "100 credits fit exactly 14 holds of 7");
+    let balances = store.account(&account("shared")).await.expect("answers").expect("exists").balances;
+    assert_eq!((balances.balance, balances.held, balances.available), (cr("100"), cr("98"), cr("2")));
+    assert_eq!(store.pending_holds(&account("shared")).await.expect("answers").len(), 14);
+    assert_verified(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_operations_share_commits() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = Arc::new(open(&path, &clock).await);
+    let operations = 512;
+    let tasks: Vec<_> = (0..operations)
+        .map(|index| {
+            let store = Arc::clone(&store);
+            let account_id = format!("acct-{}", index % 16);
+            tokio::spawn(async move { run(&store, grant(&account_id, &format!("g-{index}"), "1")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("the task finishes").expect("grant succeeds");
+    }
+    let stats = store.stats();
+    assert_eq!(stats.operations, operations);
+    assert!(stats.commits < stats.operations, "no group commit happened: {stats:?}");
+    let balances = store.account(&account("acct-3")).await.expect("answers").expect("exists").balances;
+    assert_eq!(balances.balance, cr("32"));
+    assert_verified(&store).await;
+}
+
+/// A job that fails inside the database (here: a trigger refuses its journal entry) rolls back
+/// to its own savepoint; rejections and successes around it in the same batches stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_job_rolls_back_alone() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = Arc::new(open(&path, &clock).await);
+    run(&store, grant("good", "g-good", "10")).await.expect("grant succeeds");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("a side connection");
+        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy timeout");
+        conn.execute_batch(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON entries WHEN NEW.account_id LIKE 'bad-%' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .expect("the trigger is created");
+    }
+    let tasks: Vec<_> = (0..96)
+        .map(|index| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let command = match index % 3 {
+                    0 => grant(&format!("bad-{index}"), &format!("g-bad-{index}"), "5"),
+                    1 => hold("good", &format!("h-{index}"), "1"),
+                    _ => grant(&format!("fine-{index}"), &format!("g-fine-{index}"), "5"),
+                };
+                (index, store.execute(Request::with_key(command, &format!("key-{index}"), "fp")).await)
+            })
+        })
+        .collect();
+    let mut held = 0;
+    for task in tasks {
+        let (index, answer) = task.await.expect("the task finishes");
+        match (index % 3, answer) {
+            (0, Err(StoreError::Corrupt { detail })) => assert!(detail.contains("injected failure"), "{detail}"),
+            (1, Ok(Executed::Fresh(Ok(Outcome::Held { .. })))) => held += 1,
+            (1, Ok(Executed::Fresh(Err(Rejection::InsufficientCredits { .. })))) => {}
+            (2, Ok(Executed::Fresh(Ok(Outcome::Granted { created: true, .. })))) => {}
+            (kind, answer) => panic!("job {index} (kind {kind}) answered {answer:?}"),
+        }
+    }
+    assert_eq!(held, 10, "32 holds of 1 on 10 credits: 10 succeed, 22 are rejected");
+    for index in (0..96).filter(|index| index % 3 == 0) {
+        let id = AccountId::parse(&format!("bad-{index}")).expect("valid id");
+        assert_eq!(store.account(&id).await.expect("answers"), None, "the failed grant left an account");
+        // Nothing was recorded for the failed key: a retry runs again (and fails again).
+        let retry = grant(&format!("bad-{index}"), &format!("g-bad-{index}"), "5");
+        assert!(store.execute(Request::with_key(retry, &format!("key-{index}"), "fp")).await.is_err());
+    }
+    for index in (0..96).filter(|index| index % 3 == 2) {
+        let id = AccountId::parse(&format!("fine-{index}")).expect("valid id");
+        assert_eq!(store.account(&id).await.expect("answers").expect("exists").balances.balance, cr("5"));
+    }
+    // Rejections were recorded for replay like outcomes.
+    let replay = store.execute(Request::with_key(hold("good", "h-1", "1"), "key-1", "fp")).await.expect("answers");
+    assert!(matches!(replay, Executed::Replayed(_)), "{replay:?}");
+    let stats = store.stats();
+    assert!(stats.commits < stats.operations, "the jobs were not batched: {stats:?}");
+    assert_verified(&store).await;
+}
+
+#[tokio::test]
+async fn reads_use_the_stores_clock() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    run(&store, grant("acct", "g1", "10")).await.expect("grant succeeds");
+    let Ok(Outcome::Held { hold }) = run(&store, hold("acct", "h1", "4")).await else { panic!("hold fails") };
+    clock.advance_seconds(600);
+    assert!(clock.now() >= hold.expires_at);
+    let read = store.hold(&hold.hold_id).await.expect("answers").expect("exists");
+    assert_eq!(read.state, ledger::HoldState::Expired);
+    let balances = store.account(&account("acct")).await.expect("answers").expect("exists").balances;
+    assert_eq!((balances.held, balances.available), (cr("0"), cr("10")));
+    assert!(store.pending_holds(&account("acct")).await.expect("answers").is_empty());
+    let report = store.sweep(100).await.expect("sweep answers");
+    assert_eq!((report.accounts, report.entries), (1, 1));
+    assert_verified(&store).await;
+    store.close().await;
+}
