@@ -1,1 +1,6 @@
-fn main() {}
+//! The `creditgraph` binary: everything lives in the `cli` library, so tests can build the same
+//! application in-process.
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -108,6 +108,14 @@ impl ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 /// Human-readable summary per code: the same for every occurrence, as RFC 9457 asks of `title`.
 fn title(code: &str) -> &'static str {
     match code {

@@ -5,7 +5,7 @@
 //! (`error`). Only the types in `dto` derive serde. Nothing here names a concrete backend.
 
 mod config;
-mod dto;
+pub mod dto;
 mod error;
 mod extract;
 mod openapi;
@@ -13,7 +13,7 @@ mod router;
 mod routes;
 mod state;
 mod sweeper;
-mod wire;
+pub mod wire;
 
 pub use config::{ApiConfig, Role};
 pub use error::{ApiError, PROBLEM_CONTENT_TYPE};

@@ -1,5 +1,6 @@
 //! Parsing request values into ledger types at the edge, and rendering ledger values for the
 //! wire. Everything here is a pure function; every failure is an [`ApiError`] naming the field.
+//! The CLI uses the same functions, so its output has the API's shapes.
 
 use ledger::{AccountId, Amount, Entry, Grant, HoldId, Reference, Timestamp};
 use serde_json::value::RawValue;
@@ -7,7 +8,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::dto::{EntryResponse, GrantResponse, HoldResponse};
+use crate::dto::{AccountResponse, EntryResponse, GrantResponse, HoldResponse};
 use crate::error::ApiError;
 
 const NANOS_PER_MICRO: i128 = 1_000;
@@ -132,6 +133,36 @@ pub fn grant_response(grant: &Grant, remaining: Amount) -> GrantResponse {
         reference: grant.reference.as_ref().map(ToString::to_string),
         metadata: metadata_value(&grant.metadata),
         created_at: format_time(grant.created_at),
+    }
+}
+
+/// An account as it reads now: its figures and every grant with credits left, in spend order.
+/// A grant's `remaining` is its free part plus what active holds reserved from it.
+pub fn account_response(view: &store::AccountView) -> AccountResponse {
+    let mut grants: Vec<&Grant> = view.state.grants.iter().collect();
+    grants.sort_by(|a, b| a.spend_order_key().cmp(&b.spend_order_key()));
+    let grants = grants
+        .into_iter()
+        .filter_map(|grant| {
+            let pinned = Amount::sum(
+                view.state
+                    .holds
+                    .iter()
+                    .filter(|hold| hold.state == ledger::HoldState::Pending)
+                    .flat_map(|hold| hold.allocations.iter())
+                    .filter(|allocation| allocation.grant_id == grant.grant_id)
+                    .map(|allocation| allocation.amount),
+            );
+            let remaining = grant.free.plus(pinned);
+            (!remaining.is_zero()).then(|| grant_response(grant, remaining))
+        })
+        .collect();
+    AccountResponse {
+        account_id: view.state.account_id.to_string(),
+        balance: view.balances.balance.to_string(),
+        held: view.balances.held.to_string(),
+        available: view.balances.available.to_string(),
+        grants,
     }
 }
 

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use ledger::{Amount, Command, HoldState, Outcome};
+use ledger::{Command, Outcome};
 
 use crate::dto::{
     AccountResponse, DebitRequest, DebitResponse, EntriesQuery, EntriesResponse, GrantRequest, GrantResponse, Problem,
@@ -85,31 +85,7 @@ pub async fn get_account(
 ) -> Result<Response, ApiError> {
     let account_id = wire::parse_account_id(&account_id)?;
     let view = state.store.account(&account_id).await?.ok_or_else(ApiError::account_not_found)?;
-    let mut grants: Vec<&ledger::Grant> = view.state.grants.iter().collect();
-    grants.sort_by(|a, b| a.spend_order_key().cmp(&b.spend_order_key()));
-    let grants = grants
-        .into_iter()
-        .filter_map(|grant| {
-            let pinned = Amount::sum(
-                view.state
-                    .holds
-                    .iter()
-                    .filter(|hold| hold.state == HoldState::Pending)
-                    .flat_map(|hold| hold.allocations.iter())
-                    .filter(|allocation| allocation.grant_id == grant.grant_id)
-                    .map(|allocation| allocation.amount),
-            );
-            let remaining = grant.free.plus(pinned);
-            (!remaining.is_zero()).then(|| wire::grant_response(grant, remaining))
-        })
-        .collect::<Vec<GrantResponse>>();
-    let body = AccountResponse {
-        account_id: view.state.account_id.to_string(),
-        balance: view.balances.balance.to_string(),
-        held: view.balances.held.to_string(),
-        available: view.balances.available.to_string(),
-        grants,
-    };
+    let body = wire::account_response(&view);
     Ok(json(StatusCode::OK, body))
 }
 

@@ -1,0 +1,84 @@
+//! The buildable application: bind, open the store, wire the router and the sweeper.
+//!
+//! `Application::build` does everything that can fail at start-up and returns an application
+//! bound to its port (tests bind port 0 and ask [`Application::port`]); `run_until_stopped`
+//! serves until the token is cancelled, then stops the sweeper and closes the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use store::{Clock, LedgerStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{resolve_listen, Settings};
+use crate::database::OpenStore;
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: axum::Router,
+    store: OpenStore,
+    sweep_interval: Duration,
+}
+
+impl Application {
+    /// Checks the auth policy, binds the listener, opens the store. Refuses to listen on a
+    /// non-loopback address without tokens: an open ledger on a network is never a default.
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        let addresses = resolve_listen(&settings.listen).await?;
+        let loopback = addresses.iter().all(|address| address.ip().is_loopback());
+        if settings.api.tokens.is_empty() {
+            if !loopback {
+                bail!(
+                    "refusing to listen on {} without tokens: set CREDITGRAPH_TOKENS (or --tokens) to \
+                     role:token pairs such as admin:SECRET,service:SECRET, or listen on a loopback address",
+                    settings.listen
+                );
+            }
+            tracing::warn!(listen = %settings.listen, "no tokens configured: authentication is OFF (loopback only)");
+        }
+        let listener =
+            TcpListener::bind(&addresses[..]).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let local_addr = listener.local_addr().context("cannot read the bound address")?;
+        let store = OpenStore::open(&settings.database, Arc::clone(&clock)).await?;
+        let router = server::router(store.ledger(), clock, settings.api);
+        tracing::info!(
+            address = %local_addr,
+            database = %settings.database.describe(),
+            backend = store.ledger().backend(),
+            "creditgraph listening"
+        );
+        Ok(Application { listener, local_addr, router, store, sweep_interval: settings.sweep_interval })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store the application serves (tests use it to look behind the API).
+    pub fn store(&self) -> Arc<dyn LedgerStore> {
+        self.store.ledger()
+    }
+
+    /// Serves until `shutdown` is cancelled: stops accepting, lets requests in flight finish,
+    /// stops the sweeper, then closes the store.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application { listener, router, store, sweep_interval, .. } = self;
+        let sweeper = server::spawn_sweeper(store.ledger(), sweep_interval, shutdown.child_token());
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        shutdown.cancel();
+        if sweeper.await.is_err() {
+            tracing::error!("the sweeper task ended abnormally");
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        served.context("the HTTP server failed")
+    }
+}

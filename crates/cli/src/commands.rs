@@ -1,0 +1,132 @@
+//! The operator commands: each opens the store, does one thing, prints JSON (API shapes) or a
+//! report on stdout, and closes the store.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use ledger::{AccountId, Amount, Command, GrantId, Outcome};
+use serde_json::Value;
+use store::{Clock, Executed, LedgerStore, Request, SweepReport, SystemClock};
+
+use crate::config::{AccountArgs, DatabaseArgs, DatabaseUrl, GrantArgs};
+use crate::database::{self, OpenStore};
+
+/// Sweep calls one `creditgraph sweep` makes at most when every call comes back full.
+const SWEEP_ROUNDS_MAX: u32 = 10_000;
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("cannot render JSON")?);
+    Ok(())
+}
+
+/// Opens the store, runs `work`, closes the store whatever `work` returned.
+async fn with_store<T>(
+    args: &DatabaseArgs,
+    work: impl AsyncFnOnce(Arc<dyn LedgerStore>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let url = DatabaseUrl::parse(&args.database)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = OpenStore::open(&url, clock).await?;
+    let result = work(store.ledger()).await;
+    store.close().await;
+    result
+}
+
+fn account_id(text: &str) -> anyhow::Result<AccountId> {
+    AccountId::parse(text).map_err(|error| anyhow!("{error}"))
+}
+
+pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let url = DatabaseUrl::parse(&args.database)?;
+    database::migrate(&url).await?;
+    println!("migrated {}", url.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(args: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let report = with_store(args, async |store| Ok(store.verify().await?)).await?;
+    println!("accounts: {}", report.accounts);
+    println!("entries: {}", report.entries);
+    println!("holds: {}", report.holds);
+    println!("violations: {}", report.violations.len());
+    for violation in &report.violations {
+        println!("- {violation}");
+    }
+    if report.violations.is_empty() {
+        println!("clean: every account agrees with its journal");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("NOT clean: the stored state disagrees with the journal");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub async fn grant(args: &GrantArgs) -> anyhow::Result<ExitCode> {
+    let account_id = account_id(&args.account)?;
+    let amount = Amount::parse_positive(&args.amount).map_err(|error| anyhow!("amount: {error}"))?;
+    let expires_at =
+        args.expires_at.as_deref().map(|text| server::wire::parse_time("--expires-at", text)).transpose()?;
+    let reference = server::wire::parse_reference(args.reference.as_deref())?;
+    let grant_id = GrantId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid id");
+    let command = Command::Grant {
+        account_id,
+        grant_id,
+        amount,
+        priority: args.priority,
+        expires_at,
+        reference,
+        metadata: "{}".to_owned(),
+    };
+    let executed = with_store(&args.database, async |store| Ok(store.execute(Request::new(command)).await?)).await?;
+    match executed {
+        Executed::Fresh(Ok(Outcome::Granted { grant, .. }))
+        | Executed::Replayed(Ok(Outcome::Granted { grant, .. })) => {
+            print_json(&server::wire::grant_response(&grant, grant.free))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Executed::Fresh(Err(rejection)) | Executed::Replayed(Err(rejection)) => {
+            bail!("{}: {rejection}", rejection.code())
+        }
+        other => bail!("unexpected store answer {other:?}"),
+    }
+}
+
+pub async fn balance(args: &AccountArgs) -> anyhow::Result<ExitCode> {
+    let account_id = account_id(&args.account)?;
+    let view = with_store(&args.database, async |store| Ok(store.account(&account_id).await?)).await?;
+    let view = view.ok_or_else(|| anyhow!("account_not_found: no account {}", args.account))?;
+    print_json(&server::wire::account_response(&view))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn holds(args: &AccountArgs) -> anyhow::Result<ExitCode> {
+    let account_id = account_id(&args.account)?;
+    let holds = with_store(&args.database, async |store| Ok(store.pending_holds(&account_id).await?)).await?;
+    let holds: Vec<_> = holds.iter().map(server::wire::hold_response).collect();
+    print_json(&holds)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sweep(args: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let total = with_store(args, async |store| {
+        let mut total = SweepReport::default();
+        for _ in 0..SWEEP_ROUNDS_MAX {
+            let report = store.sweep(server::SWEEP_ACCOUNTS_MAX).await?;
+            total.accounts += report.accounts;
+            total.entries += report.entries;
+            total.idempotency_keys_deleted += report.idempotency_keys_deleted;
+            if report.accounts < u64::from(server::SWEEP_ACCOUNTS_MAX) {
+                break;
+            }
+        }
+        Ok(total)
+    })
+    .await?;
+    let mut report = serde_json::Map::new();
+    report.insert("accounts".to_owned(), Value::from(total.accounts));
+    report.insert("entries".to_owned(), Value::from(total.entries));
+    report.insert("idempotency_keys_deleted".to_owned(), Value::from(total.idempotency_keys_deleted));
+    print_json(&Value::Object(report))?;
+    Ok(ExitCode::SUCCESS)
+}
