@@ -1,0 +1,153 @@
+//! The `creditgraph` binary itself: operator commands on a SQLite file, the auth start-up rule
+//! and graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn creditgraph() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_creditgraph"));
+    for variable in ["CREDITGRAPH_DATABASE", "CREDITGRAPH_LISTEN", "CREDITGRAPH_TOKENS", "RUST_LOG"] {
+        command.env_remove(variable);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    creditgraph().args(args).output().expect("the binary runs")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(output.status.success(), "{output:#?}");
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait on the child") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn grant_balance_holds_verify_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let migrate = run(&["migrate", "--database", &database]);
+    assert!(migrate.status.success(), "{migrate:#?}");
+
+    let grant =
+        stdout_json(&run(&["grant", "alice", "20", "--priority", "5", "--reference", "boot", "--database", &database]));
+    assert_eq!((grant["amount"].as_str(), grant["priority"].as_i64()), (Some("20"), Some(5)));
+    let grant =
+        stdout_json(&run(&["grant", "alice", "0.5", "--expires-at", "2099-01-01T00:00:00Z", "--database", &database]));
+    assert_eq!(grant["expires_at"], "2099-01-01T00:00:00Z");
+
+    let balance = stdout_json(&run(&["balance", "alice", "--database", &database]));
+    assert_eq!((balance["balance"].as_str(), balance["available"].as_str()), (Some("20.5"), Some("20.5")));
+    assert_eq!(balance["grants"].as_array().map(Vec::len), Some(2));
+
+    let holds = stdout_json(&run(&["holds", "alice", "--database", &database]));
+    assert_eq!(holds, Value::Array(Vec::new()));
+
+    let sweep = stdout_json(&run(&["sweep", "--database", &database]));
+    assert_eq!(sweep["entries"], 0);
+
+    let verify = run(&["verify", "--database", &database]);
+    assert!(verify.status.success(), "{verify:#?}");
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("violations: 0"));
+
+    let missing = run(&["balance", "nobody", "--database", &database]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:#?}");
+    let bad = run(&["grant", "alice", "-1", "--database", &database]);
+    assert!(!bad.status.success());
+    let bad_url = run(&["verify", "--database", "mysql://x"]);
+    assert_eq!(bad_url.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_url.stderr).contains("unsupported database URL"));
+}
+
+#[test]
+fn database_and_tokens_come_from_the_environment_too() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = format!("sqlite:{}", dir.path().join("env.db").display());
+    let output =
+        creditgraph().args(["grant", "bob", "3"]).env("CREDITGRAPH_DATABASE", &database).output().expect("runs");
+    assert!(output.status.success(), "{output:#?}");
+    let balance = run(&["balance", "bob", "--database", &database]);
+    assert_eq!(stdout_json(&balance)["balance"], "3");
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_tokens() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let mut child = creditgraph()
+        .args(["serve", "--listen", "0.0.0.0:0", "--database", &database])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let status = status.expect("serve exits at once");
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr read");
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without tokens"), "{stderr}");
+    assert!(!dir.path().join("ledger.db").exists(), "no database is touched before the check");
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let mut child = creditgraph()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &database])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|line: &String| line.contains("creditgraph listening")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("serve did not start: {seen:#?}");
+            }
+        }
+    }
+    assert!(seen.iter().any(|line| line.contains("authentication is OFF")), "{seen:#?}");
+
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    assert!(kill.success());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let status = status.expect("serve stops within 30 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:#?}");
+}

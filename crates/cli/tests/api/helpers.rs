@@ -1,0 +1,243 @@
+//! `spawn_app()` starts the real application on 127.0.0.1:0 over a fresh SQLite file with a
+//! manual clock; `TestApp` has one typed helper per endpoint.
+
+use std::sync::Arc;
+
+use cli::{Application, DatabaseUrl, Settings};
+use ledger::Timestamp;
+use reqwest::Method;
+use serde_json::{json, Value};
+use server::{ApiConfig, Role};
+use store::{Clock, LedgerStore, ManualClock};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "admin-test-token";
+pub const SERVICE_TOKEN: &str = "service-test-token";
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// Asserts a problem+json response with this status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.body["code"].as_str()), (status, Some(code)), "{self:#?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:#?}");
+        assert_eq!(self.body["status"], json!(status));
+        for member in ["type", "title", "detail"] {
+            assert!(self.body[member].is_string(), "problem without {member}: {self:#?}");
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "{self:#?}");
+        &self.body
+    }
+
+    pub fn str(&self, field: &str) -> &str {
+        self.body[field].as_str().unwrap_or_else(|| panic!("no string {field} in {:#?}", self.body))
+    }
+}
+
+/// What a request sends as its body.
+pub enum Body {
+    None,
+    Json(Value),
+    /// Raw bytes with a content type (or none).
+    Raw(Option<&'static str>, Vec<u8>),
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn LedgerStore>,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<TempDir>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn test_settings(database: DatabaseUrl) -> Settings {
+    let api = ApiConfig {
+        tokens: vec![(ADMIN_TOKEN.to_owned(), Role::Admin), (SERVICE_TOKEN.to_owned(), Role::Service)],
+        ..ApiConfig::default()
+    };
+    Settings { listen: "127.0.0.1:0".to_owned(), database, api, sweep_interval: std::time::Duration::from_secs(3600) }
+}
+
+/// The app on a fresh SQLite file in a temporary folder.
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = DatabaseUrl::Sqlite(dir.path().join("creditgraph.db"));
+    spawn_with(test_settings(database), Some(dir)).await
+}
+
+/// The app on a fresh PostgreSQL database of the test cluster.
+pub async fn spawn_app_postgres() -> TestApp {
+    let url = store_postgres::testing::fresh_database().await;
+    spawn_with(test_settings(DatabaseUrl::Postgres(url)), None).await
+}
+
+/// The app with settings changed by `change` (on a fresh SQLite file).
+pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut settings = test_settings(DatabaseUrl::Sqlite(dir.path().join("creditgraph.db")));
+    change(&mut settings);
+    spawn_with(settings, Some(dir)).await
+}
+
+async fn spawn_with(settings: Settings, dir: Option<TempDir>) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        cli::telemetry::init();
+    }
+    // Whole seconds, so RFC 3339 times in assertions are easy to write.
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_800_000_000_000_000)));
+    let application =
+        Application::build(settings, Arc::clone(&clock) as Arc<dyn Clock>).await.expect("the application builds");
+    let address = format!("http://{}", application.local_addr());
+    let store = application.store();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    TestApp { address, client: reqwest::Client::new(), clock, store, shutdown, server: Some(server), _dir: dir }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and waits for it (store closed).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Body,
+    ) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(&value),
+            Body::Raw(content_type, bytes) => {
+                let request = match content_type {
+                    Some(content_type) => request.header("content-type", content_type),
+                    None => request,
+                };
+                request.body(bytes)
+            }
+        };
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+        let text = response.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, content_type, body, text }
+    }
+
+    /// POST as admin.
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(ADMIN_TOKEN), None, Body::Json(body)).await
+    }
+
+    /// POST as admin with an Idempotency-Key.
+    pub async fn post_with_key(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(ADMIN_TOKEN), Some(key), Body::Json(body)).await
+    }
+
+    /// GET as admin.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, Some(ADMIN_TOKEN), None, Body::None).await
+    }
+
+    pub async fn grant(&self, account: &str, body: Value) -> Reply {
+        self.post(&format!("/v1/accounts/{account}/grants"), body).await
+    }
+
+    /// Grants `amount` and asserts 201.
+    pub async fn fund(&self, account: &str, amount: &str) -> Value {
+        self.grant(account, json!({ "amount": amount })).await.assert_status(201).clone()
+    }
+
+    pub async fn account(&self, account: &str) -> Reply {
+        self.get(&format!("/v1/accounts/{account}")).await
+    }
+
+    /// (balance, held, available) of an existing account.
+    pub async fn figures(&self, account: &str) -> (String, String, String) {
+        let reply = self.account(account).await;
+        let body = reply.assert_status(200);
+        let field = |name: &str| body[name].as_str().expect("amount string").to_owned();
+        (field("balance"), field("held"), field("available"))
+    }
+
+    pub async fn entries(&self, account: &str, query: &str) -> Reply {
+        self.get(&format!("/v1/accounts/{account}/entries{query}")).await
+    }
+
+    pub async fn hold(&self, account: &str, amount: &str) -> Reply {
+        self.post("/v1/holds", json!({ "account_id": account, "amount": amount })).await
+    }
+
+    /// Holds `amount` and returns the hold id (asserting 201).
+    pub async fn hold_id(&self, account: &str, amount: &str) -> String {
+        let reply = self.hold(account, amount).await;
+        reply.assert_status(201);
+        reply.str("hold_id").to_owned()
+    }
+
+    pub async fn get_hold(&self, hold_id: &str) -> Reply {
+        self.get(&format!("/v1/holds/{hold_id}")).await
+    }
+
+    pub async fn capture(&self, hold_id: &str, body: Value) -> Reply {
+        self.post(&format!("/v1/holds/{hold_id}/capture"), body).await
+    }
+
+    pub async fn release(&self, hold_id: &str) -> Reply {
+        self.request(Method::POST, &format!("/v1/holds/{hold_id}/release"), Some(ADMIN_TOKEN), None, Body::None).await
+    }
+
+    pub async fn extend(&self, hold_id: &str, ttl_seconds: u64) -> Reply {
+        self.post(&format!("/v1/holds/{hold_id}/extend"), json!({ "ttl_seconds": ttl_seconds })).await
+    }
+
+    pub async fn debit(&self, account: &str, body: Value) -> Reply {
+        self.post(&format!("/v1/accounts/{account}/debits"), body).await
+    }
+
+    pub async fn refund(&self, account: &str, body: Value) -> Reply {
+        self.post(&format!("/v1/accounts/{account}/refunds"), body).await
+    }
+
+    /// Asserts the store's own journal check is clean.
+    pub async fn assert_verified(&self) {
+        let report = self.store.verify().await.expect("verify runs");
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    }
+}

@@ -1,0 +1,13 @@
+//! Black-box tests of the HTTP API and the `creditgraph` binary, over real sockets. One test
+//! binary (one link step); every module shares `helpers`.
+
+mod accounts;
+mod auth;
+mod binary;
+mod errors;
+mod health;
+mod helpers;
+mod holds;
+mod idempotency;
+mod postgres;
+mod scenarios;
