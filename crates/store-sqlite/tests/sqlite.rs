@@ -1,4 +1,4 @@
-//! SQLite-specific behaviour: the owner lock, durability across close and reopen, concurrency on
+//! SQLite-specific behaviour: the owner lock (in-process and across processes), durability across close and reopen, concurrency on
 //! one account, group commit, and a failing job that rolls back alone inside its batch.
 
 use std::path::{Path, PathBuf};
@@ -83,6 +83,58 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
     let second = open(&path, &clock).await;
     second.close().await;
     SqliteStore::migrate_only(&path).await.expect("migrate_only works on a closed file");
+}
+
+/// Set in the child process that [`a_second_process_is_refused_until_the_first_closes`] starts.
+const CHILD_DATABASE: &str = "STORE_SQLITE_CHILD_DATABASE";
+/// Child exit codes.
+const CHILD_OPENED: i32 = 0;
+const CHILD_REFUSED: i32 = 3;
+const CHILD_FAILED: i32 = 1;
+
+/// Starts this test binary again, running only this test, as the child that tries `path`.
+fn run_child(path: &Path) -> i32 {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let output = std::process::Command::new(exe)
+        .args(["--exact", "a_second_process_is_refused_until_the_first_closes", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DATABASE, path)
+        .output()
+        .expect("the child starts");
+    println!("child: {}", String::from_utf8_lossy(&output.stdout).trim());
+    output.status.code().unwrap_or(CHILD_FAILED)
+}
+
+#[tokio::test]
+async fn a_second_process_is_refused_until_the_first_closes() {
+    if let Some(path) = std::env::var_os(CHILD_DATABASE) {
+        // The child: report how opening went through the exit status.
+        let code =
+            match SqliteStore::open(Path::new(&path), Arc::new(store::SystemClock), SqliteOptions::default()).await {
+                Ok(store) => {
+                    store.close().await;
+                    CHILD_OPENED
+                }
+                Err(StoreError::Startup { detail }) if detail.contains("is in use by another creditgraph process") => {
+                    println!("refused: {detail}");
+                    CHILD_REFUSED
+                }
+                Err(other) => {
+                    println!("failed: {other}");
+                    CHILD_FAILED
+                }
+            };
+        std::process::exit(code);
+    }
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    run(&store, grant("acct", "g1", "5")).await.expect("grant succeeds");
+    assert_eq!(run_child(&path), CHILD_REFUSED, "a second process must be refused while the first owns the file");
+    store.close().await;
+    assert_eq!(run_child(&path), CHILD_OPENED, "a second process opens the file once the first closed it");
+    let reopened = open(&path, &clock).await;
+    assert_eq!(reopened.account(&account("acct")).await.expect("answers").expect("exists").balances.balance, cr("5"));
+    reopened.close().await;
 }
 
 #[tokio::test]
