@@ -22,6 +22,7 @@ pub struct Application {
     router: axum::Router,
     store: OpenStore,
     sweep_interval: Duration,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -51,7 +52,14 @@ impl Application {
             backend = store.ledger().backend(),
             "creditgraph listening"
         );
-        Ok(Application { listener, local_addr, router, store, sweep_interval: settings.sweep_interval })
+        Ok(Application {
+            listener,
+            local_addr,
+            router,
+            store,
+            sweep_interval: settings.sweep_interval,
+            shutdown_grace: settings.shutdown_grace,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -67,12 +75,23 @@ impl Application {
         self.store.ledger()
     }
 
-    /// Serves until `shutdown` is cancelled: stops accepting, lets requests in flight finish,
-    /// stops the sweeper, then closes the store.
+    /// Serves until `shutdown` is cancelled: stops accepting, lets requests in flight finish
+    /// (for at most the grace period), stops the sweeper, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { listener, router, store, sweep_interval, .. } = self;
+        let Application { listener, router, store, sweep_interval, shutdown_grace, .. } = self;
         let sweeper = server::spawn_sweeper(store.ledger(), sweep_interval, shutdown.child_token());
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        let serving = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(shutdown_grace).await;
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = grace_over => {
+                tracing::warn!(grace = ?shutdown_grace, "requests still in flight after the grace period; dropping them");
+                Ok(())
+            }
+        };
         shutdown.cancel();
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task ended abnormally");

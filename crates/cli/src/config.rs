@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// How often the sweeper records due expiries.
     #[arg(long, env = "CREDITGRAPH_SWEEP_INTERVAL_SECONDS", default_value_t = 5)]
     pub sweep_interval_seconds: u64,
+    /// How long a shutdown waits for requests in flight before dropping their connections.
+    #[arg(long, env = "CREDITGRAPH_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -156,6 +159,8 @@ pub struct Settings {
     pub database: DatabaseUrl,
     pub api: ApiConfig,
     pub sweep_interval: Duration,
+    /// Longest wait for requests in flight once shutdown starts.
+    pub shutdown_grace: Duration,
 }
 
 impl Settings {
@@ -177,6 +182,7 @@ impl Settings {
             database: DatabaseUrl::parse(&args.database.database)?,
             api,
             sweep_interval: Duration::from_secs(args.sweep_interval_seconds.max(1)),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! manual clock; `TestApp` has one typed helper per endpoint.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cli::{Application, DatabaseUrl, Settings};
 use ledger::Timestamp;
@@ -77,7 +78,13 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         tokens: vec![(ADMIN_TOKEN.to_owned(), Role::Admin), (SERVICE_TOKEN.to_owned(), Role::Service)],
         ..ApiConfig::default()
     };
-    Settings { listen: "127.0.0.1:0".to_owned(), database, api, sweep_interval: std::time::Duration::from_secs(3600) }
+    Settings {
+        listen: "127.0.0.1:0".to_owned(),
+        database,
+        api,
+        sweep_interval: Duration::from_secs(3600),
+        shutdown_grace: Duration::from_secs(10),
+    }
 }
 
 /// The app on a fresh SQLite file in a temporary folder.

@@ -132,3 +132,27 @@ async fn expiry_is_exact_on_read_and_extend_moves_it() {
     app.extend("nope", 10).await.assert_problem(404, "hold_not_found");
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn the_sweeper_journals_expiries() {
+    let app =
+        crate::helpers::spawn_app_with(|settings| settings.sweep_interval = std::time::Duration::from_millis(20)).await;
+    app.fund("alice", "10").await;
+    let reply = app.post("/v1/holds", json!({ "account_id": "alice", "amount": "3", "ttl_seconds": 10 })).await;
+    let hold_id = reply.str("hold_id").to_owned();
+    app.clock.advance_seconds(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let entries = app.entries("alice", "").await;
+        let expired =
+            entries.body["entries"].as_array().expect("entries").iter().find(|e| e["kind"] == "expire").cloned();
+        if let Some(entry) = expired {
+            assert_eq!((entry["hold_id"].as_str(), entry["amount"].as_str()), (Some(hold_id.as_str()), Some("3")));
+            assert_eq!(entry["at"], "2027-01-15T08:00:10Z");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sweeper recorded no expiry: {entries:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.assert_verified().await;
+}
