@@ -137,6 +137,8 @@ pub struct GrantResponse {
     pub kind: String,
     pub amount: String,
     /// Credits of this grant still in the balance: free plus what active holds reserved from it.
+    /// In the answer to a grant or refund POST it is the free part alone (the ledger's outcome
+    /// does not carry reservations, and a replay must render exactly like the first answer).
     pub remaining: String,
     pub priority: i32,
     pub expires_at: Option<String>,

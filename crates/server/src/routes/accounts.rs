@@ -74,7 +74,7 @@ pub async fn create_grant(
     responses(
         (status = 200, body = AccountResponse),
         (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -96,7 +96,7 @@ pub async fn get_account(
     responses(
         (status = 200, body = EntriesResponse),
         (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -144,7 +144,7 @@ pub async fn list_entries(
         (status = 402, description = "insufficient_credits", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -186,7 +186,7 @@ pub async fn create_debit(
         (status = 200, description = "the reference was used before: the first refund", body = GrantResponse),
         (status = 404, description = "account_not_found, hold_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "refund_exceeds_charges, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -32,7 +32,7 @@ fn hold_result(command: &str, result: Result<Outcome, ledger::Rejection>) -> Res
         (status = 402, description = "insufficient_credits", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -63,7 +63,7 @@ pub async fn create_hold(
     responses(
         (status = 200, body = HoldResponse),
         (status = 404, description = "hold_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -87,7 +87,7 @@ pub async fn get_hold(
         (status = 402, description = "insufficient_credits (overage if_available)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "hold_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "amount_exceeds_hold, hold_not_pending, hold_expired, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -124,7 +124,7 @@ pub async fn capture(
         (status = 200, body = HoldResponse),
         (status = 404, description = "hold_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "hold_not_pending, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -151,7 +151,7 @@ pub async fn release(
         (status = 200, body = HoldResponse),
         (status = 404, description = "hold_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "hold_not_pending, hold_expired, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
