@@ -19,7 +19,7 @@ use std::pin::Pin;
 
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
-use ledger::{AccountId, AccountState, Applied, Command, Outcome, Rejection, Target, Timestamp};
+use ledger::{AccountId, AccountState, Applied, Command, Rejection, Target, Timestamp, Totals};
 use store::{codec, Executed, Request, StoreError};
 use tokio_postgres::types::ToSql;
 
@@ -30,7 +30,7 @@ const CLAIM_KEY: &str = "INSERT INTO idempotency (key, fingerprint, result, crea
      ON CONFLICT (key) DO NOTHING";
 const READ_KEY: &str = "SELECT fingerprint, result FROM idempotency WHERE key = $1";
 const RECORD_RESULT: &str = "UPDATE idempotency SET result = $2 WHERE key = $1";
-const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
+pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
 const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (account_id) DO NOTHING";
 const UPDATE_ACCOUNT: &str = "UPDATE accounts SET spent = $2, refunded = $3 WHERE account_id = $1";
@@ -103,20 +103,25 @@ pub(crate) async fn attempt(
         }
     }
     let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-    let result = match decide(&transaction, &request.command, now, key).await? {
-        Ok(applied) => {
-            let outcome = applied.outcome.clone();
-            write(&transaction, &applied).await?;
-            Ok((outcome, !applied.changes.is_empty()))
+    let (result, changed) = match decide(&transaction, &request.command, now, key).await? {
+        Ok((applied, totals_before)) => {
+            let result = Ok(applied.outcome.clone());
+            let record = request
+                .idempotency
+                .as_ref()
+                .map(|idempotency| (idempotency.key.as_str(), codec::encode_result(&result)));
+            write(&transaction, &applied, totals_before, record).await?;
+            (result, !applied.changes.is_empty())
         }
-        Err(rejection) => Err(rejection),
+        Err(rejection) => {
+            let result = Err(rejection);
+            if let Some(idempotency) = &request.idempotency {
+                let record = transaction.prepare_cached(RECORD_RESULT).await?;
+                transaction.execute(&record, &[&idempotency.key, &codec::encode_result(&result)]).await?;
+            }
+            (result, false)
+        }
     };
-    let changed = matches!(result, Ok((_, true)));
-    let result: Result<Outcome, Rejection> = result.map(|(outcome, _)| outcome);
-    if let Some(idempotency) = &request.idempotency {
-        let record = transaction.prepare_cached(RECORD_RESULT).await?;
-        transaction.execute(&record, &[&idempotency.key, &codec::encode_result(&result)]).await?;
-    }
     if changed || request.idempotency.is_some() {
         transaction.commit().await?;
     } else {
@@ -125,13 +130,14 @@ pub(crate) async fn attempt(
     Ok(Attempt { executed: Executed::Fresh(result), applied: changed })
 }
 
-/// Finds and locks the command's account, loads its state and lets the ledger decide.
+/// Finds and locks the command's account, loads its state and lets the ledger decide. With the
+/// decision comes the account's totals as loaded (`None`: the account did not exist).
 async fn decide(
     transaction: &Transaction<'_>,
     command: &Command,
     now: Timestamp,
     key: Option<&str>,
-) -> Result<Result<Applied, Rejection>, Failure> {
+) -> Result<Result<(Applied, Option<Totals>), Rejection>, Failure> {
     let account_id = match command.target() {
         Target::Account(account_id) => account_id.clone(),
         Target::Hold(hold_id) => {
@@ -144,7 +150,8 @@ async fn decide(
         }
     };
     let state = load(transaction, &account_id, command).await?;
-    Ok(ledger::execute(state, command, now, key))
+    let totals_before = state.as_ref().map(|state| state.totals);
+    Ok(ledger::execute(state, command, now, key).map(|applied| (applied, totals_before)))
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -238,113 +245,132 @@ async fn join_in_order(pending: Vec<Pending<'_>>) -> Vec<Result<i64, tokio_postg
     slots.iter_mut().map(|slot| Pin::new(slot).take_output().expect("every joined future completed")).collect()
 }
 
-/// Writes what the ledger changed: the account row, touched grants and holds (upserted as they
-/// stand in the new state), then the journal entries in order.
+/// Writes what the ledger changed: the account row (inserted when new; updated only when its
+/// totals moved, so a hold does not rewrite the row every waiter is queued on), touched grants
+/// and holds (upserted as they stand in the new state), the journal entries in order, and the
+/// idempotency record's result.
 ///
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
-async fn write(transaction: &Transaction<'_>, applied: &Applied) -> Result<(), Failure> {
+async fn write(
+    transaction: &Transaction<'_>,
+    applied: &Applied,
+    totals_before: Option<Totals>,
+    record: Option<(&str, String)>,
+) -> Result<(), Failure> {
     let Applied { state, changes, .. } = applied;
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let account_sql = if changes.account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
-    let account_statement = transaction.prepare_cached(account_sql).await?;
-    let grant_statement = transaction.prepare_cached(UPSERT_GRANT).await?;
-    let hold_statement = transaction.prepare_cached(UPSERT_HOLD).await?;
-    let entry_statement = transaction.prepare_cached(INSERT_ENTRY).await?;
-
     let account_id = state.account_id.as_str();
     let spent = sql_amount(state.totals.spent)?;
     let refunded = sql_amount(state.totals.refunded)?;
     let created_at = state.created_at.micros();
     let mut pending: Vec<Pending<'_>> =
-        Vec::with_capacity(1 + changes.grants.len() + changes.holds.len() + changes.entries.len());
-    let account_statement = &account_statement;
-    pending.push(Box::pin(async move {
-        if changes.account_created {
-            transaction.execute(account_statement, &[&account_id, &created_at, &spent, &refunded]).await.map(count)
-        } else {
-            transaction.execute(account_statement, &[&account_id, &spent, &refunded]).await.map(count)
-        }
-    }));
-    for grant_id in &changes.grants {
-        let grant = state.grant(grant_id).expect("a touched grant is in the applied state");
-        let amount = sql_amount(grant.amount)?;
-        let free = sql_amount(grant.free)?;
-        let expires_at = grant.expires_at.map(Timestamp::micros);
-        let created_at = grant.created_at.micros();
-        let reference = grant.reference.as_ref().map(|reference| reference.as_str());
-        let statement = &grant_statement;
+        Vec::with_capacity(2 + changes.grants.len() + changes.holds.len() + changes.entries.len());
+
+    let write_account = changes.account_created || totals_before.is_some_and(|totals| totals != state.totals);
+    if write_account {
+        let sql = if changes.account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
+        let statement = transaction.prepare_cached(sql).await?;
+        let created = changes.account_created;
         pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 11] = [
-                &grant.grant_id.as_str(),
-                &grant.account_id.as_str(),
-                &grant.kind.as_str(),
-                &amount,
-                &free,
-                &grant.priority,
-                &expires_at,
-                &created_at,
-                &reference,
-                &grant.metadata,
-                &grant.live,
-            ];
-            transaction.execute(statement, &params).await.map(count)
+            if created {
+                transaction.execute(&statement, &[&account_id, &created_at, &spent, &refunded]).await.map(count)
+            } else {
+                transaction.execute(&statement, &[&account_id, &spent, &refunded]).await.map(count)
+            }
         }));
     }
-    for hold_id in &changes.holds {
-        let hold = state.hold(hold_id).expect("a touched hold is in the applied state");
-        let amount = sql_amount(hold.amount)?;
-        let captured = sql_amount(hold.captured)?;
-        let remaining = sql_amount(hold.remaining)?;
-        let refunded = sql_amount(hold.refunded)?;
-        let expires_at = hold.expires_at.micros();
-        let created_at = hold.created_at.micros();
-        let reference = hold.reference.as_ref().map(|reference| reference.as_str());
-        let allocations = codec::encode_allocations(&hold.allocations);
-        let statement = &hold_statement;
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 12] = [
-                &hold.hold_id.as_str(),
-                &hold.account_id.as_str(),
-                &amount,
-                &captured,
-                &remaining,
-                &refunded,
-                &hold.state.as_str(),
-                &expires_at,
-                &created_at,
-                &reference,
-                &hold.metadata,
-                &allocations,
-            ];
-            transaction.execute(statement, &params).await.map(count)
-        }));
+    if !changes.grants.is_empty() {
+        let statement = transaction.prepare_cached(UPSERT_GRANT).await?;
+        for grant_id in &changes.grants {
+            let grant = state.grant(grant_id).expect("a touched grant is in the applied state");
+            let amount = sql_amount(grant.amount)?;
+            let free = sql_amount(grant.free)?;
+            let expires_at = grant.expires_at.map(Timestamp::micros);
+            let created_at = grant.created_at.micros();
+            let reference = grant.reference.as_ref().map(|reference| reference.as_str());
+            let statement = statement.clone();
+            pending.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 11] = [
+                    &grant.grant_id.as_str(),
+                    &grant.account_id.as_str(),
+                    &grant.kind.as_str(),
+                    &amount,
+                    &free,
+                    &grant.priority,
+                    &expires_at,
+                    &created_at,
+                    &reference,
+                    &grant.metadata,
+                    &grant.live,
+                ];
+                transaction.execute(&statement, &params).await.map(count)
+            }));
+        }
+    }
+    if !changes.holds.is_empty() {
+        let statement = transaction.prepare_cached(UPSERT_HOLD).await?;
+        for hold_id in &changes.holds {
+            let hold = state.hold(hold_id).expect("a touched hold is in the applied state");
+            let amount = sql_amount(hold.amount)?;
+            let captured = sql_amount(hold.captured)?;
+            let remaining = sql_amount(hold.remaining)?;
+            let refunded = sql_amount(hold.refunded)?;
+            let expires_at = hold.expires_at.micros();
+            let created_at = hold.created_at.micros();
+            let reference = hold.reference.as_ref().map(|reference| reference.as_str());
+            let allocations = codec::encode_allocations(&hold.allocations);
+            let statement = statement.clone();
+            pending.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 12] = [
+                    &hold.hold_id.as_str(),
+                    &hold.account_id.as_str(),
+                    &amount,
+                    &captured,
+                    &remaining,
+                    &refunded,
+                    &hold.state.as_str(),
+                    &expires_at,
+                    &created_at,
+                    &reference,
+                    &hold.metadata,
+                    &allocations,
+                ];
+                transaction.execute(&statement, &params).await.map(count)
+            }));
+        }
     }
     let entries_start = pending.len();
-    for entry in &changes.entries {
-        let amount = sql_amount(entry.amount)?;
-        let balance_after = sql_amount(entry.balance_after)?;
-        let held_after = sql_amount(entry.held_after)?;
-        let at = entry.at.micros();
-        let statement = &entry_statement;
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 10] = [
-                &entry.account_id.as_str(),
-                &entry.kind.as_str(),
-                &amount,
-                &entry.hold_id.as_ref().map(|id| id.as_str()),
-                &entry.grant_id.as_ref().map(|id| id.as_str()),
-                &entry.reference.as_ref().map(|reference| reference.as_str()),
-                &balance_after,
-                &held_after,
-                &at,
-                &entry.idempotency_key.as_deref(),
-            ];
-            transaction.query_one(statement, &params).await?.try_get(0)
-        }));
+    if !changes.entries.is_empty() {
+        let statement = transaction.prepare_cached(INSERT_ENTRY).await?;
+        for entry in &changes.entries {
+            let amount = sql_amount(entry.amount)?;
+            let balance_after = sql_amount(entry.balance_after)?;
+            let held_after = sql_amount(entry.held_after)?;
+            let at = entry.at.micros();
+            let statement = statement.clone();
+            pending.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 10] = [
+                    &entry.account_id.as_str(),
+                    &entry.kind.as_str(),
+                    &amount,
+                    &entry.hold_id.as_ref().map(|id| id.as_str()),
+                    &entry.grant_id.as_ref().map(|id| id.as_str()),
+                    &entry.reference.as_ref().map(|reference| reference.as_str()),
+                    &balance_after,
+                    &held_after,
+                    &at,
+                    &entry.idempotency_key.as_deref(),
+                ];
+                transaction.query_one(&statement, &params).await?.try_get(0)
+            }));
+        }
     }
+    let entries_end = pending.len();
+    if let Some((key, result)) = record {
+        let statement = transaction.prepare_cached(RECORD_RESULT).await?;
+        pending.push(Box::pin(async move { transaction.execute(&statement, &[&key, &result]).await.map(count) }));
+    }
+
     // One join, so every statement is sent (in this order) before any answer is awaited. The
     // first error in sending order is the real one: later statements fail only because the
     // transaction aborted.
@@ -352,9 +378,8 @@ async fn write(transaction: &Transaction<'_>, applied: &Applied) -> Result<(), F
     for result in join_in_order(pending).await {
         results.push(result?);
     }
-    let account_rows = results[0];
     let mut previous_seq = 0_i64;
-    for &seq in &results[entries_start..] {
+    for &seq in &results[entries_start..entries_end] {
         if seq <= previous_seq {
             return Err(Failure::Store(StoreError::Corrupt {
                 detail: format!("journal entries were assigned seq {seq} after {previous_seq}; not committed"),
@@ -362,16 +387,19 @@ async fn write(transaction: &Transaction<'_>, applied: &Applied) -> Result<(), F
         }
         previous_seq = seq;
     }
-    if changes.account_created && account_rows == 0 {
-        // Another transaction created the account first; its row is now committed, so the next
-        // attempt locks it and decides against its real state.
-        return Err(Failure::Retry {
-            cause: RetryCause::Race,
-            detail: format!("account {account_id} created concurrently"),
-        });
-    }
-    if !changes.account_created && account_rows != 1 {
-        return Err(Failure::Store(corrupt("account row (vanished while locked)")));
+    if write_account {
+        match (changes.account_created, results[0]) {
+            // Another transaction created the account first; its row is now committed, so the
+            // next attempt locks it and decides against its real state.
+            (true, 0) => {
+                return Err(Failure::Retry {
+                    cause: RetryCause::Race,
+                    detail: format!("account {account_id} created concurrently"),
+                })
+            }
+            (false, rows) if rows != 1 => return Err(Failure::Store(corrupt("account row (vanished while locked)"))),
+            _ => {}
+        }
     }
     Ok(())
 }

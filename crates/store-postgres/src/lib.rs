@@ -17,6 +17,7 @@
 //! Reads run in REPEATABLE READ, READ ONLY transactions so a view of an account (grants and holds
 //! read by separate statements) is one consistent snapshot; they take no locks.
 
+mod account_queue;
 mod error;
 mod execute;
 mod rows;
@@ -29,7 +30,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use ledger::{AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Timestamp};
+use ledger::{
+    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Target, Timestamp,
+};
 use rand::Rng;
 use store::{AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 use tokio_postgres::types::ToSql;
@@ -99,6 +102,7 @@ pub struct PostgresStore {
     clock: Arc<dyn Clock>,
     options: PostgresOptions,
     counters: Counters,
+    queue: account_queue::AccountQueue,
 }
 
 fn startup(detail: String) -> StoreError {
@@ -142,7 +146,7 @@ impl PostgresStore {
                 tracing::info!(versions = ?applied, "applied PostgreSQL migrations");
             }
         }
-        Ok(PostgresStore { pool, clock, options, counters: Counters::default() })
+        Ok(PostgresStore { pool, clock, options, counters: Counters::default(), queue: Default::default() })
     }
 
     /// Applies the embedded migrations on one short-lived connection and returns.
@@ -183,8 +187,28 @@ impl PostgresStore {
         self.pool.get().await.map_err(pool_error)
     }
 
-    /// Runs `request` in its own transaction, retrying on contention.
+    /// The account a command will lock, as far as can be told before its transaction. A hold's
+    /// account never changes, so looking it up outside the transaction is safe; an unknown hold
+    /// gives `None` (the transaction then decides, without the in-process queue).
+    async fn queue_key(&self, command: &Command) -> Result<Option<String>, StoreError> {
+        match command.target() {
+            Target::Account(account_id) => Ok(Some(account_id.as_str().to_owned())),
+            Target::Hold(hold_id) => {
+                let client = self.client().await?;
+                let statement = client.prepare_cached(execute::HOLD_ACCOUNT).await.map_err(store_error)?;
+                let row = client.query_opt(&statement, &[&hold_id.as_str()]).await.map_err(store_error)?;
+                row.map(|row| row.try_get::<_, String>(0).map_err(|_| corrupt("hold account_id"))).transpose()
+            }
+        }
+    }
+
+    /// Runs `request` in its own transaction, retrying on contention, after waiting for its
+    /// account's turn in this process (see [`account_queue`]).
     async fn run(&self, request: &Request) -> Result<execute::Attempt, StoreError> {
+        let _turn = match self.queue_key(&request.command).await? {
+            Some(account_id) => Some(self.queue.turn(&account_id).await),
+            None => None,
+        };
         let mut retries = 0_u32;
         loop {
             let (cause, detail) = match self.try_once(request).await {

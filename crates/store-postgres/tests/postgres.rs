@@ -318,3 +318,31 @@ async fn unreachable_database_is_a_startup_error() {
     let result = PostgresStore::connect("mysql://nope", clock, options).await;
     assert!(matches!(result, Err(StoreError::Startup { .. })), "{:?}", result.err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_of_one_serves_many_concurrent_commands() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let options = PostgresOptions { pool_max: 1, ..PostgresOptions::default() };
+    let store = Arc::new(PostgresStore::connect(&url, clock, options).await.expect("connect"));
+    for index in 0..4 {
+        fresh(Request::new(grant(&format!("small-{index}"), &format!("g{index}"), 10)), &store).await.expect("grant");
+    }
+    let tasks: Vec<_> = (0..32)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let command = hold(&format!("small-{}", index % 4), &format!("h{index}"), 1, 600);
+                store.execute(Request::with_key(command, &format!("k{index}"), "f")).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.expect("task").expect("execute"), Executed::Fresh(Ok(Outcome::Held { .. }))));
+    }
+    for index in 0..4 {
+        let view = store.account(&account(&format!("small-{index}"))).await.expect("read").expect("exists");
+        assert_eq!(view.balances.held, credits(8));
+    }
+    assert_clean(&store).await;
+}
