@@ -346,3 +346,48 @@ async fn a_pool_of_one_serves_many_concurrent_commands() {
     }
     assert_clean(&store).await;
 }
+
+/// Forces a real deadlock: a raw session locks the account row, the store's transaction claims
+/// its idempotency key and waits for that row, then the raw session inserts the same key. The
+/// raw session's long `deadlock_timeout` makes PostgreSQL abort the store's transaction, which
+/// must count it and retry (or give up with `Contention` when no retries are allowed).
+async fn deadlock_once(store: Arc<PostgresStore>, url: &str, key: &str) -> Result<Executed, StoreError> {
+    let (raw, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("raw connect");
+    tokio::spawn(connection);
+    raw.batch_execute(
+        "SET deadlock_timeout = '20s'; BEGIN; SELECT 1 FROM accounts WHERE account_id = 'locked' FOR UPDATE",
+    )
+    .await
+    .expect("lock the account row");
+    let key_owned = key.to_owned();
+    let pending = tokio::spawn(async move {
+        store.execute(Request::with_key(hold("locked", &format!("h-{key_owned}"), 1, 600), &key_owned, "f")).await
+    });
+    // Let the store claim the key and queue on the row lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    raw.execute("INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES ($1, 'raw', '', 0)", &[&key])
+        .await
+        .expect("the store's transaction is the deadlock victim");
+    raw.batch_execute("ROLLBACK").await.expect("rollback");
+    pending.await.expect("task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadlocks_are_retried_then_reported_as_contention() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let patient = connect(&url, &clock).await;
+    fresh(Request::new(grant("locked", "g1", 10)), &patient).await.expect("grant");
+
+    let result = deadlock_once(patient.clone(), &url, "k-retried").await.expect("retried to success");
+    assert!(matches!(result, Executed::Fresh(Ok(Outcome::Held { .. }))), "{result:?}");
+    let stats = patient.stats();
+    assert_eq!((stats.deadlocks, stats.retries), (1, 1), "{stats:?}");
+
+    let options = PostgresOptions { retries_max: 0, ..PostgresOptions::default() };
+    let impatient = Arc::new(PostgresStore::connect(&url, clock, options).await.expect("connect"));
+    let result = deadlock_once(impatient.clone(), &url, "k-given-up").await;
+    assert!(matches!(result, Err(StoreError::Contention { .. })), "{result:?}");
+    assert_eq!(impatient.stats().deadlocks, 1);
+    assert_clean(&patient).await;
+}
