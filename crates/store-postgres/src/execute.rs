@@ -68,8 +68,8 @@ fn grant_by_reference_sql() -> String {
 /// What one committed (or rolled back) attempt produced.
 pub(crate) struct Attempt {
     pub executed: Executed,
-    /// Whether the transaction committed changes to the ledger (not only an idempotency record).
-    pub applied: bool,
+    /// Whether the transaction committed (ledger changes, an idempotency record, or both).
+    pub committed: bool,
 }
 
 /// Runs one attempt in `transaction`, committing or rolling it back before returning `Ok`.
@@ -99,7 +99,7 @@ pub(crate) async fn attempt(
             } else {
                 Executed::Replayed(codec::decode_result(recorded)?)
             };
-            return Ok(Attempt { executed, applied: false });
+            return Ok(Attempt { executed, committed: false });
         }
     }
     let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
@@ -122,12 +122,13 @@ pub(crate) async fn attempt(
             (result, false)
         }
     };
-    if changed || request.idempotency.is_some() {
+    let committed = changed || request.idempotency.is_some();
+    if committed {
         transaction.commit().await?;
     } else {
         transaction.rollback().await?;
     }
-    Ok(Attempt { executed: Executed::Fresh(result), applied: changed })
+    Ok(Attempt { executed: Executed::Fresh(result), committed })
 }
 
 /// Finds and locks the command's account, loads its state and lets the ledger decide. With the

@@ -237,7 +237,7 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
         let attempt = execute::attempt(transaction, request, self.clock.now()).await?;
-        if attempt.applied || request.idempotency.is_some() {
+        if attempt.committed {
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
         Ok(attempt)
