@@ -49,7 +49,8 @@ if [[ "$(id -u)" -eq 0 ]]; then
     if ! id -u postgres >/dev/null 2>&1; then
         useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
     fi
-    as_pg() { runuser -u postgres -- "$@"; }
+    RUNUSER="$(command -v runuser || echo /usr/sbin/runuser)"
+    as_pg() { "$RUNUSER" -u postgres -- "$@"; }
 else
     as_pg() { "$@"; }
 fi
