@@ -148,6 +148,11 @@ fn serve_stops_cleanly_on_sigterm() {
     }
     let status = status.expect("serve stops within 30 s of SIGTERM");
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = lines.try_iter().collect();
+    // The reader thread forwards the last lines after the process exits: wait for it to finish
+    // (the channel closes at end of stream) rather than racing it.
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
     assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:#?}");
 }

@@ -10,4 +10,5 @@ mod helpers;
 mod holds;
 mod idempotency;
 mod postgres;
+mod processes;
 mod scenarios;
