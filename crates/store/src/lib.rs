@@ -13,6 +13,7 @@ pub mod clock;
 pub mod codec;
 pub mod conformance;
 pub mod memory;
+pub mod runs;
 
 use async_trait::async_trait;
 use ledger::{
@@ -20,6 +21,7 @@ use ledger::{
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;

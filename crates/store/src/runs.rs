@@ -1,0 +1,125 @@
+//! The storage port for metered runs: threads, runs (one per turn) and artifacts.
+//!
+//! A run's details (plan, credit log, answer, costs) are a JSON document owned by the run engine;
+//! the store only indexes what it must query on (account, thread, state, owning instance) and
+//! enforces one rule itself: a thread has at most one running run, so two turns of one thread
+//! can never hold credits at the same time.
+
+use async_trait::async_trait;
+use ledger::{AccountId, HoldId, Timestamp};
+
+use crate::StoreError;
+
+/// Longest thread or run id (same alphabet as account ids).
+pub const RUN_ID_LENGTH_MAX: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    /// Its server process died or stopped before the run finished; its hold was released.
+    Interrupted,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 5] =
+        [RunState::Running, RunState::Succeeded, RunState::Failed, RunState::Canceled, RunState::Interrupted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Canceled => "canceled",
+            RunState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunState> {
+        RunState::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != RunState::Running
+    }
+}
+
+/// One turn of a thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub account_id: AccountId,
+    pub thread_id: String,
+    /// 0 for a thread's first turn; assigned by [`RunStore::create_run`].
+    pub turn_index: u32,
+    pub state: RunState,
+    /// The server process that executes the run (for crash recovery).
+    pub instance_id: String,
+    /// The turn's hold, once taken.
+    pub hold_id: Option<HoldId>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// The engine's JSON document (plan, credit log, costs, answer, error).
+    pub data: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub artifact_id: String,
+    pub account_id: AccountId,
+    pub run_id: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    pub created_at: Timestamp,
+}
+
+/// Why a run could not be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateRunRefusal {
+    /// The thread exists and belongs to another account.
+    ThreadOfAnotherAccount,
+    /// The thread already has a running run.
+    ThreadBusy { run_id: String },
+    /// A run with this id exists.
+    DuplicateRunId,
+}
+
+#[async_trait]
+pub trait RunStore: Send + Sync + 'static {
+    /// Inserts a run in state `Running`, creating its thread on first use, and assigns
+    /// `turn_index` (previous turns of the thread + 1). Returns the stored record.
+    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError>;
+
+    /// Overwrites `state`, `hold_id`, `updated_at` and `data` of an existing run (its id, account,
+    /// thread, turn and instance never change). Returns false when the run does not exist.
+    async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError>;
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// The thread's owner, or `None` for an unknown thread.
+    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError>;
+
+    /// The thread's runs in turn order, at most `limit`, starting after `after_turn` (exclusive;
+    /// `None` from the first).
+    async fn thread_runs(
+        &self,
+        thread_id: &str,
+        after_turn: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Runs in `state`, optionally only those of one instance, oldest first, at most `limit`.
+    async fn runs_in_state(
+        &self,
+        state: RunState,
+        instance_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Stores an artifact (ids are unique; a second put of the same id is an error).
+    async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError>;
+
+    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError>;
+}
