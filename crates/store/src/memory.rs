@@ -1,7 +1,8 @@
-//! An in-process [`LedgerStore`]: one mutex around plain maps.
+//! An in-process [`LedgerStore`] and [`RunStore`]: one mutex around plain maps.
 //!
 //! It serves tests that need a store but not a database, and it is the simplest correct shape of
-//! what the SQL adapters do: lock the account, load its state, [`ledger::execute`], write back.
+//! what the SQL adapters do: lock the account, load its state, [`ledger::execute`], write back;
+//! for runs, check the thread's owner and its running run, then insert, all under the one lock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use ledger::{
     AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Reference, StoredAccount, Target,
 };
 
+use crate::runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
 use crate::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
 #[derive(Default)]
@@ -24,6 +26,15 @@ struct Inner {
     journal: Vec<Entry>,
     /// key → (fingerprint, encoded result, recorded at µs)
     idempotency: HashMap<String, (String, String, i64)>,
+    threads: HashMap<String, Thread>,
+    runs: HashMap<String, RunRecord>,
+    artifacts: HashMap<String, Artifact>,
+}
+
+struct Thread {
+    account_id: AccountId,
+    /// Its runs' ids; the position is the turn index.
+    run_ids: Vec<String>,
 }
 
 pub struct MemoryStore {
@@ -36,9 +47,26 @@ impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, idempotency_retention_seconds: u64) -> MemoryStore {
         MemoryStore { inner: Mutex::new(Inner::default()), clock, idempotency_retention_seconds }
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while the lock was held may have left the maps half-written: stop, as the
+        // ledger's assertions do, rather than serve them.
+        self.inner.lock().expect("memory store lock poisoned")
+    }
 }
 
 impl Inner {
+    /// The thread's running run other than `except`, if any.
+    fn running_run(&self, thread_id: &str, except: Option<&str>) -> Option<&RunRecord> {
+        let thread = self.threads.get(thread_id)?;
+        thread
+            .run_ids
+            .iter()
+            .filter(|run_id| Some(run_id.as_str()) != except)
+            .filter_map(|run_id| self.runs.get(run_id))
+            .find(|run| run.state == RunState::Running)
+    }
+
     fn load(&self, command: &Command) -> Result<Option<AccountState>, ledger::Rejection> {
         let account_id = match command.target() {
             Target::Account(account_id) => account_id.clone(),
@@ -206,5 +234,108 @@ impl LedgerStore for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        let mut inner = self.lock();
+        if let Some(thread) = inner.threads.get(&run.thread_id) {
+            if thread.account_id != run.account_id {
+                return Ok(Err(CreateRunRefusal::ThreadOfAnotherAccount));
+            }
+        }
+        if let Some(running) = inner.running_run(&run.thread_id, None) {
+            return Ok(Err(CreateRunRefusal::ThreadBusy { run_id: running.run_id.clone() }));
+        }
+        if inner.runs.contains_key(&run.run_id) {
+            return Ok(Err(CreateRunRefusal::DuplicateRunId));
+        }
+        let thread = inner
+            .threads
+            .entry(run.thread_id.clone())
+            .or_insert_with(|| Thread { account_id: run.account_id.clone(), run_ids: Vec::new() });
+        let turn_index = u32::try_from(thread.run_ids.len())
+            .map_err(|_| StoreError::Corrupt { detail: format!("thread {} has too many turns", run.thread_id) })?;
+        thread.run_ids.push(run.run_id.clone());
+        let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
+        inner.runs.insert(stored.run_id.clone(), stored.clone());
+        Ok(Ok(stored))
+    }
+
+    async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(thread_id) = inner.runs.get(&run.run_id).map(|stored| stored.thread_id.clone()) else {
+            return Ok(false);
+        };
+        if run.state == RunState::Running {
+            if let Some(running) = inner.running_run(&thread_id, Some(&run.run_id)) {
+                return Err(StoreError::Corrupt {
+                    detail: format!("run {} cannot run while run {} of its thread runs", run.run_id, running.run_id),
+                });
+            }
+        }
+        let Some(stored) = inner.runs.get_mut(&run.run_id) else { return Ok(false) };
+        stored.state = run.state;
+        stored.hold_id = run.hold_id.clone();
+        stored.updated_at = run.updated_at;
+        stored.data = run.data.clone();
+        Ok(true)
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.lock().runs.get(run_id).cloned())
+    }
+
+    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+        Ok(self.lock().threads.get(thread_id).map(|thread| thread.account_id.clone()))
+    }
+
+    async fn thread_runs(
+        &self,
+        thread_id: &str,
+        after_turn: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let inner = self.lock();
+        let Some(thread) = inner.threads.get(thread_id) else { return Ok(Vec::new()) };
+        Ok(thread
+            .run_ids
+            .iter()
+            .filter_map(|run_id| inner.runs.get(run_id))
+            .filter(|run| after_turn.is_none_or(|after| run.turn_index > after))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn runs_in_state(
+        &self,
+        state: RunState,
+        instance_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let inner = self.lock();
+        let mut runs: Vec<&RunRecord> = inner
+            .runs
+            .values()
+            .filter(|run| run.state == state && instance_id.is_none_or(|instance| run.instance_id == instance))
+            .collect();
+        runs.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
+        Ok(runs.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.artifacts.contains_key(&artifact.artifact_id) {
+            return Err(StoreError::Corrupt { detail: format!("artifact {} exists", artifact.artifact_id) });
+        }
+        inner.artifacts.insert(artifact.artifact_id.clone(), artifact.clone());
+        Ok(())
+    }
+
+    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+        Ok(self.lock().artifacts.get(artifact_id).cloned())
     }
 }

@@ -75,7 +75,8 @@ pub struct Artifact {
     pub created_at: Timestamp,
 }
 
-/// Why a run could not be created.
+/// Why a run could not be created. When several apply, the first listed here is the answer, so
+/// every backend refuses the same request the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreateRunRefusal {
     /// The thread exists and belongs to another account.
@@ -94,6 +95,8 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Overwrites `state`, `hold_id`, `updated_at` and `data` of an existing run (its id, account,
     /// thread, turn and instance never change). Returns false when the run does not exist.
+    /// Making a run `Running` while another run of its thread is running is refused with
+    /// [`StoreError::Corrupt`] (only [`RunStore::create_run`] starts runs; this is a caller bug).
     async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError>;
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
@@ -118,7 +121,8 @@ pub trait RunStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError>;
 
-    /// Stores an artifact (ids are unique; a second put of the same id is an error).
+    /// Stores an artifact (ids are unique; a second put of the same id is an error,
+    /// [`StoreError::Corrupt`], and leaves the first one as it was).
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError>;
 
     async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError>;

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use store::memory::MemoryStore;
-use store::{LedgerStore, ManualClock};
+use store::ManualClock;
 
-async fn new_store(clock: Arc<ManualClock>) -> Arc<dyn LedgerStore> {
+async fn new_store(clock: Arc<ManualClock>) -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new(clock, 86_400))
 }
 

@@ -1,12 +1,17 @@
-//! The conformance suite every [`LedgerStore`] backend runs.
+//! The conformance suite every backend runs: the [`LedgerStore`] checks and the
+//! [`crate::RunStore`] checks ([`runs`]).
 //!
 //! Each check is a plain `async fn` taking a fresh store and the [`ManualClock`] it reads. A
-//! backend's test file defines `async fn new_store(clock: Arc<ManualClock>) -> Arc<dyn LedgerStore>`
-//! (a fresh, empty, migrated store per call) and invokes [`crate::conformance_tests!`] once; the
-//! macro lists every check, so a new check runs on every backend without touching them.
+//! backend's test file defines `async fn new_store(clock: Arc<ManualClock>) -> Arc<S>`, where `S`
+//! is its concrete store type implementing both traits (a fresh, empty, migrated store per
+//! call), and invokes [`crate::conformance_tests!`] once; the macro lists every check, so a new
+//! check runs on every backend without touching them. The factory returns the concrete type so
+//! the macro can hand the same store to both harnesses (an `Arc<dyn LedgerStore>` could not be
+//! turned into an `Arc<dyn RunStore>`).
 
 pub mod differential;
 pub mod model;
+pub mod runs;
 mod scenarios;
 
 use std::sync::Arc;
@@ -24,7 +29,8 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
 }
 
-/// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from `$factory`.
+/// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from `$factory`:
+/// every ledger check, then every run check (named `runs_*`).
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:path) => {
@@ -51,6 +57,19 @@ macro_rules! conformance_tests {
             sweep_forgets_old_idempotency_keys
             differential_against_model
         );
+        $crate::conformance_tests!(@runs $factory;
+            runs_create_then_read_back
+            runs_turn_index_increments_per_thread
+            runs_second_running_run_is_busy
+            runs_thread_of_another_account
+            runs_duplicate_run_id
+            runs_update_changes_only_mutable_fields
+            runs_thread_runs_pages
+            runs_in_state_oldest_first
+            runs_artifacts_round_trip
+            runs_concurrent_creates_one_wins
+            runs_concurrent_creates_on_distinct_threads
+        );
     };
     (@tests $factory:path; $($name:ident)*) => {
         $(
@@ -59,6 +78,16 @@ macro_rules! conformance_tests {
                 let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
                 let store = $factory(clock.clone()).await;
                 $crate::conformance::$name($crate::conformance::Harness { store, clock }).await;
+            }
+        )*
+    };
+    (@runs $factory:path; $($name:ident)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
+                let store = $factory(clock.clone()).await;
+                $crate::conformance::runs::$name($crate::conformance::runs::RunHarness { store, clock }).await;
             }
         )*
     };
