@@ -10,10 +10,14 @@
 //!   refuse to open the same file, so the writer's in-memory account cache is never stale
 //!   ([`lockfile`]);
 //! - the schema is embedded and migrated at open ([`schema`]).
+//!
+//! The same store implements [`RunStore`] (threads, runs, artifacts; [`runs`]): its writes are
+//! jobs of the same writer, so they share group commits and the single-writer guarantee.
 
 mod lockfile;
 mod readers;
 mod rows;
+mod runs;
 mod schema;
 mod writer;
 
@@ -24,7 +28,10 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use ledger::{AccountId, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Violation};
-use store::{AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
+use store::{
+    AccountView, Artifact, Clock, CreateRunRefusal, Executed, LedgerStore, Request, RunRecord, RunState, RunStore,
+    StoreError, SweepReport, VerifyReport,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use readers::Readers;
@@ -329,5 +336,64 @@ impl LedgerStore for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        match Self::answer(self.submit(Work::CreateRun(run.clone())).await?).await? {
+            Done::RunCreated(created) => Ok(created),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
+        match Self::answer(self.submit(Work::UpdateRun(run.clone())).await?).await? {
+            Done::RunUpdated(updated) => Ok(updated),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.readers.run(move |conn| runs::run(conn, &run_id)).await
+    }
+
+    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+        let thread_id = thread_id.to_owned();
+        self.readers.run(move |conn| runs::thread_account(conn, &thread_id)).await
+    }
+
+    async fn thread_runs(
+        &self,
+        thread_id: &str,
+        after_turn: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let thread_id = thread_id.to_owned();
+        self.readers.run(move |conn| runs::thread_runs(conn, &thread_id, after_turn, limit)).await
+    }
+
+    async fn runs_in_state(
+        &self,
+        state: RunState,
+        instance_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let instance_id = instance_id.map(str::to_owned);
+        self.readers.run(move |conn| runs::runs_in_state(conn, state, instance_id.as_deref(), limit)).await
+    }
+
+    async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
+        match Self::answer(self.submit(Work::PutArtifact(artifact.clone())).await?).await? {
+            Done::ArtifactPut => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+        let artifact_id = artifact_id.to_owned();
+        self.readers.run(move |conn| runs::artifact(conn, &artifact_id)).await
     }
 }

@@ -12,11 +12,12 @@ use store::StoreError;
 
 /// How long a connection waits for a lock held by another connection before giving up.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection (the adapter uses about twenty distinct ones).
+/// Prepared statements kept per connection (the adapter uses about thirty-five distinct ones).
 const STATEMENT_CACHE_MAX: usize = 64;
 
 /// Versions in ascending order; a version's SQL never changes once released.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_ledger.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/0001_ledger.sql")), (2, include_str!("../migrations/0002_runs.sql"))];
 
 fn startup(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Startup { detail: format!("database {}: {what}: {error}", path.display()) }
@@ -37,6 +38,8 @@ pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, Stor
     let synchronous = if durable { "FULL" } else { "OFF" };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(|error| startup(path, "cannot set synchronous", error))?;
+    // Enforce `runs.thread_id REFERENCES threads` (SQLite only declares foreign keys by default).
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(|error| startup(path, "cannot set foreign_keys", error))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
     Ok(conn)
 }

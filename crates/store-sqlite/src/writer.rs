@@ -8,7 +8,8 @@
 //! the batch is answered `Unavailable`.
 //!
 //! Being the only writer (the owner lock guarantees it across processes) lets the thread keep the
-//! persisted [`AccountState`] of recently used accounts in memory and skip re-reading them.
+//! persisted [`AccountState`] of recently used accounts in memory and skip re-reading them. It
+//! also makes the run store's "check the thread, then insert the run" exact (see [`crate::runs`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +17,12 @@ use std::sync::Arc;
 
 use ledger::{AccountId, AccountState, Applied, Command, HoldState, Rejection, Target, Timestamp, MICROS_PER_SECOND};
 use rusqlite::Connection;
-use store::{codec, Clock, Executed, Request, StoreError};
+use store::{codec, Artifact, Clock, CreateRunRefusal, Executed, Request, RunRecord, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lockfile::OwnerLock;
 use crate::rows::{self, corrupt, sql_error};
+use crate::runs;
 
 /// What a job asks the writer to do.
 #[derive(Debug)]
@@ -28,6 +30,9 @@ pub(crate) enum Work {
     Execute(Request),
     /// Forget idempotency keys older than the retention.
     ForgetKeys,
+    CreateRun(RunRecord),
+    UpdateRun(RunRecord),
+    PutArtifact(Artifact),
 }
 
 /// What the writer did, once committed.
@@ -35,6 +40,10 @@ pub(crate) enum Work {
 pub(crate) enum Done {
     Executed(Executed),
     Forgot(u64),
+    RunCreated(Result<RunRecord, CreateRunRefusal>),
+    /// Whether the run existed.
+    RunUpdated(bool),
+    ArtifactPut,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Done, StoreError>>;
@@ -202,6 +211,9 @@ impl Writer {
                 let cutoff = Timestamp::from_micros(now.micros().saturating_sub(retention_micros));
                 rows::delete_idempotency_before(&self.conn, cutoff).map(Done::Forgot)
             }
+            Work::CreateRun(run) => runs::create_run(&self.conn, run).map(Done::RunCreated),
+            Work::UpdateRun(run) => runs::update_run(&self.conn, run).map(Done::RunUpdated),
+            Work::PutArtifact(artifact) => runs::put_artifact(&self.conn, artifact).map(|()| Done::ArtifactPut),
         }
     }
 
@@ -416,6 +428,85 @@ mod tests {
         let a = account(&writer, "a").expect("a exists");
         assert_eq!(a.materialized().held, Amount::from_credits(3));
         assert_eq!(account(&writer, "c").expect("c exists").materialized().balance, Amount::from_credits(7));
+    }
+
+    fn done(mut answer: Answer) -> Result<Done, StoreError> {
+        answer.try_recv().expect("answered once the batch ended")
+    }
+
+    fn work(work: Work) -> (Job, Answer) {
+        let (reply, answer) = oneshot::channel();
+        (Job { work, reply }, answer)
+    }
+
+    fn run_record(run_id: &str, thread_id: &str) -> RunRecord {
+        let at = Timestamp::from_micros(1_000_000);
+        RunRecord {
+            run_id: run_id.to_owned(),
+            account_id: AccountId::parse("a").expect("valid id"),
+            thread_id: thread_id.to_owned(),
+            turn_index: 0,
+            state: store::RunState::Running,
+            instance_id: "i1".to_owned(),
+            hold_id: None,
+            created_at: at,
+            updated_at: at,
+            data: "{}".to_owned(),
+        }
+    }
+
+    /// Run-store jobs are ordinary jobs: they commit in the same transaction as ledger jobs, see
+    /// the batch's earlier jobs, and a failing one (a repeated artifact id) rolls back alone.
+    #[test]
+    fn run_jobs_share_a_batch_with_ledger_jobs_and_fail_alone() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut writer = writer(dir.path());
+        let artifact = Artifact {
+            artifact_id: "art".to_owned(),
+            account_id: AccountId::parse("a").expect("valid id"),
+            run_id: "r1".to_owned(),
+            content_type: "application/pdf".to_owned(),
+            bytes: vec![0xff, 0x00, 0x25],
+            created_at: Timestamp::from_micros(1),
+        };
+        let finished = RunRecord { state: store::RunState::Succeeded, ..run_record("r1", "t") };
+        let (jobs, answers): (Vec<Job>, Vec<Answer>) = [
+            Work::CreateRun(run_record("r1", "t")),
+            Work::PutArtifact(artifact.clone()),
+            Work::Execute(Request::new(grant("a", 10))),
+            Work::PutArtifact(Artifact { bytes: b"second".to_vec(), ..artifact.clone() }),
+            Work::CreateRun(run_record("r2", "t")),
+            Work::UpdateRun(finished),
+            Work::CreateRun(run_record("r3", "t")),
+        ]
+        .into_iter()
+        .map(work)
+        .unzip();
+        writer.run_batch(jobs);
+        let [created, put, granted, repeated, busy, updated, next] = answers.try_into().expect("seven answers");
+
+        assert!(matches!(done(created), Ok(Done::RunCreated(Ok(run))) if run.turn_index == 0));
+        assert!(matches!(done(put), Ok(Done::ArtifactPut)));
+        assert!(matches!(done(granted), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Granted { .. }))))));
+        assert!(matches!(done(repeated), Err(StoreError::Corrupt { .. })));
+        assert!(
+            matches!(done(busy), Ok(Done::RunCreated(Err(CreateRunRefusal::ThreadBusy { run_id }))) if run_id == "r1")
+        );
+        assert!(matches!(done(updated), Ok(Done::RunUpdated(true))));
+        assert!(matches!(done(next), Ok(Done::RunCreated(Ok(run))) if run.turn_index == 1));
+        assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 1);
+        assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 7);
+        let stored = runs::artifact(&writer.conn, "art").expect("reads").expect("exists");
+        assert_eq!(stored, artifact, "the repeated put changed nothing");
+        let states: Vec<(String, String)> = writer
+            .conn
+            .prepare("SELECT run_id, state FROM runs ORDER BY turn_index")
+            .and_then(|mut statement| {
+                statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()
+            })
+            .expect("reads");
+        let expected = [("r1", "succeeded"), ("r3", "running")].map(|(run, state)| (run.to_owned(), state.to_owned()));
+        assert_eq!(states, expected);
     }
 
     #[test]

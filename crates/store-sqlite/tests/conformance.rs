@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use store::{LedgerStore, ManualClock};
+use store::ManualClock;
 use store_sqlite::{SqliteOptions, SqliteStore};
 
 /// A fresh database file in its own temporary directory. The directory is leaked on purpose: the
 /// store outlives this function and the test process removes nothing it still uses.
-async fn new_store(clock: Arc<ManualClock>) -> Arc<dyn LedgerStore> {
+async fn new_store(clock: Arc<ManualClock>) -> Arc<SqliteStore> {
     let dir = Box::leak(Box::new(tempfile::tempdir().expect("a temporary directory")));
     let store = SqliteStore::open(&dir.path().join("ledger.db"), clock, SqliteOptions::default())
         .await
@@ -22,7 +22,7 @@ store::conformance_tests!(new_store);
 mod uncached {
     use super::*;
 
-    async fn new_uncached_store(clock: Arc<ManualClock>) -> Arc<dyn LedgerStore> {
+    async fn new_uncached_store(clock: Arc<ManualClock>) -> Arc<SqliteStore> {
         let dir = Box::leak(Box::new(tempfile::tempdir().expect("a temporary directory")));
         let options = SqliteOptions { cache_accounts_max: 0, ..SqliteOptions::default() };
         let store =

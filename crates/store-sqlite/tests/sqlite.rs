@@ -1,12 +1,12 @@
 //! SQLite-specific behaviour: the owner lock (in-process and across processes), durability across close and reopen, concurrency on
-//! one account, group commit, and a failing job that rolls back alone inside its batch.
+//! one account, group commit, a failing job that rolls back alone inside its batch, and the run store's schema upgrade.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ledger::{AccountId, Command, GrantId, HoldId, Outcome, Overage, Rejection};
 use store::conformance::{account, cr};
-use store::{Clock, Executed, LedgerStore, ManualClock, Request, StoreError};
+use store::{Artifact, Clock, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore, StoreError};
 use store_sqlite::{SqliteOptions, SqliteStore};
 use tempfile::TempDir;
 
@@ -327,5 +327,90 @@ async fn reads_use_the_stores_clock() {
     let report = store.sweep(100).await.expect("sweep answers");
     assert_eq!((report.accounts, report.entries), (1, 1));
     assert_verified(&store).await;
+    store.close().await;
+}
+
+fn run_record(run_id: &str, thread_id: &str, clock: &ManualClock) -> RunRecord {
+    RunRecord {
+        run_id: run_id.to_owned(),
+        account_id: account("u"),
+        thread_id: thread_id.to_owned(),
+        turn_index: 0,
+        state: RunState::Running,
+        instance_id: "i1".to_owned(),
+        hold_id: None,
+        created_at: clock.now(),
+        updated_at: clock.now(),
+        data: r#"{"plan":["solve"]}"#.to_owned(),
+    }
+}
+
+fn schema_versions(path: &Path) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).expect("opens");
+    let mut statement = conn.prepare("SELECT version FROM schema_migrations ORDER BY version").expect("prepares");
+    statement.query_map([], |row| row.get(0)).expect("queries").collect::<Result<_, _>>().expect("reads")
+}
+
+/// A database last opened by a build without runs (schema version 1, with ledger data) gains the
+/// run tables at open and keeps every balance and entry.
+#[tokio::test]
+async fn a_version_1_database_gains_the_run_tables_and_keeps_its_ledger() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    run(&store, grant("u", "g1", "10")).await.expect("grant succeeds");
+    run(&store, hold("u", "h1", "4")).await.expect("hold succeeds");
+    let entries_before = store.entries(&account("u"), 0, 100).await.expect("entries");
+    store.close().await;
+    {
+        // Back to what a version-1 build wrote.
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch(
+            "DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; DELETE FROM schema_migrations WHERE version = 2;",
+        )
+        .expect("downgrades");
+    }
+    assert_eq!(schema_versions(&path), vec![1]);
+
+    let store = open(&path, &clock).await;
+    assert_eq!(schema_versions(&path), vec![1, 2]);
+    assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
+    assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
+    assert_verified(&store).await;
+    let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
+    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    store.close().await;
+}
+
+/// Runs, their updates and artifacts are committed like ledger changes: all of them read back
+/// after close and reopen, and the one-running-run rule still holds on the reopened file.
+#[tokio::test]
+async fn runs_and_artifacts_survive_close_and_reopen() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    let mut first = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
+    first.state = RunState::Succeeded;
+    first.hold_id = Some(HoldId::parse("h-r1").expect("valid id"));
+    first.data = r#"{"answer":"42"}"#.to_owned();
+    assert!(store.update_run(&first).await.expect("answers"));
+    let second = store.create_run(&run_record("r2", "t1", &clock)).await.expect("answers").expect("created");
+    let artifact = Artifact {
+        artifact_id: "a1".to_owned(),
+        account_id: account("u"),
+        run_id: "r1".to_owned(),
+        content_type: "application/pdf".to_owned(),
+        bytes: (0..=255).collect(),
+        created_at: clock.now(),
+    };
+    store.put_artifact(&artifact).await.expect("stored");
+    store.close().await;
+
+    let store = open(&path, &clock).await;
+    assert_eq!(store.run("r1").await.expect("answers"), Some(first.clone()));
+    assert_eq!(store.thread_runs("t1", None, 10).await.expect("answers"), vec![first, second]);
+    assert_eq!(store.artifact("a1").await.expect("answers"), Some(artifact));
+    let busy = store.create_run(&run_record("r3", "t1", &clock)).await.expect("answers");
+    assert_eq!(busy, Err(store::CreateRunRefusal::ThreadBusy { run_id: "r2".to_owned() }));
     store.close().await;
 }
