@@ -5,6 +5,8 @@
 //! [`crate::testing`]. Every request's first message is a system message that starts with the
 //! purpose tag (`[creditgraph:router]`, …), so logs and test doubles can tell calls apart.
 
+pub mod openai;
+
 use async_trait::async_trait;
 use serde_json::Value;
 
