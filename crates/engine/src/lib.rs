@@ -11,3 +11,4 @@ pub mod estimate;
 pub mod pdf;
 pub mod provider;
 pub mod sandbox;
+pub mod testing;
