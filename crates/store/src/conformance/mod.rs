@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
             runs_artifacts_round_trip
             runs_concurrent_creates_one_wins
             runs_concurrent_creates_on_distinct_threads
+            runs_concurrent_same_run_id
         );
     };
     (@tests $factory:path; $($name:ident)*) => {

@@ -357,3 +357,26 @@ pub async fn runs_concurrent_creates_on_distinct_threads(h: RunHarness) {
     let owner: Option<AccountId> = h.store.thread_account("t3").await.unwrap();
     assert_eq!(owner, Some(account("v")));
 }
+
+/// One run id raced into 16 new threads: exactly one run is created; the others are duplicates
+/// and leave no thread behind.
+pub async fn runs_concurrent_same_run_id(h: RunHarness) {
+    let h = Arc::new(h);
+    let tasks = (0..16).map(|index| {
+        let h = h.clone();
+        tokio::spawn(async move { h.create(&h.record("same", "u", &format!("t{index}"))).await })
+    });
+    let results: Vec<_> = join_all(tasks).await.into_iter().map(|joined| joined.expect("task")).collect();
+    let winners: Vec<&RunRecord> = results.iter().filter_map(|result| result.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let refusals = results.iter().filter_map(|result| result.as_ref().err());
+    assert!(refusals.clone().all(|refusal| *refusal == CreateRunRefusal::DuplicateRunId), "{results:?}");
+    assert_eq!(refusals.count(), 15);
+    let winner = winners[0].clone();
+    assert_eq!(h.read("same").await, Some(winner.clone()));
+    for index in 0..16 {
+        let thread_id = format!("t{index}");
+        let owner = h.store.thread_account(&thread_id).await.unwrap();
+        assert_eq!(owner.is_some(), thread_id == winner.thread_id, "thread {thread_id}");
+    }
+}
