@@ -16,14 +16,19 @@
 //!
 //! Reads run in REPEATABLE READ, READ ONLY transactions so a view of an account (grants and holds
 //! read by separate statements) is one consistent snapshot; they take no locks.
+//!
+//! The same store implements [`RunStore`] (threads, runs, artifacts; see [`runs`]): a new run
+//! locks its thread's row as a command locks its account's, with the same bounded retries.
 
 mod account_queue;
 mod error;
 mod execute;
 mod rows;
+mod runs;
 mod schema;
 pub mod testing;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +39,17 @@ use ledger::{
     AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Target, Timestamp,
 };
 use rand::Rng;
-use store::{AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
+use store::{
+    AccountView, Artifact, Clock, CreateRunRefusal, Executed, LedgerStore, Request, RunRecord, RunState, RunStore,
+    StoreError, SweepReport, VerifyReport,
+};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use crate::error::{pool_error, store_error, Failure, RetryCause};
 use crate::rows::{ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
+use crate::runs::{ARTIFACT_COLUMNS, RUN_COLUMNS};
 
 /// How long a request waits for a free pooled connection before the store reports itself
 /// unavailable (a bound on the pool's wait queue, in time).
@@ -79,7 +89,7 @@ impl Default for PostgresOptions {
 /// Cumulative counters since the store was connected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PostgresStats {
-    /// Write transactions committed (commands, sweeps and recorded rejections).
+    /// Write transactions committed (commands, sweeps, recorded rejections and created runs).
     pub transactions: u64,
     /// Transaction attempts rolled back and run again.
     pub retries: u64,
@@ -241,6 +251,48 @@ impl PostgresStore {
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
         Ok(attempt)
+    }
+
+    /// Runs `attempt` until it succeeds or fails for good, retrying contention (serialization
+    /// failures, deadlocks, unique-violation races) at most `retries_max` times with the same
+    /// counters and backoff as the ledger's commands.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut retries = 0_u32;
+        loop {
+            let (cause, detail) = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Store(error)) => return Err(error),
+                Err(Failure::Retry { cause, detail }) => (cause, detail),
+            };
+            match cause {
+                RetryCause::Deadlock => self.counters.deadlocks.fetch_add(1, Ordering::Relaxed),
+                RetryCause::Serialization => self.counters.serialization_failures.fetch_add(1, Ordering::Relaxed),
+                RetryCause::Race => 0,
+            };
+            if retries >= self.options.retries_max {
+                return Err(StoreError::Contention {
+                    detail: format!("{what} gave up after {retries} retries: {detail}"),
+                });
+            }
+            retries += 1;
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(what, retries, %detail, "retrying a PostgreSQL transaction");
+            tokio::time::sleep(backoff(retries)).await;
+        }
+    }
+
+    async fn try_create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, Failure> {
+        let mut client = self.client().await?;
+        let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+        let created = runs::create_attempt(transaction, run).await?;
+        if created.committed {
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(created.result)
     }
 
     /// Loads the account's stored state (live grants, pending holds) in one snapshot.
@@ -476,5 +528,120 @@ impl LedgerStore for PostgresStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+}
+
+#[async_trait]
+impl RunStore for PostgresStore {
+    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        self.retrying("create_run", || self.try_create_run(run)).await
+    }
+
+    async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(runs::UPDATE_RUN).await.map_err(store_error)?;
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &run.run_id,
+            &run.state.as_str(),
+            &run.hold_id.as_ref().map(HoldId::as_str),
+            &run.updated_at.micros(),
+            &run.data,
+        ];
+        match client.execute(&statement, &params).await {
+            Ok(updated) => Ok(updated == 1),
+            // Only `runs_one_running_per_thread` can refuse this update: its thread already runs.
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Corrupt {
+                detail: format!(
+                    "run {} cannot run while another run of its thread runs: {}",
+                    run.run_id,
+                    error::describe(&error)
+                ),
+            }),
+            Err(error) => Err(store_error(error)),
+        }
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"))
+            .await
+            .map_err(store_error)?;
+        let row = client.query_opt(&statement, &[&run_id]).await.map_err(store_error)?;
+        row.as_ref().map(runs::run).transpose()
+    }
+
+    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT account_id FROM threads WHERE thread_id = $1").await.map_err(store_error)?;
+        let row = client.query_opt(&statement, &[&thread_id]).await.map_err(store_error)?;
+        row.map(|row| runs::account_id(row.try_get(0).map_err(|_| corrupt("thread account_id"))?)).transpose()
+    }
+
+    async fn thread_runs(
+        &self,
+        thread_id: &str,
+        after_turn: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = $1 AND turn_index > $2 ORDER BY turn_index LIMIT $3"
+            ))
+            .await
+            .map_err(store_error)?;
+        let after = after_turn.map_or(-1, i64::from);
+        let rows = client.query(&statement, &[&thread_id, &after, &i64::from(limit)]).await.map_err(store_error)?;
+        rows.iter().map(runs::run).collect()
+    }
+
+    async fn runs_in_state(
+        &self,
+        state: RunState,
+        instance_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        // Ties in time are ordered by the id's bytes, as SQLite orders them, whatever the locale.
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 AND ($2::TEXT IS NULL OR instance_id = $2) \
+                 ORDER BY created_at, run_id COLLATE \"C\" LIMIT $3"
+            ))
+            .await
+            .map_err(store_error)?;
+        let rows =
+            client.query(&statement, &[&state.as_str(), &instance_id, &i64::from(limit)]).await.map_err(store_error)?;
+        rows.iter().map(runs::run).collect()
+    }
+
+    async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(runs::INSERT_ARTIFACT).await.map_err(store_error)?;
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &artifact.artifact_id,
+            &artifact.account_id.as_str(),
+            &artifact.run_id,
+            &artifact.content_type,
+            &artifact.bytes,
+            &artifact.created_at.micros(),
+        ];
+        let inserted = client.execute(&statement, &params).await.map_err(store_error)?;
+        if inserted != 1 {
+            return Err(StoreError::Corrupt { detail: format!("artifact {} exists", artifact.artifact_id) });
+        }
+        Ok(())
+    }
+
+    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE artifact_id = $1"))
+            .await
+            .map_err(store_error)?;
+        let row = client.query_opt(&statement, &[&artifact_id]).await.map_err(store_error)?;
+        row.as_ref().map(runs::artifact).transpose()
     }
 }

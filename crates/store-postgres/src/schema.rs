@@ -20,9 +20,10 @@ struct Migration {
 /// The schema shared in meaning with the SQLite adapter: amounts are BIGINT micro-credits, times
 /// BIGINT microseconds since the Unix epoch (UTC). CHECK constraints restate the ledger's
 /// invariants so a bug cannot write a negative figure unnoticed.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: r#"
 CREATE TABLE accounts (
     account_id TEXT PRIMARY KEY,
     created_at BIGINT NOT NULL,
@@ -88,7 +89,48 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_created ON idempotency (created_at);
 "#,
-}];
+    },
+    // Threads, their runs (one per turn) and the runs' artifacts: the run engine's records. A
+    // thread may exist before its account has any credits, so no key points at `accounts`.
+    Migration {
+        version: 2,
+        sql: r#"
+CREATE TABLE threads (
+    thread_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL REFERENCES threads (thread_id),
+    turn_index BIGINT NOT NULL CHECK (turn_index >= 0),
+    state TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'canceled', 'interrupted')),
+    instance_id TEXT NOT NULL,
+    hold_id TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    -- The engine's JSON document, kept as the exact text it wrote (not jsonb, which rewrites it).
+    data TEXT NOT NULL,
+    UNIQUE (thread_id, turn_index)
+);
+-- At most one running run per thread: two turns of one thread never hold credits at once.
+CREATE UNIQUE INDEX runs_one_running_per_thread ON runs (thread_id) WHERE state = 'running';
+-- Crash recovery: the running runs (of one instance), oldest first.
+CREATE INDEX runs_by_state ON runs (state, instance_id, created_at);
+
+CREATE TABLE artifacts (
+    artifact_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    bytes BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"#,
+    },
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest_version() -> i32 {

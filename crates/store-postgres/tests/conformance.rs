@@ -6,7 +6,7 @@ use std::sync::Arc;
 use store::{LedgerStore, ManualClock};
 use store_postgres::{testing, PostgresOptions, PostgresStore};
 
-async fn new_store(clock: Arc<ManualClock>) -> Arc<dyn LedgerStore> {
+async fn new_store(clock: Arc<ManualClock>) -> Arc<PostgresStore> {
     let url = testing::fresh_database().await;
     let store = PostgresStore::connect(&url, clock, PostgresOptions::default())
         .await

@@ -1,10 +1,13 @@
 //! PostgreSQL-specific behaviour: several pools (as several server processes) on one database,
-//! concurrent idempotent requests, restarts, concurrent migrations, sweeps and failures.
+//! concurrent idempotent requests, restarts, concurrent migrations, sweeps and failures, and the
+//! run store across pools and schema versions.
 
 use std::sync::Arc;
 
 use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Rejection};
-use store::{Executed, LedgerStore, ManualClock, Request, StoreError};
+use store::{
+    Clock, CreateRunRefusal, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore, StoreError,
+};
 use store_postgres::{testing, PostgresOptions, PostgresStore};
 
 fn account(text: &str) -> AccountId {
@@ -278,7 +281,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
 }
 
 #[tokio::test]
@@ -390,4 +393,85 @@ async fn deadlocks_are_retried_then_reported_as_contention() {
     assert!(matches!(result, Err(StoreError::Contention { .. })), "{result:?}");
     assert_eq!(impatient.stats().deadlocks, 1);
     assert_clean(&patient).await;
+}
+
+fn run_record(run_id: &str, thread_id: &str, clock: &ManualClock) -> RunRecord {
+    RunRecord {
+        run_id: run_id.to_owned(),
+        account_id: account("u"),
+        thread_id: thread_id.to_owned(),
+        turn_index: 0,
+        state: RunState::Running,
+        instance_id: "i1".to_owned(),
+        hold_id: None,
+        created_at: clock.now(),
+        updated_at: clock.now(),
+        data: "{}".to_owned(),
+    }
+}
+
+/// Two pools (as two server processes) racing new turns of one thread: each round, exactly one
+/// run starts and every other creator is told which, whatever pool it came through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_start_one_run_per_thread() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    for round in 0..3_u32 {
+        let tasks: Vec<_> = (0..32)
+            .map(|index| {
+                let store = stores[index % 2].clone();
+                let run = run_record(&format!("r{round}-{index}"), "t", &clock);
+                tokio::spawn(async move { store.create_run(&run).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("task").expect("create_run answers"));
+        }
+        let winners: Vec<RunRecord> = results.iter().filter_map(|result| result.clone().ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let mut winner = winners[0].clone();
+        assert_eq!(winner.turn_index, round);
+        let busy = CreateRunRefusal::ThreadBusy { run_id: winner.run_id.clone() };
+        assert!(results.iter().filter_map(|result| result.as_ref().err()).all(|refusal| *refusal == busy));
+        winner.state = RunState::Succeeded;
+        assert!(stores[(round as usize + 1) % 2].update_run(&winner).await.expect("update_run answers"));
+    }
+    let turns = stores[1].thread_runs("t", None, 100).await.expect("thread_runs answers");
+    assert_eq!(turns.iter().map(|run| run.turn_index).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(turns.iter().all(|run| run.state == RunState::Succeeded));
+}
+
+/// A database migrated by a build without runs (schema version 1, with ledger data) gains the
+/// run tables at the next start and keeps every balance and entry.
+#[tokio::test]
+async fn a_version_1_database_gains_the_run_tables_and_keeps_its_ledger() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    fresh(Request::new(grant("old", "g1", 10)), &store).await.expect("grant");
+    fresh(Request::new(hold("old", "h1", 4, 600)), &store).await.expect("hold");
+    let entries_before = store.entries(&account("old"), 0, 100).await.expect("entries");
+    store.close().await;
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    // Back to what a version-1 build left.
+    client
+        .batch_execute(
+            "DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; DELETE FROM schema_migrations WHERE version = 2",
+        )
+        .await
+        .expect("downgrade");
+
+    let store = connect(&url, &clock).await;
+    let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
+    let view = store.account(&account("old")).await.expect("read").expect("account exists");
+    assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
+    assert_clean(&store).await;
+    let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
+    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
 }
