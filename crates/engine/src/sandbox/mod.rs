@@ -1,6 +1,8 @@
 //! The `code_execute` port: run model-written Python under limits.
 //!
-//! The executor is a trait so a remote sandbox can replace the local one.
+//! The executor is a trait so a remote sandbox can replace the local one ([`local::LocalPython`]).
+
+pub mod local;
 
 use async_trait::async_trait;
 
