@@ -155,7 +155,8 @@ pub struct CatalogError {
     pub origin: String,
     /// 1-based; `None` when the problem has no line (a missing section, an unreadable file).
     pub line: Option<usize>,
-    /// The dotted key (`models.gpt5`, `limits.max_iterations`), or empty for a syntax error.
+    /// The dotted key (`models.gpt5`, `limits.max_iterations`); empty when the problem is not
+    /// about one key (an unreadable file, a syntax error on a line that defines no key).
     pub key: String,
     pub message: String,
 }
@@ -392,9 +393,37 @@ impl Parser<'_> {
 
     fn toml_error(&self, error: &toml::de::Error) -> CatalogError {
         let line = error.span().and_then(|span| self.line_of(span));
+        let key = line.map(|line| self.key_on_line(line)).unwrap_or_default();
         // The message is the parser's own, on one line; the span already gives the position.
         let message = error.message().trim().replace('\n', " ");
-        self.error(line, NO_KEY, format!("not valid TOML: {message}"))
+        self.error(line, &key, format!("not valid TOML: {message}"))
+    }
+
+    /// The dotted key a line of text defines (`models.sonnet` for `sonnet = = 3` under
+    /// `[models]`, `models` for the header itself), read from the raw text because a line that
+    /// does not parse has no span; empty when the line defines no key.
+    fn key_on_line(&self, line: usize) -> String {
+        let mut section = "";
+        for (index, text) in self.text.lines().enumerate().take(line) {
+            let text = text.trim();
+            let is_header = text.starts_with('[');
+            if is_header {
+                section = text.trim_start_matches('[').split(']').next().unwrap_or_default().trim();
+            }
+            if index + 1 < line {
+                continue;
+            }
+            if is_header {
+                return section.to_owned();
+            }
+            let Some((key, _)) = text.split_once('=') else { return String::new() };
+            let key = key.trim().trim_matches(|quote| quote == '"' || quote == '\'');
+            if key.is_empty() || key.starts_with('#') {
+                return String::new();
+            }
+            return if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") };
+        }
+        String::new()
     }
 
     /// The 1-based line of a byte offset into the text.
@@ -657,9 +686,14 @@ mod tests {
     #[test]
     fn syntax_errors_name_the_line() {
         let text = replaced("sonnet = 3", "sonnet = = 3");
-        assert_broken(&text, "", Some(line_in(&text, "sonnet = = 3")), "not valid TOML");
+        assert_broken(&text, "models.sonnet", Some(line_in(&text, "sonnet = = 3")), "not valid TOML");
         let text = replaced("opus = 8", "opus = 8\nflash = 2");
-        assert_broken(&text, "", Some(line_in(&text, "flash = 2")), "duplicate");
+        assert_broken(&text, "models.flash", Some(line_in(&text, "flash = 2")), "duplicate");
+        let text = replaced("[limits]", "[limits");
+        assert_broken(&text, "limits", Some(line_in(&text, "[limits")), "not valid TOML");
+        // A line that defines no key: the error still has the line.
+        let text = replaced("sonnet = 3", "sonnet 3");
+        assert_broken(&text, "", Some(line_in(&text, "sonnet 3")), "not valid TOML");
     }
 
     #[test]

@@ -156,8 +156,8 @@ impl Layout {
     }
 }
 
-/// UCS-2 codes of a paragraph: BMP characters as they are, others U+FFFD, tabs as spaces, other
-/// control characters dropped (they have no glyph and would confuse readers).
+/// UCS-2 codes of a paragraph: BMP characters as they are (or their look-alike), others U+FFFD,
+/// tabs as spaces, other control characters dropped (they have no glyph and would confuse readers).
 fn encode(paragraph: &str) -> Vec<u16> {
     let mut codes = Vec::with_capacity(paragraph.len());
     for character in paragraph.chars() {
@@ -166,10 +166,28 @@ fn encode(paragraph: &str) -> Vec<u16> {
         } else if character.is_control() {
             continue;
         } else {
-            codes.push(u16::try_from(u32::from(character)).unwrap_or(REPLACEMENT_CODE));
+            codes.push(u16::try_from(u32::from(look_alike(character))).unwrap_or(REPLACEMENT_CODE));
         }
     }
     codes
+}
+
+/// `UniKS-UCS2-H` covers KS X 1001, which lacks a few characters models write all the time — the
+/// minus sign above all. Those would be drawn blank, so each is replaced by a covered look-alike.
+fn look_alike(character: char) -> char {
+    match character {
+        '\u{2212}' | '\u{2010}' | '\u{2011}' => '-',
+        '\u{00B7}' | '\u{22C5}' | '\u{2219}' | '\u{2027}' => '\u{30FB}',
+        '\u{00A0}' | '\u{2002}'..='\u{200A}' | '\u{202F}' => ' ',
+        '\u{2217}' => '*',
+        '\u{223C}' => '~',
+        '\u{2223}' => '|',
+        '\u{00AC}' => '\u{FFE2}',
+        '\u{20A9}' => '\u{FFE6}',
+        '\u{27E8}' | '\u{2329}' => '\u{3008}',
+        '\u{27E9}' | '\u{232A}' => '\u{3009}',
+        other => other,
+    }
 }
 
 /// Columns a code takes: printable ASCII is half-width, everything else full-width.
@@ -396,8 +414,8 @@ mod tests {
 
     #[test]
     fn korean_english_and_math_render_and_decode_back() {
-        let problem = "x² + 2x − 3 = 0 의 해를 구하시오. Find all real x with x ≤ 10 and √x ∈ ℕ.";
-        let answer = "x = 1 또는 x = −3 (∴ ∑ = −2, π ≈ 3.14, ∫₀¹ x dx = ½)";
+        let problem = "x² + 2x - 3 = 0 의 해를 구하시오. Find all real x with x ≤ 10 and √x ∈ ℕ.";
+        let answer = "x = 1 또는 x = -3 (∴ ∑ = -2, π ≈ 3.14, ∫ x dx = ½ x², θ ≠ 90°, A ⊂ B)";
         let bytes = render("풀이 Solution", &[("문제 Problem", problem), ("답 Answer", answer)]);
         assert!(bytes.starts_with(b"%PDF-1.5"));
         let pages = page_lines(&bytes);
@@ -405,10 +423,22 @@ mod tests {
         assert_eq!(pages[0][0], "풀이 Solution");
         assert_eq!(pages[0][1], "문제 Problem");
         let all: String = pages[0].concat();
-        assert_eq!(
-            without_whitespace(&all),
-            without_whitespace(&format!("풀이 Solution문제 Problem{problem}답 Answer{answer}"))
-        );
+        let expected = without_whitespace(&format!("풀이 Solution문제 Problem{problem}답 Answer{answer}"));
+        assert_eq!(without_whitespace(&all), expected);
+        // A second, independent reader where one is installed (poppler); the test does not need it.
+        if let Some(extracted) = pdftotext(&bytes) {
+            assert_eq!(without_whitespace(&extracted), expected);
+        }
+    }
+
+    /// The text `pdftotext` extracts, or `None` when it is not installed.
+    fn pdftotext(bytes: &[u8]) -> Option<String> {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let path = folder.path().join("solution.pdf");
+        std::fs::write(&path, bytes).expect("write the PDF");
+        let output = std::process::Command::new("pdftotext").arg(&path).arg("-").output().ok()?;
+        assert!(output.status.success(), "pdftotext failed: {}", String::from_utf8_lossy(&output.stderr));
+        Some(String::from_utf8(output.stdout).expect("pdftotext writes UTF-8"))
     }
 
     #[test]
@@ -427,6 +457,12 @@ mod tests {
     fn characters_outside_the_bmp_become_replacement_characters() {
         let bytes = render("", &[("", "a𝔸b😀")]);
         assert_eq!(page_lines(&bytes), [["a\u{FFFD}b\u{FFFD}"]]);
+    }
+
+    #[test]
+    fn characters_the_korean_cmap_lacks_become_look_alikes() {
+        let bytes = render("", &[("", "x − 3 = 5·2 ⟨a⟩ ¬p ₩100")]);
+        assert_eq!(page_lines(&bytes), [["x - 3 = 5\u{30FB}2 \u{3008}a\u{3009} \u{FFE2}p \u{FFE6}100"]]);
     }
 
     #[test]
