@@ -46,7 +46,9 @@ const SYSTEM_DIRS: [&str; 4] = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"];
 
 /// Lowers the limits, then runs the code read from stdin as `__main__`. The limits come as
 /// arguments: cpu seconds, memory bytes, file bytes, processes. A hard limit already lower than
-/// the request is kept (asking to raise it would fail).
+/// the request is kept (asking to raise it would fail). `-S` keeps `site` (and the `.pth` files it
+/// executes) from running before the limits; `site.main()` then adds the interpreter's
+/// site-packages, so installed libraries such as sympy stay importable (user site stays off: `-I`).
 const BOOTSTRAP: &str = r#"
 import resource, sys
 def _limit(which, value, hard):
@@ -63,6 +65,9 @@ _limit(resource.RLIMIT_NPROC, _processes, _processes)
 _code = sys.stdin.buffer.read()
 sys.argv = ["<solution>"]
 del resource, _limit, _cpu, _memory, _file, _processes
+import site
+site.main()
+del site
 exec(compile(_code, "<solution>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 "#;
 
@@ -408,6 +413,13 @@ mod tests {
         let output = run(ExecLimits::default(), "import sys\nprint('해답 √2')\nsys.exit(3)").await;
         assert_eq!(output.stdout, "해답 √2\n");
         assert_eq!(output.status, ExecStatus::Failed { exit_code: Some(3), signal: None });
+    }
+
+    #[tokio::test]
+    async fn site_packages_and_exit_are_available_after_the_limits() {
+        let code = "import site, sys\nprint(all(path in sys.path for path in site.getsitepackages()))\nexit(0)";
+        let output = run(ExecLimits::default(), code).await;
+        assert_eq!((output.status, output.stdout.as_str()), (ExecStatus::Succeeded, "True\n"), "{}", output.stderr);
     }
 
     #[tokio::test]
