@@ -13,6 +13,9 @@ use store::{Clock, LedgerStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use engine::run::{Engine, EngineConfig};
+use engine::sandbox::local::LocalPython;
+
 use crate::config::{resolve_listen, Settings};
 use crate::database::OpenStore;
 
@@ -21,6 +24,7 @@ pub struct Application {
     local_addr: SocketAddr,
     router: axum::Router,
     store: OpenStore,
+    engine: Arc<Engine>,
     sweep_interval: Duration,
     shutdown_grace: Duration,
 }
@@ -45,7 +49,8 @@ impl Application {
             TcpListener::bind(&addresses[..]).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr().context("cannot read the bound address")?;
         let store = OpenStore::open(&settings.database, Arc::clone(&clock)).await?;
-        let router = server::router(store.ledger(), clock, settings.api);
+        let engine = build_engine(&settings, &store, Arc::clone(&clock))?;
+        let router = server::router_with_engine(store.ledger(), clock, settings.api, Some(Arc::clone(&engine)));
         tracing::info!(
             address = %local_addr,
             database = %settings.database.describe(),
@@ -57,6 +62,7 @@ impl Application {
             local_addr,
             router,
             store,
+            engine,
             sweep_interval: settings.sweep_interval,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -75,10 +81,26 @@ impl Application {
         self.store.ledger()
     }
 
-    /// Serves until `shutdown` is cancelled: stops accepting, lets requests in flight finish
-    /// (for at most the grace period), stops the sweeper, then closes the store.
+    /// The run engine (tests use it to look behind the API).
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.engine)
+    }
+
+    /// Serves until `shutdown` is cancelled: stops accepting, cancels runs in flight (each
+    /// releases its hold) and ends their streams, lets requests finish (for at most the grace
+    /// period), stops the sweeper, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { listener, router, store, sweep_interval, shutdown_grace, .. } = self;
+        let Application { listener, router, store, engine, sweep_interval, shutdown_grace, .. } = self;
+        let runs_stopped = {
+            let engine = Arc::clone(&engine);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                if !engine.shutdown(shutdown_grace).await {
+                    tracing::warn!(grace = ?shutdown_grace, "runs still going after the grace period");
+                }
+            })
+        };
         let sweeper = server::spawn_sweeper(store.ledger(), sweep_interval, shutdown.child_token());
         let serving = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let grace_over = async {
@@ -93,6 +115,9 @@ impl Application {
             }
         };
         shutdown.cancel();
+        if runs_stopped.await.is_err() {
+            tracing::error!("the run shutdown task ended abnormally");
+        }
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task ended abnormally");
         }
@@ -100,4 +125,35 @@ impl Application {
         tracing::info!("stopped");
         served.context("the HTTP server failed")
     }
+}
+
+/// The run engine over the open store, with the configured provider and the local sandbox.
+fn build_engine(settings: &Settings, store: &OpenStore, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Engine>> {
+    let runs = &settings.runs;
+    let provider: Arc<dyn engine::provider::Provider> = match &runs.llm {
+        Some(config) => Arc::new(
+            engine::provider::openai::OpenAiProvider::new(config.clone())
+                .map_err(|error| anyhow::anyhow!("LLM provider: {error}"))?,
+        ),
+        None => {
+            tracing::warn!("CREDITGRAPH_LLM_BASE_URL is not set: /v1/solve is off (estimates still work)");
+            Arc::new(engine::run::NoProvider)
+        }
+    };
+    let executor: Arc<dyn engine::sandbox::CodeExecutor> =
+        match LocalPython::detect(engine::sandbox::ExecLimits::default()) {
+            Ok(python) => Arc::new(python),
+            Err(error) => {
+                tracing::warn!(%error, "no Python sandbox: code_execute calls will answer a tool error");
+                Arc::new(engine::run::NoExecutor)
+            }
+        };
+    let config = EngineConfig {
+        hold_ttl_seconds: runs.hold_ttl_seconds,
+        runs_active_max: runs.runs_active_max,
+        solve_enabled: runs.llm.is_some(),
+        ..EngineConfig::default()
+    };
+    tracing::info!(catalog = runs.catalog.origin(), version = runs.catalog.version(), "pricing catalog loaded");
+    Ok(Engine::new(config, store.ledger(), store.runs(), provider, executor, Arc::new(runs.catalog.clone()), clock))
 }

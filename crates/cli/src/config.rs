@@ -66,6 +66,15 @@ pub struct ServeArgs {
     /// How long a shutdown waits for requests in flight before dropping their connections.
     #[arg(long, env = "CREDITGRAPH_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// A pricing catalog (TOML) replacing the built-in one.
+    #[arg(long, env = "CREDITGRAPH_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Default time to live of a turn's hold.
+    #[arg(long, env = "CREDITGRAPH_RUN_HOLD_TTL_SECONDS", default_value_t = 1200)]
+    pub run_hold_ttl_seconds: u64,
+    /// Most turns running at once on this process.
+    #[arg(long, env = "CREDITGRAPH_RUNS_ACTIVE_MAX", default_value_t = 64)]
+    pub runs_active_max: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -156,6 +165,8 @@ pub fn parse_tokens(text: &str) -> anyhow::Result<Vec<(String, Role)>> {
 pub struct Settings {
     /// `HOST:PORT` (port 0 picks a free port).
     pub listen: String,
+    /// Metered runs: catalog, LLM provider (from `CREDITGRAPH_LLM_*`), engine limits.
+    pub runs: RunSettings,
     pub database: DatabaseUrl,
     pub api: ApiConfig,
     pub sweep_interval: Duration,
@@ -177,7 +188,20 @@ impl Settings {
             refund_grant_ttl_seconds: args.refund_grant_ttl_seconds,
             ..defaults
         };
+        let catalog = match &args.catalog {
+            Some(path) => engine::catalog::Catalog::load(path).map_err(|error| anyhow::anyhow!("{error}"))?,
+            None => engine::catalog::Catalog::builtin(),
+        };
+        let llm = engine::provider::openai::OpenAiConfig::from_env()
+            .map_err(|error| anyhow::anyhow!("LLM provider configuration: {error}"))?;
+        let runs = RunSettings {
+            catalog,
+            llm,
+            hold_ttl_seconds: args.run_hold_ttl_seconds.clamp(1, args.hold_ttl_seconds_max),
+            runs_active_max: args.runs_active_max.max(1),
+        };
         Ok(Settings {
+            runs,
             listen: args.listen.clone(),
             database: DatabaseUrl::parse(&args.database.database)?,
             api,
@@ -227,4 +251,14 @@ mod tests {
         assert!(parse_tokens("admin").is_err());
         assert!(parse_tokens("admin:").is_err());
     }
+}
+
+/// Settings of metered runs.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub catalog: engine::catalog::Catalog,
+    /// `None` when `CREDITGRAPH_LLM_BASE_URL` is unset: `/v1/solve` answers 503, estimates work.
+    pub llm: Option<engine::provider::openai::OpenAiConfig>,
+    pub hold_ttl_seconds: u64,
+    pub runs_active_max: usize,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use store::memory::MemoryStore;
-use store::{Clock, LedgerStore};
+use store::{Clock, LedgerStore, RunStore};
 use store_postgres::{PostgresOptions, PostgresStore};
 use store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -49,6 +49,14 @@ impl OpenStore {
             OpenStore::Sqlite(store) => Arc::clone(store) as Arc<dyn LedgerStore>,
             OpenStore::Postgres(store) => Arc::clone(store) as Arc<dyn LedgerStore>,
             OpenStore::Memory(store) => Arc::clone(store) as Arc<dyn LedgerStore>,
+        }
+    }
+
+    pub fn runs(&self) -> Arc<dyn RunStore> {
+        match self {
+            OpenStore::Sqlite(store) => Arc::clone(store) as Arc<dyn RunStore>,
+            OpenStore::Postgres(store) => Arc::clone(store) as Arc<dyn RunStore>,
+            OpenStore::Memory(store) => Arc::clone(store) as Arc<dyn RunStore>,
         }
     }
 

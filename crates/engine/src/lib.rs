@@ -8,7 +8,9 @@
 
 pub mod catalog;
 pub mod estimate;
+pub mod events;
 pub mod pdf;
 pub mod provider;
+pub mod run;
 pub mod sandbox;
 pub mod testing;

@@ -210,3 +210,69 @@ pub struct Problem {
     #[schema(ignore)]
     pub extensions: Map<String, Value>,
 }
+
+/// `POST /v1/estimate`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateRequest {
+    /// Planned steps: `solve`, `pdf`, `video` (a plan without solve gets solve first).
+    pub steps: Vec<String>,
+    /// The price tier (`flash`, `sonnet`, `opus`); or give `difficulty` instead.
+    pub model: Option<String>,
+    /// `easy`, `medium` or `hard`, mapped to a tier by the catalog.
+    pub difficulty: Option<String>,
+    /// `full` (one explain call) or `brief`.
+    pub explanation_mode: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateLine {
+    pub label: String,
+    #[schema(example = "17")]
+    pub amount: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateResponse {
+    #[schema(example = "20")]
+    pub total: String,
+    pub breakdown: Vec<EstimateLine>,
+    pub catalog_version: String,
+}
+
+/// `POST /v1/solve`: answered with `text/event-stream`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SolveRequestDto {
+    pub account_id: String,
+    pub problem: String,
+    pub thread_id: Option<String>,
+    /// `video_retry` to retry a failed video job (with `retry_source_job_id`).
+    pub action: Option<String>,
+    pub retry_source_job_id: Option<String>,
+}
+
+/// A run (one turn of a thread) as stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunResponse {
+    pub run_id: String,
+    pub thread_id: String,
+    pub account_id: String,
+    pub turn_index: u32,
+    /// `running`, `succeeded`, `failed`, `canceled`, `interrupted`.
+    pub state: String,
+    pub hold_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Plan, costs (`reserved`, `actual`, `captured`, `refunded`), credit log, answer, error.
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ThreadResponse {
+    pub thread_id: String,
+    pub account_id: String,
+    pub turns: Vec<RunResponse>,
+}

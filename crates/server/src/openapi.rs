@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, health, holds};
+use crate::routes::{accounts, health, holds, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,13 @@ use crate::routes::{accounts, health, holds};
         holds::capture,
         holds::release,
         holds::extend,
+        runs::estimate,
+        runs::solve,
+        runs::get_run,
+        runs::run_events,
+        runs::cancel_run,
+        runs::get_artifact,
+        runs::get_thread,
         health::healthz,
         health::readyz,
         health::openapi,

@@ -8,19 +8,31 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use engine::run::Engine;
 use store::{Clock, LedgerStore};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::error::panic_response;
-use crate::routes::{accounts, health, holds, method_not_allowed, not_found};
+use crate::routes::{accounts, health, holds, method_not_allowed, not_found, runs};
 use crate::state::AppState;
 
-/// The whole HTTP API over one store.
+/// The ledger API over one store (no metered runs).
 pub fn router(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> Router {
+    router_with_engine(store, clock, config, None)
+}
+
+/// The whole HTTP API: the ledger, and metered runs when an engine is given.
+pub fn router_with_engine(
+    store: Arc<dyn LedgerStore>,
+    clock: Arc<dyn Clock>,
+    config: ApiConfig,
+    engine: Option<Arc<Engine>>,
+) -> Router {
     let body_bytes_max = config.request_body_bytes_max;
-    let state = AppState::new(store, clock, config);
+    let mut state = AppState::new(store, clock, config);
+    state.engine = engine;
     Router::new()
         .route("/v1/accounts/{account_id}", get(accounts::get_account))
         .route("/v1/accounts/{account_id}/grants", post(accounts::create_grant))
@@ -32,6 +44,13 @@ pub fn router(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiCon
         .route("/v1/holds/{hold_id}/capture", post(holds::capture))
         .route("/v1/holds/{hold_id}/release", post(holds::release))
         .route("/v1/holds/{hold_id}/extend", post(holds::extend))
+        .route("/v1/estimate", post(runs::estimate))
+        .route("/v1/solve", post(runs::solve))
+        .route("/v1/runs/{run_id}", get(runs::get_run))
+        .route("/v1/runs/{run_id}/events", get(runs::run_events))
+        .route("/v1/runs/{run_id}/cancel", post(runs::cancel_run))
+        .route("/v1/artifacts/{artifact_id}", get(runs::get_artifact))
+        .route("/v1/threads/{thread_id}", get(runs::get_thread))
         .route("/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -18,6 +18,8 @@ pub struct AppState {
     /// SHA-256 of each token with its role: comparing digests in constant time leaks neither
     /// the tokens' contents nor their lengths.
     pub token_digests: Arc<[([u8; 32], Role)]>,
+    /// The run engine, when this server runs metered solves.
+    pub engine: Option<Arc<engine::run::Engine>>,
 }
 
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
@@ -27,7 +29,7 @@ pub fn token_digest(token: &[u8]) -> [u8; 32] {
 impl AppState {
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> AppState {
         let token_digests = config.tokens.iter().map(|(token, role)| (token_digest(token.as_bytes()), *role)).collect();
-        AppState { store, clock, config: Arc::new(config), token_digests }
+        AppState { store, clock, config: Arc::new(config), token_digests, engine: None }
     }
 
     /// Runs one ledger command, idempotently when the request carried a key. The fingerprint is

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cli::{Application, DatabaseUrl, Settings};
+use cli::{Application, DatabaseUrl, RunSettings, Settings};
 use ledger::Timestamp;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -62,6 +62,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn LedgerStore>,
+    pub engine: Arc<engine::run::Engine>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<TempDir>,
@@ -78,7 +79,14 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         tokens: vec![(ADMIN_TOKEN.to_owned(), Role::Admin), (SERVICE_TOKEN.to_owned(), Role::Service)],
         ..ApiConfig::default()
     };
+    let runs = RunSettings {
+        catalog: engine::catalog::Catalog::builtin(),
+        llm: None,
+        hold_ttl_seconds: 1200,
+        runs_active_max: 16,
+    };
     Settings {
+        runs,
         listen: "127.0.0.1:0".to_owned(),
         database,
         api,
@@ -118,9 +126,10 @@ async fn spawn_with(settings: Settings, dir: Option<TempDir>) -> TestApp {
         Application::build(settings, Arc::clone(&clock) as Arc<dyn Clock>).await.expect("the application builds");
     let address = format!("http://{}", application.local_addr());
     let store = application.store();
+    let engine = application.engine();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-    TestApp { address, client: reqwest::Client::new(), clock, store, shutdown, server: Some(server), _dir: dir }
+    TestApp { address, client: reqwest::Client::new(), clock, store, engine, shutdown, server: Some(server), _dir: dir }
 }
 
 impl TestApp {

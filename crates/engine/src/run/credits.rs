@@ -1,0 +1,87 @@
+//! The run engine's ledger calls: each with an idempotency key derived from the run, and bounded
+//! retries on store errors, so a retried call can never apply twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger::{Amount, Command, Hold, HoldId, HoldState, Outcome, Overage, Rejection};
+use store::{Executed, LedgerStore, Request, StoreError};
+
+/// How a release ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The hold went back to available now.
+    Now,
+    /// Nothing was reserved any more: already released, captured, expired, or unknown.
+    AlreadyDone(&'static str),
+}
+
+pub(crate) struct Credits {
+    pub store: Arc<dyn LedgerStore>,
+    pub retries_max: u32,
+    pub backoff_ms: u64,
+}
+
+impl Credits {
+    /// Sends one command with its key, retrying on store errors (the key makes retries safe).
+    async fn send(&self, command: Command, key: &str) -> Result<Result<Outcome, Rejection>, StoreError> {
+        let fingerprint = format!("{command:?}");
+        let mut attempt = 0;
+        loop {
+            let request = Request::with_key(command.clone(), key, &fingerprint);
+            match self.store.execute(request).await {
+                Ok(Executed::Fresh(result) | Executed::Replayed(result)) => return Ok(result),
+                Ok(Executed::Conflict) => {
+                    return Err(StoreError::Corrupt {
+                        detail: format!("idempotency key {key} used by another request"),
+                    })
+                }
+                Err(error @ StoreError::Corrupt { .. }) => return Err(error),
+                Err(error) if attempt >= self.retries_max => return Err(error),
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(key, attempt, %error, "ledger call failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(self.backoff_ms << attempt.min(6))).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a `Command::Hold` built by the caller.
+    pub async fn hold(&self, key: &str, command: Command) -> Result<Result<Hold, Rejection>, StoreError> {
+        assert!(matches!(command, Command::Hold { .. }), "Credits::hold takes a hold command");
+        Ok(self.send(command, key).await?.map(|outcome| match outcome {
+            Outcome::Held { hold } => hold,
+            other => unreachable!("a hold command answered {other:?}"),
+        }))
+    }
+
+    pub async fn capture(
+        &self,
+        key: &str,
+        hold_id: &HoldId,
+        amount: Amount,
+        is_final: bool,
+    ) -> Result<Result<Hold, Rejection>, StoreError> {
+        let command = Command::Capture { hold_id: hold_id.clone(), amount, is_final, overage: Overage::Reject };
+        Ok(self.send(command, key).await?.map(|outcome| match outcome {
+            Outcome::Captured { hold } => hold,
+            other => unreachable!("a capture command answered {other:?}"),
+        }))
+    }
+
+    /// Releases a hold. Only "released now", "already released", "not found" and the states in
+    /// which nothing is reserved any more count as done; store errors are retried, then returned
+    /// (the caller logs them with the hold id; the hold's TTL remains the safety net).
+    pub async fn release(&self, key: &str, hold_id: &HoldId) -> Result<Released, StoreError> {
+        match self.send(Command::Release { hold_id: hold_id.clone() }, key).await? {
+            Ok(Outcome::Released { changed: true, .. }) => Ok(Released::Now),
+            Ok(Outcome::Released { changed: false, .. }) => Ok(Released::AlreadyDone("released")),
+            Ok(other) => unreachable!("a release command answered {other:?}"),
+            Err(Rejection::HoldNotFound) => Ok(Released::AlreadyDone("not found")),
+            Err(Rejection::HoldNotPending { state: HoldState::Captured }) => Ok(Released::AlreadyDone("captured")),
+            Err(Rejection::HoldNotPending { state: HoldState::Expired }) => Ok(Released::AlreadyDone("expired")),
+            Err(rejection) => Err(StoreError::Corrupt { detail: format!("release of {hold_id} refused: {rejection}") }),
+        }
+    }
+}

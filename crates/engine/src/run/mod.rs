@@ -1,0 +1,393 @@
+//! The run engine: one background task per turn, supervised so that every way a turn can end —
+//! success, a step error, a provider error, a panic, a cancel, shutdown — ends with the hold
+//! captured or released exactly once and exactly one of `done` or `error` on the stream.
+//!
+//! A turn runs as an inner task ([`turn::Turn::execute`]) under a supervisor. The supervisor
+//! owns the ending: on failure, panic or cancel it releases the hold (unless the settler already
+//! resolved it) and emits the one `error` event; on success it emits `done`.
+
+pub mod credits;
+pub mod data;
+pub mod solver;
+mod turn;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ledger::{AccountId, Timestamp};
+use serde_json::json;
+use store::{Clock, CreateRunRefusal, LedgerStore, RunRecord, RunState, RunStore, StoreError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::Catalog;
+use crate::events::{ErrorCode, EventChannel, EventKind, FRAMES_MAX_DEFAULT};
+use crate::provider::Provider;
+use crate::sandbox::CodeExecutor;
+use data::RunData;
+use turn::Turn;
+
+/// Limits and settings of the engine. Units last.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This server process; recorded on every run it executes.
+    pub instance_id: String,
+    pub hold_ttl_seconds: u64,
+    pub runs_active_max: usize,
+    pub frames_max: usize,
+    /// Finished runs whose event buffers stay readable for `Last-Event-ID` replays.
+    pub finished_runs_kept_max: usize,
+    pub problem_bytes_max: usize,
+    pub tool_calls_per_message_max: usize,
+    /// A whole turn, from the router to the settler.
+    pub turn_seconds_max: u64,
+    pub ledger_retries_max: u32,
+    pub ledger_backoff_ms: u64,
+    /// False when no LLM provider is configured: solves are refused, estimates still work.
+    pub solve_enabled: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            instance_id: format!("instance-{}", uuid::Uuid::now_v7().simple()),
+            hold_ttl_seconds: 1200,
+            runs_active_max: 64,
+            frames_max: FRAMES_MAX_DEFAULT,
+            finished_runs_kept_max: 1024,
+            problem_bytes_max: 16 * 1024,
+            tool_calls_per_message_max: 8,
+            turn_seconds_max: 900,
+            ledger_retries_max: 5,
+            ledger_backoff_ms: 50,
+            solve_enabled: true,
+        }
+    }
+}
+
+/// A solve request, parsed at the edge.
+#[derive(Clone, Debug)]
+pub struct SolveRequest {
+    pub account_id: AccountId,
+    pub problem: String,
+    pub thread_id: Option<String>,
+    pub action: Option<String>,
+    pub retry_source_job_id: Option<String>,
+}
+
+/// Why a run could not start (answered as a plain HTTP error, before any stream opens).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("the thread belongs to another account")]
+    ThreadOfAnotherAccount,
+    #[error("the thread has a run in progress: {run_id}")]
+    ThreadBusy { run_id: String },
+    #[error("too many runs in progress; try again shortly")]
+    Busy,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("no LLM provider is configured (set CREDITGRAPH_LLM_BASE_URL)")]
+    NotConfigured,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Started {
+    pub run_id: String,
+    pub thread_id: String,
+    pub channel: Arc<EventChannel>,
+}
+
+struct LiveRun {
+    channel: Arc<EventChannel>,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct Registry {
+    running: HashMap<String, LiveRun>,
+    finished: VecDeque<(String, Arc<EventChannel>)>,
+}
+
+pub struct Engine {
+    pub(crate) config: EngineConfig,
+    pub(crate) ledger: Arc<dyn LedgerStore>,
+    pub(crate) runs: Arc<dyn RunStore>,
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) executor: Arc<dyn CodeExecutor>,
+    pub(crate) clock: Arc<dyn Clock>,
+    catalog: RwLock<Arc<Catalog>>,
+    registry: Mutex<Registry>,
+    tracker: TaskTracker,
+    stopping: CancellationToken,
+}
+
+fn valid_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= store::runs::RUN_ID_LENGTH_MAX
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Engine {
+    pub fn new(
+        config: EngineConfig,
+        ledger: Arc<dyn LedgerStore>,
+        runs: Arc<dyn RunStore>,
+        provider: Arc<dyn Provider>,
+        executor: Arc<dyn CodeExecutor>,
+        catalog: Arc<Catalog>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            config,
+            ledger,
+            runs,
+            provider,
+            executor,
+            clock,
+            catalog: RwLock::new(catalog),
+            registry: Mutex::new(Registry::default()),
+            tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    pub fn run_store(&self) -> &Arc<dyn RunStore> {
+        &self.runs
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn LedgerStore> {
+        &self.ledger
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The catalog new runs are estimated at. Runs keep the one they started with.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock poisoned").clone()
+    }
+
+    /// Replaces the catalog for runs that start from now on.
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) {
+        *self.catalog.write().expect("catalog lock poisoned") = catalog;
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Validates the request, records the run, and starts its task. The stream of the returned
+    /// channel carries everything that follows.
+    pub async fn start_solve(self: &Arc<Self>, request: SolveRequest) -> Result<Started, StartError> {
+        if self.stopping.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        if !self.config.solve_enabled {
+            return Err(StartError::NotConfigured);
+        }
+        if request.problem.trim().is_empty() {
+            return Err(StartError::InvalidInput("problem must not be empty".to_owned()));
+        }
+        if request.problem.len() > self.config.problem_bytes_max {
+            return Err(StartError::InvalidInput(format!(
+                "problem is longer than {} bytes",
+                self.config.problem_bytes_max
+            )));
+        }
+        let thread_id = match request.thread_id.clone() {
+            Some(thread_id) if valid_id(&thread_id) => thread_id,
+            Some(_) => {
+                return Err(StartError::InvalidInput("thread_id: 1-128 characters of [A-Za-z0-9._-]".to_owned()))
+            }
+            None => format!("thread-{}", uuid::Uuid::now_v7().simple()),
+        };
+        if let Some(source) = &request.retry_source_job_id {
+            if !valid_id(source) {
+                return Err(StartError::InvalidInput(
+                    "retry_source_job_id: 1-128 characters of [A-Za-z0-9._-]".to_owned(),
+                ));
+            }
+        }
+        if let Some(action) = &request.action {
+            if action != "video_retry" {
+                return Err(StartError::InvalidInput(format!("unknown action `{action}` (only `video_retry`)")));
+            }
+        }
+        {
+            let registry = self.registry.lock().expect("registry lock poisoned");
+            if registry.running.len() >= self.config.runs_active_max {
+                return Err(StartError::Busy);
+            }
+        }
+        let catalog = self.catalog();
+        let run_id = format!("run-{}", uuid::Uuid::now_v7().simple());
+        let now = self.now();
+        let data = RunData {
+            problem: request.problem.clone(),
+            action: request.action.clone(),
+            retry_source_job_id: request.retry_source_job_id.clone(),
+            catalog_version: catalog.version().to_owned(),
+            ..RunData::default()
+        };
+        let record = RunRecord {
+            run_id: run_id.clone(),
+            account_id: request.account_id.clone(),
+            thread_id: thread_id.clone(),
+            turn_index: 0,
+            state: RunState::Running,
+            instance_id: self.config.instance_id.clone(),
+            hold_id: None,
+            created_at: now,
+            updated_at: now,
+            data: data.to_text(),
+        };
+        let record = match self.runs.create_run(&record).await? {
+            Ok(record) => record,
+            Err(CreateRunRefusal::ThreadOfAnotherAccount) => return Err(StartError::ThreadOfAnotherAccount),
+            Err(CreateRunRefusal::ThreadBusy { run_id }) => return Err(StartError::ThreadBusy { run_id }),
+            Err(CreateRunRefusal::DuplicateRunId) => {
+                return Err(StartError::Store(StoreError::Corrupt { detail: "run id collision".to_owned() }))
+            }
+        };
+        let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max);
+        let cancel = self.stopping.child_token();
+        self.registry
+            .lock()
+            .expect("registry lock poisoned")
+            .running
+            .insert(run_id.clone(), LiveRun { channel: channel.clone(), cancel: cancel.clone() });
+        let turn = Arc::new(Turn::new(self.clone(), record, data, catalog, channel.clone()));
+        let engine = self.clone();
+        self.tracker.spawn(async move {
+            engine.supervise(turn, cancel).await;
+        });
+        Ok(Started { run_id, thread_id, channel })
+    }
+
+    async fn supervise(self: Arc<Self>, turn: Arc<Turn>, cancel: CancellationToken) {
+        let run_id = turn.run_id().to_owned();
+        let mut inner = tokio::spawn(turn.clone().execute());
+        let deadline = tokio::time::sleep(Duration::from_secs(self.config.turn_seconds_max));
+        tokio::pin!(deadline);
+        let outcome = tokio::select! {
+            joined = &mut inner => Some(joined),
+            () = cancel.cancelled() => None,
+            () = &mut deadline => {
+                inner.abort();
+                let _ = (&mut inner).await;
+                Some(Ok(Err(solver::StepFailure::new(ErrorCode::Timeout, "the turn took too long"))))
+            }
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None if turn.is_committed() => {
+                // The settler has started: let it finish rather than leave the hold half done.
+                inner.await
+            }
+            None => {
+                inner.abort();
+                let _ = inner.await;
+                let message =
+                    if self.stopping.is_cancelled() { "the server is shutting down" } else { "the run was canceled" };
+                Ok(Err(solver::StepFailure::new(ErrorCode::Canceled, message)))
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => turn.finish_success().await,
+            Ok(Err(failure)) => turn.finish_failure(failure).await,
+            Err(join_error) => {
+                let message = if join_error.is_panic() { "a step failed unexpectedly" } else { "the run stopped" };
+                tracing::error!(run_id, error = %join_error, "run task ended abnormally");
+                turn.finish_failure(solver::StepFailure::new(ErrorCode::InternalError, message)).await;
+            }
+        }
+        let mut registry = self.registry.lock().expect("registry lock poisoned");
+        if let Some(live) = registry.running.remove(&run_id) {
+            registry.finished.push_back((run_id, live.channel));
+            while registry.finished.len() > self.config.finished_runs_kept_max {
+                registry.finished.pop_front();
+            }
+        }
+    }
+
+    /// The event buffer of a live or recently finished run on this instance.
+    pub fn channel(&self, run_id: &str) -> Option<Arc<EventChannel>> {
+        let registry = self.registry.lock().expect("registry lock poisoned");
+        if let Some(live) = registry.running.get(run_id) {
+            return Some(live.channel.clone());
+        }
+        registry.finished.iter().find(|(id, _)| id == run_id).map(|(_, channel)| channel.clone())
+    }
+
+    /// Asks a live run to stop. False when it is not running on this instance.
+    pub fn cancel(&self, run_id: &str) -> bool {
+        let registry = self.registry.lock().expect("registry lock poisoned");
+        match registry.running.get(run_id) {
+            Some(live) => {
+                live.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.registry.lock().expect("registry lock poisoned").running.len()
+    }
+
+    /// Stops accepting runs, cancels the live ones and waits for them (each releases its hold
+    /// and emits `error {code: canceled}`), at most `grace`. Returns false when runs were still
+    /// going at the deadline.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.stopping.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+
+    /// A token cancelled when shutdown begins (SSE streams end on it).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+}
+
+/// The provider of a server without `CREDITGRAPH_LLM_BASE_URL`; never called, since solves are
+/// refused before a run starts.
+pub struct NoProvider;
+
+#[async_trait::async_trait]
+impl Provider for NoProvider {
+    async fn complete(
+        &self,
+        _request: crate::provider::ChatRequest,
+    ) -> Result<crate::provider::ChatResponse, crate::provider::ProviderError> {
+        Err(crate::provider::ProviderError::Unreachable { detail: "no LLM provider is configured".to_owned() })
+    }
+}
+
+/// The executor of a machine without Python: every `code_execute` is a tool error, not charged.
+pub struct NoExecutor;
+
+#[async_trait::async_trait]
+impl CodeExecutor for NoExecutor {
+    async fn execute(&self, _code: &str) -> Result<crate::sandbox::ExecOutput, crate::sandbox::ExecError> {
+        Err(crate::sandbox::ExecError { detail: "no Python interpreter on this server".to_owned() })
+    }
+}
+
+/// The error-event payload for a failure.
+pub(crate) fn error_payload(code: ErrorCode, message: &str) -> serde_json::Value {
+    json!({"code": code.as_str(), "message": message, "recoverable": false})
+}
+
+pub(crate) fn emit_error(channel: &EventChannel, code: ErrorCode, message: &str, extra: Option<serde_json::Value>) {
+    let mut payload = error_payload(code, message);
+    if let (Some(object), Some(serde_json::Value::Object(extra))) = (payload.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+    channel.emit(EventKind::Error, None, None, payload);
+}

@@ -1,0 +1,321 @@
+//! The solver step and its budget guard.
+//!
+//! The model runs in a loop with two tools, `code_generate` and `code_execute`. The guard
+//! enforces exactly the limits the estimate assumes — at most `max_iterations` model calls, as
+//! many generates and as many executes, one summary call when the limit is hit, one explain call
+//! in `full` mode — so the real cost can never exceed the worst case that was held. A tool call
+//! beyond its limit (or malformed) is answered to the model as a tool error: not run, not charged.
+
+use serde_json::{json, Value};
+
+use super::data::CreditEntry;
+use crate::catalog::{Action, Catalog};
+use crate::estimate::ExplanationMode;
+use crate::events::{ErrorCode, EventKind};
+use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, Tier, ToolCall, ToolSpec};
+use crate::sandbox::{CodeExecutor, ExecStatus};
+
+/// Longest tool result handed back to the model.
+const TOOL_RESULT_BYTES_MAX: usize = 8 * 1024;
+
+/// A step that failed: the turn ends with one `error` event with this code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepFailure {
+    pub code: ErrorCode,
+    pub message: String,
+    /// More members of the `error` payload (`required` and `available` for `credit_exhausted`).
+    pub extra: Option<Value>,
+}
+
+impl StepFailure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> StepFailure {
+        StepFailure { code, message: message.into(), extra: None }
+    }
+}
+
+/// Where the solver reports: metered calls and stream events.
+pub trait SolverSink: Send + Sync {
+    fn meter(&self, entry: CreditEntry);
+    fn emit(&self, kind: EventKind, payload: Value);
+}
+
+pub struct SolverSetup<'a> {
+    pub provider: &'a dyn Provider,
+    pub executor: &'a dyn CodeExecutor,
+    pub catalog: &'a Catalog,
+    pub tier: Tier,
+    pub mode: ExplanationMode,
+    pub problem: &'a str,
+    pub tool_calls_per_message_max: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Solution {
+    pub answer: String,
+    pub explanation: Option<String>,
+}
+
+/// Calls made so far, against the catalog's limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub model_calls: u32,
+    pub generates: u32,
+    pub executes: u32,
+}
+
+fn system(purpose: Purpose, text: &str) -> Message {
+    Message::system(format!("{} {text}", purpose.tag()))
+}
+
+pub fn tools() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: "code_generate".to_owned(),
+            description: "Write Python code for a task; returns the code.".to_owned(),
+            parameters: json!({"type": "object", "properties": {"task": {"type": "string"}}, "required": ["task"], "additionalProperties": false}),
+        },
+        ToolSpec {
+            name: "code_execute".to_owned(),
+            description: "Run Python code in a sandbox; returns its output.".to_owned(),
+            parameters: json!({"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"], "additionalProperties": false}),
+        },
+    ]
+}
+
+fn model_error(what: &str, error: impl std::fmt::Display) -> StepFailure {
+    StepFailure::new(ErrorCode::ModelError, format!("{what}: {error}"))
+}
+
+/// The first fenced code block of a reply, or the whole reply when there is none.
+pub fn first_code_block(text: &str) -> String {
+    let Some(start) = text.find("```") else { return text.trim().to_owned() };
+    let after_fence = &text[start + 3..];
+    let body_start = after_fence.find('\n').map_or(after_fence.len(), |index| index + 1);
+    let body = &after_fence[body_start..];
+    match body.find("```") {
+        Some(end) => body[..end].trim_end().to_owned(),
+        None => body.trim_end().to_owned(),
+    }
+}
+
+fn truncate(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_owned();
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated]", &text[..end])
+}
+
+fn string_argument(call: &ToolCall, name: &str) -> Result<String, String> {
+    let value: Value =
+        serde_json::from_str(&call.arguments).map_err(|_| "arguments are not a JSON object".to_owned())?;
+    match value.get(name).and_then(Value::as_str) {
+        Some(text) if !text.trim().is_empty() => Ok(text.to_owned()),
+        _ => Err(format!("argument `{name}` must be a non-empty string")),
+    }
+}
+
+/// Runs one tool call within the budget. Returns (result text, success).
+async fn run_tool(
+    setup: &SolverSetup<'_>,
+    sink: &dyn SolverSink,
+    budget: &mut Budget,
+    call: &ToolCall,
+) -> Result<(String, bool), StepFailure> {
+    let limits = setup.catalog.limits();
+    match call.name.as_str() {
+        "code_generate" => {
+            let task = match string_argument(call, "task") {
+                Ok(task) => task,
+                Err(problem) => return Ok((format!("tool error: {problem}"), false)),
+            };
+            if budget.generates >= limits.max_iterations {
+                return Ok(("tool error: the code_generate limit of this step is reached".to_owned(), false));
+            }
+            budget.generates += 1;
+            let request = ChatRequest {
+                purpose: Purpose::CodeGenerate,
+                tier: Tier::Flash,
+                messages: vec![
+                    system(
+                        Purpose::CodeGenerate,
+                        "Write Python 3 code for the task. Answer with one fenced code block.",
+                    ),
+                    Message::user(task),
+                ],
+                tools: Vec::new(),
+                response_format: None,
+            };
+            let reply = setup.provider.complete(request).await.map_err(|error| model_error("code_generate", error))?;
+            sink.meter(CreditEntry::new(
+                "solver",
+                "code_generate",
+                Some("flash"),
+                setup.catalog.action(Action::CodeGenerate),
+            ));
+            Ok((first_code_block(reply.content.as_deref().unwrap_or("")), true))
+        }
+        "code_execute" => {
+            let code = match string_argument(call, "code") {
+                Ok(code) => code,
+                Err(problem) => return Ok((format!("tool error: {problem}"), false)),
+            };
+            if budget.executes >= limits.max_iterations {
+                return Ok(("tool error: the code_execute limit of this step is reached".to_owned(), false));
+            }
+            match setup.executor.execute(&code).await {
+                Ok(output) => {
+                    budget.executes += 1;
+                    sink.meter(CreditEntry::new(
+                        "solver",
+                        "code_execute",
+                        None,
+                        setup.catalog.action(Action::CodeExecute),
+                    ));
+                    let status = match output.status {
+                        ExecStatus::Succeeded => "exit 0".to_owned(),
+                        ExecStatus::Failed { exit_code, signal } => {
+                            format!("failed (exit {exit_code:?}, signal {signal:?})")
+                        }
+                        ExecStatus::TimedOut => "timed out".to_owned(),
+                    };
+                    let success = output.status == ExecStatus::Succeeded;
+                    let text = format!("{status}\nstdout:\n{}\nstderr:\n{}", output.stdout, output.stderr);
+                    Ok((truncate(&text, TOOL_RESULT_BYTES_MAX), success))
+                }
+                // The code never ran: not charged, not counted.
+                Err(error) => Ok((format!("tool error: {error}"), false)),
+            }
+        }
+        other => Ok((format!("tool error: unknown tool `{}`", truncate(other, 64)), false)),
+    }
+}
+
+/// Solves the problem within the catalog's limits.
+pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(Solution, Budget), StepFailure> {
+    let limits = setup.catalog.limits().clone();
+    let model_price = setup.catalog.model_call(setup.tier);
+    let model = setup.tier.as_str();
+    let mut messages = vec![
+        system(Purpose::Solver, "Solve the problem. Use code_generate and code_execute to check your work; answer without tool calls when done."),
+        Message::user(setup.problem),
+    ];
+    let mut budget = Budget::default();
+    let mut answer = None;
+    while budget.model_calls < limits.max_iterations {
+        let request = ChatRequest {
+            purpose: Purpose::Solver,
+            tier: setup.tier,
+            messages: messages.clone(),
+            tools: tools(),
+            response_format: None,
+        };
+        let reply = setup.provider.complete(request).await.map_err(|error| model_error("solver", error))?;
+        budget.model_calls += 1;
+        sink.meter(CreditEntry::new("solver", "llm_call_verify", Some(model), model_price));
+        sink.emit(EventKind::SolveProgress, json!({"text": reply.content.clone().unwrap_or_default(), "iteration": budget.model_calls, "phase": "verify"}));
+        if reply.tool_calls.is_empty() {
+            answer = Some(reply.content.unwrap_or_default());
+            break;
+        }
+        messages.push(Message::assistant(reply.content.clone(), reply.tool_calls.clone()));
+        for (index, call) in reply.tool_calls.iter().enumerate() {
+            sink.emit(EventKind::ToolStart, json!({"name": call.name, "label": call.name, "tool_call_id": call.id}));
+            let (output, success) = if index >= setup.tool_calls_per_message_max {
+                ("tool error: too many tool calls in one message".to_owned(), false)
+            } else {
+                run_tool(setup, sink, &mut budget, call).await?
+            };
+            sink.emit(EventKind::ToolResult, json!({"name": call.name, "tool_call_id": call.id, "output": truncate(&output, 2048), "success": success}));
+            messages.push(Message::tool(call.id.clone(), output));
+        }
+    }
+    let answer = match answer {
+        Some(answer) => answer,
+        None => {
+            // The limit was hit without a final answer: one summary call.
+            messages.push(Message::user("The step limit is reached. Give your best final answer now, without tools."));
+            messages[0] = system(Purpose::LimitSummary, "Summarise the work so far into a final answer.");
+            let request = ChatRequest {
+                purpose: Purpose::LimitSummary,
+                tier: setup.tier,
+                messages: messages.clone(),
+                tools: Vec::new(),
+                response_format: None,
+            };
+            let reply = setup.provider.complete(request).await.map_err(|error| model_error("limit summary", error))?;
+            sink.meter(CreditEntry::new("solver", "llm_call_summary", Some(model), model_price));
+            sink.emit(
+                EventKind::SolveProgress,
+                json!({"text": "", "iteration": budget.model_calls, "phase": "summary"}),
+            );
+            reply.content.unwrap_or_default()
+        }
+    };
+    let explanation = if setup.mode == ExplanationMode::Full && limits.explain_calls > 0 {
+        let request = ChatRequest {
+            purpose: Purpose::Explain,
+            tier: setup.tier,
+            messages: vec![
+                system(Purpose::Explain, "Explain the solution step by step for a student."),
+                Message::user(format!("Problem:\n{}\n\nSolution:\n{answer}", setup.problem)),
+            ],
+            tools: Vec::new(),
+            response_format: None,
+        };
+        let reply = setup.provider.complete(request).await.map_err(|error| model_error("explain", error))?;
+        sink.meter(CreditEntry::new("solver", "llm_call_explain", Some(model), model_price));
+        sink.emit(EventKind::SolveProgress, json!({"text": "", "iteration": budget.model_calls, "phase": "explain"}));
+        Some(reply.content.unwrap_or_default())
+    } else {
+        None
+    };
+    Ok((Solution { answer, explanation }, budget))
+}
+
+/// The JSON schema of the router's structured output.
+pub fn route_format() -> JsonSchemaFormat {
+    JsonSchemaFormat {
+        name: "route".to_owned(),
+        schema: json!({"type": "object", "properties": {"route": {"type": "string", "enum": ["general_chat", "math_task"]}}, "required": ["route"], "additionalProperties": false}),
+    }
+}
+
+/// The JSON schema of the planner's structured output.
+pub fn plan_format() -> JsonSchemaFormat {
+    JsonSchemaFormat {
+        name: "plan".to_owned(),
+        schema: json!({
+            "type": "object",
+            "properties": {
+                "steps": {"type": "array", "items": {"type": "string", "enum": ["solve", "pdf", "video"]}},
+                "difficulty": {"type": "string", "enum": ["easy", "medium", "hard"]},
+                "explanation_mode": {"type": "string", "enum": ["full", "brief"]},
+                "use_page": {"type": "boolean"}
+            },
+            "required": ["steps", "difficulty", "explanation_mode", "use_page"],
+            "additionalProperties": false
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_blocks_are_extracted() {
+        assert_eq!(first_code_block("Here:\n```python\nprint(1)\n```\nok"), "print(1)");
+        assert_eq!(first_code_block("```\nx = 2\n"), "x = 2");
+        assert_eq!(first_code_block("  print(3)  "), "print(3)");
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("가나다", 4), "가… [truncated]");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

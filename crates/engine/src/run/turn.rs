@@ -1,0 +1,573 @@
+//! One turn of a thread, from the stale-hold release to the settler.
+//!
+//! Order (the hold is taken before any paid step a plan adds; only the router and planner run
+//! before it, after a check that the account can pay for them):
+//! 1. release a pending hold left by an earlier turn of the thread;
+//! 2. preflight (`video_retry`), fail closed;
+//! 3. router → general chat (hold router + answer, answer, settle) or math task;
+//! 4. planner → estimate → hold (all or nothing) → `credit_reserved`;
+//! 5. solve, then pdf and video concurrently;
+//! 6. settler: capture the synchronous cost with `final`, the rest goes back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ledger::{Amount, Command, Hold, HoldId, Reference, Rejection};
+use serde_json::{json, Value};
+use store::{Artifact, RunRecord, RunState, StoreError};
+
+use super::credits::{Credits, Released};
+use super::data::{log_json, synchronous_cost, CreditEntry, ErrorData, PlanData, RunData};
+use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
+use super::{emit_error, Engine};
+use crate::catalog::{Action, Catalog, Difficulty};
+use crate::estimate::{self, ExplanationMode, Line, Step};
+use crate::events::{ErrorCode, EventChannel, EventKind};
+use crate::provider::{ChatRequest, Message, Purpose, Tier};
+
+/// Earlier turns of a thread looked at for a stale hold.
+const EARLIER_TURNS_MAX: u32 = 1000;
+
+pub(crate) struct Turn {
+    engine: Arc<Engine>,
+    record: Mutex<RunRecord>,
+    data: Mutex<RunData>,
+    catalog: Arc<Catalog>,
+    channel: Arc<EventChannel>,
+    credits: Credits,
+    hold: Mutex<Option<Hold>>,
+    /// Set when the settler starts: from then on a cancel waits for it instead of interrupting.
+    committed: AtomicBool,
+}
+
+fn store_failure(error: &StoreError) -> StepFailure {
+    tracing::error!(%error, "store error during a run");
+    StepFailure::new(ErrorCode::InternalError, "the ledger is unavailable")
+}
+
+fn credit_exhausted(required: Amount, available: Amount) -> StepFailure {
+    StepFailure {
+        code: ErrorCode::CreditExhausted,
+        message: format!("Not enough credits: this turn needs {required} cr, {available} cr available."),
+        extra: Some(json!({"required": required.to_string(), "available": available.to_string()})),
+    }
+}
+
+fn lines_json(lines: &[Line]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|line| json!({"label": line.label, "amount": line.amount.to_string(), "detail": line.detail}))
+        .collect()
+}
+
+impl SolverSink for Turn {
+    fn meter(&self, entry: CreditEntry) {
+        self.data.lock().expect("run data lock poisoned").log.push(entry);
+    }
+
+    fn emit(&self, kind: EventKind, payload: Value) {
+        self.channel.emit(kind, Some(0), Some("solve"), payload);
+    }
+}
+
+impl Turn {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        record: RunRecord,
+        data: RunData,
+        catalog: Arc<Catalog>,
+        channel: Arc<EventChannel>,
+    ) -> Turn {
+        let credits = Credits {
+            store: engine.ledger.clone(),
+            retries_max: engine.config.ledger_retries_max,
+            backoff_ms: engine.config.ledger_backoff_ms,
+        };
+        Turn {
+            engine,
+            record: Mutex::new(record),
+            data: Mutex::new(data),
+            catalog,
+            channel,
+            credits,
+            hold: Mutex::new(None),
+            committed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn run_id(&self) -> String {
+        self.record.lock().expect("run record lock poisoned").run_id.clone()
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.run_id())
+    }
+
+    pub(crate) fn is_committed(&self) -> bool {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    fn meter_action(&self, node: &str, action: Action, model: Option<&str>) {
+        self.meter(CreditEntry::new(node, action.as_str(), model, self.catalog.action(action)));
+    }
+
+    fn spent(&self) -> Amount {
+        synchronous_cost(&self.data.lock().expect("run data lock poisoned").log)
+    }
+
+    /// Writes the run record with the current data (best effort mid-run; logged on failure).
+    async fn persist(&self, state: RunState) -> Result<(), StoreError> {
+        let record = {
+            let mut record = self.record.lock().expect("run record lock poisoned");
+            record.state = state;
+            record.updated_at = self.engine.now();
+            record.hold_id = self.hold.lock().expect("hold lock poisoned").as_ref().map(|hold| hold.hold_id.clone());
+            record.data = self.data.lock().expect("run data lock poisoned").to_text();
+            record.clone()
+        };
+        self.engine.runs.update_run(&record).await.map(|_| ())
+    }
+
+    /// The whole turn. Returns when the settler has run, or with the failure that ends the turn.
+    pub(crate) async fn execute(self: Arc<Self>) -> Result<(), StepFailure> {
+        self.release_stale_holds().await?;
+        self.preflight()?;
+        let (account_id, problem) = {
+            let record = self.record.lock().expect("run record lock poisoned");
+            (record.account_id.clone(), self.data.lock().expect("run data lock poisoned").problem.clone())
+        };
+        // The router and planner run before the hold; refuse at once when the account cannot
+        // even pay for them, so a broke account costs no LLM call.
+        let routing_price = Amount::sum(estimate::routing_lines(&self.catalog).iter().map(|line| line.amount));
+        let available = match self.engine.ledger.account(&account_id).await.map_err(|error| store_failure(&error))? {
+            Some(view) => view.balances.available,
+            None => Amount::ZERO,
+        };
+        if available < routing_price {
+            return Err(credit_exhausted(routing_price, available));
+        }
+        let general = self.route(&problem).await?;
+        if general {
+            return self.general_chat(&problem).await;
+        }
+        let plan = self.plan(&problem).await?;
+        self.reserve(&plan).await?;
+        let solution = self.solve_step(&plan, &problem).await?;
+        self.after_solve_steps(&plan, &problem, &solution).await?;
+        self.settle().await
+    }
+
+    async fn release_stale_holds(&self) -> Result<(), StepFailure> {
+        let (thread_id, run_id) = {
+            let record = self.record.lock().expect("run record lock poisoned");
+            (record.thread_id.clone(), record.run_id.clone())
+        };
+        let earlier = self
+            .engine
+            .runs
+            .thread_runs(&thread_id, None, EARLIER_TURNS_MAX)
+            .await
+            .map_err(|error| store_failure(&error))?;
+        for run in earlier.iter().filter(|run| run.run_id != run_id && run.state.is_terminal()) {
+            let Some(hold_id) = &run.hold_id else { continue };
+            let resolved = RunData::from_text(&run.data).is_some_and(|data| data.hold_resolved);
+            if resolved {
+                continue;
+            }
+            let key = format!("{}:release", run.run_id);
+            match self.credits.release(&key, hold_id).await {
+                Ok(Released::Now) => tracing::info!(hold_id = %hold_id, "released the stale hold of an earlier turn"),
+                Ok(Released::AlreadyDone(how)) => {
+                    tracing::info!(hold_id = %hold_id, how, "earlier turn's hold needs no release")
+                }
+                Err(error) => {
+                    tracing::error!(hold_id = %hold_id, %error, "could not release an earlier turn's hold");
+                    return Err(StepFailure::new(
+                        ErrorCode::InternalError,
+                        "an earlier turn's hold could not be released",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn preflight(&self) -> Result<(), StepFailure> {
+        let data = self.data.lock().expect("run data lock poisoned");
+        if data.action.as_deref() == Some("video_retry") {
+            // Fails closed: this instance has no job store to check the retry against.
+            return Err(StepFailure::new(
+                ErrorCode::InvalidInput,
+                "This video cannot be retried: video jobs are not available.",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        purpose: Purpose,
+        tier: Tier,
+        messages: Vec<Message>,
+        format: Option<crate::provider::JsonSchemaFormat>,
+    ) -> Result<String, StepFailure> {
+        let request = ChatRequest { purpose, tier, messages, tools: Vec::new(), response_format: format };
+        let reply = self
+            .engine
+            .provider
+            .complete(request)
+            .await
+            .map_err(|error| StepFailure::new(ErrorCode::ModelError, format!("{}: {error}", purpose.as_str())))?;
+        Ok(reply.content.unwrap_or_default())
+    }
+
+    /// Returns true for a general-chat turn.
+    async fn route(&self, problem: &str) -> Result<bool, StepFailure> {
+        let messages = vec![
+            Message::system(format!("{} Classify the message: general_chat or math_task.", Purpose::Router.tag())),
+            Message::user(problem),
+        ];
+        let content = self.call(Purpose::Router, Tier::Flash, messages, Some(solver::route_format())).await?;
+        self.meter_action("router", Action::Router, Some("flash"));
+        let parsed: Value = serde_json::from_str(&content)
+            .map_err(|_| StepFailure::new(ErrorCode::ModelError, "router: the answer is not JSON"))?;
+        let route = match parsed.get("route").and_then(Value::as_str) {
+            Some("general_chat") => "general_chat",
+            Some("math_task") => "math_task",
+            _ => return Err(StepFailure::new(ErrorCode::ModelError, "router: unknown route")),
+        };
+        self.data.lock().expect("run data lock poisoned").route = Some(route.to_owned());
+        Ok(route == "general_chat")
+    }
+
+    async fn general_chat(&self, problem: &str) -> Result<(), StepFailure> {
+        let chat_price = self.catalog.action(Action::GeneralChat);
+        let spent = self.spent();
+        let mut lines = estimate::routing_lines(&self.catalog);
+        lines.retain(|line| line.label == "router");
+        lines.push(Line { label: "general_chat".to_owned(), amount: chat_price, detail: None });
+        self.take_hold(spent.plus(chat_price), &lines).await?;
+        let messages = vec![
+            Message::system(format!("{} You are a helpful tutor.", Purpose::GeneralChat.tag())),
+            Message::user(problem),
+        ];
+        let answer = self.call(Purpose::GeneralChat, Tier::Flash, messages, None).await?;
+        self.meter_action("general", Action::GeneralChat, Some("flash"));
+        self.channel.emit(
+            EventKind::Token,
+            None,
+            Some("general"),
+            json!({"delta": answer, "final": true, "metadata": {}}),
+        );
+        self.data.lock().expect("run data lock poisoned").answer = Some(answer);
+        self.settle().await
+    }
+
+    async fn plan(&self, problem: &str) -> Result<PlanData, StepFailure> {
+        let messages = vec![
+            Message::system(format!(
+                "{} Plan the steps (solve, pdf, video), the difficulty and the explanation mode.",
+                Purpose::Planner.tag()
+            )),
+            Message::user(problem),
+        ];
+        let content = self.call(Purpose::Planner, Tier::Flash, messages, Some(solver::plan_format())).await?;
+        self.meter_action("planner", Action::Planner, Some("flash"));
+        let bad = |what: &str| StepFailure::new(ErrorCode::ModelError, format!("planner: {what}"));
+        let parsed: Value = serde_json::from_str(&content).map_err(|_| bad("the plan is not JSON"))?;
+        let raw_steps = parsed.get("steps").and_then(Value::as_array).ok_or_else(|| bad("no steps"))?;
+        if raw_steps.len() > 8 {
+            return Err(bad("too many steps"));
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        for raw in raw_steps {
+            let step = raw.as_str().and_then(Step::parse).ok_or_else(|| bad("unknown step"))?;
+            if !steps.contains(&step) {
+                steps.push(step);
+            }
+        }
+        // Every plan solves first: pdf and video render a solution.
+        steps.retain(|step| *step != Step::Solve);
+        steps.insert(0, Step::Solve);
+        let difficulty = parsed
+            .get("difficulty")
+            .and_then(Value::as_str)
+            .and_then(Difficulty::parse)
+            .ok_or_else(|| bad("unknown difficulty"))?;
+        let mode = parsed
+            .get("explanation_mode")
+            .and_then(Value::as_str)
+            .and_then(ExplanationMode::parse)
+            .ok_or_else(|| bad("unknown explanation_mode"))?;
+        let use_page =
+            parsed.get("use_page").and_then(Value::as_bool).ok_or_else(|| bad("use_page must be a boolean"))?;
+        let tier = self.catalog.tier_for(difficulty);
+        let plan = PlanData {
+            steps: steps.iter().map(|step| step.as_str().to_owned()).collect(),
+            difficulty: difficulty.as_str().to_owned(),
+            explanation_mode: mode.as_str().to_owned(),
+            use_page,
+            model: tier.as_str().to_owned(),
+        };
+        self.data.lock().expect("run data lock poisoned").plan = Some(plan.clone());
+        if use_page {
+            self.channel.emit(
+                EventKind::PageStart,
+                None,
+                Some("planner"),
+                json!({"plan": plan.steps, "selected_model": plan.model, "difficulty": plan.difficulty, "route": "math_task", "use_page": true}),
+            );
+        }
+        Ok(plan)
+    }
+
+    fn plan_parts(plan: &PlanData) -> (Vec<Step>, Tier, ExplanationMode) {
+        let steps = plan.steps.iter().filter_map(|step| Step::parse(step)).collect();
+        let tier = Tier::parse(&plan.model).expect("the plan's model is a tier");
+        let mode = ExplanationMode::parse(&plan.explanation_mode).expect("the plan's mode is valid");
+        (steps, tier, mode)
+    }
+
+    async fn reserve(&self, plan: &PlanData) -> Result<(), StepFailure> {
+        let (steps, tier, mode) = Turn::plan_parts(plan);
+        let spent_lines: Vec<Line> = {
+            let data = self.data.lock().expect("run data lock poisoned");
+            data.log
+                .iter()
+                .map(|entry| Line { label: entry.node.clone(), amount: entry.amount(), detail: None })
+                .collect()
+        };
+        let estimate = estimate::estimate_turn(&self.catalog, &spent_lines, &steps, tier, mode);
+        self.take_hold(estimate.total, &estimate.breakdown).await
+    }
+
+    async fn take_hold(&self, amount: Amount, breakdown: &[Line]) -> Result<(), StepFailure> {
+        let (account_id, run_id, thread_id) = {
+            let record = self.record.lock().expect("run record lock poisoned");
+            (record.account_id.clone(), record.run_id.clone(), record.thread_id.clone())
+        };
+        let hold_id = HoldId::parse(&format!("hold-{run_id}")).expect("run ids make valid hold ids");
+        let metadata =
+            json!({"run_id": run_id, "thread_id": thread_id, "catalog_version": self.catalog.version()}).to_string();
+        let command = Command::Hold {
+            account_id,
+            hold_id,
+            amount,
+            ttl_seconds: self.engine.config.hold_ttl_seconds,
+            reference: Reference::parse(&run_id).ok(),
+            metadata,
+        };
+        let result = self.credits.hold(&self.key("hold"), command).await.map_err(|error| store_failure(&error))?;
+        let hold = match result {
+            Ok(hold) => hold,
+            Err(Rejection::InsufficientCredits { required, available }) => {
+                return Err(credit_exhausted(required, available))
+            }
+            Err(Rejection::AccountNotFound) => return Err(credit_exhausted(amount, Amount::ZERO)),
+            Err(other) => {
+                return Err(StepFailure::new(ErrorCode::InternalError, format!("the hold was refused: {other}")))
+            }
+        };
+        {
+            let mut data = self.data.lock().expect("run data lock poisoned");
+            data.reserved = Some(hold.amount.to_string());
+            data.breakdown = lines_json(breakdown);
+        }
+        *self.hold.lock().expect("hold lock poisoned") = Some(hold.clone());
+        if let Err(error) = self.persist(RunState::Running).await {
+            tracing::warn!(%error, "could not record the hold on the run");
+        }
+        self.channel.emit(
+            EventKind::CreditReserved,
+            None,
+            None,
+            json!({"hold_id": hold.hold_id.as_str(), "amount": hold.amount.to_string(), "breakdown": lines_json(breakdown)}),
+        );
+        Ok(())
+    }
+
+    async fn solve_step(&self, plan: &PlanData, problem: &str) -> Result<Solution, StepFailure> {
+        let (_, tier, mode) = Turn::plan_parts(plan);
+        let started = Instant::now();
+        let setup = SolverSetup {
+            provider: self.engine.provider.as_ref(),
+            executor: self.engine.executor.as_ref(),
+            catalog: &self.catalog,
+            tier,
+            mode,
+            problem,
+            tool_calls_per_message_max: self.engine.config.tool_calls_per_message_max,
+        };
+        let result = solver::solve(&setup, self).await;
+        let (status, error_code) = match &result {
+            Ok(_) => ("done", None),
+            Err(failure) => ("error", Some(failure.code.as_str())),
+        };
+        self.channel.emit(
+            EventKind::NodeResult,
+            Some(0),
+            Some("solve"),
+            json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64, "error_code": error_code}),
+        );
+        let (solution, _) = result?;
+        self.channel.emit(
+            EventKind::Token,
+            Some(0),
+            Some("solve"),
+            json!({"delta": solution.answer, "final": true, "metadata": {}}),
+        );
+        let mut data = self.data.lock().expect("run data lock poisoned");
+        data.answer = Some(solution.answer.clone());
+        data.explanation = solution.explanation.clone();
+        Ok(solution)
+    }
+
+    async fn after_solve_steps(&self, plan: &PlanData, problem: &str, solution: &Solution) -> Result<(), StepFailure> {
+        let (steps, _, _) = Turn::plan_parts(plan);
+        for (index, step) in steps.iter().enumerate() {
+            match step {
+                Step::Solve => {}
+                Step::Pdf => self.pdf_step(index, problem, solution).await?,
+                Step::Video => {
+                    return Err(StepFailure::new(
+                        ErrorCode::InvalidInput,
+                        "video steps are not available on this server",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pdf_step(&self, step_idx: usize, problem: &str, solution: &Solution) -> Result<(), StepFailure> {
+        let started = Instant::now();
+        let mut sections = vec![("Problem", problem), ("Answer", solution.answer.as_str())];
+        if let Some(explanation) = &solution.explanation {
+            sections.push(("Explanation", explanation.as_str()));
+        }
+        let rendered = crate::pdf::render_solution_pdf("Solution", &sections);
+        let result = match rendered {
+            Ok(bytes) => {
+                let (account_id, run_id) = {
+                    let record = self.record.lock().expect("run record lock poisoned");
+                    (record.account_id.clone(), record.run_id.clone())
+                };
+                let artifact = Artifact {
+                    artifact_id: format!("artifact-{}", uuid::Uuid::now_v7().simple()),
+                    account_id,
+                    run_id,
+                    content_type: "application/pdf".to_owned(),
+                    bytes,
+                    created_at: self.engine.now(),
+                };
+                match self.engine.runs.put_artifact(&artifact).await {
+                    Ok(()) => Ok(artifact.artifact_id),
+                    Err(error) => Err(store_failure(&error)),
+                }
+            }
+            Err(error) => {
+                Err(StepFailure::new(ErrorCode::ToolError, format!("the PDF could not be rendered: {error}")))
+            }
+        };
+        let (status, error_code) = match &result {
+            Ok(_) => ("done", None),
+            Err(failure) => ("error", Some(failure.code.as_str())),
+        };
+        self.channel.emit(
+            EventKind::NodeResult,
+            Some(step_idx),
+            Some("pdf"),
+            json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64, "error_code": error_code}),
+        );
+        let artifact_id = result?;
+        // Charged only once the PDF exists.
+        self.meter_action("pdf", Action::Pdf, None);
+        self.channel.emit(
+            EventKind::Token,
+            Some(step_idx),
+            Some("pdf"),
+            json!({"delta": "", "final": true, "metadata": {"artifact_id": artifact_id, "url": format!("/v1/artifacts/{artifact_id}")}}),
+        );
+        self.data.lock().expect("run data lock poisoned").artifacts.push(artifact_id);
+        Ok(())
+    }
+
+    /// Captures the turn's synchronous cost with `final`; the rest of the hold goes back.
+    async fn settle(&self) -> Result<(), StepFailure> {
+        self.committed.store(true, Ordering::SeqCst);
+        let hold = self.hold.lock().expect("hold lock poisoned").clone().expect("the settler runs after the hold");
+        let (actual, log) = {
+            let data = self.data.lock().expect("run data lock poisoned");
+            (synchronous_cost(&data.log), data.log.clone())
+        };
+        let captured = match self.credits.capture(&self.key("settle"), &hold.hold_id, actual, true).await {
+            Ok(Ok(hold)) => hold,
+            Ok(Err(rejection)) => {
+                // The budget guard makes this impossible; if it happens the turn fails and the
+                // hold is released rather than charging beyond it.
+                tracing::error!(hold_id = %hold.hold_id, %rejection, "settle capture refused");
+                return Err(StepFailure::new(
+                    ErrorCode::InternalError,
+                    format!("the settlement was refused: {rejection}"),
+                ));
+            }
+            Err(error) => return Err(store_failure(&error)),
+        };
+        let refunded = captured.amount.minus(captured.captured);
+        {
+            let mut data = self.data.lock().expect("run data lock poisoned");
+            data.actual = Some(actual.to_string());
+            data.captured = Some(captured.captured.to_string());
+            data.refunded = Some(refunded.to_string());
+            data.hold_resolved = true;
+        }
+        *self.hold.lock().expect("hold lock poisoned") = Some(captured.clone());
+        self.channel.emit(
+            EventKind::CreditSettled,
+            None,
+            Some("settler"),
+            json!({
+                "hold_id": captured.hold_id.as_str(),
+                "actual": actual.to_string(),
+                "reserved": captured.amount.to_string(),
+                "captured": captured.captured.to_string(),
+                "refunded": refunded.to_string(),
+                "log": log_json(&log),
+            }),
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn finish_success(&self) {
+        if let Err(error) = self.persist(RunState::Succeeded).await {
+            tracing::error!(run_id = %self.run_id(), %error, "could not record the run's success");
+        }
+        self.channel.emit(EventKind::Done, None, None, json!({"final": true}));
+        self.channel.close();
+    }
+
+    /// Ends a failed turn: the hold is released (nothing is charged for a failed turn), the run
+    /// is recorded, and exactly one `error` event goes out.
+    pub(crate) async fn finish_failure(&self, failure: StepFailure) {
+        let hold = self.hold.lock().expect("hold lock poisoned").clone();
+        let resolved = self.data.lock().expect("run data lock poisoned").hold_resolved;
+        if let (Some(hold), false) = (hold, resolved) {
+            match self.credits.release(&self.key("release"), &hold.hold_id).await {
+                Ok(_) => self.data.lock().expect("run data lock poisoned").hold_resolved = true,
+                Err(error) => {
+                    // Left for the next turn of the thread, the recovery sweep, and the TTL.
+                    tracing::error!(hold_id = %hold.hold_id, %error, "could not release the hold of a failed run");
+                }
+            }
+        }
+        let state = if failure.code == ErrorCode::Canceled { RunState::Canceled } else { RunState::Failed };
+        self.data.lock().expect("run data lock poisoned").error =
+            Some(ErrorData { code: failure.code.as_str().to_owned(), message: failure.message.clone() });
+        if let Err(error) = self.persist(state).await {
+            tracing::error!(run_id = %self.run_id(), %error, "could not record the run's failure");
+        }
+        emit_error(&self.channel, failure.code, &failure.message, failure.extra);
+        self.channel.close();
+    }
+}

@@ -1,0 +1,345 @@
+//! Metered runs: estimate, solve (an SSE stream), run state, replay, cancel, artifacts, threads.
+//!
+//! The run itself is a background task of the engine; these handlers only start it, follow its
+//! event buffer, or read what it recorded.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use engine::catalog::Difficulty;
+use engine::estimate::{self, ExplanationMode, Step};
+use engine::events::Frame;
+use engine::provider::Tier;
+use engine::run::{Engine, SolveRequest, StartError};
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+use store::RunRecord;
+
+use crate::dto::{
+    EstimateLine, EstimateRequest, EstimateResponse, Problem, RunResponse, SolveRequestDto, ThreadResponse,
+};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, JsonBody, RequireService};
+use crate::routes::json;
+use crate::state::AppState;
+use crate::wire;
+
+/// SSE keep-alive comment interval.
+const KEEP_ALIVE_SECONDS: u64 = 15;
+/// Turns listed by `GET /v1/threads/{id}`.
+const THREAD_TURNS_MAX: u32 = 200;
+
+fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
+    state.engine.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "runs_unavailable",
+            "metered runs are not configured on this server",
+        )
+    })
+}
+
+fn start_error(error: StartError) -> ApiError {
+    match error {
+        StartError::InvalidInput(detail) => ApiError::invalid_request(detail),
+        StartError::ThreadOfAnotherAccount => {
+            ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", "no such thread for this account")
+        }
+        StartError::ThreadBusy { run_id } => {
+            ApiError::new(StatusCode::CONFLICT, "thread_busy", "the thread has a run in progress")
+                .with("run_id", run_id)
+        }
+        StartError::Busy => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runs_busy", "too many runs in progress; retry shortly")
+        }
+        StartError::ShuttingDown => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
+        }
+        StartError::NotConfigured => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "solve_unavailable",
+            "no LLM provider is configured (CREDITGRAPH_LLM_BASE_URL)",
+        ),
+        StartError::Store(error) => error.into(),
+    }
+}
+
+/// What a plan would hold at the current catalog.
+#[utoipa::path(
+    post, path = "/v1/estimate", tag = "runs",
+    request_body = EstimateRequest,
+    responses(
+        (status = 200, body = EstimateResponse),
+        (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn estimate(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    body: JsonBody<EstimateRequest>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?;
+    let catalog = engine.catalog();
+    let request = &body.value;
+    if request.steps.len() > 8 {
+        return Err(ApiError::invalid_request("steps: at most 8"));
+    }
+    let mut steps = Vec::new();
+    for raw in &request.steps {
+        let step = Step::parse(raw).ok_or_else(|| ApiError::invalid_request(format!("steps: unknown step `{raw}`")))?;
+        if !steps.contains(&step) {
+            steps.push(step);
+        }
+    }
+    steps.retain(|step| *step != Step::Solve);
+    steps.insert(0, Step::Solve);
+    let tier = match (&request.model, &request.difficulty) {
+        (Some(model), None) => {
+            Tier::parse(model).ok_or_else(|| ApiError::invalid_request("model: flash, sonnet or opus"))?
+        }
+        (None, Some(difficulty)) => catalog.tier_for(
+            Difficulty::parse(difficulty)
+                .ok_or_else(|| ApiError::invalid_request("difficulty: easy, medium or hard"))?,
+        ),
+        _ => return Err(ApiError::invalid_request("give exactly one of model and difficulty")),
+    };
+    let mode = ExplanationMode::parse(&request.explanation_mode)
+        .ok_or_else(|| ApiError::invalid_request("explanation_mode: full or brief"))?;
+    let estimate = estimate::estimate_turn(&catalog, &estimate::routing_lines(&catalog), &steps, tier, mode);
+    let response = EstimateResponse {
+        total: estimate.total.to_string(),
+        breakdown: estimate
+            .breakdown
+            .iter()
+            .map(|line| EstimateLine {
+                label: line.label.clone(),
+                amount: line.amount.to_string(),
+                detail: line.detail.clone(),
+            })
+            .collect(),
+        catalog_version: estimate.catalog_version,
+    };
+    Ok(json(StatusCode::OK, response))
+}
+
+fn frame_event(frame: Frame) -> Result<Event, Infallible> {
+    Ok(Event::default().event(frame.kind.as_str()).id(frame.id).data(frame.data))
+}
+
+fn stream_response(
+    stream: impl Stream<Item = Frame> + Send + 'static,
+    stopping: tokio_util::sync::CancellationToken,
+) -> Response {
+    // An open stream must never block shutdown: it ends when the engine starts stopping.
+    let stream = stream.take_until(stopping.cancelled_owned()).map(frame_event);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECONDS))).into_response()
+}
+
+/// Start a turn and stream its events (`text/event-stream`). The run goes on if the client
+/// disconnects; `GET /v1/runs/{run_id}/events` resumes.
+#[utoipa::path(
+    post, path = "/v1/solve", tag = "runs",
+    request_body = SolveRequestDto,
+    responses(
+        (status = 200, description = "text/event-stream of run events", content_type = "text/event-stream"),
+        (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "thread_busy", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "runs_busy, runs_unavailable, shutting_down", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn solve(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    body: JsonBody<SolveRequestDto>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?.clone();
+    let request = &body.value;
+    let account_id = wire::parse_account_id(&request.account_id)?;
+    let started = engine
+        .start_solve(SolveRequest {
+            account_id,
+            problem: request.problem.clone(),
+            thread_id: request.thread_id.clone(),
+            action: request.action.clone(),
+            retry_source_job_id: request.retry_source_job_id.clone(),
+        })
+        .await
+        .map_err(start_error)?;
+    let mut response = stream_response(started.channel.follow(None), engine.stopping());
+    if let Ok(value) = started.run_id.parse() {
+        response.headers_mut().insert("x-run-id", value);
+    }
+    if let Ok(value) = started.thread_id.parse() {
+        response.headers_mut().insert("x-thread-id", value);
+    }
+    Ok(response)
+}
+
+fn run_response(record: &RunRecord) -> RunResponse {
+    RunResponse {
+        run_id: record.run_id.clone(),
+        thread_id: record.thread_id.clone(),
+        account_id: record.account_id.to_string(),
+        turn_index: record.turn_index,
+        state: record.state.as_str().to_owned(),
+        hold_id: record.hold_id.as_ref().map(ToString::to_string),
+        created_at: wire::format_time(record.created_at),
+        updated_at: wire::format_time(record.updated_at),
+        details: serde_json::from_str(&record.data).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+async fn load_run(state: &AppState, run_id: &str) -> Result<RunRecord, ApiError> {
+    let engine = engine(state)?;
+    engine
+        .run_store()
+        .run(run_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "run_not_found", "no such run"))
+}
+
+/// A run's state, hold and costs.
+#[utoipa::path(
+    get, path = "/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path)),
+    responses((status = 200, body = RunResponse), (status = 404, description = "run_not_found", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn get_run(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(run_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let record = load_run(&state, &run_id).await?;
+    Ok(json(StatusCode::OK, run_response(&record)))
+}
+
+/// Parses `Last-Event-ID: <thread_id>:<seq>` into the seq to resume after.
+fn last_event_seq(headers: &HeaderMap, thread_id: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::invalid_request("Last-Event-ID must be text"))?;
+    let (thread, seq) =
+        text.rsplit_once(':').ok_or_else(|| ApiError::invalid_request("Last-Event-ID is <thread_id>:<seq>"))?;
+    if thread != thread_id {
+        return Err(ApiError::invalid_request("Last-Event-ID names another thread"));
+    }
+    seq.parse().map(Some).map_err(|_| ApiError::invalid_request("Last-Event-ID seq must be a number"))
+}
+
+/// Resume a run's stream after `Last-Event-ID` (or from the start).
+#[utoipa::path(
+    get, path = "/v1/runs/{run_id}/events", tag = "runs",
+    params(("run_id" = String, Path), ("Last-Event-ID" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "text/event-stream of run events", content_type = "text/event-stream"),
+        (status = 404, description = "run_not_found, run_events_gone", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn run_events(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(run_id): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?.clone();
+    let Some(channel) = engine.channel(&run_id) else {
+        let _ = load_run(&state, &run_id).await?;
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "run_events_gone",
+            "this run's events are no longer kept here; read GET /v1/runs/{run_id}",
+        ));
+    };
+    let after = last_event_seq(&headers, channel.thread_id())?;
+    Ok(stream_response(channel.follow(after), engine.stopping()))
+}
+
+/// Cancel a run: it releases its hold and ends with `error {code: canceled}`.
+#[utoipa::path(
+    post, path = "/v1/runs/{run_id}/cancel", tag = "runs",
+    params(("run_id" = String, Path)),
+    responses(
+        (status = 202, description = "cancel requested", body = RunResponse),
+        (status = 200, description = "the run had already ended", body = RunResponse),
+        (status = 404, description = "run_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "run_not_local", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(run_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?.clone();
+    let record = load_run(&state, &run_id).await?;
+    if record.state.is_terminal() {
+        return Ok(json(StatusCode::OK, run_response(&record)));
+    }
+    if !engine.cancel(&run_id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_not_local",
+            "the run is executing on another server instance",
+        )
+        .with("instance_id", record.instance_id));
+    }
+    Ok(json(StatusCode::ACCEPTED, run_response(&record)))
+}
+
+/// A stored artifact (a solution PDF).
+#[utoipa::path(
+    get, path = "/v1/artifacts/{artifact_id}", tag = "runs",
+    params(("artifact_id" = String, Path)),
+    responses((status = 200, description = "the artifact's bytes"), (status = 404, description = "artifact_not_found", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn get_artifact(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(artifact_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?;
+    let artifact = engine
+        .run_store()
+        .artifact(&artifact_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "artifact_not_found", "no such artifact"))?;
+    Ok(([(header::CONTENT_TYPE, artifact.content_type)], Body::from(artifact.bytes)).into_response())
+}
+
+/// A thread's turns, oldest first.
+#[utoipa::path(
+    get, path = "/v1/threads/{thread_id}", tag = "runs",
+    params(("thread_id" = String, Path)),
+    responses((status = 200, body = ThreadResponse), (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn get_thread(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(thread_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?;
+    let runs = engine.run_store();
+    let account_id = runs
+        .thread_account(&thread_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", "no such thread"))?;
+    let turns = runs.thread_runs(&thread_id, None, THREAD_TURNS_MAX).await?;
+    let response = ThreadResponse {
+        thread_id,
+        account_id: account_id.to_string(),
+        turns: turns.iter().map(run_response).collect(),
+    };
+    Ok(json(StatusCode::OK, response))
+}
