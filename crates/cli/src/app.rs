@@ -33,6 +33,16 @@ impl Application {
     /// Checks the auth policy, binds the listener, opens the store. Refuses to listen on a
     /// non-loopback address without tokens: an open ledger on a network is never a default.
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        Application::build_with(settings, clock, None).await
+    }
+
+    /// [`Application::build`] with another `code_execute` sandbox (a remote one, or a test's
+    /// fault injector) instead of the local Python one.
+    pub async fn build_with(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        executor: Option<Arc<dyn engine::sandbox::CodeExecutor>>,
+    ) -> anyhow::Result<Application> {
         let addresses = resolve_listen(&settings.listen).await?;
         let loopback = addresses.iter().all(|address| address.ip().is_loopback());
         if settings.api.tokens.is_empty() {
@@ -49,7 +59,7 @@ impl Application {
             TcpListener::bind(&addresses[..]).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr().context("cannot read the bound address")?;
         let store = OpenStore::open(&settings.database, Arc::clone(&clock)).await?;
-        let engine = build_engine(&settings, &store, Arc::clone(&clock))?;
+        let engine = build_engine(&settings, &store, Arc::clone(&clock), executor)?;
         let router = server::router_with_engine(store.ledger(), clock, settings.api, Some(Arc::clone(&engine)));
         tracing::info!(
             address = %local_addr,
@@ -128,7 +138,12 @@ impl Application {
 }
 
 /// The run engine over the open store, with the configured provider and the local sandbox.
-fn build_engine(settings: &Settings, store: &OpenStore, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Engine>> {
+fn build_engine(
+    settings: &Settings,
+    store: &OpenStore,
+    clock: Arc<dyn Clock>,
+    executor: Option<Arc<dyn engine::sandbox::CodeExecutor>>,
+) -> anyhow::Result<Arc<Engine>> {
     let runs = &settings.runs;
     let provider: Arc<dyn engine::provider::Provider> = match &runs.llm {
         Some(config) => Arc::new(
@@ -140,14 +155,16 @@ fn build_engine(settings: &Settings, store: &OpenStore, clock: Arc<dyn Clock>) -
             Arc::new(engine::run::NoProvider)
         }
     };
-    let executor: Arc<dyn engine::sandbox::CodeExecutor> =
-        match LocalPython::detect(engine::sandbox::ExecLimits::default()) {
+    let executor: Arc<dyn engine::sandbox::CodeExecutor> = match executor {
+        Some(executor) => executor,
+        None => match LocalPython::detect(engine::sandbox::ExecLimits::default()) {
             Ok(python) => Arc::new(python),
             Err(error) => {
                 tracing::warn!(%error, "no Python sandbox: code_execute calls will answer a tool error");
                 Arc::new(engine::run::NoExecutor)
             }
-        };
+        },
+    };
     let config = EngineConfig {
         hold_ttl_seconds: runs.hold_ttl_seconds,
         runs_active_max: runs.runs_active_max,

@@ -177,10 +177,15 @@ impl fmt::Display for CatalogError {
 impl std::error::Error for CatalogError {}
 
 impl Catalog {
+    /// The TOML text of the catalog shipped with the binary (a starting point for your own).
+    pub fn builtin_text() -> &'static str {
+        include_str!("../catalog/default.toml")
+    }
+
     /// The catalog shipped with the binary.
     pub fn builtin() -> Catalog {
         // A constant of the build; the `builtin_catalog_is_valid` test proves it parses.
-        Catalog::parse(include_str!("../catalog/default.toml"), "built-in")
+        Catalog::parse(Catalog::builtin_text(), "built-in")
             .unwrap_or_else(|error| panic!("the built-in catalog is broken: {error}"))
     }
 

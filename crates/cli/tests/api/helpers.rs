@@ -117,13 +117,39 @@ pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 async fn spawn_with(settings: Settings, dir: Option<TempDir>) -> TestApp {
+    spawn_full(settings, dir, None).await
+}
+
+/// The app on a fresh SQLite file (or the given database) with a chosen `code_execute` sandbox.
+pub async fn spawn_app_full(
+    postgres: bool,
+    change: impl FnOnce(&mut Settings),
+    executor: Option<Arc<dyn engine::sandbox::CodeExecutor>>,
+) -> TestApp {
+    let (database, dir) = if postgres {
+        (DatabaseUrl::Postgres(store_postgres::testing::fresh_database().await), None)
+    } else {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        (DatabaseUrl::Sqlite(dir.path().join("creditgraph.db")), Some(dir))
+    };
+    let mut settings = test_settings(database);
+    change(&mut settings);
+    spawn_full(settings, dir, executor).await
+}
+
+async fn spawn_full(
+    settings: Settings,
+    dir: Option<TempDir>,
+    executor: Option<Arc<dyn engine::sandbox::CodeExecutor>>,
+) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         cli::telemetry::init();
     }
     // Whole seconds, so RFC 3339 times in assertions are easy to write.
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_800_000_000_000_000)));
-    let application =
-        Application::build(settings, Arc::clone(&clock) as Arc<dyn Clock>).await.expect("the application builds");
+    let application = Application::build_with(settings, Arc::clone(&clock) as Arc<dyn Clock>, executor)
+        .await
+        .expect("the application builds");
     let address = format!("http://{}", application.local_addr());
     let store = application.store();
     let engine = application.engine();

@@ -12,3 +12,5 @@ mod idempotency;
 mod postgres;
 mod processes;
 mod scenarios;
+mod solve;
+mod sse;
