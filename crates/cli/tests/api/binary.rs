@@ -156,3 +156,24 @@ fn serve_stops_cleanly_on_sigterm() {
     }
     assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:#?}");
 }
+
+#[test]
+fn a_broken_catalog_stops_start_up_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let catalog = dir.path().join("catalog.toml");
+    let text = engine::catalog::Catalog::builtin_text().replace("sonnet = 3", "sonnet = -3");
+    std::fs::write(&catalog, text).expect("catalog written");
+    let line =
+        engine::catalog::Catalog::builtin_text().lines().position(|line| line == "sonnet = 3").expect("sonnet line")
+            + 1;
+    let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let output = creditgraph()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &database, "--catalog"])
+        .arg(&catalog)
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{}:{line}: models.sonnet", catalog.display());
+    assert!(stderr.contains(&expected), "expected `{expected}` in {stderr}");
+}

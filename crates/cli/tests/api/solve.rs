@@ -416,3 +416,43 @@ async fn a_run_is_settled_at_the_catalog_version_it_was_held_at() {
     let run = app.get(&format!("/v1/runs/{}", frames[0].data["run_id"].as_str().unwrap())).await;
     assert_eq!(run.assert_status(200)["details"]["catalog_version"], old_version);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_hold_of_an_earlier_turn_is_released_first_even_when_the_turn_is_then_refused() {
+    let (app, fake) = app_with_provider(false).await;
+    app.fund("oli", "30").await;
+    // An earlier turn that died with its hold pending (as after a crash).
+    let stale = app.hold("oli", "12").await;
+    let stale_hold_id = stale.assert_status(201)["hold_id"].as_str().unwrap().to_owned();
+    let now = app.engine.now();
+    let earlier = store::RunRecord {
+        run_id: "run-earlier".to_owned(),
+        account_id: ledger::AccountId::parse("oli").unwrap(),
+        thread_id: "oli-thread".to_owned(),
+        turn_index: 0,
+        state: store::RunState::Running,
+        instance_id: "gone".to_owned(),
+        hold_id: Some(ledger::HoldId::parse(&stale_hold_id).unwrap()),
+        created_at: now,
+        updated_at: now,
+        data: "{}".to_owned(),
+    };
+    let runs = app.engine.run_store();
+    runs.create_run(&earlier).await.unwrap().unwrap();
+    let interrupted = store::RunRecord { state: store::RunState::Interrupted, ..earlier };
+    assert!(runs.update_run(&interrupted).await.unwrap());
+    assert_eq!(app.figures("oli").await.2, "18");
+
+    // A retry turn that fails closed in preflight: still, the stale hold went first, and no
+    // LLM call was made and nothing new was held.
+    let frames = app
+        .solve(json!({"account_id": "oli", "problem": "again", "thread_id": "oli-thread", "action": "video_retry", "retry_source_job_id": "job-1"}))
+        .await
+        .collect()
+        .await;
+    assert_eq!(frames.last().unwrap().payload()["code"], "invalid_input");
+    assert!(!kinds(&frames).contains(&"credit_reserved"));
+    assert_eq!(app.get_hold(&stale_hold_id).await.str("state"), "released");
+    assert_eq!(app.figures("oli").await, ("30".to_owned(), "0".to_owned(), "30".to_owned()));
+    assert!(fake.recorded().is_empty(), "no LLM call before the preflight");
+}
