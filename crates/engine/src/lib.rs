@@ -14,3 +14,5 @@ pub mod provider;
 pub mod run;
 pub mod sandbox;
 pub mod testing;
+pub mod jobs;
+pub mod render;

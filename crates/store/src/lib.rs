@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod codec;
 pub mod conformance;
+pub mod jobs;
 pub mod memory;
 pub mod runs;
 
@@ -21,6 +22,7 @@ use ledger::{
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 pub use runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
 
 /// Longest idempotency key accepted.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::events::{ErrorCode, EventChannel, EventKind, FRAMES_MAX_DEFAULT};
+use crate::jobs::JobService;
 use crate::provider::Provider;
 use crate::sandbox::CodeExecutor;
 use data::RunData;
@@ -119,6 +120,7 @@ pub struct Engine {
     pub(crate) provider: Arc<dyn Provider>,
     pub(crate) executor: Arc<dyn CodeExecutor>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) jobs: Option<Arc<JobService>>,
     catalog: RwLock<Arc<Catalog>>,
     registry: Mutex<Registry>,
     tracker: TaskTracker,
@@ -141,6 +143,21 @@ impl Engine {
         catalog: Arc<Catalog>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Engine> {
+        Engine::with_jobs(config, ledger, runs, provider, executor, catalog, clock, None)
+    }
+
+    /// An engine whose plans may contain video steps, handed to `jobs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_jobs(
+        config: EngineConfig,
+        ledger: Arc<dyn LedgerStore>,
+        runs: Arc<dyn RunStore>,
+        provider: Arc<dyn Provider>,
+        executor: Arc<dyn CodeExecutor>,
+        catalog: Arc<Catalog>,
+        clock: Arc<dyn Clock>,
+        jobs: Option<Arc<JobService>>,
+    ) -> Arc<Engine> {
         Arc::new(Engine {
             config,
             ledger,
@@ -148,11 +165,16 @@ impl Engine {
             provider,
             executor,
             clock,
+            jobs,
             catalog: RwLock::new(catalog),
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
         })
+    }
+
+    pub fn jobs(&self) -> Option<&Arc<JobService>> {
+        self.jobs.as_ref()
     }
 
     pub fn run_store(&self) -> &Arc<dyn RunStore> {
