@@ -276,3 +276,11 @@ pub struct ThreadResponse {
     pub account_id: String,
     pub turns: Vec<RunResponse>,
 }
+
+/// `?account_id=` on job routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerQuery {
+    /// The account that owns the job (or thread).
+    pub account_id: String,
+}

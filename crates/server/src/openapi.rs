@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, health, holds, runs};
+use crate::routes::{accounts, health, holds, jobs, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,9 @@ use crate::routes::{accounts, health, holds, runs};
         runs::cancel_run,
         runs::get_artifact,
         runs::get_thread,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::thread_jobs,
         health::healthz,
         health::readyz,
         health::openapi,

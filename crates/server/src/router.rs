@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::error::panic_response;
-use crate::routes::{accounts, health, holds, method_not_allowed, not_found, runs};
+use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs};
 use crate::state::AppState;
 
 /// The ledger API over one store (no metered runs).
@@ -51,6 +51,9 @@ pub fn router_with_engine(
         .route("/v1/runs/{run_id}/cancel", post(runs::cancel_run))
         .route("/v1/artifacts/{artifact_id}", get(runs::get_artifact))
         .route("/v1/threads/{thread_id}", get(runs::get_thread))
+        .route("/v1/threads/{thread_id}/jobs", get(jobs::thread_jobs))
+        .route("/v1/jobs/{job_id}", get(jobs::get_job))
+        .route("/v1/jobs/{job_id}/cancel", post(jobs::cancel_job))
         .route("/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

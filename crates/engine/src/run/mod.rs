@@ -158,7 +158,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         jobs: Option<Arc<JobService>>,
     ) -> Arc<Engine> {
-        Arc::new(Engine {
+        let engine = Arc::new(Engine {
             config,
             ledger,
             runs,
@@ -170,7 +170,46 @@ impl Engine {
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
-        })
+        });
+        engine.forward_job_updates();
+        engine
+    }
+
+    /// Job updates go to the stream of the run that created the job while that stream is open.
+    fn forward_job_updates(self: &Arc<Self>) {
+        let (Some(jobs), Ok(runtime)) = (self.jobs.as_ref(), tokio::runtime::Handle::try_current()) else { return };
+        let mut updates = jobs.subscribe();
+        let engine = Arc::downgrade(self);
+        let stopping = self.stopping.clone();
+        runtime.spawn(async move {
+            loop {
+                let update = tokio::select! {
+                    () = stopping.cancelled() => return,
+                    update = updates.recv() => update,
+                };
+                match update {
+                    Ok(job) => match engine.upgrade() {
+                        Some(engine) => engine.forward_job(&job),
+                        None => return,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::debug!(skipped, "job updates skipped for slow forwarding");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    fn forward_job(&self, job: &store::JobRecord) {
+        let channel = {
+            let registry = self.registry.lock().expect("registry lock poisoned");
+            registry.running.get(&job.run_id).map(|live| live.channel.clone())
+        };
+        if let Some(channel) = channel {
+            let kind = if job.status.is_terminal() { EventKind::JobFinished } else { EventKind::JobProgress };
+            channel.emit(kind, None, Some("video"), JobService::job_json(job));
+        }
     }
 
     pub fn jobs(&self) -> Option<&Arc<JobService>> {

@@ -24,6 +24,7 @@ use super::{emit_error, Engine};
 use crate::catalog::{Action, Catalog, Difficulty};
 use crate::estimate::{self, ExplanationMode, Line, Step};
 use crate::events::{ErrorCode, EventChannel, EventKind};
+use crate::jobs::{JobError, JobService, NewJob};
 use crate::provider::{ChatRequest, Message, Purpose, Tier};
 
 /// Earlier turns of a thread looked at for a stale hold.
@@ -132,7 +133,9 @@ impl Turn {
     /// The whole turn. Returns when the settler has run, or with the failure that ends the turn.
     pub(crate) async fn execute(self: Arc<Self>) -> Result<(), StepFailure> {
         self.release_stale_holds().await?;
-        self.preflight()?;
+        if self.preflight().await? {
+            return self.retry_turn().await;
+        }
         let (account_id, problem) = {
             let record = self.record.lock().expect("run record lock poisoned");
             (record.account_id.clone(), self.data.lock().expect("run data lock poisoned").problem.clone())
@@ -193,16 +196,28 @@ impl Turn {
         Ok(())
     }
 
-    fn preflight(&self) -> Result<(), StepFailure> {
-        let data = self.data.lock().expect("run data lock poisoned");
-        if data.action.as_deref() == Some("video_retry") {
-            // Fails closed: this instance has no job store to check the retry against.
-            return Err(StepFailure::new(
-                ErrorCode::InvalidInput,
-                "This video cannot be retried: video jobs are not available.",
-            ));
+    /// For a `video_retry` turn, checks the retry before any hold or paid call. Fails closed: no
+    /// job system, a store that cannot answer, or any broken rule rejects the turn.
+    async fn preflight(&self) -> Result<bool, StepFailure> {
+        let (action, source) = {
+            let data = self.data.lock().expect("run data lock poisoned");
+            (data.action.clone(), data.retry_source_job_id.clone())
+        };
+        if action.as_deref() != Some("video_retry") {
+            return Ok(false);
         }
-        Ok(())
+        let refuse = |message: &str| StepFailure::new(ErrorCode::InvalidInput, format!("This video cannot be retried: {message}"));
+        let Some(source) = source else { return Err(refuse("retry_source_job_id is missing")) };
+        let Some(jobs) = self.engine.jobs.clone() else { return Err(refuse("video jobs are not available")) };
+        let (account_id, thread_id) = {
+            let record = self.record.lock().expect("run record lock poisoned");
+            (record.account_id.clone(), record.thread_id.clone())
+        };
+        match jobs.check_retry(&account_id, &thread_id, &source).await {
+            Ok(_) => Ok(true),
+            Err(JobError::RetryAlreadyUsed) => Err(refuse("it was already retried once")),
+            Err(error) => Err(refuse(&error.to_string())),
+        }
     }
 
     async fn call(
@@ -423,21 +438,111 @@ impl Turn {
         Ok(solution)
     }
 
+    /// pdf and video both need the solution and nothing else: they run concurrently.
     async fn after_solve_steps(&self, plan: &PlanData, problem: &str, solution: &Solution) -> Result<(), StepFailure> {
         let (steps, _, _) = Turn::plan_parts(plan);
-        for (index, step) in steps.iter().enumerate() {
-            match step {
-                Step::Solve => {}
-                Step::Pdf => self.pdf_step(index, problem, solution).await?,
-                Step::Video => {
-                    return Err(StepFailure::new(
-                        ErrorCode::InvalidInput,
-                        "video steps are not available on this server",
-                    ))
-                }
+        let pdf = steps.iter().position(|step| *step == Step::Pdf);
+        let video = steps.iter().position(|step| *step == Step::Video);
+        let pdf_step = async {
+            match pdf {
+                Some(index) => self.pdf_step(index, problem, solution).await,
+                None => Ok(()),
             }
-        }
+        };
+        let video_step = async {
+            match video {
+                Some(index) => self.video_step(index, problem, Some(solution), None).await,
+                None => Ok(()),
+            }
+        };
+        let (pdf_result, video_result) = futures::join!(pdf_step, video_step);
+        pdf_result.and(video_result)
+    }
+
+    /// A `video_retry` turn: no LLM call; the hold is the video price, the job copies its
+    /// source's input, the settler captures nothing more.
+    async fn retry_turn(&self) -> Result<(), StepFailure> {
+        let price = self.catalog.action(Action::Video);
+        let source = self.data.lock().expect("run data lock poisoned").retry_source_job_id.clone();
+        let lines = [Line { label: "video".to_owned(), amount: price, detail: Some("retry".to_owned()) }];
+        self.take_hold(price, &lines).await?;
+        let problem = self.data.lock().expect("run data lock poisoned").problem.clone();
+        self.video_step(0, &problem, None, source).await?;
+        self.settle().await
+    }
+
+    /// Creates the video job; its price is captured from this turn's hold in the same
+    /// transaction, so the settler leaves it out.
+    async fn video_step(
+        &self,
+        step_idx: usize,
+        problem: &str,
+        solution: Option<&Solution>,
+        retry_source_job_id: Option<String>,
+    ) -> Result<(), StepFailure> {
+        let started = Instant::now();
+        let result = self.create_job(problem, solution, retry_source_job_id).await;
+        let (status, error_code) = match &result {
+            Ok(_) => ("done", None),
+            Err(failure) => ("error", Some(failure.code.as_str())),
+        };
+        self.channel.emit(
+            EventKind::NodeResult,
+            Some(step_idx),
+            Some("video"),
+            json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64, "error_code": error_code}),
+        );
+        let job = result?;
+        self.meter_action("video", Action::Video, None);
+        self.channel.emit(
+            EventKind::Token,
+            Some(step_idx),
+            Some("video"),
+            json!({"delta": "", "final": true, "metadata": {
+                "display": "tool",
+                "tool_name": "video_generate",
+                "job_id": job.job_id,
+                "status": job.status.as_str(),
+                "progress_url": format!("/v1/jobs/{}", job.job_id),
+            }}),
+        );
+        self.channel.emit(EventKind::JobProgress, Some(step_idx), Some("video"), JobService::job_json(&job));
+        self.data.lock().expect("run data lock poisoned").jobs.push(job.job_id);
         Ok(())
+    }
+
+    async fn create_job(
+        &self,
+        problem: &str,
+        solution: Option<&Solution>,
+        retry_source_job_id: Option<String>,
+    ) -> Result<store::JobRecord, StepFailure> {
+        let Some(jobs) = self.engine.jobs.clone() else {
+            return Err(StepFailure::new(ErrorCode::InvalidInput, "video jobs are not available on this server"));
+        };
+        let hold_id = self.hold.lock().expect("hold lock poisoned").as_ref().map(|hold| hold.hold_id.clone());
+        let hold_id = hold_id.expect("a video step runs after the hold");
+        let (account_id, thread_id, run_id) = {
+            let record = self.record.lock().expect("run record lock poisoned");
+            (record.account_id.clone(), record.thread_id.clone(), record.run_id.clone())
+        };
+        let input = json!({
+            "problem": problem,
+            "answer": solution.map(|solution| solution.answer.clone()),
+            "explanation": solution.and_then(|solution| solution.explanation.clone()),
+        })
+        .to_string();
+        let new = NewJob { account_id, thread_id, run_id, hold_id, price: self.catalog.action(Action::Video), input, retry_source_job_id };
+        jobs.create(new).await.map_err(|error| match error {
+            JobError::RetryAlreadyUsed => StepFailure::new(ErrorCode::InvalidInput, "This video cannot be retried: it was already retried once"),
+            JobError::InvalidRetrySource(message) => {
+                StepFailure::new(ErrorCode::InvalidInput, format!("This video cannot be retried: {message}"))
+            }
+            other => {
+                tracing::error!(error = %other, "video job creation failed");
+                StepFailure::new(ErrorCode::InternalError, "the video job could not be created")
+            }
+        })
     }
 
     async fn pdf_step(&self, step_idx: usize, problem: &str, solution: &Solution) -> Result<(), StepFailure> {

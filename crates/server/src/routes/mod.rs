@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod health;
 pub mod holds;
+pub mod jobs;
 pub mod runs;
 
 use axum::http::StatusCode;

@@ -1,0 +1,111 @@
+//! Video jobs as their owners see them: progress, cancel, a thread's jobs.
+//!
+//! Jobs are addressed by id plus the owning `account_id` (a query parameter): a job of another
+//! account answers 404, exactly like a job that does not exist, so ids leak nothing.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use engine::jobs::{JobError, JobService};
+use store::JobRecord;
+
+use crate::dto::{OwnerQuery, Problem};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery, RequireService};
+use crate::routes::json;
+use crate::state::AppState;
+use crate::wire;
+
+/// Jobs listed by `GET /v1/threads/{thread_id}/jobs`.
+const THREAD_JOBS_MAX: u32 = 100;
+
+fn job_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "job_not_found", "no such job for this account")
+}
+
+fn jobs(state: &AppState) -> Result<std::sync::Arc<JobService>, ApiError> {
+    state.engine.as_ref().and_then(|engine| engine.jobs().cloned()).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "jobs_unavailable", "video jobs are not configured on this server")
+    })
+}
+
+fn job_error(error: JobError) -> ApiError {
+    match error {
+        JobError::NotFound => job_not_found(),
+        JobError::Store(error) => error.into(),
+        JobError::Contention => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the job is busy; retry"),
+        other => {
+            tracing::error!(error = %other, "job operation failed");
+            ApiError::internal()
+        }
+    }
+}
+
+fn owned(job: Option<JobRecord>, account_id: &ledger::AccountId) -> Result<JobRecord, ApiError> {
+    job.filter(|job| &job.account_id == account_id).ok_or_else(job_not_found)
+}
+
+/// A job's status, stage and progress (a stuck job is ended, and refunded, on read).
+#[utoipa::path(
+    get, path = "/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path), OwnerQuery),
+    responses((status = 200, description = "the job", body = Object), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn get_job(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(job_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OwnerQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&query.account_id)?;
+    let jobs = jobs(&state)?;
+    let job = owned(jobs.get(&job_id).await.map_err(job_error)?, &account_id)?;
+    Ok(json(StatusCode::OK, JobService::job_json(&job)))
+}
+
+/// Cancel a job: a queued job is canceled and refunded at once; a running one is canceled (and
+/// refunded) by its worker at its next check; an ended job is returned unchanged.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs",
+    params(("job_id" = String, Path), OwnerQuery),
+    responses((status = 200, description = "the job after the request", body = Object), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(job_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OwnerQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&query.account_id)?;
+    let jobs = jobs(&state)?;
+    owned(jobs.get(&job_id).await.map_err(job_error)?, &account_id)?;
+    let job = jobs.cancel(&job_id).await.map_err(job_error)?;
+    Ok(json(StatusCode::OK, JobService::job_json(&job)))
+}
+
+/// A thread's jobs, oldest first.
+#[utoipa::path(
+    get, path = "/v1/threads/{thread_id}/jobs", tag = "jobs",
+    params(("thread_id" = String, Path), OwnerQuery),
+    responses((status = 200, description = "{jobs: [...]}", body = Object), (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn thread_jobs(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(thread_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OwnerQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&query.account_id)?;
+    let jobs = jobs(&state)?;
+    let engine = state.engine.as_ref().expect("jobs imply an engine");
+    let owner = engine.run_store().thread_account(&thread_id).await?;
+    if owner.as_ref() != Some(&account_id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", "no such thread for this account"));
+    }
+    let list = jobs.thread_jobs(&thread_id, THREAD_JOBS_MAX).await.map_err(job_error)?;
+    let body: Vec<serde_json::Value> = list.iter().map(JobService::job_json).collect();
+    Ok(json(StatusCode::OK, serde_json::json!({"thread_id": thread_id, "jobs": body})))
+}
