@@ -259,6 +259,38 @@ mod tests {
         );
     }
 
+    /// Every code a job or a run can end with goes over the stream and reads back as a member of
+    /// its closed set (the original crashed a live stream on a code its schema did not allow).
+    #[tokio::test]
+    async fn every_error_code_travels_over_the_stream() {
+        let channel = EventChannel::new("t", "r", 64);
+        let reader = tokio::spawn(channel.follow(None).collect::<Vec<_>>());
+        for code in crate::jobs::JobErrorCode::ALL {
+            channel.emit(EventKind::JobFinished, None, Some("video"), json!({"status": "failed", "error_code": code.as_str()}));
+        }
+        for code in ErrorCode::ALL {
+            channel.emit(EventKind::Error, None, None, json!({"code": code.as_str(), "message": "m", "recoverable": false}));
+        }
+        channel.close();
+        let frames = reader.await.unwrap();
+        assert_eq!(frames.len(), crate::jobs::JobErrorCode::ALL.len() + ErrorCode::ALL.len());
+        for frame in frames {
+            let envelope: Value = serde_json::from_str(&frame.data).unwrap();
+            let payload = &envelope["payload"];
+            match frame.kind {
+                EventKind::JobFinished => {
+                    let code = payload["error_code"].as_str().unwrap();
+                    assert_eq!(crate::jobs::JobErrorCode::parse(code).map(|code| code.as_str()), Some(code));
+                }
+                EventKind::Error => {
+                    let code = payload["code"].as_str().unwrap();
+                    assert!(ErrorCode::ALL.iter().any(|known| known.as_str() == code), "{code}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_full_buffer_drops_ordinary_frames_but_never_critical_ones() {
         let channel = EventChannel::new("t", "r", 8);
