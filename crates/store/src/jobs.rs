@@ -157,3 +157,22 @@ pub trait JobStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
 }
+
+/// Most jobs one list ([`JobStore::thread_jobs`], [`JobStore::stuck_jobs`]) returns, whatever
+/// `limit` asks: a list is read whole into memory.
+pub const JOBS_LIST_MAX: u32 = 1_000;
+
+/// `job` as [`JobStore::claim_job`] leaves it, version not yet incremented: every backend builds
+/// the claimed record with this one function, so they cannot disagree on what a claim changes.
+pub fn claimed(job: &JobRecord, worker_id: &str, now: Timestamp, lease_until: Timestamp) -> JobRecord {
+    JobRecord {
+        status: JobStatus::Running,
+        lease_holder: Some(worker_id.to_owned()),
+        lease_expires_at: Some(lease_until),
+        heartbeat_at: Some(now),
+        attempts: job.attempts.saturating_add(1),
+        started_at: job.started_at.or(Some(now)),
+        updated_at: now,
+        ..job.clone()
+    }
+}

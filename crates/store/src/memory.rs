@@ -1,17 +1,21 @@
-//! An in-process [`LedgerStore`] and [`RunStore`]: one mutex around plain maps.
+//! An in-process [`LedgerStore`], [`RunStore`] and [`JobStore`]: one mutex around plain maps.
 //!
 //! It serves tests that need a store but not a database, and it is the simplest correct shape of
 //! what the SQL adapters do: lock the account, load its state, [`ledger::execute`], write back;
-//! for runs, check the thread's owner and its running run, then insert, all under the one lock.
+//! for runs, check the thread's owner and its running run, then insert; for jobs, check the
+//! version (and the one retry per source), let the ledger decide, and write both or neither, all
+//! under the one lock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ledger::{
-    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Reference, StoredAccount, Target,
+    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Outcome, Reference, Rejection,
+    StoredAccount, Target, Timestamp,
 };
 
+use crate::jobs::{self, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten, JOBS_LIST_MAX};
 use crate::runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
 use crate::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
@@ -29,6 +33,17 @@ struct Inner {
     threads: HashMap<String, Thread>,
     runs: HashMap<String, RunRecord>,
     artifacts: HashMap<String, Artifact>,
+    jobs: HashMap<String, JobRecord>,
+    /// retry_source_job_id → the id of its retry: the unique index of the SQL stores.
+    retries: HashMap<String, String>,
+}
+
+/// What the ledger decided for one request, before anything is written.
+enum Decided {
+    Replayed(Result<Outcome, Rejection>),
+    Conflict,
+    /// Boxed: an application is large and short-lived.
+    Fresh(Result<Box<ledger::Applied>, Rejection>),
 }
 
 struct Thread {
@@ -93,6 +108,42 @@ impl Inner {
         Ok(Some(state))
     }
 
+    /// Idempotency first, then load and decide; writes nothing, so a caller may still drop the
+    /// decision (a job write whose ledger request was rejected).
+    fn decide(&self, request: &Request, now: Timestamp) -> Result<Decided, StoreError> {
+        if let Some(idempotency) = &request.idempotency {
+            if let Some((fingerprint, encoded, _)) = self.idempotency.get(&idempotency.key) {
+                if fingerprint != &idempotency.fingerprint {
+                    return Ok(Decided::Conflict);
+                }
+                return Ok(Decided::Replayed(codec::decode_result(encoded)?));
+            }
+        }
+        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
+        let decision = self.load(&request.command).and_then(|state| ledger::execute(state, &request.command, now, key));
+        Ok(Decided::Fresh(decision.map(Box::new)))
+    }
+
+    /// Writes a decision: the ledger's changes and, with a key, the result for replay.
+    fn apply(&mut self, request: &Request, decided: Decided, now: Timestamp) -> Executed {
+        match decided {
+            Decided::Conflict => Executed::Conflict,
+            Decided::Replayed(result) => Executed::Replayed(result),
+            Decided::Fresh(decision) => {
+                let result = decision.map(|applied| {
+                    let outcome = applied.outcome.clone();
+                    self.store(*applied);
+                    outcome
+                });
+                if let Some(idempotency) = &request.idempotency {
+                    let record = (idempotency.fingerprint.clone(), codec::encode_result(&result), now.micros());
+                    self.idempotency.insert(idempotency.key.clone(), record);
+                }
+                Executed::Fresh(result)
+            }
+        }
+    }
+
     fn store(&mut self, applied: ledger::Applied) {
         let ledger::Applied { mut state, changes, .. } = applied;
         for grant_id in &changes.grants {
@@ -119,45 +170,24 @@ impl Inner {
 impl LedgerStore for MemoryStore {
     async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
         let now = self.clock.now();
-        let mut inner = self.inner.lock().expect("memory store lock poisoned");
-        if let Some(idempotency) = &request.idempotency {
-            if let Some((fingerprint, encoded, _)) = inner.idempotency.get(&idempotency.key) {
-                if fingerprint != &idempotency.fingerprint {
-                    return Ok(Executed::Conflict);
-                }
-                return Ok(Executed::Replayed(codec::decode_result(encoded)?));
-            }
-        }
-        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-        let result = inner.load(&request.command).and_then(|state| ledger::execute(state, &request.command, now, key));
-        let result = match result {
-            Ok(applied) => {
-                let outcome = applied.outcome.clone();
-                inner.store(applied);
-                Ok(outcome)
-            }
-            Err(rejection) => Err(rejection),
-        };
-        if let Some(idempotency) = request.idempotency {
-            let record = (idempotency.fingerprint, codec::encode_result(&result), now.micros());
-            inner.idempotency.insert(idempotency.key, record);
-        }
-        Ok(Executed::Fresh(result))
+        let mut inner = self.lock();
+        let decided = inner.decide(&request, now)?;
+        Ok(inner.apply(&request, decided, now))
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
-        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let inner = self.lock();
         Ok(inner.accounts.get(account_id).map(|state| AccountView::at(state, self.clock.now())))
     }
 
     async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
-        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let inner = self.lock();
         Ok(inner.holds.get(hold_id).map(|hold| ledger::view_hold(hold, self.clock.now())))
     }
 
     async fn pending_holds(&self, account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
         let now = self.clock.now();
-        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let inner = self.lock();
         let mut holds: Vec<Hold> = inner
             .accounts
             .get(account_id)
@@ -168,7 +198,7 @@ impl LedgerStore for MemoryStore {
     }
 
     async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError> {
-        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let inner = self.lock();
         Ok(inner
             .journal
             .iter()
@@ -180,7 +210,7 @@ impl LedgerStore for MemoryStore {
 
     async fn sweep(&self, accounts_max: u32) -> Result<SweepReport, StoreError> {
         let now = self.clock.now();
-        let mut inner = self.inner.lock().expect("memory store lock poisoned");
+        let mut inner = self.lock();
         let due: Vec<AccountId> = inner
             .accounts
             .values()
@@ -208,7 +238,7 @@ impl LedgerStore for MemoryStore {
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let inner = self.inner.lock().expect("memory store lock poisoned");
+        let inner = self.lock();
         let mut report = VerifyReport::default();
         let mut journals: HashMap<&AccountId, Vec<Entry>> = HashMap::new();
         for entry in &inner.journal {
@@ -337,5 +367,140 @@ impl RunStore for MemoryStore {
 
     async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
         Ok(self.lock().artifacts.get(artifact_id).cloned())
+    }
+}
+
+/// Whether [`JobStore::claim_job`] may take `job` at `now` (the SQL adapters' claim query).
+fn claimable(job: &JobRecord, now: Timestamp, attempts_max: u32) -> bool {
+    job.attempts < attempts_max
+        && match job.status {
+            JobStatus::Queued => job.run_after <= now,
+            JobStatus::Running => job.lease_expires_at.is_some_and(|expiry| expiry <= now),
+            _ => false,
+        }
+}
+
+/// Whether [`JobStore::stuck_jobs`] lists `job` (the SQL adapters' stuck query). A running job
+/// without a heartbeat counts from its last update.
+fn stuck(
+    job: &JobRecord,
+    heartbeat_before: Timestamp,
+    queued_before: Timestamp,
+    now: Timestamp,
+    attempts_max: u32,
+) -> bool {
+    match job.status {
+        JobStatus::Running => {
+            job.heartbeat_at.unwrap_or(job.updated_at) < heartbeat_before
+                || (job.lease_expires_at.is_some_and(|expiry| expiry <= now) && job.attempts >= attempts_max)
+        }
+        JobStatus::Queued => job.created_at < queued_before,
+        _ => false,
+    }
+}
+
+fn oldest_first(a: &&JobRecord, b: &&JobRecord) -> std::cmp::Ordering {
+    (a.created_at, &a.job_id).cmp(&(b.created_at, &b.job_id))
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn write_job(&self, write: JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let JobWrite { job, expected_version, ledger } = write;
+        let current = inner.jobs.get(&job.job_id).map(|stored| stored.version);
+        let version = match expected_version {
+            None if current.is_some() => return Ok(Err(JobWriteRefusal::DuplicateJobId)),
+            None => 1,
+            Some(expected) if current != Some(expected) => {
+                return Ok(Err(JobWriteRefusal::VersionMismatch { current }));
+            }
+            // The SQL adapters keep versions in a BIGINT column.
+            Some(expected) => expected
+                .checked_add(1)
+                .filter(|version| i64::try_from(*version).is_ok())
+                .ok_or_else(|| StoreError::Corrupt { detail: format!("job {} version overflows", job.job_id) })?,
+        };
+        if let Some(source) = &job.retry_source_job_id {
+            if inner.retries.get(source).is_some_and(|retry| *retry != job.job_id) {
+                return Ok(Err(JobWriteRefusal::RetryAlreadyUsed));
+            }
+        }
+        let outcome = match &ledger {
+            None => None,
+            Some(request) => match inner.decide(request, now)? {
+                Decided::Conflict => return Ok(Err(JobWriteRefusal::Ledger(None))),
+                Decided::Replayed(Err(rejection)) | Decided::Fresh(Err(rejection)) => {
+                    return Ok(Err(JobWriteRefusal::Ledger(Some(rejection))));
+                }
+                decided => match inner.apply(request, decided, now) {
+                    Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) => Some(outcome),
+                    other => {
+                        return Err(StoreError::Corrupt {
+                            detail: format!("an accepted request applied as {other:?}"),
+                        });
+                    }
+                },
+            },
+        };
+        let stored = JobRecord { version, ..job };
+        if let Some(previous) = inner.jobs.get(&stored.job_id).and_then(|old| old.retry_source_job_id.clone()) {
+            inner.retries.remove(&previous);
+        }
+        if let Some(source) = &stored.retry_source_job_id {
+            inner.retries.insert(source.clone(), stored.job_id.clone());
+        }
+        inner.jobs.insert(stored.job_id.clone(), stored.clone());
+        Ok(Ok(JobWritten { job: stored, ledger: outcome }))
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.lock().jobs.get(job_id).cloned())
+    }
+
+    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let inner = self.lock();
+        let mut jobs: Vec<&JobRecord> = inner.jobs.values().filter(|job| job.thread_id == thread_id).collect();
+        jobs.sort_by(oldest_first);
+        Ok(jobs.into_iter().take(limit.min(JOBS_LIST_MAX) as usize).cloned().collect())
+    }
+
+    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.retries.get(source_job_id).and_then(|retry| inner.jobs.get(retry)).cloned())
+    }
+
+    async fn claim_job(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        attempts_max: u32,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let mut inner = self.lock();
+        let Some(oldest) = inner.jobs.values().filter(|job| claimable(job, now, attempts_max)).min_by(oldest_first)
+        else {
+            return Ok(None);
+        };
+        let version = oldest.version.saturating_add(1);
+        let claimed = JobRecord { version, ..jobs::claimed(oldest, worker_id, now, lease_until) };
+        inner.jobs.insert(claimed.job_id.clone(), claimed.clone());
+        Ok(Some(claimed))
+    }
+
+    async fn stuck_jobs(
+        &self,
+        heartbeat_before: Timestamp,
+        queued_before: Timestamp,
+        now: Timestamp,
+        attempts_max: u32,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let inner = self.lock();
+        let mut jobs: Vec<&JobRecord> =
+            inner.jobs.values().filter(|job| stuck(job, heartbeat_before, queued_before, now, attempts_max)).collect();
+        jobs.sort_by(oldest_first);
+        Ok(jobs.into_iter().take(limit.min(JOBS_LIST_MAX) as usize).cloned().collect())
     }
 }

@@ -1,15 +1,17 @@
-//! The conformance suite every backend runs: the [`LedgerStore`] checks and the
-//! [`crate::RunStore`] checks ([`runs`]).
+//! The conformance suite every backend runs: the [`LedgerStore`] checks, the
+//! [`crate::RunStore`] checks ([`runs`]) and the [`crate::JobStore`] checks ([`jobs`]).
 //!
 //! Each check is a plain `async fn` taking a fresh store and the [`ManualClock`] it reads. A
 //! backend's test file defines `async fn new_store(clock: Arc<ManualClock>) -> Arc<S>`, where `S`
-//! is its concrete store type implementing both traits (a fresh, empty, migrated store per
+//! is its concrete store type implementing the three traits (a fresh, empty, migrated store per
 //! call), and invokes [`crate::conformance_tests!`] once; the macro lists every check, so a new
 //! check runs on every backend without touching them. The factory returns the concrete type so
-//! the macro can hand the same store to both harnesses (an `Arc<dyn LedgerStore>` could not be
-//! turned into an `Arc<dyn RunStore>`).
+//! the macro can hand the same store to every harness (an `Arc<dyn LedgerStore>` could not be
+//! turned into an `Arc<dyn RunStore>`); the job checks get it as both a job store and a ledger,
+//! because a job write moves credits.
 
 pub mod differential;
+pub mod jobs;
 pub mod model;
 pub mod runs;
 mod scenarios;
@@ -30,7 +32,7 @@ pub struct Harness {
 }
 
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from `$factory`:
-/// every ledger check, then every run check (named `runs_*`).
+/// every ledger check, then every run check (named `runs_*`), then every job check (`jobs_*`).
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:path) => {
@@ -71,6 +73,22 @@ macro_rules! conformance_tests {
             runs_concurrent_creates_on_distinct_threads
             runs_concurrent_same_run_id
         );
+        $crate::conformance_tests!(@jobs $factory;
+            jobs_insert_then_read_back
+            jobs_version_compare_and_set
+            jobs_write_with_capture_commits_both
+            jobs_rejected_ledger_writes_nothing
+            jobs_terminal_refund_applies_once
+            jobs_retry_used_once
+            jobs_concurrent_retries_one_wins
+            jobs_duplicate_job_id
+            jobs_concurrent_claims_each_job_once
+            jobs_claim_order_and_run_after
+            jobs_expired_lease_is_reclaimed
+            jobs_attempts_max_respected
+            jobs_stuck_jobs
+            jobs_thread_jobs_order_and_limit
+        );
     };
     (@tests $factory:path; $($name:ident)*) => {
         $(
@@ -89,6 +107,17 @@ macro_rules! conformance_tests {
                 let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
                 let store = $factory(clock.clone()).await;
                 $crate::conformance::runs::$name($crate::conformance::runs::RunHarness { store, clock }).await;
+            }
+        )*
+    };
+    (@jobs $factory:path; $($name:ident)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
+                let store = $factory(clock.clone()).await;
+                let harness = $crate::conformance::jobs::JobHarness::new(store.clone(), store, clock);
+                $crate::conformance::jobs::$name(harness).await;
             }
         )*
     };
