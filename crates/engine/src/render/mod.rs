@@ -4,6 +4,10 @@
 //! renderer makes a small real artifact (an SVG storyboard of the solution), and a deployment
 //! plugs in a real video renderer as a command or an HTTP call.
 
+pub mod builtin;
+pub mod command;
+pub mod http;
+
 use async_trait::async_trait;
 
 use crate::jobs::JobErrorCode;
