@@ -381,7 +381,7 @@ fn claimable(job: &JobRecord, now: Timestamp, attempts_max: u32) -> bool {
 }
 
 /// Whether [`JobStore::stuck_jobs`] lists `job` (the SQL adapters' stuck query). A running job
-/// without a heartbeat counts from its last update.
+/// without a heartbeat counts from its last update; one without a lease has no live lease.
 fn stuck(
     job: &JobRecord,
     heartbeat_before: Timestamp,
@@ -392,7 +392,7 @@ fn stuck(
     match job.status {
         JobStatus::Running => {
             job.heartbeat_at.unwrap_or(job.updated_at) < heartbeat_before
-                || (job.lease_expires_at.is_some_and(|expiry| expiry <= now) && job.attempts >= attempts_max)
+                || (job.lease_expires_at.is_none_or(|expiry| expiry <= now) && job.attempts >= attempts_max)
         }
         JobStatus::Queued => job.created_at < queued_before,
         _ => false,

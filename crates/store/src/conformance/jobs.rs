@@ -601,7 +601,7 @@ pub async fn jobs_expired_lease_is_reclaimed(h: JobHarness) {
 }
 
 /// Jobs that used up `attempts_max` are not claimed, queued or with an expired lease; they are
-/// what `stuck_jobs` reports.
+/// what `stuck_jobs` reports (a running job without a lease counts as one whose lease expired).
 pub async fn jobs_attempts_max_respected(h: JobHarness) {
     let base = h.now();
     let queued = JobRecord { attempts: 3, ..h.record("queued", "t") };
@@ -616,6 +616,19 @@ pub async fn jobs_attempts_max_respected(h: JobHarness) {
     assert_eq!(h.stuck(3_600, 3_600, 5, 10).await, Vec::<String>::new(), "one attempt left: not stuck yet");
     let again = h.claim("w2", h.now(), h.now().plus_seconds(30), 5).await.expect("claimable with a higher max");
     assert_eq!(again.attempts, 5);
+
+    // A running job without any lease has none left either; a fresh heartbeat does not save it.
+    let leaseless = JobRecord {
+        status: JobStatus::Running,
+        attempts: 2,
+        heartbeat_at: Some(h.now()),
+        created_at: h.now().plus_seconds(1),
+        ..h.record("leaseless", "t")
+    };
+    h.insert(&leaseless).await;
+    assert_eq!(h.stuck(3_600, 3_600, 2, 10).await, vec!["leaseless"], "the claimed job holds a live lease");
+    assert_eq!(h.stuck(3_600, 3_600, 3, 10).await, Vec::<String>::new());
+    assert_eq!(h.claim("w3", h.now(), h.now().plus_seconds(30), 9).await, None, "no lease is not an expired lease");
 }
 
 /// `stuck_jobs` lists running jobs with an old heartbeat and queued jobs created long ago, oldest
