@@ -11,9 +11,11 @@
 //!   ([`lockfile`]);
 //! - the schema is embedded and migrated at open ([`schema`]).
 //!
-//! The same store implements [`RunStore`] (threads, runs, artifacts; [`runs`]): its writes are
-//! jobs of the same writer, so they share group commits and the single-writer guarantee.
+//! The same store implements [`RunStore`] (threads, runs, artifacts; [`runs`]) and [`JobStore`]
+//! (video jobs; [`jobs`]): their writes are jobs of the same writer, so they share group commits
+//! and the single-writer guarantee, and a job write carrying a ledger request is one savepoint.
 
+mod jobs;
 mod lockfile;
 mod readers;
 mod rows;
@@ -27,10 +29,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use ledger::{AccountId, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Violation};
+use ledger::{AccountId, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Timestamp, Violation};
 use store::{
-    AccountView, Artifact, Clock, CreateRunRefusal, Executed, LedgerStore, Request, RunRecord, RunState, RunStore,
-    StoreError, SweepReport, VerifyReport,
+    AccountView, Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobStore, JobWrite, JobWriteRefusal,
+    JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport, VerifyReport,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -395,5 +397,57 @@ impl RunStore for SqliteStore {
     async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
         let artifact_id = artifact_id.to_owned();
         self.readers.run(move |conn| runs::artifact(conn, &artifact_id)).await
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn write_job(&self, write: JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, StoreError> {
+        match Self::answer(self.submit(Work::WriteJob(Box::new(write))).await?).await? {
+            Done::JobWritten(written) => Ok(written),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let job_id = job_id.to_owned();
+        self.readers.run(move |conn| jobs::job(conn, &job_id)).await
+    }
+
+    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let thread_id = thread_id.to_owned();
+        self.readers.run(move |conn| jobs::thread_jobs(conn, &thread_id, limit)).await
+    }
+
+    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let source_job_id = source_job_id.to_owned();
+        self.readers.run(move |conn| jobs::retry_of(conn, &source_job_id)).await
+    }
+
+    async fn claim_job(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        attempts_max: u32,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let work = Work::ClaimJob { worker_id: worker_id.to_owned(), now, lease_until, attempts_max };
+        match Self::answer(self.submit(work).await?).await? {
+            Done::JobClaimed(claimed) => Ok(claimed),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn stuck_jobs(
+        &self,
+        heartbeat_before: Timestamp,
+        queued_before: Timestamp,
+        now: Timestamp,
+        attempts_max: u32,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.readers
+            .run(move |conn| jobs::stuck_jobs(conn, heartbeat_before, queued_before, now, attempts_max, limit))
+            .await
     }
 }

@@ -16,8 +16,11 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE_MAX: usize = 64;
 
 /// Versions in ascending order; a version's SQL never changes once released.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/0001_ledger.sql")), (2, include_str!("../migrations/0002_runs.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_ledger.sql")),
+    (2, include_str!("../migrations/0002_runs.sql")),
+    (3, include_str!("../migrations/0003_jobs.sql")),
+];
 
 fn startup(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Startup { detail: format!("database {}: {what}: {error}", path.display()) }

@@ -9,7 +9,13 @@
 //!
 //! Being the only writer (the owner lock guarantees it across processes) lets the thread keep the
 //! persisted [`AccountState`] of recently used accounts in memory and skip re-reading them. It
-//! also makes the run store's "check the thread, then insert the run" exact (see [`crate::runs`]).
+//! also makes the run store's "check the thread, then insert the run" exact (see [`crate::runs`]),
+//! and a job's compare-and-set and claim exact (see [`crate::jobs`]).
+//!
+//! A job write that carries a ledger request applies both inside the job's savepoint; when the
+//! ledger refuses, the savepoint is rolled back, so the job row and the ledger change (and the
+//! idempotency record) go together or not at all, while the rest of the batch commits. The cache
+//! takes an account's new state only after the savepoint that wrote it was released.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +23,15 @@ use std::sync::Arc;
 
 use ledger::{AccountId, AccountState, Applied, Command, HoldState, Rejection, Target, Timestamp, MICROS_PER_SECOND};
 use rusqlite::Connection;
-use store::{codec, Artifact, Clock, CreateRunRefusal, Executed, Request, RunRecord, StoreError};
+use store::{
+    codec, Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobWrite, JobWriteRefusal, JobWritten, Request,
+    RunRecord, StoreError,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lockfile::OwnerLock;
 use crate::rows::{self, corrupt, sql_error};
-use crate::runs;
+use crate::{jobs, runs};
 
 /// What a job asks the writer to do.
 #[derive(Debug)]
@@ -33,6 +42,14 @@ pub(crate) enum Work {
     CreateRun(RunRecord),
     UpdateRun(RunRecord),
     PutArtifact(Artifact),
+    /// Boxed: a job record is large, and queued work should not all be that size.
+    WriteJob(Box<JobWrite>),
+    ClaimJob {
+        worker_id: String,
+        now: Timestamp,
+        lease_until: Timestamp,
+        attempts_max: u32,
+    },
 }
 
 /// What the writer did, once committed.
@@ -44,6 +61,27 @@ pub(crate) enum Done {
     /// Whether the run existed.
     RunUpdated(bool),
     ArtifactPut,
+    JobWritten(Result<JobWritten, JobWriteRefusal>),
+    JobClaimed(Option<JobRecord>),
+}
+
+/// What a job did inside its savepoint: its answer, whether its writes stay, and the account
+/// state the cache takes once they are released.
+struct Performed {
+    done: Done,
+    keep: bool,
+    cached: Option<AccountState>,
+}
+
+impl Performed {
+    fn kept(done: Done) -> Performed {
+        Performed { done, keep: true, cached: None }
+    }
+
+    /// Answered, but every write of the job is rolled back.
+    fn undone(done: Done) -> Performed {
+        Performed { done, keep: false, cached: None }
+    }
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Done, StoreError>>;
@@ -85,6 +123,10 @@ impl StateCache {
             }
         }
         self.states.insert(state.account_id.clone(), state);
+    }
+
+    fn remove(&mut self, account_id: &AccountId) {
+        self.states.remove(account_id);
     }
 
     fn clear(&mut self) {
@@ -188,22 +230,39 @@ impl Writer {
     }
 
     /// Runs one job inside its own savepoint. The outer error is fatal for the whole batch (the
-    /// savepoint itself failed); the inner result is the job's own, rolled back when an error.
+    /// savepoint itself failed; the caller then drops the whole cache); the inner result is the
+    /// job's own, rolled back when an error or when the job asked for it.
     fn run_job(&mut self, work: &Work) -> Result<Result<Done, StoreError>, StoreError> {
         self.conn.execute_batch("SAVEPOINT job").map_err(sql_error)?;
         // A ledger assertion that fails panics through here on purpose (see docs/dev/style.md):
         // the writer thread dies, its open transaction is rolled back with the connection, and
         // every later write answers `Unavailable` instead of moving credits on corrupt logic.
         let result = self.perform(work);
-        let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+        let keep = matches!(&result, Ok(performed) if performed.keep);
+        let end = if keep { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
         self.conn.execute_batch(end).map_err(sql_error)?;
-        Ok(result)
+        // Only now is the job's state part of the batch: the cache may take it. A state whose
+        // writes were rolled back must not linger there.
+        Ok(result.map(|Performed { done, keep, cached }| {
+            if let Some(state) = cached {
+                if keep {
+                    self.cache.put(state);
+                } else {
+                    self.cache.remove(&state.account_id);
+                }
+            }
+            done
+        }))
     }
 
-    fn perform(&mut self, work: &Work) -> Result<Done, StoreError> {
+    fn perform(&mut self, work: &Work) -> Result<Performed, StoreError> {
         let now = self.clock.now();
-        match work {
-            Work::Execute(request) => self.execute(request, now).map(Done::Executed),
+        let done = match work {
+            Work::Execute(request) => {
+                let (executed, persisted) = self.execute(request, now)?;
+                return Ok(Performed { done: Done::Executed(executed), keep: true, cached: persisted });
+            }
+            Work::WriteJob(write) => return self.write_job(write, now),
             Work::ForgetKeys => {
                 let retention_micros = i64::try_from(self.idempotency_retention_seconds)
                     .unwrap_or(i64::MAX)
@@ -214,17 +273,48 @@ impl Writer {
             Work::CreateRun(run) => runs::create_run(&self.conn, run).map(Done::RunCreated),
             Work::UpdateRun(run) => runs::update_run(&self.conn, run).map(Done::RunUpdated),
             Work::PutArtifact(artifact) => runs::put_artifact(&self.conn, artifact).map(|()| Done::ArtifactPut),
-        }
+            Work::ClaimJob { worker_id, now, lease_until, attempts_max } => {
+                jobs::claim(&self.conn, worker_id, *now, *lease_until, *attempts_max).map(Done::JobClaimed)
+            }
+        };
+        done.map(Performed::kept)
     }
 
-    /// Idempotency first, then load, decide, write, and record the result for replay.
-    fn execute(&mut self, request: &Request, now: Timestamp) -> Result<Executed, StoreError> {
+    /// The job row first, then the ledger request through the same path as [`Writer::execute`];
+    /// a refused job write never reaches the ledger, and a refused ledger request undoes the job
+    /// write (the caller rolls the savepoint back).
+    fn write_job(&mut self, write: &JobWrite, now: Timestamp) -> Result<Performed, StoreError> {
+        let job = match jobs::write(&self.conn, &write.job, write.expected_version)? {
+            Ok(job) => job,
+            Err(refusal) => return Ok(Performed::undone(Done::JobWritten(Err(refusal)))),
+        };
+        let Some(request) = &write.ledger else {
+            return Ok(Performed::kept(Done::JobWritten(Ok(JobWritten { job, ledger: None }))));
+        };
+        let (executed, persisted) = self.execute(request, now)?;
+        let refusal = match executed {
+            Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) => {
+                let done = Done::JobWritten(Ok(JobWritten { job, ledger: Some(outcome) }));
+                return Ok(Performed { done, keep: true, cached: persisted });
+            }
+            Executed::Fresh(Err(rejection)) | Executed::Replayed(Err(rejection)) => {
+                JobWriteRefusal::Ledger(Some(rejection))
+            }
+            Executed::Conflict => JobWriteRefusal::Ledger(None),
+        };
+        Ok(Performed { done: Done::JobWritten(Err(refusal)), keep: false, cached: persisted })
+    }
+
+    /// Idempotency first, then load, decide, write, and record the result for replay. Returns
+    /// what happened and, when the account changed, its state as now written; the caller hands
+    /// that to the cache once the job's savepoint is released.
+    fn execute(&mut self, request: &Request, now: Timestamp) -> Result<(Executed, Option<AccountState>), StoreError> {
         if let Some(idempotency) = &request.idempotency {
             if let Some((fingerprint, recorded)) = rows::idempotency_record(&self.conn, &idempotency.key)? {
                 if fingerprint != idempotency.fingerprint {
-                    return Ok(Executed::Conflict);
+                    return Ok((Executed::Conflict, None));
                 }
-                return Ok(Executed::Replayed(codec::decode_result(&recorded)?));
+                return Ok((Executed::Replayed(codec::decode_result(&recorded)?), None));
             }
         }
         let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
@@ -242,11 +332,7 @@ impl Writer {
             let encoded = codec::encode_result(&result);
             rows::insert_idempotency(&self.conn, &idempotency.key, &idempotency.fingerprint, &encoded, now)?;
         }
-        // Last step: the cache changes only once every write of the job succeeded.
-        if let Some(state) = persisted {
-            self.cache.put(state);
-        }
-        Ok(Executed::Fresh(result))
+        Ok((Executed::Fresh(result), persisted))
     }
 
     /// The account's state plus the records the command names, or `hold_not_found` when the
@@ -345,11 +431,15 @@ mod tests {
     type Answer = oneshot::Receiver<Result<Done, StoreError>>;
 
     fn writer(dir: &Path) -> Writer {
+        writer_caching(dir, 100)
+    }
+
+    fn writer_caching(dir: &Path, cache_accounts_max: usize) -> Writer {
         let path = dir.join("writer.db");
         let mut conn = schema::open_writer(&path, true).expect("opens");
         schema::migrate(&mut conn, &path).expect("migrates");
         let clock = Arc::new(ManualClock::starting_now());
-        Writer::new(conn, clock, 16, 100, 86_400, Arc::default())
+        Writer::new(conn, clock, 16, cache_accounts_max, 86_400, Arc::default())
     }
 
     fn job(command: Command) -> (Job, Answer) {
@@ -544,5 +634,176 @@ mod tests {
         assert!(matches!(answer(full_answer), Ok(Executed::Fresh(Ok(Outcome::Held { .. })))));
         assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 2);
         assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 2);
+    }
+
+    fn capture(hold_id: &str, credits: u64) -> Command {
+        Command::Capture {
+            hold_id: HoldId::parse(hold_id).expect("valid id"),
+            amount: Amount::from_credits(credits),
+            is_final: false,
+            overage: ledger::Overage::Reject,
+        }
+    }
+
+    fn write_job(job_id: &str, ledger: Option<Request>) -> Work {
+        let at = Timestamp::from_micros(1_000_000);
+        let job = JobRecord {
+            job_id: job_id.to_owned(),
+            account_id: AccountId::parse("a").expect("valid id"),
+            thread_id: "t".to_owned(),
+            run_id: "r1".to_owned(),
+            hold_id: HoldId::parse("h1").expect("valid id"),
+            price: Amount::from_credits(10),
+            status: store::JobStatus::Queued,
+            stage: "enqueue".to_owned(),
+            progress_percent: 0,
+            input: "{}".to_owned(),
+            lease_holder: None,
+            lease_expires_at: None,
+            heartbeat_at: None,
+            cancel_requested: false,
+            retry_source_job_id: None,
+            attempts: 0,
+            run_after: at,
+            error_stage: None,
+            error_code: None,
+            error_detail: None,
+            refund_applied_at: None,
+            artifact_id: None,
+            created_at: at,
+            updated_at: at,
+            started_at: None,
+            finished_at: None,
+            version: 0,
+        };
+        Work::WriteJob(Box::new(JobWrite { job, expected_version: None, ledger }))
+    }
+
+    fn stored_jobs(writer: &Writer) -> Vec<String> {
+        writer
+            .conn
+            .prepare("SELECT job_id FROM jobs ORDER BY job_id")
+            .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect::<Result<_, _>>())
+            .expect("reads")
+    }
+
+    /// Job writes share a batch with ledger jobs, with and without the account cache: an accepted
+    /// one's capture is what the next job of the batch sees; a rejected one leaves neither its job
+    /// nor its capture and rolls back alone; a refused one never reaches the ledger.
+    #[test]
+    fn job_writes_share_a_batch_and_roll_back_alone() {
+        for cache_accounts_max in [100, 0] {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let mut writer = writer_caching(dir.path(), cache_accounts_max);
+            let (jobs, answers): (Vec<Job>, Vec<Answer>) = [
+                Work::Execute(Request::new(grant("a", 100))),
+                Work::Execute(Request::new(hold("a", "h1", 30))),
+                write_job("j1", Some(Request::new(capture("h1", 10)))),
+                write_job("j2", Some(Request::new(capture("h1", 25)))),
+                write_job("j1", Some(Request::new(capture("h1", 1)))),
+                Work::Execute(Request::new(capture("h1", 20))),
+                write_job("j3", Some(Request::new(capture("h1", 1)))),
+            ]
+            .into_iter()
+            .map(work)
+            .unzip();
+            writer.run_batch(jobs);
+            let [granted, held, created, too_much, duplicate, rest, nothing_left] =
+                answers.try_into().expect("seven answers");
+
+            assert!(matches!(done(granted), Ok(Done::Executed(Executed::Fresh(Ok(_))))));
+            assert!(matches!(done(held), Ok(Done::Executed(Executed::Fresh(Ok(_))))));
+            assert!(
+                matches!(
+                    done(created),
+                    Ok(Done::JobWritten(Ok(JobWritten { ledger: Some(Outcome::Captured { .. }), .. })))
+                ),
+                "cache {cache_accounts_max}"
+            );
+            let exceeds = |requested, remaining| {
+                Done::JobWritten(Err(JobWriteRefusal::Ledger(Some(Rejection::AmountExceedsHold {
+                    requested: Amount::from_credits(requested),
+                    remaining: Amount::from_credits(remaining),
+                }))))
+            };
+            assert_eq!(format!("{:?}", done(too_much)), format!("{:?}", Ok::<_, StoreError>(exceeds(25, 20))));
+            assert!(matches!(done(duplicate), Ok(Done::JobWritten(Err(JobWriteRefusal::DuplicateJobId)))));
+            // 20 left: j1's capture counts, the refused ones do not.
+            assert!(matches!(done(rest), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Captured { .. }))))));
+            assert_eq!(format!("{:?}", done(nothing_left)), format!("{:?}", Ok::<_, StoreError>(exceeds(1, 0))));
+            assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 1);
+            assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 7);
+
+            assert_eq!(stored_jobs(&writer), vec!["j1"]);
+            let a = account(&writer, "a").expect("a exists").materialized();
+            assert_eq!((a.balance, a.held), (Amount::from_credits(70), Amount::ZERO));
+        }
+    }
+
+    /// A job write whose ledger part is written and then fails (its idempotency record cannot be
+    /// stored) rolls back whole, and the account cache never sees the capture it rolled back.
+    #[test]
+    fn a_job_write_failing_after_its_ledger_change_leaves_no_trace_in_the_cache() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut writer = writer(dir.path());
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER refuse_key BEFORE INSERT ON idempotency WHEN NEW.key = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+        let (setup, setup_answers): (Vec<Job>, Vec<Answer>) =
+            [grant("a", 100), hold("a", "h1", 30)].into_iter().map(job).unzip();
+        writer.run_batch(setup);
+        assert!(setup_answers.into_iter().all(|answer| matches!(done(answer), Ok(Done::Executed(_)))));
+        assert!(writer.cache.get(&AccountId::parse("a").expect("valid id")).is_some(), "a is cached");
+
+        let (jobs, answers): (Vec<Job>, Vec<Answer>) = [
+            write_job("j1", Some(Request::with_key(capture("h1", 30), "poison", "fp"))),
+            Work::Execute(Request::new(capture("h1", 30))),
+        ]
+        .into_iter()
+        .map(work)
+        .unzip();
+        writer.run_batch(jobs);
+        let [failed, whole] = answers.try_into().expect("two answers");
+        assert!(matches!(done(failed), Err(StoreError::Corrupt { detail }) if detail.contains("injected failure")));
+        // Had the cache kept the rolled-back capture of 30, nothing would remain to capture.
+        assert!(matches!(done(whole), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Captured { .. }))))));
+        assert_eq!(stored_jobs(&writer), Vec::<String>::new());
+        let a = account(&writer, "a").expect("a exists").materialized();
+        assert_eq!((a.balance, a.held), (Amount::from_credits(70), Amount::ZERO));
+    }
+
+    /// Claims run on the writer: two claims in one batch take two different jobs, oldest first.
+    #[test]
+    fn claims_in_one_batch_take_different_jobs() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut writer = writer(dir.path());
+        let (inserts, inserted): (Vec<Job>, Vec<Answer>) =
+            ["j1", "j2"].into_iter().map(|job_id| work(write_job(job_id, None))).unzip();
+        writer.run_batch(inserts);
+        assert!(inserted.into_iter().all(|answer| matches!(done(answer), Ok(Done::JobWritten(Ok(_))))));
+        let now = Timestamp::from_micros(2_000_000);
+        let claim = |worker: &str| Work::ClaimJob {
+            worker_id: worker.to_owned(),
+            now,
+            lease_until: now.plus_seconds(30),
+            attempts_max: 3,
+        };
+        let (claims, answers): (Vec<Job>, Vec<Answer>) =
+            [claim("w1"), claim("w2"), claim("w3")].into_iter().map(work).unzip();
+        writer.run_batch(claims);
+        let claimed: Vec<Option<(String, String)>> = answers
+            .into_iter()
+            .map(|answer| match done(answer) {
+                Ok(Done::JobClaimed(job)) => job.map(|job| (job.job_id, job.lease_holder.unwrap_or_default())),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let expected = [Some(("j1", "w1")), Some(("j2", "w2")), None]
+            .map(|pair| pair.map(|(job, worker)| (job.to_owned(), worker.to_owned())));
+        assert_eq!(claimed, expected);
     }
 }

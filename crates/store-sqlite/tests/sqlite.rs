@@ -1,12 +1,16 @@
 //! SQLite-specific behaviour: the owner lock (in-process and across processes), durability across close and reopen, concurrency on
-//! one account, group commit, a failing job that rolls back alone inside its batch, and the run store's schema upgrade.
+//! one account, group commit, a failing job that rolls back alone inside its batch, the run and job stores' schema
+//! upgrades, and jobs across close and reopen.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ledger::{AccountId, Command, GrantId, HoldId, Outcome, Overage, Rejection};
 use store::conformance::{account, cr};
-use store::{Artifact, Clock, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore, StoreError};
+use store::{
+    Artifact, Clock, Executed, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, LedgerStore, ManualClock,
+    Request, RunRecord, RunState, RunStore, StoreError,
+};
 use store_sqlite::{SqliteOptions, SqliteStore};
 use tempfile::TempDir;
 
@@ -352,9 +356,9 @@ fn schema_versions(path: &Path) -> Vec<i64> {
 }
 
 /// A database last opened by a build without runs (schema version 1, with ledger data) gains the
-/// run tables at open and keeps every balance and entry.
+/// run and job tables at open and keeps every balance and entry.
 #[tokio::test]
-async fn a_version_1_database_gains_the_run_tables_and_keeps_its_ledger() {
+async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger() {
     let (_dir, path) = database();
     let clock = Arc::new(ManualClock::starting_now());
     let store = open(&path, &clock).await;
@@ -366,19 +370,112 @@ async fn a_version_1_database_gains_the_run_tables_and_keeps_its_ledger() {
         // Back to what a version-1 build wrote.
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.execute_batch(
-            "DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; DELETE FROM schema_migrations WHERE version = 2;",
+            "DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; \
+             DELETE FROM schema_migrations WHERE version >= 2;",
         )
         .expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3]);
     assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
     let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
     assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
+    assert_eq!(store.job("j1").await.expect("answers"), Some(job));
+    store.close().await;
+}
+
+/// A version-2 database (runs, no jobs) gains the job table at open and keeps its runs.
+#[tokio::test]
+async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
+    store.close().await;
+    {
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch("DROP TABLE jobs; DELETE FROM schema_migrations WHERE version = 3;").expect("downgrades");
+    }
+    assert_eq!(schema_versions(&path), vec![1, 2]);
+
+    let store = open(&path, &clock).await;
+    assert_eq!(schema_versions(&path), vec![1, 2, 3]);
+    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
+    assert_eq!(store.thread_jobs("t1", 10).await.expect("answers"), vec![job]);
+    store.close().await;
+}
+
+/// A new queued job of account `u` in thread `t1`, as an insert without a ledger request.
+fn job_write(job_id: &str, clock: &ManualClock) -> JobWrite {
+    let now = clock.now();
+    let job = JobRecord {
+        job_id: job_id.to_owned(),
+        account_id: account("u"),
+        thread_id: "t1".to_owned(),
+        run_id: "r1".to_owned(),
+        hold_id: HoldId::parse("h1").expect("valid id"),
+        price: cr("10"),
+        status: JobStatus::Queued,
+        stage: "enqueue".to_owned(),
+        progress_percent: 0,
+        input: "{}".to_owned(),
+        lease_holder: None,
+        lease_expires_at: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        retry_source_job_id: None,
+        attempts: 0,
+        run_after: now,
+        error_stage: None,
+        error_code: None,
+        error_detail: None,
+        refund_applied_at: None,
+        artifact_id: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        version: 0,
+    };
+    JobWrite { job, expected_version: None, ledger: None }
+}
+
+/// A job created with its capture, then claimed, reads back whole after close and reopen, with
+/// the capture in the ledger; its version check still holds on the reopened file.
+#[tokio::test]
+async fn jobs_survive_close_and_reopen() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    run(&store, grant("u", "g1", "100")).await.expect("grant succeeds");
+    run(&store, hold("u", "h1", "30")).await.expect("hold succeeds");
+    let capture = Command::Capture {
+        hold_id: HoldId::parse("h1").expect("valid id"),
+        amount: cr("10"),
+        is_final: false,
+        overage: Overage::Reject,
+    };
+    let write = JobWrite { ledger: Some(Request::with_key(capture, "j1:create", "fp")), ..job_write("j1", &clock) };
+    let created = store.write_job(write).await.expect("answers").expect("written");
+    assert!(matches!(created.ledger, Some(Outcome::Captured { .. })), "{:?}", created.ledger);
+    let now = clock.now();
+    let claimed = store.claim_job("w1", now, now.plus_seconds(30), 3).await.expect("answers").expect("claimed");
+    store.close().await;
+
+    let store = open(&path, &clock).await;
+    assert_eq!(store.job("j1").await.expect("answers"), Some(claimed.clone()));
+    assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.balance, cr("90"));
+    let stale = JobWrite { expected_version: Some(created.job.version), ..job_write("j1", &clock) };
+    let refused = store.write_job(stale).await.expect("answers");
+    assert_eq!(refused, Err(JobWriteRefusal::VersionMismatch { current: Some(claimed.version) }));
+    assert_eq!(store.claim_job("w2", now, now.plus_seconds(30), 3).await.expect("answers"), None, "the lease holds");
+    assert_verified(&store).await;
     store.close().await;
 }
 
