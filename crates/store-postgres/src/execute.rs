@@ -13,6 +13,10 @@
 //! them cannot wait on each other in a cycle; deadlocks and unique violations can still come
 //! from outside (a new account created by two transactions at once) and are retried by the
 //! caller.
+//!
+//! [`apply`] runs these steps inside a transaction it does not own, so a job write (see
+//! [`crate::jobs`]) applies its ledger request in its own transaction, after its job row; the
+//! job row is then the only lock taken before the key and the account, and always first.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -79,6 +83,31 @@ pub(crate) async fn attempt(
     request: &Request,
     now: Timestamp,
 ) -> Result<Attempt, Failure> {
+    let Application { executed, wrote } = apply(&transaction, request, now).await?;
+    if wrote {
+        transaction.commit().await?;
+    } else {
+        transaction.rollback().await?;
+    }
+    Ok(Attempt { executed, committed: wrote })
+}
+
+/// What [`apply`] did inside its caller's transaction, not yet committed.
+pub(crate) struct Application {
+    pub executed: Executed,
+    /// Whether it wrote anything (ledger changes, an idempotency record): a lone command commits
+    /// only then.
+    pub wrote: bool,
+}
+
+/// Applies `request` inside `transaction` (claim the key, lock the account, decide, write,
+/// record), leaving the commit or rollback to the caller. On `Err` the caller must drop the
+/// transaction.
+pub(crate) async fn apply(
+    transaction: &Transaction<'_>,
+    request: &Request,
+    now: Timestamp,
+) -> Result<Application, Failure> {
     if let Some(idempotency) = &request.idempotency {
         let claim = transaction.prepare_cached(CLAIM_KEY).await?;
         let claimed = transaction.execute(&claim, &[&idempotency.key, &idempotency.fingerprint, &now.micros()]).await?;
@@ -86,7 +115,6 @@ pub(crate) async fn attempt(
             // The key exists, committed: the INSERT waited for any transaction still holding it.
             let read = transaction.prepare_cached(READ_KEY).await?;
             let row = transaction.query_opt(&read, &[&idempotency.key]).await?;
-            transaction.rollback().await?;
             let Some(row) = row else {
                 // Swept between the two statements (only possible past the retention period).
                 return Err(Failure::Retry { cause: RetryCause::Race, detail: "idempotency key vanished".to_owned() });
@@ -99,18 +127,18 @@ pub(crate) async fn attempt(
             } else {
                 Executed::Replayed(codec::decode_result(recorded)?)
             };
-            return Ok(Attempt { executed, committed: false });
+            return Ok(Application { executed, wrote: false });
         }
     }
     let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-    let (result, changed) = match decide(&transaction, &request.command, now, key).await? {
+    let (result, changed) = match decide(transaction, &request.command, now, key).await? {
         Ok((applied, totals_before)) => {
             let result = Ok(applied.outcome.clone());
             let record = request
                 .idempotency
                 .as_ref()
                 .map(|idempotency| (idempotency.key.as_str(), codec::encode_result(&result)));
-            write(&transaction, &applied, totals_before, record).await?;
+            write(transaction, &applied, totals_before, record).await?;
             (result, !applied.changes.is_empty())
         }
         Err(rejection) => {
@@ -122,13 +150,7 @@ pub(crate) async fn attempt(
             (result, false)
         }
     };
-    let committed = changed || request.idempotency.is_some();
-    if committed {
-        transaction.commit().await?;
-    } else {
-        transaction.rollback().await?;
-    }
-    Ok(Attempt { executed: Executed::Fresh(result), committed })
+    Ok(Application { executed: Executed::Fresh(result), wrote: changed || request.idempotency.is_some() })
 }
 
 /// Finds and locks the command's account, loads its state and lets the ledger decide. With the

@@ -18,11 +18,15 @@
 //! read by separate statements) is one consistent snapshot; they take no locks.
 //!
 //! The same store implements [`RunStore`] (threads, runs, artifacts; see [`runs`]): a new run
-//! locks its thread's row as a command locks its account's, with the same bounded retries.
+//! locks its thread's row as a command locks its account's, with the same bounded retries. And
+//! it implements [`JobStore`] (video jobs; see [`jobs`]): a job write locks (or inserts) the job
+//! row, then applies its ledger request through the ledger's own path, in one transaction with
+//! the same bounded retries; claims take rows with `FOR UPDATE SKIP LOCKED`.
 
 mod account_queue;
 mod error;
 mod execute;
+mod jobs;
 mod rows;
 mod runs;
 mod schema;
@@ -40,8 +44,8 @@ use ledger::{
 };
 use rand::Rng;
 use store::{
-    AccountView, Artifact, Clock, CreateRunRefusal, Executed, LedgerStore, Request, RunRecord, RunState, RunStore,
-    StoreError, SweepReport, VerifyReport,
+    AccountView, Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobStore, JobWrite, JobWriteRefusal,
+    JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport, VerifyReport,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -293,6 +297,39 @@ impl PostgresStore {
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
         Ok(created.result)
+    }
+
+    async fn try_write_job(&self, write: &JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, Failure> {
+        let mut client = self.client().await?;
+        let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+        let written = jobs::write_attempt(transaction, write, self.clock.now()).await?;
+        if written.committed {
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(written.result)
+    }
+
+    async fn try_claim_job(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        attempts_max: u32,
+    ) -> Result<Option<JobRecord>, Failure> {
+        let mut client = self.client().await?;
+        let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+        let claimed = jobs::claim_attempt(transaction, worker_id, now, lease_until, attempts_max).await?;
+        if claimed.is_some() {
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(claimed)
+    }
+
+    async fn query_jobs(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<JobRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(store_error)?;
+        let rows = client.query(&statement, params).await.map_err(store_error)?;
+        rows.iter().map(jobs::job).collect()
     }
 
     /// Loads the account's stored state (live grants, pending holds) in one snapshot.
@@ -643,5 +680,61 @@ impl RunStore for PostgresStore {
             .map_err(store_error)?;
         let row = client.query_opt(&statement, &[&artifact_id]).await.map_err(store_error)?;
         row.as_ref().map(runs::artifact).transpose()
+    }
+}
+
+#[async_trait]
+impl JobStore for PostgresStore {
+    async fn write_job(&self, write: JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, StoreError> {
+        // The ledger request's account takes its turn in this process first, as a lone command
+        // does (see `account_queue`); nothing is held while waiting for it.
+        let _turn = match &write.ledger {
+            Some(request) => match self.queue_key(&request.command).await? {
+                Some(account_id) => Some(self.queue.turn(&account_id).await),
+                None => None,
+            },
+            None => None,
+        };
+        self.retrying("write_job", || self.try_write_job(&write)).await
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.query_jobs(jobs::JOB_BY_ID, &[&job_id]).await?.pop())
+    }
+
+    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        self.query_jobs(jobs::THREAD_JOBS, &[&thread_id, &jobs::list_limit(limit)]).await
+    }
+
+    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.query_jobs(jobs::RETRY_OF, &[&source_job_id]).await?.pop())
+    }
+
+    async fn claim_job(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        attempts_max: u32,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        self.retrying("claim_job", || self.try_claim_job(worker_id, now, lease_until, attempts_max)).await
+    }
+
+    async fn stuck_jobs(
+        &self,
+        heartbeat_before: Timestamp,
+        queued_before: Timestamp,
+        now: Timestamp,
+        attempts_max: u32,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &heartbeat_before.micros(),
+            &queued_before.micros(),
+            &now.micros(),
+            &jobs::attempts_limit(attempts_max),
+            &jobs::list_limit(limit),
+        ];
+        self.query_jobs(jobs::STUCK_JOBS, &params).await
     }
 }

@@ -130,6 +130,37 @@ CREATE TABLE artifacts (
 );
 "#,
     },
+    // Async video jobs. `data` is the whole record as `store::codec::encode_job` writes it; the
+    // other columns copy the fields queries filter on, written from the same record by the same
+    // statement. The constraint names are what the adapter maps to refusals (see `jobs`).
+    Migration {
+        version: 3,
+        sql: r#"
+CREATE TABLE jobs (
+    job_id TEXT CONSTRAINT jobs_pkey PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
+    retry_source_job_id TEXT,
+    lease_expires_at BIGINT,
+    heartbeat_at BIGINT,
+    run_after BIGINT NOT NULL,
+    attempts INTEGER NOT NULL CHECK (attempts >= 0),
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    version BIGINT NOT NULL CHECK (version >= 1),
+    -- The exact text the codec wrote (not jsonb, which rewrites it).
+    data TEXT NOT NULL
+);
+-- A job is retried at most once: this index, not a check in code, is what enforces it.
+CREATE UNIQUE INDEX jobs_one_retry_per_source ON jobs (retry_source_job_id) WHERE retry_source_job_id IS NOT NULL;
+-- Claims: due queued jobs, and running jobs whose lease expired.
+CREATE INDEX jobs_claim_queued ON jobs (status, run_after);
+CREATE INDEX jobs_claim_lease ON jobs (status, lease_expires_at);
+-- A thread's jobs, oldest first.
+CREATE INDEX jobs_by_thread ON jobs (thread_id, created_at);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

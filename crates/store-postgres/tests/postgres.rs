@@ -1,12 +1,14 @@
 //! PostgreSQL-specific behaviour: several pools (as several server processes) on one database,
 //! concurrent idempotent requests, restarts, concurrent migrations, sweeps and failures, and the
-//! run store across pools and schema versions.
+//! run and job stores across pools and schema versions (claims that skip locked jobs, one retry
+//! and one refund whatever process races).
 
 use std::sync::Arc;
 
-use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Rejection};
+use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Overage, Reference, Rejection};
 use store::{
-    Clock, CreateRunRefusal, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore, StoreError,
+    Clock, CreateRunRefusal, Executed, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, LedgerStore,
+    ManualClock, Request, RunRecord, RunState, RunStore, StoreError,
 };
 use store_postgres::{testing, PostgresOptions, PostgresStore};
 
@@ -281,7 +283,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
 }
 
 #[tokio::test]
@@ -444,9 +446,9 @@ async fn two_pools_start_one_run_per_thread() {
 }
 
 /// A database migrated by a build without runs (schema version 1, with ledger data) gains the
-/// run tables at the next start and keeps every balance and entry.
+/// run and job tables at the next start and keeps every balance and entry.
 #[tokio::test]
-async fn a_version_1_database_gains_the_run_tables_and_keeps_its_ledger() {
+async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger() {
     let url = testing::fresh_database().await;
     let clock = Arc::new(ManualClock::starting_now());
     let store = connect(&url, &clock).await;
@@ -460,18 +462,237 @@ async fn a_version_1_database_gains_the_run_tables_and_keeps_its_ledger() {
     // Back to what a version-1 build left.
     client
         .batch_execute(
-            "DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; DELETE FROM schema_migrations WHERE version = 2",
+            "DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; \
+             DELETE FROM schema_migrations WHERE version >= 2",
         )
         .await
         .expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
     assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
     assert_clean(&store).await;
     let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
     assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
+    assert_eq!(store.job("j1").await.expect("answers"), Some(job));
+}
+
+/// A version-2 database (runs, no jobs) gains the job table at the next start and keeps its runs.
+#[tokio::test]
+async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
+    store.close().await;
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.batch_execute("DROP TABLE jobs; DELETE FROM schema_migrations WHERE version = 3").await.expect("downgrade");
+
+    let store = connect(&url, &clock).await;
+    let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
+    assert_eq!(store.thread_jobs("t1", 10).await.expect("answers"), vec![job]);
+}
+
+/// A queued job of account `u` in thread `t1`, paying from hold `h1`.
+fn job_record(job_id: &str, clock: &ManualClock) -> JobRecord {
+    let now = clock.now();
+    JobRecord {
+        job_id: job_id.to_owned(),
+        account_id: account("u"),
+        thread_id: "t1".to_owned(),
+        run_id: "r1".to_owned(),
+        hold_id: HoldId::parse("h1").expect("valid hold id"),
+        price: credits(1),
+        status: JobStatus::Queued,
+        stage: "enqueue".to_owned(),
+        progress_percent: 0,
+        input: "{}".to_owned(),
+        lease_holder: None,
+        lease_expires_at: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        retry_source_job_id: None,
+        attempts: 0,
+        run_after: now,
+        error_stage: None,
+        error_code: None,
+        error_detail: None,
+        refund_applied_at: None,
+        artifact_id: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        version: 0,
+    }
+}
+
+fn insert(job: JobRecord, ledger: Option<Request>) -> JobWrite {
+    JobWrite { job, expected_version: None, ledger }
+}
+
+fn capture(amount: u64) -> Command {
+    Command::Capture {
+        hold_id: HoldId::parse("h1").expect("valid hold id"),
+        amount: credits(amount),
+        is_final: false,
+        overage: Overage::Reject,
+    }
+}
+
+/// Two pools (as two server processes) with 16 claimers each on 10 jobs: every job is claimed
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_claim_each_job_once() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    for index in 0..10 {
+        let mut job = job_record(&format!("j{index}"), &clock);
+        job.created_at = job.created_at.plus_micros(index);
+        stores[0].write_job(insert(job, None)).await.expect("answers").expect("written");
+    }
+    let now = clock.now();
+    let tasks: Vec<_> = (0..32)
+        .map(|worker| {
+            let store = stores[worker % 2].clone();
+            tokio::spawn(async move {
+                let mut claimed = Vec::new();
+                let worker_id = format!("w{worker}");
+                while let Some(job) = store.claim_job(&worker_id, now, now.plus_seconds(60), 3).await.expect("claims") {
+                    assert_eq!(job.lease_holder.as_deref(), Some(worker_id.as_str()));
+                    claimed.push(job.job_id);
+                }
+                claimed
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.expect("task"));
+    }
+    claimed.sort();
+    let mut expected: Vec<String> = (0..10).map(|index| format!("j{index}")).collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "each job once");
+}
+
+/// A claim skips a job another transaction holds locked instead of waiting for it, and takes the
+/// next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_skips_a_locked_job() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    let mut older = job_record("older", &clock);
+    older.created_at = older.created_at.plus_micros(-1);
+    store.write_job(insert(older, None)).await.expect("answers").expect("written");
+    store.write_job(insert(job_record("newer", &clock), None)).await.expect("answers").expect("written");
+
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let locker = client.transaction().await.expect("begin");
+    locker.execute("SELECT 1 FROM jobs WHERE job_id = 'older' FOR UPDATE", &[]).await.expect("lock");
+    let now = clock.now();
+    let claim = store.claim_job("w1", now, now.plus_seconds(60), 3);
+    let claimed = tokio::time::timeout(std::time::Duration::from_secs(5), claim)
+        .await
+        .expect("the claim does not wait for the locked job")
+        .expect("answers")
+        .expect("a job is claimed");
+    assert_eq!(claimed.job_id, "newer");
+    locker.rollback().await.expect("rollback");
+    let next = store.claim_job("w2", now, now.plus_seconds(60), 3).await.expect("answers").expect("claimed");
+    assert_eq!(next.job_id, "older");
+}
+
+/// Two pools racing 16 retries of one source, each capturing 1 credit: one retry, one capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_create_one_retry_and_capture_once() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    fresh(Request::new(grant("u", "g1", 100)), &stores[0]).await.expect("grant");
+    fresh(Request::new(hold("u", "h1", 30, 600)), &stores[0]).await.expect("hold");
+    let source = JobRecord { status: JobStatus::Failed, ..job_record("source", &clock) };
+    stores[0].write_job(insert(source, None)).await.expect("answers").expect("written");
+    let tasks: Vec<_> = (0..16)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            let retry = JobRecord {
+                retry_source_job_id: Some("source".to_owned()),
+                ..job_record(&format!("retry-{index}"), &clock)
+            };
+            tokio::spawn(async move { store.write_job(insert(retry, Some(Request::new(capture(1))))).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task").expect("write_job answers"));
+    }
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|result| result.as_ref().err())
+        .all(|refusal| *refusal == JobWriteRefusal::RetryAlreadyUsed));
+    let view = stores[1].account(&account("u")).await.expect("read").expect("account exists");
+    assert_eq!((view.balances.balance, view.balances.held), (credits(99), credits(29)));
+    assert_clean(&stores[1]).await;
+}
+
+/// Two pools racing 16 terminal writes of one job, each carrying its refund: one write, one
+/// refund; the version check is the database's, not a process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_refund_a_job_once() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    fresh(Request::new(grant("u", "g1", 100)), &stores[0]).await.expect("grant");
+    fresh(Request::new(hold("u", "h1", 30, 600)), &stores[0]).await.expect("hold");
+    let created = stores[0]
+        .write_job(insert(job_record("j1", &clock), Some(Request::new(capture(10)))))
+        .await
+        .expect("answers")
+        .expect("written")
+        .job;
+    let failed = JobRecord { status: JobStatus::Failed, refund_applied_at: Some(clock.now()), ..created.clone() };
+    let tasks: Vec<_> = (0..16)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            let refund = Command::Refund {
+                account_id: account("u"),
+                grant_id: GrantId::parse(&format!("refund-{index}")).expect("valid grant id"),
+                amount: credits(10),
+                reference: Reference::parse("j1:refund").expect("valid reference"),
+                hold_id: Some(HoldId::parse("h1").expect("valid hold id")),
+                priority: 100,
+                expires_at: None,
+            };
+            let write = JobWrite {
+                job: failed.clone(),
+                expected_version: Some(created.version),
+                ledger: Some(Request::new(refund)),
+            };
+            tokio::spawn(async move { store.write_job(write).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task").expect("write_job answers"));
+    }
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1, "{results:?}");
+    let mismatch = JobWriteRefusal::VersionMismatch { current: Some(created.version + 1) };
+    assert!(results.iter().filter_map(|result| result.as_ref().err()).all(|refusal| *refusal == mismatch));
+    let view = stores[1].account(&account("u")).await.expect("read").expect("account exists");
+    assert_eq!((view.balances.balance, view.balances.held), (credits(100), credits(20)));
+    assert_clean(&stores[1]).await;
 }
