@@ -8,6 +8,7 @@
 //! sweeper) can race and exactly one transition wins; the refund rides on that one transition,
 //! and its ledger reference (`<job_id>:refund`) makes a second refund impossible even so.
 
+pub mod remote;
 pub mod worker;
 
 use std::sync::Arc;
