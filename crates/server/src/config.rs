@@ -57,6 +57,9 @@ pub struct ApiConfig {
     pub entries_limit_max: u32,
     /// Page size of journal entries when the request names none.
     pub entries_limit_default: u32,
+    /// The bearer token of `creditgraph worker` processes on `/v1/worker/…`. `None` turns the
+    /// worker API off (503 `worker_api_disabled`); in-process workers need no token.
+    pub worker_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -71,11 +74,13 @@ impl Default for ApiConfig {
             metadata_bytes_max: 4096,
             entries_limit_max: 1000,
             entries_limit_default: 100,
+            worker_token: None,
         }
     }
 }
 
-/// Tokens are secrets: `Debug` shows only how many there are and their roles.
+/// Tokens are secrets: `Debug` shows only how many there are and their roles, and whether a
+/// worker token is set.
 impl fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let roles: Vec<&str> = self.tokens.iter().map(|(_, role)| role.as_str()).collect();
@@ -89,6 +94,7 @@ impl fmt::Debug for ApiConfig {
             .field("metadata_bytes_max", &self.metadata_bytes_max)
             .field("entries_limit_max", &self.entries_limit_max)
             .field("entries_limit_default", &self.entries_limit_default)
+            .field("worker_token", &self.worker_token.as_ref().map(|_| "configured"))
             .finish()
     }
 }

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, health, holds, jobs, runs};
+use crate::routes::{accounts, health, holds, jobs, runs, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,9 @@ use crate::routes::{accounts, health, holds, jobs, runs};
         jobs::get_job,
         jobs::cancel_job,
         jobs::thread_jobs,
+        worker::claim,
+        worker::heartbeat,
+        worker::finish,
         health::healthz,
         health::readyz,
         health::openapi,

@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::error::panic_response;
-use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs};
+use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs, worker};
 use crate::state::AppState;
 
 /// The ledger API over one store (no metered runs).
@@ -54,6 +54,9 @@ pub fn router_with_engine(
         .route("/v1/threads/{thread_id}/jobs", get(jobs::thread_jobs))
         .route("/v1/jobs/{job_id}", get(jobs::get_job))
         .route("/v1/jobs/{job_id}/cancel", post(jobs::cancel_job))
+        .route("/v1/worker/claim", post(worker::claim))
+        .route("/v1/worker/jobs/{job_id}/heartbeat", post(worker::heartbeat))
+        .route("/v1/worker/jobs/{job_id}/finish", post(worker::finish))
         .route("/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -153,7 +156,7 @@ mod tests {
         let (status, _, body) = call(false, "/v1/openapi.json").await;
         assert_eq!(status, StatusCode::OK);
         let paths = body["paths"].as_object().expect("paths object");
-        for path in ["/v1/accounts/{account_id}/grants", "/v1/holds/{hold_id}/capture", "/readyz"] {
+        for path in ["/v1/accounts/{account_id}/grants", "/v1/holds/{hold_id}/capture", "/readyz", "/v1/worker/claim"] {
             assert!(paths.contains_key(path), "{path} missing");
         }
         assert!(body["components"]["schemas"]["HoldResponse"].is_object());

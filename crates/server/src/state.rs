@@ -20,6 +20,8 @@ pub struct AppState {
     pub token_digests: Arc<[([u8; 32], Role)]>,
     /// The run engine, when this server runs metered solves.
     pub engine: Option<Arc<engine::run::Engine>>,
+    /// SHA-256 of the worker token (compared in constant time); `None`: the worker API is off.
+    pub worker_token_digest: Option<[u8; 32]>,
 }
 
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
@@ -29,7 +31,8 @@ pub fn token_digest(token: &[u8]) -> [u8; 32] {
 impl AppState {
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> AppState {
         let token_digests = config.tokens.iter().map(|(token, role)| (token_digest(token.as_bytes()), *role)).collect();
-        AppState { store, clock, config: Arc::new(config), token_digests, engine: None }
+        let worker_token_digest = config.worker_token.as_ref().map(|token| token_digest(token.as_bytes()));
+        AppState { store, clock, config: Arc::new(config), token_digests, engine: None, worker_token_digest }
     }
 
     /// Runs one ledger command, idempotently when the request carried a key. The fingerprint is
