@@ -12,7 +12,7 @@ use store::StoreError;
 
 /// How long a connection waits for a lock held by another connection before giving up.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection (the adapter uses about thirty-five distinct ones).
+/// Prepared statements kept per connection (the adapter uses about forty-five distinct ones).
 const STATEMENT_CACHE_MAX: usize = 64;
 
 /// Versions in ascending order; a version's SQL never changes once released.
