@@ -36,6 +36,8 @@ pub struct JobsConfig {
     pub stuck_running_seconds: u64,
     /// A queued job never claimed within this is stuck.
     pub stuck_queued_seconds: u64,
+    /// How often the server's periodic sweep looks for stuck jobs (reads find them too).
+    pub stuck_sweep_interval_seconds: u64,
     /// In-process workers (0: jobs are rendered only by `creditgraph worker` processes).
     pub workers_in_process: usize,
     /// Longest wait between claim attempts of an idle worker.
@@ -55,6 +57,7 @@ impl Default for JobsConfig {
             retry_backoff_seconds: 2,
             stuck_running_seconds: 300,
             stuck_queued_seconds: 900,
+            stuck_sweep_interval_seconds: 10,
             workers_in_process: 2,
             idle_poll_ms: 500,
             artifact_bytes_max: 16 * 1024 * 1024,
