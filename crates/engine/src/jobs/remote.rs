@@ -474,6 +474,74 @@ mod tests {
         assert_eq!((failure.transient, failure.code, failure.stage.as_str()), (false, JobErrorCode::Unknown, "render"));
     }
 
+    /// A worker API that answers each call from a script (then 204), counting calls and
+    /// recording the Authorization headers.
+    async fn scripted_server(script: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::http::HeaderMap;
+        use axum::response::IntoResponse;
+        let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(script)));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (script_, seen_) = (script.clone(), seen.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+            let (script, seen) = (script_.clone(), seen_.clone());
+            async move {
+                let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                seen.lock().expect("seen lock").push(authorization.to_owned());
+                let next = script.lock().expect("script lock").pop_front();
+                match next {
+                    Some((status, body)) => {
+                        (axum::http::StatusCode::from_u16(status).expect("status"), axum::Json(body)).into_response()
+                    }
+                    None => axum::http::StatusCode::NO_CONTENT.into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{address}"), seen)
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_a_bounded_number_of_times() {
+        let problem = json!({"code": "store_unavailable"});
+        let (url, seen) = scripted_server(vec![(503, problem.clone()), (502, problem.clone())]).await;
+        let backend = HttpWorkerBackend::new(&url, "s3cret", 5).expect("valid");
+        assert!(matches!(backend.claim("w").await, Ok(None)));
+        assert_eq!(seen.lock().expect("seen").as_slice(), ["Bearer s3cret"; 3]);
+
+        let always = vec![(500, problem.clone()); 10];
+        let (url, seen) = scripted_server(always).await;
+        let backend = HttpWorkerBackend::new(&url, "s3cret", 5).expect("valid");
+        let error = backend.claim("w").await.expect_err("keeps failing");
+        assert!(matches!(error, JobError::Store(StoreError::Unavailable { .. })), "{error:?}");
+        assert_eq!(seen.lock().expect("seen").len(), 1 + RETRIES_MAX as usize);
+    }
+
+    #[tokio::test]
+    async fn refusals_map_to_job_errors() {
+        let (url, seen) = scripted_server(vec![
+            (409, json!({"code": "lease_lost"})),
+            (404, json!({"code": "job_not_found"})),
+            (413, json!({"code": "payload_too_large", "bytes_max": 99})),
+            (401, json!({"code": "unauthorized"})),
+            (200, json!({"no": "flag"})),
+        ])
+        .await;
+        let backend = HttpWorkerBackend::new(&url, "t", 5).expect("valid");
+        assert!(matches!(backend.heartbeat("j", "w", "render", 1).await, Err(JobError::LeaseLost)));
+        assert!(matches!(backend.finish("j", "w", Finish::Canceled).await, Err(JobError::NotFound)));
+        assert!(matches!(backend.finish("j", "w", Finish::Canceled).await, Err(JobError::ArtifactTooLarge(99))));
+        assert!(matches!(backend.claim("w").await, Err(JobError::Store(StoreError::Unavailable { .. }))));
+        assert!(matches!(
+            backend.heartbeat("j", "w", "render", 1).await,
+            Err(JobError::Store(StoreError::Corrupt { .. }))
+        ));
+        assert_eq!(seen.lock().expect("seen").len(), 5, "4xx answers are not retried");
+    }
+
     #[test]
     fn the_client_needs_an_http_url_and_a_token() {
         assert!(HttpWorkerBackend::new("ftp://h", "t", 5).is_err());
