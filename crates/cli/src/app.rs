@@ -13,6 +13,7 @@ use store::{Clock, LedgerStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use engine::jobs::JobService;
 use engine::run::{Engine, EngineConfig};
 use engine::sandbox::local::LocalPython;
 
@@ -172,5 +173,15 @@ fn build_engine(
         ..EngineConfig::default()
     };
     tracing::info!(catalog = runs.catalog.origin(), version = runs.catalog.version(), "pricing catalog loaded");
-    Ok(Engine::new(config, store.ledger(), store.runs(), provider, executor, Arc::new(runs.catalog.clone()), clock))
+    let jobs = JobService::new(store.jobs(), store.runs(), Arc::clone(&clock), runs.jobs.clone());
+    Ok(Engine::with_jobs(
+        config,
+        store.ledger(),
+        store.runs(),
+        provider,
+        executor,
+        Arc::new(runs.catalog.clone()),
+        clock,
+        Some(jobs),
+    ))
 }

@@ -199,6 +199,7 @@ impl Settings {
             llm,
             hold_ttl_seconds: args.run_hold_ttl_seconds.clamp(1, args.hold_ttl_seconds_max),
             runs_active_max: args.runs_active_max.max(1),
+            jobs: engine::jobs::JobsConfig::default(),
         };
         Ok(Settings {
             runs,
@@ -261,4 +262,6 @@ pub struct RunSettings {
     pub llm: Option<engine::provider::openai::OpenAiConfig>,
     pub hold_ttl_seconds: u64,
     pub runs_active_max: usize,
+    /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
+    pub jobs: engine::jobs::JobsConfig,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use store::memory::MemoryStore;
-use store::{Clock, LedgerStore, RunStore};
+use store::{Clock, JobStore, LedgerStore, RunStore};
 use store_postgres::{PostgresOptions, PostgresStore};
 use store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -57,6 +57,14 @@ impl OpenStore {
             OpenStore::Sqlite(store) => Arc::clone(store) as Arc<dyn RunStore>,
             OpenStore::Postgres(store) => Arc::clone(store) as Arc<dyn RunStore>,
             OpenStore::Memory(store) => Arc::clone(store) as Arc<dyn RunStore>,
+        }
+    }
+
+    pub fn jobs(&self) -> Arc<dyn JobStore> {
+        match self {
+            OpenStore::Sqlite(store) => Arc::clone(store) as Arc<dyn JobStore>,
+            OpenStore::Postgres(store) => Arc::clone(store) as Arc<dyn JobStore>,
+            OpenStore::Memory(store) => Arc::clone(store) as Arc<dyn JobStore>,
         }
     }
 

@@ -84,6 +84,7 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         llm: None,
         hold_ttl_seconds: 1200,
         runs_active_max: 16,
+        jobs: engine::jobs::JobsConfig::default(),
     };
     Settings {
         runs,

@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod holds;
 mod idempotency;
+mod jobs;
 mod postgres;
 mod processes;
 mod scenarios;
