@@ -1,8 +1,10 @@
-//! The buildable application: bind, open the store, wire the router and the sweeper.
+//! The buildable application: bind, open the store, wire the router, the sweepers and the
+//! in-process video workers.
 //!
 //! `Application::build` does everything that can fail at start-up and returns an application
 //! bound to its port (tests bind port 0 and ask [`Application::port`]); `run_until_stopped`
-//! serves until the token is cancelled, then stops the sweeper and closes the store.
+//! serves until the token is cancelled, then stops the sweepers and the workers (which hand
+//! their leases back) and only then closes the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +15,12 @@ use store::{Clock, LedgerStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use engine::jobs::worker::{spawn_stuck_sweeper, spawn_workers};
 use engine::jobs::JobService;
 use engine::run::{Engine, EngineConfig};
 use engine::sandbox::local::LocalPython;
 
-use crate::config::{resolve_listen, Settings};
+use crate::config::{resolve_listen, RendererSettings, Settings};
 use crate::database::OpenStore;
 
 pub struct Application {
@@ -26,6 +29,8 @@ pub struct Application {
     router: axum::Router,
     store: OpenStore,
     engine: Arc<Engine>,
+    /// What in-process workers render video jobs with (`CREDITGRAPH_RENDERER_*`).
+    renderer: Arc<dyn engine::render::Renderer>,
     sweep_interval: Duration,
     shutdown_grace: Duration,
 }
@@ -56,12 +61,21 @@ impl Application {
             }
             tracing::warn!(listen = %settings.listen, "no tokens configured: authentication is OFF (loopback only)");
         }
+        let renderer_settings = RendererSettings::from_env()?;
+        let renderer = renderer_settings.build(settings.runs.jobs.artifact_bytes_max)?;
         let listener =
             TcpListener::bind(&addresses[..]).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr().context("cannot read the bound address")?;
         let store = OpenStore::open(&settings.database, Arc::clone(&clock)).await?;
         let engine = build_engine(&settings, &store, Arc::clone(&clock), executor)?;
+        let worker_api = settings.api.worker_token.is_some();
         let router = server::router_with_engine(store.ledger(), clock, settings.api, Some(Arc::clone(&engine)));
+        tracing::info!(
+            workers_in_process = settings.runs.jobs.workers_in_process,
+            renderer = renderer_settings.describe(),
+            worker_api,
+            "video jobs"
+        );
         tracing::info!(
             address = %local_addr,
             database = %settings.database.describe(),
@@ -74,6 +88,7 @@ impl Application {
             router,
             store,
             engine,
+            renderer,
             sweep_interval: settings.sweep_interval,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -98,10 +113,12 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled: stops accepting, cancels runs in flight (each
-    /// releases its hold) and ends their streams, lets requests finish (for at most the grace
-    /// period), stops the sweeper, then closes the store.
+    /// releases its hold) and ends their streams, stops the in-process video workers (each hands
+    /// its lease back, so its job is queued again without a refund), lets requests finish (for at
+    /// most the grace period), stops the sweepers, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { listener, router, store, engine, sweep_interval, shutdown_grace, .. } = self;
+        let Application { listener, router, store, engine, renderer, sweep_interval, shutdown_grace, .. } = self;
+        let job_tasks = start_job_tasks(&engine, renderer, &shutdown.child_token());
         let runs_stopped = {
             let engine = Arc::clone(&engine);
             let shutdown = shutdown.clone();
@@ -132,9 +149,45 @@ impl Application {
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task ended abnormally");
         }
+        stop_job_tasks(job_tasks).await;
         store.close().await;
         tracing::info!("stopped");
         served.context("the HTTP server failed")
+    }
+}
+
+/// Longest wait for the in-process workers and the stuck sweep to stop. A worker stops at once
+/// (its render is dropped) and hands its lease back with one store call, retried briefly.
+const JOB_TASKS_STOP_SECONDS_MAX: u64 = 30;
+
+/// The in-process video workers (`<instance>-w<N>`) and the periodic stuck-job sweep.
+fn start_job_tasks(
+    engine: &Engine,
+    renderer: Arc<dyn engine::render::Renderer>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(jobs) = engine.jobs() else { return Vec::new() };
+    let config = jobs.config();
+    let mut tasks =
+        spawn_workers(jobs, renderer, &engine.config().instance_id, config.workers_in_process, stop.clone());
+    let interval = Duration::from_secs(config.stuck_sweep_interval_seconds.max(1));
+    tasks.push(spawn_stuck_sweeper(Arc::clone(jobs), interval, stop.clone()));
+    tasks
+}
+
+/// Waits (bounded) for the job tasks to stop; the store must still be open while they do.
+async fn stop_job_tasks(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let aborts: Vec<_> = tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+    let all = async {
+        for task in tasks {
+            if task.await.is_err() {
+                tracing::error!("a video worker or the stuck sweep ended abnormally");
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(JOB_TASKS_STOP_SECONDS_MAX), all).await.is_err() {
+        tracing::warn!("video workers still busy after {JOB_TASKS_STOP_SECONDS_MAX} s; stopping them");
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The operator commands: each opens the store, does one thing, prints JSON (API shapes) or a
-//! report on stdout, and closes the store.
+//! report on stdout, and closes the store. And `worker`, which has no store: it renders video
+//! jobs for a server over the worker API.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,7 +10,13 @@ use ledger::{AccountId, Amount, Command, GrantId, Outcome};
 use serde_json::Value;
 use store::{Clock, Executed, LedgerStore, Request, SweepReport, SystemClock};
 
-use crate::config::{AccountArgs, DatabaseArgs, DatabaseUrl, GrantArgs};
+use engine::jobs::remote::HttpWorkerBackend;
+use engine::jobs::worker::{run_worker, WorkerBackend};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    parse_worker_token, AccountArgs, DatabaseArgs, DatabaseUrl, GrantArgs, RendererSettings, WorkerArgs, WORKERS_MAX,
+};
 use crate::database::{self, OpenStore};
 
 /// Sweep calls one `creditgraph sweep` makes at most when every call comes back full.
@@ -129,4 +136,55 @@ pub async fn sweep(args: &DatabaseArgs) -> anyhow::Result<ExitCode> {
     report.insert("idempotency_keys_deleted".to_owned(), Value::from(total.idempotency_keys_deleted));
     print_json(&Value::Object(report))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `--workers` worker loops against the server's worker API with the configured renderer
+/// until SIGINT or SIGTERM; each loop then hands back the lease it holds.
+pub async fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    if args.workers == 0 || args.workers > WORKERS_MAX {
+        bail!("--workers: from 1 to {WORKERS_MAX}");
+    }
+    let token = parse_worker_token(&args.token).context("--token")?;
+    let config = engine::jobs::JobsConfig {
+        heartbeat_seconds: args.heartbeat_seconds.max(1),
+        idle_poll_ms: args.idle_poll_ms.max(10),
+        ..engine::jobs::JobsConfig::default()
+    };
+    let renderer_settings = RendererSettings::from_env()?;
+    let renderer = renderer_settings.build(config.artifact_bytes_max)?;
+    let backend = HttpWorkerBackend::new(&args.server, &token, args.request_timeout_seconds)
+        .map_err(|error| anyhow!("--server: {error}"))?;
+    let backend: Arc<dyn WorkerBackend> = Arc::new(backend);
+    let shutdown = CancellationToken::new();
+    let signals = crate::shutdown::cancel_on_signal(shutdown.clone());
+    // Unique per process and readable in the job's lease holder.
+    let prefix = format!("worker-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tracing::info!(
+        workers = args.workers,
+        worker_prefix = prefix,
+        renderer = renderer_settings.describe(),
+        "creditgraph worker started"
+    );
+    let loops: Vec<_> = (1..=args.workers)
+        .map(|number| {
+            tokio::spawn(run_worker(
+                Arc::clone(&backend),
+                Arc::clone(&renderer),
+                format!("{prefix}-w{number}"),
+                config.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    let mut clean = true;
+    for worker in loops {
+        if worker.await.is_err() {
+            tracing::error!("a worker loop ended abnormally");
+            clean = false;
+        }
+    }
+    shutdown.cancel();
+    let _ = signals.await;
+    tracing::info!("creditgraph worker stopped");
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -34,6 +34,8 @@ pub enum CommandLine {
     Holds(AccountArgs),
     /// Record due expiries in the journal and forget old idempotency keys, once.
     Sweep(DatabaseArgs),
+    /// Render video jobs for a server over its worker API until SIGINT or SIGTERM.
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +77,48 @@ pub struct ServeArgs {
     /// Most turns running at once on this process.
     #[arg(long, env = "CREDITGRAPH_RUNS_ACTIVE_MAX", default_value_t = 64)]
     pub runs_active_max: usize,
+    /// The token `creditgraph worker` processes present on `/v1/worker/…`. Without it the worker
+    /// API is off (in-process workers need none).
+    #[arg(long, env = "CREDITGRAPH_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Video workers inside this process (0: only `creditgraph worker` processes render).
+    #[arg(long, env = "CREDITGRAPH_WORKERS_IN_PROCESS", default_value_t = 2)]
+    pub workers_in_process: usize,
+    /// How often stuck video jobs are looked for.
+    #[arg(long, env = "CREDITGRAPH_JOB_SWEEP_INTERVAL_SECONDS", default_value_t = 10)]
+    pub job_sweep_interval_seconds: u64,
+    /// A worker's lease on a video job; a worker silent for this long loses the job.
+    #[arg(long, env = "CREDITGRAPH_JOB_LEASE_SECONDS", default_value_t = 30)]
+    pub job_lease_seconds: u64,
+    /// How often in-process workers renew their lease (less than the lease).
+    #[arg(long, env = "CREDITGRAPH_JOB_HEARTBEAT_SECONDS", default_value_t = 5)]
+    pub job_heartbeat_seconds: u64,
+}
+
+/// Most worker loops one process runs.
+pub const WORKERS_MAX: usize = 64;
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The server's base URL, e.g. `http://10.0.0.5:8080`.
+    #[arg(long, env = "CREDITGRAPH_SERVER_URL")]
+    pub server: String,
+    /// The server's worker token (its CREDITGRAPH_WORKER_TOKEN); prefer the environment, which
+    /// other users of the machine cannot read in the process list.
+    #[arg(long, env = "CREDITGRAPH_WORKER_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Jobs rendered at once by this process.
+    #[arg(long, env = "CREDITGRAPH_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// How often a worker renews its lease; keep it well under the server's --job-lease-seconds.
+    #[arg(long, env = "CREDITGRAPH_JOB_HEARTBEAT_SECONDS", default_value_t = 5)]
+    pub heartbeat_seconds: u64,
+    /// Longest wait between claims while no job is due.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_poll_ms: u64,
+    /// Deadline of each call to the server (a finish uploads the artifact).
+    #[arg(long, default_value_t = 120)]
+    pub request_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -177,6 +221,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_args(args: &ServeArgs) -> anyhow::Result<Settings> {
         let tokens = parse_tokens(args.tokens.as_deref().unwrap_or(""))?;
+        let worker_token = args.worker_token.as_deref().map(parse_worker_token).transpose()?;
         if args.hold_ttl_seconds_max == 0 {
             bail!("--hold-ttl-seconds-max must be at least 1");
         }
@@ -186,6 +231,7 @@ impl Settings {
             hold_ttl_seconds_max: args.hold_ttl_seconds_max,
             hold_ttl_seconds_default: defaults.hold_ttl_seconds_default.min(args.hold_ttl_seconds_max),
             refund_grant_ttl_seconds: args.refund_grant_ttl_seconds,
+            worker_token,
             ..defaults
         };
         let catalog = match &args.catalog {
@@ -199,7 +245,7 @@ impl Settings {
             llm,
             hold_ttl_seconds: args.run_hold_ttl_seconds.clamp(1, args.hold_ttl_seconds_max),
             runs_active_max: args.runs_active_max.max(1),
-            jobs: engine::jobs::JobsConfig::default(),
+            jobs: jobs_config(args)?,
         };
         Ok(Settings {
             runs,
@@ -209,6 +255,107 @@ impl Settings {
             sweep_interval: Duration::from_secs(args.sweep_interval_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         })
+    }
+}
+
+/// The worker token: non-empty, without blanks or control characters.
+pub fn parse_worker_token(token: &str) -> anyhow::Result<String> {
+    if token.is_empty() || token.bytes().any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control()) {
+        bail!("the worker token must be non-empty without blanks");
+    }
+    Ok(token.to_owned())
+}
+
+/// The job system's settings from `serve`'s flags (the rest keep their defaults).
+fn jobs_config(args: &ServeArgs) -> anyhow::Result<engine::jobs::JobsConfig> {
+    if args.job_heartbeat_seconds == 0 || args.job_heartbeat_seconds >= args.job_lease_seconds {
+        bail!(
+            "--job-heartbeat-seconds ({}) must be at least 1 and less than --job-lease-seconds ({})",
+            args.job_heartbeat_seconds,
+            args.job_lease_seconds
+        );
+    }
+    if args.workers_in_process > WORKERS_MAX {
+        bail!("--workers-in-process: at most {WORKERS_MAX}");
+    }
+    Ok(engine::jobs::JobsConfig {
+        lease_seconds: args.job_lease_seconds,
+        heartbeat_seconds: args.job_heartbeat_seconds,
+        workers_in_process: args.workers_in_process,
+        stuck_sweep_interval_seconds: args.job_sweep_interval_seconds.max(1),
+        ..engine::jobs::JobsConfig::default()
+    })
+}
+
+/// Which renderer makes video artifacts, from the environment: `CREDITGRAPH_RENDERER_COMMAND`
+/// (a program and its arguments, split on whitespace, no shell) or `CREDITGRAPH_RENDERER_URL`,
+/// else the built-in SVG storyboard. `CREDITGRAPH_RENDERER_CONTENT_TYPE` types a command's output
+/// (default `video/mp4`); `CREDITGRAPH_RENDERER_TIMEOUT_SECONDS` bounds one render (default 600).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RendererSettings {
+    Builtin,
+    Command { command_line: String, content_type: String, timeout_seconds: u64 },
+    Http { url: String, timeout_seconds: u64 },
+}
+
+/// A render's deadline when `CREDITGRAPH_RENDERER_TIMEOUT_SECONDS` is not set.
+pub const RENDER_TIMEOUT_SECONDS_DEFAULT: u64 = 600;
+
+impl RendererSettings {
+    pub fn from_env() -> anyhow::Result<RendererSettings> {
+        RendererSettings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`RendererSettings::from_env`] over any variable lookup (blank values count as unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<RendererSettings> {
+        let get = |name: &str| lookup(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+        let timeout_seconds = match get("CREDITGRAPH_RENDERER_TIMEOUT_SECONDS") {
+            None => RENDER_TIMEOUT_SECONDS_DEFAULT,
+            Some(text) => match text.parse::<u64>() {
+                Ok(seconds) if seconds > 0 => seconds,
+                _ => bail!("CREDITGRAPH_RENDERER_TIMEOUT_SECONDS must be a whole number of seconds, at least 1"),
+            },
+        };
+        match (get("CREDITGRAPH_RENDERER_COMMAND"), get("CREDITGRAPH_RENDERER_URL")) {
+            (Some(_), Some(_)) => bail!("set CREDITGRAPH_RENDERER_COMMAND or CREDITGRAPH_RENDERER_URL, not both"),
+            (Some(command_line), None) => Ok(RendererSettings::Command {
+                command_line,
+                content_type: get("CREDITGRAPH_RENDERER_CONTENT_TYPE").unwrap_or_else(|| "video/mp4".to_owned()),
+                timeout_seconds,
+            }),
+            (None, Some(url)) => Ok(RendererSettings::Http { url, timeout_seconds }),
+            (None, None) => Ok(RendererSettings::Builtin),
+        }
+    }
+
+    /// The renderer, refusing artifacts over `artifact_bytes_max`.
+    pub fn build(&self, artifact_bytes_max: usize) -> anyhow::Result<std::sync::Arc<dyn engine::render::Renderer>> {
+        use engine::render::{builtin::BuiltinRenderer, command::CommandRenderer, http::HttpRenderer};
+        Ok(match self {
+            RendererSettings::Builtin => std::sync::Arc::new(BuiltinRenderer),
+            RendererSettings::Command { command_line, content_type, timeout_seconds } => std::sync::Arc::new(
+                CommandRenderer::parse(command_line, content_type, *timeout_seconds, artifact_bytes_max)
+                    .map_err(|error| anyhow::anyhow!("CREDITGRAPH_RENDERER_COMMAND: {error}"))?,
+            ),
+            RendererSettings::Http { url, timeout_seconds } => std::sync::Arc::new(
+                HttpRenderer::new(url, *timeout_seconds, artifact_bytes_max)
+                    .map_err(|error| anyhow::anyhow!("CREDITGRAPH_RENDERER_URL: {error}"))?,
+            ),
+        })
+    }
+
+    /// For logs: the kind and the program (never arguments or the URL's query, which may hold secrets).
+    pub fn describe(&self) -> String {
+        match self {
+            RendererSettings::Builtin => "builtin SVG storyboard".to_owned(),
+            RendererSettings::Command { command_line, .. } => {
+                format!("command {}", command_line.split_whitespace().next().unwrap_or_default())
+            }
+            RendererSettings::Http { url, .. } => {
+                let shown = url.split(['?', '#']).next().unwrap_or_default();
+                format!("http {shown}")
+            }
+        }
     }
 }
 
@@ -251,6 +398,68 @@ mod tests {
         assert!(parse_tokens("root:x").is_err());
         assert!(parse_tokens("admin").is_err());
         assert!(parse_tokens("admin:").is_err());
+    }
+
+    #[test]
+    fn the_renderer_comes_from_the_environment() {
+        let lookup = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+        };
+        assert_eq!(RendererSettings::from_lookup(lookup(&[])).ok(), Some(RendererSettings::Builtin));
+        assert_eq!(
+            RendererSettings::from_lookup(lookup(&[
+                ("CREDITGRAPH_RENDERER_URL", " "),
+                ("CREDITGRAPH_RENDERER_COMMAND", "")
+            ]))
+            .ok(),
+            Some(RendererSettings::Builtin)
+        );
+        let command = RendererSettings::from_lookup(lookup(&[
+            ("CREDITGRAPH_RENDERER_COMMAND", "/opt/render --fast"),
+            ("CREDITGRAPH_RENDERER_TIMEOUT_SECONDS", "30"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            command,
+            RendererSettings::Command {
+                command_line: "/opt/render --fast".to_owned(),
+                content_type: "video/mp4".to_owned(),
+                timeout_seconds: 30
+            }
+        );
+        assert_eq!(command.describe(), "command /opt/render");
+        let http = RendererSettings::from_lookup(lookup(&[("CREDITGRAPH_RENDERER_URL", "http://r/render?key=s3cret")]))
+            .expect("valid");
+        assert_eq!(http.describe(), "http http://r/render");
+        assert!(http.build(1024).is_ok());
+        assert!(RendererSettings::from_lookup(lookup(&[
+            ("CREDITGRAPH_RENDERER_URL", "http://r"),
+            ("CREDITGRAPH_RENDERER_COMMAND", "render")
+        ]))
+        .is_err());
+        assert!(RendererSettings::from_lookup(lookup(&[("CREDITGRAPH_RENDERER_TIMEOUT_SECONDS", "0")])).is_err());
+        assert!(RendererSettings::Http { url: "ftp://r".to_owned(), timeout_seconds: 5 }.build(1).is_err());
+    }
+
+    #[test]
+    fn job_flags_are_checked() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["creditgraph", "serve"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                CommandLine::Serve(args) => Settings::from_args(&args),
+                other => panic!("not serve: {other:?}"),
+            }
+        };
+        let settings =
+            serve(&["--job-lease-seconds", "4", "--job-heartbeat-seconds", "1", "--workers-in-process", "0"])
+                .expect("valid");
+        assert_eq!((settings.runs.jobs.lease_seconds, settings.runs.jobs.heartbeat_seconds), (4, 1));
+        assert_eq!(settings.runs.jobs.workers_in_process, 0);
+        assert!(serve(&["--job-lease-seconds", "4", "--job-heartbeat-seconds", "4"]).is_err());
+        assert!(serve(&["--workers-in-process", "1000"]).is_err());
+        assert!(serve(&["--worker-token", "has blank"]).is_err());
+        assert_eq!(serve(&["--worker-token", "w0rker"]).expect("valid").api.worker_token.as_deref(), Some("w0rker"));
     }
 }
 

@@ -61,5 +61,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CommandLine::Balance(args) => commands::balance(args).await,
         CommandLine::Holds(args) => commands::holds(args).await,
         CommandLine::Sweep(args) => commands::sweep(args).await,
+        CommandLine::Worker(args) => commands::worker(args).await,
     }
 }
