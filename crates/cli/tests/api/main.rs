@@ -15,3 +15,4 @@ mod processes;
 mod scenarios;
 mod solve;
 mod sse;
+mod workers;
