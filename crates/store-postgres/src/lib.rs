@@ -44,8 +44,9 @@ use ledger::{
 };
 use rand::Rng;
 use store::{
-    AccountView, Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobStore, JobWrite, JobWriteRefusal,
-    JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport, VerifyReport,
+    AccountView, Artifact, Clock, CreateRunRefusal, Executed, InstanceLease, JobRecord, JobStore, JobWrite,
+    JobWriteRefusal, JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport,
+    VerifyReport, HOLD_UNRESOLVED_MARKER,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -652,6 +653,88 @@ impl RunStore for PostgresStore {
         let rows =
             client.query(&statement, &[&state.as_str(), &instance_id, &i64::from(limit)]).await.map_err(store_error)?;
         rows.iter().map(runs::run).collect()
+    }
+
+    async fn unresolved_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE state <> 'running' AND hold_id IS NOT NULL \
+                 AND strpos(data, $1) > 0 ORDER BY updated_at, run_id COLLATE \"C\" LIMIT $2"
+            ))
+            .await
+            .map_err(store_error)?;
+        let rows =
+            client.query(&statement, &[&HOLD_UNRESOLVED_MARKER, &i64::from(limit)]).await.map_err(store_error)?;
+        rows.iter().map(runs::run).collect()
+    }
+
+    async fn orphaned_runs(
+        &self,
+        except_instance_id: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'running' AND instance_id <> $1 \
+                 AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = runs.instance_id \
+                 AND instances.lease_until > $2) ORDER BY created_at, run_id COLLATE \"C\" LIMIT $3"
+            ))
+            .await
+            .map_err(store_error)?;
+        let rows = client
+            .query(&statement, &[&except_instance_id, &now.micros(), &i64::from(limit)])
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(runs::run).collect()
+    }
+
+    async fn renew_instance(
+        &self,
+        instance_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO instances (instance_id, lease_until, started_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (instance_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+            )
+            .await
+            .map_err(store_error)?;
+        client.execute(&statement, &[&instance_id, &lease_until.micros(), &now.micros()]).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn drop_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("DELETE FROM instances WHERE instance_id = $1").await.map_err(store_error)?;
+        Ok(client.execute(&statement, &[&instance_id]).await.map_err(store_error)? == 1)
+    }
+
+    async fn lapsed_instances(&self, now: Timestamp, limit: u32) -> Result<Vec<InstanceLease>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT instance_id, lease_until, started_at FROM instances WHERE lease_until <= $1 \
+                 ORDER BY lease_until, instance_id COLLATE \"C\" LIMIT $2",
+            )
+            .await
+            .map_err(store_error)?;
+        let rows = client.query(&statement, &[&now.micros(), &i64::from(limit)]).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceLease {
+                    instance_id: row.try_get(0).map_err(|_| corrupt("instance_id"))?,
+                    lease_until: Timestamp::from_micros(row.try_get(1).map_err(|_| corrupt("instance lease_until"))?),
+                    started_at: Timestamp::from_micros(row.try_get(2).map_err(|_| corrupt("instance started_at"))?),
+                })
+            })
+            .collect()
     }
 
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {

@@ -161,6 +161,19 @@ CREATE INDEX jobs_claim_lease ON jobs (status, lease_expires_at);
 CREATE INDEX jobs_by_thread ON jobs (thread_id, created_at);
 "#,
     },
+    Migration {
+        version: 4,
+        sql: r#"
+-- Instance leases: each server process renews its row while it runs; the runs of an instance
+-- without a live lease are recovered (holds released, runs marked interrupted).
+CREATE TABLE instances (
+    instance_id TEXT PRIMARY KEY,
+    lease_until BIGINT NOT NULL,
+    started_at BIGINT NOT NULL
+);
+CREATE INDEX instances_by_lease ON instances (lease_until);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -283,7 +283,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
 }
 
 #[tokio::test]
@@ -462,7 +462,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     // Back to what a version-1 build left.
     client
         .batch_execute(
-            "DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; \
+            "DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; \
              DELETE FROM schema_migrations WHERE version >= 2",
         )
         .await
@@ -470,7 +470,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
     assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
@@ -492,11 +492,14 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
-    client.batch_execute("DROP TABLE jobs; DELETE FROM schema_migrations WHERE version = 3").await.expect("downgrade");
+    client
+        .batch_execute("DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3")
+        .await
+        .expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     assert_eq!(store.run("r1").await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
     assert_eq!(store.thread_jobs("t1", 10).await.expect("answers"), vec![job]);

@@ -31,8 +31,9 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use ledger::{AccountId, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Timestamp, Violation};
 use store::{
-    AccountView, Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobStore, JobWrite, JobWriteRefusal,
-    JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport, VerifyReport,
+    AccountView, Artifact, Clock, CreateRunRefusal, Executed, InstanceLease, JobRecord, JobStore, JobWrite,
+    JobWriteRefusal, JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport,
+    VerifyReport,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -385,6 +386,44 @@ impl RunStore for SqliteStore {
     ) -> Result<Vec<RunRecord>, StoreError> {
         let instance_id = instance_id.map(str::to_owned);
         self.readers.run(move |conn| runs::runs_in_state(conn, state, instance_id.as_deref(), limit)).await
+    }
+
+    async fn unresolved_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        self.readers.run(move |conn| runs::unresolved_runs(conn, limit)).await
+    }
+
+    async fn orphaned_runs(
+        &self,
+        except_instance_id: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let except_instance_id = except_instance_id.to_owned();
+        self.readers.run(move |conn| runs::orphaned_runs(conn, &except_instance_id, now, limit)).await
+    }
+
+    async fn renew_instance(
+        &self,
+        instance_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let work = Work::RenewInstance { instance_id: instance_id.to_owned(), now, lease_until };
+        match Self::answer(self.submit(work).await?).await? {
+            Done::InstanceRenewed => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn drop_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
+        match Self::answer(self.submit(Work::DropInstance(instance_id.to_owned())).await?).await? {
+            Done::InstanceDropped(dropped) => Ok(dropped),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn lapsed_instances(&self, now: Timestamp, limit: u32) -> Result<Vec<InstanceLease>, StoreError> {
+        self.readers.run(move |conn| runs::lapsed_instances(conn, now, limit)).await
     }
 
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@
 
 use ledger::{AccountId, HoldId, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use store::{Artifact, CreateRunRefusal, RunRecord, RunState, StoreError};
+use store::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, StoreError, HOLD_UNRESOLVED_MARKER};
 
 use crate::rows::{corrupt, sql_error};
 
@@ -233,6 +233,78 @@ pub(crate) fn runs_in_state(
             query_runs(conn, &sql, params![state.as_str(), i64::from(limit)])
         }
     }
+}
+
+pub(crate) fn unresolved_runs(conn: &Connection, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE state <> 'running' AND hold_id IS NOT NULL AND instr(data, ?1) > 0 \
+         ORDER BY updated_at, run_id LIMIT ?2"
+    );
+    query_runs(conn, &sql, params![HOLD_UNRESOLVED_MARKER, i64::from(limit)])
+}
+
+pub(crate) fn orphaned_runs(
+    conn: &Connection,
+    except_instance_id: &str,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'running' AND instance_id <> ?1 \
+         AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = runs.instance_id \
+         AND instances.lease_until > ?2) ORDER BY created_at, run_id LIMIT ?3"
+    );
+    query_runs(conn, &sql, params![except_instance_id, now.micros(), i64::from(limit)])
+}
+
+/// Upserts an instance's lease, keeping `started_at`. Writer thread only.
+pub(crate) fn renew_instance(
+    conn: &Connection,
+    instance_id: &str,
+    now: Timestamp,
+    lease_until: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO instances (instance_id, lease_until, started_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (instance_id) DO UPDATE SET lease_until = excluded.lease_until",
+    )
+    .map_err(sql_error)?
+    .execute(params![instance_id, lease_until.micros(), now.micros()])
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+/// Deletes an instance's lease; whether it had one. Writer thread only.
+pub(crate) fn drop_instance(conn: &Connection, instance_id: &str) -> Result<bool, StoreError> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM instances WHERE instance_id = ?1")
+        .map_err(sql_error)?
+        .execute([instance_id])
+        .map_err(sql_error)?;
+    Ok(deleted == 1)
+}
+
+pub(crate) fn lapsed_instances(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<InstanceLease>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT instance_id, lease_until, started_at FROM instances WHERE lease_until <= ?1 \
+             ORDER BY lease_until, instance_id LIMIT ?2",
+        )
+        .map_err(sql_error)?;
+    let mut rows = statement.query(params![now.micros(), i64::from(limit)]).map_err(sql_error)?;
+    let mut leases = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        leases.push(InstanceLease {
+            instance_id: get(row, 0)?,
+            lease_until: Timestamp::from_micros(get(row, 1)?),
+            started_at: Timestamp::from_micros(get(row, 2)?),
+        });
+    }
+    Ok(leases)
 }
 
 pub(crate) fn artifact(conn: &Connection, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {

@@ -12,7 +12,7 @@ use store::StoreError;
 
 /// How long a connection waits for a lock held by another connection before giving up.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection (the adapter uses about forty-five distinct ones).
+/// Prepared statements kept per connection (the adapter uses about fifty distinct ones).
 const STATEMENT_CACHE_MAX: usize = 64;
 
 /// Versions in ascending order; a version's SQL never changes once released.
@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_ledger.sql")),
     (2, include_str!("../migrations/0002_runs.sql")),
     (3, include_str!("../migrations/0003_jobs.sql")),
+    (4, include_str!("../migrations/0004_instances.sql")),
 ];
 
 fn startup(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {

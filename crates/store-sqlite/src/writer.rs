@@ -50,6 +50,12 @@ pub(crate) enum Work {
         lease_until: Timestamp,
         attempts_max: u32,
     },
+    RenewInstance {
+        instance_id: String,
+        now: Timestamp,
+        lease_until: Timestamp,
+    },
+    DropInstance(String),
 }
 
 /// What the writer did, once committed.
@@ -63,6 +69,9 @@ pub(crate) enum Done {
     ArtifactPut,
     JobWritten(Result<JobWritten, JobWriteRefusal>),
     JobClaimed(Option<JobRecord>),
+    InstanceRenewed,
+    /// Whether the instance had a lease.
+    InstanceDropped(bool),
 }
 
 /// What a job did inside its savepoint: its answer, whether its writes stay, and the account
@@ -276,6 +285,10 @@ impl Writer {
             Work::ClaimJob { worker_id, now, lease_until, attempts_max } => {
                 jobs::claim(&self.conn, worker_id, *now, *lease_until, *attempts_max).map(Done::JobClaimed)
             }
+            Work::RenewInstance { instance_id, now, lease_until } => {
+                runs::renew_instance(&self.conn, instance_id, *now, *lease_until).map(|()| Done::InstanceRenewed)
+            }
+            Work::DropInstance(instance_id) => runs::drop_instance(&self.conn, instance_id).map(Done::InstanceDropped),
         };
         done.map(Performed::kept)
     }

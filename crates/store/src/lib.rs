@@ -23,7 +23,7 @@ use ledger::{
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
-pub use runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
+pub use runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;

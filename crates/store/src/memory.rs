@@ -16,7 +16,7 @@ use ledger::{
 };
 
 use crate::jobs::{self, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten, JOBS_LIST_MAX};
-use crate::runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
+use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
 use crate::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
 #[derive(Default)]
@@ -36,6 +36,8 @@ struct Inner {
     jobs: HashMap<String, JobRecord>,
     /// retry_source_job_id → the id of its retry: the unique index of the SQL stores.
     retries: HashMap<String, String>,
+    /// Instance leases by instance id.
+    instances: HashMap<String, InstanceLease>,
 }
 
 /// What the ledger decided for one request, before anything is written.
@@ -354,6 +356,64 @@ impl RunStore for MemoryStore {
             .collect();
         runs.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
         Ok(runs.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn unresolved_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let inner = self.lock();
+        let mut runs: Vec<&RunRecord> = inner
+            .runs
+            .values()
+            .filter(|run| run.state.is_terminal() && run.hold_id.is_some() && run.data.contains(HOLD_UNRESOLVED_MARKER))
+            .collect();
+        runs.sort_by(|a, b| (a.updated_at, &a.run_id).cmp(&(b.updated_at, &b.run_id)));
+        Ok(runs.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn orphaned_runs(
+        &self,
+        except_instance_id: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let inner = self.lock();
+        let live = |instance_id: &str| inner.instances.get(instance_id).is_some_and(|lease| lease.lease_until > now);
+        let mut runs: Vec<&RunRecord> = inner
+            .runs
+            .values()
+            .filter(|run| {
+                run.state == RunState::Running && run.instance_id != except_instance_id && !live(&run.instance_id)
+            })
+            .collect();
+        runs.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
+        Ok(runs.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn renew_instance(
+        &self,
+        instance_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let lease = inner.instances.entry(instance_id.to_owned()).or_insert_with(|| InstanceLease {
+            instance_id: instance_id.to_owned(),
+            lease_until,
+            started_at: now,
+        });
+        lease.lease_until = lease_until;
+        Ok(())
+    }
+
+    async fn drop_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().instances.remove(instance_id).is_some())
+    }
+
+    async fn lapsed_instances(&self, now: Timestamp, limit: u32) -> Result<Vec<InstanceLease>, StoreError> {
+        let inner = self.lock();
+        let mut lapsed: Vec<&InstanceLease> =
+            inner.instances.values().filter(|lease| lease.lease_until <= now).collect();
+        lapsed.sort_by(|a, b| (a.lease_until, &a.instance_id).cmp(&(b.lease_until, &b.instance_id)));
+        Ok(lapsed.into_iter().take(limit as usize).cloned().collect())
     }
 
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {

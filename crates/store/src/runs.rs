@@ -75,6 +75,21 @@ pub struct Artifact {
     pub created_at: Timestamp,
 }
 
+/// A server process's claim to be alive: it renews `lease_until` while it runs. A run whose
+/// instance has no lease, or a lapsed one, belongs to a dead process and is recovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceLease {
+    pub instance_id: String,
+    pub lease_until: Timestamp,
+    /// When the instance first took its lease (kept by renewals).
+    pub started_at: Timestamp,
+}
+
+/// The exact text the run engine's JSON document contains while a terminal run's hold still needs
+/// a release (`serde_json` writes `"hold_resolved":false` with no spaces).
+/// [`RunStore::unresolved_runs`] matches on it, so the store never parses the document.
+pub const HOLD_UNRESOLVED_MARKER: &str = r#""hold_resolved":false"#;
+
 /// Why a run could not be created. When several apply, the first listed here is the answer, so
 /// every backend refuses the same request the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +135,32 @@ pub trait RunStore: Send + Sync + 'static {
         instance_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Terminal runs with a `hold_id` whose data contains [`HOLD_UNRESOLVED_MARKER`] (a release
+    /// that failed), least recently updated first, at most `limit`.
+    async fn unresolved_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Running runs whose instance is not `except_instance_id` and has no lease or a lease with
+    /// `lease_until <= now`, oldest first, at most `limit`: the runs of dead processes.
+    async fn orphaned_runs(
+        &self,
+        except_instance_id: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Takes or renews the instance's lease until `lease_until` (an upsert; `started_at` is `now`
+    /// on the first call and kept by later ones).
+    async fn renew_instance(&self, instance_id: &str, now: Timestamp, lease_until: Timestamp)
+        -> Result<(), StoreError>;
+
+    /// Removes the instance's lease (a clean stop, or a dead instance with nothing left to
+    /// recover). Returns false when it had none.
+    async fn drop_instance(&self, instance_id: &str) -> Result<bool, StoreError>;
+
+    /// Instances whose lease has lapsed (`lease_until <= now`), earliest lapse first, at most
+    /// `limit`.
+    async fn lapsed_instances(&self, now: Timestamp, limit: u32) -> Result<Vec<InstanceLease>, StoreError>;
 
     /// Stores an artifact (ids are unique; a second put of the same id is an error,
     /// [`StoreError::Corrupt`], and leaves the first one as it was).

@@ -72,6 +72,9 @@ macro_rules! conformance_tests {
             runs_concurrent_creates_one_wins
             runs_concurrent_creates_on_distinct_threads
             runs_concurrent_same_run_id
+            runs_instance_leases
+            runs_orphaned_by_lease
+            runs_unresolved_holds
         );
         $crate::conformance_tests!(@jobs $factory;
             jobs_insert_then_read_back

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use ledger::{AccountId, HoldId, Timestamp};
 
 use super::account;
-use crate::runs::{Artifact, CreateRunRefusal, RunRecord, RunState, RunStore};
+use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
 use crate::{Clock, ManualClock, StoreError};
 
 /// A fresh run store and the clock the checks take their timestamps from.
@@ -379,4 +379,109 @@ pub async fn runs_concurrent_same_run_id(h: RunHarness) {
         let owner = h.store.thread_account(&thread_id).await.unwrap();
         assert_eq!(owner.is_some(), thread_id == winner.thread_id, "thread {thread_id}");
     }
+}
+
+/// Leases: renewing is an upsert that keeps `started_at`; a lease lapses exactly at
+/// `lease_until` (as the clock moves, no sleep); a dropped lease is gone; the list is ordered by
+/// lapse time and bounded by `limit`.
+pub async fn runs_instance_leases(h: RunHarness) {
+    let start = h.now();
+    h.store.renew_instance("a", start, start.plus_seconds(10)).await.expect("store answers");
+    h.store.renew_instance("b", start, start.plus_seconds(20)).await.expect("store answers");
+    h.store.renew_instance("c", start, start.plus_seconds(30)).await.expect("store answers");
+    assert!(h.store.lapsed_instances(start, 10).await.unwrap().is_empty(), "nothing lapsed yet");
+    assert!(h.store.lapsed_instances(start.plus_seconds(9), 10).await.unwrap().is_empty());
+
+    h.clock.advance_seconds(10);
+    let lapsed = h.store.lapsed_instances(h.now(), 10).await.unwrap();
+    let expected =
+        InstanceLease { instance_id: "a".to_owned(), lease_until: start.plus_seconds(10), started_at: start };
+    assert_eq!(lapsed, vec![expected], "a lease lapses at lease_until");
+
+    // A renewal moves lease_until and keeps started_at.
+    h.store.renew_instance("a", h.now(), h.now().plus_seconds(100)).await.unwrap();
+    assert!(h.store.lapsed_instances(h.now(), 10).await.unwrap().is_empty(), "renewed");
+    h.clock.advance_seconds(100);
+    let lapsed = h.store.lapsed_instances(h.now(), 10).await.unwrap();
+    let ids: Vec<&str> = lapsed.iter().map(|lease| lease.instance_id.as_str()).collect();
+    assert_eq!(ids, vec!["b", "c", "a"], "earliest lapse first");
+    assert_eq!(lapsed[2].started_at, start, "started_at kept by the renewal");
+    assert_eq!(lapsed[2].lease_until, start.plus_seconds(110));
+    let first: Vec<String> =
+        h.store.lapsed_instances(h.now(), 2).await.unwrap().into_iter().map(|lease| lease.instance_id).collect();
+    assert_eq!(first, vec!["b", "c"], "bounded by limit");
+
+    assert!(h.store.drop_instance("b").await.unwrap());
+    assert!(!h.store.drop_instance("b").await.unwrap(), "already dropped");
+    assert!(!h.store.drop_instance("unknown").await.unwrap());
+    let ids: Vec<String> =
+        h.store.lapsed_instances(h.now(), 10).await.unwrap().into_iter().map(|lease| lease.instance_id).collect();
+    assert_eq!(ids, vec!["c", "a"]);
+}
+
+/// Orphaned runs: running runs of instances without a live lease (none, or lapsed), never those
+/// of the excepted instance, never terminal ones; oldest first, bounded by `limit`.
+pub async fn runs_orphaned_by_lease(h: RunHarness) {
+    let now = h.now();
+    let run = |run_id: &str, thread_id: &str, instance_id: &str, age_seconds: i64| {
+        let mut run = h.record(run_id, "u", thread_id);
+        run.instance_id = instance_id.to_owned();
+        run.created_at = now.plus_micros(-age_seconds * 1_000_000);
+        run
+    };
+    let runs = [
+        run("live", "t1", "alive", 50),
+        run("mine", "t2", "me", 40),
+        run("leaseless", "t3", "ghost", 30),
+        run("lapsing", "t4", "dying", 20),
+        run("lapsing2", "t5", "dying", 10),
+        run("done", "t6", "ghost", 60),
+    ];
+    for run in &runs {
+        h.create(run).await.expect("created");
+    }
+    h.finish("done", RunState::Failed).await;
+    h.store.renew_instance("alive", now, now.plus_seconds(100)).await.unwrap();
+    h.store.renew_instance("dying", now, now.plus_seconds(5)).await.unwrap();
+    let store = h.store.clone();
+    let orphaned = |at, limit| {
+        let store = store.clone();
+        async move {
+            let runs = store.orphaned_runs("me", at, limit).await.expect("store answers");
+            runs.into_iter().map(|run| run.run_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(orphaned(now, 10).await, vec!["leaseless"], "no lease row: orphaned at once");
+    assert_eq!(orphaned(now.plus_seconds(5), 10).await, vec!["leaseless", "lapsing", "lapsing2"]);
+    assert_eq!(orphaned(now.plus_seconds(5), 2).await, vec!["leaseless", "lapsing"], "bounded, oldest first");
+    assert_eq!(orphaned(now.plus_seconds(100), 10).await, vec!["live", "leaseless", "lapsing", "lapsing2"]);
+    h.finish("leaseless", RunState::Interrupted).await;
+    assert_eq!(orphaned(now, 10).await, Vec::<String>::new(), "terminal runs are not orphaned");
+}
+
+/// Unresolved runs: terminal runs with a hold whose data carries the marker, least recently
+/// updated first, bounded; running runs and resolved ones never.
+pub async fn runs_unresolved_holds(h: RunHarness) {
+    let unresolved = format!(r#"{{"problem":"x","{}}}"#, &HOLD_UNRESOLVED_MARKER[1..]);
+    let resolved = r#"{"problem":"x","hold_resolved":true}"#.to_owned();
+    let cases: [(&str, RunState, Option<&str>, &String); 5] = [
+        ("a", RunState::Failed, Some("ha"), &unresolved),
+        ("b", RunState::Canceled, Some("hb"), &resolved),
+        ("c", RunState::Running, Some("hc"), &unresolved),
+        ("d", RunState::Interrupted, Some("hd"), &unresolved),
+        ("e", RunState::Failed, None, &unresolved),
+    ];
+    for (index, (run_id, state, hold, data)) in cases.into_iter().enumerate() {
+        let thread_id = format!("t-{run_id}");
+        h.start(run_id, "u", &thread_id).await;
+        let mut run = h.read(run_id).await.expect("exists");
+        run.state = state;
+        run.hold_id = hold.map(hold_id);
+        run.data = data.clone();
+        run.updated_at = h.now().plus_seconds(10 - index as u64);
+        assert!(h.store.update_run(&run).await.unwrap());
+    }
+    let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|run| run.run_id).collect::<Vec<_>>();
+    assert_eq!(ids(h.store.unresolved_runs(10).await.unwrap()), vec!["d", "a"], "least recently updated first");
+    assert_eq!(ids(h.store.unresolved_runs(1).await.unwrap()), vec!["d"]);
 }
