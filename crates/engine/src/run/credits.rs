@@ -70,6 +70,21 @@ impl Credits {
         }))
     }
 
+    /// Moves a pending hold's expiry to `ttl_seconds` from now (the key names the extension, so
+    /// a retried one never applies twice).
+    pub async fn extend(
+        &self,
+        key: &str,
+        hold_id: &HoldId,
+        ttl_seconds: u64,
+    ) -> Result<Result<Hold, Rejection>, StoreError> {
+        let command = Command::Extend { hold_id: hold_id.clone(), ttl_seconds };
+        Ok(self.send(command, key).await?.map(|outcome| match outcome {
+            Outcome::Extended { hold } => hold,
+            other => unreachable!("an extend command answered {other:?}"),
+        }))
+    }
+
     /// Releases a hold. Only "released now", "already released", "not found" and the states in
     /// which nothing is reserved any more count as done; store errors are retried, then returned
     /// (the caller logs them with the hold id; the hold's TTL remains the safety net).

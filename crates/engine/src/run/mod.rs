@@ -8,6 +8,7 @@
 
 pub mod credits;
 pub mod data;
+pub mod recovery;
 pub mod solver;
 mod turn;
 
@@ -47,6 +48,17 @@ pub struct EngineConfig {
     pub ledger_backoff_ms: u64,
     /// False when no LLM provider is configured: solves are refused, estimates still work.
     pub solve_enabled: bool,
+    /// How long this instance's lease lasts without a renewal; its runs are recovered by another
+    /// instance once it lapses.
+    pub instance_lease_seconds: u64,
+    /// How often [`Engine::start_background`] renews the lease (well under the lease).
+    pub instance_renew_seconds: u64,
+    /// How often [`Engine::start_background`] runs [`Engine::recover_once`].
+    pub recovery_interval_seconds: u64,
+    /// Runs (and unresolved holds) one [`Engine::recover_once`] handles at most.
+    pub recovery_runs_max: u32,
+    /// A live run's pending hold expiring within this margin is extended by `hold_ttl_seconds`.
+    pub hold_extend_margin_seconds: u64,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +75,11 @@ impl Default for EngineConfig {
             ledger_retries_max: 5,
             ledger_backoff_ms: 50,
             solve_enabled: true,
+            instance_lease_seconds: 15,
+            instance_renew_seconds: 5,
+            recovery_interval_seconds: 5,
+            recovery_runs_max: 64,
+            hold_extend_margin_seconds: 300,
         }
     }
 }
@@ -105,6 +122,8 @@ pub struct Started {
 struct LiveRun {
     channel: Arc<EventChannel>,
     cancel: CancellationToken,
+    /// For the hold extender.
+    turn: Arc<Turn>,
 }
 
 #[derive(Default)]
@@ -317,12 +336,12 @@ impl Engine {
         };
         let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max);
         let cancel = self.stopping.child_token();
+        let turn = Arc::new(Turn::new(self.clone(), record, data, catalog, channel.clone()));
         self.registry
             .lock()
             .expect("registry lock poisoned")
             .running
-            .insert(run_id.clone(), LiveRun { channel: channel.clone(), cancel: cancel.clone() });
-        let turn = Arc::new(Turn::new(self.clone(), record, data, catalog, channel.clone()));
+            .insert(run_id.clone(), LiveRun { channel: channel.clone(), cancel: cancel.clone(), turn: turn.clone() });
         let engine = self.clone();
         self.tracker.spawn(async move {
             engine.supervise(turn, cancel).await;

@@ -9,7 +9,7 @@
 //! 5. solve, then pdf and video concurrently;
 //! 6. settler: capture the synchronous cost with `final`, the rest goes back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ pub(crate) struct Turn {
     hold: Mutex<Option<Hold>>,
     /// Set when the settler starts: from then on a cancel waits for it instead of interrupting.
     committed: AtomicBool,
+    /// Extensions of the hold applied so far: the `n` of the next key `<run_id>:extend:<n>`.
+    extensions: AtomicU32,
 }
 
 fn store_failure(error: &StoreError) -> StepFailure {
@@ -94,6 +96,7 @@ impl Turn {
             credits,
             hold: Mutex::new(None),
             committed: AtomicBool::new(false),
+            extensions: AtomicU32::new(0),
         }
     }
 
@@ -103,6 +106,34 @@ impl Turn {
 
     fn key(&self, what: &str) -> String {
         format!("{}:{what}", self.run_id())
+    }
+
+    /// The turn's hold while it is pending.
+    pub(crate) fn pending_hold(&self) -> Option<Hold> {
+        self.hold.lock().expect("hold lock poisoned").clone().filter(|hold| hold.state == ledger::HoldState::Pending)
+    }
+
+    /// Extends the pending hold by `ttl_seconds` from now. True when it was extended; a hold
+    /// that is no longer pending (settled or released meanwhile) is left alone.
+    pub(crate) async fn extend_hold(&self, ttl_seconds: u64) -> Result<bool, StoreError> {
+        let Some(hold) = self.pending_hold() else { return Ok(false) };
+        let n = self.extensions.load(Ordering::SeqCst);
+        let key = self.key(&format!("extend:{n}"));
+        match self.credits.extend(&key, &hold.hold_id, ttl_seconds).await? {
+            Ok(extended) => {
+                self.extensions.fetch_add(1, Ordering::SeqCst);
+                let mut current = self.hold.lock().expect("hold lock poisoned");
+                // The settler may have resolved the hold meanwhile: its state wins.
+                if current.as_ref().is_some_and(|hold| hold.state == ledger::HoldState::Pending) {
+                    *current = Some(extended);
+                }
+                Ok(true)
+            }
+            Err(rejection) => {
+                tracing::info!(hold_id = %hold.hold_id, %rejection, "hold not extended");
+                Ok(false)
+            }
+        }
     }
 
     pub(crate) fn is_committed(&self) -> bool {
@@ -206,7 +237,9 @@ impl Turn {
         if action.as_deref() != Some("video_retry") {
             return Ok(false);
         }
-        let refuse = |message: &str| StepFailure::new(ErrorCode::InvalidInput, format!("This video cannot be retried: {message}"));
+        let refuse = |message: &str| {
+            StepFailure::new(ErrorCode::InvalidInput, format!("This video cannot be retried: {message}"))
+        };
         let Some(source) = source else { return Err(refuse("retry_source_job_id is missing")) };
         let Some(jobs) = self.engine.jobs.clone() else { return Err(refuse("video jobs are not available")) };
         let (account_id, thread_id) = {
@@ -532,9 +565,19 @@ impl Turn {
             "explanation": solution.and_then(|solution| solution.explanation.clone()),
         })
         .to_string();
-        let new = NewJob { account_id, thread_id, run_id, hold_id, price: self.catalog.action(Action::Video), input, retry_source_job_id };
+        let new = NewJob {
+            account_id,
+            thread_id,
+            run_id,
+            hold_id,
+            price: self.catalog.action(Action::Video),
+            input,
+            retry_source_job_id,
+        };
         jobs.create(new).await.map_err(|error| match error {
-            JobError::RetryAlreadyUsed => StepFailure::new(ErrorCode::InvalidInput, "This video cannot be retried: it was already retried once"),
+            JobError::RetryAlreadyUsed => {
+                StepFailure::new(ErrorCode::InvalidInput, "This video cannot be retried: it was already retried once")
+            }
             JobError::InvalidRetrySource(message) => {
                 StepFailure::new(ErrorCode::InvalidInput, format!("This video cannot be retried: {message}"))
             }
@@ -661,8 +704,14 @@ impl Turn {
             match self.credits.release(&self.key("release"), &hold.hold_id).await {
                 Ok(_) => self.data.lock().expect("run data lock poisoned").hold_resolved = true,
                 Err(error) => {
-                    // Left for the next turn of the thread, the recovery sweep, and the TTL.
-                    tracing::error!(hold_id = %hold.hold_id, %error, "could not release the hold of a failed run");
+                    // `Credits::release` already retried with backoff. `hold_resolved` stays false
+                    // in the stored data, so the recovery sweep (`Engine::recover_once`) retries it;
+                    // the next turn of the thread does too, and the TTL is the last safety net.
+                    tracing::error!(
+                        hold_id = %hold.hold_id,
+                        %error,
+                        "could not release the hold of a failed run; left to the recovery sweep"
+                    );
                 }
             }
         }

@@ -1,0 +1,275 @@
+//! Crash recovery and hold upkeep on the memory store: a dead instance's running run gives its
+//! hold back long before the TTL (once, however often the sweep runs), a live instance's runs
+//! are left alone while it renews its lease, a release that failed earlier is retried, and a
+//! live run's hold is extended before it expires so the run still settles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::catalog::Catalog;
+use engine::provider::Purpose;
+use engine::run::data::RunData;
+use engine::run::recovery::RecoveryReport;
+use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
+use engine::testing::{FakeProvider, FakeReply};
+use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, HoldState, Timestamp};
+use store::memory::MemoryStore;
+use store::{Clock, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore};
+
+const ACCOUNT: &str = "alice";
+
+struct Setup {
+    engine: Arc<Engine>,
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    fake: FakeProvider,
+}
+
+fn account() -> AccountId {
+    AccountId::parse(ACCOUNT).expect("valid account id")
+}
+
+async fn setup(change: impl FnOnce(&mut EngineConfig)) -> Setup {
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = Arc::new(MemoryStore::new(clock.clone(), 86_400));
+    let fake = FakeProvider::start().await;
+    let mut config = EngineConfig { instance_id: "me".to_owned(), ledger_backoff_ms: 1, ..EngineConfig::default() };
+    change(&mut config);
+    let engine = Engine::new(
+        config,
+        store.clone(),
+        store.clone(),
+        Arc::new(fake.provider()),
+        Arc::new(NoExecutor),
+        Arc::new(Catalog::builtin()),
+        clock.clone(),
+    );
+    let grant = Command::Grant {
+        account_id: account(),
+        grant_id: GrantId::parse("g1").expect("valid id"),
+        amount: Amount::parse("1000").expect("valid amount"),
+        priority: 100,
+        expires_at: None,
+        reference: None,
+        metadata: "{}".to_owned(),
+    };
+    let executed = store.execute(Request::new(grant)).await.expect("store answers");
+    assert!(matches!(executed, Executed::Fresh(Ok(_))), "{executed:?}");
+    Setup { engine, store, clock, fake }
+}
+
+impl Setup {
+    /// A run of `instance_id` in `state` with a real pending hold (key `<run_id>:hold`), as a
+    /// process that died mid-run (or failed to release) left it.
+    async fn run_with_hold(&self, run_id: &str, instance_id: &str, state: RunState) -> HoldId {
+        let hold_id = HoldId::parse(&format!("hold-{run_id}")).expect("valid id");
+        let hold = Command::Hold {
+            account_id: account(),
+            hold_id: hold_id.clone(),
+            amount: Amount::parse("10").expect("valid amount"),
+            ttl_seconds: 1200,
+            reference: None,
+            metadata: "{}".to_owned(),
+        };
+        let executed =
+            self.store.execute(Request::with_key(hold, &format!("{run_id}:hold"), "hold")).await.expect("answers");
+        assert!(matches!(executed, Executed::Fresh(Ok(_))), "{executed:?}");
+        let now = self.clock.now();
+        let data = RunData { problem: "2+2".to_owned(), catalog_version: "v".to_owned(), ..RunData::default() };
+        let record = RunRecord {
+            run_id: run_id.to_owned(),
+            account_id: account(),
+            thread_id: format!("thread-{run_id}"),
+            turn_index: 0,
+            state: RunState::Running,
+            instance_id: instance_id.to_owned(),
+            hold_id: Some(hold_id.clone()),
+            created_at: now,
+            updated_at: now,
+            data: data.to_text(),
+        };
+        self.store.create_run(&record).await.expect("answers").expect("created");
+        if state != RunState::Running {
+            let finished = RunRecord { state, ..record };
+            assert!(self.store.update_run(&finished).await.expect("answers"));
+        }
+        hold_id
+    }
+
+    async fn hold_state(&self, hold_id: &HoldId) -> HoldState {
+        self.store.hold(hold_id).await.expect("answers").expect("the hold exists").state
+    }
+
+    async fn run(&self, run_id: &str) -> (RunRecord, RunData) {
+        let record = self.store.run(run_id).await.expect("answers").expect("the run exists");
+        let data = RunData::from_text(&record.data).expect("decodable run data");
+        (record, data)
+    }
+
+    async fn entries(&self, kind: EntryKind) -> usize {
+        let entries = self.store.entries(&account(), 0, 1000).await.expect("answers");
+        entries.iter().filter(|entry| entry.kind == kind).count()
+    }
+
+    async fn recover(&self) -> RecoveryReport {
+        self.engine.recover_once().await.expect("recovery answers")
+    }
+}
+
+/// (a) A run left running by a dead instance (no lease row at all) is released and interrupted
+/// by one sweep, 1 second after it started — not after the 1200 s TTL — and exactly once.
+#[tokio::test]
+async fn a_dead_instances_run_is_released_and_interrupted_once() {
+    let s = setup(|_| {}).await;
+    let hold_id = s.run_with_hold("run-dead", "dead-instance", RunState::Running).await;
+    s.clock.advance_seconds(1);
+
+    let report = s.recover().await;
+    assert_eq!((report.interrupted, report.released, report.release_failures), (1, 1, 0), "{report:?}");
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Released);
+    let (record, data) = s.run("run-dead").await;
+    assert_eq!(record.state, RunState::Interrupted);
+    assert!(data.hold_resolved);
+    assert_eq!(data.error.map(|error| error.code).as_deref(), Some("interrupted"));
+    let balances = s.store.account(&account()).await.expect("answers").expect("exists").balances;
+    assert_eq!(balances.held, Amount::ZERO, "nothing stays reserved");
+
+    let again = s.recover().await;
+    assert_eq!(again, RecoveryReport::default(), "a second sweep changes nothing");
+    assert_eq!(s.run("run-dead").await.0, record);
+    assert_eq!(s.entries(EntryKind::Release).await, 1, "one release in the journal");
+}
+
+/// (a') A restart recovers at once: the background task sweeps when it starts.
+#[tokio::test]
+async fn the_background_task_recovers_at_start_and_drops_its_lease_at_shutdown() {
+    let s = setup(|_| {}).await;
+    let hold_id = s.run_with_hold("run-dead", "dead-instance", RunState::Running).await;
+    let background = s.engine.start_background();
+    let mut interrupted = false;
+    for _ in 0..200 {
+        if s.run("run-dead").await.0.state == RunState::Interrupted {
+            interrupted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(interrupted, "recovered at start");
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Released);
+    let far = s.clock.now().plus_seconds(3600);
+    let leases = s.store.lapsed_instances(far, 10).await.expect("answers");
+    assert_eq!(leases.iter().map(|lease| lease.instance_id.as_str()).collect::<Vec<_>>(), vec!["me"], "lease taken");
+
+    assert!(s.engine.shutdown(Duration::from_secs(5)).await);
+    tokio::time::timeout(Duration::from_secs(5), background).await.expect("stops").expect("no panic");
+    assert!(s.store.lapsed_instances(far, 10).await.expect("answers").is_empty(), "lease dropped");
+}
+
+/// (b) A live instance's running run is left alone while its lease is renewed, and recovered once
+/// the lease lapses.
+#[tokio::test]
+async fn a_live_instances_run_is_recovered_only_after_its_lease_lapses() {
+    let s = setup(|_| {}).await;
+    let hold_id = s.run_with_hold("run-live", "other", RunState::Running).await;
+    for _ in 0..3 {
+        let now = s.clock.now();
+        s.store.renew_instance("other", now, now.plus_seconds(15)).await.expect("answers");
+        s.clock.advance_seconds(10);
+        assert_eq!(s.recover().await, RecoveryReport::default(), "lease renewed: untouched");
+        assert_eq!(s.run("run-live").await.0.state, RunState::Running);
+        assert_eq!(s.hold_state(&hold_id).await, HoldState::Pending);
+    }
+    s.clock.advance_seconds(5);
+    let report = s.recover().await;
+    assert_eq!((report.interrupted, report.released), (1, 1), "{report:?}");
+    assert_eq!(s.run("run-live").await.0.state, RunState::Interrupted);
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Released);
+}
+
+/// The engine's own running runs are never recovered by itself, even without a lease row.
+#[tokio::test]
+async fn own_runs_are_never_recovered() {
+    let s = setup(|_| {}).await;
+    let hold_id = s.run_with_hold("run-mine", "me", RunState::Running).await;
+    s.clock.advance_seconds(100);
+    assert_eq!(s.recover().await, RecoveryReport::default());
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Pending);
+}
+
+/// (d) A terminal run whose release failed (`hold_resolved == false`) gets its hold released by
+/// the next sweep, once.
+#[tokio::test]
+async fn a_failed_release_is_retried_by_recovery() {
+    let s = setup(|_| {}).await;
+    let hold_id = s.run_with_hold("run-failed", "me", RunState::Failed).await;
+    let resolved = s.run_with_hold("run-fine", "me", RunState::Canceled).await;
+    {
+        // run-fine's release succeeded earlier: recovery must leave it as it is.
+        let (record, mut data) = s.run("run-fine").await;
+        data.hold_resolved = true;
+        assert!(s.store.update_run(&RunRecord { data: data.to_text(), ..record }).await.expect("answers"));
+    }
+
+    let report = s.recover().await;
+    assert_eq!((report.interrupted, report.released, report.release_failures), (0, 1, 0), "{report:?}");
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Released);
+    let (record, data) = s.run("run-failed").await;
+    assert_eq!(record.state, RunState::Failed, "the state stays");
+    assert!(data.hold_resolved);
+    assert_eq!(s.hold_state(&resolved).await, HoldState::Pending, "a resolved run is not touched");
+    assert_eq!(s.recover().await, RecoveryReport::default());
+    assert_eq!(s.entries(EntryKind::Release).await, 1);
+}
+
+/// (c) A live run whose provider answers after (hold TTL − margin) keeps its hold: the extender
+/// moves the expiry, so the settler still captures after the original expiry has passed.
+#[tokio::test]
+async fn a_long_runs_hold_is_extended_and_settles() {
+    let s = setup(|config| {
+        config.hold_ttl_seconds = 60;
+        config.hold_extend_margin_seconds = 30;
+    })
+    .await;
+    s.fake.on(Purpose::Router, FakeReply::route(true));
+    s.fake.on(Purpose::GeneralChat, FakeReply::text("hello").after(Duration::from_millis(1500)));
+    let request = SolveRequest {
+        account_id: account(),
+        problem: "hi".to_owned(),
+        thread_id: None,
+        action: None,
+        retry_source_job_id: None,
+    };
+    let started = s.engine.start_solve(request).await.expect("started");
+    let hold_id = HoldId::parse(&format!("hold-{}", started.run_id)).expect("valid id");
+    let mut held_at: Option<Timestamp> = None;
+    for _ in 0..200 {
+        if let Some(hold) = s.store.hold(&hold_id).await.expect("answers") {
+            held_at = Some(hold.expires_at);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first_expiry = held_at.expect("the hold was taken");
+    assert_eq!(s.engine.extend_holds_once().await, 0, "not due yet: expires in 60 s, margin 30 s");
+
+    s.clock.advance_seconds(40);
+    assert_eq!(s.engine.extend_holds_once().await, 1, "due: expires in 20 s");
+    let extended = s.store.hold(&hold_id).await.expect("answers").expect("exists");
+    assert_eq!(extended.state, HoldState::Pending);
+    assert_eq!(extended.expires_at, s.clock.now().plus_seconds(60));
+    assert_eq!(s.entries(EntryKind::Extend).await, 1);
+
+    s.clock.advance_seconds(30);
+    assert!(s.clock.now() > first_expiry, "the original expiry has passed");
+    let mut state = RunState::Running;
+    for _ in 0..400 {
+        state = s.store.run(&started.run_id).await.expect("answers").expect("exists").state;
+        if state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, RunState::Succeeded);
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Captured);
+    assert_eq!(s.entries(EntryKind::Expire).await, 0);
+}
