@@ -266,10 +266,20 @@ mod tests {
         let channel = EventChannel::new("t", "r", 64);
         let reader = tokio::spawn(channel.follow(None).collect::<Vec<_>>());
         for code in crate::jobs::JobErrorCode::ALL {
-            channel.emit(EventKind::JobFinished, None, Some("video"), json!({"status": "failed", "error_code": code.as_str()}));
+            channel.emit(
+                EventKind::JobFinished,
+                None,
+                Some("video"),
+                json!({"status": "failed", "error_code": code.as_str()}),
+            );
         }
         for code in ErrorCode::ALL {
-            channel.emit(EventKind::Error, None, None, json!({"code": code.as_str(), "message": "m", "recoverable": false}));
+            channel.emit(
+                EventKind::Error,
+                None,
+                None,
+                json!({"code": code.as_str(), "message": "m", "recoverable": false}),
+            );
         }
         channel.close();
         let frames = reader.await.unwrap();

@@ -9,10 +9,10 @@
 pub mod catalog;
 pub mod estimate;
 pub mod events;
+pub mod jobs;
 pub mod pdf;
 pub mod provider;
+pub mod render;
 pub mod run;
 pub mod sandbox;
 pub mod testing;
-pub mod jobs;
-pub mod render;

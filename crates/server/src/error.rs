@@ -117,8 +117,8 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 /// Human-readable summary per code: the same for every occurrence, as RFC 9457 asks of `title`.
-fn title(code: &str) -> &'static str {
-    match code {
+fn title(code: &str) -> String {
+    let known = match code {
         "insufficient_credits" => "Insufficient credits",
         "account_not_found" => "Account not found",
         "hold_not_found" => "Hold not found",
@@ -135,8 +135,18 @@ fn title(code: &str) -> &'static str {
         "method_not_allowed" => "Method not allowed",
         "payload_too_large" => "Payload too large",
         "store_unavailable" => "Store unavailable",
-        _ => "Internal error",
+        "internal_error" => "Internal error",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.to_owned();
     }
+    // Every other code reads as its own title: `thread_busy` → "Thread busy".
+    let mut text = code.replace('_', " ");
+    if let Some(first) = text.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    text
 }
 
 impl From<&Rejection> for ApiError {
@@ -194,7 +204,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
             problem_type: format!("urn:creditgraph:problem:{}", self.code),
-            title: title(self.code).to_owned(),
+            title: title(self.code),
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code.to_owned(),

@@ -43,9 +43,11 @@ fn script_video_turn(fake: &FakeProvider) {
 /// Runs a video turn for `account`; returns the frames and the job id.
 async fn video_turn(app: &TestApp, fake: &FakeProvider, account: &str, thread: &str) -> (Vec<Frame>, String) {
     script_video_turn(fake);
-    let frames = app.solve(json!({"account_id": account, "problem": "draw 2 + 2", "thread_id": thread})).await.collect().await;
+    let frames =
+        app.solve(json!({"account_id": account, "problem": "draw 2 + 2", "thread_id": thread})).await.collect().await;
     assert_eq!(frames.last().unwrap().event, "done", "{frames:#?}");
-    let token = frames.iter().find(|frame| frame.event == "token" && frame.data["node"] == "video").expect("video anchor");
+    let token =
+        frames.iter().find(|frame| frame.event == "token" && frame.data["node"] == "video").expect("video anchor");
     let job_id = token.payload()["metadata"]["job_id"].as_str().unwrap().to_owned();
     (frames, job_id)
 }
@@ -76,19 +78,28 @@ async fn success_keeps_the_price(postgres: bool) {
     app.fund("vic", "100").await;
     let (frames, job_id) = video_turn(&app, &fake, "vic", "vic-thread").await;
     let reserved = frames.iter().find(|frame| frame.event == "credit_reserved").unwrap().payload().clone();
-    assert_eq!(reserved["amount"], "28", "3 (router, planner, flash/brief solve = 16 worst case) + video 10: {reserved}");
+    assert_eq!(
+        reserved["amount"], "28",
+        "3 (router, planner, flash/brief solve = 16 worst case) + video 10: {reserved}"
+    );
     let settled = frames.iter().find(|frame| frame.event == "credit_settled").unwrap().payload().clone();
     assert_eq!((settled["actual"].as_str(), settled["captured"].as_str()), (Some("3"), Some("13")), "{settled}");
     assert_eq!(settled["refunded"], "15");
     let done = wait_for_status(&app, &job_id, "vic", "succeeded").await;
     assert_eq!(done["refunded"], false);
     let url = done["artifact_url"].as_str().unwrap().to_owned();
-    let artifact = app.client.get(format!("{}{url}", app.address)).bearer_auth(crate::helpers::SERVICE_TOKEN).send().await.unwrap();
+    let artifact = app
+        .client
+        .get(format!("{}{url}", app.address))
+        .bearer_auth(crate::helpers::SERVICE_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(artifact.headers()["content-type"], "image/svg+xml");
     assert!(String::from_utf8_lossy(&artifact.bytes().await.unwrap()).contains("<svg"));
     assert_eq!(app.figures("vic").await, ("87".to_owned(), "0".to_owned(), "87".to_owned()));
     assert_eq!(refunds(&app, "vic").await, 0);
-    let listed = app.get(&format!("/v1/threads/vic-thread/jobs?account_id=vic")).await;
+    let listed = app.get("/v1/threads/vic-thread/jobs?account_id=vic").await;
     assert_eq!(listed.assert_status(200)["jobs"][0]["job_id"], job_id);
     app.assert_verified().await;
 }
@@ -119,7 +130,9 @@ async fn queued_cancel_refunds_once(postgres: bool) {
     assert_eq!(refunds(&app, "wes").await, 1);
     // Another account sees nothing.
     app.get(&format!("/v1/jobs/{job_id}?account_id=someone")).await.assert_problem(404, "job_not_found");
-    app.post(&format!("/v1/jobs/{job_id}/cancel?account_id=someone"), json!({})).await.assert_problem(404, "job_not_found");
+    app.post(&format!("/v1/jobs/{job_id}/cancel?account_id=someone"), json!({}))
+        .await
+        .assert_problem(404, "job_not_found");
     app.assert_verified().await;
 }
 
@@ -162,7 +175,12 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
     let (_, job_id) = video_turn(&app, &fake, "yan", "yan-thread").await;
     let service = jobs(&app);
     service.claim("w1").await.unwrap().expect("claimed");
-    let transient = RenderFailure { transient: true, code: JobErrorCode::TtsProviderDown, stage: "tts".to_owned(), detail: "503".to_owned() };
+    let transient = RenderFailure {
+        transient: true,
+        code: JobErrorCode::TtsProviderDown,
+        stage: "tts".to_owned(),
+        detail: "503".to_owned(),
+    };
     let requeued = service.finish(&job_id, "w1", Finish::Failed(transient)).await.unwrap();
     assert_eq!((requeued.status.as_str(), requeued.refund_applied_at), ("queued", None));
     assert_eq!(app.figures("yan").await.0, "87");
@@ -173,7 +191,12 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
     // The first worker's lease is gone: its late report changes nothing.
     let late = service.finish(&job_id, "w1", Finish::Canceled).await;
     assert!(matches!(late, Err(engine::jobs::JobError::LeaseLost)), "{late:?}");
-    let permanent = RenderFailure { transient: false, code: JobErrorCode::RenderResourceLimit, stage: "render".to_owned(), detail: "OOM".to_owned() };
+    let permanent = RenderFailure {
+        transient: false,
+        code: JobErrorCode::RenderResourceLimit,
+        stage: "render".to_owned(),
+        detail: "OOM".to_owned(),
+    };
     let failed = service.finish(&job_id, "w2", Finish::Failed(permanent.clone())).await.unwrap();
     assert_eq!((failed.status.as_str(), failed.error_code.as_deref()), ("failed", Some("render_resource_limit")));
     let repeat = service.finish(&job_id, "w2", Finish::Failed(permanent)).await.unwrap();
@@ -201,7 +224,11 @@ async fn stuck_jobs_are_failed_and_refunded_on_read_and_by_the_sweep() {
     assert_eq!(service.sweep_stuck(100).await.unwrap(), 1);
     for job_id in [&silent, &unclaimed] {
         let job = job(&app, job_id, "zed").await;
-        assert_eq!((job["status"].as_str(), job["error_code"].as_str(), job["refunded"].as_bool()), (Some("failed"), Some("infrastructure_timeout"), Some(true)), "{job:#}");
+        assert_eq!(
+            (job["status"].as_str(), job["error_code"].as_str(), job["refunded"].as_bool()),
+            (Some("failed"), Some("infrastructure_timeout"), Some(true)),
+            "{job:#}"
+        );
     }
     assert_eq!(app.figures("zed").await.0, "94");
     assert_eq!(refunds(&app, "zed").await, 2);
@@ -234,9 +261,15 @@ async fn a_failed_job_may_be_retried_once_checked_before_any_hold() {
     let frames = app.solve(retry_body("amy-thread", &source)).await.collect().await;
     assert_eq!(frames.last().unwrap().event, "done", "{frames:#?}");
     assert_eq!(frames.iter().find(|frame| frame.event == "credit_reserved").unwrap().payload()["amount"], "10");
-    let retry_id = frames.iter().find(|frame| frame.event == "token").unwrap().payload()["metadata"]["job_id"].as_str().unwrap().to_owned();
+    let retry_id = frames.iter().find(|frame| frame.event == "token").unwrap().payload()["metadata"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let retry = job(&app, &retry_id, "amy").await;
-    assert_eq!((retry["retry_source_job_id"].as_str(), retry["can_user_retry"].as_bool()), (Some(source.as_str()), Some(false)));
+    assert_eq!(
+        (retry["retry_source_job_id"].as_str(), retry["can_user_retry"].as_bool()),
+        (Some(source.as_str()), Some(false))
+    );
     assert_eq!(app.figures("amy").await.0, "87");
     assert_eq!(fake.recorded().len(), calls, "a retry makes no LLM call");
 

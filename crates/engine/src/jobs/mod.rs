@@ -181,7 +181,12 @@ fn is_retry_refusal(refusal: &JobWriteRefusal) -> bool {
 }
 
 impl JobService {
-    pub fn new(store: Arc<dyn JobStore>, runs: Arc<dyn RunStore>, clock: Arc<dyn Clock>, config: JobsConfig) -> Arc<JobService> {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        runs: Arc<dyn RunStore>,
+        clock: Arc<dyn Clock>,
+        config: JobsConfig,
+    ) -> Arc<JobService> {
         let (updates, _) = broadcast::channel(256);
         Arc::new(JobService { store, runs, clock, config, queued: Notify::new(), updates })
     }
@@ -206,7 +211,12 @@ impl JobService {
 
     /// Checks that `source_job_id` may be retried by this account and thread. Fails closed: any
     /// doubt (including a store that cannot answer) is a refusal with a message saying why.
-    pub async fn check_retry(&self, account_id: &AccountId, thread_id: &str, source_job_id: &str) -> Result<JobRecord, JobError> {
+    pub async fn check_retry(
+        &self,
+        account_id: &AccountId,
+        thread_id: &str,
+        source_job_id: &str,
+    ) -> Result<JobRecord, JobError> {
         let source = self
             .store
             .job(source_job_id)
@@ -220,16 +230,17 @@ impl JobService {
             return Err(JobError::InvalidRetrySource("the video belongs to another thread".to_owned()));
         }
         if !matches!(source.status, JobStatus::Failed | JobStatus::Canceled) {
-            return Err(JobError::InvalidRetrySource(format!("only a failed or canceled video can be retried; this one is {}", source.status.as_str())));
+            return Err(JobError::InvalidRetrySource(format!(
+                "only a failed or canceled video can be retried; this one is {}",
+                source.status.as_str()
+            )));
         }
         if source.retry_source_job_id.is_some() {
             return Err(JobError::InvalidRetrySource("a retried video cannot be retried again".to_owned()));
         }
-        let existing = self
-            .store
-            .retry_of(source_job_id)
-            .await
-            .map_err(|_| JobError::InvalidRetrySource("the job store cannot be reached to check the retry".to_owned()))?;
+        let existing = self.store.retry_of(source_job_id).await.map_err(|_| {
+            JobError::InvalidRetrySource("the job store cannot be reached to check the retry".to_owned())
+        })?;
         if existing.is_some() {
             return Err(JobError::RetryAlreadyUsed);
         }
@@ -276,7 +287,12 @@ impl JobService {
             finished_at: None,
             version: 0,
         };
-        let capture = Command::Capture { hold_id: new.hold_id.clone(), amount: new.price, is_final: false, overage: Overage::Reject };
+        let capture = Command::Capture {
+            hold_id: new.hold_id.clone(),
+            amount: new.price,
+            is_final: false,
+            overage: Overage::Reject,
+        };
         let key = format!("{job_id}:capture");
         let request = Request::with_key(capture.clone(), &key, &format!("{capture:?}"));
         let write = JobWrite { job, expected_version: None, ledger: Some(request) };
@@ -287,9 +303,9 @@ impl JobService {
                 Ok(self.published(written.job))
             }
             Err(refusal) if is_retry_refusal(&refusal) => Err(JobError::RetryAlreadyUsed),
-            Err(JobWriteRefusal::Ledger(rejection)) => {
-                Err(JobError::Hold(rejection.map_or_else(|| "idempotency conflict".to_owned(), |rejection| rejection.to_string())))
-            }
+            Err(JobWriteRefusal::Ledger(rejection)) => Err(JobError::Hold(
+                rejection.map_or_else(|| "idempotency conflict".to_owned(), |rejection| rejection.to_string()),
+            )),
             Err(other) => Err(JobError::Hold(format!("{other:?}"))),
         }
     }
@@ -312,7 +328,13 @@ impl JobService {
     }
 
     /// Ends `job` in a terminal status. Failed and canceled carry the refund in the same write.
-    fn terminal(&self, job: &JobRecord, status: JobStatus, code: Option<JobErrorCode>, detail: Option<String>) -> JobWrite {
+    fn terminal(
+        &self,
+        job: &JobRecord,
+        status: JobStatus,
+        code: Option<JobErrorCode>,
+        detail: Option<String>,
+    ) -> JobWrite {
         assert!(status.is_terminal(), "terminal() takes a terminal status");
         let now = self.now();
         let mut next = job.clone();
@@ -330,7 +352,11 @@ impl JobService {
         if refund {
             next.refund_applied_at = Some(now);
         }
-        JobWrite { job: next, expected_version: Some(job.version), ledger: refund.then(|| JobService::refund_request(job)) }
+        JobWrite {
+            job: next,
+            expected_version: Some(job.version),
+            ledger: refund.then(|| JobService::refund_request(job)),
+        }
     }
 
     /// Reads, decides, writes; on a version race, reads again (bounded).
@@ -366,7 +392,9 @@ impl JobService {
     pub async fn cancel(&self, job_id: &str) -> Result<JobRecord, JobError> {
         self.transition(job_id, |service, job| {
             Ok(match job.status {
-                JobStatus::Queued => Some(service.terminal(job, JobStatus::Canceled, Some(JobErrorCode::Canceled), None)),
+                JobStatus::Queued => {
+                    Some(service.terminal(job, JobStatus::Canceled, Some(JobErrorCode::Canceled), None))
+                }
                 JobStatus::Running if !job.cancel_requested => {
                     let mut next = job.clone();
                     next.cancel_requested = true;
@@ -419,7 +447,12 @@ impl JobService {
             let write = if job.cancel_requested {
                 service.terminal(job, JobStatus::Canceled, Some(JobErrorCode::Canceled), None)
             } else {
-                service.terminal(job, JobStatus::Failed, Some(JobErrorCode::InfrastructureTimeout), Some(reason.to_owned()))
+                service.terminal(
+                    job,
+                    JobStatus::Failed,
+                    Some(JobErrorCode::InfrastructureTimeout),
+                    Some(reason.to_owned()),
+                )
             };
             Ok(Some(write))
         })
@@ -430,9 +463,11 @@ impl JobService {
     /// requested), refunding each once. Returns how many ended.
     pub async fn sweep_stuck(&self, limit: u32) -> Result<u64, JobError> {
         let now = self.now();
-        let heartbeat_before = Timestamp::from_micros(now.micros() - self.config.stuck_running_seconds as i64 * 1_000_000);
+        let heartbeat_before =
+            Timestamp::from_micros(now.micros() - self.config.stuck_running_seconds as i64 * 1_000_000);
         let queued_before = Timestamp::from_micros(now.micros() - self.config.stuck_queued_seconds as i64 * 1_000_000);
-        let candidates = self.store.stuck_jobs(heartbeat_before, queued_before, now, self.config.attempts_max, limit).await?;
+        let candidates =
+            self.store.stuck_jobs(heartbeat_before, queued_before, now, self.config.attempts_max, limit).await?;
         let mut ended = 0;
         for job in candidates {
             let after = self.end_if_stuck(&job.job_id).await?;
@@ -538,7 +573,8 @@ impl JobService {
                     JobWrite { job: next, expected_version: Some(job.version), ledger: None }
                 }
                 Finish::Failed(failure) => {
-                    let mut write = service.terminal(job, JobStatus::Failed, Some(failure.code), Some(failure.detail.clone()));
+                    let mut write =
+                        service.terminal(job, JobStatus::Failed, Some(failure.code), Some(failure.detail.clone()));
                     write.job.error_stage = Some(failure.stage.clone());
                     write
                 }

@@ -25,7 +25,11 @@ fn job_not_found() -> ApiError {
 
 fn jobs(state: &AppState) -> Result<std::sync::Arc<JobService>, ApiError> {
     state.engine.as_ref().and_then(|engine| engine.jobs().cloned()).ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "jobs_unavailable", "video jobs are not configured on this server")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "jobs_unavailable",
+            "video jobs are not configured on this server",
+        )
     })
 }
 
@@ -33,7 +37,9 @@ fn job_error(error: JobError) -> ApiError {
     match error {
         JobError::NotFound => job_not_found(),
         JobError::Store(error) => error.into(),
-        JobError::Contention => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the job is busy; retry"),
+        JobError::Contention => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the job is busy; retry")
+        }
         other => {
             tracing::error!(error = %other, "job operation failed");
             ApiError::internal()
