@@ -112,13 +112,17 @@ impl Application {
         Arc::clone(&self.engine)
     }
 
-    /// Serves until `shutdown` is cancelled: stops accepting, cancels runs in flight (each
+    /// Serves until `shutdown` is cancelled (while it serves, an upkeep task keeps this instance's
+    /// lease, recovers the runs of dead instances and extends long runs' holds): stops accepting,
+    /// cancels runs in flight (each
     /// releases its hold) and ends their streams, stops the in-process video workers (each hands
     /// its lease back, so its job is queued again without a refund), lets requests finish (for at
     /// most the grace period), stops the sweepers, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application { listener, router, store, engine, renderer, sweep_interval, shutdown_grace, .. } = self;
         let job_tasks = start_job_tasks(&engine, renderer, &shutdown.child_token());
+        // Instance lease, crash recovery of dead instances' runs, hold extension of live ones.
+        let upkeep = engine.start_background();
         let runs_stopped = {
             let engine = Arc::clone(&engine);
             let shutdown = shutdown.clone();
@@ -145,6 +149,12 @@ impl Application {
         shutdown.cancel();
         if runs_stopped.await.is_err() {
             tracing::error!("the run shutdown task ended abnormally");
+        }
+        // Runs have ended: the upkeep task drops this instance's lease and stops.
+        let upkeep_abort = upkeep.abort_handle();
+        if tokio::time::timeout(shutdown_grace, upkeep).await.is_err() {
+            tracing::warn!("the upkeep task did not stop in time; its lease will lapse");
+            upkeep_abort.abort();
         }
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task ended abnormally");
@@ -221,6 +231,9 @@ fn build_engine(
     };
     let config = EngineConfig {
         hold_ttl_seconds: runs.hold_ttl_seconds,
+        instance_lease_seconds: runs.instance_lease_seconds,
+        instance_renew_seconds: (runs.instance_lease_seconds / 3).max(1),
+        recovery_interval_seconds: (runs.instance_lease_seconds / 3).max(1),
         runs_active_max: runs.runs_active_max,
         solve_enabled: runs.llm.is_some(),
         ..EngineConfig::default()

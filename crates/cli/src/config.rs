@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Most turns running at once on this process.
     #[arg(long, env = "CREDITGRAPH_RUNS_ACTIVE_MAX", default_value_t = 64)]
     pub runs_active_max: usize,
+    /// How long this process's instance lease lasts without renewal; after a crash, its runs are
+    /// recovered (holds released, runs marked interrupted) once it lapses.
+    #[arg(long, env = "CREDITGRAPH_INSTANCE_LEASE_SECONDS", default_value_t = 15)]
+    pub instance_lease_seconds: u64,
     /// The token `creditgraph worker` processes present on `/v1/worker/…`. Without it the worker
     /// API is off (in-process workers need none).
     #[arg(long, env = "CREDITGRAPH_WORKER_TOKEN", hide_env_values = true)]
@@ -245,6 +249,7 @@ impl Settings {
             llm,
             hold_ttl_seconds: args.run_hold_ttl_seconds.clamp(1, args.hold_ttl_seconds_max),
             runs_active_max: args.runs_active_max.max(1),
+            instance_lease_seconds: args.instance_lease_seconds.clamp(2, 3600),
             jobs: jobs_config(args)?,
         };
         Ok(Settings {
@@ -471,6 +476,7 @@ pub struct RunSettings {
     pub llm: Option<engine::provider::openai::OpenAiConfig>,
     pub hold_ttl_seconds: u64,
     pub runs_active_max: usize,
+    pub instance_lease_seconds: u64,
     /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
     pub jobs: engine::jobs::JobsConfig,
 }

@@ -84,6 +84,7 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         llm: None,
         hold_ttl_seconds: 1200,
         runs_active_max: 16,
+        instance_lease_seconds: 15,
         // Tests run the stuck sweep themselves, on the manual clock.
         jobs: engine::jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..engine::jobs::JobsConfig::default() },
     };

@@ -18,11 +18,17 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(database: &str) -> ServerProcess {
+        ServerProcess::start_with(database, &[], &[])
+    }
+
+    fn start_with(database: &str, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
         let port =
             TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").port();
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_creditgraph"))
             .args(["serve", "--listen", &listen, "--database", database])
+            .args(args)
+            .envs(envs.iter().copied())
             .env_remove("CREDITGRAPH_TOKENS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -48,6 +54,14 @@ impl ServerProcess {
             }
         }
         ServerProcess { child, base: format!("http://{listen}") }
+    }
+}
+
+impl ServerProcess {
+    /// `kill -9`: no shutdown code runs.
+    fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -114,5 +128,72 @@ async fn two_server_processes_on_one_postgres_database_never_overdraw() {
         .args(["verify", "--database", &database])
         .output()
         .expect("verify runs");
+    assert!(verify.status.success(), "{verify:#?}");
+}
+
+/// After `kill -9` mid-run, the next start recovers the dead instance's run once its lease lapses:
+/// the hold is released (long before its 1200 s TTL) and the run reads `interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_servers_run_is_interrupted_and_its_hold_released_by_the_next_start() {
+    use engine::provider::Purpose;
+    use engine::testing::{FakeProvider, FakeReply};
+
+    let fake = FakeProvider::start().await;
+    fake.on(Purpose::Router, FakeReply::route(false));
+    fake.on(Purpose::Planner, FakeReply::plan(&["solve"], "easy", "full", false));
+    fake.on_default(Purpose::Solver, FakeReply::text("slow").after(Duration::from_secs(120)));
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let base_url = fake.base_url();
+    let envs = [("CREDITGRAPH_LLM_BASE_URL", base_url.as_str()), ("CREDITGRAPH_LLM_TIMEOUT_SECONDS", "300")];
+    let args = ["--instance-lease-seconds", "2", "--workers-in-process", "0"];
+    let first = ServerProcess::start_with(&database, &args, &envs);
+    let client = reqwest::Client::new();
+    let base = first.base.clone();
+    let granted =
+        client.post(format!("{base}/v1/accounts/crash/grants")).json(&json!({"amount": "50"})).send().await.unwrap();
+    assert_eq!(granted.status(), 201);
+    let response = client
+        .post(format!("{base}/v1/solve"))
+        .json(&json!({"account_id": "crash", "problem": "p"}))
+        .send()
+        .await
+        .expect("solve");
+    let run_id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    // Wait until the hold is taken (the solver call then hangs).
+    let mut held = false;
+    for _ in 0..200 {
+        let account: Value =
+            client.get(format!("{base}/v1/accounts/crash")).send().await.unwrap().json().await.unwrap();
+        if account["held"] != "0" {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "the run took its hold");
+    drop(response);
+    first.crash();
+
+    let second = ServerProcess::start_with(&database, &args, &envs);
+    let mut run = Value::Null;
+    for _ in 0..300 {
+        run = client.get(format!("{}/v1/runs/{run_id}", second.base)).send().await.unwrap().json().await.unwrap();
+        if run["state"] == "interrupted" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(run["state"], "interrupted", "{run:#}");
+    let account: Value =
+        client.get(format!("{}/v1/accounts/crash", second.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((account["balance"].as_str(), account["held"].as_str()), (Some("50"), Some("0")), "{account}");
+    let hold_id = run["hold_id"].as_str().expect("the hold was recorded").to_owned();
+    let hold: Value =
+        client.get(format!("{}/v1/holds/{hold_id}", second.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(hold["state"], "released");
+    drop(second);
+    let verify =
+        Command::new(env!("CARGO_BIN_EXE_creditgraph")).args(["verify", "--database", &database]).output().unwrap();
     assert!(verify.status.success(), "{verify:#?}");
 }
