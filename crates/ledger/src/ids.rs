@@ -98,6 +98,7 @@ impl fmt::Display for Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn account_ids_follow_the_charset() {
@@ -114,5 +115,58 @@ mod tests {
         assert!(Reference::parse("").is_err());
         assert!(Reference::parse("a\nb").is_err());
         assert!(Reference::parse(&"r".repeat(256)).is_err());
+    }
+
+    /// Texts near the id grammar: the charset, its neighbours (`:`, `/`, blanks, controls,
+    /// non-ASCII letters), and lengths around both limits.
+    fn id_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-z0-9._-]{0,130}",
+            "[A-Za-z0-9._:/ \\-]{0,20}",
+            "[a-z]{0,3}[\\u{0}-\\u{1f}\\u{7f}\\u{85}\\u{2028}üﬁ][a-z]{0,3}",
+            "[a-z]{250,260}",
+            ".{0,300}",
+        ]
+    }
+
+    /// Fixed seed and bounded cases: CI runs the same inputs every time, and writes no files.
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 4096,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x05EE_D1D5),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn ids_accept_exactly_the_grammar_and_round_trip(text in id_like()) {
+            let valid = (1..=ID_LENGTH_MAX).contains(&text.len())
+                && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            for parsed in [
+                AccountId::parse(&text).map(|id| id.to_string()),
+                HoldId::parse(&text).map(|id| id.as_str().to_owned()),
+                GrantId::parse(&text).map(|id| id.to_string()),
+            ] {
+                prop_assert_eq!(parsed.is_ok(), valid, "{:?}", text);
+                if let Ok(round_trip) = parsed {
+                    prop_assert_eq!(&round_trip, &text);
+                }
+            }
+        }
+
+        #[test]
+        fn references_accept_exactly_the_grammar_and_round_trip(text in id_like()) {
+            let valid = (1..=REFERENCE_LENGTH_MAX).contains(&text.len()) && !text.chars().any(char::is_control);
+            let parsed = Reference::parse(&text);
+            prop_assert_eq!(parsed.is_ok(), valid, "{:?}", text);
+            if let Ok(reference) = parsed {
+                prop_assert_eq!(reference.to_string(), text.clone());
+                prop_assert_eq!(reference.as_str(), text.as_str());
+            }
+        }
     }
 }
