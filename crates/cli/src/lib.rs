@@ -47,9 +47,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CommandLine::Serve(args) => {
             let settings = Settings::from_args(args)?;
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let application = Application::build(settings, clock).await?;
+            // Signals first: a SIGTERM during start-up must also stop the server gracefully.
             let shutdown = CancellationToken::new();
             let signals = shutdown::cancel_on_signal(shutdown.clone());
+            let application = Application::build(settings, clock).await?;
             let result = application.run_until_stopped(shutdown.clone()).await;
             shutdown.cancel();
             let _ = signals.await;

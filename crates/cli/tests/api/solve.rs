@@ -456,3 +456,47 @@ async fn a_stale_hold_of_an_earlier_turn_is_released_first_even_when_the_turn_is
     assert_eq!(app.figures("oli").await, ("30".to_owned(), "0".to_owned(), "30".to_owned()));
     assert!(fake.recorded().is_empty(), "no LLM call before the preflight");
 }
+
+/// Graceful shutdown with an open SSE client and a live run: the server exits cleanly within
+/// the grace period, the run ends with `error {code: canceled}`, and its hold is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_live_runs_releases_their_holds_and_ends_open_streams() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("ledger.db");
+    let fake = FakeProvider::start().await;
+    let config = fake.config();
+    let database = cli::DatabaseUrl::Sqlite(path.clone());
+    let app = spawn_app_full(
+        false,
+        move |settings| {
+            settings.runs.llm = Some(config);
+            settings.database = database;
+            settings.shutdown_grace = Duration::from_secs(10);
+        },
+        None,
+    )
+    .await;
+    app.fund("pam", "50").await;
+    fake.on(Purpose::Router, FakeReply::route(false));
+    fake.on(Purpose::Planner, FakeReply::plan(&["solve"], "easy", "full", false));
+    fake.on_default(Purpose::Solver, FakeReply::text("slow").after(Duration::from_secs(60)));
+    let mut stream = app.solve(json!({"account_id": "pam", "problem": "p"})).await;
+    let mut frames = stream.until("credit_reserved").await;
+    let hold_id = find(&frames, "credit_reserved").payload()["hold_id"].as_str().unwrap().to_owned();
+    let reader = tokio::spawn(stream.collect());
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the server stops within the grace period");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    frames.extend(tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the stream ended").unwrap());
+    let last = frames.last().unwrap();
+    assert_eq!((last.event.as_str(), last.payload()["code"].as_str()), ("error", Some("canceled")), "{frames:#?}");
+
+    // Reopen the database the stopped server left: the hold went back.
+    let clock: Arc<dyn store::Clock> = Arc::new(store::SystemClock);
+    let ledger = store_sqlite::SqliteStore::open(&path, clock, store_sqlite::SqliteOptions::default()).await.unwrap();
+    let hold = store::LedgerStore::hold(&ledger, &ledger::HoldId::parse(&hold_id).unwrap()).await.unwrap().unwrap();
+    assert_eq!(hold.state, ledger::HoldState::Released);
+    let report = store::LedgerStore::verify(&ledger).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    ledger.close().await;
+}

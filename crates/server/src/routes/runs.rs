@@ -31,6 +31,8 @@ use crate::wire;
 
 /// SSE keep-alive comment interval.
 const KEEP_ALIVE_SECONDS: u64 = 15;
+/// How long open streams may drain once shutdown starts.
+const STREAM_DRAIN_SECONDS: u64 = 5;
 /// Turns listed by `GET /v1/threads/{id}`.
 const THREAD_TURNS_MAX: u32 = 200;
 
@@ -136,8 +138,14 @@ fn stream_response(
     stream: impl Stream<Item = Frame> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
 ) -> Response {
-    // An open stream must never block shutdown: it ends when the engine starts stopping.
-    let stream = stream.take_until(stopping.cancelled_owned()).map(frame_event);
+    // An open stream must never block shutdown. Once the engine stops, its runs are canceled and
+    // close their streams after their `error {code: canceled}`; a stream still open a few seconds
+    // later (a reader of an ended run's replay, say) is cut.
+    let cut = async move {
+        stopping.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(STREAM_DRAIN_SECONDS)).await;
+    };
+    let stream = stream.take_until(Box::pin(cut)).map(frame_event);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECONDS))).into_response()
 }
 
