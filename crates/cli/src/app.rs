@@ -232,6 +232,7 @@ fn build_engine(
     let config = EngineConfig {
         hold_ttl_seconds: runs.hold_ttl_seconds,
         instance_lease_seconds: runs.instance_lease_seconds,
+        cancel_on_disconnect: runs.cancel_on_disconnect,
         instance_renew_seconds: (runs.instance_lease_seconds / 3).max(1),
         recovery_interval_seconds: (runs.instance_lease_seconds / 3).max(1),
         runs_active_max: runs.runs_active_max,

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// recovered (holds released, runs marked interrupted) once it lapses.
     #[arg(long, env = "CREDITGRAPH_INSTANCE_LEASE_SECONDS", default_value_t = 15)]
     pub instance_lease_seconds: u64,
+    /// Cancel a run (and release its hold) when its `/v1/solve` client disconnects mid-run;
+    /// by default the run goes on, settles, and the client can resume the stream.
+    #[arg(long, env = "CREDITGRAPH_CANCEL_ON_DISCONNECT")]
+    pub cancel_on_disconnect: bool,
     /// The token `creditgraph worker` processes present on `/v1/worker/…`. Without it the worker
     /// API is off (in-process workers need none).
     #[arg(long, env = "CREDITGRAPH_WORKER_TOKEN", hide_env_values = true)]
@@ -250,6 +254,7 @@ impl Settings {
             hold_ttl_seconds: args.run_hold_ttl_seconds.clamp(1, args.hold_ttl_seconds_max),
             runs_active_max: args.runs_active_max.max(1),
             instance_lease_seconds: args.instance_lease_seconds.clamp(2, 3600),
+            cancel_on_disconnect: args.cancel_on_disconnect,
             jobs: jobs_config(args)?,
         };
         Ok(Settings {
@@ -477,6 +482,7 @@ pub struct RunSettings {
     pub hold_ttl_seconds: u64,
     pub runs_active_max: usize,
     pub instance_lease_seconds: u64,
+    pub cancel_on_disconnect: bool,
     /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
     pub jobs: engine::jobs::JobsConfig,
 }

@@ -500,3 +500,39 @@ async fn shutdown_cancels_live_runs_releases_their_holds_and_ends_open_streams()
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     ledger.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cancel_on_disconnect_a_client_that_leaves_cancels_its_run() {
+    let fake = FakeProvider::start().await;
+    let config = fake.config();
+    let app = spawn_app_full(
+        false,
+        move |settings| {
+            settings.runs.llm = Some(config);
+            settings.runs.cancel_on_disconnect = true;
+        },
+        None,
+    )
+    .await;
+    app.fund("quin", "50").await;
+    fake.on(Purpose::Router, FakeReply::route(false));
+    fake.on(Purpose::Planner, FakeReply::plan(&["solve"], "easy", "full", false));
+    fake.on_default(Purpose::Solver, FakeReply::text("slow").after(Duration::from_secs(60)));
+    let mut stream = app.solve(json!({"account_id": "quin", "problem": "p"})).await;
+    let frames = stream.until("credit_reserved").await;
+    let run_id = stream.run_id.clone();
+    drop(stream);
+    let mut state = String::new();
+    for _ in 0..200 {
+        let run = app.get(&format!("/v1/runs/{run_id}")).await;
+        state = run.assert_status(200)["state"].as_str().unwrap().to_owned();
+        if state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "canceled");
+    let hold_id = find(&frames, "credit_reserved").payload()["hold_id"].as_str().unwrap().to_owned();
+    assert_eq!(app.get_hold(&hold_id).await.str("state"), "released");
+    assert_eq!(app.figures("quin").await, ("50".to_owned(), "0".to_owned(), "50".to_owned()));
+}

@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub ledger_backoff_ms: u64,
     /// False when no LLM provider is configured: solves are refused, estimates still work.
     pub solve_enabled: bool,
+    /// Cancel a run (releasing its hold) when the client of its `/v1/solve` stream leaves before
+    /// the run ends. Off by default: the run goes on, settles, and the client can resume.
+    pub cancel_on_disconnect: bool,
     /// How long this instance's lease lasts without a renewal; its runs are recovered by another
     /// instance once it lapses.
     pub instance_lease_seconds: u64,
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             ledger_retries_max: 5,
             ledger_backoff_ms: 50,
             solve_enabled: true,
+            cancel_on_disconnect: false,
             instance_lease_seconds: 15,
             instance_renew_seconds: 5,
             recovery_interval_seconds: 5,

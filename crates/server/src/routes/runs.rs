@@ -181,7 +181,20 @@ pub async fn solve(
         })
         .await
         .map_err(start_error)?;
-    let mut response = stream_response(started.channel.follow(None), engine.stopping());
+    let frames = started.channel.follow(None);
+    let mut response = if engine.config().cancel_on_disconnect {
+        // The guard lives inside the stream: when the client leaves, hyper drops the stream.
+        let guard = DisconnectGuard { engine: engine.clone(), channel: started.channel.clone() };
+        stream_response(
+            frames.map(move |frame| {
+                let _ = &guard;
+                frame
+            }),
+            engine.stopping(),
+        )
+    } else {
+        stream_response(frames, engine.stopping())
+    };
     if let Ok(value) = started.run_id.parse() {
         response.headers_mut().insert("x-run-id", value);
     }
@@ -189,6 +202,20 @@ pub async fn solve(
         response.headers_mut().insert("x-thread-id", value);
     }
     Ok(response)
+}
+
+/// Cancels its run when dropped before the run's stream closed (the client left mid-run).
+struct DisconnectGuard {
+    engine: Arc<Engine>,
+    channel: Arc<engine::events::EventChannel>,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        if !self.channel.is_closed() && self.engine.cancel(self.channel.run_id()) {
+            tracing::info!(run_id = self.channel.run_id(), "client left: run canceled");
+        }
+    }
 }
 
 fn run_response(record: &RunRecord) -> RunResponse {
