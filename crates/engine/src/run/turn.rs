@@ -100,6 +100,21 @@ impl Turn {
         }
     }
 
+    /// `node_result {status, duration_ms, error_code}` for a step that just ended.
+    fn node_result(&self, step_idx: usize, node: &str, started: Instant, failure: Option<&StepFailure>) {
+        let (status, error_code) = match failure {
+            None => ("done", None),
+            Some(failure) => ("error", Some(failure.code.as_str())),
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.channel.emit(
+            EventKind::NodeResult,
+            Some(step_idx),
+            Some(node),
+            json!({"status": status, "duration_ms": duration_ms, "error_code": error_code}),
+        );
+    }
+
     pub(crate) fn run_id(&self) -> String {
         self.record.lock().expect("run record lock poisoned").run_id.clone()
     }
@@ -448,16 +463,7 @@ impl Turn {
             tool_calls_per_message_max: self.engine.config.tool_calls_per_message_max,
         };
         let result = solver::solve(&setup, self).await;
-        let (status, error_code) = match &result {
-            Ok(_) => ("done", None),
-            Err(failure) => ("error", Some(failure.code.as_str())),
-        };
-        self.channel.emit(
-            EventKind::NodeResult,
-            Some(0),
-            Some("solve"),
-            json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64, "error_code": error_code}),
-        );
+        self.node_result(0, "solve", started, result.as_ref().err());
         let (solution, _) = result?;
         self.channel.emit(
             EventKind::Token,
@@ -515,16 +521,7 @@ impl Turn {
     ) -> Result<(), StepFailure> {
         let started = Instant::now();
         let result = self.create_job(problem, solution, retry_source_job_id).await;
-        let (status, error_code) = match &result {
-            Ok(_) => ("done", None),
-            Err(failure) => ("error", Some(failure.code.as_str())),
-        };
-        self.channel.emit(
-            EventKind::NodeResult,
-            Some(step_idx),
-            Some("video"),
-            json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64, "error_code": error_code}),
-        );
+        self.node_result(step_idx, "video", started, result.as_ref().err());
         let job = result?;
         self.meter_action("video", Action::Video, None);
         self.channel.emit(
@@ -618,16 +615,7 @@ impl Turn {
                 Err(StepFailure::new(ErrorCode::ToolError, format!("the PDF could not be rendered: {error}")))
             }
         };
-        let (status, error_code) = match &result {
-            Ok(_) => ("done", None),
-            Err(failure) => ("error", Some(failure.code.as_str())),
-        };
-        self.channel.emit(
-            EventKind::NodeResult,
-            Some(step_idx),
-            Some("pdf"),
-            json!({"status": status, "duration_ms": started.elapsed().as_millis() as u64, "error_code": error_code}),
-        );
+        self.node_result(step_idx, "pdf", started, result.as_ref().err());
         let artifact_id = result?;
         // Charged only once the PDF exists.
         self.meter_action("pdf", Action::Pdf, None);
