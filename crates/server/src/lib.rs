@@ -8,6 +8,8 @@ mod config;
 pub mod dto;
 mod error;
 mod extract;
+#[cfg(test)]
+mod fuzz_tests;
 mod openapi;
 mod router;
 mod routes;
