@@ -6,6 +6,9 @@
 #   scripts/test.sh                      # every test
 #   scripts/test.sh -p store-postgres    # extra arguments go to cargo nextest (or cargo test)
 #
+# With the whole workspace in scope, scripts/schemathesis.sh (HTTP fuzzing of the real binary)
+# runs afterwards; either failing fails the script.
+#
 # PostgreSQL tests never skip: they read CREDITGRAPH_TEST_POSTGRES_URL, which this script sets.
 # When no PostgreSQL server binaries are found, they are installed with apt-get (CI runs as root
 # on a fresh machine). initdb refuses to run as root, so the cluster runs as the `postgres` user.
@@ -161,4 +164,16 @@ else
 fi
 status=$?
 set -e
+
+# The schema-driven HTTP fuzzer (schemathesis) against the real binary, after the Rust tests and
+# whatever they answered; it runs when the whole workspace is tested, not for a chosen package.
+if [[ ${#scope[@]} -gt 0 ]]; then
+    log "running the schema-driven HTTP fuzzer (scripts/schemathesis.sh)"
+    fuzz_status=0
+    scripts/schemathesis.sh || fuzz_status=$?
+    log "summary: Rust tests exit $status, HTTP fuzzer exit $fuzz_status"
+    if [[ $status -eq 0 && $fuzz_status -ne 0 ]]; then
+        status=$fuzz_status
+    fi
+fi
 exit "$status"
