@@ -52,7 +52,10 @@ if ! "$DIR/venv/bin/pip" install --quiet --disable-pip-version-check "schemathes
 fi
 
 cargo build --quiet --locked --bin creditgraph
-BINARY="target/debug/creditgraph"
+# Where cargo put it: CARGO_TARGET_DIR and build.target-dir move it away from ./target.
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --locked |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+BINARY="$TARGET_DIR/debug/creditgraph"
 DATABASE="sqlite:$DIR/creditgraph.db"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 BASE="http://127.0.0.1:$PORT"
