@@ -42,6 +42,19 @@ pub fn parse_account_id(text: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(text).map_err(|error| ApiError::invalid_request(error.to_string()))
 }
 
+/// Run, thread, job and artifact ids in paths: the id alphabet (`[A-Za-z0-9._-]`, 1–128), checked
+/// at the edge so nothing else ever reaches a store query.
+pub fn check_path_id(field: &str, text: &str) -> Result<(), ApiError> {
+    let valid = !text.is_empty()
+        && text.len() <= ledger::ID_LENGTH_MAX
+        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_request(format!("{field}: 1-128 characters of [A-Za-z0-9._-]")))
+    }
+}
+
 pub fn parse_hold_id(text: &str) -> Result<HoldId, ApiError> {
     HoldId::parse(text).map_err(|error| ApiError::invalid_request(error.to_string()))
 }

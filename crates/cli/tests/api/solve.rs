@@ -393,6 +393,10 @@ async fn a_thread_runs_one_turn_at_a_time_and_belongs_to_one_account() {
     assert_eq!(bad.status(), 422);
     let bad_thread = app.solve_raw(json!({"account_id": "lee", "problem": "q", "thread_id": "t:1"})).await;
     assert_eq!(bad_thread.status(), 422);
+    // Ids in paths are checked at the edge too.
+    app.get("/v1/runs/run:1").await.assert_problem(422, "invalid_request");
+    app.get("/v1/threads/t:1").await.assert_problem(422, "invalid_request");
+    app.get("/v1/jobs/j:1?account_id=lee").await.assert_problem(422, "invalid_request");
     assert_eq!(stream.collect().await.last().unwrap().event, "done");
 }
 

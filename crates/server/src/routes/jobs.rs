@@ -64,6 +64,7 @@ pub async fn get_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("job_id", &job_id)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(&state)?;
     let job = owned(jobs.get(&job_id).await.map_err(job_error)?, &account_id)?;
@@ -84,6 +85,7 @@ pub async fn cancel_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("job_id", &job_id)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(&state)?;
     owned(jobs.get(&job_id).await.map_err(job_error)?, &account_id)?;
@@ -104,6 +106,7 @@ pub async fn thread_jobs(
     ApiPath(thread_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("thread_id", &thread_id)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(&state)?;
     let engine = state.engine.as_ref().expect("jobs imply an engine");

@@ -253,6 +253,7 @@ pub async fn get_run(
     _auth: RequireService,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("run_id", &run_id)?;
     let record = load_run(&state, &run_id).await?;
     Ok(json(StatusCode::OK, run_response(&record)))
 }
@@ -285,6 +286,7 @@ pub async fn run_events(
     ApiPath(run_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("run_id", &run_id)?;
     let engine = engine(&state)?.clone();
     let Some(channel) = engine.channel(&run_id) else {
         let _ = load_run(&state, &run_id).await?;
@@ -315,6 +317,7 @@ pub async fn cancel_run(
     _auth: RequireService,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("run_id", &run_id)?;
     let engine = engine(&state)?.clone();
     let record = load_run(&state, &run_id).await?;
     if record.state.is_terminal() {
@@ -343,6 +346,7 @@ pub async fn get_artifact(
     _auth: RequireService,
     ApiPath(artifact_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("artifact_id", &artifact_id)?;
     let engine = engine(&state)?;
     let artifact = engine
         .run_store()
@@ -364,6 +368,7 @@ pub async fn get_thread(
     _auth: RequireService,
     ApiPath(thread_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    wire::check_path_id("thread_id", &thread_id)?;
     let engine = engine(&state)?;
     let runs = engine.run_store();
     let account_id = runs

@@ -143,6 +143,7 @@ pub async fn heartbeat(
     ApiPath(job_id): ApiPath<String>,
     body: JsonBody<Value>,
 ) -> Result<Response, ApiError> {
+    crate::wire::check_path_id("job_id", &job_id)?;
     let jobs = jobs(&state)?;
     let worker_id = remote::parse_worker_id(body.value.get("worker_id")).map_err(ApiError::invalid_request)?;
     let stage = remote::parse_stage(body.value.get("stage")).map_err(ApiError::invalid_request)?;
@@ -178,6 +179,7 @@ pub async fn finish(
     ApiPath(job_id): ApiPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    crate::wire::check_path_id("job_id", &job_id)?;
     let jobs = jobs(&state)?;
     let artifact_bytes_max = jobs.config().artifact_bytes_max;
     // The body carries the artifact in base64: 4 characters per 3 bytes, plus the other fields.
