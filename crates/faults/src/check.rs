@@ -69,7 +69,13 @@ pub async fn wait_recovery(client: &reqwest::Client, base: &str, threads: &[Thre
                 }
                 let hold = api::get_ok(client, base, &format!("/v1/holds/{}", hold_id_of(&view.run))).await?;
                 if hold.as_ref().and_then(|hold| hold.get("state")).and_then(Value::as_str) == Some("pending") {
-                    open.push(format!("{run_id} ended with its hold pending"));
+                    let state = view.run.get("state").and_then(Value::as_str).unwrap_or("?");
+                    let error = view.run.pointer("/details/error/code").and_then(Value::as_str).unwrap_or("-");
+                    let recorded = view.run.get("hold_id").and_then(Value::as_str).unwrap_or("none recorded");
+                    open.push(format!(
+                        "{run_id} ended {state} (error {error}, hold on the run: {recorded}) with its hold {} pending",
+                        hold_id_of(&view.run)
+                    ));
                 }
             }
         }
