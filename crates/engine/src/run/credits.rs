@@ -16,6 +16,7 @@ pub enum Released {
     AlreadyDone(&'static str),
 }
 
+#[derive(Clone)]
 pub(crate) struct Credits {
     pub store: Arc<dyn LedgerStore>,
     pub retries_max: u32,

@@ -37,7 +37,11 @@ pub(crate) struct Turn {
     catalog: Arc<Catalog>,
     channel: Arc<EventChannel>,
     credits: Credits,
-    hold: Mutex<Option<Hold>>,
+    /// Shared with the task that takes the hold, which finishes even if the turn is aborted.
+    hold: Arc<Mutex<Option<Hold>>>,
+    /// Held while a hold is being taken; the failure path waits for it, so a hold that commits
+    /// while its turn is being canceled is always seen, and released.
+    ledger_gate: Arc<tokio::sync::Mutex<()>>,
     /// Set when the settler starts: from then on a cancel waits for it instead of interrupting.
     committed: AtomicBool,
     /// Extensions of the hold applied so far: the `n` of the next key `<run_id>:extend:<n>`.
@@ -94,7 +98,8 @@ impl Turn {
             catalog,
             channel,
             credits,
-            hold: Mutex::new(None),
+            hold: Arc::new(Mutex::new(None)),
+            ledger_gate: Arc::new(tokio::sync::Mutex::new(())),
             committed: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
         }
@@ -421,7 +426,22 @@ impl Turn {
             reference: Reference::parse(&run_id).ok(),
             metadata,
         };
-        let result = self.credits.hold(&self.key("hold"), command).await.map_err(|error| store_failure(&error))?;
+        // The hold is taken in its own task: aborting the turn (cancel, shutdown) must not drop a
+        // request the store may still commit, or that hold would be left pending unseen.
+        let gate = self.ledger_gate.clone().lock_owned().await;
+        let (credits, slot, key) = (self.credits.clone(), self.hold.clone(), self.key("hold"));
+        let taking = tokio::spawn(async move {
+            let result = credits.hold(&key, command).await;
+            if let Ok(Ok(hold)) = &result {
+                *slot.lock().expect("hold lock poisoned") = Some(hold.clone());
+            }
+            drop(gate);
+            result
+        });
+        let result = taking
+            .await
+            .map_err(|_| StepFailure::new(ErrorCode::InternalError, "taking the hold failed unexpectedly"))?
+            .map_err(|error| store_failure(&error))?;
         let hold = match result {
             Ok(hold) => hold,
             Err(Rejection::InsufficientCredits { required, available }) => {
@@ -686,7 +706,14 @@ impl Turn {
     /// Ends a failed turn: the hold is released (nothing is charged for a failed turn), the run
     /// is recorded, and exactly one `error` event goes out.
     pub(crate) async fn finish_failure(&self, failure: StepFailure) {
+        // Wait for a hold still being taken: it may commit although its turn was aborted.
+        let gate = self.ledger_gate.lock().await;
         let hold = self.hold.lock().expect("hold lock poisoned").clone();
+        drop(gate);
+        if hold.is_none() {
+            // Nothing was ever held: nothing for recovery to do either.
+            self.data.lock().expect("run data lock poisoned").hold_resolved = true;
+        }
         let resolved = self.data.lock().expect("run data lock poisoned").hold_resolved;
         if let (Some(hold), false) = (hold, resolved) {
             match self.credits.release(&self.key("release"), &hold.hold_id).await {
