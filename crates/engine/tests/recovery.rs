@@ -273,3 +273,31 @@ async fn a_long_runs_hold_is_extended_and_settles() {
     assert_eq!(s.hold_state(&hold_id).await, HoldState::Captured);
     assert_eq!(s.entries(EntryKind::Expire).await, 0);
 }
+
+/// A process that died after its settler's final capture committed, but before it recorded the
+/// run as succeeded, completed the turn: recovery records it as settled, not interrupted, and
+/// releases nothing (found by the fault-injection suite's long form on PostgreSQL).
+#[tokio::test]
+async fn a_run_settled_just_before_its_server_died_is_recorded_as_settled() {
+    let s = setup(|_| {}).await;
+    let hold_id = s.run_with_hold("run-settled", "dead-instance", RunState::Running).await;
+    let capture = Command::Capture {
+        hold_id: hold_id.clone(),
+        amount: Amount::parse("4").expect("valid amount"),
+        is_final: true,
+        overage: ledger::Overage::Reject,
+    };
+    let executed = s.store.execute(Request::with_key(capture, "run-settled:settle", "settle")).await.expect("answers");
+    assert!(matches!(executed, Executed::Fresh(Ok(_))), "{executed:?}");
+    s.clock.advance_seconds(1);
+
+    let report = s.recover().await;
+    assert_eq!((report.interrupted, report.released), (1, 0), "{report:?}");
+    let (record, data) = s.run("run-settled").await;
+    assert_eq!(record.state, RunState::Succeeded);
+    assert_eq!((data.captured.as_deref(), data.refunded.as_deref()), (Some("4"), Some("6")));
+    assert_eq!(data.actual.as_deref(), Some("4"));
+    assert!(data.error.is_none() && data.hold_resolved);
+    assert_eq!(s.hold_state(&hold_id).await, HoldState::Captured);
+    assert_eq!(s.entries(EntryKind::Release).await, 1, "only the settler's release of the rest");
+}

@@ -52,6 +52,22 @@ impl Engine {
 
     /// Releases a run's hold with the run's release key. `Ok(true)`: nothing is reserved any
     /// more; `Ok(false)`: the release failed (logged with the hold id).
+    /// The run's hold when its settler's final capture committed (state `captured`).
+    async fn settled_hold(&self, run: &RunRecord) -> Option<ledger::Hold> {
+        let hold_id = match &run.hold_id {
+            Some(hold_id) => hold_id.clone(),
+            None => HoldId::parse(&format!("hold-{}", run.run_id)).ok()?,
+        };
+        match self.ledger.hold(&hold_id).await {
+            Ok(Some(hold)) if hold.state == ledger::HoldState::Captured => Some(hold),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(run_id = %run.run_id, %error, "recovery could not read the hold; assuming unsettled");
+                None
+            }
+        }
+    }
+
     async fn release_for_recovery(&self, run: &RunRecord, report: &mut RecoveryReport) -> bool {
         // The hold id is derived from the run id, so a hold taken but not yet recorded on the
         // run (the process died in between) is released too; an unknown one is "not found".
@@ -103,12 +119,36 @@ impl Engine {
             if !data.hold_resolved {
                 data.hold_resolved = self.release_for_recovery(&run, &mut report).await;
             }
-            data.error = Some(ErrorData {
-                code: INTERRUPTED_CODE.to_owned(),
-                message: "the server running this run stopped before it finished".to_owned(),
-            });
-            let updated =
-                RunRecord { state: RunState::Interrupted, updated_at: self.now(), data: data.to_text(), ..run.clone() };
+            // A process that died after its settler's final capture committed, but before the
+            // run record said so, finished the turn: record it as settled, not interrupted.
+            let settled = self.settled_hold(&run).await;
+            let state = match settled {
+                Some(hold) => {
+                    // The synchronous cost is what the hold captured less the run's video jobs,
+                    // whose prices were captured with them.
+                    let mut job_prices = ledger::Amount::ZERO;
+                    if let Some(jobs) = &self.jobs {
+                        if let Ok(list) = jobs.thread_jobs(&run.thread_id, 100).await {
+                            let prices = list.iter().filter(|job| job.run_id == run.run_id).map(|job| job.price);
+                            job_prices = ledger::Amount::sum(prices);
+                        }
+                    }
+                    data.actual = Some(hold.captured.saturating_sub(job_prices).to_string());
+                    data.captured = Some(hold.captured.to_string());
+                    data.reserved = Some(hold.amount.to_string());
+                    data.refunded = Some(hold.amount.saturating_sub(hold.captured).to_string());
+                    data.hold_resolved = true;
+                    RunState::Succeeded
+                }
+                None => {
+                    data.error = Some(ErrorData {
+                        code: INTERRUPTED_CODE.to_owned(),
+                        message: "the server running this run stopped before it finished".to_owned(),
+                    });
+                    RunState::Interrupted
+                }
+            };
+            let updated = RunRecord { state, updated_at: self.now(), data: data.to_text(), ..run.clone() };
             if self.runs.update_run(&updated).await? {
                 report.interrupted += 1;
                 tracing::warn!(run_id = %run.run_id, instance_id = %run.instance_id, "run of a dead instance interrupted");
