@@ -3,6 +3,8 @@
 //! Jobs are addressed by id plus the owning `account_id` (a query parameter): a job of another
 //! account answers 404, exactly like a job that does not exist, so ids leak nothing.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -23,7 +25,7 @@ fn job_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "job_not_found", "no such job for this account")
 }
 
-fn jobs(state: &AppState) -> Result<std::sync::Arc<JobService>, ApiError> {
+fn jobs(state: &AppState) -> Result<Arc<JobService>, ApiError> {
     state.engine.as_ref().and_then(|engine| engine.jobs().cloned()).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -51,6 +53,19 @@ fn owned(job: Option<JobRecord>, account_id: &ledger::AccountId) -> Result<JobRe
     job.filter(|job| &job.account_id == account_id).ok_or_else(job_not_found)
 }
 
+/// The job named in the path, if the query's account owns it (read as it reads now).
+async fn owned_job(
+    state: &AppState,
+    job_id: &str,
+    query: &OwnerQuery,
+) -> Result<(Arc<JobService>, JobRecord), ApiError> {
+    wire::check_path_id("job_id", job_id)?;
+    let account_id = wire::parse_account_id(&query.account_id)?;
+    let jobs = jobs(state)?;
+    let job = owned(jobs.get(job_id).await.map_err(job_error)?, &account_id)?;
+    Ok((jobs, job))
+}
+
 /// A job's status, stage and progress (a stuck job is ended, and refunded, on read).
 #[utoipa::path(
     get, path = "/v1/jobs/{job_id}", tag = "jobs",
@@ -64,10 +79,7 @@ pub async fn get_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("job_id", &job_id)?;
-    let account_id = wire::parse_account_id(&query.account_id)?;
-    let jobs = jobs(&state)?;
-    let job = owned(jobs.get(&job_id).await.map_err(job_error)?, &account_id)?;
+    let (_, job) = owned_job(&state, &job_id, &query).await?;
     Ok(json(StatusCode::OK, JobService::job_json(&job)))
 }
 
@@ -85,10 +97,7 @@ pub async fn cancel_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("job_id", &job_id)?;
-    let account_id = wire::parse_account_id(&query.account_id)?;
-    let jobs = jobs(&state)?;
-    owned(jobs.get(&job_id).await.map_err(job_error)?, &account_id)?;
+    let (jobs, _) = owned_job(&state, &job_id, &query).await?;
     let job = jobs.cancel(&job_id).await.map_err(job_error)?;
     Ok(json(StatusCode::OK, JobService::job_json(&job)))
 }
