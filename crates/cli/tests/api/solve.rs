@@ -32,6 +32,20 @@ fn script_math_turn(fake: &FakeProvider, steps: &[&str]) {
     fake.on(Purpose::Explain, FakeReply::text("두 수를 더하면 4가 됩니다. Two plus two is four."));
 }
 
+/// Polls `GET /v1/runs/{run_id}` until the run leaves `running` (at most 10 s); its state.
+async fn run_end_state(app: &TestApp, run_id: &str) -> String {
+    let mut state = String::new();
+    for _ in 0..200 {
+        let run = app.get(&format!("/v1/runs/{run_id}")).await;
+        state = run.assert_status(200)["state"].as_str().unwrap().to_owned();
+        if state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    state
+}
+
 fn kinds(frames: &[Frame]) -> Vec<&str> {
     frames.iter().map(|frame| frame.event.as_str()).collect()
 }
@@ -350,15 +364,7 @@ async fn a_client_that_leaves_does_not_stop_the_run_and_can_resume() {
     let run_id = stream.run_id.clone();
     drop(stream);
     // The run goes on without its client and settles.
-    let mut state = String::new();
-    for _ in 0..200 {
-        let run = app.get(&format!("/v1/runs/{run_id}")).await;
-        state = run.assert_status(200)["state"].as_str().unwrap().to_owned();
-        if state != "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let state = run_end_state(&app, &run_id).await;
     assert_eq!(state, "succeeded");
     // Resuming after the first frame replays exactly the rest.
     let replay = app.resume(&run_id, Some(&first.id)).await.collect().await;
@@ -526,15 +532,7 @@ async fn with_cancel_on_disconnect_a_client_that_leaves_cancels_its_run() {
     let frames = stream.until("credit_reserved").await;
     let run_id = stream.run_id.clone();
     drop(stream);
-    let mut state = String::new();
-    for _ in 0..200 {
-        let run = app.get(&format!("/v1/runs/{run_id}")).await;
-        state = run.assert_status(200)["state"].as_str().unwrap().to_owned();
-        if state != "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let state = run_end_state(&app, &run_id).await;
     assert_eq!(state, "canceled");
     let hold_id = find(&frames, "credit_reserved").payload()["hold_id"].as_str().unwrap().to_owned();
     assert_eq!(app.get_hold(&hold_id).await.str("state"), "released");
