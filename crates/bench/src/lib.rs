@@ -1,0 +1,17 @@
+//! The benchmark harness of issue 6 (`creditgraph-bench`): the same workloads against
+//! creditgraph's stores and the straightforward baselines, in-process and over HTTP, with the
+//! ledger invariants checked after every run. `scripts/bench.sh` is the one command; it writes
+//! `BENCHMARKS.md`, `docs/benchmarks/chart.svg` and `docs/benchmarks/results.json`.
+//!
+//! Code map: [`workload`] decides what to send, [`inprocess`] and [`http`] send it, [`stores`]
+//! opens every store kind behind `store::LedgerStore`, [`serve`] is the server process the HTTP
+//! runs start, [`suite`] orders the runs, [`report`] turns results into Markdown and SVG.
+
+pub mod http;
+pub mod inprocess;
+pub mod measure;
+pub mod report;
+pub mod serve;
+pub mod stores;
+pub mod suite;
+pub mod workload;

@@ -1,0 +1,532 @@
+//! `BENCHMARKS.md`, its chart (SVG) and the raw results (JSON), all from one [`Results`].
+//!
+//! The chart is written by hand: a few grouped bar panels are ~100 lines of SVG text, while a
+//! plotting crate would bring a font stack into the build for the same picture.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::http::HttpResult;
+use crate::inprocess::InProcessResult;
+use crate::stores::StoreKind;
+use crate::suite::{Results, IN_PROCESS_STORES, RATE_SEARCH_P99_MICROS_MAX};
+
+/// One target of issue 6, as evaluated from a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetOutcome {
+    pub number: u32,
+    pub target: &'static str,
+    pub measured: String,
+    /// `None`: this run did not measure it.
+    pub met: Option<bool>,
+}
+
+fn in_process<'a>(results: &'a Results, workload: &str, store: StoreKind) -> Option<&'a InProcessResult> {
+    results.in_process.iter().find(|result| result.workload == workload && result.store == store)
+}
+
+fn http(list: &[HttpResult], store: StoreKind) -> Option<&HttpResult> {
+    list.iter().find(|result| result.store == store)
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        f64::INFINITY
+    }
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.2} ms", micros as f64 / 1000.0)
+}
+
+pub fn targets(results: &Results) -> Vec<TargetOutcome> {
+    let mut outcomes = Vec::new();
+    let not_measured =
+        |number, target| TargetOutcome { number, target, measured: "not measured by this run".to_owned(), met: None };
+
+    let target = "hot-account durable holds/s in-process: SQLite ≥ 20× baseline PG FOR UPDATE";
+    outcomes.push(
+        match (
+            in_process(results, "hot", StoreKind::Sqlite),
+            in_process(results, "hot", StoreKind::BaselinePgForUpdate),
+        ) {
+            (Some(ours), Some(theirs)) => {
+                let times = ratio(ours.holds_per_second, theirs.holds_per_second);
+                TargetOutcome {
+                    number: 1,
+                    target,
+                    measured: format!(
+                        "{:.0} vs {:.0} holds/s = {times:.1}×",
+                        ours.holds_per_second, theirs.holds_per_second
+                    ),
+                    met: Some(times >= 20.0 && ours.violations == 0),
+                }
+            }
+            _ => not_measured(1, target),
+        },
+    );
+
+    let target =
+        "HTTP hold+capture, Zipf: best rate with p99 ≤ 10 ms, nothing dropped ≥ 3× baseline conditional UPDATE";
+    let best = |store| {
+        results.rate_searches.iter().find(|search| search.store == store).map(|search| search.best_arrivals_per_second)
+    };
+    outcomes.push(match (best(StoreKind::Sqlite), best(StoreKind::Postgres), best(StoreKind::BaselinePgConditional)) {
+        (Some(sqlite), postgres, Some(theirs)) => {
+            let times = ratio(sqlite as f64, theirs as f64);
+            let postgres_text = postgres.map_or(String::new(), |rate| {
+                format!("; creditgraph PostgreSQL {rate}/s = {:.1}×", ratio(rate as f64, theirs as f64))
+            });
+            TargetOutcome {
+                number: 2,
+                target,
+                measured: format!("SQLite {sqlite} cycles/s vs {theirs} cycles/s = {times:.1}×{postgres_text}"),
+                met: Some(sqlite > 0 && times >= 3.0),
+            }
+        }
+        _ => not_measured(2, target),
+    });
+
+    let target = "hot account at 1,000 requests/s: p99 ≤ 5 ms and ≤ 1/5 of baseline (a)'s p99";
+    let baseline_p99 = [StoreKind::BaselinePgForUpdate, StoreKind::BaselinePgConditional]
+        .iter()
+        .filter_map(|&store| http(&results.hot_fixed_rate, store))
+        .map(|result| result.requests.p99_micros)
+        .min();
+    outcomes.push(match (http(&results.hot_fixed_rate, StoreKind::Sqlite), baseline_p99) {
+        (Some(ours), Some(theirs)) => {
+            let postgres = http(&results.hot_fixed_rate, StoreKind::Postgres).map_or(String::new(), |result| {
+                format!("; creditgraph PostgreSQL p99 {}", ms(result.requests.p99_micros))
+            });
+            TargetOutcome {
+                number: 3,
+                target,
+                measured: format!(
+                    "SQLite p99 {} vs best baseline p99 {}{postgres}",
+                    ms(ours.requests.p99_micros),
+                    ms(theirs)
+                ),
+                met: Some(
+                    ours.requests.p99_micros <= 5_000 && ours.requests.p99_micros * 5 <= theirs && ours.dropped == 0,
+                ),
+            }
+        }
+        _ => not_measured(3, target),
+    });
+
+    let target = "durable ≥ 0.5× no-fsync throughput, ≥ 16 operations per fsync at saturation";
+    outcomes.push(
+        match (
+            in_process(results, "uniform", StoreKind::Sqlite),
+            in_process(results, "uniform", StoreKind::SqliteNoSync),
+        ) {
+            (Some(durable), Some(fast)) => {
+                let times = ratio(durable.operations_per_second, fast.operations_per_second);
+                let per_fsync = ratio(durable.counters.operations as f64, durable.counters.commits as f64);
+                TargetOutcome {
+                    number: 4,
+                    target,
+                    measured: format!(
+                        "{:.0} vs {:.0} ops/s = {times:.2}×; {per_fsync:.1} operations per fsync (uniform, {} callers)",
+                        durable.operations_per_second, fast.operations_per_second, durable.callers
+                    ),
+                    met: Some(times >= 0.5 && per_fsync >= 16.0),
+                }
+            }
+            _ => not_measured(4, target),
+        },
+    );
+
+    let target = "hold over HTTP adds ≤ 0.3 ms p50, ≤ 1 ms p99 over a no-op at 2,000 req/s; hold+capture ≥ 0.5× no-op throughput";
+    let fixed =
+        |action| results.overhead.iter().find(|result| result.action == action && result.arrivals_per_second > 0);
+    let saturated =
+        |action| results.overhead.iter().find(|result| result.action == action && result.arrivals_per_second == 0);
+    use crate::http::Action;
+    outcomes.push(
+        match (fixed(Action::Noop), fixed(Action::HoldCapture), saturated(Action::Noop), saturated(Action::HoldCapture))
+        {
+            (Some(noop), Some(hold), Some(noop_max), Some(hold_max)) => {
+                let p50 = hold.holds.p50_micros.saturating_sub(noop.requests.p50_micros);
+                let p99 = hold.holds.p99_micros.saturating_sub(noop.requests.p99_micros);
+                let times = ratio(hold_max.requests_per_second, noop_max.requests_per_second);
+                TargetOutcome {
+                    number: 5,
+                    target,
+                    measured: format!(
+                        "adds {} p50, {} p99; {:.0} vs {:.0} req/s = {times:.2}×",
+                        ms(p50),
+                        ms(p99),
+                        hold_max.requests_per_second,
+                        noop_max.requests_per_second
+                    ),
+                    met: Some(p50 <= 300 && p99 <= 1_000 && times >= 0.5),
+                }
+            }
+            _ => not_measured(5, target),
+        },
+    );
+
+    let target =
+        "creditgraph PostgreSQL, two server processes, hot account ≥ 10× baseline conditional UPDATE; 0 deadlocks";
+    outcomes.push(
+        match (
+            http(&results.two_servers, StoreKind::Postgres),
+            http(&results.two_servers, StoreKind::BaselinePgConditional),
+        ) {
+            (Some(ours), Some(theirs)) => {
+                let times = ratio(ours.requests_per_second, theirs.requests_per_second);
+                TargetOutcome {
+                    number: 6,
+                    target,
+                    measured: format!(
+                        "{:.0} vs {:.0} req/s = {times:.1}×; {} deadlocks; {} violations",
+                        ours.requests_per_second, theirs.requests_per_second, ours.counters.deadlocks, ours.violations
+                    ),
+                    met: Some(times >= 10.0 && ours.counters.deadlocks == 0 && ours.violations == 0),
+                }
+            }
+            _ => not_measured(6, target),
+        },
+    );
+    outcomes
+}
+
+/// Every violation any run reported: the invariants must hold in every run, fast or slow.
+pub fn violations(results: &Results) -> u64 {
+    let http_runs = results
+        .overhead
+        .iter()
+        .chain(&results.hot_fixed_rate)
+        .chain(&results.two_servers)
+        .chain(results.rate_searches.iter().flat_map(|search| &search.steps));
+    results.in_process.iter().map(|result| result.violations).sum::<u64>()
+        + http_runs.map(|result| result.violations).sum::<u64>()
+}
+
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub kernel: String,
+    pub postgres: String,
+}
+
+impl Machine {
+    pub fn read(postgres: String) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("model name"))
+            .and_then(|line| line.split(':').nth(1))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory = meminfo
+            .lines()
+            .find(|line| line.starts_with("MemTotal"))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or("unknown".to_owned(), |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0));
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        Machine { cpu, cores, memory, kernel, postgres }
+    }
+}
+
+pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str, smoke: bool) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Generated by `{command}` on {date}; re-running it rewrites this file, `docs/benchmarks/chart.svg` and \
+         `docs/benchmarks/results.json`. Every number below comes from that one run on one machine.{}\n",
+        if smoke { " **Smoke run: tiny durations, the numbers mean nothing.**" } else { "" }
+    );
+    let _ = writeln!(w, "## Machine\n");
+    let _ = writeln!(w, "- CPU: {} ({} cores)", machine.cpu, machine.cores);
+    let _ = writeln!(w, "- Memory: {}; Linux {}", machine.memory, machine.kernel);
+    let _ =
+        writeln!(w, "- PostgreSQL: {} (fsync on, defaults otherwise; started by `scripts/bench.sh`)", machine.postgres);
+    let _ = writeln!(w, "- Load generator, servers and databases share the machine's cores.\n");
+    let _ = writeln!(w, "![throughput and p99 per store](docs/benchmarks/chart.svg)\n");
+
+    let _ = writeln!(w, "## Targets (issue 6)\n");
+    let _ = writeln!(w, "| # | target | measured | met |");
+    let _ = writeln!(w, "|---|---|---|---|");
+    for outcome in targets(results) {
+        let met = match outcome.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let _ = writeln!(w, "| {} | {} | {} | {met} |", outcome.number, outcome.target, outcome.measured);
+    }
+    let _ =
+        writeln!(w, "\nInvariant violations over every run (verify + conservation): **{}**.\n", violations(results));
+
+    let _ = writeln!(w, "## In-process (store API, closed loop)\n");
+    let _ = writeln!(
+        w,
+        "Each caller sends its next operation when the last one answered; a fresh store per run, accounts seeded \
+         first. ops = every store call (holds, captures, releases, reads, replays). CPU is machine-wide busy time \
+         per operation (it includes PostgreSQL's own processes). ops/commit is operations per write transaction, \
+         i.e. per fsync when durable.\n"
+    );
+    let mut workloads: Vec<(&str, &str)> = Vec::new();
+    for result in &results.in_process {
+        if !workloads.iter().any(|(name, _)| *name == result.workload) {
+            workloads.push((&result.workload, &result.workload_label));
+        }
+    }
+    for (name, label) in workloads {
+        let _ = writeln!(w, "### {name}: {label}\n");
+        let _ = writeln!(w, "| store | callers | ops/s | holds/s | p50 | p99 | p999 | max | refused | replays | errors | retries | deadlocks | ops/commit | CPU µs/op | violations |");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for result in results.in_process.iter().filter(|result| result.workload == name) {
+            let per_commit = if result.counters.commits > 0 && result.counters.operations > 0 {
+                format!("{:.1}", result.counters.operations as f64 / result.counters.commits as f64)
+            } else {
+                "—".to_owned()
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+                result.store.label(),
+                result.callers,
+                result.operations_per_second,
+                result.holds_per_second,
+                ms(result.latency.p50_micros),
+                ms(result.latency.p99_micros),
+                ms(result.latency.p999_micros),
+                ms(result.latency.max_micros),
+                result.tally.holds_refused,
+                result.tally.replays,
+                result.tally.errors,
+                result.counters.retries,
+                result.counters.deadlocks,
+                per_commit,
+                result.cpu_micros_per_operation,
+                result.violations,
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    let _ = writeln!(w, "## HTTP (separate server processes, keep-alive, open loop unless saturated)\n");
+    let _ = writeln!(
+        w,
+        "Open loop: arrivals at a fixed rate, latency from each arrival's intended send time (HdrHistogram), \
+         arrivals finding {} in flight are dropped and counted. A hold+capture arrival is two requests. \
+         `saturated` = {} connections back to back.\n",
+        crate::suite::IN_FLIGHT_MAX,
+        crate::suite::SATURATION_CONNECTIONS
+    );
+    http_table(w, "Overhead: no-op (`GET /healthz`) vs hold+capture, creditgraph SQLite, uniform", &results.overhead);
+    for search in &results.rate_searches {
+        let title = format!(
+            "Rate search, Zipf s=1, hold+capture: {} (best {} cycles/s with p99 ≤ {})",
+            search.store.label(),
+            search.best_arrivals_per_second,
+            ms(RATE_SEARCH_P99_MICROS_MAX)
+        );
+        http_table(w, &title, &search.steps);
+    }
+    http_table(w, "Hot account at 1,000 requests/s (500 hold+capture arrivals/s)", &results.hot_fixed_rate);
+    http_table(w, "Two server processes on one PostgreSQL database, hot account, saturated", &results.two_servers);
+    out
+}
+
+fn http_table(w: &mut String, title: &str, results: &[HttpResult]) {
+    if results.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "### {title}\n");
+    let _ = writeln!(w, "| store | servers | action | asked/s | req/s | p50 | p99 | p999 | max | hold p50 | hold p99 | dropped | errors | retries | deadlocks | ops/commit | CPU µs/req | violations |");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for result in results {
+        let asked = if result.arrivals_per_second == 0 {
+            "saturated".to_owned()
+        } else {
+            result.arrivals_per_second.to_string()
+        };
+        let per_commit = if result.counters.commits > 0 && result.counters.operations > 0 {
+            format!("{:.1}", result.counters.operations as f64 / result.counters.commits as f64)
+        } else {
+            "—".to_owned()
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:?} | {asked} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {per_commit} | {:.1} | {} |",
+            result.store.label(),
+            result.servers,
+            result.action,
+            result.requests_per_second,
+            ms(result.requests.p50_micros),
+            ms(result.requests.p99_micros),
+            ms(result.requests.p999_micros),
+            ms(result.requests.max_micros),
+            ms(result.holds.p50_micros),
+            ms(result.holds.p99_micros),
+            result.dropped,
+            result.errors,
+            result.counters.retries,
+            result.counters.deadlocks,
+            result.cpu_micros_per_request,
+            result.violations,
+        );
+    }
+    let _ = writeln!(w);
+}
+
+const COLORS: [&str; 6] = ["#1f77b4", "#aec7e8", "#2ca02c", "#d62728", "#ff9896", "#9467bd"];
+
+/// Two panels over the in-process workloads: throughput (ops/s) and p99 (ms, log scale).
+pub fn chart(results: &Results) -> String {
+    let mut groups: Vec<&str> = Vec::new();
+    for result in &results.in_process {
+        if !groups.contains(&result.workload.as_str()) {
+            groups.push(&result.workload);
+        }
+    }
+    let series: Vec<(StoreKind, Vec<Option<&InProcessResult>>)> = IN_PROCESS_STORES
+        .iter()
+        .map(|&store| (store, groups.iter().map(|group| in_process(results, group, store)).collect()))
+        .collect();
+    let width = 960.0;
+    let panel_height = 300.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{}" font-family="sans-serif" font-size="12">"#,
+        panel_height * 2.0 + 80.0
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let throughput: Vec<Vec<f64>> = series
+        .iter()
+        .map(|(_, values)| {
+            values.iter().map(|value| value.map_or(0.0, |result| result.operations_per_second)).collect()
+        })
+        .collect();
+    let p99: Vec<Vec<f64>> = series
+        .iter()
+        .map(|(_, values)| {
+            values.iter().map(|value| value.map_or(0.0, |result| result.latency.p99_micros as f64 / 1000.0)).collect()
+        })
+        .collect();
+    panel(
+        &mut svg,
+        10.0,
+        "In-process throughput (operations/s, higher is better)",
+        &groups,
+        &throughput,
+        width,
+        panel_height,
+        false,
+    );
+    panel(
+        &mut svg,
+        panel_height + 30.0,
+        "In-process p99 latency (ms, log scale, lower is better)",
+        &groups,
+        &p99,
+        width,
+        panel_height,
+        true,
+    );
+    let legend_y = panel_height * 2.0 + 55.0;
+    for (index, (store, _)) in series.iter().enumerate() {
+        let x = 60.0 + index as f64 * 150.0;
+        let _ =
+            writeln!(svg, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, legend_y - 10.0, COLORS[index]);
+        let _ = writeln!(svg, r#"<text x="{}" y="{legend_y}">{}</text>"#, x + 16.0, store.label());
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[allow(clippy::too_many_arguments)]
+fn panel(
+    svg: &mut String,
+    top: f64,
+    title: &str,
+    groups: &[&str],
+    series: &[Vec<f64>],
+    width: f64,
+    height: f64,
+    log: bool,
+) {
+    let left = 70.0;
+    let plot_top = top + 25.0;
+    let plot_height = height - 60.0;
+    let plot_width = width - left - 20.0;
+    let max = series.iter().flatten().cloned().fold(0.0_f64, f64::max).max(1e-3);
+    let min_log = 0.01_f64; // 10 µs
+    let scale = |value: f64| -> f64 {
+        if log {
+            let span = (max.max(min_log * 10.0) / min_log).log10();
+            ((value.max(min_log) / min_log).log10() / span).clamp(0.0, 1.0) * plot_height
+        } else {
+            (value / max).clamp(0.0, 1.0) * plot_height
+        }
+    };
+    let _ = writeln!(svg, r#"<text x="{left}" y="{}" font-weight="bold">{title}</text>"#, top + 12.0);
+    let baseline = plot_top + plot_height;
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{left}" y1="{baseline}" x2="{}" y2="{baseline}" stroke="#333"/>"##,
+        left + plot_width
+    );
+    // Axis labels: the maximum (and, on the log panel, each decade).
+    if log {
+        let mut tick = min_log;
+        while tick <= max * 1.0001 {
+            let y = baseline - scale(tick);
+            let _ =
+                writeln!(svg, r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##, left + plot_width);
+            let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{tick}</text>"#, left - 4.0, y + 4.0);
+            tick *= 10.0;
+        }
+    } else {
+        for step in 1..=4 {
+            let value = max * f64::from(step) / 4.0;
+            let y = baseline - scale(value);
+            let _ =
+                writeln!(svg, r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##, left + plot_width);
+            let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{value:.0}</text>"#, left - 4.0, y + 4.0);
+        }
+    }
+    let group_width = plot_width / groups.len().max(1) as f64;
+    let bar_width = (group_width - 16.0) / series.len().max(1) as f64;
+    for (group_index, group) in groups.iter().enumerate() {
+        let group_left = left + group_index as f64 * group_width + 8.0;
+        for (series_index, values) in series.iter().enumerate() {
+            let value = values.get(group_index).copied().unwrap_or(0.0);
+            let bar_height = scale(value);
+            let x = group_left + series_index as f64 * bar_width;
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bar_height:.1}" fill="{}"><title>{value:.2}</title></rect>"#,
+                baseline - bar_height,
+                bar_width - 1.0,
+                COLORS[series_index % COLORS.len()]
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{group}</text>"#,
+            group_left + (group_width - 16.0) / 2.0,
+            baseline + 16.0
+        );
+    }
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+pub fn today() -> String {
+    time::OffsetDateTime::now_utc().date().to_string()
+}

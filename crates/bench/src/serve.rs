@@ -1,0 +1,87 @@
+//! `creditgraph-bench serve`: the HTTP server of creditgraph (`server::router`, the same router
+//! `creditgraph serve` mounts) over any store kind, baselines included, in its own process.
+//!
+//! The harness talks to it on stdin/stdout: it prints `listening <address>` once ready; a line
+//! `check <accounts>` on stdin makes it verify the store and sum the balances of the first
+//! `<accounts>` benchmark accounts, answering one JSON line; end of stdin stops it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ledger::Amount;
+use serde::{Deserialize, Serialize};
+use server::{ApiConfig, Role};
+use store::{LedgerStore, SystemClock};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::stores::{self, Place, StoreCounters, StoreKind};
+use crate::workload::account_id;
+
+/// The admin token every benchmark server accepts: authentication stays on, as in production.
+pub const BENCH_TOKEN: &str = "creditgraph-bench-token";
+
+/// The answer to `check`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckAnswer {
+    pub violations: u64,
+    /// Sum of the balances of the accounts asked about, canonical decimal text.
+    pub balance_total: String,
+    pub counters: StoreCounters,
+}
+
+pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr) -> anyhow::Result<()> {
+    let opened = stores::open(kind, &place).await?;
+    let config = ApiConfig { tokens: vec![(BENCH_TOKEN.to_owned(), Role::Admin)], ..ApiConfig::default() };
+    let router = server::router(opened.ledger(), Arc::new(SystemClock), config);
+    // As `creditgraph serve` does: expired holds are swept in the background (every store kind,
+    // so the baselines get the same help).
+    let sweeper = tokio::spawn({
+        let store = opened.ledger();
+        async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                if let Err(error) = store.sweep(server::SWEEP_ACCOUNTS_MAX).await {
+                    eprintln!("bench serve: sweep failed: {error}");
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let serving = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.notified().await }).await }
+    });
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(format!("listening {address}\n").as_bytes()).await?;
+    stdout.flush().await?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let Some(accounts) = line.strip_prefix("check ") else {
+            anyhow::bail!("unknown command on stdin: {line}");
+        };
+        let accounts: usize = accounts.trim().parse().context("check <accounts>")?;
+        let answer = check(&opened.ledger(), accounts, opened.counters()).await?;
+        stdout.write_all(format!("{}\n", serde_json::to_string(&answer)?).as_bytes()).await?;
+        stdout.flush().await?;
+    }
+    sweeper.abort();
+    shutdown.notify_one();
+    serving.await.context("server task")??;
+    opened.close().await;
+    Ok(())
+}
+
+async fn check(store: &Arc<dyn LedgerStore>, accounts: usize, counters: StoreCounters) -> anyhow::Result<CheckAnswer> {
+    let report = store.verify().await.context("verify")?;
+    let mut total = Amount::ZERO;
+    for index in 0..accounts {
+        if let Some(view) = store.account(&account_id(index)?).await? {
+            total = total.plus(view.balances.balance);
+        }
+    }
+    Ok(CheckAnswer { violations: report.violations.len() as u64, balance_total: total.to_string(), counters })
+}

@@ -1,0 +1,209 @@
+//! The stores under test, all behind [`store::LedgerStore`]: creditgraph's SQLite store (durable
+//! and with fsync off), creditgraph's PostgreSQL store, and the baselines of `store-baseline`.
+//! The same drivers and the same HTTP server run against each.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use store::{LedgerStore, SystemClock};
+use store_baseline::{BaselinePostgresStore, BaselineSqliteStore, PostgresBaselineMode};
+use store_postgres::{PostgresOptions, PostgresStore};
+use store_sqlite::{SqliteOptions, SqliteStore};
+
+/// Connections per process for every PostgreSQL store, creditgraph's and the baselines'.
+pub const POSTGRES_POOL_MAX: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+pub enum StoreKind {
+    /// creditgraph on SQLite, `synchronous=FULL` (the default).
+    Sqlite,
+    /// creditgraph on SQLite with `synchronous=OFF`: what durability costs.
+    SqliteNoSync,
+    /// creditgraph on PostgreSQL.
+    Postgres,
+    /// Baseline (a): one transaction per operation, `SELECT … FOR UPDATE` on the account row.
+    BaselinePgForUpdate,
+    /// Baseline (a'): one transaction per operation, `UPDATE … WHERE available >= amount`.
+    BaselinePgConditional,
+    /// Baseline (b): plain SQLite, one `BEGIN IMMEDIATE` transaction per operation.
+    BaselineSqlite,
+}
+
+impl StoreKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "creditgraph SQLite",
+            StoreKind::SqliteNoSync => "creditgraph SQLite, no fsync",
+            StoreKind::Postgres => "creditgraph PostgreSQL",
+            StoreKind::BaselinePgForUpdate => "baseline PG FOR UPDATE",
+            StoreKind::BaselinePgConditional => "baseline PG conditional UPDATE",
+            StoreKind::BaselineSqlite => "baseline SQLite",
+        }
+    }
+
+    pub fn needs_postgres(self) -> bool {
+        matches!(self, StoreKind::Postgres | StoreKind::BaselinePgForUpdate | StoreKind::BaselinePgConditional)
+    }
+}
+
+/// Counters a store keeps, as one shape for every store.
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Write transactions committed (each one fsync when durable).
+    pub commits: u64,
+    /// Ledger operations inside those transactions (`None`-like 0 when the store cannot tell).
+    pub operations: u64,
+    pub retries: u64,
+    pub deadlocks: u64,
+}
+
+impl StoreCounters {
+    pub fn since(self, before: StoreCounters) -> StoreCounters {
+        StoreCounters {
+            commits: self.commits - before.commits,
+            operations: self.operations - before.operations,
+            retries: self.retries - before.retries,
+            deadlocks: self.deadlocks - before.deadlocks,
+        }
+    }
+}
+
+/// An open store of any kind.
+#[derive(Clone)]
+pub enum Opened {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+    BaselinePostgres(Arc<BaselinePostgresStore>),
+    BaselineSqlite(Arc<BaselineSqliteStore>),
+}
+
+impl Opened {
+    pub fn ledger(&self) -> Arc<dyn LedgerStore> {
+        match self {
+            Opened::Sqlite(store) => store.clone(),
+            Opened::Postgres(store) => store.clone(),
+            Opened::BaselinePostgres(store) => store.clone(),
+            Opened::BaselineSqlite(store) => store.clone(),
+        }
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        match self {
+            Opened::Sqlite(store) => {
+                let stats = store.stats();
+                StoreCounters { commits: stats.commits, operations: stats.operations, retries: 0, deadlocks: 0 }
+            }
+            Opened::Postgres(store) => {
+                let stats = store.stats();
+                StoreCounters {
+                    commits: stats.transactions,
+                    operations: stats.transactions,
+                    retries: stats.retries,
+                    deadlocks: stats.deadlocks,
+                }
+            }
+            Opened::BaselinePostgres(store) => {
+                let stats = store.stats();
+                StoreCounters {
+                    commits: stats.transactions,
+                    operations: stats.transactions,
+                    retries: stats.retries,
+                    deadlocks: stats.deadlocks,
+                }
+            }
+            Opened::BaselineSqlite(store) => {
+                let stats = store.stats();
+                StoreCounters {
+                    commits: stats.transactions,
+                    operations: stats.transactions,
+                    retries: stats.retries,
+                    deadlocks: stats.deadlocks,
+                }
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Opened::Sqlite(store) => store.close().await,
+            Opened::Postgres(store) => store.close().await,
+            Opened::BaselinePostgres(_) | Opened::BaselineSqlite(_) => {}
+        }
+    }
+}
+
+/// Where a store keeps its data: a SQLite file, or a PostgreSQL database URL.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub sqlite_path: PathBuf,
+    pub postgres_url: Option<String>,
+}
+
+pub async fn open(kind: StoreKind, place: &Place) -> anyhow::Result<Opened> {
+    let clock = Arc::new(SystemClock);
+    let postgres_url = || place.postgres_url.as_deref().context("this store needs a PostgreSQL database");
+    Ok(match kind {
+        StoreKind::Sqlite | StoreKind::SqliteNoSync => {
+            let options = SqliteOptions { durable: kind == StoreKind::Sqlite, ..SqliteOptions::default() };
+            Opened::Sqlite(Arc::new(SqliteStore::open(&place.sqlite_path, clock, options).await?))
+        }
+        StoreKind::Postgres => {
+            let options = PostgresOptions { pool_max: POSTGRES_POOL_MAX, ..PostgresOptions::default() };
+            Opened::Postgres(Arc::new(PostgresStore::connect(postgres_url()?, clock, options).await?))
+        }
+        StoreKind::BaselinePgForUpdate | StoreKind::BaselinePgConditional => {
+            let mode = if kind == StoreKind::BaselinePgForUpdate {
+                PostgresBaselineMode::ForUpdate
+            } else {
+                PostgresBaselineMode::ConditionalUpdate
+            };
+            let store = BaselinePostgresStore::connect(postgres_url()?, mode, POSTGRES_POOL_MAX, clock).await?;
+            Opened::BaselinePostgres(Arc::new(store))
+        }
+        StoreKind::BaselineSqlite => {
+            Opened::BaselineSqlite(Arc::new(BaselineSqliteStore::open(&place.sqlite_path, clock)?))
+        }
+    })
+}
+
+/// Creates an empty database on the cluster of `admin_url` and returns its URL.
+pub async fn create_database(admin_url: &str) -> anyhow::Result<String> {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {admin_url}"))?;
+    let driver = tokio::spawn(connection);
+    let name = format!("creditgraph_bench_{:016x}", rand::random::<u64>());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.context("CREATE DATABASE")?;
+    drop(client);
+    let _ = driver.await;
+    Ok(store_postgres::testing::with_database(admin_url, &name))
+}
+
+/// A fresh place for one run: a new SQLite file under `dir`, and a new database when the kind
+/// needs PostgreSQL.
+pub async fn fresh_place(
+    kind: StoreKind,
+    dir: &Path,
+    run: &str,
+    postgres_admin_url: Option<&str>,
+) -> anyhow::Result<Place> {
+    let postgres_url = match (kind.needs_postgres(), postgres_admin_url) {
+        (true, Some(admin_url)) => Some(create_database(admin_url).await?),
+        (true, None) => anyhow::bail!("{} needs --postgres-url (scripts/bench.sh starts a cluster)", kind.label()),
+        (false, _) => None,
+    };
+    Ok(Place { sqlite_path: dir.join(format!("{run}.db")), postgres_url })
+}
+
+/// `SHOW server_version` of the cluster at `url`.
+pub async fn server_version(url: &str) -> anyhow::Result<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let row = client.query_one("SHOW server_version", &[]).await?;
+    let version: String = row.try_get(0)?;
+    drop(client);
+    let _ = driver.await;
+    Ok(version)
+}

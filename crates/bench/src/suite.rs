@@ -1,0 +1,268 @@
+//! The whole benchmark: which runs, in which order, with which settings; then the targets of
+//! issue 6 evaluated from the results. `--smoke` runs the same code paths briefly (CI).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::http::{self, Action, Drive, HttpResult, HttpRun, ServerProcess};
+use crate::inprocess::{self, InProcessResult, InProcessRun};
+use crate::stores::{self, StoreKind};
+use crate::workload::{in_process_workloads, Distribution, Mix, Workload};
+
+#[derive(Clone, Debug)]
+pub struct SuiteSettings {
+    pub smoke: bool,
+    /// Admin URL of a PostgreSQL cluster; every run gets a new database on it.
+    pub postgres_admin_url: Option<String>,
+    /// Where SQLite files go (a temporary folder).
+    pub data_dir: PathBuf,
+    pub seed: u64,
+    /// Only these stores (empty: every store).
+    pub stores: Vec<StoreKind>,
+}
+
+impl SuiteSettings {
+    fn includes(&self, kind: StoreKind) -> bool {
+        self.stores.is_empty() || self.stores.contains(&kind)
+    }
+    fn accounts(&self) -> usize {
+        if self.smoke {
+            200
+        } else {
+            10_000
+        }
+    }
+    fn in_process_duration(&self) -> Duration {
+        Duration::from_millis(if self.smoke { 300 } else { 5_000 })
+    }
+    fn http_duration(&self) -> Duration {
+        Duration::from_millis(if self.smoke { 300 } else { 4_000 })
+    }
+    fn callers(&self) -> usize {
+        if self.smoke {
+            8
+        } else {
+            64
+        }
+    }
+}
+
+/// Every store of the in-process table, creditgraph's first.
+pub const IN_PROCESS_STORES: [StoreKind; 6] = [
+    StoreKind::Sqlite,
+    StoreKind::SqliteNoSync,
+    StoreKind::Postgres,
+    StoreKind::BaselinePgForUpdate,
+    StoreKind::BaselinePgConditional,
+    StoreKind::BaselineSqlite,
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RateSearch {
+    pub store: StoreKind,
+    /// Highest arrival rate (cycles/s) with request p99 ≤ the bound and nothing dropped or failed.
+    pub best_arrivals_per_second: u64,
+    pub steps: Vec<HttpResult>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    pub in_process: Vec<InProcessResult>,
+    /// Target 5: no-op and hold+capture at a fixed rate, then both saturated.
+    pub overhead: Vec<HttpResult>,
+    /// Target 2.
+    pub rate_searches: Vec<RateSearch>,
+    /// Target 3: hot account at a fixed 1,000 requests/s.
+    pub hot_fixed_rate: Vec<HttpResult>,
+    /// Target 6: two server processes on one PostgreSQL database, hot account, saturated.
+    pub two_servers: Vec<HttpResult>,
+}
+
+/// p99 bound of the rate search (target 2), microseconds.
+pub const RATE_SEARCH_P99_MICROS_MAX: u64 = 10_000;
+/// Requests per second of target 5's latency comparison and target 3's hot-account run.
+pub const OVERHEAD_REQUESTS_PER_SECOND: u64 = 2_000;
+pub const HOT_REQUESTS_PER_SECOND: u64 = 1_000;
+/// Concurrent connections of the saturation (closed-loop) runs.
+pub const SATURATION_CONNECTIONS: usize = 64;
+/// Arrivals in flight before the open-loop driver drops new ones.
+pub const IN_FLIGHT_MAX: usize = 1_024;
+
+pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Results> {
+    let mut results = Results::default();
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|name| name == section);
+    if wanted("in-process") {
+        for workload in in_process_workloads(settings.accounts()) {
+            for kind in IN_PROCESS_STORES.into_iter().filter(|&kind| settings.includes(kind)) {
+                let result = in_process(settings, kind, &workload).await?;
+                eprintln!(
+                    "bench: in-process {:<11} {:<31} {:>9.0} ops/s {:>8.0} holds/s p99 {:>6} µs ops/commit {:>5.1} violations {}",
+                    workload.name,
+                    kind.label(),
+                    result.operations_per_second,
+                    result.holds_per_second,
+                    result.latency.p99_micros,
+                    result.counters.operations as f64 / result.counters.commits.max(1) as f64,
+                    result.violations,
+                );
+                results.in_process.push(result);
+            }
+        }
+    }
+    let uniform = Workload {
+        name: "uniform",
+        distribution: Distribution::Uniform { accounts: settings.accounts() },
+        mix: Mix::HoldCapture,
+        replay_percent: 0,
+        near_empty: false,
+    };
+    let zipf = Workload {
+        name: "zipf",
+        distribution: Distribution::Zipf { accounts: settings.accounts(), exponent_milli: 1000 },
+        ..uniform.clone()
+    };
+    let hot = Workload { name: "hot", distribution: Distribution::Hot, ..uniform.clone() };
+    if wanted("overhead") && settings.includes(StoreKind::Sqlite) {
+        results.overhead = overhead(settings, &uniform).await?;
+    }
+    if wanted("rate-search") {
+        let kinds =
+            [StoreKind::Sqlite, StoreKind::Postgres, StoreKind::BaselinePgConditional, StoreKind::BaselinePgForUpdate];
+        for kind in kinds.into_iter().filter(|&kind| settings.includes(kind)) {
+            results.rate_searches.push(rate_search(settings, kind, &zipf).await?);
+        }
+    }
+    if wanted("hot-fixed-rate") {
+        let kinds =
+            [StoreKind::Sqlite, StoreKind::Postgres, StoreKind::BaselinePgForUpdate, StoreKind::BaselinePgConditional];
+        for kind in kinds.into_iter().filter(|&kind| settings.includes(kind)) {
+            let drive =
+                Drive::OpenLoop { arrivals_per_second: HOT_REQUESTS_PER_SECOND / 2, in_flight_max: IN_FLIGHT_MAX };
+            let result = http_run(settings, kind, 1, &hot, Action::HoldCapture, drive).await?;
+            results.hot_fixed_rate.push(result);
+        }
+    }
+    if wanted("two-servers") {
+        let kinds = [StoreKind::Postgres, StoreKind::BaselinePgConditional, StoreKind::BaselinePgForUpdate];
+        for kind in kinds.into_iter().filter(|&kind| settings.includes(kind)) {
+            let drive = Drive::ClosedLoop { connections: SATURATION_CONNECTIONS };
+            results.two_servers.push(http_run(settings, kind, 2, &hot, Action::HoldCapture, drive).await?);
+        }
+    }
+    Ok(results)
+}
+
+async fn in_process(settings: &SuiteSettings, kind: StoreKind, workload: &Workload) -> anyhow::Result<InProcessResult> {
+    let run_name = format!("inproc-{}-{:?}", workload.name, kind);
+    let place =
+        stores::fresh_place(kind, &settings.data_dir, &run_name, settings.postgres_admin_url.as_deref()).await?;
+    let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
+    let run =
+        InProcessRun { callers: settings.callers(), duration: settings.in_process_duration(), seed: settings.seed };
+    let result = inprocess::run(kind, &opened, workload, &run).await;
+    opened.close().await;
+    result.with_context(|| format!("{} on {}", workload.name, kind.label()))
+}
+
+/// Starts `servers` server processes on one fresh place, seeds, runs, checks, stops them.
+async fn http_run(
+    settings: &SuiteSettings,
+    kind: StoreKind,
+    servers: usize,
+    workload: &Workload,
+    action: Action,
+    drive: Drive,
+) -> anyhow::Result<HttpResult> {
+    let run_name = format!("http-{}-{:?}-{}", workload.name, kind, rand::random::<u32>());
+    let place =
+        stores::fresh_place(kind, &settings.data_dir, &run_name, settings.postgres_admin_url.as_deref()).await?;
+    let mut processes = Vec::new();
+    for _ in 0..servers {
+        processes.push(ServerProcess::start(kind, &place).await?);
+    }
+    if action != Action::Noop {
+        http::seed(&processes, workload).await?;
+    }
+    let result = http::run(HttpRun {
+        store: kind,
+        servers: &mut processes,
+        workload,
+        action,
+        drive,
+        duration: settings.http_duration(),
+        seed: settings.seed,
+    })
+    .await
+    .with_context(|| format!("HTTP {} on {}", workload.name, kind.label()))?;
+    for process in processes {
+        process.stop().await?;
+    }
+    eprintln!(
+        "bench: http {:<10} {:<31} x{} {:?} {:>6}/s asked {:>8.0} req/s p50 {:>6} µs p99 {:>6} µs dropped {} errors {} violations {}",
+        workload.name,
+        kind.label(),
+        servers,
+        action,
+        result.arrivals_per_second,
+        result.requests_per_second,
+        result.requests.p50_micros,
+        result.requests.p99_micros,
+        result.dropped,
+        result.errors,
+        result.violations,
+    );
+    Ok(result)
+}
+
+/// Target 5: the same server (creditgraph on SQLite) answering `/healthz` and holds.
+async fn overhead(settings: &SuiteSettings, uniform: &Workload) -> anyhow::Result<Vec<HttpResult>> {
+    let kind = StoreKind::Sqlite;
+    let fixed = |rate| Drive::OpenLoop { arrivals_per_second: rate, in_flight_max: IN_FLIGHT_MAX };
+    let saturated = Drive::ClosedLoop { connections: SATURATION_CONNECTIONS };
+    Ok(vec![
+        http_run(settings, kind, 1, uniform, Action::Noop, fixed(OVERHEAD_REQUESTS_PER_SECOND)).await?,
+        // Two requests per arrival: the same request rate.
+        http_run(settings, kind, 1, uniform, Action::HoldCapture, fixed(OVERHEAD_REQUESTS_PER_SECOND / 2)).await?,
+        http_run(settings, kind, 1, uniform, Action::Noop, saturated).await?,
+        http_run(settings, kind, 1, uniform, Action::HoldCapture, saturated).await?,
+    ])
+}
+
+/// Target 2: doubles the arrival rate until a run misses the bound, then tries the midpoint.
+async fn rate_search(settings: &SuiteSettings, kind: StoreKind, workload: &Workload) -> anyhow::Result<RateSearch> {
+    let passes = |result: &HttpResult| {
+        result.requests.p99_micros <= RATE_SEARCH_P99_MICROS_MAX && result.dropped == 0 && result.errors == 0
+    };
+    let mut steps = Vec::new();
+    let mut best = 0;
+    let mut rate = if settings.smoke { 100 } else { 250 };
+    let rate_max = if settings.smoke { 200 } else { 64_000 };
+    let mut failed_at = None;
+    while rate <= rate_max {
+        let drive = Drive::OpenLoop { arrivals_per_second: rate, in_flight_max: IN_FLIGHT_MAX };
+        let result = http_run(settings, kind, 1, workload, Action::HoldCapture, drive).await?;
+        let passed = passes(&result);
+        steps.push(result);
+        if !passed {
+            failed_at = Some(rate);
+            break;
+        }
+        best = rate;
+        rate *= 2;
+    }
+    if let (Some(failed), false) = (failed_at, settings.smoke) {
+        let middle = (best + failed) / 2;
+        if middle > best {
+            let drive = Drive::OpenLoop { arrivals_per_second: middle, in_flight_max: IN_FLIGHT_MAX };
+            let result = http_run(settings, kind, 1, workload, Action::HoldCapture, drive).await?;
+            if passes(&result) {
+                best = middle;
+            }
+            steps.push(result);
+        }
+    }
+    Ok(RateSearch { store: kind, best_arrivals_per_second: best, steps })
+}

@@ -1,0 +1,56 @@
+//! The benchmark's smoke form, as CI runs it: every workload, store, baseline and HTTP section
+//! for a few hundred milliseconds, against the test cluster. It proves the harness still runs
+//! end to end, that every run's invariant checks pass, and that the report and chart are
+//! written; it measures nothing.
+
+use std::process::Command;
+
+#[test]
+fn the_smoke_run_covers_every_section_and_writes_the_report() {
+    let postgres_url = std::env::var(store_postgres::testing::TEST_URL_VARIABLE).unwrap_or_else(|_| {
+        panic!(
+            "{} is not set: run the tests with scripts/test.sh, which starts a PostgreSQL cluster",
+            store_postgres::testing::TEST_URL_VARIABLE
+        )
+    });
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let status = Command::new(env!("CARGO_BIN_EXE_creditgraph-bench"))
+        .args(["run", "--smoke", "--postgres-url", &postgres_url, "--out-dir"])
+        .arg(out.path())
+        .status()
+        .expect("the harness starts");
+    assert!(status.success(), "the smoke run failed: {status}");
+
+    let markdown = std::fs::read_to_string(out.path().join("BENCHMARKS.md")).expect("BENCHMARKS.md written");
+    assert!(markdown.contains("## Targets (issue 6)"), "{markdown}");
+    assert!(markdown.contains("Invariant violations over every run (verify + conservation): **0**"), "{markdown}");
+    let chart = std::fs::read_to_string(out.path().join("docs/benchmarks/chart.svg")).expect("chart written");
+    assert!(chart.starts_with("<svg") && chart.contains("<rect"), "{chart}");
+
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("docs/benchmarks/results.json")).expect("results written"),
+    )
+    .expect("results are JSON");
+    let in_process = results["results"]["in_process"].as_array().expect("in-process results");
+    assert_eq!(in_process.len(), 7 * 6, "seven workloads on six stores");
+    for run in in_process {
+        assert!(run["tally"]["holds"].as_u64().expect("holds") > 0, "every run holds something: {run}");
+        assert_eq!(run["tally"]["unexpected"], 0, "{run}");
+    }
+    let near_empty_refusals: u64 = in_process
+        .iter()
+        .filter(|run| run["workload"] == "near-empty")
+        .map(|run| run["tally"]["holds_refused"].as_u64().expect("refused"))
+        .sum();
+    assert!(near_empty_refusals > 0, "near-empty accounts must refuse some holds");
+    let replays: u64 = in_process
+        .iter()
+        .filter(|run| run["workload"] == "replays")
+        .map(|run| run["tally"]["replays"].as_u64().expect("replays"))
+        .sum();
+    assert!(replays > 0, "the replay workload must replay keys");
+    for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches"] {
+        assert!(!results["results"][section].as_array().expect(section).is_empty(), "{section} ran");
+    }
+    assert_eq!(results["targets"].as_array().expect("targets").len(), 6);
+}
