@@ -36,6 +36,9 @@ enum Command {
         /// Only these stores (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         stores: Vec<StoreKind>,
+        /// Only these in-process workloads: uniform, zipf, hot, lifecycle, read-heavy, replays, near-empty.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
         #[arg(long, default_value_t = 20_261_126)]
         seed: u64,
         /// The command line to print in BENCHMARKS.md.
@@ -61,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { store, sqlite_path, postgres_url, listen } => {
             bench::serve::serve(store, Place { sqlite_path, postgres_url }, listen).await
         }
-        Command::Run { smoke, postgres_url, out_dir, only, stores, seed, command_line } => {
+        Command::Run { smoke, postgres_url, out_dir, only, stores, workloads, seed, command_line } => {
             let data = tempfile::tempdir().context("a temporary folder for SQLite files")?;
             let settings = SuiteSettings {
                 smoke,
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: data.path().to_owned(),
                 seed,
                 stores,
+                workloads,
             };
             let results = suite::run(&settings, &only).await?;
             let postgres = match &postgres_url {

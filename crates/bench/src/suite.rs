@@ -22,6 +22,8 @@ pub struct SuiteSettings {
     pub seed: u64,
     /// Only these stores (empty: every store).
     pub stores: Vec<StoreKind>,
+    /// Only these in-process workloads, by name (empty: every workload).
+    pub workloads: Vec<String>,
 }
 
 impl SuiteSettings {
@@ -95,7 +97,11 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
     let mut results = Results::default();
     let wanted = |section: &str| only.is_empty() || only.iter().any(|name| name == section);
     if wanted("in-process") {
-        for workload in in_process_workloads(settings.accounts()) {
+        let workloads = in_process_workloads(settings.accounts());
+        let chosen = workloads
+            .into_iter()
+            .filter(|workload| settings.workloads.is_empty() || settings.workloads.iter().any(|name| name == workload.name));
+        for workload in chosen {
             for kind in IN_PROCESS_STORES.into_iter().filter(|&kind| settings.includes(kind)) {
                 let result = in_process(settings, kind, &workload).await?;
                 eprintln!(

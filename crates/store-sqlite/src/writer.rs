@@ -2,8 +2,10 @@
 //!
 //! SQLite allows one writer at a time, and a durable commit costs an fsync. So every mutation
 //! goes through this thread: it takes up to `batch_max` queued jobs and runs them in ONE
-//! `BEGIN IMMEDIATE … COMMIT` (group commit: one fsync for the whole batch). Each job runs inside
-//! its own `SAVEPOINT`, so a job that fails rolls back alone. Replies leave only after `COMMIT`
+//! `BEGIN IMMEDIATE … COMMIT` (group commit: one fsync for the whole batch). A job that fails
+//! rolls back alone: jobs run inside their own `SAVEPOINT`, except ledger commands, which skip it
+//! until one of their writes fails, and then the batch runs again with savepoints (see
+//! [`Writer::run_batch`]). Replies leave only after `COMMIT`
 //! succeeded, so a caller never sees a result that is not on disk; if `COMMIT` fails, every job of
 //! the batch is answered `Unavailable`.
 //!
@@ -152,8 +154,21 @@ pub(crate) struct Writer {
     counters: Arc<Counters>,
 }
 
-/// A job's result, kept until the batch commits.
-type Pending = (Reply, Result<Done, StoreError>);
+/// Which jobs of a batch run inside their own savepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Savepoints {
+    /// Every job but ledger commands (the fast path).
+    WhereNeeded,
+    /// Every job (after a ledger command's write failed on the fast path).
+    Always,
+}
+
+enum BatchFailure {
+    /// A ledger command's write failed outside a savepoint: run the batch again with savepoints.
+    Unguarded,
+    /// The batch cannot commit: every job is answered with this error.
+    Fatal(StoreError),
+}
 
 impl Writer {
     pub(crate) fn new(
@@ -195,47 +210,82 @@ impl Writer {
     }
 
     /// One transaction for the whole batch; replies only after it commits.
+    ///
+    /// Ledger commands first run without savepoints: the ledger decides in memory before any
+    /// write, so a command's writes fail only when the database does, and a savepoint per command
+    /// (statements plus sub-journal page copies) cost about a fifth of the writer's time. If one
+    /// of those writes does fail, the whole transaction is rolled back and the batch runs again
+    /// with a savepoint around every job, so that job fails alone as before. Other jobs (run,
+    /// artifact, job writes, claims) always run in a savepoint: a job write can ask for its own
+    /// writes to be undone.
     pub(crate) fn run_batch(&mut self, batch: Vec<Job>) {
         let size = batch.len() as u64;
+        let (works, replies): (Vec<Work>, Vec<Reply>) = batch.into_iter().map(|job| (job.work, job.reply)).unzip();
+        let attempt = match self.try_batch(&works, Savepoints::WhereNeeded) {
+            Err(BatchFailure::Unguarded) => self.try_batch(&works, Savepoints::Always),
+            other => other,
+        };
+        match attempt {
+            Ok(results) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters.operations.fetch_add(size, Ordering::Relaxed);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that stopped waiting still had its job applied; nothing to tell it.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(BatchFailure::Fatal(error)) => self.fail_all(replies.into_iter(), &error),
+            Err(BatchFailure::Unguarded) => {
+                unreachable!("a batch with a savepoint around every job never fails unguarded")
+            }
+        }
+    }
+
+    /// One attempt at the batch: `BEGIN IMMEDIATE`, every job, `COMMIT`. On `Err` the
+    /// transaction is rolled back and the cache dropped (it may hold uncommitted state).
+    fn try_batch(&mut self, works: &[Work], savepoints: Savepoints) -> Result<Vec<Result<Done, StoreError>>, BatchFailure> {
         if !self.conn.is_autocommit() {
             // A transaction left open by an earlier failure would swallow this batch.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        if let Err(error) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            self.fail_all(batch.into_iter().map(|job| job.reply), &sql_error(error));
-            return;
-        }
-        let mut done: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut fatal = None;
-        let mut jobs = batch.into_iter();
-        for job in jobs.by_ref() {
-            match self.run_job(&job.work) {
-                Ok(result) => done.push((job.reply, result)),
-                Err(error) => {
-                    fatal = Some((job.reply, error));
-                    break;
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|error| BatchFailure::Fatal(sql_error(error)))?;
+        let mut results = Vec::with_capacity(works.len());
+        for work in works {
+            let unguarded = savepoints == Savepoints::WhereNeeded && matches!(work, Work::Execute(_));
+            let result = if unguarded {
+                match self.perform(work) {
+                    Ok(Performed { done, keep, cached }) => {
+                        assert!(keep, "a ledger command never asks for its writes to be undone");
+                        if let Some(state) = cached {
+                            self.cache.put(state);
+                        }
+                        Ok(Ok(done))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "a ledger write failed; running the batch again with savepoints");
+                        Err(BatchFailure::Unguarded)
+                    }
+                }
+            } else {
+                self.run_job(work).map_err(BatchFailure::Fatal)
+            };
+            match result {
+                Ok(result) => results.push(result),
+                Err(failure) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.cache.clear();
+                    return Err(failure);
                 }
             }
-        }
-        if let Some((reply, error)) = fatal {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            let replies = done.into_iter().map(|(reply, _)| reply).chain(std::iter::once(reply));
-            self.fail_all(replies.chain(jobs.map(|job| job.reply)), &error);
-            return;
         }
         if let Err(error) = self.conn.execute_batch("COMMIT") {
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
-            self.fail_all(done.into_iter().map(|(reply, _)| reply), &sql_error(error));
-            return;
+            self.cache.clear();
+            return Err(BatchFailure::Fatal(sql_error(error)));
         }
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
-        self.counters.operations.fetch_add(size, Ordering::Relaxed);
-        for (reply, result) in done {
-            // A caller that stopped waiting still had its job applied; nothing to tell it.
-            let _ = reply.send(result);
-        }
+        Ok(results)
     }
 
     /// Runs one job inside its own savepoint. The outer error is fatal for the whole batch (the
