@@ -11,6 +11,7 @@ pub mod http;
 pub mod inprocess;
 pub mod measure;
 pub mod report;
+pub mod scale;
 pub mod serve;
 pub mod stores;
 pub mod suite;

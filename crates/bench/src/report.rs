@@ -192,6 +192,41 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
             _ => not_measured(6, target),
         },
     );
+    let target = "balance reads and holds within 2× their 10,000-account latency at 1,000,000 accounts / 10,000,000 entries";
+    outcomes.push(match (results.scale.first(), results.scale.get(1)) {
+        (Some(small), Some(large)) => {
+            let times = |large: u64, small: u64| ratio(large as f64, small.max(1) as f64);
+            let read_p50 = times(large.read_latency().p50_micros, small.read_latency().p50_micros);
+            let read_p99 = times(large.read_latency().p99_micros, small.read_latency().p99_micros);
+            let hold_p50 = times(large.hold_latency().p50_micros, small.hold_latency().p50_micros);
+            let hold_p99 = times(large.hold_latency().p99_micros, small.hold_latency().p99_micros);
+            TargetOutcome {
+                number: 8,
+                target,
+                measured: format!(
+                    "{} vs {} accounts ({} entries): reads p50 {read_p50:.2}× p99 {read_p99:.2}×, holds p50 {hold_p50:.2}× p99 {hold_p99:.2}×",
+                    large.accounts, small.accounts, large.entries
+                ),
+                met: Some(read_p50 <= 2.0 && read_p99 <= 2.0 && hold_p50 <= 2.0 && hold_p99 <= 2.0 && large.violations == 0),
+            }
+        }
+        _ => not_measured(8, target),
+    });
+    let target = "server resident memory ≤ 256 MB at 1,000,000 accounts / 10,000,000 entries";
+    outcomes.push(match results.scale.get(1) {
+        Some(large) => TargetOutcome {
+            number: 9,
+            target,
+            measured: format!(
+                "peak {:.0} MiB (now {:.0} MiB) after reads and holds over {} accounts",
+                large.rss_peak_bytes as f64 / 1048576.0,
+                large.rss_bytes as f64 / 1048576.0,
+                large.accounts
+            ),
+            met: Some(large.rss_peak_bytes <= 256 * 1024 * 1024),
+        },
+        None => not_measured(9, target),
+    });
     outcomes
 }
 
@@ -339,6 +374,39 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     }
     http_table(w, "Hot account at 1,000 requests/s (500 hold+capture arrivals/s)", &results.hot_fixed_rate);
     http_table(w, "Two server processes on one PostgreSQL database, hot account, saturated", &results.two_servers);
+    if !results.scale.is_empty() {
+        let _ = writeln!(w, "## Scale and memory (creditgraph SQLite over HTTP)\n");
+        let _ = writeln!(
+            w,
+            "Each database is built by replicating one account's ledger-written history (grant, holds, captures, \
+             a debit) to every account, then served by one server process; reads at 1,000/s and hold+capture \
+             arrivals at 250/s, uniform over every account, open loop. RSS is the server's resident memory after \
+             both runs (peak = VmHWM). `verify` then recomputes every account from its journal.\n"
+        );
+        let _ = writeln!(w, "| accounts | entries | database | build | read p50 | read p99 | hold p50 | hold p99 | dropped | errors | RSS | RSS peak | verify | violations |");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for point in &results.scale {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.0} MiB | {:.0} s | {} | {} | {} | {} | {} | {} | {:.0} MiB | {:.0} MiB | {:.1} s | {} |",
+                point.accounts,
+                point.entries,
+                point.database_bytes as f64 / 1048576.0,
+                point.build_seconds,
+                ms(point.read_latency().p50_micros),
+                ms(point.read_latency().p99_micros),
+                ms(point.hold_latency().p50_micros),
+                ms(point.hold_latency().p99_micros),
+                point.reads.dropped + point.holds.dropped,
+                point.reads.errors + point.holds.errors,
+                point.rss_bytes as f64 / 1048576.0,
+                point.rss_peak_bytes as f64 / 1048576.0,
+                point.verify_seconds,
+                point.violations,
+            );
+        }
+        let _ = writeln!(w);
+    }
     out
 }
 

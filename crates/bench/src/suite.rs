@@ -81,6 +81,8 @@ pub struct Results {
     pub hot_fixed_rate: Vec<HttpResult>,
     /// Target 6: two server processes on one PostgreSQL database, hot account, saturated.
     pub two_servers: Vec<HttpResult>,
+    /// Targets 8 and 9: the small and the large database.
+    pub scale: Vec<crate::scale::ScalePoint>,
 }
 
 /// p99 bound of the rate search (target 2), microseconds.
@@ -158,6 +160,26 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
             results.two_servers.push(http_run(settings, kind, 2, &hot, Action::HoldCapture, drive).await?);
         }
     }
+    if wanted("scale") {
+        let sizes: [u64; 2] = if settings.smoke { [200, 2_000] } else { [10_000, 1_000_000] };
+        for accounts in sizes {
+            let point = crate::scale::measure(&settings.data_dir, accounts, settings.http_duration(), settings.seed).await?;
+            eprintln!(
+                "bench: scale {:>8} accounts {:>9} entries: read p50 {} µs p99 {} µs, hold p50 {} µs p99 {} µs, rss {} MiB (peak {} MiB), verify {:.0} s, violations {}",
+                point.accounts,
+                point.entries,
+                point.read_latency().p50_micros,
+                point.read_latency().p99_micros,
+                point.hold_latency().p50_micros,
+                point.hold_latency().p99_micros,
+                point.rss_bytes >> 20,
+                point.rss_peak_bytes >> 20,
+                point.verify_seconds,
+                point.violations,
+            );
+            results.scale.push(point);
+        }
+    }
     Ok(results)
 }
 
@@ -200,6 +222,7 @@ async fn http_run(
         drive,
         duration: settings.http_duration(),
         seed: settings.seed,
+        check_balances: true,
     })
     .await
     .with_context(|| format!("HTTP {} on {}", workload.name, kind.label()))?;
