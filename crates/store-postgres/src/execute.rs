@@ -35,19 +35,25 @@ use std::pin::Pin;
 
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
-use ledger::{AccountId, AccountState, Changes, HoldId, Rejection, Target, Timestamp, Totals};
+use ledger::{AccountId, AccountState, Amount, Changes, Entry, Hold, HoldId, Rejection, Target, Timestamp, Totals};
 use store::{codec, Executed, Request, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::{Failure, RetryCause};
-use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
+use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 
-/// Returns a row when this transaction inserted the key, none when it existed (committed).
-const CLAIM_KEY: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES ($1, $2, '', $3) \
-     ON CONFLICT (key) DO NOTHING RETURNING true";
+/// Claims every key of a batch in one statement, in the order given (ascending: the lock order),
+/// and returns the keys this transaction inserted; the others existed (committed).
+///
+/// Set-based statements (one per table, rows passed as arrays) keep a batch's cost nearly flat in
+/// its size: the server's per-statement overhead dominates a hot account's transactions.
+const CLAIM_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
+     SELECT key, fingerprint, '', $3 FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS claim (key, fingerprint, n) \
+     ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
 const READ_KEY: &str = "SELECT fingerprint, result FROM idempotency WHERE key = $1";
-const RECORD_RESULT: &str = "UPDATE idempotency SET result = $2 WHERE key = $1";
+const RECORD_RESULTS: &str = "UPDATE idempotency SET result = recorded.result \
+     FROM unnest($1::TEXT[], $2::TEXT[]) AS recorded (key, result) WHERE idempotency.key = recorded.key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
 const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (account_id) DO NOTHING";
@@ -57,15 +63,27 @@ const UPSERT_GRANT: &str = "INSERT INTO grants (grant_id, account_id, kind, amou
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
      priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
      metadata = EXCLUDED.metadata, live = EXCLUDED.live";
-const UPSERT_HOLD: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
+const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
      expires_at, created_at, reference, metadata, allocations) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
+     $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[]) \
      ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
      remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
      expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
      allocations = EXCLUDED.allocations";
-const INSERT_ENTRY: &str = "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, \
-     balance_after, held_after, at, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq";
+/// Inserts a batch's journal entries in journal order and returns them whole with their `seq`,
+/// so the caller can check that each entry got a larger `seq` than the one before it without
+/// relying on the order `RETURNING` happens to use.
+fn insert_entries_sql() -> String {
+    format!("{INSERT_ENTRIES} RETURNING {ENTRY_COLUMNS}")
+}
+const INSERT_ENTRIES: &str = "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, \
+     balance_after, held_after, at, idempotency_key) \
+     SELECT account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key \
+     FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], \
+     $8::BIGINT[], $9::BIGINT[], $10::TEXT[]) WITH ORDINALITY AS entry (account_id, kind, amount, hold_id, grant_id, \
+     reference, balance_after, held_after, at, idempotency_key, n) \
+     ORDER BY n";
 
 fn lock_account_sql() -> String {
     format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR UPDATE")
@@ -177,12 +195,13 @@ async fn run(
         .collect();
     claims.sort_by(|left, right| left.1.cmp(right.1));
 
-    let claim_statement = transaction.prepare_cached(CLAIM_KEY).await?;
-    let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(claims.len() + 5);
-    for &(_, key, fingerprint) in &claims {
-        let statement = claim_statement.clone();
+    let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(6);
+    if !claims.is_empty() {
+        let statement = transaction.prepare_cached(CLAIM_KEYS).await?;
+        let keys: Vec<&str> = claims.iter().map(|claim| claim.1).collect();
+        let fingerprints: Vec<&str> = claims.iter().map(|claim| claim.2).collect();
         pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 3] = [&key, &fingerprint, &now_micros];
+            let params: [&(dyn ToSql + Sync); 3] = [&keys, &fingerprints, &now_micros];
             transaction.query(&statement, &params).await
         }));
     }
@@ -202,10 +221,14 @@ async fn run(
     // Requests whose key was already recorded are answered from the record.
     let mut executed: Vec<Option<Executed>> = vec![None; requests.len()];
     let mut recorded = Vec::new();
-    for (&(index, key, fingerprint), reply) in claims.iter().zip(replies.by_ref()) {
-        if reply.is_empty() {
-            recorded.push((index, key, fingerprint));
+    if !claims.is_empty() {
+        let reply = replies.next().expect("a reply to the claims");
+        let mut inserted = HashSet::with_capacity(reply.len());
+        for row in &reply {
+            let key: &str = row.try_get(0).map_err(|_| corrupt("idempotency key"))?;
+            inserted.insert(key);
         }
+        recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1)).copied());
     }
     for (index, answer) in read_keys(transaction, &recorded).await? {
         executed[index] = Some(answer);
@@ -313,6 +336,8 @@ async fn read_keys(
 /// The reads of step 2 and 3, queued behind the key claims in the same pipeline: which replies
 /// are whose.
 struct Load {
+    /// Whether the named holds were queried (not when no command names one).
+    named_holds: bool,
     referenced_grants: usize,
 }
 
@@ -339,7 +364,10 @@ impl Load {
             requests.iter().filter_map(|request| request.command.hold_to_load().map(HoldId::as_str)).collect();
         named.sort_unstable();
         named.dedup();
-        pending.push(Box::pin(async move { transaction.query(&holds_by_id, &[&named]).await }));
+        let named_holds = !named.is_empty();
+        if named_holds {
+            pending.push(Box::pin(async move { transaction.query(&holds_by_id, &[&named]).await }));
+        }
         let mut references = HashSet::new();
         let mut referenced_grants = 0;
         for request in requests {
@@ -354,7 +382,7 @@ impl Load {
             }));
             referenced_grants += 1;
         }
-        Ok(Load { referenced_grants })
+        Ok(Load { named_holds, referenced_grants })
     }
 
     /// The loaded state from the replies (in the order [`Load::push`] queued them), `None` when
@@ -365,7 +393,8 @@ impl Load {
         replies: &mut impl Iterator<Item = Vec<Row>>,
     ) -> Result<Option<AccountState>, Failure> {
         let mut next = || replies.next().expect("one reply per queued read");
-        let (account_row, grant_rows, hold_rows, named_holds) = (next(), next(), next(), next());
+        let (account_row, grant_rows, hold_rows) = (next(), next(), next());
+        let named_holds = if self.named_holds { next() } else { Vec::new() };
         let referenced: Vec<Vec<Row>> = (0..self.referenced_grants).map(|_| next()).collect();
         let Some(account_row) = account_row.first() else { return Ok(None) };
         let (_, created_at, totals) = rows::account(account_row)?;
@@ -392,12 +421,16 @@ impl Load {
     }
 }
 
-/// One pipelined statement: a row count for upserts, the assigned `seq` for entries.
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<i64, tokio_postgres::Error>> + Send + 'a>>;
-
-fn count(rows: u64) -> i64 {
-    i64::try_from(rows).unwrap_or(i64::MAX)
+/// What one pipelined write answered.
+enum Written {
+    /// Rows inserted or updated.
+    Rows(u64),
+    /// The inserted entries' `RETURNING` rows.
+    Entries(Vec<Row>),
 }
+
+/// One pipelined write.
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<Written, tokio_postgres::Error>> + Send + 'a>>;
 
 /// Polls every future in `pending` in list order on each wake-up, so their first polls (which
 /// send the statements) happen in that order, and returns the outputs in that order.
@@ -436,9 +469,9 @@ async fn write(
     let mut pending: Vec<Pending<'_>> = Vec::new();
     let mut write_account = false;
     let mut account_created = false;
-    let (mut entries_start, mut entries_end) = (0, 0);
+    let mut entries_at = None;
     if let Some((state, changes)) = changed {
-        pending.reserve(1 + changes.grants.len() + changes.holds.len() + changes.entries.len() + results.len());
+        pending.reserve(4 + changes.grants.len());
         let account_id = state.account_id.as_str();
         let spent = sql_amount(state.totals.spent)?;
         let refunded = sql_amount(state.totals.refunded)?;
@@ -449,25 +482,27 @@ async fn write(
             let sql = if account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
             let statement = transaction.prepare_cached(sql).await?;
             pending.push(Box::pin(async move {
-                if account_created {
-                    transaction.execute(&statement, &[&account_id, &created_at, &spent, &refunded]).await.map(count)
+                let rows = if account_created {
+                    transaction.execute(&statement, &[&account_id, &created_at, &spent, &refunded]).await?
                 } else {
-                    transaction.execute(&statement, &[&account_id, &spent, &refunded]).await.map(count)
-                }
+                    transaction.execute(&statement, &[&account_id, &spent, &refunded]).await?
+                };
+                Ok(Written::Rows(rows))
             }));
         }
         push_grants(transaction, state, changes, &mut pending).await?;
         push_holds(transaction, state, changes, &mut pending).await?;
-        entries_start = pending.len();
-        push_entries(transaction, changes, &mut pending).await?;
-        entries_end = pending.len();
+        if !changes.entries.is_empty() {
+            entries_at = Some(pending.len());
+            push_entries(transaction, changes, &mut pending).await?;
+        }
     }
     if !results.is_empty() {
-        let statement = transaction.prepare_cached(RECORD_RESULT).await?;
-        for (key, result) in results {
-            let statement = statement.clone();
-            pending.push(Box::pin(async move { transaction.execute(&statement, &[&key, &result]).await.map(count) }));
-        }
+        let statement = transaction.prepare_cached(RECORD_RESULTS).await?;
+        let (keys, results): (Vec<&str>, Vec<String>) = results.into_iter().unzip();
+        pending.push(Box::pin(
+            async move { Ok(Written::Rows(transaction.execute(&statement, &[&keys, &results]).await?)) },
+        ));
     }
     if pending.is_empty() {
         return Ok(());
@@ -480,29 +515,43 @@ async fn write(
     for reply in join_in_order(pending).await {
         replies.push(reply?);
     }
-    let mut previous_seq = 0_i64;
-    for &seq in &replies[entries_start..entries_end] {
-        if seq <= previous_seq {
-            return Err(Failure::Store(StoreError::Corrupt {
-                detail: format!("journal entries were assigned seq {seq} after {previous_seq}; not committed"),
-            }));
-        }
-        previous_seq = seq;
+    if let (Some(index), Some((_, changes))) = (entries_at, changed) {
+        let Written::Entries(rows) = &replies[index] else { unreachable!("the entries' reply is rows") };
+        check_entries(&changes.entries, rows)?;
     }
     if write_account {
-        match (account_created, replies[0]) {
+        match (account_created, &replies[0]) {
             // Another transaction created the account first; its row is now committed, so the
             // next attempt locks it and decides against its real state.
-            (true, 0) => {
+            (true, Written::Rows(0)) => {
                 let account_id = changed.map(|(state, _)| state.account_id.as_str()).unwrap_or_default();
                 return Err(Failure::Retry {
                     cause: RetryCause::Race,
                     detail: format!("account {account_id} created concurrently"),
                 });
             }
-            (false, rows) if rows != 1 => return Err(Failure::Store(corrupt("account row (vanished while locked)"))),
+            (false, Written::Rows(rows)) if *rows != 1 => {
+                return Err(Failure::Store(corrupt("account row (vanished while locked)")))
+            }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Checks that the batch's entries were inserted exactly as decided, each with a larger `seq`
+/// than the entry before it in journal order: `rows` (the inserted entries, in any order) sorted
+/// by `seq` must equal `entries`. (Two entries equal in every column are interchangeable.)
+fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
+    let mut inserted: Vec<Entry> = rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
+    inserted.sort_unstable_by_key(|entry| entry.seq);
+    let in_order = inserted.len() == entries.len()
+        && inserted.iter().zip(entries).all(|(stored, entry)| &Entry { seq: entry.seq, ..stored.clone() } == entry);
+    if !in_order {
+        let seqs: Vec<u64> = inserted.iter().map(|entry| entry.seq).collect();
+        return Err(Failure::Store(StoreError::Corrupt {
+            detail: format!("journal entries were not assigned seq in journal order (got {seqs:?}); not committed"),
+        }));
     }
     Ok(())
 }
@@ -539,7 +588,7 @@ async fn push_grants<'a>(
                 &grant.metadata,
                 &grant.live,
             ];
-            transaction.execute(&statement, &params).await.map(count)
+            transaction.execute(&statement, &params).await.map(Written::Rows)
         }));
     }
     Ok(())
@@ -554,36 +603,42 @@ async fn push_holds<'a>(
     if changes.holds.is_empty() {
         return Ok(());
     }
-    let statement = transaction.prepare_cached(UPSERT_HOLD).await?;
-    for hold_id in &changes.holds {
-        let hold = state.hold(hold_id).expect("a touched hold is in the applied state");
-        let amount = sql_amount(hold.amount)?;
-        let captured = sql_amount(hold.captured)?;
-        let remaining = sql_amount(hold.remaining)?;
-        let refunded = sql_amount(hold.refunded)?;
-        let expires_at = hold.expires_at.micros();
-        let created_at = hold.created_at.micros();
-        let reference = hold.reference.as_ref().map(|reference| reference.as_str());
-        let allocations = codec::encode_allocations(&hold.allocations);
-        let statement = statement.clone();
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 12] = [
-                &hold.hold_id.as_str(),
-                &hold.account_id.as_str(),
-                &amount,
-                &captured,
-                &remaining,
-                &refunded,
-                &hold.state.as_str(),
-                &expires_at,
-                &created_at,
-                &reference,
-                &hold.metadata,
-                &allocations,
-            ];
-            transaction.execute(&statement, &params).await.map(count)
-        }));
-    }
+    let statement = transaction.prepare_cached(UPSERT_HOLDS).await?;
+    let holds: Vec<&Hold> = changes
+        .holds
+        .iter()
+        .map(|hold_id| state.hold(hold_id).expect("a touched hold is in the applied state"))
+        .collect();
+    let amounts =
+        |amount: fn(&Hold) -> Amount| holds.iter().map(|hold| sql_amount(amount(hold))).collect::<Result<Vec<_>, _>>();
+    let (amount, captured) = (amounts(|hold| hold.amount)?, amounts(|hold| hold.captured)?);
+    let (remaining, refunded) = (amounts(|hold| hold.remaining)?, amounts(|hold| hold.refunded)?);
+    let hold_id: Vec<&str> = holds.iter().map(|hold| hold.hold_id.as_str()).collect();
+    let account_id: Vec<&str> = holds.iter().map(|hold| hold.account_id.as_str()).collect();
+    let hold_state: Vec<&str> = holds.iter().map(|hold| hold.state.as_str()).collect();
+    let expires_at: Vec<i64> = holds.iter().map(|hold| hold.expires_at.micros()).collect();
+    let created_at: Vec<i64> = holds.iter().map(|hold| hold.created_at.micros()).collect();
+    let reference: Vec<Option<&str>> =
+        holds.iter().map(|hold| hold.reference.as_ref().map(|reference| reference.as_str())).collect();
+    let metadata: Vec<&str> = holds.iter().map(|hold| hold.metadata.as_str()).collect();
+    let allocations: Vec<String> = holds.iter().map(|hold| codec::encode_allocations(&hold.allocations)).collect();
+    pending.push(Box::pin(async move {
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &hold_id,
+            &account_id,
+            &amount,
+            &captured,
+            &remaining,
+            &refunded,
+            &hold_state,
+            &expires_at,
+            &created_at,
+            &reference,
+            &metadata,
+            &allocations,
+        ];
+        Ok(Written::Rows(transaction.execute(&statement, &params).await?))
+    }));
     Ok(())
 }
 
@@ -592,31 +647,37 @@ async fn push_entries<'a>(
     changes: &'a Changes,
     pending: &mut Vec<Pending<'a>>,
 ) -> Result<(), Failure> {
-    if changes.entries.is_empty() {
-        return Ok(());
-    }
-    let statement = transaction.prepare_cached(INSERT_ENTRY).await?;
-    for entry in &changes.entries {
-        let amount = sql_amount(entry.amount)?;
-        let balance_after = sql_amount(entry.balance_after)?;
-        let held_after = sql_amount(entry.held_after)?;
-        let at = entry.at.micros();
-        let statement = statement.clone();
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 10] = [
-                &entry.account_id.as_str(),
-                &entry.kind.as_str(),
-                &amount,
-                &entry.hold_id.as_ref().map(|id| id.as_str()),
-                &entry.grant_id.as_ref().map(|id| id.as_str()),
-                &entry.reference.as_ref().map(|reference| reference.as_str()),
-                &balance_after,
-                &held_after,
-                &at,
-                &entry.idempotency_key.as_deref(),
-            ];
-            transaction.query_one(&statement, &params).await?.try_get(0)
-        }));
-    }
+    let statement = transaction.prepare_cached(&insert_entries_sql()).await?;
+    let entries = &changes.entries;
+    let amounts = |amount: fn(&Entry) -> Amount| {
+        entries.iter().map(|entry| sql_amount(amount(entry))).collect::<Result<Vec<_>, _>>()
+    };
+    let amount = amounts(|entry| entry.amount)?;
+    let balance_after = amounts(|entry| entry.balance_after)?;
+    let held_after = amounts(|entry| entry.held_after)?;
+    let account_id: Vec<&str> = entries.iter().map(|entry| entry.account_id.as_str()).collect();
+    let kind: Vec<&str> = entries.iter().map(|entry| entry.kind.as_str()).collect();
+    let hold_id: Vec<Option<&str>> = entries.iter().map(|entry| entry.hold_id.as_ref().map(HoldId::as_str)).collect();
+    let grant_id: Vec<Option<&str>> =
+        entries.iter().map(|entry| entry.grant_id.as_ref().map(|id| id.as_str())).collect();
+    let reference: Vec<Option<&str>> =
+        entries.iter().map(|entry| entry.reference.as_ref().map(|reference| reference.as_str())).collect();
+    let at: Vec<i64> = entries.iter().map(|entry| entry.at.micros()).collect();
+    let idempotency_key: Vec<Option<&str>> = entries.iter().map(|entry| entry.idempotency_key.as_deref()).collect();
+    pending.push(Box::pin(async move {
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &account_id,
+            &kind,
+            &amount,
+            &hold_id,
+            &grant_id,
+            &reference,
+            &balance_after,
+            &held_after,
+            &at,
+            &idempotency_key,
+        ];
+        Ok(Written::Entries(transaction.query(&statement, &params).await?))
+    }));
     Ok(())
 }
