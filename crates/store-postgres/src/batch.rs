@@ -9,7 +9,7 @@
 //!
 //! How: a command is queued under its account with a channel for its answer. If no task leads
 //! that account, the caller spawns one; the leader repeatedly takes up to `commands_max` queued
-//! commands, applies them (see `apply_batch` in the crate root), answers each, and ends, removing
+//! commands, applies them (`BatchRunner::apply` in the crate root), answers each, and ends, removing
 //! the account's entry, once the queue is empty. The leader is spawned rather than run by the
 //! first caller so that a caller dropping its future (a client hanging up) never abandons a
 //! transaction midway nor leaves the others waiting: every batch finishes on its own.
@@ -18,8 +18,9 @@
 //! one, where it finds the first one's recorded result and replays it.
 //!
 //! The map holds an entry only while a leader runs for that account, so its size is bounded by
-//! the number of accounts with commands in flight. As a bonus of the old per-account queue, each
-//! process still uses at most one connection per account for its commands: the rest wait here,
+//! the number of accounts with commands in flight. As with the per-account queue this replaces,
+//! each process uses at most one connection per account for its commands (N waiters on a hot
+//! account do not take N pooled connections to sit in a row-lock wait): the rest wait here,
 //! holding nothing.
 
 use std::collections::{HashMap, VecDeque};

@@ -2,8 +2,9 @@
 //! (see [`crate::batch`] for how batches form), and a lone command as a batch of one.
 //!
 //! The order of steps is what makes it correct with many server processes on one database:
-//! 1. the batch's idempotency keys are claimed first, in ascending key order
-//!    (`INSERT … ON CONFLICT DO NOTHING` each), so a concurrent request with one of those keys
+//! 1. the batch's idempotency keys are claimed first, in ascending (byte) order, by one
+//!    `INSERT … ON CONFLICT DO NOTHING` that inserts them in that order, so a concurrent request
+//!    with one of those keys
 //!    waits on the key's index entry until this transaction commits, then finds the recorded
 //!    result and replays it; a key found already committed is read back, and its request is
 //!    answered `Replayed` (or `Conflict`) without being applied;
@@ -21,7 +22,8 @@
 //! A transaction waiting for a key holds only smaller keys; one waiting for an account row holds
 //! only keys; the holder of an account row waits on no lock. So no cycle can form between
 //! batches of any number of processes. Steps 1–3 travel in one pipelined burst (the server runs
-//! them in order), and step 4 in a second one. Deadlocks and unique violations can still come
+//! them in order; reading back keys that already existed costs one more round trip), and step 4
+//! in a second one, with one statement per table whatever the batch's size. Deadlocks and unique violations can still come
 //! from outside (a new account created by two transactions at once, a session locking in another
 //! order) and are retried by the caller.
 //!
