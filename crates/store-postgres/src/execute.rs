@@ -1,39 +1,61 @@
-//! One attempt at applying one command: a single READ COMMITTED transaction.
+//! Applying commands of one account: one READ COMMITTED transaction for a whole batch of them
+//! (see [`crate::batch`] for how batches form), and a lone command as a batch of one.
 //!
 //! The order of steps is what makes it correct with many server processes on one database:
-//! 1. the idempotency key is claimed first (`INSERT … ON CONFLICT DO NOTHING`), so a concurrent
-//!    request with the same key waits on the key's index entry until this one commits, then finds
-//!    the recorded result and replays it;
+//! 1. the batch's idempotency keys are claimed first, in ascending (byte) order, by one
+//!    `INSERT … ON CONFLICT DO NOTHING` that inserts them in that order, so a concurrent request
+//!    with one of those keys
+//!    waits on the key's index entry until this transaction commits, then finds the recorded
+//!    result and replays it; a key found already committed is read back, and its request is
+//!    answered `Replayed` (or `Conflict`) without being applied;
 //! 2. the account row is locked (`SELECT … FOR UPDATE`), which serialises every change of one
 //!    account across processes, and so keeps the account's journal `seq` increasing;
-//! 3. the state is loaded under that lock, decided by [`ledger::execute`], written back, and the
-//!    result recorded on the idempotency row, all in the same transaction.
+//! 3. the state is loaded once under that lock (live grants, pending holds, and every hold and
+//!    referenced grant a command of the batch names), then [`ledger::execute`] decides each
+//!    command in arrival order on the state the one before produced (a rejection leaves it as it
+//!    was);
+//! 4. the merged changes are written once (each touched grant and hold at its final state, the
+//!    journal entries in order), with every claimed key's result, and committed once.
 //!
-//! A transaction locks at most one account row, after at most one idempotency key, so two of
-//! them cannot wait on each other in a cycle; deadlocks and unique violations can still come
-//! from outside (a new account created by two transactions at once) and are retried by the
-//! caller.
+//! Deadlock freedom: every transaction takes its locks in one global order, keys in ascending
+//! order, then one account row, and waits for nothing after that lock but its own statements.
+//! A transaction waiting for a key holds only smaller keys; one waiting for an account row holds
+//! only keys; the holder of an account row waits on no lock. So no cycle can form between
+//! batches of any number of processes. Steps 1–3 travel in one pipelined burst (the server runs
+//! them in order; reading back keys that already existed costs one more round trip), and step 4
+//! in a second one, with one statement per table whatever the batch's size. Deadlocks and unique violations can still come
+//! from outside (a new account created by two transactions at once, a session locking in another
+//! order) and are retried by the caller.
 //!
-//! [`apply`] runs these steps inside a transaction it does not own, so a job write (see
-//! [`crate::jobs`]) applies its ledger request in its own transaction, after its job row; the
-//! job row is then the only lock taken before the key and the account, and always first.
+//! [`apply`] runs these steps for one request inside a transaction it does not own, so a job
+//! write (see [`crate::jobs`]) applies its ledger request in its own transaction, after its job
+//! row; the job row is then the only lock taken before the key and the account, and always first.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
-use ledger::{AccountId, AccountState, Applied, Command, Rejection, Target, Timestamp, Totals};
+use ledger::{AccountId, AccountState, Amount, Changes, Entry, Hold, HoldId, Rejection, Target, Timestamp, Totals};
 use store::{codec, Executed, Request, StoreError};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use crate::error::{Failure, RetryCause};
-use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
+use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 
-const CLAIM_KEY: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES ($1, $2, '', $3) \
-     ON CONFLICT (key) DO NOTHING";
+/// Claims every key of a batch in one statement, in the order given (ascending: the lock order),
+/// and returns the keys this transaction inserted; the others existed (committed).
+///
+/// Set-based statements (one per table, rows passed as arrays) keep a batch's cost nearly flat in
+/// its size: the server's per-statement overhead dominates a hot account's transactions.
+const CLAIM_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
+     SELECT key, fingerprint, '', $3 FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS claim (key, fingerprint, n) \
+     ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
 const READ_KEY: &str = "SELECT fingerprint, result FROM idempotency WHERE key = $1";
-const RECORD_RESULT: &str = "UPDATE idempotency SET result = $2 WHERE key = $1";
+const RECORD_RESULTS: &str = "UPDATE idempotency SET result = recorded.result \
+     FROM unnest($1::TEXT[], $2::TEXT[]) AS recorded (key, result) WHERE idempotency.key = recorded.key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
 const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (account_id) DO NOTHING";
@@ -43,15 +65,27 @@ const UPSERT_GRANT: &str = "INSERT INTO grants (grant_id, account_id, kind, amou
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
      priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
      metadata = EXCLUDED.metadata, live = EXCLUDED.live";
-const UPSERT_HOLD: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
+const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
      expires_at, created_at, reference, metadata, allocations) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
+     $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[]) \
      ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
      remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
      expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
      allocations = EXCLUDED.allocations";
-const INSERT_ENTRY: &str = "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, \
-     balance_after, held_after, at, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq";
+/// Inserts a batch's journal entries in journal order and returns them whole with their `seq`,
+/// so the caller can check that each entry got a larger `seq` than the one before it without
+/// relying on the order `RETURNING` happens to use.
+fn insert_entries_sql() -> String {
+    format!("{INSERT_ENTRIES} RETURNING {ENTRY_COLUMNS}")
+}
+const INSERT_ENTRIES: &str = "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, \
+     balance_after, held_after, at, idempotency_key) \
+     SELECT account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key \
+     FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], \
+     $8::BIGINT[], $9::BIGINT[], $10::TEXT[]) WITH ORDINALITY AS entry (account_id, kind, amount, hold_id, grant_id, \
+     reference, balance_after, held_after, at, idempotency_key, n) \
+     ORDER BY n";
 
 fn lock_account_sql() -> String {
     format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR UPDATE")
@@ -62,34 +96,21 @@ fn live_grants_sql() -> String {
 fn pending_holds_sql() -> String {
     format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' ORDER BY created_at, hold_id")
 }
-fn hold_by_id_sql() -> String {
-    format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = $1")
+/// The holds the batch's commands name, in any state (pending ones are loaded twice, harmlessly).
+fn holds_by_id_sql() -> String {
+    format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = ANY($1) ORDER BY created_at, hold_id")
 }
 fn grant_by_reference_sql() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND kind = $2 AND reference = $3")
 }
 
-/// What one committed (or rolled back) attempt produced.
-pub(crate) struct Attempt {
-    pub executed: Executed,
-    /// Whether the transaction committed (ledger changes, an idempotency record, or both).
-    pub committed: bool,
-}
-
-/// Runs one attempt in `transaction`, committing or rolling it back before returning `Ok`.
-/// On `Err` the transaction is dropped, which rolls it back.
-pub(crate) async fn attempt(
-    transaction: Transaction<'_>,
-    request: &Request,
-    now: Timestamp,
-) -> Result<Attempt, Failure> {
-    let Application { executed, wrote } = apply(&transaction, request, now).await?;
-    if wrote {
-        transaction.commit().await?;
-    } else {
-        transaction.rollback().await?;
-    }
-    Ok(Attempt { executed, committed: wrote })
+/// What a batch did inside its caller's transaction, not yet committed.
+pub(crate) struct Batch {
+    /// One answer per request, in the requests' order.
+    pub executed: Vec<Executed>,
+    /// Whether it wrote anything (ledger changes, an idempotency record): the batch commits only
+    /// then, and rolls back otherwise.
+    pub wrote: bool,
 }
 
 /// What [`apply`] did inside its caller's transaction, not yet committed.
@@ -100,159 +121,324 @@ pub(crate) struct Application {
     pub wrote: bool,
 }
 
-/// Applies `request` inside `transaction` (claim the key, lock the account, decide, write,
-/// record), leaving the commit or rollback to the caller. On `Err` the caller must drop the
-/// transaction.
+/// Applies `request` inside `transaction` as a batch of one (claim the key, lock the account,
+/// decide, write, record), leaving the commit or rollback to the caller. On `Err` the caller
+/// must drop the transaction.
+///
+/// A command naming a hold finds its account here, inside the transaction: a hold's account
+/// never changes, so reading it before any lock is safe. A hold that does not exist gives
+/// `hold_not_found`, recorded on the key like any rejection.
 pub(crate) async fn apply(
     transaction: &Transaction<'_>,
     request: &Request,
     now: Timestamp,
 ) -> Result<Application, Failure> {
-    if let Some(idempotency) = &request.idempotency {
-        let claim = transaction.prepare_cached(CLAIM_KEY).await?;
-        let claimed = transaction.execute(&claim, &[&idempotency.key, &idempotency.fingerprint, &now.micros()]).await?;
-        if claimed == 0 {
-            // The key exists, committed: the INSERT waited for any transaction still holding it.
-            let read = transaction.prepare_cached(READ_KEY).await?;
-            let row = transaction.query_opt(&read, &[&idempotency.key]).await?;
-            let Some(row) = row else {
-                // Swept between the two statements (only possible past the retention period).
-                return Err(Failure::Retry { cause: RetryCause::Race, detail: "idempotency key vanished".to_owned() });
-            };
-            let corrupt = |_| StoreError::Corrupt { detail: "undecodable idempotency record".to_owned() };
-            let fingerprint: &str = row.try_get(0).map_err(corrupt)?;
-            let recorded: &str = row.try_get(1).map_err(corrupt)?;
-            let executed = if fingerprint != idempotency.fingerprint {
-                Executed::Conflict
-            } else {
-                Executed::Replayed(codec::decode_result(recorded)?)
-            };
-            return Ok(Application { executed, wrote: false });
-        }
-    }
-    let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-    let (result, changed) = match decide(transaction, &request.command, now, key).await? {
-        Ok((applied, totals_before)) => {
-            let result = Ok(applied.outcome.clone());
-            let record = request
-                .idempotency
-                .as_ref()
-                .map(|idempotency| (idempotency.key.as_str(), codec::encode_result(&result)));
-            write(transaction, &applied, totals_before, record).await?;
-            (result, !applied.changes.is_empty())
-        }
-        Err(rejection) => {
-            let result = Err(rejection);
-            if let Some(idempotency) = &request.idempotency {
-                let record = transaction.prepare_cached(RECORD_RESULT).await?;
-                transaction.execute(&record, &[&idempotency.key, &codec::encode_result(&result)]).await?;
-            }
-            (result, false)
-        }
+    let account_id = match request.command.target() {
+        Target::Account(account_id) => Some(account_id.clone()),
+        Target::Hold(hold_id) => hold_account(transaction, hold_id).await?,
     };
-    Ok(Application { executed: Executed::Fresh(result), wrote: changed || request.idempotency.is_some() })
+    let Batch { mut executed, wrote } = run(transaction, account_id.as_ref(), &[request], now).await?;
+    Ok(Application { executed: executed.pop().expect("one answer per request"), wrote })
 }
 
-/// Finds and locks the command's account, loads its state and lets the ledger decide. With the
-/// decision comes the account's totals as loaded (`None`: the account did not exist).
-async fn decide(
+/// Applies `requests` inside `transaction`, as one batch: see the module docs. Every command
+/// must concern `account_id` (a command naming a hold: that hold's account), and no idempotency
+/// key may appear twice. Leaves the commit or rollback to the caller; on `Err` the caller must
+/// drop the transaction.
+pub(crate) async fn apply_batch(
     transaction: &Transaction<'_>,
-    command: &Command,
+    account_id: &AccountId,
+    requests: &[&Request],
     now: Timestamp,
-    key: Option<&str>,
-) -> Result<Result<(Applied, Option<Totals>), Rejection>, Failure> {
-    let account_id = match command.target() {
-        Target::Account(account_id) => account_id.clone(),
-        Target::Hold(hold_id) => {
-            let statement = transaction.prepare_cached(HOLD_ACCOUNT).await?;
-            let Some(row) = transaction.query_opt(&statement, &[&hold_id.as_str()]).await? else {
-                return Ok(Err(Rejection::HoldNotFound));
-            };
-            let text: &str = row.try_get(0).map_err(|_| corrupt("hold account_id"))?;
-            AccountId::parse(text).map_err(|_| corrupt("hold account_id"))?
-        }
+) -> Result<Batch, Failure> {
+    run(transaction, Some(account_id), requests, now).await
+}
+
+/// The account of a hold, read without a lock; `None` when there is no such hold.
+pub(crate) async fn hold_account(
+    transaction: &Transaction<'_>,
+    hold_id: &HoldId,
+) -> Result<Option<AccountId>, Failure> {
+    let statement = transaction.prepare_cached(HOLD_ACCOUNT).await?;
+    let Some(row) = transaction.query_opt(&statement, &[&hold_id.as_str()]).await? else {
+        return Ok(None);
     };
-    let state = load(transaction, &account_id, command).await?;
-    let totals_before = state.as_ref().map(|state| state.totals);
-    Ok(ledger::execute(state, command, now, key).map(|applied| (applied, totals_before)))
+    let text: &str = row.try_get(0).map_err(|_| corrupt("hold account_id"))?;
+    Ok(Some(AccountId::parse(text).map_err(|_| corrupt("hold account_id"))?))
 }
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt { detail: format!("undecodable stored {what}") }
 }
 
-/// Locks the account row and loads what [`ledger::execute`] needs: live grants, pending holds,
-/// the hold the command names (any state, same account) and the grant its reference names.
-/// `Ok(None)`: no such account (a grant then creates it on write).
-async fn load(
+/// One pipelined read: the rows it returned.
+type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+
+/// The batch proper. `account_id` `None`: the hold the (single) command names does not exist, so
+/// every request not answered by its key is rejected with `hold_not_found`.
+async fn run(
     transaction: &Transaction<'_>,
-    account_id: &AccountId,
-    command: &Command,
-) -> Result<Option<AccountState>, Failure> {
-    let lock = transaction.prepare_cached(&lock_account_sql()).await?;
-    let Some(account_row) = transaction.query_opt(&lock, &[&account_id.as_str()]).await? else {
-        return Ok(None);
+    account_id: Option<&AccountId>,
+    requests: &[&Request],
+    now: Timestamp,
+) -> Result<Batch, Failure> {
+    let now_micros = now.micros();
+    // Claims in ascending key order: the lock order that keeps batches of different processes
+    // from waiting on each other's keys in a cycle.
+    let mut claims: Vec<(usize, &str, &str)> = requests
+        .iter()
+        .enumerate()
+        .filter_map(|(index, request)| {
+            request
+                .idempotency
+                .as_ref()
+                .map(|idempotency| (index, idempotency.key.as_str(), idempotency.fingerprint.as_str()))
+        })
+        .collect();
+    claims.sort_by(|left, right| left.1.cmp(right.1));
+
+    let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(6);
+    if !claims.is_empty() {
+        let statement = transaction.prepare_cached(CLAIM_KEYS).await?;
+        let keys: Vec<&str> = claims.iter().map(|claim| claim.1).collect();
+        let fingerprints: Vec<&str> = claims.iter().map(|claim| claim.2).collect();
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 3] = [&keys, &fingerprints, &now_micros];
+            transaction.query(&statement, &params).await
+        }));
+    }
+    let load = match account_id {
+        Some(account_id) => Some(Load::push(transaction, account_id, requests, &mut pending).await?),
+        None => None,
     };
-    let (_, created_at, totals) = rows::account(&account_row)?;
-    let grants_statement = transaction.prepare_cached(&live_grants_sql()).await?;
-    let holds_statement = transaction.prepare_cached(&pending_holds_sql()).await?;
-    let hold_statement = transaction.prepare_cached(&hold_by_id_sql()).await?;
-    let reference_statement = transaction.prepare_cached(&grant_by_reference_sql()).await?;
-    let named_hold = async {
-        match command.hold_to_load() {
-            Some(hold_id) => transaction.query_opt(&hold_statement, &[&hold_id.as_str()]).await,
-            None => Ok(None),
+    // One join, so every statement is sent (in this order) before any answer is awaited. The
+    // first error in sending order is the real one: later statements fail only because the
+    // transaction aborted.
+    let mut replies = Vec::with_capacity(pending.len());
+    for reply in join_in_order(pending).await {
+        replies.push(reply?);
+    }
+    let mut replies = replies.into_iter();
+
+    // Requests whose key was already recorded are answered from the record.
+    let mut executed: Vec<Option<Executed>> = vec![None; requests.len()];
+    let mut recorded = Vec::new();
+    if !claims.is_empty() {
+        let reply = replies.next().expect("a reply to the claims");
+        let mut inserted = HashSet::with_capacity(reply.len());
+        for row in &reply {
+            let key: &str = row.try_get(0).map_err(|_| corrupt("idempotency key"))?;
+            inserted.insert(key);
         }
+        recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1)).copied());
+    }
+    for (index, answer) in read_keys(transaction, &recorded).await? {
+        executed[index] = Some(answer);
+    }
+
+    let (state, totals_before) = match (account_id, load) {
+        (Some(account_id), Some(load)) => {
+            let state = load.state(account_id, &mut replies)?;
+            let totals_before = state.as_ref().map(|state| state.totals);
+            (state, totals_before)
+        }
+        _ => (None, None),
     };
-    let referenced_grant = async {
-        match command.grant_reference_to_load() {
-            Some((kind, reference)) => {
-                let params: [&(dyn ToSql + Sync); 3] = [&account_id.as_str(), &kind.as_str(), &reference.as_str()];
-                transaction.query_opt(&reference_statement, &params).await
+
+    // Decide in arrival order, each command on the state the previous one left.
+    let mut state = state;
+    let mut changes = Changes::default();
+    let mut results = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        if executed[index].is_some() {
+            continue;
+        }
+        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
+        let result = if account_id.is_none() {
+            Err(Rejection::HoldNotFound)
+        } else {
+            match ledger::execute(state.clone(), &request.command, now, key) {
+                Ok(applied) => {
+                    merge(&mut changes, applied.changes);
+                    state = Some(applied.state);
+                    Ok(applied.outcome)
+                }
+                Err(rejection) => Err(rejection),
             }
-            None => Ok(None),
+        };
+        if let Some(key) = key {
+            results.push((key, codec::encode_result(&result)));
         }
+        executed[index] = Some(Executed::Fresh(result));
+    }
+
+    let wrote = !changes.is_empty() || !results.is_empty();
+    let written = match &state {
+        Some(state) if !changes.is_empty() => Some((state, &changes)),
+        _ => None,
     };
-    // Pipelined: the four reads travel in one round trip.
-    let id = account_id.as_str();
-    let by_account: [&(dyn ToSql + Sync); 1] = [&id];
-    let (grant_rows, hold_rows, named_hold, referenced_grant) = tokio::try_join!(
-        transaction.query(&grants_statement, &by_account),
-        transaction.query(&holds_statement, &by_account),
-        named_hold,
-        referenced_grant,
-    )?;
-    let mut state = AccountState::new(account_id.clone(), created_at);
-    state.totals = totals;
-    state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
-    state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
-    // A hold of another account is simply not loaded: the ledger then answers `hold_not_found`,
-    // after checking what comes first (a refund's reference), as every store does.
-    if let Some(hold) = named_hold.as_ref().map(rows::hold).transpose()? {
-        if &hold.account_id == account_id && state.hold(&hold.hold_id).is_none() {
-            state.holds.push(hold);
-        }
-    }
-    if let Some(grant) = referenced_grant.as_ref().map(rows::grant).transpose()? {
-        if state.grant(&grant.grant_id).is_none() {
-            state.grants.push(grant);
-        }
-    }
-    Ok(Some(state))
+    write(transaction, written, totals_before, results).await?;
+    let executed = executed.into_iter().map(|answer| answer.expect("every request answered")).collect();
+    Ok(Batch { executed, wrote })
 }
 
-/// One pipelined statement: a row count for upserts, the assigned `seq` for entries.
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<i64, tokio_postgres::Error>> + Send + 'a>>;
-
-fn count(rows: u64) -> i64 {
-    i64::try_from(rows).unwrap_or(i64::MAX)
+/// Adds one command's changes to the batch's: each grant and hold once (written at its final
+/// state), the entries in order.
+fn merge(into: &mut Changes, changes: Changes) {
+    into.account_created |= changes.account_created;
+    for grant_id in changes.grants {
+        if !into.grants.contains(&grant_id) {
+            into.grants.push(grant_id);
+        }
+    }
+    for hold_id in changes.holds {
+        if !into.holds.contains(&hold_id) {
+            into.holds.push(hold_id);
+        }
+    }
+    into.entries.extend(changes.entries);
 }
+
+/// Reads the records of keys that existed when claimed: `(request index, answer)` each.
+async fn read_keys(
+    transaction: &Transaction<'_>,
+    recorded: &[(usize, &str, &str)],
+) -> Result<Vec<(usize, Executed)>, Failure> {
+    if recorded.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = transaction.prepare_cached(READ_KEY).await?;
+    let pending: Vec<PendingRows<'_>> = recorded
+        .iter()
+        .map(|&(_, key, _)| {
+            let statement = statement.clone();
+            Box::pin(async move { transaction.query(&statement, &[&key]).await }) as PendingRows<'_>
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(recorded.len());
+    for (&(index, _, fingerprint), rows) in recorded.iter().zip(join_in_order(pending).await) {
+        // The key exists, committed: its INSERT waited for any transaction still holding it.
+        let Some(row) = rows?.into_iter().next() else {
+            // Swept between the two statements (only possible past the retention period).
+            return Err(Failure::Retry { cause: RetryCause::Race, detail: "idempotency key vanished".to_owned() });
+        };
+        let undecodable = |_| StoreError::Corrupt { detail: "undecodable idempotency record".to_owned() };
+        let stored_fingerprint: &str = row.try_get(0).map_err(undecodable)?;
+        let result: &str = row.try_get(1).map_err(undecodable)?;
+        let answer = if stored_fingerprint != fingerprint {
+            Executed::Conflict
+        } else {
+            Executed::Replayed(codec::decode_result(result)?)
+        };
+        answers.push((index, answer));
+    }
+    Ok(answers)
+}
+
+/// The reads of step 2 and 3, queued behind the key claims in the same pipeline: which replies
+/// are whose.
+struct Load {
+    /// Whether the named holds were queried (not when no command names one).
+    named_holds: bool,
+    referenced_grants: usize,
+}
+
+impl Load {
+    /// Queues the account lock, its live grants and pending holds, the named holds and the
+    /// referenced grants of every request (also those that will turn out to be replays: loading
+    /// more of the account than needed is harmless).
+    async fn push<'a>(
+        transaction: &'a Transaction<'_>,
+        account_id: &'a AccountId,
+        requests: &[&'a Request],
+        pending: &mut Vec<PendingRows<'a>>,
+    ) -> Result<Load, Failure> {
+        let lock = transaction.prepare_cached(&lock_account_sql()).await?;
+        let grants = transaction.prepare_cached(&live_grants_sql()).await?;
+        let holds = transaction.prepare_cached(&pending_holds_sql()).await?;
+        let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
+        let by_reference = transaction.prepare_cached(&grant_by_reference_sql()).await?;
+        let id = account_id.as_str();
+        pending.push(Box::pin(async move { transaction.query(&lock, &[&id]).await }));
+        pending.push(Box::pin(async move { transaction.query(&grants, &[&id]).await }));
+        pending.push(Box::pin(async move { transaction.query(&holds, &[&id]).await }));
+        let mut named: Vec<&str> =
+            requests.iter().filter_map(|request| request.command.hold_to_load().map(HoldId::as_str)).collect();
+        named.sort_unstable();
+        named.dedup();
+        let named_holds = !named.is_empty();
+        if named_holds {
+            pending.push(Box::pin(async move { transaction.query(&holds_by_id, &[&named]).await }));
+        }
+        let mut references = HashSet::new();
+        let mut referenced_grants = 0;
+        for request in requests {
+            let Some((kind, reference)) = request.command.grant_reference_to_load() else { continue };
+            if !references.insert((kind.as_str(), reference.as_str())) {
+                continue;
+            }
+            let statement = by_reference.clone();
+            pending.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 3] = [&id, &kind.as_str(), &reference.as_str()];
+                transaction.query(&statement, &params).await
+            }));
+            referenced_grants += 1;
+        }
+        Ok(Load { named_holds, referenced_grants })
+    }
+
+    /// The loaded state from the replies (in the order [`Load::push`] queued them), `None` when
+    /// the account does not exist (a grant then creates it on write).
+    fn state(
+        self,
+        account_id: &AccountId,
+        replies: &mut impl Iterator<Item = Vec<Row>>,
+    ) -> Result<Option<AccountState>, Failure> {
+        let mut next = || replies.next().expect("one reply per queued read");
+        let (account_row, grant_rows, hold_rows) = (next(), next(), next());
+        let named_holds = if self.named_holds { next() } else { Vec::new() };
+        let referenced: Vec<Vec<Row>> = (0..self.referenced_grants).map(|_| next()).collect();
+        let Some(account_row) = account_row.first() else { return Ok(None) };
+        let (_, created_at, totals) = rows::account(account_row)?;
+        let mut state = AccountState::new(account_id.clone(), created_at);
+        state.totals = totals;
+        state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
+        state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
+        // A hold of another account is simply not loaded: the ledger then answers
+        // `hold_not_found`, after checking what comes first (a refund's reference), as every
+        // store does.
+        for hold in named_holds.iter().map(rows::hold) {
+            let hold = hold?;
+            if &hold.account_id == account_id && state.hold(&hold.hold_id).is_none() {
+                state.holds.push(hold);
+            }
+        }
+        for grant in referenced.iter().flatten().map(rows::grant) {
+            let grant = grant?;
+            if state.grant(&grant.grant_id).is_none() {
+                state.grants.push(grant);
+            }
+        }
+        Ok(Some(state))
+    }
+}
+
+/// What one pipelined write answered.
+enum Written {
+    /// Rows inserted or updated.
+    Rows(u64),
+    /// The inserted entries' `RETURNING` rows.
+    Entries(Vec<Row>),
+}
+
+/// One pipelined write.
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<Written, tokio_postgres::Error>> + Send + 'a>>;
 
 /// Polls every future in `pending` in list order on each wake-up, so their first polls (which
 /// send the statements) happen in that order, and returns the outputs in that order.
 /// (`futures::join_all` switches to an unordered set above 30 futures.)
-async fn join_in_order(pending: Vec<Pending<'_>>) -> Vec<Result<i64, tokio_postgres::Error>> {
-    let mut slots: Vec<MaybeDone<Pending<'_>>> = pending.into_iter().map(maybe_done).collect();
+async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
+    let mut slots: Vec<MaybeDone<F>> = pending.into_iter().map(maybe_done).collect();
     std::future::poll_fn(|context| {
         let mut done = true;
         for slot in &mut slots {
@@ -268,161 +454,232 @@ async fn join_in_order(pending: Vec<Pending<'_>>) -> Vec<Result<i64, tokio_postg
     slots.iter_mut().map(|slot| Pin::new(slot).take_output().expect("every joined future completed")).collect()
 }
 
-/// Writes what the ledger changed: the account row (inserted when new; updated only when its
-/// totals moved, so a hold does not rewrite the row every waiter is queued on), touched grants
-/// and holds (upserted as they stand in the new state), the journal entries in order, and the
-/// idempotency record's result.
+/// Writes what the batch changed, if anything (`changed`: the final state and the merged
+/// changes): the account row (inserted when new; updated only when its totals moved, so a hold
+/// does not rewrite the row every waiter is queued on), touched grants and holds (upserted as
+/// they stand in the final state, once each), the journal entries in order; then each claimed
+/// key's result.
 ///
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
 async fn write(
     transaction: &Transaction<'_>,
-    applied: &Applied,
+    changed: Option<(&AccountState, &Changes)>,
     totals_before: Option<Totals>,
-    record: Option<(&str, String)>,
+    results: Vec<(&str, String)>,
 ) -> Result<(), Failure> {
-    let Applied { state, changes, .. } = applied;
-    let account_id = state.account_id.as_str();
-    let spent = sql_amount(state.totals.spent)?;
-    let refunded = sql_amount(state.totals.refunded)?;
-    let created_at = state.created_at.micros();
-    let mut pending: Vec<Pending<'_>> =
-        Vec::with_capacity(2 + changes.grants.len() + changes.holds.len() + changes.entries.len());
-
-    let write_account = changes.account_created || totals_before.is_some_and(|totals| totals != state.totals);
-    if write_account {
-        let sql = if changes.account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
-        let statement = transaction.prepare_cached(sql).await?;
-        let created = changes.account_created;
-        pending.push(Box::pin(async move {
-            if created {
-                transaction.execute(&statement, &[&account_id, &created_at, &spent, &refunded]).await.map(count)
-            } else {
-                transaction.execute(&statement, &[&account_id, &spent, &refunded]).await.map(count)
-            }
-        }));
-    }
-    if !changes.grants.is_empty() {
-        let statement = transaction.prepare_cached(UPSERT_GRANT).await?;
-        for grant_id in &changes.grants {
-            let grant = state.grant(grant_id).expect("a touched grant is in the applied state");
-            let amount = sql_amount(grant.amount)?;
-            let free = sql_amount(grant.free)?;
-            let expires_at = grant.expires_at.map(Timestamp::micros);
-            let created_at = grant.created_at.micros();
-            let reference = grant.reference.as_ref().map(|reference| reference.as_str());
-            let statement = statement.clone();
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut write_account = false;
+    let mut account_created = false;
+    let mut entries_at = None;
+    if let Some((state, changes)) = changed {
+        pending.reserve(4 + changes.grants.len());
+        let account_id = state.account_id.as_str();
+        let spent = sql_amount(state.totals.spent)?;
+        let refunded = sql_amount(state.totals.refunded)?;
+        let created_at = state.created_at.micros();
+        account_created = changes.account_created;
+        write_account = account_created || totals_before.is_some_and(|totals| totals != state.totals);
+        if write_account {
+            let sql = if account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
+            let statement = transaction.prepare_cached(sql).await?;
             pending.push(Box::pin(async move {
-                let params: [&(dyn ToSql + Sync); 11] = [
-                    &grant.grant_id.as_str(),
-                    &grant.account_id.as_str(),
-                    &grant.kind.as_str(),
-                    &amount,
-                    &free,
-                    &grant.priority,
-                    &expires_at,
-                    &created_at,
-                    &reference,
-                    &grant.metadata,
-                    &grant.live,
-                ];
-                transaction.execute(&statement, &params).await.map(count)
+                let rows = if account_created {
+                    transaction.execute(&statement, &[&account_id, &created_at, &spent, &refunded]).await?
+                } else {
+                    transaction.execute(&statement, &[&account_id, &spent, &refunded]).await?
+                };
+                Ok(Written::Rows(rows))
             }));
         }
-    }
-    if !changes.holds.is_empty() {
-        let statement = transaction.prepare_cached(UPSERT_HOLD).await?;
-        for hold_id in &changes.holds {
-            let hold = state.hold(hold_id).expect("a touched hold is in the applied state");
-            let amount = sql_amount(hold.amount)?;
-            let captured = sql_amount(hold.captured)?;
-            let remaining = sql_amount(hold.remaining)?;
-            let refunded = sql_amount(hold.refunded)?;
-            let expires_at = hold.expires_at.micros();
-            let created_at = hold.created_at.micros();
-            let reference = hold.reference.as_ref().map(|reference| reference.as_str());
-            let allocations = codec::encode_allocations(&hold.allocations);
-            let statement = statement.clone();
-            pending.push(Box::pin(async move {
-                let params: [&(dyn ToSql + Sync); 12] = [
-                    &hold.hold_id.as_str(),
-                    &hold.account_id.as_str(),
-                    &amount,
-                    &captured,
-                    &remaining,
-                    &refunded,
-                    &hold.state.as_str(),
-                    &expires_at,
-                    &created_at,
-                    &reference,
-                    &hold.metadata,
-                    &allocations,
-                ];
-                transaction.execute(&statement, &params).await.map(count)
-            }));
+        push_grants(transaction, state, changes, &mut pending).await?;
+        push_holds(transaction, state, changes, &mut pending).await?;
+        if !changes.entries.is_empty() {
+            entries_at = Some(pending.len());
+            push_entries(transaction, changes, &mut pending).await?;
         }
     }
-    let entries_start = pending.len();
-    if !changes.entries.is_empty() {
-        let statement = transaction.prepare_cached(INSERT_ENTRY).await?;
-        for entry in &changes.entries {
-            let amount = sql_amount(entry.amount)?;
-            let balance_after = sql_amount(entry.balance_after)?;
-            let held_after = sql_amount(entry.held_after)?;
-            let at = entry.at.micros();
-            let statement = statement.clone();
-            pending.push(Box::pin(async move {
-                let params: [&(dyn ToSql + Sync); 10] = [
-                    &entry.account_id.as_str(),
-                    &entry.kind.as_str(),
-                    &amount,
-                    &entry.hold_id.as_ref().map(|id| id.as_str()),
-                    &entry.grant_id.as_ref().map(|id| id.as_str()),
-                    &entry.reference.as_ref().map(|reference| reference.as_str()),
-                    &balance_after,
-                    &held_after,
-                    &at,
-                    &entry.idempotency_key.as_deref(),
-                ];
-                transaction.query_one(&statement, &params).await?.try_get(0)
-            }));
-        }
+    if !results.is_empty() {
+        let statement = transaction.prepare_cached(RECORD_RESULTS).await?;
+        let (keys, results): (Vec<&str>, Vec<String>) = results.into_iter().unzip();
+        pending.push(Box::pin(
+            async move { Ok(Written::Rows(transaction.execute(&statement, &[&keys, &results]).await?)) },
+        ));
     }
-    let entries_end = pending.len();
-    if let Some((key, result)) = record {
-        let statement = transaction.prepare_cached(RECORD_RESULT).await?;
-        pending.push(Box::pin(async move { transaction.execute(&statement, &[&key, &result]).await.map(count) }));
+    if pending.is_empty() {
+        return Ok(());
     }
 
     // One join, so every statement is sent (in this order) before any answer is awaited. The
     // first error in sending order is the real one: later statements fail only because the
     // transaction aborted.
-    let mut results = Vec::with_capacity(pending.len());
-    for result in join_in_order(pending).await {
-        results.push(result?);
+    let mut replies = Vec::with_capacity(pending.len());
+    for reply in join_in_order(pending).await {
+        replies.push(reply?);
     }
-    let mut previous_seq = 0_i64;
-    for &seq in &results[entries_start..entries_end] {
-        if seq <= previous_seq {
-            return Err(Failure::Store(StoreError::Corrupt {
-                detail: format!("journal entries were assigned seq {seq} after {previous_seq}; not committed"),
-            }));
-        }
-        previous_seq = seq;
+    if let (Some(index), Some((_, changes))) = (entries_at, changed) {
+        let Written::Entries(rows) = &replies[index] else { unreachable!("the entries' reply is rows") };
+        check_entries(&changes.entries, rows)?;
     }
     if write_account {
-        match (changes.account_created, results[0]) {
+        match (account_created, &replies[0]) {
             // Another transaction created the account first; its row is now committed, so the
             // next attempt locks it and decides against its real state.
-            (true, 0) => {
+            (true, Written::Rows(0)) => {
+                let account_id = changed.map(|(state, _)| state.account_id.as_str()).unwrap_or_default();
                 return Err(Failure::Retry {
                     cause: RetryCause::Race,
                     detail: format!("account {account_id} created concurrently"),
-                })
+                });
             }
-            (false, rows) if rows != 1 => return Err(Failure::Store(corrupt("account row (vanished while locked)"))),
+            (false, Written::Rows(rows)) if *rows != 1 => {
+                return Err(Failure::Store(corrupt("account row (vanished while locked)")))
+            }
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// Checks that the batch's entries were inserted exactly as decided, each with a larger `seq`
+/// than the entry before it in journal order: `rows` (the inserted entries, in any order) sorted
+/// by `seq` must equal `entries`. (Two entries equal in every column are interchangeable.)
+fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
+    let mut inserted: Vec<Entry> = rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
+    inserted.sort_unstable_by_key(|entry| entry.seq);
+    let in_order = inserted.len() == entries.len()
+        && inserted.iter().zip(entries).all(|(stored, entry)| &Entry { seq: entry.seq, ..stored.clone() } == entry);
+    if !in_order {
+        let seqs: Vec<u64> = inserted.iter().map(|entry| entry.seq).collect();
+        return Err(Failure::Store(StoreError::Corrupt {
+            detail: format!("journal entries were not assigned seq in journal order (got {seqs:?}); not committed"),
+        }));
+    }
+    Ok(())
+}
+
+async fn push_grants<'a>(
+    transaction: &'a Transaction<'_>,
+    state: &'a AccountState,
+    changes: &'a Changes,
+    pending: &mut Vec<Pending<'a>>,
+) -> Result<(), Failure> {
+    if changes.grants.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction.prepare_cached(UPSERT_GRANT).await?;
+    for grant_id in &changes.grants {
+        let grant = state.grant(grant_id).expect("a touched grant is in the applied state");
+        let amount = sql_amount(grant.amount)?;
+        let free = sql_amount(grant.free)?;
+        let expires_at = grant.expires_at.map(Timestamp::micros);
+        let created_at = grant.created_at.micros();
+        let reference = grant.reference.as_ref().map(|reference| reference.as_str());
+        let statement = statement.clone();
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 11] = [
+                &grant.grant_id.as_str(),
+                &grant.account_id.as_str(),
+                &grant.kind.as_str(),
+                &amount,
+                &free,
+                &grant.priority,
+                &expires_at,
+                &created_at,
+                &reference,
+                &grant.metadata,
+                &grant.live,
+            ];
+            transaction.execute(&statement, &params).await.map(Written::Rows)
+        }));
+    }
+    Ok(())
+}
+
+async fn push_holds<'a>(
+    transaction: &'a Transaction<'_>,
+    state: &'a AccountState,
+    changes: &'a Changes,
+    pending: &mut Vec<Pending<'a>>,
+) -> Result<(), Failure> {
+    if changes.holds.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction.prepare_cached(UPSERT_HOLDS).await?;
+    let holds: Vec<&Hold> = changes
+        .holds
+        .iter()
+        .map(|hold_id| state.hold(hold_id).expect("a touched hold is in the applied state"))
+        .collect();
+    let amounts =
+        |amount: fn(&Hold) -> Amount| holds.iter().map(|hold| sql_amount(amount(hold))).collect::<Result<Vec<_>, _>>();
+    let (amount, captured) = (amounts(|hold| hold.amount)?, amounts(|hold| hold.captured)?);
+    let (remaining, refunded) = (amounts(|hold| hold.remaining)?, amounts(|hold| hold.refunded)?);
+    let hold_id: Vec<&str> = holds.iter().map(|hold| hold.hold_id.as_str()).collect();
+    let account_id: Vec<&str> = holds.iter().map(|hold| hold.account_id.as_str()).collect();
+    let hold_state: Vec<&str> = holds.iter().map(|hold| hold.state.as_str()).collect();
+    let expires_at: Vec<i64> = holds.iter().map(|hold| hold.expires_at.micros()).collect();
+    let created_at: Vec<i64> = holds.iter().map(|hold| hold.created_at.micros()).collect();
+    let reference: Vec<Option<&str>> =
+        holds.iter().map(|hold| hold.reference.as_ref().map(|reference| reference.as_str())).collect();
+    let metadata: Vec<&str> = holds.iter().map(|hold| hold.metadata.as_str()).collect();
+    let allocations: Vec<String> = holds.iter().map(|hold| codec::encode_allocations(&hold.allocations)).collect();
+    pending.push(Box::pin(async move {
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &hold_id,
+            &account_id,
+            &amount,
+            &captured,
+            &remaining,
+            &refunded,
+            &hold_state,
+            &expires_at,
+            &created_at,
+            &reference,
+            &metadata,
+            &allocations,
+        ];
+        Ok(Written::Rows(transaction.execute(&statement, &params).await?))
+    }));
+    Ok(())
+}
+
+async fn push_entries<'a>(
+    transaction: &'a Transaction<'_>,
+    changes: &'a Changes,
+    pending: &mut Vec<Pending<'a>>,
+) -> Result<(), Failure> {
+    let statement = transaction.prepare_cached(&insert_entries_sql()).await?;
+    let entries = &changes.entries;
+    let amounts = |amount: fn(&Entry) -> Amount| {
+        entries.iter().map(|entry| sql_amount(amount(entry))).collect::<Result<Vec<_>, _>>()
+    };
+    let amount = amounts(|entry| entry.amount)?;
+    let balance_after = amounts(|entry| entry.balance_after)?;
+    let held_after = amounts(|entry| entry.held_after)?;
+    let account_id: Vec<&str> = entries.iter().map(|entry| entry.account_id.as_str()).collect();
+    let kind: Vec<&str> = entries.iter().map(|entry| entry.kind.as_str()).collect();
+    let hold_id: Vec<Option<&str>> = entries.iter().map(|entry| entry.hold_id.as_ref().map(HoldId::as_str)).collect();
+    let grant_id: Vec<Option<&str>> =
+        entries.iter().map(|entry| entry.grant_id.as_ref().map(|id| id.as_str())).collect();
+    let reference: Vec<Option<&str>> =
+        entries.iter().map(|entry| entry.reference.as_ref().map(|reference| reference.as_str())).collect();
+    let at: Vec<i64> = entries.iter().map(|entry| entry.at.micros()).collect();
+    let idempotency_key: Vec<Option<&str>> = entries.iter().map(|entry| entry.idempotency_key.as_deref()).collect();
+    pending.push(Box::pin(async move {
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &account_id,
+            &kind,
+            &amount,
+            &hold_id,
+            &grant_id,
+            &reference,
+            &balance_after,
+            &held_after,
+            &at,
+            &idempotency_key,
+        ];
+        Ok(Written::Entries(transaction.query(&statement, &params).await?))
+    }));
     Ok(())
 }
