@@ -192,7 +192,8 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
             _ => not_measured(6, target),
         },
     );
-    let target = "balance reads and holds within 2× their 10,000-account latency at 1,000,000 accounts / 10,000,000 entries";
+    let target =
+        "balance reads and holds within 2× their 10,000-account latency at 1,000,000 accounts / 10,000,000 entries";
     outcomes.push(match (results.scale.first(), results.scale.get(1)) {
         (Some(small), Some(large)) => {
             let times = |large: u64, small: u64| ratio(large as f64, small.max(1) as f64);

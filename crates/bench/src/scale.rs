@@ -160,7 +160,11 @@ async fn build(path: &Path, accounts: u64) -> anyhow::Result<u64> {
         pair += 1;
         let hold_id = id(HoldId::parse, &format!("hold-{TEMPLATE_MARK}-{pair}"))?;
         if entries + 2 > ENTRIES_PER_ACCOUNT {
-            commands.push(Command::Debit { account_id: account_id.clone(), amount: Amount::from_credits(1), reference: None });
+            commands.push(Command::Debit {
+                account_id: account_id.clone(),
+                amount: Amount::from_credits(1),
+                reference: None,
+            });
             continue;
         }
         commands.push(Command::Hold {
@@ -171,7 +175,12 @@ async fn build(path: &Path, accounts: u64) -> anyhow::Result<u64> {
             reference: None,
             metadata: "{}".to_owned(),
         });
-        commands.push(Command::Capture { hold_id, amount: Amount::from_credits(1), is_final: true, overage: Overage::Reject });
+        commands.push(Command::Capture {
+            hold_id,
+            amount: Amount::from_credits(1),
+            is_final: true,
+            overage: Overage::Reject,
+        });
     };
     store.close().await;
 
@@ -187,9 +196,8 @@ fn replicate(path: &Path, accounts: u64) -> anyhow::Result<()> {
     conn.pragma_update(None, "synchronous", "OFF")?;
     conn.pragma_update(None, "cache_size", -262_144)?;
     let transaction = conn.transaction()?;
-    let series = format!(
-        "WITH RECURSIVE series(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM series WHERE n + 1 < {accounts})"
-    );
+    let series =
+        format!("WITH RECURSIVE series(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM series WHERE n + 1 < {accounts})");
     for table in ["accounts", "grants", "holds", "entries"] {
         let columns: Vec<(String, String)> = {
             let mut statement = transaction.prepare(&format!("SELECT name, type FROM pragma_table_info('{table}')"))?;

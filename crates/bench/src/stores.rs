@@ -99,7 +99,7 @@ impl Opened {
                 let stats = store.stats();
                 StoreCounters {
                     commits: stats.transactions,
-                    operations: stats.transactions,
+                    operations: stats.batched_commands,
                     retries: stats.retries,
                     deadlocks: stats.deadlocks,
                 }

@@ -100,9 +100,9 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
     let wanted = |section: &str| only.is_empty() || only.iter().any(|name| name == section);
     if wanted("in-process") {
         let workloads = in_process_workloads(settings.accounts());
-        let chosen = workloads
-            .into_iter()
-            .filter(|workload| settings.workloads.is_empty() || settings.workloads.iter().any(|name| name == workload.name));
+        let chosen = workloads.into_iter().filter(|workload| {
+            settings.workloads.is_empty() || settings.workloads.iter().any(|name| name == workload.name)
+        });
         for workload in chosen {
             for kind in IN_PROCESS_STORES.into_iter().filter(|&kind| settings.includes(kind)) {
                 let result = in_process(settings, kind, &workload).await?;
@@ -163,7 +163,8 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
     if wanted("scale") {
         let sizes: [u64; 2] = if settings.smoke { [200, 2_000] } else { [10_000, 1_000_000] };
         for accounts in sizes {
-            let point = crate::scale::measure(&settings.data_dir, accounts, settings.http_duration(), settings.seed).await?;
+            let point =
+                crate::scale::measure(&settings.data_dir, accounts, settings.http_duration(), settings.seed).await?;
             eprintln!(
                 "bench: scale {:>8} accounts {:>9} entries: read p50 {} µs p99 {} µs, hold p50 {} µs p99 {} µs, rss {} MiB (peak {} MiB), verify {:.0} s, violations {}",
                 point.accounts,

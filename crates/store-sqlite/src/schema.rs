@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_runs.sql")),
     (3, include_str!("../migrations/0003_jobs.sql")),
     (4, include_str!("../migrations/0004_instances.sql")),
+    (5, include_str!("../migrations/0005_holds_by_account.sql")),
 ];
 
 fn startup(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {

@@ -243,7 +243,11 @@ impl Writer {
 
     /// One attempt at the batch: `BEGIN IMMEDIATE`, every job, `COMMIT`. On `Err` the
     /// transaction is rolled back and the cache dropped (it may hold uncommitted state).
-    fn try_batch(&mut self, works: &[Work], savepoints: Savepoints) -> Result<Vec<Result<Done, StoreError>>, BatchFailure> {
+    fn try_batch(
+        &mut self,
+        works: &[Work],
+        savepoints: Savepoints,
+    ) -> Result<Vec<Result<Done, StoreError>>, BatchFailure> {
         if !self.conn.is_autocommit() {
             // A transaction left open by an earlier failure would swallow this batch.
             let _ = self.conn.execute_batch("ROLLBACK");

@@ -378,7 +378,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     assert_eq!(schema_versions(&path), vec![1]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
     assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
@@ -405,7 +405,7 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     assert_eq!(schema_versions(&path), vec![1, 2]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
     assert_eq!(store.run("r1").await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
     assert_eq!(store.thread_jobs("t1", 10).await.expect("answers"), vec![job]);
