@@ -6,6 +6,8 @@
 //! Code map: [`workload`] decides what to send, [`inprocess`] and [`http`] send it, [`stores`]
 //! opens every store kind behind `store::LedgerStore`, [`serve`] is the server process the HTTP
 //! runs start, [`suite`] orders the runs, [`report`] turns results into Markdown and SVG.
+//! [`turns`] (what the credit wiring adds to a solve turn) and [`streams`] (memory per open SSE
+//! stream) measure issue 7's engine targets.
 
 pub mod http;
 pub mod inprocess;
@@ -14,5 +16,7 @@ pub mod report;
 pub mod scale;
 pub mod serve;
 pub mod stores;
+pub mod streams;
 pub mod suite;
+pub mod turns;
 pub mod workload;
