@@ -20,7 +20,8 @@ PG_EXTRA_OPTIONS=""
 # shellcheck source=scripts/lib/throwaway-postgres.sh
 source scripts/lib/throwaway-postgres.sh
 
-cargo build --release --locked -p bench
+# The harness and the real server (the SSE stream measurement starts `creditgraph serve`).
+cargo build --release --locked -p bench -p cli
 # Each open-loop arrival and each server connection is a file descriptor.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 target/release/creditgraph-bench run --postgres-url "$THROWAWAY_POSTGRES_URL" --command-line "scripts/bench.sh${*:+ $*}" "$@"

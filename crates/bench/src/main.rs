@@ -30,7 +30,8 @@ enum Command {
         /// Where BENCHMARKS.md and docs/benchmarks/ are written.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
-        /// Only these sections: in-process, overhead, rate-search, hot-fixed-rate, two-servers.
+        /// Only these sections: in-process, overhead, rate-search, hot-fixed-rate, two-servers, turns,
+        /// streams, scale.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Only these stores (default: all).
@@ -41,6 +42,9 @@ enum Command {
         workloads: Vec<String>,
         #[arg(long, default_value_t = 20_261_126)]
         seed: u64,
+        /// The `creditgraph` binary for the SSE stream measurement (default: next to this one).
+        #[arg(long)]
+        server_binary: Option<PathBuf>,
         /// The command line to print in BENCHMARKS.md.
         #[arg(long, default_value = "scripts/bench.sh")]
         command_line: String,
@@ -64,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { store, sqlite_path, postgres_url, listen } => {
             bench::serve::serve(store, Place { sqlite_path, postgres_url }, listen).await
         }
-        Command::Run { smoke, postgres_url, out_dir, only, stores, workloads, seed, command_line } => {
+        Command::Run { smoke, postgres_url, out_dir, only, stores, workloads, seed, server_binary, command_line } => {
             let data = tempfile::tempdir().context("a temporary folder for SQLite files")?;
             let settings = SuiteSettings {
                 smoke,
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 stores,
                 workloads,
+                server_binary,
             };
             let results = suite::run(&settings, &only).await?;
             let postgres = match &postgres_url {

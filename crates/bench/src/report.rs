@@ -193,6 +193,26 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
         },
     );
     let target =
+        "solve turn, instant scripted provider: the credit wiring adds ≤ 1 ms p99 over the ledger switched off";
+    outcomes.push(match &results.turns {
+        Some(turns) => TargetOutcome {
+            number: 7,
+            target,
+            measured: format!(
+                "{} turns each: on p50 {} p99 {}, off p50 {} p99 {}: adds {:.2} ms p50, {:.2} ms p99",
+                turns.turns,
+                ms(turns.ledger_on.p50_micros),
+                ms(turns.ledger_on.p99_micros),
+                ms(turns.ledger_off.p50_micros),
+                ms(turns.ledger_off.p99_micros),
+                turns.added_p50_micros as f64 / 1000.0,
+                turns.added_p99_micros as f64 / 1000.0,
+            ),
+            met: Some(turns.added_p99_micros <= 1_000),
+        },
+        None => not_measured(7, target),
+    });
+    let target =
         "balance reads and holds within 2× their 10,000-account latency at 1,000,000 accounts / 10,000,000 entries";
     outcomes.push(match (results.scale.first(), results.scale.get(1)) {
         (Some(small), Some(large)) => {
@@ -225,6 +245,22 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
                 large.accounts
             ),
             met: Some(large.rss_peak_bytes <= 256 * 1024 * 1024),
+        },
+        None => not_measured(9, target),
+    });
+    let target = "each open SSE stream costs ≤ 100 KiB (10,000 open streams)";
+    outcomes.push(match &results.streams {
+        Some(streams) => TargetOutcome {
+            number: 9,
+            target,
+            measured: format!(
+                "{} streams: RSS {:.0} → {:.0} MiB, {:.1} KiB per stream",
+                streams.streams,
+                streams.rss_before_bytes as f64 / 1048576.0,
+                streams.rss_after_bytes as f64 / 1048576.0,
+                streams.bytes_per_stream as f64 / 1024.0
+            ),
+            met: Some(streams.bytes_per_stream <= 100 * 1024),
         },
         None => not_measured(9, target),
     });

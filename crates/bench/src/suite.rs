@@ -24,6 +24,8 @@ pub struct SuiteSettings {
     pub stores: Vec<StoreKind>,
     /// Only these in-process workloads, by name (empty: every workload).
     pub workloads: Vec<String>,
+    /// The `creditgraph` binary, for the SSE stream measurement.
+    pub server_binary: Option<PathBuf>,
 }
 
 impl SuiteSettings {
@@ -83,6 +85,10 @@ pub struct Results {
     pub two_servers: Vec<HttpResult>,
     /// Targets 8 and 9: the small and the large database.
     pub scale: Vec<crate::scale::ScalePoint>,
+    /// Target 7: solve turns with the ledger on and off.
+    pub turns: Option<crate::turns::TurnOverhead>,
+    /// Target 9 (second half): memory per open SSE stream.
+    pub streams: Option<crate::streams::StreamMemory>,
 }
 
 /// p99 bound of the rate search (target 2), microseconds.
@@ -159,6 +165,27 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
             let drive = Drive::ClosedLoop { connections: SATURATION_CONNECTIONS };
             results.two_servers.push(http_run(settings, kind, 2, &hot, Action::HoldCapture, drive).await?);
         }
+    }
+    if wanted("turns") {
+        let turns = crate::turns::measure_turn_overhead(if settings.smoke { 10 } else { 500 }).await?;
+        eprintln!(
+            "bench: turns ledger on p50 {} µs p99 {} µs, off p50 {} µs p99 {} µs",
+            turns.ledger_on.p50_micros,
+            turns.ledger_on.p99_micros,
+            turns.ledger_off.p50_micros,
+            turns.ledger_off.p99_micros
+        );
+        results.turns = Some(turns);
+    }
+    if wanted("streams") {
+        let binary = match &settings.server_binary {
+            Some(binary) => binary.clone(),
+            None => crate::streams::server_binary_next_to_current_exe()?,
+        };
+        let count = if settings.smoke { 50 } else { 10_000 };
+        let streams = crate::streams::measure_stream_memory(&binary, count, &settings.data_dir).await?;
+        eprintln!("bench: {} SSE streams cost {} bytes each", streams.streams, streams.bytes_per_stream);
+        results.streams = Some(streams);
     }
     if wanted("scale") {
         let sizes: [u64; 2] = if settings.smoke { [200, 2_000] } else { [10_000, 1_000_000] };

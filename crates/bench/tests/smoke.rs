@@ -3,6 +3,8 @@
 //! end to end, that every run's invariant checks pass, and that the report and chart are
 //! written; it measures nothing.
 
+mod support;
+
 use std::process::Command;
 
 #[test]
@@ -17,6 +19,8 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
     let status = Command::new(env!("CARGO_BIN_EXE_creditgraph-bench"))
         .args(["run", "--smoke", "--postgres-url", &postgres_url, "--out-dir"])
         .arg(out.path())
+        .arg("--server-binary")
+        .arg(support::server_binary())
         .status()
         .expect("the harness starts");
     assert!(status.success(), "the smoke run failed: {status}");
@@ -49,8 +53,13 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
         .map(|run| run["tally"]["replays"].as_u64().expect("replays"))
         .sum();
     assert!(replays > 0, "the replay workload must replay keys");
-    for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches"] {
+    for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches", "scale"] {
         assert!(!results["results"][section].as_array().expect(section).is_empty(), "{section} ran");
     }
-    assert_eq!(results["targets"].as_array().expect("targets").len(), 6);
+    for section in ["turns", "streams"] {
+        assert!(results["results"][section].is_object(), "{section} ran");
+    }
+    let targets = results["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 10, "targets 1-9, target 9 in two parts");
+    assert!(targets.iter().all(|target| target["met"].is_boolean()), "every target measured: {targets:?}");
 }

@@ -1,8 +1,7 @@
-//! The engine measurements of issue 7 at small sizes: they run end to end and their results hold
+//! The engine measurements of issue 6 (targets 7 and 9) at small sizes: they run end to end and their results hold
 //! together. No timing is asserted (timing belongs to the benchmark, not to tests).
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
 use bench::streams::measure_stream_memory;
 use bench::turns::measure_turn_overhead;
@@ -24,36 +23,9 @@ async fn every_turn_is_measured_and_the_ledger_on_turns_are_charged() {
     );
 }
 
-/// The `creditgraph` binary of the profile this test was built with (`target/<profile>/`, the
-/// parent of this test's `deps/` folder), built first when it is missing.
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>").to_owned();
-    let binary = profile_dir.join("creditgraph");
-    if !binary.is_file() {
-        let profile = profile_dir.file_name().and_then(|name| name.to_str()).expect("a profile folder").to_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.args(["build", "-p", "cli", "--bin", "creditgraph"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                command.arg("--release");
-            }
-            other => {
-                command.args(["--profile", other]);
-            }
-        }
-        let status = command.status().expect("cargo runs");
-        assert!(status.success(), "cargo build -p cli failed: {status}");
-    }
-    assert!(binary.is_file(), "{} was not built", binary.display());
-    binary
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stream_opens_and_receives_frames() {
-    let binary = server_binary();
+    let binary = support::server_binary();
     let data = tempfile::tempdir().expect("a temporary folder");
     let streams = 50;
     let memory = measure_stream_memory(&binary, streams, data.path()).await.expect("the streams open");
