@@ -42,6 +42,9 @@ enum Command {
         workloads: Vec<String>,
         #[arg(long, default_value_t = 20_261_126)]
         seed: u64,
+        /// Concurrent callers of the in-process runs (default: 64; 8 with --smoke).
+        #[arg(long)]
+        callers: Option<usize>,
         /// The `creditgraph` binary for the SSE stream measurement (default: next to this one).
         #[arg(long)]
         server_binary: Option<PathBuf>,
@@ -68,7 +71,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { store, sqlite_path, postgres_url, listen } => {
             bench::serve::serve(store, Place { sqlite_path, postgres_url }, listen).await
         }
-        Command::Run { smoke, postgres_url, out_dir, only, stores, workloads, seed, server_binary, command_line } => {
+        Command::Run {
+            smoke,
+            postgres_url,
+            out_dir,
+            only,
+            stores,
+            workloads,
+            seed,
+            server_binary,
+            callers,
+            command_line,
+        } => {
             let data = tempfile::tempdir().context("a temporary folder for SQLite files")?;
             let settings = SuiteSettings {
                 smoke,
@@ -78,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
                 stores,
                 workloads,
                 server_binary,
+                callers,
             };
             let results = suite::run(&settings, &only).await?;
             let postgres = match &postgres_url {

@@ -26,6 +26,8 @@ pub struct SuiteSettings {
     pub workloads: Vec<String>,
     /// The `creditgraph` binary, for the SSE stream measurement.
     pub server_binary: Option<PathBuf>,
+    /// Concurrent callers of the in-process runs (default: 8 smoke, 64 full).
+    pub callers: Option<usize>,
 }
 
 impl SuiteSettings {
@@ -46,7 +48,9 @@ impl SuiteSettings {
         Duration::from_millis(if self.smoke { 300 } else { 4_000 })
     }
     fn callers(&self) -> usize {
-        if self.smoke {
+        if let Some(callers) = self.callers {
+            callers
+        } else if self.smoke {
             8
         } else {
             64
