@@ -15,6 +15,7 @@
 //! (video jobs; [`jobs`]): their writes are jobs of the same writer, so they share group commits
 //! and the single-writer guarantee, and a job write carrying a ledger request is one savepoint.
 
+mod checkpointer;
 mod jobs;
 mod lockfile;
 mod readers;

@@ -50,9 +50,8 @@ pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, Stor
     // spilling mid-transaction and re-reading.
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIBIBYTES)
         .map_err(|error| startup(path, "cannot set cache_size", error))?;
-    // Checkpoints copy each page once however many frames the WAL holds for it, and each costs a
-    // database fsync: letting the WAL grow to this many pages before one makes them rare and
-    // merges the many versions of hot pages (accounts, grants) into one write.
+    // The writer's own checkpoint is the backstop of the background checkpointer (see
+    // `crate::checkpointer`), which copies pages concurrently: when this fires, few are left.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(|error| startup(path, "cannot set wal_autocheckpoint", error))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
@@ -63,6 +62,18 @@ pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, Stor
 const WRITER_CACHE_KIBIBYTES: i64 = 64 * 1024;
 /// WAL pages (4 KiB each) written before the writer checkpoints.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
+/// Opens the background checkpointer's connection (see [`crate::checkpointer`]): same
+/// durability as the writer, so a checkpoint fsyncs the database file when durable.
+pub(crate) fn open_checkpointer(path: &Path, durable: bool) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|error| startup(path, "cannot open checkpointer", error))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|error| startup(path, "cannot set busy_timeout", error))?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "OFF" })
+        .map_err(|error| startup(path, "cannot set synchronous", error))?;
+    Ok(conn)
+}
 
 /// Opens a read connection. `query_only` makes an accidental write fail instead of racing the
 /// writer; WAL lets it read a committed snapshot while the writer commits.

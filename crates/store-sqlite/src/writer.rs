@@ -192,6 +192,22 @@ impl Writer {
     /// Runs until every sender is gone and the queue is drained, then closes the connection and
     /// only then releases the owner lock.
     pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>, lock: OwnerLock) {
+        // The checkpointer lives exactly as long as this thread: joined before the connection
+        // closes and the owner lock is released.
+        let (stop_checkpoints, stop) = std::sync::mpsc::channel();
+        // The checkpointer's connection gets the writer's durability (2 = FULL, 3 = EXTRA).
+        let durable = self
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get::<_, i64>(0))
+            .map_or(true, |level| level >= 2);
+        let checkpointer =
+            self.conn.path().filter(|path| !path.is_empty()).map(std::path::PathBuf::from).and_then(|path| {
+                std::thread::Builder::new()
+                    .name("sqlite-checkpoint".to_owned())
+                    .spawn(move || crate::checkpointer::run(path, durable, stop))
+                    .map_err(|error| tracing::warn!(%error, "cannot start the background checkpointer"))
+                    .ok()
+            });
         let mut batch = Vec::with_capacity(self.batch_max);
         while let Some(first) = jobs.blocking_recv() {
             batch.push(first);
@@ -202,6 +218,10 @@ impl Writer {
                 }
             }
             self.run_batch(std::mem::take(&mut batch));
+        }
+        drop(stop_checkpoints);
+        if let Some(checkpointer) = checkpointer {
+            let _ = checkpointer.join();
         }
         if let Err((_, error)) = self.conn.close() {
             tracing::warn!(%error, "closing the SQLite write connection failed");

@@ -512,3 +512,30 @@ async fn runs_and_artifacts_survive_close_and_reopen() {
     assert_eq!(busy, Err(store::CreateRunRefusal::ThreadBusy { run_id: "r2".to_owned() }));
     store.close().await;
 }
+
+/// Committed pages reach the database file in the background, long before the writer's own
+/// automatic checkpoint (thousands of pages away) would copy them: the checkpointer thread runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_checkpoint_copies_committed_pages_into_the_database_file() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let size_before = std::fs::metadata(&path).expect("the database file").len();
+    for index in 0..300 {
+        let account_id = format!("acct-{index}");
+        run(&store, grant(&account_id, &format!("g-{index}"), "5")).await.expect("granted");
+    }
+    let wal = path.with_extension("db-wal");
+    assert!(std::fs::metadata(&wal).expect("the WAL").len() > 0, "the grants went through the WAL");
+    let mut size_after = size_before;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        size_after = std::fs::metadata(&path).expect("the database file").len();
+        if size_after > size_before {
+            break;
+        }
+    }
+    assert!(size_after > size_before, "the database file stayed at {size_before} bytes: nothing was checkpointed");
+    store.close().await;
+}

@@ -1,0 +1,46 @@
+//! Copies committed WAL pages back into the database file on a thread of its own.
+//!
+//! A checkpoint writes every page the WAL holds to its place in the database file, then fsyncs
+//! the file: on a large ledger that is megabytes of random writes. Run by the writer thread (as
+//! SQLite's automatic checkpoint does), it stalls every caller waiting on the writer for as long
+//! — hundreds of milliseconds with a million accounts. Here a `PASSIVE` checkpoint runs every
+//! [`CHECKPOINT_INTERVAL_MILLISECONDS`] on its own connection, concurrently with the writer's
+//! commits (WAL mode allows that). The writer keeps its own automatic checkpoint as the backstop:
+//! when it fires, the pages left to copy are the few committed since this thread's last pass, and
+//! the next write transaction can restart the WAL from its beginning, which bounds its size.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use crate::schema;
+
+/// Pause between two passive checkpoints.
+pub(crate) const CHECKPOINT_INTERVAL_MILLISECONDS: u64 = 100;
+
+/// Runs until `stop` is dropped or sends; then returns, closing its connection.
+pub(crate) fn run(path: PathBuf, durable: bool, stop: Receiver<()>) {
+    let conn = match schema::open_checkpointer(&path, durable) {
+        Ok(conn) => conn,
+        Err(error) => {
+            // The writer's automatic checkpoint still runs: slower, never wrong.
+            tracing::warn!(%error, "no background checkpointer; the writer checkpoints alone");
+            return;
+        }
+    };
+    // A message or a dropped sender stops it; a timeout is the next pass.
+    while let Err(RecvTimeoutError::Timeout) =
+        stop.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MILLISECONDS))
+    {
+        // (busy, WAL frames, frames checkpointed); busy only means another checkpoint ran.
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        if let Err(error) = checkpoint {
+            tracing::warn!(%error, "background checkpoint failed; retrying");
+        }
+    }
+    if let Err((_, error)) = conn.close() {
+        tracing::warn!(%error, "closing the checkpoint connection failed");
+    }
+}
