@@ -174,6 +174,14 @@ CREATE TABLE instances (
 CREATE INDEX instances_by_lease ON instances (lease_until);
 "#,
     },
+    Migration {
+        version: 5,
+        sql: r#"
+-- Every hold of an account, whatever its state: `verify` reads them per account, which was a
+-- scan of the whole holds table per account without it (quadratic over a large ledger).
+CREATE INDEX IF NOT EXISTS holds_by_account ON holds (account_id, created_at);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.
