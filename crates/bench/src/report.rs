@@ -327,6 +327,11 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
         writeln!(w, "- PostgreSQL: {} (fsync on, defaults otherwise; started by `scripts/bench.sh`)", machine.postgres);
     let _ = writeln!(w, "- Load generator, servers and databases share the machine's cores.\n");
     let _ = writeln!(w, "![throughput and p99 per store](docs/benchmarks/chart.svg)\n");
+    let _ = writeln!(
+        w,
+        "What limits each missed target, with profiles, is in \
+         [docs/benchmarks/analysis.md](docs/benchmarks/analysis.md) (written by hand after the run).\n"
+    );
 
     let _ = writeln!(w, "## Targets (issue 6)\n");
     let _ = writeln!(w, "| # | target | measured | met |");
