@@ -64,17 +64,19 @@ impl ServerProcess {
 
     /// The store's counters, from the server process.
     pub async fn counters(&mut self) -> anyhow::Result<StoreCounters> {
-        self.stdin.write_all(b"counters\n").await?;
-        self.stdin.flush().await?;
-        let line = self.stdout.next_line().await?.context("the server exited during counters")?;
-        Ok(serde_json::from_str(&line)?)
+        self.ask("counters").await
     }
 
     /// Verifies the store and sums the first `accounts` balances, in the server process.
     pub async fn check(&mut self, accounts: usize) -> anyhow::Result<CheckAnswer> {
-        self.stdin.write_all(format!("check {accounts}\n").as_bytes()).await?;
+        self.ask(&format!("check {accounts}")).await
+    }
+
+    /// One command line to the server process, one JSON line back.
+    async fn ask<T: serde::de::DeserializeOwned>(&mut self, command: &str) -> anyhow::Result<T> {
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await?;
         self.stdin.flush().await?;
-        let line = self.stdout.next_line().await?.context("the server exited during check")?;
+        let line = self.stdout.next_line().await?.with_context(|| format!("the server exited during {command}"))?;
         Ok(serde_json::from_str(&line)?)
     }
 
@@ -304,7 +306,7 @@ pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
     let shared = Arc::new(Shared::default());
     let hold_credits = settings.workload.hold_credits();
     let action = settings.action;
-    let counters_before = sum_counters(settings.servers, settings.workload).await?;
+    let counters_before = sum_counters(settings.servers).await?;
     let cpu_before = machine_cpu_busy();
     let started = Instant::now();
     let deadline = started + settings.duration;
@@ -402,21 +404,12 @@ pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
     })
 }
 
-async fn sum_counters(servers: &mut [ServerProcess], _workload: &Workload) -> anyhow::Result<StoreCounters> {
+async fn sum_counters(servers: &mut [ServerProcess]) -> anyhow::Result<StoreCounters> {
     let mut total = StoreCounters::default();
     for server in servers.iter_mut() {
-        total = add(total, server.counters().await?);
+        total = total.plus(server.counters().await?);
     }
     Ok(total)
-}
-
-fn add(left: StoreCounters, right: StoreCounters) -> StoreCounters {
-    StoreCounters {
-        commits: left.commits + right.commits,
-        operations: left.operations + right.operations,
-        retries: left.retries + right.retries,
-        deadlocks: left.deadlocks + right.deadlocks,
-    }
 }
 
 /// Verifies in the first server and checks conservation: balances sum to granted − captured.
@@ -432,14 +425,11 @@ async fn check_after(
     let mut total = StoreCounters::default();
     let mut violations = 0;
     if !check_balances {
-        for server in servers.iter_mut() {
-            total = add(total, server.counters().await?);
-        }
-        return Ok((total, 0));
+        return Ok((sum_counters(servers).await?, 0));
     }
     for (index, server) in servers.iter_mut().enumerate() {
         let answer = server.check(if index == 0 { accounts } else { 0 }).await?;
-        total = add(total, answer.counters);
+        total = total.plus(answer.counters);
         if index == 0 {
             violations += answer.violations;
             if accounts > 0 {

@@ -144,7 +144,10 @@ pub async fn run(
     let cpu_before = machine_cpu_busy();
     let started = Instant::now();
     let deadline = started + settings.duration;
-    let sweeper = tokio::spawn(sweep_every_second(store.clone()));
+    // What a server's sweeper does, for every store alike: expired holds return their credits
+    // (creditgraph's stores also do so on read; the baselines only here).
+    let stop_sweeping = tokio_util::sync::CancellationToken::new();
+    let sweeper = server::spawn_sweeper(store.clone(), Duration::from_secs(1), stop_sweeping.clone());
     let tasks: Vec<_> = (0..settings.callers)
         .map(|caller| {
             let (store, picker, workload) = (store.clone(), picker.clone(), workload.clone());
@@ -164,7 +167,8 @@ pub async fn run(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = machine_cpu_busy().saturating_sub(cpu_before);
     let counters = opened.counters().since(counters_before);
-    sweeper.abort();
+    stop_sweeping.cancel();
+    let _ = sweeper.await;
     let violations = check(&store, workload, &tally).await?;
     let operations = tally.operations();
     Ok(InProcessResult {
@@ -182,21 +186,6 @@ pub async fn run(
         cpu_micros_per_operation: cpu.as_micros() as f64 / operations.max(1) as f64,
         violations,
     })
-}
-
-/// Accounts the sweeper visits per pass.
-const SWEEP_ACCOUNTS_MAX: u32 = 1_000;
-
-/// What a server's sweeper does, for every store alike: expired holds return their credits
-/// (creditgraph's stores also do so on read; the baselines only here).
-async fn sweep_every_second(store: Arc<dyn LedgerStore>) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        ticks.tick().await;
-        if let Err(error) = store.sweep(SWEEP_ACCOUNTS_MAX).await {
-            eprintln!("bench: sweep failed: {error}");
-        }
-    }
 }
 
 /// `verify`'s violations, plus one if the balances do not add up to granted − captured.

@@ -366,11 +366,7 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
         let _ = writeln!(w, "| store | callers | ops/s | holds/s | p50 | p99 | p999 | max | refused | replays | errors | retries | deadlocks | ops/commit | CPU µs/op | violations |");
         let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for result in results.in_process.iter().filter(|result| result.workload == name) {
-            let per_commit = if result.counters.commits > 0 && result.counters.operations > 0 {
-                format!("{:.1}", result.counters.operations as f64 / result.counters.commits as f64)
-            } else {
-                "—".to_owned()
-            };
+            let per_commit = result.counters.per_commit_text();
             let _ = writeln!(
                 w,
                 "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
@@ -465,11 +461,7 @@ fn http_table(w: &mut String, title: &str, results: &[HttpResult]) {
         } else {
             result.arrivals_per_second.to_string()
         };
-        let per_commit = if result.counters.commits > 0 && result.counters.operations > 0 {
-            format!("{:.1}", result.counters.operations as f64 / result.counters.commits as f64)
-        } else {
-            "—".to_owned()
-        };
+        let per_commit = result.counters.per_commit_text();
         let _ = writeln!(
             w,
             "| {} | {} | {:?} | {asked} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {per_commit} | {:.1} | {} |",

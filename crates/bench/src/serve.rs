@@ -37,18 +37,8 @@ pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr) -> anyhow:
     let router = server::router(opened.ledger(), Arc::new(SystemClock), config);
     // As `creditgraph serve` does: expired holds are swept in the background (every store kind,
     // so the baselines get the same help).
-    let sweeper = tokio::spawn({
-        let store = opened.ledger();
-        async move {
-            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                ticks.tick().await;
-                if let Err(error) = store.sweep(server::SWEEP_ACCOUNTS_MAX).await {
-                    eprintln!("bench serve: sweep failed: {error}");
-                }
-            }
-        }
-    });
+    let stop_sweeping = tokio_util::sync::CancellationToken::new();
+    let sweeper = server::spawn_sweeper(opened.ledger(), std::time::Duration::from_secs(1), stop_sweeping.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -74,7 +64,8 @@ pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr) -> anyhow:
         stdout.write_all(format!("{}\n", serde_json::to_string(&answer)?).as_bytes()).await?;
         stdout.flush().await?;
     }
-    sweeper.abort();
+    stop_sweeping.cancel();
+    let _ = sweeper.await;
     shutdown.notify_one();
     serving.await.context("server task")??;
     opened.close().await;

@@ -60,6 +60,35 @@ pub struct StoreCounters {
 }
 
 impl StoreCounters {
+    pub fn plus(self, other: StoreCounters) -> StoreCounters {
+        StoreCounters {
+            commits: self.commits + other.commits,
+            operations: self.operations + other.operations,
+            retries: self.retries + other.retries,
+            deadlocks: self.deadlocks + other.deadlocks,
+        }
+    }
+
+    /// Operations per write transaction (per fsync when durable), as table text; "—" when the
+    /// store cannot tell.
+    pub fn per_commit_text(&self) -> String {
+        if self.commits > 0 && self.operations > 0 {
+            format!("{:.1}", self.operations as f64 / self.commits as f64)
+        } else {
+            "—".to_owned()
+        }
+    }
+
+    /// A baseline commits each operation alone.
+    fn of_baseline(stats: store_baseline::BaselineStats) -> StoreCounters {
+        StoreCounters {
+            commits: stats.transactions,
+            operations: stats.transactions,
+            retries: stats.retries,
+            deadlocks: stats.deadlocks,
+        }
+    }
+
     pub fn since(self, before: StoreCounters) -> StoreCounters {
         StoreCounters {
             commits: self.commits - before.commits,
@@ -104,24 +133,8 @@ impl Opened {
                     deadlocks: stats.deadlocks,
                 }
             }
-            Opened::BaselinePostgres(store) => {
-                let stats = store.stats();
-                StoreCounters {
-                    commits: stats.transactions,
-                    operations: stats.transactions,
-                    retries: stats.retries,
-                    deadlocks: stats.deadlocks,
-                }
-            }
-            Opened::BaselineSqlite(store) => {
-                let stats = store.stats();
-                StoreCounters {
-                    commits: stats.transactions,
-                    operations: stats.transactions,
-                    retries: stats.retries,
-                    deadlocks: stats.deadlocks,
-                }
-            }
+            Opened::BaselinePostgres(store) => StoreCounters::of_baseline(store.stats()),
+            Opened::BaselineSqlite(store) => StoreCounters::of_baseline(store.stats()),
         }
     }
 
