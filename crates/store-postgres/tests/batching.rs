@@ -6,48 +6,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Overage, Rejection};
+use ledger::{Amount, Command, HoldId, Outcome, Rejection};
+use store::conformance::{self, account};
 use store::{Executed, LedgerStore, ManualClock, Request};
 use store_postgres::{testing, PostgresOptions, PostgresStore};
-
-fn account(text: &str) -> AccountId {
-    AccountId::parse(text).expect("valid account id")
-}
 
 fn credits(count: u64) -> Amount {
     Amount::from_credits(count)
 }
 
 fn grant(account_id: &str, grant_id: &str, amount: u64) -> Command {
-    Command::Grant {
-        account_id: account(account_id),
-        grant_id: GrantId::parse(grant_id).expect("valid grant id"),
-        amount: credits(amount),
-        priority: 100,
-        expires_at: None,
-        reference: None,
-        metadata: "{}".to_owned(),
-    }
+    conformance::grant_credits(account_id, grant_id, amount)
 }
 
 fn hold(account_id: &str, hold_id: &str, amount: u64) -> Command {
-    Command::Hold {
-        account_id: account(account_id),
-        hold_id: HoldId::parse(hold_id).expect("valid hold id"),
-        amount: credits(amount),
-        ttl_seconds: 600,
-        reference: None,
-        metadata: "{}".to_owned(),
-    }
+    conformance::hold_credits(account_id, hold_id, amount, 600)
 }
 
 fn capture(hold_id: &str, amount: u64) -> Command {
-    Command::Capture {
-        hold_id: HoldId::parse(hold_id).expect("valid hold id"),
-        amount: credits(amount),
-        is_final: true,
-        overage: Overage::Reject,
-    }
+    conformance::capture_credits(hold_id, amount)
 }
 
 async fn connect(url: &str, clock: &Arc<ManualClock>) -> Arc<PostgresStore> {

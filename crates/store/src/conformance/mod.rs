@@ -135,6 +135,41 @@ pub fn account(id: &str) -> AccountId {
     AccountId::parse(id).expect("test account ids are valid")
 }
 
+/// A grant of whole credits, priority 100, never expiring: the grant most tests need.
+pub fn grant_credits(account_id: &str, grant_id: &str, credits: u64) -> Command {
+    Command::Grant {
+        account_id: account(account_id),
+        grant_id: GrantId::parse(grant_id).expect("test grant ids are valid"),
+        amount: Amount::from_credits(credits),
+        priority: 100,
+        expires_at: None,
+        reference: None,
+        metadata: "{}".to_owned(),
+    }
+}
+
+/// A hold of whole credits.
+pub fn hold_credits(account_id: &str, hold_id: &str, credits: u64, ttl_seconds: u64) -> Command {
+    Command::Hold {
+        account_id: account(account_id),
+        hold_id: HoldId::parse(hold_id).expect("test hold ids are valid"),
+        amount: Amount::from_credits(credits),
+        ttl_seconds,
+        reference: None,
+        metadata: "{}".to_owned(),
+    }
+}
+
+/// A final capture of whole credits, refusing overage.
+pub fn capture_credits(hold_id: &str, credits: u64) -> Command {
+    Command::Capture {
+        hold_id: HoldId::parse(hold_id).expect("test hold ids are valid"),
+        amount: Amount::from_credits(credits),
+        is_final: true,
+        overage: Overage::Reject,
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
