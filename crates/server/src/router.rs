@@ -87,7 +87,7 @@ mod tests {
     impl BrokenStore {
         fn fail<T>(&self) -> Result<T, StoreError> {
             assert!(!self.panics, "broken store panics on purpose");
-            Err(StoreError::Unavailable { detail: "test".to_owned() })
+            Err(StoreError::unavailable("test"))
         }
     }
 

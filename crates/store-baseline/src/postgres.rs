@@ -141,14 +141,16 @@ impl From<tokio_postgres::Error> for Failure {
         match error.code() {
             Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE => Failure::Retry { deadlock: false, detail },
             Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED => Failure::Retry { deadlock: true, detail },
-            _ => Failure::Store(StoreError::Unavailable { detail }),
+            _ => Failure::Store(StoreError::unavailable(detail).with_source(error)),
         }
     }
 }
 
 impl From<PoolError> for Failure {
     fn from(error: PoolError) -> Failure {
-        Failure::Store(StoreError::Unavailable { detail: format!("cannot get a PostgreSQL connection: {error}") })
+        Failure::Store(
+            StoreError::unavailable(format!("cannot get a PostgreSQL connection: {error}")).with_source(error),
+        )
     }
 }
 
@@ -163,12 +165,12 @@ fn describe(error: &tokio_postgres::Error) -> String {
 fn store_error(error: impl Into<Failure>) -> StoreError {
     match error.into() {
         Failure::Store(error) => error,
-        Failure::Retry { detail, .. } => StoreError::Unavailable { detail },
+        Failure::Retry { detail, .. } => StoreError::unavailable(detail),
     }
 }
 
 fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
-    row.try_get(index).map_err(|error| rules::corrupt(format!("column {index}: {error}")))
+    row.try_get(index).map_err(|error| StoreError::corrupt(format!("column {index}: {error}")).with_source(error))
 }
 
 fn hold_from(row: &Row) -> Result<Hold, StoreError> {
@@ -204,7 +206,7 @@ impl BaselinePostgresStore {
         pool_max: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let startup = |detail: String| StoreError::Startup { detail };
+        let startup = |detail: String| StoreError::startup(detail);
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|error| startup(format!("invalid PostgreSQL URL: {error}")))?;
         config.connect_timeout(Duration::from_secs(CONNECT_SECONDS));
@@ -248,9 +250,7 @@ impl BaselinePostgresStore {
                 Counters::count(&self.counters.deadlocks);
             }
             if retries >= RETRIES_MAX {
-                return Err(StoreError::Contention {
-                    detail: format!("{what} gave up after {retries} retries: {detail}"),
-                });
+                return Err(StoreError::contention(format!("{what} gave up after {retries} retries: {detail}")));
             }
             retries += 1;
             Counters::count(&self.counters.retries);
@@ -423,7 +423,7 @@ impl BaselinePostgresStore {
         match self.move_credits(transaction, account_id, moves, Amount::ZERO).await? {
             Ok(_) => Ok(()),
             Err(rejection) => {
-                Err(rules::corrupt(format!("a hold's account refused its credits back: {rejection}")).into())
+                Err(StoreError::corrupt(format!("a hold's account refused its credits back: {rejection}")).into())
             }
         }
     }
@@ -456,7 +456,7 @@ impl BaselinePostgresStore {
         for (account_id, micros) in &returned {
             let moved = transaction.execute(&update, &[account_id, micros, &-micros, &0_i64]).await?;
             if moved != 1 {
-                return Err(rules::corrupt(format!("account {account_id} of expired holds is missing")).into());
+                return Err(StoreError::corrupt(format!("account {account_id} of expired holds is missing")).into());
             }
         }
         transaction.commit().await?;

@@ -42,10 +42,6 @@ impl Moves {
     }
 }
 
-pub(crate) fn corrupt(detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { detail: detail.into() }
-}
-
 /// An amount as a 64-bit column value. Amounts are at most [`Amount::MAX`] (10^18 µcr), well
 /// inside `i64`.
 pub(crate) fn micros(amount: Amount) -> i64 {
@@ -53,14 +49,16 @@ pub(crate) fn micros(amount: Amount) -> i64 {
 }
 
 pub(crate) fn to_amount(micros: i64, what: &str) -> Result<Amount, StoreError> {
-    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(format!("negative {what}: {micros}")))
+    u64::try_from(micros)
+        .map(Amount::from_micros)
+        .map_err(|_| StoreError::corrupt(format!("negative {what}: {micros}")))
 }
 
 /// The answer to every command the baseline leaves out.
 pub(crate) fn unsupported(command: &Command) -> Option<StoreError> {
     match command {
         Command::Extend { .. } | Command::Refund { .. } | Command::Sweep { .. } => {
-            Some(StoreError::Unavailable { detail: format!("the baseline store does not support {}", command.name()) })
+            Some(StoreError::unavailable(format!("the baseline store does not support {}", command.name())))
         }
         Command::Grant { .. }
         | Command::Hold { .. }
@@ -106,11 +104,12 @@ impl HoldRow {
     pub fn into_hold(self) -> Result<Hold, StoreError> {
         let amount = to_amount(self.amount, "hold amount")?;
         let captured = to_amount(self.captured, "hold captured")?;
-        let state = HoldState::parse(&self.state).ok_or_else(|| corrupt(format!("hold state {:?}", self.state)))?;
+        let state =
+            HoldState::parse(&self.state).ok_or_else(|| StoreError::corrupt(format!("hold state {:?}", self.state)))?;
         let remaining = if state == HoldState::Pending { amount.saturating_sub(captured) } else { Amount::ZERO };
         Ok(Hold {
-            hold_id: HoldId::parse(&self.hold_id).map_err(|_| corrupt("hold id"))?,
-            account_id: AccountId::parse(&self.account_id).map_err(|_| corrupt("hold account id"))?,
+            hold_id: HoldId::parse(&self.hold_id).map_err(|_| StoreError::corrupt("hold id"))?,
+            account_id: AccountId::parse(&self.account_id).map_err(|_| StoreError::corrupt("hold account id"))?,
             amount,
             captured,
             remaining,
@@ -118,7 +117,12 @@ impl HoldRow {
             state,
             expires_at: Timestamp::from_micros(self.expires_at),
             created_at: Timestamp::from_micros(self.created_at),
-            reference: self.reference.as_deref().map(Reference::parse).transpose().map_err(|_| corrupt("reference"))?,
+            reference: self
+                .reference
+                .as_deref()
+                .map(Reference::parse)
+                .transpose()
+                .map_err(|_| StoreError::corrupt("reference"))?,
             metadata: self.metadata,
             allocations: allocations(state, remaining),
         })
@@ -162,7 +166,10 @@ pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) 
     };
     let stored_held = Amount::sum(pending.iter().map(|hold| hold.remaining));
     if stored_held != to_amount(row.held, "held")? {
-        return Err(corrupt(format!("account {}: held {} µcr, its holds {stored_held}", row.account_id, row.held)));
+        return Err(StoreError::corrupt(format!(
+            "account {}: held {} µcr, its holds {stored_held}",
+            row.account_id, row.held
+        )));
     }
     let state = AccountState {
         account_id: row.account_id,
@@ -310,7 +317,7 @@ pub(crate) struct VerifyRow {
 /// checked: no negative column, conservation (`granted = available + held + captured`) and
 /// `held` equal to what the pending holds still reserve.
 pub(crate) fn verify_row(row: &VerifyRow) -> Result<Vec<Violation>, StoreError> {
-    let account_id = AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?;
+    let account_id = AccountId::parse(&row.account_id).map_err(|_| StoreError::corrupt("account id"))?;
     let mut violations = Vec::new();
     let mut report = |detail: String| violations.push(Violation { account_id: account_id.clone(), detail });
     for (name, value) in [("available", row.available), ("held", row.held), ("captured", row.captured)] {

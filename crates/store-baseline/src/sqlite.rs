@@ -121,7 +121,7 @@ impl From<rusqlite::Error> for Failure {
 }
 
 fn store_error(error: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable { detail: format!("SQLite: {error}") }
+    StoreError::unavailable(format!("SQLite: {error}")).with_source(error)
 }
 
 fn hold_from(row: &Row<'_>) -> rusqlite::Result<HoldRow> {
@@ -158,13 +158,13 @@ struct Inner {
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let startup =
-        |error: rusqlite::Error| StoreError::Startup { detail: format!("SQLite {}: {error}", path.display()) };
+        |error: rusqlite::Error| StoreError::startup(format!("SQLite {}: {error}", path.display())).with_source(error);
     let connection = Connection::open(path).map_err(startup)?;
     connection.busy_timeout(BUSY_TIMEOUT).map_err(startup)?;
     let journal_mode: String =
         connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(startup)?;
     if !journal_mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Startup { detail: format!("SQLite {} refused WAL: {journal_mode}", path.display()) });
+        return Err(StoreError::startup(format!("SQLite {} refused WAL: {journal_mode}", path.display())));
     }
     connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(startup)?;
     Ok(connection)
@@ -175,9 +175,9 @@ impl BaselineSqliteStore {
     /// are absent and opens the connection pool.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let first = open_connection(path)?;
-        first
-            .execute_batch(SCHEMA)
-            .map_err(|error| StoreError::Startup { detail: format!("SQLite schema in {}: {error}", path.display()) })?;
+        first.execute_batch(SCHEMA).map_err(|error| {
+            StoreError::startup(format!("SQLite schema in {}: {error}", path.display())).with_source(error)
+        })?;
         let mut connections = vec![Mutex::new(first)];
         for _ in 1..CONNECTIONS {
             connections.push(Mutex::new(open_connection(path)?));
@@ -199,7 +199,7 @@ impl BaselineSqliteStore {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || work(&inner))
             .await
-            .map_err(|error| StoreError::Unavailable { detail: format!("SQLite task failed: {error}") })?
+            .map_err(|error| StoreError::unavailable(format!("SQLite task failed: {error}")).with_source(error))?
     }
 }
 
@@ -242,9 +242,7 @@ impl Inner {
                 Err(Failure::Busy(detail)) => detail,
             };
             if retries >= RETRIES_MAX {
-                return Err(StoreError::Contention {
-                    detail: format!("{what} gave up after {retries} retries: {detail}"),
-                });
+                return Err(StoreError::contention(format!("{what} gave up after {retries} retries: {detail}")));
             }
             retries += 1;
             Counters::count(&self.counters.retries);
@@ -262,7 +260,7 @@ impl Inner {
         })();
         attempt.map_err(|failure| match failure {
             Failure::Store(error) => error,
-            Failure::Busy(detail) => StoreError::Unavailable { detail },
+            Failure::Busy(detail) => StoreError::unavailable(detail),
         })
     }
 }
@@ -396,7 +394,9 @@ fn move_credits(
 fn give_back(transaction: &Transaction<'_>, account_id: &AccountId, moves: Moves) -> Result<(), Failure> {
     match move_credits(transaction, account_id, moves, Amount::ZERO)? {
         Ok(_) => Ok(()),
-        Err(rejection) => Err(rules::corrupt(format!("a hold's account refused its credits back: {rejection}")).into()),
+        Err(rejection) => {
+            Err(StoreError::corrupt(format!("a hold's account refused its credits back: {rejection}")).into())
+        }
     }
 }
 
@@ -427,7 +427,7 @@ fn sweep_in(transaction: &Transaction<'_>, now: Timestamp, holds_max: u32) -> Re
     for (account_id, micros) in &returned {
         let moved = update.query_row(params![account_id, micros, -micros, 0_i64], |_| Ok(())).optional()?;
         if moved.is_none() {
-            return Err(rules::corrupt(format!("account {account_id} of expired holds is missing")).into());
+            return Err(StoreError::corrupt(format!("account {account_id} of expired holds is missing")).into());
         }
     }
     Ok(SweepReport { accounts: returned.len() as u64, entries: expired.len() as u64, idempotency_keys_deleted: 0 })

@@ -23,8 +23,20 @@ pub(crate) enum RetryCause {
 /// The failure of one transaction attempt.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    Retry { cause: RetryCause, detail: String },
+    /// `source`: the driver's error, when the driver reported one.
+    Retry {
+        cause: RetryCause,
+        detail: String,
+        source: Option<tokio_postgres::Error>,
+    },
     Store(StoreError),
+}
+
+impl Failure {
+    /// A retry this adapter decided on itself (no driver error behind it).
+    pub(crate) fn retry(cause: RetryCause, detail: impl Into<String>) -> Failure {
+        Failure::Retry { cause, detail: detail.into(), source: None }
+    }
 }
 
 impl From<StoreError> for Failure {
@@ -36,25 +48,26 @@ impl From<StoreError> for Failure {
 impl From<tokio_postgres::Error> for Failure {
     fn from(error: tokio_postgres::Error) -> Failure {
         let detail = describe(&error);
-        let retry = |cause| Failure::Retry { cause, detail: detail.clone() };
         let Some(code) = error.code() else {
-            return Failure::Store(StoreError::Unavailable { detail });
+            return Failure::Store(StoreError::unavailable(detail).with_source(error));
         };
-        if *code == SqlState::T_R_SERIALIZATION_FAILURE {
-            return retry(RetryCause::Serialization);
-        }
-        if *code == SqlState::T_R_DEADLOCK_DETECTED {
-            return retry(RetryCause::Deadlock);
-        }
-        if *code == SqlState::UNIQUE_VIOLATION {
-            return retry(RetryCause::Race);
+        let retry = match *code {
+            SqlState::T_R_SERIALIZATION_FAILURE => Some(RetryCause::Serialization),
+            SqlState::T_R_DEADLOCK_DETECTED => Some(RetryCause::Deadlock),
+            SqlState::UNIQUE_VIOLATION => Some(RetryCause::Race),
+            _ => None,
+        };
+        if let Some(cause) = retry {
+            return Failure::Retry { cause, detail, source: Some(error) };
         }
         // Class 22 (data exception) and 23 (integrity constraint violation): the data broke a
         // rule of the schema, which the ledger never does on purpose.
-        if code.code().starts_with("22") || code.code().starts_with("23") {
-            return Failure::Store(StoreError::Corrupt { detail });
-        }
-        Failure::Store(StoreError::Unavailable { detail })
+        let mapped = if code.code().starts_with("22") || code.code().starts_with("23") {
+            StoreError::corrupt(detail)
+        } else {
+            StoreError::unavailable(detail)
+        };
+        Failure::Store(mapped.with_source(error))
     }
 }
 
@@ -82,13 +95,14 @@ pub(crate) fn pool_error(error: PoolError) -> StoreError {
         PoolError::Closed => "the connection pool is closed".to_owned(),
         other => format!("cannot get a PostgreSQL connection: {other}"),
     };
-    StoreError::Unavailable { detail }
+    StoreError::unavailable(detail).with_source(error)
 }
 
 /// A driver error outside a retried transaction (reads, verify): never retried.
 pub(crate) fn store_error(error: tokio_postgres::Error) -> StoreError {
     match Failure::from(error) {
         Failure::Store(error) => error,
-        Failure::Retry { detail, .. } => StoreError::Unavailable { detail },
+        Failure::Retry { detail, source: Some(source), .. } => StoreError::unavailable(detail).with_source(source),
+        Failure::Retry { detail, source: None, .. } => StoreError::unavailable(detail),
     }
 }

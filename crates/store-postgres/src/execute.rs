@@ -38,6 +38,7 @@ use std::pin::Pin;
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
 use ledger::{AccountId, AccountState, Amount, Changes, Entry, Hold, HoldId, Rejection, Target, Timestamp, Totals};
+use store::codec::undecodable;
 use store::{codec, Executed, Request, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -163,12 +164,8 @@ pub(crate) async fn hold_account(
     let Some(row) = transaction.query_opt(&statement, &[&hold_id.as_str()]).await? else {
         return Ok(None);
     };
-    let text: &str = row.try_get(0).map_err(|_| corrupt("hold account_id"))?;
-    Ok(Some(AccountId::parse(text).map_err(|_| corrupt("hold account_id"))?))
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
+    let text: &str = row.try_get(0).map_err(|_| undecodable("hold account_id"))?;
+    Ok(Some(AccountId::parse(text).map_err(|_| undecodable("hold account_id"))?))
 }
 
 /// One pipelined read: the rows it returned.
@@ -227,7 +224,7 @@ async fn run(
         let reply = replies.next().expect("a reply to the claims");
         let mut inserted = HashSet::with_capacity(reply.len());
         for row in &reply {
-            let key: &str = row.try_get(0).map_err(|_| corrupt("idempotency key"))?;
+            let key: &str = row.try_get(0).map_err(|_| undecodable("idempotency key"))?;
             inserted.insert(key);
         }
         recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1)).copied());
@@ -320,9 +317,9 @@ async fn read_keys(
         // The key exists, committed: its INSERT waited for any transaction still holding it.
         let Some(row) = rows?.into_iter().next() else {
             // Swept between the two statements (only possible past the retention period).
-            return Err(Failure::Retry { cause: RetryCause::Race, detail: "idempotency key vanished".to_owned() });
+            return Err(Failure::retry(RetryCause::Race, "idempotency key vanished"));
         };
-        let undecodable = |_| StoreError::Corrupt { detail: "undecodable idempotency record".to_owned() };
+        let undecodable = |_| StoreError::corrupt("undecodable idempotency record".to_owned());
         let stored_fingerprint: &str = row.try_get(0).map_err(undecodable)?;
         let result: &str = row.try_get(1).map_err(undecodable)?;
         let answer = if stored_fingerprint != fingerprint {
@@ -527,13 +524,10 @@ async fn write(
             // next attempt locks it and decides against its real state.
             (true, Written::Rows(0)) => {
                 let account_id = changed.map(|(state, _)| state.account_id.as_str()).unwrap_or_default();
-                return Err(Failure::Retry {
-                    cause: RetryCause::Race,
-                    detail: format!("account {account_id} created concurrently"),
-                });
+                return Err(Failure::retry(RetryCause::Race, format!("account {account_id} created concurrently")));
             }
             (false, Written::Rows(rows)) if *rows != 1 => {
-                return Err(Failure::Store(corrupt("account row (vanished while locked)")))
+                return Err(Failure::Store(undecodable("account row (vanished while locked)")))
             }
             _ => {}
         }
@@ -551,9 +545,9 @@ fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
         && inserted.iter().zip(entries).all(|(stored, entry)| &Entry { seq: entry.seq, ..stored.clone() } == entry);
     if !in_order {
         let seqs: Vec<u64> = inserted.iter().map(|entry| entry.seq).collect();
-        return Err(Failure::Store(StoreError::Corrupt {
-            detail: format!("journal entries were not assigned seq in journal order (got {seqs:?}); not committed"),
-        }));
+        return Err(Failure::Store(StoreError::corrupt(format!(
+            "journal entries were not assigned seq in journal order (got {seqs:?}); not committed"
+        ))));
     }
     Ok(())
 }

@@ -66,10 +66,6 @@ pub(crate) const STUCK_JOBS: &str = select_jobs!(
 const PRIMARY_KEY: &str = "jobs_pkey";
 const RETRY_INDEX: &str = "jobs_one_retry_per_source";
 
-fn corrupt(detail: String) -> StoreError {
-    StoreError::Corrupt { detail }
-}
-
 /// `limit` as the bounded `LIMIT` of a list.
 pub(crate) fn list_limit(limit: u32) -> i64 {
     i64::from(limit.min(JOBS_LIST_MAX))
@@ -82,13 +78,13 @@ pub(crate) fn attempts_limit(attempts_max: u32) -> i32 {
 
 /// A job read with [`JOB_COLUMNS`]; a record that disagrees with its own row is corrupt.
 pub(crate) fn job(row: &Row) -> Result<JobRecord, StoreError> {
-    let undecodable = |what: &str| corrupt(format!("undecodable stored job {what}"));
+    let undecodable = |what: &str| StoreError::corrupt(format!("undecodable stored job {what}"));
     let job_id: &str = row.try_get(0).map_err(|_| undecodable("job_id"))?;
     let version: i64 = row.try_get(1).map_err(|_| undecodable("version"))?;
     let data: &str = row.try_get(2).map_err(|_| undecodable("data"))?;
     let job = codec::decode_job(data)?;
     if job.job_id != job_id || i64::try_from(job.version).ok() != Some(version) {
-        return Err(corrupt(format!("job {job_id}: its row (version {version}) and its record disagree")));
+        return Err(StoreError::corrupt(format!("job {job_id}: its row (version {version}) and its record disagree")));
     }
     Ok(job)
 }
@@ -108,8 +104,9 @@ fn refusal(error: &tokio_postgres::Error) -> Option<JobWriteRefusal> {
 async fn current_version(transaction: &Transaction<'_>, job_id: &str) -> Result<Option<u64>, Failure> {
     let statement = transaction.prepare_cached(CURRENT_VERSION).await?;
     let Some(row) = transaction.query_opt(&statement, &[&job_id]).await? else { return Ok(None) };
-    let version: i64 = row.try_get(0).map_err(|_| corrupt(format!("undecodable stored job {job_id} version")))?;
-    let version = u64::try_from(version).map_err(|_| corrupt(format!("job {job_id} version {version}")))?;
+    let version: i64 =
+        row.try_get(0).map_err(|_| StoreError::corrupt(format!("undecodable stored job {job_id} version")))?;
+    let version = u64::try_from(version).map_err(|_| StoreError::corrupt(format!("job {job_id} version {version}")))?;
     Ok(Some(version))
 }
 
@@ -133,11 +130,12 @@ async fn write_row(
         None => 1,
         Some(expected) => expected
             .checked_add(1)
-            .ok_or_else(|| corrupt(format!("job {} version {expected} cannot grow", job.job_id)))?,
+            .ok_or_else(|| StoreError::corrupt(format!("job {} version {expected} cannot grow", job.job_id)))?,
     };
     let stored = JobRecord { version: version.unsigned_abs(), ..job.clone() };
-    let attempts = i32::try_from(stored.attempts)
-        .map_err(|_| corrupt(format!("job {} attempts {} do not fit a column", stored.job_id, stored.attempts)))?;
+    let attempts = i32::try_from(stored.attempts).map_err(|_| {
+        StoreError::corrupt(format!("job {} attempts {} do not fit a column", stored.job_id, stored.attempts))
+    })?;
     let data = codec::encode_job(&stored);
     let lease_expires_at = stored.lease_expires_at.map(Timestamp::micros);
     let heartbeat_at = stored.heartbeat_at.map(Timestamp::micros);
@@ -241,8 +239,9 @@ pub(crate) async fn claim_attempt(
             Ok(Some(stored))
         }
         // The row is locked by this transaction: nothing else can have changed it.
-        Err(refusal) => {
-            Err(Failure::Store(corrupt(format!("job {} changed while locked for a claim: {refusal:?}", oldest.job_id))))
-        }
+        Err(refusal) => Err(Failure::Store(StoreError::corrupt(format!(
+            "job {} changed while locked for a claim: {refusal:?}",
+            oldest.job_id
+        )))),
     }
 }

@@ -50,6 +50,7 @@ use ledger::{
     AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Target, Timestamp,
 };
 use rand::Rng;
+use store::codec::undecodable;
 use store::{
     AccountView, Artifact, Clock, CreateRunRefusal, Executed, InstanceLease, JobRecord, JobStore, JobWrite,
     JobWriteRefusal, JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport,
@@ -168,7 +169,7 @@ impl BatchRunner {
         let attempt = || self.try_once(&account_id, &requests);
         match retrying(&self.counters, self.retries_max, &what, attempt).await {
             Ok(executed) => executed.into_iter().map(Ok).collect(),
-            Err(error) => requests.iter().map(|_| Err(copy_error(&error))).collect(),
+            Err(error) => requests.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
@@ -189,17 +190,6 @@ impl BatchRunner {
     }
 }
 
-/// An equal error for each request of a failed batch (`StoreError` is not `Clone`: it is
-/// returned once everywhere else).
-fn copy_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Unavailable { detail } => StoreError::Unavailable { detail: detail.clone() },
-        StoreError::Contention { detail } => StoreError::Contention { detail: detail.clone() },
-        StoreError::Corrupt { detail } => StoreError::Corrupt { detail: detail.clone() },
-        StoreError::Startup { detail } => StoreError::Startup { detail: detail.clone() },
-    }
-}
-
 /// Runs `attempt` until it succeeds or fails for good, retrying contention (serialization
 /// failures, deadlocks, unique-violation races) at most `retries_max` times with jittered
 /// exponential backoff, counting each retry.
@@ -210,10 +200,10 @@ where
 {
     let mut retries = 0_u32;
     loop {
-        let (cause, detail) = match attempt().await {
+        let (cause, detail, source) = match attempt().await {
             Ok(value) => return Ok(value),
             Err(Failure::Store(error)) => return Err(error),
-            Err(Failure::Retry { cause, detail }) => (cause, detail),
+            Err(Failure::Retry { cause, detail, source }) => (cause, detail, source),
         };
         match cause {
             RetryCause::Deadlock => counters.deadlocks.fetch_add(1, Ordering::Relaxed),
@@ -221,7 +211,11 @@ where
             RetryCause::Race => 0,
         };
         if retries >= retries_max {
-            return Err(StoreError::Contention { detail: format!("{what} gave up after {retries} retries: {detail}") });
+            let error = StoreError::contention(format!("{what} gave up after {retries} retries: {detail}"));
+            return Err(match source {
+                Some(source) => error.with_source(source),
+                None => error,
+            });
         }
         retries += 1;
         counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -230,13 +224,10 @@ where
     }
 }
 
-fn startup(detail: String) -> StoreError {
-    StoreError::Startup { detail }
-}
-
 fn parse_url(url: &str, connect_timeout_seconds: u64) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config =
-        url.parse().map_err(|error| startup(format!("invalid PostgreSQL URL: {error}")))?;
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|error| StoreError::startup(format!("invalid PostgreSQL URL: {error}")).with_source(error))?;
     config.connect_timeout(Duration::from_secs(connect_timeout_seconds.max(1)));
     if config.get_application_name().is_none() {
         config.application_name("creditgraph");
@@ -263,9 +254,14 @@ impl PostgresStore {
             .create_timeout(Some(connect_timeout))
             .recycle_timeout(Some(connect_timeout))
             .build()
-            .map_err(|error| startup(format!("cannot build the connection pool: {error}")))?;
+            .map_err(|error| {
+                StoreError::startup(format!("cannot build the connection pool: {error}")).with_source(error)
+            })?;
         {
-            let mut client = pool.get().await.map_err(|error| startup(pool_error(error).to_string()))?;
+            let mut client = pool.get().await.map_err(|error| {
+                let unavailable = pool_error(error);
+                StoreError::startup(unavailable.to_string()).with_source(unavailable)
+            })?;
             let applied = schema::migrate(&mut client).await?;
             if !applied.is_empty() {
                 tracing::info!(versions = ?applied, "applied PostgreSQL migrations");
@@ -289,10 +285,9 @@ impl PostgresStore {
     /// Applies the embedded migrations on one short-lived connection and returns.
     pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
         let config = parse_url(url, PostgresOptions::default().connect_timeout_seconds)?;
-        let (mut client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|error| startup(format!("cannot connect to PostgreSQL: {}", error::describe(&error))))?;
+        let (mut client, connection) = config.connect(NoTls).await.map_err(|error| {
+            StoreError::startup(format!("cannot connect to PostgreSQL: {}", error::describe(&error))).with_source(error)
+        })?;
         let driver = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(error = %error, "PostgreSQL migration connection ended with an error");
@@ -337,8 +332,8 @@ impl PostgresStore {
                 let statement = client.prepare_cached(execute::HOLD_ACCOUNT).await.map_err(store_error)?;
                 let row = client.query_opt(&statement, &[&hold_id.as_str()]).await.map_err(store_error)?;
                 let Some(row) = row else { return Ok(None) };
-                let text: &str = row.try_get(0).map_err(|_| corrupt("hold account_id"))?;
-                AccountId::parse(text).map(Some).map_err(|_| corrupt("hold account_id"))
+                let text: &str = row.try_get(0).map_err(|_| undecodable("hold account_id"))?;
+                AccountId::parse(text).map(Some).map_err(|_| undecodable("hold account_id"))
             }
         }
     }
@@ -350,10 +345,9 @@ impl PostgresStore {
             return self.retrying(request.command.name(), || self.try_once(&request)).await;
         };
         self.batcher.submit(account_id, request).await.unwrap_or_else(|| {
-            Err(StoreError::Corrupt {
-                detail: "the batch applying this command ended without an answer (a broken invariant; see the log)"
-                    .to_owned(),
-            })
+            Err(StoreError::corrupt(
+                "the batch applying this command ended without an answer (a broken invariant; see the log)".to_owned(),
+            ))
         })
     }
 
@@ -470,8 +464,8 @@ impl PostgresStore {
         let rows = client.query(&statement, &[&now.micros(), &i64::from(accounts_max)]).await.map_err(store_error)?;
         rows.iter()
             .map(|row| {
-                let text: &str = row.try_get(0).map_err(|_| corrupt("account_id"))?;
-                AccountId::parse(text).map_err(|_| corrupt("account_id"))
+                let text: &str = row.try_get(0).map_err(|_| undecodable("account_id"))?;
+                AccountId::parse(text).map_err(|_| undecodable("account_id"))
             })
             .collect()
     }
@@ -526,21 +520,17 @@ impl PostgresStore {
         transaction.commit().await.map_err(store_error)?;
         let Some(account_row) = account_row else { return Ok((0, 0, Vec::new())) };
         let (account_id, _, totals) = rows::account(&account_row)?;
-        let free: i64 = free_row.try_get(0).map_err(|_| corrupt("free sum"))?;
+        let free: i64 = free_row.try_get(0).map_err(|_| undecodable("free sum"))?;
         let stored = StoredAccount {
             account_id,
             totals,
-            free: Amount::from_micros(u64::try_from(free).map_err(|_| corrupt("free sum"))?),
+            free: Amount::from_micros(u64::try_from(free).map_err(|_| undecodable("free sum"))?),
             holds: hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?,
         };
         let entries: Vec<Entry> = entry_rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
         let violations = ledger::verify_account(&entries, &stored);
         Ok((entries.len() as u64, stored.holds.len() as u64, violations))
     }
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
 }
 
 /// Delay before retry number `retry` (1-based): exponential, capped, with full jitter in its
@@ -639,7 +629,7 @@ impl LedgerStore for PostgresStore {
         loop {
             let page = client.query(&page_statement, &[&after, &VERIFY_PAGE_MAX]).await.map_err(store_error)?;
             for row in &page {
-                let account_id: String = row.try_get(0).map_err(|_| corrupt("account_id"))?;
+                let account_id: String = row.try_get(0).map_err(|_| undecodable("account_id"))?;
                 let (entries, holds, violations) = self.verify_one(&mut client, &account_id).await?;
                 report.accounts += 1;
                 report.entries += entries;
@@ -678,13 +668,11 @@ impl RunStore for PostgresStore {
         match client.execute(&statement, &params).await {
             Ok(updated) => Ok(updated == 1),
             // Only `runs_one_running_per_thread` can refuse this update: its thread already runs.
-            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Corrupt {
-                detail: format!(
-                    "run {} cannot run while another run of its thread runs: {}",
-                    run.run_id,
-                    error::describe(&error)
-                ),
-            }),
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::corrupt(format!(
+                "run {} cannot run while another run of its thread runs: {}",
+                run.run_id,
+                error::describe(&error)
+            ))),
             Err(error) => Err(store_error(error)),
         }
     }
@@ -704,7 +692,7 @@ impl RunStore for PostgresStore {
         let statement =
             client.prepare_cached("SELECT account_id FROM threads WHERE thread_id = $1").await.map_err(store_error)?;
         let row = client.query_opt(&statement, &[&thread_id]).await.map_err(store_error)?;
-        row.map(|row| runs::account_id(row.try_get(0).map_err(|_| corrupt("thread account_id"))?)).transpose()
+        row.map(|row| runs::account_id(row.try_get(0).map_err(|_| undecodable("thread account_id"))?)).transpose()
     }
 
     async fn thread_runs(
@@ -819,9 +807,11 @@ impl RunStore for PostgresStore {
         rows.iter()
             .map(|row| {
                 Ok(InstanceLease {
-                    instance_id: row.try_get(0).map_err(|_| corrupt("instance_id"))?,
-                    lease_until: Timestamp::from_micros(row.try_get(1).map_err(|_| corrupt("instance lease_until"))?),
-                    started_at: Timestamp::from_micros(row.try_get(2).map_err(|_| corrupt("instance started_at"))?),
+                    instance_id: row.try_get(0).map_err(|_| undecodable("instance_id"))?,
+                    lease_until: Timestamp::from_micros(
+                        row.try_get(1).map_err(|_| undecodable("instance lease_until"))?,
+                    ),
+                    started_at: Timestamp::from_micros(row.try_get(2).map_err(|_| undecodable("instance started_at"))?),
                 })
             })
             .collect()
@@ -840,7 +830,7 @@ impl RunStore for PostgresStore {
         ];
         let inserted = client.execute(&statement, &params).await.map_err(store_error)?;
         if inserted != 1 {
-            return Err(StoreError::Corrupt { detail: format!("artifact {} exists", artifact.artifact_id) });
+            return Err(StoreError::corrupt(format!("artifact {} exists", artifact.artifact_id)));
         }
         Ok(())
     }

@@ -8,7 +8,8 @@ use ledger::{
     AccountId, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference, Timestamp,
     Totals,
 };
-use store::{codec, StoreError};
+use store::codec::{self, undecodable};
+use store::StoreError;
 use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 
@@ -20,17 +21,13 @@ pub(crate) const ENTRY_COLUMNS: &str =
     "seq, account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key";
 pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, created_at, spent, refunded";
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
-}
-
 fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<T, StoreError> {
-    row.try_get(index).map_err(|_| corrupt(what))
+    row.try_get(index).map_err(|error| undecodable(what).with_source(error))
 }
 
 fn amount(row: &Row, index: usize, what: &str) -> Result<Amount, StoreError> {
     let micros: i64 = get(row, index, what)?;
-    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(what))
+    u64::try_from(micros).map(Amount::from_micros).map_err(|_| undecodable(what))
 }
 
 fn timestamp(row: &Row, index: usize, what: &str) -> Result<Timestamp, StoreError> {
@@ -43,27 +40,26 @@ fn opt_timestamp(row: &Row, index: usize, what: &str) -> Result<Option<Timestamp
 
 fn opt_reference(row: &Row, index: usize) -> Result<Option<Reference>, StoreError> {
     get::<Option<&str>>(row, index, "reference")?
-        .map(|text| Reference::parse(text).map_err(|_| corrupt("reference")))
+        .map(|text| Reference::parse(text).map_err(|_| undecodable("reference")))
         .transpose()
 }
 
 fn account_id(row: &Row, index: usize) -> Result<AccountId, StoreError> {
-    AccountId::parse(get(row, index, "account_id")?).map_err(|_| corrupt("account_id"))
+    AccountId::parse(get(row, index, "account_id")?).map_err(|_| undecodable("account_id"))
 }
 
 fn hold_id(text: &str) -> Result<HoldId, StoreError> {
-    HoldId::parse(text).map_err(|_| corrupt("hold_id"))
+    HoldId::parse(text).map_err(|_| undecodable("hold_id"))
 }
 
 fn grant_id(text: &str) -> Result<GrantId, StoreError> {
-    GrantId::parse(text).map_err(|_| corrupt("grant_id"))
+    GrantId::parse(text).map_err(|_| undecodable("grant_id"))
 }
 
 /// An amount as a BIGINT. Ledger amounts stay far below `i64::MAX` (the balance maximum is
 /// 10^18 micro-credits), so failing here means a broken invariant, reported rather than panicked.
 pub(crate) fn sql_amount(amount: Amount) -> Result<i64, StoreError> {
-    i64::try_from(amount.micros())
-        .map_err(|_| StoreError::Corrupt { detail: format!("amount {amount} does not fit a BIGINT") })
+    i64::try_from(amount.micros()).map_err(|_| StoreError::corrupt(format!("amount {amount} does not fit a BIGINT")))
 }
 
 /// The account row read with [`ACCOUNT_COLUMNS`]: id, creation time and lifetime totals.
@@ -79,7 +75,7 @@ pub(crate) fn grant(row: &Row) -> Result<Grant, StoreError> {
     Ok(Grant {
         grant_id: grant_id(get(row, 0, "grant_id")?)?,
         account_id: account_id(row, 1)?,
-        kind: GrantKind::parse(get(row, 2, "grant kind")?).ok_or_else(|| corrupt("grant kind"))?,
+        kind: GrantKind::parse(get(row, 2, "grant kind")?).ok_or_else(|| undecodable("grant kind"))?,
         amount: amount(row, 3, "grant amount")?,
         free: amount(row, 4, "grant free")?,
         priority: get(row, 5, "priority")?,
@@ -99,7 +95,7 @@ pub(crate) fn hold(row: &Row) -> Result<Hold, StoreError> {
         captured: amount(row, 3, "captured")?,
         remaining: amount(row, 4, "remaining")?,
         refunded: amount(row, 5, "hold refunded")?,
-        state: HoldState::parse(get(row, 6, "hold state")?).ok_or_else(|| corrupt("hold state"))?,
+        state: HoldState::parse(get(row, 6, "hold state")?).ok_or_else(|| undecodable("hold state"))?,
         expires_at: timestamp(row, 7, "hold expires_at")?,
         created_at: timestamp(row, 8, "hold created_at")?,
         reference: opt_reference(row, 9)?,
@@ -111,9 +107,9 @@ pub(crate) fn hold(row: &Row) -> Result<Hold, StoreError> {
 pub(crate) fn entry(row: &Row) -> Result<Entry, StoreError> {
     let seq: i64 = get(row, 0, "seq")?;
     Ok(Entry {
-        seq: u64::try_from(seq).map_err(|_| corrupt("seq"))?,
+        seq: u64::try_from(seq).map_err(|_| undecodable("seq"))?,
         account_id: account_id(row, 1)?,
-        kind: EntryKind::parse(get(row, 2, "entry kind")?).ok_or_else(|| corrupt("entry kind"))?,
+        kind: EntryKind::parse(get(row, 2, "entry kind")?).ok_or_else(|| undecodable("entry kind"))?,
         amount: amount(row, 3, "entry amount")?,
         hold_id: get::<Option<&str>>(row, 4, "entry hold_id")?.map(hold_id).transpose()?,
         grant_id: get::<Option<&str>>(row, 5, "entry grant_id")?.map(grant_id).transpose()?,

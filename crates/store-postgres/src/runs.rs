@@ -16,6 +16,7 @@
 
 use deadpool_postgres::Transaction;
 use ledger::{AccountId, HoldId, Timestamp};
+use store::codec::undecodable;
 use store::{Artifact, CreateRunRefusal, RunRecord, RunState, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -39,16 +40,12 @@ pub(crate) const UPDATE_RUN: &str =
 pub(crate) const INSERT_ARTIFACT: &str = "INSERT INTO artifacts (artifact_id, account_id, run_id, content_type, \
      bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (artifact_id) DO NOTHING";
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
-}
-
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<T, StoreError> {
-    row.try_get(index).map_err(|_| corrupt(what))
+    row.try_get(index).map_err(|_| undecodable(what))
 }
 
 pub(crate) fn account_id(text: &str) -> Result<AccountId, StoreError> {
-    AccountId::parse(text).map_err(|_| corrupt("account_id"))
+    AccountId::parse(text).map_err(|_| undecodable("account_id"))
 }
 
 /// A run read with [`RUN_COLUMNS`].
@@ -58,11 +55,11 @@ pub(crate) fn run(row: &Row) -> Result<RunRecord, StoreError> {
         run_id: get(row, 0, "run_id")?,
         account_id: account_id(get(row, 1, "run account_id")?)?,
         thread_id: get(row, 2, "run thread_id")?,
-        turn_index: u32::try_from(turn_index).map_err(|_| corrupt("run turn_index"))?,
-        state: RunState::parse(get(row, 4, "run state")?).ok_or_else(|| corrupt("run state"))?,
+        turn_index: u32::try_from(turn_index).map_err(|_| undecodable("run turn_index"))?,
+        state: RunState::parse(get(row, 4, "run state")?).ok_or_else(|| undecodable("run state"))?,
         instance_id: get(row, 5, "run instance_id")?,
         hold_id: get::<Option<&str>>(row, 6, "run hold_id")?
-            .map(|text| HoldId::parse(text).map_err(|_| corrupt("run hold_id")))
+            .map(|text| HoldId::parse(text).map_err(|_| undecodable("run hold_id")))
             .transpose()?,
         created_at: Timestamp::from_micros(get(row, 7, "run created_at")?),
         updated_at: Timestamp::from_micros(get(row, 8, "run updated_at")?),
@@ -105,9 +102,7 @@ pub(crate) async fn create_attempt(transaction: Transaction<'_>, run: &RunRecord
     transaction.execute(&insert_thread, &[&thread_id, &run.account_id.as_str(), &created_at]).await?;
     let Some(owner_row) = transaction.query_opt(&lock_thread, &[&thread_id]).await? else {
         // Inserted or found by the statement before, in this transaction: it cannot be missing.
-        return Err(Failure::Store(StoreError::Corrupt {
-            detail: format!("thread {thread_id} vanished while locked"),
-        }));
+        return Err(Failure::Store(StoreError::corrupt(format!("thread {thread_id} vanished while locked"))));
     };
     let owner: &str = get(&owner_row, 0, "thread account_id")?;
     if owner != run.account_id.as_str() {
@@ -132,8 +127,8 @@ pub(crate) async fn create_attempt(transaction: Transaction<'_>, run: &RunRecord
         return Ok(refused(CreateRunRefusal::DuplicateRunId));
     }
     let turns: i64 = get(&turns, 0, "turn count")?;
-    let turn_index = u32::try_from(turns)
-        .map_err(|_| StoreError::Corrupt { detail: format!("thread {thread_id} has {turns} turns") })?;
+    let turn_index =
+        u32::try_from(turns).map_err(|_| StoreError::corrupt(format!("thread {thread_id} has {turns} turns")))?;
     let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
     let params: [&(dyn ToSql + Sync); 10] = [
         &stored.run_id,

@@ -189,8 +189,8 @@ pub(crate) fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |migration| migration.version)
 }
 
-fn startup(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Startup { detail: format!("{what}: {error}") }
+fn startup(what: &str, error: tokio_postgres::Error) -> StoreError {
+    StoreError::startup(format!("{what}: {error}")).with_source(error)
 }
 
 /// Applies every migration the database lacks, in one transaction holding the advisory lock.
@@ -216,12 +216,10 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError>
         .and_then(|row| row.try_get(0))
         .map_err(|error| startup("cannot read schema_migrations", error))?;
     if current > latest_version() {
-        return Err(StoreError::Startup {
-            detail: format!(
-                "the database schema is at version {current}, newer than this build's {}; upgrade creditgraph",
-                latest_version()
-            ),
-        });
+        return Err(StoreError::startup(format!(
+            "the database schema is at version {current}, newer than this build's {}; upgrade creditgraph",
+            latest_version()
+        )));
     }
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|migration| migration.version > current) {

@@ -16,7 +16,7 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 use store::jobs::{self, JOBS_LIST_MAX};
 use store::{codec, JobRecord, JobWriteRefusal, StoreError};
 
-use crate::rows::{corrupt, sql_error};
+use crate::rows::sql_error;
 
 /// What every read of a job selects: the record, and the two columns it must agree with.
 const JOB_COLUMNS: &str = "job_id, version, data";
@@ -35,7 +35,7 @@ fn decode(row: &Row<'_>) -> Result<JobRecord, StoreError> {
     let data: String = row.get(2).map_err(sql_error)?;
     let job = codec::decode_job(&data)?;
     if job.job_id != job_id || i64::try_from(job.version).ok() != Some(version) {
-        return Err(corrupt(format!("job {job_id}: its row (version {version}) and its record disagree")));
+        return Err(StoreError::corrupt(format!("job {job_id}: its row (version {version}) and its record disagree")));
     }
     Ok(job)
 }
@@ -58,7 +58,9 @@ fn current_version(conn: &Connection, job_id: &str) -> Result<Option<u64>, Store
         .optional()
         .map_err(sql_error)?;
     version
-        .map(|version| u64::try_from(version).map_err(|_| corrupt(format!("job {job_id} version {version}"))))
+        .map(|version| {
+            u64::try_from(version).map_err(|_| StoreError::corrupt(format!("job {job_id} version {version}")))
+        })
         .transpose()
 }
 
@@ -96,7 +98,7 @@ pub(crate) fn write(
         None => 1,
         Some(expected) => expected
             .checked_add(1)
-            .ok_or_else(|| corrupt(format!("job {} version {expected} cannot grow", job.job_id)))?,
+            .ok_or_else(|| StoreError::corrupt(format!("job {} version {expected} cannot grow", job.job_id)))?,
     };
     let stored = JobRecord { version: version.unsigned_abs(), ..job.clone() };
     let data = codec::encode_job(&stored);
@@ -150,9 +152,10 @@ pub(crate) fn claim(
     let claimed = jobs::claimed(&oldest, worker_id, now, lease_until);
     match write(conn, &claimed, Some(oldest.version))? {
         Ok(stored) => Ok(Some(stored)),
-        Err(refusal) => {
-            Err(corrupt(format!("job {} changed under the writer while claimed: {refusal:?}", oldest.job_id)))
-        }
+        Err(refusal) => Err(StoreError::corrupt(format!(
+            "job {} changed under the writer while claimed: {refusal:?}",
+            oldest.job_id
+        ))),
     }
 }
 

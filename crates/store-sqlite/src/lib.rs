@@ -104,11 +104,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Unavailable { detail: "the SQLite writer has stopped (a failed ledger invariant is logged)".to_owned() }
+    StoreError::unavailable("the SQLite writer has stopped (a failed ledger invariant is logged)")
 }
 
 fn unexpected(done: &Done) -> StoreError {
-    StoreError::Unavailable { detail: format!("the SQLite writer answered {done:?} to another job") }
+    StoreError::unavailable(format!("the SQLite writer answered {done:?} to another job"))
 }
 
 /// Takes the owner lock, opens the write connection and migrates.
@@ -125,7 +125,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|error| StoreError::Startup { detail: format!("SQLite start-up task failed: {error}") })?
+        .map_err(|error| StoreError::startup(format!("SQLite start-up task failed: {error}")).with_source(error))?
 }
 
 impl SqliteStore {
@@ -154,7 +154,9 @@ impl SqliteStore {
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
             .spawn(move || writer.run(receiver, owner))
-            .map_err(|error| StoreError::Startup { detail: format!("cannot start the SQLite writer: {error}") })?;
+            .map_err(|error| {
+                StoreError::startup(format!("cannot start the SQLite writer: {error}")).with_source(error)
+            })?;
         tracing::info!(database = %path.display(), durable, batch_max = options.batch_max, "SQLite store open");
         Ok(SqliteStore {
             path,
@@ -172,8 +174,9 @@ impl SqliteStore {
         let requested = path.to_owned();
         blocking(move || {
             let (path, owner, conn) = open_locked(&requested, true)?;
-            conn.close().map_err(|(_, error)| StoreError::Startup {
-                detail: format!("database {}: closing after migration failed: {error}", path.display()),
+            conn.close().map_err(|(_, error)| {
+                StoreError::startup(format!("database {}: closing after migration failed: {error}", path.display()))
+                    .with_source(error)
             })?;
             drop(owner);
             Ok(())
@@ -210,9 +213,7 @@ impl SqliteStore {
     }
 
     async fn submit(&self, work: Work) -> Result<oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
-        let sender = lock(&self.jobs)
-            .clone()
-            .ok_or_else(|| StoreError::Unavailable { detail: "the SQLite store is closed".to_owned() })?;
+        let sender = lock(&self.jobs).clone().ok_or_else(|| StoreError::unavailable("the SQLite store is closed"))?;
         let (reply, receiver) = oneshot::channel();
         sender.send(Job { work, reply }).await.map_err(|_| writer_gone())?;
         Ok(receiver)
@@ -295,7 +296,7 @@ impl LedgerStore for SqliteStore {
                     }
                 }
                 Done::Executed(other) => {
-                    return Err(StoreError::Corrupt { detail: format!("a sweep answered {other:?}") });
+                    return Err(StoreError::corrupt(format!("a sweep answered {other:?}")));
                 }
                 other => return Err(unexpected(&other)),
             }

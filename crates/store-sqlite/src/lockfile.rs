@@ -21,13 +21,14 @@ pub(crate) struct OwnerLock {
 
 /// The canonical database path, so two spellings of one file share one lock file.
 pub(crate) fn resolve(path: &Path) -> Result<PathBuf, StoreError> {
-    let startup = |detail: String| StoreError::Startup { detail };
-    let file_name =
-        path.file_name().ok_or_else(|| startup(format!("database path {} names no file", path.display())))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| StoreError::startup(format!("database path {} names no file", path.display())))?;
     let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let parent = parent
-        .canonicalize()
-        .map_err(|error| startup(format!("database directory {} is not usable: {error}", parent.display())))?;
+    let parent = parent.canonicalize().map_err(|error| {
+        StoreError::startup(format!("database directory {} is not usable: {error}", parent.display()))
+            .with_source(error)
+    })?;
     let joined = parent.join(file_name);
     // Follow a symlinked database file to the real one; a missing file is created later.
     Ok(joined.canonicalize().unwrap_or(joined))
@@ -44,7 +45,7 @@ pub(crate) fn acquire(database: &Path) -> Result<OwnerLock, StoreError> {
     let path = lock_path(database);
     let mut file =
         OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|error| {
-            StoreError::Startup { detail: format!("cannot open lock file {}: {error}", path.display()) }
+            StoreError::startup(format!("cannot open lock file {}: {error}", path.display())).with_source(error)
         })?;
     match file.try_lock() {
         Ok(()) => {}
@@ -55,17 +56,15 @@ pub(crate) fn acquire(database: &Path) -> Result<OwnerLock, StoreError> {
                 "" => String::new(),
                 pid => format!(" (pid {pid})"),
             };
-            return Err(StoreError::Startup {
-                detail: format!(
-                    "database {} is in use by another creditgraph process{holder}: its lock file {} is held; \
+            return Err(StoreError::startup(format!(
+                "database {} is in use by another creditgraph process{holder}: its lock file {} is held; \
                      stop that process or use another database",
-                    database.display(),
-                    path.display()
-                ),
-            });
+                database.display(),
+                path.display()
+            )));
         }
         Err(TryLockError::Error(error)) => {
-            return Err(StoreError::Startup { detail: format!("cannot lock {}: {error}", path.display()) });
+            return Err(StoreError::startup(format!("cannot lock {}: {error}", path.display())).with_source(error));
         }
     }
     // Best effort: the pid only improves the message another process prints.

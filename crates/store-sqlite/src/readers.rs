@@ -22,7 +22,7 @@ pub(crate) struct Readers {
 }
 
 fn closed_error() -> StoreError {
-    StoreError::Unavailable { detail: "the SQLite store is closed".to_owned() }
+    StoreError::unavailable("the SQLite store is closed")
 }
 
 impl Readers {
@@ -49,7 +49,7 @@ impl Readers {
             let conn = match pooled {
                 Some(conn) => conn,
                 None => schema::open_reader(&readers.path)
-                    .map_err(|error| StoreError::Unavailable { detail: error.to_string() })?,
+                    .map_err(|error| StoreError::unavailable(error.to_string()).with_source(error))?,
             };
             let result = read(&conn);
             if !readers.closed.load(Ordering::Acquire) {
@@ -57,7 +57,8 @@ impl Readers {
             }
             result
         });
-        task.await.map_err(|error| StoreError::Unavailable { detail: format!("SQLite read task failed: {error}") })?
+        task.await
+            .map_err(|error| StoreError::unavailable(format!("SQLite read task failed: {error}")).with_source(error))?
     }
 
     /// Refuses new reads and closes idle connections; reads in flight finish normally.

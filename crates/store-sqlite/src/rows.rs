@@ -28,20 +28,13 @@ pub(crate) fn sql_error(error: rusqlite::Error) -> StoreError {
         | rusqlite::Error::IntegralValueOutOfRange(..) => true,
         _ => false,
     };
-    if corrupt {
-        StoreError::Corrupt { detail }
-    } else {
-        StoreError::Unavailable { detail }
-    }
-}
-
-pub(crate) fn corrupt(detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { detail: detail.into() }
+    let mapped = if corrupt { StoreError::corrupt(detail) } else { StoreError::unavailable(detail) };
+    mapped.with_source(error)
 }
 
 /// Amounts are capped by the ledger far below `i64::MAX`; a larger one is a broken invariant.
 pub(crate) fn amount_to_sql(amount: Amount) -> Result<i64, StoreError> {
-    i64::try_from(amount.micros()).map_err(|_| corrupt(format!("amount {amount} does not fit a column")))
+    i64::try_from(amount.micros()).map_err(|_| StoreError::corrupt(format!("amount {amount} does not fit a column")))
 }
 
 fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Result<T, StoreError> {
@@ -50,7 +43,7 @@ fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Result<T, St
 
 fn get_amount(row: &Row<'_>, index: usize, what: &str) -> Result<Amount, StoreError> {
     let micros: i64 = get(row, index)?;
-    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(format!("negative {what} {micros}")))
+    u64::try_from(micros).map(Amount::from_micros).map_err(|_| StoreError::corrupt(format!("negative {what} {micros}")))
 }
 
 fn get_time(row: &Row<'_>, index: usize) -> Result<Timestamp, StoreError> {
@@ -60,12 +53,12 @@ fn get_time(row: &Row<'_>, index: usize) -> Result<Timestamp, StoreError> {
 fn get_reference(row: &Row<'_>, index: usize) -> Result<Option<Reference>, StoreError> {
     match get::<Option<String>>(row, index)? {
         None => Ok(None),
-        Some(text) => Reference::parse(&text).map(Some).map_err(|error| corrupt(format!("stored {error}"))),
+        Some(text) => Reference::parse(&text).map(Some).map_err(|error| StoreError::corrupt(format!("stored {error}"))),
     }
 }
 
 fn parse_account_id(text: &str) -> Result<AccountId, StoreError> {
-    AccountId::parse(text).map_err(|error| corrupt(format!("stored {error}")))
+    AccountId::parse(text).map_err(|error| StoreError::corrupt(format!("stored {error}")))
 }
 
 fn get_account_id(row: &Row<'_>, index: usize) -> Result<AccountId, StoreError> {
@@ -73,11 +66,11 @@ fn get_account_id(row: &Row<'_>, index: usize) -> Result<AccountId, StoreError> 
 }
 
 fn get_hold_id(row: &Row<'_>, index: usize) -> Result<HoldId, StoreError> {
-    HoldId::parse(&get::<String>(row, index)?).map_err(|error| corrupt(format!("stored {error}")))
+    HoldId::parse(&get::<String>(row, index)?).map_err(|error| StoreError::corrupt(format!("stored {error}")))
 }
 
 fn get_grant_id(row: &Row<'_>, index: usize) -> Result<GrantId, StoreError> {
-    GrantId::parse(&get::<String>(row, index)?).map_err(|error| corrupt(format!("stored {error}")))
+    GrantId::parse(&get::<String>(row, index)?).map_err(|error| StoreError::corrupt(format!("stored {error}")))
 }
 
 /// Runs a query and decodes every row with a decoder that may fail with a [`StoreError`].
@@ -102,7 +95,7 @@ fn decode_grant(row: &Row<'_>) -> Result<Grant, StoreError> {
     Ok(Grant {
         grant_id: get_grant_id(row, 0)?,
         account_id: get_account_id(row, 1)?,
-        kind: GrantKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown grant kind {kind:?}")))?,
+        kind: GrantKind::parse(&kind).ok_or_else(|| StoreError::corrupt(format!("unknown grant kind {kind:?}")))?,
         amount: get_amount(row, 3, "grant amount")?,
         free: get_amount(row, 4, "grant free part")?,
         priority: get(row, 5)?,
@@ -128,7 +121,7 @@ fn decode_hold(row: &Row<'_>) -> Result<Hold, StoreError> {
         captured: get_amount(row, 3, "hold captured")?,
         remaining: get_amount(row, 4, "hold remaining")?,
         refunded: get_amount(row, 5, "hold refunded")?,
-        state: HoldState::parse(&state).ok_or_else(|| corrupt(format!("unknown hold state {state:?}")))?,
+        state: HoldState::parse(&state).ok_or_else(|| StoreError::corrupt(format!("unknown hold state {state:?}")))?,
         expires_at: get_time(row, 7)?,
         created_at: get_time(row, 8)?,
         reference: get_reference(row, 9)?,
@@ -152,9 +145,9 @@ fn decode_entry(row: &Row<'_>) -> Result<Entry, StoreError> {
         Some(_) => Some(get_grant_id(row, 5)?),
     };
     Ok(Entry {
-        seq: u64::try_from(seq).map_err(|_| corrupt(format!("entry seq {seq}")))?,
+        seq: u64::try_from(seq).map_err(|_| StoreError::corrupt(format!("entry seq {seq}")))?,
         account_id: get_account_id(row, 1)?,
-        kind: EntryKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown entry kind {kind:?}")))?,
+        kind: EntryKind::parse(&kind).ok_or_else(|| StoreError::corrupt(format!("unknown entry kind {kind:?}")))?,
         amount: get_amount(row, 3, "entry amount")?,
         hold_id,
         grant_id,
@@ -251,7 +244,9 @@ pub(crate) fn free_sum(conn: &Connection, account_id: &AccountId) -> Result<Amou
     let mut statement =
         conn.prepare_cached("SELECT COALESCE(SUM(free), 0) FROM grants WHERE account_id = ?1").map_err(sql_error)?;
     let micros: i64 = statement.query_row([account_id.as_str()], |row| row.get(0)).map_err(sql_error)?;
-    u64::try_from(micros).map(Amount::from_micros).map_err(|_| corrupt(format!("negative free sum {micros}")))
+    u64::try_from(micros)
+        .map(Amount::from_micros)
+        .map_err(|_| StoreError::corrupt(format!("negative free sum {micros}")))
 }
 
 pub(crate) fn entries(
@@ -362,7 +357,7 @@ pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> Result<(), Store
         ])
         .map_err(sql_error)?;
     if written != 1 {
-        return Err(corrupt(format!("grant id {} already belongs to another account", grant.grant_id)));
+        return Err(StoreError::corrupt(format!("grant id {} already belongs to another account", grant.grant_id)));
     }
     Ok(())
 }
@@ -397,7 +392,7 @@ pub(crate) fn upsert_hold(conn: &Connection, hold: &Hold) -> Result<(), StoreErr
         ])
         .map_err(sql_error)?;
     if written != 1 {
-        return Err(corrupt(format!("hold id {} already belongs to another account", hold.hold_id)));
+        return Err(StoreError::corrupt(format!("hold id {} already belongs to another account", hold.hold_id)));
     }
     Ok(())
 }

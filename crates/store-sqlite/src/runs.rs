@@ -10,7 +10,7 @@ use ledger::{AccountId, HoldId, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use store::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, StoreError, HOLD_UNRESOLVED_MARKER};
 
-use crate::rows::{corrupt, sql_error};
+use crate::rows::sql_error;
 
 const RUN_COLUMNS: &str =
     "run_id, account_id, thread_id, turn_index, state, instance_id, hold_id, created_at, updated_at, data";
@@ -21,7 +21,7 @@ fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Result<T, St
 }
 
 fn get_account_id(row: &Row<'_>, index: usize) -> Result<AccountId, StoreError> {
-    AccountId::parse(&get::<String>(row, index)?).map_err(|error| corrupt(format!("stored {error}")))
+    AccountId::parse(&get::<String>(row, index)?).map_err(|error| StoreError::corrupt(format!("stored {error}")))
 }
 
 fn decode_run(row: &Row<'_>) -> Result<RunRecord, StoreError> {
@@ -29,14 +29,15 @@ fn decode_run(row: &Row<'_>) -> Result<RunRecord, StoreError> {
     let state: String = get(row, 4)?;
     let hold_id = match get::<Option<String>>(row, 6)? {
         None => None,
-        Some(text) => Some(HoldId::parse(&text).map_err(|error| corrupt(format!("stored run {error}")))?),
+        Some(text) => Some(HoldId::parse(&text).map_err(|error| StoreError::corrupt(format!("stored run {error}")))?),
     };
     Ok(RunRecord {
         run_id: get(row, 0)?,
         account_id: get_account_id(row, 1)?,
         thread_id: get(row, 2)?,
-        turn_index: u32::try_from(turn_index).map_err(|_| corrupt(format!("run turn_index {turn_index}")))?,
-        state: RunState::parse(&state).ok_or_else(|| corrupt(format!("unknown run state {state:?}")))?,
+        turn_index: u32::try_from(turn_index)
+            .map_err(|_| StoreError::corrupt(format!("run turn_index {turn_index}")))?,
+        state: RunState::parse(&state).ok_or_else(|| StoreError::corrupt(format!("unknown run state {state:?}")))?,
         instance_id: get(row, 5)?,
         hold_id,
         created_at: Timestamp::from_micros(get(row, 7)?),
@@ -116,7 +117,7 @@ pub(crate) fn create_run(
         .query_row([&run.thread_id], |row| row.get(0))
         .map_err(sql_error)?;
     let turn_index =
-        u32::try_from(turns).map_err(|_| corrupt(format!("thread {} has {turns} turns", run.thread_id)))?;
+        u32::try_from(turns).map_err(|_| StoreError::corrupt(format!("thread {} has {turns} turns", run.thread_id)))?;
     let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
     let sql = format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
     conn.prepare_cached(&sql)
@@ -148,7 +149,10 @@ pub(crate) fn update_run(conn: &Connection, run: &RunRecord) -> Result<bool, Sto
             .map_err(sql_error)?;
         let Some(thread_id) = thread_id else { return Ok(false) };
         if let Some(running) = running_run(conn, &thread_id, Some(&run.run_id))? {
-            return Err(corrupt(format!("run {} cannot run while run {running} of its thread runs", run.run_id)));
+            return Err(StoreError::corrupt(format!(
+                "run {} cannot run while run {running} of its thread runs",
+                run.run_id
+            )));
         }
     }
     let updated = conn
@@ -182,7 +186,7 @@ pub(crate) fn put_artifact(conn: &Connection, artifact: &Artifact) -> Result<(),
         ])
         .map_err(sql_error)?;
     if inserted != 1 {
-        return Err(corrupt(format!("artifact {} exists", artifact.artifact_id)));
+        return Err(StoreError::corrupt(format!("artifact {} exists", artifact.artifact_id)));
     }
     Ok(())
 }
@@ -199,7 +203,9 @@ pub(crate) fn thread_account(conn: &Connection, thread_id: &str) -> Result<Optio
         .query_row([thread_id], |row| row.get(0))
         .optional()
         .map_err(sql_error)?;
-    owner.map(|text| AccountId::parse(&text).map_err(|error| corrupt(format!("stored thread {error}")))).transpose()
+    owner
+        .map(|text| AccountId::parse(&text).map_err(|error| StoreError::corrupt(format!("stored thread {error}"))))
+        .transpose()
 }
 
 pub(crate) fn thread_runs(

@@ -24,8 +24,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_holds_by_account.sql")),
 ];
 
-fn startup(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Startup { detail: format!("database {}: {what}: {error}", path.display()) }
+fn refused(path: &Path, what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::startup(format!("database {}: {what}: {detail}", path.display()))
+}
+
+fn startup(path: &Path, what: &str, error: rusqlite::Error) -> StoreError {
+    refused(path, what, &error).with_source(error)
 }
 
 /// Opens the write connection: creates the file if missing, switches to WAL, sets durability.
@@ -37,7 +41,7 @@ pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, Stor
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(|error| startup(path, "cannot switch to WAL (is it a SQLite database?)", error))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(startup(path, "journal mode", format!("WAL refused, got {mode}")));
+        return Err(refused(path, "journal mode", format!("WAL refused, got {mode}")));
     }
     // FULL: a commit is on disk (the WAL is fsynced) before any reply leaves the writer.
     let synchronous = if durable { "FULL" } else { "OFF" };
@@ -103,7 +107,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         .map_err(fail)?;
     let latest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
     if current > latest {
-        return Err(startup(
+        return Err(refused(
             path,
             "schema too new",
             format!("version {current}, this creditgraph knows versions up to {latest}; upgrade creditgraph"),

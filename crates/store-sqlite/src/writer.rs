@@ -32,7 +32,7 @@ use store::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lockfile::OwnerLock;
-use crate::rows::{self, corrupt, sql_error};
+use crate::rows::{self, sql_error};
 use crate::{jobs, runs};
 
 /// What a job asks the writer to do.
@@ -478,15 +478,15 @@ impl Writer {
         if !changes.is_empty() {
             rows::upsert_account(&self.conn, &state)?;
             for grant_id in &changes.grants {
-                let grant = state
-                    .grant(grant_id)
-                    .ok_or_else(|| corrupt(format!("the ledger changed grant {grant_id}, which it did not return")))?;
+                let grant = state.grant(grant_id).ok_or_else(|| {
+                    StoreError::corrupt(format!("the ledger changed grant {grant_id}, which it did not return"))
+                })?;
                 rows::upsert_grant(&self.conn, grant)?;
             }
             for hold_id in &changes.holds {
-                let hold = state
-                    .hold(hold_id)
-                    .ok_or_else(|| corrupt(format!("the ledger changed hold {hold_id}, which it did not return")))?;
+                let hold = state.hold(hold_id).ok_or_else(|| {
+                    StoreError::corrupt(format!("the ledger changed hold {hold_id}, which it did not return"))
+                })?;
                 rows::upsert_hold(&self.conn, hold)?;
             }
             for entry in &changes.entries {
@@ -503,7 +503,7 @@ impl Writer {
         self.cache.clear();
         tracing::error!(%error, "SQLite batch did not commit");
         for reply in replies {
-            let _ = reply.send(Err(StoreError::Unavailable { detail: format!("the batch did not commit: {error}") }));
+            let _ = reply.send(Err(StoreError::unavailable(format!("the batch did not commit: {error}"))));
         }
     }
 }
@@ -593,7 +593,9 @@ mod tests {
         let [granted_a, failed, held, rejected, granted_c] = answers.try_into().expect("five answers");
 
         assert!(matches!(answer(granted_a), Ok(Executed::Fresh(Ok(Outcome::Granted { .. })))));
-        assert!(matches!(answer(failed), Err(StoreError::Corrupt { detail }) if detail.contains("injected failure")));
+        assert!(
+            matches!(answer(failed), Err(StoreError::Corrupt { detail, .. }) if detail.contains("injected failure"))
+        );
         assert!(matches!(answer(held), Ok(Executed::Fresh(Ok(Outcome::Held { .. })))));
         assert!(matches!(answer(rejected), Ok(Executed::Fresh(Err(Rejection::InsufficientCredits { .. })))));
         assert!(matches!(answer(granted_c), Ok(Executed::Fresh(Ok(Outcome::Granted { .. })))));
@@ -860,7 +862,7 @@ mod tests {
         .unzip();
         writer.run_batch(jobs);
         let [failed, whole] = answers.try_into().expect("two answers");
-        assert!(matches!(done(failed), Err(StoreError::Corrupt { detail }) if detail.contains("injected failure")));
+        assert!(matches!(done(failed), Err(StoreError::Corrupt { detail, .. }) if detail.contains("injected failure")));
         // Had the cache kept the rolled-back capture of 30, nothing would remain to capture.
         assert!(matches!(done(whole), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Captured { .. }))))));
         assert_eq!(stored_jobs(&writer), Vec::<String>::new());

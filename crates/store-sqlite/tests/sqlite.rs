@@ -69,7 +69,7 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
     let other_spelling = dir.path().join(".").join("ledger.db");
     for attempt in [&path, &other_spelling] {
         match SqliteStore::open(attempt, clock.clone(), SqliteOptions::default()).await {
-            Err(StoreError::Startup { detail }) => {
+            Err(StoreError::Startup { detail, .. }) => {
                 assert!(detail.contains("is in use by another creditgraph process"), "{detail}");
                 assert!(detail.contains("ledger.db"), "{detail}");
                 assert!(detail.contains(&std::process::id().to_string()), "names the holder's pid: {detail}");
@@ -79,7 +79,7 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
         }
     }
     match SqliteStore::migrate_only(&path).await {
-        Err(StoreError::Startup { detail }) => assert!(detail.contains("in use"), "{detail}"),
+        Err(StoreError::Startup { detail, .. }) => assert!(detail.contains("in use"), "{detail}"),
         other => panic!("migrate_only must refuse while the file is owned, got {other:?}"),
     }
 
@@ -112,21 +112,22 @@ fn run_child(path: &Path) -> i32 {
 async fn a_second_process_is_refused_until_the_first_closes() {
     if let Some(path) = std::env::var_os(CHILD_DATABASE) {
         // The child: report how opening went through the exit status.
-        let code =
-            match SqliteStore::open(Path::new(&path), Arc::new(store::SystemClock), SqliteOptions::default()).await {
-                Ok(store) => {
-                    store.close().await;
-                    CHILD_OPENED
-                }
-                Err(StoreError::Startup { detail }) if detail.contains("is in use by another creditgraph process") => {
-                    println!("refused: {detail}");
-                    CHILD_REFUSED
-                }
-                Err(other) => {
-                    println!("failed: {other}");
-                    CHILD_FAILED
-                }
-            };
+        let code = match SqliteStore::open(Path::new(&path), Arc::new(store::SystemClock), SqliteOptions::default())
+            .await
+        {
+            Ok(store) => {
+                store.close().await;
+                CHILD_OPENED
+            }
+            Err(StoreError::Startup { detail, .. }) if detail.contains("is in use by another creditgraph process") => {
+                println!("refused: {detail}");
+                CHILD_REFUSED
+            }
+            Err(other) => {
+                println!("failed: {other}");
+                CHILD_FAILED
+            }
+        };
         std::process::exit(code);
     }
     let (_dir, path) = database();
@@ -287,7 +288,7 @@ async fn a_failing_job_rolls_back_alone() {
     for task in tasks {
         let (index, answer) = task.await.expect("the task finishes");
         match (index % 3, answer) {
-            (0, Err(StoreError::Corrupt { detail })) => assert!(detail.contains("injected failure"), "{detail}"),
+            (0, Err(StoreError::Corrupt { detail, .. })) => assert!(detail.contains("injected failure"), "{detail}"),
             (1, Ok(Executed::Fresh(Ok(Outcome::Held { .. })))) => held += 1,
             (1, Ok(Executed::Fresh(Err(Rejection::InsufficientCredits { .. })))) => {}
             (2, Ok(Executed::Fresh(Ok(Outcome::Granted { created: true, .. })))) => {}

@@ -13,8 +13,10 @@ use serde_json::{json, Map, Value};
 use crate::jobs::{JobRecord, JobStatus};
 use crate::StoreError;
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt { detail: format!("undecodable stored {what}") }
+/// A stored value that does not decode: [`StoreError::corrupt`] with the wording every adapter
+/// uses for it (`what` names the value).
+pub fn undecodable(what: &str) -> StoreError {
+    StoreError::corrupt(format!("undecodable stored {what}"))
 }
 
 pub fn encode_allocations(allocations: &[Allocation]) -> String {
@@ -26,15 +28,15 @@ pub fn encode_allocations(allocations: &[Allocation]) -> String {
 }
 
 pub fn decode_allocations(text: &str) -> Result<Vec<Allocation>, StoreError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| corrupt("allocations"))?;
-    let list = value.as_array().ok_or_else(|| corrupt("allocations"))?;
+    let value: Value = serde_json::from_str(text).map_err(|error| undecodable("allocations").with_source(error))?;
+    let list = value.as_array().ok_or_else(|| undecodable("allocations"))?;
     list.iter()
         .map(|item| {
             let grant_id = item.get(0).and_then(Value::as_str).and_then(|id| GrantId::parse(id).ok());
             let micros = item.get(1).and_then(Value::as_u64);
             match (grant_id, micros) {
                 (Some(grant_id), Some(micros)) => Ok(Allocation { grant_id, amount: Amount::from_micros(micros) }),
-                _ => Err(corrupt("allocation")),
+                _ => Err(undecodable("allocation")),
             }
         })
         .collect()
@@ -134,22 +136,22 @@ struct Fields<'a>(&'a Map<String, Value>);
 
 impl Fields<'_> {
     fn value(&self, name: &str) -> Result<&Value, StoreError> {
-        self.0.get(name).ok_or_else(|| corrupt(name))
+        self.0.get(name).ok_or_else(|| undecodable(name))
     }
     fn u64(&self, name: &str) -> Result<u64, StoreError> {
-        self.value(name)?.as_u64().ok_or_else(|| corrupt(name))
+        self.value(name)?.as_u64().ok_or_else(|| undecodable(name))
     }
     fn i64(&self, name: &str) -> Result<i64, StoreError> {
-        self.value(name)?.as_i64().ok_or_else(|| corrupt(name))
+        self.value(name)?.as_i64().ok_or_else(|| undecodable(name))
     }
     fn amount(&self, name: &str) -> Result<Amount, StoreError> {
         self.u64(name).map(Amount::from_micros)
     }
     fn str(&self, name: &str) -> Result<&str, StoreError> {
-        self.value(name)?.as_str().ok_or_else(|| corrupt(name))
+        self.value(name)?.as_str().ok_or_else(|| undecodable(name))
     }
     fn bool(&self, name: &str) -> Result<bool, StoreError> {
-        self.value(name)?.as_bool().ok_or_else(|| corrupt(name))
+        self.value(name)?.as_bool().ok_or_else(|| undecodable(name))
     }
     fn ts(&self, name: &str) -> Result<Timestamp, StoreError> {
         self.i64(name).map(Timestamp::from_micros)
@@ -157,34 +159,36 @@ impl Fields<'_> {
     fn opt_ts(&self, name: &str) -> Result<Option<Timestamp>, StoreError> {
         match self.value(name)? {
             Value::Null => Ok(None),
-            other => other.as_i64().map(|micros| Some(Timestamp::from_micros(micros))).ok_or_else(|| corrupt(name)),
+            other => other.as_i64().map(|micros| Some(Timestamp::from_micros(micros))).ok_or_else(|| undecodable(name)),
         }
     }
     fn opt_ref(&self, name: &str) -> Result<Option<Reference>, StoreError> {
         match self.value(name)? {
             Value::Null => Ok(None),
-            other => other.as_str().and_then(|text| Reference::parse(text).ok()).map(Some).ok_or_else(|| corrupt(name)),
+            other => {
+                other.as_str().and_then(|text| Reference::parse(text).ok()).map(Some).ok_or_else(|| undecodable(name))
+            }
         }
     }
     fn opt_str(&self, name: &str) -> Result<Option<&str>, StoreError> {
         match self.value(name)? {
             Value::Null => Ok(None),
-            other => other.as_str().map(Some).ok_or_else(|| corrupt(name)),
+            other => other.as_str().map(Some).ok_or_else(|| undecodable(name)),
         }
     }
     fn object(&self, name: &str) -> Result<Fields<'_>, StoreError> {
-        self.value(name)?.as_object().map(Fields).ok_or_else(|| corrupt(name))
+        self.value(name)?.as_object().map(Fields).ok_or_else(|| undecodable(name))
     }
 }
 
 fn decode_grant(fields: &Fields<'_>) -> Result<Grant, StoreError> {
     Ok(Grant {
-        grant_id: GrantId::parse(fields.str("grant_id")?).map_err(|_| corrupt("grant_id"))?,
-        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,
-        kind: GrantKind::parse(fields.str("kind")?).ok_or_else(|| corrupt("kind"))?,
+        grant_id: GrantId::parse(fields.str("grant_id")?).map_err(|_| undecodable("grant_id"))?,
+        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("account_id"))?,
+        kind: GrantKind::parse(fields.str("kind")?).ok_or_else(|| undecodable("kind"))?,
         amount: fields.amount("amount")?,
         free: fields.amount("free")?,
-        priority: i32::try_from(fields.i64("priority")?).map_err(|_| corrupt("priority"))?,
+        priority: i32::try_from(fields.i64("priority")?).map_err(|_| undecodable("priority"))?,
         expires_at: fields.opt_ts("expires_at")?,
         created_at: fields.ts("created_at")?,
         reference: fields.opt_ref("reference")?,
@@ -195,13 +199,13 @@ fn decode_grant(fields: &Fields<'_>) -> Result<Grant, StoreError> {
 
 fn decode_hold(fields: &Fields<'_>) -> Result<Hold, StoreError> {
     Ok(Hold {
-        hold_id: HoldId::parse(fields.str("hold_id")?).map_err(|_| corrupt("hold_id"))?,
-        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,
+        hold_id: HoldId::parse(fields.str("hold_id")?).map_err(|_| undecodable("hold_id"))?,
+        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("account_id"))?,
         amount: fields.amount("amount")?,
         captured: fields.amount("captured")?,
         remaining: fields.amount("remaining")?,
         refunded: fields.amount("refunded")?,
-        state: HoldState::parse(fields.str("state")?).ok_or_else(|| corrupt("state"))?,
+        state: HoldState::parse(fields.str("state")?).ok_or_else(|| undecodable("state"))?,
         expires_at: fields.ts("expires_at")?,
         created_at: fields.ts("created_at")?,
         reference: fields.opt_ref("reference")?,
@@ -212,8 +216,8 @@ fn decode_hold(fields: &Fields<'_>) -> Result<Hold, StoreError> {
 
 /// Decodes what [`encode_result`] wrote.
 pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| corrupt("result"))?;
-    let fields = Fields(value.as_object().ok_or_else(|| corrupt("result"))?);
+    let value: Value = serde_json::from_str(text).map_err(|error| undecodable("result").with_source(error))?;
+    let fields = Fields(value.as_object().ok_or_else(|| undecodable("result"))?);
     if let Some(kind) = fields.0.get("ok").and_then(Value::as_str) {
         let outcome = match kind {
             "granted" => {
@@ -226,7 +230,7 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
             }
             "extended" => Outcome::Extended { hold: decode_hold(&fields.object("hold")?)? },
             "debited" => Outcome::Debited {
-                account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("account_id"))?,
+                account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("account_id"))?,
                 amount: fields.amount("amount")?,
                 balances: Balances {
                     balance: fields.amount("balance")?,
@@ -238,7 +242,7 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
                 Outcome::Refunded { grant: decode_grant(&fields.object("grant")?)?, created: fields.bool("created")? }
             }
             "swept" => Outcome::Swept { entries: usize::try_from(fields.u64("entries")?).unwrap_or(usize::MAX) },
-            _ => return Err(corrupt("result kind")),
+            _ => return Err(undecodable("result kind")),
         };
         return Ok(Ok(outcome));
     }
@@ -249,9 +253,9 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
         },
         "account_not_found" => Rejection::AccountNotFound,
         "hold_not_found" => Rejection::HoldNotFound,
-        "hold_not_pending" => {
-            Rejection::HoldNotPending { state: HoldState::parse(fields.str("state")?).ok_or_else(|| corrupt("state"))? }
-        }
+        "hold_not_pending" => Rejection::HoldNotPending {
+            state: HoldState::parse(fields.str("state")?).ok_or_else(|| undecodable("state"))?,
+        },
         "hold_expired" => Rejection::HoldExpired,
         "amount_exceeds_hold" => Rejection::AmountExceedsHold {
             requested: fields.amount("requested")?,
@@ -263,7 +267,7 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
         },
         "balance_limit" => Rejection::BalanceLimit,
         "expiry_not_in_future" => Rejection::ExpiryNotInFuture,
-        _ => return Err(corrupt("rejection kind")),
+        _ => return Err(undecodable("rejection kind")),
     };
     Ok(Err(rejection))
 }
@@ -309,27 +313,27 @@ pub fn encode_job(job: &JobRecord) -> String {
 
 /// Decodes what [`encode_job`] wrote.
 pub fn decode_job(text: &str) -> Result<JobRecord, StoreError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| corrupt("job"))?;
-    let fields = Fields(value.as_object().ok_or_else(|| corrupt("job"))?);
+    let value: Value = serde_json::from_str(text).map_err(|error| undecodable("job").with_source(error))?;
+    let fields = Fields(value.as_object().ok_or_else(|| undecodable("job"))?);
     let owned = |name: &str| fields.str(name).map(str::to_owned);
     let opt_owned = |name: &str| fields.opt_str(name).map(|text| text.map(str::to_owned));
     Ok(JobRecord {
         job_id: owned("job_id")?,
-        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| corrupt("job account_id"))?,
+        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("job account_id"))?,
         thread_id: owned("thread_id")?,
         run_id: owned("run_id")?,
-        hold_id: HoldId::parse(fields.str("hold_id")?).map_err(|_| corrupt("job hold_id"))?,
+        hold_id: HoldId::parse(fields.str("hold_id")?).map_err(|_| undecodable("job hold_id"))?,
         price: fields.amount("price")?,
-        status: JobStatus::parse(fields.str("status")?).ok_or_else(|| corrupt("job status"))?,
+        status: JobStatus::parse(fields.str("status")?).ok_or_else(|| undecodable("job status"))?,
         stage: owned("stage")?,
-        progress_percent: u8::try_from(fields.u64("progress_percent")?).map_err(|_| corrupt("progress_percent"))?,
+        progress_percent: u8::try_from(fields.u64("progress_percent")?).map_err(|_| undecodable("progress_percent"))?,
         input: owned("input")?,
         lease_holder: opt_owned("lease_holder")?,
         lease_expires_at: fields.opt_ts("lease_expires_at")?,
         heartbeat_at: fields.opt_ts("heartbeat_at")?,
         cancel_requested: fields.bool("cancel_requested")?,
         retry_source_job_id: opt_owned("retry_source_job_id")?,
-        attempts: u32::try_from(fields.u64("attempts")?).map_err(|_| corrupt("attempts"))?,
+        attempts: u32::try_from(fields.u64("attempts")?).map_err(|_| undecodable("attempts"))?,
         run_after: fields.ts("run_after")?,
         error_stage: opt_owned("error_stage")?,
         error_code: opt_owned("error_code")?,
@@ -395,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn damaged_job_text_is_corrupt() {
+    fn damaged_job_text_is_undecodable() {
         let text = encode_job(&job());
         let damaged = [
             text.replace("\"status\":\"canceled\"", "\"status\":\"paused\""),

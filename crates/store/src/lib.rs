@@ -16,6 +16,8 @@ pub mod jobs;
 pub mod memory;
 pub mod runs;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use ledger::{
     AccountId, AccountState, Balances, Command, Entry, Hold, HoldId, Outcome, Rejection, Timestamp, Violation,
@@ -103,20 +105,88 @@ pub struct VerifyReport {
     pub violations: Vec<Violation>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// The cause kept inside a [`StoreError`]: usually the driver's own error. Shared rather than
+/// boxed so that one failure of a batch can answer every request of the batch with its cause.
+pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a store could not answer. `detail` is complete on its own (logs and problem details read
+/// it); `source`, when set, is the error that caused it, for callers that walk the chain.
+///
+/// Build one with [`StoreError::unavailable`], [`StoreError::contention`],
+/// [`StoreError::corrupt`] or [`StoreError::startup`], and attach a cause with
+/// [`StoreError::with_source`].
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or refused the operation; retrying later may work.
     #[error("store unavailable: {detail}")]
-    Unavailable { detail: String },
+    Unavailable {
+        detail: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
     /// Retries on serialization failures or deadlocks ran out.
     #[error("store contention: {detail}")]
-    Contention { detail: String },
-    /// Stored data does not decode: a bug or tampering; never retried.
+    Contention {
+        detail: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// Stored data does not decode or breaks a rule of the schema: a bug or tampering; never
+    /// retried.
     #[error("store corrupt: {detail}")]
-    Corrupt { detail: String },
+    Corrupt {
+        detail: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
     /// The store cannot start (bad URL, another process owns the file, failed migration).
     #[error("store cannot start: {detail}")]
-    Startup { detail: String },
+    Startup {
+        detail: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(detail: impl Into<String>) -> StoreError {
+        StoreError::Unavailable { detail: detail.into(), source: None }
+    }
+
+    pub fn contention(detail: impl Into<String>) -> StoreError {
+        StoreError::Contention { detail: detail.into(), source: None }
+    }
+
+    /// The one constructor of [`StoreError::Corrupt`] (see also [`codec::undecodable`]).
+    pub fn corrupt(detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt { detail: detail.into(), source: None }
+    }
+
+    pub fn startup(detail: impl Into<String>) -> StoreError {
+        StoreError::Startup { detail: detail.into(), source: None }
+    }
+
+    /// The same error, caused by `cause` (replacing any cause it had).
+    pub fn with_source(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        let cause: ErrorSource = Arc::new(cause);
+        match &mut self {
+            StoreError::Unavailable { source, .. }
+            | StoreError::Contention { source, .. }
+            | StoreError::Corrupt { source, .. }
+            | StoreError::Startup { source, .. } => *source = Some(cause),
+        }
+        self
+    }
+
+    /// The error's own description, without its kind or its cause.
+    pub fn detail(&self) -> &str {
+        match self {
+            StoreError::Unavailable { detail, .. }
+            | StoreError::Contention { detail, .. }
+            | StoreError::Corrupt { detail, .. }
+            | StoreError::Startup { detail, .. } => detail,
+        }
+    }
 }
 
 /// One ledger backend. Every method reads time from the store's own [`Clock`].
@@ -147,4 +217,25 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// A short name for logs ("sqlite", "postgres", "memory").
     fn backend(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::StoreError;
+
+    #[test]
+    fn a_cause_is_kept_as_the_source_and_left_out_of_the_message() {
+        let cause = std::io::Error::other("disk on fire");
+        let error = StoreError::unavailable("cannot write").with_source(cause);
+        assert_eq!(error.to_string(), "store unavailable: cannot write");
+        assert_eq!(error.detail(), "cannot write");
+        let source = error.source().expect("the cause is the source");
+        assert_eq!(source.to_string(), "disk on fire");
+        assert!(StoreError::corrupt("bad row").source().is_none());
+        // A batch answers each of its requests with a copy of its one failure, cause included.
+        let copy = error.clone();
+        assert_eq!(copy.source().map(ToString::to_string), Some("disk on fire".to_owned()));
+    }
 }

@@ -289,7 +289,7 @@ impl RunStore for MemoryStore {
             .entry(run.thread_id.clone())
             .or_insert_with(|| Thread { account_id: run.account_id.clone(), run_ids: Vec::new() });
         let turn_index = u32::try_from(thread.run_ids.len())
-            .map_err(|_| StoreError::Corrupt { detail: format!("thread {} has too many turns", run.thread_id) })?;
+            .map_err(|_| StoreError::corrupt(format!("thread {} has too many turns", run.thread_id)))?;
         thread.run_ids.push(run.run_id.clone());
         let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
         inner.runs.insert(stored.run_id.clone(), stored.clone());
@@ -303,9 +303,10 @@ impl RunStore for MemoryStore {
         };
         if run.state == RunState::Running {
             if let Some(running) = inner.running_run(&thread_id, Some(&run.run_id)) {
-                return Err(StoreError::Corrupt {
-                    detail: format!("run {} cannot run while run {} of its thread runs", run.run_id, running.run_id),
-                });
+                return Err(StoreError::corrupt(format!(
+                    "run {} cannot run while run {} of its thread runs",
+                    run.run_id, running.run_id
+                )));
             }
         }
         let Some(stored) = inner.runs.get_mut(&run.run_id) else { return Ok(false) };
@@ -419,7 +420,7 @@ impl RunStore for MemoryStore {
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.artifacts.contains_key(&artifact.artifact_id) {
-            return Err(StoreError::Corrupt { detail: format!("artifact {} exists", artifact.artifact_id) });
+            return Err(StoreError::corrupt(format!("artifact {} exists", artifact.artifact_id)));
         }
         inner.artifacts.insert(artifact.artifact_id.clone(), artifact.clone());
         Ok(())
@@ -480,7 +481,7 @@ impl JobStore for MemoryStore {
             Some(expected) => expected
                 .checked_add(1)
                 .filter(|version| i64::try_from(*version).is_ok())
-                .ok_or_else(|| StoreError::Corrupt { detail: format!("job {} version overflows", job.job_id) })?,
+                .ok_or_else(|| StoreError::corrupt(format!("job {} version overflows", job.job_id)))?,
         };
         if let Some(source) = &job.retry_source_job_id {
             if inner.retries.get(source).is_some_and(|retry| *retry != job.job_id) {
@@ -497,9 +498,7 @@ impl JobStore for MemoryStore {
                 decided => match inner.apply(request, decided, now) {
                     Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) => Some(outcome),
                     other => {
-                        return Err(StoreError::Corrupt {
-                            detail: format!("an accepted request applied as {other:?}"),
-                        });
+                        return Err(StoreError::corrupt(format!("an accepted request applied as {other:?}")));
                     }
                 },
             },

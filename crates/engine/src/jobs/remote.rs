@@ -236,11 +236,11 @@ pub struct HttpWorkerBackend {
 }
 
 fn unavailable(detail: impl Into<String>) -> JobError {
-    JobError::Store(StoreError::Unavailable { detail: detail.into() })
+    JobError::Store(StoreError::unavailable(detail))
 }
 
 fn malformed(detail: impl Into<String>) -> JobError {
-    JobError::Store(StoreError::Corrupt { detail: detail.into() })
+    JobError::Store(StoreError::corrupt(detail))
 }
 
 /// The error and its sources ("connection refused" is in a source).

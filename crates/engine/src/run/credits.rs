@@ -33,9 +33,7 @@ impl Credits {
             match self.store.execute(request).await {
                 Ok(Executed::Fresh(result) | Executed::Replayed(result)) => return Ok(result),
                 Ok(Executed::Conflict) => {
-                    return Err(StoreError::Corrupt {
-                        detail: format!("idempotency key {key} used by another request"),
-                    })
+                    return Err(StoreError::corrupt(format!("idempotency key {key} used by another request")))
                 }
                 Err(error @ StoreError::Corrupt { .. }) => return Err(error),
                 Err(error) if attempt >= self.retries_max => return Err(error),
@@ -97,7 +95,7 @@ impl Credits {
             Err(Rejection::HoldNotFound) => Ok(Released::AlreadyDone("not found")),
             Err(Rejection::HoldNotPending { state: HoldState::Captured }) => Ok(Released::AlreadyDone("captured")),
             Err(Rejection::HoldNotPending { state: HoldState::Expired }) => Ok(Released::AlreadyDone("expired")),
-            Err(rejection) => Err(StoreError::Corrupt { detail: format!("release of {hold_id} refused: {rejection}") }),
+            Err(rejection) => Err(StoreError::corrupt(format!("release of {hold_id} refused: {rejection}"))),
         }
     }
 }

@@ -335,7 +335,7 @@ impl Engine {
             Err(CreateRunRefusal::ThreadOfAnotherAccount) => return Err(StartError::ThreadOfAnotherAccount),
             Err(CreateRunRefusal::ThreadBusy { run_id }) => return Err(StartError::ThreadBusy { run_id }),
             Err(CreateRunRefusal::DuplicateRunId) => {
-                return Err(StartError::Store(StoreError::Corrupt { detail: "run id collision".to_owned() }))
+                return Err(StartError::Store(StoreError::corrupt("run id collision")))
             }
         };
         let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max);

@@ -306,7 +306,7 @@ pub async fn unsupported_commands_are_unavailable(store: Store, _clock: Arc<Manu
     hold(&store, "gina", "h1", 5, 60).await.expect("held");
     let extend = store.execute(Request::new(Command::Extend { hold_id: hold_id("h1"), ttl_seconds: 60 })).await;
     match extend {
-        Err(StoreError::Unavailable { detail }) => assert_eq!(detail, "the baseline store does not support extend"),
+        Err(StoreError::Unavailable { detail, .. }) => assert_eq!(detail, "the baseline store does not support extend"),
         other => panic!("extend must be unavailable, got {other:?}"),
     }
     let sweep = store.execute(Request::new(Command::Sweep { account_id: account("gina") })).await;
