@@ -2,7 +2,8 @@
 //!
 //! It is a pure function of its inputs. Stores load an [`AccountState`] under the account's lock,
 //! call [`execute`], and persist what [`Changes`] names. A rejection changes nothing, so stores
-//! simply drop the state they loaded.
+//! simply drop the state they loaded — or, deciding several commands in a row on one state,
+//! keep it: [`execute_in_place`] leaves it exactly as it was on a rejection, without copying it.
 
 use crate::{
     AccountId, AccountState, Allocation, Amount, Command, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId,
@@ -98,16 +99,69 @@ pub fn execute(
     now: Timestamp,
     idempotency_key: Option<&str>,
 ) -> Result<Applied, Rejection> {
-    let mut changes = Changes::default();
-    let mut state = match state {
-        Some(state) => state,
-        None if command.creates_account() => {
-            let Command::Grant { account_id, .. } = command else { unreachable!("only grants create accounts") };
-            changes.account_created = true;
-            AccountState::new(account_id.clone(), now)
-        }
-        None => return Err(Rejection::AccountNotFound),
+    let (mut state, account_created) = match state {
+        Some(state) => (state, false),
+        None => (new_account(command, now)?, true),
     };
+    let (outcome, changes) = decide(&mut state, account_created, command, now, idempotency_key)?;
+    Ok(Applied { state, outcome, changes })
+}
+
+/// [`execute`] on a state the caller keeps, for stores that decide several commands of one
+/// account in a row: on success `state` is the new state; on a rejection it is exactly as it was
+/// (a rejection changes nothing). The state is copied only when an expiry is due at `now`: that
+/// is the one change the ledger makes before it may still reject; every check of a command comes
+/// before its first change.
+pub fn execute_in_place(
+    state: &mut Option<AccountState>,
+    command: &Command,
+    now: Timestamp,
+    idempotency_key: Option<&str>,
+) -> Result<(Outcome, Changes), Rejection> {
+    let Some(existing) = state.as_mut() else {
+        let mut created = new_account(command, now)?;
+        let decided = decide(&mut created, true, command, now, idempotency_key)?;
+        *state = Some(created);
+        return Ok(decided);
+    };
+    let before = has_due_expiry(existing, now).then(|| existing.clone());
+    // Pair assertion in debug builds (a copy per command is too dear in release): with nothing
+    // due, a rejection must leave the state untouched, so no copy is needed to restore it.
+    #[cfg(debug_assertions)]
+    let untouched = existing.clone();
+    match decide(existing, false, command, now, idempotency_key) {
+        Ok(decided) => Ok(decided),
+        Err(rejection) => {
+            match before {
+                Some(before) => *existing = before,
+                None => {
+                    #[cfg(debug_assertions)]
+                    assert_eq!(*existing, untouched, "a rejection changed the state");
+                }
+            }
+            Err(rejection)
+        }
+    }
+}
+
+/// The state of the account a command creates, or `account_not_found`.
+fn new_account(command: &Command, now: Timestamp) -> Result<AccountState, Rejection> {
+    if !command.creates_account() {
+        return Err(Rejection::AccountNotFound);
+    }
+    let Command::Grant { account_id, .. } = command else { unreachable!("only grants create accounts") };
+    Ok(AccountState::new(account_id.clone(), now))
+}
+
+/// Expiries due at `now`, then the command, on `state`; the outcome and what changed.
+fn decide(
+    state: &mut AccountState,
+    account_created: bool,
+    command: &Command,
+    now: Timestamp,
+    idempotency_key: Option<&str>,
+) -> Result<(Outcome, Changes), Rejection> {
+    let mut changes = Changes { account_created, ..Changes::default() };
     let before = state.materialized();
     let mut journal = Journal {
         account_id: state.account_id.clone(),
@@ -115,16 +169,16 @@ pub fn execute(
         held: i128::from(before.held.micros()),
         idempotency_key,
     };
-    advance_with(&mut state, now, &mut journal, &mut changes);
-    let outcome = apply_command(&mut state, command, now, &mut journal, &mut changes)?;
-    refresh_liveness(&mut state, &mut changes);
+    advance_with(state, now, &mut journal, &mut changes);
+    let outcome = apply_command(state, command, now, &mut journal, &mut changes)?;
+    refresh_liveness(state, &mut changes);
 
     // Pair assertion: the journal's running figures and the state's own figures agree.
     let after = state.materialized();
     assert_eq!(i128::from(after.balance.micros()), journal.balance, "journal balance disagrees with state");
     assert_eq!(i128::from(after.held.micros()), journal.held, "journal held disagrees with state");
     assert!(after.balance <= Amount::BALANCE_MAX, "balance above its maximum");
-    Ok(Applied { state, outcome, changes })
+    Ok((outcome, changes))
 }
 
 /// Records every expiry due at `now`; returns the changes (empty when nothing was due).
@@ -160,15 +214,25 @@ pub fn view_hold(hold: &Hold, now: Timestamp) -> Hold {
     copy
 }
 
+/// A pending hold at or past its expiry: [`advance`] expires it.
+fn hold_due(hold: &Hold, now: Timestamp) -> bool {
+    hold.state == HoldState::Pending && hold.expires_at <= now
+}
+
+/// A grant at or past its expiry with free credits: [`advance`] expires them.
+fn grant_due(grant: &Grant, now: Timestamp) -> bool {
+    grant.is_expired_at(now) && !grant.free.is_zero()
+}
+
+/// Whether [`advance`] at `now` would change anything.
+fn has_due_expiry(state: &AccountState, now: Timestamp) -> bool {
+    state.holds.iter().any(|hold| hold_due(hold, now)) || state.grants.iter().any(|grant| grant_due(grant, now))
+}
+
 fn advance_with(state: &mut AccountState, now: Timestamp, journal: &mut Journal<'_>, changes: &mut Changes) {
     // Holds first, in expiry order, so credits they return to a grant that has itself expired by
     // then expire at the hold's expiry.
-    let mut due: Vec<usize> = (0..state.holds.len())
-        .filter(|&index| {
-            let hold = &state.holds[index];
-            hold.state == HoldState::Pending && hold.expires_at <= now
-        })
-        .collect();
+    let mut due: Vec<usize> = (0..state.holds.len()).filter(|&index| hold_due(&state.holds[index], now)).collect();
     due.sort_by_key(|&index| (state.holds[index].expires_at, state.holds[index].hold_id.clone()));
     for index in due {
         let hold = &mut state.holds[index];
@@ -182,9 +246,8 @@ fn advance_with(state: &mut AccountState, now: Timestamp, journal: &mut Journal<
         journal.push(changes, EntryKind::Expire, remaining, Some(&hold_id), None, None, at);
         return_allocations(&mut state.grants, allocations, at, journal, changes);
     }
-    let mut expiring: Vec<usize> = (0..state.grants.len())
-        .filter(|&index| state.grants[index].is_expired_at(now) && !state.grants[index].free.is_zero())
-        .collect();
+    let mut expiring: Vec<usize> =
+        (0..state.grants.len()).filter(|&index| grant_due(&state.grants[index], now)).collect();
     expiring.sort_by_key(|&index| state.grants[index].spend_order_key_owned());
     for index in expiring {
         let grant = &mut state.grants[index];

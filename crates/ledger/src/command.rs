@@ -142,6 +142,51 @@ pub enum Outcome {
     Swept { entries: usize },
 }
 
+/// Typed views of an outcome, one per command that answers with a record: the variant that
+/// command answers with, or the outcome back (boxed: it is large) when it is another. Callers that sent one
+/// kind of command take its answer through these instead of matching on every variant.
+impl Outcome {
+    /// What a [`Command::Hold`] answers: the new hold.
+    pub fn into_held(self) -> Result<Hold, Box<Outcome>> {
+        match self {
+            Outcome::Held { hold } => Ok(hold),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// What a [`Command::Capture`] answers: the hold after the capture.
+    pub fn into_captured(self) -> Result<Hold, Box<Outcome>> {
+        match self {
+            Outcome::Captured { hold } => Ok(hold),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// What a [`Command::Extend`] answers: the hold with its new expiry.
+    pub fn into_extended(self) -> Result<Hold, Box<Outcome>> {
+        match self {
+            Outcome::Extended { hold } => Ok(hold),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// What a [`Command::Release`] answers: the hold, and whether this release changed it.
+    pub fn into_released(self) -> Result<(Hold, bool), Box<Outcome>> {
+        match self {
+            Outcome::Released { hold, changed } => Ok((hold, changed)),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// What a [`Command::Sweep`] answers: how many journal entries it recorded.
+    pub fn into_swept(self) -> Result<usize, Box<Outcome>> {
+        match self {
+            Outcome::Swept { entries } => Ok(entries),
+            other => Err(Box::new(other)),
+        }
+    }
+}
+
 /// Every way the ledger can refuse a command. A rejection changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {

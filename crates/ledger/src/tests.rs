@@ -255,3 +255,94 @@ fn balance_cannot_pass_its_maximum() {
     };
     assert_eq!(book.run(command, T0), Err(Rejection::BalanceLimit));
 }
+
+/// `execute_in_place` is `execute` on a kept state: the same answer and, on success, the same
+/// state and changes; on a rejection the state is exactly as it was, also when an expiry was due
+/// (the one change the ledger makes before it may still reject). Commands come from a fixed
+/// pseudo-random script over a few holds and grants, some expiring, at advancing times.
+#[test]
+fn execute_in_place_agrees_with_execute_and_keeps_the_state_on_a_rejection() {
+    let mut seed: u64 = 0x5EED_1A9E;
+    let mut next = |bound: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % bound
+    };
+    let mut kept: Option<AccountState> = None;
+    let mut known_holds: Vec<Hold> = Vec::new();
+    let (mut now, mut rejected, mut restored) = (T0, 0, 0);
+    for step in 0..4_000_u64 {
+        now = now.plus_seconds(next(20));
+        let hold_id = HoldId::parse(&format!("h{}", next(12))).unwrap();
+        let amount = cr(&(1 + next(30)).to_string());
+        let command = match next(8) {
+            0 => Command::Grant {
+                account_id: account(),
+                grant_id: GrantId::parse(&format!("g{step}")).unwrap(),
+                amount,
+                priority: i32::try_from(next(3)).unwrap(),
+                expires_at: (next(2) == 0).then(|| now.plus_seconds(next(120))),
+                reference: None,
+                metadata: "{}".into(),
+            },
+            1 | 2 => Command::Hold {
+                account_id: account(),
+                hold_id: hold_id.clone(),
+                amount,
+                ttl_seconds: next(90),
+                reference: None,
+                metadata: "{}".into(),
+            },
+            3 => {
+                Command::Capture { hold_id: hold_id.clone(), amount, is_final: next(2) == 0, overage: Overage::Reject }
+            }
+            4 => Command::Release { hold_id: hold_id.clone() },
+            5 => Command::Extend { hold_id: hold_id.clone(), ttl_seconds: next(60) },
+            6 => Command::Debit { account_id: account(), amount, reference: None },
+            _ => Command::Refund {
+                account_id: account(),
+                grant_id: GrantId::parse(&format!("r{step}")).unwrap(),
+                amount,
+                reference: Reference::parse(&format!("ref{}", next(5))).unwrap(),
+                hold_id: None,
+                priority: 0,
+                expires_at: None,
+            },
+        };
+        // Like a store: the named hold is loaded whatever its state.
+        if let (Some(state), Some(named)) = (kept.as_mut(), command.hold_to_load()) {
+            if state.hold(named).is_none() {
+                if let Some(hold) = known_holds.iter().find(|hold| &hold.hold_id == named) {
+                    state.holds.push(hold.clone());
+                }
+            }
+        }
+        let before = kept.clone();
+        let expected = execute(before.clone(), &command, now, Some("key"));
+        let actual = execute_in_place(&mut kept, &command, now, Some("key"));
+        match (expected, actual) {
+            (Ok(applied), Ok((outcome, changes))) => {
+                assert_eq!((&applied.outcome, &applied.changes), (&outcome, &changes), "step {step}: {command:?}");
+                assert_eq!(kept.as_ref(), Some(&applied.state), "step {step}: {command:?}");
+                for hold in &applied.state.holds {
+                    known_holds.retain(|known| known.hold_id != hold.hold_id);
+                    known_holds.push(hold.clone());
+                }
+            }
+            (Err(expected), Err(actual)) => {
+                assert_eq!(expected, actual, "step {step}: {command:?}");
+                assert_eq!(kept, before, "step {step}: a rejection changed the kept state");
+                rejected += 1;
+                if before.as_ref().is_some_and(|state| !advance(&mut state.clone(), now).is_empty()) {
+                    restored += 1;
+                }
+            }
+            (expected, actual) => panic!("step {step}: {command:?}: execute {expected:?}, in place {actual:?}"),
+        }
+        // The kept state is what a store keeps between commands: pending holds only.
+        if let Some(state) = kept.as_mut() {
+            state.holds.retain(|hold| hold.state == HoldState::Pending);
+        }
+    }
+    // The script reaches both kinds of rejection, or the test proves nothing.
+    assert!(rejected > 100 && restored > 10, "{rejected} rejections, {restored} with an expiry due");
+}
