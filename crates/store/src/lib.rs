@@ -14,6 +14,7 @@ pub mod codec;
 pub mod conformance;
 pub mod jobs;
 pub mod memory;
+pub mod protocol;
 pub mod runs;
 
 use std::sync::Arc;

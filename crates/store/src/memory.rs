@@ -1,7 +1,7 @@
 //! An in-process [`LedgerStore`], [`RunStore`] and [`JobStore`]: one mutex around plain maps.
 //!
 //! It serves tests that need a store but not a database, and it is the simplest correct shape of
-//! what the SQL adapters do: lock the account, load its state, [`ledger::execute`], write back;
+//! what the SQL adapters do: [`protocol::decide`] on its maps, then write the [`Writes`] back;
 //! for runs, check the thread's owner and its running run, then insert; for jobs, check the
 //! version (and the one retry per source), let the ledger decide, and write both or neither, all
 //! under the one lock.
@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ledger::{
-    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Outcome, Reference, Rejection,
-    StoredAccount, Target, Timestamp,
+    AccountId, AccountState, Amount, Entry, Grant, GrantKind, Hold, HoldId, Reference, StoredAccount, Timestamp,
 };
 
 use crate::jobs::{self, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten, JOBS_LIST_MAX};
+use crate::protocol::{self, Decided, PendingHolds, Writes};
 use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
-use crate::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
+use crate::{AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
 #[derive(Default)]
 struct Inner {
@@ -38,14 +38,6 @@ struct Inner {
     retries: HashMap<String, String>,
     /// Instance leases by instance id.
     instances: HashMap<String, InstanceLease>,
-}
-
-/// What the ledger decided for one request, before anything is written.
-enum Decided {
-    Replayed(Result<Outcome, Rejection>),
-    Conflict,
-    /// Boxed: an application is large and short-lived.
-    Fresh(Result<Box<ledger::Applied>, Rejection>),
 }
 
 struct Thread {
@@ -84,87 +76,69 @@ impl Inner {
             .find(|run| run.state == RunState::Running)
     }
 
-    fn load(&self, command: &Command) -> Result<Option<AccountState>, ledger::Rejection> {
-        let account_id = match command.target() {
-            Target::Account(account_id) => account_id.clone(),
-            Target::Hold(hold_id) => self.holds.get(hold_id).ok_or(ledger::Rejection::HoldNotFound)?.account_id.clone(),
-        };
-        let Some(mut state) = self.accounts.get(&account_id).cloned() else { return Ok(None) };
-        if let Some(hold_id) = command.hold_to_load() {
-            // A hold of another account is simply not loaded: the ledger then answers
-            // `hold_not_found`, after checking what comes first (a refund's reference).
-            if let Some(hold) = self.holds.get(hold_id).filter(|hold| hold.account_id == account_id) {
-                if state.hold(hold_id).is_none() {
-                    state.holds.push(hold.clone());
-                }
-            }
-        }
-        if let Some((kind, reference)) = command.grant_reference_to_load() {
-            let key = (account_id.clone(), kind.as_str(), reference.clone());
-            if let Some(grant) = self.references.get(&key) {
-                if state.grant(&grant.grant_id).is_none() {
-                    state.grants.push(grant.clone());
-                }
-            }
-        }
-        Ok(Some(state))
-    }
-
-    /// Idempotency first, then load and decide; writes nothing, so a caller may still drop the
+    /// Idempotency first, then assemble and decide; writes nothing, so a caller may still drop the
     /// decision (a job write whose ledger request was rejected).
     fn decide(&self, request: &Request, now: Timestamp) -> Result<Decided, StoreError> {
-        if let Some(idempotency) = &request.idempotency {
-            if let Some((fingerprint, encoded, _)) = self.idempotency.get(&idempotency.key) {
-                if fingerprint != &idempotency.fingerprint {
-                    return Ok(Decided::Conflict);
-                }
-                return Ok(Decided::Replayed(codec::decode_result(encoded)?));
-            }
-        }
-        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-        let decision = self.load(&request.command).and_then(|state| ledger::execute(state, &request.command, now, key));
-        Ok(Decided::Fresh(decision.map(Box::new)))
+        protocol::decide(&mut &*self, request, now)
     }
 
-    /// Writes a decision: the ledger's changes and, with a key, the result for replay.
-    fn apply(&mut self, request: &Request, decided: Decided, now: Timestamp) -> Executed {
-        match decided {
-            Decided::Conflict => Executed::Conflict,
-            Decided::Replayed(result) => Executed::Replayed(result),
-            Decided::Fresh(decision) => {
-                let result = decision.map(|applied| {
-                    let outcome = applied.outcome.clone();
-                    self.store(*applied);
-                    outcome
-                });
-                if let Some(idempotency) = &request.idempotency {
-                    let record = (idempotency.fingerprint.clone(), codec::encode_result(&result), now.micros());
-                    self.idempotency.insert(idempotency.key.clone(), record);
-                }
-                Executed::Fresh(result)
-            }
-        }
-    }
-
-    fn store(&mut self, applied: ledger::Applied) {
-        let ledger::Applied { mut state, changes, .. } = applied;
-        for grant_id in &changes.grants {
-            let grant = state.grant(grant_id).expect("touched grant is in the state").clone();
+    /// Writes what the protocol decided: the changed grants and holds, the entries, the
+    /// idempotency records, and the account's state to keep.
+    fn store(&mut self, writes: Writes, now: Timestamp) {
+        for grant in writes.grants() {
             if let Some(reference) = grant.reference.clone() {
-                self.references.insert((grant.account_id.clone(), grant.kind.as_str(), reference), grant);
+                self.references.insert((grant.account_id.clone(), grant.kind.as_str(), reference), grant.clone());
             }
         }
-        for hold_id in &changes.holds {
-            let hold = state.hold(hold_id).expect("touched hold is in the state").clone();
-            self.holds.insert(hold_id.clone(), hold);
+        for hold in writes.holds() {
+            self.holds.insert(hold.hold_id.clone(), hold.clone());
         }
-        for mut entry in changes.entries {
-            entry.seq = self.journal.len() as u64 + 1;
-            self.journal.push(entry);
+        for entry in writes.entries() {
+            let seq = self.journal.len() as u64 + 1;
+            self.journal.push(Entry { seq, ..entry.clone() });
         }
-        state.grants.retain(|grant| grant.live);
-        state.holds.retain(|hold| hold.state == HoldState::Pending);
-        self.accounts.insert(state.account_id.clone(), state);
+        for record in writes.records() {
+            let recorded = (record.fingerprint.clone(), record.result.clone(), now.micros());
+            self.idempotency.insert(record.key.clone(), recorded);
+        }
+        if let Some(state) = writes.into_cached() {
+            self.accounts.insert(state.account_id.clone(), state);
+        }
+    }
+}
+
+/// The memory store's reads for [`protocol::decide`]: its maps, under the one lock.
+impl protocol::Reads for &Inner {
+    fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self.idempotency.get(key).map(|(fingerprint, result, _)| (fingerprint.clone(), result.clone())))
+    }
+
+    fn hold_account(&mut self, hold_id: &HoldId) -> Result<Option<AccountId>, StoreError> {
+        Ok(self.holds.get(hold_id).map(|hold| hold.account_id.clone()))
+    }
+
+    fn account(
+        &mut self,
+        account_id: &AccountId,
+        pending_holds: PendingHolds,
+    ) -> Result<Option<AccountState>, StoreError> {
+        match pending_holds {
+            // The map keeps exactly the live grants and pending holds.
+            PendingHolds::All => Ok(self.accounts.get(account_id).cloned()),
+        }
+    }
+
+    fn hold(&mut self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        Ok(self.holds.get(hold_id).cloned())
+    }
+
+    fn grant_by_reference(
+        &mut self,
+        account_id: &AccountId,
+        kind: GrantKind,
+        reference: &Reference,
+    ) -> Result<Option<Grant>, StoreError> {
+        Ok(self.references.get(&(account_id.clone(), kind.as_str(), reference.clone())).cloned())
     }
 }
 
@@ -173,8 +147,13 @@ impl LedgerStore for MemoryStore {
     async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let decided = inner.decide(&request, now)?;
-        Ok(inner.apply(&request, decided, now))
+        Ok(match inner.decide(&request, now)? {
+            Decided::Answered(executed) => executed,
+            Decided::Fresh(result, writes) => {
+                inner.store(*writes, now);
+                Executed::Fresh(result)
+            }
+        })
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
@@ -225,12 +204,10 @@ impl LedgerStore for MemoryStore {
             .collect();
         let mut report = SweepReport::default();
         for account_id in due {
-            let command = Command::Sweep { account_id };
-            let state = inner.load(&command).expect("sweep targets an existing account");
-            let applied = ledger::execute(state, &command, now, None).expect("a sweep is never rejected");
+            let writes = protocol::sweep(&mut &*inner, &account_id, now)?;
             report.accounts += 1;
-            report.entries += applied.changes.entries.len() as u64;
-            inner.store(applied);
+            report.entries += writes.entries().len() as u64;
+            inner.store(writes, now);
         }
         let retention_micros = i64::try_from(self.idempotency_retention_seconds).unwrap_or(i64::MAX / 2) * 1_000_000;
         let before = inner.idempotency.len();
@@ -491,16 +468,16 @@ impl JobStore for MemoryStore {
         let outcome = match &ledger {
             None => None,
             Some(request) => match inner.decide(request, now)? {
-                Decided::Conflict => return Ok(Err(JobWriteRefusal::Ledger(None))),
-                Decided::Replayed(Err(rejection)) | Decided::Fresh(Err(rejection)) => {
-                    return Ok(Err(JobWriteRefusal::Ledger(Some(rejection))));
-                }
-                decided => match inner.apply(request, decided, now) {
-                    Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) => Some(outcome),
-                    other => {
-                        return Err(StoreError::corrupt(format!("an accepted request applied as {other:?}")));
-                    }
+                Decided::Answered(Executed::Conflict) => return Ok(Err(JobWriteRefusal::Ledger(None))),
+                Decided::Answered(Executed::Replayed(result) | Executed::Fresh(result)) => match result {
+                    Ok(outcome) => Some(outcome),
+                    Err(rejection) => return Ok(Err(JobWriteRefusal::Ledger(Some(rejection)))),
                 },
+                Decided::Fresh(Err(rejection), _) => return Ok(Err(JobWriteRefusal::Ledger(Some(rejection)))),
+                Decided::Fresh(Ok(outcome), writes) => {
+                    inner.store(*writes, now);
+                    Some(outcome)
+                }
             },
         };
         let stored = JobRecord { version, ..job };
