@@ -30,16 +30,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use ledger::{AccountId, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Timestamp, Violation};
+use ledger::{AccountId, Entry, Hold, HoldId, StoredAccount, Timestamp, Violation};
 use store::{
     AccountView, Artifact, Clock, CreateRunRefusal, Executed, InstanceLease, JobRecord, JobStore, JobWrite,
     JobWriteRefusal, JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport,
     VerifyReport,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use readers::Readers;
-use writer::{Counters, Done, Job, Work, Writer};
+use writer::{Answer, Claim, Counters, Job, Renewal, Work, Writer};
 
 /// Tuning of a [`SqliteStore`]. Every queue it creates is bounded by one of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub struct SqliteStore {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     /// `None` once closed; cloned per request so closing waits only for requests in flight.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Work>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
@@ -105,10 +105,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn writer_gone() -> StoreError {
     StoreError::unavailable("the SQLite writer has stopped (a failed ledger invariant is logged)")
-}
-
-fn unexpected(done: &Done) -> StoreError {
-    StoreError::unavailable(format!("the SQLite writer answered {done:?} to another job"))
 }
 
 /// Takes the owner lock, opens the write connection and migrates.
@@ -212,32 +208,29 @@ impl SqliteStore {
         }
     }
 
-    async fn submit(&self, work: Work) -> Result<oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
+    /// Queues `input` for the writer as the work `kind` makes of it; the answer arrives once its
+    /// batch has committed.
+    async fn submit<I, T>(&self, kind: fn(Job<I, T>) -> Work, input: I) -> Result<Answer<T>, StoreError> {
         let sender = lock(&self.jobs).clone().ok_or_else(|| StoreError::unavailable("the SQLite store is closed"))?;
-        let (reply, receiver) = oneshot::channel();
-        sender.send(Job { work, reply }).await.map_err(|_| writer_gone())?;
-        Ok(receiver)
+        let (job, answer) = Job::new(input);
+        sender.send(kind(job)).await.map_err(|_| writer_gone())?;
+        Ok(answer)
     }
 
-    async fn answer(receiver: oneshot::Receiver<Result<Done, StoreError>>) -> Result<Done, StoreError> {
-        receiver.await.map_err(|_| writer_gone())?
+    async fn answer<T>(answer: Answer<T>) -> Result<T, StoreError> {
+        answer.await.map_err(|_| writer_gone())?
     }
 
-    async fn forget_keys(&self) -> Result<u64, StoreError> {
-        match Self::answer(self.submit(Work::ForgetKeys).await?).await? {
-            Done::Forgot(count) => Ok(count),
-            other => Err(unexpected(&other)),
-        }
+    /// [`SqliteStore::submit`], then waits for the answer.
+    async fn call<I, T>(&self, kind: fn(Job<I, T>) -> Work, input: I) -> Result<T, StoreError> {
+        Self::answer(self.submit(kind, input).await?).await
     }
 }
 
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
-        match Self::answer(self.submit(Work::Execute(request)).await?).await? {
-            Done::Executed(executed) => Ok(executed),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Work::Execute, request).await
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
@@ -283,25 +276,18 @@ impl LedgerStore for SqliteStore {
         // Enqueue every sweep before awaiting any, so they share group commits.
         let mut answers = Vec::with_capacity(due.len());
         for account_id in due {
-            answers.push(self.submit(Work::Execute(Request::new(Command::Sweep { account_id }))).await?);
+            answers.push(self.submit(Work::Sweep, account_id).await?);
         }
         let mut report = SweepReport::default();
         for answer in answers {
-            match Self::answer(answer).await? {
-                Done::Executed(Executed::Fresh(Ok(Outcome::Swept { entries }))) => {
-                    // Zero when a command on the account recorded the expiry in the meantime.
-                    if entries > 0 {
-                        report.accounts += 1;
-                        report.entries += entries as u64;
-                    }
-                }
-                Done::Executed(other) => {
-                    return Err(StoreError::corrupt(format!("a sweep answered {other:?}")));
-                }
-                other => return Err(unexpected(&other)),
+            let entries = Self::answer(answer).await?;
+            // Zero when a command on the account recorded the expiry in the meantime.
+            if entries > 0 {
+                report.accounts += 1;
+                report.entries += entries as u64;
             }
         }
-        report.idempotency_keys_deleted = self.forget_keys().await?;
+        report.idempotency_keys_deleted = self.call(Work::ForgetKeys, ()).await?;
         Ok(report)
     }
 
@@ -347,17 +333,11 @@ impl LedgerStore for SqliteStore {
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
-        match Self::answer(self.submit(Work::CreateRun(run.clone())).await?).await? {
-            Done::RunCreated(created) => Ok(created),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Work::CreateRun, run.clone()).await
     }
 
     async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
-        match Self::answer(self.submit(Work::UpdateRun(run.clone())).await?).await? {
-            Done::RunUpdated(updated) => Ok(updated),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Work::UpdateRun, run.clone()).await
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -410,18 +390,12 @@ impl RunStore for SqliteStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<(), StoreError> {
-        let work = Work::RenewInstance { instance_id: instance_id.to_owned(), now, lease_until };
-        match Self::answer(self.submit(work).await?).await? {
-            Done::InstanceRenewed => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        let renewal = Renewal { instance_id: instance_id.to_owned(), now, lease_until };
+        self.call(Work::RenewInstance, renewal).await
     }
 
     async fn drop_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
-        match Self::answer(self.submit(Work::DropInstance(instance_id.to_owned())).await?).await? {
-            Done::InstanceDropped(dropped) => Ok(dropped),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Work::DropInstance, instance_id.to_owned()).await
     }
 
     async fn lapsed_instances(&self, now: Timestamp, limit: u32) -> Result<Vec<InstanceLease>, StoreError> {
@@ -429,10 +403,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
-        match Self::answer(self.submit(Work::PutArtifact(artifact.clone())).await?).await? {
-            Done::ArtifactPut => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Work::PutArtifact, artifact.clone()).await
     }
 
     async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
@@ -444,10 +415,7 @@ impl RunStore for SqliteStore {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn write_job(&self, write: JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, StoreError> {
-        match Self::answer(self.submit(Work::WriteJob(Box::new(write))).await?).await? {
-            Done::JobWritten(written) => Ok(written),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Work::WriteJob, Box::new(write)).await
     }
 
     async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -472,11 +440,8 @@ impl JobStore for SqliteStore {
         lease_until: Timestamp,
         attempts_max: u32,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let work = Work::ClaimJob { worker_id: worker_id.to_owned(), now, lease_until, attempts_max };
-        match Self::answer(self.submit(work).await?).await? {
-            Done::JobClaimed(claimed) => Ok(claimed),
-            other => Err(unexpected(&other)),
-        }
+        let claim = Claim { worker_id: worker_id.to_owned(), now, lease_until, attempts_max };
+        self.call(Work::ClaimJob, claim).await
     }
 
     async fn stuck_jobs(

@@ -14,20 +14,27 @@
 //! also makes the run store's "check the thread, then insert the run" exact (see [`crate::runs`]),
 //! and a job's compare-and-set and claim exact (see [`crate::jobs`]).
 //!
+//! Ledger commands follow [`store::protocol`]: this thread only reads (from the cache or the
+//! file) and writes what [`Writes`] lists; the cache keeps only [`Writes::into_cached`].
+//!
 //! A job write that carries a ledger request applies both inside the job's savepoint; when the
 //! ledger refuses, the savepoint is rolled back, so the job row and the ledger change (and the
 //! idempotency record) go together or not at all, while the rest of the batch commits. The cache
 //! takes an account's new state only after the savepoint that wrote it was released.
+//!
+//! Every kind of work carries its own typed reply channel ([`Work`], [`Job`]), so an answer can
+//! only reach the caller that asked for it, in the type it expects.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ledger::{AccountId, AccountState, Applied, Command, HoldState, Rejection, Target, Timestamp, MICROS_PER_SECOND};
+use ledger::{AccountId, AccountState, Grant, GrantKind, Hold, HoldId, Reference, Timestamp, MICROS_PER_SECOND};
 use rusqlite::Connection;
+use store::protocol::{self, AccountRow, Decided, PendingHolds, Writes};
 use store::{
-    codec, Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobWrite, JobWriteRefusal, JobWritten, Request,
-    RunRecord, StoreError,
+    Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobWrite, JobWriteRefusal, JobWritten, Request, RunRecord,
+    StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,72 +42,145 @@ use crate::lockfile::OwnerLock;
 use crate::rows::{self, sql_error};
 use crate::{jobs, runs};
 
-/// What a job asks the writer to do.
+/// Where a job's answer goes: typed by what the job answers.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+/// What a caller awaits for a job that answers `T`.
+pub(crate) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
+
+/// One piece of work for the writer with its input and its typed reply channel. Its answer is
+/// kept until the batch it ran in has committed (or failed), and only then sent.
+#[derive(Debug)]
+pub(crate) struct Job<I, T> {
+    input: I,
+    reply: Reply<T>,
+    answer: Option<Result<T, StoreError>>,
+}
+
+impl<I, T> Job<I, T> {
+    pub(crate) fn new(input: I) -> (Job<I, T>, Answer<T>) {
+        let (reply, answer) = oneshot::channel();
+        (Job { input, reply, answer: None }, answer)
+    }
+
+    /// Runs `perform` on the input and keeps its answer; the job's own failure is returned for
+    /// the caller to record with [`Job::fail`] (or to rerun the batch).
+    fn perform(
+        &mut self,
+        perform: impl FnOnce(&I) -> Result<(T, Performed), StoreError>,
+    ) -> Result<Performed, StoreError> {
+        let (answer, performed) = perform(&self.input)?;
+        self.answer = Some(Ok(answer));
+        Ok(performed)
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        self.answer = Some(Err(error));
+    }
+
+    /// Sends the kept answer once the batch committed.
+    fn reply(self) {
+        let answer = self.answer.expect("every job of a committed batch ran");
+        // A caller that stopped waiting still had its job applied; nothing to tell it.
+        let _ = self.reply.send(answer);
+    }
+
+    /// Sends `error` instead: the batch did not commit.
+    fn reply_error(self, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// What a claim asks for (see `JobStore::claim_job`).
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub worker_id: String,
+    pub now: Timestamp,
+    pub lease_until: Timestamp,
+    pub attempts_max: u32,
+}
+
+/// What a lease renewal asks for (see `RunStore::renew_instance`).
+#[derive(Debug)]
+pub(crate) struct Renewal {
+    pub instance_id: String,
+    pub now: Timestamp,
+    pub lease_until: Timestamp,
+}
+
+/// What the writer can be asked to do, each with the answer it gives.
 #[derive(Debug)]
 pub(crate) enum Work {
-    Execute(Request),
-    /// Forget idempotency keys older than the retention.
-    ForgetKeys,
-    CreateRun(RunRecord),
-    UpdateRun(RunRecord),
-    PutArtifact(Artifact),
+    Execute(Job<Request, Executed>),
+    /// Records the expiries due in one account: answers how many entries it wrote.
+    Sweep(Job<AccountId, usize>),
+    /// Forgets idempotency keys older than the retention: answers how many.
+    ForgetKeys(Job<(), u64>),
+    CreateRun(Job<RunRecord, Result<RunRecord, CreateRunRefusal>>),
+    /// Answers whether the run existed.
+    UpdateRun(Job<RunRecord, bool>),
+    PutArtifact(Job<Artifact, ()>),
     /// Boxed: a job record is large, and queued work should not all be that size.
-    WriteJob(Box<JobWrite>),
-    ClaimJob {
-        worker_id: String,
-        now: Timestamp,
-        lease_until: Timestamp,
-        attempts_max: u32,
-    },
-    RenewInstance {
-        instance_id: String,
-        now: Timestamp,
-        lease_until: Timestamp,
-    },
-    DropInstance(String),
+    WriteJob(Job<Box<JobWrite>, Result<JobWritten, JobWriteRefusal>>),
+    ClaimJob(Job<Claim, Option<JobRecord>>),
+    RenewInstance(Job<Renewal, ()>),
+    /// Answers whether the instance had a lease.
+    DropInstance(Job<String, bool>),
 }
 
-/// What the writer did, once committed.
+/// `$body` on the [`Job`] inside any [`Work`], bound to `$job`.
+macro_rules! each_job {
+    ($work:expr, $job:ident => $body:expr) => {
+        match $work {
+            Work::Execute($job) => $body,
+            Work::Sweep($job) => $body,
+            Work::ForgetKeys($job) => $body,
+            Work::CreateRun($job) => $body,
+            Work::UpdateRun($job) => $body,
+            Work::PutArtifact($job) => $body,
+            Work::WriteJob($job) => $body,
+            Work::ClaimJob($job) => $body,
+            Work::RenewInstance($job) => $body,
+            Work::DropInstance($job) => $body,
+        }
+    };
+}
+
+impl Work {
+    /// Ledger commands: they skip their savepoint on the fast path (see [`Writer::run_batch`]).
+    fn is_ledger_command(&self) -> bool {
+        matches!(self, Work::Execute(_) | Work::Sweep(_))
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        each_job!(self, job => job.fail(error))
+    }
+
+    fn reply(self) {
+        each_job!(self, job => job.reply())
+    }
+
+    fn reply_error(self, error: StoreError) {
+        each_job!(self, job => job.reply_error(error))
+    }
+}
+
+/// What a job did inside its savepoint besides answering: whether its writes stay, and the
+/// account state the cache takes once they are released.
 #[derive(Debug)]
-pub(crate) enum Done {
-    Executed(Executed),
-    Forgot(u64),
-    RunCreated(Result<RunRecord, CreateRunRefusal>),
-    /// Whether the run existed.
-    RunUpdated(bool),
-    ArtifactPut,
-    JobWritten(Result<JobWritten, JobWriteRefusal>),
-    JobClaimed(Option<JobRecord>),
-    InstanceRenewed,
-    /// Whether the instance had a lease.
-    InstanceDropped(bool),
-}
-
-/// What a job did inside its savepoint: its answer, whether its writes stay, and the account
-/// state the cache takes once they are released.
 struct Performed {
-    done: Done,
     keep: bool,
     cached: Option<AccountState>,
 }
 
 impl Performed {
-    fn kept(done: Done) -> Performed {
-        Performed { done, keep: true, cached: None }
-    }
-
-    /// Answered, but every write of the job is rolled back.
-    fn undone(done: Done) -> Performed {
-        Performed { done, keep: false, cached: None }
-    }
+    const KEPT: Performed = Performed { keep: true, cached: None };
+    /// Every write of the job is rolled back.
+    const UNDONE: Performed = Performed { keep: false, cached: None };
 }
 
-pub(crate) type Reply = oneshot::Sender<Result<Done, StoreError>>;
-
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub work: Work,
-    pub reply: Reply,
+/// The answer of a job that always keeps its writes and touches no account state.
+fn kept<T>(result: Result<T, StoreError>) -> Result<(T, Performed), StoreError> {
+    result.map(|answer| (answer, Performed::KEPT))
 }
 
 /// Cumulative figures, shared with the store for [`crate::SqliteStats`].
@@ -150,6 +230,53 @@ impl StateCache {
     }
 }
 
+/// The writer's reads for [`store::protocol`], inside the batch's transaction: an account's
+/// state from the cache when it is there, everything else from the file.
+struct WriterReads<'a> {
+    conn: &'a Connection,
+    cache: &'a mut StateCache,
+}
+
+impl protocol::Reads for WriterReads<'_> {
+    fn recorded(&mut self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        rows::idempotency_record(self.conn, key)
+    }
+
+    fn hold_account(&mut self, hold_id: &HoldId) -> Result<Option<AccountId>, StoreError> {
+        rows::hold_account(self.conn, hold_id)
+    }
+
+    fn account(
+        &mut self,
+        account_id: &AccountId,
+        pending_holds: PendingHolds,
+    ) -> Result<Option<AccountState>, StoreError> {
+        match pending_holds {
+            // Taken out of the cache, not cloned: on a hot account the state holds every pending
+            // hold, and copying it for each command was a large share of the writer's time. The
+            // command's state goes back once its writes are part of the batch; a failed command
+            // leaves the account uncached, and the next one reads it from the file.
+            PendingHolds::All => match self.cache.take(account_id) {
+                Some(state) => Ok(Some(state)),
+                None => rows::load_account(self.conn, account_id),
+            },
+        }
+    }
+
+    fn hold(&mut self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        rows::hold(self.conn, hold_id)
+    }
+
+    fn grant_by_reference(
+        &mut self,
+        account_id: &AccountId,
+        kind: GrantKind,
+        reference: &Reference,
+    ) -> Result<Option<Grant>, StoreError> {
+        rows::grant_by_reference(self.conn, account_id, kind, reference)
+    }
+}
+
 pub(crate) struct Writer {
     conn: Connection,
     clock: Arc<dyn Clock>,
@@ -196,7 +323,7 @@ impl Writer {
 
     /// Runs until every sender is gone and the queue is drained, then closes the connection and
     /// only then releases the owner lock.
-    pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>, lock: OwnerLock) {
+    pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Work>, lock: OwnerLock) {
         // The checkpointer lives exactly as long as this thread: joined before the connection
         // closes and the owner lock is released.
         let (stop_checkpoints, stop) = std::sync::mpsc::channel();
@@ -243,52 +370,44 @@ impl Writer {
     /// with a savepoint around every job, so that job fails alone as before. Other jobs (run,
     /// artifact, job writes, claims) always run in a savepoint: a job write can ask for its own
     /// writes to be undone.
-    pub(crate) fn run_batch(&mut self, batch: Vec<Job>) {
+    pub(crate) fn run_batch(&mut self, mut batch: Vec<Work>) {
         let size = batch.len() as u64;
-        let (works, replies): (Vec<Work>, Vec<Reply>) = batch.into_iter().map(|job| (job.work, job.reply)).unzip();
-        let attempt = match self.try_batch(&works, Savepoints::WhereNeeded) {
-            Err(BatchFailure::Unguarded) => self.try_batch(&works, Savepoints::Always),
+        let attempt = match self.try_batch(&mut batch, Savepoints::WhereNeeded) {
+            Err(BatchFailure::Unguarded) => self.try_batch(&mut batch, Savepoints::Always),
             other => other,
         };
         match attempt {
-            Ok(results) => {
+            Ok(()) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters.operations.fetch_add(size, Ordering::Relaxed);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that stopped waiting still had its job applied; nothing to tell it.
-                    let _ = reply.send(result);
-                }
+                batch.into_iter().for_each(Work::reply);
             }
-            Err(BatchFailure::Fatal(error)) => self.fail_all(replies.into_iter(), &error),
+            Err(BatchFailure::Fatal(error)) => self.fail_all(batch, &error),
             Err(BatchFailure::Unguarded) => {
                 unreachable!("a batch with a savepoint around every job never fails unguarded")
             }
         }
     }
 
-    /// One attempt at the batch: `BEGIN IMMEDIATE`, every job, `COMMIT`. On `Err` the
-    /// transaction is rolled back and the cache dropped (it may hold uncommitted state).
-    fn try_batch(
-        &mut self,
-        works: &[Work],
-        savepoints: Savepoints,
-    ) -> Result<Vec<Result<Done, StoreError>>, BatchFailure> {
+    /// One attempt at the batch: `BEGIN IMMEDIATE`, every job, `COMMIT`. Each job keeps its
+    /// answer (a rerun replaces it). On `Err` the transaction is rolled back and the cache
+    /// dropped (it may hold uncommitted state).
+    fn try_batch(&mut self, batch: &mut [Work], savepoints: Savepoints) -> Result<(), BatchFailure> {
         if !self.conn.is_autocommit() {
             // A transaction left open by an earlier failure would swallow this batch.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|error| BatchFailure::Fatal(sql_error(error)))?;
-        let mut results = Vec::with_capacity(works.len());
-        for work in works {
-            let unguarded = savepoints == Savepoints::WhereNeeded && matches!(work, Work::Execute(_));
+        for work in batch.iter_mut() {
+            let unguarded = savepoints == Savepoints::WhereNeeded && work.is_ledger_command();
             let result = if unguarded {
                 match self.perform(work) {
-                    Ok(Performed { done, keep, cached }) => {
+                    Ok(Performed { keep, cached }) => {
                         assert!(keep, "a ledger command never asks for its writes to be undone");
                         if let Some(state) = cached {
                             self.cache.put(state);
                         }
-                        Ok(Ok(done))
+                        Ok(())
                     }
                     Err(error) => {
                         tracing::warn!(%error, "a ledger write failed; running the batch again with savepoints");
@@ -298,13 +417,10 @@ impl Writer {
             } else {
                 self.run_job(work).map_err(BatchFailure::Fatal)
             };
-            match result {
-                Ok(result) => results.push(result),
-                Err(failure) => {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    self.cache.clear();
-                    return Err(failure);
-                }
+            if let Err(failure) = result {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.cache.clear();
+                return Err(failure);
             }
         }
         if let Err(error) = self.conn.execute_batch("COMMIT") {
@@ -314,13 +430,13 @@ impl Writer {
             self.cache.clear();
             return Err(BatchFailure::Fatal(sql_error(error)));
         }
-        Ok(results)
+        Ok(())
     }
 
-    /// Runs one job inside its own savepoint. The outer error is fatal for the whole batch (the
-    /// savepoint itself failed; the caller then drops the whole cache); the inner result is the
-    /// job's own, rolled back when an error or when the job asked for it.
-    fn run_job(&mut self, work: &Work) -> Result<Result<Done, StoreError>, StoreError> {
+    /// Runs one job inside its own savepoint. The error is fatal for the whole batch (the
+    /// savepoint itself failed; the caller then drops the whole cache); the job's own failure is
+    /// its answer, and its writes are rolled back then, or when the job asked for it.
+    fn run_job(&mut self, work: &mut Work) -> Result<(), StoreError> {
         self.conn.execute_batch("SAVEPOINT job").map_err(sql_error)?;
         // A ledger assertion that fails panics through here on purpose (see docs/dev/style.md):
         // the writer thread dies, its open transaction is rolled back with the connection, and
@@ -331,179 +447,127 @@ impl Writer {
         self.conn.execute_batch(end).map_err(sql_error)?;
         // Only now is the job's state part of the batch: the cache may take it. A state whose
         // writes were rolled back must not linger there.
-        Ok(result.map(|Performed { done, keep, cached }| {
-            if let Some(state) = cached {
+        match result {
+            Ok(Performed { keep, cached: Some(state) }) => {
                 if keep {
                     self.cache.put(state);
                 } else {
                     self.cache.remove(&state.account_id);
                 }
             }
-            done
-        }))
+            Ok(Performed { cached: None, .. }) => {}
+            Err(error) => work.fail(error),
+        }
+        Ok(())
     }
 
-    fn perform(&mut self, work: &Work) -> Result<Performed, StoreError> {
+    /// Does the work, keeping its answer in it.
+    fn perform(&mut self, work: &mut Work) -> Result<Performed, StoreError> {
         let now = self.clock.now();
-        let done = match work {
-            Work::Execute(request) => {
-                let (executed, persisted) = self.execute(request, now)?;
-                return Ok(Performed { done: Done::Executed(executed), keep: true, cached: persisted });
-            }
-            Work::WriteJob(write) => return self.write_job(write, now),
-            Work::ForgetKeys => {
+        match work {
+            Work::Execute(job) => job.perform(|request| self.execute(request, now)),
+            Work::Sweep(job) => job.perform(|account_id| self.sweep(account_id, now)),
+            Work::WriteJob(job) => job.perform(|write| self.write_job(write, now)),
+            Work::ForgetKeys(job) => job.perform(|()| {
                 let retention_micros = i64::try_from(self.idempotency_retention_seconds)
                     .unwrap_or(i64::MAX)
                     .saturating_mul(MICROS_PER_SECOND);
                 let cutoff = Timestamp::from_micros(now.micros().saturating_sub(retention_micros));
-                rows::delete_idempotency_before(&self.conn, cutoff).map(Done::Forgot)
-            }
-            Work::CreateRun(run) => runs::create_run(&self.conn, run).map(Done::RunCreated),
-            Work::UpdateRun(run) => runs::update_run(&self.conn, run).map(Done::RunUpdated),
-            Work::PutArtifact(artifact) => runs::put_artifact(&self.conn, artifact).map(|()| Done::ArtifactPut),
-            Work::ClaimJob { worker_id, now, lease_until, attempts_max } => {
-                jobs::claim(&self.conn, worker_id, *now, *lease_until, *attempts_max).map(Done::JobClaimed)
-            }
-            Work::RenewInstance { instance_id, now, lease_until } => {
-                runs::renew_instance(&self.conn, instance_id, *now, *lease_until).map(|()| Done::InstanceRenewed)
-            }
-            Work::DropInstance(instance_id) => runs::drop_instance(&self.conn, instance_id).map(Done::InstanceDropped),
-        };
-        done.map(Performed::kept)
+                kept(rows::delete_idempotency_before(&self.conn, cutoff))
+            }),
+            Work::CreateRun(job) => job.perform(|run| kept(runs::create_run(&self.conn, run))),
+            Work::UpdateRun(job) => job.perform(|run| kept(runs::update_run(&self.conn, run))),
+            Work::PutArtifact(job) => job.perform(|artifact| kept(runs::put_artifact(&self.conn, artifact))),
+            Work::ClaimJob(job) => job.perform(|claim| {
+                kept(jobs::claim(&self.conn, &claim.worker_id, claim.now, claim.lease_until, claim.attempts_max))
+            }),
+            Work::RenewInstance(job) => job.perform(|renewal| {
+                kept(runs::renew_instance(&self.conn, &renewal.instance_id, renewal.now, renewal.lease_until))
+            }),
+            Work::DropInstance(job) => job.perform(|instance_id| kept(runs::drop_instance(&self.conn, instance_id))),
+        }
     }
 
     /// The job row first, then the ledger request through the same path as [`Writer::execute`];
     /// a refused job write never reaches the ledger, and a refused ledger request undoes the job
     /// write (the caller rolls the savepoint back).
-    fn write_job(&mut self, write: &JobWrite, now: Timestamp) -> Result<Performed, StoreError> {
+    fn write_job(
+        &mut self,
+        write: &JobWrite,
+        now: Timestamp,
+    ) -> Result<(Result<JobWritten, JobWriteRefusal>, Performed), StoreError> {
         let job = match jobs::write(&self.conn, &write.job, write.expected_version)? {
             Ok(job) => job,
-            Err(refusal) => return Ok(Performed::undone(Done::JobWritten(Err(refusal)))),
+            Err(refusal) => return Ok((Err(refusal), Performed::UNDONE)),
         };
         let Some(request) = &write.ledger else {
-            return Ok(Performed::kept(Done::JobWritten(Ok(JobWritten { job, ledger: None }))));
+            return Ok((Ok(JobWritten { job, ledger: None }), Performed::KEPT));
         };
-        let (executed, persisted) = self.execute(request, now)?;
+        let (executed, performed) = self.execute(request, now)?;
         let refusal = match executed {
             Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) => {
-                let done = Done::JobWritten(Ok(JobWritten { job, ledger: Some(outcome) }));
-                return Ok(Performed { done, keep: true, cached: persisted });
+                return Ok((Ok(JobWritten { job, ledger: Some(outcome) }), performed));
             }
             Executed::Fresh(Err(rejection)) | Executed::Replayed(Err(rejection)) => {
                 JobWriteRefusal::Ledger(Some(rejection))
             }
             Executed::Conflict => JobWriteRefusal::Ledger(None),
         };
-        Ok(Performed { done: Done::JobWritten(Err(refusal)), keep: false, cached: persisted })
+        Ok((Err(refusal), Performed { keep: false, ..performed }))
     }
 
-    /// Idempotency first, then load, decide, write, and record the result for replay. Returns
-    /// what happened and, when the account changed, its state as now written; the caller hands
-    /// that to the cache once the job's savepoint is released.
-    fn execute(&mut self, request: &Request, now: Timestamp) -> Result<(Executed, Option<AccountState>), StoreError> {
-        if let Some(idempotency) = &request.idempotency {
-            if let Some((fingerprint, recorded)) = rows::idempotency_record(&self.conn, &idempotency.key)? {
-                if fingerprint != idempotency.fingerprint {
-                    return Ok((Executed::Conflict, None));
-                }
-                return Ok((Executed::Replayed(codec::decode_result(&recorded)?), None));
+    /// One request through [`store::protocol`]: replay, or read, decide and write. The
+    /// account's new state is for the cache once the job's savepoint is released.
+    fn execute(&mut self, request: &Request, now: Timestamp) -> Result<(Executed, Performed), StoreError> {
+        let mut reads = WriterReads { conn: &self.conn, cache: &mut self.cache };
+        match protocol::decide(&mut reads, request, now)? {
+            Decided::Answered(executed) => Ok((executed, Performed::KEPT)),
+            Decided::Fresh(result, writes) => {
+                self.persist(&writes, now)?;
+                Ok((Executed::Fresh(result), Performed { keep: true, cached: writes.into_cached() }))
             }
         }
-        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-        let (result, persisted) = match self.load(&request.command)? {
-            Err(rejection) => (Err(rejection), None),
-            Ok(state) => match ledger::execute(state, &request.command, now, key) {
-                Err(rejection) => (Err(rejection), None),
-                Ok(applied) => {
-                    let outcome = applied.outcome.clone();
-                    (Ok(outcome), Some(self.persist(applied)?))
-                }
-            },
-        };
-        if let Some(idempotency) = &request.idempotency {
-            let encoded = codec::encode_result(&result);
-            rows::insert_idempotency(&self.conn, &idempotency.key, &idempotency.fingerprint, &encoded, now)?;
-        }
-        Ok((Executed::Fresh(result), persisted))
     }
 
-    /// The account's state plus the records the command names, or `hold_not_found` when the
-    /// command's target hold does not exist. `Ok(None)`: the account does not exist.
-    fn load(&mut self, command: &Command) -> Result<Result<Option<AccountState>, Rejection>, StoreError> {
-        let account_id = match command.target() {
-            Target::Account(account_id) => account_id.clone(),
-            Target::Hold(hold_id) => match rows::hold_account(&self.conn, hold_id)? {
-                Some(account_id) => account_id,
-                None => return Ok(Err(Rejection::HoldNotFound)),
-            },
-        };
-        // Taken out of the cache, not cloned: on a hot account the state holds every pending
-        // hold, and copying it for each command was a large share of the writer's time. The
-        // command's new state goes back once its writes are part of the batch; a rejected or
-        // failed command leaves the account uncached, and the next one reads it from the file.
-        let mut state = match self.cache.take(&account_id) {
-            Some(state) => state,
-            None => match rows::load_account(&self.conn, &account_id)? {
-                Some(state) => state,
-                None => return Ok(Ok(None)),
-            },
-        };
-        if let Some(hold_id) = command.hold_to_load() {
-            // A missing hold, or one of another account, is simply not loaded: the ledger then
-            // answers `hold_not_found` after checking what comes first (a refund's reference).
-            if state.hold(hold_id).is_none() {
-                if let Some(hold) = rows::hold(&self.conn, hold_id)?.filter(|hold| hold.account_id == account_id) {
-                    state.holds.push(hold);
-                }
-            }
-        }
-        if let Some((kind, reference)) = command.grant_reference_to_load() {
-            let loaded =
-                state.grants.iter().any(|grant| grant.kind == kind && grant.reference.as_ref() == Some(reference));
-            if !loaded {
-                if let Some(grant) = rows::grant_by_reference(&self.conn, &account_id, kind, reference)? {
-                    if state.grant(&grant.grant_id).is_none() {
-                        state.grants.push(grant);
-                    }
-                }
-            }
-        }
-        Ok(Ok(Some(state)))
+    /// The sweeper's command for one account; answers how many entries it wrote.
+    fn sweep(&mut self, account_id: &AccountId, now: Timestamp) -> Result<(usize, Performed), StoreError> {
+        let mut reads = WriterReads { conn: &self.conn, cache: &mut self.cache };
+        let writes = protocol::sweep(&mut reads, account_id, now)?;
+        self.persist(&writes, now)?;
+        let entries = writes.entries().len();
+        Ok((entries, Performed { keep: true, cached: writes.into_cached() }))
     }
 
-    /// Writes what the ledger changed; returns the state as it is now persisted (live grants,
-    /// pending holds), ready for the cache.
-    fn persist(&self, applied: Applied) -> Result<AccountState, StoreError> {
-        let Applied { mut state, changes, .. } = applied;
-        if !changes.is_empty() {
-            rows::upsert_account(&self.conn, &state)?;
-            for grant_id in &changes.grants {
-                let grant = state.grant(grant_id).ok_or_else(|| {
-                    StoreError::corrupt(format!("the ledger changed grant {grant_id}, which it did not return"))
-                })?;
-                rows::upsert_grant(&self.conn, grant)?;
-            }
-            for hold_id in &changes.holds {
-                let hold = state.hold(hold_id).ok_or_else(|| {
-                    StoreError::corrupt(format!("the ledger changed hold {hold_id}, which it did not return"))
-                })?;
-                rows::upsert_hold(&self.conn, hold)?;
-            }
-            for entry in &changes.entries {
-                rows::insert_entry(&self.conn, entry)?;
+    /// Writes exactly what the protocol lists.
+    fn persist(&self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {
+        match (writes.account_row(), writes.state()) {
+            (AccountRow::Unchanged, _) => {}
+            (AccountRow::Insert | AccountRow::Update, state) => {
+                rows::upsert_account(&self.conn, state.expect("a written account row has a state"))?;
             }
         }
-        state.grants.retain(|grant| grant.live);
-        state.holds.retain(|hold| hold.state == HoldState::Pending);
-        Ok(state)
+        for grant in writes.grants() {
+            rows::upsert_grant(&self.conn, grant)?;
+        }
+        for hold in writes.holds() {
+            rows::upsert_hold(&self.conn, hold)?;
+        }
+        for entry in writes.entries() {
+            rows::insert_entry(&self.conn, entry)?;
+        }
+        for record in writes.records() {
+            rows::insert_idempotency(&self.conn, &record.key, &record.fingerprint, &record.result, now)?;
+        }
+        Ok(())
     }
 
     /// Answers every job `Unavailable` and forgets the cache (it may hold uncommitted state).
-    fn fail_all(&mut self, replies: impl Iterator<Item = Reply>, error: &StoreError) {
+    fn fail_all(&mut self, batch: Vec<Work>, error: &StoreError) {
         self.cache.clear();
         tracing::error!(%error, "SQLite batch did not commit");
-        for reply in replies {
-            let _ = reply.send(Err(StoreError::unavailable(format!("the batch did not commit: {error}"))));
+        let failed = StoreError::unavailable(format!("the batch did not commit: {error}")).with_source(error.clone());
+        for work in batch {
+            work.reply_error(failed.clone());
         }
     }
 }
@@ -514,13 +578,11 @@ mod tests {
 
     use std::path::Path;
 
-    use ledger::{Amount, GrantId, HoldId, Outcome};
+    use ledger::{Amount, Command, GrantId, HoldId, Outcome, Rejection};
     use store::ManualClock;
 
     use super::*;
     use crate::schema;
-
-    type Answer = oneshot::Receiver<Result<Done, StoreError>>;
 
     fn writer(dir: &Path) -> Writer {
         writer_caching(dir, 100)
@@ -534,9 +596,14 @@ mod tests {
         Writer::new(conn, clock, 16, cache_accounts_max, 86_400, Arc::default())
     }
 
-    fn job(command: Command) -> (Job, Answer) {
-        let (reply, answer) = oneshot::channel();
-        (Job { work: Work::Execute(Request::new(command)), reply }, answer)
+    /// The work `kind` makes of `input`, and its typed answer.
+    fn work<I, T>(kind: fn(Job<I, T>) -> Work, input: I) -> (Work, Answer<T>) {
+        let (job, answer) = Job::new(input);
+        (kind(job), answer)
+    }
+
+    fn job(command: Command) -> (Work, Answer<Executed>) {
+        work(Work::Execute, Request::new(command))
     }
 
     fn grant(account_id: &str, credits: u64) -> Command {
@@ -562,11 +629,8 @@ mod tests {
         }
     }
 
-    fn answer(mut answer: Answer) -> Result<Executed, StoreError> {
-        match answer.try_recv().expect("answered once the batch ended")? {
-            Done::Executed(executed) => Ok(executed),
-            other => panic!("unexpected {other:?}"),
-        }
+    fn answer<T>(mut answer: Answer<T>) -> Result<T, StoreError> {
+        answer.try_recv().expect("answered once the batch ended")
     }
 
     fn account(writer: &Writer, account_id: &str) -> Option<AccountState> {
@@ -584,7 +648,7 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
             )
             .expect("trigger");
-        let (jobs, answers): (Vec<Job>, Vec<Answer>) =
+        let (jobs, answers): (Vec<Work>, Vec<Answer<Executed>>) =
             [grant("a", 10), grant("bad", 5), hold("a", "h1", 3), hold("a", "h2", 100), grant("c", 7)]
                 .into_iter()
                 .map(job)
@@ -614,13 +678,25 @@ mod tests {
         assert_eq!(account(&writer, "c").expect("c exists").materialized().balance, Amount::from_credits(7));
     }
 
-    fn done(mut answer: Answer) -> Result<Done, StoreError> {
-        answer.try_recv().expect("answered once the batch ended")
-    }
+    /// A rejected command leaves the account cached exactly as stored (a rejection changes
+    /// nothing), so the next command of the account does not read it from the file again.
+    #[test]
+    fn a_rejection_keeps_the_account_cached_as_stored() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut writer = writer(dir.path());
+        let (granted, granted_answer) = job(grant("a", 10));
+        let (held, held_answer) = job(hold("a", "h1", 4));
+        writer.run_batch(vec![granted, held]);
+        assert!(answer(granted_answer).is_ok() && answer(held_answer).is_ok());
 
-    fn work(work: Work) -> (Job, Answer) {
-        let (reply, answer) = oneshot::channel();
-        (Job { work, reply }, answer)
+        let (too_much, too_much_answer) = job(hold("a", "h2", 7));
+        writer.run_batch(vec![too_much]);
+        let required = Amount::from_credits(7);
+        let available = Amount::from_credits(6);
+        let rejected = Executed::Fresh(Err(Rejection::InsufficientCredits { required, available }));
+        assert_eq!(answer(too_much_answer).expect("answered"), rejected);
+        let cached = writer.cache.get(&AccountId::parse("a").expect("valid id")).cloned();
+        assert_eq!(cached, account(&writer, "a"), "still cached, as stored");
     }
 
     fn run_record(run_id: &str, thread_id: &str) -> RunRecord {
@@ -654,30 +730,22 @@ mod tests {
             created_at: Timestamp::from_micros(1),
         };
         let finished = RunRecord { state: store::RunState::Succeeded, ..run_record("r1", "t") };
-        let (jobs, answers): (Vec<Job>, Vec<Answer>) = [
-            Work::CreateRun(run_record("r1", "t")),
-            Work::PutArtifact(artifact.clone()),
-            Work::Execute(Request::new(grant("a", 10))),
-            Work::PutArtifact(Artifact { bytes: b"second".to_vec(), ..artifact.clone() }),
-            Work::CreateRun(run_record("r2", "t")),
-            Work::UpdateRun(finished),
-            Work::CreateRun(run_record("r3", "t")),
-        ]
-        .into_iter()
-        .map(work)
-        .unzip();
-        writer.run_batch(jobs);
-        let [created, put, granted, repeated, busy, updated, next] = answers.try_into().expect("seven answers");
+        let (create, created) = work(Work::CreateRun, run_record("r1", "t"));
+        let (put_first, put) = work(Work::PutArtifact, artifact.clone());
+        let (grant_a, granted) = job(grant("a", 10));
+        let (put_again, repeated) = work(Work::PutArtifact, Artifact { bytes: b"second".to_vec(), ..artifact.clone() });
+        let (create_busy, busy) = work(Work::CreateRun, run_record("r2", "t"));
+        let (finish, updated) = work(Work::UpdateRun, finished);
+        let (create_next, next) = work(Work::CreateRun, run_record("r3", "t"));
+        writer.run_batch(vec![create, put_first, grant_a, put_again, create_busy, finish, create_next]);
 
-        assert!(matches!(done(created), Ok(Done::RunCreated(Ok(run))) if run.turn_index == 0));
-        assert!(matches!(done(put), Ok(Done::ArtifactPut)));
-        assert!(matches!(done(granted), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Granted { .. }))))));
-        assert!(matches!(done(repeated), Err(StoreError::Corrupt { .. })));
-        assert!(
-            matches!(done(busy), Ok(Done::RunCreated(Err(CreateRunRefusal::ThreadBusy { run_id }))) if run_id == "r1")
-        );
-        assert!(matches!(done(updated), Ok(Done::RunUpdated(true))));
-        assert!(matches!(done(next), Ok(Done::RunCreated(Ok(run))) if run.turn_index == 1));
+        assert!(matches!(answer(created), Ok(Ok(run)) if run.turn_index == 0));
+        assert!(matches!(answer(put), Ok(())));
+        assert!(matches!(answer(granted), Ok(Executed::Fresh(Ok(Outcome::Granted { .. })))));
+        assert!(matches!(answer(repeated), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(answer(busy), Ok(Err(CreateRunRefusal::ThreadBusy { run_id })) if run_id == "r1"));
+        assert!(matches!(answer(updated), Ok(true)));
+        assert!(matches!(answer(next), Ok(Ok(run)) if run.turn_index == 1));
         assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 1);
         assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 7);
         let stored = runs::artifact(&writer.conn, "art").expect("reads").expect("exists");
@@ -739,7 +807,7 @@ mod tests {
         }
     }
 
-    fn write_job(job_id: &str, ledger: Option<Request>) -> Work {
+    fn write_job(job_id: &str, ledger: Option<Request>) -> (Work, Answer<Result<JobWritten, JobWriteRefusal>>) {
         let at = Timestamp::from_micros(1_000_000);
         let job = JobRecord {
             job_id: job_id.to_owned(),
@@ -770,7 +838,7 @@ mod tests {
             finished_at: None,
             version: 0,
         };
-        Work::WriteJob(Box::new(JobWrite { job, expected_version: None, ledger }))
+        work(Work::WriteJob, Box::new(JobWrite { job, expected_version: None, ledger }))
     }
 
     fn stored_jobs(writer: &Writer) -> Vec<String> {
@@ -789,42 +857,32 @@ mod tests {
         for cache_accounts_max in [100, 0] {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let mut writer = writer_caching(dir.path(), cache_accounts_max);
-            let (jobs, answers): (Vec<Job>, Vec<Answer>) = [
-                Work::Execute(Request::new(grant("a", 100))),
-                Work::Execute(Request::new(hold("a", "h1", 30))),
-                write_job("j1", Some(Request::new(capture("h1", 10)))),
-                write_job("j2", Some(Request::new(capture("h1", 25)))),
-                write_job("j1", Some(Request::new(capture("h1", 1)))),
-                Work::Execute(Request::new(capture("h1", 20))),
-                write_job("j3", Some(Request::new(capture("h1", 1)))),
-            ]
-            .into_iter()
-            .map(work)
-            .unzip();
-            writer.run_batch(jobs);
-            let [granted, held, created, too_much, duplicate, rest, nothing_left] =
-                answers.try_into().expect("seven answers");
+            let (grant_a, granted) = job(grant("a", 100));
+            let (hold_h1, held) = job(hold("a", "h1", 30));
+            let (write_j1, created) = write_job("j1", Some(Request::new(capture("h1", 10))));
+            let (write_j2, too_much) = write_job("j2", Some(Request::new(capture("h1", 25))));
+            let (write_j1_again, duplicate) = write_job("j1", Some(Request::new(capture("h1", 1))));
+            let (capture_rest, rest) = job(capture("h1", 20));
+            let (write_j3, nothing_left) = write_job("j3", Some(Request::new(capture("h1", 1))));
+            writer.run_batch(vec![grant_a, hold_h1, write_j1, write_j2, write_j1_again, capture_rest, write_j3]);
 
-            assert!(matches!(done(granted), Ok(Done::Executed(Executed::Fresh(Ok(_))))));
-            assert!(matches!(done(held), Ok(Done::Executed(Executed::Fresh(Ok(_))))));
+            assert!(matches!(answer(granted), Ok(Executed::Fresh(Ok(_)))));
+            assert!(matches!(answer(held), Ok(Executed::Fresh(Ok(_)))));
             assert!(
-                matches!(
-                    done(created),
-                    Ok(Done::JobWritten(Ok(JobWritten { ledger: Some(Outcome::Captured { .. }), .. })))
-                ),
+                matches!(answer(created), Ok(Ok(JobWritten { ledger: Some(Outcome::Captured { .. }), .. }))),
                 "cache {cache_accounts_max}"
             );
             let exceeds = |requested, remaining| {
-                Done::JobWritten(Err(JobWriteRefusal::Ledger(Some(Rejection::AmountExceedsHold {
+                Err::<JobWritten, _>(JobWriteRefusal::Ledger(Some(Rejection::AmountExceedsHold {
                     requested: Amount::from_credits(requested),
                     remaining: Amount::from_credits(remaining),
-                }))))
+                })))
             };
-            assert_eq!(format!("{:?}", done(too_much)), format!("{:?}", Ok::<_, StoreError>(exceeds(25, 20))));
-            assert!(matches!(done(duplicate), Ok(Done::JobWritten(Err(JobWriteRefusal::DuplicateJobId)))));
+            assert_eq!(format!("{:?}", answer(too_much)), format!("{:?}", Ok::<_, StoreError>(exceeds(25, 20))));
+            assert!(matches!(answer(duplicate), Ok(Err(JobWriteRefusal::DuplicateJobId))));
             // 20 left: j1's capture counts, the refused ones do not.
-            assert!(matches!(done(rest), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Captured { .. }))))));
-            assert_eq!(format!("{:?}", done(nothing_left)), format!("{:?}", Ok::<_, StoreError>(exceeds(1, 0))));
+            assert!(matches!(answer(rest), Ok(Executed::Fresh(Ok(Outcome::Captured { .. })))));
+            assert_eq!(format!("{:?}", answer(nothing_left)), format!("{:?}", Ok::<_, StoreError>(exceeds(1, 0))));
             assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 1);
             assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 7);
 
@@ -847,24 +905,20 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
             )
             .expect("trigger");
-        let (setup, setup_answers): (Vec<Job>, Vec<Answer>) =
+        let (setup, setup_answers): (Vec<Work>, Vec<Answer<Executed>>) =
             [grant("a", 100), hold("a", "h1", 30)].into_iter().map(job).unzip();
         writer.run_batch(setup);
-        assert!(setup_answers.into_iter().all(|answer| matches!(done(answer), Ok(Done::Executed(_)))));
+        assert!(setup_answers.into_iter().all(|setup| answer(setup).is_ok()));
         assert!(writer.cache.get(&AccountId::parse("a").expect("valid id")).is_some(), "a is cached");
 
-        let (jobs, answers): (Vec<Job>, Vec<Answer>) = [
-            write_job("j1", Some(Request::with_key(capture("h1", 30), "poison", "fp"))),
-            Work::Execute(Request::new(capture("h1", 30))),
-        ]
-        .into_iter()
-        .map(work)
-        .unzip();
-        writer.run_batch(jobs);
-        let [failed, whole] = answers.try_into().expect("two answers");
-        assert!(matches!(done(failed), Err(StoreError::Corrupt { detail, .. }) if detail.contains("injected failure")));
+        let (write_j1, failed) = write_job("j1", Some(Request::with_key(capture("h1", 30), "poison", "fp")));
+        let (capture_whole, whole) = job(capture("h1", 30));
+        writer.run_batch(vec![write_j1, capture_whole]);
+        assert!(
+            matches!(answer(failed), Err(StoreError::Corrupt { detail, .. }) if detail.contains("injected failure"))
+        );
         // Had the cache kept the rolled-back capture of 30, nothing would remain to capture.
-        assert!(matches!(done(whole), Ok(Done::Executed(Executed::Fresh(Ok(Outcome::Captured { .. }))))));
+        assert!(matches!(answer(whole), Ok(Executed::Fresh(Ok(Outcome::Captured { .. })))));
         assert_eq!(stored_jobs(&writer), Vec::<String>::new());
         let a = account(&writer, "a").expect("a exists").materialized();
         assert_eq!((a.balance, a.held), (Amount::from_credits(70), Amount::ZERO));
@@ -875,25 +929,22 @@ mod tests {
     fn claims_in_one_batch_take_different_jobs() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut writer = writer(dir.path());
-        let (inserts, inserted): (Vec<Job>, Vec<Answer>) =
-            ["j1", "j2"].into_iter().map(|job_id| work(write_job(job_id, None))).unzip();
+        let (inserts, inserted): (Vec<Work>, Vec<_>) =
+            ["j1", "j2"].into_iter().map(|job_id| write_job(job_id, None)).unzip();
         writer.run_batch(inserts);
-        assert!(inserted.into_iter().all(|answer| matches!(done(answer), Ok(Done::JobWritten(Ok(_))))));
+        assert!(inserted.into_iter().all(|insert| matches!(answer(insert), Ok(Ok(_)))));
         let now = Timestamp::from_micros(2_000_000);
-        let claim = |worker: &str| Work::ClaimJob {
-            worker_id: worker.to_owned(),
-            now,
-            lease_until: now.plus_seconds(30),
-            attempts_max: 3,
+        let claim = |worker: &str| {
+            let claim = Claim { worker_id: worker.to_owned(), now, lease_until: now.plus_seconds(30), attempts_max: 3 };
+            work(Work::ClaimJob, claim)
         };
-        let (claims, answers): (Vec<Job>, Vec<Answer>) =
-            [claim("w1"), claim("w2"), claim("w3")].into_iter().map(work).unzip();
+        let (claims, answers): (Vec<Work>, Vec<_>) = [claim("w1"), claim("w2"), claim("w3")].into_iter().unzip();
         writer.run_batch(claims);
         let claimed: Vec<Option<(String, String)>> = answers
             .into_iter()
-            .map(|answer| match done(answer) {
-                Ok(Done::JobClaimed(job)) => job.map(|job| (job.job_id, job.lease_holder.unwrap_or_default())),
-                other => panic!("unexpected {other:?}"),
+            .map(|claimed| {
+                let job = answer(claimed).expect("a claim answers");
+                job.map(|job| (job.job_id, job.lease_holder.unwrap_or_default()))
             })
             .collect();
         let expected = [Some(("j1", "w1")), Some(("j2", "w2")), None]
