@@ -10,12 +10,14 @@
 //!    answered `Replayed` (or `Conflict`) without being applied;
 //! 2. the account row is locked (`SELECT … FOR UPDATE`), which serialises every change of one
 //!    account across processes, and so keeps the account's journal `seq` increasing;
-//! 3. the state is loaded once under that lock (live grants, pending holds, and every hold and
-//!    referenced grant a command of the batch names), then [`ledger::execute`] decides each
-//!    command in arrival order on the state the one before produced (a rejection leaves it as it
-//!    was);
-//! 4. the merged changes are written once (each touched grant and hold at its final state, the
-//!    journal entries in order), with every claimed key's result, and committed once.
+//! 3. the state is loaded once under that lock (what [`protocol::needs`] lists for each command
+//!    of the batch), then a [`protocol::Decider`] decides each command in arrival order on the
+//!    state the one before produced (a rejection leaves it as it was);
+//! 4. the [`protocol::Writes`] are written once (each changed grant and hold at its final state,
+//!    the journal entries in order), with every claimed key's result, and committed once.
+//!
+//! The protocol's steps are [`store::protocol`]'s; this module is their I/O: the claims, the lock,
+//! the pipelined reads and writes.
 //!
 //! Deadlock freedom: every transaction takes its locks in one global order, keys in ascending
 //! order, then one account row, and waits for nothing after that lock but its own statements.
@@ -37,9 +39,10 @@ use std::pin::Pin;
 
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
-use ledger::{AccountId, AccountState, Amount, Changes, Entry, Hold, HoldId, Rejection, Target, Timestamp, Totals};
-use store::codec::undecodable;
-use store::{codec, Executed, Request, StoreError};
+use ledger::{AccountId, AccountState, Amount, Entry, Hold, HoldId, Target, Timestamp};
+use store::codec::{self, undecodable};
+use store::protocol::{self, AccountRow, Decider, Needs, PendingHolds, Writes};
+use store::{Executed, Idempotency, Request, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -182,23 +185,18 @@ async fn run(
     let now_micros = now.micros();
     // Claims in ascending key order: the lock order that keeps batches of different processes
     // from waiting on each other's keys in a cycle.
-    let mut claims: Vec<(usize, &str, &str)> = requests
+    let mut claims: Vec<(usize, &Idempotency)> = requests
         .iter()
         .enumerate()
-        .filter_map(|(index, request)| {
-            request
-                .idempotency
-                .as_ref()
-                .map(|idempotency| (index, idempotency.key.as_str(), idempotency.fingerprint.as_str()))
-        })
+        .filter_map(|(index, request)| request.idempotency.as_ref().map(|idempotency| (index, idempotency)))
         .collect();
-    claims.sort_by(|left, right| left.1.cmp(right.1));
+    claims.sort_by(|left, right| left.1.key.cmp(&right.1.key));
 
     let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(6);
     if !claims.is_empty() {
         let statement = transaction.prepare_cached(CLAIM_KEYS).await?;
-        let keys: Vec<&str> = claims.iter().map(|claim| claim.1).collect();
-        let fingerprints: Vec<&str> = claims.iter().map(|claim| claim.2).collect();
+        let keys: Vec<&str> = claims.iter().map(|claim| claim.1.key.as_str()).collect();
+        let fingerprints: Vec<&str> = claims.iter().map(|claim| claim.1.fingerprint.as_str()).collect();
         pending.push(Box::pin(async move {
             let params: [&(dyn ToSql + Sync); 3] = [&keys, &fingerprints, &now_micros];
             transaction.query(&statement, &params).await
@@ -227,79 +225,32 @@ async fn run(
             let key: &str = row.try_get(0).map_err(|_| undecodable("idempotency key"))?;
             inserted.insert(key);
         }
-        recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1)).copied());
+        recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1.key.as_str())).copied());
     }
     for (index, answer) in read_keys(transaction, &recorded).await? {
         executed[index] = Some(answer);
     }
 
-    let (state, totals_before) = match (account_id, load) {
-        (Some(account_id), Some(load)) => {
-            let state = load.state(account_id, &mut replies)?;
-            let totals_before = state.as_ref().map(|state| state.totals);
-            (state, totals_before)
-        }
-        _ => (None, None),
-    };
-
     // Decide in arrival order, each command on the state the previous one left.
-    let mut state = state;
-    let mut changes = Changes::default();
-    let mut results = Vec::new();
-    for (index, request) in requests.iter().enumerate() {
-        if executed[index].is_some() {
-            continue;
-        }
-        let key = request.idempotency.as_ref().map(|idempotency| idempotency.key.as_str());
-        let result = if account_id.is_none() {
-            Err(Rejection::HoldNotFound)
-        } else {
-            match ledger::execute(state.clone(), &request.command, now, key) {
-                Ok(applied) => {
-                    merge(&mut changes, applied.changes);
-                    state = Some(applied.state);
-                    Ok(applied.outcome)
-                }
-                Err(rejection) => Err(rejection),
-            }
-        };
-        if let Some(key) = key {
-            results.push((key, codec::encode_result(&result)));
-        }
-        executed[index] = Some(Executed::Fresh(result));
-    }
-
-    let wrote = !changes.is_empty() || !results.is_empty();
-    let written = match &state {
-        Some(state) if !changes.is_empty() => Some((state, &changes)),
-        _ => None,
+    let mut decider = match (account_id, load) {
+        (Some(account_id), Some(load)) => Decider::new(load.state(account_id, &mut replies)?),
+        _ => Decider::hold_not_found(),
     };
-    write(transaction, written, totals_before, results).await?;
+    for (index, request) in requests.iter().enumerate() {
+        if executed[index].is_none() {
+            executed[index] = Some(Executed::Fresh(decider.decide(request, now)));
+        }
+    }
+    let writes = decider.finish();
+    write(transaction, &writes).await?;
     let executed = executed.into_iter().map(|answer| answer.expect("every request answered")).collect();
-    Ok(Batch { executed, wrote })
-}
-
-/// Adds one command's changes to the batch's: each grant and hold once (written at its final
-/// state), the entries in order.
-fn merge(into: &mut Changes, changes: Changes) {
-    into.account_created |= changes.account_created;
-    for grant_id in changes.grants {
-        if !into.grants.contains(&grant_id) {
-            into.grants.push(grant_id);
-        }
-    }
-    for hold_id in changes.holds {
-        if !into.holds.contains(&hold_id) {
-            into.holds.push(hold_id);
-        }
-    }
-    into.entries.extend(changes.entries);
+    Ok(Batch { executed, wrote: !writes.is_empty() })
 }
 
 /// Reads the records of keys that existed when claimed: `(request index, answer)` each.
 async fn read_keys(
     transaction: &Transaction<'_>,
-    recorded: &[(usize, &str, &str)],
+    recorded: &[(usize, &Idempotency)],
 ) -> Result<Vec<(usize, Executed)>, Failure> {
     if recorded.is_empty() {
         return Ok(Vec::new());
@@ -307,27 +258,23 @@ async fn read_keys(
     let statement = transaction.prepare_cached(READ_KEY).await?;
     let pending: Vec<PendingRows<'_>> = recorded
         .iter()
-        .map(|&(_, key, _)| {
+        .map(|&(_, idempotency)| {
             let statement = statement.clone();
+            let key = idempotency.key.as_str();
             Box::pin(async move { transaction.query(&statement, &[&key]).await }) as PendingRows<'_>
         })
         .collect();
     let mut answers = Vec::with_capacity(recorded.len());
-    for (&(index, _, fingerprint), rows) in recorded.iter().zip(join_in_order(pending).await) {
+    for (&(index, idempotency), rows) in recorded.iter().zip(join_in_order(pending).await) {
         // The key exists, committed: its INSERT waited for any transaction still holding it.
         let Some(row) = rows?.into_iter().next() else {
             // Swept between the two statements (only possible past the retention period).
             return Err(Failure::retry(RetryCause::Race, "idempotency key vanished"));
         };
-        let undecodable = |_| StoreError::corrupt("undecodable idempotency record".to_owned());
+        let undecodable = |error| StoreError::corrupt("undecodable idempotency record").with_source(error);
         let stored_fingerprint: &str = row.try_get(0).map_err(undecodable)?;
         let result: &str = row.try_get(1).map_err(undecodable)?;
-        let answer = if stored_fingerprint != fingerprint {
-            Executed::Conflict
-        } else {
-            Executed::Replayed(codec::decode_result(result)?)
-        };
-        answers.push((index, answer));
+        answers.push((index, protocol::replay(idempotency, stored_fingerprint, result)?));
     }
     Ok(answers)
 }
@@ -341,26 +288,30 @@ struct Load {
 }
 
 impl Load {
-    /// Queues the account lock, its live grants and pending holds, the named holds and the
-    /// referenced grants of every request (also those that will turn out to be replays: loading
-    /// more of the account than needed is harmless).
+    /// Queues the account lock and what every request needs ([`protocol::needs`]): its base
+    /// state, the named holds and the referenced grants (also for requests that will turn out to
+    /// be replays: loading more of the account than needed is harmless).
     async fn push<'a>(
         transaction: &'a Transaction<'_>,
         account_id: &'a AccountId,
         requests: &[&'a Request],
         pending: &mut Vec<PendingRows<'a>>,
     ) -> Result<Load, Failure> {
+        let needs: Vec<Needs<'a>> = requests.iter().map(|request| protocol::needs(&request.command)).collect();
+        let pending_holds = needs.first().map_or(PendingHolds::All, |need| need.pending_holds);
+        assert!(needs.iter().all(|need| need.pending_holds == pending_holds), "one base state per batch");
         let lock = transaction.prepare_cached(&lock_account_sql()).await?;
         let grants = transaction.prepare_cached(&live_grants_sql()).await?;
-        let holds = transaction.prepare_cached(&pending_holds_sql()).await?;
+        let holds = match pending_holds {
+            PendingHolds::All => transaction.prepare_cached(&pending_holds_sql()).await?,
+        };
         let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
         let by_reference = transaction.prepare_cached(&grant_by_reference_sql()).await?;
         let id = account_id.as_str();
         pending.push(Box::pin(async move { transaction.query(&lock, &[&id]).await }));
         pending.push(Box::pin(async move { transaction.query(&grants, &[&id]).await }));
         pending.push(Box::pin(async move { transaction.query(&holds, &[&id]).await }));
-        let mut named: Vec<&str> =
-            requests.iter().filter_map(|request| request.command.hold_to_load().map(HoldId::as_str)).collect();
+        let mut named: Vec<&str> = needs.iter().filter_map(|need| need.hold.map(HoldId::as_str)).collect();
         named.sort_unstable();
         named.dedup();
         let named_holds = !named.is_empty();
@@ -369,8 +320,8 @@ impl Load {
         }
         let mut references = HashSet::new();
         let mut referenced_grants = 0;
-        for request in requests {
-            let Some((kind, reference)) = request.command.grant_reference_to_load() else { continue };
+        for need in &needs {
+            let Some((kind, reference)) = need.grant else { continue };
             if !references.insert((kind.as_str(), reference.as_str())) {
                 continue;
             }
@@ -401,20 +352,11 @@ impl Load {
         state.totals = totals;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
         state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
-        // A hold of another account is simply not loaded: the ledger then answers
-        // `hold_not_found`, after checking what comes first (a refund's reference), as every
-        // store does.
         for hold in named_holds.iter().map(rows::hold) {
-            let hold = hold?;
-            if &hold.account_id == account_id && state.hold(&hold.hold_id).is_none() {
-                state.holds.push(hold);
-            }
+            protocol::include_hold(&mut state, hold?);
         }
         for grant in referenced.iter().flatten().map(rows::grant) {
-            let grant = grant?;
-            if state.grant(&grant.grant_id).is_none() {
-                state.grants.push(grant);
-            }
+            protocol::include_grant(&mut state, grant?);
         }
         Ok(Some(state))
     }
@@ -451,54 +393,48 @@ async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
     slots.iter_mut().map(|slot| Pin::new(slot).take_output().expect("every joined future completed")).collect()
 }
 
-/// Writes what the batch changed, if anything (`changed`: the final state and the merged
-/// changes): the account row (inserted when new; updated only when its totals moved, so a hold
-/// does not rewrite the row every waiter is queued on), touched grants and holds (upserted as
-/// they stand in the final state, once each), the journal entries in order; then each claimed
-/// key's result.
+/// Writes what the protocol lists ([`Writes`]): the account row (inserted when new; updated
+/// only when its totals moved), the changed grants and holds (upserted as they stand in the final
+/// state, once each), the journal entries in order; then each claimed key's result.
 ///
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
-async fn write(
-    transaction: &Transaction<'_>,
-    changed: Option<(&AccountState, &Changes)>,
-    totals_before: Option<Totals>,
-    results: Vec<(&str, String)>,
-) -> Result<(), Failure> {
+async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Failure> {
     let mut pending: Vec<Pending<'_>> = Vec::new();
-    let mut write_account = false;
-    let mut account_created = false;
     let mut entries_at = None;
-    if let Some((state, changes)) = changed {
-        pending.reserve(4 + changes.grants.len());
+    let account_row = writes.account_row();
+    if let Some(state) = writes.state().filter(|_| writes.changed()) {
         let account_id = state.account_id.as_str();
         let spent = sql_amount(state.totals.spent)?;
         let refunded = sql_amount(state.totals.refunded)?;
         let created_at = state.created_at.micros();
-        account_created = changes.account_created;
-        write_account = account_created || totals_before.is_some_and(|totals| totals != state.totals);
-        if write_account {
-            let sql = if account_created { INSERT_ACCOUNT } else { UPDATE_ACCOUNT };
-            let statement = transaction.prepare_cached(sql).await?;
-            pending.push(Box::pin(async move {
-                let rows = if account_created {
-                    transaction.execute(&statement, &[&account_id, &created_at, &spent, &refunded]).await?
-                } else {
-                    transaction.execute(&statement, &[&account_id, &spent, &refunded]).await?
-                };
-                Ok(Written::Rows(rows))
-            }));
+        match account_row {
+            AccountRow::Unchanged => {}
+            AccountRow::Insert => {
+                let statement = transaction.prepare_cached(INSERT_ACCOUNT).await?;
+                pending.push(Box::pin(async move {
+                    let params: [&(dyn ToSql + Sync); 4] = [&account_id, &created_at, &spent, &refunded];
+                    Ok(Written::Rows(transaction.execute(&statement, &params).await?))
+                }));
+            }
+            AccountRow::Update => {
+                let statement = transaction.prepare_cached(UPDATE_ACCOUNT).await?;
+                pending.push(Box::pin(async move {
+                    Ok(Written::Rows(transaction.execute(&statement, &[&account_id, &spent, &refunded]).await?))
+                }));
+            }
         }
-        push_grants(transaction, state, changes, &mut pending).await?;
-        push_holds(transaction, state, changes, &mut pending).await?;
-        if !changes.entries.is_empty() {
+        push_grants(transaction, writes, &mut pending).await?;
+        push_holds(transaction, writes, &mut pending).await?;
+        if !writes.entries().is_empty() {
             entries_at = Some(pending.len());
-            push_entries(transaction, changes, &mut pending).await?;
+            push_entries(transaction, writes.entries(), &mut pending).await?;
         }
     }
-    if !results.is_empty() {
+    if !writes.records().is_empty() {
         let statement = transaction.prepare_cached(RECORD_RESULTS).await?;
-        let (keys, results): (Vec<&str>, Vec<String>) = results.into_iter().unzip();
+        let keys: Vec<&str> = writes.records().iter().map(|record| record.key.as_str()).collect();
+        let results: Vec<&str> = writes.records().iter().map(|record| record.result.as_str()).collect();
         pending.push(Box::pin(
             async move { Ok(Written::Rows(transaction.execute(&statement, &[&keys, &results]).await?)) },
         ));
@@ -514,25 +450,23 @@ async fn write(
     for reply in join_in_order(pending).await {
         replies.push(reply?);
     }
-    if let (Some(index), Some((_, changes))) = (entries_at, changed) {
+    if let Some(index) = entries_at {
         let Written::Entries(rows) = &replies[index] else { unreachable!("the entries' reply is rows") };
-        check_entries(&changes.entries, rows)?;
+        check_entries(writes.entries(), rows)?;
     }
-    if write_account {
-        match (account_created, &replies[0]) {
-            // Another transaction created the account first; its row is now committed, so the
-            // next attempt locks it and decides against its real state.
-            (true, Written::Rows(0)) => {
-                let account_id = changed.map(|(state, _)| state.account_id.as_str()).unwrap_or_default();
-                return Err(Failure::retry(RetryCause::Race, format!("account {account_id} created concurrently")));
-            }
-            (false, Written::Rows(rows)) if *rows != 1 => {
-                return Err(Failure::Store(undecodable("account row (vanished while locked)")))
-            }
-            _ => {}
+    // The account row's statement, when there is one, went first.
+    match (account_row, &replies[0]) {
+        // Another transaction created the account first; its row is now committed, so the next
+        // attempt locks it and decides against its real state.
+        (AccountRow::Insert, Written::Rows(0)) => {
+            let account_id = writes.state().map(|state| state.account_id.as_str()).unwrap_or_default();
+            Err(Failure::retry(RetryCause::Race, format!("account {account_id} created concurrently")))
         }
+        (AccountRow::Update, Written::Rows(rows)) if *rows != 1 => {
+            Err(Failure::Store(undecodable("account row (vanished while locked)")))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks that the batch's entries were inserted exactly as decided, each with a larger `seq`
@@ -554,16 +488,14 @@ fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
 
 async fn push_grants<'a>(
     transaction: &'a Transaction<'_>,
-    state: &'a AccountState,
-    changes: &'a Changes,
+    writes: &'a Writes,
     pending: &mut Vec<Pending<'a>>,
 ) -> Result<(), Failure> {
-    if changes.grants.is_empty() {
+    if writes.grants().next().is_none() {
         return Ok(());
     }
     let statement = transaction.prepare_cached(UPSERT_GRANT).await?;
-    for grant_id in &changes.grants {
-        let grant = state.grant(grant_id).expect("a touched grant is in the applied state");
+    for grant in writes.grants() {
         let amount = sql_amount(grant.amount)?;
         let free = sql_amount(grant.free)?;
         let expires_at = grant.expires_at.map(Timestamp::micros);
@@ -592,19 +524,14 @@ async fn push_grants<'a>(
 
 async fn push_holds<'a>(
     transaction: &'a Transaction<'_>,
-    state: &'a AccountState,
-    changes: &'a Changes,
+    writes: &'a Writes,
     pending: &mut Vec<Pending<'a>>,
 ) -> Result<(), Failure> {
-    if changes.holds.is_empty() {
+    let holds: Vec<&Hold> = writes.holds().collect();
+    if holds.is_empty() {
         return Ok(());
     }
     let statement = transaction.prepare_cached(UPSERT_HOLDS).await?;
-    let holds: Vec<&Hold> = changes
-        .holds
-        .iter()
-        .map(|hold_id| state.hold(hold_id).expect("a touched hold is in the applied state"))
-        .collect();
     let amounts =
         |amount: fn(&Hold) -> Amount| holds.iter().map(|hold| sql_amount(amount(hold))).collect::<Result<Vec<_>, _>>();
     let (amount, captured) = (amounts(|hold| hold.amount)?, amounts(|hold| hold.captured)?);
@@ -640,11 +567,10 @@ async fn push_holds<'a>(
 
 async fn push_entries<'a>(
     transaction: &'a Transaction<'_>,
-    changes: &'a Changes,
+    entries: &'a [Entry],
     pending: &mut Vec<Pending<'a>>,
 ) -> Result<(), Failure> {
     let statement = transaction.prepare_cached(&insert_entries_sql()).await?;
-    let entries = &changes.entries;
     let amounts = |amount: fn(&Entry) -> Amount| {
         entries.iter().map(|entry| sql_amount(amount(entry))).collect::<Result<Vec<_>, _>>()
     };
