@@ -24,14 +24,30 @@ pub(crate) struct Credits {
 }
 
 impl Credits {
-    /// Sends one command with its key, retrying on store errors (the key makes retries safe).
-    async fn send(&self, command: Command, key: &str) -> Result<Result<Outcome, Rejection>, StoreError> {
+    /// Sends one command with its key, retrying on store errors (the key makes retries safe),
+    /// and takes its answer through `shape`, the typed view of the one outcome this command
+    /// gives. Another outcome (a record of another command under this key) is corrupt data.
+    async fn send<T>(
+        &self,
+        command: Command,
+        key: &str,
+        shape: fn(Outcome) -> Result<T, Box<Outcome>>,
+    ) -> Result<Result<T, Rejection>, StoreError> {
         let fingerprint = format!("{command:?}");
         let mut attempt = 0;
         loop {
             let request = Request::with_key(command.clone(), key, &fingerprint);
             match self.store.execute(request).await {
-                Ok(Executed::Fresh(result) | Executed::Replayed(result)) => return Ok(result),
+                Ok(Executed::Fresh(result) | Executed::Replayed(result)) => {
+                    return match result.map(shape) {
+                        Ok(Ok(answer)) => Ok(Ok(answer)),
+                        Ok(Err(other)) => Err(StoreError::corrupt(format!(
+                            "the {} under key {key} answered {other:?}",
+                            command.name()
+                        ))),
+                        Err(rejection) => Ok(Err(rejection)),
+                    };
+                }
                 Ok(Executed::Conflict) => {
                     return Err(StoreError::corrupt(format!("idempotency key {key} used by another request")))
                 }
@@ -49,10 +65,7 @@ impl Credits {
     /// Sends a `Command::Hold` built by the caller.
     pub async fn hold(&self, key: &str, command: Command) -> Result<Result<Hold, Rejection>, StoreError> {
         assert!(matches!(command, Command::Hold { .. }), "Credits::hold takes a hold command");
-        Ok(self.send(command, key).await?.map(|outcome| match outcome {
-            Outcome::Held { hold } => hold,
-            other => unreachable!("a hold command answered {other:?}"),
-        }))
+        self.send(command, key, Outcome::into_held).await
     }
 
     pub async fn capture(
@@ -63,10 +76,7 @@ impl Credits {
         is_final: bool,
     ) -> Result<Result<Hold, Rejection>, StoreError> {
         let command = Command::Capture { hold_id: hold_id.clone(), amount, is_final, overage: Overage::Reject };
-        Ok(self.send(command, key).await?.map(|outcome| match outcome {
-            Outcome::Captured { hold } => hold,
-            other => unreachable!("a capture command answered {other:?}"),
-        }))
+        self.send(command, key, Outcome::into_captured).await
     }
 
     /// Moves a pending hold's expiry to `ttl_seconds` from now (the key names the extension, so
@@ -78,20 +88,16 @@ impl Credits {
         ttl_seconds: u64,
     ) -> Result<Result<Hold, Rejection>, StoreError> {
         let command = Command::Extend { hold_id: hold_id.clone(), ttl_seconds };
-        Ok(self.send(command, key).await?.map(|outcome| match outcome {
-            Outcome::Extended { hold } => hold,
-            other => unreachable!("an extend command answered {other:?}"),
-        }))
+        self.send(command, key, Outcome::into_extended).await
     }
 
     /// Releases a hold. Only "released now", "already released", "not found" and the states in
     /// which nothing is reserved any more count as done; store errors are retried, then returned
     /// (the caller logs them with the hold id; the hold's TTL remains the safety net).
     pub async fn release(&self, key: &str, hold_id: &HoldId) -> Result<Released, StoreError> {
-        match self.send(Command::Release { hold_id: hold_id.clone() }, key).await? {
-            Ok(Outcome::Released { changed: true, .. }) => Ok(Released::Now),
-            Ok(Outcome::Released { changed: false, .. }) => Ok(Released::AlreadyDone("released")),
-            Ok(other) => unreachable!("a release command answered {other:?}"),
+        match self.send(Command::Release { hold_id: hold_id.clone() }, key, Outcome::into_released).await? {
+            Ok((_, true)) => Ok(Released::Now),
+            Ok((_, false)) => Ok(Released::AlreadyDone("released")),
             Err(Rejection::HoldNotFound) => Ok(Released::AlreadyDone("not found")),
             Err(Rejection::HoldNotPending { state: HoldState::Captured }) => Ok(Released::AlreadyDone("captured")),
             Err(Rejection::HoldNotPending { state: HoldState::Expired }) => Ok(Released::AlreadyDone("expired")),
