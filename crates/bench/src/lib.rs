@@ -4,11 +4,13 @@
 //! `BENCHMARKS.md`, `docs/benchmarks/chart.svg` and `docs/benchmarks/results.json`.
 //!
 //! Code map: [`workload`] decides what to send, [`inprocess`] and [`http`] send it, [`stores`]
-//! opens every store kind behind `store::LedgerStore`, [`serve`] is the server process the HTTP
+//! opens every store kind behind `store::LedgerStore` ([`baseline`]: the straightforward stores
+//! creditgraph is measured against), [`serve`] is the server process the HTTP
 //! runs start, [`suite`] orders the runs, [`report`] turns results into Markdown and SVG.
 //! [`turns`] (what the credit wiring adds to a solve turn) and [`streams`] (memory per open SSE
 //! stream) measure issue 7's engine targets.
 
+pub mod baseline;
 pub mod http;
 pub mod inprocess;
 pub mod measure;

@@ -1,14 +1,14 @@
 //! The stores under test, all behind [`store::LedgerStore`]: creditgraph's SQLite store (durable
-//! and with fsync off), creditgraph's PostgreSQL store, and the baselines of `store-baseline`.
+//! and with fsync off), creditgraph's PostgreSQL store, and the baselines of [`crate::baseline`].
 //! The same drivers and the same HTTP server run against each.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::baseline::{BaselinePostgresStore, BaselineSqliteStore, PostgresBaselineMode};
 use anyhow::Context;
 use serde::Serialize;
 use store::{LedgerStore, SystemClock};
-use store_baseline::{BaselinePostgresStore, BaselineSqliteStore, PostgresBaselineMode};
 use store_postgres::{PostgresOptions, PostgresStore};
 use store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -80,7 +80,7 @@ impl StoreCounters {
     }
 
     /// A baseline commits each operation alone.
-    fn of_baseline(stats: store_baseline::BaselineStats) -> StoreCounters {
+    fn of_baseline(stats: crate::baseline::BaselineStats) -> StoreCounters {
         StoreCounters {
             commits: stats.transactions,
             operations: stats.transactions,

@@ -1,12 +1,12 @@
 //! The PostgreSQL baseline, in both modes, against the shared scenarios on a fresh database each.
 //! Needs `CREDITGRAPH_TEST_POSTGRES_URL` (see `store_postgres::testing`); without it these fail.
 
-mod common;
+mod baseline;
 
 use std::sync::Arc;
 
+use bench::baseline::{BaselinePostgresStore, PostgresBaselineMode};
 use store::{LedgerStore, ManualClock};
-use store_baseline::{BaselinePostgresStore, PostgresBaselineMode};
 use tokio_postgres::NoTls;
 
 const POOL_MAX: usize = 8;
@@ -25,7 +25,7 @@ macro_rules! scenarios {
             async fn $name() {
                 let (store, clock, _url) = super::connect($mode).await;
                 assert_eq!(store::LedgerStore::backend(&*store), $backend);
-                super::common::$name(store, clock).await;
+                super::baseline::$name(store, clock).await;
             }
         )*
     };
@@ -49,36 +49,36 @@ macro_rules! all_scenarios {
 }
 
 mod for_update {
-    all_scenarios!(store_baseline::PostgresBaselineMode::ForUpdate, "baseline-postgres-for-update");
+    all_scenarios!(bench::baseline::PostgresBaselineMode::ForUpdate, "baseline-postgres-for-update");
 }
 
 mod conditional_update {
-    all_scenarios!(store_baseline::PostgresBaselineMode::ConditionalUpdate, "baseline-postgres-conditional-update");
+    all_scenarios!(bench::baseline::PostgresBaselineMode::ConditionalUpdate, "baseline-postgres-conditional-update");
 }
 
 /// Both modes share the tables, and connecting again to a database that has them works.
 #[tokio::test]
 async fn reconnecting_keeps_the_ledger_and_counts_transactions() {
     let (store, clock, url) = connect(PostgresBaselineMode::ForUpdate).await;
-    let shared: common::Store = store.clone();
-    common::grant(&shared, "ivy", 10).await;
-    common::hold(&shared, "ivy", "h1", 4, 60).await.expect("held");
+    let shared: baseline::Store = store.clone();
+    baseline::grant(&shared, "ivy", 10).await;
+    baseline::hold(&shared, "ivy", "h1", 4, 60).await.expect("held");
     assert_eq!(store.stats().transactions, 2);
-    let again: common::Store = Arc::new(
+    let again: baseline::Store = Arc::new(
         BaselinePostgresStore::connect(&url, PostgresBaselineMode::ConditionalUpdate, 2, clock)
             .await
             .expect("the store connects again"),
     );
-    common::assert_figures(&again, "ivy", 6, 4).await;
+    baseline::assert_figures(&again, "ivy", 6, 4).await;
 }
 
 /// `verify` can fail: a `held` column out of step with the holds is reported.
 #[tokio::test]
 async fn verify_reports_tampered_columns() {
     let (store, _clock, url) = connect(PostgresBaselineMode::ConditionalUpdate).await;
-    let shared: common::Store = store.clone();
-    common::grant(&shared, "jack", 10).await;
-    common::hold(&shared, "jack", "h1", 4, 60).await.expect("held");
+    let shared: baseline::Store = store.clone();
+    baseline::grant(&shared, "jack", 10).await;
+    baseline::hold(&shared, "jack", "h1", 4, 60).await.expect("held");
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("a side connection");
     let driver = tokio::spawn(connection);
     client.execute("UPDATE baseline_accounts SET held = held + 1 WHERE id = 'jack'", &[]).await.expect("tampered");

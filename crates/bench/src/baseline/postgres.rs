@@ -24,8 +24,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
-use crate::rules::{self, hold_columns, AccountRow, HoldRow, Moves, ReleasePlan, VerifyRow};
-use crate::{BaselineStats, Counters, RETRIES_MAX};
+use super::rules::{self, hold_columns, AccountRow, HoldRow, Moves, ReleasePlan, VerifyRow};
+use super::{BaselineStats, Counters, RETRIES_MAX};
 
 /// How an operation that takes credits decides whether the account has them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! Baseline ledger stores: what a team typically writes today, kept here to measure creditgraph
-//! against in BENCHMARKS.md.
+//! against in BENCHMARKS.md. They live in the benchmark harness because nothing else uses them:
+//! **not for production use.**
 //!
-//! Why this crate exists: a benchmark of creditgraph's stores alone says nothing about whether
+//! Why they exist: a benchmark of creditgraph's stores alone says nothing about whether
 //! their design (one per-account state machine, grants with spend order, a journal, group commit
 //! and batching) is worth it. The honest comparison is the straightforward design most services
 //! use for credits: an `accounts` row with balance columns, a `holds` table, an idempotency

@@ -19,8 +19,8 @@ use ledger::{AccountId, Amount, Balances, Command, Entry, Hold, HoldId, HoldStat
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior};
 use store::{codec, AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
-use crate::rules::{self, hold_columns, AccountRow, HoldRow, Moves, ReleasePlan, VerifyRow};
-use crate::{BaselineStats, Counters, RETRIES_MAX};
+use super::rules::{self, hold_columns, AccountRow, HoldRow, Moves, ReleasePlan, VerifyRow};
+use super::{BaselineStats, Counters, RETRIES_MAX};
 
 const CONNECTIONS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

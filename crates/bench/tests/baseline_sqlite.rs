@@ -1,11 +1,11 @@
 //! The SQLite baseline against the shared scenarios, on a real database file.
 
-mod common;
+mod baseline;
 
 use std::sync::Arc;
 
+use bench::baseline::BaselineSqliteStore;
 use store::{LedgerStore, ManualClock};
-use store_baseline::BaselineSqliteStore;
 use tempfile::TempDir;
 
 fn open() -> (Arc<BaselineSqliteStore>, Arc<ManualClock>, TempDir) {
@@ -22,7 +22,7 @@ macro_rules! scenarios {
             async fn $name() {
                 let (store, clock, _dir) = open();
                 assert_eq!(store.backend(), "baseline-sqlite");
-                common::$name(store, clock).await;
+                baseline::$name(store, clock).await;
             }
         )*
     };
@@ -43,23 +43,23 @@ scenarios!(
 #[tokio::test]
 async fn reopening_keeps_the_ledger_and_counts_transactions() {
     let (store, clock, dir) = open();
-    let shared: common::Store = store.clone();
-    common::grant(&shared, "ivy", 10).await;
-    common::hold(&shared, "ivy", "h1", 4, 60).await.expect("held");
+    let shared: baseline::Store = store.clone();
+    baseline::grant(&shared, "ivy", 10).await;
+    baseline::hold(&shared, "ivy", "h1", 4, 60).await.expect("held");
     assert_eq!(store.stats().transactions, 2);
     drop((shared, store));
-    let reopened: common::Store =
+    let reopened: baseline::Store =
         Arc::new(BaselineSqliteStore::open(&dir.path().join("baseline.db"), clock).expect("the store reopens"));
-    common::assert_figures(&reopened, "ivy", 6, 4).await;
+    baseline::assert_figures(&reopened, "ivy", 6, 4).await;
 }
 
 /// `verify` can fail: a `held` column out of step with the holds is reported.
 #[tokio::test]
 async fn verify_reports_tampered_columns() {
     let (store, _clock, dir) = open();
-    let shared: common::Store = store.clone();
-    common::grant(&shared, "jack", 10).await;
-    common::hold(&shared, "jack", "h1", 4, 60).await.expect("held");
+    let shared: baseline::Store = store.clone();
+    baseline::grant(&shared, "jack", 10).await;
+    baseline::hold(&shared, "jack", "h1", 4, 60).await.expect("held");
     let connection = rusqlite::Connection::open(dir.path().join("baseline.db")).expect("a side connection");
     connection.execute("UPDATE baseline_accounts SET held = held + 1 WHERE id = 'jack'", []).expect("tampered");
     let report = store.verify().await.expect("verify runs");
