@@ -61,9 +61,11 @@ const READ_KEY: &str = "SELECT fingerprint, result FROM idempotency WHERE key = 
 const RECORD_RESULTS: &str = "UPDATE idempotency SET result = recorded.result \
      FROM unnest($1::TEXT[], $2::TEXT[]) AS recorded (key, result) WHERE idempotency.key = recorded.key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
+/// Returns the row it inserted: none when another transaction created the account first.
 const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES ($1, $2, $3, $4) \
-     ON CONFLICT (account_id) DO NOTHING";
-const UPDATE_ACCOUNT: &str = "UPDATE accounts SET spent = $2, refunded = $3 WHERE account_id = $1";
+     ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
+/// Returns the row it updated: exactly one, the row this transaction has locked.
+const UPDATE_ACCOUNT: &str = "UPDATE accounts SET spent = $2, refunded = $3 WHERE account_id = $1 RETURNING account_id";
 const UPSERT_GRANT: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
      created_at, reference, metadata, live) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
@@ -171,7 +173,8 @@ pub(crate) async fn hold_account(
     Ok(Some(AccountId::parse(text).map_err(|_| undecodable("hold account_id"))?))
 }
 
-/// One pipelined read: the rows it returned.
+/// One pipelined statement: the rows it returned (a write returns rows only where they are
+/// checked: `RETURNING`).
 type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
 
 /// The batch proper. `account_id` `None`: the hold the (single) command names does not exist, so
@@ -362,17 +365,6 @@ impl Load {
     }
 }
 
-/// What one pipelined write answered.
-enum Written {
-    /// Rows inserted or updated.
-    Rows(u64),
-    /// The inserted entries' `RETURNING` rows.
-    Entries(Vec<Row>),
-}
-
-/// One pipelined write.
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<Written, tokio_postgres::Error>> + Send + 'a>>;
-
 /// Polls every future in `pending` in list order on each wake-up, so their first polls (which
 /// send the statements) happen in that order, and returns the outputs in that order.
 /// (`futures::join_all` switches to an unordered set above 30 futures.)
@@ -400,7 +392,7 @@ async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
 async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Failure> {
-    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut pending: Vec<PendingRows<'_>> = Vec::new();
     let mut entries_at = None;
     let account_row = writes.account_row();
     if let Some(state) = writes.state().filter(|_| writes.changed()) {
@@ -414,13 +406,13 @@ async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Fai
                 let statement = transaction.prepare_cached(INSERT_ACCOUNT).await?;
                 pending.push(Box::pin(async move {
                     let params: [&(dyn ToSql + Sync); 4] = [&account_id, &created_at, &spent, &refunded];
-                    Ok(Written::Rows(transaction.execute(&statement, &params).await?))
+                    transaction.query(&statement, &params).await
                 }));
             }
             AccountRow::Update => {
                 let statement = transaction.prepare_cached(UPDATE_ACCOUNT).await?;
                 pending.push(Box::pin(async move {
-                    Ok(Written::Rows(transaction.execute(&statement, &[&account_id, &spent, &refunded]).await?))
+                    transaction.query(&statement, &[&account_id, &spent, &refunded]).await
                 }));
             }
         }
@@ -435,9 +427,7 @@ async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Fai
         let statement = transaction.prepare_cached(RECORD_RESULTS).await?;
         let keys: Vec<&str> = writes.records().iter().map(|record| record.key.as_str()).collect();
         let results: Vec<&str> = writes.records().iter().map(|record| record.result.as_str()).collect();
-        pending.push(Box::pin(
-            async move { Ok(Written::Rows(transaction.execute(&statement, &[&keys, &results]).await?)) },
-        ));
+        pending.push(Box::pin(async move { transaction.query(&statement, &[&keys, &results]).await }));
     }
     if pending.is_empty() {
         return Ok(());
@@ -451,18 +441,17 @@ async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Fai
         replies.push(reply?);
     }
     if let Some(index) = entries_at {
-        let Written::Entries(rows) = &replies[index] else { unreachable!("the entries' reply is rows") };
-        check_entries(writes.entries(), rows)?;
+        check_entries(writes.entries(), &replies[index])?;
     }
     // The account row's statement, when there is one, went first.
     match (account_row, &replies[0]) {
         // Another transaction created the account first; its row is now committed, so the next
         // attempt locks it and decides against its real state.
-        (AccountRow::Insert, Written::Rows(0)) => {
+        (AccountRow::Insert, rows) if rows.is_empty() => {
             let account_id = writes.state().map(|state| state.account_id.as_str()).unwrap_or_default();
             Err(Failure::retry(RetryCause::Race, format!("account {account_id} created concurrently")))
         }
-        (AccountRow::Update, Written::Rows(rows)) if *rows != 1 => {
+        (AccountRow::Update, rows) if rows.len() != 1 => {
             Err(Failure::Store(undecodable("account row (vanished while locked)")))
         }
         _ => Ok(()),
@@ -489,7 +478,7 @@ fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
 async fn push_grants<'a>(
     transaction: &'a Transaction<'_>,
     writes: &'a Writes,
-    pending: &mut Vec<Pending<'a>>,
+    pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
     if writes.grants().next().is_none() {
         return Ok(());
@@ -516,7 +505,7 @@ async fn push_grants<'a>(
                 &grant.metadata,
                 &grant.live,
             ];
-            transaction.execute(&statement, &params).await.map(Written::Rows)
+            transaction.query(&statement, &params).await
         }));
     }
     Ok(())
@@ -525,7 +514,7 @@ async fn push_grants<'a>(
 async fn push_holds<'a>(
     transaction: &'a Transaction<'_>,
     writes: &'a Writes,
-    pending: &mut Vec<Pending<'a>>,
+    pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
     let holds: Vec<&Hold> = writes.holds().collect();
     if holds.is_empty() {
@@ -560,7 +549,7 @@ async fn push_holds<'a>(
             &metadata,
             &allocations,
         ];
-        Ok(Written::Rows(transaction.execute(&statement, &params).await?))
+        transaction.query(&statement, &params).await
     }));
     Ok(())
 }
@@ -568,7 +557,7 @@ async fn push_holds<'a>(
 async fn push_entries<'a>(
     transaction: &'a Transaction<'_>,
     entries: &'a [Entry],
-    pending: &mut Vec<Pending<'a>>,
+    pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
     let statement = transaction.prepare_cached(&insert_entries_sql()).await?;
     let amounts = |amount: fn(&Entry) -> Amount| {
@@ -599,7 +588,7 @@ async fn push_entries<'a>(
             &at,
             &idempotency_key,
         ];
-        Ok(Written::Entries(transaction.query(&statement, &params).await?))
+        transaction.query(&statement, &params).await
     }));
     Ok(())
 }
