@@ -2,6 +2,8 @@
 //!
 //! [`LedgerStore`] is the one trait every backend implements: apply a ledger [`Command`]
 //! atomically and idempotently, read accounts, holds and the journal, sweep expiries, verify.
+//! [`protocol`] is how every backend applies a command (idempotency, the state to load, the
+//! decision, what to write), written once so backends keep only their I/O.
 //! [`memory::MemoryStore`] is the in-process implementation; [`conformance`] is the shared suite
 //! that every backend's tests run, including a differential test against an independent
 //! reference model ([`conformance::model`]).
