@@ -121,8 +121,10 @@ pub trait Reads {
         pending_holds: PendingHolds,
     ) -> Result<Option<AccountState>, StoreError>;
 
+    /// A hold in whatever state (of any account: [`include_hold`] sorts that out).
     fn hold(&mut self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError>;
 
+    /// The account's grant of `kind` with `reference`, live or not.
     fn grant_by_reference(
         &mut self,
         account_id: &AccountId,
