@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use engine::catalog::Catalog;
 use engine::events::EventKind;
 use engine::provider::Purpose;
 use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
@@ -37,6 +36,7 @@ use ledger::{
     AccountId, AccountState, Amount, Balances, Command, Entry, Grant, GrantId, GrantKind, Hold, HoldId, HoldState,
     Outcome, Rejection,
 };
+use pricing::catalog::Catalog;
 use serde::Serialize;
 use store::{
     AccountView, Clock, Executed, LedgerStore, Request, RunStore, StoreError, SweepReport, SystemClock, VerifyReport,

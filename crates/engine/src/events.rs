@@ -265,7 +265,7 @@ mod tests {
     async fn every_error_code_travels_over_the_stream() {
         let channel = EventChannel::new("t", "r", 64);
         let reader = tokio::spawn(channel.follow(None).collect::<Vec<_>>());
-        for code in crate::jobs::JobErrorCode::ALL {
+        for code in jobs::JobErrorCode::ALL {
             channel.emit(
                 EventKind::JobFinished,
                 None,
@@ -283,14 +283,14 @@ mod tests {
         }
         channel.close();
         let frames = reader.await.unwrap();
-        assert_eq!(frames.len(), crate::jobs::JobErrorCode::ALL.len() + ErrorCode::ALL.len());
+        assert_eq!(frames.len(), jobs::JobErrorCode::ALL.len() + ErrorCode::ALL.len());
         for frame in frames {
             let envelope: Value = serde_json::from_str(&frame.data).unwrap();
             let payload = &envelope["payload"];
             match frame.kind {
                 EventKind::JobFinished => {
                     let code = payload["error_code"].as_str().unwrap();
-                    assert_eq!(crate::jobs::JobErrorCode::parse(code).map(|code| code.as_str()), Some(code));
+                    assert_eq!(jobs::JobErrorCode::parse(code).map(|code| code.as_str()), Some(code));
                 }
                 EventKind::Error => {
                     let code = payload["code"].as_str().unwrap();

@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use engine::catalog::Catalog;
-use engine::estimate::{solve_worst_case, ExplanationMode};
 use engine::events::EventKind;
-use engine::provider::{ChatRequest, ChatResponse, Provider, ProviderError, Purpose, Tier, ToolCall};
+use engine::provider::{ChatRequest, ChatResponse, Provider, ProviderError, Purpose, ToolCall};
 use engine::run::data::CreditEntry;
 use engine::run::solver::{solve, SolverSetup, SolverSink};
 use engine::sandbox::{CodeExecutor, ExecError, ExecOutput, ExecStatus};
 use ledger::Amount;
+use pricing::catalog::Catalog;
+use pricing::estimate::{solve_worst_case, ExplanationMode};
+use pricing::Tier;
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use engine::catalog::Catalog;
 use engine::provider::Purpose;
 use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
 use engine::testing::{FakeProvider, FakeReply};
 use ledger::{AccountId, Amount, Command, Entry, GrantId, Hold, HoldId, HoldState};
+use pricing::catalog::Catalog;
 use store::memory::MemoryStore;
 use store::{
     AccountView, Executed, LedgerStore, ManualClock, Request, RunState, RunStore, StoreError, SweepReport, VerifyReport,

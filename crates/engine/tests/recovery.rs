@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::catalog::Catalog;
 use engine::provider::Purpose;
 use engine::run::data::RunData;
 use engine::run::recovery::RecoveryReport;
 use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
 use engine::testing::{FakeProvider, FakeReply};
 use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, HoldState, Timestamp};
+use pricing::catalog::Catalog;
 use store::memory::MemoryStore;
 use store::{Clock, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore};
 

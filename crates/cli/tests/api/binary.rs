@@ -161,10 +161,10 @@ fn serve_stops_cleanly_on_sigterm() {
 fn a_broken_catalog_stops_start_up_naming_file_line_and_key() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let catalog = dir.path().join("catalog.toml");
-    let text = engine::catalog::Catalog::builtin_text().replace("sonnet = 3", "sonnet = -3");
+    let text = pricing::catalog::Catalog::builtin_text().replace("sonnet = 3", "sonnet = -3");
     std::fs::write(&catalog, text).expect("catalog written");
     let line =
-        engine::catalog::Catalog::builtin_text().lines().position(|line| line == "sonnet = 3").expect("sonnet line")
+        pricing::catalog::Catalog::builtin_text().lines().position(|line| line == "sonnet = 3").expect("sonnet line")
             + 1;
     let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
     let output = creditgraph()

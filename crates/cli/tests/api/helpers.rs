@@ -80,14 +80,14 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         ..ApiConfig::default()
     };
     let runs = RunSettings {
-        catalog: engine::catalog::Catalog::builtin(),
+        catalog: pricing::catalog::Catalog::builtin(),
         llm: None,
         hold_ttl_seconds: 1200,
         runs_active_max: 16,
         instance_lease_seconds: 15,
         cancel_on_disconnect: false,
         // Tests run the stuck sweep themselves, on the manual clock.
-        jobs: engine::jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..engine::jobs::JobsConfig::default() },
+        jobs: jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..jobs::JobsConfig::default() },
     };
     Settings {
         runs,

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use engine::jobs::{Finish, JobErrorCode, JobService};
 use engine::provider::Purpose;
-use engine::render::RenderFailure;
 use engine::testing::{FakeProvider, FakeReply};
+use jobs::render::RenderFailure;
+use jobs::{Finish, JobErrorCode, JobService};
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app_full, TestApp};
@@ -160,7 +160,7 @@ async fn a_running_cancel_refunds_at_the_workers_terminal_update() {
     assert_eq!(app.figures("xia").await.0, "87", "no refund before the worker ends the job");
     assert!(service.heartbeat(&job_id, "test-worker", "render", 50).await.unwrap(), "the worker learns of the cancel");
     // Even a success report cannot end a job whose cancel was requested.
-    let rendered = engine::render::Rendered { bytes: b"<svg/>".to_vec(), content_type: "image/svg+xml".to_owned() };
+    let rendered = jobs::render::Rendered { bytes: b"<svg/>".to_vec(), content_type: "image/svg+xml".to_owned() };
     let ended = service.finish(&job_id, "test-worker", Finish::Succeeded(rendered)).await.unwrap();
     assert_eq!(ended.status.as_str(), "canceled");
     assert_eq!(app.figures("xia").await.0, "97");
@@ -190,7 +190,7 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
     assert_eq!(again.attempts, 2);
     // The first worker's lease is gone: its late report changes nothing.
     let late = service.finish(&job_id, "w1", Finish::Canceled).await;
-    assert!(matches!(late, Err(engine::jobs::JobError::LeaseLost)), "{late:?}");
+    assert!(matches!(late, Err(jobs::JobError::LeaseLost)), "{late:?}");
     let permanent = RenderFailure {
         transient: false,
         code: JobErrorCode::RenderResourceLimit,

@@ -416,8 +416,8 @@ async fn a_run_is_settled_at_the_catalog_version_it_was_held_at() {
     let old_version = app.engine.catalog().version().to_owned();
     let mut stream = app.solve(json!({"account_id": "ned", "problem": "p"})).await;
     stream.until("credit_reserved").await;
-    let pricier = engine::catalog::Catalog::builtin_text().replace("flash = 1", "flash = 2");
-    let pricier = engine::catalog::Catalog::parse(&pricier, "test").expect("a valid catalog");
+    let pricier = pricing::catalog::Catalog::builtin_text().replace("flash = 1", "flash = 2");
+    let pricier = pricing::catalog::Catalog::parse(&pricier, "test").expect("a valid catalog");
     assert_ne!(pricier.version(), old_version);
     app.engine.set_catalog(Arc::new(pricier));
     let frames = stream.collect().await;

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use engine::jobs::remote::{self, HttpWorkerBackend};
-use engine::jobs::worker::{run_worker, WorkerBackend};
-use engine::jobs::{Finish, JobService, JobsConfig, NewJob};
-use engine::render::builtin::BuiltinRenderer;
-use engine::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::remote::{self, HttpWorkerBackend};
+use jobs::render::builtin::BuiltinRenderer;
+use jobs::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::worker::{run_worker, WorkerBackend};
+use jobs::{Finish, JobService, JobsConfig, NewJob};
 use ledger::{AccountId, Amount, HoldId};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -277,7 +277,7 @@ async fn a_remote_worker_ends_a_canceled_job_and_hands_back_its_lease_at_shutdow
     tokio::time::timeout(Duration::from_secs(10), worker).await.expect("the worker stops").expect("no panic");
     let handed_back = jobs(&app).get(&app_job.job_id).await.expect("store works").expect("job exists");
     assert_eq!((handed_back.status, handed_back.refund_applied_at), (JobStatus::Queued, None), "{handed_back:#?}");
-    assert_eq!(handed_back.error_detail.as_deref(), Some(engine::jobs::worker::SHUTDOWN_DETAIL));
+    assert_eq!(handed_back.error_detail.as_deref(), Some(jobs::worker::SHUTDOWN_DETAIL));
     assert_eq!(refunds(&app, "dan").await, 1);
     app.assert_verified().await;
 }
@@ -495,7 +495,7 @@ async fn a_killed_worker_process_loses_its_job_to_another_and_the_price_is_charg
     assert!(status.success(), "{status:?}\n{}", worker_c.log());
     let handed_back = store.job(&second.job_id).await.expect("store works").expect("job exists");
     assert_eq!((handed_back.status, handed_back.attempts), (JobStatus::Queued, 1), "{handed_back:#?}");
-    assert_eq!(handed_back.error_detail.as_deref(), Some(engine::jobs::worker::SHUTDOWN_DETAIL));
+    assert_eq!(handed_back.error_detail.as_deref(), Some(jobs::worker::SHUTDOWN_DETAIL));
     assert_eq!(handed_back.refund_applied_at, None);
     let leftover = std::fs::read_to_string(&pid_file).unwrap_or_default();
     assert!(!alive(leftover.trim()), "worker C's renderer (pid {leftover}) outlived its SIGTERM");

@@ -22,12 +22,12 @@ use store::{Clock, CreateRunRefusal, LedgerStore, RunRecord, RunState, RunStore,
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::Catalog;
 use crate::events::{ErrorCode, EventChannel, EventKind, FRAMES_MAX_DEFAULT};
-use crate::jobs::JobService;
 use crate::provider::Provider;
 use crate::sandbox::CodeExecutor;
 use data::RunData;
+use jobs::JobService;
+use pricing::catalog::Catalog;
 use turn::Turn;
 
 /// Limits and settings of the engine. Units last.

@@ -9,11 +9,12 @@
 use serde_json::{json, Value};
 
 use super::data::CreditEntry;
-use crate::catalog::{Action, Catalog};
-use crate::estimate::ExplanationMode;
 use crate::events::{ErrorCode, EventKind};
-use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, Tier, ToolCall, ToolSpec};
+use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, ToolCall, ToolSpec};
 use crate::sandbox::{CodeExecutor, ExecStatus};
+use pricing::catalog::{Action, Catalog};
+use pricing::estimate::ExplanationMode;
+use pricing::Tier;
 
 /// Longest tool result handed back to the model.
 const TOOL_RESULT_BYTES_MAX: usize = 8 * 1024;

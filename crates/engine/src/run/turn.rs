@@ -21,11 +21,12 @@ use super::credits::{Credits, Released};
 use super::data::{log_json, synchronous_cost, CreditEntry, ErrorData, PlanData, RunData};
 use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
 use super::{emit_error, Engine};
-use crate::catalog::{Action, Catalog, Difficulty};
-use crate::estimate::{self, ExplanationMode, Line, Step};
 use crate::events::{ErrorCode, EventChannel, EventKind};
-use crate::jobs::{JobError, JobService, NewJob};
-use crate::provider::{ChatRequest, Message, Purpose, Tier};
+use crate::provider::{ChatRequest, Message, Purpose};
+use jobs::{JobError, JobService, NewJob};
+use pricing::catalog::{Action, Catalog, Difficulty};
+use pricing::estimate::{self, ExplanationMode, Line, Step};
+use pricing::Tier;
 
 /// Earlier turns of a thread looked at for a stale hold.
 const EARLIER_TURNS_MAX: u32 = 1000;

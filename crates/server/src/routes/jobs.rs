@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use engine::jobs::{JobError, JobService};
+use jobs::{JobError, JobService};
 use store::JobRecord;
 
 use crate::dto::{OwnerQuery, Problem};

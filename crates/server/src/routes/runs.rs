@@ -11,12 +11,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use engine::catalog::Difficulty;
-use engine::estimate::{self, ExplanationMode, Step};
 use engine::events::Frame;
-use engine::provider::Tier;
 use engine::run::{Engine, SolveRequest, StartError};
 use futures::{Stream, StreamExt};
+use pricing::catalog::Difficulty;
+use pricing::estimate::{self, ExplanationMode, Step};
+use pricing::Tier;
 use std::sync::Arc;
 use store::RunRecord;
 

@@ -15,9 +15,9 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use engine::jobs::remote::{self, FinishBodyError};
-use engine::jobs::{JobError, JobService};
 use futures::StreamExt;
+use jobs::remote::{self, FinishBodyError};
+use jobs::{JobError, JobService};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use engine::jobs::worker::{run_worker, spawn_workers, WorkerBackend, SHUTDOWN_DETAIL};
-use engine::jobs::{JobErrorCode, JobService, JobsConfig, NewJob};
-use engine::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::worker::{run_worker, spawn_workers, WorkerBackend, SHUTDOWN_DETAIL};
+use jobs::{JobErrorCode, JobService, JobsConfig, NewJob};
 use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, Timestamp};
 use store::memory::MemoryStore;
 use store::{Clock, Executed, JobRecord, JobStatus, JobStore, LedgerStore, ManualClock, Request, RunStore};

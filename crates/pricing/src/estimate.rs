@@ -8,8 +8,7 @@
 
 use ledger::Amount;
 
-use crate::catalog::{Action, Catalog};
-use crate::provider::Tier;
+use crate::catalog::{Action, Catalog, Tier};
 
 /// A planned step of a math turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

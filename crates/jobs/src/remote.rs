@@ -22,9 +22,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 use store::{JobRecord, JobStatus, StoreError};
 
-use super::worker::WorkerBackend;
-use super::{format_time, Finish, JobError, JobErrorCode, JobService};
+use crate::code::JobErrorCode;
 use crate::render::{RenderFailure, Rendered};
+use crate::service::{format_time, Finish, JobError, JobService};
+use crate::worker::WorkerBackend;
 
 /// Longest worker id (it is stored as the lease holder).
 pub const WORKER_ID_BYTES_MAX: usize = 128;

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{ProgressSink, RenderFailure, Rendered, Renderer};
-use crate::jobs::JobErrorCode;
+use crate::code::JobErrorCode;
 
 /// The exit status that asks for another attempt (`EX_TEMPFAIL` of sysexits.h).
 pub const EXIT_TEMPFAIL: i32 = 75;

@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Finish, JobError, JobErrorCode, JobService, JobsConfig};
+use crate::code::JobErrorCode;
 use crate::render::{ProgressSink, RenderFailure, Renderer};
+use crate::service::{Finish, JobError, JobService, JobsConfig};
 
 /// Longest wait after failing to reach the job system (the wait doubles from `idle_poll_ms`).
 pub const ERROR_BACKOFF_MS_MAX: u64 = 30_000;

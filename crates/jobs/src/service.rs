@@ -8,9 +8,6 @@
 //! sweeper) can race and exactly one transition wins; the refund rides on that one transition,
 //! and its ledger reference (`<job_id>:refund`) makes a second refund impossible even so.
 
-pub mod remote;
-pub mod worker;
-
 use std::sync::Arc;
 
 use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Overage, Reference, Rejection, Timestamp};
@@ -20,6 +17,7 @@ use store::{
 };
 use tokio::sync::{broadcast, Notify};
 
+use crate::code::JobErrorCode;
 use crate::render::{RenderFailure, Rendered};
 
 /// Limits and timings of the job system. Units last.
@@ -63,62 +61,6 @@ impl Default for JobsConfig {
             artifact_bytes_max: 16 * 1024 * 1024,
             input_bytes_max: 64 * 1024,
         }
-    }
-}
-
-/// Every error code a job can end with. Closed set: the `job_finished` event and the API
-/// accept exactly these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JobErrorCode {
-    QueueDelay,
-    LlmTimeout,
-    TtsProviderDown,
-    RenderResourceLimit,
-    RenderUnrecoverable,
-    InfrastructureEnqueueFailed,
-    InfrastructureTimeout,
-    InvalidInput,
-    InvalidRetrySource,
-    RetryAlreadyUsed,
-    Canceled,
-    Unknown,
-}
-
-impl JobErrorCode {
-    pub const ALL: [JobErrorCode; 12] = [
-        JobErrorCode::QueueDelay,
-        JobErrorCode::LlmTimeout,
-        JobErrorCode::TtsProviderDown,
-        JobErrorCode::RenderResourceLimit,
-        JobErrorCode::RenderUnrecoverable,
-        JobErrorCode::InfrastructureEnqueueFailed,
-        JobErrorCode::InfrastructureTimeout,
-        JobErrorCode::InvalidInput,
-        JobErrorCode::InvalidRetrySource,
-        JobErrorCode::RetryAlreadyUsed,
-        JobErrorCode::Canceled,
-        JobErrorCode::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobErrorCode::QueueDelay => "queue_delay",
-            JobErrorCode::LlmTimeout => "llm_timeout",
-            JobErrorCode::TtsProviderDown => "tts_provider_down",
-            JobErrorCode::RenderResourceLimit => "render_resource_limit",
-            JobErrorCode::RenderUnrecoverable => "render_unrecoverable",
-            JobErrorCode::InfrastructureEnqueueFailed => "infrastructure_enqueue_failed",
-            JobErrorCode::InfrastructureTimeout => "infrastructure_timeout",
-            JobErrorCode::InvalidInput => "invalid_input",
-            JobErrorCode::InvalidRetrySource => "invalid_retry_source",
-            JobErrorCode::RetryAlreadyUsed => "retry_already_used",
-            JobErrorCode::Canceled => "canceled",
-            JobErrorCode::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<JobErrorCode> {
-        JobErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
     }
 }
 

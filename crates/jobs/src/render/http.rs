@@ -15,7 +15,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 
 use super::{ProgressSink, RenderFailure, Rendered, Renderer};
-use crate::jobs::JobErrorCode;
+use crate::code::JobErrorCode;
 
 /// Characters of an error body kept in a failure's detail.
 const ERROR_BODY_CHARS_MAX: usize = 300;
