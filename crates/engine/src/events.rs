@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use serde_json::{json, Value};
+use store::{RunId, ThreadId};
 use tokio::sync::watch;
 
 /// Default number of frames one run keeps.
@@ -114,8 +115,8 @@ struct Buffer {
 
 /// The event buffer of one run.
 pub struct EventChannel {
-    thread_id: String,
-    run_id: String,
+    thread_id: ThreadId,
+    run_id: RunId,
     frames_max: usize,
     buffer: Mutex<Buffer>,
     /// The last seq emitted plus one, or `u64::MAX` once closed; readers wait on it.
@@ -123,23 +124,23 @@ pub struct EventChannel {
 }
 
 impl EventChannel {
-    pub fn new(thread_id: &str, run_id: &str, frames_max: usize) -> Arc<EventChannel> {
+    pub fn new(thread_id: &ThreadId, run_id: &RunId, frames_max: usize) -> Arc<EventChannel> {
         assert!(frames_max >= 8, "the buffer must hold the critical frames and some more");
         let (signal, _) = watch::channel(0);
         Arc::new(EventChannel {
-            thread_id: thread_id.to_owned(),
-            run_id: run_id.to_owned(),
+            thread_id: thread_id.clone(),
+            run_id: run_id.clone(),
             frames_max,
             buffer: Mutex::new(Buffer { frames: VecDeque::new(), next_seq: 0, closed: false, dropped: 0 }),
             signal,
         })
     }
 
-    pub fn thread_id(&self) -> &str {
+    pub fn thread_id(&self) -> &ThreadId {
         &self.thread_id
     }
 
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.run_id
     }
 
@@ -241,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_see_every_frame_in_order_and_end_at_close() {
-        let channel = EventChannel::new("t", "r", 16);
+        let channel = EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), 16);
         let reader = tokio::spawn(channel.follow(None).map(|frame| frame.seq).collect::<Vec<_>>());
         for _ in 0..5 {
             channel.emit(EventKind::Token, Some(0), Some("solve"), json!({"delta": "x"}));
@@ -263,7 +264,7 @@ mod tests {
     /// its closed set (the original crashed a live stream on a code its schema did not allow).
     #[tokio::test]
     async fn every_error_code_travels_over_the_stream() {
-        let channel = EventChannel::new("t", "r", 64);
+        let channel = EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), 64);
         let reader = tokio::spawn(channel.follow(None).collect::<Vec<_>>());
         for code in jobs::JobErrorCode::ALL {
             channel.emit(
@@ -303,7 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_buffer_drops_ordinary_frames_but_never_critical_ones() {
-        let channel = EventChannel::new("t", "r", 8);
+        let channel = EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), 8);
         channel.emit(EventKind::CreditSettled, None, None, json!({}));
         for _ in 0..20 {
             channel.emit(EventKind::Token, None, None, json!({}));

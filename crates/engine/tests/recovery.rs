@@ -14,7 +14,7 @@ use engine::testing::{FakeProvider, FakeReply};
 use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, HoldState, Timestamp};
 use pricing::catalog::Catalog;
 use store::memory::MemoryStore;
-use store::{Clock, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore};
+use store::{Clock, Executed, LedgerStore, ManualClock, Request, RunId, RunRecord, RunState, RunStore, ThreadId};
 
 const ACCOUNT: &str = "alice";
 
@@ -77,9 +77,9 @@ impl Setup {
         let now = self.clock.now();
         let data = RunData { problem: "2+2".to_owned(), catalog_version: "v".to_owned(), ..RunData::default() };
         let record = RunRecord {
-            run_id: run_id.to_owned(),
+            run_id: RunId::parse(run_id).expect("valid id"),
             account_id: account(),
-            thread_id: format!("thread-{run_id}"),
+            thread_id: ThreadId::parse(&format!("thread-{run_id}")).expect("valid id"),
             turn_index: 0,
             state: RunState::Running,
             instance_id: instance_id.to_owned(),
@@ -101,7 +101,8 @@ impl Setup {
     }
 
     async fn run(&self, run_id: &str) -> (RunRecord, RunData) {
-        let record = self.store.run(run_id).await.expect("answers").expect("the run exists");
+        let record =
+            self.store.run(&RunId::parse(run_id).expect("valid id")).await.expect("answers").expect("the run exists");
         let data = RunData::from_text(&record.data).expect("decodable run data");
         (record, data)
     }

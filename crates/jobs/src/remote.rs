@@ -20,7 +20,7 @@ use ledger::{AccountId, Amount, HoldId, Timestamp};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
-use store::{JobRecord, JobStatus, StoreError};
+use store::{ArtifactId, JobId, JobRecord, JobStatus, RunId, StoreError, ThreadId};
 
 use crate::code::JobErrorCode;
 use crate::render::{RenderFailure, Rendered};
@@ -76,6 +76,7 @@ pub fn job_from_worker_json(value: &Value) -> Result<JobRecord, String> {
         parse_time(&text(name)?).ok_or_else(|| format!("job `{name}` is not an RFC 3339 time"))
     };
     let optional_time = |name: &str| optional_text(name).and_then(|text| parse_time(&text));
+
     let number = |name: &str| object.get(name).and_then(Value::as_u64).ok_or_else(|| format!("job without `{name}`"));
     let input = match object.get("input") {
         Some(Value::String(text)) => text.clone(),
@@ -84,10 +85,10 @@ pub fn job_from_worker_json(value: &Value) -> Result<JobRecord, String> {
     };
     let status = text("status")?;
     Ok(JobRecord {
-        job_id: text("job_id")?,
+        job_id: JobId::parse(&text("job_id")?).map_err(|error| format!("job {error}"))?,
         account_id: AccountId::parse(&text("account_id")?).map_err(|error| format!("job account_id: {error}"))?,
-        thread_id: text("thread_id")?,
-        run_id: text("run_id")?,
+        thread_id: ThreadId::parse(&text("thread_id")?).map_err(|error| format!("job {error}"))?,
+        run_id: RunId::parse(&text("run_id")?).map_err(|error| format!("job {error}"))?,
         hold_id: HoldId::parse(&text("hold_id")?).map_err(|error| format!("job hold_id: {error}"))?,
         price: Amount::parse(&text("price")?).map_err(|error| format!("job price: {error}"))?,
         status: JobStatus::parse(&status).ok_or_else(|| format!("job status {status:?} is unknown"))?,
@@ -98,14 +99,18 @@ pub fn job_from_worker_json(value: &Value) -> Result<JobRecord, String> {
         lease_expires_at: optional_time("lease_expires_at"),
         heartbeat_at: optional_time("heartbeat_at"),
         cancel_requested: object.get("cancel_requested").and_then(Value::as_bool).unwrap_or(false),
-        retry_source_job_id: optional_text("retry_source_job_id"),
+        retry_source_job_id: optional_text("retry_source_job_id")
+            .map(|text| JobId::parse(&text).map_err(|error| format!("job {error}")))
+            .transpose()?,
         attempts: u32::try_from(number("attempts")?).map_err(|_| "job attempts out of range".to_owned())?,
         run_after: time("run_after")?,
         error_stage: optional_text("error_stage"),
         error_code: optional_text("error_code"),
         error_detail: optional_text("error_detail"),
         refund_applied_at: optional_time("refund_applied_at"),
-        artifact_id: optional_text("artifact_id"),
+        artifact_id: optional_text("artifact_id")
+            .map(|text| ArtifactId::parse(&text).map_err(|error| format!("job {error}")))
+            .transpose()?,
         created_at: time("created_at")?,
         updated_at: time("updated_at")?,
         started_at: optional_time("started_at"),
@@ -364,7 +369,7 @@ impl WorkerBackend for HttpWorkerBackend {
         }
     }
 
-    async fn heartbeat(&self, job_id: &str, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError> {
+    async fn heartbeat(&self, job_id: &JobId, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError> {
         let body = json!({"worker_id": worker_id, "stage": stage, "progress": percent});
         let (status, body) = self.post(&format!("v1/worker/jobs/{job_id}/heartbeat"), &body).await?;
         match status {
@@ -376,7 +381,7 @@ impl WorkerBackend for HttpWorkerBackend {
         }
     }
 
-    async fn finish(&self, job_id: &str, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError> {
+    async fn finish(&self, job_id: &JobId, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError> {
         let body = finish_body(worker_id, &finish);
         let (status, body) = self.post(&format!("v1/worker/jobs/{job_id}/finish"), &body).await?;
         match status {
@@ -393,10 +398,10 @@ mod tests {
     fn job() -> JobRecord {
         let at = Timestamp::from_micros(1_800_000_000_123_456);
         JobRecord {
-            job_id: "job-1".to_owned(),
+            job_id: JobId::parse("job-1").expect("valid"),
             account_id: AccountId::parse("alice").expect("valid"),
-            thread_id: "thread-1".to_owned(),
-            run_id: "run-1".to_owned(),
+            thread_id: ThreadId::parse("thread-1").expect("valid"),
+            run_id: RunId::parse("run-1").expect("valid"),
             hold_id: HoldId::parse("hold-1").expect("valid"),
             price: Amount::parse("10").expect("valid"),
             status: JobStatus::Running,
@@ -407,7 +412,7 @@ mod tests {
             lease_expires_at: Some(at.plus_seconds(30)),
             heartbeat_at: Some(at),
             cancel_requested: true,
-            retry_source_job_id: Some("job-0".to_owned()),
+            retry_source_job_id: Some(JobId::parse("job-0").expect("valid")),
             attempts: 2,
             run_after: at,
             error_stage: Some("render".to_owned()),
@@ -532,12 +537,21 @@ mod tests {
         ])
         .await;
         let backend = HttpWorkerBackend::new(&url, "t", 5).expect("valid");
-        assert!(matches!(backend.heartbeat("j", "w", "render", 1).await, Err(JobError::LeaseLost)));
-        assert!(matches!(backend.finish("j", "w", Finish::Canceled).await, Err(JobError::NotFound)));
-        assert!(matches!(backend.finish("j", "w", Finish::Canceled).await, Err(JobError::ArtifactTooLarge(99))));
+        assert!(matches!(
+            backend.heartbeat(&JobId::parse("j").expect("valid"), "w", "render", 1).await,
+            Err(JobError::LeaseLost)
+        ));
+        assert!(matches!(
+            backend.finish(&JobId::parse("j").expect("valid"), "w", Finish::Canceled).await,
+            Err(JobError::NotFound)
+        ));
+        assert!(matches!(
+            backend.finish(&JobId::parse("j").expect("valid"), "w", Finish::Canceled).await,
+            Err(JobError::ArtifactTooLarge(99))
+        ));
         assert!(matches!(backend.claim("w").await, Err(JobError::Store(StoreError::Unavailable { .. }))));
         assert!(matches!(
-            backend.heartbeat("j", "w", "render", 1).await,
+            backend.heartbeat(&JobId::parse("j").expect("valid"), "w", "render", 1).await,
             Err(JobError::Store(StoreError::Corrupt { .. }))
         ));
         assert_eq!(seen.lock().expect("seen").len(), 5, "4xx answers are not retried");

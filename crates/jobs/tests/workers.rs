@@ -14,7 +14,10 @@ use jobs::worker::{run_worker, spawn_workers, WorkerBackend, SHUTDOWN_DETAIL};
 use jobs::{JobErrorCode, JobService, JobsConfig, NewJob};
 use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, Timestamp};
 use store::memory::MemoryStore;
-use store::{Clock, Executed, JobRecord, JobStatus, JobStore, LedgerStore, ManualClock, Request, RunStore};
+use store::{
+    Clock, Executed, JobId, JobRecord, JobStatus, JobStore, LedgerStore, ManualClock, Request, RunId, RunStore,
+    ThreadId,
+};
 use tokio_util::sync::CancellationToken;
 
 const ACCOUNT: &str = "alice";
@@ -150,8 +153,8 @@ impl Setup {
         let input = format!(r#"{{"problem":"p{index}","answer":"a","explanation":null}}"#);
         let new = NewJob {
             account_id: AccountId::parse(ACCOUNT).expect("valid account"),
-            thread_id: "thread-1".to_owned(),
-            run_id: format!("run-{index}"),
+            thread_id: ThreadId::parse("thread-1").expect("valid thread id"),
+            run_id: RunId::parse(&format!("run-{index}")).expect("valid run id"),
             hold_id: self.hold_id.clone(),
             price: Amount::parse(PRICE).expect("valid price"),
             input,
@@ -162,12 +165,12 @@ impl Setup {
         job
     }
 
-    async fn job(&self, job_id: &str) -> JobRecord {
+    async fn job(&self, job_id: &JobId) -> JobRecord {
         self.store.job(job_id).await.expect("store works").expect("job exists")
     }
 
     /// Waits (bounded) until the stored job satisfies `done`.
-    async fn wait_for(&self, job_id: &str, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+    async fn wait_for(&self, job_id: &JobId, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let job = self.job(job_id).await;
@@ -179,7 +182,7 @@ impl Setup {
         }
     }
 
-    async fn wait_terminal(&self, job_id: &str) -> JobRecord {
+    async fn wait_terminal(&self, job_id: &JobId) -> JobRecord {
         self.wait_for(job_id, "a terminal status", |job| job.status.is_terminal()).await
     }
 
@@ -238,7 +241,7 @@ async fn a_rendered_job_succeeds_with_its_artifact_and_keeps_its_price() {
     let artifact = setup.store.artifact(&artifact_id).await.expect("store works").expect("artifact stored");
     assert_eq!(artifact.content_type, "video/mp4");
     assert!(String::from_utf8_lossy(&artifact.bytes).contains(r#""problem":"p1""#));
-    assert_eq!(renderer.rendered(), vec![job.job_id.clone()]);
+    assert_eq!(renderer.rendered(), vec![job.job_id.to_string()]);
     stop(shutdown, worker).await;
     assert_eq!(setup.figures().await, ("190".to_owned(), "140".to_owned()));
     assert_eq!(setup.refunds().await, 0);
@@ -461,7 +464,7 @@ async fn two_workers_racing_for_ten_jobs_render_each_exactly_once() {
     }
     let mut rendered = renderer.rendered();
     rendered.sort();
-    let mut expected = job_ids.clone();
+    let mut expected: Vec<String> = job_ids.iter().map(ToString::to_string).collect();
     expected.sort();
     assert_eq!(rendered, expected, "each job rendered exactly once");
     assert_eq!(setup.refunds().await, 0);

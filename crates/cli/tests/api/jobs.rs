@@ -52,6 +52,10 @@ async fn video_turn(app: &TestApp, fake: &FakeProvider, account: &str, thread: &
     (frames, job_id)
 }
 
+fn job_id_of(text: &str) -> store::JobId {
+    store::JobId::parse(text).expect("the API answers valid job ids")
+}
+
 async fn job(app: &TestApp, job_id: &str, account: &str) -> Value {
     let reply = app.get(&format!("/v1/jobs/{job_id}?account_id={account}")).await;
     reply.assert_status(200).clone()
@@ -158,10 +162,13 @@ async fn a_running_cancel_refunds_at_the_workers_terminal_update() {
     let requested = requested.assert_status(200);
     assert_eq!((requested["status"].as_str(), requested["cancel_requested"].as_bool()), (Some("running"), Some(true)));
     assert_eq!(app.figures("xia").await.0, "87", "no refund before the worker ends the job");
-    assert!(service.heartbeat(&job_id, "test-worker", "render", 50).await.unwrap(), "the worker learns of the cancel");
+    assert!(
+        service.heartbeat(&job_id_of(&job_id), "test-worker", "render", 50).await.unwrap(),
+        "the worker learns of the cancel"
+    );
     // Even a success report cannot end a job whose cancel was requested.
     let rendered = jobs::render::Rendered { bytes: b"<svg/>".to_vec(), content_type: "image/svg+xml".to_owned() };
-    let ended = service.finish(&job_id, "test-worker", Finish::Succeeded(rendered)).await.unwrap();
+    let ended = service.finish(&job_id_of(&job_id), "test-worker", Finish::Succeeded(rendered)).await.unwrap();
     assert_eq!(ended.status.as_str(), "canceled");
     assert_eq!(app.figures("xia").await.0, "97");
     assert_eq!(refunds(&app, "xia").await, 1);
@@ -181,7 +188,7 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
         stage: "tts".to_owned(),
         detail: "503".to_owned(),
     };
-    let requeued = service.finish(&job_id, "w1", Finish::Failed(transient)).await.unwrap();
+    let requeued = service.finish(&job_id_of(&job_id), "w1", Finish::Failed(transient)).await.unwrap();
     assert_eq!((requeued.status.as_str(), requeued.refund_applied_at), ("queued", None));
     assert_eq!(app.figures("yan").await.0, "87");
     assert!(service.claim("w2").await.unwrap().is_none(), "backoff: not claimable yet");
@@ -189,7 +196,7 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
     let again = service.claim("w2").await.unwrap().expect("claimable after the backoff");
     assert_eq!(again.attempts, 2);
     // The first worker's lease is gone: its late report changes nothing.
-    let late = service.finish(&job_id, "w1", Finish::Canceled).await;
+    let late = service.finish(&job_id_of(&job_id), "w1", Finish::Canceled).await;
     assert!(matches!(late, Err(jobs::JobError::LeaseLost)), "{late:?}");
     let permanent = RenderFailure {
         transient: false,
@@ -197,9 +204,9 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
         stage: "render".to_owned(),
         detail: "OOM".to_owned(),
     };
-    let failed = service.finish(&job_id, "w2", Finish::Failed(permanent.clone())).await.unwrap();
+    let failed = service.finish(&job_id_of(&job_id), "w2", Finish::Failed(permanent.clone())).await.unwrap();
     assert_eq!((failed.status.as_str(), failed.error_code.as_deref()), ("failed", Some("render_resource_limit")));
-    let repeat = service.finish(&job_id, "w2", Finish::Failed(permanent)).await.unwrap();
+    let repeat = service.finish(&job_id_of(&job_id), "w2", Finish::Failed(permanent)).await.unwrap();
     assert_eq!(repeat.version, failed.version, "a second terminal report is a no-op");
     assert_eq!(app.figures("yan").await.0, "97");
     assert_eq!(refunds(&app, "yan").await, 1);

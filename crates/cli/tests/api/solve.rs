@@ -436,9 +436,9 @@ async fn a_stale_hold_of_an_earlier_turn_is_released_first_even_when_the_turn_is
     let stale_hold_id = stale.assert_status(201)["hold_id"].as_str().unwrap().to_owned();
     let now = app.engine.now();
     let earlier = store::RunRecord {
-        run_id: "run-earlier".to_owned(),
+        run_id: store::RunId::parse("run-earlier").expect("valid run id"),
         account_id: ledger::AccountId::parse("oli").unwrap(),
-        thread_id: "oli-thread".to_owned(),
+        thread_id: store::ThreadId::parse("oli-thread").expect("valid thread id"),
         turn_index: 0,
         state: store::RunState::Running,
         instance_id: "gone".to_owned(),

@@ -53,8 +53,8 @@ async fn queued_job(app: &TestApp, account: &str) -> JobRecord {
     let hold_id = app.hold_id(account, "25").await;
     let new = NewJob {
         account_id: AccountId::parse(account).expect("valid account"),
-        thread_id: format!("{account}-thread"),
-        run_id: format!("{account}-run"),
+        thread_id: store::ThreadId::parse(&format!("{account}-thread")).expect("valid thread id"),
+        run_id: store::RunId::parse(&format!("{account}-run")).expect("valid run id"),
         hold_id: HoldId::parse(&hold_id).expect("valid hold id"),
         price: Amount::parse("10").expect("valid price"),
         input: json!({"problem": "2 + 2 = ?", "answer": "4", "explanation": "1. 2 + 2 = 4"}).to_string(),
@@ -217,7 +217,7 @@ fn remote_worker(
     tokio::spawn(run_worker(backend, renderer, "remote-loop".to_owned(), config, shutdown.clone()))
 }
 
-async fn wait_for(app: &TestApp, job_id: &str, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+async fn wait_for(app: &TestApp, job_id: &store::JobId, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let job = jobs(app).get(job_id).await.expect("store works").expect("job exists");
@@ -263,8 +263,8 @@ async fn a_remote_worker_ends_a_canceled_job_and_hands_back_its_lease_at_shutdow
         let hold_id = app.hold_id("dan", "10").await;
         let new = NewJob {
             account_id: AccountId::parse("dan").expect("valid account"),
-            thread_id: "dan-thread".to_owned(),
-            run_id: "dan-run-2".to_owned(),
+            thread_id: store::ThreadId::parse("dan-thread").expect("valid thread id"),
+            run_id: store::RunId::parse("dan-run-2").expect("valid run id"),
             hold_id: HoldId::parse(&hold_id).expect("valid hold id"),
             price: Amount::parse("10").expect("valid price"),
             input: json!({"problem": "again"}).to_string(),
@@ -376,7 +376,7 @@ fn worker_process(name: &'static str, base: &str, renderer: &str) -> Process {
 /// Polls the shared database until the job satisfies `done` (bounded).
 async fn wait_stored(
     store: &dyn JobStore,
-    job_id: &str,
+    job_id: &store::JobId,
     what: &str,
     processes: &[&Process],
     done: impl Fn(&JobRecord) -> bool,
@@ -445,8 +445,8 @@ async fn a_killed_worker_process_loses_its_job_to_another_and_the_price_is_charg
     );
     let new_job = |run: &str| NewJob {
         account_id: AccountId::parse("kim").expect("valid account"),
-        thread_id: "kim-thread".to_owned(),
-        run_id: run.to_owned(),
+        thread_id: store::ThreadId::parse("kim-thread").expect("valid thread id"),
+        run_id: store::RunId::parse(run).expect("valid run id"),
         hold_id: hold_id.clone(),
         price: Amount::parse("10").expect("valid price"),
         input: json!({"problem": "1 + 1", "answer": "2"}).to_string(),

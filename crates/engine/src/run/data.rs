@@ -3,6 +3,7 @@
 use ledger::Amount;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use store::{ArtifactId, JobId};
 
 /// One metered call: `{node, action, model?, cost}`. `cost` is canonical decimal text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +66,7 @@ pub struct RunData {
     #[serde(default)]
     pub action: Option<String>,
     #[serde(default)]
-    pub retry_source_job_id: Option<String>,
+    pub retry_source_job_id: Option<JobId>,
     pub catalog_version: String,
     #[serde(default)]
     pub route: Option<String>,
@@ -89,9 +90,9 @@ pub struct RunData {
     #[serde(default)]
     pub explanation: Option<String>,
     #[serde(default)]
-    pub artifacts: Vec<String>,
+    pub artifacts: Vec<ArtifactId>,
     #[serde(default)]
-    pub jobs: Vec<String>,
+    pub jobs: Vec<JobId>,
     #[serde(default)]
     pub error: Option<ErrorData>,
     /// True once the hold is captured or released (the hold needs no more care).

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ledger::{AccountId, Timestamp};
 use serde_json::json;
-use store::{Clock, CreateRunRefusal, LedgerStore, RunRecord, RunState, RunStore, StoreError};
+use store::{Clock, CreateRunRefusal, JobId, LedgerStore, RunId, RunRecord, RunState, RunStore, StoreError, ThreadId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -93,9 +93,10 @@ impl Default for EngineConfig {
 pub struct SolveRequest {
     pub account_id: AccountId,
     pub problem: String,
-    pub thread_id: Option<String>,
+    /// The thread to continue; a new one when absent.
+    pub thread_id: Option<ThreadId>,
     pub action: Option<String>,
-    pub retry_source_job_id: Option<String>,
+    pub retry_source_job_id: Option<JobId>,
 }
 
 /// Why a run could not start (answered as a plain HTTP error, before any stream opens).
@@ -106,7 +107,7 @@ pub enum StartError {
     #[error("the thread belongs to another account")]
     ThreadOfAnotherAccount,
     #[error("the thread has a run in progress: {run_id}")]
-    ThreadBusy { run_id: String },
+    ThreadBusy { run_id: RunId },
     #[error("too many runs in progress; try again shortly")]
     Busy,
     #[error("the server is shutting down")]
@@ -118,8 +119,8 @@ pub enum StartError {
 }
 
 pub struct Started {
-    pub run_id: String,
-    pub thread_id: String,
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
     pub channel: Arc<EventChannel>,
 }
 
@@ -132,8 +133,8 @@ struct LiveRun {
 
 #[derive(Default)]
 struct Registry {
-    running: HashMap<String, LiveRun>,
-    finished: VecDeque<(String, Arc<EventChannel>)>,
+    running: HashMap<RunId, LiveRun>,
+    finished: VecDeque<(RunId, Arc<EventChannel>)>,
 }
 
 pub struct Engine {
@@ -148,12 +149,6 @@ pub struct Engine {
     registry: Mutex<Registry>,
     tracker: TaskTracker,
     stopping: CancellationToken,
-}
-
-fn valid_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= store::runs::RUN_ID_LENGTH_MAX
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Engine {
@@ -283,20 +278,7 @@ impl Engine {
                 self.config.problem_bytes_max
             )));
         }
-        let thread_id = match request.thread_id.clone() {
-            Some(thread_id) if valid_id(&thread_id) => thread_id,
-            Some(_) => {
-                return Err(StartError::InvalidInput("thread_id: 1-128 characters of [A-Za-z0-9._-]".to_owned()))
-            }
-            None => format!("thread-{}", uuid::Uuid::now_v7().simple()),
-        };
-        if let Some(source) = &request.retry_source_job_id {
-            if !valid_id(source) {
-                return Err(StartError::InvalidInput(
-                    "retry_source_job_id: 1-128 characters of [A-Za-z0-9._-]".to_owned(),
-                ));
-            }
-        }
+        let thread_id = request.thread_id.clone().unwrap_or_else(ThreadId::generate);
         if let Some(action) = &request.action {
             if action != "video_retry" {
                 return Err(StartError::InvalidInput(format!("unknown action `{action}` (only `video_retry`)")));
@@ -309,7 +291,7 @@ impl Engine {
             }
         }
         let catalog = self.catalog();
-        let run_id = format!("run-{}", uuid::Uuid::now_v7().simple());
+        let run_id = RunId::generate();
         let now = self.now();
         let data = RunData {
             problem: request.problem.clone(),
@@ -354,7 +336,7 @@ impl Engine {
     }
 
     async fn supervise(self: Arc<Self>, turn: Arc<Turn>, cancel: CancellationToken) {
-        let run_id = turn.run_id().to_owned();
+        let run_id = turn.run_id();
         let mut inner = tokio::spawn(turn.clone().execute());
         let deadline = tokio::time::sleep(Duration::from_secs(self.config.turn_seconds_max));
         tokio::pin!(deadline);
@@ -386,7 +368,7 @@ impl Engine {
             Ok(Err(failure)) => turn.finish_failure(failure).await,
             Err(join_error) => {
                 let message = if join_error.is_panic() { "a step failed unexpectedly" } else { "the run stopped" };
-                tracing::error!(run_id, error = %join_error, "run task ended abnormally");
+                tracing::error!(%run_id, error = %join_error, "run task ended abnormally");
                 turn.finish_failure(solver::StepFailure::new(ErrorCode::InternalError, message)).await;
             }
         }
@@ -400,7 +382,7 @@ impl Engine {
     }
 
     /// The event buffer of a live or recently finished run on this instance.
-    pub fn channel(&self, run_id: &str) -> Option<Arc<EventChannel>> {
+    pub fn channel(&self, run_id: &RunId) -> Option<Arc<EventChannel>> {
         let registry = self.registry.lock().expect("registry lock poisoned");
         if let Some(live) = registry.running.get(run_id) {
             return Some(live.channel.clone());
@@ -409,7 +391,7 @@ impl Engine {
     }
 
     /// Asks a live run to stop. False when it is not running on this instance.
-    pub fn cancel(&self, run_id: &str) -> bool {
+    pub fn cancel(&self, run_id: &RunId) -> bool {
         let registry = self.registry.lock().expect("registry lock poisoned");
         match registry.running.get(run_id) {
             Some(live) => {

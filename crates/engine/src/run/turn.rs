@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use ledger::{Amount, Command, Hold, HoldId, Reference, Rejection};
 use serde_json::{json, Value};
-use store::{Artifact, RunRecord, RunState, StoreError};
+use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunState, StoreError};
 
 use super::credits::{Credits, Released};
 use super::data::{log_json, synchronous_cost, CreditEntry, ErrorData, PlanData, RunData};
@@ -121,7 +121,7 @@ impl Turn {
         );
     }
 
-    pub(crate) fn run_id(&self) -> String {
+    pub(crate) fn run_id(&self) -> RunId {
         self.record.lock().expect("run record lock poisoned").run_id.clone()
     }
 
@@ -424,7 +424,7 @@ impl Turn {
             hold_id,
             amount,
             ttl_seconds: self.engine.config.hold_ttl_seconds,
-            reference: Reference::parse(&run_id).ok(),
+            reference: Reference::parse(run_id.as_str()).ok(),
             metadata,
         };
         // The hold is taken in its own task: aborting the turn (cancel, shutdown) must not drop a
@@ -538,7 +538,7 @@ impl Turn {
         step_idx: usize,
         problem: &str,
         solution: Option<&Solution>,
-        retry_source_job_id: Option<String>,
+        retry_source_job_id: Option<JobId>,
     ) -> Result<(), StepFailure> {
         let started = Instant::now();
         let result = self.create_job(problem, solution, retry_source_job_id).await;
@@ -566,7 +566,7 @@ impl Turn {
         &self,
         problem: &str,
         solution: Option<&Solution>,
-        retry_source_job_id: Option<String>,
+        retry_source_job_id: Option<JobId>,
     ) -> Result<store::JobRecord, StepFailure> {
         let Some(jobs) = self.engine.jobs.clone() else {
             return Err(StepFailure::new(ErrorCode::InvalidInput, "video jobs are not available on this server"));
@@ -620,7 +620,7 @@ impl Turn {
                     (record.account_id.clone(), record.run_id.clone())
                 };
                 let artifact = Artifact {
-                    artifact_id: format!("artifact-{}", uuid::Uuid::now_v7().simple()),
+                    artifact_id: ArtifactId::generate(),
                     account_id,
                     run_id,
                     content_type: "application/pdf".to_owned(),

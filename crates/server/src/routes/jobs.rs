@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use jobs::{JobError, JobService};
-use store::JobRecord;
+use store::{JobId, JobRecord, ThreadId};
 
 use crate::dto::{OwnerQuery, Problem};
 use crate::error::ApiError;
@@ -56,10 +56,9 @@ fn owned(job: Option<JobRecord>, account_id: &ledger::AccountId) -> Result<JobRe
 /// The job named in the path, if the query's account owns it (read as it reads now).
 async fn owned_job(
     state: &AppState,
-    job_id: &str,
+    job_id: &JobId,
     query: &OwnerQuery,
 ) -> Result<(Arc<JobService>, JobRecord), ApiError> {
-    wire::check_path_id("job_id", job_id)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(state)?;
     let job = owned(jobs.get(job_id).await.map_err(job_error)?, &account_id)?;
@@ -79,6 +78,7 @@ pub async fn get_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
     let (_, job) = owned_job(&state, &job_id, &query).await?;
     Ok(json(StatusCode::OK, JobService::job_json(&job)))
 }
@@ -97,6 +97,7 @@ pub async fn cancel_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
     let (jobs, _) = owned_job(&state, &job_id, &query).await?;
     let job = jobs.cancel(&job_id).await.map_err(job_error)?;
     Ok(json(StatusCode::OK, JobService::job_json(&job)))
@@ -115,7 +116,7 @@ pub async fn thread_jobs(
     ApiPath(thread_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("thread_id", &thread_id)?;
+    let thread_id = wire::parse_id("thread_id", &thread_id, ThreadId::parse)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(&state)?;
     let engine = state.engine.as_ref().expect("jobs imply an engine");

@@ -18,7 +18,7 @@ use pricing::catalog::Difficulty;
 use pricing::estimate::{self, ExplanationMode, Step};
 use pricing::Tier;
 use std::sync::Arc;
-use store::RunRecord;
+use store::{ArtifactId, JobId, RunId, RunRecord, ThreadId};
 
 use crate::dto::{
     EstimateLine, EstimateRequest, EstimateResponse, Problem, RunResponse, SolveRequestDto, ThreadResponse,
@@ -54,7 +54,7 @@ fn start_error(error: StartError) -> ApiError {
         }
         StartError::ThreadBusy { run_id } => {
             ApiError::new(StatusCode::CONFLICT, "thread_busy", "the thread has a run in progress")
-                .with("run_id", run_id)
+                .with("run_id", run_id.to_string())
         }
         StartError::Busy => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runs_busy", "too many runs in progress; retry shortly")
@@ -171,13 +171,20 @@ pub async fn solve(
     let engine = engine(&state)?.clone();
     let request = &body.value;
     let account_id = wire::parse_account_id(&request.account_id)?;
+    let thread_id =
+        request.thread_id.as_deref().map(|text| wire::parse_id("thread_id", text, ThreadId::parse)).transpose()?;
+    let retry_source_job_id = request
+        .retry_source_job_id
+        .as_deref()
+        .map(|text| wire::parse_id("retry_source_job_id", text, JobId::parse))
+        .transpose()?;
     let started = engine
         .start_solve(SolveRequest {
             account_id,
             problem: request.problem.clone(),
-            thread_id: request.thread_id.clone(),
+            thread_id,
             action: request.action.clone(),
-            retry_source_job_id: request.retry_source_job_id.clone(),
+            retry_source_job_id,
         })
         .await
         .map_err(start_error)?;
@@ -195,10 +202,10 @@ pub async fn solve(
     } else {
         stream_response(frames, engine.stopping())
     };
-    if let Ok(value) = started.run_id.parse() {
+    if let Ok(value) = started.run_id.as_str().parse() {
         response.headers_mut().insert("x-run-id", value);
     }
-    if let Ok(value) = started.thread_id.parse() {
+    if let Ok(value) = started.thread_id.as_str().parse() {
         response.headers_mut().insert("x-thread-id", value);
     }
     Ok(response)
@@ -213,15 +220,15 @@ struct DisconnectGuard {
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
         if !self.channel.is_closed() && self.engine.cancel(self.channel.run_id()) {
-            tracing::info!(run_id = self.channel.run_id(), "client left: run canceled");
+            tracing::info!(run_id = %self.channel.run_id(), "client left: run canceled");
         }
     }
 }
 
 fn run_response(record: &RunRecord) -> RunResponse {
     RunResponse {
-        run_id: record.run_id.clone(),
-        thread_id: record.thread_id.clone(),
+        run_id: record.run_id.to_string(),
+        thread_id: record.thread_id.to_string(),
         account_id: record.account_id.to_string(),
         turn_index: record.turn_index,
         state: record.state.as_str().to_owned(),
@@ -232,7 +239,7 @@ fn run_response(record: &RunRecord) -> RunResponse {
     }
 }
 
-async fn load_run(state: &AppState, run_id: &str) -> Result<RunRecord, ApiError> {
+async fn load_run(state: &AppState, run_id: &RunId) -> Result<RunRecord, ApiError> {
     let engine = engine(state)?;
     engine
         .run_store()
@@ -253,7 +260,7 @@ pub async fn get_run(
     _auth: RequireService,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("run_id", &run_id)?;
+    let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let record = load_run(&state, &run_id).await?;
     Ok(json(StatusCode::OK, run_response(&record)))
 }
@@ -286,7 +293,7 @@ pub async fn run_events(
     ApiPath(run_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("run_id", &run_id)?;
+    let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let engine = engine(&state)?.clone();
     let Some(channel) = engine.channel(&run_id) else {
         let _ = load_run(&state, &run_id).await?;
@@ -296,7 +303,7 @@ pub async fn run_events(
             "this run's events are no longer kept here; read GET /v1/runs/{run_id}",
         ));
     };
-    let after = last_event_seq(&headers, channel.thread_id())?;
+    let after = last_event_seq(&headers, channel.thread_id().as_str())?;
     Ok(stream_response(channel.follow(after), engine.stopping()))
 }
 
@@ -317,7 +324,7 @@ pub async fn cancel_run(
     _auth: RequireService,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("run_id", &run_id)?;
+    let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let engine = engine(&state)?.clone();
     let record = load_run(&state, &run_id).await?;
     if record.state.is_terminal() {
@@ -346,7 +353,7 @@ pub async fn get_artifact(
     _auth: RequireService,
     ApiPath(artifact_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("artifact_id", &artifact_id)?;
+    let artifact_id = wire::parse_id("artifact_id", &artifact_id, ArtifactId::parse)?;
     let engine = engine(&state)?;
     let artifact = engine
         .run_store()
@@ -368,7 +375,7 @@ pub async fn get_thread(
     _auth: RequireService,
     ApiPath(thread_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("thread_id", &thread_id)?;
+    let thread_id = wire::parse_id("thread_id", &thread_id, ThreadId::parse)?;
     let engine = engine(&state)?;
     let runs = engine.run_store();
     let account_id = runs
@@ -377,7 +384,7 @@ pub async fn get_thread(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", "no such thread"))?;
     let turns = runs.thread_runs(&thread_id, None, THREAD_TURNS_MAX).await?;
     let response = ThreadResponse {
-        thread_id,
+        thread_id: thread_id.to_string(),
         account_id: account_id.to_string(),
         turns: turns.iter().map(run_response).collect(),
     };

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use jobs::remote::{self, FinishBodyError};
 use jobs::{JobError, JobService};
 use serde_json::{json, Value};
+use store::JobId;
 use subtle::ConstantTimeEq;
 
 use crate::dto::Problem;
@@ -143,7 +144,7 @@ pub async fn heartbeat(
     ApiPath(job_id): ApiPath<String>,
     body: JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    crate::wire::check_path_id("job_id", &job_id)?;
+    let job_id = crate::wire::parse_id("job_id", &job_id, JobId::parse)?;
     let jobs = jobs(&state)?;
     let worker_id = remote::parse_worker_id(body.value.get("worker_id")).map_err(ApiError::invalid_request)?;
     let stage = remote::parse_stage(body.value.get("stage")).map_err(ApiError::invalid_request)?;
@@ -179,7 +180,7 @@ pub async fn finish(
     ApiPath(job_id): ApiPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    crate::wire::check_path_id("job_id", &job_id)?;
+    let job_id = crate::wire::parse_id("job_id", &job_id, JobId::parse)?;
     let jobs = jobs(&state)?;
     let artifact_bytes_max = jobs.config().artifact_bytes_max;
     // The body carries the artifact in base64: 4 characters per 3 bytes, plus the other fields.
