@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::provider::Purpose;
-use engine::run::data::RunData;
+use engine::run::data::{RunData, RunErrorCode};
 use engine::run::recovery::RecoveryReport;
 use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
 use engine::testing::{FakeProvider, FakeReply};
@@ -131,7 +131,7 @@ async fn a_dead_instances_run_is_released_and_interrupted_once() {
     let (record, data) = s.run("run-dead").await;
     assert_eq!(record.state, RunState::Interrupted);
     assert!(data.hold_resolved);
-    assert_eq!(data.error.map(|error| error.code).as_deref(), Some("interrupted"));
+    assert_eq!(data.error.map(|error| error.code), Some(RunErrorCode::Interrupted));
     let balances = s.store.account(&account()).await.expect("answers").expect("exists").balances;
     assert_eq!(balances.held, Amount::ZERO, "nothing stays reserved");
 
@@ -296,8 +296,9 @@ async fn a_run_settled_just_before_its_server_died_is_recorded_as_settled() {
     assert_eq!((report.interrupted, report.released), (1, 0), "{report:?}");
     let (record, data) = s.run("run-settled").await;
     assert_eq!(record.state, RunState::Succeeded);
-    assert_eq!((data.captured.as_deref(), data.refunded.as_deref()), (Some("4"), Some("6")));
-    assert_eq!(data.actual.as_deref(), Some("4"));
+    let credits = |text: &str| Some(Amount::parse(text).expect("valid amount"));
+    assert_eq!((data.captured, data.refunded), (credits("4"), credits("6")));
+    assert_eq!(data.actual, credits("4"));
     assert!(data.error.is_none() && data.hold_resolved);
     assert_eq!(s.hold_state(&hold_id).await, HoldState::Captured);
     assert_eq!(s.entries(EntryKind::Release).await, 1, "only the settler's release of the rest");

@@ -14,9 +14,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
+use std::sync::{Arc, RwLock};
 
 use ledger::Amount;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
@@ -33,7 +34,8 @@ const VERSION_HEX_DIGITS: usize = 16;
 const NO_KEY: &str = "";
 
 /// A price tier of the catalog; the LLM provider maps each to a model name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Tier {
     Flash,
     Sonnet,
@@ -105,7 +107,8 @@ impl Action {
 }
 
 /// How hard the planner judged a problem; the catalog maps it to the model tier that solves it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Difficulty {
     Easy,
     Medium,
@@ -239,6 +242,28 @@ impl Catalog {
     /// The model tier that solves problems of this difficulty.
     pub fn tier_for(&self, difficulty: Difficulty) -> Tier {
         self.difficulty_tiers[difficulty.index()]
+    }
+}
+
+/// The catalog new turns are priced at, shared by everything that prices (the run engine, the
+/// estimate route). It is replaced whole: a turn keeps the catalog it started with, so a reload
+/// mid-turn never changes the prices of a hold already taken.
+#[derive(Debug)]
+pub struct SharedCatalog(RwLock<Arc<Catalog>>);
+
+impl SharedCatalog {
+    pub fn new(catalog: Arc<Catalog>) -> SharedCatalog {
+        SharedCatalog(RwLock::new(catalog))
+    }
+
+    /// The catalog in force now.
+    pub fn current(&self) -> Arc<Catalog> {
+        Arc::clone(&self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Replaces the catalog for turns and estimates from now on.
+    pub fn replace(&self, catalog: Arc<Catalog>) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = catalog;
     }
 }
 

@@ -6,10 +6,15 @@
 //! the HTTP estimate route needs nothing else.
 //!
 //! Layout: [`catalog`] (the one source of prices and limits, TOML text with a content-hash
-//! version), [`estimate`] (the worst case of a plan, line by line).
+//! version; [`SharedCatalog`], the one in force), [`plan`] (a turn's steps, tier and explanation
+//! mode, normalised once for every caller), [`estimate`] (the worst case of a plan, line by
+//! line), [`amount_text`] (amounts in stored documents, as decimal text).
 
+pub mod amount_text;
 pub mod catalog;
 pub mod estimate;
+pub mod plan;
 
-pub use catalog::{Action, Catalog, CatalogError, Difficulty, Limits, Tier};
-pub use estimate::{Estimate, ExplanationMode, Line, Step};
+pub use catalog::{Action, Catalog, CatalogError, Difficulty, Limits, SharedCatalog, Tier};
+pub use estimate::{Estimate, Line};
+pub use plan::{ExplanationMode, Plan, PlanError, Step, PLAN_STEPS_MAX};

@@ -32,6 +32,7 @@ pub fn router_with_engine(
 ) -> Router {
     let body_bytes_max = config.request_body_bytes_max;
     let mut state = AppState::new(store, clock, config);
+    state.catalog = engine.as_ref().map(|engine| engine.shared_catalog());
     state.engine = engine;
     Router::new()
         .route("/v1/accounts/{account_id}", get(accounts::get_account))

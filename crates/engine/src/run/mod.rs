@@ -13,7 +13,7 @@ pub mod solver;
 mod turn;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledger::{AccountId, Timestamp};
@@ -25,9 +25,10 @@ use tokio_util::task::TaskTracker;
 use crate::events::{ErrorCode, EventChannel, EventKind, FRAMES_MAX_DEFAULT};
 use crate::provider::Provider;
 use crate::sandbox::CodeExecutor;
+pub use data::Action;
 use data::RunData;
 use jobs::JobService;
-use pricing::catalog::Catalog;
+use pricing::{Catalog, SharedCatalog};
 use turn::Turn;
 
 /// Limits and settings of the engine. Units last.
@@ -95,7 +96,7 @@ pub struct SolveRequest {
     pub problem: String,
     /// The thread to continue; a new one when absent.
     pub thread_id: Option<ThreadId>,
-    pub action: Option<String>,
+    pub action: Option<Action>,
     pub retry_source_job_id: Option<JobId>,
 }
 
@@ -145,7 +146,7 @@ pub struct Engine {
     pub(crate) executor: Arc<dyn CodeExecutor>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jobs: Option<Arc<JobService>>,
-    catalog: RwLock<Arc<Catalog>>,
+    catalog: Arc<SharedCatalog>,
     registry: Mutex<Registry>,
     tracker: TaskTracker,
     stopping: CancellationToken,
@@ -184,7 +185,7 @@ impl Engine {
             executor,
             clock,
             jobs,
-            catalog: RwLock::new(catalog),
+            catalog: Arc::new(SharedCatalog::new(catalog)),
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -248,12 +249,17 @@ impl Engine {
 
     /// The catalog new runs are estimated at. Runs keep the one they started with.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("catalog lock poisoned").clone()
+        self.catalog.current()
+    }
+
+    /// The catalog in force, shared with whatever else prices (the estimate route).
+    pub fn shared_catalog(&self) -> Arc<SharedCatalog> {
+        Arc::clone(&self.catalog)
     }
 
     /// Replaces the catalog for runs that start from now on.
     pub fn set_catalog(&self, catalog: Arc<Catalog>) {
-        *self.catalog.write().expect("catalog lock poisoned") = catalog;
+        self.catalog.replace(catalog);
     }
 
     pub fn now(&self) -> Timestamp {
@@ -279,11 +285,6 @@ impl Engine {
             )));
         }
         let thread_id = request.thread_id.clone().unwrap_or_else(ThreadId::generate);
-        if let Some(action) = &request.action {
-            if action != "video_retry" {
-                return Err(StartError::InvalidInput(format!("unknown action `{action}` (only `video_retry`)")));
-            }
-        }
         {
             let registry = self.registry.lock().expect("registry lock poisoned");
             if registry.running.len() >= self.config.runs_active_max {
@@ -295,7 +296,7 @@ impl Engine {
         let now = self.now();
         let data = RunData {
             problem: request.problem.clone(),
-            action: request.action.clone(),
+            action: request.action,
             retry_source_job_id: request.retry_source_job_id.clone(),
             catalog_version: catalog.version().to_owned(),
             ..RunData::default()

@@ -8,12 +8,12 @@
 
 use serde_json::{json, Value};
 
-use super::data::CreditEntry;
+use super::data::{Charge, CreditEntry, Node};
 use crate::events::{ErrorCode, EventKind};
 use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, ToolCall, ToolSpec};
 use crate::sandbox::{CodeExecutor, ExecStatus};
 use pricing::catalog::{Action, Catalog};
-use pricing::estimate::ExplanationMode;
+use pricing::ExplanationMode;
 use pricing::Tier;
 
 /// Longest tool result handed back to the model.
@@ -152,9 +152,9 @@ async fn run_tool(
             };
             let reply = setup.provider.complete(request).await.map_err(|error| model_error("code_generate", error))?;
             sink.meter(CreditEntry::new(
-                "solver",
-                "code_generate",
-                Some("flash"),
+                Node::Solver,
+                Charge::CodeGenerate,
+                Some(Tier::Flash),
                 setup.catalog.action(Action::CodeGenerate),
             ));
             Ok((first_code_block(reply.content.as_deref().unwrap_or("")), true))
@@ -171,8 +171,8 @@ async fn run_tool(
                 Ok(output) => {
                     budget.executes += 1;
                     sink.meter(CreditEntry::new(
-                        "solver",
-                        "code_execute",
+                        Node::Solver,
+                        Charge::CodeExecute,
                         None,
                         setup.catalog.action(Action::CodeExecute),
                     ));
@@ -199,7 +199,7 @@ async fn run_tool(
 pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(Solution, Budget), StepFailure> {
     let limits = setup.catalog.limits().clone();
     let model_price = setup.catalog.model_call(setup.tier);
-    let model = setup.tier.as_str();
+    let model = Some(setup.tier);
     let mut messages = vec![
         system(Purpose::Solver, "Solve the problem. Use code_generate and code_execute to check your work; answer without tool calls when done."),
         Message::user(setup.problem),
@@ -216,7 +216,7 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
         };
         let reply = setup.provider.complete(request).await.map_err(|error| model_error("solver", error))?;
         budget.model_calls += 1;
-        sink.meter(CreditEntry::new("solver", "llm_call_verify", Some(model), model_price));
+        sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallVerify, model, model_price));
         sink.emit(EventKind::SolveProgress, json!({"text": reply.content.clone().unwrap_or_default(), "iteration": budget.model_calls, "phase": "verify"}));
         if reply.tool_calls.is_empty() {
             answer = Some(reply.content.unwrap_or_default());
@@ -248,7 +248,7 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
                 response_format: None,
             };
             let reply = setup.provider.complete(request).await.map_err(|error| model_error("limit summary", error))?;
-            sink.meter(CreditEntry::new("solver", "llm_call_summary", Some(model), model_price));
+            sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallSummary, model, model_price));
             sink.emit(
                 EventKind::SolveProgress,
                 json!({"text": "", "iteration": budget.model_calls, "phase": "summary"}),
@@ -268,7 +268,7 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
             response_format: None,
         };
         let reply = setup.provider.complete(request).await.map_err(|error| model_error("explain", error))?;
-        sink.meter(CreditEntry::new("solver", "llm_call_explain", Some(model), model_price));
+        sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallExplain, model, model_price));
         sink.emit(EventKind::SolveProgress, json!({"text": "", "iteration": budget.model_calls, "phase": "explain"}));
         Some(reply.content.unwrap_or_default())
     } else {

@@ -18,15 +18,16 @@ use serde_json::{json, Value};
 use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunState, StoreError};
 
 use super::credits::{Credits, Released};
-use super::data::{log_json, synchronous_cost, CreditEntry, ErrorData, PlanData, RunData};
+use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData};
 use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
 use super::{emit_error, Engine};
 use crate::events::{ErrorCode, EventChannel, EventKind};
 use crate::provider::{ChatRequest, Message, Purpose};
 use jobs::{JobError, JobService, NewJob};
 use pricing::catalog::{Action, Catalog, Difficulty};
-use pricing::estimate::{self, ExplanationMode, Line, Step};
+use pricing::estimate::{self, Line};
 use pricing::Tier;
+use pricing::{ExplanationMode, Plan, Step};
 
 /// Earlier turns of a thread looked at for a stale hold.
 const EARLIER_TURNS_MAX: u32 = 1000;
@@ -161,8 +162,9 @@ impl Turn {
         self.committed.load(Ordering::SeqCst)
     }
 
-    fn meter_action(&self, node: &str, action: Action, model: Option<&str>) {
-        self.meter(CreditEntry::new(node, action.as_str(), model, self.catalog.action(action)));
+    /// Meters a call of a priced catalog action.
+    fn meter_action(&self, node: Node, charge: Charge, action: Action, model: Option<Tier>) {
+        self.meter(CreditEntry::new(node, charge, model, self.catalog.action(action)));
     }
 
     fn spent(&self) -> Amount {
@@ -253,9 +255,9 @@ impl Turn {
     async fn preflight(&self) -> Result<bool, StepFailure> {
         let (action, source) = {
             let data = self.data.lock().expect("run data lock poisoned");
-            (data.action.clone(), data.retry_source_job_id.clone())
+            (data.action, data.retry_source_job_id.clone())
         };
-        if action.as_deref() != Some("video_retry") {
+        if action != Some(super::data::Action::VideoRetry) {
             return Ok(false);
         }
         let refuse = |message: &str| {
@@ -298,16 +300,16 @@ impl Turn {
             Message::user(problem),
         ];
         let content = self.call(Purpose::Router, Tier::Flash, messages, Some(solver::route_format())).await?;
-        self.meter_action("router", Action::Router, Some("flash"));
+        self.meter_action(Node::Router, Charge::Router, Action::Router, Some(Tier::Flash));
         let parsed: Value = serde_json::from_str(&content)
             .map_err(|_| StepFailure::new(ErrorCode::ModelError, "router: the answer is not JSON"))?;
         let route = match parsed.get("route").and_then(Value::as_str) {
-            Some("general_chat") => "general_chat",
-            Some("math_task") => "math_task",
+            Some("general_chat") => Route::GeneralChat,
+            Some("math_task") => Route::MathTask,
             _ => return Err(StepFailure::new(ErrorCode::ModelError, "router: unknown route")),
         };
-        self.data.lock().expect("run data lock poisoned").route = Some(route.to_owned());
-        Ok(route == "general_chat")
+        self.data.lock().expect("run data lock poisoned").route = Some(route);
+        Ok(route == Route::GeneralChat)
     }
 
     async fn general_chat(&self, problem: &str) -> Result<(), StepFailure> {
@@ -322,7 +324,7 @@ impl Turn {
             Message::user(problem),
         ];
         let answer = self.call(Purpose::GeneralChat, Tier::Flash, messages, None).await?;
-        self.meter_action("general", Action::GeneralChat, Some("flash"));
+        self.meter_action(Node::General, Charge::GeneralChat, Action::GeneralChat, Some(Tier::Flash));
         self.channel.emit(
             EventKind::Token,
             None,
@@ -342,23 +344,14 @@ impl Turn {
             Message::user(problem),
         ];
         let content = self.call(Purpose::Planner, Tier::Flash, messages, Some(solver::plan_format())).await?;
-        self.meter_action("planner", Action::Planner, Some("flash"));
+        self.meter_action(Node::Planner, Charge::Planner, Action::Planner, Some(Tier::Flash));
         let bad = |what: &str| StepFailure::new(ErrorCode::ModelError, format!("planner: {what}"));
         let parsed: Value = serde_json::from_str(&content).map_err(|_| bad("the plan is not JSON"))?;
         let raw_steps = parsed.get("steps").and_then(Value::as_array).ok_or_else(|| bad("no steps"))?;
-        if raw_steps.len() > 8 {
-            return Err(bad("too many steps"));
-        }
-        let mut steps: Vec<Step> = Vec::new();
-        for raw in raw_steps {
-            let step = raw.as_str().and_then(Step::parse).ok_or_else(|| bad("unknown step"))?;
-            if !steps.contains(&step) {
-                steps.push(step);
-            }
-        }
-        // Every plan solves first: pdf and video render a solution.
-        steps.retain(|step| *step != Step::Solve);
-        steps.insert(0, Step::Solve);
+        let listed = raw_steps
+            .iter()
+            .map(|raw| raw.as_str().and_then(Step::parse).ok_or_else(|| bad("unknown step")))
+            .collect::<Result<Vec<Step>, StepFailure>>()?;
         let difficulty = parsed
             .get("difficulty")
             .and_then(Value::as_str)
@@ -372,13 +365,9 @@ impl Turn {
         let use_page =
             parsed.get("use_page").and_then(Value::as_bool).ok_or_else(|| bad("use_page must be a boolean"))?;
         let tier = self.catalog.tier_for(difficulty);
-        let plan = PlanData {
-            steps: steps.iter().map(|step| step.as_str().to_owned()).collect(),
-            difficulty: difficulty.as_str().to_owned(),
-            explanation_mode: mode.as_str().to_owned(),
-            use_page,
-            model: tier.as_str().to_owned(),
-        };
+        // Solve first, each step once, at most PLAN_STEPS_MAX listed: as the estimate route does.
+        let normalised = Plan::normalise(&listed, tier, mode).map_err(|_| bad("too many steps"))?;
+        let plan = PlanData { steps: normalised.steps, difficulty, explanation_mode: mode, use_page, model: tier };
         self.data.lock().expect("run data lock poisoned").plan = Some(plan.clone());
         if use_page {
             self.channel.emit(
@@ -391,23 +380,15 @@ impl Turn {
         Ok(plan)
     }
 
-    fn plan_parts(plan: &PlanData) -> (Vec<Step>, Tier, ExplanationMode) {
-        let steps = plan.steps.iter().filter_map(|step| Step::parse(step)).collect();
-        let tier = Tier::parse(&plan.model).expect("the plan's model is a tier");
-        let mode = ExplanationMode::parse(&plan.explanation_mode).expect("the plan's mode is valid");
-        (steps, tier, mode)
-    }
-
     async fn reserve(&self, plan: &PlanData) -> Result<(), StepFailure> {
-        let (steps, tier, mode) = Turn::plan_parts(plan);
         let spent_lines: Vec<Line> = {
             let data = self.data.lock().expect("run data lock poisoned");
             data.log
                 .iter()
-                .map(|entry| Line { label: entry.node.clone(), amount: entry.amount(), detail: None })
+                .map(|entry| Line { label: entry.node.as_str().to_owned(), amount: entry.cost, detail: None })
                 .collect()
         };
-        let estimate = estimate::estimate_turn(&self.catalog, &spent_lines, &steps, tier, mode);
+        let estimate = plan.plan().estimate(&self.catalog, &spent_lines);
         self.take_hold(estimate.total, &estimate.breakdown).await
     }
 
@@ -455,8 +436,8 @@ impl Turn {
         };
         {
             let mut data = self.data.lock().expect("run data lock poisoned");
-            data.reserved = Some(hold.amount.to_string());
-            data.breakdown = lines_json(breakdown);
+            data.reserved = Some(hold.amount);
+            data.breakdown = breakdown.to_vec();
         }
         *self.hold.lock().expect("hold lock poisoned") = Some(hold.clone());
         if let Err(error) = self.persist(RunState::Running).await {
@@ -472,14 +453,14 @@ impl Turn {
     }
 
     async fn solve_step(&self, plan: &PlanData, problem: &str) -> Result<Solution, StepFailure> {
-        let (_, tier, mode) = Turn::plan_parts(plan);
+        let plan = plan.plan();
         let started = Instant::now();
         let setup = SolverSetup {
             provider: self.engine.provider.as_ref(),
             executor: self.engine.executor.as_ref(),
             catalog: &self.catalog,
-            tier,
-            mode,
+            tier: plan.tier,
+            mode: plan.mode,
             problem,
             tool_calls_per_message_max: self.engine.config.tool_calls_per_message_max,
         };
@@ -500,7 +481,7 @@ impl Turn {
 
     /// pdf and video both need the solution and nothing else: they run concurrently.
     async fn after_solve_steps(&self, plan: &PlanData, problem: &str, solution: &Solution) -> Result<(), StepFailure> {
-        let (steps, _, _) = Turn::plan_parts(plan);
+        let steps = &plan.steps;
         let pdf = steps.iter().position(|step| *step == Step::Pdf);
         let video = steps.iter().position(|step| *step == Step::Video);
         let pdf_step = async {
@@ -544,7 +525,7 @@ impl Turn {
         let result = self.create_job(problem, solution, retry_source_job_id).await;
         self.node_result(step_idx, "video", started, result.as_ref().err());
         let job = result?;
-        self.meter_action("video", Action::Video, None);
+        self.meter_action(Node::Video, Charge::Video, Action::Video, None);
         self.channel.emit(
             EventKind::Token,
             Some(step_idx),
@@ -639,7 +620,7 @@ impl Turn {
         self.node_result(step_idx, "pdf", started, result.as_ref().err());
         let artifact_id = result?;
         // Charged only once the PDF exists.
-        self.meter_action("pdf", Action::Pdf, None);
+        self.meter_action(Node::Pdf, Charge::Pdf, Action::Pdf, None);
         self.channel.emit(
             EventKind::Token,
             Some(step_idx),
@@ -674,9 +655,9 @@ impl Turn {
         let refunded = captured.amount.minus(captured.captured);
         {
             let mut data = self.data.lock().expect("run data lock poisoned");
-            data.actual = Some(actual.to_string());
-            data.captured = Some(captured.captured.to_string());
-            data.refunded = Some(refunded.to_string());
+            data.actual = Some(actual);
+            data.captured = Some(captured.captured);
+            data.refunded = Some(refunded);
             data.hold_resolved = true;
         }
         *self.hold.lock().expect("hold lock poisoned") = Some(captured.clone());
@@ -690,7 +671,7 @@ impl Turn {
                 "reserved": captured.amount.to_string(),
                 "captured": captured.captured.to_string(),
                 "refunded": refunded.to_string(),
-                "log": log_json(&log),
+                "log": serde_json::to_value(&log).expect("credit logs serialize"),
             }),
         );
         Ok(())
@@ -733,7 +714,7 @@ impl Turn {
         }
         let state = if failure.code == ErrorCode::Canceled { RunState::Canceled } else { RunState::Failed };
         self.data.lock().expect("run data lock poisoned").error =
-            Some(ErrorData { code: failure.code.as_str().to_owned(), message: failure.message.clone() });
+            Some(ErrorData { code: failure.code.into(), message: failure.message.clone() });
         if let Err(error) = self.persist(state).await {
             tracing::error!(run_id = %self.run_id(), %error, "could not record the run's failure");
         }

@@ -12,11 +12,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use engine::events::Frame;
-use engine::run::{Engine, SolveRequest, StartError};
+use engine::run::{Action, Engine, SolveRequest, StartError};
 use futures::{Stream, StreamExt};
-use pricing::catalog::Difficulty;
-use pricing::estimate::{self, ExplanationMode, Step};
-use pricing::Tier;
+use pricing::estimate::routing_lines;
+use pricing::{Difficulty, ExplanationMode, Plan, Step, Tier, PLAN_STEPS_MAX};
 use std::sync::Arc;
 use store::{ArtifactId, JobId, RunId, RunRecord, ThreadId};
 
@@ -36,14 +35,12 @@ const STREAM_DRAIN_SECONDS: u64 = 5;
 /// Turns listed by `GET /v1/threads/{id}`.
 const THREAD_TURNS_MAX: u32 = 200;
 
+fn runs_unavailable() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runs_unavailable", "metered runs are not configured on this server")
+}
+
 fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
-    state.engine.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "runs_unavailable",
-            "metered runs are not configured on this server",
-        )
-    })
+    state.engine.as_ref().ok_or_else(runs_unavailable)
 }
 
 fn start_error(error: StartError) -> ApiError {
@@ -86,21 +83,14 @@ pub async fn estimate(
     _auth: RequireService,
     body: JsonBody<EstimateRequest>,
 ) -> Result<Response, ApiError> {
-    let engine = engine(&state)?;
-    let catalog = engine.catalog();
+    // Pricing alone answers an estimate: the catalog in force and the plan.
+    let catalog = state.catalog.as_ref().ok_or_else(runs_unavailable)?.current();
     let request = &body.value;
-    if request.steps.len() > 8 {
-        return Err(ApiError::invalid_request("steps: at most 8"));
-    }
-    let mut steps = Vec::new();
-    for raw in &request.steps {
-        let step = Step::parse(raw).ok_or_else(|| ApiError::invalid_request(format!("steps: unknown step `{raw}`")))?;
-        if !steps.contains(&step) {
-            steps.push(step);
-        }
-    }
-    steps.retain(|step| *step != Step::Solve);
-    steps.insert(0, Step::Solve);
+    let listed = request
+        .steps
+        .iter()
+        .map(|raw| Step::parse(raw).ok_or_else(|| ApiError::invalid_request(format!("steps: unknown step `{raw}`"))))
+        .collect::<Result<Vec<Step>, ApiError>>()?;
     let tier = match (&request.model, &request.difficulty) {
         (Some(model), None) => {
             Tier::parse(model).ok_or_else(|| ApiError::invalid_request("model: flash, sonnet or opus"))?
@@ -113,7 +103,9 @@ pub async fn estimate(
     };
     let mode = ExplanationMode::parse(&request.explanation_mode)
         .ok_or_else(|| ApiError::invalid_request("explanation_mode: full or brief"))?;
-    let estimate = estimate::estimate_turn(&catalog, &estimate::routing_lines(&catalog), &steps, tier, mode);
+    let plan = Plan::normalise(&listed, tier, mode)
+        .map_err(|_| ApiError::invalid_request(format!("steps: at most {PLAN_STEPS_MAX}")))?;
+    let estimate = plan.estimate(&catalog, &routing_lines(&catalog));
     let response = EstimateResponse {
         total: estimate.total.to_string(),
         breakdown: estimate
@@ -178,12 +170,20 @@ pub async fn solve(
         .as_deref()
         .map(|text| wire::parse_id("retry_source_job_id", text, JobId::parse))
         .transpose()?;
+    let action = request
+        .action
+        .as_deref()
+        .map(|text| {
+            Action::parse(text)
+                .ok_or_else(|| ApiError::invalid_request(format!("unknown action `{text}` (only `video_retry`)")))
+        })
+        .transpose()?;
     let started = engine
         .start_solve(SolveRequest {
             account_id,
             problem: request.problem.clone(),
             thread_id,
-            action: request.action.clone(),
+            action,
             retry_source_job_id,
         })
         .await
