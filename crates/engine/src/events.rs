@@ -10,9 +10,18 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
+use ledger::Timestamp;
 use serde_json::{json, Value};
-use store::{RunId, ThreadId};
+use store::{Clock, RunId, ThreadId};
 use tokio::sync::watch;
+
+/// RFC 3339 UTC, with fractional seconds only when there are some.
+fn format_time(at: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at.micros()) * 1000)
+        .ok()
+        .and_then(|moment| moment.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
 
 /// Default number of frames one run keeps.
 pub const FRAMES_MAX_DEFAULT: usize = 256;
@@ -118,19 +127,22 @@ pub struct EventChannel {
     thread_id: ThreadId,
     run_id: RunId,
     frames_max: usize,
+    /// The engine's clock: every frame's `ts`.
+    clock: Arc<dyn Clock>,
     buffer: Mutex<Buffer>,
     /// The last seq emitted plus one, or `u64::MAX` once closed; readers wait on it.
     signal: watch::Sender<u64>,
 }
 
 impl EventChannel {
-    pub fn new(thread_id: &ThreadId, run_id: &RunId, frames_max: usize) -> Arc<EventChannel> {
+    pub fn new(thread_id: &ThreadId, run_id: &RunId, frames_max: usize, clock: Arc<dyn Clock>) -> Arc<EventChannel> {
         assert!(frames_max >= 8, "the buffer must hold the critical frames and some more");
         let (signal, _) = watch::channel(0);
         Arc::new(EventChannel {
             thread_id: thread_id.clone(),
             run_id: run_id.clone(),
             frames_max,
+            clock,
             buffer: Mutex::new(Buffer { frames: VecDeque::new(), next_seq: 0, closed: false, dropped: 0 }),
             signal,
         })
@@ -152,8 +164,7 @@ impl EventChannel {
         }
         let seq = buffer.next_seq;
         buffer.next_seq += 1;
-        let ts =
-            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let ts = format_time(self.clock.now());
         let envelope = json!({
             "type": kind.as_str(),
             "thread_id": self.thread_id,
@@ -240,9 +251,14 @@ mod tests {
 
     use super::*;
 
+    fn channel(frames_max: usize) -> Arc<EventChannel> {
+        let clock = Arc::new(store::ManualClock::new(Timestamp::from_micros(1_800_000_000_250_000)));
+        EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), frames_max, clock)
+    }
+
     #[tokio::test]
     async fn readers_see_every_frame_in_order_and_end_at_close() {
-        let channel = EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), 16);
+        let channel = channel(16);
         let reader = tokio::spawn(channel.follow(None).map(|frame| frame.seq).collect::<Vec<_>>());
         for _ in 0..5 {
             channel.emit(EventKind::Token, Some(0), Some("solve"), json!({"delta": "x"}));
@@ -258,13 +274,14 @@ mod tests {
             (envelope["type"].as_str(), envelope["run_id"].as_str(), envelope["seq"].as_u64()),
             (Some("done"), Some("r"), Some(5))
         );
+        assert_eq!(envelope["ts"], "2027-01-15T08:00:00.25Z", "the time is the engine's clock's");
     }
 
     /// Every code a job or a run can end with goes over the stream and reads back as a member of
     /// its closed set (the original crashed a live stream on a code its schema did not allow).
     #[tokio::test]
     async fn every_error_code_travels_over_the_stream() {
-        let channel = EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), 64);
+        let channel = channel(64);
         let reader = tokio::spawn(channel.follow(None).collect::<Vec<_>>());
         for code in jobs::JobErrorCode::ALL {
             channel.emit(
@@ -304,7 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_buffer_drops_ordinary_frames_but_never_critical_ones() {
-        let channel = EventChannel::new(&ThreadId::parse("t").unwrap(), &RunId::parse("r").unwrap(), 8);
+        let channel = channel(8);
         channel.emit(EventKind::CreditSettled, None, None, json!({}));
         for _ in 0..20 {
             channel.emit(EventKind::Token, None, None, json!({}));

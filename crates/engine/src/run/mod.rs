@@ -19,6 +19,7 @@ use std::time::Duration;
 use ledger::{AccountId, Timestamp};
 use serde_json::json;
 use store::{Clock, CreateRunRefusal, JobId, LedgerStore, RunId, RunRecord, RunState, RunStore, StoreError, ThreadId};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -147,6 +148,9 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jobs: Option<Arc<JobService>>,
     catalog: Arc<SharedCatalog>,
+    /// One permit per run in flight (`runs_active_max`): taken when a run starts, moved into its
+    /// task and given back when that task ends, so the limit holds whatever races.
+    runs_active: Arc<Semaphore>,
     registry: Mutex<Registry>,
     tracker: TaskTracker,
     stopping: CancellationToken,
@@ -177,6 +181,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         jobs: Option<Arc<JobService>>,
     ) -> Arc<Engine> {
+        let runs_active_max = config.runs_active_max;
         let engine = Arc::new(Engine {
             config,
             ledger,
@@ -186,6 +191,7 @@ impl Engine {
             clock,
             jobs,
             catalog: Arc::new(SharedCatalog::new(catalog)),
+            runs_active: Arc::new(Semaphore::new(runs_active_max)),
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -285,12 +291,7 @@ impl Engine {
             )));
         }
         let thread_id = request.thread_id.clone().unwrap_or_else(ThreadId::generate);
-        {
-            let registry = self.registry.lock().expect("registry lock poisoned");
-            if registry.running.len() >= self.config.runs_active_max {
-                return Err(StartError::Busy);
-            }
-        }
+        let permit = Arc::clone(&self.runs_active).try_acquire_owned().map_err(|_| StartError::Busy)?;
         let catalog = self.catalog();
         let run_id = RunId::generate();
         let now = self.now();
@@ -321,7 +322,7 @@ impl Engine {
                 return Err(StartError::Store(StoreError::Corrupt { detail: "run id collision".to_owned() }))
             }
         };
-        let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max);
+        let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max, Arc::clone(&self.clock));
         let cancel = self.stopping.child_token();
         let turn = Arc::new(Turn::new(self.clone(), record, data, catalog, channel.clone()));
         self.registry
@@ -332,12 +333,13 @@ impl Engine {
         let engine = self.clone();
         self.tracker.spawn(async move {
             engine.supervise(turn, cancel).await;
+            drop(permit);
         });
         Ok(Started { run_id, thread_id, channel })
     }
 
     async fn supervise(self: Arc<Self>, turn: Arc<Turn>, cancel: CancellationToken) {
-        let run_id = turn.run_id();
+        let run_id = turn.run_id().clone();
         let mut inner = tokio::spawn(turn.clone().execute());
         let deadline = tokio::time::sleep(Duration::from_secs(self.config.turn_seconds_max));
         tokio::pin!(deadline);

@@ -9,13 +9,13 @@
 //! 5. solve, then pdf and video concurrently;
 //! 6. settler: capture the synchronous cost with `final`, the rest goes back.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ledger::{Amount, Command, Hold, HoldId, Reference, Rejection};
+use ledger::{AccountId, Amount, Command, Hold, HoldId, Reference, Rejection};
 use serde_json::{json, Value};
-use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunState, StoreError};
+use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunState, StoreError, ThreadId};
+use tokio_util::sync::CancellationToken;
 
 use super::credits::{Credits, Released};
 use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData};
@@ -34,20 +34,39 @@ const EARLIER_TURNS_MAX: u32 = 1000;
 
 pub(crate) struct Turn {
     engine: Arc<Engine>,
-    record: Mutex<RunRecord>,
-    data: Mutex<RunData>,
     catalog: Arc<Catalog>,
     channel: Arc<EventChannel>,
     credits: Credits,
+    /// Who the turn is: fixed for its whole life, so read without the lock.
+    run_id: RunId,
+    thread_id: ThreadId,
+    account_id: AccountId,
+    /// Everything that changes during the turn, behind one lock (never held across an await).
     /// Shared with the task that takes the hold, which finishes even if the turn is aborted.
-    hold: Arc<Mutex<Option<Hold>>>,
-    /// Held while a hold is being taken; the failure path waits for it, so a hold that commits
-    /// while its turn is being canceled is always seen, and released.
-    ledger_gate: Arc<tokio::sync::Mutex<()>>,
+    state: Arc<Mutex<TurnState>>,
+}
+
+/// The changing part of a turn: its record and document, its hold and the flags around it.
+struct TurnState {
+    record: RunRecord,
+    data: RunData,
+    /// The hold once taken, as last known (the settler's capture and the extender's extensions
+    /// replace it).
+    hold: Option<Hold>,
+    /// While a hold is being taken: cancelled when the taking task ends (its drop guard, so a
+    /// panic counts). The failure path waits for it, so a hold that commits while its turn is
+    /// being canceled is always seen, and released.
+    hold_taking: Option<CancellationToken>,
     /// Set when the settler starts: from then on a cancel waits for it instead of interrupting.
-    committed: AtomicBool,
+    committed: bool,
     /// Extensions of the hold applied so far: the `n` of the next key `<run_id>:extend:<n>`.
-    extensions: AtomicU32,
+    extensions: u32,
+}
+
+/// A panic while the lock was held leaves a turn whose state cannot be trusted: the run fails
+/// (its supervisor turns the panic into an `error`) rather than settle from half-written state.
+fn lock(state: &Mutex<TurnState>) -> MutexGuard<'_, TurnState> {
+    state.lock().expect("turn state lock poisoned")
 }
 
 fn store_failure(error: &StoreError) -> StepFailure {
@@ -72,7 +91,7 @@ fn lines_json(lines: &[Line]) -> Vec<Value> {
 
 impl SolverSink for Turn {
     fn meter(&self, entry: CreditEntry) {
-        self.data.lock().expect("run data lock poisoned").log.push(entry);
+        self.state().data.log.push(entry);
     }
 
     fn emit(&self, kind: EventKind, payload: Value) {
@@ -93,18 +112,21 @@ impl Turn {
             retries_max: engine.config.ledger_retries_max,
             backoff_ms: engine.config.ledger_backoff_ms,
         };
+        let state = TurnState { record, data, hold: None, hold_taking: None, committed: false, extensions: 0 };
         Turn {
             engine,
-            record: Mutex::new(record),
-            data: Mutex::new(data),
             catalog,
             channel,
             credits,
-            hold: Arc::new(Mutex::new(None)),
-            ledger_gate: Arc::new(tokio::sync::Mutex::new(())),
-            committed: AtomicBool::new(false),
-            extensions: AtomicU32::new(0),
+            run_id: state.record.run_id.clone(),
+            thread_id: state.record.thread_id.clone(),
+            account_id: state.record.account_id.clone(),
+            state: Arc::new(Mutex::new(state)),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, TurnState> {
+        lock(&self.state)
     }
 
     /// `node_result {status, duration_ms, error_code}` for a step that just ended.
@@ -122,32 +144,35 @@ impl Turn {
         );
     }
 
-    pub(crate) fn run_id(&self) -> RunId {
-        self.record.lock().expect("run record lock poisoned").run_id.clone()
+    pub(crate) fn run_id(&self) -> &RunId {
+        &self.run_id
     }
 
     fn key(&self, what: &str) -> String {
-        format!("{}:{what}", self.run_id())
+        format!("{}:{what}", self.run_id)
     }
 
     /// The turn's hold while it is pending.
     pub(crate) fn pending_hold(&self) -> Option<Hold> {
-        self.hold.lock().expect("hold lock poisoned").clone().filter(|hold| hold.state == ledger::HoldState::Pending)
+        self.state().hold.clone().filter(|hold| hold.state == ledger::HoldState::Pending)
     }
 
     /// Extends the pending hold by `ttl_seconds` from now. True when it was extended; a hold
     /// that is no longer pending (settled or released meanwhile) is left alone.
     pub(crate) async fn extend_hold(&self, ttl_seconds: u64) -> Result<bool, StoreError> {
-        let Some(hold) = self.pending_hold() else { return Ok(false) };
-        let n = self.extensions.load(Ordering::SeqCst);
+        let (hold, n) = {
+            let state = self.state();
+            (state.hold.clone().filter(|hold| hold.state == ledger::HoldState::Pending), state.extensions)
+        };
+        let Some(hold) = hold else { return Ok(false) };
         let key = self.key(&format!("extend:{n}"));
         match self.credits.extend(&key, &hold.hold_id, ttl_seconds).await? {
             Ok(extended) => {
-                self.extensions.fetch_add(1, Ordering::SeqCst);
-                let mut current = self.hold.lock().expect("hold lock poisoned");
+                let mut state = self.state();
+                state.extensions += 1;
                 // The settler may have resolved the hold meanwhile: its state wins.
-                if current.as_ref().is_some_and(|hold| hold.state == ledger::HoldState::Pending) {
-                    *current = Some(extended);
+                if state.hold.as_ref().is_some_and(|hold| hold.state == ledger::HoldState::Pending) {
+                    state.hold = Some(extended);
                 }
                 Ok(true)
             }
@@ -159,7 +184,7 @@ impl Turn {
     }
 
     pub(crate) fn is_committed(&self) -> bool {
-        self.committed.load(Ordering::SeqCst)
+        self.state().committed
     }
 
     /// Meters a call of a priced catalog action.
@@ -168,18 +193,20 @@ impl Turn {
     }
 
     fn spent(&self) -> Amount {
-        synchronous_cost(&self.data.lock().expect("run data lock poisoned").log)
+        synchronous_cost(&self.state().data.log)
     }
 
     /// Writes the run record with the current data (best effort mid-run; logged on failure).
     async fn persist(&self, state: RunState) -> Result<(), StoreError> {
+        let now = self.engine.now();
         let record = {
-            let mut record = self.record.lock().expect("run record lock poisoned");
-            record.state = state;
-            record.updated_at = self.engine.now();
-            record.hold_id = self.hold.lock().expect("hold lock poisoned").as_ref().map(|hold| hold.hold_id.clone());
-            record.data = self.data.lock().expect("run data lock poisoned").to_text();
-            record.clone()
+            let mut guard = self.state();
+            let turn = &mut *guard;
+            turn.record.state = state;
+            turn.record.updated_at = now;
+            turn.record.hold_id = turn.hold.as_ref().map(|hold| hold.hold_id.clone());
+            turn.record.data = turn.data.to_text();
+            turn.record.clone()
         };
         self.engine.runs.update_run(&record).await.map(|_| ())
     }
@@ -190,17 +217,15 @@ impl Turn {
         if self.preflight().await? {
             return self.retry_turn().await;
         }
-        let (account_id, problem) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), self.data.lock().expect("run data lock poisoned").problem.clone())
-        };
+        let problem = self.state().data.problem.clone();
         // The router and planner run before the hold; refuse at once when the account cannot
         // even pay for them, so a broke account costs no LLM call.
         let routing_price = Amount::sum(estimate::routing_lines(&self.catalog).iter().map(|line| line.amount));
-        let available = match self.engine.ledger.account(&account_id).await.map_err(|error| store_failure(&error))? {
-            Some(view) => view.balances.available,
-            None => Amount::ZERO,
-        };
+        let available =
+            match self.engine.ledger.account(&self.account_id).await.map_err(|error| store_failure(&error))? {
+                Some(view) => view.balances.available,
+                None => Amount::ZERO,
+            };
         if available < routing_price {
             return Err(credit_exhausted(routing_price, available));
         }
@@ -216,17 +241,13 @@ impl Turn {
     }
 
     async fn release_stale_holds(&self) -> Result<(), StepFailure> {
-        let (thread_id, run_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.thread_id.clone(), record.run_id.clone())
-        };
         let earlier = self
             .engine
             .runs
-            .thread_runs(&thread_id, None, EARLIER_TURNS_MAX)
+            .thread_runs(&self.thread_id, None, EARLIER_TURNS_MAX)
             .await
             .map_err(|error| store_failure(&error))?;
-        for run in earlier.iter().filter(|run| run.run_id != run_id && run.state.is_terminal()) {
+        for run in earlier.iter().filter(|run| run.run_id != self.run_id && run.state.is_terminal()) {
             let Some(hold_id) = &run.hold_id else { continue };
             let resolved = RunData::from_text(&run.data).is_some_and(|data| data.hold_resolved);
             if resolved {
@@ -254,8 +275,8 @@ impl Turn {
     /// job system, a store that cannot answer, or any broken rule rejects the turn.
     async fn preflight(&self) -> Result<bool, StepFailure> {
         let (action, source) = {
-            let data = self.data.lock().expect("run data lock poisoned");
-            (data.action, data.retry_source_job_id.clone())
+            let state = self.state();
+            (state.data.action, state.data.retry_source_job_id.clone())
         };
         if action != Some(super::data::Action::VideoRetry) {
             return Ok(false);
@@ -265,11 +286,7 @@ impl Turn {
         };
         let Some(source) = source else { return Err(refuse("retry_source_job_id is missing")) };
         let Some(jobs) = self.engine.jobs.clone() else { return Err(refuse("video jobs are not available")) };
-        let (account_id, thread_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), record.thread_id.clone())
-        };
-        match jobs.check_retry(&account_id, &thread_id, &source).await {
+        match jobs.check_retry(&self.account_id, &self.thread_id, &source).await {
             Ok(_) => Ok(true),
             Err(JobError::RetryAlreadyUsed) => Err(refuse("it was already retried once")),
             Err(error) => Err(refuse(&error.to_string())),
@@ -308,7 +325,7 @@ impl Turn {
             Some("math_task") => Route::MathTask,
             _ => return Err(StepFailure::new(ErrorCode::ModelError, "router: unknown route")),
         };
-        self.data.lock().expect("run data lock poisoned").route = Some(route);
+        self.state().data.route = Some(route);
         Ok(route == Route::GeneralChat)
     }
 
@@ -331,7 +348,7 @@ impl Turn {
             Some("general"),
             json!({"delta": answer, "final": true, "metadata": {}}),
         );
-        self.data.lock().expect("run data lock poisoned").answer = Some(answer);
+        self.state().data.answer = Some(answer);
         self.settle().await
     }
 
@@ -368,7 +385,7 @@ impl Turn {
         // Solve first, each step once, at most PLAN_STEPS_MAX listed: as the estimate route does.
         let normalised = Plan::normalise(&listed, tier, mode).map_err(|_| bad("too many steps"))?;
         let plan = PlanData { steps: normalised.steps, difficulty, explanation_mode: mode, use_page, model: tier };
-        self.data.lock().expect("run data lock poisoned").plan = Some(plan.clone());
+        self.state().data.plan = Some(plan.clone());
         if use_page {
             self.channel.emit(
                 EventKind::PageStart,
@@ -382,8 +399,10 @@ impl Turn {
 
     async fn reserve(&self, plan: &PlanData) -> Result<(), StepFailure> {
         let spent_lines: Vec<Line> = {
-            let data = self.data.lock().expect("run data lock poisoned");
-            data.log
+            let state = self.state();
+            state
+                .data
+                .log
                 .iter()
                 .map(|entry| Line { label: entry.node.as_str().to_owned(), amount: entry.cost, detail: None })
                 .collect()
@@ -393,31 +412,34 @@ impl Turn {
     }
 
     async fn take_hold(&self, amount: Amount, breakdown: &[Line]) -> Result<(), StepFailure> {
-        let (account_id, run_id, thread_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), record.run_id.clone(), record.thread_id.clone())
-        };
-        let hold_id = HoldId::parse(&format!("hold-{run_id}")).expect("run ids make valid hold ids");
-        let metadata =
-            json!({"run_id": run_id, "thread_id": thread_id, "catalog_version": self.catalog.version()}).to_string();
+        let hold_id = HoldId::parse(&format!("hold-{}", self.run_id)).expect("run ids make valid hold ids");
+        let metadata = json!({
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "catalog_version": self.catalog.version(),
+        })
+        .to_string();
         let command = Command::Hold {
-            account_id,
+            account_id: self.account_id.clone(),
             hold_id,
             amount,
             ttl_seconds: self.engine.config.hold_ttl_seconds,
-            reference: Reference::parse(run_id.as_str()).ok(),
+            reference: Reference::parse(self.run_id.as_str()).ok(),
             metadata,
         };
         // The hold is taken in its own task: aborting the turn (cancel, shutdown) must not drop a
-        // request the store may still commit, or that hold would be left pending unseen.
-        let gate = self.ledger_gate.clone().lock_owned().await;
-        let (credits, slot, key) = (self.credits.clone(), self.hold.clone(), self.key("hold"));
+        // request the store may still commit, or that hold would be left pending unseen. The
+        // token is registered and the task spawned with no await in between, so an abort cannot
+        // come between them.
+        let taken = CancellationToken::new();
+        self.state().hold_taking = Some(taken.clone());
+        let (credits, state, key) = (self.credits.clone(), Arc::clone(&self.state), self.key("hold"));
         let taking = tokio::spawn(async move {
+            let _taken = taken.drop_guard();
             let result = credits.hold(&key, command).await;
             if let Ok(Ok(hold)) = &result {
-                *slot.lock().expect("hold lock poisoned") = Some(hold.clone());
+                lock(&state).hold = Some(hold.clone());
             }
-            drop(gate);
             result
         });
         let result = taking
@@ -435,11 +457,11 @@ impl Turn {
             }
         };
         {
-            let mut data = self.data.lock().expect("run data lock poisoned");
-            data.reserved = Some(hold.amount);
-            data.breakdown = breakdown.to_vec();
+            let mut state = self.state();
+            state.data.reserved = Some(hold.amount);
+            state.data.breakdown = breakdown.to_vec();
+            state.hold = Some(hold.clone());
         }
-        *self.hold.lock().expect("hold lock poisoned") = Some(hold.clone());
         if let Err(error) = self.persist(RunState::Running).await {
             tracing::warn!(%error, "could not record the hold on the run");
         }
@@ -473,9 +495,9 @@ impl Turn {
             Some("solve"),
             json!({"delta": solution.answer, "final": true, "metadata": {}}),
         );
-        let mut data = self.data.lock().expect("run data lock poisoned");
-        data.answer = Some(solution.answer.clone());
-        data.explanation = solution.explanation.clone();
+        let mut state = self.state();
+        state.data.answer = Some(solution.answer.clone());
+        state.data.explanation = solution.explanation.clone();
         Ok(solution)
     }
 
@@ -504,10 +526,12 @@ impl Turn {
     /// source's input, the settler captures nothing more.
     async fn retry_turn(&self) -> Result<(), StepFailure> {
         let price = self.catalog.action(Action::Video);
-        let source = self.data.lock().expect("run data lock poisoned").retry_source_job_id.clone();
+        let (source, problem) = {
+            let state = self.state();
+            (state.data.retry_source_job_id.clone(), state.data.problem.clone())
+        };
         let lines = [Line { label: "video".to_owned(), amount: price, detail: Some("retry".to_owned()) }];
         self.take_hold(price, &lines).await?;
-        let problem = self.data.lock().expect("run data lock poisoned").problem.clone();
         self.video_step(0, &problem, None, source).await?;
         self.settle().await
     }
@@ -539,7 +563,7 @@ impl Turn {
             }}),
         );
         self.channel.emit(EventKind::JobProgress, Some(step_idx), Some("video"), JobService::job_json(&job));
-        self.data.lock().expect("run data lock poisoned").jobs.push(job.job_id);
+        self.state().data.jobs.push(job.job_id);
         Ok(())
     }
 
@@ -552,12 +576,8 @@ impl Turn {
         let Some(jobs) = self.engine.jobs.clone() else {
             return Err(StepFailure::new(ErrorCode::InvalidInput, "video jobs are not available on this server"));
         };
-        let hold_id = self.hold.lock().expect("hold lock poisoned").as_ref().map(|hold| hold.hold_id.clone());
+        let hold_id = self.state().hold.as_ref().map(|hold| hold.hold_id.clone());
         let hold_id = hold_id.expect("a video step runs after the hold");
-        let (account_id, thread_id, run_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), record.thread_id.clone(), record.run_id.clone())
-        };
         let input = json!({
             "problem": problem,
             "answer": solution.map(|solution| solution.answer.clone()),
@@ -565,9 +585,9 @@ impl Turn {
         })
         .to_string();
         let new = NewJob {
-            account_id,
-            thread_id,
-            run_id,
+            account_id: self.account_id.clone(),
+            thread_id: self.thread_id.clone(),
+            run_id: self.run_id.clone(),
             hold_id,
             price: self.catalog.action(Action::Video),
             input,
@@ -596,14 +616,10 @@ impl Turn {
         let rendered = crate::pdf::render_solution_pdf("Solution", &sections);
         let result = match rendered {
             Ok(bytes) => {
-                let (account_id, run_id) = {
-                    let record = self.record.lock().expect("run record lock poisoned");
-                    (record.account_id.clone(), record.run_id.clone())
-                };
                 let artifact = Artifact {
                     artifact_id: ArtifactId::generate(),
-                    account_id,
-                    run_id,
+                    account_id: self.account_id.clone(),
+                    run_id: self.run_id.clone(),
                     content_type: "application/pdf".to_owned(),
                     bytes,
                     created_at: self.engine.now(),
@@ -627,17 +643,17 @@ impl Turn {
             Some("pdf"),
             json!({"delta": "", "final": true, "metadata": {"artifact_id": artifact_id, "url": format!("/v1/artifacts/{artifact_id}")}}),
         );
-        self.data.lock().expect("run data lock poisoned").artifacts.push(artifact_id);
+        self.state().data.artifacts.push(artifact_id);
         Ok(())
     }
 
     /// Captures the turn's synchronous cost with `final`; the rest of the hold goes back.
     async fn settle(&self) -> Result<(), StepFailure> {
-        self.committed.store(true, Ordering::SeqCst);
-        let hold = self.hold.lock().expect("hold lock poisoned").clone().expect("the settler runs after the hold");
-        let (actual, log) = {
-            let data = self.data.lock().expect("run data lock poisoned");
-            (synchronous_cost(&data.log), data.log.clone())
+        let (hold, actual, log) = {
+            let mut state = self.state();
+            state.committed = true;
+            let hold = state.hold.clone().expect("the settler runs after the hold");
+            (hold, synchronous_cost(&state.data.log), state.data.log.clone())
         };
         let captured = match self.credits.capture(&self.key("settle"), &hold.hold_id, actual, true).await {
             Ok(Ok(hold)) => hold,
@@ -654,13 +670,13 @@ impl Turn {
         };
         let refunded = captured.amount.minus(captured.captured);
         {
-            let mut data = self.data.lock().expect("run data lock poisoned");
-            data.actual = Some(actual);
-            data.captured = Some(captured.captured);
-            data.refunded = Some(refunded);
-            data.hold_resolved = true;
+            let mut state = self.state();
+            state.data.actual = Some(actual);
+            state.data.captured = Some(captured.captured);
+            state.data.refunded = Some(refunded);
+            state.data.hold_resolved = true;
+            state.hold = Some(captured.clone());
         }
-        *self.hold.lock().expect("hold lock poisoned") = Some(captured.clone());
         self.channel.emit(
             EventKind::CreditSettled,
             None,
@@ -679,7 +695,7 @@ impl Turn {
 
     pub(crate) async fn finish_success(&self) {
         if let Err(error) = self.persist(RunState::Succeeded).await {
-            tracing::error!(run_id = %self.run_id(), %error, "could not record the run's success");
+            tracing::error!(run_id = %self.run_id, %error, "could not record the run's success");
         }
         self.channel.emit(EventKind::Done, None, None, json!({"final": true}));
         self.channel.close();
@@ -689,17 +705,21 @@ impl Turn {
     /// is recorded, and exactly one `error` event goes out.
     pub(crate) async fn finish_failure(&self, failure: StepFailure) {
         // Wait for a hold still being taken: it may commit although its turn was aborted.
-        let gate = self.ledger_gate.lock().await;
-        let hold = self.hold.lock().expect("hold lock poisoned").clone();
-        drop(gate);
-        if hold.is_none() {
-            // Nothing was ever held: nothing for recovery to do either.
-            self.data.lock().expect("run data lock poisoned").hold_resolved = true;
+        let taking = self.state().hold_taking.clone();
+        if let Some(taking) = taking {
+            taking.cancelled().await;
         }
-        let resolved = self.data.lock().expect("run data lock poisoned").hold_resolved;
+        let (hold, resolved) = {
+            let mut state = self.state();
+            if state.hold.is_none() {
+                // Nothing was ever held: nothing for recovery to do either.
+                state.data.hold_resolved = true;
+            }
+            (state.hold.clone(), state.data.hold_resolved)
+        };
         if let (Some(hold), false) = (hold, resolved) {
             match self.credits.release(&self.key("release"), &hold.hold_id).await {
-                Ok(_) => self.data.lock().expect("run data lock poisoned").hold_resolved = true,
+                Ok(_) => self.state().data.hold_resolved = true,
                 Err(error) => {
                     // `Credits::release` already retried with backoff. `hold_resolved` stays false
                     // in the stored data, so the recovery sweep (`Engine::recover_once`) retries it;
@@ -713,10 +733,9 @@ impl Turn {
             }
         }
         let state = if failure.code == ErrorCode::Canceled { RunState::Canceled } else { RunState::Failed };
-        self.data.lock().expect("run data lock poisoned").error =
-            Some(ErrorData { code: failure.code.into(), message: failure.message.clone() });
+        self.state().data.error = Some(ErrorData { code: failure.code.into(), message: failure.message.clone() });
         if let Err(error) = self.persist(state).await {
-            tracing::error!(run_id = %self.run_id(), %error, "could not record the run's failure");
+            tracing::error!(run_id = %self.run_id, %error, "could not record the run's failure");
         }
         emit_error(&self.channel, failure.code, &failure.message, failure.extra);
         self.channel.close();
