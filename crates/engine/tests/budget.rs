@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use engine::events::EventKind;
+use engine::events::Event;
 use engine::provider::{ChatRequest, ChatResponse, Provider, ProviderError, Purpose, ToolCall};
 use engine::run::data::CreditEntry;
 use engine::run::solver::{solve, SolverSetup, SolverSink};
@@ -17,7 +17,6 @@ use pricing::estimate::solve_worst_case;
 use pricing::ExplanationMode;
 use pricing::Tier;
 use proptest::prelude::*;
-use serde_json::Value;
 
 /// What the scripted model does on one solver call.
 #[derive(Clone, Debug)]
@@ -92,7 +91,7 @@ impl SolverSink for Meter {
         self.log.lock().unwrap().push(entry);
     }
 
-    fn emit(&self, _kind: EventKind, _payload: Value) {}
+    fn emit(&self, _event: Event) {}
 }
 
 fn move_strategy() -> impl Strategy<Value = Move> {

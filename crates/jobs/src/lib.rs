@@ -18,4 +18,4 @@ pub mod service;
 pub mod worker;
 
 pub use code::JobErrorCode;
-pub use service::{format_time, Finish, JobError, JobService, JobsConfig, NewJob};
+pub use service::{Finish, JobError, JobService, JobsConfig, NewJob};

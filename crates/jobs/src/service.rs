@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Overage, Reference, Rejection, Timestamp};
-use serde_json::json;
 use store::{
     Artifact, ArtifactId, Clock, JobId, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, Request, RunId,
     RunStore, StoreError, ThreadId,
@@ -530,43 +529,4 @@ impl JobService {
             }
         })
     }
-
-    /// The JSON a job reads as over the API and in events.
-    pub fn job_json(job: &JobRecord) -> serde_json::Value {
-        let time = |at: Option<Timestamp>| at.map(format_time);
-        json!({
-            "job_id": job.job_id,
-            "account_id": job.account_id.as_str(),
-            "thread_id": job.thread_id,
-            "run_id": job.run_id,
-            "status": job.status.as_str(),
-            "stage": job.stage,
-            "progress": job.progress_percent,
-            "price": job.price.to_string(),
-            "cancel_requested": job.cancel_requested,
-            "retry_source_job_id": job.retry_source_job_id,
-            "can_user_retry": matches!(job.status, JobStatus::Failed | JobStatus::Canceled) && job.retry_source_job_id.is_none(),
-            "attempts": job.attempts,
-            "error_stage": job.error_stage,
-            "error_code": job.error_code,
-            "error_detail": job.error_detail,
-            "refunded": job.refund_applied_at.is_some(),
-            "refund_applied_at": time(job.refund_applied_at),
-            "artifact_id": job.artifact_id,
-            "artifact_url": job.artifact_id.as_ref().map(|id| format!("/v1/artifacts/{id}")),
-            "created_at": format_time(job.created_at),
-            "updated_at": format_time(job.updated_at),
-            "started_at": time(job.started_at),
-            "finished_at": time(job.finished_at),
-        })
-    }
-}
-
-/// RFC 3339 UTC.
-pub fn format_time(at: Timestamp) -> String {
-    let nanos = i128::from(at.micros()) * 1000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|moment| moment.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }

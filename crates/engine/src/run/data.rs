@@ -11,8 +11,6 @@ use pricing::{amount_text, Difficulty, ExplanationMode, Line, Plan, Step, Tier};
 use serde::{Deserialize, Serialize};
 use store::{ArtifactId, JobId};
 
-use crate::events::ErrorCode;
-
 /// Which node of the graph made a metered call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +24,8 @@ pub enum Node {
 }
 
 impl Node {
+    pub const ALL: [Node; 6] = [Node::Router, Node::Planner, Node::General, Node::Solver, Node::Pdf, Node::Video];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Node::Router => "router",
@@ -59,6 +59,19 @@ pub enum Charge {
 }
 
 impl Charge {
+    pub const ALL: [Charge; 10] = [
+        Charge::Router,
+        Charge::Planner,
+        Charge::GeneralChat,
+        Charge::CodeGenerate,
+        Charge::CodeExecute,
+        Charge::Pdf,
+        Charge::Video,
+        Charge::LlmCallVerify,
+        Charge::LlmCallSummary,
+        Charge::LlmCallExplain,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Charge::Router => "router",
@@ -132,6 +145,17 @@ pub enum Route {
     MathTask,
 }
 
+impl Route {
+    pub const ALL: [Route; 2] = [Route::GeneralChat, Route::MathTask];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::GeneralChat => "general_chat",
+            Route::MathTask => "math_task",
+        }
+    }
+}
+
 /// The planner's plan, as the run records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanData {
@@ -151,8 +175,8 @@ impl PlanData {
     }
 }
 
-/// How a run ended when it did not succeed: a code of its `error` event, or `interrupted`
-/// (written by crash recovery: its server died, so no event was ever sent).
+/// How a run ended when it did not succeed: a code of its `error` event (`From<ErrorCode>`), or
+/// `interrupted` (written by crash recovery: its server died, so no event was ever sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunErrorCode {
@@ -166,31 +190,28 @@ pub enum RunErrorCode {
     Interrupted,
 }
 
-impl From<ErrorCode> for RunErrorCode {
-    fn from(code: ErrorCode) -> RunErrorCode {
-        match code {
-            ErrorCode::InternalError => RunErrorCode::InternalError,
-            ErrorCode::ToolError => RunErrorCode::ToolError,
-            ErrorCode::ModelError => RunErrorCode::ModelError,
-            ErrorCode::CreditExhausted => RunErrorCode::CreditExhausted,
-            ErrorCode::Timeout => RunErrorCode::Timeout,
-            ErrorCode::InvalidInput => RunErrorCode::InvalidInput,
-            ErrorCode::Canceled => RunErrorCode::Canceled,
-        }
-    }
-}
-
 impl RunErrorCode {
+    pub const ALL: [RunErrorCode; 8] = [
+        RunErrorCode::InternalError,
+        RunErrorCode::ToolError,
+        RunErrorCode::ModelError,
+        RunErrorCode::CreditExhausted,
+        RunErrorCode::Timeout,
+        RunErrorCode::InvalidInput,
+        RunErrorCode::Canceled,
+        RunErrorCode::Interrupted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            RunErrorCode::InternalError => "internal_error",
+            RunErrorCode::ToolError => "tool_error",
+            RunErrorCode::ModelError => "model_error",
+            RunErrorCode::CreditExhausted => "credit_exhausted",
+            RunErrorCode::Timeout => "timeout",
+            RunErrorCode::InvalidInput => "invalid_input",
+            RunErrorCode::Canceled => "canceled",
             RunErrorCode::Interrupted => "interrupted",
-            RunErrorCode::InternalError => ErrorCode::InternalError.as_str(),
-            RunErrorCode::ToolError => ErrorCode::ToolError.as_str(),
-            RunErrorCode::ModelError => ErrorCode::ModelError.as_str(),
-            RunErrorCode::CreditExhausted => ErrorCode::CreditExhausted.as_str(),
-            RunErrorCode::Timeout => ErrorCode::Timeout.as_str(),
-            RunErrorCode::InvalidInput => ErrorCode::InvalidInput.as_str(),
-            RunErrorCode::Canceled => ErrorCode::Canceled.as_str(),
         }
     }
 }
@@ -259,6 +280,7 @@ impl RunData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ErrorCode;
 
     /// A succeeded video turn's document exactly as the engine wrote it before the document was
     /// typed (amounts, names and ids as JSON strings).
@@ -308,24 +330,17 @@ mod tests {
         for action in Action::ALL {
             assert_eq!(Action::parse(action.as_str()), Some(action));
         }
+        for route in Route::ALL {
+            assert_eq!(serde_json::to_string(&route).expect("serializes"), format!("\"{}\"", route.as_str()));
+        }
+        for code in RunErrorCode::ALL {
+            assert_eq!(serde_json::to_string(&code).expect("serializes"), format!("\"{}\"", code.as_str()));
+        }
         assert_eq!(Action::parse("video"), None);
-        let nodes = [Node::Router, Node::Planner, Node::General, Node::Solver, Node::Pdf, Node::Video];
-        for node in nodes {
+        for node in Node::ALL {
             assert_eq!(serde_json::to_string(&node).expect("serializes"), format!("\"{}\"", node.as_str()));
         }
-        let charges = [
-            Charge::Router,
-            Charge::Planner,
-            Charge::GeneralChat,
-            Charge::CodeGenerate,
-            Charge::CodeExecute,
-            Charge::Pdf,
-            Charge::Video,
-            Charge::LlmCallVerify,
-            Charge::LlmCallSummary,
-            Charge::LlmCallExplain,
-        ];
-        for charge in charges {
+        for charge in Charge::ALL {
             assert_eq!(serde_json::to_string(&charge).expect("serializes"), format!("\"{}\"", charge.as_str()));
         }
     }

@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledger::{AccountId, Timestamp};
-use serde_json::json;
 use store::{Clock, CreateRunRefusal, JobId, LedgerStore, RunId, RunRecord, RunState, RunStore, StoreError, ThreadId};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::{ErrorCode, EventChannel, EventKind, FRAMES_MAX_DEFAULT};
+use crate::events::{ErrorCode, Event, EventChannel, FRAMES_MAX_DEFAULT};
 use crate::provider::Provider;
 use crate::sandbox::CodeExecutor;
 pub use data::Action;
@@ -232,8 +231,7 @@ impl Engine {
             registry.running.get(&job.run_id).map(|live| live.channel.clone())
         };
         if let Some(channel) = channel {
-            let kind = if job.status.is_terminal() { EventKind::JobFinished } else { EventKind::JobProgress };
-            channel.emit(kind, None, Some("video"), JobService::job_json(job));
+            channel.emit(None, Some("video"), Event::job(job.clone()));
         }
     }
 
@@ -446,17 +444,4 @@ impl CodeExecutor for NoExecutor {
     async fn execute(&self, _code: &str) -> Result<crate::sandbox::ExecOutput, crate::sandbox::ExecError> {
         Err(crate::sandbox::ExecError { detail: "no Python interpreter on this server".to_owned() })
     }
-}
-
-/// The error-event payload for a failure.
-pub(crate) fn error_payload(code: ErrorCode, message: &str) -> serde_json::Value {
-    json!({"code": code.as_str(), "message": message, "recoverable": false})
-}
-
-pub(crate) fn emit_error(channel: &EventChannel, code: ErrorCode, message: &str, extra: Option<serde_json::Value>) {
-    let mut payload = error_payload(code, message);
-    if let (Some(object), Some(serde_json::Value::Object(extra))) = (payload.as_object_mut(), extra) {
-        object.extend(extra);
-    }
-    channel.emit(EventKind::Error, None, None, payload);
 }

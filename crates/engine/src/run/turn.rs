@@ -20,14 +20,16 @@ use tokio_util::sync::CancellationToken;
 use super::credits::{Credits, Released};
 use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData};
 use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
-use super::{emit_error, Engine};
-use crate::events::{ErrorCode, EventChannel, EventKind};
+use super::Engine;
+use crate::events::{
+    Attachment, CreditReserved, CreditSettled, ErrorCode, Event, EventChannel, NodeResult, PageStart, RunError,
+    Shortfall, Token,
+};
 use crate::provider::{ChatRequest, Message, Purpose};
-use jobs::{JobError, JobService, NewJob};
+use jobs::{JobError, NewJob};
 use pricing::catalog::{Action, Catalog, Difficulty};
 use pricing::estimate::{self, Line};
-use pricing::Tier;
-use pricing::{ExplanationMode, Plan, Step};
+use pricing::{ExplanationMode, Plan, Step, Tier};
 
 /// Earlier turns of a thread looked at for a stale hold.
 const EARLIER_TURNS_MAX: u32 = 1000;
@@ -78,15 +80,13 @@ fn credit_exhausted(required: Amount, available: Amount) -> StepFailure {
     StepFailure {
         code: ErrorCode::CreditExhausted,
         message: format!("Not enough credits: this turn needs {required} cr, {available} cr available."),
-        extra: Some(json!({"required": required.to_string(), "available": available.to_string()})),
+        shortfall: Some(Shortfall { required, available }),
     }
 }
 
-fn lines_json(lines: &[Line]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|line| json!({"label": line.label, "amount": line.amount.to_string(), "detail": line.detail}))
-        .collect()
+/// A final token of answer text.
+fn text_token(delta: String) -> Event {
+    Event::Token(Token { delta, attachment: None })
 }
 
 impl SolverSink for Turn {
@@ -94,8 +94,8 @@ impl SolverSink for Turn {
         self.state().data.log.push(entry);
     }
 
-    fn emit(&self, kind: EventKind, payload: Value) {
-        self.channel.emit(kind, Some(0), Some("solve"), payload);
+    fn emit(&self, event: Event) {
+        self.channel.emit(Some(0), Some("solve"), event);
     }
 }
 
@@ -129,19 +129,11 @@ impl Turn {
         lock(&self.state)
     }
 
-    /// `node_result {status, duration_ms, error_code}` for a step that just ended.
-    fn node_result(&self, step_idx: usize, node: &str, started: Instant, failure: Option<&StepFailure>) {
-        let (status, error_code) = match failure {
-            None => ("done", None),
-            Some(failure) => ("error", Some(failure.code.as_str())),
-        };
+    /// `node_result` for a step that just ended.
+    fn node_result(&self, step_idx: usize, node: &'static str, started: Instant, failure: Option<&StepFailure>) {
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.channel.emit(
-            EventKind::NodeResult,
-            Some(step_idx),
-            Some(node),
-            json!({"status": status, "duration_ms": duration_ms, "error_code": error_code}),
-        );
+        let result = NodeResult { error_code: failure.map(|failure| failure.code), duration_ms };
+        self.channel.emit(Some(step_idx), Some(node), Event::NodeResult(result));
     }
 
     pub(crate) fn run_id(&self) -> &RunId {
@@ -342,12 +334,7 @@ impl Turn {
         ];
         let answer = self.call(Purpose::GeneralChat, Tier::Flash, messages, None).await?;
         self.meter_action(Node::General, Charge::GeneralChat, Action::GeneralChat, Some(Tier::Flash));
-        self.channel.emit(
-            EventKind::Token,
-            None,
-            Some("general"),
-            json!({"delta": answer, "final": true, "metadata": {}}),
-        );
+        self.channel.emit(None, Some("general"), text_token(answer.clone()));
         self.state().data.answer = Some(answer);
         self.settle().await
     }
@@ -387,12 +374,8 @@ impl Turn {
         let plan = PlanData { steps: normalised.steps, difficulty, explanation_mode: mode, use_page, model: tier };
         self.state().data.plan = Some(plan.clone());
         if use_page {
-            self.channel.emit(
-                EventKind::PageStart,
-                None,
-                Some("planner"),
-                json!({"plan": plan.steps, "selected_model": plan.model, "difficulty": plan.difficulty, "route": "math_task", "use_page": true}),
-            );
+            let page = PageStart { steps: plan.steps.clone(), model: plan.model, difficulty: plan.difficulty };
+            self.channel.emit(None, Some("planner"), Event::PageStart(page));
         }
         Ok(plan)
     }
@@ -465,12 +448,8 @@ impl Turn {
         if let Err(error) = self.persist(RunState::Running).await {
             tracing::warn!(%error, "could not record the hold on the run");
         }
-        self.channel.emit(
-            EventKind::CreditReserved,
-            None,
-            None,
-            json!({"hold_id": hold.hold_id.as_str(), "amount": hold.amount.to_string(), "breakdown": lines_json(breakdown)}),
-        );
+        let reserved = CreditReserved { hold_id: hold.hold_id, amount: hold.amount, breakdown: breakdown.to_vec() };
+        self.channel.emit(None, None, Event::CreditReserved(reserved));
         Ok(())
     }
 
@@ -489,12 +468,7 @@ impl Turn {
         let result = solver::solve(&setup, self).await;
         self.node_result(0, "solve", started, result.as_ref().err());
         let (solution, _) = result?;
-        self.channel.emit(
-            EventKind::Token,
-            Some(0),
-            Some("solve"),
-            json!({"delta": solution.answer, "final": true, "metadata": {}}),
-        );
+        self.channel.emit(Some(0), Some("solve"), text_token(solution.answer.clone()));
         let mut state = self.state();
         state.data.answer = Some(solution.answer.clone());
         state.data.explanation = solution.explanation.clone();
@@ -550,20 +524,14 @@ impl Turn {
         self.node_result(step_idx, "video", started, result.as_ref().err());
         let job = result?;
         self.meter_action(Node::Video, Charge::Video, Action::Video, None);
+        let video = Attachment::Video { job_id: job.job_id.clone(), status: job.status };
         self.channel.emit(
-            EventKind::Token,
             Some(step_idx),
             Some("video"),
-            json!({"delta": "", "final": true, "metadata": {
-                "display": "tool",
-                "tool_name": "video_generate",
-                "job_id": job.job_id,
-                "status": job.status.as_str(),
-                "progress_url": format!("/v1/jobs/{}", job.job_id),
-            }}),
+            Event::Token(Token { delta: String::new(), attachment: Some(video) }),
         );
-        self.channel.emit(EventKind::JobProgress, Some(step_idx), Some("video"), JobService::job_json(&job));
-        self.state().data.jobs.push(job.job_id);
+        self.state().data.jobs.push(job.job_id.clone());
+        self.channel.emit(Some(step_idx), Some("video"), Event::job(job));
         Ok(())
     }
 
@@ -637,11 +605,11 @@ impl Turn {
         let artifact_id = result?;
         // Charged only once the PDF exists.
         self.meter_action(Node::Pdf, Charge::Pdf, Action::Pdf, None);
+        let pdf = Attachment::Pdf { artifact_id: artifact_id.clone() };
         self.channel.emit(
-            EventKind::Token,
             Some(step_idx),
             Some("pdf"),
-            json!({"delta": "", "final": true, "metadata": {"artifact_id": artifact_id, "url": format!("/v1/artifacts/{artifact_id}")}}),
+            Event::Token(Token { delta: String::new(), attachment: Some(pdf) }),
         );
         self.state().data.artifacts.push(artifact_id);
         Ok(())
@@ -677,19 +645,15 @@ impl Turn {
             state.data.hold_resolved = true;
             state.hold = Some(captured.clone());
         }
-        self.channel.emit(
-            EventKind::CreditSettled,
-            None,
-            Some("settler"),
-            json!({
-                "hold_id": captured.hold_id.as_str(),
-                "actual": actual.to_string(),
-                "reserved": captured.amount.to_string(),
-                "captured": captured.captured.to_string(),
-                "refunded": refunded.to_string(),
-                "log": serde_json::to_value(&log).expect("credit logs serialize"),
-            }),
-        );
+        let settled = CreditSettled {
+            hold_id: captured.hold_id,
+            actual,
+            reserved: captured.amount,
+            captured: captured.captured,
+            refunded,
+            log,
+        };
+        self.channel.emit(None, Some("settler"), Event::CreditSettled(settled));
         Ok(())
     }
 
@@ -697,7 +661,7 @@ impl Turn {
         if let Err(error) = self.persist(RunState::Succeeded).await {
             tracing::error!(run_id = %self.run_id, %error, "could not record the run's success");
         }
-        self.channel.emit(EventKind::Done, None, None, json!({"final": true}));
+        self.channel.emit(None, None, Event::Done);
         self.channel.close();
     }
 
@@ -737,7 +701,8 @@ impl Turn {
         if let Err(error) = self.persist(state).await {
             tracing::error!(run_id = %self.run_id, %error, "could not record the run's failure");
         }
-        emit_error(&self.channel, failure.code, &failure.message, failure.extra);
+        let error = RunError { code: failure.code, message: failure.message, shortfall: failure.shortfall };
+        self.channel.emit(None, None, Event::Error(error));
         self.channel.close();
     }
 }

@@ -11,17 +11,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use engine::events::EventChannel;
 use engine::events::Frame;
-use engine::run::{Action, Engine, SolveRequest, StartError};
+use engine::run::{Engine, SolveRequest, StartError};
 use futures::{Stream, StreamExt};
 use pricing::estimate::routing_lines;
 use pricing::{Difficulty, ExplanationMode, Plan, Step, Tier, PLAN_STEPS_MAX};
 use std::sync::Arc;
 use store::{ArtifactId, JobId, RunId, RunRecord, ThreadId};
 
-use crate::dto::{
-    EstimateLine, EstimateRequest, EstimateResponse, Problem, RunResponse, SolveRequestDto, ThreadResponse,
-};
+use crate::dto::{EstimateRequest, EstimateResponse, Problem, RunEvent, RunResponse, SolveRequestDto, ThreadResponse};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, JsonBody, RequireService};
 use crate::routes::json;
@@ -108,25 +107,21 @@ pub async fn estimate(
     let estimate = plan.estimate(&catalog, &routing_lines(&catalog));
     let response = EstimateResponse {
         total: estimate.total.to_string(),
-        breakdown: estimate
-            .breakdown
-            .iter()
-            .map(|line| EstimateLine {
-                label: line.label.clone(),
-                amount: line.amount.to_string(),
-                detail: line.detail.clone(),
-            })
-            .collect(),
+        breakdown: estimate.breakdown.iter().map(wire::runs::estimate_line).collect(),
         catalog_version: estimate.catalog_version,
     };
     Ok(json(StatusCode::OK, response))
 }
 
-fn frame_event(frame: Frame) -> Result<Event, Infallible> {
-    Ok(Event::default().event(frame.kind.as_str()).id(frame.id).data(frame.data))
+/// One SSE event: `event: <type>`, `id: <thread_id>:<seq>`, `data: <RunEvent JSON>`.
+fn frame_event(channel: &EventChannel, frame: &Frame) -> Result<Event, Infallible> {
+    let data = wire::runs::run_event(channel.thread_id(), channel.run_id(), frame);
+    let data = serde_json::to_string(&data).expect("event DTOs always serialize");
+    Ok(Event::default().event(frame.kind.as_str()).id(frame.id.clone()).data(data))
 }
 
 fn stream_response(
+    channel: Arc<EventChannel>,
     stream: impl Stream<Item = Frame> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
 ) -> Response {
@@ -137,7 +132,7 @@ fn stream_response(
         stopping.cancelled().await;
         tokio::time::sleep(Duration::from_secs(STREAM_DRAIN_SECONDS)).await;
     };
-    let stream = stream.take_until(Box::pin(cut)).map(frame_event);
+    let stream = stream.take_until(Box::pin(cut)).map(move |frame| frame_event(&channel, &frame));
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECONDS))).into_response()
 }
 
@@ -147,7 +142,7 @@ fn stream_response(
     post, path = "/v1/solve", tag = "runs",
     request_body = SolveRequestDto,
     responses(
-        (status = 200, description = "text/event-stream of run events", content_type = "text/event-stream"),
+        (status = 200, description = "the run's events; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream"),
         (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "thread_busy", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
@@ -170,20 +165,12 @@ pub async fn solve(
         .as_deref()
         .map(|text| wire::parse_id("retry_source_job_id", text, JobId::parse))
         .transpose()?;
-    let action = request
-        .action
-        .as_deref()
-        .map(|text| {
-            Action::parse(text)
-                .ok_or_else(|| ApiError::invalid_request(format!("unknown action `{text}` (only `video_retry`)")))
-        })
-        .transpose()?;
     let started = engine
         .start_solve(SolveRequest {
             account_id,
             problem: request.problem.clone(),
             thread_id,
-            action,
+            action: request.action.map(Into::into),
             retry_source_job_id,
         })
         .await
@@ -193,6 +180,7 @@ pub async fn solve(
         // The guard lives inside the stream: when the client leaves, hyper drops the stream.
         let guard = DisconnectGuard { engine: engine.clone(), channel: started.channel.clone() };
         stream_response(
+            started.channel.clone(),
             frames.map(move |frame| {
                 let _ = &guard;
                 frame
@@ -200,7 +188,7 @@ pub async fn solve(
             engine.stopping(),
         )
     } else {
-        stream_response(frames, engine.stopping())
+        stream_response(started.channel.clone(), frames, engine.stopping())
     };
     if let Ok(value) = started.run_id.as_str().parse() {
         response.headers_mut().insert("x-run-id", value);
@@ -222,20 +210,6 @@ impl Drop for DisconnectGuard {
         if !self.channel.is_closed() && self.engine.cancel(self.channel.run_id()) {
             tracing::info!(run_id = %self.channel.run_id(), "client left: run canceled");
         }
-    }
-}
-
-fn run_response(record: &RunRecord) -> RunResponse {
-    RunResponse {
-        run_id: record.run_id.to_string(),
-        thread_id: record.thread_id.to_string(),
-        account_id: record.account_id.to_string(),
-        turn_index: record.turn_index,
-        state: record.state.as_str().to_owned(),
-        hold_id: record.hold_id.as_ref().map(ToString::to_string),
-        created_at: wire::format_time(record.created_at),
-        updated_at: wire::format_time(record.updated_at),
-        details: serde_json::from_str(&record.data).unwrap_or(serde_json::Value::Null),
     }
 }
 
@@ -262,7 +236,7 @@ pub async fn get_run(
 ) -> Result<Response, ApiError> {
     let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let record = load_run(&state, &run_id).await?;
-    Ok(json(StatusCode::OK, run_response(&record)))
+    Ok(json(StatusCode::OK, wire::runs::run_response(&record)))
 }
 
 /// Parses `Last-Event-ID: <thread_id>:<seq>` into the seq to resume after.
@@ -282,7 +256,7 @@ fn last_event_seq(headers: &HeaderMap, thread_id: &str) -> Result<Option<u64>, A
     get, path = "/v1/runs/{run_id}/events", tag = "runs",
     params(("run_id" = String, Path), ("Last-Event-ID" = Option<String>, Header)),
     responses(
-        (status = 200, description = "text/event-stream of run events", content_type = "text/event-stream"),
+        (status = 200, description = "the run's events after `Last-Event-ID`; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream"),
         (status = 404, description = "run_not_found, run_events_gone", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -304,7 +278,7 @@ pub async fn run_events(
         ));
     };
     let after = last_event_seq(&headers, channel.thread_id().as_str())?;
-    Ok(stream_response(channel.follow(after), engine.stopping()))
+    Ok(stream_response(channel.clone(), channel.follow(after), engine.stopping()))
 }
 
 /// Cancel a run: it releases its hold and ends with `error {code: canceled}`.
@@ -328,7 +302,7 @@ pub async fn cancel_run(
     let engine = engine(&state)?.clone();
     let record = load_run(&state, &run_id).await?;
     if record.state.is_terminal() {
-        return Ok(json(StatusCode::OK, run_response(&record)));
+        return Ok(json(StatusCode::OK, wire::runs::run_response(&record)));
     }
     if !engine.cancel(&run_id) {
         return Err(ApiError::new(
@@ -338,7 +312,7 @@ pub async fn cancel_run(
         )
         .with("instance_id", record.instance_id));
     }
-    Ok(json(StatusCode::ACCEPTED, run_response(&record)))
+    Ok(json(StatusCode::ACCEPTED, wire::runs::run_response(&record)))
 }
 
 /// A stored artifact (a solution PDF).
@@ -386,7 +360,7 @@ pub async fn get_thread(
     let response = ThreadResponse {
         thread_id: thread_id.to_string(),
         account_id: account_id.to_string(),
-        turns: turns.iter().map(run_response).collect(),
+        turns: turns.iter().map(wire::runs::run_response).collect(),
     };
     Ok(json(StatusCode::OK, response))
 }

@@ -42,36 +42,7 @@ impl JobHarness {
 
     /// A new queued job of account `u` in `thread_id`, created now, with only the required fields.
     pub fn record(&self, job_id: &str, thread_id: &str) -> JobRecord {
-        let now = self.now();
-        JobRecord {
-            job_id: job_id_of(job_id),
-            account_id: account("u"),
-            thread_id: thread_of(thread_id),
-            run_id: RunId::parse("r1").expect("valid id"),
-            hold_id: hold_id("h-none"),
-            price: cr("10"),
-            status: JobStatus::Queued,
-            stage: "enqueue".to_owned(),
-            progress_percent: 0,
-            input: format!(r#"{{"job":"{job_id}"}}"#),
-            lease_holder: None,
-            lease_expires_at: None,
-            heartbeat_at: None,
-            cancel_requested: false,
-            retry_source_job_id: None,
-            attempts: 0,
-            run_after: now,
-            error_stage: None,
-            error_code: None,
-            error_detail: None,
-            refund_applied_at: None,
-            artifact_id: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            version: 0,
-        }
+        queued_job(job_id, thread_id, self.now())
     }
 
     pub async fn write(&self, job: &JobRecord, expected_version: Option<u64>, ledger: Option<Request>) -> Written {
@@ -139,6 +110,41 @@ impl JobHarness {
 
     pub async fn entry_count(&self) -> usize {
         self.ledger.store.entries(&account("u"), 0, 10_000).await.expect("store answers").len()
+    }
+}
+
+/// A queued job of account `u` in `thread_id` (run `r1`, hold `h-none`, price 10), created at
+/// `now`, with only the required fields: the one job builder of the suites and of other crates'
+/// tests.
+pub fn queued_job(job_id: &str, thread_id: &str, now: Timestamp) -> JobRecord {
+    JobRecord {
+        job_id: job_id_of(job_id),
+        account_id: account("u"),
+        thread_id: thread_of(thread_id),
+        run_id: RunId::parse("r1").expect("valid id"),
+        hold_id: hold_id("h-none"),
+        price: cr("10"),
+        status: JobStatus::Queued,
+        stage: "enqueue".to_owned(),
+        progress_percent: 0,
+        input: format!(r#"{{"job":"{job_id}"}}"#),
+        lease_holder: None,
+        lease_expires_at: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        retry_source_job_id: None,
+        attempts: 0,
+        run_after: now,
+        error_stage: None,
+        error_code: None,
+        error_detail: None,
+        refund_applied_at: None,
+        artifact_id: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        version: 0,
     }
 }
 

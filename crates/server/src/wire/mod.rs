@@ -1,6 +1,10 @@
 //! Parsing request values into ledger types at the edge, and rendering ledger values for the
 //! wire. Everything here is a pure function; every failure is an [`ApiError`] naming the field.
-//! The CLI uses the same functions, so its output has the API's shapes.
+//! The CLI uses the same functions, so its output has the API's shapes. [`runs`] renders runs and
+//! their events, [`jobs`] renders jobs and parses the worker protocol.
+
+pub mod jobs;
+pub mod runs;
 
 use ledger::{AccountId, Amount, Entry, Grant, HoldId, IdError, Reference, Timestamp};
 use serde_json::value::RawValue;
