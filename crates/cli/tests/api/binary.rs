@@ -32,6 +32,7 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
         if let Some(status) = child.try_wait().expect("wait on the child") {
             return Some(status);
         }
+        // std's Child has no wait with a deadline: poll its exit.
         std::thread::sleep(Duration::from_millis(50));
     }
     None

@@ -10,22 +10,11 @@ use jobs::render::RenderFailure;
 use jobs::{Finish, JobErrorCode, JobService};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_full, TestApp};
+use crate::helpers::{spawn_app_with_provider, TestApp};
 use crate::sse::Frame;
 
 async fn app(postgres: bool, workers: usize) -> (TestApp, FakeProvider) {
-    let fake = FakeProvider::start().await;
-    let config = fake.config();
-    let app = spawn_app_full(
-        postgres,
-        move |settings| {
-            settings.runs.llm = Some(config);
-            settings.runs.jobs.workers_in_process = workers;
-        },
-        None,
-    )
-    .await;
-    (app, fake)
+    spawn_app_with_provider(postgres, move |settings| settings.runs.jobs.workers_in_process = workers).await
 }
 
 fn jobs(app: &TestApp) -> Arc<JobService> {
@@ -66,15 +55,10 @@ async fn refunds(app: &TestApp, account: &str) -> usize {
     entries.assert_status(200)["entries"].as_array().unwrap().iter().filter(|entry| entry["kind"] == "refund").count()
 }
 
+/// Waits until the job has `status` (woken by the job service's writes); the job as the API shows it.
 async fn wait_for_status(app: &TestApp, job_id: &str, account: &str, status: &str) -> Value {
-    for _ in 0..400 {
-        let job = job(app, job_id, account).await;
-        if job["status"] == status {
-            return job;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("job {job_id} never became {status}: {:#}", job(app, job_id, account).await);
+    app.wait_for_job(&job_id_of(job_id), &format!("status {status}"), |job| job.status.as_str() == status).await;
+    job(app, job_id, account).await
 }
 
 async fn success_keeps_the_price(postgres: bool) {

@@ -193,6 +193,7 @@ mod tests {
             "moved" => (AxumStatus::FOUND, [("location", "/elsewhere")]).into_response(),
             "huge" => vec![b'x'; 4096].into_response(),
             "slow" => {
+                // The double answers later than the renderer's deadline, on purpose.
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 "late".into_response()
             }
