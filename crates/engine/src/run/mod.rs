@@ -119,6 +119,7 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
+/// A started run: its ids and the channel its events go to.
 pub struct Started {
     pub run_id: RunId,
     pub thread_id: ThreadId,
@@ -289,6 +290,8 @@ impl Engine {
             )));
         }
         let thread_id = request.thread_id.clone().unwrap_or_else(ThreadId::generate);
+        // A place among `runs_active_max`, taken before the run exists and moved into its task
+        // (given back when the task ends): the limit is exact, whatever races.
         let permit = Arc::clone(&self.runs_active).try_acquire_owned().map_err(|_| StartError::Busy)?;
         let catalog = self.catalog();
         let run_id = RunId::generate();

@@ -27,9 +27,8 @@ use crate::events::{
 };
 use crate::provider::{ChatRequest, Message, Purpose};
 use jobs::{JobError, NewJob};
-use pricing::catalog::{Action, Catalog, Difficulty};
-use pricing::estimate::{self, Line};
-use pricing::{ExplanationMode, Plan, Step, Tier};
+use pricing::estimate;
+use pricing::{Action, Catalog, Difficulty, ExplanationMode, Line, Plan, Step, Tier};
 
 /// Earlier turns of a thread looked at for a stale hold.
 const EARLIER_TURNS_MAX: u32 = 1000;
@@ -65,8 +64,8 @@ struct TurnState {
     extensions: u32,
 }
 
-/// A panic while the lock was held leaves a turn whose state cannot be trusted: the run fails
-/// (its supervisor turns the panic into an `error`) rather than settle from half-written state.
+/// The lock sections only copy and assign, so none can panic; a poisoned lock is a bug, and the
+/// turn stops there rather than settle from half-written state.
 fn lock(state: &Mutex<TurnState>) -> MutexGuard<'_, TurnState> {
     state.lock().expect("turn state lock poisoned")
 }
