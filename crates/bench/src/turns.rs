@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use engine::catalog::Catalog;
-use engine::events::EventKind;
+use engine::events::{Event, EventKind};
 use engine::provider::Purpose;
 use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
 use engine::testing::{FakeProvider, FakeReply};
@@ -37,6 +36,7 @@ use ledger::{
     AccountId, AccountState, Amount, Balances, Command, Entry, Grant, GrantId, GrantKind, Hold, HoldId, HoldState,
     Outcome, Rejection,
 };
+use pricing::catalog::Catalog;
 use serde::Serialize;
 use store::{
     AccountView, Clock, Executed, LedgerStore, Request, RunStore, StoreError, SweepReport, SystemClock, VerifyReport,
@@ -235,14 +235,15 @@ async fn one_turn(engine: &Arc<Engine>, account_id: &AccountId) -> anyhow::Resul
             .with_context(|| format!("turn {} did not end within {TURN_SECONDS_MAX} s", run.run_id))?;
     let elapsed = started.elapsed();
     let last = frames.last().with_context(|| format!("turn {} emitted nothing", run.run_id))?;
-    anyhow::ensure!(last.kind == EventKind::Done, "turn {} ended with {:?}: {}", run.run_id, last.kind, last.data);
-    let settled = frames
+    anyhow::ensure!(last.kind == EventKind::Done, "turn {} ended with {:?}", run.run_id, last.event);
+    let captured = frames
         .iter()
-        .find(|frame| frame.kind == EventKind::CreditSettled)
+        .find_map(|frame| match frame.event.as_ref() {
+            Event::CreditSettled(settled) => Some(settled.captured),
+            _ => None,
+        })
         .with_context(|| format!("turn {} settled nothing", run.run_id))?;
-    let envelope: serde_json::Value = serde_json::from_str(&settled.data)?;
-    let captured = envelope["payload"]["captured"].as_str().context("credit_settled without captured")?;
-    Ok((elapsed, Amount::parse(captured).map_err(anyhow_of)?))
+    Ok((elapsed, captured))
 }
 
 /// A provider that answers every turn at once: route "math_task", plan `solve` only (easy, brief,

@@ -15,10 +15,10 @@ use store::{Clock, LedgerStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use engine::jobs::worker::{spawn_stuck_sweeper, spawn_workers};
-use engine::jobs::JobService;
 use engine::run::{Engine, EngineConfig};
 use engine::sandbox::local::LocalPython;
+use jobs::worker::{spawn_stuck_sweeper, spawn_workers};
+use jobs::JobService;
 
 use crate::config::{resolve_listen, RendererSettings, Settings};
 use crate::database::OpenStore;
@@ -30,7 +30,7 @@ pub struct Application {
     store: OpenStore,
     engine: Arc<Engine>,
     /// What in-process workers render video jobs with (`CREDITGRAPH_RENDERER_*`).
-    renderer: Arc<dyn engine::render::Renderer>,
+    renderer: Arc<dyn jobs::render::Renderer>,
     sweep_interval: Duration,
     shutdown_grace: Duration,
 }
@@ -173,7 +173,7 @@ const JOB_TASKS_STOP_SECONDS_MAX: u64 = 30;
 /// The in-process video workers (`<instance>-w<N>`) and the periodic stuck-job sweep.
 fn start_job_tasks(
     engine: &Engine,
-    renderer: Arc<dyn engine::render::Renderer>,
+    renderer: Arc<dyn jobs::render::Renderer>,
     stop: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let Some(jobs) = engine.jobs() else { return Vec::new() };

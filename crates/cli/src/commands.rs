@@ -10,8 +10,8 @@ use ledger::{AccountId, Amount, Command, GrantId, Outcome};
 use serde_json::Value;
 use store::{Clock, Executed, LedgerStore, Request, SweepReport, SystemClock};
 
-use engine::jobs::remote::HttpWorkerBackend;
-use engine::jobs::worker::{run_worker, WorkerBackend};
+use jobs::remote::HttpWorkerBackend;
+use jobs::worker::{run_worker, WorkerBackend};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
@@ -145,10 +145,10 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
         bail!("--workers: from 1 to {WORKERS_MAX}");
     }
     let token = parse_worker_token(&args.token).context("--token")?;
-    let config = engine::jobs::JobsConfig {
+    let config = jobs::JobsConfig {
         heartbeat_seconds: args.heartbeat_seconds.max(1),
         idle_poll_ms: args.idle_poll_ms.max(10),
-        ..engine::jobs::JobsConfig::default()
+        ..jobs::JobsConfig::default()
     };
     let renderer_settings = RendererSettings::from_env()?;
     let renderer = renderer_settings.build(config.artifact_bytes_max)?;

@@ -3,12 +3,15 @@
 //! Every flag that configures data access or the listener also reads a `CREDITGRAPH_*`
 //! environment variable, so a service manager can configure the process without arguments.
 
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use pricing::catalog::{CatalogError, CATALOG_BYTES_MAX};
+use pricing::Catalog;
 use server::{ApiConfig, Role};
 
 #[derive(Debug, Parser)]
@@ -243,8 +246,8 @@ impl Settings {
             ..defaults
         };
         let catalog = match &args.catalog {
-            Some(path) => engine::catalog::Catalog::load(path).map_err(|error| anyhow::anyhow!("{error}"))?,
-            None => engine::catalog::Catalog::builtin(),
+            Some(path) => load_catalog(path).map_err(|error| anyhow::anyhow!("{error}"))?,
+            None => Catalog::builtin(),
         };
         let llm = engine::provider::openai::OpenAiConfig::from_env()
             .map_err(|error| anyhow::anyhow!("LLM provider configuration: {error}"))?;
@@ -268,6 +271,21 @@ impl Settings {
     }
 }
 
+/// Reads and validates a catalog file; `origin` in errors is the path as given. (The file is read
+/// here, at the composition root: the `pricing` crate does no I/O.)
+pub fn load_catalog(path: &Path) -> Result<Catalog, CatalogError> {
+    let origin = path.display().to_string();
+    let unreadable = |message: String| CatalogError { origin: origin.clone(), line: None, key: String::new(), message };
+    let file = std::fs::File::open(path).map_err(|error| unreadable(format!("cannot open the catalog: {error}")))?;
+    let mut bytes = Vec::new();
+    // One byte more than the bound tells "at the bound" from "over it" without reading it all.
+    file.take(CATALOG_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| unreadable(format!("cannot read the catalog: {error}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| unreadable("the catalog is not UTF-8 text".to_owned()))?;
+    Catalog::parse(&text, &origin)
+}
+
 /// The worker token: non-empty, without blanks or control characters.
 pub fn parse_worker_token(token: &str) -> anyhow::Result<String> {
     if token.is_empty() || token.bytes().any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control()) {
@@ -277,7 +295,7 @@ pub fn parse_worker_token(token: &str) -> anyhow::Result<String> {
 }
 
 /// The job system's settings from `serve`'s flags (the rest keep their defaults).
-fn jobs_config(args: &ServeArgs) -> anyhow::Result<engine::jobs::JobsConfig> {
+fn jobs_config(args: &ServeArgs) -> anyhow::Result<jobs::JobsConfig> {
     if args.job_heartbeat_seconds == 0 || args.job_heartbeat_seconds >= args.job_lease_seconds {
         bail!(
             "--job-heartbeat-seconds ({}) must be at least 1 and less than --job-lease-seconds ({})",
@@ -288,12 +306,12 @@ fn jobs_config(args: &ServeArgs) -> anyhow::Result<engine::jobs::JobsConfig> {
     if args.workers_in_process > WORKERS_MAX {
         bail!("--workers-in-process: at most {WORKERS_MAX}");
     }
-    Ok(engine::jobs::JobsConfig {
+    Ok(jobs::JobsConfig {
         lease_seconds: args.job_lease_seconds,
         heartbeat_seconds: args.job_heartbeat_seconds,
         workers_in_process: args.workers_in_process,
         stuck_sweep_interval_seconds: args.job_sweep_interval_seconds.max(1),
-        ..engine::jobs::JobsConfig::default()
+        ..jobs::JobsConfig::default()
     })
 }
 
@@ -339,8 +357,8 @@ impl RendererSettings {
     }
 
     /// The renderer, refusing artifacts over `artifact_bytes_max`.
-    pub fn build(&self, artifact_bytes_max: usize) -> anyhow::Result<std::sync::Arc<dyn engine::render::Renderer>> {
-        use engine::render::{builtin::BuiltinRenderer, command::CommandRenderer, http::HttpRenderer};
+    pub fn build(&self, artifact_bytes_max: usize) -> anyhow::Result<std::sync::Arc<dyn jobs::render::Renderer>> {
+        use jobs::render::{builtin::BuiltinRenderer, command::CommandRenderer, http::HttpRenderer};
         Ok(match self {
             RendererSettings::Builtin => std::sync::Arc::new(BuiltinRenderer),
             RendererSettings::Command { command_line, content_type, timeout_seconds } => std::sync::Arc::new(
@@ -384,6 +402,34 @@ pub async fn resolve_listen(listen: &str) -> anyhow::Result<Vec<SocketAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_catalog_reads_a_file_and_names_it_in_errors() {
+        let default = Catalog::builtin_text();
+        let replaced = |from: &str, to: &str| {
+            assert!(default.contains(from), "{from:?} is not in the default catalog");
+            default.replacen(from, to, 1)
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("prices.toml");
+        std::fs::write(&path, replaced("opus = 8", "opus = 12")).expect("write");
+        let catalog = load_catalog(&path).expect("loads");
+        assert_eq!(catalog.model_call(pricing::Tier::Opus), ledger::Amount::from_credits(12));
+        assert_eq!(catalog.origin(), path.display().to_string());
+
+        std::fs::write(&path, replaced("opus = 8", "opus = \"x\"")).expect("write");
+        let error = load_catalog(&path).expect_err("broken");
+        assert!(error.to_string().starts_with(&format!("{}:", path.display())), "{error}");
+
+        let missing = dir.path().join("absent.toml");
+        let error = load_catalog(&missing).expect_err("absent");
+        assert_eq!((error.line, error.origin.as_str()), (None, missing.display().to_string().as_str()));
+        assert!(error.message.contains("cannot open"), "{error}");
+
+        std::fs::write(&path, format!("{default}\n#{}\n", "x".repeat(CATALOG_BYTES_MAX))).expect("write");
+        let error = load_catalog(&path).expect_err("too large");
+        assert!(error.message.contains("larger than"), "{error}");
+    }
 
     #[test]
     fn database_urls_pick_the_backend() {
@@ -476,7 +522,7 @@ mod tests {
 /// Settings of metered runs.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    pub catalog: engine::catalog::Catalog,
+    pub catalog: Catalog,
     /// `None` when `CREDITGRAPH_LLM_BASE_URL` is unset: `/v1/solve` answers 503, estimates work.
     pub llm: Option<engine::provider::openai::OpenAiConfig>,
     pub hold_ttl_seconds: u64,
@@ -484,5 +530,5 @@ pub struct RunSettings {
     pub instance_lease_seconds: u64,
     pub cancel_on_disconnect: bool,
     /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
-    pub jobs: engine::jobs::JobsConfig,
+    pub jobs: jobs::JobsConfig,
 }

@@ -5,13 +5,21 @@
 //! replays from `Last-Event-ID`. When the buffer is full the oldest *ordinary* frame is evicted:
 //! `error`, `credit_settled` and `done` are never dropped, because a client must always learn how
 //! its credits ended.
+//!
+//! Events are typed ([`Event`], one payload type per event type) and stay typed in the buffer;
+//! the HTTP server renders each frame with its DTOs, so the wire shape of every payload is
+//! defined once, next to its schema in the OpenAPI document.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use serde_json::{json, Value};
+use ledger::{Amount, HoldId, Timestamp};
+use pricing::{Difficulty, Line, Step, Tier};
+use store::{ArtifactId, Clock, JobId, JobRecord, JobStatus, RunId, ThreadId};
 use tokio::sync::watch;
+
+use crate::run::data::{CreditEntry, RunErrorCode};
 
 /// Default number of frames one run keeps.
 pub const FRAMES_MAX_DEFAULT: usize = 256;
@@ -34,6 +42,21 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 12] = [
+        EventKind::PageStart,
+        EventKind::SolveProgress,
+        EventKind::Token,
+        EventKind::ToolStart,
+        EventKind::ToolResult,
+        EventKind::NodeResult,
+        EventKind::CreditReserved,
+        EventKind::CreditSettled,
+        EventKind::JobProgress,
+        EventKind::JobFinished,
+        EventKind::Error,
+        EventKind::Done,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::PageStart => "page_start",
@@ -94,15 +117,194 @@ impl ErrorCode {
     }
 }
 
-/// One SSE frame, ready to send.
+impl From<ErrorCode> for RunErrorCode {
+    fn from(code: ErrorCode) -> RunErrorCode {
+        match code {
+            ErrorCode::InternalError => RunErrorCode::InternalError,
+            ErrorCode::ToolError => RunErrorCode::ToolError,
+            ErrorCode::ModelError => RunErrorCode::ModelError,
+            ErrorCode::CreditExhausted => RunErrorCode::CreditExhausted,
+            ErrorCode::Timeout => RunErrorCode::Timeout,
+            ErrorCode::InvalidInput => RunErrorCode::InvalidInput,
+            ErrorCode::Canceled => RunErrorCode::Canceled,
+        }
+    }
+}
+
+/// What one event says. Closed set: its kind is [`Event::kind`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The planner chose a plan that shows a page (`use_page`).
+    PageStart(PageStart),
+    SolveProgress(SolveProgress),
+    /// A piece of an answer; every token the engine sends is final.
+    Token(Token),
+    ToolStart(ToolStart),
+    ToolResult(ToolResult),
+    /// A step ended.
+    NodeResult(NodeResult),
+    /// The turn's hold was taken.
+    CreditReserved(CreditReserved),
+    /// The settler captured the turn's cost; the rest of the hold went back.
+    CreditSettled(CreditSettled),
+    /// A video job of this run changed (boxed: a job record is large).
+    JobProgress(Box<JobRecord>),
+    /// A video job of this run ended.
+    JobFinished(Box<JobRecord>),
+    /// The run failed; always the last event but for none.
+    Error(RunError),
+    /// The run succeeded.
+    Done,
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::PageStart(_) => EventKind::PageStart,
+            Event::SolveProgress(_) => EventKind::SolveProgress,
+            Event::Token(_) => EventKind::Token,
+            Event::ToolStart(_) => EventKind::ToolStart,
+            Event::ToolResult(_) => EventKind::ToolResult,
+            Event::NodeResult(_) => EventKind::NodeResult,
+            Event::CreditReserved(_) => EventKind::CreditReserved,
+            Event::CreditSettled(_) => EventKind::CreditSettled,
+            Event::JobProgress(_) => EventKind::JobProgress,
+            Event::JobFinished(_) => EventKind::JobFinished,
+            Event::Error(_) => EventKind::Error,
+            Event::Done => EventKind::Done,
+        }
+    }
+
+    /// `job_progress` or `job_finished`, as the job's status says.
+    pub fn job(job: JobRecord) -> Event {
+        if job.status.is_terminal() {
+            Event::JobFinished(Box::new(job))
+        } else {
+            Event::JobProgress(Box::new(job))
+        }
+    }
+}
+
+/// The plan a math turn follows, when it shows a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageStart {
+    pub steps: Vec<Step>,
+    pub model: Tier,
+    pub difficulty: Difficulty,
+}
+
+/// Which solver call a progress event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SolvePhase {
+    Verify,
+    Summary,
+    Explain,
+}
+
+impl SolvePhase {
+    pub const ALL: [SolvePhase; 3] = [SolvePhase::Verify, SolvePhase::Summary, SolvePhase::Explain];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SolvePhase::Verify => "verify",
+            SolvePhase::Summary => "summary",
+            SolvePhase::Explain => "explain",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SolveProgress {
+    pub text: String,
+    /// Solver model calls so far.
+    pub iteration: u32,
+    pub phase: SolvePhase,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub delta: String,
+    /// What the token announces besides text.
+    pub attachment: Option<Attachment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// The solution PDF, stored.
+    Pdf { artifact_id: ArtifactId },
+    /// The video job, created.
+    Video { job_id: JobId, status: JobStatus },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolStart {
+    pub name: String,
+    pub tool_call_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolResult {
+    pub name: String,
+    pub tool_call_id: String,
+    /// What the model was told, cut to a few kilobytes.
+    pub output: String,
+    pub success: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeResult {
+    /// `None` when the step succeeded.
+    pub error_code: Option<ErrorCode>,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditReserved {
+    pub hold_id: HoldId,
+    pub amount: Amount,
+    pub breakdown: Vec<Line>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditSettled {
+    pub hold_id: HoldId,
+    /// The synchronous cost (video excluded: its job was charged).
+    pub actual: Amount,
+    pub reserved: Amount,
+    pub captured: Amount,
+    pub refunded: Amount,
+    pub log: Vec<CreditEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For `credit_exhausted`: what the turn needed and what was available.
+    pub shortfall: Option<Shortfall>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    pub required: Amount,
+    pub available: Amount,
+}
+
+/// One frame of a run's stream: an event with its place and time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub seq: u64,
     pub kind: EventKind,
     /// `<thread_id>:<seq>`, the SSE `id`.
     pub id: String,
-    /// The JSON envelope `{type, thread_id, run_id, seq, ts, step_idx, node, payload}`.
-    pub data: String,
+    /// When it was emitted, by the engine's clock.
+    pub ts: Timestamp,
+    /// The planned step it belongs to, if any.
+    pub step_idx: Option<usize>,
+    /// The node that emitted it (`solve`, `pdf`, `video`, `planner`, `general`, `settler`), if any.
+    pub node: Option<&'static str>,
+    /// Shared: every reader of the frame gets it without a copy.
+    pub event: Arc<Event>,
 }
 
 struct Buffer {
@@ -114,56 +316,50 @@ struct Buffer {
 
 /// The event buffer of one run.
 pub struct EventChannel {
-    thread_id: String,
-    run_id: String,
+    thread_id: ThreadId,
+    run_id: RunId,
     frames_max: usize,
+    /// The engine's clock: every frame's `ts`.
+    clock: Arc<dyn Clock>,
     buffer: Mutex<Buffer>,
     /// The last seq emitted plus one, or `u64::MAX` once closed; readers wait on it.
     signal: watch::Sender<u64>,
 }
 
 impl EventChannel {
-    pub fn new(thread_id: &str, run_id: &str, frames_max: usize) -> Arc<EventChannel> {
+    pub fn new(thread_id: &ThreadId, run_id: &RunId, frames_max: usize, clock: Arc<dyn Clock>) -> Arc<EventChannel> {
         assert!(frames_max >= 8, "the buffer must hold the critical frames and some more");
         let (signal, _) = watch::channel(0);
         Arc::new(EventChannel {
-            thread_id: thread_id.to_owned(),
-            run_id: run_id.to_owned(),
+            thread_id: thread_id.clone(),
+            run_id: run_id.clone(),
             frames_max,
+            clock,
             buffer: Mutex::new(Buffer { frames: VecDeque::new(), next_seq: 0, closed: false, dropped: 0 }),
             signal,
         })
     }
 
-    pub fn thread_id(&self) -> &str {
+    pub fn thread_id(&self) -> &ThreadId {
         &self.thread_id
     }
 
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.run_id
     }
 
     /// Appends a frame; returns its seq, or `None` once the channel is closed.
-    pub fn emit(&self, kind: EventKind, step_idx: Option<usize>, node: Option<&str>, payload: Value) -> Option<u64> {
+    pub fn emit(&self, step_idx: Option<usize>, node: Option<&'static str>, event: Event) -> Option<u64> {
+        let ts = self.clock.now();
         let mut buffer = self.buffer.lock().expect("event buffer lock poisoned");
         if buffer.closed {
             return None;
         }
         let seq = buffer.next_seq;
         buffer.next_seq += 1;
-        let ts =
-            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let envelope = json!({
-            "type": kind.as_str(),
-            "thread_id": self.thread_id,
-            "run_id": self.run_id,
-            "seq": seq,
-            "ts": ts,
-            "step_idx": step_idx,
-            "node": node,
-            "payload": payload,
-        });
-        let frame = Frame { seq, kind, id: format!("{}:{seq}", self.thread_id), data: envelope.to_string() };
+        let kind = event.kind();
+        let id = format!("{}:{seq}", self.thread_id);
+        let frame = Frame { seq, kind, id, ts, step_idx, node, event: Arc::new(event) };
         if buffer.frames.len() >= self.frames_max {
             match buffer.frames.iter().position(|frame| !frame.kind.is_critical()) {
                 Some(oldest_ordinary) => {
@@ -239,82 +435,76 @@ mod tests {
 
     use super::*;
 
+    fn channel(frames_max: usize) -> Arc<EventChannel> {
+        let clock = Arc::new(store::ManualClock::new(Timestamp::from_micros(1_800_000_000_250_000)));
+        let (thread_id, run_id) = (ThreadId::parse("t").expect("valid"), RunId::parse("r").expect("valid"));
+        EventChannel::new(&thread_id, &run_id, frames_max, clock)
+    }
+
+    fn token() -> Event {
+        Event::Token(Token { delta: "x".to_owned(), attachment: None })
+    }
+
     #[tokio::test]
     async fn readers_see_every_frame_in_order_and_end_at_close() {
-        let channel = EventChannel::new("t", "r", 16);
+        let channel = channel(16);
         let reader = tokio::spawn(channel.follow(None).map(|frame| frame.seq).collect::<Vec<_>>());
         for _ in 0..5 {
-            channel.emit(EventKind::Token, Some(0), Some("solve"), json!({"delta": "x"}));
+            channel.emit(Some(0), Some("solve"), token());
         }
-        channel.emit(EventKind::Done, None, None, json!({"final": true}));
+        channel.emit(None, None, Event::Done);
         channel.close();
         assert_eq!(reader.await.unwrap(), vec![0, 1, 2, 3, 4, 5]);
         let (frames, closed) = channel.frames_after(Some(3));
         assert!(closed);
         assert_eq!(frames.iter().map(|frame| frame.id.as_str()).collect::<Vec<_>>(), ["t:4", "t:5"]);
-        let envelope: Value = serde_json::from_str(&frames[1].data).unwrap();
-        assert_eq!(
-            (envelope["type"].as_str(), envelope["run_id"].as_str(), envelope["seq"].as_u64()),
-            (Some("done"), Some("r"), Some(5))
-        );
+        assert_eq!((frames[1].kind, frames[1].event.as_ref(), frames[1].seq), (EventKind::Done, &Event::Done, 5));
+        assert_eq!((frames[0].step_idx, frames[0].node), (Some(0), Some("solve")));
+        assert_eq!(frames[1].ts, Timestamp::from_micros(1_800_000_000_250_000), "the time is the engine's clock's");
     }
 
-    /// Every code a job or a run can end with goes over the stream and reads back as a member of
-    /// its closed set (the original crashed a live stream on a code its schema did not allow).
-    #[tokio::test]
-    async fn every_error_code_travels_over_the_stream() {
-        let channel = EventChannel::new("t", "r", 64);
-        let reader = tokio::spawn(channel.follow(None).collect::<Vec<_>>());
-        for code in crate::jobs::JobErrorCode::ALL {
-            channel.emit(
-                EventKind::JobFinished,
-                None,
-                Some("video"),
-                json!({"status": "failed", "error_code": code.as_str()}),
-            );
+    #[test]
+    fn every_event_has_its_kind_and_codes_keep_their_names() {
+        let job = |status| JobRecord {
+            status,
+            ..store::conformance::jobs::queued_job("job-1", "t", Timestamp::from_micros(0))
+        };
+        let events = [
+            (Event::job(job(JobStatus::Running)), EventKind::JobProgress),
+            (Event::job(job(JobStatus::Failed)), EventKind::JobFinished),
+            (Event::Done, EventKind::Done),
+        ];
+        for (event, kind) in events {
+            assert_eq!(event.kind(), kind);
         }
         for code in ErrorCode::ALL {
-            channel.emit(
-                EventKind::Error,
-                None,
-                None,
-                json!({"code": code.as_str(), "message": "m", "recoverable": false}),
-            );
-        }
-        channel.close();
-        let frames = reader.await.unwrap();
-        assert_eq!(frames.len(), crate::jobs::JobErrorCode::ALL.len() + ErrorCode::ALL.len());
-        for frame in frames {
-            let envelope: Value = serde_json::from_str(&frame.data).unwrap();
-            let payload = &envelope["payload"];
-            match frame.kind {
-                EventKind::JobFinished => {
-                    let code = payload["error_code"].as_str().unwrap();
-                    assert_eq!(crate::jobs::JobErrorCode::parse(code).map(|code| code.as_str()), Some(code));
-                }
-                EventKind::Error => {
-                    let code = payload["code"].as_str().unwrap();
-                    assert!(ErrorCode::ALL.iter().any(|known| known.as_str() == code), "{code}");
-                }
-                other => panic!("unexpected {other:?}"),
-            }
+            assert_eq!(RunErrorCode::from(code).as_str(), code.as_str());
         }
     }
 
     #[tokio::test]
     async fn a_full_buffer_drops_ordinary_frames_but_never_critical_ones() {
-        let channel = EventChannel::new("t", "r", 8);
-        channel.emit(EventKind::CreditSettled, None, None, json!({}));
+        let channel = channel(8);
+        let settled = CreditSettled {
+            hold_id: HoldId::parse("h").expect("valid"),
+            actual: Amount::ZERO,
+            reserved: Amount::ZERO,
+            captured: Amount::ZERO,
+            refunded: Amount::ZERO,
+            log: Vec::new(),
+        };
+        channel.emit(None, None, Event::CreditSettled(settled));
         for _ in 0..20 {
-            channel.emit(EventKind::Token, None, None, json!({}));
+            channel.emit(None, None, token());
         }
-        channel.emit(EventKind::Error, None, None, json!({}));
+        let error = RunError { code: ErrorCode::Canceled, message: "m".to_owned(), shortfall: None };
+        channel.emit(None, None, Event::Error(error));
         channel.close();
         let (frames, _) = channel.frames_after(None);
         assert_eq!(frames.len(), 8);
         assert_eq!(frames[0].kind, EventKind::CreditSettled);
         assert_eq!(frames.last().unwrap().kind, EventKind::Error);
         assert_eq!(channel.dropped(), 14);
-        assert!(channel.emit(EventKind::Token, None, None, json!({})).is_none(), "closed channels take nothing");
+        assert!(channel.emit(None, None, token()).is_none(), "closed channels take nothing");
     }
 }

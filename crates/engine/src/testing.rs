@@ -7,8 +7,10 @@
 //! answers from a per-purpose script. A purpose with nothing scripted is answered with HTTP 500
 //! naming it, so a test that forgot a reply fails loudly instead of hanging.
 //!
-//! It is compiled into the library (not `#[cfg(test)]`) so that integration tests and other
-//! crates' tests can use it; it only depends on what the engine already depends on.
+//! It is compiled into the library behind the `testing` feature (not `#[cfg(test)]`), so that
+//! integration tests, other crates' tests and the benchmark and fault-injection harnesses can use
+//! it, while the production binary carries neither it nor its HTTP server (`axum`). [`Gate`]
+//! lets a test hold a scripted reply until it says so.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::provider::openai::{OpenAiConfig, OpenAiModels, OpenAiProvider};
 use crate::provider::Purpose;
@@ -56,6 +59,44 @@ pub enum FakeReply {
     Hang,
     /// The inner reply with these extra response headers (e.g. `Retry-After`).
     WithHeaders(Vec<(String, String)>, Box<FakeReply>),
+    /// The inner reply once the gate is open: the test decides when the call returns.
+    Gated(Gate, Box<FakeReply>),
+}
+
+/// A gate that scripted replies (and other test doubles) wait at until the test opens it: how a
+/// test holds a run at an exact point, and lets it go on, without sleeping. Clones share the
+/// gate; once open it stays open.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    open: CancellationToken,
+    /// Who this gate is, for `PartialEq` (clones are the same gate).
+    identity: Arc<()>,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Lets every waiter through, now and later.
+    pub fn open(&self) {
+        self.open.cancel();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.is_cancelled()
+    }
+
+    /// Returns once the gate is open.
+    pub async fn passed(&self) {
+        self.open.cancelled().await;
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        Arc::ptr_eq(&self.identity, &other.identity)
+    }
 }
 
 impl FakeReply {
@@ -106,6 +147,11 @@ impl FakeReply {
     /// This reply, after `delay`.
     pub fn after(self, delay: Duration) -> FakeReply {
         FakeReply::Delay(delay, Box::new(self))
+    }
+
+    /// This reply once `gate` is open.
+    pub fn gated(self, gate: &Gate) -> FakeReply {
+        FakeReply::Gated(gate.clone(), Box::new(self))
     }
 
     /// This reply with one more response header.
@@ -334,7 +380,12 @@ async fn render(mut reply: FakeReply, model: &str, sequence: usize) -> Response 
     let mut response = loop {
         reply = match reply {
             FakeReply::Delay(delay, inner) => {
+                // The scripted delay itself: timeouts and cancellation are what such scripts test.
                 tokio::time::sleep(delay).await;
+                *inner
+            }
+            FakeReply::Gated(gate, inner) => {
+                gate.passed().await;
                 *inner
             }
             FakeReply::WithHeaders(headers, inner) => {

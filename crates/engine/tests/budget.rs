@@ -6,16 +6,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use engine::catalog::Catalog;
-use engine::estimate::{solve_worst_case, ExplanationMode};
-use engine::events::EventKind;
-use engine::provider::{ChatRequest, ChatResponse, Provider, ProviderError, Purpose, Tier, ToolCall};
+use engine::events::Event;
+use engine::provider::{ChatRequest, ChatResponse, Provider, ProviderError, Purpose, ToolCall};
 use engine::run::data::CreditEntry;
 use engine::run::solver::{solve, SolverSetup, SolverSink};
 use engine::sandbox::{CodeExecutor, ExecError, ExecOutput, ExecStatus};
 use ledger::Amount;
+use pricing::catalog::Catalog;
+use pricing::estimate::solve_worst_case;
+use pricing::ExplanationMode;
+use pricing::Tier;
 use proptest::prelude::*;
-use serde_json::Value;
 
 /// What the scripted model does on one solver call.
 #[derive(Clone, Debug)]
@@ -90,7 +91,7 @@ impl SolverSink for Meter {
         self.log.lock().unwrap().push(entry);
     }
 
-    fn emit(&self, _kind: EventKind, _payload: Value) {}
+    fn emit(&self, _event: Event) {}
 }
 
 fn move_strategy() -> impl Strategy<Value = Move> {
@@ -125,7 +126,7 @@ proptest! {
         };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let outcome = runtime.block_on(solve(&setup, meter.as_ref()));
-        let spent = Amount::sum(meter.log.lock().unwrap().iter().map(CreditEntry::amount));
+        let spent = Amount::sum(meter.log.lock().unwrap().iter().map(|entry| entry.cost));
         let worst = solve_worst_case(&catalog, tier, mode);
         prop_assert!(spent <= worst, "spent {spent} > worst case {worst}");
         if let Ok((_, budget)) = outcome {
@@ -151,7 +152,7 @@ async fn a_greedy_model_reaches_exactly_the_worst_case() {
         tool_calls_per_message_max: 8,
     };
     let (_, budget) = solve(&setup, &meter).await.expect("the solver ends");
-    let spent = Amount::sum(meter.log.lock().unwrap().iter().map(CreditEntry::amount));
+    let spent = Amount::sum(meter.log.lock().unwrap().iter().map(|entry| entry.cost));
     assert_eq!(spent, solve_worst_case(&catalog, Tier::Flash, ExplanationMode::Full));
     assert_eq!(spent, Amount::from_credits(17));
     assert_eq!((budget.model_calls, budget.generates, budget.executes), (5, 5, 5));

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use engine::provider::openai::{OpenAiConfig, OpenAiConfigError, OpenAiProvider};
 use engine::provider::{
-    ChatRequest, ChatResponse, JsonSchemaFormat, Message, Provider, ProviderError, Purpose, Tier, ToolCall, ToolSpec,
+    ChatRequest, ChatResponse, JsonSchemaFormat, Message, Provider, ProviderError, Purpose, ToolCall, ToolSpec,
 };
 use engine::testing::{FakeProvider, FakeReply, FAKE_API_KEY};
+use pricing::Tier;
 use serde_json::{json, Value};
 
 fn request(purpose: Purpose, tier: Tier) -> ChatRequest {

@@ -3,59 +3,28 @@
 //! are left alone while it renews its lease, a release that failed earlier is retried, and a
 //! live run's hold is extended before it expires so the run still settles.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use engine::catalog::Catalog;
+use engine::events::EventKind;
 use engine::provider::Purpose;
-use engine::run::data::RunData;
+use engine::run::data::{RunData, RunErrorCode};
 use engine::run::recovery::RecoveryReport;
-use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest};
-use engine::testing::{FakeProvider, FakeReply};
-use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, HoldState, Timestamp};
-use store::memory::MemoryStore;
-use store::{Clock, Executed, LedgerStore, ManualClock, Request, RunRecord, RunState, RunStore};
+use engine::testing::{FakeReply, Gate};
+use futures::StreamExt;
+use ledger::{Amount, Command, EntryKind, HoldId, HoldState};
+use store::{Clock, Executed, LedgerStore, Request, RunId, RunRecord, RunState, RunStore, ThreadId};
+use support::{account, TestEngine};
 
-const ACCOUNT: &str = "alice";
+type Setup = TestEngine;
 
-struct Setup {
-    engine: Arc<Engine>,
-    store: Arc<MemoryStore>,
-    clock: Arc<ManualClock>,
-    fake: FakeProvider,
+async fn setup(change: impl FnOnce(&mut engine::run::EngineConfig)) -> Setup {
+    TestEngine::start(change).await
 }
 
-fn account() -> AccountId {
-    AccountId::parse(ACCOUNT).expect("valid account id")
-}
-
-async fn setup(change: impl FnOnce(&mut EngineConfig)) -> Setup {
-    let clock = Arc::new(ManualClock::starting_now());
-    let store = Arc::new(MemoryStore::new(clock.clone(), 86_400));
-    let fake = FakeProvider::start().await;
-    let mut config = EngineConfig { instance_id: "me".to_owned(), ledger_backoff_ms: 1, ..EngineConfig::default() };
-    change(&mut config);
-    let engine = Engine::new(
-        config,
-        store.clone(),
-        store.clone(),
-        Arc::new(fake.provider()),
-        Arc::new(NoExecutor),
-        Arc::new(Catalog::builtin()),
-        clock.clone(),
-    );
-    let grant = Command::Grant {
-        account_id: account(),
-        grant_id: GrantId::parse("g1").expect("valid id"),
-        amount: Amount::parse("1000").expect("valid amount"),
-        priority: 100,
-        expires_at: None,
-        reference: None,
-        metadata: "{}".to_owned(),
-    };
-    let executed = store.execute(Request::new(grant)).await.expect("store answers");
-    assert!(matches!(executed, Executed::Fresh(Ok(_))), "{executed:?}");
-    Setup { engine, store, clock, fake }
+fn run_id(text: &str) -> RunId {
+    RunId::parse(text).expect("valid id")
 }
 
 impl Setup {
@@ -77,9 +46,9 @@ impl Setup {
         let now = self.clock.now();
         let data = RunData { problem: "2+2".to_owned(), catalog_version: "v".to_owned(), ..RunData::default() };
         let record = RunRecord {
-            run_id: run_id.to_owned(),
+            run_id: RunId::parse(run_id).expect("valid id"),
             account_id: account(),
-            thread_id: format!("thread-{run_id}"),
+            thread_id: ThreadId::parse(&format!("thread-{run_id}")).expect("valid id"),
             turn_index: 0,
             state: RunState::Running,
             instance_id: instance_id.to_owned(),
@@ -101,7 +70,8 @@ impl Setup {
     }
 
     async fn run(&self, run_id: &str) -> (RunRecord, RunData) {
-        let record = self.store.run(run_id).await.expect("answers").expect("the run exists");
+        let record =
+            self.store.run(&RunId::parse(run_id).expect("valid id")).await.expect("answers").expect("the run exists");
         let data = RunData::from_text(&record.data).expect("decodable run data");
         (record, data)
     }
@@ -130,7 +100,7 @@ async fn a_dead_instances_run_is_released_and_interrupted_once() {
     let (record, data) = s.run("run-dead").await;
     assert_eq!(record.state, RunState::Interrupted);
     assert!(data.hold_resolved);
-    assert_eq!(data.error.map(|error| error.code).as_deref(), Some("interrupted"));
+    assert_eq!(data.error.map(|error| error.code), Some(RunErrorCode::Interrupted));
     let balances = s.store.account(&account()).await.expect("answers").expect("exists").balances;
     assert_eq!(balances.held, Amount::ZERO, "nothing stays reserved");
 
@@ -146,15 +116,8 @@ async fn the_background_task_recovers_at_start_and_drops_its_lease_at_shutdown()
     let s = setup(|_| {}).await;
     let hold_id = s.run_with_hold("run-dead", "dead-instance", RunState::Running).await;
     let background = s.engine.start_background();
-    let mut interrupted = false;
-    for _ in 0..200 {
-        if s.run("run-dead").await.0.state == RunState::Interrupted {
-            interrupted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(interrupted, "recovered at start");
+    let dead = run_id("run-dead");
+    s.wait_for_run(&dead, "recovery at start", |run| run.state == RunState::Interrupted).await;
     assert_eq!(s.hold_state(&hold_id).await, HoldState::Released);
     let far = s.clock.now().plus_seconds(3600);
     let leases = s.store.lapsed_instances(far, 10).await.expect("answers");
@@ -230,26 +193,20 @@ async fn a_long_runs_hold_is_extended_and_settles() {
         config.hold_extend_margin_seconds = 30;
     })
     .await;
+    // The answer waits at a gate: the run stays live, its hold pending, until the test is done.
+    let answer = Gate::new();
     s.fake.on(Purpose::Router, FakeReply::route(true));
-    s.fake.on(Purpose::GeneralChat, FakeReply::text("hello").after(Duration::from_millis(1500)));
-    let request = SolveRequest {
-        account_id: account(),
-        problem: "hi".to_owned(),
-        thread_id: None,
-        action: None,
-        retry_source_job_id: None,
-    };
-    let started = s.engine.start_solve(request).await.expect("started");
+    s.fake.on(Purpose::GeneralChat, FakeReply::text("hello").gated(&answer));
+    let started = s.engine.start_solve(support::solve("hi")).await.expect("started");
     let hold_id = HoldId::parse(&format!("hold-{}", started.run_id)).expect("valid id");
-    let mut held_at: Option<Timestamp> = None;
-    for _ in 0..200 {
-        if let Some(hold) = s.store.hold(&hold_id).await.expect("answers") {
-            held_at = Some(hold.expires_at);
+    let frames = started.channel.follow(None);
+    tokio::pin!(frames);
+    while let Some(frame) = frames.next().await {
+        if frame.kind == EventKind::CreditReserved {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let first_expiry = held_at.expect("the hold was taken");
+    let first_expiry = s.store.hold(&hold_id).await.expect("answers").expect("the hold was taken").expires_at;
     assert_eq!(s.engine.extend_holds_once().await, 0, "not due yet: expires in 60 s, margin 30 s");
 
     s.clock.advance_seconds(40);
@@ -261,14 +218,10 @@ async fn a_long_runs_hold_is_extended_and_settles() {
 
     s.clock.advance_seconds(30);
     assert!(s.clock.now() > first_expiry, "the original expiry has passed");
-    let mut state = RunState::Running;
-    for _ in 0..400 {
-        state = s.store.run(&started.run_id).await.expect("answers").expect("exists").state;
-        if state.is_terminal() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    answer.open();
+    let last = s.run_to_end(&started).await.pop().expect("frames after the hold");
+    assert_eq!(last.kind, EventKind::Done);
+    let state = s.store.run(&started.run_id).await.expect("answers").expect("exists").state;
     assert_eq!(state, RunState::Succeeded);
     assert_eq!(s.hold_state(&hold_id).await, HoldState::Captured);
     assert_eq!(s.entries(EntryKind::Expire).await, 0);
@@ -295,8 +248,9 @@ async fn a_run_settled_just_before_its_server_died_is_recorded_as_settled() {
     assert_eq!((report.interrupted, report.released), (1, 0), "{report:?}");
     let (record, data) = s.run("run-settled").await;
     assert_eq!(record.state, RunState::Succeeded);
-    assert_eq!((data.captured.as_deref(), data.refunded.as_deref()), (Some("4"), Some("6")));
-    assert_eq!(data.actual.as_deref(), Some("4"));
+    let credits = |text: &str| Some(Amount::parse(text).expect("valid amount"));
+    assert_eq!((data.captured, data.refunded), (credits("4"), credits("6")));
+    assert_eq!(data.actual, credits("4"));
     assert!(data.error.is_none() && data.hold_resolved);
     assert_eq!(s.hold_state(&hold_id).await, HoldState::Captured);
     assert_eq!(s.entries(EntryKind::Release).await, 1, "only the settler's release of the rest");

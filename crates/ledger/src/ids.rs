@@ -20,7 +20,10 @@ impl fmt::Display for IdError {
     }
 }
 
-fn check_id(what: &'static str, text: &str) -> Result<(), IdError> {
+/// The grammar every identifier of the service shares (ids of accounts, holds and grants here;
+/// of runs, threads, jobs and artifacts in the stores): 1–128 characters of `[A-Za-z0-9._-]`.
+/// `what` names the field in the error.
+pub fn check_id(what: &'static str, text: &str) -> Result<(), IdError> {
     let rule = "1-128 characters of [A-Za-z0-9._-]";
     let valid_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
     if text.is_empty() || text.len() > ID_LENGTH_MAX || !text.bytes().all(valid_char) {

@@ -20,7 +20,7 @@ mod verify;
 pub use amount::{Amount, AmountError, MICROS_PER_CREDIT};
 pub use apply::{advance, execute, execute_in_place, view, view_hold, Applied, Changes};
 pub use command::{Command, Outcome, Overage, Rejection, Target};
-pub use ids::{AccountId, GrantId, HoldId, IdError, Reference, ID_LENGTH_MAX, REFERENCE_LENGTH_MAX};
+pub use ids::{check_id, AccountId, GrantId, HoldId, IdError, Reference, ID_LENGTH_MAX, REFERENCE_LENGTH_MAX};
 pub use model::{
     AccountState, Allocation, Balances, Deltas, Entry, EntryKind, Grant, GrantKind, Hold, HoldState, Totals,
 };

@@ -14,10 +14,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use engine::catalog::Catalog;
-use engine::jobs::{JobService, JobsConfig};
 use engine::run::{Engine, EngineConfig, NoExecutor, NoProvider};
 use http_body_util::BodyExt;
+use jobs::{JobService, JobsConfig};
+use pricing::catalog::Catalog;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
@@ -428,6 +428,40 @@ fn random_paths_and_queries_to_every_get_route_never_answer_5xx() {
         .unwrap_or_else(|failure| panic!("{failure}"));
     let report = runtime.block_on(fixture.store.verify()).expect("verify");
     assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+/// The fuzzers' route lists are every route of the router: a route added to the router and not
+/// here fails this test instead of going unfuzzed.
+#[test]
+fn the_fuzzed_routes_are_every_route_of_the_router() {
+    let fuzzable = |path: &str| {
+        // The fuzzed segment is `{id}` whatever the parameter's name.
+        let mut out = String::new();
+        let mut rest = path;
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..].find('}').map_or(rest.len(), |end| start + end + 1);
+            out.push_str(&rest[..start]);
+            out.push_str("{id}");
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    };
+    let table = crate::router::route_table();
+    let mut posts: Vec<String> = table
+        .iter()
+        .filter(|(method, _)| *method == axum::http::Method::POST)
+        .map(|(_, path)| fuzzable(path))
+        .collect();
+    let mut fuzzed_posts: Vec<String> = POST_ROUTES.iter().map(|route| route.path.to_owned()).collect();
+    posts.sort();
+    fuzzed_posts.sort();
+    assert_eq!(fuzzed_posts, posts, "POST_ROUTES must list every POST route");
+    let gets = table.iter().filter(|(method, _)| *method == axum::http::Method::GET).map(|(_, path)| fuzzable(path));
+    for path in gets {
+        assert!(GET_ROUTES.contains(&path.as_str()), "GET_ROUTES must list {path}");
+    }
+    assert!(table.iter().all(|(method, _)| [axum::http::Method::GET, axum::http::Method::POST].contains(method)));
 }
 
 /// Sends `body` to `path` and expects a 4xx problem with this status and code.

@@ -20,5 +20,5 @@ pub mod wire;
 pub use config::{ApiConfig, Role};
 pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
 pub use openapi::ApiDoc;
-pub use router::{router, router_with_engine};
+pub use router::{route_table, router, router_with_engine};
 pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};

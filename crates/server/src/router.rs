@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use engine::run::Engine;
 use store::{Clock, LedgerStore};
@@ -23,6 +24,45 @@ pub fn router(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiCon
     router_with_engine(store, clock, config, None)
 }
 
+/// Every route: its method, its path and its handler. The router is built from this table
+/// alone, and the tests hold the OpenAPI document (and the fuzzers' route lists) against it, so
+/// a route cannot be added without being documented and fuzzed.
+fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/v1/accounts/{account_id}", get(accounts::get_account)),
+        (Method::POST, "/v1/accounts/{account_id}/grants", post(accounts::create_grant)),
+        (Method::GET, "/v1/accounts/{account_id}/entries", get(accounts::list_entries)),
+        (Method::POST, "/v1/accounts/{account_id}/debits", post(accounts::create_debit)),
+        (Method::POST, "/v1/accounts/{account_id}/refunds", post(accounts::create_refund)),
+        (Method::POST, "/v1/holds", post(holds::create_hold)),
+        (Method::GET, "/v1/holds/{hold_id}", get(holds::get_hold)),
+        (Method::POST, "/v1/holds/{hold_id}/capture", post(holds::capture)),
+        (Method::POST, "/v1/holds/{hold_id}/release", post(holds::release)),
+        (Method::POST, "/v1/holds/{hold_id}/extend", post(holds::extend)),
+        (Method::POST, "/v1/estimate", post(runs::estimate)),
+        (Method::POST, "/v1/solve", post(runs::solve)),
+        (Method::GET, "/v1/runs/{run_id}", get(runs::get_run)),
+        (Method::GET, "/v1/runs/{run_id}/events", get(runs::run_events)),
+        (Method::POST, "/v1/runs/{run_id}/cancel", post(runs::cancel_run)),
+        (Method::GET, "/v1/artifacts/{artifact_id}", get(runs::get_artifact)),
+        (Method::GET, "/v1/threads/{thread_id}", get(runs::get_thread)),
+        (Method::GET, "/v1/threads/{thread_id}/jobs", get(jobs::thread_jobs)),
+        (Method::GET, "/v1/jobs/{job_id}", get(jobs::get_job)),
+        (Method::POST, "/v1/jobs/{job_id}/cancel", post(jobs::cancel_job)),
+        (Method::POST, "/v1/worker/claim", post(worker::claim)),
+        (Method::POST, "/v1/worker/jobs/{job_id}/heartbeat", post(worker::heartbeat)),
+        (Method::POST, "/v1/worker/jobs/{job_id}/finish", post(worker::finish)),
+        (Method::GET, "/v1/openapi.json", get(health::openapi)),
+        (Method::GET, "/healthz", get(health::healthz)),
+        (Method::GET, "/readyz", get(health::readyz)),
+    ]
+}
+
+/// Every route of [`router`] as (method, path), paths as the OpenAPI document writes them.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|(method, path, _)| (method, path)).collect()
+}
+
 /// The whole HTTP API: the ledger, and metered runs when an engine is given.
 pub fn router_with_engine(
     store: Arc<dyn LedgerStore>,
@@ -32,34 +72,11 @@ pub fn router_with_engine(
 ) -> Router {
     let body_bytes_max = config.request_body_bytes_max;
     let mut state = AppState::new(store, clock, config);
+    state.catalog = engine.as_ref().map(|engine| engine.shared_catalog());
     state.engine = engine;
-    Router::new()
-        .route("/v1/accounts/{account_id}", get(accounts::get_account))
-        .route("/v1/accounts/{account_id}/grants", post(accounts::create_grant))
-        .route("/v1/accounts/{account_id}/entries", get(accounts::list_entries))
-        .route("/v1/accounts/{account_id}/debits", post(accounts::create_debit))
-        .route("/v1/accounts/{account_id}/refunds", post(accounts::create_refund))
-        .route("/v1/holds", post(holds::create_hold))
-        .route("/v1/holds/{hold_id}", get(holds::get_hold))
-        .route("/v1/holds/{hold_id}/capture", post(holds::capture))
-        .route("/v1/holds/{hold_id}/release", post(holds::release))
-        .route("/v1/holds/{hold_id}/extend", post(holds::extend))
-        .route("/v1/estimate", post(runs::estimate))
-        .route("/v1/solve", post(runs::solve))
-        .route("/v1/runs/{run_id}", get(runs::get_run))
-        .route("/v1/runs/{run_id}/events", get(runs::run_events))
-        .route("/v1/runs/{run_id}/cancel", post(runs::cancel_run))
-        .route("/v1/artifacts/{artifact_id}", get(runs::get_artifact))
-        .route("/v1/threads/{thread_id}", get(runs::get_thread))
-        .route("/v1/threads/{thread_id}/jobs", get(jobs::thread_jobs))
-        .route("/v1/jobs/{job_id}", get(jobs::get_job))
-        .route("/v1/jobs/{job_id}/cancel", post(jobs::cancel_job))
-        .route("/v1/worker/claim", post(worker::claim))
-        .route("/v1/worker/jobs/{job_id}/heartbeat", post(worker::heartbeat))
-        .route("/v1/worker/jobs/{job_id}/finish", post(worker::finish))
-        .route("/v1/openapi.json", get(health::openapi))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    // One entry per (method, path); axum merges the methods of a path given twice.
+    let router = routes().into_iter().fold(Router::new(), |router, (_, path, handler)| router.route(path, handler));
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
@@ -156,9 +173,70 @@ mod tests {
         let (status, _, body) = call(false, "/v1/openapi.json").await;
         assert_eq!(status, StatusCode::OK);
         let paths = body["paths"].as_object().expect("paths object");
-        for path in ["/v1/accounts/{account_id}/grants", "/v1/holds/{hold_id}/capture", "/readyz", "/v1/worker/claim"] {
-            assert!(paths.contains_key(path), "{path} missing");
+        let table = route_table();
+        for (method, path) in &table {
+            let operation =
+                &paths.get(*path).unwrap_or_else(|| panic!("{path} missing"))[method.as_str().to_lowercase()];
+            assert!(operation.is_object(), "{method} {path} missing");
         }
+        let mut documented = 0;
+        for (path, item) in paths {
+            for method in item.as_object().expect("path item").keys() {
+                let known = table.iter().any(|(m, p)| *p == path && m.as_str().eq_ignore_ascii_case(method));
+                assert!(known, "the document lists {method} {path}, which the router does not serve");
+                documented += 1;
+            }
+        }
+        assert_eq!(documented, table.len(), "one operation per route");
         assert!(body["components"]["schemas"]["HoldResponse"].is_object());
+    }
+
+    /// Every request and response body of the job, worker and run routes has a schema (no bare
+    /// `Object`), and every event payload is described.
+    #[tokio::test]
+    async fn job_worker_and_event_bodies_have_schemas() {
+        let (_, _, body) = call(false, "/v1/openapi.json").await;
+        let schemas = body["components"]["schemas"].as_object().expect("schemas");
+        for name in [
+            "RunEvent",
+            "RunEventType",
+            "RunEventPayload",
+            "PageStartPayload",
+            "SolveProgressPayload",
+            "TokenPayload",
+            "ToolStartPayload",
+            "ToolResultPayload",
+            "NodeResultPayload",
+            "CreditReservedPayload",
+            "CreditSettledPayload",
+            "ErrorPayload",
+            "DonePayload",
+            "JobResponse",
+            "ThreadJobsResponse",
+            "WorkerJobResponse",
+            "ClaimRequest",
+            "HeartbeatRequest",
+            "HeartbeatResponse",
+            "FinishRequest",
+            "JobErrorCode",
+            "RunDetails",
+        ] {
+            assert!(schemas.contains_key(name), "no schema {name}");
+        }
+        let paths = body["paths"].as_object().expect("paths");
+        let mut checked = 0;
+        for (path, item) in paths.iter().filter(|(path, _)| path.contains("/jobs") || path.starts_with("/v1/worker")) {
+            for (method, operation) in item.as_object().expect("path item") {
+                // An inline `Object` body is `{"type":"object"}`; a described one is a `$ref`.
+                let text = serde_json::to_string(operation).expect("JSON");
+                assert!(!text.contains(r#""type":"object""#), "{method} {path} has an untyped body: {text}");
+                assert!(text.contains("#/components/schemas/"), "{method} {path} has no described body: {text}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6, "the job and worker routes");
+        let event = &schemas["RunEventPayload"];
+        let variants = event["oneOf"].as_array().expect("the payload is one of the payload schemas");
+        assert_eq!(variants.len(), 11, "{event}");
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use ledger::{Command, Outcome, Rejection};
+use pricing::SharedCatalog;
 use sha2::{Digest, Sha256};
 use store::{Clock, Executed, LedgerStore, Request};
 
@@ -20,6 +21,8 @@ pub struct AppState {
     pub token_digests: Arc<[([u8; 32], Role)]>,
     /// The run engine, when this server runs metered solves.
     pub engine: Option<Arc<engine::run::Engine>>,
+    /// The pricing catalog in force (the engine's), for estimates; `None` without an engine.
+    pub catalog: Option<Arc<SharedCatalog>>,
     /// SHA-256 of the worker token (compared in constant time); `None`: the worker API is off.
     pub worker_token_digest: Option<[u8; 32]>,
 }
@@ -32,7 +35,15 @@ impl AppState {
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> AppState {
         let token_digests = config.tokens.iter().map(|(token, role)| (token_digest(token.as_bytes()), *role)).collect();
         let worker_token_digest = config.worker_token.as_ref().map(|token| token_digest(token.as_bytes()));
-        AppState { store, clock, config: Arc::new(config), token_digests, engine: None, worker_token_digest }
+        AppState {
+            store,
+            clock,
+            config: Arc::new(config),
+            token_digests,
+            engine: None,
+            catalog: None,
+            worker_token_digest,
+        }
     }
 
     /// Runs one ledger command, idempotently when the request carried a key. The fingerprint is

@@ -25,7 +25,7 @@
 use deadpool_postgres::Transaction;
 use ledger::Timestamp;
 use store::jobs::{self, JOBS_LIST_MAX};
-use store::{codec, JobRecord, JobWrite, JobWriteRefusal, JobWritten, StoreError};
+use store::{codec, JobId, JobRecord, JobWrite, JobWriteRefusal, JobWritten, StoreError};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -101,9 +101,9 @@ fn refusal(error: &tokio_postgres::Error) -> Option<JobWriteRefusal> {
     }
 }
 
-async fn current_version(transaction: &Transaction<'_>, job_id: &str) -> Result<Option<u64>, Failure> {
+async fn current_version(transaction: &Transaction<'_>, job_id: &JobId) -> Result<Option<u64>, Failure> {
     let statement = transaction.prepare_cached(CURRENT_VERSION).await?;
-    let Some(row) = transaction.query_opt(&statement, &[&job_id]).await? else { return Ok(None) };
+    let Some(row) = transaction.query_opt(&statement, &[&job_id.as_str()]).await? else { return Ok(None) };
     let version: i64 =
         row.try_get(0).map_err(|_| StoreError::corrupt(format!("undecodable stored job {job_id} version")))?;
     let version = u64::try_from(version).map_err(|_| StoreError::corrupt(format!("job {job_id} version {version}")))?;
@@ -139,12 +139,14 @@ async fn write_row(
     let data = codec::encode_job(&stored);
     let lease_expires_at = stored.lease_expires_at.map(Timestamp::micros);
     let heartbeat_at = stored.heartbeat_at.map(Timestamp::micros);
+    let (job_id, thread_id) = (stored.job_id.as_str(), stored.thread_id.as_str());
+    let retry_source_job_id = stored.retry_source_job_id.as_ref().map(JobId::as_str);
     let columns: [&(dyn ToSql + Sync); 14] = [
-        &stored.job_id,
+        &job_id,
         &stored.account_id.as_str(),
-        &stored.thread_id,
+        &thread_id,
         &stored.status.as_str(),
-        &stored.retry_source_job_id,
+        &retry_source_job_id,
         &lease_expires_at,
         &heartbeat_at,
         &stored.run_after.micros(),

@@ -52,9 +52,9 @@ use ledger::{
 use rand::Rng;
 use store::codec::undecodable;
 use store::{
-    AccountView, Artifact, Clock, CreateRunRefusal, Executed, InstanceLease, JobRecord, JobStore, JobWrite,
-    JobWriteRefusal, JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport,
-    VerifyReport, HOLD_UNRESOLVED_MARKER,
+    AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, InstanceLease, JobId, JobRecord, JobStore,
+    JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunId, RunRecord, RunState, RunStore, StoreError,
+    SweepReport, ThreadId, VerifyReport, HOLD_UNRESOLVED_MARKER,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -659,7 +659,7 @@ impl RunStore for PostgresStore {
         let client = self.client().await?;
         let statement = client.prepare_cached(runs::UPDATE_RUN).await.map_err(store_error)?;
         let params: [&(dyn ToSql + Sync); 5] = [
-            &run.run_id,
+            &run.run_id.as_str(),
             &run.state.as_str(),
             &run.hold_id.as_ref().map(HoldId::as_str),
             &run.updated_at.micros(),
@@ -677,7 +677,8 @@ impl RunStore for PostgresStore {
         }
     }
 
-    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+    async fn run(&self, run_id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        let run_id = run_id.as_str();
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"))
@@ -687,7 +688,8 @@ impl RunStore for PostgresStore {
         row.as_ref().map(runs::run).transpose()
     }
 
-    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+    async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
+        let thread_id = thread_id.as_str();
         let client = self.client().await?;
         let statement =
             client.prepare_cached("SELECT account_id FROM threads WHERE thread_id = $1").await.map_err(store_error)?;
@@ -697,10 +699,11 @@ impl RunStore for PostgresStore {
 
     async fn thread_runs(
         &self,
-        thread_id: &str,
+        thread_id: &ThreadId,
         after_turn: Option<u32>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        let thread_id = thread_id.as_str();
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!(
@@ -821,9 +824,9 @@ impl RunStore for PostgresStore {
         let client = self.client().await?;
         let statement = client.prepare_cached(runs::INSERT_ARTIFACT).await.map_err(store_error)?;
         let params: [&(dyn ToSql + Sync); 6] = [
-            &artifact.artifact_id,
+            &artifact.artifact_id.as_str(),
             &artifact.account_id.as_str(),
-            &artifact.run_id,
+            &artifact.run_id.as_str(),
             &artifact.content_type,
             &artifact.bytes,
             &artifact.created_at.micros(),
@@ -835,7 +838,8 @@ impl RunStore for PostgresStore {
         Ok(())
     }
 
-    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+    async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
+        let artifact_id = artifact_id.as_str();
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE artifact_id = $1"))
@@ -854,16 +858,16 @@ impl JobStore for PostgresStore {
         self.retrying("write_job", || self.try_write_job(&write)).await
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.query_jobs(jobs::JOB_BY_ID, &[&job_id]).await?.pop())
+    async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.query_jobs(jobs::JOB_BY_ID, &[&job_id.as_str()]).await?.pop())
     }
 
-    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
-        self.query_jobs(jobs::THREAD_JOBS, &[&thread_id, &jobs::list_limit(limit)]).await
+    async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        self.query_jobs(jobs::THREAD_JOBS, &[&thread_id.as_str(), &jobs::list_limit(limit)]).await
     }
 
-    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.query_jobs(jobs::RETRY_OF, &[&source_job_id]).await?.pop())
+    async fn retry_of(&self, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.query_jobs(jobs::RETRY_OF, &[&source_job_id.as_str()]).await?.pop())
     }
 
     async fn claim_job(

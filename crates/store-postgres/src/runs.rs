@@ -17,7 +17,7 @@
 use deadpool_postgres::Transaction;
 use ledger::{AccountId, HoldId, Timestamp};
 use store::codec::undecodable;
-use store::{Artifact, CreateRunRefusal, RunRecord, RunState, StoreError};
+use store::{Artifact, ArtifactId, CreateRunRefusal, RunId, RunRecord, RunState, StoreError, ThreadId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -48,13 +48,18 @@ pub(crate) fn account_id(text: &str) -> Result<AccountId, StoreError> {
     AccountId::parse(text).map_err(|_| undecodable("account_id"))
 }
 
+/// An id column, parsed: a stored id outside the grammar is corruption.
+fn id<T>(text: &str, what: &str, parse: fn(&str) -> Result<T, ledger::IdError>) -> Result<T, StoreError> {
+    parse(text).map_err(|_| undecodable(what))
+}
+
 /// A run read with [`RUN_COLUMNS`].
 pub(crate) fn run(row: &Row) -> Result<RunRecord, StoreError> {
     let turn_index: i64 = get(row, 3, "run turn_index")?;
     Ok(RunRecord {
-        run_id: get(row, 0, "run_id")?,
+        run_id: id(get(row, 0, "run_id")?, "run_id", RunId::parse)?,
         account_id: account_id(get(row, 1, "run account_id")?)?,
-        thread_id: get(row, 2, "run thread_id")?,
+        thread_id: id(get(row, 2, "run thread_id")?, "run thread_id", ThreadId::parse)?,
         turn_index: u32::try_from(turn_index).map_err(|_| undecodable("run turn_index"))?,
         state: RunState::parse(get(row, 4, "run state")?).ok_or_else(|| undecodable("run state"))?,
         instance_id: get(row, 5, "run instance_id")?,
@@ -70,9 +75,9 @@ pub(crate) fn run(row: &Row) -> Result<RunRecord, StoreError> {
 /// An artifact read with [`ARTIFACT_COLUMNS`].
 pub(crate) fn artifact(row: &Row) -> Result<Artifact, StoreError> {
     Ok(Artifact {
-        artifact_id: get(row, 0, "artifact_id")?,
+        artifact_id: id(get(row, 0, "artifact_id")?, "artifact_id", ArtifactId::parse)?,
         account_id: account_id(get(row, 1, "artifact account_id")?)?,
-        run_id: get(row, 2, "artifact run_id")?,
+        run_id: id(get(row, 2, "artifact run_id")?, "artifact run_id", RunId::parse)?,
         content_type: get(row, 3, "artifact content_type")?,
         bytes: get(row, 4, "artifact bytes")?,
         created_at: Timestamp::from_micros(get(row, 5, "artifact created_at")?),
@@ -111,14 +116,15 @@ pub(crate) async fn create_attempt(transaction: Transaction<'_>, run: &RunRecord
     }
     // Pipelined: the three reads travel in one round trip, after the lock is held.
     let by_thread: [&(dyn ToSql + Sync); 1] = [&thread_id];
-    let by_run: [&(dyn ToSql + Sync); 1] = [&run.run_id];
+    let run_id = run.run_id.as_str();
+    let by_run: [&(dyn ToSql + Sync); 1] = [&run_id];
     let (running, existing, turns) = tokio::try_join!(
         transaction.query_opt(&running_run, &by_thread),
         transaction.query_opt(&run_exists, &by_run),
         transaction.query_one(&count_turns, &by_thread),
     )?;
     if let Some(running) = running {
-        let run_id: String = get(&running, 0, "run_id")?;
+        let run_id = id(get(&running, 0, "run_id")?, "run_id", RunId::parse)?;
         transaction.rollback().await?;
         return Ok(refused(CreateRunRefusal::ThreadBusy { run_id }));
     }
@@ -131,7 +137,7 @@ pub(crate) async fn create_attempt(transaction: Transaction<'_>, run: &RunRecord
         u32::try_from(turns).map_err(|_| StoreError::corrupt(format!("thread {thread_id} has {turns} turns")))?;
     let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
     let params: [&(dyn ToSql + Sync); 10] = [
-        &stored.run_id,
+        &run_id,
         &stored.account_id.as_str(),
         &thread_id,
         &i64::from(turn_index),

@@ -403,9 +403,9 @@ async fn deadlocks_are_retried_then_reported_as_contention() {
 
 fn run_record(run_id: &str, thread_id: &str, clock: &ManualClock) -> RunRecord {
     RunRecord {
-        run_id: run_id.to_owned(),
+        run_id: store::RunId::parse(run_id).expect("valid id"),
         account_id: account("u"),
-        thread_id: thread_id.to_owned(),
+        thread_id: store::ThreadId::parse(thread_id).expect("valid id"),
         turn_index: 0,
         state: RunState::Running,
         instance_id: "i1".to_owned(),
@@ -444,7 +444,10 @@ async fn two_pools_start_one_run_per_thread() {
         winner.state = RunState::Succeeded;
         assert!(stores[(round as usize + 1) % 2].update_run(&winner).await.expect("update_run answers"));
     }
-    let turns = stores[1].thread_runs("t", None, 100).await.expect("thread_runs answers");
+    let turns = stores[1]
+        .thread_runs(&store::ThreadId::parse("t").expect("valid id"), None, 100)
+        .await
+        .expect("thread_runs answers");
     assert_eq!(turns.iter().map(|run| run.turn_index).collect::<Vec<_>>(), vec![0, 1, 2]);
     assert!(turns.iter().all(|run| run.state == RunState::Succeeded));
 }
@@ -480,9 +483,9 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
     assert_clean(&store).await;
     let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
-    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
-    assert_eq!(store.job("j1").await.expect("answers"), Some(job));
+    assert_eq!(store.job(&store::JobId::parse("j1").expect("valid id")).await.expect("answers"), Some(job));
 }
 
 /// A version-2 database (runs, no jobs) gains the job table at the next start and keeps its runs.
@@ -504,19 +507,22 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
-    assert_eq!(store.thread_jobs("t1", 10).await.expect("answers"), vec![job]);
+    assert_eq!(
+        store.thread_jobs(&store::ThreadId::parse("t1").expect("valid id"), 10).await.expect("answers"),
+        vec![job]
+    );
 }
 
 /// A queued job of account `u` in thread `t1`, paying from hold `h1`.
 fn job_record(job_id: &str, clock: &ManualClock) -> JobRecord {
     let now = clock.now();
     JobRecord {
-        job_id: job_id.to_owned(),
+        job_id: store::JobId::parse(job_id).expect("valid id"),
         account_id: account("u"),
-        thread_id: "t1".to_owned(),
-        run_id: "r1".to_owned(),
+        thread_id: store::ThreadId::parse("t1").expect("valid id"),
+        run_id: store::RunId::parse("r1").expect("valid id"),
         hold_id: HoldId::parse("h1").expect("valid hold id"),
         price: credits(1),
         status: JobStatus::Queued,
@@ -636,7 +642,7 @@ async fn two_pools_create_one_retry_and_capture_once() {
         .map(|index| {
             let store = stores[index % 2].clone();
             let retry = JobRecord {
-                retry_source_job_id: Some("source".to_owned()),
+                retry_source_job_id: Some(store::JobId::parse("source").expect("valid id")),
                 ..job_record(&format!("retry-{index}"), &clock)
             };
             tokio::spawn(async move { store.write_job(insert(retry, Some(Request::new(capture(1))))).await })

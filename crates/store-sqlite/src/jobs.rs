@@ -14,7 +14,7 @@
 use ledger::Timestamp;
 use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 use store::jobs::{self, JOBS_LIST_MAX};
-use store::{codec, JobRecord, JobWriteRefusal, StoreError};
+use store::{codec, JobId, JobRecord, JobWriteRefusal, StoreError, ThreadId};
 
 use crate::rows::sql_error;
 
@@ -34,7 +34,7 @@ fn decode(row: &Row<'_>) -> Result<JobRecord, StoreError> {
     let version: i64 = row.get(1).map_err(sql_error)?;
     let data: String = row.get(2).map_err(sql_error)?;
     let job = codec::decode_job(&data)?;
-    if job.job_id != job_id || i64::try_from(job.version).ok() != Some(version) {
+    if job.job_id != *job_id || i64::try_from(job.version).ok() != Some(version) {
         return Err(StoreError::corrupt(format!("job {job_id}: its row (version {version}) and its record disagree")));
     }
     Ok(job)
@@ -50,11 +50,11 @@ fn query_jobs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
     Ok(jobs)
 }
 
-fn current_version(conn: &Connection, job_id: &str) -> Result<Option<u64>, StoreError> {
+fn current_version(conn: &Connection, job_id: &JobId) -> Result<Option<u64>, StoreError> {
     let version: Option<i64> = conn
         .prepare_cached("SELECT version FROM jobs WHERE job_id = ?1")
         .map_err(sql_error)?
-        .query_row([job_id], |row| row.get(0))
+        .query_row([job_id.as_str()], |row| row.get(0))
         .optional()
         .map_err(sql_error)?;
     version
@@ -103,11 +103,11 @@ pub(crate) fn write(
     let stored = JobRecord { version: version.unsigned_abs(), ..job.clone() };
     let data = codec::encode_job(&stored);
     let columns = params![
-        stored.job_id,
+        stored.job_id.as_str(),
         stored.account_id.as_str(),
-        stored.thread_id,
+        stored.thread_id.as_str(),
         stored.status.as_str(),
-        stored.retry_source_job_id,
+        stored.retry_source_job_id.as_ref().map(JobId::as_str),
         stored.lease_expires_at.map(Timestamp::micros),
         stored.heartbeat_at.map(Timestamp::micros),
         stored.run_after.micros(),
@@ -159,19 +159,19 @@ pub(crate) fn claim(
     }
 }
 
-pub(crate) fn job(conn: &Connection, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+pub(crate) fn job(conn: &Connection, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?1");
-    Ok(query_jobs(conn, &sql, [job_id])?.pop())
+    Ok(query_jobs(conn, &sql, [job_id.as_str()])?.pop())
 }
 
-pub(crate) fn thread_jobs(conn: &Connection, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+pub(crate) fn thread_jobs(conn: &Connection, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE thread_id = ?1 ORDER BY created_at, job_id LIMIT ?2");
-    query_jobs(conn, &sql, params![thread_id, i64::from(limit.min(JOBS_LIST_MAX))])
+    query_jobs(conn, &sql, params![thread_id.as_str(), i64::from(limit.min(JOBS_LIST_MAX))])
 }
 
-pub(crate) fn retry_of(conn: &Connection, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+pub(crate) fn retry_of(conn: &Connection, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE retry_source_job_id = ?1");
-    Ok(query_jobs(conn, &sql, [source_job_id])?.pop())
+    Ok(query_jobs(conn, &sql, [source_job_id.as_str()])?.pop())
 }
 
 /// See [`store::JobStore::stuck_jobs`]; a running job without a heartbeat counts from its last

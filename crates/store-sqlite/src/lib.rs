@@ -32,9 +32,9 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use ledger::{AccountId, Entry, Hold, HoldId, StoredAccount, Timestamp, Violation};
 use store::{
-    AccountView, Artifact, Clock, CreateRunRefusal, Executed, InstanceLease, JobRecord, JobStore, JobWrite,
-    JobWriteRefusal, JobWritten, LedgerStore, Request, RunRecord, RunState, RunStore, StoreError, SweepReport,
-    VerifyReport,
+    AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, InstanceLease, JobId, JobRecord, JobStore,
+    JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunId, RunRecord, RunState, RunStore, StoreError,
+    SweepReport, ThreadId, VerifyReport,
 };
 use tokio::sync::mpsc;
 
@@ -340,19 +340,19 @@ impl RunStore for SqliteStore {
         self.call(Work::UpdateRun, run.clone()).await
     }
 
-    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+    async fn run(&self, run_id: &RunId) -> Result<Option<RunRecord>, StoreError> {
         let run_id = run_id.to_owned();
         self.readers.run(move |conn| runs::run(conn, &run_id)).await
     }
 
-    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+    async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
         let thread_id = thread_id.to_owned();
         self.readers.run(move |conn| runs::thread_account(conn, &thread_id)).await
     }
 
     async fn thread_runs(
         &self,
-        thread_id: &str,
+        thread_id: &ThreadId,
         after_turn: Option<u32>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError> {
@@ -406,7 +406,7 @@ impl RunStore for SqliteStore {
         self.call(Work::PutArtifact, artifact.clone()).await
     }
 
-    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+    async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
         let artifact_id = artifact_id.to_owned();
         self.readers.run(move |conn| runs::artifact(conn, &artifact_id)).await
     }
@@ -418,17 +418,17 @@ impl JobStore for SqliteStore {
         self.call(Work::WriteJob, Box::new(write)).await
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let job_id = job_id.to_owned();
         self.readers.run(move |conn| jobs::job(conn, &job_id)).await
     }
 
-    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+    async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
         let thread_id = thread_id.to_owned();
         self.readers.run(move |conn| jobs::thread_jobs(conn, &thread_id, limit)).await
     }
 
-    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    async fn retry_of(&self, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let source_job_id = source_job_id.to_owned();
         self.readers.run(move |conn| jobs::retry_of(conn, &source_job_id)).await
     }

@@ -8,7 +8,10 @@
 
 use ledger::{AccountId, HoldId, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use store::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, StoreError, HOLD_UNRESOLVED_MARKER};
+use store::{
+    Artifact, ArtifactId, CreateRunRefusal, InstanceLease, RunId, RunRecord, RunState, StoreError, ThreadId,
+    HOLD_UNRESOLVED_MARKER,
+};
 
 use crate::rows::sql_error;
 
@@ -24,6 +27,11 @@ fn get_account_id(row: &Row<'_>, index: usize) -> Result<AccountId, StoreError> 
     AccountId::parse(&get::<String>(row, index)?).map_err(|error| StoreError::corrupt(format!("stored {error}")))
 }
 
+/// An id column, parsed: a stored id outside the grammar is corruption.
+fn get_id<T>(row: &Row<'_>, index: usize, parse: fn(&str) -> Result<T, ledger::IdError>) -> Result<T, StoreError> {
+    parse(&get::<String>(row, index)?).map_err(|error| StoreError::corrupt(format!("stored {error}")))
+}
+
 fn decode_run(row: &Row<'_>) -> Result<RunRecord, StoreError> {
     let turn_index: i64 = get(row, 3)?;
     let state: String = get(row, 4)?;
@@ -32,9 +40,9 @@ fn decode_run(row: &Row<'_>) -> Result<RunRecord, StoreError> {
         Some(text) => Some(HoldId::parse(&text).map_err(|error| StoreError::corrupt(format!("stored run {error}")))?),
     };
     Ok(RunRecord {
-        run_id: get(row, 0)?,
+        run_id: get_id(row, 0, RunId::parse)?,
         account_id: get_account_id(row, 1)?,
-        thread_id: get(row, 2)?,
+        thread_id: get_id(row, 2, ThreadId::parse)?,
         turn_index: u32::try_from(turn_index)
             .map_err(|_| StoreError::corrupt(format!("run turn_index {turn_index}")))?,
         state: RunState::parse(&state).ok_or_else(|| StoreError::corrupt(format!("unknown run state {state:?}")))?,
@@ -48,9 +56,9 @@ fn decode_run(row: &Row<'_>) -> Result<RunRecord, StoreError> {
 
 fn decode_artifact(row: &Row<'_>) -> Result<Artifact, StoreError> {
     Ok(Artifact {
-        artifact_id: get(row, 0)?,
+        artifact_id: get_id(row, 0, ArtifactId::parse)?,
         account_id: get_account_id(row, 1)?,
-        run_id: get(row, 2)?,
+        run_id: get_id(row, 2, RunId::parse)?,
         content_type: get(row, 3)?,
         bytes: get(row, 4)?,
         created_at: Timestamp::from_micros(get(row, 5)?),
@@ -68,14 +76,18 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 }
 
 /// The running run of a thread other than `except`, if any.
-fn running_run(conn: &Connection, thread_id: &str, except: Option<&str>) -> Result<Option<String>, StoreError> {
+fn running_run(conn: &Connection, thread_id: &ThreadId, except: Option<&RunId>) -> Result<Option<RunId>, StoreError> {
     let mut statement = conn
         .prepare_cached(
             "SELECT run_id FROM runs WHERE thread_id = ?1 AND state = 'running' AND (?2 IS NULL OR run_id <> ?2) \
              LIMIT 1",
         )
         .map_err(sql_error)?;
-    statement.query_row(params![thread_id, except], |row| row.get(0)).optional().map_err(sql_error)
+    let running: Option<String> = statement
+        .query_row(params![thread_id.as_str(), except.map(RunId::as_str)], |row| row.get(0))
+        .optional()
+        .map_err(sql_error)?;
+    running.map(|text| RunId::parse(&text).map_err(|error| StoreError::corrupt(format!("stored {error}")))).transpose()
 }
 
 /// Checks the refusals in the contract's order, then creates the thread if new and inserts the
@@ -87,7 +99,7 @@ pub(crate) fn create_run(
     let owner: Option<String> = conn
         .prepare_cached("SELECT account_id FROM threads WHERE thread_id = ?1")
         .map_err(sql_error)?
-        .query_row([&run.thread_id], |row| row.get(0))
+        .query_row([run.thread_id.as_str()], |row| row.get(0))
         .optional()
         .map_err(sql_error)?;
     if owner.as_deref().is_some_and(|owner| owner != run.account_id.as_str()) {
@@ -99,7 +111,7 @@ pub(crate) fn create_run(
     let exists = conn
         .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
         .map_err(sql_error)?
-        .query_row([&run.run_id], |_| Ok(()))
+        .query_row([run.run_id.as_str()], |_| Ok(()))
         .optional()
         .map_err(sql_error)?;
     if exists.is_some() {
@@ -108,13 +120,13 @@ pub(crate) fn create_run(
     if owner.is_none() {
         conn.prepare_cached("INSERT INTO threads (thread_id, account_id, created_at) VALUES (?1, ?2, ?3)")
             .map_err(sql_error)?
-            .execute(params![run.thread_id, run.account_id.as_str(), run.created_at.micros()])
+            .execute(params![run.thread_id.as_str(), run.account_id.as_str(), run.created_at.micros()])
             .map_err(sql_error)?;
     }
     let turns: i64 = conn
         .prepare_cached("SELECT COUNT(*) FROM runs WHERE thread_id = ?1")
         .map_err(sql_error)?
-        .query_row([&run.thread_id], |row| row.get(0))
+        .query_row([run.thread_id.as_str()], |row| row.get(0))
         .map_err(sql_error)?;
     let turn_index =
         u32::try_from(turns).map_err(|_| StoreError::corrupt(format!("thread {} has {turns} turns", run.thread_id)))?;
@@ -123,9 +135,9 @@ pub(crate) fn create_run(
     conn.prepare_cached(&sql)
         .map_err(sql_error)?
         .execute(params![
-            stored.run_id,
+            stored.run_id.as_str(),
             stored.account_id.as_str(),
-            stored.thread_id,
+            stored.thread_id.as_str(),
             i64::from(stored.turn_index),
             stored.state.as_str(),
             stored.instance_id,
@@ -144,10 +156,11 @@ pub(crate) fn update_run(conn: &Connection, run: &RunRecord) -> Result<bool, Sto
         let thread_id: Option<String> = conn
             .prepare_cached("SELECT thread_id FROM runs WHERE run_id = ?1")
             .map_err(sql_error)?
-            .query_row([&run.run_id], |row| row.get(0))
+            .query_row([run.run_id.as_str()], |row| row.get(0))
             .optional()
             .map_err(sql_error)?;
         let Some(thread_id) = thread_id else { return Ok(false) };
+        let thread_id = ThreadId::parse(&thread_id).map_err(|error| StoreError::corrupt(format!("stored {error}")))?;
         if let Some(running) = running_run(conn, &thread_id, Some(&run.run_id))? {
             return Err(StoreError::corrupt(format!(
                 "run {} cannot run while run {running} of its thread runs",
@@ -159,7 +172,7 @@ pub(crate) fn update_run(conn: &Connection, run: &RunRecord) -> Result<bool, Sto
         .prepare_cached("UPDATE runs SET state = ?2, hold_id = ?3, updated_at = ?4, data = ?5 WHERE run_id = ?1")
         .map_err(sql_error)?
         .execute(params![
-            run.run_id,
+            run.run_id.as_str(),
             run.state.as_str(),
             run.hold_id.as_ref().map(HoldId::as_str),
             run.updated_at.micros(),
@@ -177,9 +190,9 @@ pub(crate) fn put_artifact(conn: &Connection, artifact: &Artifact) -> Result<(),
         .prepare_cached(&sql)
         .map_err(sql_error)?
         .execute(params![
-            artifact.artifact_id,
+            artifact.artifact_id.as_str(),
             artifact.account_id.as_str(),
-            artifact.run_id,
+            artifact.run_id.as_str(),
             artifact.content_type,
             artifact.bytes,
             artifact.created_at.micros(),
@@ -191,16 +204,16 @@ pub(crate) fn put_artifact(conn: &Connection, artifact: &Artifact) -> Result<(),
     Ok(())
 }
 
-pub(crate) fn run(conn: &Connection, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+pub(crate) fn run(conn: &Connection, run_id: &RunId) -> Result<Option<RunRecord>, StoreError> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1");
-    Ok(query_runs(conn, &sql, [run_id])?.pop())
+    Ok(query_runs(conn, &sql, [run_id.as_str()])?.pop())
 }
 
-pub(crate) fn thread_account(conn: &Connection, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+pub(crate) fn thread_account(conn: &Connection, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
     let owner: Option<String> = conn
         .prepare_cached("SELECT account_id FROM threads WHERE thread_id = ?1")
         .map_err(sql_error)?
-        .query_row([thread_id], |row| row.get(0))
+        .query_row([thread_id.as_str()], |row| row.get(0))
         .optional()
         .map_err(sql_error)?;
     owner
@@ -210,14 +223,14 @@ pub(crate) fn thread_account(conn: &Connection, thread_id: &str) -> Result<Optio
 
 pub(crate) fn thread_runs(
     conn: &Connection,
-    thread_id: &str,
+    thread_id: &ThreadId,
     after_turn: Option<u32>,
     limit: u32,
 ) -> Result<Vec<RunRecord>, StoreError> {
     let sql =
         format!("SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = ?1 AND turn_index > ?2 ORDER BY turn_index LIMIT ?3");
     let after = after_turn.map_or(-1, i64::from);
-    query_runs(conn, &sql, params![thread_id, after, i64::from(limit)])
+    query_runs(conn, &sql, params![thread_id.as_str(), after, i64::from(limit)])
 }
 
 pub(crate) fn runs_in_state(
@@ -313,10 +326,10 @@ pub(crate) fn lapsed_instances(
     Ok(leases)
 }
 
-pub(crate) fn artifact(conn: &Connection, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+pub(crate) fn artifact(conn: &Connection, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
     let sql = format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE artifact_id = ?1");
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
-    let mut rows = statement.query([artifact_id]).map_err(sql_error)?;
+    let mut rows = statement.query([artifact_id.as_str()]).map_err(sql_error)?;
     match rows.next().map_err(sql_error)? {
         Some(row) => decode_artifact(row).map(Some),
         None => Ok(None),

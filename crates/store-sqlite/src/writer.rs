@@ -702,9 +702,9 @@ mod tests {
     fn run_record(run_id: &str, thread_id: &str) -> RunRecord {
         let at = Timestamp::from_micros(1_000_000);
         RunRecord {
-            run_id: run_id.to_owned(),
+            run_id: store::RunId::parse(run_id).expect("valid id"),
             account_id: AccountId::parse("a").expect("valid id"),
-            thread_id: thread_id.to_owned(),
+            thread_id: store::ThreadId::parse(thread_id).expect("valid id"),
             turn_index: 0,
             state: store::RunState::Running,
             instance_id: "i1".to_owned(),
@@ -722,9 +722,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut writer = writer(dir.path());
         let artifact = Artifact {
-            artifact_id: "art".to_owned(),
+            artifact_id: store::ArtifactId::parse("art").expect("valid id"),
             account_id: AccountId::parse("a").expect("valid id"),
-            run_id: "r1".to_owned(),
+            run_id: store::RunId::parse("r1").expect("valid id"),
             content_type: "application/pdf".to_owned(),
             bytes: vec![0xff, 0x00, 0x25],
             created_at: Timestamp::from_micros(1),
@@ -748,7 +748,9 @@ mod tests {
         assert!(matches!(answer(next), Ok(Ok(run)) if run.turn_index == 1));
         assert_eq!(writer.counters.commits.load(Ordering::Relaxed), 1);
         assert_eq!(writer.counters.operations.load(Ordering::Relaxed), 7);
-        let stored = runs::artifact(&writer.conn, "art").expect("reads").expect("exists");
+        let stored = runs::artifact(&writer.conn, &store::ArtifactId::parse("art").expect("valid id"))
+            .expect("reads")
+            .expect("exists");
         assert_eq!(stored, artifact, "the repeated put changed nothing");
         let states: Vec<(String, String)> = writer
             .conn
@@ -810,10 +812,10 @@ mod tests {
     fn write_job(job_id: &str, ledger: Option<Request>) -> (Work, Answer<Result<JobWritten, JobWriteRefusal>>) {
         let at = Timestamp::from_micros(1_000_000);
         let job = JobRecord {
-            job_id: job_id.to_owned(),
+            job_id: store::JobId::parse(job_id).expect("valid id"),
             account_id: AccountId::parse("a").expect("valid id"),
-            thread_id: "t".to_owned(),
-            run_id: "r1".to_owned(),
+            thread_id: store::ThreadId::parse("t").expect("valid id"),
+            run_id: store::RunId::parse("r1").expect("valid id"),
             hold_id: HoldId::parse("h1").expect("valid id"),
             price: Amount::from_credits(10),
             status: store::JobStatus::Queued,
@@ -944,7 +946,7 @@ mod tests {
             .into_iter()
             .map(|claimed| {
                 let job = answer(claimed).expect("a claim answers");
-                job.map(|job| (job.job_id, job.lease_holder.unwrap_or_default()))
+                job.map(|job| (job.job_id.to_string(), job.lease_holder.unwrap_or_default()))
             })
             .collect();
         let expected = [Some(("j1", "w1")), Some(("j2", "w2")), None]

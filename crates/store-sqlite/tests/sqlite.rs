@@ -337,9 +337,9 @@ async fn reads_use_the_stores_clock() {
 
 fn run_record(run_id: &str, thread_id: &str, clock: &ManualClock) -> RunRecord {
     RunRecord {
-        run_id: run_id.to_owned(),
+        run_id: store::RunId::parse(run_id).expect("valid id"),
         account_id: account("u"),
-        thread_id: thread_id.to_owned(),
+        thread_id: store::ThreadId::parse(thread_id).expect("valid id"),
         turn_index: 0,
         state: RunState::Running,
         instance_id: "i1".to_owned(),
@@ -384,9 +384,9 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
     let created = store.create_run(&run_record("r1", "t1", &clock)).await.expect("answers").expect("created");
-    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
-    assert_eq!(store.job("j1").await.expect("answers"), Some(job));
+    assert_eq!(store.job(&store::JobId::parse("j1").expect("valid id")).await.expect("answers"), Some(job));
     store.close().await;
 }
 
@@ -407,9 +407,12 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 
     let store = open(&path, &clock).await;
     assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
-    assert_eq!(store.run("r1").await.expect("answers"), Some(created));
+    assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
-    assert_eq!(store.thread_jobs("t1", 10).await.expect("answers"), vec![job]);
+    assert_eq!(
+        store.thread_jobs(&store::ThreadId::parse("t1").expect("valid id"), 10).await.expect("answers"),
+        vec![job]
+    );
     store.close().await;
 }
 
@@ -417,10 +420,10 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 fn job_write(job_id: &str, clock: &ManualClock) -> JobWrite {
     let now = clock.now();
     let job = JobRecord {
-        job_id: job_id.to_owned(),
+        job_id: store::JobId::parse(job_id).expect("valid id"),
         account_id: account("u"),
-        thread_id: "t1".to_owned(),
-        run_id: "r1".to_owned(),
+        thread_id: store::ThreadId::parse("t1").expect("valid id"),
+        run_id: store::RunId::parse("r1").expect("valid id"),
         hold_id: HoldId::parse("h1").expect("valid id"),
         price: cr("10"),
         status: JobStatus::Queued,
@@ -471,7 +474,7 @@ async fn jobs_survive_close_and_reopen() {
     store.close().await;
 
     let store = open(&path, &clock).await;
-    assert_eq!(store.job("j1").await.expect("answers"), Some(claimed.clone()));
+    assert_eq!(store.job(&store::JobId::parse("j1").expect("valid id")).await.expect("answers"), Some(claimed.clone()));
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.balance, cr("90"));
     let stale = JobWrite { expected_version: Some(created.job.version), ..job_write("j1", &clock) };
     let refused = store.write_job(stale).await.expect("answers");
@@ -495,9 +498,9 @@ async fn runs_and_artifacts_survive_close_and_reopen() {
     assert!(store.update_run(&first).await.expect("answers"));
     let second = store.create_run(&run_record("r2", "t1", &clock)).await.expect("answers").expect("created");
     let artifact = Artifact {
-        artifact_id: "a1".to_owned(),
+        artifact_id: store::ArtifactId::parse("a1").expect("valid id"),
         account_id: account("u"),
-        run_id: "r1".to_owned(),
+        run_id: store::RunId::parse("r1").expect("valid id"),
         content_type: "application/pdf".to_owned(),
         bytes: (0..=255).collect(),
         created_at: clock.now(),
@@ -506,11 +509,17 @@ async fn runs_and_artifacts_survive_close_and_reopen() {
     store.close().await;
 
     let store = open(&path, &clock).await;
-    assert_eq!(store.run("r1").await.expect("answers"), Some(first.clone()));
-    assert_eq!(store.thread_runs("t1", None, 10).await.expect("answers"), vec![first, second]);
-    assert_eq!(store.artifact("a1").await.expect("answers"), Some(artifact));
+    assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(first.clone()));
+    assert_eq!(
+        store.thread_runs(&store::ThreadId::parse("t1").expect("valid id"), None, 10).await.expect("answers"),
+        vec![first, second]
+    );
+    assert_eq!(
+        store.artifact(&store::ArtifactId::parse("a1").expect("valid id")).await.expect("answers"),
+        Some(artifact)
+    );
     let busy = store.create_run(&run_record("r3", "t1", &clock)).await.expect("answers");
-    assert_eq!(busy, Err(store::CreateRunRefusal::ThreadBusy { run_id: "r2".to_owned() }));
+    assert_eq!(busy, Err(store::CreateRunRefusal::ThreadBusy { run_id: store::RunId::parse("r2").expect("valid id") }));
     store.close().await;
 }
 

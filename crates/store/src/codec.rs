@@ -10,6 +10,7 @@ use ledger::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::ids::{ArtifactId, JobId, RunId, ThreadId};
 use crate::jobs::{JobRecord, JobStatus};
 use crate::StoreError;
 
@@ -280,10 +281,10 @@ fn opt_text(text: Option<&str>) -> Value {
 /// beside it are copies of fields queries filter on, always written from the same record.
 pub fn encode_job(job: &JobRecord) -> String {
     json!({
-        "job_id": job.job_id,
+        "job_id": job.job_id.as_str(),
         "account_id": job.account_id.as_str(),
-        "thread_id": job.thread_id,
-        "run_id": job.run_id,
+        "thread_id": job.thread_id.as_str(),
+        "run_id": job.run_id.as_str(),
         "hold_id": job.hold_id.as_str(),
         "price": job.price.micros(),
         "status": job.status.as_str(),
@@ -294,14 +295,14 @@ pub fn encode_job(job: &JobRecord) -> String {
         "lease_expires_at": opt_ts(job.lease_expires_at),
         "heartbeat_at": opt_ts(job.heartbeat_at),
         "cancel_requested": job.cancel_requested,
-        "retry_source_job_id": opt_text(job.retry_source_job_id.as_deref()),
+        "retry_source_job_id": opt_text(job.retry_source_job_id.as_ref().map(JobId::as_str)),
         "attempts": job.attempts,
         "run_after": job.run_after.micros(),
         "error_stage": opt_text(job.error_stage.as_deref()),
         "error_code": opt_text(job.error_code.as_deref()),
         "error_detail": opt_text(job.error_detail.as_deref()),
         "refund_applied_at": opt_ts(job.refund_applied_at),
-        "artifact_id": opt_text(job.artifact_id.as_deref()),
+        "artifact_id": opt_text(job.artifact_id.as_ref().map(ArtifactId::as_str)),
         "created_at": job.created_at.micros(),
         "updated_at": job.updated_at.micros(),
         "started_at": opt_ts(job.started_at),
@@ -318,10 +319,10 @@ pub fn decode_job(text: &str) -> Result<JobRecord, StoreError> {
     let owned = |name: &str| fields.str(name).map(str::to_owned);
     let opt_owned = |name: &str| fields.opt_str(name).map(|text| text.map(str::to_owned));
     Ok(JobRecord {
-        job_id: owned("job_id")?,
+        job_id: JobId::parse(fields.str("job_id")?).map_err(|_| undecodable("job job_id"))?,
         account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("job account_id"))?,
-        thread_id: owned("thread_id")?,
-        run_id: owned("run_id")?,
+        thread_id: ThreadId::parse(fields.str("thread_id")?).map_err(|_| undecodable("job thread_id"))?,
+        run_id: RunId::parse(fields.str("run_id")?).map_err(|_| undecodable("job run_id"))?,
         hold_id: HoldId::parse(fields.str("hold_id")?).map_err(|_| undecodable("job hold_id"))?,
         price: fields.amount("price")?,
         status: JobStatus::parse(fields.str("status")?).ok_or_else(|| undecodable("job status"))?,
@@ -332,14 +333,20 @@ pub fn decode_job(text: &str) -> Result<JobRecord, StoreError> {
         lease_expires_at: fields.opt_ts("lease_expires_at")?,
         heartbeat_at: fields.opt_ts("heartbeat_at")?,
         cancel_requested: fields.bool("cancel_requested")?,
-        retry_source_job_id: opt_owned("retry_source_job_id")?,
+        retry_source_job_id: fields
+            .opt_str("retry_source_job_id")?
+            .map(|text| JobId::parse(text).map_err(|_| undecodable("job retry_source_job_id")))
+            .transpose()?,
         attempts: u32::try_from(fields.u64("attempts")?).map_err(|_| undecodable("attempts"))?,
         run_after: fields.ts("run_after")?,
         error_stage: opt_owned("error_stage")?,
         error_code: opt_owned("error_code")?,
         error_detail: opt_owned("error_detail")?,
         refund_applied_at: fields.opt_ts("refund_applied_at")?,
-        artifact_id: opt_owned("artifact_id")?,
+        artifact_id: fields
+            .opt_str("artifact_id")?
+            .map(|text| ArtifactId::parse(text).map_err(|_| undecodable("job artifact_id")))
+            .transpose()?,
         created_at: fields.ts("created_at")?,
         updated_at: fields.ts("updated_at")?,
         started_at: fields.opt_ts("started_at")?,
@@ -353,16 +360,17 @@ mod tests {
     use ledger::{AccountId, Amount, HoldId, Timestamp};
 
     use super::{decode_job, encode_job};
+    use crate::ids::{JobId, RunId, ThreadId};
     use crate::jobs::{JobRecord, JobStatus};
     use crate::StoreError;
 
     fn job() -> JobRecord {
         let at = Timestamp::from_micros(1_700_000_000_123_456);
         JobRecord {
-            job_id: "j1".to_owned(),
+            job_id: JobId::parse("j1").expect("valid id"),
             account_id: AccountId::parse("u").expect("valid id"),
-            thread_id: "t".to_owned(),
-            run_id: "r".to_owned(),
+            thread_id: ThreadId::parse("t").expect("valid id"),
+            run_id: RunId::parse("r").expect("valid id"),
             hold_id: HoldId::parse("h").expect("valid id"),
             price: Amount::from_micros(10_000_001),
             status: JobStatus::Canceled,

@@ -11,6 +11,8 @@
 use async_trait::async_trait;
 use ledger::{AccountId, Amount, HoldId, Outcome, Rejection, Timestamp};
 
+pub use crate::ids::JobId;
+use crate::ids::{ArtifactId, RunId, ThreadId};
 use crate::{Request, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,11 +50,11 @@ impl JobStatus {
 /// One video job. Every field is stored; the ones queries filter on are also columns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRecord {
-    pub job_id: String,
+    pub job_id: JobId,
     pub account_id: AccountId,
-    pub thread_id: String,
+    pub thread_id: ThreadId,
     /// The turn that created the job, and that turn's hold (the price was captured from it).
-    pub run_id: String,
+    pub run_id: RunId,
     pub hold_id: HoldId,
     /// What the job was charged (the catalog's video price at the run's version).
     pub price: Amount,
@@ -67,7 +69,7 @@ pub struct JobRecord {
     pub lease_expires_at: Option<Timestamp>,
     pub heartbeat_at: Option<Timestamp>,
     pub cancel_requested: bool,
-    pub retry_source_job_id: Option<String>,
+    pub retry_source_job_id: Option<JobId>,
     /// Attempts started so far (a claim starts one).
     pub attempts: u32,
     /// A queued job is not claimed before this time (retry backoff).
@@ -76,7 +78,7 @@ pub struct JobRecord {
     pub error_code: Option<String>,
     pub error_detail: Option<String>,
     pub refund_applied_at: Option<Timestamp>,
-    pub artifact_id: Option<String>,
+    pub artifact_id: Option<ArtifactId>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub started_at: Option<Timestamp>,
@@ -123,13 +125,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// Applies one [`JobWrite`] atomically.
     async fn write_job(&self, write: JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, StoreError>;
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError>;
 
     /// The thread's jobs, oldest first, at most `limit`.
-    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError>;
+    async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError>;
 
     /// The retry of `source_job_id`, if one exists.
-    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn retry_of(&self, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError>;
 
     /// Claims the oldest claimable job for `worker_id`: a queued job with `run_after <= now`, or
     /// a running job whose lease expired (its worker died). The claimed job becomes running with

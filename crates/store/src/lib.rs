@@ -14,6 +14,7 @@
 pub mod clock;
 pub mod codec;
 pub mod conformance;
+pub mod ids;
 pub mod jobs;
 pub mod memory;
 pub mod protocol;
@@ -27,6 +28,7 @@ use ledger::{
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use ids::{ArtifactId, JobId, RunId, ThreadId};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 pub use runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
 

@@ -14,6 +14,7 @@ use ledger::{
     AccountId, AccountState, Amount, Entry, Grant, GrantKind, Hold, HoldId, Reference, StoredAccount, Timestamp,
 };
 
+use crate::ids::{ArtifactId, JobId, RunId, ThreadId};
 use crate::jobs::{self, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten, JOBS_LIST_MAX};
 use crate::protocol::{self, Decided, PendingHolds, Writes};
 use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
@@ -30,12 +31,12 @@ struct Inner {
     journal: Vec<Entry>,
     /// key → (fingerprint, encoded result, recorded at µs)
     idempotency: HashMap<String, (String, String, i64)>,
-    threads: HashMap<String, Thread>,
-    runs: HashMap<String, RunRecord>,
-    artifacts: HashMap<String, Artifact>,
-    jobs: HashMap<String, JobRecord>,
+    threads: HashMap<ThreadId, Thread>,
+    runs: HashMap<RunId, RunRecord>,
+    artifacts: HashMap<ArtifactId, Artifact>,
+    jobs: HashMap<JobId, JobRecord>,
     /// retry_source_job_id → the id of its retry: the unique index of the SQL stores.
-    retries: HashMap<String, String>,
+    retries: HashMap<JobId, JobId>,
     /// Instance leases by instance id.
     instances: HashMap<String, InstanceLease>,
 }
@@ -43,7 +44,7 @@ struct Inner {
 struct Thread {
     account_id: AccountId,
     /// Its runs' ids; the position is the turn index.
-    run_ids: Vec<String>,
+    run_ids: Vec<RunId>,
 }
 
 pub struct MemoryStore {
@@ -66,12 +67,12 @@ impl MemoryStore {
 
 impl Inner {
     /// The thread's running run other than `except`, if any.
-    fn running_run(&self, thread_id: &str, except: Option<&str>) -> Option<&RunRecord> {
+    fn running_run(&self, thread_id: &ThreadId, except: Option<&RunId>) -> Option<&RunRecord> {
         let thread = self.threads.get(thread_id)?;
         thread
             .run_ids
             .iter()
-            .filter(|run_id| Some(run_id.as_str()) != except)
+            .filter(|run_id| Some(*run_id) != except)
             .filter_map(|run_id| self.runs.get(run_id))
             .find(|run| run.state == RunState::Running)
     }
@@ -294,17 +295,17 @@ impl RunStore for MemoryStore {
         Ok(true)
     }
 
-    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+    async fn run(&self, run_id: &RunId) -> Result<Option<RunRecord>, StoreError> {
         Ok(self.lock().runs.get(run_id).cloned())
     }
 
-    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError> {
+    async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
         Ok(self.lock().threads.get(thread_id).map(|thread| thread.account_id.clone()))
     }
 
     async fn thread_runs(
         &self,
-        thread_id: &str,
+        thread_id: &ThreadId,
         after_turn: Option<u32>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError> {
@@ -403,7 +404,7 @@ impl RunStore for MemoryStore {
         Ok(())
     }
 
-    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError> {
+    async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
         Ok(self.lock().artifacts.get(artifact_id).cloned())
     }
 }
@@ -491,18 +492,18 @@ impl JobStore for MemoryStore {
         Ok(Ok(JobWritten { job: stored, ledger: outcome }))
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         Ok(self.lock().jobs.get(job_id).cloned())
     }
 
-    async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+    async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
         let inner = self.lock();
-        let mut jobs: Vec<&JobRecord> = inner.jobs.values().filter(|job| job.thread_id == thread_id).collect();
+        let mut jobs: Vec<&JobRecord> = inner.jobs.values().filter(|job| &job.thread_id == thread_id).collect();
         jobs.sort_by(oldest_first);
         Ok(jobs.into_iter().take(limit.min(JOBS_LIST_MAX) as usize).cloned().collect())
     }
 
-    async fn retry_of(&self, source_job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    async fn retry_of(&self, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let inner = self.lock();
         Ok(inner.retries.get(source_job_id).and_then(|retry| inner.jobs.get(retry)).cloned())
     }

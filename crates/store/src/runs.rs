@@ -8,10 +8,8 @@
 use async_trait::async_trait;
 use ledger::{AccountId, HoldId, Timestamp};
 
+pub use crate::ids::{ArtifactId, RunId, ThreadId};
 use crate::StoreError;
-
-/// Longest thread or run id (same alphabet as account ids).
-pub const RUN_ID_LENGTH_MAX: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RunState {
@@ -49,9 +47,9 @@ impl RunState {
 /// One turn of a thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     pub account_id: AccountId,
-    pub thread_id: String,
+    pub thread_id: ThreadId,
     /// 0 for a thread's first turn; assigned by [`RunStore::create_run`].
     pub turn_index: u32,
     pub state: RunState,
@@ -67,9 +65,9 @@ pub struct RunRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Artifact {
-    pub artifact_id: String,
+    pub artifact_id: ArtifactId,
     pub account_id: AccountId,
-    pub run_id: String,
+    pub run_id: RunId,
     pub content_type: String,
     pub bytes: Vec<u8>,
     pub created_at: Timestamp,
@@ -97,7 +95,7 @@ pub enum CreateRunRefusal {
     /// The thread exists and belongs to another account.
     ThreadOfAnotherAccount,
     /// The thread already has a running run.
-    ThreadBusy { run_id: String },
+    ThreadBusy { run_id: RunId },
     /// A run with this id exists.
     DuplicateRunId,
 }
@@ -114,16 +112,16 @@ pub trait RunStore: Send + Sync + 'static {
     /// [`StoreError::Corrupt`] (only [`RunStore::create_run`] starts runs; this is a caller bug).
     async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError>;
 
-    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    async fn run(&self, run_id: &RunId) -> Result<Option<RunRecord>, StoreError>;
 
     /// The thread's owner, or `None` for an unknown thread.
-    async fn thread_account(&self, thread_id: &str) -> Result<Option<AccountId>, StoreError>;
+    async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError>;
 
     /// The thread's runs in turn order, at most `limit`, starting after `after_turn` (exclusive;
     /// `None` from the first).
     async fn thread_runs(
         &self,
-        thread_id: &str,
+        thread_id: &ThreadId,
         after_turn: Option<u32>,
         limit: u32,
     ) -> Result<Vec<RunRecord>, StoreError>;
@@ -166,5 +164,5 @@ pub trait RunStore: Send + Sync + 'static {
     /// [`StoreError::Corrupt`], and leaves the first one as it was).
     async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError>;
 
-    async fn artifact(&self, artifact_id: &str) -> Result<Option<Artifact>, StoreError>;
+    async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError>;
 }

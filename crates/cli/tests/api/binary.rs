@@ -32,6 +32,7 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
         if let Some(status) = child.try_wait().expect("wait on the child") {
             return Some(status);
         }
+        // std's Child has no wait with a deadline: poll its exit.
         std::thread::sleep(Duration::from_millis(50));
     }
     None
@@ -161,10 +162,10 @@ fn serve_stops_cleanly_on_sigterm() {
 fn a_broken_catalog_stops_start_up_naming_file_line_and_key() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let catalog = dir.path().join("catalog.toml");
-    let text = engine::catalog::Catalog::builtin_text().replace("sonnet = 3", "sonnet = -3");
+    let text = pricing::catalog::Catalog::builtin_text().replace("sonnet = 3", "sonnet = -3");
     std::fs::write(&catalog, text).expect("catalog written");
     let line =
-        engine::catalog::Catalog::builtin_text().lines().position(|line| line == "sonnet = 3").expect("sonnet line")
+        pricing::catalog::Catalog::builtin_text().lines().position(|line| line == "sonnet = 3").expect("sonnet line")
             + 1;
     let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
     let output = creditgraph()

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use server::{ApiConfig, Role};
 use store::{Clock, LedgerStore, ManualClock};
 use tempfile::TempDir;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -80,14 +81,14 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         ..ApiConfig::default()
     };
     let runs = RunSettings {
-        catalog: engine::catalog::Catalog::builtin(),
+        catalog: pricing::catalog::Catalog::builtin(),
         llm: None,
         hold_ttl_seconds: 1200,
         runs_active_max: 16,
         instance_lease_seconds: 15,
         cancel_on_disconnect: false,
         // Tests run the stuck sweep themselves, on the manual clock.
-        jobs: engine::jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..engine::jobs::JobsConfig::default() },
+        jobs: jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..jobs::JobsConfig::default() },
     };
     Settings {
         runs,
@@ -122,6 +123,26 @@ pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
 
 async fn spawn_with(settings: Settings, dir: Option<TempDir>) -> TestApp {
     spawn_full(settings, dir, None).await
+}
+
+/// The app with a scripted LLM provider (`settings.runs.llm` pointing at it), on SQLite or a
+/// fresh PostgreSQL database, its settings then changed by `change`.
+pub async fn spawn_app_with_provider(
+    postgres: bool,
+    change: impl FnOnce(&mut Settings),
+) -> (TestApp, engine::testing::FakeProvider) {
+    let fake = engine::testing::FakeProvider::start().await;
+    let config = fake.config();
+    let app = spawn_app_full(
+        postgres,
+        move |settings| {
+            settings.runs.llm = Some(config);
+            change(settings);
+        },
+        None,
+    )
+    .await;
+    (app, fake)
 }
 
 /// The app on a fresh SQLite file (or the given database) with a chosen `code_execute` sandbox.
@@ -163,6 +184,30 @@ async fn spawn_full(
 }
 
 impl TestApp {
+    /// Waits (at most 20 s) until the job satisfies `done`, woken by every job write the app's job
+    /// service publishes (a read ends a stuck job, as the API's does); the job then.
+    pub async fn wait_for_job(
+        &self,
+        job_id: &store::JobId,
+        what: &str,
+        done: impl Fn(&store::JobRecord) -> bool,
+    ) -> store::JobRecord {
+        let jobs = self.engine.jobs().expect("the app runs video jobs").clone();
+        let mut updates = jobs.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = jobs.get(job_id).await.expect("store works").expect("job exists");
+            if done(&job) {
+                return job;
+            }
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Ok(Ok(_) | Err(RecvError::Lagged(_))) => {}
+                Ok(Err(RecvError::Closed)) => panic!("the job service stopped"),
+                Err(_) => panic!("timed out waiting for {what}: {job:#?}"),
+            }
+        }
+    }
+
     /// Stops the server gracefully and waits for it (store closed).
     pub async fn stop(mut self) {
         self.shutdown.cancel();

@@ -152,6 +152,7 @@ async fn the_sweeper_journals_expiries() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the sweeper recorded no expiry: {entries:#?}");
+        // The sweeper runs on its own interval and announces nothing: poll the journal.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.assert_verified().await;

@@ -4,28 +4,17 @@
 
 use std::sync::Arc;
 
-use engine::jobs::{Finish, JobErrorCode, JobService};
 use engine::provider::Purpose;
-use engine::render::RenderFailure;
 use engine::testing::{FakeProvider, FakeReply};
+use jobs::render::RenderFailure;
+use jobs::{Finish, JobErrorCode, JobService};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_full, TestApp};
+use crate::helpers::{spawn_app_with_provider, TestApp};
 use crate::sse::Frame;
 
 async fn app(postgres: bool, workers: usize) -> (TestApp, FakeProvider) {
-    let fake = FakeProvider::start().await;
-    let config = fake.config();
-    let app = spawn_app_full(
-        postgres,
-        move |settings| {
-            settings.runs.llm = Some(config);
-            settings.runs.jobs.workers_in_process = workers;
-        },
-        None,
-    )
-    .await;
-    (app, fake)
+    spawn_app_with_provider(postgres, move |settings| settings.runs.jobs.workers_in_process = workers).await
 }
 
 fn jobs(app: &TestApp) -> Arc<JobService> {
@@ -52,6 +41,10 @@ async fn video_turn(app: &TestApp, fake: &FakeProvider, account: &str, thread: &
     (frames, job_id)
 }
 
+fn job_id_of(text: &str) -> store::JobId {
+    store::JobId::parse(text).expect("the API answers valid job ids")
+}
+
 async fn job(app: &TestApp, job_id: &str, account: &str) -> Value {
     let reply = app.get(&format!("/v1/jobs/{job_id}?account_id={account}")).await;
     reply.assert_status(200).clone()
@@ -62,15 +55,10 @@ async fn refunds(app: &TestApp, account: &str) -> usize {
     entries.assert_status(200)["entries"].as_array().unwrap().iter().filter(|entry| entry["kind"] == "refund").count()
 }
 
+/// Waits until the job has `status` (woken by the job service's writes); the job as the API shows it.
 async fn wait_for_status(app: &TestApp, job_id: &str, account: &str, status: &str) -> Value {
-    for _ in 0..400 {
-        let job = job(app, job_id, account).await;
-        if job["status"] == status {
-            return job;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("job {job_id} never became {status}: {:#}", job(app, job_id, account).await);
+    app.wait_for_job(&job_id_of(job_id), &format!("status {status}"), |job| job.status.as_str() == status).await;
+    job(app, job_id, account).await
 }
 
 async fn success_keeps_the_price(postgres: bool) {
@@ -158,10 +146,13 @@ async fn a_running_cancel_refunds_at_the_workers_terminal_update() {
     let requested = requested.assert_status(200);
     assert_eq!((requested["status"].as_str(), requested["cancel_requested"].as_bool()), (Some("running"), Some(true)));
     assert_eq!(app.figures("xia").await.0, "87", "no refund before the worker ends the job");
-    assert!(service.heartbeat(&job_id, "test-worker", "render", 50).await.unwrap(), "the worker learns of the cancel");
+    assert!(
+        service.heartbeat(&job_id_of(&job_id), "test-worker", "render", 50).await.unwrap(),
+        "the worker learns of the cancel"
+    );
     // Even a success report cannot end a job whose cancel was requested.
-    let rendered = engine::render::Rendered { bytes: b"<svg/>".to_vec(), content_type: "image/svg+xml".to_owned() };
-    let ended = service.finish(&job_id, "test-worker", Finish::Succeeded(rendered)).await.unwrap();
+    let rendered = jobs::render::Rendered { bytes: b"<svg/>".to_vec(), content_type: "image/svg+xml".to_owned() };
+    let ended = service.finish(&job_id_of(&job_id), "test-worker", Finish::Succeeded(rendered)).await.unwrap();
     assert_eq!(ended.status.as_str(), "canceled");
     assert_eq!(app.figures("xia").await.0, "97");
     assert_eq!(refunds(&app, "xia").await, 1);
@@ -181,7 +172,7 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
         stage: "tts".to_owned(),
         detail: "503".to_owned(),
     };
-    let requeued = service.finish(&job_id, "w1", Finish::Failed(transient)).await.unwrap();
+    let requeued = service.finish(&job_id_of(&job_id), "w1", Finish::Failed(transient)).await.unwrap();
     assert_eq!((requeued.status.as_str(), requeued.refund_applied_at), ("queued", None));
     assert_eq!(app.figures("yan").await.0, "87");
     assert!(service.claim("w2").await.unwrap().is_none(), "backoff: not claimable yet");
@@ -189,17 +180,17 @@ async fn a_transient_failure_never_refunds_and_a_permanent_one_refunds_once() {
     let again = service.claim("w2").await.unwrap().expect("claimable after the backoff");
     assert_eq!(again.attempts, 2);
     // The first worker's lease is gone: its late report changes nothing.
-    let late = service.finish(&job_id, "w1", Finish::Canceled).await;
-    assert!(matches!(late, Err(engine::jobs::JobError::LeaseLost)), "{late:?}");
+    let late = service.finish(&job_id_of(&job_id), "w1", Finish::Canceled).await;
+    assert!(matches!(late, Err(jobs::JobError::LeaseLost)), "{late:?}");
     let permanent = RenderFailure {
         transient: false,
         code: JobErrorCode::RenderResourceLimit,
         stage: "render".to_owned(),
         detail: "OOM".to_owned(),
     };
-    let failed = service.finish(&job_id, "w2", Finish::Failed(permanent.clone())).await.unwrap();
+    let failed = service.finish(&job_id_of(&job_id), "w2", Finish::Failed(permanent.clone())).await.unwrap();
     assert_eq!((failed.status.as_str(), failed.error_code.as_deref()), ("failed", Some("render_resource_limit")));
-    let repeat = service.finish(&job_id, "w2", Finish::Failed(permanent)).await.unwrap();
+    let repeat = service.finish(&job_id_of(&job_id), "w2", Finish::Failed(permanent)).await.unwrap();
     assert_eq!(repeat.version, failed.version, "a second terminal report is a no-op");
     assert_eq!(app.figures("yan").await.0, "97");
     assert_eq!(refunds(&app, "yan").await, 1);

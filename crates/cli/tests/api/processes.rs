@@ -73,6 +73,7 @@ impl Drop for ServerProcess {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
+            // std's Child has no wait with a deadline: poll its exit.
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
@@ -159,20 +160,13 @@ async fn a_crashed_servers_run_is_interrupted_and_its_hold_released_by_the_next_
         .send()
         .await
         .expect("solve");
-    let run_id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
-    // Wait until the hold is taken (the solver call then hangs).
-    let mut held = false;
-    for _ in 0..200 {
-        let account: Value =
-            client.get(format!("{base}/v1/accounts/crash")).send().await.unwrap().json().await.unwrap();
-        if account["held"] != "0" {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(held, "the run took its hold");
-    drop(response);
+    let mut stream = crate::sse::open(response);
+    let run_id = stream.run_id.clone();
+    // The hold is taken (the solver call then hangs).
+    stream.until("credit_reserved").await;
+    let account: Value = client.get(format!("{base}/v1/accounts/crash")).send().await.unwrap().json().await.unwrap();
+    assert_ne!(account["held"], "0", "the run took its hold");
+    drop(stream);
     first.crash();
 
     let second = ServerProcess::start_with(&database, &args, &envs);
@@ -182,6 +176,7 @@ async fn a_crashed_servers_run_is_interrupted_and_its_hold_released_by_the_next_
         if run["state"] == "interrupted" {
             break;
         }
+        // The second process recovers on its own schedule and announces nothing: poll the run.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(run["state"], "interrupted", "{run:#}");

@@ -10,14 +10,11 @@ use engine::sandbox::{CodeExecutor, ExecError, ExecOutput};
 use engine::testing::{FakeProvider, FakeReply};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_full, TestApp};
+use crate::helpers::{spawn_app_full, spawn_app_with_provider, TestApp};
 use crate::sse::Frame;
 
 async fn app_with_provider(postgres: bool) -> (TestApp, FakeProvider) {
-    let fake = FakeProvider::start().await;
-    let config = fake.config();
-    let app = spawn_app_full(postgres, move |settings| settings.runs.llm = Some(config), None).await;
-    (app, fake)
+    spawn_app_with_provider(postgres, |_| {}).await
 }
 
 /// A flash/full [solve, pdf] turn whose solver generates code once, runs it once, then answers:
@@ -32,18 +29,12 @@ fn script_math_turn(fake: &FakeProvider, steps: &[&str]) {
     fake.on(Purpose::Explain, FakeReply::text("두 수를 더하면 4가 됩니다. Two plus two is four."));
 }
 
-/// Polls `GET /v1/runs/{run_id}` until the run leaves `running` (at most 10 s); its state.
+/// Follows the run's events to their end (`GET /v1/runs/{run_id}/events`; the run is recorded
+/// before its stream closes); its state then.
 async fn run_end_state(app: &TestApp, run_id: &str) -> String {
-    let mut state = String::new();
-    for _ in 0..200 {
-        let run = app.get(&format!("/v1/runs/{run_id}")).await;
-        state = run.assert_status(200)["state"].as_str().unwrap().to_owned();
-        if state != "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    state
+    app.resume(run_id, None).await.collect().await;
+    let run = app.get(&format!("/v1/runs/{run_id}")).await;
+    run.assert_status(200)["state"].as_str().unwrap().to_owned()
 }
 
 fn kinds(frames: &[Frame]) -> Vec<&str> {
@@ -416,8 +407,8 @@ async fn a_run_is_settled_at_the_catalog_version_it_was_held_at() {
     let old_version = app.engine.catalog().version().to_owned();
     let mut stream = app.solve(json!({"account_id": "ned", "problem": "p"})).await;
     stream.until("credit_reserved").await;
-    let pricier = engine::catalog::Catalog::builtin_text().replace("flash = 1", "flash = 2");
-    let pricier = engine::catalog::Catalog::parse(&pricier, "test").expect("a valid catalog");
+    let pricier = pricing::catalog::Catalog::builtin_text().replace("flash = 1", "flash = 2");
+    let pricier = pricing::catalog::Catalog::parse(&pricier, "test").expect("a valid catalog");
     assert_ne!(pricier.version(), old_version);
     app.engine.set_catalog(Arc::new(pricier));
     let frames = stream.collect().await;
@@ -436,9 +427,9 @@ async fn a_stale_hold_of_an_earlier_turn_is_released_first_even_when_the_turn_is
     let stale_hold_id = stale.assert_status(201)["hold_id"].as_str().unwrap().to_owned();
     let now = app.engine.now();
     let earlier = store::RunRecord {
-        run_id: "run-earlier".to_owned(),
+        run_id: store::RunId::parse("run-earlier").expect("valid run id"),
         account_id: ledger::AccountId::parse("oli").unwrap(),
-        thread_id: "oli-thread".to_owned(),
+        thread_id: store::ThreadId::parse("oli-thread").expect("valid thread id"),
         turn_index: 0,
         state: store::RunState::Running,
         instance_id: "gone".to_owned(),

@@ -84,7 +84,8 @@ impl EventStream {
     }
 }
 
-fn open(response: reqwest::Response) -> EventStream {
+/// The event stream of a `text/event-stream` answer.
+pub fn open(response: reqwest::Response) -> EventStream {
     let header =
         |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
     let (run_id, thread_id) = (header("x-run-id"), header("x-thread-id"));

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use engine::jobs::remote::{self, HttpWorkerBackend};
-use engine::jobs::worker::{run_worker, WorkerBackend};
-use engine::jobs::{Finish, JobService, JobsConfig, NewJob};
-use engine::render::builtin::BuiltinRenderer;
-use engine::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::remote::{self, HttpWorkerBackend};
+use jobs::render::builtin::BuiltinRenderer;
+use jobs::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::worker::{run_worker, WorkerBackend};
+use jobs::{Finish, JobService, JobsConfig, NewJob};
 use ledger::{AccountId, Amount, HoldId};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -42,6 +42,19 @@ async fn worker_call(app: &TestApp, path: &str, token: Option<&str>, body: Value
     app.request(Method::POST, path, token, None, Body::Json(body)).await
 }
 
+/// A job of price 10 for `account`'s thread `<account>-thread`, paid from `hold_id`.
+fn new_job(account: &str, run: &str, hold_id: HoldId, input: Value) -> NewJob {
+    NewJob {
+        account_id: AccountId::parse(account).expect("valid account"),
+        thread_id: store::ThreadId::parse(&format!("{account}-thread")).expect("valid thread id"),
+        run_id: store::RunId::parse(run).expect("valid run id"),
+        hold_id,
+        price: Amount::parse("10").expect("valid price"),
+        input: input.to_string(),
+        retry_source_job_id: None,
+    }
+}
+
 fn jobs(app: &TestApp) -> Arc<JobService> {
     app.engine.jobs().expect("the app runs video jobs").clone()
 }
@@ -51,15 +64,8 @@ fn jobs(app: &TestApp) -> Arc<JobService> {
 async fn queued_job(app: &TestApp, account: &str) -> JobRecord {
     app.fund(account, "30").await;
     let hold_id = app.hold_id(account, "25").await;
-    let new = NewJob {
-        account_id: AccountId::parse(account).expect("valid account"),
-        thread_id: format!("{account}-thread"),
-        run_id: format!("{account}-run"),
-        hold_id: HoldId::parse(&hold_id).expect("valid hold id"),
-        price: Amount::parse("10").expect("valid price"),
-        input: json!({"problem": "2 + 2 = ?", "answer": "4", "explanation": "1. 2 + 2 = 4"}).to_string(),
-        retry_source_job_id: None,
-    };
+    let input = json!({"problem": "2 + 2 = ?", "answer": "4", "explanation": "1. 2 + 2 = 4"});
+    let new = new_job(account, &format!("{account}-run"), HoldId::parse(&hold_id).expect("valid hold id"), input);
     jobs(app).create(new).await.expect("job created")
 }
 
@@ -217,16 +223,8 @@ fn remote_worker(
     tokio::spawn(run_worker(backend, renderer, "remote-loop".to_owned(), config, shutdown.clone()))
 }
 
-async fn wait_for(app: &TestApp, job_id: &str, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = jobs(app).get(job_id).await.expect("store works").expect("job exists");
-        if done(&job) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for(app: &TestApp, job_id: &store::JobId, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+    app.wait_for_job(job_id, what, done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,15 +259,8 @@ async fn a_remote_worker_ends_a_canceled_job_and_hands_back_its_lease_at_shutdow
 
     let app_job = {
         let hold_id = app.hold_id("dan", "10").await;
-        let new = NewJob {
-            account_id: AccountId::parse("dan").expect("valid account"),
-            thread_id: "dan-thread".to_owned(),
-            run_id: "dan-run-2".to_owned(),
-            hold_id: HoldId::parse(&hold_id).expect("valid hold id"),
-            price: Amount::parse("10").expect("valid price"),
-            input: json!({"problem": "again"}).to_string(),
-            retry_source_job_id: None,
-        };
+        let hold_id = HoldId::parse(&hold_id).expect("valid hold id");
+        let new = new_job("dan", "dan-run-2", hold_id, json!({"problem": "again"}));
         jobs(&app).create(new).await.expect("job created")
     };
     wait_for(&app, &app_job.job_id, "the second claim", |job| job.status == JobStatus::Running).await;
@@ -277,7 +268,7 @@ async fn a_remote_worker_ends_a_canceled_job_and_hands_back_its_lease_at_shutdow
     tokio::time::timeout(Duration::from_secs(10), worker).await.expect("the worker stops").expect("no panic");
     let handed_back = jobs(&app).get(&app_job.job_id).await.expect("store works").expect("job exists");
     assert_eq!((handed_back.status, handed_back.refund_applied_at), (JobStatus::Queued, None), "{handed_back:#?}");
-    assert_eq!(handed_back.error_detail.as_deref(), Some(engine::jobs::worker::SHUTDOWN_DETAIL));
+    assert_eq!(handed_back.error_detail.as_deref(), Some(jobs::worker::SHUTDOWN_DETAIL));
     assert_eq!(refunds(&app, "dan").await, 1);
     app.assert_verified().await;
 }
@@ -320,6 +311,7 @@ impl Process {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.lines.lock().expect("lines lock").iter().any(|line| line.contains(needle)) {
             assert!(Instant::now() < deadline, "no {needle:?} line\n{}", self.log());
+            // Lines arrive from the child's stderr on another thread: poll what it collected.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -333,6 +325,7 @@ impl Process {
                 return status;
             }
             assert!(Instant::now() < deadline, "{} did not stop on SIGTERM\n{}", self.name, self.log());
+            // std's Child has no wait with a deadline: poll its exit.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -376,7 +369,7 @@ fn worker_process(name: &'static str, base: &str, renderer: &str) -> Process {
 /// Polls the shared database until the job satisfies `done` (bounded).
 async fn wait_stored(
     store: &dyn JobStore,
-    job_id: &str,
+    job_id: &store::JobId,
     what: &str,
     processes: &[&Process],
     done: impl Fn(&JobRecord) -> bool,
@@ -391,6 +384,7 @@ async fn wait_stored(
             let logs: Vec<String> = processes.iter().map(|process| process.log()).collect();
             panic!("timed out waiting for {what}: {job:#?}\n{}", logs.join("\n"));
         }
+        // The job changes in other processes, which announce nothing to this one: poll the database.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -443,15 +437,7 @@ async fn a_killed_worker_process_loses_its_job_to_another_and_the_price_is_charg
         clock,
         JobsConfig::default(),
     );
-    let new_job = |run: &str| NewJob {
-        account_id: AccountId::parse("kim").expect("valid account"),
-        thread_id: "kim-thread".to_owned(),
-        run_id: run.to_owned(),
-        hold_id: hold_id.clone(),
-        price: Amount::parse("10").expect("valid price"),
-        input: json!({"problem": "1 + 1", "answer": "2"}).to_string(),
-        retry_source_job_id: None,
-    };
+    let new_job = |run: &str| new_job("kim", run, hold_id.clone(), json!({"problem": "1 + 1", "answer": "2"}));
     let job = service.create(new_job("kim-run-1")).await.expect("job created");
 
     // Worker A takes the job and is killed mid-render.
@@ -495,7 +481,7 @@ async fn a_killed_worker_process_loses_its_job_to_another_and_the_price_is_charg
     assert!(status.success(), "{status:?}\n{}", worker_c.log());
     let handed_back = store.job(&second.job_id).await.expect("store works").expect("job exists");
     assert_eq!((handed_back.status, handed_back.attempts), (JobStatus::Queued, 1), "{handed_back:#?}");
-    assert_eq!(handed_back.error_detail.as_deref(), Some(engine::jobs::worker::SHUTDOWN_DETAIL));
+    assert_eq!(handed_back.error_detail.as_deref(), Some(jobs::worker::SHUTDOWN_DETAIL));
     assert_eq!(handed_back.refund_applied_at, None);
     let leftover = std::fs::read_to_string(&pid_file).unwrap_or_default();
     assert!(!alive(leftover.trim()), "worker C's renderer (pid {leftover}) outlived its SIGTERM");

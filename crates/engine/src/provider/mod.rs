@@ -1,38 +1,16 @@
 //! The LLM provider port and its OpenAI-compatible HTTP client.
 //!
 //! The engine speaks one protocol, OpenAI's `POST {base}/chat/completions`, so any compatible
-//! server can play the provider — a hosted model, a local gateway, or the test double in
-//! [`crate::testing`]. Every request's first message is a system message that starts with the
-//! purpose tag (`[creditgraph:router]`, …), so logs and test doubles can tell calls apart.
+//! server can play the provider — a hosted model, a local gateway, or the test double
+//! `testing::FakeProvider` (feature `testing`). Every request's first message is a system
+//! message that starts with the purpose tag (`[creditgraph:router]`, …), so logs and test
+//! doubles can tell calls apart.
 
 pub mod openai;
 
 use async_trait::async_trait;
+use pricing::Tier;
 use serde_json::Value;
-
-/// A price tier of the catalog; the provider maps each to a model name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Tier {
-    Flash,
-    Sonnet,
-    Opus,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Flash, Tier::Sonnet, Tier::Opus];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Flash => "flash",
-            Tier::Sonnet => "sonnet",
-            Tier::Opus => "opus",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Tier> {
-        Tier::ALL.into_iter().find(|tier| tier.as_str() == text)
-    }
-}
 
 /// Why the engine calls the provider. Each purpose is one priced action of the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

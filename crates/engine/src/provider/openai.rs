@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{ChatRequest, ChatResponse, Message, Provider, ProviderError, Tier, ToolCall};
+use super::{ChatRequest, ChatResponse, Message, Provider, ProviderError, ToolCall};
+use pricing::Tier;
 
 pub const ENV_BASE_URL: &str = "CREDITGRAPH_LLM_BASE_URL";
 pub const ENV_API_KEY: &str = "CREDITGRAPH_LLM_API_KEY";

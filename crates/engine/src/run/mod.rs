@@ -13,21 +13,22 @@ pub mod solver;
 mod turn;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledger::{AccountId, Timestamp};
-use serde_json::json;
-use store::{Clock, CreateRunRefusal, LedgerStore, RunRecord, RunState, RunStore, StoreError};
+use store::{Clock, CreateRunRefusal, JobId, LedgerStore, RunId, RunRecord, RunState, RunStore, StoreError, ThreadId};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::Catalog;
-use crate::events::{ErrorCode, EventChannel, EventKind, FRAMES_MAX_DEFAULT};
-use crate::jobs::JobService;
+use crate::events::{ErrorCode, Event, EventChannel, FRAMES_MAX_DEFAULT};
 use crate::provider::Provider;
 use crate::sandbox::CodeExecutor;
+pub use data::Action;
 use data::RunData;
+use jobs::JobService;
+use pricing::{Catalog, SharedCatalog};
 use turn::Turn;
 
 /// Limits and settings of the engine. Units last.
@@ -93,9 +94,10 @@ impl Default for EngineConfig {
 pub struct SolveRequest {
     pub account_id: AccountId,
     pub problem: String,
-    pub thread_id: Option<String>,
-    pub action: Option<String>,
-    pub retry_source_job_id: Option<String>,
+    /// The thread to continue; a new one when absent.
+    pub thread_id: Option<ThreadId>,
+    pub action: Option<Action>,
+    pub retry_source_job_id: Option<JobId>,
 }
 
 /// Why a run could not start (answered as a plain HTTP error, before any stream opens).
@@ -106,7 +108,7 @@ pub enum StartError {
     #[error("the thread belongs to another account")]
     ThreadOfAnotherAccount,
     #[error("the thread has a run in progress: {run_id}")]
-    ThreadBusy { run_id: String },
+    ThreadBusy { run_id: RunId },
     #[error("too many runs in progress; try again shortly")]
     Busy,
     #[error("the server is shutting down")]
@@ -117,9 +119,10 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
+/// A started run: its ids and the channel its events go to.
 pub struct Started {
-    pub run_id: String,
-    pub thread_id: String,
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
     pub channel: Arc<EventChannel>,
 }
 
@@ -132,8 +135,8 @@ struct LiveRun {
 
 #[derive(Default)]
 struct Registry {
-    running: HashMap<String, LiveRun>,
-    finished: VecDeque<(String, Arc<EventChannel>)>,
+    running: HashMap<RunId, LiveRun>,
+    finished: VecDeque<(RunId, Arc<EventChannel>)>,
 }
 
 pub struct Engine {
@@ -144,16 +147,13 @@ pub struct Engine {
     pub(crate) executor: Arc<dyn CodeExecutor>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jobs: Option<Arc<JobService>>,
-    catalog: RwLock<Arc<Catalog>>,
+    catalog: Arc<SharedCatalog>,
+    /// One permit per run in flight (`runs_active_max`): taken when a run starts, moved into its
+    /// task and given back when that task ends, so the limit holds whatever races.
+    runs_active: Arc<Semaphore>,
     registry: Mutex<Registry>,
     tracker: TaskTracker,
     stopping: CancellationToken,
-}
-
-fn valid_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= store::runs::RUN_ID_LENGTH_MAX
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Engine {
@@ -181,6 +181,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         jobs: Option<Arc<JobService>>,
     ) -> Arc<Engine> {
+        let runs_active_max = config.runs_active_max;
         let engine = Arc::new(Engine {
             config,
             ledger,
@@ -189,7 +190,8 @@ impl Engine {
             executor,
             clock,
             jobs,
-            catalog: RwLock::new(catalog),
+            catalog: Arc::new(SharedCatalog::new(catalog)),
+            runs_active: Arc::new(Semaphore::new(runs_active_max)),
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -230,8 +232,7 @@ impl Engine {
             registry.running.get(&job.run_id).map(|live| live.channel.clone())
         };
         if let Some(channel) = channel {
-            let kind = if job.status.is_terminal() { EventKind::JobFinished } else { EventKind::JobProgress };
-            channel.emit(kind, None, Some("video"), JobService::job_json(job));
+            channel.emit(None, Some("video"), Event::job(job.clone()));
         }
     }
 
@@ -253,12 +254,17 @@ impl Engine {
 
     /// The catalog new runs are estimated at. Runs keep the one they started with.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("catalog lock poisoned").clone()
+        self.catalog.current()
+    }
+
+    /// The catalog in force, shared with whatever else prices (the estimate route).
+    pub fn shared_catalog(&self) -> Arc<SharedCatalog> {
+        Arc::clone(&self.catalog)
     }
 
     /// Replaces the catalog for runs that start from now on.
     pub fn set_catalog(&self, catalog: Arc<Catalog>) {
-        *self.catalog.write().expect("catalog lock poisoned") = catalog;
+        self.catalog.replace(catalog);
     }
 
     pub fn now(&self) -> Timestamp {
@@ -283,37 +289,16 @@ impl Engine {
                 self.config.problem_bytes_max
             )));
         }
-        let thread_id = match request.thread_id.clone() {
-            Some(thread_id) if valid_id(&thread_id) => thread_id,
-            Some(_) => {
-                return Err(StartError::InvalidInput("thread_id: 1-128 characters of [A-Za-z0-9._-]".to_owned()))
-            }
-            None => format!("thread-{}", uuid::Uuid::now_v7().simple()),
-        };
-        if let Some(source) = &request.retry_source_job_id {
-            if !valid_id(source) {
-                return Err(StartError::InvalidInput(
-                    "retry_source_job_id: 1-128 characters of [A-Za-z0-9._-]".to_owned(),
-                ));
-            }
-        }
-        if let Some(action) = &request.action {
-            if action != "video_retry" {
-                return Err(StartError::InvalidInput(format!("unknown action `{action}` (only `video_retry`)")));
-            }
-        }
-        {
-            let registry = self.registry.lock().expect("registry lock poisoned");
-            if registry.running.len() >= self.config.runs_active_max {
-                return Err(StartError::Busy);
-            }
-        }
+        let thread_id = request.thread_id.clone().unwrap_or_else(ThreadId::generate);
+        // A place among `runs_active_max`, taken before the run exists and moved into its task
+        // (given back when the task ends): the limit is exact, whatever races.
+        let permit = Arc::clone(&self.runs_active).try_acquire_owned().map_err(|_| StartError::Busy)?;
         let catalog = self.catalog();
-        let run_id = format!("run-{}", uuid::Uuid::now_v7().simple());
+        let run_id = RunId::generate();
         let now = self.now();
         let data = RunData {
             problem: request.problem.clone(),
-            action: request.action.clone(),
+            action: request.action,
             retry_source_job_id: request.retry_source_job_id.clone(),
             catalog_version: catalog.version().to_owned(),
             ..RunData::default()
@@ -338,7 +323,7 @@ impl Engine {
                 return Err(StartError::Store(StoreError::corrupt("run id collision")))
             }
         };
-        let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max);
+        let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max, Arc::clone(&self.clock));
         let cancel = self.stopping.child_token();
         let turn = Arc::new(Turn::new(self.clone(), record, data, catalog, channel.clone()));
         self.registry
@@ -349,12 +334,13 @@ impl Engine {
         let engine = self.clone();
         self.tracker.spawn(async move {
             engine.supervise(turn, cancel).await;
+            drop(permit);
         });
         Ok(Started { run_id, thread_id, channel })
     }
 
     async fn supervise(self: Arc<Self>, turn: Arc<Turn>, cancel: CancellationToken) {
-        let run_id = turn.run_id().to_owned();
+        let run_id = turn.run_id().clone();
         let mut inner = tokio::spawn(turn.clone().execute());
         let deadline = tokio::time::sleep(Duration::from_secs(self.config.turn_seconds_max));
         tokio::pin!(deadline);
@@ -386,7 +372,7 @@ impl Engine {
             Ok(Err(failure)) => turn.finish_failure(failure).await,
             Err(join_error) => {
                 let message = if join_error.is_panic() { "a step failed unexpectedly" } else { "the run stopped" };
-                tracing::error!(run_id, error = %join_error, "run task ended abnormally");
+                tracing::error!(%run_id, error = %join_error, "run task ended abnormally");
                 turn.finish_failure(solver::StepFailure::new(ErrorCode::InternalError, message)).await;
             }
         }
@@ -400,7 +386,7 @@ impl Engine {
     }
 
     /// The event buffer of a live or recently finished run on this instance.
-    pub fn channel(&self, run_id: &str) -> Option<Arc<EventChannel>> {
+    pub fn channel(&self, run_id: &RunId) -> Option<Arc<EventChannel>> {
         let registry = self.registry.lock().expect("registry lock poisoned");
         if let Some(live) = registry.running.get(run_id) {
             return Some(live.channel.clone());
@@ -409,7 +395,7 @@ impl Engine {
     }
 
     /// Asks a live run to stop. False when it is not running on this instance.
-    pub fn cancel(&self, run_id: &str) -> bool {
+    pub fn cancel(&self, run_id: &RunId) -> bool {
         let registry = self.registry.lock().expect("registry lock poisoned");
         match registry.running.get(run_id) {
             Some(live) => {
@@ -461,17 +447,4 @@ impl CodeExecutor for NoExecutor {
     async fn execute(&self, _code: &str) -> Result<crate::sandbox::ExecOutput, crate::sandbox::ExecError> {
         Err(crate::sandbox::ExecError { detail: "no Python interpreter on this server".to_owned() })
     }
-}
-
-/// The error-event payload for a failure.
-pub(crate) fn error_payload(code: ErrorCode, message: &str) -> serde_json::Value {
-    json!({"code": code.as_str(), "message": message, "recoverable": false})
-}
-
-pub(crate) fn emit_error(channel: &EventChannel, code: ErrorCode, message: &str, extra: Option<serde_json::Value>) {
-    let mut payload = error_payload(code, message);
-    if let (Some(object), Some(serde_json::Value::Object(extra))) = (payload.as_object_mut(), extra) {
-        object.extend(extra);
-    }
-    channel.emit(EventKind::Error, None, None, payload);
 }

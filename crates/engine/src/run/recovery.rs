@@ -18,11 +18,9 @@ use store::{RunRecord, RunState, StoreError};
 use tokio::task::JoinHandle;
 
 use super::credits::{Credits, Released};
-use super::data::{ErrorData, RunData};
+use super::data::{ErrorData, RunData, RunErrorCode};
 use super::Engine;
 
-/// The `error.code` written into an interrupted run's data.
-pub const INTERRUPTED_CODE: &str = "interrupted";
 /// A dead instance's lease row is forgotten this long after it lapsed (once it has no running
 /// run left); long enough that a paused instance cannot come back to a deleted row unnoticed.
 const INSTANCE_FORGET_SECONDS: u64 = 3600;
@@ -133,16 +131,16 @@ impl Engine {
                             job_prices = ledger::Amount::sum(prices);
                         }
                     }
-                    data.actual = Some(hold.captured.saturating_sub(job_prices).to_string());
-                    data.captured = Some(hold.captured.to_string());
-                    data.reserved = Some(hold.amount.to_string());
-                    data.refunded = Some(hold.amount.saturating_sub(hold.captured).to_string());
+                    data.actual = Some(hold.captured.saturating_sub(job_prices));
+                    data.captured = Some(hold.captured);
+                    data.reserved = Some(hold.amount);
+                    data.refunded = Some(hold.amount.saturating_sub(hold.captured));
                     data.hold_resolved = true;
                     RunState::Succeeded
                 }
                 None => {
                     data.error = Some(ErrorData {
-                        code: INTERRUPTED_CODE.to_owned(),
+                        code: RunErrorCode::Interrupted,
                         message: "the server running this run stopped before it finished".to_owned(),
                     });
                     RunState::Interrupted

@@ -8,35 +8,38 @@
 
 use serde_json::{json, Value};
 
-use super::data::CreditEntry;
-use crate::catalog::{Action, Catalog};
-use crate::estimate::ExplanationMode;
-use crate::events::{ErrorCode, EventKind};
-use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, Tier, ToolCall, ToolSpec};
+use super::data::{Charge, CreditEntry, Node};
+use crate::events::{ErrorCode, Event, Shortfall, SolvePhase, SolveProgress, ToolResult, ToolStart};
+use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, ToolCall, ToolSpec};
 use crate::sandbox::{CodeExecutor, ExecStatus};
+use pricing::catalog::{Action, Catalog};
+use pricing::ExplanationMode;
+use pricing::Tier;
 
 /// Longest tool result handed back to the model.
 const TOOL_RESULT_BYTES_MAX: usize = 8 * 1024;
+/// Longest tool output a `tool_result` event shows.
+const TOOL_OUTPUT_EVENT_BYTES_MAX: usize = 2048;
 
 /// A step that failed: the turn ends with one `error` event with this code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepFailure {
     pub code: ErrorCode,
     pub message: String,
-    /// More members of the `error` payload (`required` and `available` for `credit_exhausted`).
-    pub extra: Option<Value>,
+    /// For `credit_exhausted`: what the turn needed and what was available.
+    pub shortfall: Option<Shortfall>,
 }
 
 impl StepFailure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> StepFailure {
-        StepFailure { code, message: message.into(), extra: None }
+        StepFailure { code, message: message.into(), shortfall: None }
     }
 }
 
 /// Where the solver reports: metered calls and stream events.
 pub trait SolverSink: Send + Sync {
     fn meter(&self, entry: CreditEntry);
-    fn emit(&self, kind: EventKind, payload: Value);
+    fn emit(&self, event: Event);
 }
 
 pub struct SolverSetup<'a> {
@@ -151,9 +154,9 @@ async fn run_tool(
             };
             let reply = setup.provider.complete(request).await.map_err(|error| model_error("code_generate", error))?;
             sink.meter(CreditEntry::new(
-                "solver",
-                "code_generate",
-                Some("flash"),
+                Node::Solver,
+                Charge::CodeGenerate,
+                Some(Tier::Flash),
                 setup.catalog.action(Action::CodeGenerate),
             ));
             Ok((first_code_block(reply.content.as_deref().unwrap_or("")), true))
@@ -170,8 +173,8 @@ async fn run_tool(
                 Ok(output) => {
                     budget.executes += 1;
                     sink.meter(CreditEntry::new(
-                        "solver",
-                        "code_execute",
+                        Node::Solver,
+                        Charge::CodeExecute,
                         None,
                         setup.catalog.action(Action::CodeExecute),
                     ));
@@ -198,7 +201,7 @@ async fn run_tool(
 pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(Solution, Budget), StepFailure> {
     let limits = setup.catalog.limits().clone();
     let model_price = setup.catalog.model_call(setup.tier);
-    let model = setup.tier.as_str();
+    let model = Some(setup.tier);
     let mut messages = vec![
         system(Purpose::Solver, "Solve the problem. Use code_generate and code_execute to check your work; answer without tool calls when done."),
         Message::user(setup.problem),
@@ -215,21 +218,30 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
         };
         let reply = setup.provider.complete(request).await.map_err(|error| model_error("solver", error))?;
         budget.model_calls += 1;
-        sink.meter(CreditEntry::new("solver", "llm_call_verify", Some(model), model_price));
-        sink.emit(EventKind::SolveProgress, json!({"text": reply.content.clone().unwrap_or_default(), "iteration": budget.model_calls, "phase": "verify"}));
+        sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallVerify, model, model_price));
+        sink.emit(Event::SolveProgress(SolveProgress {
+            text: reply.content.clone().unwrap_or_default(),
+            iteration: budget.model_calls,
+            phase: SolvePhase::Verify,
+        }));
         if reply.tool_calls.is_empty() {
             answer = Some(reply.content.unwrap_or_default());
             break;
         }
         messages.push(Message::assistant(reply.content.clone(), reply.tool_calls.clone()));
         for (index, call) in reply.tool_calls.iter().enumerate() {
-            sink.emit(EventKind::ToolStart, json!({"name": call.name, "label": call.name, "tool_call_id": call.id}));
+            sink.emit(Event::ToolStart(ToolStart { name: call.name.clone(), tool_call_id: call.id.clone() }));
             let (output, success) = if index >= setup.tool_calls_per_message_max {
                 ("tool error: too many tool calls in one message".to_owned(), false)
             } else {
                 run_tool(setup, sink, &mut budget, call).await?
             };
-            sink.emit(EventKind::ToolResult, json!({"name": call.name, "tool_call_id": call.id, "output": truncate(&output, 2048), "success": success}));
+            sink.emit(Event::ToolResult(ToolResult {
+                name: call.name.clone(),
+                tool_call_id: call.id.clone(),
+                output: truncate(&output, TOOL_OUTPUT_EVENT_BYTES_MAX),
+                success,
+            }));
             messages.push(Message::tool(call.id.clone(), output));
         }
     }
@@ -247,11 +259,12 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
                 response_format: None,
             };
             let reply = setup.provider.complete(request).await.map_err(|error| model_error("limit summary", error))?;
-            sink.meter(CreditEntry::new("solver", "llm_call_summary", Some(model), model_price));
-            sink.emit(
-                EventKind::SolveProgress,
-                json!({"text": "", "iteration": budget.model_calls, "phase": "summary"}),
-            );
+            sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallSummary, model, model_price));
+            sink.emit(Event::SolveProgress(SolveProgress {
+                text: String::new(),
+                iteration: budget.model_calls,
+                phase: SolvePhase::Summary,
+            }));
             reply.content.unwrap_or_default()
         }
     };
@@ -267,8 +280,12 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
             response_format: None,
         };
         let reply = setup.provider.complete(request).await.map_err(|error| model_error("explain", error))?;
-        sink.meter(CreditEntry::new("solver", "llm_call_explain", Some(model), model_price));
-        sink.emit(EventKind::SolveProgress, json!({"text": "", "iteration": budget.model_calls, "phase": "explain"}));
+        sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallExplain, model, model_price));
+        sink.emit(Event::SolveProgress(SolveProgress {
+            text: String::new(),
+            iteration: budget.model_calls,
+            phase: SolvePhase::Explain,
+        }));
         Some(reply.content.unwrap_or_default())
     } else {
         None

@@ -9,43 +9,65 @@
 //! 5. solve, then pdf and video concurrently;
 //! 6. settler: capture the synchronous cost with `final`, the rest goes back.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ledger::{Amount, Command, Hold, HoldId, Reference, Rejection};
+use ledger::{AccountId, Amount, Command, Hold, HoldId, Reference, Rejection};
 use serde_json::{json, Value};
-use store::{Artifact, RunRecord, RunState, StoreError};
+use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunState, StoreError, ThreadId};
+use tokio_util::sync::CancellationToken;
 
 use super::credits::{Credits, Released};
-use super::data::{log_json, synchronous_cost, CreditEntry, ErrorData, PlanData, RunData};
+use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData};
 use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
-use super::{emit_error, Engine};
-use crate::catalog::{Action, Catalog, Difficulty};
-use crate::estimate::{self, ExplanationMode, Line, Step};
-use crate::events::{ErrorCode, EventChannel, EventKind};
-use crate::jobs::{JobError, JobService, NewJob};
-use crate::provider::{ChatRequest, Message, Purpose, Tier};
+use super::Engine;
+use crate::events::{
+    Attachment, CreditReserved, CreditSettled, ErrorCode, Event, EventChannel, NodeResult, PageStart, RunError,
+    Shortfall, Token,
+};
+use crate::provider::{ChatRequest, Message, Purpose};
+use jobs::{JobError, NewJob};
+use pricing::estimate;
+use pricing::{Action, Catalog, Difficulty, ExplanationMode, Line, Plan, Step, Tier};
 
 /// Earlier turns of a thread looked at for a stale hold.
 const EARLIER_TURNS_MAX: u32 = 1000;
 
 pub(crate) struct Turn {
     engine: Arc<Engine>,
-    record: Mutex<RunRecord>,
-    data: Mutex<RunData>,
     catalog: Arc<Catalog>,
     channel: Arc<EventChannel>,
     credits: Credits,
+    /// Who the turn is: fixed for its whole life, so read without the lock.
+    run_id: RunId,
+    thread_id: ThreadId,
+    account_id: AccountId,
+    /// Everything that changes during the turn, behind one lock (never held across an await).
     /// Shared with the task that takes the hold, which finishes even if the turn is aborted.
-    hold: Arc<Mutex<Option<Hold>>>,
-    /// Held while a hold is being taken; the failure path waits for it, so a hold that commits
-    /// while its turn is being canceled is always seen, and released.
-    ledger_gate: Arc<tokio::sync::Mutex<()>>,
+    state: Arc<Mutex<TurnState>>,
+}
+
+/// The changing part of a turn: its record and document, its hold and the flags around it.
+struct TurnState {
+    record: RunRecord,
+    data: RunData,
+    /// The hold once taken, as last known (the settler's capture and the extender's extensions
+    /// replace it).
+    hold: Option<Hold>,
+    /// While a hold is being taken: cancelled when the taking task ends (its drop guard, so a
+    /// panic counts). The failure path waits for it, so a hold that commits while its turn is
+    /// being canceled is always seen, and released.
+    hold_taking: Option<CancellationToken>,
     /// Set when the settler starts: from then on a cancel waits for it instead of interrupting.
-    committed: AtomicBool,
+    committed: bool,
     /// Extensions of the hold applied so far: the `n` of the next key `<run_id>:extend:<n>`.
-    extensions: AtomicU32,
+    extensions: u32,
+}
+
+/// The lock sections only copy and assign, so none can panic; a poisoned lock is a bug, and the
+/// turn stops there rather than settle from half-written state.
+fn lock(state: &Mutex<TurnState>) -> MutexGuard<'_, TurnState> {
+    state.lock().expect("turn state lock poisoned")
 }
 
 fn store_failure(error: &StoreError) -> StepFailure {
@@ -57,24 +79,22 @@ fn credit_exhausted(required: Amount, available: Amount) -> StepFailure {
     StepFailure {
         code: ErrorCode::CreditExhausted,
         message: format!("Not enough credits: this turn needs {required} cr, {available} cr available."),
-        extra: Some(json!({"required": required.to_string(), "available": available.to_string()})),
+        shortfall: Some(Shortfall { required, available }),
     }
 }
 
-fn lines_json(lines: &[Line]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|line| json!({"label": line.label, "amount": line.amount.to_string(), "detail": line.detail}))
-        .collect()
+/// A final token of answer text.
+fn text_token(delta: String) -> Event {
+    Event::Token(Token { delta, attachment: None })
 }
 
 impl SolverSink for Turn {
     fn meter(&self, entry: CreditEntry) {
-        self.data.lock().expect("run data lock poisoned").log.push(entry);
+        self.state().data.log.push(entry);
     }
 
-    fn emit(&self, kind: EventKind, payload: Value) {
-        self.channel.emit(kind, Some(0), Some("solve"), payload);
+    fn emit(&self, event: Event) {
+        self.channel.emit(Some(0), Some("solve"), event);
     }
 }
 
@@ -91,61 +111,59 @@ impl Turn {
             retries_max: engine.config.ledger_retries_max,
             backoff_ms: engine.config.ledger_backoff_ms,
         };
+        let state = TurnState { record, data, hold: None, hold_taking: None, committed: false, extensions: 0 };
         Turn {
             engine,
-            record: Mutex::new(record),
-            data: Mutex::new(data),
             catalog,
             channel,
             credits,
-            hold: Arc::new(Mutex::new(None)),
-            ledger_gate: Arc::new(tokio::sync::Mutex::new(())),
-            committed: AtomicBool::new(false),
-            extensions: AtomicU32::new(0),
+            run_id: state.record.run_id.clone(),
+            thread_id: state.record.thread_id.clone(),
+            account_id: state.record.account_id.clone(),
+            state: Arc::new(Mutex::new(state)),
         }
     }
 
-    /// `node_result {status, duration_ms, error_code}` for a step that just ended.
-    fn node_result(&self, step_idx: usize, node: &str, started: Instant, failure: Option<&StepFailure>) {
-        let (status, error_code) = match failure {
-            None => ("done", None),
-            Some(failure) => ("error", Some(failure.code.as_str())),
-        };
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.channel.emit(
-            EventKind::NodeResult,
-            Some(step_idx),
-            Some(node),
-            json!({"status": status, "duration_ms": duration_ms, "error_code": error_code}),
-        );
+    fn state(&self) -> MutexGuard<'_, TurnState> {
+        lock(&self.state)
     }
 
-    pub(crate) fn run_id(&self) -> String {
-        self.record.lock().expect("run record lock poisoned").run_id.clone()
+    /// `node_result` for a step that just ended.
+    fn node_result(&self, step_idx: usize, node: &'static str, started: Instant, failure: Option<&StepFailure>) {
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let result = NodeResult { error_code: failure.map(|failure| failure.code), duration_ms };
+        self.channel.emit(Some(step_idx), Some(node), Event::NodeResult(result));
+    }
+
+    pub(crate) fn run_id(&self) -> &RunId {
+        &self.run_id
     }
 
     fn key(&self, what: &str) -> String {
-        format!("{}:{what}", self.run_id())
+        format!("{}:{what}", self.run_id)
     }
 
     /// The turn's hold while it is pending.
     pub(crate) fn pending_hold(&self) -> Option<Hold> {
-        self.hold.lock().expect("hold lock poisoned").clone().filter(|hold| hold.state == ledger::HoldState::Pending)
+        self.state().hold.clone().filter(|hold| hold.state == ledger::HoldState::Pending)
     }
 
     /// Extends the pending hold by `ttl_seconds` from now. True when it was extended; a hold
     /// that is no longer pending (settled or released meanwhile) is left alone.
     pub(crate) async fn extend_hold(&self, ttl_seconds: u64) -> Result<bool, StoreError> {
-        let Some(hold) = self.pending_hold() else { return Ok(false) };
-        let n = self.extensions.load(Ordering::SeqCst);
+        let (hold, n) = {
+            let state = self.state();
+            (state.hold.clone().filter(|hold| hold.state == ledger::HoldState::Pending), state.extensions)
+        };
+        let Some(hold) = hold else { return Ok(false) };
         let key = self.key(&format!("extend:{n}"));
         match self.credits.extend(&key, &hold.hold_id, ttl_seconds).await? {
             Ok(extended) => {
-                self.extensions.fetch_add(1, Ordering::SeqCst);
-                let mut current = self.hold.lock().expect("hold lock poisoned");
+                let mut state = self.state();
+                state.extensions += 1;
                 // The settler may have resolved the hold meanwhile: its state wins.
-                if current.as_ref().is_some_and(|hold| hold.state == ledger::HoldState::Pending) {
-                    *current = Some(extended);
+                if state.hold.as_ref().is_some_and(|hold| hold.state == ledger::HoldState::Pending) {
+                    state.hold = Some(extended);
                 }
                 Ok(true)
             }
@@ -157,26 +175,29 @@ impl Turn {
     }
 
     pub(crate) fn is_committed(&self) -> bool {
-        self.committed.load(Ordering::SeqCst)
+        self.state().committed
     }
 
-    fn meter_action(&self, node: &str, action: Action, model: Option<&str>) {
-        self.meter(CreditEntry::new(node, action.as_str(), model, self.catalog.action(action)));
+    /// Meters a call of a priced catalog action.
+    fn meter_action(&self, node: Node, charge: Charge, action: Action, model: Option<Tier>) {
+        self.meter(CreditEntry::new(node, charge, model, self.catalog.action(action)));
     }
 
     fn spent(&self) -> Amount {
-        synchronous_cost(&self.data.lock().expect("run data lock poisoned").log)
+        synchronous_cost(&self.state().data.log)
     }
 
     /// Writes the run record with the current data (best effort mid-run; logged on failure).
     async fn persist(&self, state: RunState) -> Result<(), StoreError> {
+        let now = self.engine.now();
         let record = {
-            let mut record = self.record.lock().expect("run record lock poisoned");
-            record.state = state;
-            record.updated_at = self.engine.now();
-            record.hold_id = self.hold.lock().expect("hold lock poisoned").as_ref().map(|hold| hold.hold_id.clone());
-            record.data = self.data.lock().expect("run data lock poisoned").to_text();
-            record.clone()
+            let mut guard = self.state();
+            let turn = &mut *guard;
+            turn.record.state = state;
+            turn.record.updated_at = now;
+            turn.record.hold_id = turn.hold.as_ref().map(|hold| hold.hold_id.clone());
+            turn.record.data = turn.data.to_text();
+            turn.record.clone()
         };
         self.engine.runs.update_run(&record).await.map(|_| ())
     }
@@ -187,17 +208,15 @@ impl Turn {
         if self.preflight().await? {
             return self.retry_turn().await;
         }
-        let (account_id, problem) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), self.data.lock().expect("run data lock poisoned").problem.clone())
-        };
+        let problem = self.state().data.problem.clone();
         // The router and planner run before the hold; refuse at once when the account cannot
         // even pay for them, so a broke account costs no LLM call.
         let routing_price = Amount::sum(estimate::routing_lines(&self.catalog).iter().map(|line| line.amount));
-        let available = match self.engine.ledger.account(&account_id).await.map_err(|error| store_failure(&error))? {
-            Some(view) => view.balances.available,
-            None => Amount::ZERO,
-        };
+        let available =
+            match self.engine.ledger.account(&self.account_id).await.map_err(|error| store_failure(&error))? {
+                Some(view) => view.balances.available,
+                None => Amount::ZERO,
+            };
         if available < routing_price {
             return Err(credit_exhausted(routing_price, available));
         }
@@ -213,17 +232,13 @@ impl Turn {
     }
 
     async fn release_stale_holds(&self) -> Result<(), StepFailure> {
-        let (thread_id, run_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.thread_id.clone(), record.run_id.clone())
-        };
         let earlier = self
             .engine
             .runs
-            .thread_runs(&thread_id, None, EARLIER_TURNS_MAX)
+            .thread_runs(&self.thread_id, None, EARLIER_TURNS_MAX)
             .await
             .map_err(|error| store_failure(&error))?;
-        for run in earlier.iter().filter(|run| run.run_id != run_id && run.state.is_terminal()) {
+        for run in earlier.iter().filter(|run| run.run_id != self.run_id && run.state.is_terminal()) {
             let Some(hold_id) = &run.hold_id else { continue };
             let resolved = RunData::from_text(&run.data).is_some_and(|data| data.hold_resolved);
             if resolved {
@@ -251,10 +266,10 @@ impl Turn {
     /// job system, a store that cannot answer, or any broken rule rejects the turn.
     async fn preflight(&self) -> Result<bool, StepFailure> {
         let (action, source) = {
-            let data = self.data.lock().expect("run data lock poisoned");
-            (data.action.clone(), data.retry_source_job_id.clone())
+            let state = self.state();
+            (state.data.action, state.data.retry_source_job_id.clone())
         };
-        if action.as_deref() != Some("video_retry") {
+        if action != Some(super::data::Action::VideoRetry) {
             return Ok(false);
         }
         let refuse = |message: &str| {
@@ -262,11 +277,7 @@ impl Turn {
         };
         let Some(source) = source else { return Err(refuse("retry_source_job_id is missing")) };
         let Some(jobs) = self.engine.jobs.clone() else { return Err(refuse("video jobs are not available")) };
-        let (account_id, thread_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), record.thread_id.clone())
-        };
-        match jobs.check_retry(&account_id, &thread_id, &source).await {
+        match jobs.check_retry(&self.account_id, &self.thread_id, &source).await {
             Ok(_) => Ok(true),
             Err(JobError::RetryAlreadyUsed) => Err(refuse("it was already retried once")),
             Err(error) => Err(refuse(&error.to_string())),
@@ -297,16 +308,16 @@ impl Turn {
             Message::user(problem),
         ];
         let content = self.call(Purpose::Router, Tier::Flash, messages, Some(solver::route_format())).await?;
-        self.meter_action("router", Action::Router, Some("flash"));
+        self.meter_action(Node::Router, Charge::Router, Action::Router, Some(Tier::Flash));
         let parsed: Value = serde_json::from_str(&content)
             .map_err(|_| StepFailure::new(ErrorCode::ModelError, "router: the answer is not JSON"))?;
         let route = match parsed.get("route").and_then(Value::as_str) {
-            Some("general_chat") => "general_chat",
-            Some("math_task") => "math_task",
+            Some("general_chat") => Route::GeneralChat,
+            Some("math_task") => Route::MathTask,
             _ => return Err(StepFailure::new(ErrorCode::ModelError, "router: unknown route")),
         };
-        self.data.lock().expect("run data lock poisoned").route = Some(route.to_owned());
-        Ok(route == "general_chat")
+        self.state().data.route = Some(route);
+        Ok(route == Route::GeneralChat)
     }
 
     async fn general_chat(&self, problem: &str) -> Result<(), StepFailure> {
@@ -321,14 +332,9 @@ impl Turn {
             Message::user(problem),
         ];
         let answer = self.call(Purpose::GeneralChat, Tier::Flash, messages, None).await?;
-        self.meter_action("general", Action::GeneralChat, Some("flash"));
-        self.channel.emit(
-            EventKind::Token,
-            None,
-            Some("general"),
-            json!({"delta": answer, "final": true, "metadata": {}}),
-        );
-        self.data.lock().expect("run data lock poisoned").answer = Some(answer);
+        self.meter_action(Node::General, Charge::GeneralChat, Action::GeneralChat, Some(Tier::Flash));
+        self.channel.emit(None, Some("general"), text_token(answer.clone()));
+        self.state().data.answer = Some(answer);
         self.settle().await
     }
 
@@ -341,23 +347,14 @@ impl Turn {
             Message::user(problem),
         ];
         let content = self.call(Purpose::Planner, Tier::Flash, messages, Some(solver::plan_format())).await?;
-        self.meter_action("planner", Action::Planner, Some("flash"));
+        self.meter_action(Node::Planner, Charge::Planner, Action::Planner, Some(Tier::Flash));
         let bad = |what: &str| StepFailure::new(ErrorCode::ModelError, format!("planner: {what}"));
         let parsed: Value = serde_json::from_str(&content).map_err(|_| bad("the plan is not JSON"))?;
         let raw_steps = parsed.get("steps").and_then(Value::as_array).ok_or_else(|| bad("no steps"))?;
-        if raw_steps.len() > 8 {
-            return Err(bad("too many steps"));
-        }
-        let mut steps: Vec<Step> = Vec::new();
-        for raw in raw_steps {
-            let step = raw.as_str().and_then(Step::parse).ok_or_else(|| bad("unknown step"))?;
-            if !steps.contains(&step) {
-                steps.push(step);
-            }
-        }
-        // Every plan solves first: pdf and video render a solution.
-        steps.retain(|step| *step != Step::Solve);
-        steps.insert(0, Step::Solve);
+        let listed = raw_steps
+            .iter()
+            .map(|raw| raw.as_str().and_then(Step::parse).ok_or_else(|| bad("unknown step")))
+            .collect::<Result<Vec<Step>, StepFailure>>()?;
         let difficulty = parsed
             .get("difficulty")
             .and_then(Value::as_str)
@@ -371,71 +368,60 @@ impl Turn {
         let use_page =
             parsed.get("use_page").and_then(Value::as_bool).ok_or_else(|| bad("use_page must be a boolean"))?;
         let tier = self.catalog.tier_for(difficulty);
-        let plan = PlanData {
-            steps: steps.iter().map(|step| step.as_str().to_owned()).collect(),
-            difficulty: difficulty.as_str().to_owned(),
-            explanation_mode: mode.as_str().to_owned(),
-            use_page,
-            model: tier.as_str().to_owned(),
-        };
-        self.data.lock().expect("run data lock poisoned").plan = Some(plan.clone());
+        // Solve first, each step once, at most PLAN_STEPS_MAX listed: as the estimate route does.
+        let normalised = Plan::normalise(&listed, tier, mode).map_err(|_| bad("too many steps"))?;
+        let plan = PlanData { steps: normalised.steps, difficulty, explanation_mode: mode, use_page, model: tier };
+        self.state().data.plan = Some(plan.clone());
         if use_page {
-            self.channel.emit(
-                EventKind::PageStart,
-                None,
-                Some("planner"),
-                json!({"plan": plan.steps, "selected_model": plan.model, "difficulty": plan.difficulty, "route": "math_task", "use_page": true}),
-            );
+            let page = PageStart { steps: plan.steps.clone(), model: plan.model, difficulty: plan.difficulty };
+            self.channel.emit(None, Some("planner"), Event::PageStart(page));
         }
         Ok(plan)
     }
 
-    fn plan_parts(plan: &PlanData) -> (Vec<Step>, Tier, ExplanationMode) {
-        let steps = plan.steps.iter().filter_map(|step| Step::parse(step)).collect();
-        let tier = Tier::parse(&plan.model).expect("the plan's model is a tier");
-        let mode = ExplanationMode::parse(&plan.explanation_mode).expect("the plan's mode is valid");
-        (steps, tier, mode)
-    }
-
     async fn reserve(&self, plan: &PlanData) -> Result<(), StepFailure> {
-        let (steps, tier, mode) = Turn::plan_parts(plan);
         let spent_lines: Vec<Line> = {
-            let data = self.data.lock().expect("run data lock poisoned");
-            data.log
+            let state = self.state();
+            state
+                .data
+                .log
                 .iter()
-                .map(|entry| Line { label: entry.node.clone(), amount: entry.amount(), detail: None })
+                .map(|entry| Line { label: entry.node.as_str().to_owned(), amount: entry.cost, detail: None })
                 .collect()
         };
-        let estimate = estimate::estimate_turn(&self.catalog, &spent_lines, &steps, tier, mode);
+        let estimate = plan.plan().estimate(&self.catalog, &spent_lines);
         self.take_hold(estimate.total, &estimate.breakdown).await
     }
 
     async fn take_hold(&self, amount: Amount, breakdown: &[Line]) -> Result<(), StepFailure> {
-        let (account_id, run_id, thread_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), record.run_id.clone(), record.thread_id.clone())
-        };
-        let hold_id = HoldId::parse(&format!("hold-{run_id}")).expect("run ids make valid hold ids");
-        let metadata =
-            json!({"run_id": run_id, "thread_id": thread_id, "catalog_version": self.catalog.version()}).to_string();
+        let hold_id = HoldId::parse(&format!("hold-{}", self.run_id)).expect("run ids make valid hold ids");
+        let metadata = json!({
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "catalog_version": self.catalog.version(),
+        })
+        .to_string();
         let command = Command::Hold {
-            account_id,
+            account_id: self.account_id.clone(),
             hold_id,
             amount,
             ttl_seconds: self.engine.config.hold_ttl_seconds,
-            reference: Reference::parse(&run_id).ok(),
+            reference: Reference::parse(self.run_id.as_str()).ok(),
             metadata,
         };
         // The hold is taken in its own task: aborting the turn (cancel, shutdown) must not drop a
-        // request the store may still commit, or that hold would be left pending unseen.
-        let gate = self.ledger_gate.clone().lock_owned().await;
-        let (credits, slot, key) = (self.credits.clone(), self.hold.clone(), self.key("hold"));
+        // request the store may still commit, or that hold would be left pending unseen. The
+        // token is registered and the task spawned with no await in between, so an abort cannot
+        // come between them.
+        let taken = CancellationToken::new();
+        self.state().hold_taking = Some(taken.clone());
+        let (credits, state, key) = (self.credits.clone(), Arc::clone(&self.state), self.key("hold"));
         let taking = tokio::spawn(async move {
+            let _taken = taken.drop_guard();
             let result = credits.hold(&key, command).await;
             if let Ok(Ok(hold)) = &result {
-                *slot.lock().expect("hold lock poisoned") = Some(hold.clone());
+                lock(&state).hold = Some(hold.clone());
             }
-            drop(gate);
             result
         });
         let result = taking
@@ -453,53 +439,44 @@ impl Turn {
             }
         };
         {
-            let mut data = self.data.lock().expect("run data lock poisoned");
-            data.reserved = Some(hold.amount.to_string());
-            data.breakdown = lines_json(breakdown);
+            let mut state = self.state();
+            state.data.reserved = Some(hold.amount);
+            state.data.breakdown = breakdown.to_vec();
+            state.hold = Some(hold.clone());
         }
-        *self.hold.lock().expect("hold lock poisoned") = Some(hold.clone());
         if let Err(error) = self.persist(RunState::Running).await {
             tracing::warn!(%error, "could not record the hold on the run");
         }
-        self.channel.emit(
-            EventKind::CreditReserved,
-            None,
-            None,
-            json!({"hold_id": hold.hold_id.as_str(), "amount": hold.amount.to_string(), "breakdown": lines_json(breakdown)}),
-        );
+        let reserved = CreditReserved { hold_id: hold.hold_id, amount: hold.amount, breakdown: breakdown.to_vec() };
+        self.channel.emit(None, None, Event::CreditReserved(reserved));
         Ok(())
     }
 
     async fn solve_step(&self, plan: &PlanData, problem: &str) -> Result<Solution, StepFailure> {
-        let (_, tier, mode) = Turn::plan_parts(plan);
+        let plan = plan.plan();
         let started = Instant::now();
         let setup = SolverSetup {
             provider: self.engine.provider.as_ref(),
             executor: self.engine.executor.as_ref(),
             catalog: &self.catalog,
-            tier,
-            mode,
+            tier: plan.tier,
+            mode: plan.mode,
             problem,
             tool_calls_per_message_max: self.engine.config.tool_calls_per_message_max,
         };
         let result = solver::solve(&setup, self).await;
         self.node_result(0, "solve", started, result.as_ref().err());
         let (solution, _) = result?;
-        self.channel.emit(
-            EventKind::Token,
-            Some(0),
-            Some("solve"),
-            json!({"delta": solution.answer, "final": true, "metadata": {}}),
-        );
-        let mut data = self.data.lock().expect("run data lock poisoned");
-        data.answer = Some(solution.answer.clone());
-        data.explanation = solution.explanation.clone();
+        self.channel.emit(Some(0), Some("solve"), text_token(solution.answer.clone()));
+        let mut state = self.state();
+        state.data.answer = Some(solution.answer.clone());
+        state.data.explanation = solution.explanation.clone();
         Ok(solution)
     }
 
     /// pdf and video both need the solution and nothing else: they run concurrently.
     async fn after_solve_steps(&self, plan: &PlanData, problem: &str, solution: &Solution) -> Result<(), StepFailure> {
-        let (steps, _, _) = Turn::plan_parts(plan);
+        let steps = &plan.steps;
         let pdf = steps.iter().position(|step| *step == Step::Pdf);
         let video = steps.iter().position(|step| *step == Step::Video);
         let pdf_step = async {
@@ -522,10 +499,12 @@ impl Turn {
     /// source's input, the settler captures nothing more.
     async fn retry_turn(&self) -> Result<(), StepFailure> {
         let price = self.catalog.action(Action::Video);
-        let source = self.data.lock().expect("run data lock poisoned").retry_source_job_id.clone();
+        let (source, problem) = {
+            let state = self.state();
+            (state.data.retry_source_job_id.clone(), state.data.problem.clone())
+        };
         let lines = [Line { label: "video".to_owned(), amount: price, detail: Some("retry".to_owned()) }];
         self.take_hold(price, &lines).await?;
-        let problem = self.data.lock().expect("run data lock poisoned").problem.clone();
         self.video_step(0, &problem, None, source).await?;
         self.settle().await
     }
@@ -537,27 +516,21 @@ impl Turn {
         step_idx: usize,
         problem: &str,
         solution: Option<&Solution>,
-        retry_source_job_id: Option<String>,
+        retry_source_job_id: Option<JobId>,
     ) -> Result<(), StepFailure> {
         let started = Instant::now();
         let result = self.create_job(problem, solution, retry_source_job_id).await;
         self.node_result(step_idx, "video", started, result.as_ref().err());
         let job = result?;
-        self.meter_action("video", Action::Video, None);
+        self.meter_action(Node::Video, Charge::Video, Action::Video, None);
+        let video = Attachment::Video { job_id: job.job_id.clone(), status: job.status };
         self.channel.emit(
-            EventKind::Token,
             Some(step_idx),
             Some("video"),
-            json!({"delta": "", "final": true, "metadata": {
-                "display": "tool",
-                "tool_name": "video_generate",
-                "job_id": job.job_id,
-                "status": job.status.as_str(),
-                "progress_url": format!("/v1/jobs/{}", job.job_id),
-            }}),
+            Event::Token(Token { delta: String::new(), attachment: Some(video) }),
         );
-        self.channel.emit(EventKind::JobProgress, Some(step_idx), Some("video"), JobService::job_json(&job));
-        self.data.lock().expect("run data lock poisoned").jobs.push(job.job_id);
+        self.state().data.jobs.push(job.job_id.clone());
+        self.channel.emit(Some(step_idx), Some("video"), Event::job(job));
         Ok(())
     }
 
@@ -565,17 +538,13 @@ impl Turn {
         &self,
         problem: &str,
         solution: Option<&Solution>,
-        retry_source_job_id: Option<String>,
+        retry_source_job_id: Option<JobId>,
     ) -> Result<store::JobRecord, StepFailure> {
         let Some(jobs) = self.engine.jobs.clone() else {
             return Err(StepFailure::new(ErrorCode::InvalidInput, "video jobs are not available on this server"));
         };
-        let hold_id = self.hold.lock().expect("hold lock poisoned").as_ref().map(|hold| hold.hold_id.clone());
+        let hold_id = self.state().hold.as_ref().map(|hold| hold.hold_id.clone());
         let hold_id = hold_id.expect("a video step runs after the hold");
-        let (account_id, thread_id, run_id) = {
-            let record = self.record.lock().expect("run record lock poisoned");
-            (record.account_id.clone(), record.thread_id.clone(), record.run_id.clone())
-        };
         let input = json!({
             "problem": problem,
             "answer": solution.map(|solution| solution.answer.clone()),
@@ -583,9 +552,9 @@ impl Turn {
         })
         .to_string();
         let new = NewJob {
-            account_id,
-            thread_id,
-            run_id,
+            account_id: self.account_id.clone(),
+            thread_id: self.thread_id.clone(),
+            run_id: self.run_id.clone(),
             hold_id,
             price: self.catalog.action(Action::Video),
             input,
@@ -614,14 +583,10 @@ impl Turn {
         let rendered = crate::pdf::render_solution_pdf("Solution", &sections);
         let result = match rendered {
             Ok(bytes) => {
-                let (account_id, run_id) = {
-                    let record = self.record.lock().expect("run record lock poisoned");
-                    (record.account_id.clone(), record.run_id.clone())
-                };
                 let artifact = Artifact {
-                    artifact_id: format!("artifact-{}", uuid::Uuid::now_v7().simple()),
-                    account_id,
-                    run_id,
+                    artifact_id: ArtifactId::generate(),
+                    account_id: self.account_id.clone(),
+                    run_id: self.run_id.clone(),
                     content_type: "application/pdf".to_owned(),
                     bytes,
                     created_at: self.engine.now(),
@@ -638,24 +603,24 @@ impl Turn {
         self.node_result(step_idx, "pdf", started, result.as_ref().err());
         let artifact_id = result?;
         // Charged only once the PDF exists.
-        self.meter_action("pdf", Action::Pdf, None);
+        self.meter_action(Node::Pdf, Charge::Pdf, Action::Pdf, None);
+        let pdf = Attachment::Pdf { artifact_id: artifact_id.clone() };
         self.channel.emit(
-            EventKind::Token,
             Some(step_idx),
             Some("pdf"),
-            json!({"delta": "", "final": true, "metadata": {"artifact_id": artifact_id, "url": format!("/v1/artifacts/{artifact_id}")}}),
+            Event::Token(Token { delta: String::new(), attachment: Some(pdf) }),
         );
-        self.data.lock().expect("run data lock poisoned").artifacts.push(artifact_id);
+        self.state().data.artifacts.push(artifact_id);
         Ok(())
     }
 
     /// Captures the turn's synchronous cost with `final`; the rest of the hold goes back.
     async fn settle(&self) -> Result<(), StepFailure> {
-        self.committed.store(true, Ordering::SeqCst);
-        let hold = self.hold.lock().expect("hold lock poisoned").clone().expect("the settler runs after the hold");
-        let (actual, log) = {
-            let data = self.data.lock().expect("run data lock poisoned");
-            (synchronous_cost(&data.log), data.log.clone())
+        let (hold, actual, log) = {
+            let mut state = self.state();
+            state.committed = true;
+            let hold = state.hold.clone().expect("the settler runs after the hold");
+            (hold, synchronous_cost(&state.data.log), state.data.log.clone())
         };
         let captured = match self.credits.capture(&self.key("settle"), &hold.hold_id, actual, true).await {
             Ok(Ok(hold)) => hold,
@@ -672,34 +637,30 @@ impl Turn {
         };
         let refunded = captured.amount.minus(captured.captured);
         {
-            let mut data = self.data.lock().expect("run data lock poisoned");
-            data.actual = Some(actual.to_string());
-            data.captured = Some(captured.captured.to_string());
-            data.refunded = Some(refunded.to_string());
-            data.hold_resolved = true;
+            let mut state = self.state();
+            state.data.actual = Some(actual);
+            state.data.captured = Some(captured.captured);
+            state.data.refunded = Some(refunded);
+            state.data.hold_resolved = true;
+            state.hold = Some(captured.clone());
         }
-        *self.hold.lock().expect("hold lock poisoned") = Some(captured.clone());
-        self.channel.emit(
-            EventKind::CreditSettled,
-            None,
-            Some("settler"),
-            json!({
-                "hold_id": captured.hold_id.as_str(),
-                "actual": actual.to_string(),
-                "reserved": captured.amount.to_string(),
-                "captured": captured.captured.to_string(),
-                "refunded": refunded.to_string(),
-                "log": log_json(&log),
-            }),
-        );
+        let settled = CreditSettled {
+            hold_id: captured.hold_id,
+            actual,
+            reserved: captured.amount,
+            captured: captured.captured,
+            refunded,
+            log,
+        };
+        self.channel.emit(None, Some("settler"), Event::CreditSettled(settled));
         Ok(())
     }
 
     pub(crate) async fn finish_success(&self) {
         if let Err(error) = self.persist(RunState::Succeeded).await {
-            tracing::error!(run_id = %self.run_id(), %error, "could not record the run's success");
+            tracing::error!(run_id = %self.run_id, %error, "could not record the run's success");
         }
-        self.channel.emit(EventKind::Done, None, None, json!({"final": true}));
+        self.channel.emit(None, None, Event::Done);
         self.channel.close();
     }
 
@@ -707,17 +668,21 @@ impl Turn {
     /// is recorded, and exactly one `error` event goes out.
     pub(crate) async fn finish_failure(&self, failure: StepFailure) {
         // Wait for a hold still being taken: it may commit although its turn was aborted.
-        let gate = self.ledger_gate.lock().await;
-        let hold = self.hold.lock().expect("hold lock poisoned").clone();
-        drop(gate);
-        if hold.is_none() {
-            // Nothing was ever held: nothing for recovery to do either.
-            self.data.lock().expect("run data lock poisoned").hold_resolved = true;
+        let taking = self.state().hold_taking.clone();
+        if let Some(taking) = taking {
+            taking.cancelled().await;
         }
-        let resolved = self.data.lock().expect("run data lock poisoned").hold_resolved;
+        let (hold, resolved) = {
+            let mut state = self.state();
+            if state.hold.is_none() {
+                // Nothing was ever held: nothing for recovery to do either.
+                state.data.hold_resolved = true;
+            }
+            (state.hold.clone(), state.data.hold_resolved)
+        };
         if let (Some(hold), false) = (hold, resolved) {
             match self.credits.release(&self.key("release"), &hold.hold_id).await {
-                Ok(_) => self.data.lock().expect("run data lock poisoned").hold_resolved = true,
+                Ok(_) => self.state().data.hold_resolved = true,
                 Err(error) => {
                     // `Credits::release` already retried with backoff. `hold_resolved` stays false
                     // in the stored data, so the recovery sweep (`Engine::recover_once`) retries it;
@@ -731,12 +696,12 @@ impl Turn {
             }
         }
         let state = if failure.code == ErrorCode::Canceled { RunState::Canceled } else { RunState::Failed };
-        self.data.lock().expect("run data lock poisoned").error =
-            Some(ErrorData { code: failure.code.as_str().to_owned(), message: failure.message.clone() });
+        self.state().data.error = Some(ErrorData { code: failure.code.into(), message: failure.message.clone() });
         if let Err(error) = self.persist(state).await {
-            tracing::error!(run_id = %self.run_id(), %error, "could not record the run's failure");
+            tracing::error!(run_id = %self.run_id, %error, "could not record the run's failure");
         }
-        emit_error(&self.channel, failure.code, &failure.message, failure.extra);
+        let error = RunError { code: failure.code, message: failure.message, shortfall: failure.shortfall };
+        self.channel.emit(None, None, Event::Error(error));
         self.channel.close();
     }
 }

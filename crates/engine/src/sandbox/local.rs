@@ -467,6 +467,7 @@ mod tests {
                 break;
             }
             assert!(Instant::now() < deadline, "the grandchild {pid} survived: {stat}");
+            // The kernel reaps the grandchild in its own time and tells nobody: poll /proc.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use engine::jobs::{JobError, JobService};
-use store::JobRecord;
+use jobs::{JobError, JobService};
+use store::{JobId, JobRecord, ThreadId};
 
-use crate::dto::{OwnerQuery, Problem};
+use crate::dto::{JobResponse, OwnerQuery, Problem, ThreadJobsResponse};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, RequireService};
 use crate::routes::json;
@@ -56,10 +56,9 @@ fn owned(job: Option<JobRecord>, account_id: &ledger::AccountId) -> Result<JobRe
 /// The job named in the path, if the query's account owns it (read as it reads now).
 async fn owned_job(
     state: &AppState,
-    job_id: &str,
+    job_id: &JobId,
     query: &OwnerQuery,
 ) -> Result<(Arc<JobService>, JobRecord), ApiError> {
-    wire::check_path_id("job_id", job_id)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(state)?;
     let job = owned(jobs.get(job_id).await.map_err(job_error)?, &account_id)?;
@@ -70,7 +69,7 @@ async fn owned_job(
 #[utoipa::path(
     get, path = "/v1/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path), OwnerQuery),
-    responses((status = 200, description = "the job", body = Object), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "the job", body = JobResponse), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn get_job(
@@ -79,8 +78,9 @@ pub async fn get_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
     let (_, job) = owned_job(&state, &job_id, &query).await?;
-    Ok(json(StatusCode::OK, JobService::job_json(&job)))
+    Ok(json(StatusCode::OK, wire::jobs::job_response(&job)))
 }
 
 /// Cancel a job: a queued job is canceled and refunded at once; a running one is canceled (and
@@ -88,7 +88,7 @@ pub async fn get_job(
 #[utoipa::path(
     post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs",
     params(("job_id" = String, Path), OwnerQuery),
-    responses((status = 200, description = "the job after the request", body = Object), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "the job after the request", body = JobResponse), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn cancel_job(
@@ -97,16 +97,17 @@ pub async fn cancel_job(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
+    let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
     let (jobs, _) = owned_job(&state, &job_id, &query).await?;
     let job = jobs.cancel(&job_id).await.map_err(job_error)?;
-    Ok(json(StatusCode::OK, JobService::job_json(&job)))
+    Ok(json(StatusCode::OK, wire::jobs::job_response(&job)))
 }
 
 /// A thread's jobs, oldest first.
 #[utoipa::path(
     get, path = "/v1/threads/{thread_id}/jobs", tag = "jobs",
     params(("thread_id" = String, Path), OwnerQuery),
-    responses((status = 200, description = "{jobs: [...]}", body = Object), (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "the thread's jobs, oldest first", body = ThreadJobsResponse), (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn thread_jobs(
@@ -115,7 +116,7 @@ pub async fn thread_jobs(
     ApiPath(thread_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("thread_id", &thread_id)?;
+    let thread_id = wire::parse_id("thread_id", &thread_id, ThreadId::parse)?;
     let account_id = wire::parse_account_id(&query.account_id)?;
     let jobs = jobs(&state)?;
     let engine = state.engine.as_ref().expect("jobs imply an engine");
@@ -124,6 +125,9 @@ pub async fn thread_jobs(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", "no such thread for this account"));
     }
     let list = jobs.thread_jobs(&thread_id, THREAD_JOBS_MAX).await.map_err(job_error)?;
-    let body: Vec<serde_json::Value> = list.iter().map(JobService::job_json).collect();
-    Ok(json(StatusCode::OK, serde_json::json!({"thread_id": thread_id, "jobs": body})))
+    let response = ThreadJobsResponse {
+        thread_id: thread_id.to_string(),
+        jobs: list.iter().map(wire::jobs::job_response).collect(),
+    };
+    Ok(json(StatusCode::OK, response))
 }

@@ -11,18 +11,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use engine::catalog::Difficulty;
-use engine::estimate::{self, ExplanationMode, Step};
+use engine::events::EventChannel;
 use engine::events::Frame;
-use engine::provider::Tier;
 use engine::run::{Engine, SolveRequest, StartError};
 use futures::{Stream, StreamExt};
+use pricing::estimate::routing_lines;
+use pricing::{Difficulty, ExplanationMode, Plan, Step, Tier, PLAN_STEPS_MAX};
 use std::sync::Arc;
-use store::RunRecord;
+use store::{ArtifactId, JobId, RunId, RunRecord, ThreadId};
 
-use crate::dto::{
-    EstimateLine, EstimateRequest, EstimateResponse, Problem, RunResponse, SolveRequestDto, ThreadResponse,
-};
+use crate::dto::{EstimateRequest, EstimateResponse, Problem, RunEvent, RunResponse, SolveRequestDto, ThreadResponse};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, JsonBody, RequireService};
 use crate::routes::json;
@@ -36,14 +34,12 @@ const STREAM_DRAIN_SECONDS: u64 = 5;
 /// Turns listed by `GET /v1/threads/{id}`.
 const THREAD_TURNS_MAX: u32 = 200;
 
+fn runs_unavailable() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runs_unavailable", "metered runs are not configured on this server")
+}
+
 fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
-    state.engine.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "runs_unavailable",
-            "metered runs are not configured on this server",
-        )
-    })
+    state.engine.as_ref().ok_or_else(runs_unavailable)
 }
 
 fn start_error(error: StartError) -> ApiError {
@@ -54,7 +50,7 @@ fn start_error(error: StartError) -> ApiError {
         }
         StartError::ThreadBusy { run_id } => {
             ApiError::new(StatusCode::CONFLICT, "thread_busy", "the thread has a run in progress")
-                .with("run_id", run_id)
+                .with("run_id", run_id.to_string())
         }
         StartError::Busy => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runs_busy", "too many runs in progress; retry shortly")
@@ -86,21 +82,14 @@ pub async fn estimate(
     _auth: RequireService,
     body: JsonBody<EstimateRequest>,
 ) -> Result<Response, ApiError> {
-    let engine = engine(&state)?;
-    let catalog = engine.catalog();
+    // Pricing alone answers an estimate: the catalog in force and the plan.
+    let catalog = state.catalog.as_ref().ok_or_else(runs_unavailable)?.current();
     let request = &body.value;
-    if request.steps.len() > 8 {
-        return Err(ApiError::invalid_request("steps: at most 8"));
-    }
-    let mut steps = Vec::new();
-    for raw in &request.steps {
-        let step = Step::parse(raw).ok_or_else(|| ApiError::invalid_request(format!("steps: unknown step `{raw}`")))?;
-        if !steps.contains(&step) {
-            steps.push(step);
-        }
-    }
-    steps.retain(|step| *step != Step::Solve);
-    steps.insert(0, Step::Solve);
+    let listed = request
+        .steps
+        .iter()
+        .map(|raw| Step::parse(raw).ok_or_else(|| ApiError::invalid_request(format!("steps: unknown step `{raw}`"))))
+        .collect::<Result<Vec<Step>, ApiError>>()?;
     let tier = match (&request.model, &request.difficulty) {
         (Some(model), None) => {
             Tier::parse(model).ok_or_else(|| ApiError::invalid_request("model: flash, sonnet or opus"))?
@@ -113,28 +102,26 @@ pub async fn estimate(
     };
     let mode = ExplanationMode::parse(&request.explanation_mode)
         .ok_or_else(|| ApiError::invalid_request("explanation_mode: full or brief"))?;
-    let estimate = estimate::estimate_turn(&catalog, &estimate::routing_lines(&catalog), &steps, tier, mode);
+    let plan = Plan::normalise(&listed, tier, mode)
+        .map_err(|_| ApiError::invalid_request(format!("steps: at most {PLAN_STEPS_MAX}")))?;
+    let estimate = plan.estimate(&catalog, &routing_lines(&catalog));
     let response = EstimateResponse {
         total: estimate.total.to_string(),
-        breakdown: estimate
-            .breakdown
-            .iter()
-            .map(|line| EstimateLine {
-                label: line.label.clone(),
-                amount: line.amount.to_string(),
-                detail: line.detail.clone(),
-            })
-            .collect(),
+        breakdown: estimate.breakdown.iter().map(wire::runs::estimate_line).collect(),
         catalog_version: estimate.catalog_version,
     };
     Ok(json(StatusCode::OK, response))
 }
 
-fn frame_event(frame: Frame) -> Result<Event, Infallible> {
-    Ok(Event::default().event(frame.kind.as_str()).id(frame.id).data(frame.data))
+/// One SSE event: `event: <type>`, `id: <thread_id>:<seq>`, `data: <RunEvent JSON>`.
+fn frame_event(channel: &EventChannel, frame: &Frame) -> Result<Event, Infallible> {
+    let data = wire::runs::run_event(channel.thread_id(), channel.run_id(), frame);
+    let data = serde_json::to_string(&data).expect("event DTOs always serialize");
+    Ok(Event::default().event(frame.kind.as_str()).id(frame.id.clone()).data(data))
 }
 
 fn stream_response(
+    channel: Arc<EventChannel>,
     stream: impl Stream<Item = Frame> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
 ) -> Response {
@@ -145,7 +132,7 @@ fn stream_response(
         stopping.cancelled().await;
         tokio::time::sleep(Duration::from_secs(STREAM_DRAIN_SECONDS)).await;
     };
-    let stream = stream.take_until(Box::pin(cut)).map(frame_event);
+    let stream = stream.take_until(Box::pin(cut)).map(move |frame| frame_event(&channel, &frame));
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECONDS))).into_response()
 }
 
@@ -155,7 +142,7 @@ fn stream_response(
     post, path = "/v1/solve", tag = "runs",
     request_body = SolveRequestDto,
     responses(
-        (status = 200, description = "text/event-stream of run events", content_type = "text/event-stream"),
+        (status = 200, description = "the run's events; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream"),
         (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "thread_busy", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
@@ -171,13 +158,20 @@ pub async fn solve(
     let engine = engine(&state)?.clone();
     let request = &body.value;
     let account_id = wire::parse_account_id(&request.account_id)?;
+    let thread_id =
+        request.thread_id.as_deref().map(|text| wire::parse_id("thread_id", text, ThreadId::parse)).transpose()?;
+    let retry_source_job_id = request
+        .retry_source_job_id
+        .as_deref()
+        .map(|text| wire::parse_id("retry_source_job_id", text, JobId::parse))
+        .transpose()?;
     let started = engine
         .start_solve(SolveRequest {
             account_id,
             problem: request.problem.clone(),
-            thread_id: request.thread_id.clone(),
-            action: request.action.clone(),
-            retry_source_job_id: request.retry_source_job_id.clone(),
+            thread_id,
+            action: request.action.map(Into::into),
+            retry_source_job_id,
         })
         .await
         .map_err(start_error)?;
@@ -186,6 +180,7 @@ pub async fn solve(
         // The guard lives inside the stream: when the client leaves, hyper drops the stream.
         let guard = DisconnectGuard { engine: engine.clone(), channel: started.channel.clone() };
         stream_response(
+            started.channel.clone(),
             frames.map(move |frame| {
                 let _ = &guard;
                 frame
@@ -193,12 +188,12 @@ pub async fn solve(
             engine.stopping(),
         )
     } else {
-        stream_response(frames, engine.stopping())
+        stream_response(started.channel.clone(), frames, engine.stopping())
     };
-    if let Ok(value) = started.run_id.parse() {
+    if let Ok(value) = started.run_id.as_str().parse() {
         response.headers_mut().insert("x-run-id", value);
     }
-    if let Ok(value) = started.thread_id.parse() {
+    if let Ok(value) = started.thread_id.as_str().parse() {
         response.headers_mut().insert("x-thread-id", value);
     }
     Ok(response)
@@ -213,26 +208,12 @@ struct DisconnectGuard {
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
         if !self.channel.is_closed() && self.engine.cancel(self.channel.run_id()) {
-            tracing::info!(run_id = self.channel.run_id(), "client left: run canceled");
+            tracing::info!(run_id = %self.channel.run_id(), "client left: run canceled");
         }
     }
 }
 
-fn run_response(record: &RunRecord) -> RunResponse {
-    RunResponse {
-        run_id: record.run_id.clone(),
-        thread_id: record.thread_id.clone(),
-        account_id: record.account_id.to_string(),
-        turn_index: record.turn_index,
-        state: record.state.as_str().to_owned(),
-        hold_id: record.hold_id.as_ref().map(ToString::to_string),
-        created_at: wire::format_time(record.created_at),
-        updated_at: wire::format_time(record.updated_at),
-        details: serde_json::from_str(&record.data).unwrap_or(serde_json::Value::Null),
-    }
-}
-
-async fn load_run(state: &AppState, run_id: &str) -> Result<RunRecord, ApiError> {
+async fn load_run(state: &AppState, run_id: &RunId) -> Result<RunRecord, ApiError> {
     let engine = engine(state)?;
     engine
         .run_store()
@@ -253,9 +234,9 @@ pub async fn get_run(
     _auth: RequireService,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("run_id", &run_id)?;
+    let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let record = load_run(&state, &run_id).await?;
-    Ok(json(StatusCode::OK, run_response(&record)))
+    Ok(json(StatusCode::OK, wire::runs::run_response(&record)))
 }
 
 /// Parses `Last-Event-ID: <thread_id>:<seq>` into the seq to resume after.
@@ -275,7 +256,7 @@ fn last_event_seq(headers: &HeaderMap, thread_id: &str) -> Result<Option<u64>, A
     get, path = "/v1/runs/{run_id}/events", tag = "runs",
     params(("run_id" = String, Path), ("Last-Event-ID" = Option<String>, Header)),
     responses(
-        (status = 200, description = "text/event-stream of run events", content_type = "text/event-stream"),
+        (status = 200, description = "the run's events after `Last-Event-ID`; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream"),
         (status = 404, description = "run_not_found, run_events_gone", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -286,7 +267,7 @@ pub async fn run_events(
     ApiPath(run_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("run_id", &run_id)?;
+    let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let engine = engine(&state)?.clone();
     let Some(channel) = engine.channel(&run_id) else {
         let _ = load_run(&state, &run_id).await?;
@@ -296,8 +277,8 @@ pub async fn run_events(
             "this run's events are no longer kept here; read GET /v1/runs/{run_id}",
         ));
     };
-    let after = last_event_seq(&headers, channel.thread_id())?;
-    Ok(stream_response(channel.follow(after), engine.stopping()))
+    let after = last_event_seq(&headers, channel.thread_id().as_str())?;
+    Ok(stream_response(channel.clone(), channel.follow(after), engine.stopping()))
 }
 
 /// Cancel a run: it releases its hold and ends with `error {code: canceled}`.
@@ -317,11 +298,11 @@ pub async fn cancel_run(
     _auth: RequireService,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("run_id", &run_id)?;
+    let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let engine = engine(&state)?.clone();
     let record = load_run(&state, &run_id).await?;
     if record.state.is_terminal() {
-        return Ok(json(StatusCode::OK, run_response(&record)));
+        return Ok(json(StatusCode::OK, wire::runs::run_response(&record)));
     }
     if !engine.cancel(&run_id) {
         return Err(ApiError::new(
@@ -331,7 +312,7 @@ pub async fn cancel_run(
         )
         .with("instance_id", record.instance_id));
     }
-    Ok(json(StatusCode::ACCEPTED, run_response(&record)))
+    Ok(json(StatusCode::ACCEPTED, wire::runs::run_response(&record)))
 }
 
 /// A stored artifact (a solution PDF).
@@ -346,7 +327,7 @@ pub async fn get_artifact(
     _auth: RequireService,
     ApiPath(artifact_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("artifact_id", &artifact_id)?;
+    let artifact_id = wire::parse_id("artifact_id", &artifact_id, ArtifactId::parse)?;
     let engine = engine(&state)?;
     let artifact = engine
         .run_store()
@@ -368,7 +349,7 @@ pub async fn get_thread(
     _auth: RequireService,
     ApiPath(thread_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    wire::check_path_id("thread_id", &thread_id)?;
+    let thread_id = wire::parse_id("thread_id", &thread_id, ThreadId::parse)?;
     let engine = engine(&state)?;
     let runs = engine.run_store();
     let account_id = runs
@@ -377,9 +358,9 @@ pub async fn get_thread(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", "no such thread"))?;
     let turns = runs.thread_runs(&thread_id, None, THREAD_TURNS_MAX).await?;
     let response = ThreadResponse {
-        thread_id,
+        thread_id: thread_id.to_string(),
         account_id: account_id.to_string(),
-        turns: turns.iter().map(run_response).collect(),
+        turns: turns.iter().map(wire::runs::run_response).collect(),
     };
     Ok(json(StatusCode::OK, response))
 }

@@ -15,17 +15,17 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use engine::jobs::remote::{self, FinishBodyError};
-use engine::jobs::{JobError, JobService};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use jobs::{JobError, JobService};
+use store::JobId;
 use subtle::ConstantTimeEq;
 
-use crate::dto::Problem;
+use crate::dto::{ClaimRequest, FinishRequest, HeartbeatRequest, HeartbeatResponse, Problem, WorkerJobResponse};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, JsonBody};
 use crate::routes::json;
 use crate::state::{token_digest, AppState};
+use crate::wire::{self, jobs::FinishBodyError};
 
 /// Room in a finish body beyond the base64 artifact (the other fields).
 const FINISH_ENVELOPE_BYTES_MAX: usize = 64 * 1024;
@@ -97,15 +97,15 @@ fn too_large(bytes_max: usize) -> ApiError {
 }
 
 fn worker_job(job: &store::JobRecord) -> Response {
-    json(StatusCode::OK, remote::worker_job_json(job))
+    json(StatusCode::OK, wire::jobs::worker_job_response(job))
 }
 
 /// Claim the oldest claimable job: 200 with the job (and its `input`), or 204 when none is due.
 #[utoipa::path(
     post, path = "/v1/worker/claim", tag = "worker",
-    request_body(content = Object, description = "`{worker_id}`"),
+    request_body = ClaimRequest,
     responses(
-        (status = 200, description = "the claimed job, with its input snapshot", body = Object),
+        (status = 200, description = "the claimed job, with its input snapshot", body = WorkerJobResponse),
         (status = 204, description = "no job is due"),
         (status = 401, description = "unauthorized", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "worker_api_disabled, jobs_unavailable", body = Problem, content_type = "application/problem+json"),
@@ -115,10 +115,10 @@ fn worker_job(job: &store::JobRecord) -> Response {
 pub async fn claim(
     State(state): State<AppState>,
     _worker: RequireWorker,
-    body: JsonBody<Value>,
+    body: JsonBody<ClaimRequest>,
 ) -> Result<Response, ApiError> {
     let jobs = jobs(&state)?;
-    let worker_id = remote::parse_worker_id(body.value.get("worker_id")).map_err(ApiError::invalid_request)?;
+    let worker_id = wire::jobs::parse_worker_id(&body.value.worker_id).map_err(ApiError::invalid_request)?;
     match jobs.claim(&worker_id).await.map_err(job_error)? {
         Some(job) => Ok(worker_job(&job)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -129,9 +129,9 @@ pub async fn claim(
 #[utoipa::path(
     post, path = "/v1/worker/jobs/{job_id}/heartbeat", tag = "worker",
     params(("job_id" = String, Path)),
-    request_body(content = Object, description = "`{worker_id, stage, progress}` (progress 0-100)"),
+    request_body = HeartbeatRequest,
     responses(
-        (status = 200, description = "`{cancel_requested}`", body = Object),
+        (status = 200, description = "whether a cancel was requested", body = HeartbeatResponse),
         (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "lease_lost", body = Problem, content_type = "application/problem+json"),
     ),
@@ -141,21 +141,16 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     _worker: RequireWorker,
     ApiPath(job_id): ApiPath<String>,
-    body: JsonBody<Value>,
+    body: JsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
-    crate::wire::check_path_id("job_id", &job_id)?;
+    let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
     let jobs = jobs(&state)?;
-    let worker_id = remote::parse_worker_id(body.value.get("worker_id")).map_err(ApiError::invalid_request)?;
-    let stage = remote::parse_stage(body.value.get("stage")).map_err(ApiError::invalid_request)?;
-    let percent = body
-        .value
-        .get("progress")
-        .and_then(Value::as_u64)
-        .filter(|percent| *percent <= 100)
-        .and_then(|percent| u8::try_from(percent).ok())
-        .ok_or_else(|| ApiError::invalid_request("progress: an integer from 0 to 100"))?;
+    let request = &body.value;
+    let worker_id = wire::jobs::parse_worker_id(&request.worker_id).map_err(ApiError::invalid_request)?;
+    let stage = wire::jobs::parse_stage(&request.stage).map_err(ApiError::invalid_request)?;
+    let percent = wire::jobs::parse_progress(request.progress).map_err(ApiError::invalid_request)?;
     let cancel_requested = jobs.heartbeat(&job_id, &worker_id, &stage, percent).await.map_err(job_error)?;
-    Ok(json(StatusCode::OK, json!({ "cancel_requested": cancel_requested })))
+    Ok(json(StatusCode::OK, HeartbeatResponse { cancel_requested }))
 }
 
 /// End this attempt: `succeeded` (with the artifact), `failed` (transient goes back to the
@@ -163,9 +158,9 @@ pub async fn heartbeat(
 #[utoipa::path(
     post, path = "/v1/worker/jobs/{job_id}/finish", tag = "worker",
     params(("job_id" = String, Path)),
-    request_body(content = Object, description = "`{worker_id, outcome: succeeded|failed|canceled, artifact_base64?, content_type?, transient?, error_code?, stage?, detail?}`"),
+    request_body = FinishRequest,
     responses(
-        (status = 200, description = "the job after the attempt", body = Object),
+        (status = 200, description = "the job after the attempt", body = WorkerJobResponse),
         (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "lease_lost", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "payload_too_large", body = Problem, content_type = "application/problem+json"),
@@ -179,7 +174,7 @@ pub async fn finish(
     ApiPath(job_id): ApiPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    crate::wire::check_path_id("job_id", &job_id)?;
+    let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
     let jobs = jobs(&state)?;
     let artifact_bytes_max = jobs.config().artifact_bytes_max;
     // The body carries the artifact in base64: 4 characters per 3 bytes, plus the other fields.
@@ -193,9 +188,9 @@ pub async fn finish(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|error| ApiError::invalid_request(format!("malformed JSON body: {error}")))?;
-    let (worker_id, outcome) = remote::parse_finish_body(&value, artifact_bytes_max).map_err(|error| match error {
+    let request: FinishRequest = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::invalid_request(format!("malformed body: {error}")))?;
+    let (worker_id, outcome) = wire::jobs::parse_finish(request, artifact_bytes_max).map_err(|error| match error {
         FinishBodyError::Invalid(detail) => ApiError::invalid_request(detail),
         FinishBodyError::TooLarge(bytes_max) => too_large(bytes_max),
     })?;

@@ -19,6 +19,7 @@ use ledger::{
 };
 
 use super::{account, balances, cr, new_id, Harness};
+use crate::ids::{ArtifactId, JobId, RunId, ThreadId};
 use crate::jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 use crate::{Clock, Executed, LedgerStore, ManualClock, Request};
 
@@ -41,36 +42,7 @@ impl JobHarness {
 
     /// A new queued job of account `u` in `thread_id`, created now, with only the required fields.
     pub fn record(&self, job_id: &str, thread_id: &str) -> JobRecord {
-        let now = self.now();
-        JobRecord {
-            job_id: job_id.to_owned(),
-            account_id: account("u"),
-            thread_id: thread_id.to_owned(),
-            run_id: "r1".to_owned(),
-            hold_id: hold_id("h-none"),
-            price: cr("10"),
-            status: JobStatus::Queued,
-            stage: "enqueue".to_owned(),
-            progress_percent: 0,
-            input: format!(r#"{{"job":"{job_id}"}}"#),
-            lease_holder: None,
-            lease_expires_at: None,
-            heartbeat_at: None,
-            cancel_requested: false,
-            retry_source_job_id: None,
-            attempts: 0,
-            run_after: now,
-            error_stage: None,
-            error_code: None,
-            error_detail: None,
-            refund_applied_at: None,
-            artifact_id: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            version: 0,
-        }
+        queued_job(job_id, thread_id, self.now())
     }
 
     pub async fn write(&self, job: &JobRecord, expected_version: Option<u64>, ledger: Option<Request>) -> Written {
@@ -87,13 +59,13 @@ impl JobHarness {
     }
 
     pub async fn read(&self, job_id: &str) -> Option<JobRecord> {
-        self.store.job(job_id).await.expect("store answers")
+        self.store.job(&job_id_of(job_id)).await.expect("store answers")
     }
 
     pub async fn thread(&self, thread_id: &str, limit: u32) -> Vec<String> {
-        let jobs = self.store.thread_jobs(thread_id, limit).await.expect("store answers");
-        assert!(jobs.iter().all(|job| job.thread_id == thread_id), "only the thread's jobs: {jobs:?}");
-        jobs.into_iter().map(|job| job.job_id).collect()
+        let jobs = self.store.thread_jobs(&thread_of(thread_id), limit).await.expect("store answers");
+        assert!(jobs.iter().all(|job| job.thread_id.as_str() == thread_id), "only the thread's jobs: {jobs:?}");
+        jobs.into_iter().map(|job| job.job_id.to_string()).collect()
     }
 
     pub async fn claim(
@@ -127,7 +99,7 @@ impl JobHarness {
             .await
             .expect("store answers");
         assert!(jobs.iter().all(|job| !job.status.is_terminal()), "only live jobs: {jobs:?}");
-        jobs.into_iter().map(|job| job.job_id).collect()
+        jobs.into_iter().map(|job| job.job_id.to_string()).collect()
     }
 
     /// A pending hold of `amount` on account `u` (which has `granted` credits), for jobs to pay from.
@@ -141,8 +113,52 @@ impl JobHarness {
     }
 }
 
+/// A queued job of account `u` in `thread_id` (run `r1`, hold `h-none`, price 10), created at
+/// `now`, with only the required fields: the one job builder of the suites and of other crates'
+/// tests.
+pub fn queued_job(job_id: &str, thread_id: &str, now: Timestamp) -> JobRecord {
+    JobRecord {
+        job_id: job_id_of(job_id),
+        account_id: account("u"),
+        thread_id: thread_of(thread_id),
+        run_id: RunId::parse("r1").expect("valid id"),
+        hold_id: hold_id("h-none"),
+        price: cr("10"),
+        status: JobStatus::Queued,
+        stage: "enqueue".to_owned(),
+        progress_percent: 0,
+        input: format!(r#"{{"job":"{job_id}"}}"#),
+        lease_holder: None,
+        lease_expires_at: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        retry_source_job_id: None,
+        attempts: 0,
+        run_after: now,
+        error_stage: None,
+        error_code: None,
+        error_detail: None,
+        refund_applied_at: None,
+        artifact_id: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        version: 0,
+    }
+}
+
 fn seconds_before(at: Timestamp, seconds: i64) -> Timestamp {
     at.plus_micros(seconds.saturating_mul(-1_000_000))
+}
+
+/// Job, thread and run ids in these checks are written as text; these parse it.
+pub fn job_id_of(text: &str) -> JobId {
+    JobId::parse(text).expect("test job ids are valid")
+}
+
+pub fn thread_of(text: &str) -> ThreadId {
+    ThreadId::parse(text).expect("test thread ids are valid")
 }
 
 fn hold_id(text: &str) -> HoldId {
@@ -174,10 +190,10 @@ fn written(result: Written, what: &str) -> JobWritten {
 pub async fn jobs_insert_then_read_back(h: JobHarness) {
     let now = h.now();
     let full = JobRecord {
-        job_id: "job-é-1".to_owned(),
+        job_id: job_id_of("job-e-1"),
         account_id: account("acct-7"),
-        thread_id: "thread-ü".to_owned(),
-        run_id: "run-42".to_owned(),
+        thread_id: thread_of("thread-u"),
+        run_id: RunId::parse("run-42").expect("valid id"),
         hold_id: hold_id("h-9"),
         price: Amount::from_micros(10_000_001),
         status: JobStatus::Running,
@@ -188,14 +204,14 @@ pub async fn jobs_insert_then_read_back(h: JobHarness) {
         lease_expires_at: Some(now.plus_seconds(30)),
         heartbeat_at: Some(now.plus_micros(7)),
         cancel_requested: true,
-        retry_source_job_id: Some("job-0".to_owned()),
+        retry_source_job_id: Some(job_id_of("job-0")),
         attempts: 3,
         run_after: now.plus_seconds(5),
         error_stage: Some("tts".to_owned()),
         error_code: Some("provider_error".to_owned()),
         error_detail: Some("voice \"ko\" missing".to_owned()),
         refund_applied_at: Some(now.plus_micros(11)),
-        artifact_id: Some("art-1".to_owned()),
+        artifact_id: Some(ArtifactId::parse("art-1").expect("valid id")),
         created_at: now.plus_micros(-3),
         updated_at: now.plus_micros(13),
         started_at: Some(now.plus_micros(1)),
@@ -205,21 +221,21 @@ pub async fn jobs_insert_then_read_back(h: JobHarness) {
     let stored = written(h.write(&full, None, None).await, "full insert");
     assert_eq!(stored.job, JobRecord { version: 1, ..full.clone() });
     assert_eq!(stored.ledger, None);
-    assert_eq!(h.read("job-é-1").await, Some(stored.job.clone()));
+    assert_eq!(h.read("job-e-1").await, Some(stored.job.clone()));
 
-    let empty = h.record("job-empty", "thread-ü");
+    let empty = h.record("job-empty", "thread-u");
     let stored_empty = h.insert(&empty).await;
     assert_eq!(stored_empty, JobRecord { version: 1, ..empty });
     assert_eq!(h.read("job-empty").await, Some(stored_empty.clone()));
 
     // The filtered columns agree with the record: each list finds it by them.
-    assert_eq!(h.store.retry_of("job-0").await.unwrap(), Some(stored.job.clone()));
-    assert_eq!(h.store.thread_jobs("thread-ü", 10).await.unwrap(), vec![stored.job.clone(), stored_empty]);
+    assert_eq!(h.store.retry_of(&job_id_of("job-0")).await.unwrap(), Some(stored.job.clone()));
+    assert_eq!(h.store.thread_jobs(&thread_of("thread-u"), 10).await.unwrap(), vec![stored.job.clone(), stored_empty]);
 
     assert_eq!(h.read("unknown").await, None);
-    assert!(h.store.thread_jobs("unknown", 10).await.unwrap().is_empty());
-    assert_eq!(h.store.retry_of("unknown").await.unwrap(), None);
-    assert_eq!(h.store.retry_of("job-é-1").await.unwrap(), None, "a job is not its own retry");
+    assert!(h.store.thread_jobs(&thread_of("unknown"), 10).await.unwrap().is_empty());
+    assert_eq!(h.store.retry_of(&job_id_of("unknown")).await.unwrap(), None);
+    assert_eq!(h.store.retry_of(&job_id_of("job-e-1")).await.unwrap(), None, "a job is not its own retry");
 }
 
 /// An update applies only at the stored version and stores version + 1; a stale version is
@@ -232,7 +248,7 @@ pub async fn jobs_version_compare_and_set(h: JobHarness) {
     let mut update = first.clone();
     update.stage = "scriptify".to_owned();
     update.progress_percent = 20;
-    update.thread_id = "t-moved".to_owned();
+    update.thread_id = thread_of("t-moved");
     update.version = 999;
     let second = written(h.write(&update, Some(1), None).await, "update at version 1").job;
     assert_eq!(second, JobRecord { version: 2, ..update.clone() });
@@ -314,7 +330,7 @@ pub async fn jobs_rejected_ledger_writes_nothing(h: JobHarness) {
         Err(JobWriteRefusal::Ledger(Some(Rejection::AmountExceedsHold { requested: cr("31"), remaining: cr("30") })))
     );
     assert_eq!(h.read("video-1").await, None);
-    assert_eq!(h.store.thread_jobs("t", 10).await.unwrap(), Vec::new());
+    assert_eq!(h.store.thread_jobs(&thread_of("t"), 10).await.unwrap(), Vec::new());
     assert_eq!(h.ledger.balances("u").await, balances("100", "30", "70"));
     assert_eq!(h.entry_count().await, entries);
     // The key was not recorded either: another request under it is fresh, not a conflict.
@@ -421,10 +437,10 @@ pub async fn jobs_retry_used_once(h: JobHarness) {
         ..h.record("retry-1", "t")
     };
     let first = written(h.write(&retry, None, Some(Request::new(capture(&hold, "10")))).await, "first retry").job;
-    assert_eq!(h.store.retry_of("source").await.unwrap(), Some(first.clone()));
+    assert_eq!(h.store.retry_of(&job_id_of("source")).await.unwrap(), Some(first.clone()));
     assert_eq!(h.ledger.balances("u").await, balances("90", "20", "70"));
 
-    let second = JobRecord { job_id: "retry-2".to_owned(), ..retry.clone() };
+    let second = JobRecord { job_id: job_id_of("retry-2"), ..retry.clone() };
     let refused = h.write(&second, None, Some(Request::new(capture(&hold, "10")))).await;
     assert_eq!(refused, Err(JobWriteRefusal::RetryAlreadyUsed));
     assert_eq!(h.read("retry-2").await, None);
@@ -433,16 +449,16 @@ pub async fn jobs_retry_used_once(h: JobHarness) {
     // The retry itself may be updated, keeping its source.
     let progressed =
         written(h.write(&JobRecord { progress_percent: 40, ..first.clone() }, Some(1), None).await, "update");
-    assert_eq!(h.store.retry_of("source").await.unwrap(), Some(progressed.job));
+    assert_eq!(h.store.retry_of(&job_id_of("source")).await.unwrap(), Some(progressed.job));
     // Another job cannot become a second retry by an update.
     let other = h.insert(&h.record("other", "t")).await;
-    let pointed = JobRecord { retry_source_job_id: Some("source".to_owned()), ..other.clone() };
+    let pointed = JobRecord { retry_source_job_id: Some(job_id_of("source")), ..other.clone() };
     assert_eq!(h.write(&pointed, Some(1), None).await, Err(JobWriteRefusal::RetryAlreadyUsed));
     assert_eq!(h.read("other").await, Some(other));
     // A retry of another source is fine.
-    let elsewhere = JobRecord { job_id: "retry-3".to_owned(), retry_source_job_id: Some("other".to_owned()), ..retry };
+    let elsewhere = JobRecord { job_id: job_id_of("retry-3"), retry_source_job_id: Some(job_id_of("other")), ..retry };
     h.insert(&elsewhere).await;
-    assert_eq!(h.store.retry_of("other").await.unwrap().map(|job| job.job_id), Some("retry-3".to_owned()));
+    assert_eq!(h.store.retry_of(&job_id_of("other")).await.unwrap().map(|job| job.job_id), Some(job_id_of("retry-3")));
     h.ledger.assert_verified().await;
 }
 
@@ -456,7 +472,7 @@ pub async fn jobs_concurrent_retries_one_wins(h: JobHarness) {
         let (h, hold) = (h.clone(), hold.clone());
         tokio::spawn(async move {
             let retry = JobRecord {
-                retry_source_job_id: Some("source".to_owned()),
+                retry_source_job_id: Some(job_id_of("source")),
                 hold_id: hold.clone(),
                 ..h.record(&format!("retry-{index}"), "t")
             };
@@ -469,7 +485,7 @@ pub async fn jobs_concurrent_retries_one_wins(h: JobHarness) {
     let refusals = results.iter().filter_map(|result| result.as_ref().err());
     assert!(refusals.clone().all(|refusal| *refusal == JobWriteRefusal::RetryAlreadyUsed), "{results:?}");
     assert_eq!(refusals.count(), 15);
-    assert_eq!(h.store.retry_of("source").await.unwrap(), Some(winners[0].job.clone()));
+    assert_eq!(h.store.retry_of(&job_id_of("source")).await.unwrap(), Some(winners[0].job.clone()));
     assert_eq!(h.thread("t", 100).await.len(), 2, "the source and its one retry");
     assert_eq!(h.ledger.balances("u").await, balances("99", "29", "70"));
     h.ledger.assert_verified().await;
@@ -479,7 +495,7 @@ pub async fn jobs_concurrent_retries_one_wins(h: JobHarness) {
 /// when 16 inserts of one id race.
 pub async fn jobs_duplicate_job_id(h: JobHarness) {
     let first = h.insert(&h.record("j", "t")).await;
-    let again = JobRecord { stage: "render".to_owned(), thread_id: "t2".to_owned(), ..first.clone() };
+    let again = JobRecord { stage: "render".to_owned(), thread_id: thread_of("t2"), ..first.clone() };
     assert_eq!(h.write(&again, None, None).await, Err(JobWriteRefusal::DuplicateJobId));
     assert_eq!(h.read("j").await, Some(first));
     assert_eq!(h.thread("t2", 10).await, Vec::<String>::new());
@@ -523,7 +539,7 @@ pub async fn jobs_concurrent_claims_each_job_once(h: JobHarness) {
             claimed
         })
     });
-    let mut by_job: HashMap<String, JobRecord> = HashMap::new();
+    let mut by_job: HashMap<JobId, JobRecord> = HashMap::new();
     for joined in join_all(tasks).await {
         for job in joined.expect("task") {
             let job_id = job.job_id.clone();
@@ -533,7 +549,7 @@ pub async fn jobs_concurrent_claims_each_job_once(h: JobHarness) {
     assert_eq!(by_job.len(), 5, "every job was claimed: {:?}", by_job.keys());
     for (job_id, claimed) in by_job {
         assert_eq!((claimed.status, claimed.attempts, claimed.version), (JobStatus::Running, 1, 2), "{job_id}");
-        assert_eq!(h.read(&job_id).await, Some(claimed));
+        assert_eq!(h.read(job_id.as_str()).await, Some(claimed));
     }
 }
 
@@ -684,6 +700,6 @@ pub async fn jobs_thread_jobs_order_and_limit(h: JobHarness) {
     assert_eq!(h.thread("t", 0).await, Vec::<String>::new());
     assert_eq!(h.thread("t", u32::MAX).await.len(), 5);
     assert_eq!(h.thread("other", 10).await, vec!["x"]);
-    let listed = h.store.thread_jobs("t", 1).await.unwrap();
+    let listed = h.store.thread_jobs(&thread_of("t"), 1).await.unwrap();
     assert_eq!(listed, vec![h.read("j-10").await.unwrap()], "lists hold whole records");
 }

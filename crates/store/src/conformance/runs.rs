@@ -12,6 +12,7 @@ use futures::future::join_all;
 use ledger::{AccountId, HoldId, Timestamp};
 
 use super::account;
+use crate::ids::{ArtifactId, RunId, ThreadId};
 use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
 use crate::{Clock, ManualClock, StoreError};
 
@@ -31,9 +32,9 @@ impl RunHarness {
     pub fn record(&self, run_id: &str, account_id: &str, thread_id: &str) -> RunRecord {
         let now = self.now();
         RunRecord {
-            run_id: run_id.to_owned(),
+            run_id: run_of(run_id),
             account_id: account(account_id),
-            thread_id: thread_id.to_owned(),
+            thread_id: thread_of(thread_id),
             turn_index: 0,
             state: RunState::Running,
             instance_id: "i1".to_owned(),
@@ -63,11 +64,11 @@ impl RunHarness {
     }
 
     pub async fn read(&self, run_id: &str) -> Option<RunRecord> {
-        self.store.run(run_id).await.expect("store answers")
+        self.store.run(&run_of(run_id)).await.expect("store answers")
     }
 
     pub async fn turns(&self, thread_id: &str, after_turn: Option<u32>, limit: u32) -> Vec<u32> {
-        let runs = self.store.thread_runs(thread_id, after_turn, limit).await.expect("store answers");
+        let runs = self.store.thread_runs(&thread_of(thread_id), after_turn, limit).await.expect("store answers");
         assert!(runs.iter().all(|run| run.thread_id == thread_id), "only the thread's runs: {runs:?}");
         runs.iter().map(|run| run.turn_index).collect()
     }
@@ -75,8 +76,21 @@ impl RunHarness {
     pub async fn in_state(&self, state: RunState, instance_id: Option<&str>, limit: u32) -> Vec<String> {
         let runs = self.store.runs_in_state(state, instance_id, limit).await.expect("store answers");
         assert!(runs.iter().all(|run| run.state == state), "only runs in {state:?}: {runs:?}");
-        runs.into_iter().map(|run| run.run_id).collect()
+        runs.into_iter().map(|run| run.run_id.to_string()).collect()
     }
+}
+
+/// Run, thread and artifact ids in these checks are written as text; these parse it.
+pub fn run_of(text: &str) -> RunId {
+    RunId::parse(text).expect("test run ids are valid")
+}
+
+pub fn thread_of(text: &str) -> ThreadId {
+    ThreadId::parse(text).expect("test thread ids are valid")
+}
+
+fn artifact_of(text: &str) -> ArtifactId {
+    ArtifactId::parse(text).expect("test artifact ids are valid")
 }
 
 fn hold_id(text: &str) -> HoldId {
@@ -96,11 +110,11 @@ pub async fn runs_create_then_read_back(h: RunHarness) {
     let stored = h.create(&run).await.expect("created");
     assert_eq!(stored, RunRecord { turn_index: 0, state: RunState::Running, ..run.clone() });
     assert_eq!(h.read("r1").await, Some(stored));
-    assert_eq!(h.store.thread_account("t1").await.unwrap(), Some(account("u")));
+    assert_eq!(h.store.thread_account(&thread_of("t1")).await.unwrap(), Some(account("u")));
 
     assert_eq!(h.read("unknown").await, None);
-    assert_eq!(h.store.thread_account("unknown").await.unwrap(), None);
-    assert!(h.store.thread_runs("unknown", None, 10).await.unwrap().is_empty());
+    assert_eq!(h.store.thread_account(&thread_of("unknown")).await.unwrap(), None);
+    assert!(h.store.thread_runs(&thread_of("unknown"), None, 10).await.unwrap().is_empty());
 }
 
 /// Turns are numbered 0, 1, 2, … per thread, independently of other threads.
@@ -108,11 +122,11 @@ pub async fn runs_turn_index_increments_per_thread(h: RunHarness) {
     for turn in 0..3_u32 {
         let a = h.start(&format!("a{turn}"), "u", "ta").await;
         assert_eq!(a.turn_index, turn);
-        h.finish(&a.run_id, RunState::Succeeded).await;
+        h.finish(a.run_id.as_str(), RunState::Succeeded).await;
         if turn < 2 {
             let b = h.start(&format!("b{turn}"), "u", "tb").await;
             assert_eq!(b.turn_index, turn);
-            h.finish(&b.run_id, RunState::Failed).await;
+            h.finish(b.run_id.as_str(), RunState::Failed).await;
         }
     }
     assert_eq!(h.turns("ta", None, 10).await, vec![0, 1, 2]);
@@ -125,7 +139,7 @@ pub async fn runs_turn_index_increments_per_thread(h: RunHarness) {
 pub async fn runs_second_running_run_is_busy(h: RunHarness) {
     let first = h.start("first", "u", "t").await;
     let refused = h.create(&h.record("second", "u", "t")).await;
-    assert_eq!(refused, Err(CreateRunRefusal::ThreadBusy { run_id: "first".to_owned() }));
+    assert_eq!(refused, Err(CreateRunRefusal::ThreadBusy { run_id: run_of("first") }));
     assert_eq!(h.read("second").await, None);
     assert_eq!(h.turns("t", None, 10).await, vec![0]);
     // Busy is per thread: another thread of the same account runs at the same time.
@@ -133,7 +147,7 @@ pub async fn runs_second_running_run_is_busy(h: RunHarness) {
 
     let mut previous = first.run_id;
     for (index, state) in RunState::ALL.into_iter().filter(|state| state.is_terminal()).enumerate() {
-        h.finish(&previous, state).await;
+        h.finish(previous.as_str(), state).await;
         let next = h.start(&format!("next{index}"), "u", "t").await;
         assert_eq!(next.turn_index as usize, index + 1, "accepted after {state:?}");
         let refused = h.create(&h.record(&format!("extra{index}"), "u", "t")).await;
@@ -151,7 +165,7 @@ pub async fn runs_thread_of_another_account(h: RunHarness) {
     h.finish("mine", RunState::Succeeded).await;
     assert_eq!(h.create(&h.record("theirs", "v", "t")).await, Err(CreateRunRefusal::ThreadOfAnotherAccount));
     assert_eq!(h.read("theirs").await, None);
-    assert_eq!(h.store.thread_account("t").await.unwrap(), Some(account("u")));
+    assert_eq!(h.store.thread_account(&thread_of("t")).await.unwrap(), Some(account("u")));
     assert_eq!(h.turns("t", None, 10).await, vec![0]);
     // The other account's own threads are unaffected.
     assert_eq!(h.start("theirs", "v", "t-v").await.turn_index, 0);
@@ -161,13 +175,13 @@ pub async fn runs_thread_of_another_account(h: RunHarness) {
 /// id is still running in the same thread, "busy" comes first (the enum's order).
 pub async fn runs_duplicate_run_id(h: RunHarness) {
     let original = h.start("r", "u", "t1").await;
-    assert_eq!(h.create(&h.record("r", "u", "t1")).await, Err(CreateRunRefusal::ThreadBusy { run_id: "r".to_owned() }));
+    assert_eq!(h.create(&h.record("r", "u", "t1")).await, Err(CreateRunRefusal::ThreadBusy { run_id: run_of("r") }));
     h.finish("r", RunState::Succeeded).await;
     assert_eq!(h.create(&h.record("r", "u", "t1")).await, Err(CreateRunRefusal::DuplicateRunId));
     assert_eq!(h.create(&h.record("r", "u", "t2")).await, Err(CreateRunRefusal::DuplicateRunId));
     assert_eq!(h.create(&h.record("r", "v", "t3")).await, Err(CreateRunRefusal::DuplicateRunId));
-    assert_eq!(h.store.thread_account("t2").await.unwrap(), None, "a refused run creates no thread");
-    assert_eq!(h.store.thread_account("t3").await.unwrap(), None, "a refused run creates no thread");
+    assert_eq!(h.store.thread_account(&thread_of("t2")).await.unwrap(), None, "a refused run creates no thread");
+    assert_eq!(h.store.thread_account(&thread_of("t3")).await.unwrap(), None, "a refused run creates no thread");
     let read = h.read("r").await.unwrap();
     assert_eq!((read.thread_id.as_str(), read.turn_index, read.created_at), ("t1", 0, original.created_at));
     assert_eq!(h.turns("t1", None, 10).await, vec![0]);
@@ -181,9 +195,9 @@ pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
     h.clock.advance_seconds(5);
     let later = h.now();
     let update = RunRecord {
-        run_id: "r".to_owned(),
+        run_id: run_of("r"),
         account_id: account("other"),
-        thread_id: "other-thread".to_owned(),
+        thread_id: thread_of("other-thread"),
         turn_index: 9,
         state: RunState::Succeeded,
         instance_id: "other-instance".to_owned(),
@@ -201,14 +215,14 @@ pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
         ..stored.clone()
     };
     assert_eq!(h.read("r").await, Some(expected.clone()));
-    assert_eq!(h.store.thread_account("other-thread").await.unwrap(), None);
+    assert_eq!(h.store.thread_account(&thread_of("other-thread")).await.unwrap(), None);
 
     // The hold can be cleared again.
     let cleared = RunRecord { hold_id: None, ..expected.clone() };
     assert!(h.store.update_run(&cleared).await.unwrap());
     assert_eq!(h.read("r").await, Some(cleared.clone()));
 
-    let unknown = RunRecord { run_id: "ghost".to_owned(), ..update.clone() };
+    let unknown = RunRecord { run_id: run_of("ghost"), ..update.clone() };
     assert!(!h.store.update_run(&unknown).await.unwrap());
     assert_eq!(h.read("ghost").await, None);
 
@@ -229,9 +243,9 @@ pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
 pub async fn runs_thread_runs_pages(h: RunHarness) {
     for turn in 0..5 {
         let run = h.start(&format!("r{turn}"), "u", "t").await;
-        h.finish(&run.run_id, RunState::Succeeded).await;
+        h.finish(run.run_id.as_str(), RunState::Succeeded).await;
         let other = h.start(&format!("o{turn}"), "u", "t-other").await;
-        h.finish(&other.run_id, RunState::Succeeded).await;
+        h.finish(other.run_id.as_str(), RunState::Succeeded).await;
     }
     assert_eq!(h.turns("t", None, 2).await, vec![0, 1]);
     assert_eq!(h.turns("t", Some(1), 2).await, vec![2, 3]);
@@ -240,7 +254,7 @@ pub async fn runs_thread_runs_pages(h: RunHarness) {
     assert_eq!(h.turns("t", Some(0), 100).await, vec![1, 2, 3, 4]);
     assert_eq!(h.turns("t", None, 0).await, Vec::<u32>::new());
     assert_eq!(h.turns("t", Some(u32::MAX), 10).await, Vec::<u32>::new());
-    let page = h.store.thread_runs("t", Some(1), 1).await.unwrap();
+    let page = h.store.thread_runs(&thread_of("t"), Some(1), 1).await.unwrap();
     assert_eq!(page, vec![h.read("r2").await.unwrap()], "pages hold whole records");
 }
 
@@ -287,9 +301,9 @@ pub async fn runs_in_state_oldest_first(h: RunHarness) {
 pub async fn runs_artifacts_round_trip(h: RunHarness) {
     let now = h.now();
     let artifact = |artifact_id: &str, content_type: &str, bytes: Vec<u8>| Artifact {
-        artifact_id: artifact_id.to_owned(),
+        artifact_id: artifact_of(artifact_id),
         account_id: account("u"),
-        run_id: "r".to_owned(),
+        run_id: run_of("r"),
         content_type: content_type.to_owned(),
         bytes,
         created_at: now,
@@ -310,8 +324,8 @@ pub async fn runs_artifacts_round_trip(h: RunHarness) {
     let again = artifact("bin", "text/plain", b"replacement".to_vec());
     let error = h.store.put_artifact(&again).await.expect_err("a second put of one id is refused");
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
-    assert!(h.store.artifact("bin").await.unwrap() == Some(binary), "the first artifact stays");
-    assert_eq!(h.store.artifact("unknown").await.unwrap(), None);
+    assert!(h.store.artifact(&artifact_of("bin")).await.unwrap() == Some(binary), "the first artifact stays");
+    assert_eq!(h.store.artifact(&artifact_of("unknown")).await.unwrap(), None);
 }
 
 /// 16 creators racing on one new thread: exactly one run is created, every other one is told
@@ -334,8 +348,8 @@ pub async fn runs_concurrent_creates_one_wins(h: RunHarness) {
             "{results:?}"
         );
         assert_eq!(h.turns("t", None, 100).await, (0..=round).collect::<Vec<u32>>(), "only the winner was added");
-        assert_eq!(h.read(&winner.run_id).await, Some(winner.clone()));
-        h.finish(&winner.run_id, RunState::Succeeded).await;
+        assert_eq!(h.read(winner.run_id.as_str()).await, Some(winner.clone()));
+        h.finish(winner.run_id.as_str(), RunState::Succeeded).await;
     }
 }
 
@@ -351,10 +365,10 @@ pub async fn runs_concurrent_creates_on_distinct_threads(h: RunHarness) {
     });
     for (index, joined) in join_all(tasks).await.into_iter().enumerate() {
         let run = joined.expect("task").expect("accepted");
-        assert_eq!((run.turn_index, run.thread_id), (0, format!("t{index}")));
+        assert_eq!((run.turn_index, run.thread_id), (0, thread_of(&format!("t{index}"))));
     }
     assert_eq!(h.in_state(RunState::Running, None, 100).await.len(), 16);
-    let owner: Option<AccountId> = h.store.thread_account("t3").await.unwrap();
+    let owner: Option<AccountId> = h.store.thread_account(&thread_of("t3")).await.unwrap();
     assert_eq!(owner, Some(account("v")));
 }
 
@@ -375,7 +389,7 @@ pub async fn runs_concurrent_same_run_id(h: RunHarness) {
     let winner = winners[0].clone();
     assert_eq!(h.read("same").await, Some(winner.clone()));
     for index in 0..16 {
-        let thread_id = format!("t{index}");
+        let thread_id = thread_of(&format!("t{index}"));
         let owner = h.store.thread_account(&thread_id).await.unwrap();
         assert_eq!(owner.is_some(), thread_id == winner.thread_id, "thread {thread_id}");
     }
@@ -448,7 +462,7 @@ pub async fn runs_orphaned_by_lease(h: RunHarness) {
         let store = store.clone();
         async move {
             let runs = store.orphaned_runs("me", at, limit).await.expect("store answers");
-            runs.into_iter().map(|run| run.run_id).collect::<Vec<_>>()
+            runs.into_iter().map(|run| run.run_id.to_string()).collect::<Vec<_>>()
         }
     };
     assert_eq!(orphaned(now, 10).await, vec!["leaseless"], "no lease row: orphaned at once");

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{ProgressSink, RenderFailure, Rendered, Renderer};
-use crate::jobs::JobErrorCode;
+use crate::code::JobErrorCode;
 
 /// The exit status that asks for another attempt (`EX_TEMPFAIL` of sysexits.h).
 pub const EXIT_TEMPFAIL: i32 = 75;
@@ -435,6 +435,7 @@ mod tests {
         let failure = result.expect_err("times out");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert_eq!((failure.transient, failure.code), (false, JobErrorCode::RenderResourceLimit), "{failure:?}");
+        // A surviving grandchild touches the file at 2 s: real time is what this checks.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!file.exists(), "a grandchild outlived the render");
     }
@@ -447,6 +448,7 @@ mod tests {
         let progress = Recorded::default();
         let dropped = tokio::time::timeout(Duration::from_millis(300), renderer.render("job-1", "{}", &progress)).await;
         assert!(dropped.is_err(), "the render should still be running");
+        // A surviving program touches the file at 2 s: real time is what this checks.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!file.exists(), "the program outlived its canceled render");
     }

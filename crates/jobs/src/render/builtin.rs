@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{ProgressSink, RenderFailure, Rendered, Renderer};
-use crate::jobs::JobErrorCode;
+use crate::code::JobErrorCode;
 
 /// Frames in one storyboard, the problem's included.
 pub const FRAMES_MAX: usize = 24;

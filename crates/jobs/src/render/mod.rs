@@ -10,7 +10,7 @@ pub mod http;
 
 use async_trait::async_trait;
 
-use crate::jobs::JobErrorCode;
+use crate::code::JobErrorCode;
 
 /// What a render produced.
 #[derive(Clone, Debug, PartialEq, Eq)]

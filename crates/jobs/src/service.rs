@@ -8,18 +8,16 @@
 //! sweeper) can race and exactly one transition wins; the refund rides on that one transition,
 //! and its ledger reference (`<job_id>:refund`) makes a second refund impossible even so.
 
-pub mod remote;
-pub mod worker;
-
 use std::sync::Arc;
 
 use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Overage, Reference, Rejection, Timestamp};
-use serde_json::json;
 use store::{
-    Artifact, Clock, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, Request, RunStore, StoreError,
+    Artifact, ArtifactId, Clock, JobId, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, Request, RunId,
+    RunStore, StoreError, ThreadId,
 };
 use tokio::sync::{broadcast, Notify};
 
+use crate::code::JobErrorCode;
 use crate::render::{RenderFailure, Rendered};
 
 /// Limits and timings of the job system. Units last.
@@ -66,73 +64,17 @@ impl Default for JobsConfig {
     }
 }
 
-/// Every error code a job can end with. Closed set: the `job_finished` event and the API
-/// accept exactly these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JobErrorCode {
-    QueueDelay,
-    LlmTimeout,
-    TtsProviderDown,
-    RenderResourceLimit,
-    RenderUnrecoverable,
-    InfrastructureEnqueueFailed,
-    InfrastructureTimeout,
-    InvalidInput,
-    InvalidRetrySource,
-    RetryAlreadyUsed,
-    Canceled,
-    Unknown,
-}
-
-impl JobErrorCode {
-    pub const ALL: [JobErrorCode; 12] = [
-        JobErrorCode::QueueDelay,
-        JobErrorCode::LlmTimeout,
-        JobErrorCode::TtsProviderDown,
-        JobErrorCode::RenderResourceLimit,
-        JobErrorCode::RenderUnrecoverable,
-        JobErrorCode::InfrastructureEnqueueFailed,
-        JobErrorCode::InfrastructureTimeout,
-        JobErrorCode::InvalidInput,
-        JobErrorCode::InvalidRetrySource,
-        JobErrorCode::RetryAlreadyUsed,
-        JobErrorCode::Canceled,
-        JobErrorCode::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobErrorCode::QueueDelay => "queue_delay",
-            JobErrorCode::LlmTimeout => "llm_timeout",
-            JobErrorCode::TtsProviderDown => "tts_provider_down",
-            JobErrorCode::RenderResourceLimit => "render_resource_limit",
-            JobErrorCode::RenderUnrecoverable => "render_unrecoverable",
-            JobErrorCode::InfrastructureEnqueueFailed => "infrastructure_enqueue_failed",
-            JobErrorCode::InfrastructureTimeout => "infrastructure_timeout",
-            JobErrorCode::InvalidInput => "invalid_input",
-            JobErrorCode::InvalidRetrySource => "invalid_retry_source",
-            JobErrorCode::RetryAlreadyUsed => "retry_already_used",
-            JobErrorCode::Canceled => "canceled",
-            JobErrorCode::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<JobErrorCode> {
-        JobErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
-    }
-}
-
 /// A new job for a turn.
 #[derive(Clone, Debug)]
 pub struct NewJob {
     pub account_id: AccountId,
-    pub thread_id: String,
-    pub run_id: String,
+    pub thread_id: ThreadId,
+    pub run_id: RunId,
     pub hold_id: HoldId,
     pub price: Amount,
     /// The input snapshot (JSON text); ignored for a retry, which copies its source's.
     pub input: String,
-    pub retry_source_job_id: Option<String>,
+    pub retry_source_job_id: Option<JobId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,8 +156,8 @@ impl JobService {
     pub async fn check_retry(
         &self,
         account_id: &AccountId,
-        thread_id: &str,
-        source_job_id: &str,
+        thread_id: &ThreadId,
+        source_job_id: &JobId,
     ) -> Result<JobRecord, JobError> {
         let source = self
             .store
@@ -226,7 +168,7 @@ impl JobService {
         if &source.account_id != account_id {
             return Err(JobError::InvalidRetrySource("the video to retry does not exist".to_owned()));
         }
-        if source.thread_id != thread_id {
+        if &source.thread_id != thread_id {
             return Err(JobError::InvalidRetrySource("the video belongs to another thread".to_owned()));
         }
         if !matches!(source.status, JobStatus::Failed | JobStatus::Canceled) {
@@ -257,7 +199,7 @@ impl JobService {
             return Err(JobError::Hold(format!("the job input is larger than {} bytes", self.config.input_bytes_max)));
         }
         let now = self.now();
-        let job_id = format!("job-{}", uuid::Uuid::now_v7().simple());
+        let job_id = JobId::generate();
         let job = JobRecord {
             job_id: job_id.clone(),
             account_id: new.account_id.clone(),
@@ -360,7 +302,7 @@ impl JobService {
     }
 
     /// Reads, decides, writes; on a version race, reads again (bounded).
-    async fn transition<F>(&self, job_id: &str, mut decide: F) -> Result<JobRecord, JobError>
+    async fn transition<F>(&self, job_id: &JobId, mut decide: F) -> Result<JobRecord, JobError>
     where
         F: FnMut(&JobService, &JobRecord) -> Result<Option<JobWrite>, JobError>,
     {
@@ -370,14 +312,14 @@ impl JobService {
             match self.store.write_job(write).await? {
                 Ok(written) => {
                     if let Some(Outcome::Refunded { created: true, .. }) = written.ledger {
-                        tracing::info!(job_id, "job refunded");
+                        tracing::info!(%job_id, "job refunded");
                     }
                     return Ok(self.published(written.job));
                 }
                 Err(JobWriteRefusal::VersionMismatch { .. }) => continue,
                 Err(JobWriteRefusal::Ledger(Some(Rejection::RefundExceedsCharges { .. }))) => {
                     // Only possible if the price was never captured; record the end without it.
-                    tracing::error!(job_id, "refund refused: nothing to refund");
+                    tracing::error!(%job_id, "refund refused: nothing to refund");
                     return Err(JobError::Hold("nothing to refund".to_owned()));
                 }
                 Err(other) => return Err(JobError::Hold(format!("{other:?}"))),
@@ -389,7 +331,7 @@ impl JobService {
     /// Cancel: a queued job is canceled and refunded at once; a running one gets
     /// `cancel_requested` and its worker ends it (refunded) at its next check; a terminal job is
     /// returned unchanged.
-    pub async fn cancel(&self, job_id: &str) -> Result<JobRecord, JobError> {
+    pub async fn cancel(&self, job_id: &JobId) -> Result<JobRecord, JobError> {
         self.transition(job_id, |service, job| {
             Ok(match job.status {
                 JobStatus::Queued => {
@@ -408,7 +350,7 @@ impl JobService {
     }
 
     /// The job as it reads now: a stuck job is ended (and refunded) on read.
-    pub async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, JobError> {
+    pub async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>, JobError> {
         let Some(job) = self.store.job(job_id).await? else { return Ok(None) };
         if self.stuck_reason(&job).is_some() {
             return self.end_if_stuck(job_id).await.map(Some);
@@ -416,7 +358,7 @@ impl JobService {
         Ok(Some(job))
     }
 
-    pub async fn thread_jobs(&self, thread_id: &str, limit: u32) -> Result<Vec<JobRecord>, JobError> {
+    pub async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, JobError> {
         Ok(self.store.thread_jobs(thread_id, limit).await?)
     }
 
@@ -441,7 +383,7 @@ impl JobService {
         }
     }
 
-    async fn end_if_stuck(&self, job_id: &str) -> Result<JobRecord, JobError> {
+    async fn end_if_stuck(&self, job_id: &JobId) -> Result<JobRecord, JobError> {
         self.transition(job_id, |service, job| {
             let Some(reason) = service.stuck_reason(job) else { return Ok(None) };
             let write = if job.cancel_requested {
@@ -491,7 +433,7 @@ impl JobService {
     }
 
     /// Renews the lease and records progress. Returns whether a cancel was requested.
-    pub async fn heartbeat(&self, job_id: &str, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError> {
+    pub async fn heartbeat(&self, job_id: &JobId, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError> {
         let job = self
             .transition(job_id, |service, job| {
                 if !JobService::holds_lease(job, worker_id) {
@@ -513,7 +455,7 @@ impl JobService {
     /// Ends a worker's attempt. A job with `cancel_requested` never ends succeeded; a transient
     /// failure before the last attempt goes back to the queue (no refund); everything else that
     /// is not a success ends refunded. Ending a job that already ended is a no-op.
-    pub async fn finish(&self, job_id: &str, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError> {
+    pub async fn finish(&self, job_id: &JobId, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError> {
         let artifact_id = match &finish {
             Finish::Succeeded(rendered) => {
                 if rendered.bytes.len() > self.config.artifact_bytes_max {
@@ -527,7 +469,7 @@ impl JobService {
                     return Err(JobError::LeaseLost);
                 }
                 let artifact = Artifact {
-                    artifact_id: format!("artifact-{}", uuid::Uuid::now_v7().simple()),
+                    artifact_id: ArtifactId::generate(),
                     account_id: job.account_id.clone(),
                     run_id: job.run_id.clone(),
                     content_type: rendered.content_type.clone(),
@@ -587,43 +529,4 @@ impl JobService {
             }
         })
     }
-
-    /// The JSON a job reads as over the API and in events.
-    pub fn job_json(job: &JobRecord) -> serde_json::Value {
-        let time = |at: Option<Timestamp>| at.map(format_time);
-        json!({
-            "job_id": job.job_id,
-            "account_id": job.account_id.as_str(),
-            "thread_id": job.thread_id,
-            "run_id": job.run_id,
-            "status": job.status.as_str(),
-            "stage": job.stage,
-            "progress": job.progress_percent,
-            "price": job.price.to_string(),
-            "cancel_requested": job.cancel_requested,
-            "retry_source_job_id": job.retry_source_job_id,
-            "can_user_retry": matches!(job.status, JobStatus::Failed | JobStatus::Canceled) && job.retry_source_job_id.is_none(),
-            "attempts": job.attempts,
-            "error_stage": job.error_stage,
-            "error_code": job.error_code,
-            "error_detail": job.error_detail,
-            "refunded": job.refund_applied_at.is_some(),
-            "refund_applied_at": time(job.refund_applied_at),
-            "artifact_id": job.artifact_id,
-            "artifact_url": job.artifact_id.as_ref().map(|id| format!("/v1/artifacts/{id}")),
-            "created_at": format_time(job.created_at),
-            "updated_at": format_time(job.updated_at),
-            "started_at": time(job.started_at),
-            "finished_at": time(job.finished_at),
-        })
-    }
-}
-
-/// RFC 3339 UTC.
-pub fn format_time(at: Timestamp) -> String {
-    let nanos = i128::from(at.micros()) * 1000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|moment| moment.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }

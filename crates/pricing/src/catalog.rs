@@ -13,16 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
 use std::ops::Range;
-use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use ledger::Amount;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
-
-use crate::provider::Tier;
 
 /// A catalog file larger than this is not a catalog; refusing it bounds start-up work.
 pub const CATALOG_BYTES_MAX: usize = 64 * 1024;
@@ -35,6 +32,31 @@ pub const LIMIT_MAX: u32 = 100;
 const VERSION_HEX_DIGITS: usize = 16;
 /// The `key` of an error that is not about one key (syntax, unreadable file).
 const NO_KEY: &str = "";
+
+/// A price tier of the catalog; the LLM provider maps each to a model name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Flash,
+    Sonnet,
+    Opus,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Flash, Tier::Sonnet, Tier::Opus];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Flash => "flash",
+            Tier::Sonnet => "sonnet",
+            Tier::Opus => "opus",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|tier| tier.as_str() == text)
+    }
+}
 
 /// A priced action that is not a plain model call at the selected tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,7 +107,8 @@ impl Action {
 }
 
 /// How hard the planner judged a problem; the catalog maps it to the model tier that solves it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Difficulty {
     Easy,
     Medium,
@@ -189,22 +212,6 @@ impl Catalog {
             .unwrap_or_else(|error| panic!("the built-in catalog is broken: {error}"))
     }
 
-    /// Reads and validates a catalog file; `origin` in errors is the path as given.
-    pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
-        let origin = path.display().to_string();
-        let unreadable =
-            |message: String| CatalogError { origin: origin.clone(), line: None, key: NO_KEY.to_owned(), message };
-        let file =
-            std::fs::File::open(path).map_err(|error| unreadable(format!("cannot open the catalog: {error}")))?;
-        let mut bytes = Vec::new();
-        // One byte more than the bound tells "at the bound" from "over it" without reading it all.
-        file.take(CATALOG_BYTES_MAX as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|error| unreadable(format!("cannot read the catalog: {error}")))?;
-        let text = String::from_utf8(bytes).map_err(|_| unreadable("the catalog is not UTF-8 text".to_owned()))?;
-        Catalog::parse(&text, &origin)
-    }
-
     /// Validates catalog text. `origin` names it in errors (a path, or `built-in`).
     pub fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
         Parser { text, origin }.parse()
@@ -235,6 +242,28 @@ impl Catalog {
     /// The model tier that solves problems of this difficulty.
     pub fn tier_for(&self, difficulty: Difficulty) -> Tier {
         self.difficulty_tiers[difficulty.index()]
+    }
+}
+
+/// The catalog new turns are priced at, shared by everything that prices (the run engine, the
+/// estimate route). It is replaced whole: a turn keeps the catalog it started with, so a reload
+/// mid-turn never changes the prices of a hold already taken.
+#[derive(Debug)]
+pub struct SharedCatalog(RwLock<Arc<Catalog>>);
+
+impl SharedCatalog {
+    pub fn new(catalog: Arc<Catalog>) -> SharedCatalog {
+        SharedCatalog(RwLock::new(catalog))
+    }
+
+    /// The catalog in force now.
+    pub fn current(&self) -> Arc<Catalog> {
+        Arc::clone(&self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Replaces the catalog for turns and estimates from now on.
+    pub fn replace(&self, catalog: Arc<Catalog>) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = catalog;
     }
 }
 
@@ -715,28 +744,5 @@ mod tests {
         assert_eq!(error.to_string(), format!("test.toml:{line}: models.gpt5: {}", error.message));
         let no_line = CatalogError { origin: "x.toml".into(), line: None, key: "limits.a".into(), message: "m".into() };
         assert_eq!(no_line.to_string(), "x.toml: limits.a: m");
-    }
-
-    #[test]
-    fn load_reads_a_file_and_names_it_in_errors() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("prices.toml");
-        std::fs::write(&path, replaced("opus = 8", "opus = 12")).expect("write");
-        let catalog = Catalog::load(&path).expect("loads");
-        assert_eq!(catalog.model_call(Tier::Opus), Amount::from_credits(12));
-        assert_eq!(catalog.origin(), path.display().to_string());
-
-        std::fs::write(&path, replaced("opus = 8", "opus = \"x\"")).expect("write");
-        let error = Catalog::load(&path).expect_err("broken");
-        assert!(error.to_string().starts_with(&format!("{}:", path.display())), "{error}");
-
-        let missing = dir.path().join("absent.toml");
-        let error = Catalog::load(&missing).expect_err("absent");
-        assert_eq!((error.line, error.origin.as_str()), (None, missing.display().to_string().as_str()));
-        assert!(error.message.contains("cannot open"), "{error}");
-
-        std::fs::write(&path, format!("{DEFAULT}\n#{}\n", "x".repeat(CATALOG_BYTES_MAX))).expect("write");
-        let error = Catalog::load(&path).expect_err("too large");
-        assert!(error.message.contains("larger than"), "{error}");
     }
 }

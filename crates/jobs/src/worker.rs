@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use store::JobRecord;
+use store::{JobId, JobRecord};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Finish, JobError, JobErrorCode, JobService, JobsConfig};
+use crate::code::JobErrorCode;
 use crate::render::{ProgressSink, RenderFailure, Renderer};
+use crate::service::{Finish, JobError, JobService, JobsConfig};
 
 /// Longest wait after failing to reach the job system (the wait doubles from `idle_poll_ms`).
 pub const ERROR_BACKOFF_MS_MAX: u64 = 30_000;
@@ -44,9 +45,9 @@ pub trait WorkerBackend: Send + Sync + 'static {
     /// The oldest claimable job, now leased to `worker_id`, or `None`.
     async fn claim(&self, worker_id: &str) -> Result<Option<JobRecord>, JobError>;
     /// Renews the lease and reports progress; returns true when a cancel was requested.
-    async fn heartbeat(&self, job_id: &str, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError>;
+    async fn heartbeat(&self, job_id: &JobId, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError>;
     /// Ends this attempt.
-    async fn finish(&self, job_id: &str, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError>;
+    async fn finish(&self, job_id: &JobId, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError>;
     /// Waits (at most `timeout`) until a job may be claimable. In-process workers are woken as
     /// soon as a job is queued; a remote worker simply polls.
     async fn wait_for_jobs(&self, timeout: Duration) {
@@ -60,11 +61,11 @@ impl WorkerBackend for JobService {
         JobService::claim(self, worker_id).await
     }
 
-    async fn heartbeat(&self, job_id: &str, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError> {
+    async fn heartbeat(&self, job_id: &JobId, worker_id: &str, stage: &str, percent: u8) -> Result<bool, JobError> {
         JobService::heartbeat(self, job_id, worker_id, stage, percent).await
     }
 
-    async fn finish(&self, job_id: &str, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError> {
+    async fn finish(&self, job_id: &JobId, worker_id: &str, finish: Finish) -> Result<JobRecord, JobError> {
         JobService::finish(self, job_id, worker_id, finish).await
     }
 
@@ -145,7 +146,7 @@ pub async fn run_worker(
 /// Renews the lease every `period` with the latest progress, until a heartbeat says to stop.
 async fn heartbeats(
     backend: &dyn WorkerBackend,
-    job_id: &str,
+    job_id: &JobId,
     worker_id: &str,
     progress: &LatestProgress,
     period: Duration,
@@ -160,7 +161,7 @@ async fn heartbeats(
             Ok(false) => {}
             Err(JobError::LeaseLost | JobError::NotFound) => return Ending::LeaseLost,
             // The lease may still be renewed by the next beat; if not, the job is lost, not harmed.
-            Err(error) => tracing::warn!(job_id, worker_id, %error, "heartbeat failed"),
+            Err(error) => tracing::warn!(%job_id, worker_id, %error, "heartbeat failed"),
         }
     }
 }
@@ -174,15 +175,15 @@ async fn run_job(
     job: JobRecord,
     shutdown: &CancellationToken,
 ) {
-    let job_id = job.job_id.as_str();
-    tracing::info!(job_id, worker_id, attempt = job.attempts, "job claimed");
+    let job_id = &job.job_id;
+    tracing::info!(%job_id, worker_id, attempt = job.attempts, "job claimed");
     if job.cancel_requested {
         finish(backend, job_id, worker_id, Finish::Canceled).await;
         return;
     }
     let progress = LatestProgress(Mutex::new(("scriptify".to_owned(), 0)));
     let period = Duration::from_secs(config.heartbeat_seconds.max(1));
-    let render = AssertUnwindSafe(renderer.render(job_id, &job.input, &progress)).catch_unwind();
+    let render = AssertUnwindSafe(renderer.render(job_id.as_str(), &job.input, &progress)).catch_unwind();
     let ending = tokio::select! {
         biased;
         () = shutdown.cancelled() => Ending::Shutdown,
@@ -190,7 +191,7 @@ async fn run_job(
         rendered = render => match rendered {
             Ok(result) => Ending::Rendered(result),
             Err(_panic) => {
-                tracing::error!(job_id, worker_id, "the renderer panicked");
+                tracing::error!(%job_id, worker_id, "the renderer panicked");
                 Ending::Rendered(Err(RenderFailure {
                     transient: false,
                     code: JobErrorCode::RenderUnrecoverable,
@@ -204,12 +205,12 @@ async fn run_job(
     let outcome = match ending {
         Ending::Rendered(Ok(rendered)) => Finish::Succeeded(rendered),
         Ending::Rendered(Err(failure)) => {
-            tracing::info!(job_id, worker_id, transient = failure.transient, code = failure.code.as_str(), detail = %failure.detail, "render failed");
+            tracing::info!(%job_id, worker_id, transient = failure.transient, code = failure.code.as_str(), detail = %failure.detail, "render failed");
             Finish::Failed(failure)
         }
         Ending::CancelRequested => Finish::Canceled,
         Ending::LeaseLost => {
-            tracing::warn!(job_id, worker_id, "lease lost; the render is dropped");
+            tracing::warn!(%job_id, worker_id, "lease lost; the render is dropped");
             return;
         }
         Ending::Shutdown => Finish::Failed(RenderFailure {
@@ -224,14 +225,14 @@ async fn run_job(
 
 /// Hands in the attempt's end, retrying a job system that cannot be reached (bounded). When it
 /// never can, the lease expires and the job is claimed again or ended by the stuck sweep.
-async fn finish(backend: &dyn WorkerBackend, job_id: &str, worker_id: &str, mut outcome: Finish) {
+async fn finish(backend: &dyn WorkerBackend, job_id: &JobId, worker_id: &str, mut outcome: Finish) {
     let mut attempt = 0;
     while attempt < FINISH_ATTEMPTS_MAX {
         attempt += 1;
         match backend.finish(job_id, worker_id, outcome.clone()).await {
             Ok(job) => {
                 tracing::info!(
-                    job_id,
+                    %job_id,
                     worker_id,
                     status = job.status.as_str(),
                     refunded = job.refund_applied_at.is_some(),
@@ -240,11 +241,11 @@ async fn finish(backend: &dyn WorkerBackend, job_id: &str, worker_id: &str, mut 
                 return;
             }
             Err(JobError::LeaseLost) => {
-                tracing::warn!(job_id, worker_id, "lease lost before the attempt was handed in");
+                tracing::warn!(%job_id, worker_id, "lease lost before the attempt was handed in");
                 return;
             }
             Err(JobError::NotFound) => {
-                tracing::error!(job_id, worker_id, "the job vanished");
+                tracing::error!(%job_id, worker_id, "the job vanished");
                 return;
             }
             Err(JobError::ArtifactTooLarge(bytes_max)) if matches!(outcome, Finish::Succeeded(_)) => {
@@ -257,7 +258,7 @@ async fn finish(backend: &dyn WorkerBackend, job_id: &str, worker_id: &str, mut 
                 attempt -= 1;
             }
             Err(error) => {
-                tracing::warn!(job_id, worker_id, %error, attempt, "cannot hand in the attempt");
+                tracing::warn!(%job_id, worker_id, %error, attempt, "cannot hand in the attempt");
                 if attempt < FINISH_ATTEMPTS_MAX {
                     tokio::time::sleep(backoff(FINISH_RETRY_MS, attempt)).await;
                 }
@@ -265,7 +266,7 @@ async fn finish(backend: &dyn WorkerBackend, job_id: &str, worker_id: &str, mut 
         }
     }
     tracing::error!(
-        job_id,
+        %job_id,
         worker_id,
         "gave up handing in the attempt; the lease will expire and the job be claimed again"
     );

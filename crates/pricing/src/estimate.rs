@@ -8,60 +8,18 @@
 
 use ledger::Amount;
 
-use crate::catalog::{Action, Catalog};
-use crate::provider::Tier;
+use serde::{Deserialize, Serialize};
 
-/// A planned step of a math turn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Step {
-    Solve,
-    Pdf,
-    Video,
-}
+use crate::catalog::{Action, Catalog, Tier};
+use crate::plan::{ExplanationMode, Step};
 
-impl Step {
-    pub const ALL: [Step; 3] = [Step::Solve, Step::Pdf, Step::Video];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Solve => "solve",
-            Step::Pdf => "pdf",
-            Step::Video => "video",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|step| step.as_str() == text)
-    }
-}
-
-/// Whether the solver ends with an explain call (`full`) or not (`brief`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ExplanationMode {
-    Full,
-    Brief,
-}
-
-impl ExplanationMode {
-    pub const ALL: [ExplanationMode; 2] = [ExplanationMode::Full, ExplanationMode::Brief];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExplanationMode::Full => "full",
-            ExplanationMode::Brief => "brief",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<ExplanationMode> {
-        ExplanationMode::ALL.into_iter().find(|mode| mode.as_str() == text)
-    }
-}
-
-/// One line of a breakdown: a call already made, or the worst case of a planned step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One line of a breakdown: a call already made, or the worst case of a planned step. Stored in
+/// run documents (the amount as decimal text).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// `router`, `planner`, or a step name (`solve`, `pdf`, `video`).
     pub label: String,
+    #[serde(with = "crate::amount_text")]
     pub amount: Amount,
     /// How the amount was formed, for people reading a hold (`sonnet/full: 3 × (5 + 1 + 1) + …`).
     pub detail: Option<String>,
@@ -282,17 +240,5 @@ mod tests {
         assert_ne!(estimate.catalog_version, Catalog::builtin().version());
         assert_eq!(estimate.breakdown[2].detail.as_deref(), Some("flash/full: 1.5 × (3 + 2 + 4) + 0.25 × 3 + 0.5 × 3"));
         assert_eq!(catalog.tier_for(crate::catalog::Difficulty::Easy), Tier::Opus);
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for step in Step::ALL {
-            assert_eq!(Step::parse(step.as_str()), Some(step));
-        }
-        for mode in ExplanationMode::ALL {
-            assert_eq!(ExplanationMode::parse(mode.as_str()), Some(mode));
-        }
-        assert_eq!(Step::parse("image"), None);
-        assert_eq!(ExplanationMode::parse("Full"), None);
     }
 }

@@ -6,18 +6,26 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use engine::jobs::worker::{run_worker, spawn_workers, WorkerBackend, SHUTDOWN_DETAIL};
-use engine::jobs::{JobErrorCode, JobService, JobsConfig, NewJob};
-use engine::render::{ProgressSink, RenderFailure, Rendered, Renderer};
-use ledger::{AccountId, Amount, Command, EntryKind, GrantId, HoldId, Timestamp};
+use jobs::render::{ProgressSink, RenderFailure, Rendered, Renderer};
+use jobs::worker::{run_worker, spawn_workers, WorkerBackend, SHUTDOWN_DETAIL};
+use jobs::{JobErrorCode, JobService, JobsConfig, NewJob};
+use ledger::{AccountId, Amount, Command, EntryKind, HoldId, Timestamp};
+use store::conformance::{grant_credits, hold_credits};
 use store::memory::MemoryStore;
-use store::{Clock, Executed, JobRecord, JobStatus, JobStore, LedgerStore, ManualClock, Request, RunStore};
+use store::{
+    Clock, Executed, JobId, JobRecord, JobStatus, JobStore, LedgerStore, ManualClock, Request, RunId, RunStore,
+    ThreadId,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const ACCOUNT: &str = "alice";
+/// Longest wait for anything the tests wait for; reaching it fails the test.
+const WAIT_SECONDS_MAX: u64 = 20;
 const PRICE: &str = "10";
 
 /// What the scripted renderer does on one call.
@@ -32,14 +40,41 @@ enum Reply {
 }
 
 /// A renderer that plays a script (then succeeds), recording which jobs it rendered and how
-/// many of its renders were dropped unfinished.
+/// many of its renders were dropped unfinished (announcing each drop).
 #[derive(Default)]
 struct Scripted {
     script: Mutex<VecDeque<Reply>>,
     rendered: Mutex<Vec<String>>,
-    dropped: Arc<AtomicUsize>,
+    dropped: Arc<Dropped>,
     /// Renders of a job take this long (racing workers overlap).
     delay: Duration,
+}
+
+/// Renders dropped before they finished, and a notice of each.
+#[derive(Default)]
+struct Dropped {
+    count: AtomicUsize,
+    notice: Notify,
+}
+
+impl Dropped {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until at least one render was dropped.
+    async fn first(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT_SECONDS_MAX);
+        loop {
+            let notice = self.notice.notified();
+            tokio::pin!(notice);
+            notice.as_mut().enable();
+            if self.count() > 0 {
+                return;
+            }
+            tokio::time::timeout_at(deadline, notice).await.expect("a render was dropped in time");
+        }
+    }
 }
 
 impl Scripted {
@@ -53,12 +88,13 @@ impl Scripted {
 }
 
 /// Counts a render dropped before it finished.
-struct DropCounter(Arc<AtomicUsize>, bool);
+struct DropCounter(Arc<Dropped>, bool);
 
 impl Drop for DropCounter {
     fn drop(&mut self) {
         if !self.1 {
-            self.0.fetch_add(1, Ordering::SeqCst);
+            self.0.count.fetch_add(1, Ordering::SeqCst);
+            self.0.notice.notify_waiters();
         }
     }
 }
@@ -70,6 +106,7 @@ impl Renderer for Scripted {
         let reply = self.script.lock().expect("script lock").pop_front().unwrap_or(Reply::Ok);
         progress.progress("render", 40);
         if !self.delay.is_zero() {
+            // The render's own duration (a test double's work), so racing workers overlap.
             tokio::time::sleep(self.delay).await;
         }
         let failure = |transient| RenderFailure {
@@ -115,27 +152,9 @@ async fn execute(store: &MemoryStore, command: Command) {
 async fn setup(config: JobsConfig) -> Setup {
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_800_000_000_000_000)));
     let store = Arc::new(MemoryStore::new(Arc::clone(&clock) as Arc<dyn Clock>, 86_400));
-    let account_id = AccountId::parse(ACCOUNT).expect("valid account");
-    let grant = Command::Grant {
-        account_id: account_id.clone(),
-        grant_id: GrantId::parse("grant-1").expect("valid grant id"),
-        amount: Amount::parse("200").expect("valid amount"),
-        priority: 100,
-        expires_at: None,
-        reference: None,
-        metadata: "{}".to_owned(),
-    };
-    execute(&store, grant).await;
+    execute(&store, grant_credits(ACCOUNT, "grant-1", 200)).await;
+    execute(&store, hold_credits(ACCOUNT, "hold-1", 150, 3600)).await;
     let hold_id = HoldId::parse("hold-1").expect("valid hold id");
-    let hold = Command::Hold {
-        account_id,
-        hold_id: hold_id.clone(),
-        amount: Amount::parse("150").expect("valid amount"),
-        ttl_seconds: 3600,
-        reference: None,
-        metadata: "{}".to_owned(),
-    };
-    execute(&store, hold).await;
     let service = JobService::new(
         Arc::clone(&store) as Arc<dyn JobStore>,
         Arc::clone(&store) as Arc<dyn RunStore>,
@@ -150,8 +169,8 @@ impl Setup {
         let input = format!(r#"{{"problem":"p{index}","answer":"a","explanation":null}}"#);
         let new = NewJob {
             account_id: AccountId::parse(ACCOUNT).expect("valid account"),
-            thread_id: "thread-1".to_owned(),
-            run_id: format!("run-{index}"),
+            thread_id: ThreadId::parse("thread-1").expect("valid thread id"),
+            run_id: RunId::parse(&format!("run-{index}")).expect("valid run id"),
             hold_id: self.hold_id.clone(),
             price: Amount::parse(PRICE).expect("valid price"),
             input,
@@ -162,24 +181,29 @@ impl Setup {
         job
     }
 
-    async fn job(&self, job_id: &str) -> JobRecord {
+    async fn job(&self, job_id: &JobId) -> JobRecord {
         self.store.job(job_id).await.expect("store works").expect("job exists")
     }
 
-    /// Waits (bounded) until the stored job satisfies `done`.
-    async fn wait_for(&self, job_id: &str, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Waits (bounded) until the stored job satisfies `done`, woken by every job write the
+    /// service publishes.
+    async fn wait_for(&self, job_id: &JobId, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+        let mut updates = self.service.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT_SECONDS_MAX);
         loop {
             let job = self.job(job_id).await;
             if done(&job) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {job:#?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Ok(Ok(_) | Err(RecvError::Lagged(_))) => {}
+                Ok(Err(RecvError::Closed)) => panic!("the job service stopped"),
+                Err(_) => panic!("timed out waiting for {what}: {job:#?}"),
+            }
         }
     }
 
-    async fn wait_terminal(&self, job_id: &str) -> JobRecord {
+    async fn wait_terminal(&self, job_id: &JobId) -> JobRecord {
         self.wait_for(job_id, "a terminal status", |job| job.status.is_terminal()).await
     }
 
@@ -238,7 +262,7 @@ async fn a_rendered_job_succeeds_with_its_artifact_and_keeps_its_price() {
     let artifact = setup.store.artifact(&artifact_id).await.expect("store works").expect("artifact stored");
     assert_eq!(artifact.content_type, "video/mp4");
     assert!(String::from_utf8_lossy(&artifact.bytes).contains(r#""problem":"p1""#));
-    assert_eq!(renderer.rendered(), vec![job.job_id.clone()]);
+    assert_eq!(renderer.rendered(), vec![job.job_id.to_string()]);
     stop(shutdown, worker).await;
     assert_eq!(setup.figures().await, ("190".to_owned(), "140".to_owned()));
     assert_eq!(setup.refunds().await, 0);
@@ -255,8 +279,8 @@ async fn a_permanent_failure_ends_the_job_failed_and_refunded_once() {
     assert_eq!(job.status, JobStatus::Failed, "{job:#?}");
     assert_eq!(job.error_code.as_deref(), Some("render_unrecoverable"));
     assert!(job.refund_applied_at.is_some());
-    // More time for a second refund to show up, if the loop were to finish twice.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The worker has stopped before the refunds are counted: a second finish, had its loop made
+    // one, is in by then.
     stop(shutdown, worker).await;
     assert_eq!(setup.refunds().await, 1);
     assert_eq!(setup.figures().await, ("200".to_owned(), "140".to_owned()));
@@ -292,8 +316,8 @@ async fn a_transient_failure_requeues_without_refund_and_the_next_attempt_succee
     assert_eq!(requeued.lease_holder, None);
     assert_eq!(setup.refunds().await, 0);
     assert_eq!(setup.figures().await, ("190".to_owned(), "140".to_owned()));
-    // The backoff holds the job back until the clock passes it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The backoff holds the job back until the clock passes it: nobody can claim it now.
+    assert_eq!(setup.service.claim("probe").await.expect("store works"), None, "the backoff holds the job");
     assert_eq!(setup.job(&job.job_id).await.status, JobStatus::Queued);
     setup.clock.advance_seconds(2);
     let job = setup.wait_terminal(&job.job_id).await;
@@ -335,7 +359,7 @@ async fn a_cancel_seen_at_a_heartbeat_drops_the_render_and_refunds() {
     let job = setup.wait_terminal(&job.job_id).await;
     assert_eq!((job.status, job.error_code.as_deref()), (JobStatus::Canceled, Some("canceled")), "{job:#?}");
     assert!(job.refund_applied_at.is_some());
-    assert_eq!(renderer.dropped.load(Ordering::SeqCst), 1, "the render was dropped");
+    assert_eq!(renderer.dropped.count(), 1, "the render was dropped");
     stop(shutdown, worker).await;
     assert_eq!(setup.refunds().await, 1);
     assert_eq!(setup.figures().await, ("200".to_owned(), "140".to_owned()));
@@ -369,11 +393,8 @@ async fn a_lost_lease_drops_the_render_without_finishing() {
     let second_shutdown = CancellationToken::new();
     let second = setup.worker(Arc::clone(&second_renderer), "w2", &second_shutdown);
     setup.wait_for(&job.job_id, "the second claim", |job| job.lease_holder.as_deref() == Some("w2")).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while slow.dropped.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the first worker never noticed its lost lease");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The first worker notices at its next heartbeat, and drops its render.
+    slow.dropped.first().await;
     let job = setup.job(&job.job_id).await;
     assert_eq!(
         (job.status, job.attempts, job.lease_holder.as_deref()),
@@ -398,7 +419,7 @@ async fn a_shutdown_hands_the_lease_back_without_refund() {
     let worker = setup.worker(Arc::clone(&renderer), "w1", &shutdown);
     setup.wait_for(&job.job_id, "the claim", |job| job.status == JobStatus::Running).await;
     stop(shutdown, worker).await;
-    assert_eq!(renderer.dropped.load(Ordering::SeqCst), 1);
+    assert_eq!(renderer.dropped.count(), 1);
     let job = setup.job(&job.job_id).await;
     assert_eq!((job.status, job.attempts, job.lease_holder.as_deref()), (JobStatus::Queued, 1, None), "{job:#?}");
     assert_eq!((job.error_code.as_deref(), job.error_detail.as_deref()), (Some("unknown"), Some(SHUTDOWN_DETAIL)));
@@ -430,7 +451,9 @@ async fn an_idle_in_process_worker_is_woken_when_a_job_is_queued() {
     let setup = setup(JobsConfig { idle_poll_ms: 120_000, ..config() }).await;
     let shutdown = CancellationToken::new();
     let workers = spawn_workers(&setup.service, Scripted::new(&[]), "instance", 1, shutdown.clone());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // On this current-thread runtime, one yield runs the new worker to its idle wait (its first
+    // claim finds nothing): the job below is created while it waits.
+    tokio::task::yield_now().await;
     let job = setup.create(1).await;
     let job = setup.wait_terminal(&job.job_id).await;
     assert_eq!(job.status, JobStatus::Succeeded);
@@ -461,7 +484,7 @@ async fn two_workers_racing_for_ten_jobs_render_each_exactly_once() {
     }
     let mut rendered = renderer.rendered();
     rendered.sort();
-    let mut expected = job_ids.clone();
+    let mut expected: Vec<String> = job_ids.iter().map(ToString::to_string).collect();
     expected.sort();
     assert_eq!(rendered, expected, "each job rendered exactly once");
     assert_eq!(setup.refunds().await, 0);

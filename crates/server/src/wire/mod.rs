@@ -1,8 +1,12 @@
 //! Parsing request values into ledger types at the edge, and rendering ledger values for the
 //! wire. Everything here is a pure function; every failure is an [`ApiError`] naming the field.
-//! The CLI uses the same functions, so its output has the API's shapes.
+//! The CLI uses the same functions, so its output has the API's shapes. [`runs`] renders runs and
+//! their events, [`jobs`] renders jobs and parses the worker protocol.
 
-use ledger::{AccountId, Amount, Entry, Grant, HoldId, Reference, Timestamp};
+pub mod jobs;
+pub mod runs;
+
+use ledger::{AccountId, Amount, Entry, Grant, HoldId, IdError, Reference, Timestamp};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -42,17 +46,11 @@ pub fn parse_account_id(text: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(text).map_err(|error| ApiError::invalid_request(error.to_string()))
 }
 
-/// Run, thread, job and artifact ids in paths: the id alphabet (`[A-Za-z0-9._-]`, 1–128), checked
-/// at the edge so nothing else ever reaches a store query.
-pub fn check_path_id(field: &str, text: &str) -> Result<(), ApiError> {
-    let valid = !text.is_empty()
-        && text.len() <= ledger::ID_LENGTH_MAX
-        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_request(format!("{field}: 1-128 characters of [A-Za-z0-9._-]")))
-    }
+/// A run, thread, job or artifact id (in a path or a body) parsed with `parse` (`RunId::parse`,
+/// …): the id grammar (`[A-Za-z0-9._-]`, 1–128), checked at the edge so nothing else ever reaches
+/// a store query. `field` names the field in the error.
+pub fn parse_id<T>(field: &str, text: &str, parse: fn(&str) -> Result<T, IdError>) -> Result<T, ApiError> {
+    parse(text).map_err(|error| ApiError::invalid_request(format!("{field}: {}", error.rule)))
 }
 
 pub fn parse_hold_id(text: &str) -> Result<HoldId, ApiError> {

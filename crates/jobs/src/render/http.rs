@@ -15,7 +15,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 
 use super::{ProgressSink, RenderFailure, Rendered, Renderer};
-use crate::jobs::JobErrorCode;
+use crate::code::JobErrorCode;
 
 /// Characters of an error body kept in a failure's detail.
 const ERROR_BODY_CHARS_MAX: usize = 300;
@@ -193,6 +193,7 @@ mod tests {
             "moved" => (AxumStatus::FOUND, [("location", "/elsewhere")]).into_response(),
             "huge" => vec![b'x'; 4096].into_response(),
             "slow" => {
+                // The double answers later than the renderer's deadline, on purpose.
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 "late".into_response()
             }

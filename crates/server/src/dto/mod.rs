@@ -4,11 +4,88 @@
 //! ignored option. Amount fields arrive as raw JSON (`Box<RawValue>`) so their literal text is
 //! parsed exactly by [`ledger::Amount::parse`]: a JSON number never passes through `f64`.
 //! Responses carry amounts as canonical decimal strings and times as RFC 3339 UTC strings.
+//!
+//! Layout: the ledger's shapes here; [`runs`] (estimates, solves, runs and their documents),
+//! [`events`] (the frames of a run's event stream), [`jobs`] (video jobs and the worker
+//! protocol). Enums of the engine appear as wire enums ([`wire_enum!`]): their names are the
+//! engine's, and a new engine variant does not compile until its wire twin exists.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
+
+/// A wire enum that mirrors a closed enum of the engine (or the job system): serialized as its
+/// snake_case names (the engine's `as_str`, which a test checks per enum), with the conversion
+/// in the direction the wire needs (`out`: from the engine's, for responses; `in`: into the
+/// engine's, for requests; `both`). The conversion's match is exhaustive, so a new variant on either
+/// side is a compile error until the other has it too.
+macro_rules! wire_enum {
+    (out $(#[$meta:meta])* $name:ident from $source:ty { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl From<$source> for $name {
+            fn from(value: $source) -> $name {
+                match value {
+                    $(<$source>::$variant => $name::$variant),+
+                }
+            }
+        }
+    };
+    (both $(#[$meta:meta])* $name:ident with $source:ty { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl From<$source> for $name {
+            fn from(value: $source) -> $name {
+                match value {
+                    $(<$source>::$variant => $name::$variant),+
+                }
+            }
+        }
+
+        impl From<$name> for $source {
+            fn from(value: $name) -> $source {
+                match value {
+                    $($name::$variant => <$source>::$variant),+
+                }
+            }
+        }
+    };
+    (in $(#[$meta:meta])* $name:ident into $target:ty { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl From<$name> for $target {
+            fn from(value: $name) -> $target {
+                match value {
+                    $($name::$variant => <$target>::$variant),+
+                }
+            }
+        }
+    };
+}
+
+pub mod events;
+pub mod jobs;
+pub mod runs;
+
+pub use self::events::*;
+pub use self::jobs::*;
+pub use self::runs::*;
 
 /// `POST /v1/accounts/{account_id}/grants`
 #[derive(Debug, Deserialize, ToSchema)]
@@ -209,78 +286,4 @@ pub struct Problem {
     #[serde(flatten)]
     #[schema(ignore)]
     pub extensions: Map<String, Value>,
-}
-
-/// `POST /v1/estimate`
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EstimateRequest {
-    /// Planned steps: `solve`, `pdf`, `video` (a plan without solve gets solve first).
-    pub steps: Vec<String>,
-    /// The price tier (`flash`, `sonnet`, `opus`); or give `difficulty` instead.
-    pub model: Option<String>,
-    /// `easy`, `medium` or `hard`, mapped to a tier by the catalog.
-    pub difficulty: Option<String>,
-    /// `full` (one explain call) or `brief`.
-    pub explanation_mode: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EstimateLine {
-    pub label: String,
-    #[schema(example = "17")]
-    pub amount: String,
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EstimateResponse {
-    #[schema(example = "20")]
-    pub total: String,
-    pub breakdown: Vec<EstimateLine>,
-    pub catalog_version: String,
-}
-
-/// `POST /v1/solve`: answered with `text/event-stream`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SolveRequestDto {
-    pub account_id: String,
-    pub problem: String,
-    pub thread_id: Option<String>,
-    /// `video_retry` to retry a failed video job (with `retry_source_job_id`).
-    pub action: Option<String>,
-    pub retry_source_job_id: Option<String>,
-}
-
-/// A run (one turn of a thread) as stored.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunResponse {
-    pub run_id: String,
-    pub thread_id: String,
-    pub account_id: String,
-    pub turn_index: u32,
-    /// `running`, `succeeded`, `failed`, `canceled`, `interrupted`.
-    pub state: String,
-    pub hold_id: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    /// Plan, costs (`reserved`, `actual`, `captured`, `refunded`), credit log, answer, error.
-    #[schema(value_type = Object)]
-    pub details: Value,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ThreadResponse {
-    pub thread_id: String,
-    pub account_id: String,
-    pub turns: Vec<RunResponse>,
-}
-
-/// `?account_id=` on job routes.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct OwnerQuery {
-    /// The account that owns the job (or thread).
-    pub account_id: String,
 }

@@ -1,0 +1,212 @@
+//! What the engine's integration tests share: an engine over the memory store with the scripted
+//! provider, a run store that announces its writes (so tests wait for a run's state on that
+//! event, not on a timer), and the builders every test needs.
+
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use engine::events::Frame;
+use engine::run::{Engine, EngineConfig, NoExecutor, SolveRequest, Started};
+use engine::testing::{FakeProvider, Gate};
+use futures::StreamExt;
+use ledger::{AccountId, Timestamp};
+use pricing::Catalog;
+use store::conformance::grant_credits;
+use store::memory::MemoryStore;
+use store::{
+    Artifact, ArtifactId, CreateRunRefusal, InstanceLease, LedgerStore, ManualClock, Request, RunId, RunRecord,
+    RunState, RunStore, StoreError, ThreadId,
+};
+use tokio::sync::Notify;
+
+/// The account every test funds (1000 credits).
+pub const ACCOUNT: &str = "alice";
+/// Longest wait for anything a test waits for; reaching it fails the test.
+pub const WAIT_SECONDS_MAX: u64 = 30;
+
+pub fn account() -> AccountId {
+    AccountId::parse(ACCOUNT).expect("valid account id")
+}
+
+/// A new-thread solve request of [`ACCOUNT`].
+pub fn solve(problem: &str) -> SolveRequest {
+    SolveRequest {
+        account_id: account(),
+        problem: problem.to_owned(),
+        thread_id: None,
+        action: None,
+        retry_source_job_id: None,
+    }
+}
+
+/// The memory store as a run store, announcing every run it creates or updates, and optionally
+/// holding run creation at a gate (to catch concurrent starts inside `create_run`).
+pub struct WatchedRuns {
+    pub inner: Arc<MemoryStore>,
+    pub changed: Notify,
+    /// Creation waits here when set.
+    pub create_gate: Option<Gate>,
+    /// Calls of `create_run` so far (counted on entry).
+    pub creates: AtomicUsize,
+}
+
+#[async_trait]
+impl RunStore for WatchedRuns {
+    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        if let Some(gate) = &self.create_gate {
+            gate.passed().await;
+        }
+        let created = self.inner.create_run(run).await;
+        self.changed.notify_waiters();
+        created
+    }
+    async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
+        let updated = self.inner.update_run(run).await;
+        self.changed.notify_waiters();
+        updated
+    }
+    async fn run(&self, run_id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        self.inner.run(run_id).await
+    }
+    async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
+        self.inner.thread_account(thread_id).await
+    }
+    async fn thread_runs(
+        &self,
+        thread_id: &ThreadId,
+        after_turn: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.thread_runs(thread_id, after_turn, limit).await
+    }
+    async fn runs_in_state(
+        &self,
+        state: RunState,
+        instance_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.runs_in_state(state, instance_id, limit).await
+    }
+    async fn unresolved_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.unresolved_runs(limit).await
+    }
+    async fn orphaned_runs(
+        &self,
+        except_instance_id: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.orphaned_runs(except_instance_id, now, limit).await
+    }
+    async fn renew_instance(
+        &self,
+        instance_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner.renew_instance(instance_id, now, lease_until).await
+    }
+    async fn drop_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
+        self.inner.drop_instance(instance_id).await
+    }
+    async fn lapsed_instances(&self, now: Timestamp, limit: u32) -> Result<Vec<InstanceLease>, StoreError> {
+        self.inner.lapsed_instances(now, limit).await
+    }
+    async fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
+        self.inner.put_artifact(artifact).await
+    }
+    async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
+        self.inner.artifact(artifact_id).await
+    }
+}
+
+/// An engine and what a test looks behind it with.
+pub struct TestEngine {
+    pub engine: Arc<Engine>,
+    /// The memory store: the ledger (unless replaced) and, behind `runs`, the run store.
+    pub store: Arc<MemoryStore>,
+    pub runs: Arc<WatchedRuns>,
+    pub clock: Arc<ManualClock>,
+    pub fake: FakeProvider,
+}
+
+/// How a test wants its engine built.
+pub struct Options {
+    pub config: EngineConfig,
+    /// The ledger the engine calls, given the memory store (the memory store itself by default).
+    pub ledger: Box<dyn FnOnce(Arc<MemoryStore>) -> Arc<dyn LedgerStore>>,
+    pub create_gate: Option<Gate>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            config: EngineConfig { instance_id: "me".to_owned(), ledger_backoff_ms: 1, ..EngineConfig::default() },
+            ledger: Box::new(|store| store as Arc<dyn LedgerStore>),
+            create_gate: None,
+        }
+    }
+}
+
+impl TestEngine {
+    /// An engine (instance `me`, ledger backoff 1 ms, then `change`d) over a fresh memory store in
+    /// which [`ACCOUNT`] holds 1000 credits, with a scripted provider and no Python.
+    pub async fn start(change: impl FnOnce(&mut EngineConfig)) -> TestEngine {
+        let mut options = Options::default();
+        change(&mut options.config);
+        TestEngine::start_with(options).await
+    }
+
+    pub async fn start_with(options: Options) -> TestEngine {
+        let clock = Arc::new(ManualClock::starting_now());
+        let store = Arc::new(MemoryStore::new(clock.clone(), 86_400));
+        let runs = Arc::new(WatchedRuns {
+            inner: store.clone(),
+            changed: Notify::new(),
+            create_gate: options.create_gate,
+            creates: AtomicUsize::new(0),
+        });
+        let fake = FakeProvider::start().await;
+        let engine = Engine::new(
+            options.config,
+            (options.ledger)(store.clone()),
+            runs.clone(),
+            Arc::new(fake.provider()),
+            Arc::new(NoExecutor),
+            Arc::new(Catalog::builtin()),
+            clock.clone(),
+        );
+        let executed = store.execute(Request::new(grant_credits(ACCOUNT, "g1", 1000))).await.expect("store answers");
+        assert!(matches!(executed, store::Executed::Fresh(Ok(_))), "{executed:?}");
+        TestEngine { engine, store, runs, clock, fake }
+    }
+
+    /// Every frame of a started run, read until its stream closes (the run is recorded by then).
+    pub async fn run_to_end(&self, started: &Started) -> Vec<Frame> {
+        let frames = started.channel.follow(None).collect::<Vec<_>>();
+        tokio::time::timeout(Duration::from_secs(WAIT_SECONDS_MAX), frames).await.expect("the run ended in time")
+    }
+
+    /// Waits until the stored run satisfies `done`, woken by every run write; the run then.
+    pub async fn wait_for_run(&self, run_id: &RunId, what: &str, done: impl Fn(&RunRecord) -> bool) -> RunRecord {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT_SECONDS_MAX);
+        loop {
+            let changed = self.runs.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let run = self.store.run(run_id).await.expect("store answers");
+            if let Some(run) = run.filter(|run| done(run)) {
+                return run;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!("timed out waiting for {what}");
+            }
+        }
+    }
+}
