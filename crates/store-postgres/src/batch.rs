@@ -204,6 +204,7 @@ mod tests {
             Box::pin(async move {
                 let account = usize::from(key == "b");
                 assert_eq!(inside[account].fetch_add(1, Ordering::SeqCst), 0, "one batch per account at a time");
+                // A batch that takes time, so that concurrent submits queue up behind it.
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 inside[account].fetch_sub(1, Ordering::SeqCst);
                 batches.lock().expect("batches").push(requests.clone());
@@ -266,7 +267,13 @@ mod tests {
         let (batcher, batches) = recording(8);
         let waiting = tokio::time::timeout(Duration::ZERO, batcher.submit("a", (7, None))).await;
         assert!(waiting.is_err(), "the batch takes a millisecond");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..500 {
+            if !batches.lock().expect("batches").is_empty() && batcher.len() == 0 {
+                break;
+            }
+            // The leader is a spawned task nobody waits for any more: poll (bounded) until it recorded.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert_eq!(*batches.lock().expect("batches"), vec![vec![(7, None)]]);
         assert_eq!(batcher.len(), 0);
     }

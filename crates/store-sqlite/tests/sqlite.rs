@@ -530,6 +530,7 @@ async fn a_background_checkpoint_copies_committed_pages_into_the_database_file()
     let (_dir, path) = database();
     let clock = Arc::new(ManualClock::starting_now());
     let store = open(&path, &clock).await;
+    // Let the checkpointer's first pass over the fresh file finish, so the size below is settled.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let size_before = std::fs::metadata(&path).expect("the database file").len();
     for index in 0..300 {
@@ -540,6 +541,7 @@ async fn a_background_checkpoint_copies_committed_pages_into_the_database_file()
     assert!(std::fs::metadata(&wal).expect("the WAL").len() > 0, "the grants went through the WAL");
     let mut size_after = size_before;
     for _ in 0..50 {
+        // The checkpointer runs on its own schedule; nothing signals its passes: poll (bounded).
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         size_after = std::fs::metadata(&path).expect("the database file").len();
         if size_after > size_before {
