@@ -1,6 +1,9 @@
 //! Classification of driver and pool errors: which ones retry the transaction, which ones the
 //! caller sees, and as what.
 //!
+//! Every error that says the server went away or stopped taking writes also marks the pool's
+//! older connections stale (see [`connection`]), so a failover costs each of them no request.
+//!
 //! Only errors that PostgreSQL guarantees left nothing behind and that a fresh attempt can get
 //! past are retried: serialization failures (40001), deadlocks (40P01) and unique violations
 //! (23505, from two transactions creating the same account at once). Everything else is mapped
@@ -10,6 +13,8 @@
 use deadpool_postgres::PoolError;
 use store::StoreError;
 use tokio_postgres::error::SqlState;
+
+use crate::connection;
 
 /// Why a transaction attempt must be rolled back and run again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,9 @@ impl From<StoreError> for Failure {
 
 impl From<tokio_postgres::Error> for Failure {
     fn from(error: tokio_postgres::Error) -> Failure {
+        if connection::server_lost(&error) {
+            connection::mark_stale();
+        }
         let detail = describe(&error);
         let Some(code) = error.code() else {
             return Failure::Store(StoreError::unavailable(detail).with_source(error));
@@ -91,7 +99,12 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
 /// A failure to get a pooled connection: the database is down, unreachable, or the pool closed.
 pub(crate) fn pool_error(error: PoolError) -> StoreError {
     let detail = match &error {
-        PoolError::Backend(inner) => format!("cannot connect to PostgreSQL: {}", describe(inner)),
+        PoolError::Backend(inner) => {
+            if connection::server_lost(inner) {
+                connection::mark_stale();
+            }
+            format!("cannot connect to PostgreSQL: {}", describe(inner))
+        }
         PoolError::Closed => "the connection pool is closed".to_owned(),
         other => format!("cannot get a PostgreSQL connection: {other}"),
     };

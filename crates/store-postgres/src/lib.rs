@@ -19,6 +19,12 @@
 //! one account) retry the whole transaction (a whole batch) with jittered exponential backoff, at most
 //! [`PostgresOptions::retries_max`] times, then [`StoreError::Contention`]. A lost connection is
 //! [`StoreError::Unavailable`] and never retried: a COMMIT whose answer was lost may have applied.
+//! The caller answers 503 and the client retries with its Idempotency-Key, which replays the
+//! first result if it did apply.
+//!
+//! Failover: the URL may name a primary and its standbys; every new connection goes to the host
+//! that takes writes, each host's attempt is bounded, and connections to a server that went away
+//! or stopped taking writes are dropped rather than handed out again (see [`connection`]).
 //!
 //! Reads run in REPEATABLE READ, READ ONLY transactions so a view of an account (grants and holds
 //! read by separate statements) is one consistent snapshot; they take no locks.
@@ -30,6 +36,7 @@
 //! the same bounded retries; claims take rows with `FOR UPDATE SKIP LOCKED`.
 
 mod batch;
+mod connection;
 mod error;
 mod execute;
 mod jobs;
@@ -45,7 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool};
 use ledger::{
     AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Target, Timestamp,
 };
@@ -58,16 +65,14 @@ use store::{
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::IsolationLevel;
 
 use crate::batch::{ApplyBatch, Batched, Batcher, BATCH_COMMANDS_MAX};
+use crate::connection::Connector;
 use crate::error::{pool_error, store_error, Failure, RetryCause};
 use crate::rows::{ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 use crate::runs::{ARTIFACT_COLUMNS, RUN_COLUMNS};
 
-/// How long a request waits for a free pooled connection before the store reports itself
-/// unavailable (a bound on the pool's wait queue, in time).
-const POOL_WAIT_SECONDS: u64 = 30;
 /// First retry delay; doubles per retry up to [`BACKOFF_MAX_MICROS`], then jittered.
 const BACKOFF_BASE_MICROS: u64 = 1_000;
 const BACKOFF_MAX_MICROS: u64 = 200_000;
@@ -85,7 +90,8 @@ pub struct PostgresOptions {
     pub retries_max: u32,
     /// Idempotency keys younger than this are kept (the contract asks for at least 24 h).
     pub idempotency_retention_seconds: u64,
-    /// Bound on opening one connection.
+    /// Bound on one connection attempt on one host, start-up and authentication included, when
+    /// the URL sets no `connect_timeout` (libpq's meaning; see [`connection`]).
     pub connect_timeout_seconds: u64,
     /// Most concurrent commands of one account applied in one transaction (1: one transaction
     /// per command).
@@ -224,39 +230,17 @@ where
     }
 }
 
-fn parse_url(url: &str, connect_timeout_seconds: u64) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|error| StoreError::startup(format!("invalid PostgreSQL URL: {error}")).with_source(error))?;
-    config.connect_timeout(Duration::from_secs(connect_timeout_seconds.max(1)));
-    if config.get_application_name().is_none() {
-        config.application_name("creditgraph");
-    }
-    Ok(config)
-}
-
 impl PostgresStore {
-    /// Opens a pool on `url` (`postgres://…` or `postgresql://…`) and applies the embedded
-    /// migrations. Fails with [`StoreError::Startup`] when the URL is invalid, the database cannot
-    /// be reached, or the schema is newer than this build.
+    /// Opens a pool on `url` (`postgres://…` or `postgresql://…`; several hosts for a primary
+    /// and its standbys, see [`connection`]) and applies the embedded migrations. Fails with
+    /// [`StoreError::Startup`] when the URL is invalid, no host takes a read-write connection,
+    /// or the schema is newer than this build.
     pub async fn connect(
         url: &str,
         clock: Arc<dyn Clock>,
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
-        let config = parse_url(url, options.connect_timeout_seconds)?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let connect_timeout = Duration::from_secs(options.connect_timeout_seconds.max(1));
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_max.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(POOL_WAIT_SECONDS)))
-            .create_timeout(Some(connect_timeout))
-            .recycle_timeout(Some(connect_timeout))
-            .build()
-            .map_err(|error| {
-                StoreError::startup(format!("cannot build the connection pool: {error}")).with_source(error)
-            })?;
+        let pool = Connector::parse(url, options.connect_timeout_seconds)?.pool(options.pool_max)?;
         {
             let mut client = pool.get().await.map_err(|error| {
                 let unavailable = pool_error(error);
@@ -282,17 +266,24 @@ impl PostgresStore {
         Ok(PostgresStore { pool, clock, options, counters, batcher })
     }
 
-    /// Applies the embedded migrations on one short-lived connection and returns.
+    /// Applies the embedded migrations on one short-lived connection (to the primary, when the
+    /// URL names several hosts) and returns.
     pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
-        let config = parse_url(url, PostgresOptions::default().connect_timeout_seconds)?;
-        let (mut client, connection) = config.connect(NoTls).await.map_err(|error| {
-            StoreError::startup(format!("cannot connect to PostgreSQL: {}", error::describe(&error))).with_source(error)
-        })?;
-        let driver = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(error = %error, "PostgreSQL migration connection ended with an error");
+        let connector = Connector::parse(url, PostgresOptions::default().connect_timeout_seconds)?;
+        let connected = tokio::time::timeout(connector.create_timeout(), connector.connect()).await;
+        let (mut client, driver) = match connected {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => {
+                return Err(StoreError::startup(format!("cannot connect to PostgreSQL: {}", error::describe(&error)))
+                    .with_source(error))
             }
-        });
+            Err(_) => {
+                return Err(StoreError::startup(format!(
+                    "cannot connect to PostgreSQL: no host answered within {} s",
+                    connector.create_timeout().as_secs()
+                )))
+            }
+        };
         let result = schema::migrate(&mut client).await;
         drop(client);
         // The connection task ends once the client is gone; its error, if any, was logged.
@@ -646,6 +637,25 @@ impl LedgerStore for PostgresStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    /// A pooled connection (a new one goes only to a server that takes writes) asks its server
+    /// whether it takes writes now: a primary fenced read-only keeps its open connections, and
+    /// this is where that shows. Then every older connection is dropped at its next checkout.
+    async fn ready(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT current_setting('transaction_read_only')").await.map_err(store_error)?;
+        let row = client.query_one(&statement, &[]).await.map_err(store_error)?;
+        let read_only: &str = row.try_get(0).map_err(|_| undecodable("transaction_read_only"))?;
+        if read_only != "off" {
+            connection::mark_stale();
+            return Err(StoreError::unavailable(format!(
+                "the PostgreSQL server takes no writes (transaction_read_only = {read_only}): a standby, or a \
+                 primary fenced read-only"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -709,3 +709,32 @@ async fn two_pools_refund_a_job_once() {
     assert_eq!((view.balances.balance, view.balances.held), (credits(100), credits(20)));
     assert_clean(&stores[1]).await;
 }
+
+#[tokio::test]
+async fn a_multi_host_url_takes_the_host_that_takes_writes() {
+    let url = testing::fresh_database().await;
+    let name = url.rsplit('/').next().expect("a database name").to_owned();
+    // Port 1 on loopback first: refused at once, so the store must go on to the next host.
+    let multi_host = url.replacen("@127.0.0.1:", "@127.0.0.1:1,127.0.0.1:", 1);
+    assert_ne!(multi_host, url, "the test cluster listens on 127.0.0.1");
+    let clock = Arc::new(ManualClock::starting_now());
+    let options = PostgresOptions { connect_timeout_seconds: 1, ..PostgresOptions::default() };
+    let store = PostgresStore::connect(&multi_host, clock.clone(), options.clone()).await.expect("connect");
+    store.ready().await.expect("the second host takes writes");
+    fresh(Request::new(grant("multi-host", "g1", 10)), &store).await.expect("grant");
+
+    // A server whose new sessions are read-only (a standby, or a primary fenced) is not used.
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} SET default_transaction_read_only = on"))
+        .await
+        .expect("fence the database");
+    let refused = PostgresStore::connect(&multi_host, clock, options).await;
+    assert!(matches!(refused, Err(StoreError::Startup { .. })), "{:?}", refused.err());
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} SET default_transaction_read_only = off"))
+        .await
+        .expect("unfence the database");
+    assert_clean(&store).await;
+}

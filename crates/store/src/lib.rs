@@ -222,6 +222,15 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// A short name for logs ("sqlite", "postgres", "memory").
     fn backend(&self) -> &'static str;
+
+    /// Whether the store can take writes now (the readiness probe): `Ok`, or why not. Unbounded
+    /// in time like every call here; the caller bounds it. By default, a read of one account; a
+    /// backend that can be connected to a server that takes no writes (a PostgreSQL standby, or
+    /// a primary fenced read-only) checks that too.
+    async fn ready(&self) -> Result<(), StoreError> {
+        let probe = AccountId::parse("readyz-probe").expect("a constant valid id");
+        self.account(&probe).await.map(|_| ())
+    }
 }
 
 #[cfg(test)]
