@@ -9,7 +9,8 @@
 # With the whole workspace in scope, scripts/schemathesis.sh (HTTP fuzzing of the real binary)
 # runs afterwards; either failing fails the script.
 #
-# PostgreSQL tests never skip: they read CREDITGRAPH_TEST_POSTGRES_URL, which this script sets.
+# PostgreSQL tests never skip: they read CREDITGRAPH_TEST_POSTGRES_URL (and the failover test
+# CREDITGRAPH_TEST_PG_BIN, PostgreSQL's bin folder), which this script sets.
 # When no PostgreSQL server binaries are found, they are installed with apt-get (CI runs as root
 # on a fresh machine). initdb refuses to run as root, so the cluster runs as the `postgres` user.
 set -euo pipefail
@@ -22,6 +23,9 @@ PG_EXTRA_OPTIONS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off
 # shellcheck source=scripts/lib/throwaway-postgres.sh
 source scripts/lib/throwaway-postgres.sh
 export CREDITGRAPH_TEST_POSTGRES_URL="$THROWAWAY_POSTGRES_URL"
+# The failover test (crates/faults/tests/failover.rs) starts its own primary and standby from
+# these binaries; it fails without them.
+export CREDITGRAPH_TEST_PG_BIN="$PG_BIN"
 
 # The whole workspace, unless the arguments pick packages themselves (cargo lets --workspace win).
 scope=(--workspace)

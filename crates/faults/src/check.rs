@@ -204,7 +204,7 @@ fn leak(name: &str) -> &'static str {
 }
 
 /// Every journal entry of an account, in order.
-async fn entries(client: &reqwest::Client, base: &str, account: &str) -> anyhow::Result<Vec<Value>> {
+pub(crate) async fn entries(client: &reqwest::Client, base: &str, account: &str) -> anyhow::Result<Vec<Value>> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..ENTRY_PAGES_MAX {

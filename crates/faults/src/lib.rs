@@ -23,6 +23,8 @@
 
 pub mod api;
 pub mod check;
+pub mod cluster;
+pub mod failover;
 pub mod server;
 pub mod workload;
 
@@ -183,7 +185,7 @@ if [ "$roll" -lt 90 ]; then exit 75; fi
 printf 'not really a video'
 "#;
 
-fn write_renderer(dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn write_renderer(dir: &Path) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("renderer.sh");
     std::fs::write(&path, RENDERER_SCRIPT)?;
