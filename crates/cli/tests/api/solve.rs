@@ -434,6 +434,7 @@ async fn a_stale_hold_of_an_earlier_turn_is_released_first_even_when_the_turn_is
         state: store::RunState::Running,
         instance_id: "gone".to_owned(),
         hold_id: Some(ledger::HoldId::parse(&stale_hold_id).unwrap()),
+        hold_resolution: store::HoldResolution::Pending,
         created_at: now,
         updated_at: now,
         data: "{}".to_owned(),
