@@ -38,17 +38,17 @@ pub enum FollowError {
 
 impl Engine {
     /// The frames of `run` after `after` (all when `None`), ending with its `done` or `error`:
-    /// from this instance's channel when it has one, else from the store.
+    /// from this instance's channel while the run goes on here, else from the store (an ended
+    /// run always, so every instance answers the same, retention included).
     pub async fn follow(
         self: &Arc<Self>,
         run: &RunRecord,
         after: Option<u64>,
     ) -> Result<BoxStream<'static, Frame>, FollowError> {
-        if let Some(channel) = self.channel(&run.run_id) {
-            if channel.is_closed() && after.is_some_and(|after| after >= channel.next_seq()) {
-                return Err(FollowError::BeyondEnd { after: after.unwrap_or_default() });
+        if !run.state.is_terminal() {
+            if let Some(channel) = self.channel(&run.run_id) {
+                return Ok(channel.follow(after).boxed());
             }
-            return Ok(channel.follow(after).boxed());
         }
         // Subscribed before the first read, so a signal sent after it is never missed.
         let signals = self.runs.run_signals().await;
