@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use store::{RunEventsWrite, RunId, RunRecord, RunStore, StoreError, StoredFrame};
+use futures::FutureExt;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +54,8 @@ pub struct EventWriter {
     flush: Duration,
     pending: Mutex<Pending>,
     wake: Notify,
+    /// A run waits for its final write: the gathering pause ends at once.
+    urgent: Notify,
 }
 
 impl EventWriter {
@@ -64,6 +67,7 @@ impl EventWriter {
             flush: Duration::from_millis(flush_ms),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
+            urgent: Notify::new(),
         });
         tokio::spawn(Arc::clone(&writer).run(stop));
         writer
@@ -96,6 +100,7 @@ impl EventWriter {
         let (done, answer) = oneshot::channel();
         self.pending().finals.push_back(Final { frames, run, done });
         self.wake.notify_one();
+        self.urgent.notify_one();
         answer.await.unwrap_or_else(|_| Err(StoreError::unavailable("the event writer stopped")))
     }
 
@@ -109,6 +114,9 @@ impl EventWriter {
                 }
             }
             let stopping = stop.is_cancelled();
+            // A wake-up left by a final that was written already must not cut this pause short
+            // (the finals pending now are looked at just below).
+            let _ = self.urgent.notified().now_or_never();
             // Let frames gather, unless a run waits for its final write or a write is full.
             let urgent = {
                 let pending = self.pending();
@@ -117,6 +125,7 @@ impl EventWriter {
             if !urgent && !stopping {
                 tokio::select! {
                     () = tokio::time::sleep(self.flush) => {}
+                    () = self.urgent.notified() => {}
                     () = stop.cancelled() => {}
                 }
             }
