@@ -268,7 +268,7 @@ async fn a_run_is_followed_resumed_retried_and_canceled_from_another_process_on_
 
     // B follows from the middle, live; a retry of the solve with its key on B is A's run, from
     // the start; the key with another body is a conflict.
-    let mut resumed = stream(events(&client, &b.base, &run_id, Some(&resume_after)).await).await;
+    let resumed = stream(events(&client, &b.base, &run_id, Some(&resume_after)).await).await;
     let retried = solve(&client, &b.base, Some("solve-1"), &body).await;
     let mut retried = stream(retried).await;
     assert_eq!(retried.run_id, run_id, "the retry is the same run");

@@ -444,7 +444,13 @@ impl EventChannel {
     }
 
     /// A new frame with the next seq, or `None` once sealed.
-    fn next_frame(&self, buffer: &mut Buffer, step_idx: Option<usize>, node: Option<&'static str>, event: Event) -> Option<Frame> {
+    fn next_frame(
+        &self,
+        buffer: &mut Buffer,
+        step_idx: Option<usize>,
+        node: Option<&'static str>,
+        event: Event,
+    ) -> Option<Frame> {
         if buffer.sealed {
             return None;
         }

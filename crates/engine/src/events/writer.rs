@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use store::{RunEventsWrite, RunId, RunRecord, RunStore, StoreError, StoredFrame};
 use futures::FutureExt;
+use store::{RunEventsWrite, RunId, RunRecord, RunStore, StoreError, StoredFrame};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 

@@ -435,7 +435,9 @@ impl Engine {
                 Ok(Err(error)) => {
                     tracing::error!(run_id = %record.run_id, %error, "final frames not stored; recording the run alone")
                 }
-                Err(_) => tracing::error!(run_id = %record.run_id, "final frames not stored in time; recording the run alone"),
+                Err(_) => {
+                    tracing::error!(run_id = %record.run_id, "final frames not stored in time; recording the run alone")
+                }
             }
         }
         if let Err(error) = self.runs.update_run(&record).await {

@@ -181,8 +181,8 @@ impl Engine {
     /// Deletes the frames of runs that ended more than `run_events_retention_seconds` ago (at
     /// most [`RUN_EVENTS_FORGET_MAX`] per call); returns how many.
     pub async fn forget_run_events_once(&self) -> Result<u64, StoreError> {
-        let retention = i64::try_from(self.config.run_events_retention_seconds.saturating_mul(1_000_000))
-            .unwrap_or(i64::MAX);
+        let retention =
+            i64::try_from(self.config.run_events_retention_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         self.runs.forget_run_events(self.now().plus_micros(-retention), RUN_EVENTS_FORGET_MAX).await
     }
 
