@@ -675,4 +675,40 @@ mod tests {
         assert_eq!(channel.dropped(), 14);
         assert!(channel.emit(None, None, token()).is_none(), "closed channels take nothing");
     }
+
+    #[tokio::test]
+    async fn a_buffer_bounded_in_bytes_drops_ordinary_frames_and_seals_its_final_one() {
+        let clock = Arc::new(store::ManualClock::new(Timestamp::from_micros(1_800_000_000_250_000)));
+        let (thread_id, run_id) = (ThreadId::parse("t").expect("valid"), RunId::parse("r").expect("valid"));
+        let one_token = stored::encode(&run_id, &{
+            let event = token();
+            Frame {
+                seq: 0,
+                kind: event.kind(),
+                id: "t:0".to_owned(),
+                ts: clock.now(),
+                step_idx: None,
+                node: None,
+                event: Arc::new(event),
+            }
+        })
+        .data
+        .len();
+        let bounds = Bounds { frames_max: 1024, bytes_max: one_token * 3 };
+        let channel = EventChannel::stored(&thread_id, &run_id, bounds, clock, None);
+        for _ in 0..10 {
+            channel.emit(None, None, token());
+        }
+        let (frames, _) = channel.frames_after(None);
+        assert_eq!(frames.iter().map(|frame| frame.seq).collect::<Vec<_>>(), [7, 8, 9], "the newest that fit");
+        let reader = tokio::spawn(channel.follow(Some(9)).map(|frame| frame.kind).collect::<Vec<_>>());
+        let done = channel.seal(Event::Done).expect("not sealed yet");
+        assert_eq!(done.seq, 10);
+        assert!(channel.emit(None, None, token()).is_none(), "nothing after the final frame");
+        assert!(channel.seal(Event::Done).is_none(), "one final frame");
+        assert_eq!(channel.frames_after(Some(9)).0, Vec::new(), "sealed, not yet published");
+        channel.publish_final(done);
+        assert_eq!(reader.await.expect("reads"), [EventKind::Done]);
+        assert!(channel.is_closed());
+    }
 }

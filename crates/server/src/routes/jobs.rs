@@ -92,6 +92,7 @@ pub async fn get_job(
         (status = 200, description = "the job after the request", body = JobResponse),
         (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (a malformed job id, account or Idempotency-Key)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

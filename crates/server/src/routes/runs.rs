@@ -319,6 +319,7 @@ pub async fn run_events(
         (status = 200, description = "the run had already ended", body = RunResponse),
         (status = 404, description = "run_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (a malformed run id or Idempotency-Key)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
