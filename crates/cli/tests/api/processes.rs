@@ -188,6 +188,13 @@ async fn a_crashed_servers_run_is_interrupted_and_its_hold_released_by_the_next_
     let hold: Value =
         client.get(format!("{}/v1/holds/{hold_id}", second.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(hold["state"], "released");
+    // Its stream, replayed by the second process, ends as every run's does: with one `error`.
+    let response = client.get(format!("{}/v1/runs/{run_id}/events", second.base)).send().await.unwrap();
+    let frames = crate::sse::open(response).collect().await;
+    // (How many frames the dead process stored depends on when its writer last ran.)
+    let last = frames.last().expect("recovery stored the final frame");
+    assert_eq!((last.event.as_str(), last.payload()["code"].as_str()), ("error", Some("interrupted")), "{frames:#?}");
+    assert_eq!(frames.iter().filter(|frame| frame.event == "error").count(), 1, "{frames:#?}");
     drop(second);
     let verify =
         Command::new(env!("CARGO_BIN_EXE_creditgraph")).args(["verify", "--database", &database]).output().unwrap();

@@ -121,10 +121,12 @@ pub enum ErrorCode {
     Timeout,
     InvalidInput,
     Canceled,
+    /// The instance running the run died; another one's recovery ended it.
+    Interrupted,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::InternalError,
         ErrorCode::ToolError,
         ErrorCode::ModelError,
@@ -132,6 +134,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::InvalidInput,
         ErrorCode::Canceled,
+        ErrorCode::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +146,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::Canceled => "canceled",
+            ErrorCode::Interrupted => "interrupted",
         }
     }
 }
@@ -157,6 +161,7 @@ impl From<ErrorCode> for RunErrorCode {
             ErrorCode::Timeout => RunErrorCode::Timeout,
             ErrorCode::InvalidInput => RunErrorCode::InvalidInput,
             ErrorCode::Canceled => RunErrorCode::Canceled,
+            ErrorCode::Interrupted => RunErrorCode::Interrupted,
         }
     }
 }

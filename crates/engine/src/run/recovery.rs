@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledger::{HoldId, Timestamp};
-use store::{RunRecord, RunSignal, RunState, StoreError};
+use store::{RunEventsWrite, RunRecord, RunSignal, RunState, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::credits::{Credits, Released};
 use super::data::{ErrorData, RunData, RunErrorCode};
 use super::Engine;
+use crate::events::{stored, ErrorCode, Event, Frame, RunError};
 
 /// A dead instance's lease row is forgotten this long after it lapsed (once it has no running
 /// run left); long enough that a paused instance cannot come back to a deleted row unnoticed.
@@ -154,7 +155,15 @@ impl Engine {
             let hold_resolution = data.hold_resolution(run.hold_id.as_ref());
             let updated =
                 RunRecord { state, updated_at: self.now(), data: data.to_text(), hold_resolution, ..run.clone() };
-            if self.runs.update_run(&updated).await? {
+            let last = match state {
+                RunState::Succeeded => Event::Done,
+                _ => Event::Error(RunError {
+                    code: ErrorCode::Interrupted,
+                    message: "the server running this run stopped before it finished".to_owned(),
+                    shortfall: None,
+                }),
+            };
+            if self.end_recovered_run(updated, last).await? {
                 report.interrupted += 1;
                 tracing::warn!(run_id = %run.run_id, instance_id = %run.instance_id, "run of a dead instance interrupted");
             }
@@ -176,6 +185,24 @@ impl Engine {
         }
         self.forget_dead_instances(now, &mut report).await?;
         Ok(report)
+    }
+
+    /// Records a recovered run's end together with its final frame (after the frames its dead
+    /// instance stored), so its followers on every instance end with `done` or `error` as for
+    /// any run. False when the run is gone.
+    async fn end_recovered_run(&self, run: RunRecord, event: Event) -> Result<bool, StoreError> {
+        let seq = self.runs.last_run_event_seq(&run.run_id).await?.map_or(0, |last| last + 1);
+        let frame = Frame {
+            seq,
+            kind: event.kind(),
+            id: format!("{}:{seq}", run.thread_id),
+            ts: self.now(),
+            step_idx: None,
+            node: None,
+            event: Arc::new(event),
+        };
+        let frames = vec![stored::encode(&run.run_id, &frame)];
+        self.runs.write_run_events(&RunEventsWrite { frames, evicted: Vec::new(), run: Some(run) }).await
     }
 
     /// Deletes the frames of runs that ended more than `run_events_retention_seconds` ago (at
