@@ -199,7 +199,7 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
             number: 7,
             target,
             measured: format!(
-                "{} turns each: on p50 {} p99 {}, off p50 {} p99 {}: adds {:.2} ms p50, {:.2} ms p99",
+                "{} turns each, every frame stored: on p50 {} p99 {}, off p50 {} p99 {}: adds {:.2} ms p50, {:.2} ms p99",
                 turns.turns,
                 ms(turns.ledger_on.p50_micros),
                 ms(turns.ledger_on.p99_micros),

@@ -16,7 +16,9 @@
 //! A turn is router → planner (`solve` only, easy, brief: no code execution, so no Python) →
 //! one solver call that answers → settle; three loopback HTTP calls to the provider either way.
 //! Its time runs from [`Engine::start_solve`] until its event stream ends, which happens after the
-//! run is recorded as succeeded. On and off turns alternate (the order flips every turn) so both
+//! run is recorded as succeeded. Both engines persist every frame of the turn in the run store,
+//! as a server does (the engine's batched event writer; the final frames in the write that ends
+//! the run), and each turn checks afterwards that all its frames were stored. On and off turns alternate (the order flips every turn) so both
 //! see the same machine noise. Afterwards the SQLite ledger must verify clean and the account
 //! must have lost exactly what the "on" turns settled, so the "on" figures really are charged
 //! turns.
@@ -38,6 +40,7 @@ use ledger::{
 };
 use pricing::catalog::Catalog;
 use serde::Serialize;
+use store::runs::RUN_EVENTS_PAGE_MAX;
 use store::{
     AccountView, Clock, Executed, LedgerStore, Request, RunStore, StoreError, SweepReport, SystemClock, VerifyReport,
 };
@@ -236,6 +239,15 @@ async fn one_turn(engine: &Arc<Engine>, account_id: &AccountId) -> anyhow::Resul
     let elapsed = started.elapsed();
     let last = frames.last().with_context(|| format!("turn {} emitted nothing", run.run_id))?;
     anyhow::ensure!(last.kind == EventKind::Done, "turn {} ended with {:?}", run.run_id, last.event);
+    // Every frame was stored (by the engine's batched writer), `done` with the run's end.
+    let stored = engine.run_store().run_events(&run.run_id, None, RUN_EVENTS_PAGE_MAX).await?;
+    anyhow::ensure!(
+        stored.len() == frames.len() && stored.last().is_some_and(|frame| frame.kind == "done"),
+        "turn {}: {} frames streamed, {} stored",
+        run.run_id,
+        frames.len(),
+        stored.len()
+    );
     let captured = frames
         .iter()
         .find_map(|frame| match frame.event.as_ref() {

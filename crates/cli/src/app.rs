@@ -233,6 +233,8 @@ fn build_engine(
         hold_ttl_seconds: runs.hold_ttl_seconds,
         instance_lease_seconds: runs.instance_lease_seconds,
         cancel_on_disconnect: runs.cancel_on_disconnect,
+        run_events_retention_seconds: runs.run_events_retention_seconds,
+        run_events_flush_ms: runs.run_events_flush_ms,
         instance_renew_seconds: (runs.instance_lease_seconds / 3).max(1),
         recovery_interval_seconds: (runs.instance_lease_seconds / 3).max(1),
         runs_active_max: runs.runs_active_max,

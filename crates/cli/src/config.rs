@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// by default the run goes on, settles, and the client can resume the stream.
     #[arg(long, env = "CREDITGRAPH_CANCEL_ON_DISCONNECT")]
     pub cancel_on_disconnect: bool,
+    /// How long a finished run's events stay in the store for `GET /v1/runs/{id}/events`
+    /// (then `410 run_events_expired`; the run itself stays readable).
+    #[arg(long, env = "CREDITGRAPH_RUN_EVENTS_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub run_events_retention_seconds: u64,
+    /// How long run event frames gather before one store write (batched: no commit per token).
+    #[arg(long, env = "CREDITGRAPH_RUN_EVENTS_FLUSH_MS", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub run_events_flush_ms: u64,
     /// The token `creditgraph worker` processes present on `/v1/worker/…`. Without it the worker
     /// API is off (in-process workers need none).
     #[arg(long, env = "CREDITGRAPH_WORKER_TOKEN", hide_env_values = true)]
@@ -258,6 +266,8 @@ impl Settings {
             runs_active_max: args.runs_active_max.max(1),
             instance_lease_seconds: args.instance_lease_seconds.clamp(2, 3600),
             cancel_on_disconnect: args.cancel_on_disconnect,
+            run_events_retention_seconds: args.run_events_retention_seconds,
+            run_events_flush_ms: args.run_events_flush_ms,
             jobs: jobs_config(args)?,
         };
         Ok(Settings {
@@ -529,6 +539,8 @@ pub struct RunSettings {
     pub runs_active_max: usize,
     pub instance_lease_seconds: u64,
     pub cancel_on_disconnect: bool,
+    pub run_events_retention_seconds: u64,
+    pub run_events_flush_ms: u64,
     /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
     pub jobs: jobs::JobsConfig,
 }

@@ -53,6 +53,7 @@ impl Setup {
             state: RunState::Running,
             instance_id: instance_id.to_owned(),
             hold_id: Some(hold_id.clone()),
+            hold_resolution: data.hold_resolution(Some(&hold_id)),
             created_at: now,
             updated_at: now,
             data: data.to_text(),

@@ -127,6 +127,7 @@ fn title(code: &str) -> String {
         "amount_exceeds_hold" => "Amount exceeds hold",
         "refund_exceeds_charges" => "Refund exceeds charges",
         "idempotency_conflict" => "Idempotency key conflict",
+        "run_events_expired" => "Run events expired",
         "invalid_amount" => "Invalid amount",
         "invalid_request" => "Invalid request",
         "unauthorized" => "Unauthorized",

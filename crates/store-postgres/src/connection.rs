@@ -58,7 +58,7 @@ const TCP_USER_TIMEOUT_SECONDS: u64 = 30;
 /// `load_balance_hosts=random`), each attempt bounded by `host_timeout`.
 #[derive(Debug)]
 pub(crate) struct Connector {
-    /// The URL as parsed, for the pool's `Debug` only.
+    /// The URL as parsed, with the store's rules applied.
     config: Config,
     hosts: Vec<Config>,
     shuffle: bool,
@@ -122,6 +122,12 @@ impl Connector {
         assert!(hosts.iter().all(|host| host.get_target_session_attrs() == TargetSessionAttrs::ReadWrite));
         let shuffle = config.get_load_balance_hosts() == LoadBalanceHosts::Random;
         Ok(Connector { config, hosts, shuffle, host_timeout })
+    }
+
+    /// The URL as parsed, with the store's rules applied (read-write sessions only, timeouts,
+    /// keepalives): for a connection the pool does not own (the run-signal listener).
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The bound on opening one connection: every host's attempt in turn, and a margin.

@@ -33,13 +33,15 @@
 //! locks its thread's row as a command locks its account's, with the same bounded retries. And
 //! it implements [`JobStore`] (video jobs; see [`jobs`]): a job write locks (or inserts) the job
 //! row, then applies its ledger request through the ledger's own path, in one transaction with
-//! the same bounded retries; claims take rows with `FOR UPDATE SKIP LOCKED`.
+//! the same bounded retries; claims take rows with `FOR UPDATE SKIP LOCKED`. Run signals come
+//! from `LISTEN` on one dedicated connection ([`listen`]).
 
 mod batch;
 mod connection;
 mod error;
 mod execute;
 mod jobs;
+mod listen;
 mod rows;
 mod runs;
 mod schema;
@@ -58,20 +60,23 @@ use ledger::{
 };
 use rand::Rng;
 use store::codec::undecodable;
+use store::keys::{self, KeyUse, KeyedRun, RecordedResponse};
+use store::runs::RUN_EVENTS_PAGE_MAX;
 use store::{
-    AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, InstanceLease, JobId, JobRecord, JobStore,
-    JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunId, RunRecord, RunState, RunStore, StoreError,
-    SweepReport, ThreadId, VerifyReport, HOLD_UNRESOLVED_MARKER,
+    AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, Idempotency, InstanceLease, JobId, JobRecord,
+    JobStore, JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunEventsWrite, RunId, RunRecord, RunSignal,
+    RunState, RunStore, StoreError, StoredFrame, SweepReport, ThreadId, VerifyReport,
 };
-use tokio_postgres::error::SqlState;
+use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
 use crate::batch::{ApplyBatch, Batched, Batcher, BATCH_COMMANDS_MAX};
 use crate::connection::Connector;
 use crate::error::{pool_error, store_error, Failure, RetryCause};
+use crate::listen::{Listener, CANCEL_CHANNEL};
 use crate::rows::{ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
-use crate::runs::{ARTIFACT_COLUMNS, RUN_COLUMNS};
+use crate::runs::{ARTIFACT_COLUMNS, FRAME_COLUMNS, RUN_COLUMNS};
 
 /// First retry delay; doubles per retry up to [`BACKOFF_MAX_MICROS`], then jittered.
 const BACKOFF_BASE_MICROS: u64 = 1_000;
@@ -147,6 +152,8 @@ pub struct PostgresStore {
     options: PostgresOptions,
     counters: Arc<Counters>,
     batcher: Batcher<AccountId, Request, Answer>,
+    /// The run signals' `LISTEN` connection, opened on the first subscription.
+    listener: Listener,
 }
 
 impl Batched for Request {
@@ -240,7 +247,11 @@ impl PostgresStore {
         clock: Arc<dyn Clock>,
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
-        let pool = Connector::parse(url, options.connect_timeout_seconds)?.pool(options.pool_max)?;
+        let connector = Connector::parse(url, options.connect_timeout_seconds)?;
+        // The listener connects like the pool (same hosts, read-write only), bounded by the same
+        // time as one pooled connection.
+        let listener = Listener::new(connector.config().clone(), connector.create_timeout());
+        let pool = connector.pool(options.pool_max)?;
         {
             let mut client = pool.get().await.map_err(|error| {
                 let unavailable = pool_error(error);
@@ -263,7 +274,7 @@ impl PostgresStore {
             Box::pin(async move { runner.apply(account_id, requests).await }) as Pin<Box<_>>
         });
         let batcher = Batcher::new(options.batch_commands_max, apply);
-        Ok(PostgresStore { pool, clock, options, counters, batcher })
+        Ok(PostgresStore { pool, clock, options, counters, batcher, listener })
     }
 
     /// Applies the embedded migrations on one short-lived connection (to the primary, when the
@@ -305,6 +316,7 @@ impl PostgresStore {
     /// Closes the pool: idle connections are dropped at once, busy ones when returned, and every
     /// later operation fails with [`StoreError::Unavailable`].
     pub async fn close(&self) {
+        self.listener.stop();
         self.pool.close();
     }
 
@@ -366,14 +378,53 @@ impl PostgresStore {
         retrying(&self.counters, self.options.retries_max, what, attempt).await
     }
 
-    async fn try_create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, Failure> {
+    async fn try_create_run(
+        &self,
+        run: &RunRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Result<RunRecord, CreateRunRefusal>, Failure> {
         let mut client = self.client().await?;
         let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
-        let created = runs::create_attempt(transaction, run).await?;
+        let created = runs::create_attempt(transaction, run, idempotency, self.clock.now()).await?;
         if created.committed {
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
         Ok(created.result)
+    }
+
+    async fn try_write_run_events(&self, write: &RunEventsWrite) -> Result<bool, Failure> {
+        let mut client = self.client().await?;
+        let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+        let written = runs::write_events_attempt(transaction, write).await?;
+        if written {
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(written)
+    }
+
+    /// One attempt at recording a response: the key is claimed, or read as it is.
+    async fn try_record_response(&self, key: &str, response: &RecordedResponse) -> Result<KeyUse, Failure> {
+        let client = self.client().await?;
+        let claim = client.prepare_cached(runs::CLAIM_KEY).await?;
+        let (fingerprint, result) = keys::response_record(response);
+        if client.execute(&claim, &[&key, &fingerprint, &result, &self.clock.now().micros()]).await? == 1 {
+            return Ok(KeyUse::Response(response.clone()));
+        }
+        match self.key_record(key).await? {
+            Some((fingerprint, result)) => Ok(keys::key_use(&fingerprint, &result)?),
+            // Forgotten by the sweep between the claim and the read: claim again.
+            None => Err(Failure::retry(RetryCause::Race, "an idempotency key vanished while claimed")),
+        }
+    }
+
+    /// The `(fingerprint, result)` recorded for a key.
+    async fn key_record(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(runs::READ_KEY).await.map_err(store_error)?;
+        let Some(row) = client.query_opt(&statement, &[&key]).await.map_err(store_error)? else { return Ok(None) };
+        let fingerprint = row.try_get(0).map_err(|_| undecodable("idempotency fingerprint"))?;
+        let result = row.try_get(1).map_err(|_| undecodable("idempotency result"))?;
+        Ok(Some((fingerprint, result)))
     }
 
     async fn try_write_job(&self, write: &JobWrite) -> Result<Result<JobWritten, JobWriteRefusal>, Failure> {
@@ -661,28 +712,35 @@ impl LedgerStore for PostgresStore {
 
 #[async_trait]
 impl RunStore for PostgresStore {
-    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
-        self.retrying("create_run", || self.try_create_run(run)).await
+    async fn create_run_once(
+        &self,
+        run: &RunRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        self.retrying("create_run", || self.try_create_run(run, idempotency)).await
+    }
+
+    async fn keyed_run(&self, idempotency: &Idempotency) -> Result<Option<KeyedRun>, StoreError> {
+        self.key_record(&idempotency.key)
+            .await?
+            .map(|(fingerprint, result)| keys::keyed_run(&idempotency.fingerprint, &fingerprint, &result))
+            .transpose()
     }
 
     async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(runs::UPDATE_RUN).await.map_err(store_error)?;
-        let params: [&(dyn ToSql + Sync); 5] = [
+        let params: [&(dyn ToSql + Sync); 6] = [
             &run.run_id.as_str(),
             &run.state.as_str(),
             &run.hold_id.as_ref().map(HoldId::as_str),
             &run.updated_at.micros(),
             &run.data,
+            &run.hold_resolution.as_str(),
         ];
         match client.execute(&statement, &params).await {
             Ok(updated) => Ok(updated == 1),
-            // Only `runs_one_running_per_thread` can refuse this update: its thread already runs.
-            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::corrupt(format!(
-                "run {} cannot run while another run of its thread runs: {}",
-                run.run_id,
-                error::describe(&error)
-            ))),
+            Err(error) if runs::is_running_conflict(&error) => Err(runs::running_conflict(run, &error)),
             Err(error) => Err(store_error(error)),
         }
     }
@@ -748,15 +806,15 @@ impl RunStore for PostgresStore {
 
     async fn unresolved_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         let client = self.client().await?;
+        // Through `runs_hold_pending`, whose condition the query repeats word for word.
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE state <> 'running' AND hold_id IS NOT NULL \
-                 AND strpos(data, $1) > 0 ORDER BY updated_at, run_id COLLATE \"C\" LIMIT $2"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE hold_resolution = 'pending' AND state <> 'running' \
+                 ORDER BY updated_at, run_id COLLATE \"C\" LIMIT $1"
             ))
             .await
             .map_err(store_error)?;
-        let rows =
-            client.query(&statement, &[&HOLD_UNRESOLVED_MARKER, &i64::from(limit)]).await.map_err(store_error)?;
+        let rows = client.query(&statement, &[&i64::from(limit)]).await.map_err(store_error)?;
         rows.iter().map(runs::run).collect()
     }
 
@@ -857,6 +915,93 @@ impl RunStore for PostgresStore {
             .map_err(store_error)?;
         let row = client.query_opt(&statement, &[&artifact_id]).await.map_err(store_error)?;
         row.as_ref().map(runs::artifact).transpose()
+    }
+
+    async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {
+        self.retrying("write_run_events", || self.try_write_run_events(write)).await
+    }
+
+    async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {FRAME_COLUMNS} FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ))
+            .await
+            .map_err(store_error)?;
+        let after = after.map_or(-1, |after| i64::try_from(after).unwrap_or(i64::MAX));
+        let limit = i64::from(limit.min(RUN_EVENTS_PAGE_MAX));
+        let rows = client.query(&statement, &[&run_id.as_str(), &after, &limit]).await.map_err(store_error)?;
+        rows.iter().map(runs::frame).collect()
+    }
+
+    async fn last_run_event_seq(&self, run_id: &RunId) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT MAX(seq) FROM run_events WHERE run_id = $1").await.map_err(store_error)?;
+        let row = client.query_one(&statement, &[&run_id.as_str()]).await.map_err(store_error)?;
+        let last: Option<i64> = row.try_get(0).map_err(|_| undecodable("event seq"))?;
+        last.map(|seq| u64::try_from(seq).map_err(|_| undecodable("event seq"))).transpose()
+    }
+
+    async fn forget_run_events(&self, ended_before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        // Old frames through `run_events_by_time`: a run's frames are all older than its last update.
+        let statement = client
+            .prepare_cached(
+                "DELETE FROM run_events WHERE (run_id, seq) IN (SELECT e.run_id, e.seq FROM run_events e \
+                 JOIN runs r ON r.run_id = e.run_id WHERE e.at < $1 AND r.state <> 'running' \
+                 AND r.updated_at < $1 LIMIT $2)",
+            )
+            .await
+            .map_err(store_error)?;
+        client.execute(&statement, &[&ended_before.micros(), &i64::from(limit)]).await.map_err(store_error)
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        // One statement, so the notification goes out exactly when the request commits.
+        let statement = client
+            .prepare_cached(&format!(
+                "WITH requested AS (UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
+                 WHERE run_id = $1 AND state = 'running' RETURNING run_id) \
+                 SELECT pg_notify('{CANCEL_CHANNEL}', run_id) FROM requested"
+            ))
+            .await
+            .map_err(store_error)?;
+        let rows = client.query(&statement, &[&run_id.as_str(), &at.micros()]).await.map_err(store_error)?;
+        Ok(rows.len() == 1)
+    }
+
+    async fn cancel_requests(&self, instance_id: &str, limit: u32) -> Result<Vec<RunId>, StoreError> {
+        let client = self.client().await?;
+        // Through `runs_cancel_requested`, whose condition the query repeats.
+        let statement = client
+            .prepare_cached(
+                "SELECT run_id FROM runs WHERE instance_id = $1 AND state = 'running' \
+                 AND cancel_requested_at IS NOT NULL ORDER BY created_at, run_id COLLATE \"C\" LIMIT $2",
+            )
+            .await
+            .map_err(store_error)?;
+        let rows = client.query(&statement, &[&instance_id, &i64::from(limit)]).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let text: &str = row.try_get(0).map_err(|_| undecodable("run_id"))?;
+                RunId::parse(text).map_err(|_| undecodable("run_id"))
+            })
+            .collect()
+    }
+
+    async fn recorded_response(&self, key: &str) -> Result<Option<KeyUse>, StoreError> {
+        self.key_record(key).await?.map(|(fingerprint, result)| keys::key_use(&fingerprint, &result)).transpose()
+    }
+
+    async fn record_response(&self, key: &str, response: &RecordedResponse) -> Result<KeyUse, StoreError> {
+        self.retrying("record_response", || self.try_record_response(key, response)).await
+    }
+
+    async fn run_signals(&self) -> broadcast::Receiver<RunSignal> {
+        self.listener.subscribe().await
     }
 }
 

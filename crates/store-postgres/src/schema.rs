@@ -182,6 +182,42 @@ CREATE INDEX instances_by_lease ON instances (lease_until);
 CREATE INDEX IF NOT EXISTS holds_by_account ON holds (account_id, created_at);
 "#,
     },
+    // Run events in the store (any process replays and follows a run), cancel requests, and a
+    // typed hold resolution.
+    Migration {
+        version: 6,
+        sql: r#"
+-- Whether a run's hold still needs care, as a typed column. Existing rows are read once from the
+-- engine's document: the last time its `"hold_resolved":false` text is looked for.
+ALTER TABLE runs ADD COLUMN hold_resolution TEXT NOT NULL DEFAULT 'none'
+    CHECK (hold_resolution IN ('none', 'pending', 'resolved'));
+UPDATE runs SET hold_resolution = CASE
+    WHEN hold_id IS NULL THEN 'none'
+    WHEN strpos(data, '"hold_resolved":false') > 0 THEN 'pending'
+    ELSE 'resolved'
+END;
+-- Recovery reads exactly the terminal runs whose release failed, never a finished run.
+CREATE INDEX runs_hold_pending ON runs (updated_at, run_id) WHERE hold_resolution = 'pending' AND state <> 'running';
+
+-- A cancel asked for on any instance; the owner is told (NOTIFY) and looks for its running runs'
+-- requests as well.
+ALTER TABLE runs ADD COLUMN cancel_requested_at BIGINT;
+CREATE INDEX runs_cancel_requested ON runs (instance_id, created_at)
+    WHERE state = 'running' AND cancel_requested_at IS NOT NULL;
+
+-- Each run's frames as the engine encoded them; bounded per run by the engine, which deletes the
+-- frames it evicts. `at` serves the retention sweep.
+CREATE TABLE run_events (
+    run_id TEXT NOT NULL,
+    seq BIGINT NOT NULL CHECK (seq >= 0),
+    kind TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX run_events_by_time ON run_events (at);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

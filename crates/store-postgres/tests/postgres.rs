@@ -287,7 +287,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
 }
 
 #[tokio::test]
@@ -410,6 +410,7 @@ fn run_record(run_id: &str, thread_id: &str, clock: &ManualClock) -> RunRecord {
         state: RunState::Running,
         instance_id: "i1".to_owned(),
         hold_id: None,
+        hold_resolution: store::HoldResolution::None,
         created_at: clock.now(),
         updated_at: clock.now(),
         data: "{}".to_owned(),
@@ -469,15 +470,15 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     // Back to what a version-1 build left.
     client
         .batch_execute(
-            "DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; \
-             DELETE FROM schema_migrations WHERE version >= 2",
+            "DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; \
+             DROP TABLE threads; DELETE FROM schema_migrations WHERE version >= 2",
         )
         .await
         .expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
     assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
@@ -500,19 +501,67 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
     client
-        .batch_execute("DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3")
+        .batch_execute(&format!(
+            "{UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3"
+        ))
         .await
         .expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
     assert_eq!(
         store.thread_jobs(&store::ThreadId::parse("t1").expect("valid id"), 10).await.expect("answers"),
         vec![job]
     );
+}
+
+/// What migration 6 added, undone: back to a version-5 database.
+const UNDO_VERSION_6: &str = "DROP TABLE run_events; ALTER TABLE runs DROP COLUMN hold_resolution; \
+     ALTER TABLE runs DROP COLUMN cancel_requested_at; DELETE FROM schema_migrations WHERE version >= 6;";
+
+/// A version-5 database (runs whose documents say whether their hold is resolved) gains the typed
+/// hold-resolution column at the next start, read once from each document: recovery finds
+/// exactly the terminal run whose release failed, and none of the others.
+#[tokio::test]
+async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    let documents = [
+        ("failed-release", RunState::Failed, Some("h1"), r#"{"problem":"p","hold_resolved":false}"#),
+        ("settled", RunState::Succeeded, Some("h2"), r#"{"problem":"p","hold_resolved":true}"#),
+        ("live", RunState::Running, Some("h3"), r#"{"problem":"p","hold_resolved":false}"#),
+        ("never-held", RunState::Failed, None, r#"{"problem":"p","hold_resolved":false}"#),
+    ];
+    for (run_id, state, hold, data) in documents {
+        let mut run = store.create_run(&run_record(run_id, run_id, &clock)).await.expect("answers").expect("created");
+        run.state = state;
+        run.hold_id = hold.map(|hold| HoldId::parse(hold).expect("valid id"));
+        run.data = data.to_owned();
+        assert!(store.update_run(&run).await.expect("answers"));
+    }
+    store.close().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.batch_execute(UNDO_VERSION_6).await.expect("downgrade");
+
+    let store = connect(&url, &clock).await;
+    let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    for (run_id, expected) in [
+        ("failed-release", store::HoldResolution::Pending),
+        ("settled", store::HoldResolution::Resolved),
+        ("live", store::HoldResolution::Pending),
+        ("never-held", store::HoldResolution::None),
+    ] {
+        let run = store.run(&store::RunId::parse(run_id).expect("valid id")).await.expect("answers").expect("kept");
+        assert_eq!(run.hold_resolution, expected, "{run_id}");
+    }
+    let unresolved = store.unresolved_runs(10).await.expect("answers");
+    assert_eq!(unresolved.iter().map(|run| run.run_id.as_str()).collect::<Vec<_>>(), ["failed-release"]);
 }
 
 /// A queued job of account `u` in thread `t1`, paying from hold `h1`.

@@ -31,15 +31,17 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use ledger::{AccountId, Entry, Hold, HoldId, StoredAccount, Timestamp, Violation};
+use store::runs::RUN_SIGNALS_CAPACITY;
 use store::{
-    AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, InstanceLease, JobId, JobRecord, JobStore,
-    JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunId, RunRecord, RunState, RunStore, StoreError,
-    SweepReport, ThreadId, VerifyReport,
+    AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, Idempotency, InstanceLease, JobId, JobRecord,
+    JobStore, JobWrite, JobWriteRefusal, JobWritten, KeyUse, KeyedRun, LedgerStore, RecordedResponse, Request,
+    RunEventsWrite, RunId, RunRecord, RunSignal, RunState, RunStore, StoreError, StoredFrame, SweepReport, ThreadId,
+    VerifyReport,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use readers::Readers;
-use writer::{Answer, Claim, Counters, Job, Renewal, Work, Writer};
+use writer::{Answer, Claim, Counters, Job, NewResponse, NewRun, Renewal, Work, Writer};
 
 /// Tuning of a [`SqliteStore`]. Every queue it creates is bounded by one of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +99,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
+    /// One process owns the file (the owner lock): its own committed writes are every signal.
+    signals: broadcast::Sender<RunSignal>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,6 +158,7 @@ impl SqliteStore {
                 StoreError::startup(format!("cannot start the SQLite writer: {error}")).with_source(error)
             })?;
         tracing::info!(database = %path.display(), durable, batch_max = options.batch_max, "SQLite store open");
+        let (signals, _) = broadcast::channel(RUN_SIGNALS_CAPACITY);
         Ok(SqliteStore {
             path,
             clock,
@@ -161,6 +166,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             readers: Arc::new(readers),
             counters,
+            signals,
         })
     }
 
@@ -332,8 +338,17 @@ impl LedgerStore for SqliteStore {
 
 #[async_trait]
 impl RunStore for SqliteStore {
-    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
-        self.call(Work::CreateRun, run.clone()).await
+    async fn create_run_once(
+        &self,
+        run: &RunRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        self.call(Work::CreateRun, NewRun { run: run.clone(), idempotency: idempotency.cloned() }).await
+    }
+
+    async fn keyed_run(&self, idempotency: &Idempotency) -> Result<Option<KeyedRun>, StoreError> {
+        let idempotency = idempotency.clone();
+        self.readers.run(move |conn| runs::keyed_run(conn, &idempotency)).await
     }
 
     async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
@@ -409,6 +424,58 @@ impl RunStore for SqliteStore {
     async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
         let artifact_id = artifact_id.to_owned();
         self.readers.run(move |conn| runs::artifact(conn, &artifact_id)).await
+    }
+
+    async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {
+        let runs = write.runs_with_frames();
+        let written = self.call(Work::WriteRunEvents, write.clone()).await?;
+        if written {
+            for run_id in runs {
+                // No receiver is not an error: nobody follows.
+                let _ = self.signals.send(RunSignal::Events(run_id));
+            }
+        }
+        Ok(written)
+    }
+
+    async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.readers.run(move |conn| runs::run_events(conn, &run_id, after, limit)).await
+    }
+
+    async fn last_run_event_seq(&self, run_id: &RunId) -> Result<Option<u64>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.readers.run(move |conn| runs::last_run_event_seq(conn, &run_id)).await
+    }
+
+    async fn forget_run_events(&self, ended_before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.call(Work::ForgetRunEvents, (ended_before, limit)).await
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> Result<bool, StoreError> {
+        let requested = self.call(Work::RequestCancel, (run_id.clone(), at)).await?;
+        if requested {
+            let _ = self.signals.send(RunSignal::Cancel(run_id.clone()));
+        }
+        Ok(requested)
+    }
+
+    async fn cancel_requests(&self, instance_id: &str, limit: u32) -> Result<Vec<RunId>, StoreError> {
+        let instance_id = instance_id.to_owned();
+        self.readers.run(move |conn| runs::cancel_requests(conn, &instance_id, limit)).await
+    }
+
+    async fn recorded_response(&self, key: &str) -> Result<Option<KeyUse>, StoreError> {
+        let key = key.to_owned();
+        self.readers.run(move |conn| runs::recorded_response(conn, &key)).await
+    }
+
+    async fn record_response(&self, key: &str, response: &RecordedResponse) -> Result<KeyUse, StoreError> {
+        self.call(Work::RecordResponse, NewResponse { key: key.to_owned(), response: response.clone() }).await
+    }
+
+    async fn run_signals(&self) -> broadcast::Receiver<RunSignal> {
+        self.signals.subscribe()
     }
 }
 

@@ -1,22 +1,25 @@
-//! Threads, runs and artifacts: the queries behind [`store::RunStore`].
+//! Threads, runs, run events and artifacts: the queries behind [`store::RunStore`].
 //!
-//! Writes ([`create_run`], [`update_run`], [`put_artifact`]) run only on the writer thread, inside
-//! its job savepoints and group commits, so "check, then insert" is exact: no other write can
-//! come between. The schema's partial unique index (one running run per thread) and its keys
+//! Writes ([`create_run`], [`update_run`], [`write_run_events`], [`put_artifact`], …) run only on
+//! the writer thread, inside its job savepoints and group commits, so "check, then insert" is
+//! exact: no other write can come between. A solve's idempotency key lives in the ledger's
+//! idempotency table ([`store::keys`]), written in the run's own savepoint. The schema's partial unique index (one running run per thread) and its keys
 //! stay as a second line of defence, turning a bug into a failed job instead of a second running
 //! turn. Reads run on the read pool.
 
 use ledger::{AccountId, HoldId, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use store::keys::{self, KeyUse, KeyedRun, RecordedResponse};
+use store::runs::RUN_EVENTS_PAGE_MAX;
 use store::{
-    Artifact, ArtifactId, CreateRunRefusal, InstanceLease, RunId, RunRecord, RunState, StoreError, ThreadId,
-    HOLD_UNRESOLVED_MARKER,
+    Artifact, ArtifactId, CreateRunRefusal, HoldResolution, Idempotency, InstanceLease, RunEventsWrite, RunId,
+    RunRecord, RunState, StoreError, StoredFrame, ThreadId,
 };
 
-use crate::rows::sql_error;
+use crate::rows::{idempotency_record, insert_idempotency, sql_error};
 
-const RUN_COLUMNS: &str =
-    "run_id, account_id, thread_id, turn_index, state, instance_id, hold_id, created_at, updated_at, data";
+const RUN_COLUMNS: &str = "run_id, account_id, thread_id, turn_index, state, instance_id, hold_id, created_at, \
+     updated_at, data, hold_resolution";
 const ARTIFACT_COLUMNS: &str = "artifact_id, account_id, run_id, content_type, bytes, created_at";
 
 fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Result<T, StoreError> {
@@ -51,6 +54,8 @@ fn decode_run(row: &Row<'_>) -> Result<RunRecord, StoreError> {
         created_at: Timestamp::from_micros(get(row, 7)?),
         updated_at: Timestamp::from_micros(get(row, 8)?),
         data: get(row, 9)?,
+        hold_resolution: HoldResolution::parse(&get::<String>(row, 10)?)
+            .ok_or_else(|| StoreError::corrupt("unknown run hold_resolution"))?,
     })
 }
 
@@ -90,12 +95,26 @@ fn running_run(conn: &Connection, thread_id: &ThreadId, except: Option<&RunId>) 
     running.map(|text| RunId::parse(&text).map_err(|error| StoreError::corrupt(format!("stored {error}")))).transpose()
 }
 
-/// Checks the refusals in the contract's order, then creates the thread if new and inserts the
-/// run as its next turn. Writer thread only.
+/// What a solve's key names, read on `conn`.
+pub(crate) fn keyed_run(conn: &Connection, idempotency: &Idempotency) -> Result<Option<KeyedRun>, StoreError> {
+    idempotency_record(conn, &idempotency.key)?
+        .map(|(fingerprint, result)| keys::keyed_run(&idempotency.fingerprint, &fingerprint, &result))
+        .transpose()
+}
+
+/// Checks the key (when given), then the refusals in the contract's order, then creates the
+/// thread if new, inserts the run as its next turn and records the key. Writer thread only.
 pub(crate) fn create_run(
     conn: &Connection,
     run: &RunRecord,
+    idempotency: Option<&Idempotency>,
+    now: Timestamp,
 ) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+    if let Some(idempotency) = idempotency {
+        if let Some(used) = keyed_run(conn, idempotency)? {
+            return Ok(Err(CreateRunRefusal::KeyUsed(used)));
+        }
+    }
     let owner: Option<String> = conn
         .prepare_cached("SELECT account_id FROM threads WHERE thread_id = ?1")
         .map_err(sql_error)?
@@ -131,7 +150,7 @@ pub(crate) fn create_run(
     let turn_index =
         u32::try_from(turns).map_err(|_| StoreError::corrupt(format!("thread {} has {turns} turns", run.thread_id)))?;
     let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
-    let sql = format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    let sql = format!("INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     conn.prepare_cached(&sql)
         .map_err(sql_error)?
         .execute(params![
@@ -145,8 +164,13 @@ pub(crate) fn create_run(
             stored.created_at.micros(),
             stored.updated_at.micros(),
             stored.data,
+            stored.hold_resolution.as_str(),
         ])
         .map_err(sql_error)?;
+    if let Some(idempotency) = idempotency {
+        let (fingerprint, result) = keys::solve_record(&idempotency.fingerprint, &stored.run_id);
+        insert_idempotency(conn, &idempotency.key, &fingerprint, &result, now)?;
+    }
     Ok(Ok(stored))
 }
 
@@ -169,7 +193,10 @@ pub(crate) fn update_run(conn: &Connection, run: &RunRecord) -> Result<bool, Sto
         }
     }
     let updated = conn
-        .prepare_cached("UPDATE runs SET state = ?2, hold_id = ?3, updated_at = ?4, data = ?5 WHERE run_id = ?1")
+        .prepare_cached(
+            "UPDATE runs SET state = ?2, hold_id = ?3, updated_at = ?4, data = ?5, hold_resolution = ?6 \
+             WHERE run_id = ?1",
+        )
         .map_err(sql_error)?
         .execute(params![
             run.run_id.as_str(),
@@ -177,6 +204,7 @@ pub(crate) fn update_run(conn: &Connection, run: &RunRecord) -> Result<bool, Sto
             run.hold_id.as_ref().map(HoldId::as_str),
             run.updated_at.micros(),
             run.data,
+            run.hold_resolution.as_str(),
         ])
         .map_err(sql_error)?;
     Ok(updated == 1)
@@ -254,12 +282,13 @@ pub(crate) fn runs_in_state(
     }
 }
 
+/// Through `runs_hold_pending`, whose condition the query repeats word for word.
 pub(crate) fn unresolved_runs(conn: &Connection, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
     let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE state <> 'running' AND hold_id IS NOT NULL AND instr(data, ?1) > 0 \
-         ORDER BY updated_at, run_id LIMIT ?2"
+        "SELECT {RUN_COLUMNS} FROM runs WHERE hold_resolution = 'pending' AND state <> 'running' \
+         ORDER BY updated_at, run_id LIMIT ?1"
     );
-    query_runs(conn, &sql, params![HOLD_UNRESOLVED_MARKER, i64::from(limit)])
+    query_runs(conn, &sql, params![i64::from(limit)])
 }
 
 pub(crate) fn orphaned_runs(
@@ -334,4 +363,143 @@ pub(crate) fn artifact(conn: &Connection, artifact_id: &ArtifactId) -> Result<Op
         Some(row) => decode_artifact(row).map(Some),
         None => Ok(None),
     }
+}
+
+fn seq_param(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::corrupt(format!("event seq {seq} beyond the column's range")))
+}
+
+/// Writes frames (a stored one stays as it is), deletes evicted ones and updates the run, all in
+/// the job's savepoint; false, having written nothing, for an unknown run. Writer thread only.
+pub(crate) fn write_run_events(conn: &Connection, write: &RunEventsWrite) -> Result<bool, StoreError> {
+    if let Some(run) = &write.run {
+        if !update_run(conn, run)? {
+            return Ok(false);
+        }
+    }
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO run_events (run_id, seq, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (run_id, seq) DO NOTHING",
+        )
+        .map_err(sql_error)?;
+    for frame in &write.frames {
+        insert
+            .execute(params![frame.run_id.as_str(), seq_param(frame.seq)?, frame.kind, frame.at.micros(), frame.data])
+            .map_err(sql_error)?;
+    }
+    let mut delete = conn.prepare_cached("DELETE FROM run_events WHERE run_id = ?1 AND seq = ?2").map_err(sql_error)?;
+    for (run_id, seq) in &write.evicted {
+        delete.execute(params![run_id.as_str(), seq_param(*seq)?]).map_err(sql_error)?;
+    }
+    Ok(true)
+}
+
+fn decode_frame(row: &Row<'_>) -> Result<StoredFrame, StoreError> {
+    let seq: i64 = get(row, 1)?;
+    Ok(StoredFrame {
+        run_id: get_id(row, 0, RunId::parse)?,
+        seq: u64::try_from(seq).map_err(|_| StoreError::corrupt(format!("event seq {seq}")))?,
+        kind: get(row, 2)?,
+        at: Timestamp::from_micros(get(row, 3)?),
+        data: get(row, 4)?,
+    })
+}
+
+pub(crate) fn run_events(
+    conn: &Connection,
+    run_id: &RunId,
+    after: Option<u64>,
+    limit: u32,
+) -> Result<Vec<StoredFrame>, StoreError> {
+    let after = match after {
+        Some(after) => seq_param(after)?,
+        None => -1,
+    };
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT run_id, seq, kind, at, data FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(sql_error)?;
+    let mut rows = statement
+        .query(params![run_id.as_str(), after, i64::from(limit.min(RUN_EVENTS_PAGE_MAX))])
+        .map_err(sql_error)?;
+    let mut frames = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        frames.push(decode_frame(row)?);
+    }
+    Ok(frames)
+}
+
+pub(crate) fn last_run_event_seq(conn: &Connection, run_id: &RunId) -> Result<Option<u64>, StoreError> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT MAX(seq) FROM run_events WHERE run_id = ?1")
+        .map_err(sql_error)?
+        .query_row([run_id.as_str()], |row| row.get(0))
+        .map_err(sql_error)?;
+    last.map(|seq| u64::try_from(seq).map_err(|_| StoreError::corrupt(format!("event seq {seq}")))).transpose()
+}
+
+/// Deletes at most `limit` frames of runs that ended before `ended_before`; old frames are found
+/// through `run_events_by_time` (a run's frames are all older than its last update). Writer
+/// thread only.
+pub(crate) fn forget_run_events(conn: &Connection, ended_before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM run_events WHERE (run_id, seq) IN (SELECT e.run_id, e.seq FROM run_events e \
+             WHERE e.at < ?1 AND EXISTS (SELECT 1 FROM runs r WHERE r.run_id = e.run_id AND r.state <> 'running' \
+             AND r.updated_at < ?1) LIMIT ?2)",
+        )
+        .map_err(sql_error)?
+        .execute(params![ended_before.micros(), i64::from(limit)])
+        .map_err(sql_error)?;
+    Ok(deleted as u64)
+}
+
+/// Records a cancel request on a running run (the first request's time stays). Writer thread only.
+pub(crate) fn request_cancel(conn: &Connection, run_id: &RunId, at: Timestamp) -> Result<bool, StoreError> {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?2) \
+             WHERE run_id = ?1 AND state = 'running'",
+        )
+        .map_err(sql_error)?
+        .execute(params![run_id.as_str(), at.micros()])
+        .map_err(sql_error)?;
+    Ok(updated == 1)
+}
+
+/// Through `runs_cancel_requested`, whose condition the query repeats.
+pub(crate) fn cancel_requests(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec<RunId>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT run_id FROM runs WHERE instance_id = ?1 AND state = 'running' \
+             AND cancel_requested_at IS NOT NULL ORDER BY created_at, run_id LIMIT ?2",
+        )
+        .map_err(sql_error)?;
+    let mut rows = statement.query(params![instance_id, i64::from(limit)]).map_err(sql_error)?;
+    let mut runs = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        runs.push(get_id(row, 0, RunId::parse)?);
+    }
+    Ok(runs)
+}
+
+pub(crate) fn recorded_response(conn: &Connection, key: &str) -> Result<Option<KeyUse>, StoreError> {
+    idempotency_record(conn, key)?.map(|(fingerprint, result)| keys::key_use(&fingerprint, &result)).transpose()
+}
+
+/// Records a response under a free key; what the key holds either way. Writer thread only.
+pub(crate) fn record_response(
+    conn: &Connection,
+    key: &str,
+    response: &RecordedResponse,
+    now: Timestamp,
+) -> Result<KeyUse, StoreError> {
+    if let Some(used) = recorded_response(conn, key)? {
+        return Ok(used);
+    }
+    let (fingerprint, result) = keys::response_record(response);
+    insert_idempotency(conn, key, &fingerprint, &result, now)?;
+    Ok(KeyUse::Response(response.clone()))
 }

@@ -12,8 +12,8 @@ use store::StoreError;
 
 /// How long a connection waits for a lock held by another connection before giving up.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection (the adapter uses about fifty distinct ones).
-const STATEMENT_CACHE_MAX: usize = 64;
+/// Prepared statements kept per connection (the adapter uses about sixty distinct ones).
+const STATEMENT_CACHE_MAX: usize = 96;
 
 /// Versions in ascending order; a version's SQL never changes once released.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_jobs.sql")),
     (4, include_str!("../migrations/0004_instances.sql")),
     (5, include_str!("../migrations/0005_holds_by_account.sql")),
+    (6, include_str!("../migrations/0006_run_events.sql")),
 ];
 
 fn refused(path: &Path, what: &str, detail: impl std::fmt::Display) -> StoreError {

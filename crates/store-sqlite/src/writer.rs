@@ -33,8 +33,8 @@ use ledger::{AccountId, AccountState, Grant, GrantKind, Hold, HoldId, Reference,
 use rusqlite::Connection;
 use store::protocol::{self, AccountRow, Decided, PendingHolds, Writes};
 use store::{
-    Artifact, Clock, CreateRunRefusal, Executed, JobRecord, JobWrite, JobWriteRefusal, JobWritten, Request, RunRecord,
-    StoreError,
+    Artifact, Clock, CreateRunRefusal, Executed, Idempotency, JobRecord, JobWrite, JobWriteRefusal, JobWritten, KeyUse,
+    RecordedResponse, Request, RunEventsWrite, RunId, RunRecord, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -99,6 +99,20 @@ pub(crate) struct Claim {
     pub attempts_max: u32,
 }
 
+/// A run to create, with the solve's key if it has one (see `RunStore::create_run_once`).
+#[derive(Debug)]
+pub(crate) struct NewRun {
+    pub run: RunRecord,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A response to record under a key (see `RunStore::record_response`).
+#[derive(Debug)]
+pub(crate) struct NewResponse {
+    pub key: String,
+    pub response: RecordedResponse,
+}
+
 /// What a lease renewal asks for (see `RunStore::renew_instance`).
 #[derive(Debug)]
 pub(crate) struct Renewal {
@@ -115,9 +129,16 @@ pub(crate) enum Work {
     Sweep(Job<AccountId, usize>),
     /// Forgets idempotency keys older than the retention: answers how many.
     ForgetKeys(Job<(), u64>),
-    CreateRun(Job<RunRecord, Result<RunRecord, CreateRunRefusal>>),
+    CreateRun(Job<NewRun, Result<RunRecord, CreateRunRefusal>>),
     /// Answers whether the run existed.
     UpdateRun(Job<RunRecord, bool>),
+    /// Answers false (nothing written) when the write's run does not exist.
+    WriteRunEvents(Job<RunEventsWrite, bool>),
+    /// Forgets frames of runs ended before the time, at most the count: answers how many.
+    ForgetRunEvents(Job<(Timestamp, u32), u64>),
+    /// Answers whether the run was running.
+    RequestCancel(Job<(RunId, Timestamp), bool>),
+    RecordResponse(Job<NewResponse, KeyUse>),
     PutArtifact(Job<Artifact, ()>),
     /// Boxed: a job record is large, and queued work should not all be that size.
     WriteJob(Job<Box<JobWrite>, Result<JobWritten, JobWriteRefusal>>),
@@ -136,6 +157,10 @@ macro_rules! each_job {
             Work::ForgetKeys($job) => $body,
             Work::CreateRun($job) => $body,
             Work::UpdateRun($job) => $body,
+            Work::WriteRunEvents($job) => $body,
+            Work::ForgetRunEvents($job) => $body,
+            Work::RequestCancel($job) => $body,
+            Work::RecordResponse($job) => $body,
             Work::PutArtifact($job) => $body,
             Work::WriteJob($job) => $body,
             Work::ClaimJob($job) => $body,
@@ -475,8 +500,18 @@ impl Writer {
                 let cutoff = Timestamp::from_micros(now.micros().saturating_sub(retention_micros));
                 kept(rows::delete_idempotency_before(&self.conn, cutoff))
             }),
-            Work::CreateRun(job) => job.perform(|run| kept(runs::create_run(&self.conn, run))),
+            Work::CreateRun(job) => {
+                job.perform(|new| kept(runs::create_run(&self.conn, &new.run, new.idempotency.as_ref(), now)))
+            }
             Work::UpdateRun(job) => job.perform(|run| kept(runs::update_run(&self.conn, run))),
+            Work::WriteRunEvents(job) => job.perform(|write| kept(runs::write_run_events(&self.conn, write))),
+            Work::ForgetRunEvents(job) => {
+                job.perform(|(ended_before, limit)| kept(runs::forget_run_events(&self.conn, *ended_before, *limit)))
+            }
+            Work::RequestCancel(job) => job.perform(|(run_id, at)| kept(runs::request_cancel(&self.conn, run_id, *at))),
+            Work::RecordResponse(job) => {
+                job.perform(|new| kept(runs::record_response(&self.conn, &new.key, &new.response, now)))
+            }
             Work::PutArtifact(job) => job.perform(|artifact| kept(runs::put_artifact(&self.conn, artifact))),
             Work::ClaimJob(job) => job.perform(|claim| {
                 kept(jobs::claim(&self.conn, &claim.worker_id, claim.now, claim.lease_until, claim.attempts_max))
@@ -709,6 +744,7 @@ mod tests {
             state: store::RunState::Running,
             instance_id: "i1".to_owned(),
             hold_id: None,
+            hold_resolution: store::HoldResolution::None,
             created_at: at,
             updated_at: at,
             data: "{}".to_owned(),
@@ -730,13 +766,13 @@ mod tests {
             created_at: Timestamp::from_micros(1),
         };
         let finished = RunRecord { state: store::RunState::Succeeded, ..run_record("r1", "t") };
-        let (create, created) = work(Work::CreateRun, run_record("r1", "t"));
+        let (create, created) = work(Work::CreateRun, NewRun { run: run_record("r1", "t"), idempotency: None });
         let (put_first, put) = work(Work::PutArtifact, artifact.clone());
         let (grant_a, granted) = job(grant("a", 10));
         let (put_again, repeated) = work(Work::PutArtifact, Artifact { bytes: b"second".to_vec(), ..artifact.clone() });
-        let (create_busy, busy) = work(Work::CreateRun, run_record("r2", "t"));
+        let (create_busy, busy) = work(Work::CreateRun, NewRun { run: run_record("r2", "t"), idempotency: None });
         let (finish, updated) = work(Work::UpdateRun, finished);
-        let (create_next, next) = work(Work::CreateRun, run_record("r3", "t"));
+        let (create_next, next) = work(Work::CreateRun, NewRun { run: run_record("r3", "t"), idempotency: None });
         writer.run_batch(vec![create, put_first, grant_a, put_again, create_busy, finish, create_next]);
 
         assert!(matches!(answer(created), Ok(Ok(run)) if run.turn_index == 0));

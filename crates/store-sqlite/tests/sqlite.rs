@@ -344,6 +344,7 @@ fn run_record(run_id: &str, thread_id: &str, clock: &ManualClock) -> RunRecord {
         state: RunState::Running,
         instance_id: "i1".to_owned(),
         hold_id: None,
+        hold_resolution: store::HoldResolution::None,
         created_at: clock.now(),
         updated_at: clock.now(),
         data: r#"{"plan":["solve"]}"#.to_owned(),
@@ -371,7 +372,8 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
         // Back to what a version-1 build wrote.
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.execute_batch(
-            "DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; DROP TABLE threads; \
+            "DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; \
+             DROP TABLE threads; \
              DELETE FROM schema_migrations WHERE version >= 2;",
         )
         .expect("downgrades");
@@ -379,7 +381,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     assert_eq!(schema_versions(&path), vec![1]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
@@ -400,19 +402,76 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     store.close().await;
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
-        conn.execute_batch("DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3;")
-            .expect("downgrades");
+        conn.execute_batch(&format!(
+            "{UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3;"
+        ))
+        .expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1, 2]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
     assert_eq!(
         store.thread_jobs(&store::ThreadId::parse("t1").expect("valid id"), 10).await.expect("answers"),
         vec![job]
     );
+    store.close().await;
+}
+
+/// What migration 6 added, undone: back to a version-5 database.
+const UNDO_VERSION_6: &str = "DROP INDEX runs_hold_pending; DROP INDEX runs_cancel_requested; DROP TABLE run_events; \
+     ALTER TABLE runs DROP COLUMN hold_resolution; ALTER TABLE runs DROP COLUMN cancel_requested_at; \
+     DELETE FROM schema_migrations WHERE version >= 6;";
+
+/// A version-5 database (runs whose documents say whether their hold is resolved) gains the typed
+/// hold-resolution column at open, read once from each document: recovery finds exactly the
+/// terminal run whose release failed, and none of the others.
+#[tokio::test]
+async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    let documents = [
+        ("failed-release", RunState::Failed, Some("h1"), r#"{"problem":"p","hold_resolved":false}"#),
+        ("settled", RunState::Succeeded, Some("h2"), r#"{"problem":"p","hold_resolved":true}"#),
+        ("live", RunState::Running, Some("h3"), r#"{"problem":"p","hold_resolved":false}"#),
+        ("never-held", RunState::Failed, None, r#"{"problem":"p","hold_resolved":false}"#),
+    ];
+    for (run_id, state, hold, data) in documents {
+        let mut run = store.create_run(&run_record(run_id, run_id, &clock)).await.expect("answers").expect("created");
+        run.state = state;
+        run.hold_id = hold.map(|hold| HoldId::parse(hold).expect("valid id"));
+        run.data = data.to_owned();
+        assert!(store.update_run(&run).await.expect("answers"));
+    }
+    store.close().await;
+    {
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch(UNDO_VERSION_6).expect("downgrades");
+    }
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
+
+    let store = open(&path, &clock).await;
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
+    let resolution = |run_id: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .run(&store::RunId::parse(run_id).expect("valid id"))
+                .await
+                .expect("answers")
+                .expect("kept")
+                .hold_resolution
+        }
+    };
+    assert_eq!(resolution("failed-release").await, store::HoldResolution::Pending);
+    assert_eq!(resolution("settled").await, store::HoldResolution::Resolved);
+    assert_eq!(resolution("live").await, store::HoldResolution::Pending);
+    assert_eq!(resolution("never-held").await, store::HoldResolution::None);
+    let unresolved = store.unresolved_runs(10).await.expect("answers");
+    assert_eq!(unresolved.iter().map(|run| run.run_id.as_str()).collect::<Vec<_>>(), ["failed-release"]);
     store.close().await;
 }
 

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod conformance;
 pub mod ids;
 pub mod jobs;
+pub mod keys;
 pub mod memory;
 pub mod protocol;
 pub mod runs;
@@ -30,7 +31,11 @@ use ledger::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{ArtifactId, JobId, RunId, ThreadId};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
-pub use runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
+pub use keys::{KeyUse, KeyedRun, RecordedResponse};
+pub use runs::{
+    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
+    RunStore, StoredFrame,
+};
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;

@@ -6,7 +6,7 @@
 //! version (and the one retry per source), let the ledger decide, and write both or neither, all
 //! under the one lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -14,11 +14,17 @@ use ledger::{
     AccountId, AccountState, Amount, Entry, Grant, GrantKind, Hold, HoldId, Reference, StoredAccount, Timestamp,
 };
 
+use tokio::sync::broadcast;
+
 use crate::ids::{ArtifactId, JobId, RunId, ThreadId};
 use crate::jobs::{self, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten, JOBS_LIST_MAX};
+use crate::keys::{self, KeyUse, KeyedRun, RecordedResponse};
 use crate::protocol::{self, Decided, PendingHolds, Writes};
-use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
-use crate::{AccountView, Clock, Executed, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
+use crate::runs::{
+    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
+    RunStore, StoredFrame, RUN_EVENTS_PAGE_MAX, RUN_SIGNALS_CAPACITY,
+};
+use crate::{AccountView, Clock, Executed, Idempotency, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
 #[derive(Default)]
 struct Inner {
@@ -33,6 +39,10 @@ struct Inner {
     idempotency: HashMap<String, (String, String, i64)>,
     threads: HashMap<ThreadId, Thread>,
     runs: HashMap<RunId, RunRecord>,
+    /// Runs whose cancel was requested, and when first.
+    cancel_requests: HashMap<RunId, Timestamp>,
+    /// Stored frames by run and seq (ordered, so a run's frames read as a range).
+    events: BTreeMap<(RunId, u64), StoredFrame>,
     artifacts: HashMap<ArtifactId, Artifact>,
     jobs: HashMap<JobId, JobRecord>,
     /// retry_source_job_id → the id of its retry: the unique index of the SQL stores.
@@ -51,11 +61,14 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
     idempotency_retention_seconds: u64,
+    /// One process holds the whole store: its own writes are every signal there is.
+    signals: broadcast::Sender<RunSignal>,
 }
 
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, idempotency_retention_seconds: u64) -> MemoryStore {
-        MemoryStore { inner: Mutex::new(Inner::default()), clock, idempotency_retention_seconds }
+        let (signals, _) = broadcast::channel(RUN_SIGNALS_CAPACITY);
+        MemoryStore { inner: Mutex::new(Inner::default()), clock, idempotency_retention_seconds, signals }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -75,6 +88,33 @@ impl Inner {
             .filter(|run_id| Some(*run_id) != except)
             .filter_map(|run_id| self.runs.get(run_id))
             .find(|run| run.state == RunState::Running)
+    }
+
+    /// The `(fingerprint, result)` recorded for a key.
+    fn key_record(&self, key: &str) -> Option<(&str, &str)> {
+        self.idempotency.get(key).map(|(fingerprint, result, _)| (fingerprint.as_str(), result.as_str()))
+    }
+
+    /// Overwrites the mutable fields of a stored run; false when there is no such run.
+    fn update_run(&mut self, run: &RunRecord) -> Result<bool, StoreError> {
+        let Some(thread_id) = self.runs.get(&run.run_id).map(|stored| stored.thread_id.clone()) else {
+            return Ok(false);
+        };
+        if run.state == RunState::Running {
+            if let Some(running) = self.running_run(&thread_id, Some(&run.run_id)) {
+                return Err(StoreError::corrupt(format!(
+                    "run {} cannot run while run {} of its thread runs",
+                    run.run_id, running.run_id
+                )));
+            }
+        }
+        let Some(stored) = self.runs.get_mut(&run.run_id) else { return Ok(false) };
+        stored.state = run.state;
+        stored.hold_id = run.hold_id.clone();
+        stored.hold_resolution = run.hold_resolution;
+        stored.updated_at = run.updated_at;
+        stored.data = run.data.clone();
+        Ok(true)
     }
 
     /// Idempotency first, then assemble and decide; writes nothing, so a caller may still drop the
@@ -249,8 +289,22 @@ impl LedgerStore for MemoryStore {
 
 #[async_trait]
 impl RunStore for MemoryStore {
-    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+    async fn create_run_once(
+        &self,
+        run: &RunRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+        let now = self.clock.now();
         let mut inner = self.lock();
+        if let Some(idempotency) = idempotency {
+            if let Some((fingerprint, result)) = inner.key_record(&idempotency.key) {
+                return Ok(Err(CreateRunRefusal::KeyUsed(keys::keyed_run(
+                    &idempotency.fingerprint,
+                    fingerprint,
+                    result,
+                )?)));
+            }
+        }
         if let Some(thread) = inner.threads.get(&run.thread_id) {
             if thread.account_id != run.account_id {
                 return Ok(Err(CreateRunRefusal::ThreadOfAnotherAccount));
@@ -271,28 +325,23 @@ impl RunStore for MemoryStore {
         thread.run_ids.push(run.run_id.clone());
         let stored = RunRecord { turn_index, state: RunState::Running, ..run.clone() };
         inner.runs.insert(stored.run_id.clone(), stored.clone());
+        if let Some(idempotency) = idempotency {
+            let (fingerprint, result) = keys::solve_record(&idempotency.fingerprint, &stored.run_id);
+            inner.idempotency.insert(idempotency.key.clone(), (fingerprint, result, now.micros()));
+        }
         Ok(Ok(stored))
     }
 
+    async fn keyed_run(&self, idempotency: &Idempotency) -> Result<Option<KeyedRun>, StoreError> {
+        let inner = self.lock();
+        inner
+            .key_record(&idempotency.key)
+            .map(|(fingerprint, result)| keys::keyed_run(&idempotency.fingerprint, fingerprint, result))
+            .transpose()
+    }
+
     async fn update_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let Some(thread_id) = inner.runs.get(&run.run_id).map(|stored| stored.thread_id.clone()) else {
-            return Ok(false);
-        };
-        if run.state == RunState::Running {
-            if let Some(running) = inner.running_run(&thread_id, Some(&run.run_id)) {
-                return Err(StoreError::corrupt(format!(
-                    "run {} cannot run while run {} of its thread runs",
-                    run.run_id, running.run_id
-                )));
-            }
-        }
-        let Some(stored) = inner.runs.get_mut(&run.run_id) else { return Ok(false) };
-        stored.state = run.state;
-        stored.hold_id = run.hold_id.clone();
-        stored.updated_at = run.updated_at;
-        stored.data = run.data.clone();
-        Ok(true)
+        self.lock().update_run(run)
     }
 
     async fn run(&self, run_id: &RunId) -> Result<Option<RunRecord>, StoreError> {
@@ -342,7 +391,7 @@ impl RunStore for MemoryStore {
         let mut runs: Vec<&RunRecord> = inner
             .runs
             .values()
-            .filter(|run| run.state.is_terminal() && run.hold_id.is_some() && run.data.contains(HOLD_UNRESOLVED_MARKER))
+            .filter(|run| run.state.is_terminal() && run.hold_resolution == HoldResolution::Pending)
             .collect();
         runs.sort_by(|a, b| (a.updated_at, &a.run_id).cmp(&(b.updated_at, &b.run_id)));
         Ok(runs.into_iter().take(limit as usize).cloned().collect())
@@ -406,6 +455,97 @@ impl RunStore for MemoryStore {
 
     async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
         Ok(self.lock().artifacts.get(artifact_id).cloned())
+    }
+
+    async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {
+        {
+            let mut inner = self.lock();
+            if let Some(run) = &write.run {
+                if !inner.update_run(run)? {
+                    return Ok(false);
+                }
+            }
+            for frame in &write.frames {
+                inner.events.entry((frame.run_id.clone(), frame.seq)).or_insert_with(|| frame.clone());
+            }
+            for key in &write.evicted {
+                inner.events.remove(key);
+            }
+        }
+        for run_id in write.runs_with_frames() {
+            // No receiver is not an error: nobody follows.
+            let _ = self.signals.send(RunSignal::Events(run_id));
+        }
+        Ok(true)
+    }
+
+    async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {
+        let inner = self.lock();
+        let from = after.map_or(0, |after| after.saturating_add(1));
+        let range = inner.events.range((run_id.clone(), from)..=(run_id.clone(), u64::MAX));
+        Ok(range.take(limit.min(RUN_EVENTS_PAGE_MAX) as usize).map(|(_, frame)| frame.clone()).collect())
+    }
+
+    async fn last_run_event_seq(&self, run_id: &RunId) -> Result<Option<u64>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.events.range((run_id.clone(), 0)..=(run_id.clone(), u64::MAX)).next_back().map(|((_, seq), _)| *seq))
+    }
+
+    async fn forget_run_events(&self, ended_before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let ended = |run_id: &RunId| {
+            inner.runs.get(run_id).is_some_and(|run| run.state.is_terminal() && run.updated_at < ended_before)
+        };
+        let due: Vec<(RunId, u64)> =
+            inner.events.keys().filter(|(run_id, _)| ended(run_id)).take(limit as usize).cloned().collect();
+        for key in &due {
+            inner.events.remove(key);
+        }
+        Ok(due.len() as u64)
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> Result<bool, StoreError> {
+        {
+            let mut inner = self.lock();
+            if !inner.runs.get(run_id).is_some_and(|run| run.state == RunState::Running) {
+                return Ok(false);
+            }
+            inner.cancel_requests.entry(run_id.clone()).or_insert(at);
+        }
+        let _ = self.signals.send(RunSignal::Cancel(run_id.clone()));
+        Ok(true)
+    }
+
+    async fn cancel_requests(&self, instance_id: &str, limit: u32) -> Result<Vec<RunId>, StoreError> {
+        let inner = self.lock();
+        let mut runs: Vec<&RunRecord> = inner
+            .cancel_requests
+            .keys()
+            .filter_map(|run_id| inner.runs.get(run_id))
+            .filter(|run| run.state == RunState::Running && run.instance_id == instance_id)
+            .collect();
+        runs.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
+        Ok(runs.into_iter().take(limit as usize).map(|run| run.run_id.clone()).collect())
+    }
+
+    async fn recorded_response(&self, key: &str) -> Result<Option<KeyUse>, StoreError> {
+        let inner = self.lock();
+        inner.key_record(key).map(|(fingerprint, result)| keys::key_use(fingerprint, result)).transpose()
+    }
+
+    async fn record_response(&self, key: &str, response: &RecordedResponse) -> Result<KeyUse, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        if let Some((fingerprint, result)) = inner.key_record(key) {
+            return keys::key_use(fingerprint, result);
+        }
+        let (fingerprint, result) = keys::response_record(response);
+        inner.idempotency.insert(key.to_owned(), (fingerprint, result, now.micros()));
+        Ok(KeyUse::Response(response.clone()))
+    }
+
+    async fn run_signals(&self) -> broadcast::Receiver<RunSignal> {
+        self.signals.subscribe()
     }
 }
 

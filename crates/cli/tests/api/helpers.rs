@@ -87,6 +87,8 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         runs_active_max: 16,
         instance_lease_seconds: 15,
         cancel_on_disconnect: false,
+        run_events_retention_seconds: 7 * 24 * 3600,
+        run_events_flush_ms: 25,
         // Tests run the stuck sweep themselves, on the manual clock.
         jobs: jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..jobs::JobsConfig::default() },
     };

@@ -434,6 +434,7 @@ async fn a_stale_hold_of_an_earlier_turn_is_released_first_even_when_the_turn_is
         state: store::RunState::Running,
         instance_id: "gone".to_owned(),
         hold_id: Some(ledger::HoldId::parse(&stale_hold_id).unwrap()),
+        hold_resolution: store::HoldResolution::Pending,
         created_at: now,
         updated_at: now,
         data: "{}".to_owned(),
@@ -528,4 +529,28 @@ async fn with_cancel_on_disconnect_a_client_that_leaves_cancels_its_run() {
     let hold_id = find(&frames, "credit_reserved").payload()["hold_id"].as_str().unwrap().to_owned();
     assert_eq!(app.get_hold(&hold_id).await.str("state"), "released");
     assert_eq!(app.figures("quin").await, ("50".to_owned(), "0".to_owned(), "50".to_owned()));
+}
+
+/// A finished run's events are kept for the retention, then forgotten by the sweep: its stream
+/// answers `410 run_events_expired` while the run itself stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_runs_events_expire_after_the_retention() {
+    let (app, fake) = app_with_provider(false).await;
+    app.fund("keep", "30").await;
+    fake.on(Purpose::Router, FakeReply::route(true));
+    fake.on(Purpose::GeneralChat, FakeReply::text("hello"));
+    let stream = app.solve(json!({"account_id": "keep", "problem": "hello"})).await;
+    let run_id = stream.run_id.clone();
+    let frames = stream.collect().await;
+    assert_eq!(frames.last().map(|frame| frame.event.as_str()), Some("done"));
+    assert_eq!(app.engine.forget_run_events_once().await.expect("sweeps"), 0, "within the retention");
+    let retention = app.engine.config().run_events_retention_seconds;
+    let replayed = app.resume(&run_id, None).await.collect().await;
+    assert_eq!(replayed, frames, "an ended run is served from the store");
+    app.clock.advance_seconds(i64::try_from(retention).expect("fits") + 1);
+    let forgotten = app.engine.forget_run_events_once().await.expect("sweeps");
+    assert_eq!(forgotten, frames.len() as u64);
+    app.get(&format!("/v1/runs/{run_id}/events")).await.assert_problem(410, "run_events_expired");
+    let run = app.get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(run.assert_status(200)["state"], "succeeded");
 }

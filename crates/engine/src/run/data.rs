@@ -4,12 +4,13 @@
 //! [`pricing::amount_text`], never as JSON numbers), names are closed enums (stored as their
 //! snake_case names), ids are the stores' id types. Its JSON form is the one the engine has always
 //! written, so documents stored before these types existed read back unchanged (a test keeps
-//! one), and `"hold_resolved":false` is still the text the run stores look for. The store only indexes what it must query on and keeps the rest as text.
+//! one). The store only indexes what it must query on and keeps the rest as text; the run's typed
+//! `hold_resolution` column is derived from `hold_resolved` ([`RunData::hold_resolution`]).
 
-use ledger::Amount;
+use ledger::{Amount, HoldId};
 use pricing::{amount_text, Difficulty, ExplanationMode, Line, Plan, Step, Tier};
 use serde::{Deserialize, Serialize};
-use store::{ArtifactId, JobId};
+use store::{ArtifactId, HoldResolution, JobId};
 
 /// Which node of the graph made a metered call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -275,6 +276,16 @@ impl RunData {
     pub fn from_text(text: &str) -> Option<RunData> {
         serde_json::from_str(text).ok()
     }
+
+    /// The run's typed hold column, derived from this document and the run's `hold_id`: what
+    /// recovery queries, so it is always written together with the document.
+    pub fn hold_resolution(&self, hold_id: Option<&HoldId>) -> HoldResolution {
+        match (hold_id, self.hold_resolved) {
+            (None, _) => HoldResolution::None,
+            (Some(_), false) => HoldResolution::Pending,
+            (Some(_), true) => HoldResolution::Resolved,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -316,7 +327,11 @@ mod tests {
         };
         let text = data.to_text();
         assert!(text.contains(r#""action":"video_retry""#) && text.contains(r#""code":"interrupted""#), "{text}");
-        assert!(text.contains(store::HOLD_UNRESOLVED_MARKER), "the run store finds unresolved holds by it: {text}");
+        let hold_id = HoldId::parse("hold-1").expect("valid id");
+        assert_eq!(data.hold_resolution(Some(&hold_id)), HoldResolution::Pending, "recovery finds it");
+        assert_eq!(data.hold_resolution(None), HoldResolution::None, "nothing was held");
+        let resolved = RunData { hold_resolved: true, ..data.clone() };
+        assert_eq!(resolved.hold_resolution(Some(&hold_id)), HoldResolution::Resolved);
         assert_eq!(RunData::from_text(&text), Some(data));
     }
 

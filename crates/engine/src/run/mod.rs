@@ -17,12 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledger::{AccountId, Timestamp};
-use store::{Clock, CreateRunRefusal, JobId, LedgerStore, RunId, RunRecord, RunState, RunStore, StoreError, ThreadId};
+use store::{
+    Clock, CreateRunRefusal, HoldResolution, Idempotency, JobId, KeyedRun, LedgerStore, RunId, RunRecord, RunState,
+    RunStore, StoreError, ThreadId,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::{ErrorCode, Event, EventChannel, FRAMES_MAX_DEFAULT};
+use crate::events::writer::EventWriter;
+use crate::events::{Bounds, ErrorCode, Event, EventChannel, Frame, FRAMES_MAX_DEFAULT, FRAME_BYTES_MAX_DEFAULT};
 use crate::provider::Provider;
 use crate::sandbox::CodeExecutor;
 pub use data::Action;
@@ -39,6 +43,18 @@ pub struct EngineConfig {
     pub hold_ttl_seconds: u64,
     pub runs_active_max: usize,
     pub frames_max: usize,
+    /// Bound on one run's frames in bytes of their stored form (buffer and store alike).
+    pub frame_bytes_max: usize,
+    /// How long the event writer lets frames gather before one store write.
+    pub run_events_flush_ms: u64,
+    /// How long a finished run's frames stay in the store (then `410 run_events_expired`).
+    pub run_events_retention_seconds: u64,
+    /// How often the owner of running runs looks for cancels requested on other instances, in
+    /// case a signal was missed (and how often a follower on another instance polls).
+    pub run_poll_ms: u64,
+    /// How long a run waits for its final frames and record to be stored before it writes the
+    /// record alone.
+    pub final_write_seconds_max: u64,
     /// Finished runs whose event buffers stay readable for `Last-Event-ID` replays.
     pub finished_runs_kept_max: usize,
     pub problem_bytes_max: usize,
@@ -72,6 +88,11 @@ impl Default for EngineConfig {
             hold_ttl_seconds: 1200,
             runs_active_max: 64,
             frames_max: FRAMES_MAX_DEFAULT,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            run_events_flush_ms: 25,
+            run_events_retention_seconds: 7 * 24 * 3600,
+            run_poll_ms: 500,
+            final_write_seconds_max: 10,
             finished_runs_kept_max: 1024,
             problem_bytes_max: 16 * 1024,
             tool_calls_per_message_max: 8,
@@ -115,8 +136,19 @@ pub enum StartError {
     ShuttingDown,
     #[error("no LLM provider is configured (set CREDITGRAPH_LLM_BASE_URL)")]
     NotConfigured,
+    #[error("the idempotency key was used by another request")]
+    IdempotencyConflict,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a solve with an idempotency key began.
+pub enum Begun {
+    /// A new run.
+    Started(Started),
+    /// The run an earlier solve with the same key and body started (on any instance, in any
+    /// state): its events are followed, not a new run's.
+    Existing(RunRecord),
 }
 
 /// A started run: its ids and the channel its events go to.
@@ -154,6 +186,11 @@ pub struct Engine {
     registry: Mutex<Registry>,
     tracker: TaskTracker,
     stopping: CancellationToken,
+    /// Carries every run's frames to the store; `None` for an engine built outside a runtime
+    /// (its frames stay in this process).
+    writer: Option<Arc<EventWriter>>,
+    /// Stops the writer, once the runs have ended ([`Engine::shutdown`]).
+    writer_stop: CancellationToken,
 }
 
 impl Engine {
@@ -182,6 +219,10 @@ impl Engine {
         jobs: Option<Arc<JobService>>,
     ) -> Arc<Engine> {
         let runs_active_max = config.runs_active_max;
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|_| EventWriter::spawn(runs.clone(), config.run_events_flush_ms, writer_stop.clone()));
         let engine = Arc::new(Engine {
             config,
             ledger,
@@ -195,6 +236,8 @@ impl Engine {
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            writer,
+            writer_stop,
         });
         engine.forward_job_updates();
         engine
@@ -274,6 +317,26 @@ impl Engine {
     /// Validates the request, records the run, and starts its task. The stream of the returned
     /// channel carries everything that follows.
     pub async fn start_solve(self: &Arc<Self>, request: SolveRequest) -> Result<Started, StartError> {
+        match self.start_solve_once(request, None).await? {
+            Begun::Started(started) => Ok(started),
+            Begun::Existing(_) => unreachable!("only a keyed solve finds an existing run"),
+        }
+    }
+
+    /// [`Engine::start_solve`] under an idempotency key: the key's run when a solve with the same
+    /// key and fingerprint started one (on any instance), [`StartError::IdempotencyConflict`]
+    /// when another request used the key, else a new run recorded with the key.
+    pub async fn start_solve_once(
+        self: &Arc<Self>,
+        request: SolveRequest,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Begun, StartError> {
+        if let Some(idempotency) = &idempotency {
+            // Before the limits: a retry finds its run even when this instance is busy or stopping.
+            if let Some(existing) = self.keyed_run(idempotency).await? {
+                return Ok(Begun::Existing(existing));
+            }
+        }
         if self.stopping.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
@@ -311,19 +374,28 @@ impl Engine {
             state: RunState::Running,
             instance_id: self.config.instance_id.clone(),
             hold_id: None,
+            hold_resolution: HoldResolution::None,
             created_at: now,
             updated_at: now,
             data: data.to_text(),
         };
-        let record = match self.runs.create_run(&record).await? {
+        let record = match self.runs.create_run_once(&record, idempotency.as_ref()).await? {
             Ok(record) => record,
+            Err(CreateRunRefusal::KeyUsed(KeyedRun::Conflict)) => return Err(StartError::IdempotencyConflict),
+            Err(CreateRunRefusal::KeyUsed(KeyedRun::Started(run_id))) => {
+                // A solve with the same key won the race.
+                let existing = self.runs.run(&run_id).await?;
+                let existing = existing.ok_or_else(|| StoreError::corrupt("a solve key names a missing run"))?;
+                return Ok(Begun::Existing(existing));
+            }
             Err(CreateRunRefusal::ThreadOfAnotherAccount) => return Err(StartError::ThreadOfAnotherAccount),
             Err(CreateRunRefusal::ThreadBusy { run_id }) => return Err(StartError::ThreadBusy { run_id }),
             Err(CreateRunRefusal::DuplicateRunId) => {
                 return Err(StartError::Store(StoreError::corrupt("run id collision")))
             }
         };
-        let channel = EventChannel::new(&thread_id, &run_id, self.config.frames_max, Arc::clone(&self.clock));
+        let bounds = Bounds { frames_max: self.config.frames_max, bytes_max: self.config.frame_bytes_max };
+        let channel = EventChannel::stored(&thread_id, &run_id, bounds, Arc::clone(&self.clock), self.writer.clone());
         let cancel = self.stopping.child_token();
         let turn = Arc::new(Turn::new(self.clone(), record, data, catalog, channel.clone()));
         self.registry
@@ -336,7 +408,41 @@ impl Engine {
             engine.supervise(turn, cancel).await;
             drop(permit);
         });
-        Ok(Started { run_id, thread_id, channel })
+        Ok(Begun::Started(Started { run_id, thread_id, channel }))
+    }
+
+    /// The run a solve's key names, if any.
+    async fn keyed_run(&self, idempotency: &Idempotency) -> Result<Option<RunRecord>, StartError> {
+        match self.runs.keyed_run(idempotency).await? {
+            None => Ok(None),
+            Some(KeyedRun::Conflict) => Err(StartError::IdempotencyConflict),
+            Some(KeyedRun::Started(run_id)) => {
+                let existing = self.runs.run(&run_id).await?;
+                Ok(Some(existing.ok_or_else(|| StoreError::corrupt("a solve key names a missing run"))?))
+            }
+        }
+    }
+
+    /// Stores a run's final frame with its terminal record in one write (through the writer, after
+    /// every frame of the run still pending), waiting at most `final_write_seconds_max`; then, or
+    /// without a writer, the record alone.
+    pub(crate) async fn write_final(&self, record: RunRecord, channel: &EventChannel, frame: &Frame) {
+        if let Some(writer) = &self.writer {
+            let limit = Duration::from_secs(self.config.final_write_seconds_max);
+            let written = writer.finish(record.clone(), vec![channel.stored_form(frame)]);
+            match tokio::time::timeout(limit, written).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(error)) => {
+                    tracing::error!(run_id = %record.run_id, %error, "final frames not stored; recording the run alone")
+                }
+                Err(_) => {
+                    tracing::error!(run_id = %record.run_id, "final frames not stored in time; recording the run alone")
+                }
+            }
+        }
+        if let Err(error) = self.runs.update_run(&record).await {
+            tracing::error!(run_id = %record.run_id, %error, "could not record the run's end");
+        }
     }
 
     async fn supervise(self: Arc<Self>, turn: Arc<Turn>, cancel: CancellationToken) {
@@ -394,6 +500,16 @@ impl Engine {
         registry.finished.iter().find(|(id, _)| id == run_id).map(|(_, channel)| channel.clone())
     }
 
+    /// Asks a run to stop, wherever it runs: at once when it runs here, else through the store
+    /// (its owner notices the request within `run_poll_ms`, at once on PostgreSQL). False when
+    /// no such run is running.
+    pub async fn request_cancel(&self, run_id: &RunId) -> Result<bool, StoreError> {
+        if self.cancel(run_id) {
+            return Ok(true);
+        }
+        self.runs.request_cancel(run_id, self.now()).await
+    }
+
     /// Asks a live run to stop. False when it is not running on this instance.
     pub fn cancel(&self, run_id: &RunId) -> bool {
         let registry = self.registry.lock().expect("registry lock poisoned");
@@ -416,7 +532,11 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.stopping.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        let ended = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        // The runs' final writes are done (or abandoned with the runs): the writer writes what is
+        // left once more and stops.
+        self.writer_stop.cancel();
+        ended
     }
 
     /// A token cancelled when shutdown begins (SSE streams end on it).

@@ -6,24 +6,30 @@
 //! instance's sweep ([`Engine::recover_once`]) releases the holds of the running runs whose
 //! instance has no live lease and marks those runs `interrupted` — at the next start at once
 //! (instance ids are new per process, so a dead process's runs have a lapsed lease or none).
-//! The same sweep retries releases that failed earlier (`hold_resolved == false` in a terminal
-//! run's data), so a release error is never dropped. Finally, a live run's hold is extended
+//! The same sweep retries releases that failed earlier (`hold_resolution` still pending on a
+//! terminal run), so a release error is never dropped. Finally, a live run's hold is extended
 //! before it expires, so a long run keeps its reservation and the TTL stays a last resort.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ledger::{HoldId, Timestamp};
-use store::{RunRecord, RunState, StoreError};
+use store::{RunEventsWrite, RunRecord, RunSignal, RunState, StoreError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::credits::{Credits, Released};
 use super::data::{ErrorData, RunData, RunErrorCode};
 use super::Engine;
+use crate::events::{stored, ErrorCode, Event, Frame, RunError};
 
 /// A dead instance's lease row is forgotten this long after it lapsed (once it has no running
 /// run left); long enough that a paused instance cannot come back to a deleted row unnoticed.
 const INSTANCE_FORGET_SECONDS: u64 = 3600;
+/// Frames one retention sweep deletes at most.
+pub const RUN_EVENTS_FORGET_MAX: u32 = 10_000;
+/// Cancel requests one look reads at most.
+const CANCEL_REQUESTS_MAX: u32 = 256;
 
 /// What one [`Engine::recover_once`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -146,8 +152,18 @@ impl Engine {
                     RunState::Interrupted
                 }
             };
-            let updated = RunRecord { state, updated_at: self.now(), data: data.to_text(), ..run.clone() };
-            if self.runs.update_run(&updated).await? {
+            let hold_resolution = data.hold_resolution(run.hold_id.as_ref());
+            let updated =
+                RunRecord { state, updated_at: self.now(), data: data.to_text(), hold_resolution, ..run.clone() };
+            let last = match state {
+                RunState::Succeeded => Event::Done,
+                _ => Event::Error(RunError {
+                    code: ErrorCode::Interrupted,
+                    message: "the server running this run stopped before it finished".to_owned(),
+                    shortfall: None,
+                }),
+            };
+            if self.end_recovered_run(updated, last).await? {
                 report.interrupted += 1;
                 tracing::warn!(run_id = %run.run_id, instance_id = %run.instance_id, "run of a dead instance interrupted");
             }
@@ -163,11 +179,79 @@ impl Engine {
             // On failure the run is still touched (updated_at), so the next sweep starts with the
             // other unresolved runs instead of retrying this one first forever.
             data.hold_resolved = self.release_for_recovery(&run, &mut report).await;
-            let updated = RunRecord { updated_at: self.now(), data: data.to_text(), ..run };
+            let hold_resolution = data.hold_resolution(run.hold_id.as_ref());
+            let updated = RunRecord { updated_at: self.now(), data: data.to_text(), hold_resolution, ..run };
             self.runs.update_run(&updated).await?;
         }
         self.forget_dead_instances(now, &mut report).await?;
         Ok(report)
+    }
+
+    /// Records a recovered run's end together with its final frame (after the frames its dead
+    /// instance stored), so its followers on every instance end with `done` or `error` as for
+    /// any run. False when the run is gone.
+    async fn end_recovered_run(&self, run: RunRecord, event: Event) -> Result<bool, StoreError> {
+        let seq = self.runs.last_run_event_seq(&run.run_id).await?.map_or(0, |last| last + 1);
+        let frame = Frame {
+            seq,
+            kind: event.kind(),
+            id: format!("{}:{seq}", run.thread_id),
+            ts: self.now(),
+            step_idx: None,
+            node: None,
+            event: Arc::new(event),
+        };
+        let frames = vec![stored::encode(&run.run_id, &frame)];
+        self.runs.write_run_events(&RunEventsWrite { frames, evicted: Vec::new(), run: Some(run) }).await
+    }
+
+    /// Deletes the frames of runs that ended more than `run_events_retention_seconds` ago (at
+    /// most [`RUN_EVENTS_FORGET_MAX`] per call); returns how many.
+    pub async fn forget_run_events_once(&self) -> Result<u64, StoreError> {
+        let retention =
+            i64::try_from(self.config.run_events_retention_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        self.runs.forget_run_events(self.now().plus_micros(-retention), RUN_EVENTS_FORGET_MAX).await
+    }
+
+    /// Cancels this instance's runs whose cancel was requested on another instance: at once on
+    /// a signal, and every `run_poll_ms` from the store in case a signal was missed. Ends when
+    /// the engine stops (its runs are all canceled then).
+    async fn watch_cancels(self: Arc<Self>) {
+        let mut signals = self.runs.run_signals().await;
+        let poll = Duration::from_millis(self.config.run_poll_ms.max(1));
+        let stopping = self.stopping.clone();
+        loop {
+            let look = tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(poll) => true,
+                signal = signals.recv() => match signal {
+                    Ok(RunSignal::Cancel(run_id)) => {
+                        if self.cancel(&run_id) {
+                            tracing::info!(%run_id, "run canceled at another instance's request");
+                        }
+                        false
+                    }
+                    Ok(RunSignal::Events(_)) => false,
+                    Ok(RunSignal::Resync) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => {
+                        signals = self.runs.run_signals().await;
+                        true
+                    }
+                },
+            };
+            if look && self.running_count() > 0 {
+                match self.runs.cancel_requests(&self.config.instance_id, CANCEL_REQUESTS_MAX).await {
+                    Ok(requested) => {
+                        for run_id in requested {
+                            if self.cancel(&run_id) {
+                                tracing::info!(%run_id, "run canceled at another instance's request");
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "could not read cancel requests"),
+                }
+            }
+        }
     }
 
     async fn forget_dead_instances(&self, now: Timestamp, report: &mut RecoveryReport) -> Result<(), StoreError> {
@@ -233,6 +317,7 @@ impl Engine {
     }
 
     async fn background(self: Arc<Self>) {
+        tokio::spawn(self.clone().watch_cancels());
         let renew_every = Duration::from_secs(self.config.instance_renew_seconds.max(1));
         let recover_every = Duration::from_secs(self.config.recovery_interval_seconds.max(1));
         let tick = renew_every.min(recover_every);
@@ -253,6 +338,11 @@ impl Engine {
                     Ok(report) if report != RecoveryReport::default() => tracing::info!(?report, "recovery sweep"),
                     Ok(_) => {}
                     Err(error) => tracing::error!(%error, "recovery sweep failed"),
+                }
+                match self.forget_run_events_once().await {
+                    Ok(0) => {}
+                    Ok(forgotten) => tracing::info!(forgotten, "run events past their retention forgotten"),
+                    Err(error) => tracing::error!(%error, "run event retention sweep failed"),
                 }
             }
             self.extend_holds_once().await;

@@ -187,19 +187,36 @@ impl Turn {
         synchronous_cost(&self.state().data.log)
     }
 
+    /// The run record with the current data, in `state`, as of now.
+    fn record_now(&self, state: RunState) -> RunRecord {
+        let now = self.engine.now();
+        let mut guard = self.state();
+        let turn = &mut *guard;
+        turn.record.state = state;
+        turn.record.updated_at = now;
+        turn.record.hold_id = turn.hold.as_ref().map(|hold| hold.hold_id.clone());
+        turn.record.data = turn.data.to_text();
+        turn.record.hold_resolution = turn.data.hold_resolution(turn.record.hold_id.as_ref());
+        turn.record.clone()
+    }
+
     /// Writes the run record with the current data (best effort mid-run; logged on failure).
     async fn persist(&self, state: RunState) -> Result<(), StoreError> {
-        let now = self.engine.now();
-        let record = {
-            let mut guard = self.state();
-            let turn = &mut *guard;
-            turn.record.state = state;
-            turn.record.updated_at = now;
-            turn.record.hold_id = turn.hold.as_ref().map(|hold| hold.hold_id.clone());
-            turn.record.data = turn.data.to_text();
-            turn.record.clone()
-        };
+        let record = self.record_now(state);
         self.engine.runs.update_run(&record).await.map(|_| ())
+    }
+
+    /// Ends the stream with `event` (`done` or `error`): the frame is stored together with the
+    /// run's terminal record, and only then published here, so on every instance a reader that
+    /// sees the final frame finds the run ended, and one that sees the run ended finds its final
+    /// frame.
+    async fn finish(&self, state: RunState, event: Event) {
+        let record = self.record_now(state);
+        let Some(frame) = self.channel.seal(event) else {
+            unreachable!("only the supervisor ends a turn, once");
+        };
+        self.engine.write_final(record, &self.channel, &frame).await;
+        self.channel.publish_final(frame);
     }
 
     /// The whole turn. Returns when the settler has run, or with the failure that ends the turn.
@@ -657,11 +674,7 @@ impl Turn {
     }
 
     pub(crate) async fn finish_success(&self) {
-        if let Err(error) = self.persist(RunState::Succeeded).await {
-            tracing::error!(run_id = %self.run_id, %error, "could not record the run's success");
-        }
-        self.channel.emit(None, None, Event::Done);
-        self.channel.close();
+        self.finish(RunState::Succeeded, Event::Done).await;
     }
 
     /// Ends a failed turn: the hold is released (nothing is charged for a failed turn), the run
@@ -697,11 +710,7 @@ impl Turn {
         }
         let state = if failure.code == ErrorCode::Canceled { RunState::Canceled } else { RunState::Failed };
         self.state().data.error = Some(ErrorData { code: failure.code.into(), message: failure.message.clone() });
-        if let Err(error) = self.persist(state).await {
-            tracing::error!(run_id = %self.run_id, %error, "could not record the run's failure");
-        }
         let error = RunError { code: failure.code, message: failure.message, shortfall: failure.shortfall };
-        self.channel.emit(None, None, Event::Error(error));
-        self.channel.close();
+        self.finish(state, Event::Error(error)).await;
     }
 }

@@ -18,8 +18,9 @@ use pricing::Catalog;
 use store::conformance::grant_credits;
 use store::memory::MemoryStore;
 use store::{
-    Artifact, ArtifactId, CreateRunRefusal, InstanceLease, LedgerStore, ManualClock, Request, RunId, RunRecord,
-    RunState, RunStore, StoreError, ThreadId,
+    Artifact, ArtifactId, CreateRunRefusal, Idempotency, InstanceLease, KeyUse, KeyedRun, LedgerStore, ManualClock,
+    RecordedResponse, Request, RunEventsWrite, RunId, RunRecord, RunSignal, RunState, RunStore, StoreError,
+    StoredFrame, ThreadId,
 };
 use tokio::sync::Notify;
 
@@ -56,13 +57,17 @@ pub struct WatchedRuns {
 
 #[async_trait]
 impl RunStore for WatchedRuns {
-    async fn create_run(&self, run: &RunRecord) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
+    async fn create_run_once(
+        &self,
+        run: &RunRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Result<RunRecord, CreateRunRefusal>, StoreError> {
         self.creates.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
         if let Some(gate) = &self.create_gate {
             gate.passed().await;
         }
-        let created = self.inner.create_run(run).await;
+        let created = self.inner.create_run_once(run, idempotency).await;
         self.changed.notify_waiters();
         created
     }
@@ -123,6 +128,38 @@ impl RunStore for WatchedRuns {
     }
     async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
         self.inner.artifact(artifact_id).await
+    }
+    async fn keyed_run(&self, idempotency: &Idempotency) -> Result<Option<KeyedRun>, StoreError> {
+        self.inner.keyed_run(idempotency).await
+    }
+    async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {
+        let written = self.inner.write_run_events(write).await;
+        self.changed.notify_waiters();
+        written
+    }
+    async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {
+        self.inner.run_events(run_id, after, limit).await
+    }
+    async fn last_run_event_seq(&self, run_id: &RunId) -> Result<Option<u64>, StoreError> {
+        self.inner.last_run_event_seq(run_id).await
+    }
+    async fn forget_run_events(&self, ended_before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.inner.forget_run_events(ended_before, limit).await
+    }
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> Result<bool, StoreError> {
+        self.inner.request_cancel(run_id, at).await
+    }
+    async fn cancel_requests(&self, instance_id: &str, limit: u32) -> Result<Vec<RunId>, StoreError> {
+        self.inner.cancel_requests(instance_id, limit).await
+    }
+    async fn recorded_response(&self, key: &str) -> Result<Option<KeyUse>, StoreError> {
+        self.inner.recorded_response(key).await
+    }
+    async fn record_response(&self, key: &str, response: &RecordedResponse) -> Result<KeyUse, StoreError> {
+        self.inner.record_response(key, response).await
+    }
+    async fn run_signals(&self) -> tokio::sync::broadcast::Receiver<RunSignal> {
+        self.inner.run_signals().await
     }
 }
 

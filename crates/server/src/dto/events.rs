@@ -36,6 +36,7 @@ wire_enum!(out
         Timeout,
         InvalidInput,
         Canceled,
+        Interrupted,
     }
 );
 

@@ -13,8 +13,8 @@ use store::{JobId, JobRecord, ThreadId};
 
 use crate::dto::{JobResponse, OwnerQuery, Problem, ThreadJobsResponse};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, RequireService};
-use crate::routes::json;
+use crate::extract::{ApiPath, ApiQuery, IdempotencyKey, RequireService};
+use crate::routes::{bodiless_fingerprint, json, respond_once};
 use crate::state::AppState;
 use crate::wire;
 
@@ -87,20 +87,34 @@ pub async fn get_job(
 /// refunded) by its worker at its next check; an ended job is returned unchanged.
 #[utoipa::path(
     post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs",
-    params(("job_id" = String, Path), OwnerQuery),
-    responses((status = 200, description = "the job after the request", body = JobResponse), (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json")),
+    params(("job_id" = String, Path), OwnerQuery, ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "the job after the request", body = JobResponse),
+        (status = 404, description = "job_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (a malformed job id, account or Idempotency-Key)", body = Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn cancel_job(
     State(state): State<AppState>,
     _auth: RequireService,
+    key: IdempotencyKey,
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
     let job_id = wire::parse_id("job_id", &job_id, JobId::parse)?;
-    let (jobs, _) = owned_job(&state, &job_id, &query).await?;
-    let job = jobs.cancel(&job_id).await.map_err(job_error)?;
-    Ok(json(StatusCode::OK, wire::jobs::job_response(&job)))
+    jobs(&state)?;
+    let engine = state.engine.as_ref().expect("jobs imply an engine");
+    let path = format!("/v1/jobs/{job_id}/cancel");
+    let fingerprint = bodiless_fingerprint("POST", &path, &format!("account_id={}", query.account_id));
+    respond_once(engine.run_store().as_ref(), &key, fingerprint, || async {
+        let (jobs, _) = owned_job(&state, &job_id, &query).await?;
+        let job = jobs.cancel(&job_id).await.map_err(job_error)?;
+        let body = serde_json::to_string(&wire::jobs::job_response(&job)).expect("DTOs always serialize");
+        Ok((StatusCode::OK, body))
+    })
+    .await
 }
 
 /// A thread's jobs, oldest first.

@@ -47,3 +47,59 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
+
+/// Hex SHA-256 of a request without a body (a cancel): its method, path and the query that
+/// matters, for the fingerprint of its `Idempotency-Key`.
+pub(crate) fn bodiless_fingerprint(method: &str, path: &str, query: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [method, path, query] {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Answers a request under an `Idempotency-Key` once: a key seen before with the same
+/// fingerprint replays the first response (status and body as sent), with another request it is
+/// `409 idempotency_conflict`; else `respond` answers and a 2xx answer is recorded (a concurrent
+/// duplicate that recorded first wins, and its response is the one sent). Without a key,
+/// `respond` alone.
+pub(crate) async fn respond_once<F, Fut>(
+    runs: &dyn store::RunStore,
+    key: &crate::extract::IdempotencyKey,
+    fingerprint: String,
+    respond: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>>,
+{
+    use store::{KeyUse, RecordedResponse};
+    let replay = |recorded: RecordedResponse| -> Result<Response, ApiError> {
+        if recorded.fingerprint != fingerprint {
+            return Err(ApiError::idempotency_conflict());
+        }
+        let status = StatusCode::from_u16(recorded.status)
+            .map_err(|_| ApiError::from(store::StoreError::corrupt("a recorded response has no valid status")))?;
+        Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], recorded.body).into_response())
+    };
+    let Some(key) = key.as_str() else {
+        let (status, body) = respond().await?;
+        return Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response());
+    };
+    match runs.recorded_response(key).await? {
+        Some(KeyUse::Response(recorded)) => return replay(recorded),
+        Some(KeyUse::Other) => return Err(ApiError::idempotency_conflict()),
+        None => {}
+    }
+    let (status, body) = respond().await?;
+    if !status.is_success() {
+        return Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
+    let response = RecordedResponse { fingerprint: fingerprint.clone(), status: status.as_u16(), body };
+    match runs.record_response(key, &response).await? {
+        KeyUse::Response(recorded) => replay(recorded),
+        KeyUse::Other => Err(ApiError::idempotency_conflict()),
+    }
+}

@@ -11,19 +11,19 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use engine::events::EventChannel;
+use engine::events::follow::FollowError;
 use engine::events::Frame;
-use engine::run::{Engine, SolveRequest, StartError};
+use engine::run::{Begun, Engine, SolveRequest, StartError};
 use futures::{Stream, StreamExt};
 use pricing::estimate::routing_lines;
 use pricing::{Difficulty, ExplanationMode, Plan, Step, Tier, PLAN_STEPS_MAX};
 use std::sync::Arc;
-use store::{ArtifactId, JobId, RunId, RunRecord, ThreadId};
+use store::{ArtifactId, Idempotency, JobId, RunId, RunRecord, ThreadId};
 
 use crate::dto::{EstimateRequest, EstimateResponse, Problem, RunEvent, RunResponse, SolveRequestDto, ThreadResponse};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, JsonBody, RequireService};
-use crate::routes::json;
+use crate::extract::{ApiPath, IdempotencyKey, JsonBody, RequireService};
+use crate::routes::{bodiless_fingerprint, json, respond_once};
 use crate::state::AppState;
 use crate::wire;
 
@@ -63,6 +63,7 @@ fn start_error(error: StartError) -> ApiError {
             "solve_unavailable",
             "no LLM provider is configured (CREDITGRAPH_LLM_BASE_URL)",
         ),
+        StartError::IdempotencyConflict => ApiError::idempotency_conflict(),
         StartError::Store(error) => error.into(),
     }
 }
@@ -114,14 +115,15 @@ pub async fn estimate(
 }
 
 /// One SSE event: `event: <type>`, `id: <thread_id>:<seq>`, `data: <RunEvent JSON>`.
-fn frame_event(channel: &EventChannel, frame: &Frame) -> Result<Event, Infallible> {
-    let data = wire::runs::run_event(channel.thread_id(), channel.run_id(), frame);
+fn frame_event(thread_id: &ThreadId, run_id: &RunId, frame: &Frame) -> Result<Event, Infallible> {
+    let data = wire::runs::run_event(thread_id, run_id, frame);
     let data = serde_json::to_string(&data).expect("event DTOs always serialize");
     Ok(Event::default().event(frame.kind.as_str()).id(frame.id.clone()).data(data))
 }
 
 fn stream_response(
-    channel: Arc<EventChannel>,
+    thread_id: ThreadId,
+    run_id: RunId,
     stream: impl Stream<Item = Frame> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
 ) -> Response {
@@ -132,19 +134,32 @@ fn stream_response(
         stopping.cancelled().await;
         tokio::time::sleep(Duration::from_secs(STREAM_DRAIN_SECONDS)).await;
     };
-    let stream = stream.take_until(Box::pin(cut)).map(move |frame| frame_event(&channel, &frame));
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECONDS))).into_response()
+    let ids = [("x-run-id", run_id.as_str().parse()), ("x-thread-id", thread_id.as_str().parse())];
+    let stream = stream.take_until(Box::pin(cut)).map(move |frame| frame_event(&thread_id, &run_id, &frame));
+    let mut response =
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECONDS))).into_response();
+    for (name, value) in ids {
+        if let Ok(value) = value {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 /// Start a turn and stream its events (`text/event-stream`). The run goes on if the client
-/// disconnects; `GET /v1/runs/{run_id}/events` resumes.
+/// disconnects; `GET /v1/runs/{run_id}/events` resumes. Under an `Idempotency-Key`, a retry with
+/// the same body (on any instance, while the run goes on or after it ended) streams the run the
+/// first request started, from the start or after `Last-Event-ID`, instead of starting another.
 #[utoipa::path(
     post, path = "/v1/solve", tag = "runs",
     request_body = SolveRequestDto,
+    params(("Idempotency-Key" = Option<String>, Header), ("Last-Event-ID" = Option<String>, Header, description = "with an Idempotency-Key: resume the key's run after this event")),
     responses(
-        (status = 200, description = "the run's events; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream"),
+        (status = 200, description = "the run's events; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream",
+            headers(("x-run-id" = String, description = "the run"), ("x-thread-id" = String, description = "its thread"))),
         (status = 404, description = "thread_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "thread_busy", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "thread_busy, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "run_events_expired (a retried key whose run's events are gone)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "runs_busy, runs_unavailable, shutting_down", body = Problem, content_type = "application/problem+json"),
     ),
@@ -153,6 +168,8 @@ fn stream_response(
 pub async fn solve(
     State(state): State<AppState>,
     _auth: RequireService,
+    key: IdempotencyKey,
+    headers: HeaderMap,
     body: JsonBody<SolveRequestDto>,
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?.clone();
@@ -165,38 +182,51 @@ pub async fn solve(
         .as_deref()
         .map(|text| wire::parse_id("retry_source_job_id", text, JobId::parse))
         .transpose()?;
-    let started = engine
-        .start_solve(SolveRequest {
-            account_id,
-            problem: request.problem.clone(),
-            thread_id,
-            action: request.action.map(Into::into),
-            retry_source_job_id,
-        })
-        .await
-        .map_err(start_error)?;
+    let idempotency = match key.as_str() {
+        Some(key) => Some(Idempotency { key: key.to_owned(), fingerprint: body.fingerprint(None)? }),
+        None => None,
+    };
+    let solve = SolveRequest {
+        account_id,
+        problem: request.problem.clone(),
+        thread_id,
+        action: request.action.map(Into::into),
+        retry_source_job_id,
+    };
+    let started = match engine.start_solve_once(solve, idempotency).await.map_err(start_error)? {
+        Begun::Started(started) => started,
+        Begun::Existing(run) => {
+            let after = last_event_seq(&headers, run.thread_id.as_str())?;
+            let frames = engine.follow(&run, after).await.map_err(follow_error)?;
+            return Ok(stream_response(run.thread_id, run.run_id, frames, engine.stopping()));
+        }
+    };
     let frames = started.channel.follow(None);
-    let mut response = if engine.config().cancel_on_disconnect {
+    let (thread_id, run_id) = (started.thread_id.clone(), started.run_id.clone());
+    let response = if engine.config().cancel_on_disconnect {
         // The guard lives inside the stream: when the client leaves, hyper drops the stream.
         let guard = DisconnectGuard { engine: engine.clone(), channel: started.channel.clone() };
-        stream_response(
-            started.channel.clone(),
-            frames.map(move |frame| {
-                let _ = &guard;
-                frame
-            }),
-            engine.stopping(),
-        )
+        let frames = frames.map(move |frame| {
+            let _ = &guard;
+            frame
+        });
+        stream_response(thread_id, run_id, frames, engine.stopping())
     } else {
-        stream_response(started.channel.clone(), frames, engine.stopping())
+        stream_response(thread_id, run_id, frames, engine.stopping())
     };
-    if let Ok(value) = started.run_id.as_str().parse() {
-        response.headers_mut().insert("x-run-id", value);
-    }
-    if let Ok(value) = started.thread_id.as_str().parse() {
-        response.headers_mut().insert("x-thread-id", value);
-    }
     Ok(response)
+}
+
+fn follow_error(error: FollowError) -> ApiError {
+    match error {
+        FollowError::Expired => ApiError::new(
+            StatusCode::GONE,
+            "run_events_expired",
+            "this run's events are no longer kept; its final state is at GET /v1/runs/{run_id}",
+        ),
+        FollowError::BeyondEnd { .. } => ApiError::invalid_request("Last-Event-ID is beyond the run's last event"),
+        FollowError::Store(error) => error.into(),
+    }
 }
 
 /// Cancels its run when dropped before the run's stream closed (the client left mid-run).
@@ -251,13 +281,17 @@ fn last_event_seq(headers: &HeaderMap, thread_id: &str) -> Result<Option<u64>, A
     seq.parse().map(Some).map_err(|_| ApiError::invalid_request("Last-Event-ID seq must be a number"))
 }
 
-/// Resume a run's stream after `Last-Event-ID` (or from the start).
+/// Resume a run's stream after `Last-Event-ID` (or from the start), on any instance: live while
+/// the run goes on, complete after it ended (within the event retention).
 #[utoipa::path(
     get, path = "/v1/runs/{run_id}/events", tag = "runs",
     params(("run_id" = String, Path), ("Last-Event-ID" = Option<String>, Header)),
     responses(
-        (status = 200, description = "the run's events after `Last-Event-ID`; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream"),
-        (status = 404, description = "run_not_found, run_events_gone", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "the run's events after `Last-Event-ID`; each `data` line is one RunEvent", body = RunEvent, content_type = "text/event-stream",
+            headers(("x-run-id" = String, description = "the run"), ("x-thread-id" = String, description = "its thread"))),
+        (status = 404, description = "run_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "run_events_expired", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (a malformed Last-Event-ID, one of another run, or one beyond its end)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -269,50 +303,49 @@ pub async fn run_events(
 ) -> Result<Response, ApiError> {
     let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let engine = engine(&state)?.clone();
-    let Some(channel) = engine.channel(&run_id) else {
-        let _ = load_run(&state, &run_id).await?;
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "run_events_gone",
-            "this run's events are no longer kept here; read GET /v1/runs/{run_id}",
-        ));
-    };
-    let after = last_event_seq(&headers, channel.thread_id().as_str())?;
-    Ok(stream_response(channel.clone(), channel.follow(after), engine.stopping()))
+    let run = load_run(&state, &run_id).await?;
+    let after = last_event_seq(&headers, run.thread_id.as_str())?;
+    let frames = engine.follow(&run, after).await.map_err(follow_error)?;
+    Ok(stream_response(run.thread_id, run.run_id, frames, engine.stopping()))
 }
 
-/// Cancel a run: it releases its hold and ends with `error {code: canceled}`.
+/// Cancel a run, on whichever instance runs it: it releases its hold and ends with
+/// `error {code: canceled}` (within a second when it runs on another instance).
 #[utoipa::path(
     post, path = "/v1/runs/{run_id}/cancel", tag = "runs",
-    params(("run_id" = String, Path)),
+    params(("run_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 202, description = "cancel requested", body = RunResponse),
         (status = 200, description = "the run had already ended", body = RunResponse),
         (status = 404, description = "run_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "run_not_local", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (a malformed run id or Idempotency-Key)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn cancel_run(
     State(state): State<AppState>,
     _auth: RequireService,
+    key: IdempotencyKey,
     ApiPath(run_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let run_id = wire::parse_id("run_id", &run_id, RunId::parse)?;
     let engine = engine(&state)?.clone();
-    let record = load_run(&state, &run_id).await?;
-    if record.state.is_terminal() {
-        return Ok(json(StatusCode::OK, wire::runs::run_response(&record)));
-    }
-    if !engine.cancel(&run_id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "run_not_local",
-            "the run is executing on another server instance",
-        )
-        .with("instance_id", record.instance_id));
-    }
-    Ok(json(StatusCode::ACCEPTED, wire::runs::run_response(&record)))
+    let fingerprint = bodiless_fingerprint("POST", &format!("/v1/runs/{run_id}/cancel"), "");
+    respond_once(engine.run_store().as_ref(), &key, fingerprint, || async {
+        let record = load_run(&state, &run_id).await?;
+        if !record.state.is_terminal() && engine.request_cancel(&run_id).await? {
+            return Ok((StatusCode::ACCEPTED, body_text(&wire::runs::run_response(&record))));
+        }
+        // Ended, perhaps just now: the record as it ended.
+        let record = load_run(&state, &run_id).await?;
+        Ok((StatusCode::OK, body_text(&wire::runs::run_response(&record))))
+    })
+    .await
+}
+
+fn body_text<T: serde::Serialize>(body: &T) -> String {
+    serde_json::to_string(body).expect("DTOs always serialize")
 }
 
 /// A stored artifact (a solution PDF).

@@ -75,6 +75,13 @@ macro_rules! conformance_tests {
             runs_instance_leases
             runs_orphaned_by_lease
             runs_unresolved_holds
+            runs_events_append_read_and_evict
+            runs_events_with_the_final_record
+            runs_events_forgotten_after_retention
+            runs_cancel_requests
+            runs_keyed_creates
+            runs_recorded_responses
+            runs_signals_follow_writes
         );
         $crate::conformance_tests!(@jobs $factory;
             jobs_insert_then_read_back

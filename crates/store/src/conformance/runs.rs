@@ -13,8 +13,12 @@ use ledger::{AccountId, HoldId, Timestamp};
 
 use super::account;
 use crate::ids::{ArtifactId, RunId, ThreadId};
-use crate::runs::{Artifact, CreateRunRefusal, InstanceLease, RunRecord, RunState, RunStore, HOLD_UNRESOLVED_MARKER};
-use crate::{Clock, ManualClock, StoreError};
+use crate::keys::{KeyUse, KeyedRun, RecordedResponse};
+use crate::runs::{
+    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
+    RunStore, StoredFrame, RUN_EVENTS_PAGE_MAX,
+};
+use crate::{Clock, Idempotency, ManualClock, StoreError};
 
 /// A fresh run store and the clock the checks take their timestamps from.
 pub struct RunHarness {
@@ -39,6 +43,7 @@ impl RunHarness {
             state: RunState::Running,
             instance_id: "i1".to_owned(),
             hold_id: None,
+            hold_resolution: HoldResolution::None,
             created_at: now,
             updated_at: now,
             data: format!(r#"{{"run":"{run_id}","plan":["solve"]}}"#),
@@ -187,7 +192,8 @@ pub async fn runs_duplicate_run_id(h: RunHarness) {
     assert_eq!(h.turns("t1", None, 10).await, vec![0]);
 }
 
-/// `update_run` overwrites state, hold, data and `updated_at`, and nothing else; an unknown run
+/// `update_run` overwrites state, hold (and its resolution), data and `updated_at`, and nothing
+/// else; an unknown run
 /// is `false` and is not created; making a second run of a thread `Running` is an error that
 /// changes nothing.
 pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
@@ -202,6 +208,7 @@ pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
         state: RunState::Succeeded,
         instance_id: "other-instance".to_owned(),
         hold_id: Some(hold_id("h-r")),
+        hold_resolution: HoldResolution::Resolved,
         created_at: later,
         updated_at: later,
         data: r#"{"answer":"done"}"#.to_owned(),
@@ -210,6 +217,7 @@ pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
     let expected = RunRecord {
         state: RunState::Succeeded,
         hold_id: Some(hold_id("h-r")),
+        hold_resolution: HoldResolution::Resolved,
         updated_at: later,
         data: update.data.clone(),
         ..stored.clone()
@@ -218,7 +226,7 @@ pub async fn runs_update_changes_only_mutable_fields(h: RunHarness) {
     assert_eq!(h.store.thread_account(&thread_of("other-thread")).await.unwrap(), None);
 
     // The hold can be cleared again.
-    let cleared = RunRecord { hold_id: None, ..expected.clone() };
+    let cleared = RunRecord { hold_id: None, hold_resolution: HoldResolution::None, ..expected.clone() };
     assert!(h.store.update_run(&cleared).await.unwrap());
     assert_eq!(h.read("r").await, Some(cleared.clone()));
 
@@ -473,29 +481,273 @@ pub async fn runs_orphaned_by_lease(h: RunHarness) {
     assert_eq!(orphaned(now, 10).await, Vec::<String>::new(), "terminal runs are not orphaned");
 }
 
-/// Unresolved runs: terminal runs with a hold whose data carries the marker, least recently
-/// updated first, bounded; running runs and resolved ones never.
+/// Unresolved runs: terminal runs whose hold is still pending (a release that failed), least
+/// recently updated first, bounded; running runs, resolved ones and runs without a hold never.
+/// What the engine's document says is not looked at: the typed column decides.
 pub async fn runs_unresolved_holds(h: RunHarness) {
-    let unresolved = format!(r#"{{"problem":"x","{}}}"#, &HOLD_UNRESOLVED_MARKER[1..]);
-    let resolved = r#"{"problem":"x","hold_resolved":true}"#.to_owned();
-    let cases: [(&str, RunState, Option<&str>, &String); 5] = [
-        ("a", RunState::Failed, Some("ha"), &unresolved),
-        ("b", RunState::Canceled, Some("hb"), &resolved),
-        ("c", RunState::Running, Some("hc"), &unresolved),
-        ("d", RunState::Interrupted, Some("hd"), &unresolved),
-        ("e", RunState::Failed, None, &unresolved),
+    let document = r#"{"problem":"x","hold_resolved":true}"#.to_owned();
+    let cases: [(&str, RunState, Option<&str>, HoldResolution); 5] = [
+        ("a", RunState::Failed, Some("ha"), HoldResolution::Pending),
+        ("b", RunState::Canceled, Some("hb"), HoldResolution::Resolved),
+        ("c", RunState::Running, Some("hc"), HoldResolution::Pending),
+        ("d", RunState::Interrupted, Some("hd"), HoldResolution::Pending),
+        ("e", RunState::Failed, None, HoldResolution::None),
     ];
-    for (index, (run_id, state, hold, data)) in cases.into_iter().enumerate() {
+    for (index, (run_id, state, hold, resolution)) in cases.into_iter().enumerate() {
         let thread_id = format!("t-{run_id}");
         h.start(run_id, "u", &thread_id).await;
         let mut run = h.read(run_id).await.expect("exists");
         run.state = state;
         run.hold_id = hold.map(hold_id);
-        run.data = data.clone();
+        run.hold_resolution = resolution;
+        run.data = document.clone();
         run.updated_at = h.now().plus_seconds(10 - index as u64);
         assert!(h.store.update_run(&run).await.unwrap());
+        assert_eq!(h.read(run_id).await.map(|run| run.hold_resolution), Some(resolution));
     }
     let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|run| run.run_id).collect::<Vec<_>>();
     assert_eq!(ids(h.store.unresolved_runs(10).await.unwrap()), vec!["d", "a"], "least recently updated first");
     assert_eq!(ids(h.store.unresolved_runs(1).await.unwrap()), vec!["d"]);
+    // Resolved at last: off the list.
+    let mut d = h.read("d").await.unwrap();
+    d.hold_resolution = HoldResolution::Resolved;
+    assert!(h.store.update_run(&d).await.unwrap());
+    assert_eq!(ids(h.store.unresolved_runs(10).await.unwrap()), vec!["a"]);
+}
+
+/// A stored frame of `run_id` at `seq` (its text names both, so a mix-up shows).
+pub fn frame(h: &RunHarness, run_id: &str, seq: u64, kind: &str) -> StoredFrame {
+    StoredFrame {
+        run_id: run_of(run_id),
+        seq,
+        kind: kind.to_owned(),
+        at: h.now(),
+        data: format!(r#"{{"run":"{run_id}","seq":{seq},"text":"ü → ∑"}}"#),
+    }
+}
+
+fn events_write(frames: Vec<StoredFrame>, evicted: &[(&str, u64)], run: Option<RunRecord>) -> RunEventsWrite {
+    let evicted = evicted.iter().map(|(run_id, seq)| (run_of(run_id), *seq)).collect();
+    RunEventsWrite { frames, evicted, run }
+}
+
+async fn seqs(h: &RunHarness, run_id: &str, after: Option<u64>, limit: u32) -> Vec<u64> {
+    let frames = h.store.run_events(&run_of(run_id), after, limit).await.expect("store answers");
+    assert!(frames.iter().all(|frame| frame.run_id == run_id), "only the run's frames: {frames:?}");
+    frames.into_iter().map(|frame| frame.seq).collect()
+}
+
+/// Frames are stored byte-exact and read back in seq order, after a cursor, bounded; evicted
+/// frames are deleted in the same write; writing a stored frame again changes nothing (a retried
+/// write); runs do not see each other's frames; the highest stored seq is known.
+pub async fn runs_events_append_read_and_evict(h: RunHarness) {
+    h.start("r1", "u", "t1").await;
+    h.start("r2", "u", "t2").await;
+    let first: Vec<StoredFrame> = (0..5).map(|seq| frame(&h, "r1", seq, "token")).collect();
+    let write = events_write(first.clone(), &[], None);
+    assert!(h.store.write_run_events(&write).await.unwrap());
+    assert_eq!(h.store.run_events(&run_of("r1"), None, 100).await.unwrap(), first, "byte-exact, in order");
+    assert_eq!(seqs(&h, "r1", Some(1), 100).await, vec![2, 3, 4], "strictly after the cursor");
+    assert_eq!(seqs(&h, "r1", Some(0), 2).await, vec![1, 2], "bounded by limit");
+    assert_eq!(seqs(&h, "r1", Some(4), 100).await, Vec::<u64>::new());
+    assert_eq!(seqs(&h, "r2", None, 100).await, Vec::<u64>::new());
+
+    // Out of order within a write, a frame written again (changed: the first stays), another
+    // run's frames, and two evictions (one of a frame never stored: nothing happens).
+    let mut again = frame(&h, "r1", 4, "token");
+    again.data = "changed".to_owned();
+    let frames = vec![frame(&h, "r1", 7, "done"), frame(&h, "r2", 0, "token"), again, frame(&h, "r1", 5, "token")];
+    let write = events_write(frames, &[("r1", 1), ("r1", 3), ("r2", 9)], None);
+    assert!(h.store.write_run_events(&write).await.unwrap());
+    assert_eq!(seqs(&h, "r1", None, 100).await, vec![0, 2, 4, 5, 7]);
+    let stored = h.store.run_events(&run_of("r1"), Some(3), 1).await.unwrap();
+    assert_eq!(stored, vec![first[4].clone()], "a stored frame is never overwritten");
+    assert_eq!(seqs(&h, "r2", None, 100).await, vec![0]);
+    assert_eq!(h.store.last_run_event_seq(&run_of("r1")).await.unwrap(), Some(7));
+    assert_eq!(h.store.last_run_event_seq(&run_of("r2")).await.unwrap(), Some(0));
+    assert_eq!(h.store.last_run_event_seq(&run_of("ghost")).await.unwrap(), None);
+
+    // A page is capped whatever the caller asks.
+    let many: Vec<StoredFrame> =
+        (100..100 + u64::from(RUN_EVENTS_PAGE_MAX) + 5).map(|seq| frame(&h, "r2", seq, "token")).collect();
+    assert!(h.store.write_run_events(&events_write(many, &[], None)).await.unwrap());
+    assert_eq!(seqs(&h, "r2", Some(0), u32::MAX).await.len(), RUN_EVENTS_PAGE_MAX as usize);
+}
+
+/// A run's last frames and its final record are written together: both, or (an unknown run)
+/// neither; a write may not make a second run of a thread running.
+pub async fn runs_events_with_the_final_record(h: RunHarness) {
+    let started = h.start("r", "u", "t").await;
+    h.clock.advance_seconds(3);
+    let finished = RunRecord {
+        state: RunState::Succeeded,
+        hold_resolution: HoldResolution::Resolved,
+        hold_id: Some(hold_id("h")),
+        updated_at: h.now(),
+        data: r#"{"answer":"4"}"#.to_owned(),
+        ..started.clone()
+    };
+    let write = events_write(vec![frame(&h, "r", 0, "token"), frame(&h, "r", 1, "done")], &[], Some(finished.clone()));
+    assert!(h.store.write_run_events(&write).await.unwrap());
+    assert_eq!(h.read("r").await, Some(finished.clone()));
+    assert_eq!(seqs(&h, "r", None, 10).await, vec![0, 1]);
+
+    let ghost = RunRecord { run_id: run_of("ghost"), ..finished.clone() };
+    let write = events_write(vec![frame(&h, "ghost", 0, "done"), frame(&h, "r", 2, "token")], &[("r", 0)], Some(ghost));
+    assert!(!h.store.write_run_events(&write).await.unwrap(), "an unknown run");
+    assert_eq!(seqs(&h, "ghost", None, 10).await, Vec::<u64>::new(), "nothing was written");
+    assert_eq!(seqs(&h, "r", None, 10).await, vec![0, 1], "nothing was written or deleted");
+
+    h.start("r2", "u", "t").await;
+    let revived = RunRecord { state: RunState::Running, ..finished.clone() };
+    let write = events_write(vec![frame(&h, "r", 5, "token")], &[], Some(revived));
+    let error = h.store.write_run_events(&write).await.expect_err("a second running run is refused");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    assert_eq!(seqs(&h, "r", None, 10).await, vec![0, 1], "all or nothing");
+    assert_eq!(h.read("r").await, Some(finished));
+}
+
+/// Retention: the frames of runs that ended (terminal, last updated) before the cutoff go, in
+/// bounded batches; running runs keep theirs however old; the runs themselves stay.
+pub async fn runs_events_forgotten_after_retention(h: RunHarness) {
+    let start = h.now();
+    for (run_id, thread_id) in [("old", "t1"), ("recent", "t2"), ("live", "t3")] {
+        h.start(run_id, "u", thread_id).await;
+        let frames: Vec<StoredFrame> = (0..3).map(|seq| frame(&h, run_id, seq, "token")).collect();
+        assert!(h.store.write_run_events(&events_write(frames, &[], None)).await.unwrap());
+    }
+    h.finish("old", RunState::Failed).await;
+    h.clock.advance_seconds(100);
+    h.finish("recent", RunState::Succeeded).await;
+    let cutoff = start.plus_seconds(50);
+    assert_eq!(h.store.forget_run_events(cutoff, 2).await.unwrap(), 2, "bounded");
+    assert_eq!(h.store.forget_run_events(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(h.store.forget_run_events(cutoff, 100).await.unwrap(), 0, "nothing left to forget");
+    assert_eq!(seqs(&h, "old", None, 10).await, Vec::<u64>::new());
+    assert_eq!(seqs(&h, "recent", None, 10).await, vec![0, 1, 2]);
+    assert_eq!(seqs(&h, "live", None, 10).await, vec![0, 1, 2]);
+    assert_eq!(h.store.forget_run_events(h.now().plus_seconds(1), 100).await.unwrap(), 3, "recent, later");
+    assert_eq!(seqs(&h, "live", None, 10).await, vec![0, 1, 2], "a running run keeps its frames");
+    assert_eq!(h.read("old").await.map(|run| run.state), Some(RunState::Failed), "the run stays");
+}
+
+/// Cancel requests: recorded for running runs only, listed for the run's instance (oldest first,
+/// bounded) until the run ends; an update of the run keeps the request.
+pub async fn runs_cancel_requests(h: RunHarness) {
+    for (index, run_id) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut run = h.record(run_id, "u", &format!("t-{run_id}"));
+        run.created_at = run.created_at.plus_seconds(index as u64);
+        run.instance_id = if run_id == "c" { "i2".to_owned() } else { "i1".to_owned() };
+        h.create(&run).await.expect("created");
+    }
+    h.start("done", "u", "t-done").await;
+    h.finish("done", RunState::Succeeded).await;
+    let listed = |instance: &'static str, limit| {
+        let store = h.store.clone();
+        async move { store.cancel_requests(instance, limit).await.expect("store answers") }
+    };
+    assert_eq!(listed("i1", 10).await, Vec::<RunId>::new());
+    let at = h.now();
+    for run_id in ["b", "a", "c"] {
+        assert!(h.store.request_cancel(&run_of(run_id), at).await.unwrap(), "{run_id}");
+    }
+    assert!(h.store.request_cancel(&run_of("a"), at.plus_seconds(1)).await.unwrap(), "asked twice");
+    assert!(!h.store.request_cancel(&run_of("done"), at).await.unwrap(), "an ended run");
+    assert!(!h.store.request_cancel(&run_of("ghost"), at).await.unwrap(), "an unknown run");
+    assert_eq!(listed("i1", 10).await, vec![run_of("a"), run_of("b")], "oldest first");
+    assert_eq!(listed("i1", 1).await, vec![run_of("a")]);
+    assert_eq!(listed("i2", 10).await, vec![run_of("c")]);
+    let mut a = h.read("a").await.unwrap();
+    a.data = r#"{"step":3}"#.to_owned();
+    assert!(h.store.update_run(&a).await.unwrap());
+    assert_eq!(listed("i1", 10).await, vec![run_of("a"), run_of("b")], "an update keeps the request");
+    h.finish("a", RunState::Canceled).await;
+    assert_eq!(listed("i1", 10).await, vec![run_of("b")], "an ended run is off the list");
+}
+
+fn key(text: &str, fingerprint: &str) -> Idempotency {
+    Idempotency { key: text.to_owned(), fingerprint: fingerprint.to_owned() }
+}
+
+/// A solve's key: recorded with its run, checked before anything else (a replay finds its run
+/// while that run keeps the thread busy), never recorded for a refused run, and sharing one key
+/// space with recorded responses.
+pub async fn runs_keyed_creates(h: RunHarness) {
+    let k1 = key("k1", "f1");
+    assert_eq!(h.store.keyed_run(&k1).await.unwrap(), None);
+    let first = h.record("r1", "u", "t");
+    let stored = h.store.create_run_once(&first, Some(&k1)).await.unwrap().expect("created");
+    assert_eq!(h.store.keyed_run(&k1).await.unwrap(), Some(KeyedRun::Started(run_of("r1"))));
+    assert_eq!(h.store.keyed_run(&key("k1", "f2")).await.unwrap(), Some(KeyedRun::Conflict));
+
+    // The same key again, for another run id of the busy thread: the first run, nothing new.
+    let retry = h.record("r2", "u", "t");
+    let replay = h.store.create_run_once(&retry, Some(&k1)).await.unwrap();
+    assert_eq!(replay, Err(CreateRunRefusal::KeyUsed(KeyedRun::Started(run_of("r1")))));
+    let other = h.store.create_run_once(&h.record("r3", "u", "t9"), Some(&key("k1", "f2"))).await.unwrap();
+    assert_eq!(other, Err(CreateRunRefusal::KeyUsed(KeyedRun::Conflict)));
+    assert_eq!(h.read("r2").await, None);
+    assert_eq!(h.read("r3").await, None);
+    assert_eq!(h.store.thread_account(&thread_of("t9")).await.unwrap(), None);
+    assert_eq!(h.read("r1").await, Some(stored));
+
+    // A refused run records no key: the same key works once the thread is free.
+    let k2 = key("k2", "f");
+    let busy = h.store.create_run_once(&h.record("r4", "u", "t"), Some(&k2)).await.unwrap();
+    assert_eq!(busy, Err(CreateRunRefusal::ThreadBusy { run_id: run_of("r1") }));
+    assert_eq!(h.store.keyed_run(&k2).await.unwrap(), None);
+    h.finish("r1", RunState::Succeeded).await;
+    assert!(h.store.create_run_once(&h.record("r4", "u", "t"), Some(&k2)).await.unwrap().is_ok());
+    assert_eq!(h.store.keyed_run(&k2).await.unwrap(), Some(KeyedRun::Started(run_of("r4"))));
+
+    // One key space: a response key is no solve key, and a solve key is no response key.
+    let response = RecordedResponse { fingerprint: "f".to_owned(), status: 202, body: "{}".to_owned() };
+    assert_eq!(h.store.record_response("k3", &response).await.unwrap(), KeyUse::Response(response));
+    let refused = h.store.create_run_once(&h.record("r5", "u", "t5"), Some(&key("k3", "f"))).await.unwrap();
+    assert_eq!(refused, Err(CreateRunRefusal::KeyUsed(KeyedRun::Conflict)));
+    assert_eq!(h.store.recorded_response("k1").await.unwrap(), Some(KeyUse::Other));
+}
+
+/// Recorded responses: the first one under a key stays, byte-exact; later ones get it back.
+pub async fn runs_recorded_responses(h: RunHarness) {
+    assert_eq!(h.store.recorded_response("k").await.unwrap(), None);
+    let first = RecordedResponse {
+        fingerprint: "f1".to_owned(),
+        status: 202,
+        body: r#"{"state":"running","x":"ü"}"#.to_owned(),
+    };
+    assert_eq!(h.store.record_response("k", &first).await.unwrap(), KeyUse::Response(first.clone()));
+    let second = RecordedResponse { fingerprint: "f2".to_owned(), status: 200, body: "{}".to_owned() };
+    assert_eq!(h.store.record_response("k", &second).await.unwrap(), KeyUse::Response(first.clone()));
+    assert_eq!(h.store.recorded_response("k").await.unwrap(), Some(KeyUse::Response(first)));
+}
+
+/// Waits (at most 10 s) for a signal satisfying `wanted`, skipping others.
+async fn signal(
+    receiver: &mut tokio::sync::broadcast::Receiver<RunSignal>,
+    wanted: impl Fn(&RunSignal) -> bool,
+) -> RunSignal {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Ok(signal)) if wanted(&signal) => return signal,
+            Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(error)) => panic!("the signals ended: {error}"),
+            Err(_) => panic!("no such signal within 10 s"),
+        }
+    }
+}
+
+/// Signals follow committed writes: new frames of a run, a cancel request. (PostgreSQL delivers
+/// them through `LISTEN`, so this also checks that the notifications reach a listener.)
+pub async fn runs_signals_follow_writes(h: RunHarness) {
+    let mut receiver = h.store.run_signals().await;
+    h.start("r", "u", "t").await;
+    let write = events_write(vec![frame(&h, "r", 0, "token"), frame(&h, "r", 1, "token")], &[], None);
+    assert!(h.store.write_run_events(&write).await.unwrap());
+    let events = signal(&mut receiver, |signal| matches!(signal, RunSignal::Events(_))).await;
+    assert_eq!(events, RunSignal::Events(run_of("r")));
+    assert!(h.store.request_cancel(&run_of("r"), h.now()).await.unwrap());
+    let cancel = signal(&mut receiver, |signal| matches!(signal, RunSignal::Cancel(_))).await;
+    assert_eq!(cancel, RunSignal::Cancel(run_of("r")));
 }

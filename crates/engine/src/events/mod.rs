@@ -1,28 +1,48 @@
-//! The per-run event buffer behind the SSE stream.
+//! The per-run event buffer behind the SSE stream, and its way into the store.
 //!
-//! A run emits frames into one bounded buffer; any number of readers follow it with their own
-//! cursor, so a slow or absent client never slows the run down, and a reconnecting client
-//! replays from `Last-Event-ID`. When the buffer is full the oldest *ordinary* frame is evicted:
-//! `error`, `credit_settled` and `done` are never dropped, because a client must always learn how
-//! its credits ended.
+//! A run emits frames into one bounded buffer; any number of readers on this instance follow it
+//! with their own cursor, so a slow or absent client never slows the run down, and a
+//! reconnecting client replays from `Last-Event-ID`. When the buffer is full (too many frames,
+//! or too many bytes of their stored form) the oldest *ordinary* frame is evicted:
+//! `credit_reserved`, `credit_settled`, `error` and `done` are never dropped, because a client
+//! must always learn how its credits were taken and how they ended.
+//!
+//! Every frame also goes to the store, so any instance can replay and follow the run
+//! ([`writer`]: one writer per engine batches the frames of every live run, off the path of the
+//! emitting run; [`stored`]: the frame's stored form). The buffer mirrors itself there: it hands
+//! each frame to the writer once, and the frames it evicts after that are deleted in a later
+//! write. A run's last frame is *sealed* first (kept from local readers), written together with
+//! the run's terminal record, and only then published, so on every instance `done` or `error`
+//! is seen only once the run's record says it ended.
 //!
 //! Events are typed ([`Event`], one payload type per event type) and stay typed in the buffer;
 //! the HTTP server renders each frame with its DTOs, so the wire shape of every payload is
-//! defined once, next to its schema in the OpenAPI document.
+//! defined once, next to its schema in the OpenAPI document. Their serde derives are for the
+//! stored form only.
+
+pub mod follow;
+pub mod stored;
+pub mod writer;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use ledger::{Amount, HoldId, Timestamp};
-use pricing::{Difficulty, Line, Step, Tier};
-use store::{ArtifactId, Clock, JobId, JobRecord, JobStatus, RunId, ThreadId};
+use pricing::{amount_text, Difficulty, Line, Step, Tier};
+use serde::{Deserialize, Serialize};
+use store::{ArtifactId, Clock, JobId, JobRecord, JobStatus, RunId, StoredFrame, ThreadId};
 use tokio::sync::watch;
 
 use crate::run::data::{CreditEntry, RunErrorCode};
 
-/// Default number of frames one run keeps.
-pub const FRAMES_MAX_DEFAULT: usize = 256;
+/// Default number of frames one run keeps (in its buffer and in the store).
+pub const FRAMES_MAX_DEFAULT: usize = 1024;
+/// Default bound on the bytes of one run's frames, in their stored form.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// The least a buffer may be bounded to: room for the critical frames and some more.
+pub const FRAMES_MAX_MIN: usize = 8;
 
 /// Every event type the stream can carry. Closed set: a type not listed here cannot be emitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,15 +94,25 @@ impl EventKind {
         }
     }
 
-    /// Frames a client must never miss.
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// Frames a client must never miss: how its credits were taken and how they ended.
     pub fn is_critical(self) -> bool {
-        matches!(self, EventKind::Error | EventKind::CreditSettled | EventKind::Done)
+        matches!(self, EventKind::CreditReserved | EventKind::CreditSettled | EventKind::Error | EventKind::Done)
+    }
+
+    /// The frames a run ends with: exactly one of them, last.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::Error | EventKind::Done)
     }
 }
 
 /// The `code` of an `error` event. Closed set, so every code a run can emit is one the event
 /// schema accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InternalError,
     ToolError,
@@ -91,10 +121,12 @@ pub enum ErrorCode {
     Timeout,
     InvalidInput,
     Canceled,
+    /// The instance running the run died; another one's recovery ended it.
+    Interrupted,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::InternalError,
         ErrorCode::ToolError,
         ErrorCode::ModelError,
@@ -102,6 +134,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::InvalidInput,
         ErrorCode::Canceled,
+        ErrorCode::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +146,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::Canceled => "canceled",
+            ErrorCode::Interrupted => "interrupted",
         }
     }
 }
@@ -127,11 +161,13 @@ impl From<ErrorCode> for RunErrorCode {
             ErrorCode::Timeout => RunErrorCode::Timeout,
             ErrorCode::InvalidInput => RunErrorCode::InvalidInput,
             ErrorCode::Canceled => RunErrorCode::Canceled,
+            ErrorCode::Interrupted => RunErrorCode::Interrupted,
         }
     }
 }
 
-/// What one event says. Closed set: its kind is [`Event::kind`].
+/// What one event says. Closed set: its kind is [`Event::kind`]; its stored form is
+/// [`stored`]'s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The planner chose a plan that shows a page (`use_page`).
@@ -186,7 +222,7 @@ impl Event {
 }
 
 /// The plan a math turn follows, when it shows a page.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageStart {
     pub steps: Vec<Step>,
     pub model: Tier,
@@ -194,7 +230,8 @@ pub struct PageStart {
 }
 
 /// Which solver call a progress event reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SolvePhase {
     Verify,
     Summary,
@@ -213,7 +250,7 @@ impl SolvePhase {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SolveProgress {
     pub text: String,
     /// Solver model calls so far.
@@ -221,28 +258,33 @@ pub struct SolveProgress {
     pub phase: SolvePhase,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub delta: String,
     /// What the token announces besides text.
     pub attachment: Option<Attachment>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Attachment {
     /// The solution PDF, stored.
     Pdf { artifact_id: ArtifactId },
     /// The video job, created.
-    Video { job_id: JobId, status: JobStatus },
+    Video {
+        job_id: JobId,
+        #[serde(with = "stored::job_status_text")]
+        status: JobStatus,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolStart {
     pub name: String,
     pub tool_call_id: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolResult {
     pub name: String,
     pub tool_call_id: String,
@@ -251,32 +293,39 @@ pub struct ToolResult {
     pub success: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeResult {
     /// `None` when the step succeeded.
     pub error_code: Option<ErrorCode>,
     pub duration_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditReserved {
+    #[serde(with = "stored::hold_id_text")]
     pub hold_id: HoldId,
+    #[serde(with = "amount_text")]
     pub amount: Amount,
     pub breakdown: Vec<Line>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditSettled {
+    #[serde(with = "stored::hold_id_text")]
     pub hold_id: HoldId,
     /// The synchronous cost (video excluded: its job was charged).
+    #[serde(with = "amount_text")]
     pub actual: Amount,
+    #[serde(with = "amount_text")]
     pub reserved: Amount,
+    #[serde(with = "amount_text")]
     pub captured: Amount,
+    #[serde(with = "amount_text")]
     pub refunded: Amount,
     pub log: Vec<CreditEntry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunError {
     pub code: ErrorCode,
     pub message: String,
@@ -284,9 +333,11 @@ pub struct RunError {
     pub shortfall: Option<Shortfall>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortfall {
+    #[serde(with = "amount_text")]
     pub required: Amount,
+    #[serde(with = "amount_text")]
     pub available: Amount,
 }
 
@@ -308,35 +359,80 @@ pub struct Frame {
 }
 
 struct Buffer {
-    frames: VecDeque<Frame>,
+    /// Each frame with the size of its stored form.
+    frames: VecDeque<(Frame, usize)>,
+    /// The stored bytes of the frames kept.
+    bytes: usize,
     next_seq: u64,
+    /// No frame is emitted any more: the final one is sealed ([`EventChannel::seal`]).
+    sealed: bool,
     closed: bool,
     dropped: u64,
+}
+
+/// The bounds of one run's buffer (and of its frames in the store). Units last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub frames_max: usize,
+    /// The stored form's bytes, all frames together.
+    pub bytes_max: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds { frames_max: FRAMES_MAX_DEFAULT, bytes_max: FRAME_BYTES_MAX_DEFAULT }
+    }
 }
 
 /// The event buffer of one run.
 pub struct EventChannel {
     thread_id: ThreadId,
     run_id: RunId,
-    frames_max: usize,
+    bounds: Bounds,
     /// The engine's clock: every frame's `ts`.
     clock: Arc<dyn Clock>,
+    /// Where frames go to be stored; `None` keeps them in this process only (engines built
+    /// outside a runtime, unit tests).
+    sink: Option<Arc<writer::EventWriter>>,
     buffer: Mutex<Buffer>,
     /// The last seq emitted plus one, or `u64::MAX` once closed; readers wait on it.
     signal: watch::Sender<u64>,
+    /// Set once the final frame is published (for [`EventChannel::is_closed`] without the lock).
+    closed: AtomicBool,
 }
 
 impl EventChannel {
     pub fn new(thread_id: &ThreadId, run_id: &RunId, frames_max: usize, clock: Arc<dyn Clock>) -> Arc<EventChannel> {
-        assert!(frames_max >= 8, "the buffer must hold the critical frames and some more");
+        let bounds = Bounds { frames_max, ..Bounds::default() };
+        EventChannel::stored(thread_id, run_id, bounds, clock, None)
+    }
+
+    /// A channel whose frames also go to the store through `sink`.
+    pub fn stored(
+        thread_id: &ThreadId,
+        run_id: &RunId,
+        bounds: Bounds,
+        clock: Arc<dyn Clock>,
+        sink: Option<Arc<writer::EventWriter>>,
+    ) -> Arc<EventChannel> {
+        assert!(bounds.frames_max >= FRAMES_MAX_MIN, "the buffer must hold the critical frames and some more");
         let (signal, _) = watch::channel(0);
         Arc::new(EventChannel {
             thread_id: thread_id.clone(),
             run_id: run_id.clone(),
-            frames_max,
+            bounds,
             clock,
-            buffer: Mutex::new(Buffer { frames: VecDeque::new(), next_seq: 0, closed: false, dropped: 0 }),
+            sink,
+            buffer: Mutex::new(Buffer {
+                frames: VecDeque::new(),
+                bytes: 0,
+                next_seq: 0,
+                sealed: false,
+                closed: false,
+                dropped: 0,
+            }),
             signal,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -348,56 +444,133 @@ impl EventChannel {
         &self.run_id
     }
 
-    /// Appends a frame; returns its seq, or `None` once the channel is closed.
-    pub fn emit(&self, step_idx: Option<usize>, node: Option<&'static str>, event: Event) -> Option<u64> {
-        let ts = self.clock.now();
-        let mut buffer = self.buffer.lock().expect("event buffer lock poisoned");
-        if buffer.closed {
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().expect("event buffer lock poisoned")
+    }
+
+    /// A new frame with the next seq, or `None` once sealed.
+    fn next_frame(
+        &self,
+        buffer: &mut Buffer,
+        step_idx: Option<usize>,
+        node: Option<&'static str>,
+        event: Event,
+    ) -> Option<Frame> {
+        if buffer.sealed {
             return None;
         }
         let seq = buffer.next_seq;
         buffer.next_seq += 1;
         let kind = event.kind();
         let id = format!("{}:{seq}", self.thread_id);
-        let frame = Frame { seq, kind, id, ts, step_idx, node, event: Arc::new(event) };
-        if buffer.frames.len() >= self.frames_max {
-            match buffer.frames.iter().position(|frame| !frame.kind.is_critical()) {
-                Some(oldest_ordinary) => {
-                    buffer.frames.remove(oldest_ordinary);
-                    buffer.dropped += 1;
-                }
-                None => unreachable!("a run emits only a few critical frames"),
-            }
+        Some(Frame { seq, kind, id, ts: self.clock.now(), step_idx, node, event: Arc::new(event) })
+    }
+
+    /// Keeps `frame` (of `bytes` stored bytes), evicting the oldest ordinary frames while a bound
+    /// is exceeded; returns the seqs evicted.
+    fn keep(&self, buffer: &mut Buffer, frame: Frame, bytes: usize) -> Vec<u64> {
+        let mut evicted = Vec::new();
+        while buffer.frames.len() >= self.bounds.frames_max
+            || (!buffer.frames.is_empty() && buffer.bytes + bytes > self.bounds.bytes_max)
+        {
+            let Some(oldest_ordinary) = buffer.frames.iter().position(|(frame, _)| !frame.kind.is_critical()) else {
+                // Only critical frames left (a run emits a handful): keep them all.
+                break;
+            };
+            let (gone, gone_bytes) = buffer.frames.remove(oldest_ordinary).expect("the position is in the buffer");
+            buffer.bytes -= gone_bytes;
+            buffer.dropped += 1;
+            evicted.push(gone.seq);
         }
-        buffer.frames.push_back(frame);
+        buffer.bytes += bytes;
+        buffer.frames.push_back((frame, bytes));
+        evicted
+    }
+
+    /// Appends a frame; returns its seq, or `None` once the channel is sealed or closed.
+    pub fn emit(&self, step_idx: Option<usize>, node: Option<&'static str>, event: Event) -> Option<u64> {
+        let mut buffer = self.buffer();
+        let frame = self.next_frame(&mut buffer, step_idx, node, event)?;
+        let seq = frame.seq;
+        let stored = stored::encode(&self.run_id, &frame);
+        let evicted = self.keep(&mut buffer, frame, stored.data.len());
+        if let Some(sink) = &self.sink {
+            // Under the buffer's lock, so the writer sees this run's frames and evictions in order.
+            for gone in evicted {
+                sink.evict(&self.run_id, gone);
+            }
+            sink.push(stored);
+        }
         drop(buffer);
         self.signal.send_replace(seq + 1);
         Some(seq)
     }
 
+    /// Takes the run's final frame (`done` or `error`) out of the stream's order without
+    /// publishing it: nothing more can be emitted, and local readers see it only once
+    /// [`EventChannel::publish_final`] is called (after it is stored with the run's terminal
+    /// record). `None` when already sealed.
+    pub fn seal(&self, event: Event) -> Option<Frame> {
+        debug_assert!(event.kind().is_terminal(), "only done or error ends a stream");
+        let mut buffer = self.buffer();
+        let frame = self.next_frame(&mut buffer, None, None, event)?;
+        buffer.sealed = true;
+        Some(frame)
+    }
+
+    /// The stored form of a frame of this run.
+    pub fn stored_form(&self, frame: &Frame) -> StoredFrame {
+        stored::encode(&self.run_id, frame)
+    }
+
+    /// Publishes the sealed final frame and closes the stream.
+    pub fn publish_final(&self, frame: Frame) {
+        let mut buffer = self.buffer();
+        let bytes = stored::encode(&self.run_id, &frame).data.len();
+        let evicted = self.keep(&mut buffer, frame, bytes);
+        if let Some(sink) = &self.sink {
+            for gone in evicted {
+                sink.evict(&self.run_id, gone);
+            }
+        }
+        drop(buffer);
+        self.close();
+    }
+
     /// Ends the stream: readers finish once they have read every frame.
     pub fn close(&self) {
-        let mut buffer = self.buffer.lock().expect("event buffer lock poisoned");
+        let mut buffer = self.buffer();
+        buffer.sealed = true;
         buffer.closed = true;
         drop(buffer);
+        self.closed.store(true, Ordering::Release);
         self.signal.send_replace(u64::MAX);
     }
 
     pub fn is_closed(&self) -> bool {
-        self.buffer.lock().expect("event buffer lock poisoned").closed
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Ordinary frames evicted so far because the buffer was full.
     pub fn dropped(&self) -> u64 {
-        self.buffer.lock().expect("event buffer lock poisoned").dropped
+        self.buffer().dropped
     }
 
     /// Frames with `seq > after` that are still buffered, and whether the channel is closed.
     pub fn frames_after(&self, after: Option<u64>) -> (Vec<Frame>, bool) {
-        let buffer = self.buffer.lock().expect("event buffer lock poisoned");
-        let frames =
-            buffer.frames.iter().filter(|frame| after.is_none_or(|after| frame.seq > after)).cloned().collect();
+        let buffer = self.buffer();
+        let frames = buffer
+            .frames
+            .iter()
+            .filter(|(frame, _)| after.is_none_or(|after| frame.seq > after))
+            .map(|(frame, _)| frame.clone())
+            .collect();
         (frames, buffer.closed)
+    }
+
+    /// The seq the next frame would get (every seq below it was emitted or is sealed).
+    pub fn next_seq(&self) -> u64 {
+        self.buffer().next_seq
     }
 
     /// Follows the run from just after `after` (a `Last-Event-ID` seq) until it closes.
@@ -506,5 +679,41 @@ mod tests {
         assert_eq!(frames.last().unwrap().kind, EventKind::Error);
         assert_eq!(channel.dropped(), 14);
         assert!(channel.emit(None, None, token()).is_none(), "closed channels take nothing");
+    }
+
+    #[tokio::test]
+    async fn a_buffer_bounded_in_bytes_drops_ordinary_frames_and_seals_its_final_one() {
+        let clock = Arc::new(store::ManualClock::new(Timestamp::from_micros(1_800_000_000_250_000)));
+        let (thread_id, run_id) = (ThreadId::parse("t").expect("valid"), RunId::parse("r").expect("valid"));
+        let one_token = stored::encode(&run_id, &{
+            let event = token();
+            Frame {
+                seq: 0,
+                kind: event.kind(),
+                id: "t:0".to_owned(),
+                ts: clock.now(),
+                step_idx: None,
+                node: None,
+                event: Arc::new(event),
+            }
+        })
+        .data
+        .len();
+        let bounds = Bounds { frames_max: 1024, bytes_max: one_token * 3 };
+        let channel = EventChannel::stored(&thread_id, &run_id, bounds, clock, None);
+        for _ in 0..10 {
+            channel.emit(None, None, token());
+        }
+        let (frames, _) = channel.frames_after(None);
+        assert_eq!(frames.iter().map(|frame| frame.seq).collect::<Vec<_>>(), [7, 8, 9], "the newest that fit");
+        let reader = tokio::spawn(channel.follow(Some(9)).map(|frame| frame.kind).collect::<Vec<_>>());
+        let done = channel.seal(Event::Done).expect("not sealed yet");
+        assert_eq!(done.seq, 10);
+        assert!(channel.emit(None, None, token()).is_none(), "nothing after the final frame");
+        assert!(channel.seal(Event::Done).is_none(), "one final frame");
+        assert_eq!(channel.frames_after(Some(9)).0, Vec::new(), "sealed, not yet published");
+        channel.publish_final(done);
+        assert_eq!(reader.await.expect("reads"), [EventKind::Done]);
+        assert!(channel.is_closed());
     }
 }
