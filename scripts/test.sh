@@ -35,6 +35,15 @@ for argument in "$@"; do
     esac
 done
 
+# The fuzzer's venv is installed in the background while the Rust tests build and run.
+fuzz_install_pid=""
+if [[ ${#scope[@]} -gt 0 ]]; then
+    FUZZ_DIR="$(mktemp -d "${TMPDIR:-/tmp}/creditgraph-fuzz-venv.XXXXXX")"
+    THROWAWAY_EXTRA_DIRS+=("$FUZZ_DIR")
+    scripts/lib/schemathesis-venv.sh "$FUZZ_DIR/venv" >"$FUZZ_DIR/install.log" 2>&1 &
+    fuzz_install_pid=$!
+fi
+
 set +e
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run "${scope[@]}" --no-fail-fast "$@"
@@ -64,6 +73,13 @@ set -e
 if [[ ${#scope[@]} -gt 0 ]]; then
     log "running the schema-driven HTTP fuzzer (scripts/schemathesis.sh)"
     fuzz_status=0
+    if wait "$fuzz_install_pid"; then
+        export CREDITGRAPH_FUZZ_VENV="$FUZZ_DIR/venv"
+    else
+        # schemathesis.sh tries the install once more itself, and fails loudly if it cannot.
+        log "the background install of schemathesis failed; its log:"
+        cat "$FUZZ_DIR/install.log" >&2 || true
+    fi
     scripts/schemathesis.sh || fuzz_status=$?
     log "summary: Rust tests exit $status, HTTP fuzzer exit $fuzz_status"
     if [[ $status -eq 0 && $fuzz_status -ne 0 ]]; then

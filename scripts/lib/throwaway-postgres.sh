@@ -61,6 +61,7 @@ PG_SOCKET_DIR="$PG_DIR/socket"
 PG_LOG="$PG_DIR/server.log"
 as_pg mkdir -p "$PG_SOCKET_DIR"
 
+THROWAWAY_EXTRA_DIRS=()
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -68,6 +69,10 @@ cleanup() {
         as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
     fi
     rm -rf "$PG_DIR"
+    # Folders the sourcing script made for the same lifetime (e.g. test.sh's fuzzer venv).
+    for extra in "${THROWAWAY_EXTRA_DIRS[@]}"; do
+        rm -rf "$extra"
+    done
     exit "$status"
 }
 trap cleanup EXIT
