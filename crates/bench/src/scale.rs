@@ -15,7 +15,7 @@ use anyhow::Context;
 use ledger::{AccountId, Amount, Command, GrantId, HoldId, Overage};
 use serde::Serialize;
 use store::{Executed, LedgerStore, Request, SystemClock};
-use store_sqlite::{SqliteOptions, SqliteStore};
+use store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use crate::http::{self, Action, Drive, HttpResult, HttpRun, ServerProcess};
 use crate::measure::LatencySummary;
@@ -133,7 +133,7 @@ fn id<T>(parse: fn(&str) -> Result<T, ledger::IdError>, text: &str) -> anyhow::R
 
 /// Writes the template account through the store, then replicates it; returns the entries.
 async fn build(path: &Path, accounts: u64) -> anyhow::Result<u64> {
-    let options = SqliteOptions { durable: false, ..SqliteOptions::default() };
+    let options = SqliteOptions { synchronous: Synchronous::Off, ..SqliteOptions::default() };
     let store = SqliteStore::open(path, Arc::new(SystemClock), options).await?;
     let account_id = id(AccountId::parse, &format!("bench-{TEMPLATE_MARK}"))?;
     let mut commands = vec![Command::Grant {

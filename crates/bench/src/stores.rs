@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 use store::{LedgerStore, SystemClock};
 use store_postgres::{PostgresOptions, PostgresStore};
-use store_sqlite::{SqliteOptions, SqliteStore};
+use store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Connections per process for every PostgreSQL store, creditgraph's and the baselines'.
 pub const POSTGRES_POOL_MAX: usize = 16;
@@ -19,6 +19,9 @@ pub const POSTGRES_POOL_MAX: usize = 16;
 pub enum StoreKind {
     /// creditgraph on SQLite, `synchronous=FULL` (the default).
     Sqlite,
+    /// creditgraph on SQLite with `synchronous=NORMAL`: safe from a process crash, not from a
+    /// power loss (the option `sqlite:PATH?synchronous=normal` offers operators).
+    SqliteNormal,
     /// creditgraph on SQLite with `synchronous=OFF`: what durability costs.
     SqliteNoSync,
     /// creditgraph on PostgreSQL.
@@ -35,6 +38,7 @@ impl StoreKind {
     pub fn label(self) -> &'static str {
         match self {
             StoreKind::Sqlite => "creditgraph SQLite",
+            StoreKind::SqliteNormal => "creditgraph SQLite, synchronous=NORMAL",
             StoreKind::SqliteNoSync => "creditgraph SQLite, no fsync",
             StoreKind::Postgres => "creditgraph PostgreSQL",
             StoreKind::BaselinePgForUpdate => "baseline PG FOR UPDATE",
@@ -158,8 +162,13 @@ pub async fn open(kind: StoreKind, place: &Place) -> anyhow::Result<Opened> {
     let clock = Arc::new(SystemClock);
     let postgres_url = || place.postgres_url.as_deref().context("this store needs a PostgreSQL database");
     Ok(match kind {
-        StoreKind::Sqlite | StoreKind::SqliteNoSync => {
-            let options = SqliteOptions { durable: kind == StoreKind::Sqlite, ..SqliteOptions::default() };
+        StoreKind::Sqlite | StoreKind::SqliteNormal | StoreKind::SqliteNoSync => {
+            let synchronous = match kind {
+                StoreKind::SqliteNormal => Synchronous::Normal,
+                StoreKind::SqliteNoSync => Synchronous::Off,
+                _ => Synchronous::Full,
+            };
+            let options = SqliteOptions { synchronous, ..SqliteOptions::default() };
             Opened::Sqlite(Arc::new(SqliteStore::open(&place.sqlite_path, clock, options).await?))
         }
         StoreKind::Postgres => {

@@ -79,7 +79,8 @@ pub struct RateSearch {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Results {
     pub in_process: Vec<InProcessResult>,
-    /// Target 5: no-op and hold+capture at a fixed rate, then both saturated.
+    /// Target 5: no-op and hold+capture at a fixed rate, then both saturated; then hold+capture
+    /// at the fixed rate with `synchronous=NORMAL`.
     pub overhead: Vec<HttpResult>,
     /// Target 2.
     pub rate_searches: Vec<RateSearch>,
@@ -289,6 +290,17 @@ async fn overhead(settings: &SuiteSettings, uniform: &Workload) -> anyhow::Resul
         http_run(settings, kind, 1, uniform, Action::HoldCapture, fixed(OVERHEAD_REQUESTS_PER_SECOND / 2)).await?,
         http_run(settings, kind, 1, uniform, Action::Noop, saturated).await?,
         http_run(settings, kind, 1, uniform, Action::HoldCapture, saturated).await?,
+        // The same fixed-rate holds with `synchronous=NORMAL`, the option operators may choose
+        // (no fsync per commit; a power loss may take the last ~100 ms of commits).
+        http_run(
+            settings,
+            StoreKind::SqliteNormal,
+            1,
+            uniform,
+            Action::HoldCapture,
+            fixed(OVERHEAD_REQUESTS_PER_SECOND / 2),
+        )
+        .await?,
     ])
 }
 

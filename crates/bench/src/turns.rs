@@ -44,7 +44,7 @@ use store::runs::RUN_EVENTS_PAGE_MAX;
 use store::{
     AccountView, Clock, Executed, LedgerStore, Request, RunStore, StoreError, SweepReport, SystemClock, VerifyReport,
 };
-use store_sqlite::{SqliteOptions, SqliteStore};
+use store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use crate::measure::{Latencies, LatencySummary};
 
@@ -298,7 +298,7 @@ pub async fn measure_turn_overhead(turns: usize) -> anyhow::Result<TurnOverhead>
 }
 
 async fn open_store(dir: &Path, clock: Arc<dyn Clock>) -> anyhow::Result<SqliteStore> {
-    let options = SqliteOptions { durable: true, ..SqliteOptions::default() };
+    let options = SqliteOptions { synchronous: Synchronous::Full, ..SqliteOptions::default() };
     Ok(SqliteStore::open(&dir.join("turns.db"), clock, options).await?)
 }
 

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use pricing::catalog::{CatalogError, CATALOG_BYTES_MAX};
 use pricing::Catalog;
 use server::{ApiConfig, Role};
+use store_sqlite::Synchronous;
 
 #[derive(Debug, Parser)]
 #[command(name = "creditgraph", version, about = "Prepaid credits ledger: HTTP service and operator commands")]
@@ -168,7 +169,12 @@ pub struct AccountArgs {
 /// Where the ledger lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
-    Sqlite(PathBuf),
+    /// `sqlite:PATH[?synchronous=full|normal]`: when a commit is on disk (see
+    /// [`store_sqlite::Synchronous`]; `full` unless the URL says otherwise).
+    Sqlite {
+        path: PathBuf,
+        synchronous: Synchronous,
+    },
     Postgres(String),
     /// In-process and volatile: for trials and tests.
     Memory,
@@ -185,19 +191,39 @@ impl DatabaseUrl {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             // `sqlite://relative.db` and `sqlite:///absolute.db` as sqlx writes them, and the
             // short `sqlite:PATH`.
-            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
                 bail!("database URL {url:?} names no file: use sqlite:PATH");
             }
-            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+            let mut synchronous = Synchronous::Full;
+            for parameter in query.split('&').filter(|parameter| !parameter.is_empty()) {
+                synchronous = match parameter {
+                    "synchronous=full" => Synchronous::Full,
+                    "synchronous=normal" => Synchronous::Normal,
+                    _ => bail!(
+                        "database URL {url:?}: unknown parameter {parameter:?} (SQLite takes synchronous=full or \
+                         synchronous=normal)"
+                    ),
+                };
+            }
+            return Ok(DatabaseUrl::Sqlite { path: PathBuf::from(path), synchronous });
         }
         bail!("unsupported database URL {url:?}: use sqlite:PATH, postgres://… or postgresql://…")
+    }
+
+    /// A SQLite file with the default (`full`) durability.
+    pub fn sqlite(path: impl Into<PathBuf>) -> DatabaseUrl {
+        DatabaseUrl::Sqlite { path: path.into(), synchronous: Synchronous::Full }
     }
 
     /// For logs: never the PostgreSQL URL itself, which may carry a password.
     pub fn describe(&self) -> String {
         match self {
-            DatabaseUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
+            DatabaseUrl::Sqlite { path, synchronous: Synchronous::Full } => format!("sqlite:{}", path.display()),
+            DatabaseUrl::Sqlite { path, synchronous } => {
+                format!("sqlite:{}?synchronous={}", path.display(), synchronous.pragma().to_lowercase())
+            }
             DatabaseUrl::Postgres(_) => "postgres".to_owned(),
             DatabaseUrl::Memory => "memory:".to_owned(),
         }
@@ -443,12 +469,21 @@ mod tests {
 
     #[test]
     fn database_urls_pick_the_backend() {
+        assert_eq!(DatabaseUrl::parse("sqlite:creditgraph.db").ok(), Some(DatabaseUrl::sqlite("creditgraph.db")));
+        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/a.db").ok(), Some(DatabaseUrl::sqlite("/tmp/a.db")));
+        assert_eq!(DatabaseUrl::parse("sqlite://a.db").ok(), Some(DatabaseUrl::sqlite("a.db")));
         assert_eq!(
-            DatabaseUrl::parse("sqlite:creditgraph.db").ok(),
-            Some(DatabaseUrl::Sqlite("creditgraph.db".into()))
+            DatabaseUrl::parse("sqlite:a.db?synchronous=normal").ok(),
+            Some(DatabaseUrl::Sqlite { path: "a.db".into(), synchronous: Synchronous::Normal })
         );
-        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/a.db").ok(), Some(DatabaseUrl::Sqlite("/tmp/a.db".into())));
-        assert_eq!(DatabaseUrl::parse("sqlite://a.db").ok(), Some(DatabaseUrl::Sqlite("a.db".into())));
+        assert_eq!(DatabaseUrl::parse("sqlite:a.db?synchronous=full").ok(), Some(DatabaseUrl::sqlite("a.db")));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:a.db?synchronous=normal").map(|url| url.describe()).ok(),
+            Some("sqlite:a.db?synchronous=normal".to_owned())
+        );
+        // `off` is for benchmarks only: a server never runs without syncing at checkpoints.
+        assert!(DatabaseUrl::parse("sqlite:a.db?synchronous=off").is_err());
+        assert!(DatabaseUrl::parse("sqlite:a.db?cache=shared").is_err());
         assert!(matches!(DatabaseUrl::parse("postgresql://u@h/db"), Ok(DatabaseUrl::Postgres(_))));
         assert!(matches!(DatabaseUrl::parse("postgres://u@h/db"), Ok(DatabaseUrl::Postgres(_))));
         assert_eq!(DatabaseUrl::parse("memory:").ok(), Some(DatabaseUrl::Memory));

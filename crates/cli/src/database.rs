@@ -27,8 +27,8 @@ impl OpenStore {
     /// Opens (and migrates) the store.
     pub async fn open(url: &DatabaseUrl, clock: Arc<dyn Clock>) -> anyhow::Result<OpenStore> {
         let store = match url {
-            DatabaseUrl::Sqlite(path) => OpenStore::Sqlite(Arc::new(
-                SqliteStore::open(path, clock, SqliteOptions::default())
+            DatabaseUrl::Sqlite { path, synchronous } => OpenStore::Sqlite(Arc::new(
+                SqliteStore::open(path, clock, SqliteOptions { synchronous: *synchronous, ..SqliteOptions::default() })
                     .await
                     .with_context(|| format!("cannot open SQLite database {}", path.display()))?,
             )),
@@ -81,7 +81,7 @@ impl OpenStore {
 /// Applies the embedded migrations without starting a store.
 pub async fn migrate(url: &DatabaseUrl) -> anyhow::Result<()> {
     match url {
-        DatabaseUrl::Sqlite(path) => SqliteStore::migrate_only(path)
+        DatabaseUrl::Sqlite { path, .. } => SqliteStore::migrate_only(path)
             .await
             .with_context(|| format!("cannot migrate SQLite database {}", path.display())),
         DatabaseUrl::Postgres(url) => PostgresStore::migrate_only(url).await.context("cannot migrate PostgreSQL"),

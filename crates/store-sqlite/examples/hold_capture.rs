@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ledger::{AccountId, Amount, Command, GrantId, HoldId, Outcome, Overage};
 use store::{Executed, LedgerStore, Request, SystemClock};
-use store_sqlite::{SqliteOptions, SqliteStore};
+use store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 async fn run(store: &SqliteStore, command: Command) -> Outcome {
     match store.execute(Request::new(command)).await {
@@ -23,9 +23,9 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let workers: usize = args.first().and_then(|text| text.parse().ok()).unwrap_or(64);
     let pairs_per_worker: usize = args.get(1).and_then(|text| text.parse().ok()).unwrap_or(200);
-    let durable = !args.iter().any(|arg| arg == "fast");
+    let synchronous = if args.iter().any(|arg| arg == "fast") { Synchronous::Off } else { Synchronous::Full };
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let options = SqliteOptions { durable, ..SqliteOptions::default() };
+    let options = SqliteOptions { synchronous, ..SqliteOptions::default() };
     let store =
         Arc::new(SqliteStore::open(&dir.path().join("bench.db"), Arc::new(SystemClock), options).await.expect("opens"));
     for worker in 0..workers {
@@ -77,8 +77,9 @@ async fn main() {
     let commits = after.commits - before.commits;
     let operations = after.operations - before.operations;
     println!(
-        "durable={durable} workers={workers} pairs={pairs} seconds={elapsed:.2} pairs/s={:.0} operations/s={:.0} \
+        "synchronous={} workers={workers} pairs={pairs} seconds={elapsed:.2} pairs/s={:.0} operations/s={:.0} \
          commits={commits} operations/commit={:.1}",
+        synchronous.pragma(),
         pairs as f64 / elapsed,
         operations as f64 / elapsed,
         operations as f64 / commits.max(1) as f64,

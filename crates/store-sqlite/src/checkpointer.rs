@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use crate::schema;
+use crate::{schema, Synchronous};
 
 /// Pause between two passive checkpoints.
 pub(crate) const CHECKPOINT_INTERVAL_MILLISECONDS: u64 = 100;
 
 /// Runs until `stop` is dropped or sends; then returns, closing its connection.
-pub(crate) fn run(path: PathBuf, durable: bool, stop: Receiver<()>) {
-    let conn = match schema::open_checkpointer(&path, durable) {
+pub(crate) fn run(path: PathBuf, synchronous: Synchronous, stop: Receiver<()>) {
+    let conn = match schema::open_checkpointer(&path, synchronous) {
         Ok(conn) => conn,
         Err(error) => {
             // The writer's automatic checkpoint still runs: slower, never wrong.

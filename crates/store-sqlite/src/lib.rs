@@ -43,12 +43,50 @@ use tokio::sync::{broadcast, mpsc};
 use readers::Readers;
 use writer::{Answer, Claim, Counters, Job, NewResponse, NewRun, Renewal, Work, Writer};
 
+/// When a commit is on disk: SQLite's `synchronous` setting of the writer and checkpointer.
+///
+/// What each level loses (the store runs in WAL mode, with the background checkpointer of
+/// [`checkpointer`] passing every `CHECKPOINT_INTERVAL_MILLISECONDS`):
+/// - [`Synchronous::Full`] (the default): the WAL is fsynced at every commit, before any reply
+///   leaves the writer. Neither a process crash nor a power loss loses an answered change.
+/// - [`Synchronous::Normal`]: commits are not fsynced; the WAL is fsynced before each checkpoint
+///   copies it. A process crash (`kill -9`, a panic) loses nothing: a commit is in the OS page
+///   cache before its reply. A power loss or kernel crash may lose the commits answered since the
+///   last checkpoint pass — about the last 100 ms, more while a checkpoint is slow — and the
+///   database stays consistent (whole transactions vanish, never part of one).
+/// - [`Synchronous::Off`]: nothing is fsynced, not even at checkpoints; for benchmarks only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+    Off,
+}
+
+impl Synchronous {
+    /// The `PRAGMA synchronous` value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+
+    /// The level as `PRAGMA synchronous` reads it back (0 off, 1 normal, 2 full, 3 extra).
+    pub(crate) fn from_level(level: i64) -> Synchronous {
+        match level {
+            0 => Synchronous::Off,
+            1 => Synchronous::Normal,
+            _ => Synchronous::Full,
+        }
+    }
+}
+
 /// Tuning of a [`SqliteStore`]. Every queue it creates is bounded by one of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
-    /// `true`: `synchronous=FULL`, a reply means the change is on disk. `false`:
-    /// `synchronous=OFF`, for benchmarks only (a power loss may drop recent commits).
-    pub durable: bool,
+    /// When a commit is on disk, and what a crash or power loss may take (see [`Synchronous`]).
+    pub synchronous: Synchronous,
     /// Most operations committed in one transaction.
     pub batch_max: usize,
     /// Most operations waiting for the writer; callers beyond it wait to enqueue.
@@ -64,7 +102,7 @@ pub struct SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> SqliteOptions {
         SqliteOptions {
-            durable: true,
+            synchronous: Synchronous::Full,
             batch_max: 256,
             queue_max: 4096,
             read_connections: 4,
@@ -112,10 +150,13 @@ fn writer_gone() -> StoreError {
 }
 
 /// Takes the owner lock, opens the write connection and migrates.
-fn open_locked(path: &Path, durable: bool) -> Result<(PathBuf, lockfile::OwnerLock, rusqlite::Connection), StoreError> {
+fn open_locked(
+    path: &Path,
+    synchronous: Synchronous,
+) -> Result<(PathBuf, lockfile::OwnerLock, rusqlite::Connection), StoreError> {
     let path = lockfile::resolve(path)?;
     let owner = lockfile::acquire(&path)?;
-    let mut conn = schema::open_writer(&path, durable)?;
+    let mut conn = schema::open_writer(&path, synchronous)?;
     schema::migrate(&mut conn, &path)?;
     Ok((path, owner, conn))
 }
@@ -133,10 +174,10 @@ impl SqliteStore {
     /// Fails with [`StoreError::Startup`] when another store owns the file.
     pub async fn open(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let requested = path.to_owned();
-        let durable = options.durable;
+        let synchronous = options.synchronous;
         let read_connections = options.read_connections;
         let (path, owner, conn, readers) = blocking(move || {
-            let (path, owner, conn) = open_locked(&requested, durable)?;
+            let (path, owner, conn) = open_locked(&requested, synchronous)?;
             let readers = Readers::open(path.clone(), read_connections)?;
             Ok((path, owner, conn, readers))
         })
@@ -157,7 +198,7 @@ impl SqliteStore {
             .map_err(|error| {
                 StoreError::startup(format!("cannot start the SQLite writer: {error}")).with_source(error)
             })?;
-        tracing::info!(database = %path.display(), durable, batch_max = options.batch_max, "SQLite store open");
+        tracing::info!(database = %path.display(), synchronous = synchronous.pragma(), batch_max = options.batch_max, "SQLite store open");
         let (signals, _) = broadcast::channel(RUN_SIGNALS_CAPACITY);
         Ok(SqliteStore {
             path,
@@ -175,7 +216,7 @@ impl SqliteStore {
     pub async fn migrate_only(path: &Path) -> Result<(), StoreError> {
         let requested = path.to_owned();
         blocking(move || {
-            let (path, owner, conn) = open_locked(&requested, true)?;
+            let (path, owner, conn) = open_locked(&requested, Synchronous::Full)?;
             conn.close().map_err(|(_, error)| {
                 StoreError::startup(format!("database {}: closing after migration failed: {error}", path.display()))
                     .with_source(error)

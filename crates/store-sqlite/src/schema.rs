@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use store::StoreError;
 
+use crate::Synchronous;
+
 /// How long a connection waits for a lock held by another connection before giving up.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection (the adapter uses about sixty distinct ones).
@@ -34,7 +36,7 @@ fn startup(path: &Path, what: &str, error: rusqlite::Error) -> StoreError {
 }
 
 /// Opens the write connection: creates the file if missing, switches to WAL, sets durability.
-pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, StoreError> {
+pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|error| startup(path, "cannot open", error))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|error| startup(path, "cannot set busy_timeout", error))?;
@@ -44,9 +46,9 @@ pub(crate) fn open_writer(path: &Path, durable: bool) -> Result<Connection, Stor
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(refused(path, "journal mode", format!("WAL refused, got {mode}")));
     }
-    // FULL: a commit is on disk (the WAL is fsynced) before any reply leaves the writer.
-    let synchronous = if durable { "FULL" } else { "OFF" };
-    conn.pragma_update(None, "synchronous", synchronous)
+    // FULL (the default): a commit is on disk (the WAL is fsynced) before any reply leaves the
+    // writer; what the other levels lose is on `Synchronous`.
+    conn.pragma_update(None, "synchronous", synchronous.pragma())
         .map_err(|error| startup(path, "cannot set synchronous", error))?;
     // Enforce `runs.thread_id REFERENCES threads` (SQLite only declares foreign keys by default).
     conn.pragma_update(None, "foreign_keys", "ON").map_err(|error| startup(path, "cannot set foreign_keys", error))?;
@@ -69,13 +71,13 @@ const WRITER_CACHE_KIBIBYTES: i64 = 64 * 1024;
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 
 /// Opens the background checkpointer's connection (see [`crate::checkpointer`]): same
-/// durability as the writer, so a checkpoint fsyncs the database file when durable.
-pub(crate) fn open_checkpointer(path: &Path, durable: bool) -> Result<Connection, StoreError> {
+/// `synchronous` as the writer, so a checkpoint fsyncs the WAL and the database file unless off.
+pub(crate) fn open_checkpointer(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn =
         Connection::open_with_flags(path, flags).map_err(|error| startup(path, "cannot open checkpointer", error))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|error| startup(path, "cannot set busy_timeout", error))?;
-    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "OFF" })
+    conn.pragma_update(None, "synchronous", synchronous.pragma())
         .map_err(|error| startup(path, "cannot set synchronous", error))?;
     Ok(conn)
 }
@@ -125,4 +127,25 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         tracing::info!(version, database = %path.display(), "applied migration");
     }
     transaction.commit().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each level reaches both connections that sync (writer and checkpointer), and reads back
+    /// as itself: the writer hands the checkpointer its level through that read.
+    #[test]
+    fn every_synchronous_level_reaches_the_connections_that_sync() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("levels.db");
+        for synchronous in [Synchronous::Full, Synchronous::Normal, Synchronous::Off] {
+            let writer = open_writer(&path, synchronous).expect("opens");
+            let checkpointer = open_checkpointer(&path, synchronous).expect("opens");
+            for conn in [&writer, &checkpointer] {
+                let level: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0)).expect("reads");
+                assert_eq!(Synchronous::from_level(level), synchronous);
+            }
+        }
+    }
 }

@@ -352,16 +352,16 @@ impl Writer {
         // The checkpointer lives exactly as long as this thread: joined before the connection
         // closes and the owner lock is released.
         let (stop_checkpoints, stop) = std::sync::mpsc::channel();
-        // The checkpointer's connection gets the writer's durability (2 = FULL, 3 = EXTRA).
-        let durable = self
+        // The checkpointer's connection gets the writer's `synchronous` level.
+        let synchronous = self
             .conn
             .pragma_query_value(None, "synchronous", |row| row.get::<_, i64>(0))
-            .map_or(true, |level| level >= 2);
+            .map_or(crate::Synchronous::Full, crate::Synchronous::from_level);
         let checkpointer =
             self.conn.path().filter(|path| !path.is_empty()).map(std::path::PathBuf::from).and_then(|path| {
                 std::thread::Builder::new()
                     .name("sqlite-checkpoint".to_owned())
-                    .spawn(move || crate::checkpointer::run(path, durable, stop))
+                    .spawn(move || crate::checkpointer::run(path, synchronous, stop))
                     .map_err(|error| tracing::warn!(%error, "cannot start the background checkpointer"))
                     .ok()
             });
@@ -625,7 +625,7 @@ mod tests {
 
     fn writer_caching(dir: &Path, cache_accounts_max: usize) -> Writer {
         let path = dir.join("writer.db");
-        let mut conn = schema::open_writer(&path, true).expect("opens");
+        let mut conn = schema::open_writer(&path, crate::Synchronous::Full).expect("opens");
         schema::migrate(&mut conn, &path).expect("migrates");
         let clock = Arc::new(ManualClock::starting_now());
         Writer::new(conn, clock, 16, cache_accounts_max, 86_400, Arc::default())

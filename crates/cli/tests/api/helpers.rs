@@ -105,7 +105,7 @@ fn test_settings(database: DatabaseUrl) -> Settings {
 /// The app on a fresh SQLite file in a temporary folder.
 pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let database = DatabaseUrl::Sqlite(dir.path().join("creditgraph.db"));
+    let database = DatabaseUrl::sqlite(dir.path().join("creditgraph.db"));
     spawn_with(test_settings(database), Some(dir)).await
 }
 
@@ -118,7 +118,7 @@ pub async fn spawn_app_postgres() -> TestApp {
 /// The app with settings changed by `change` (on a fresh SQLite file).
 pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let mut settings = test_settings(DatabaseUrl::Sqlite(dir.path().join("creditgraph.db")));
+    let mut settings = test_settings(DatabaseUrl::sqlite(dir.path().join("creditgraph.db")));
     change(&mut settings);
     spawn_with(settings, Some(dir)).await
 }
@@ -157,7 +157,7 @@ pub async fn spawn_app_full(
         (DatabaseUrl::Postgres(store_postgres::testing::fresh_database().await), None)
     } else {
         let dir = tempfile::tempdir().expect("temporary folder");
-        (DatabaseUrl::Sqlite(dir.path().join("creditgraph.db")), Some(dir))
+        (DatabaseUrl::sqlite(dir.path().join("creditgraph.db")), Some(dir))
     };
     let mut settings = test_settings(database);
     change(&mut settings);

@@ -467,7 +467,7 @@ async fn shutdown_cancels_live_runs_releases_their_holds_and_ends_open_streams()
     let path = dir.path().join("ledger.db");
     let fake = FakeProvider::start().await;
     let config = fake.config();
-    let database = cli::DatabaseUrl::Sqlite(path.clone());
+    let database = cli::DatabaseUrl::sqlite(path.clone());
     let app = spawn_app_full(
         false,
         move |settings| {
