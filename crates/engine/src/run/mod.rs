@@ -12,7 +12,7 @@ pub mod recovery;
 pub mod solver;
 mod turn;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,8 +55,6 @@ pub struct EngineConfig {
     /// How long a run waits for its final frames and record to be stored before it writes the
     /// record alone.
     pub final_write_seconds_max: u64,
-    /// Finished runs whose event buffers stay readable for `Last-Event-ID` replays.
-    pub finished_runs_kept_max: usize,
     pub problem_bytes_max: usize,
     pub tool_calls_per_message_max: usize,
     /// A whole turn, from the router to the settler.
@@ -93,7 +91,6 @@ impl Default for EngineConfig {
             run_events_retention_seconds: 7 * 24 * 3600,
             run_poll_ms: 500,
             final_write_seconds_max: 10,
-            finished_runs_kept_max: 1024,
             problem_bytes_max: 16 * 1024,
             tool_calls_per_message_max: 8,
             turn_seconds_max: 900,
@@ -168,7 +165,6 @@ struct LiveRun {
 #[derive(Default)]
 struct Registry {
     running: HashMap<RunId, LiveRun>,
-    finished: VecDeque<(RunId, Arc<EventChannel>)>,
 }
 
 pub struct Engine {
@@ -482,22 +478,15 @@ impl Engine {
                 turn.finish_failure(solver::StepFailure::new(ErrorCode::InternalError, message)).await;
             }
         }
-        let mut registry = self.registry.lock().expect("registry lock poisoned");
-        if let Some(live) = registry.running.remove(&run_id) {
-            registry.finished.push_back((run_id, live.channel));
-            while registry.finished.len() > self.config.finished_runs_kept_max {
-                registry.finished.pop_front();
-            }
-        }
+        // An ended run is served from the store (its final frame was stored with its end), on
+        // this instance as on any other, so its buffer goes with it.
+        self.registry.lock().expect("registry lock poisoned").running.remove(&run_id);
     }
 
-    /// The event buffer of a live or recently finished run on this instance.
+    /// The event buffer of a run live on this instance.
     pub fn channel(&self, run_id: &RunId) -> Option<Arc<EventChannel>> {
         let registry = self.registry.lock().expect("registry lock poisoned");
-        if let Some(live) = registry.running.get(run_id) {
-            return Some(live.channel.clone());
-        }
-        registry.finished.iter().find(|(id, _)| id == run_id).map(|(_, channel)| channel.clone())
+        registry.running.get(run_id).map(|live| live.channel.clone())
     }
 
     /// Asks a run to stop, wherever it runs: at once when it runs here, else through the store
