@@ -96,6 +96,11 @@ pub struct Results {
     pub streams: Option<crate::streams::StreamMemory>,
 }
 
+/// Turns per arm (ledger on, ledger off) of the turn-overhead section: at 2,000 the p99 is the
+/// 20th-slowest turn, not one unlucky fsync (at 500 it was the 5th, and moved by milliseconds
+/// between runs of the same binary).
+pub const TURNS_PER_ARM: usize = 2_000;
+
 /// p99 bound of the rate search (target 2), microseconds.
 pub const RATE_SEARCH_P99_MICROS_MAX: u64 = 10_000;
 /// Requests per second of target 5's latency comparison and target 3's hot-account run.
@@ -172,7 +177,7 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
         }
     }
     if wanted("turns") {
-        let turns = crate::turns::measure_turn_overhead(if settings.smoke { 10 } else { 500 }).await?;
+        let turns = crate::turns::measure_turn_overhead(if settings.smoke { 10 } else { TURNS_PER_ARM }).await?;
         eprintln!(
             "bench: turns ledger on p50 {} µs p99 {} µs, off p50 {} µs p99 {} µs",
             turns.ledger_on.p50_micros,
