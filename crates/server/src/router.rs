@@ -122,6 +122,15 @@ mod tests {
         async fn pending_holds(&self, _account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
             self.fail()
         }
+        async fn holds(
+            &self,
+            _account_id: &AccountId,
+            _state: ledger::HoldState,
+            _after: Option<&HoldId>,
+            _limit: u32,
+        ) -> Result<Vec<Hold>, StoreError> {
+            self.fail()
+        }
         async fn entries(&self, _account_id: &AccountId, _after: u64, _limit: u32) -> Result<Vec<Entry>, StoreError> {
             self.fail()
         }
