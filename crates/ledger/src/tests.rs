@@ -451,7 +451,9 @@ impl Book {
                 overage: Overage::IfAvailable,
             },
             Step::Release { hold } => Command::Release { hold_id: hold_id(*hold) },
-            Step::Extend { hold, ttl_seconds } => Command::Extend { hold_id: hold_id(*hold), ttl_seconds: *ttl_seconds },
+            Step::Extend { hold, ttl_seconds } => {
+                Command::Extend { hold_id: hold_id(*hold), ttl_seconds: *ttl_seconds }
+            }
             Step::Debit { credits } => {
                 Command::Debit { account_id: account(), amount: Amount::from_credits(*credits), reference: None }
             }
@@ -505,4 +507,31 @@ proptest::proptest! {
             proptest::prop_assert_eq!(&all_state.grants, &due_state.grants);
         }
     }
+}
+
+/// `verify_account` reports a kept `held` or `pinned` that disagrees with the pending holds: one
+/// violation for each figure off, none when they agree.
+#[test]
+fn verify_reports_kept_figures_that_disagree_with_the_holds() {
+    let mut book = Book::new();
+    book.grant("10", None, T0);
+    book.hold("4", 60, T0).unwrap();
+    let state = book.state.clone().unwrap();
+    let grant_id = state.grants[0].grant_id.clone();
+    let stored = |held: &str, pinned: &str| StoredAccount {
+        account_id: state.account_id.clone(),
+        totals: state.totals,
+        free: cr("6"),
+        held: cr(held),
+        pinned: if pinned == "0" { Vec::new() } else { vec![(grant_id.clone(), cr(pinned))] },
+        holds: book.holds.clone(),
+    };
+    assert!(verify_account(&book.journal, &stored("4", "4")).is_empty());
+    let violations = verify_account(&book.journal, &stored("5", "4"));
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].detail.contains("held"), "{violations:?}");
+    let violations = verify_account(&book.journal, &stored("4", "3"));
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].detail.contains("pinned"), "{violations:?}");
+    assert_eq!(verify_account(&book.journal, &stored("4", "0")).len(), 1, "a pin missing from its grant");
 }

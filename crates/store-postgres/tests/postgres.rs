@@ -536,7 +536,8 @@ async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() 
     fresh(Request::new(grant("u", "g1", 10)), &store).await.expect("grant");
     fresh(Request::new(grant("u", "g2", 10)), &store).await.expect("grant");
     fresh(Request::new(grant("v", "g3", 5)), &store).await.expect("grant");
-    for (account_id, hold_id, amount) in [("u", "h1", 7), ("u", "h2", 6), ("u", "h3", 2), ("u", "h4", 1), ("v", "h5", 5)]
+    for (account_id, hold_id, amount) in
+        [("u", "h1", 7), ("u", "h2", 6), ("u", "h3", 2), ("u", "h4", 1), ("v", "h5", 5)]
     {
         fresh(Request::new(hold(account_id, hold_id, amount, 600)), &store).await.expect("hold");
     }

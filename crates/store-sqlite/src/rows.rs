@@ -162,10 +162,7 @@ fn decode_entry(row: &Row<'_>) -> Result<Entry, StoreError> {
 }
 
 /// The account row's creation time, totals and held, or `None` when the account does not exist.
-fn account_row(
-    conn: &Connection,
-    account_id: &AccountId,
-) -> Result<Option<(Timestamp, Totals, Amount)>, StoreError> {
+fn account_row(conn: &Connection, account_id: &AccountId) -> Result<Option<(Timestamp, Totals, Amount)>, StoreError> {
     let mut statement = conn
         .prepare_cached("SELECT created_at, spent, refunded, held FROM accounts WHERE account_id = ?1")
         .map_err(sql_error)?;

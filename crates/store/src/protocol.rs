@@ -239,12 +239,7 @@ impl Decider {
     /// For commands naming a hold that does not exist: each is rejected with `hold_not_found`
     /// (and the rejection recorded on its key like any other).
     pub fn hold_not_found() -> Decider {
-        Decider {
-            account: Account::HoldNotFound,
-            row_before: None,
-            changes: Changes::default(),
-            records: Vec::new(),
-        }
+        Decider { account: Account::HoldNotFound, row_before: None, changes: Changes::default(), records: Vec::new() }
     }
 
     /// Decides one request whose key has no record, at `now`; with a key, its result is recorded
