@@ -496,15 +496,15 @@ pub async fn holds_are_paged_by_state(h: Harness) {
             page.into_iter().map(|hold| hold.hold_id).collect::<Vec<_>>()
         }
     };
-    assert_eq!(list(HoldState::Captured, None, 10).await, [captured.hold_id.clone()]);
-    assert_eq!(list(HoldState::Released, None, 10).await, [released.hold_id.clone()]);
+    assert_eq!(list(HoldState::Captured, None, 10).await, vec![captured.hold_id]);
+    assert_eq!(list(HoldState::Released, None, 10).await, vec![released.hold_id]);
     assert_eq!(list(HoldState::Expired, None, 10).await, Vec::<HoldId>::new());
     let mut all_pending = pending.clone();
     all_pending.push(expiring.hold_id.clone());
     all_pending.sort();
     assert_eq!(list(HoldState::Pending, None, 10).await, all_pending);
     h.clock.advance_seconds(11);
-    assert_eq!(list(HoldState::Expired, None, 10).await, [expiring.hold_id.clone()]);
+    assert_eq!(list(HoldState::Expired, None, 10).await, vec![expiring.hold_id]);
     assert_eq!(list(HoldState::Pending, None, 2).await, pending[..2]);
     assert_eq!(list(HoldState::Pending, Some(pending[1].clone()), 10).await, pending[2..]);
     assert_eq!(list(HoldState::Pending, Some(pending[4].clone()), 10).await, Vec::<HoldId>::new());
