@@ -8,12 +8,14 @@
 //! creditgraph is measured against), [`serve`] is the server process the HTTP
 //! runs start, [`suite`] orders the runs, [`report`] turns results into Markdown and SVG.
 //! [`turns`] (what the credit wiring adds to a solve turn) and [`streams`] (memory per open SSE
-//! stream) measure issue 7's engine targets.
+//! stream) measure issue 7's engine targets; [`pileup`] grows one account's pending holds
+//! (issue 16, target 1).
 
 pub mod baseline;
 pub mod http;
 pub mod inprocess;
 pub mod measure;
+pub mod pileup;
 pub mod report;
 pub mod scale;
 pub mod serve;

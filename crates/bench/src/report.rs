@@ -289,6 +289,44 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
     outcomes
 }
 
+/// The targets of issue 16 this harness measures (target 1, pending-hold scaling, so far).
+pub fn issue16_targets(results: &Results) -> Vec<TargetOutcome> {
+    let target = "pending-hold scaling: hold+capture throughput and p99 on an account with 100,000 pending holds \
+                  within 1.5× of the same account with none, and its read's p50 ≤ 1 ms, on both stores";
+    let runs: Vec<_> = [StoreKind::Sqlite, StoreKind::Postgres]
+        .into_iter()
+        .filter_map(|store| results.pile_up.iter().find(|run| run.store == store))
+        .collect();
+    let outcome = if runs.is_empty() {
+        TargetOutcome { number: 1, target, measured: "not measured by this run".to_owned(), met: None }
+    } else {
+        let measured = runs
+            .iter()
+            .map(|run| {
+                format!(
+                    "{} at {} pending: {:.0} vs {:.0} cycles/s ({:.2}×), p99 {} vs {} ({:.2}×), read p50 {} (0 pending: {})",
+                    run.store.label(),
+                    run.piled.pending,
+                    run.piled.cycles_per_second,
+                    run.empty.cycles_per_second,
+                    run.throughput_ratio(),
+                    ms(run.piled.requests.p99_micros),
+                    ms(run.empty.requests.p99_micros),
+                    run.p99_ratio(),
+                    ms(run.piled.read.p50_micros),
+                    ms(run.empty.read.p50_micros),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        // Both stores, each at the full pile, or the target is not shown as met.
+        let complete = runs.len() == 2 && runs.iter().all(|run| run.piled.pending >= 100_000);
+        let met = runs.iter().all(|run| run.met());
+        TargetOutcome { number: 1, target, measured, met: Some(met && complete) }
+    };
+    vec![outcome]
+}
+
 /// Every violation any run reported: the invariants must hold in every run, fast or slow.
 pub fn violations(results: &Results) -> u64 {
     let http_runs = results
@@ -299,6 +337,7 @@ pub fn violations(results: &Results) -> u64 {
         .chain(results.rate_searches.iter().flat_map(|search| &search.steps));
     results.in_process.iter().map(|result| result.violations).sum::<u64>()
         + http_runs.map(|result| result.violations).sum::<u64>()
+        + results.pile_up.iter().map(|run| run.violations).sum::<u64>()
 }
 
 pub struct Machine {
@@ -359,6 +398,17 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     let _ = writeln!(w, "| # | target | measured | met |");
     let _ = writeln!(w, "|---|---|---|---|");
     for outcome in targets(results) {
+        let met = match outcome.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let _ = writeln!(w, "| {} | {} | {} | {met} |", outcome.number, outcome.target, outcome.measured);
+    }
+    let _ = writeln!(w, "\n## Targets (issue 16)\n");
+    let _ = writeln!(w, "| # | target | measured | met |");
+    let _ = writeln!(w, "|---|---|---|---|");
+    for outcome in issue16_targets(results) {
         let met = match outcome.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -434,6 +484,49 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     }
     http_table(w, "Hot account at 1,000 requests/s (500 hold+capture arrivals/s)", &results.hot_fixed_rate);
     http_table(w, "Two server processes on one PostgreSQL database, hot account, saturated", &results.two_servers);
+    if !results.pile_up.is_empty() {
+        let _ = writeln!(w, "## Pile-up: one account's pending holds (issue 16, target 1)\n");
+        let _ = writeln!(
+            w,
+            "In-process, one account: hold+capture cycles with no pending hold, then pending holds (1 credit, \
+             one-day TTL, never captured) piled onto it window by window, then the same cycles with the pile. \
+             Reads are sequential `account()` calls. `verify` checks the kept held and pinned figures after.\n"
+        );
+        let _ = writeln!(w, "| store | pending | cycles/s | request p50 | request p99 | read p50 | read p99 |");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        for run in &results.pile_up {
+            for cycles in [&run.empty, &run.piled] {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {:.0} | {} | {} | {} | {} |",
+                    run.store.label(),
+                    cycles.pending,
+                    cycles.cycles_per_second,
+                    ms(cycles.requests.p50_micros),
+                    ms(cycles.requests.p99_micros),
+                    ms(cycles.read.p50_micros),
+                    ms(cycles.read.p99_micros),
+                );
+            }
+        }
+        let _ = writeln!(w, "\n| store | pending after window | holds/s | hold p50 | hold p99 |");
+        let _ = writeln!(w, "|---|---|---|---|---|");
+        for run in &results.pile_up {
+            for window in &run.windows {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {:.0} | {} | {} |",
+                    run.store.label(),
+                    window.pending_after,
+                    window.holds_per_second,
+                    ms(window.hold.p50_micros),
+                    ms(window.hold.p99_micros),
+                );
+            }
+        }
+        let errors: u64 = results.pile_up.iter().map(|run| run.errors).sum();
+        let _ = writeln!(w, "\nErrors: {errors}.\n");
+    }
     if !results.scale.is_empty() {
         let _ = writeln!(w, "## Scale and memory (creditgraph SQLite over HTTP)\n");
         let _ = writeln!(

@@ -28,6 +28,8 @@ pub struct SuiteSettings {
     pub server_binary: Option<PathBuf>,
     /// Concurrent callers of the in-process runs (default: 8 smoke, 64 full).
     pub callers: Option<usize>,
+    /// Pending holds the pile-up workload grows to (default: 2,000 smoke, 100,000 full).
+    pub pile_up_holds: Option<u64>,
 }
 
 impl SuiteSettings {
@@ -94,6 +96,8 @@ pub struct Results {
     pub turns: Option<crate::turns::TurnOverhead>,
     /// Target 9 (second half): memory per open SSE stream.
     pub streams: Option<crate::streams::StreamMemory>,
+    /// Issue 16, target 1: one account's pending holds piled up, per store.
+    pub pile_up: Vec<crate::pileup::PileUp>,
 }
 
 /// Turns per arm (ledger on, ledger off) of the turn-overhead section: at 2,000 the p99 is the
@@ -196,6 +200,40 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
         let streams = crate::streams::measure_stream_memory(&binary, count, &settings.data_dir).await?;
         eprintln!("bench: {} SSE streams cost {} bytes each", streams.streams, streams.bytes_per_stream);
         results.streams = Some(streams);
+    }
+    if wanted("pile-up") {
+        let pending_max = settings.pile_up_holds.unwrap_or(if settings.smoke { 2_000 } else { 100_000 });
+        let run = crate::pileup::PileUpRun {
+            pending_max,
+            window: (pending_max / 10).max(1),
+            callers: settings.callers(),
+            cycle_duration: settings.in_process_duration(),
+            reads: if settings.smoke { 20 } else { 500 },
+        };
+        for kind in [StoreKind::Sqlite, StoreKind::Postgres].into_iter().filter(|&kind| settings.includes(kind)) {
+            let place = stores::fresh_place(
+                kind,
+                &settings.data_dir,
+                &format!("pile-up-{kind:?}"),
+                settings.postgres_admin_url.as_deref(),
+            )
+            .await?;
+            let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
+            let result = crate::pileup::run(kind, opened.ledger(), &run).await;
+            opened.close().await;
+            let result = result.with_context(|| format!("pile-up on {}", kind.label()))?;
+            eprintln!(
+                "bench: pile-up {:<31} {} pending: throughput {:.2}×, p99 {:.2}×, read p50 {} µs, errors {}, violations {}",
+                kind.label(),
+                pending_max,
+                result.throughput_ratio(),
+                result.p99_ratio(),
+                result.piled.read.p50_micros,
+                result.errors,
+                result.violations,
+            );
+            results.pile_up.push(result);
+        }
     }
     if wanted("scale") {
         let sizes: [u64; 2] = if settings.smoke { [200, 2_000] } else { [10_000, 1_000_000] };

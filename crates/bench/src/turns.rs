@@ -151,6 +151,7 @@ impl NullLedger {
                     kind: GrantKind::Grant,
                     amount,
                     free: amount,
+                    pinned: Amount::ZERO,
                     priority,
                     expires_at,
                     created_at: now,
@@ -167,6 +168,7 @@ impl NullLedger {
                     kind: GrantKind::Refund,
                     amount,
                     free: amount,
+                    pinned: Amount::ZERO,
                     priority,
                     expires_at,
                     created_at: now,
@@ -197,6 +199,16 @@ impl LedgerStore for NullLedger {
     }
 
     async fn pending_holds(&self, _account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn holds(
+        &self,
+        _account_id: &AccountId,
+        _state: ledger::HoldState,
+        _after: Option<&HoldId>,
+        _limit: u32,
+    ) -> Result<Vec<Hold>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -47,6 +47,15 @@ impl LedgerStore for SlowHolds {
     async fn pending_holds(&self, account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
         self.store.pending_holds(account_id).await
     }
+    async fn holds(
+        &self,
+        account_id: &AccountId,
+        state: ledger::HoldState,
+        after: Option<&HoldId>,
+        limit: u32,
+    ) -> Result<Vec<Hold>, StoreError> {
+        self.store.holds(account_id, state, after, limit).await
+    }
     async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError> {
         self.store.entries(account_id, after_seq, limit).await
     }

@@ -175,10 +175,25 @@ fn decide(
 
     // Pair assertion: the journal's running figures and the state's own figures agree.
     let after = state.materialized();
+    assert_loaded_holds_fit(state);
     assert_eq!(i128::from(after.balance.micros()), journal.balance, "journal balance disagrees with state");
     assert_eq!(i128::from(after.held.micros()), journal.held, "journal held disagrees with state");
     assert!(after.balance <= Amount::BALANCE_MAX, "balance above its maximum");
     Ok((outcome, changes))
+}
+
+/// The loaded pending holds are a part of all of them: their remaining parts fit in `held`, and
+/// their allocations on each grant fit in its `pinned`. O(loaded holds × allocations): the due
+/// and named holds only.
+fn assert_loaded_holds_fit(state: &AccountState) {
+    let pending = || state.holds.iter().filter(|hold| hold.state == HoldState::Pending);
+    assert!(Amount::sum(pending().map(|hold| hold.remaining)) <= state.held, "loaded holds exceed held");
+    for hold in pending() {
+        for allocation in &hold.allocations {
+            let pinned = state.grant(&allocation.grant_id).map_or(Amount::ZERO, |grant| grant.pinned);
+            assert!(allocation.amount <= pinned, "a hold's allocation exceeds its grant's pinned part");
+        }
+    }
 }
 
 /// Records every expiry due at `now`; returns the changes (empty when nothing was due).
@@ -242,6 +257,7 @@ fn advance_with(state: &mut AccountState, now: Timestamp, journal: &mut Journal<
         hold.state = HoldState::Expired;
         hold.remaining = Amount::ZERO;
         let hold_id = hold.hold_id.clone();
+        state.held = state.held.minus(remaining);
         changes.touch_hold(&hold_id);
         journal.push(changes, EntryKind::Expire, remaining, Some(&hold_id), None, None, at);
         return_allocations(&mut state.grants, allocations, at, journal, changes);
@@ -266,8 +282,8 @@ impl Grant {
     }
 }
 
-/// Gives a hold's reserved credits back to their grants. A grant already expired at `at` does not
-/// take them back: that part expires now.
+/// Gives a hold's reserved credits back to their grants (pinned → free). A grant already expired
+/// at `at` does not take them back: that part expires now (pinned → expired).
 fn return_allocations(
     grants: &mut [Grant],
     allocations: Vec<Allocation>,
@@ -281,6 +297,7 @@ fn return_allocations(
             .find(|grant| grant.grant_id == allocation.grant_id)
             .expect("a pending hold's grant is always loaded");
         changes.touch_grant(&grant.grant_id);
+        grant.pinned = grant.pinned.minus(allocation.amount);
         if grant.is_expired_at(at) {
             let grant_id = grant.grant_id.clone();
             journal.push(changes, EntryKind::GrantExpired, allocation.amount, None, Some(&grant_id), None, at);
@@ -294,8 +311,17 @@ fn available(grants: &[Grant]) -> Amount {
     Amount::sum(grants.iter().map(|grant| grant.free))
 }
 
+/// What credits taken from free become.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Reserved by a hold: free → pinned.
+    Pinned,
+    /// Charged now (a debit, a capture's overage): free → spent.
+    Spent,
+}
+
 /// Takes `amount` from free credits in spend order. The caller has checked availability.
-fn take_free(grants: &mut [Grant], amount: Amount, changes: &mut Changes) -> Vec<Allocation> {
+fn take_free(grants: &mut [Grant], amount: Amount, taken: Taken, changes: &mut Changes) -> Vec<Allocation> {
     assert!(available(grants) >= amount, "take_free beyond available");
     let mut order: Vec<usize> = (0..grants.len()).filter(|&index| !grants[index].free.is_zero()).collect();
     order.sort_by_key(|&index| grants[index].spend_order_key_owned());
@@ -308,6 +334,9 @@ fn take_free(grants: &mut [Grant], amount: Amount, changes: &mut Changes) -> Vec
         let grant = &mut grants[index];
         let take = grant.free.min(left);
         grant.free = grant.free.minus(take);
+        if taken == Taken::Pinned {
+            grant.pinned = grant.pinned.plus(take);
+        }
         left = left.minus(take);
         changes.touch_grant(&grant.grant_id);
         allocations.push(Allocation { grant_id: grant.grant_id.clone(), amount: take });
@@ -316,8 +345,8 @@ fn take_free(grants: &mut [Grant], amount: Amount, changes: &mut Changes) -> Vec
     allocations
 }
 
-/// Consumes `amount` of a hold's allocations, grants in spend order first.
-fn consume_allocations(grants: &[Grant], hold: &mut Hold, amount: Amount) {
+/// Consumes `amount` of a hold's allocations, grants in spend order first (pinned → spent).
+fn consume_allocations(grants: &mut [Grant], hold: &mut Hold, amount: Amount, changes: &mut Changes) {
     let key = |allocation: &Allocation| {
         grants
             .iter()
@@ -329,8 +358,17 @@ fn consume_allocations(grants: &[Grant], hold: &mut Hold, amount: Amount) {
     let mut left = amount;
     for allocation in &mut hold.allocations {
         let take = allocation.amount.min(left);
+        if take.is_zero() {
+            continue;
+        }
         allocation.amount = allocation.amount.minus(take);
         left = left.minus(take);
+        let grant = grants
+            .iter_mut()
+            .find(|grant| grant.grant_id == allocation.grant_id)
+            .expect("a pending hold's grant is always loaded");
+        grant.pinned = grant.pinned.minus(take);
+        changes.touch_grant(&grant.grant_id);
     }
     assert!(left.is_zero(), "hold allocations ran out while capturing");
     hold.allocations.retain(|allocation| !allocation.amount.is_zero());
@@ -376,6 +414,7 @@ fn apply_command(
                 kind: GrantKind::Grant,
                 amount: *amount,
                 free: *amount,
+                pinned: Amount::ZERO,
                 priority: *priority,
                 expires_at: *expires_at,
                 created_at: now,
@@ -393,7 +432,8 @@ fn apply_command(
             if available < *amount {
                 return Err(Rejection::InsufficientCredits { required: *amount, available });
             }
-            let allocations = take_free(&mut state.grants, *amount, changes);
+            let allocations = take_free(&mut state.grants, *amount, Taken::Pinned, changes);
+            state.held = state.held.plus(*amount);
             let hold = Hold {
                 hold_id: hold_id.clone(),
                 account_id: state.account_id.clone(),
@@ -432,12 +472,13 @@ fn apply_command(
                     return Err(Rejection::InsufficientCredits { required: excess, available });
                 }
             }
-            consume_allocations(&state.grants, &mut state.holds[index], from_hold);
+            consume_allocations(&mut state.grants, &mut state.holds[index], from_hold, changes);
+            state.held = state.held.minus(from_hold);
             if !from_hold.is_zero() {
                 journal.push(changes, EntryKind::Capture, from_hold, Some(hold_id), None, None, now);
             }
             if !excess.is_zero() {
-                let _ = take_free(&mut state.grants, excess, changes);
+                let _ = take_free(&mut state.grants, excess, Taken::Spent, changes);
                 journal.push(changes, EntryKind::Debit, excess, Some(hold_id), None, None, now);
             }
             let hold = &mut state.holds[index];
@@ -447,6 +488,7 @@ fn apply_command(
                 let rest = std::mem::replace(&mut hold.remaining, Amount::ZERO);
                 let allocations = std::mem::take(&mut hold.allocations);
                 hold.state = HoldState::Captured;
+                state.held = state.held.minus(rest);
                 if !rest.is_zero() {
                     journal.push(changes, EntryKind::Release, rest, Some(hold_id), None, None, now);
                 }
@@ -469,6 +511,7 @@ fn apply_command(
             let rest = std::mem::replace(&mut hold.remaining, Amount::ZERO);
             let allocations = std::mem::take(&mut hold.allocations);
             hold.state = HoldState::Released;
+            state.held = state.held.minus(rest);
             changes.touch_hold(hold_id);
             journal.push(changes, EntryKind::Release, rest, Some(hold_id), None, None, now);
             return_allocations(&mut state.grants, allocations, now, journal, changes);
@@ -491,7 +534,7 @@ fn apply_command(
             if available < *amount {
                 return Err(Rejection::InsufficientCredits { required: *amount, available });
             }
-            let _ = take_free(&mut state.grants, *amount, changes);
+            let _ = take_free(&mut state.grants, *amount, Taken::Spent, changes);
             state.totals.spent = state.totals.spent.plus(*amount);
             journal.push(changes, EntryKind::Debit, *amount, None, None, reference.as_ref(), now);
             Ok(Outcome::Debited {
@@ -534,6 +577,7 @@ fn apply_command(
                 kind: GrantKind::Refund,
                 amount: *amount,
                 free: *amount,
+                pinned: Amount::ZERO,
                 priority: *priority,
                 expires_at,
                 created_at: now,
@@ -551,14 +595,11 @@ fn apply_command(
     }
 }
 
-/// Recomputes each grant's `live` flag: live while it has free credits or a pending hold pins it.
+/// Recomputes each grant's `live` flag: live while it has free credits or a pending hold pins
+/// some (O(grants): `pinned` is kept, no hold is looked at).
 fn refresh_liveness(state: &mut AccountState, changes: &mut Changes) {
     for grant in &mut state.grants {
-        let pinned = state.holds.iter().any(|hold| {
-            hold.state == HoldState::Pending
-                && hold.allocations.iter().any(|allocation| allocation.grant_id == grant.grant_id)
-        });
-        let live = !grant.free.is_zero() || pinned;
+        let live = !grant.free.is_zero() || !grant.pinned.is_zero();
         if live != grant.live {
             grant.live = live;
             changes.touch_grant(&grant.grant_id);

@@ -29,8 +29,8 @@ impl GrantKind {
 
 /// Credits added to an account.
 ///
-/// `amount = free + pinned + spent + expired` where `pinned` is what pending holds reserved from
-/// it. Only `free` is stored; the rest is recoverable from holds and the journal.
+/// `amount = free + pinned + spent + expired`. `free` and `pinned` are stored; the rest is
+/// recoverable from the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub grant_id: GrantId,
@@ -39,6 +39,10 @@ pub struct Grant {
     pub amount: Amount,
     /// Unspent and not reserved by any pending hold.
     pub free: Amount,
+    /// Reserved by pending holds: the sum of their allocations on this grant. The ledger keeps it
+    /// (a hold pins free credits; a capture spends pinned ones; a release or an expiry frees or
+    /// expires them), so liveness needs no scan of the holds.
+    pub pinned: Amount,
     /// Lower is spent first.
     pub priority: i32,
     pub expires_at: Option<Timestamp>,
@@ -46,8 +50,8 @@ pub struct Grant {
     pub reference: Option<Reference>,
     /// A small JSON object, kept as text: the ledger never looks inside.
     pub metadata: String,
-    /// False once the grant can never again hold credits (no free part, no pins): stores skip
-    /// loading it.
+    /// False once the grant can never again hold credits (`free` and `pinned` both zero): stores
+    /// skip loading it.
     pub live: bool,
 }
 
@@ -227,14 +231,21 @@ pub struct Totals {
 
 /// Everything the ledger needs to decide one operation on one account.
 ///
-/// Stores load it under the account's lock: every live grant, every pending hold, plus the
-/// records a command names (the hold it targets, the grant or refund with its reference).
+/// Stores load it under the account's lock: every live grant, the pending holds due at the
+/// command's `now` (`expires_at <= now`), plus the records a command names (the hold it targets,
+/// the grant or refund with its reference). Pending holds that are neither due nor named stay
+/// in the store: what they reserve is in `held` and in each grant's `pinned`, so no command's
+/// cost grows with how many there are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountState {
     pub account_id: AccountId,
     pub created_at: Timestamp,
     pub totals: Totals,
+    /// The sum of `remaining` over ALL the account's pending holds (loaded or not), kept by the
+    /// ledger on every hold, capture, release, expiry.
+    pub held: Amount,
     pub grants: Vec<Grant>,
+    /// Only the due and the named holds (see above), never a complete list.
     pub holds: Vec<Hold>,
 }
 
@@ -251,15 +262,21 @@ pub struct Balances {
 
 impl AccountState {
     pub fn new(account_id: AccountId, created_at: Timestamp) -> AccountState {
-        AccountState { account_id, created_at, totals: Totals::default(), grants: Vec::new(), holds: Vec::new() }
+        AccountState {
+            account_id,
+            created_at,
+            totals: Totals::default(),
+            held: Amount::ZERO,
+            grants: Vec::new(),
+            holds: Vec::new(),
+        }
     }
 
     /// The figures as stored (no expiry applied). After [`crate::advance`] they are exact at `now`.
+    /// O(grants): `held` is kept, not summed over holds.
     pub fn materialized(&self) -> Balances {
         let available = Amount::sum(self.grants.iter().map(|grant| grant.free));
-        let held =
-            Amount::sum(self.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining));
-        Balances { balance: available.plus(held), held, available }
+        Balances { balance: available.plus(self.held), held: self.held, available }
     }
 
     pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {

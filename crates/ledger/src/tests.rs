@@ -12,7 +12,35 @@ fn account() -> AccountId {
     AccountId::parse("u").unwrap()
 }
 
+/// Which pending holds a [`Book`] loads into the state it decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loading {
+    /// Every pending hold (the contract before issue 16: the reference for the property below).
+    All,
+    /// The pending holds due at `now` and the named hold only (what stores load).
+    DueAndNamed,
+}
+
+/// The pending holds of `holds` a store loads for `command` at `now`, and the named hold in any
+/// state.
+fn loaded_holds(holds: &[Hold], loading: Loading, named: Option<&HoldId>, now: Timestamp) -> Vec<Hold> {
+    holds
+        .iter()
+        .filter(|hold| {
+            let pending = hold.state == HoldState::Pending;
+            let wanted = match loading {
+                Loading::All => pending,
+                Loading::DueAndNamed => pending && hold.expires_at <= now,
+            };
+            wanted || Some(&hold.hold_id) == named
+        })
+        .cloned()
+        .collect()
+}
+
 struct Book {
+    loading: Loading,
+    /// The account's row and live grants, no holds: those are in `holds`.
     state: Option<AccountState>,
     journal: Vec<Entry>,
     /// Every hold ever seen, as last written (stores keep resolved holds too).
@@ -22,19 +50,24 @@ struct Book {
 
 impl Book {
     fn new() -> Book {
-        Book { state: None, journal: Vec::new(), holds: Vec::new(), next_id: 0 }
+        Book::loading(Loading::DueAndNamed)
+    }
+
+    fn loading(loading: Loading) -> Book {
+        Book { loading, state: None, journal: Vec::new(), holds: Vec::new(), next_id: 0 }
+    }
+
+    /// The state a store assembles for `named` at `now`.
+    fn loaded(&self, named: Option<&HoldId>, now: Timestamp) -> Option<AccountState> {
+        let mut state = self.state.clone()?;
+        state.holds = loaded_holds(&self.holds, self.loading, named, now);
+        Some(state)
     }
 
     fn run(&mut self, command: Command, now: Timestamp) -> Result<Outcome, Rejection> {
-        // Like a store: load pending holds, plus the targeted hold whatever its state.
-        let mut state = self.state.clone();
-        if let (Some(state), Some(hold_id)) = (state.as_mut(), command.hold_to_load()) {
-            if state.hold(hold_id).is_none() {
-                if let Some(hold) = self.holds.iter().find(|hold| &hold.hold_id == hold_id) {
-                    state.holds.push(hold.clone());
-                }
-            }
-        }
+        // Like a store: the row, live grants, pending holds due at `now` (or all of them), and the
+        // targeted hold whatever its state.
+        let state = self.loaded(command.hold_to_load(), now);
         let applied = execute(state, &command, now, None)?;
         for mut entry in applied.changes.entries {
             entry.seq = self.journal.len() as u64 + 1;
@@ -47,7 +80,8 @@ impl Book {
             }
         }
         let mut state = applied.state;
-        state.holds.retain(|hold| hold.state == HoldState::Pending);
+        state.grants.retain(|grant| grant.live);
+        state.holds.clear();
         self.state = Some(state);
         self.check();
         Ok(applied.outcome)
@@ -59,6 +93,13 @@ impl Book {
             account_id: state.account_id.clone(),
             totals: state.totals,
             free: Amount::sum(state.grants.iter().map(|grant| grant.free)),
+            held: state.held,
+            pinned: state
+                .grants
+                .iter()
+                .filter(|grant| !grant.pinned.is_zero())
+                .map(|grant| (grant.grant_id.clone(), grant.pinned))
+                .collect(),
             holds: self.holds.clone(),
         };
         let violations = verify_account(&self.journal, &stored);
@@ -107,7 +148,7 @@ impl Book {
     }
 
     fn balances(&self, now: Timestamp) -> Balances {
-        view(self.state.as_ref().unwrap(), now).materialized()
+        view(&self.loaded(None, now).unwrap(), now).materialized()
     }
 }
 
@@ -308,13 +349,9 @@ fn execute_in_place_agrees_with_execute_and_keeps_the_state_on_a_rejection() {
                 expires_at: None,
             },
         };
-        // Like a store: the named hold is loaded whatever its state.
-        if let (Some(state), Some(named)) = (kept.as_mut(), command.hold_to_load()) {
-            if state.hold(named).is_none() {
-                if let Some(hold) = known_holds.iter().find(|hold| &hold.hold_id == named) {
-                    state.holds.push(hold.clone());
-                }
-            }
+        // Like a store: the pending holds due at `now`, and the named hold whatever its state.
+        if let Some(state) = kept.as_mut() {
+            state.holds = loaded_holds(&known_holds, Loading::DueAndNamed, command.hold_to_load(), now);
         }
         let before = kept.clone();
         let expected = execute(before.clone(), &command, now, Some("key"));
@@ -338,11 +375,163 @@ fn execute_in_place_agrees_with_execute_and_keeps_the_state_on_a_rejection() {
             }
             (expected, actual) => panic!("step {step}: {command:?}: execute {expected:?}, in place {actual:?}"),
         }
-        // The kept state is what a store keeps between commands: pending holds only.
+        // The kept state is what a store keeps between commands: the row and live grants.
         if let Some(state) = kept.as_mut() {
-            state.holds.retain(|hold| hold.state == HoldState::Pending);
+            state.grants.retain(|grant| grant.live);
+            state.holds.clear();
         }
     }
     // The script reaches both kinds of rejection, or the test proves nothing.
     assert!(rejected > 100 && restored > 10, "{rejected} rejections, {restored} with an expiry due");
+}
+
+/// One step of [`loading_only_due_and_named_holds_decides_as_loading_all`]'s scripts.
+#[derive(Clone, Debug)]
+enum Step {
+    Grant { credits: u64, expires_in_seconds: Option<u64> },
+    Hold { hold: u8, credits: u64, ttl_seconds: u64 },
+    Capture { hold: u8, credits: u64, is_final: bool },
+    Release { hold: u8 },
+    Extend { hold: u8, ttl_seconds: u64 },
+    Debit { credits: u64 },
+    Refund { hold: Option<u8>, credits: u64 },
+    Sweep,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = (u64, Step)> {
+    use proptest::prelude::*;
+    let step = prop_oneof![
+        (1..40_u64, proptest::option::of(1..150_u64))
+            .prop_map(|(credits, expires_in_seconds)| Step::Grant { credits, expires_in_seconds }),
+        (0..16_u8, 1..20_u64, 0..120_u64).prop_map(|(hold, credits, ttl_seconds)| Step::Hold {
+            hold,
+            credits,
+            ttl_seconds
+        }),
+        (0..16_u8, 1..20_u64, any::<bool>()).prop_map(|(hold, credits, is_final)| Step::Capture {
+            hold,
+            credits,
+            is_final
+        }),
+        (0..16_u8).prop_map(|hold| Step::Release { hold }),
+        (0..16_u8, 0..90_u64).prop_map(|(hold, ttl_seconds)| Step::Extend { hold, ttl_seconds }),
+        (1..10_u64).prop_map(|credits| Step::Debit { credits }),
+        (proptest::option::of(0..16_u8), 1..10_u64).prop_map(|(hold, credits)| Step::Refund { hold, credits }),
+        Just(Step::Sweep),
+    ];
+    (0..30_u64, step)
+}
+
+impl Book {
+    /// Runs one scripted step at `now`; the hold ids are the script's, so two books agree on them.
+    fn step(&mut self, index: usize, step: &Step, now: Timestamp) -> Result<Outcome, Rejection> {
+        let hold_id = |hold: u8| HoldId::parse(&format!("h{hold}")).unwrap();
+        let command = match step {
+            Step::Grant { credits, expires_in_seconds } => Command::Grant {
+                account_id: account(),
+                grant_id: GrantId::parse(&format!("s{index}")).unwrap(),
+                amount: Amount::from_credits(*credits),
+                priority: 100,
+                expires_at: expires_in_seconds.map(|seconds| now.plus_seconds(seconds)),
+                reference: None,
+                metadata: "{}".into(),
+            },
+            Step::Hold { hold, credits, ttl_seconds } => Command::Hold {
+                account_id: account(),
+                hold_id: hold_id(*hold),
+                amount: Amount::from_credits(*credits),
+                ttl_seconds: *ttl_seconds,
+                reference: None,
+                metadata: "{}".into(),
+            },
+            Step::Capture { hold, credits, is_final } => Command::Capture {
+                hold_id: hold_id(*hold),
+                amount: Amount::from_credits(*credits),
+                is_final: *is_final,
+                overage: Overage::IfAvailable,
+            },
+            Step::Release { hold } => Command::Release { hold_id: hold_id(*hold) },
+            Step::Extend { hold, ttl_seconds } => {
+                Command::Extend { hold_id: hold_id(*hold), ttl_seconds: *ttl_seconds }
+            }
+            Step::Debit { credits } => {
+                Command::Debit { account_id: account(), amount: Amount::from_credits(*credits), reference: None }
+            }
+            Step::Refund { hold, credits } => Command::Refund {
+                account_id: account(),
+                grant_id: GrantId::parse(&format!("r{index}")).unwrap(),
+                amount: Amount::from_credits(*credits),
+                reference: Reference::parse(&format!("ref{index}")).unwrap(),
+                hold_id: hold.map(hold_id),
+                priority: 0,
+                expires_at: None,
+            },
+            Step::Sweep => Command::Sweep { account_id: account() },
+        };
+        // A hold id the script already used is left alone: ids are the caller's to keep unique.
+        if let Command::Hold { hold_id, .. } = &command {
+            if self.holds.iter().any(|hold| &hold.hold_id == hold_id) {
+                return Err(Rejection::HoldNotFound);
+            }
+        }
+        self.run(command, now)
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The issue-16 contract: a state carrying only the pending holds due at `now` and the named
+    /// hold decides every command exactly as one carrying every pending hold — the same outcome
+    /// or rejection, the same journal entries, the same holds and the same figures after — and
+    /// both pass `verify_account` (with the kept `held` and `pinned`) after every step.
+    #[test]
+    fn loading_only_due_and_named_holds_decides_as_loading_all(
+        steps in proptest::collection::vec(step(), 1..80)
+    ) {
+        let mut all = Book::loading(Loading::All);
+        let mut due = Book::loading(Loading::DueAndNamed);
+        all.grant("50", None, T0);
+        due.grant("50", None, T0);
+        let mut now = T0;
+        for (index, (advance_seconds, step)) in steps.iter().enumerate() {
+            now = now.plus_seconds(*advance_seconds);
+            let expected = all.step(index, step, now);
+            let actual = due.step(index, step, now);
+            proptest::prop_assert_eq!(&expected, &actual, "step {}: {:?}", index, step);
+            proptest::prop_assert_eq!(&all.journal, &due.journal);
+            proptest::prop_assert_eq!(&all.holds, &due.holds);
+            proptest::prop_assert_eq!(all.balances(now), due.balances(now));
+            let (all_state, due_state) = (all.state.as_ref().unwrap(), due.state.as_ref().unwrap());
+            proptest::prop_assert_eq!(all_state.held, due_state.held);
+            proptest::prop_assert_eq!(&all_state.grants, &due_state.grants);
+        }
+    }
+}
+
+/// `verify_account` reports a kept `held` or `pinned` that disagrees with the pending holds: one
+/// violation for each figure off, none when they agree.
+#[test]
+fn verify_reports_kept_figures_that_disagree_with_the_holds() {
+    let mut book = Book::new();
+    book.grant("10", None, T0);
+    book.hold("4", 60, T0).unwrap();
+    let state = book.state.clone().unwrap();
+    let grant_id = state.grants[0].grant_id.clone();
+    let stored = |held: &str, pinned: &str| StoredAccount {
+        account_id: state.account_id.clone(),
+        totals: state.totals,
+        free: cr("6"),
+        held: cr(held),
+        pinned: if pinned == "0" { Vec::new() } else { vec![(grant_id.clone(), cr(pinned))] },
+        holds: book.holds.clone(),
+    };
+    assert!(verify_account(&book.journal, &stored("4", "4")).is_empty());
+    let violations = verify_account(&book.journal, &stored("5", "4"));
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].detail.contains("held"), "{violations:?}");
+    let violations = verify_account(&book.journal, &stored("4", "3"));
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].detail.contains("pinned"), "{violations:?}");
+    assert_eq!(verify_account(&book.journal, &stored("4", "0")).len(), 1, "a pin missing from its grant");
 }

@@ -2,12 +2,14 @@
 //!
 //! This is what `creditgraph verify` runs for every account. The checks are the ledger's written
 //! invariants (see ARCHITECTURE.md): conservation, no negative figures, held never above balance,
-//! every hold resolved at most once and never charged beyond its amount plus recorded overage.
+//! every hold resolved at most once and never charged beyond its amount plus recorded overage,
+//! and the kept figures (the account's `held`, each grant's `pinned`) equal what the pending
+//! holds add up to.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::{AccountId, Amount, Entry, EntryKind, Hold, HoldId, HoldState, Totals};
+use crate::{AccountId, Amount, Entry, EntryKind, GrantId, Hold, HoldId, HoldState, Totals};
 
 /// What a store holds for one account, as stored (no expiry applied).
 #[derive(Clone, Debug)]
@@ -16,6 +18,10 @@ pub struct StoredAccount {
     pub totals: Totals,
     /// Sum of the free part of every grant.
     pub free: Amount,
+    /// The account row's kept `held`.
+    pub held: Amount,
+    /// Every grant of the account with a stored `pinned` above zero, and that figure.
+    pub pinned: Vec<(GrantId, Amount)>,
     /// Every hold of the account, in any state.
     pub holds: Vec<Hold>,
 }
@@ -106,8 +112,25 @@ pub fn verify_account(entries: &[Entry], stored: &StoredAccount) -> Vec<Violatio
             EntryKind::Extend | EntryKind::Grant | EntryKind::GrantExpired => {}
         }
     }
-    let stored_held =
-        Amount::sum(stored.holds.iter().filter(|hold| hold.state == HoldState::Pending).map(|hold| hold.remaining));
+    let pending = || stored.holds.iter().filter(|hold| hold.state == HoldState::Pending);
+    let stored_held = Amount::sum(pending().map(|hold| hold.remaining));
+    if stored.held != stored_held {
+        report(format!("the account's held is {}, its pending holds' remaining sum to {stored_held}", stored.held));
+    }
+    let mut allocated: BTreeMap<&GrantId, Amount> = BTreeMap::new();
+    for allocation in pending().flat_map(|hold| &hold.allocations) {
+        let sum = allocated.entry(&allocation.grant_id).or_insert(Amount::ZERO);
+        *sum = sum.plus(allocation.amount);
+    }
+    for (grant_id, pinned) in &stored.pinned {
+        let expected = allocated.remove(grant_id).unwrap_or(Amount::ZERO);
+        if *pinned != expected {
+            report(format!("grant {grant_id}: pinned {pinned}, pending holds' allocations on it sum to {expected}"));
+        }
+    }
+    for (grant_id, expected) in allocated {
+        report(format!("grant {grant_id}: pinned 0, pending holds' allocations on it sum to {expected}"));
+    }
     let stored_balance = stored.free.plus(stored_held);
     if (balance, held) != (i128::from(stored_balance.micros()), i128::from(stored_held.micros())) {
         report(format!(

@@ -162,7 +162,7 @@ fn segment(ids: Vec<String>) -> impl Strategy<Value = String> {
 /// A query string without the `?`: known and unknown keys, odd values, repeated keys.
 fn query(ids: Vec<String>) -> impl Strategy<Value = Option<String>> {
     let key = prop_oneof![
-        prop::sample::select(vec!["account_id", "limit", "after"]).prop_map(str::to_owned),
+        prop::sample::select(vec!["account_id", "limit", "after", "state"]).prop_map(str::to_owned),
         "\\PC{0,8}".prop_map(|text| percent_encode(text.as_bytes())),
     ];
     let value = prop_oneof![
@@ -387,6 +387,7 @@ fn random_bodies_to_every_post_route_never_answer_5xx_and_keep_the_ledger_consis
 const GET_ROUTES: &[&str] = &[
     "/v1/accounts/{id}",
     "/v1/accounts/{id}/entries",
+    "/v1/accounts/{id}/holds",
     "/v1/holds/{id}",
     "/v1/runs/{id}",
     "/v1/runs/{id}/events",

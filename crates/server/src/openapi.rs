@@ -13,6 +13,7 @@ use crate::routes::{accounts, health, holds, jobs, runs, worker};
         accounts::create_grant,
         accounts::get_account,
         accounts::list_entries,
+        accounts::list_holds,
         accounts::create_debit,
         accounts::create_refund,
         holds::create_hold,

@@ -32,6 +32,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/v1/accounts/{account_id}", get(accounts::get_account)),
         (Method::POST, "/v1/accounts/{account_id}/grants", post(accounts::create_grant)),
         (Method::GET, "/v1/accounts/{account_id}/entries", get(accounts::list_entries)),
+        (Method::GET, "/v1/accounts/{account_id}/holds", get(accounts::list_holds)),
         (Method::POST, "/v1/accounts/{account_id}/debits", post(accounts::create_debit)),
         (Method::POST, "/v1/accounts/{account_id}/refunds", post(accounts::create_refund)),
         (Method::POST, "/v1/holds", post(holds::create_hold)),
@@ -120,6 +121,15 @@ mod tests {
             self.fail()
         }
         async fn pending_holds(&self, _account_id: &AccountId) -> Result<Vec<Hold>, StoreError> {
+            self.fail()
+        }
+        async fn holds(
+            &self,
+            _account_id: &AccountId,
+            _state: ledger::HoldState,
+            _after: Option<&HoldId>,
+            _limit: u32,
+        ) -> Result<Vec<Hold>, StoreError> {
             self.fail()
         }
         async fn entries(&self, _account_id: &AccountId, _after: u64, _limit: u32) -> Result<Vec<Entry>, StoreError> {

@@ -62,15 +62,16 @@ const RECORD_RESULTS: &str = "UPDATE idempotency SET result = recorded.result \
      FROM unnest($1::TEXT[], $2::TEXT[]) AS recorded (key, result) WHERE idempotency.key = recorded.key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
 /// Returns the row it inserted: none when another transaction created the account first.
-const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES ($1, $2, $3, $4) \
-     ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
+const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded, held) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
 /// Returns the row it updated: exactly one, the row this transaction has locked.
-const UPDATE_ACCOUNT: &str = "UPDATE accounts SET spent = $2, refunded = $3 WHERE account_id = $1 RETURNING account_id";
+const UPDATE_ACCOUNT: &str =
+    "UPDATE accounts SET spent = $2, refunded = $3, held = $4 WHERE account_id = $1 RETURNING account_id";
 const UPSERT_GRANT: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
-     created_at, reference, metadata, live) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     created_at, reference, metadata, live, pinned) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
      priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
-     metadata = EXCLUDED.metadata, live = EXCLUDED.live";
+     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned";
 const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
      expires_at, created_at, reference, metadata, allocations) \
      SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
@@ -99,8 +100,12 @@ fn lock_account_sql() -> String {
 fn live_grants_sql() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id")
 }
-fn pending_holds_sql() -> String {
-    format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' ORDER BY created_at, hold_id")
+/// The account's pending holds due at $2 (through `holds_pending_by_account_expiry`): never all.
+pub(crate) fn due_holds_sql() -> String {
+    format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' AND expires_at <= $2 \
+         ORDER BY expires_at, hold_id"
+    )
 }
 /// The holds the batch's commands name, in any state (pending ones are loaded twice, harmlessly).
 fn holds_by_id_sql() -> String {
@@ -206,7 +211,7 @@ async fn run(
         }));
     }
     let load = match account_id {
-        Some(account_id) => Some(Load::push(transaction, account_id, requests, &mut pending).await?),
+        Some(account_id) => Some(Load::push(transaction, account_id, requests, now, &mut pending).await?),
         None => None,
     };
     // One join, so every statement is sent (in this order) before any answer is awaited. The
@@ -298,22 +303,23 @@ impl Load {
         transaction: &'a Transaction<'_>,
         account_id: &'a AccountId,
         requests: &[&'a Request],
+        now: Timestamp,
         pending: &mut Vec<PendingRows<'a>>,
     ) -> Result<Load, Failure> {
-        let needs: Vec<Needs<'a>> = requests.iter().map(|request| protocol::needs(&request.command)).collect();
-        let pending_holds = needs.first().map_or(PendingHolds::All, |need| need.pending_holds);
+        let needs: Vec<Needs<'a>> = requests.iter().map(|request| protocol::needs(&request.command, now)).collect();
+        let pending_holds = needs.first().map_or(PendingHolds::DueAt(now), |need| need.pending_holds);
         assert!(needs.iter().all(|need| need.pending_holds == pending_holds), "one base state per batch");
         let lock = transaction.prepare_cached(&lock_account_sql()).await?;
         let grants = transaction.prepare_cached(&live_grants_sql()).await?;
-        let holds = match pending_holds {
-            PendingHolds::All => transaction.prepare_cached(&pending_holds_sql()).await?,
+        let (holds, due_at) = match pending_holds {
+            PendingHolds::DueAt(at) => (transaction.prepare_cached(&due_holds_sql()).await?, at.micros()),
         };
         let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
         let by_reference = transaction.prepare_cached(&grant_by_reference_sql()).await?;
         let id = account_id.as_str();
         pending.push(Box::pin(async move { transaction.query(&lock, &[&id]).await }));
         pending.push(Box::pin(async move { transaction.query(&grants, &[&id]).await }));
-        pending.push(Box::pin(async move { transaction.query(&holds, &[&id]).await }));
+        pending.push(Box::pin(async move { transaction.query(&holds, &[&id, &due_at]).await }));
         let mut named: Vec<&str> = needs.iter().filter_map(|need| need.hold.map(HoldId::as_str)).collect();
         named.sort_unstable();
         named.dedup();
@@ -350,9 +356,10 @@ impl Load {
         let named_holds = if self.named_holds { next() } else { Vec::new() };
         let referenced: Vec<Vec<Row>> = (0..self.referenced_grants).map(|_| next()).collect();
         let Some(account_row) = account_row.first() else { return Ok(None) };
-        let (_, created_at, totals) = rows::account(account_row)?;
+        let (_, created_at, totals, held) = rows::account(account_row)?;
         let mut state = AccountState::new(account_id.clone(), created_at);
         state.totals = totals;
+        state.held = held;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
         state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
         for hold in named_holds.iter().map(rows::hold) {
@@ -399,20 +406,21 @@ async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Fai
         let account_id = state.account_id.as_str();
         let spent = sql_amount(state.totals.spent)?;
         let refunded = sql_amount(state.totals.refunded)?;
+        let held = sql_amount(state.held)?;
         let created_at = state.created_at.micros();
         match account_row {
             AccountRow::Unchanged => {}
             AccountRow::Insert => {
                 let statement = transaction.prepare_cached(INSERT_ACCOUNT).await?;
                 pending.push(Box::pin(async move {
-                    let params: [&(dyn ToSql + Sync); 4] = [&account_id, &created_at, &spent, &refunded];
+                    let params: [&(dyn ToSql + Sync); 5] = [&account_id, &created_at, &spent, &refunded, &held];
                     transaction.query(&statement, &params).await
                 }));
             }
             AccountRow::Update => {
                 let statement = transaction.prepare_cached(UPDATE_ACCOUNT).await?;
                 pending.push(Box::pin(async move {
-                    transaction.query(&statement, &[&account_id, &spent, &refunded]).await
+                    transaction.query(&statement, &[&account_id, &spent, &refunded, &held]).await
                 }));
             }
         }
@@ -487,12 +495,13 @@ async fn push_grants<'a>(
     for grant in writes.grants() {
         let amount = sql_amount(grant.amount)?;
         let free = sql_amount(grant.free)?;
+        let pinned = sql_amount(grant.pinned)?;
         let expires_at = grant.expires_at.map(Timestamp::micros);
         let created_at = grant.created_at.micros();
         let reference = grant.reference.as_ref().map(|reference| reference.as_str());
         let statement = statement.clone();
         pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 11] = [
+            let params: [&(dyn ToSql + Sync); 12] = [
                 &grant.grant_id.as_str(),
                 &grant.account_id.as_str(),
                 &grant.kind.as_str(),
@@ -504,6 +513,7 @@ async fn push_grants<'a>(
                 &reference,
                 &grant.metadata,
                 &grant.live,
+                &pinned,
             ];
             transaction.query(&statement, &params).await
         }));

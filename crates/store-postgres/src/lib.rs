@@ -56,7 +56,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use ledger::{
-    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, Outcome, StoredAccount, Target, Timestamp,
+    AccountId, AccountState, Amount, Command, Entry, Hold, HoldId, HoldState, Outcome, StoredAccount, Target, Timestamp,
 };
 use rand::Rng;
 use store::codec::undecodable;
@@ -460,32 +460,33 @@ impl PostgresStore {
         rows.iter().map(jobs::job).collect()
     }
 
-    /// Loads the account's stored state (live grants, pending holds) in one snapshot.
-    async fn stored_state(&self, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+    /// Loads the account's stored state (row, live grants, the pending holds due at `now`, never
+    /// all of them) in one snapshot.
+    async fn stored_state(&self, account_id: &AccountId, now: Timestamp) -> Result<Option<AccountState>, StoreError> {
         let mut client = self.client().await?;
         let transaction = read_transaction(&mut client).await?;
         let account_sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
         let grants_sql =
             format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id");
-        let holds_sql = format!(
-            "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' ORDER BY created_at, hold_id"
-        );
         let account_statement = transaction.prepare_cached(&account_sql).await.map_err(store_error)?;
         let grants_statement = transaction.prepare_cached(&grants_sql).await.map_err(store_error)?;
-        let holds_statement = transaction.prepare_cached(&holds_sql).await.map_err(store_error)?;
+        let holds_statement = transaction.prepare_cached(&execute::due_holds_sql()).await.map_err(store_error)?;
         let id = account_id.as_str();
         let by_account: [&(dyn ToSql + Sync); 1] = [&id];
+        let due_at = now.micros();
+        let due: [&(dyn ToSql + Sync); 2] = [&id, &due_at];
         let (account_row, grant_rows, hold_rows) = tokio::try_join!(
             transaction.query_opt(&account_statement, &by_account),
             transaction.query(&grants_statement, &by_account),
-            transaction.query(&holds_statement, &by_account),
+            transaction.query(&holds_statement, &due),
         )
         .map_err(store_error)?;
         transaction.commit().await.map_err(store_error)?;
         let Some(account_row) = account_row else { return Ok(None) };
-        let (account_id, created_at, totals) = rows::account(&account_row)?;
+        let (account_id, created_at, totals, held) = rows::account(&account_row)?;
         let mut state = AccountState::new(account_id, created_at);
         state.totals = totals;
+        state.held = held;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
         state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
         Ok(Some(state))
@@ -545,28 +546,33 @@ impl PostgresStore {
         let transaction = read_transaction(client).await?;
         let account_sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
         let free_sql = "SELECT COALESCE(SUM(free), 0)::BIGINT FROM grants WHERE account_id = $1";
+        let pinned_sql = "SELECT grant_id, pinned FROM grants WHERE account_id = $1 AND pinned > 0";
         let holds_sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 ORDER BY created_at, hold_id");
         let entries_sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = $1 ORDER BY seq");
         let account_statement = transaction.prepare_cached(&account_sql).await.map_err(store_error)?;
         let free_statement = transaction.prepare_cached(free_sql).await.map_err(store_error)?;
+        let pinned_statement = transaction.prepare_cached(pinned_sql).await.map_err(store_error)?;
         let holds_statement = transaction.prepare_cached(&holds_sql).await.map_err(store_error)?;
         let entries_statement = transaction.prepare_cached(&entries_sql).await.map_err(store_error)?;
         let by_account: [&(dyn ToSql + Sync); 1] = [&account_id];
-        let (account_row, free_row, hold_rows, entry_rows) = tokio::try_join!(
+        let (account_row, free_row, pinned_rows, hold_rows, entry_rows) = tokio::try_join!(
             transaction.query_opt(&account_statement, &by_account),
             transaction.query_one(&free_statement, &by_account),
+            transaction.query(&pinned_statement, &by_account),
             transaction.query(&holds_statement, &by_account),
             transaction.query(&entries_statement, &by_account),
         )
         .map_err(store_error)?;
         transaction.commit().await.map_err(store_error)?;
         let Some(account_row) = account_row else { return Ok((0, 0, Vec::new())) };
-        let (account_id, _, totals) = rows::account(&account_row)?;
+        let (account_id, _, totals, held) = rows::account(&account_row)?;
         let free: i64 = free_row.try_get(0).map_err(|_| undecodable("free sum"))?;
         let stored = StoredAccount {
             account_id,
             totals,
             free: Amount::from_micros(u64::try_from(free).map_err(|_| undecodable("free sum"))?),
+            held,
+            pinned: pinned_rows.iter().map(rows::pinned).collect::<Result<_, _>>()?,
             holds: hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?,
         };
         let entries: Vec<Entry> = entry_rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
@@ -600,8 +606,9 @@ impl LedgerStore for PostgresStore {
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
-        let state = self.stored_state(account_id).await?;
-        Ok(state.map(|state| AccountView::at(&state, self.clock.now())))
+        let now = self.clock.now();
+        let state = self.stored_state(account_id, now).await?;
+        Ok(state.map(|state| AccountView::at(&state, now)))
     }
 
     async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
@@ -627,6 +634,37 @@ impl LedgerStore for PostgresStore {
             .map_err(store_error)?;
         let rows = client.query(&statement, &[&account_id.as_str(), &now.micros()]).await.map_err(store_error)?;
         rows.iter().map(rows::hold).collect()
+    }
+
+    async fn holds(
+        &self,
+        account_id: &AccountId,
+        state: HoldState,
+        after: Option<&HoldId>,
+        limit: u32,
+    ) -> Result<Vec<Hold>, StoreError> {
+        let now = self.clock.now();
+        // Hold ids compare byte-wise (COLLATE "C"), as the ledger's ids do, whatever the
+        // database's collation; the (account_id, state, hold_id COLLATE "C") index serves it.
+        let filter = match state {
+            HoldState::Pending => "state = 'pending' AND expires_at > $3",
+            HoldState::Expired => "(state = 'expired' OR (state = 'pending' AND expires_at <= $3))",
+            HoldState::Captured => "state = 'captured' AND $3::BIGINT IS NOT NULL",
+            HoldState::Released => "state = 'released' AND $3::BIGINT IS NOT NULL",
+        };
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND hold_id COLLATE \"C\" > $2 AND {filter} \
+                 ORDER BY hold_id COLLATE \"C\" LIMIT $4"
+            ))
+            .await
+            .map_err(store_error)?;
+        let after = after.map_or("", HoldId::as_str);
+        let limit = i64::from(limit.min(store::HOLDS_PAGE_MAX));
+        let params: [&(dyn ToSql + Sync); 4] = [&account_id.as_str(), &after, &now.micros(), &limit];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        rows.iter().map(|row| rows::hold(row).map(|hold| ledger::view_hold(&hold, now))).collect()
     }
 
     async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError> {

@@ -14,12 +14,12 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 
 pub(crate) const GRANT_COLUMNS: &str =
-    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live";
+    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live, pinned";
 pub(crate) const HOLD_COLUMNS: &str = "hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, \
      created_at, reference, metadata, allocations";
 pub(crate) const ENTRY_COLUMNS: &str =
     "seq, account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key";
-pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, created_at, spent, refunded";
+pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, created_at, spent, refunded, held";
 
 fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<T, StoreError> {
     row.try_get(index).map_err(|error| undecodable(what).with_source(error))
@@ -62,12 +62,13 @@ pub(crate) fn sql_amount(amount: Amount) -> Result<i64, StoreError> {
     i64::try_from(amount.micros()).map_err(|_| StoreError::corrupt(format!("amount {amount} does not fit a BIGINT")))
 }
 
-/// The account row read with [`ACCOUNT_COLUMNS`]: id, creation time and lifetime totals.
-pub(crate) fn account(row: &Row) -> Result<(AccountId, Timestamp, Totals), StoreError> {
+/// The account row read with [`ACCOUNT_COLUMNS`]: id, creation time, lifetime totals and held.
+pub(crate) fn account(row: &Row) -> Result<(AccountId, Timestamp, Totals, Amount), StoreError> {
     Ok((
         account_id(row, 0)?,
         timestamp(row, 1, "created_at")?,
         Totals { spent: amount(row, 2, "spent")?, refunded: amount(row, 3, "refunded")? },
+        amount(row, 4, "held")?,
     ))
 }
 
@@ -84,7 +85,13 @@ pub(crate) fn grant(row: &Row) -> Result<Grant, StoreError> {
         reference: opt_reference(row, 8)?,
         metadata: get::<String>(row, 9, "grant metadata")?,
         live: get(row, 10, "live")?,
+        pinned: amount(row, 11, "grant pinned")?,
     })
+}
+
+/// A grant's id and pinned part (for verification).
+pub(crate) fn pinned(row: &Row) -> Result<(GrantId, Amount), StoreError> {
+    Ok((grant_id(get(row, 0, "grant_id")?)?, amount(row, 1, "grant pinned")?))
 }
 
 pub(crate) fn hold(row: &Row) -> Result<Hold, StoreError> {

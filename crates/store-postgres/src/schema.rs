@@ -218,6 +218,36 @@ CREATE TABLE run_events (
 CREATE INDEX run_events_by_time ON run_events (at);
 "#,
     },
+    // Issue 16: a command's cost no longer grows with the account's pending holds.
+    Migration {
+        version: 7,
+        sql: r#"
+-- The account keeps `held` (the remaining part of all its pending holds) and each grant keeps
+-- `pinned` (what pending holds reserved from it), so a command loads only the pending holds due
+-- to expire and the hold it names. Both are backfilled from the holds as they stand.
+ALTER TABLE accounts ADD COLUMN held BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0);
+ALTER TABLE grants ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0 CHECK (pinned >= 0);
+UPDATE accounts SET held = pending.held
+FROM (SELECT account_id, SUM(remaining)::BIGINT AS held FROM holds WHERE state = 'pending' GROUP BY account_id)
+    AS pending
+WHERE accounts.account_id = pending.account_id;
+-- allocations is a JSON array of [grant_id, micro-credits] pairs.
+UPDATE grants SET pinned = pins.pinned
+FROM (
+    SELECT holds.account_id, allocation->>0 AS grant_id, SUM((allocation->>1)::BIGINT)::BIGINT AS pinned
+    FROM holds, jsonb_array_elements(holds.allocations::jsonb) AS allocation
+    WHERE holds.state = 'pending'
+    GROUP BY 1, 2
+) AS pins
+WHERE grants.account_id = pins.account_id AND grants.grant_id = pins.grant_id;
+
+-- The due pending holds of one account, found without reading the others.
+DROP INDEX holds_pending;
+CREATE INDEX holds_pending_by_account_expiry ON holds (account_id, expires_at) WHERE state = 'pending';
+-- The paged holds read: one account's holds in one state, in byte-wise hold-id order.
+CREATE INDEX holds_by_account_state ON holds (account_id, state, hold_id COLLATE "C");
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -287,7 +287,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
 }
 
 #[tokio::test]
@@ -469,16 +469,16 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     tokio::spawn(connection);
     // Back to what a version-1 build left.
     client
-        .batch_execute(
-            "DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; \
-             DROP TABLE threads; DELETE FROM schema_migrations WHERE version >= 2",
-        )
+        .batch_execute(&format!(
+            "{UNDO_VERSION_7} DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; \
+             DROP TABLE runs; DROP TABLE threads; DELETE FROM schema_migrations WHERE version >= 2",
+        ))
         .await
         .expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
     assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
@@ -502,20 +502,75 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     tokio::spawn(connection);
     client
         .batch_execute(&format!(
-            "{UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3"
+            "{UNDO_VERSION_7} {UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3"
         ))
         .await
         .expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
     assert_eq!(
         store.thread_jobs(&store::ThreadId::parse("t1").expect("valid id"), 10).await.expect("answers"),
         vec![job]
     );
+}
+
+/// What migration 7 added, undone: back to a version-6 database.
+const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
+     CREATE INDEX holds_pending ON holds (account_id) WHERE state = 'pending'; \
+     ALTER TABLE accounts DROP COLUMN held; ALTER TABLE grants DROP COLUMN pinned; \
+     DELETE FROM schema_migrations WHERE version >= 7;";
+
+/// A version-6 database (pending holds summed on every read) gains the account's `held` and each
+/// grant's `pinned` at the next start, backfilled from its holds: pending holds over two grants,
+/// one partly captured, one released, one captured — the figures read as before and `verify`
+/// (which checks both against the holds) finds nothing.
+#[tokio::test]
+async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    fresh(Request::new(grant("u", "g1", 10)), &store).await.expect("grant");
+    fresh(Request::new(grant("u", "g2", 10)), &store).await.expect("grant");
+    fresh(Request::new(grant("v", "g3", 5)), &store).await.expect("grant");
+    for (account_id, hold_id, amount) in
+        [("u", "h1", 7), ("u", "h2", 6), ("u", "h3", 2), ("u", "h4", 1), ("v", "h5", 5)]
+    {
+        fresh(Request::new(hold(account_id, hold_id, amount, 600)), &store).await.expect("hold");
+    }
+    let capture = |hold_id: &str, amount: u64, is_final: bool| Command::Capture {
+        hold_id: HoldId::parse(hold_id).expect("valid id"),
+        amount: credits(amount),
+        is_final,
+        overage: Overage::Reject,
+    };
+    fresh(Request::new(capture("h2", 4, false)), &store).await.expect("captured");
+    fresh(Request::new(capture("h3", 2, true)), &store).await.expect("captured");
+    let release = Command::Release { hold_id: HoldId::parse("h4").expect("valid id") };
+    fresh(Request::new(release), &store).await.expect("released");
+    let before = store.account(&account("u")).await.expect("read").expect("exists");
+    store.close().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.batch_execute(UNDO_VERSION_7).await.expect("downgrade");
+
+    let store = connect(&url, &clock).await;
+    let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
+    let after = store.account(&account("u")).await.expect("read").expect("exists");
+    assert_eq!(after, before, "held and every grant's pinned part read as before");
+    assert_eq!(after.balances.held, credits(9), "h1's 7 and what is left of h2");
+    let pinned: Vec<_> = after.state.grants.iter().map(|grant| (grant.grant_id.as_str(), grant.pinned)).collect();
+    assert_eq!(pinned, [("g1", credits(7)), ("g2", credits(2))]);
+    let v = store.account(&account("v")).await.expect("read").expect("exists");
+    assert_eq!(v.balances.held, credits(5));
+    assert_clean(&store).await;
+    fresh(Request::new(capture("h1", 7, true)), &store).await.expect("captured");
+    assert_eq!(store.account(&account("u")).await.expect("read").expect("exists").balances.held, credits(2));
+    assert_clean(&store).await;
 }
 
 /// What migration 6 added, undone: back to a version-5 database.
@@ -546,11 +601,11 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
     store.close().await;
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
-    client.batch_execute(UNDO_VERSION_6).await.expect("downgrade");
+    client.batch_execute(&format!("{UNDO_VERSION_7} {UNDO_VERSION_6}")).await.expect("downgrade");
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
     for (run_id, expected) in [
         ("failed-release", store::HoldResolution::Pending),
         ("settled", store::HoldResolution::Resolved),

@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use ledger::{AccountId, Entry, Hold, HoldId, StoredAccount, Timestamp, Violation};
+use ledger::{AccountId, Entry, Hold, HoldId, HoldState, StoredAccount, Timestamp, Violation};
+use store::protocol::PendingHolds;
 use store::runs::RUN_SIGNALS_CAPACITY;
 use store::{
     AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, Idempotency, InstanceLease, JobId, JobRecord,
@@ -286,9 +287,10 @@ impl LedgerStore for SqliteStore {
         self.readers
             .run(move |conn| {
                 let snapshot = conn.unchecked_transaction().map_err(rows::sql_error)?;
-                let state = rows::load_account(&snapshot, &account_id)?;
-                // Read after the snapshot: never earlier than any write it contains.
+                // Read after the snapshot began: never earlier than any write it contains.
                 let now = clock.now();
+                // The row, live grants and the holds due now: never every pending hold.
+                let state = rows::load_account(&snapshot, &account_id, PendingHolds::DueAt(now))?;
                 Ok(state.map(|state| AccountView::at(&state, now)))
             })
             .await
@@ -310,6 +312,25 @@ impl LedgerStore for SqliteStore {
         let account_id = account_id.clone();
         let clock = Arc::clone(&self.clock);
         self.readers.run(move |conn| rows::active_holds(conn, &account_id, clock.now())).await
+    }
+
+    async fn holds(
+        &self,
+        account_id: &AccountId,
+        state: HoldState,
+        after: Option<&HoldId>,
+        limit: u32,
+    ) -> Result<Vec<Hold>, StoreError> {
+        let account_id = account_id.clone();
+        let after = after.cloned();
+        let clock = Arc::clone(&self.clock);
+        self.readers
+            .run(move |conn| {
+                let now = clock.now();
+                let page = rows::holds_page(conn, &account_id, state, after.as_ref(), limit, now)?;
+                Ok(page.iter().map(|hold| ledger::view_hold(hold, now)).collect())
+            })
+            .await
     }
 
     async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError> {
@@ -347,12 +368,14 @@ impl LedgerStore for SqliteStore {
                 let mut after: Option<AccountId> = None;
                 loop {
                     let page = rows::accounts_page(&snapshot, after.as_ref(), VERIFY_PAGE_ACCOUNTS)?;
-                    let Some((last, _)) = page.last() else { break };
+                    let Some((last, _, _)) = page.last() else { break };
                     after = Some(last.clone());
-                    for (account_id, totals) in page {
+                    for (account_id, totals, held) in page {
                         let entries = rows::all_entries(&snapshot, &account_id)?;
                         let stored = StoredAccount {
                             free: rows::free_sum(&snapshot, &account_id)?,
+                            held,
+                            pinned: rows::pinned_grants(&snapshot, &account_id)?,
                             holds: rows::all_holds(&snapshot, &account_id)?,
                             account_id,
                             totals,

@@ -9,7 +9,8 @@ use ledger::{
     Timestamp, Totals,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
-use store::{codec, StoreError};
+use store::protocol::PendingHolds;
+use store::{codec, StoreError, HOLDS_PAGE_MAX};
 
 /// Maps a driver error: damaged data and violated constraints are `Corrupt` (a bug or tampering,
 /// never worth retrying); everything else (I/O, busy, full disk) is `Unavailable`.
@@ -88,7 +89,7 @@ fn query_all<T>(
 }
 
 const GRANT_COLUMNS: &str =
-    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live";
+    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live, pinned";
 
 fn decode_grant(row: &Row<'_>) -> Result<Grant, StoreError> {
     let kind: String = get(row, 2)?;
@@ -104,6 +105,7 @@ fn decode_grant(row: &Row<'_>) -> Result<Grant, StoreError> {
         reference: get_reference(row, 8)?,
         metadata: get(row, 9)?,
         live: get(row, 10)?,
+        pinned: get_amount(row, 11, "grant pinned part")?,
     })
 }
 
@@ -159,33 +161,98 @@ fn decode_entry(row: &Row<'_>) -> Result<Entry, StoreError> {
     })
 }
 
-/// The account row's creation time and totals, or `None` when the account does not exist.
-fn account_row(conn: &Connection, account_id: &AccountId) -> Result<Option<(Timestamp, Totals)>, StoreError> {
+/// The account row's creation time, totals and held, or `None` when the account does not exist.
+fn account_row(conn: &Connection, account_id: &AccountId) -> Result<Option<(Timestamp, Totals, Amount)>, StoreError> {
     let mut statement = conn
-        .prepare_cached("SELECT created_at, spent, refunded FROM accounts WHERE account_id = ?1")
+        .prepare_cached("SELECT created_at, spent, refunded, held FROM accounts WHERE account_id = ?1")
         .map_err(sql_error)?;
     let mut rows = statement.query([account_id.as_str()]).map_err(sql_error)?;
     let Some(row) = rows.next().map_err(sql_error)? else { return Ok(None) };
     let totals = Totals { spent: get_amount(row, 1, "spent")?, refunded: get_amount(row, 2, "refunded")? };
-    Ok(Some((get_time(row, 0)?, totals)))
+    Ok(Some((get_time(row, 0)?, totals, get_amount(row, 3, "held")?)))
 }
 
-/// The state the ledger decides on: account row, live grants and pending holds. Callers that
-/// need a consistent picture call this inside a transaction.
-pub(crate) fn load_account(conn: &Connection, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
-    let Some((created_at, totals)) = account_row(conn, account_id)? else { return Ok(None) };
+/// The state the ledger decides on: the account row, its live grants and the pending holds
+/// `pending_holds` names (the due ones, by the index on pending holds by account and expiry).
+/// Callers that need a consistent picture call this inside a transaction.
+pub(crate) fn load_account(
+    conn: &Connection,
+    account_id: &AccountId,
+    pending_holds: PendingHolds,
+) -> Result<Option<AccountState>, StoreError> {
+    let Some((created_at, totals, held)) = account_row(conn, account_id)? else { return Ok(None) };
     let grants = {
         let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1 AND live = 1 ORDER BY rowid");
         let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
         query_all(&mut statement, [account_id.as_str()], decode_grant)?
     };
-    let holds = {
-        let sql =
-            format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND state = 'pending' ORDER BY rowid");
-        let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
-        query_all(&mut statement, [account_id.as_str()], decode_hold)?
+    let holds = pending(conn, account_id, pending_holds)?;
+    Ok(Some(AccountState { account_id: account_id.clone(), created_at, totals, held, grants, holds }))
+}
+
+/// The account's pending holds that `pending_holds` names, in expiry order: O(due), through
+/// `holds_pending_by_account_expiry`.
+pub(crate) fn pending(
+    conn: &Connection,
+    account_id: &AccountId,
+    pending_holds: PendingHolds,
+) -> Result<Vec<Hold>, StoreError> {
+    let PendingHolds::DueAt(at) = pending_holds;
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND state = 'pending' AND expires_at <= ?2 \
+         ORDER BY expires_at, hold_id"
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    query_all(&mut statement, params![account_id.as_str(), at.micros()], decode_hold)
+}
+
+/// One page of an account's holds that read as `state` at `now` (a pending hold at or past its
+/// expiry reads as expired), as stored, in hold-id order after `after`.
+pub(crate) fn holds_page(
+    conn: &Connection,
+    account_id: &AccountId,
+    state: HoldState,
+    after: Option<&HoldId>,
+    limit: u32,
+    now: Timestamp,
+) -> Result<Vec<Hold>, StoreError> {
+    let after = after.map_or("", HoldId::as_str);
+    let limit = i64::from(limit.min(HOLDS_PAGE_MAX));
+    let (sql, bind) = match state {
+        HoldState::Pending => (
+            format!(
+                "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND state = 'pending' AND hold_id > ?2 \
+                 AND expires_at > ?3 ORDER BY hold_id LIMIT ?4"
+            ),
+            now.micros(),
+        ),
+        // Stored expired, or pending and at its expiry (both through the (account, state,
+        // hold_id) index, merged in hold-id order).
+        HoldState::Expired => (
+            format!(
+                "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND hold_id > ?2 \
+                 AND (state = 'expired' OR (state = 'pending' AND expires_at <= ?3)) ORDER BY hold_id LIMIT ?4"
+            ),
+            now.micros(),
+        ),
+        HoldState::Captured | HoldState::Released => (
+            format!(
+                "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND hold_id > ?2 AND state = ?3 \
+                 ORDER BY hold_id LIMIT ?4"
+            ),
+            0,
+        ),
     };
-    Ok(Some(AccountState { account_id: account_id.clone(), created_at, totals, grants, holds }))
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    match state {
+        HoldState::Captured | HoldState::Released => {
+            let _ = bind;
+            query_all(&mut statement, params![account_id.as_str(), after, state.as_str(), limit], decode_hold)
+        }
+        HoldState::Pending | HoldState::Expired => {
+            query_all(&mut statement, params![account_id.as_str(), after, bind, limit], decode_hold)
+        }
+    }
 }
 
 pub(crate) fn hold(conn: &Connection, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
@@ -239,6 +306,16 @@ pub(crate) fn all_holds(conn: &Connection, account_id: &AccountId) -> Result<Vec
     query_all(&mut statement, [account_id.as_str()], decode_hold)
 }
 
+/// Every grant of an account with a `pinned` part, and that part (for verification).
+pub(crate) fn pinned_grants(conn: &Connection, account_id: &AccountId) -> Result<Vec<(GrantId, Amount)>, StoreError> {
+    let mut statement = conn
+        .prepare_cached("SELECT grant_id, pinned FROM grants WHERE account_id = ?1 AND pinned > 0")
+        .map_err(sql_error)?;
+    query_all(&mut statement, [account_id.as_str()], |row| {
+        Ok((get_grant_id(row, 0)?, get_amount(row, 1, "grant pinned part")?))
+    })
+}
+
 /// Sum of the free part of every grant of an account.
 pub(crate) fn free_sum(conn: &Connection, account_id: &AccountId) -> Result<Amount, StoreError> {
     let mut statement =
@@ -268,21 +345,23 @@ pub(crate) fn all_entries(conn: &Connection, account_id: &AccountId) -> Result<V
     query_all(&mut statement, [account_id.as_str()], decode_entry)
 }
 
-/// A page of accounts in id order, starting after `after` (for verification).
+/// A page of accounts in id order with their totals and held, starting after `after` (for
+/// verification).
 pub(crate) fn accounts_page(
     conn: &Connection,
     after: Option<&AccountId>,
     limit: u32,
-) -> Result<Vec<(AccountId, Totals)>, StoreError> {
+) -> Result<Vec<(AccountId, Totals, Amount)>, StoreError> {
     let mut statement = conn
         .prepare_cached(
-            "SELECT account_id, spent, refunded FROM accounts WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
+            "SELECT account_id, spent, refunded, held FROM accounts WHERE account_id > ?1 \
+             ORDER BY account_id LIMIT ?2",
         )
         .map_err(sql_error)?;
     let after = after.map_or("", AccountId::as_str);
     query_all(&mut statement, params![after, i64::from(limit)], |row| {
         let totals = Totals { spent: get_amount(row, 1, "spent")?, refunded: get_amount(row, 2, "refunded")? };
-        Ok((get_account_id(row, 0)?, totals))
+        Ok((get_account_id(row, 0)?, totals, get_amount(row, 3, "held")?))
     })
 }
 
@@ -314,8 +393,9 @@ pub(crate) fn due_accounts(conn: &Connection, now: Timestamp, limit: u32) -> Res
 pub(crate) fn upsert_account(conn: &Connection, state: &AccountState) -> Result<(), StoreError> {
     let mut statement = conn
         .prepare_cached(
-            "INSERT INTO accounts (account_id, created_at, spent, refunded) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (account_id) DO UPDATE SET spent = excluded.spent, refunded = excluded.refunded",
+            "INSERT INTO accounts (account_id, created_at, spent, refunded, held) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (account_id) DO UPDATE SET spent = excluded.spent, refunded = excluded.refunded, \
+                 held = excluded.held",
         )
         .map_err(sql_error)?;
     statement
@@ -324,20 +404,23 @@ pub(crate) fn upsert_account(conn: &Connection, state: &AccountState) -> Result<
             state.created_at.micros(),
             amount_to_sql(state.totals.spent)?,
             amount_to_sql(state.totals.refunded)?,
+            amount_to_sql(state.held)?,
         ])
         .map_err(sql_error)?;
     Ok(())
 }
 
-/// Inserts a new grant or updates the parts of an existing one that can change (`free`, `live`).
+/// Inserts a new grant or updates the parts of an existing one that can change (`free`, `live`,
+/// `pinned`).
 /// A grant id that already belongs to another account is refused rather than overwritten.
 pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> Result<(), StoreError> {
     let mut statement = conn
         .prepare_cached(
             "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, created_at, \
-                                 reference, metadata, live) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-             ON CONFLICT (grant_id) DO UPDATE SET free = excluded.free, live = excluded.live \
+                                 reference, metadata, live, pinned) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (grant_id) DO UPDATE SET free = excluded.free, live = excluded.live, \
+                 pinned = excluded.pinned \
              WHERE grants.account_id = excluded.account_id",
         )
         .map_err(sql_error)?;
@@ -354,6 +437,7 @@ pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> Result<(), Store
             grant.reference.as_ref().map(Reference::as_str),
             grant.metadata,
             grant.live,
+            amount_to_sql(grant.pinned)?,
         ])
         .map_err(sql_error)?;
     if written != 1 {

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_instances.sql")),
     (5, include_str!("../migrations/0005_holds_by_account.sql")),
     (6, include_str!("../migrations/0006_run_events.sql")),
+    (7, include_str!("../migrations/0007_kept_holds.sql")),
 ];
 
 fn refused(path: &Path, what: &str, detail: impl std::fmt::Display) -> StoreError {

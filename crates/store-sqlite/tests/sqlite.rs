@@ -371,17 +371,18 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     {
         // Back to what a version-1 build wrote.
         let conn = rusqlite::Connection::open(&path).expect("opens");
-        conn.execute_batch(
-            "DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; DROP TABLE runs; \
+        conn.execute_batch(&format!(
+            "{UNDO_VERSION_7} DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; \
+             DROP TABLE runs; \
              DROP TABLE threads; \
-             DELETE FROM schema_migrations WHERE version >= 2;",
-        )
+             DELETE FROM schema_migrations WHERE version >= 2;"
+        ))
         .expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
@@ -403,14 +404,14 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.execute_batch(&format!(
-            "{UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3;"
+            "{UNDO_VERSION_7} {UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3;"
         ))
         .expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1, 2]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
     assert_eq!(
@@ -424,6 +425,61 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 const UNDO_VERSION_6: &str = "DROP INDEX runs_hold_pending; DROP INDEX runs_cancel_requested; DROP TABLE run_events; \
      ALTER TABLE runs DROP COLUMN hold_resolution; ALTER TABLE runs DROP COLUMN cancel_requested_at; \
      DELETE FROM schema_migrations WHERE version >= 6;";
+
+const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
+     CREATE INDEX holds_pending_by_account ON holds (account_id) WHERE state = 'pending'; \
+     ALTER TABLE accounts DROP COLUMN held; ALTER TABLE grants DROP COLUMN pinned; \
+     DELETE FROM schema_migrations WHERE version >= 7;";
+
+/// A version-6 database (pending holds summed on every read) gains the account's `held` and each
+/// grant's `pinned` at open, backfilled from its holds: pending holds over two grants, one
+/// partly captured, one released, one captured — the figures read as before and `verify` (which
+/// checks both against the holds) finds nothing.
+#[tokio::test]
+async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() {
+    let (_dir, path) = database();
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = open(&path, &clock).await;
+    run(&store, grant("u", "g1", "10")).await.expect("granted");
+    run(&store, grant("u", "g2", "10")).await.expect("granted");
+    run(&store, grant("v", "g3", "5")).await.expect("granted");
+    for (account_id, hold_id, amount) in [("u", "h1", "7"), ("u", "h2", "6"), ("u", "h3", "2"), ("u", "h4", "1")] {
+        run(&store, hold(account_id, hold_id, amount)).await.expect("held");
+    }
+    run(&store, hold("v", "h5", "5")).await.expect("held");
+    let capture = |hold_id: &str, amount: &str, is_final: bool| Command::Capture {
+        hold_id: HoldId::parse(hold_id).expect("valid id"),
+        amount: cr(amount),
+        is_final,
+        overage: Overage::Reject,
+    };
+    run(&store, capture("h2", "4", false)).await.expect("captured");
+    run(&store, capture("h3", "2", true)).await.expect("captured");
+    run(&store, Command::Release { hold_id: HoldId::parse("h4").expect("valid id") }).await.expect("released");
+    let before = store.account(&account("u")).await.expect("answers").expect("exists");
+    store.close().await;
+    {
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch(UNDO_VERSION_7).expect("downgrades");
+    }
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
+
+    let store = open(&path, &clock).await;
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
+    let after = store.account(&account("u")).await.expect("answers").expect("exists");
+    assert_eq!(after, before, "held and every grant's pinned part read as before");
+    assert_eq!(after.balances.held, cr("9"), "h1's 7 and what is left of h2");
+    let pinned: Vec<_> = after.state.grants.iter().map(|grant| (grant.grant_id.as_str(), grant.pinned)).collect();
+    assert_eq!(pinned, [("g1", cr("7")), ("g2", cr("2"))]);
+    let v = store.account(&account("v")).await.expect("answers").expect("exists");
+    assert_eq!(v.balances.held, cr("5"));
+    assert_verified(&store).await;
+    // And the ledger goes on from the backfilled figures.
+    run(&store, capture("h1", "7", true)).await.expect("captured");
+    assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("2"));
+    assert_verified(&store).await;
+    store.close().await;
+}
 
 /// A version-5 database (runs whose documents say whether their hold is resolved) gains the typed
 /// hold-resolution column at open, read once from each document: recovery finds exactly the
@@ -449,12 +505,12 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
     store.close().await;
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
-        conn.execute_batch(UNDO_VERSION_6).expect("downgrades");
+        conn.execute_batch(&format!("{UNDO_VERSION_7} {UNDO_VERSION_6}")).expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
     let resolution = |run_id: &'static str| {
         let store = &store;
         async move {

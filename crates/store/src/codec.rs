@@ -58,6 +58,7 @@ fn encode_grant(grant: &Grant) -> Value {
         "kind": grant.kind.as_str(),
         "amount": grant.amount.micros(),
         "free": grant.free.micros(),
+        "pinned": grant.pinned.micros(),
         "priority": grant.priority,
         "expires_at": opt_ts(grant.expires_at),
         "created_at": grant.created_at.micros(),
@@ -148,6 +149,13 @@ impl Fields<'_> {
     fn amount(&self, name: &str) -> Result<Amount, StoreError> {
         self.u64(name).map(Amount::from_micros)
     }
+    /// An amount added after records were first written: absent in older records, zero there.
+    fn amount_or_zero(&self, name: &str) -> Result<Amount, StoreError> {
+        match self.0.get(name) {
+            None => Ok(Amount::ZERO),
+            Some(_) => self.amount(name),
+        }
+    }
     fn str(&self, name: &str) -> Result<&str, StoreError> {
         self.value(name)?.as_str().ok_or_else(|| undecodable(name))
     }
@@ -189,6 +197,8 @@ fn decode_grant(fields: &Fields<'_>) -> Result<Grant, StoreError> {
         kind: GrantKind::parse(fields.str("kind")?).ok_or_else(|| undecodable("kind"))?,
         amount: fields.amount("amount")?,
         free: fields.amount("free")?,
+        // Recorded results from before grants kept `pinned` (issue 16) have none.
+        pinned: fields.amount_or_zero("pinned")?,
         priority: i32::try_from(fields.i64("priority")?).map_err(|_| undecodable("priority"))?,
         expires_at: fields.opt_ts("expires_at")?,
         created_at: fields.ts("created_at")?,

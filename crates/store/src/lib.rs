@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ledger::{
-    AccountId, AccountState, Balances, Command, Entry, Hold, HoldId, Outcome, Rejection, Timestamp, Violation,
+    AccountId, AccountState, Balances, Command, Entry, Hold, HoldId, HoldState, Outcome, Rejection, Timestamp,
+    Violation,
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -36,6 +37,9 @@ pub use runs::{
     Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
     RunStore, StoredFrame,
 };
+
+/// Most holds one page of [`LedgerStore::holds`] returns.
+pub const HOLDS_PAGE_MAX: u32 = 1_000;
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
@@ -85,7 +89,9 @@ impl Executed {
     }
 }
 
-/// An account as it reads at a moment: expiries applied.
+/// An account as it reads at a moment: expiries applied. Its state carries the row, the live
+/// grants (each with its `pinned` part) and the holds that were due (now expired), never the
+/// account's pending holds: those are paged through [`LedgerStore::holds`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountView {
     pub state: AccountState,
@@ -212,8 +218,20 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// The hold as it reads now (a pending hold past its expiry reads as expired).
     async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError>;
 
-    /// The account's active holds as they read now, oldest first.
+    /// The account's active holds as they read now, oldest first. Unbounded: for the CLI and
+    /// tests; the API pages through [`LedgerStore::holds`].
     async fn pending_holds(&self, account_id: &AccountId) -> Result<Vec<Hold>, StoreError>;
+
+    /// One page of the account's holds that read as `state` now (a pending hold at or past its
+    /// expiry reads as expired), each as it reads now, in hold-id order after `after`, at most
+    /// `limit` (capped at [`HOLDS_PAGE_MAX`]).
+    async fn holds(
+        &self,
+        account_id: &AccountId,
+        state: HoldState,
+        after: Option<&HoldId>,
+        limit: u32,
+    ) -> Result<Vec<Hold>, StoreError>;
 
     /// Journal entries of one account with `seq > after_seq`, in order, at most `limit`.
     async fn entries(&self, account_id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<Entry>, StoreError>;

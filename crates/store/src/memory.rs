@@ -6,12 +6,13 @@
 //! version (and the one retry per source), let the ledger decide, and write both or neither, all
 //! under the one lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ledger::{
-    AccountId, AccountState, Amount, Entry, Grant, GrantKind, Hold, HoldId, Reference, StoredAccount, Timestamp,
+    AccountId, AccountState, Amount, Entry, Grant, GrantKind, Hold, HoldId, HoldState, Reference, StoredAccount,
+    Timestamp,
 };
 
 use tokio::sync::broadcast;
@@ -28,10 +29,13 @@ use crate::{AccountView, Clock, Executed, Idempotency, LedgerStore, Request, Sto
 
 #[derive(Default)]
 struct Inner {
-    /// Live grants and pending holds per account.
+    /// Row and live grants per account (no holds: see `pending`).
     accounts: HashMap<AccountId, AccountState>,
     /// Every hold ever created, as last written.
     holds: HashMap<HoldId, Hold>,
+    /// Each account's pending holds by expiry: the SQL stores' index on pending holds by
+    /// (account, expiry), so the due ones are found without looking at the rest.
+    pending: HashMap<AccountId, BTreeSet<(Timestamp, HoldId)>>,
     /// Every grant with a reference, by (account, kind, reference).
     references: HashMap<(AccountId, &'static str, Reference), ledger::Grant>,
     journal: Vec<Entry>,
@@ -132,7 +136,13 @@ impl Inner {
             }
         }
         for hold in writes.holds() {
-            self.holds.insert(hold.hold_id.clone(), hold.clone());
+            let pending = self.pending.entry(hold.account_id.clone()).or_default();
+            if let Some(before) = self.holds.insert(hold.hold_id.clone(), hold.clone()) {
+                pending.remove(&(before.expires_at, before.hold_id));
+            }
+            if hold.state == HoldState::Pending {
+                pending.insert((hold.expires_at, hold.hold_id.clone()));
+            }
         }
         for entry in writes.entries() {
             let seq = self.journal.len() as u64 + 1;
@@ -145,6 +155,23 @@ impl Inner {
         if let Some(state) = writes.into_cached() {
             self.accounts.insert(state.account_id.clone(), state);
         }
+    }
+
+    /// The account's pending holds that `pending_holds` includes, in expiry order: O(due).
+    fn due_holds(&self, account_id: &AccountId, pending_holds: PendingHolds) -> Vec<Hold> {
+        let Some(pending) = self.pending.get(account_id) else { return Vec::new() };
+        pending
+            .iter()
+            .take_while(|(expires_at, _)| pending_holds.includes(*expires_at))
+            .map(|(_, hold_id)| self.holds.get(hold_id).expect("an indexed hold is stored").clone())
+            .collect()
+    }
+
+    /// The account's base state as [`protocol::Reads::account`] gives it.
+    fn base_state(&self, account_id: &AccountId, pending_holds: PendingHolds) -> Option<AccountState> {
+        let mut state = self.accounts.get(account_id)?.clone();
+        state.holds = self.due_holds(account_id, pending_holds);
+        Some(state)
     }
 }
 
@@ -163,10 +190,7 @@ impl protocol::Reads for &Inner {
         account_id: &AccountId,
         pending_holds: PendingHolds,
     ) -> Result<Option<AccountState>, StoreError> {
-        match pending_holds {
-            // The map keeps exactly the live grants and pending holds.
-            PendingHolds::All => Ok(self.accounts.get(account_id).cloned()),
-        }
+        Ok(self.base_state(account_id, pending_holds))
     }
 
     fn hold(&mut self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
@@ -198,8 +222,9 @@ impl LedgerStore for MemoryStore {
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
+        let now = self.clock.now();
         let inner = self.lock();
-        Ok(inner.accounts.get(account_id).map(|state| AccountView::at(state, self.clock.now())))
+        Ok(inner.base_state(account_id, PendingHolds::DueAt(now)).map(|state| AccountView::at(&state, now)))
     }
 
     async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {
@@ -211,11 +236,36 @@ impl LedgerStore for MemoryStore {
         let now = self.clock.now();
         let inner = self.lock();
         let mut holds: Vec<Hold> = inner
-            .accounts
+            .pending
             .get(account_id)
-            .map(|state| state.holds.iter().filter(|hold| hold.is_active_at(now)).cloned().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, hold_id)| inner.holds.get(hold_id))
+            .filter(|hold| hold.is_active_at(now))
+            .cloned()
+            .collect();
         holds.sort_by_key(|hold| (hold.created_at, hold.hold_id.clone()));
+        Ok(holds)
+    }
+
+    async fn holds(
+        &self,
+        account_id: &AccountId,
+        state: HoldState,
+        after: Option<&HoldId>,
+        limit: u32,
+    ) -> Result<Vec<Hold>, StoreError> {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let mut holds: Vec<Hold> = inner
+            .holds
+            .values()
+            .filter(|hold| &hold.account_id == account_id && after.is_none_or(|after| &hold.hold_id > after))
+            .map(|hold| ledger::view_hold(hold, now))
+            .filter(|hold| hold.state == state)
+            .collect();
+        holds.sort_by(|a, b| a.hold_id.cmp(&b.hold_id));
+        holds.truncate(limit.min(crate::HOLDS_PAGE_MAX) as usize);
         Ok(holds)
     }
 
@@ -237,8 +287,12 @@ impl LedgerStore for MemoryStore {
             .accounts
             .values()
             .filter(|state| {
-                let mut copy = (*state).clone();
-                !ledger::advance(&mut copy, now).entries.is_empty()
+                let hold_due = inner
+                    .pending
+                    .get(&state.account_id)
+                    .and_then(BTreeSet::first)
+                    .is_some_and(|(expires_at, _)| *expires_at <= now);
+                hold_due || state.grants.iter().any(|grant| grant.is_expired_at(now) && !grant.free.is_zero())
             })
             .map(|state| state.account_id.clone())
             .take(accounts_max as usize)
@@ -271,6 +325,13 @@ impl LedgerStore for MemoryStore {
                 account_id: account_id.clone(),
                 totals: state.totals,
                 free: Amount::sum(state.grants.iter().map(|grant| grant.free)),
+                held: state.held,
+                pinned: state
+                    .grants
+                    .iter()
+                    .filter(|grant| !grant.pinned.is_zero())
+                    .map(|grant| (grant.grant_id.clone(), grant.pinned))
+                    .collect(),
                 holds,
             };
             let entries = journals.remove(account_id).unwrap_or_default();

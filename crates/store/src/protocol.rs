@@ -26,7 +26,7 @@
 //! thread, the memory store) run steps 1–3 whole through [`decide`] and a [`Reads`].
 
 use ledger::{
-    AccountId, AccountState, Changes, Command, Entry, Grant, GrantKind, Hold, HoldId, HoldState, Outcome, Reference,
+    AccountId, AccountState, Amount, Changes, Command, Entry, Grant, GrantKind, Hold, HoldId, Outcome, Reference,
     Rejection, Target, Timestamp, Totals,
 };
 
@@ -44,8 +44,20 @@ pub fn replay(idempotency: &Idempotency, fingerprint: &str, result: &str) -> Res
 /// Which of an account's pending holds its base state carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PendingHolds {
-    /// Every pending hold of the account.
-    All,
+    /// The pending holds due at this time (`expires_at <= at`): what the ledger expires before
+    /// deciding. The others are in the account's `held` and their grants' `pinned`, so they are
+    /// never read (a backend finds the due ones through an index on pending holds by account and
+    /// expiry), and a command costs the same at one pending hold or a hundred thousand.
+    DueAt(Timestamp),
+}
+
+impl PendingHolds {
+    /// Whether a pending hold expiring at `expires_at` belongs in the state.
+    pub fn includes(self, expires_at: Timestamp) -> bool {
+        match self {
+            PendingHolds::DueAt(at) => expires_at <= at,
+        }
+    }
 }
 
 /// What deciding one command needs read, after its idempotency key: see [`needs`].
@@ -61,12 +73,12 @@ pub struct Needs<'a> {
     pub grant: Option<(GrantKind, &'a Reference)>,
 }
 
-/// What deciding `command` needs read: the one place that says it, so that loading less (the
-/// holds due to expire instead of every pending hold) is decided here.
-pub fn needs(command: &Command) -> Needs<'_> {
+/// What deciding `command` at `now` needs read: the one place that says it. Of the pending
+/// holds, only those due at `now` (the ledger expires them first) and the one the command names.
+pub fn needs(command: &Command, now: Timestamp) -> Needs<'_> {
     Needs {
         target: command.target(),
-        pending_holds: PendingHolds::All,
+        pending_holds: PendingHolds::DueAt(now),
         hold: command.hold_to_load(),
         grant: command.grant_reference_to_load(),
     }
@@ -113,8 +125,8 @@ pub trait Reads {
     /// The account a hold belongs to, `None` when there is no such hold.
     fn hold_account(&mut self, hold_id: &HoldId) -> Result<Option<AccountId>, StoreError>;
 
-    /// The account's base state (row, live grants, `pending_holds`), `None` when it does not
-    /// exist.
+    /// The account's base state (row with its `held`, live grants, the `pending_holds`), `None`
+    /// when it does not exist.
     fn account(
         &mut self,
         account_id: &AccountId,
@@ -151,7 +163,7 @@ pub fn decide(reads: &mut impl Reads, request: &Request, now: Timestamp) -> Resu
             return Ok(Decided::Answered(replay(idempotency, &fingerprint, &result)?));
         }
     }
-    let mut decider = assemble(reads, &request.command)?;
+    let mut decider = assemble(reads, &request.command, now)?;
     let result = decider.decide(request, now);
     Ok(Decided::Fresh(result, Box::new(decider.finish())))
 }
@@ -161,7 +173,7 @@ pub fn decide(reads: &mut impl Reads, request: &Request, now: Timestamp) -> Resu
 /// key and targets an account that exists, so the ledger never refuses it.
 pub fn sweep(reads: &mut impl Reads, account_id: &AccountId, now: Timestamp) -> Result<Writes, StoreError> {
     let request = Request::new(Command::Sweep { account_id: account_id.clone() });
-    let mut decider = assemble(reads, &request.command)?;
+    let mut decider = assemble(reads, &request.command, now)?;
     match decider.decide(&request, now) {
         Ok(_) => Ok(decider.finish()),
         Err(rejection) => {
@@ -171,8 +183,8 @@ pub fn sweep(reads: &mut impl Reads, account_id: &AccountId, now: Timestamp) -> 
 }
 
 /// Step 2 through `reads`: a [`Decider`] on the state `command` needs.
-fn assemble(reads: &mut impl Reads, command: &Command) -> Result<Decider, StoreError> {
-    let needs = needs(command);
+fn assemble(reads: &mut impl Reads, command: &Command, now: Timestamp) -> Result<Decider, StoreError> {
+    let needs = needs(command, now);
     let account_id = match needs.target {
         Target::Account(account_id) => account_id.clone(),
         Target::Hold(hold_id) => match reads.hold_account(hold_id)? {
@@ -211,7 +223,8 @@ enum Account {
 #[derive(Debug)]
 pub struct Decider {
     account: Account,
-    totals_before: Option<Totals>,
+    /// The row's figures as loaded: totals and held.
+    row_before: Option<(Totals, Amount)>,
     changes: Changes,
     records: Vec<Record>,
 }
@@ -219,19 +232,14 @@ pub struct Decider {
 impl Decider {
     /// On the account's assembled state (`None`: the account does not exist yet).
     pub fn new(state: Option<AccountState>) -> Decider {
-        let totals_before = state.as_ref().map(|state| state.totals);
-        Decider { account: Account::Known(state), totals_before, changes: Changes::default(), records: Vec::new() }
+        let row_before = state.as_ref().map(|state| (state.totals, state.held));
+        Decider { account: Account::Known(state), row_before, changes: Changes::default(), records: Vec::new() }
     }
 
     /// For commands naming a hold that does not exist: each is rejected with `hold_not_found`
     /// (and the rejection recorded on its key like any other).
     pub fn hold_not_found() -> Decider {
-        Decider {
-            account: Account::HoldNotFound,
-            totals_before: None,
-            changes: Changes::default(),
-            records: Vec::new(),
-        }
+        Decider { account: Account::HoldNotFound, row_before: None, changes: Changes::default(), records: Vec::new() }
     }
 
     /// Decides one request whose key has no record, at `now`; with a key, its result is recorded
@@ -270,7 +278,7 @@ impl Decider {
         let account_row = match &state {
             _ if self.changes.is_empty() => AccountRow::Unchanged,
             _ if self.changes.account_created => AccountRow::Insert,
-            Some(state) if Some(state.totals) != self.totals_before => AccountRow::Update,
+            Some(state) if Some((state.totals, state.held)) != self.row_before => AccountRow::Update,
             _ => AccountRow::Unchanged,
         };
         Writes { state, account_row, changes: self.changes, records: self.records }
@@ -297,12 +305,11 @@ fn merge(into: &mut Changes, changes: Changes) {
 /// What happens to the account row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountRow {
-    /// Its totals did not move: left alone (a hold does not rewrite the row that every other
-    /// command of the account waits on).
+    /// Its totals and held did not move: left alone (an extend, a grant, a rejection).
     Unchanged,
-    /// The account was created: insert it, with the final totals.
+    /// The account was created: insert it, with the final totals and held.
     Insert,
-    /// Its totals moved: update them.
+    /// Its totals or held moved: update them.
     Update,
 }
 
@@ -373,19 +380,21 @@ impl Writes {
         self.changes.is_empty() && self.records.is_empty()
     }
 
-    /// The only state a backend may keep once these writes are committed: the account's row,
-    /// live grants and pending holds as now stored (`None` when the account does not exist).
+    /// The only state a backend may keep once these writes are committed: the account's row
+    /// and live grants as now stored, no holds (`None` when the account does not exist). A
+    /// command's due and named holds are read afresh for it, so what is kept stays small however
+    /// many holds are pending.
     pub fn into_cached(self) -> Option<AccountState> {
         let mut state = self.state?;
         state.grants.retain(|grant| grant.live);
-        state.holds.retain(|hold| hold.state == HoldState::Pending);
+        state.holds.clear();
         Some(state)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ledger::{AccountId, Amount, GrantId, Overage};
+    use ledger::{AccountId, Amount, GrantId, HoldState, Overage};
 
     use super::*;
 
@@ -453,19 +462,23 @@ mod tests {
         assert_eq!(keys, ["k1", "k2"]);
         assert!(writes.records()[1].result.contains("insufficient_credits"));
         let cached = writes.into_cached().expect("the account exists");
-        assert!(cached.holds.is_empty(), "a captured hold is not kept");
+        assert!(cached.holds.is_empty(), "no hold is kept");
         assert_eq!(cached.materialized().balance, Amount::from_credits(6));
     }
 
-    /// The row is written only when it must be: not for a hold, but for a debit.
+    /// The row is written only when it must be: not for a grant, but for a hold or a debit.
     #[test]
-    fn the_account_row_is_updated_only_when_its_totals_move() {
+    fn the_account_row_is_updated_only_when_its_totals_or_held_move() {
         let mut decider = Decider::new(None);
         decider.decide(&Request::new(grant("g1", 10)), NOW).expect("granted");
         let state = decider.finish().into_cached();
         let mut decider = Decider::new(state.clone());
-        decider.decide(&Request::new(hold("h1", 4)), NOW).expect("held");
+        decider.decide(&Request::new(grant("g2", 10)), NOW).expect("granted");
         assert_eq!(decider.finish().account_row(), AccountRow::Unchanged);
+        // Since issue 16 the row keeps `held`: a hold moves it.
+        let mut decider = Decider::new(state.clone());
+        decider.decide(&Request::new(hold("h1", 4)), NOW).expect("held");
+        assert_eq!(decider.finish().account_row(), AccountRow::Update);
         let mut decider = Decider::new(state);
         let debit = Command::Debit { account_id: account(), amount: Amount::from_credits(1), reference: None };
         decider.decide(&Request::new(debit), NOW).expect("debited");
@@ -499,15 +512,20 @@ mod tests {
         let mut decider = Decider::new(None);
         decider.decide(&Request::new(grant("g1", 10)), NOW).expect("granted");
         decider.decide(&Request::new(hold("h1", 4)), NOW).expect("held");
-        let mut state = decider.finish().into_cached().expect("exists");
-        let mut stranger = state.holds[0].clone();
+        let writes = decider.finish();
+        let h1 = writes.holds().next().expect("h1 was written").clone();
+        let mut state = writes.into_cached().expect("exists");
+        assert!(state.holds.is_empty(), "the cache keeps no hold");
+        let mut stranger = h1.clone();
         stranger.hold_id = HoldId::parse("h2").expect("valid id");
         stranger.account_id = AccountId::parse("b").expect("valid id");
+        include_hold(&mut state, h1.clone());
+        include_hold(&mut state, h1);
         include_hold(&mut state, stranger);
         assert_eq!(state.holds.len(), 1);
         let release = Command::Release { hold_id: HoldId::parse("h1").expect("valid id") };
-        assert_eq!(needs(&release).missing_from(&state).hold, None, "h1 is there");
+        assert_eq!(needs(&release, NOW).missing_from(&state).hold, None, "h1 is there");
         let release = Command::Release { hold_id: HoldId::parse("h2").expect("valid id") };
-        assert!(needs(&release).missing_from(&state).hold.is_some(), "h2 is not");
+        assert!(needs(&release, NOW).missing_from(&state).hold.is_some(), "h2 is not");
     }
 }

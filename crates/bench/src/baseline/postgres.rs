@@ -518,6 +518,25 @@ impl LedgerStore for BaselinePostgresStore {
         rows.iter().map(hold_from).collect()
     }
 
+    /// Pending holds only (from [`LedgerStore::pending_holds`], paged by hold id): the baseline
+    /// is measured, not browsed.
+    async fn holds(
+        &self,
+        account_id: &AccountId,
+        state: ledger::HoldState,
+        after: Option<&HoldId>,
+        limit: u32,
+    ) -> Result<Vec<Hold>, StoreError> {
+        if state != ledger::HoldState::Pending {
+            return Err(StoreError::unavailable("the baseline lists pending holds only"));
+        }
+        let mut holds = self.pending_holds(account_id).await?;
+        holds.retain(|hold| after.is_none_or(|after| &hold.hold_id > after));
+        holds.sort_by(|a, b| a.hold_id.cmp(&b.hold_id));
+        holds.truncate(limit.min(store::HOLDS_PAGE_MAX) as usize);
+        Ok(holds)
+    }
+
     /// Always empty: the baseline keeps no journal.
     async fn entries(&self, _account_id: &AccountId, _after_seq: u64, _limit: u32) -> Result<Vec<Entry>, StoreError> {
         Ok(Vec::new())

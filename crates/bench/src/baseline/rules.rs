@@ -147,16 +147,19 @@ pub(crate) fn balances(available: i64, held: i64) -> Result<Balances, StoreError
 
 /// The account as it reads at `now`. The baseline keeps no grants, so the account reads as one
 /// synthetic grant (id `baseline`, never expiring) whose free part is `available` and from which
-/// every pending hold reserved its remaining part. [`AccountView::at`] then applies expiry as the
-/// ledger does: a pending hold past its expiry reads as expired and its credits as available.
+/// every pending hold reserved its remaining part (its `pinned`, and the account's `held`). The
+/// baseline loads every pending hold, the naive way; [`AccountView::at`] then applies expiry as
+/// the ledger does: a pending hold past its expiry reads as expired and its credits as available.
 pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) -> Result<AccountView, StoreError> {
     let created_at = Timestamp::from_micros(row.created_at);
+    let stored_held = Amount::sum(pending.iter().map(|hold| hold.remaining));
     let grant = Grant {
         grant_id: GrantId::parse(SYNTHETIC_GRANT_ID).expect("a valid grant id"),
         account_id: row.account_id.clone(),
         kind: GrantKind::Grant,
         amount: to_amount(row.granted, "granted")?,
         free: to_amount(row.available, "available")?,
+        pinned: stored_held,
         priority: 0,
         expires_at: None,
         created_at,
@@ -164,7 +167,6 @@ pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) 
         metadata: "{}".to_owned(),
         live: true,
     };
-    let stored_held = Amount::sum(pending.iter().map(|hold| hold.remaining));
     if stored_held != to_amount(row.held, "held")? {
         return Err(StoreError::corrupt(format!(
             "account {}: held {} µcr, its holds {stored_held}",
@@ -175,6 +177,7 @@ pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) 
         account_id: row.account_id,
         created_at,
         totals: Totals { spent: to_amount(row.captured, "captured")?, refunded: Amount::ZERO },
+        held: stored_held,
         grants: vec![grant],
         holds: pending,
     };
@@ -193,6 +196,7 @@ pub(crate) fn new_grant(command: &Command, now: Timestamp) -> Grant {
         kind: GrantKind::Grant,
         amount: *amount,
         free: *amount,
+        pinned: Amount::ZERO,
         priority: *priority,
         expires_at: None,
         created_at: now,

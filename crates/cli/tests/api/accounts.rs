@@ -118,6 +118,53 @@ async fn the_journal_pages_with_a_cursor() {
     app.entries("nobody", "").await.assert_problem(404, "account_not_found");
 }
 
+/// An account's holds page by state with a cursor; the account view carries none of them; bad
+/// input is problem+json.
+#[tokio::test]
+async fn the_holds_page_by_state_with_a_cursor() {
+    let app = spawn_app().await;
+    app.fund("alice", "10").await;
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        pending.push(app.hold_id("alice", "1").await);
+    }
+    pending.sort();
+    let captured = app.hold_id("alice", "2").await;
+    app.capture(&captured, json!({ "amount": "2" })).await.assert_status(200);
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["holds"].as_array().expect("list").iter().map(|h| h["hold_id"].as_str().expect("id").to_owned()).collect()
+    };
+
+    let first = app.get("/v1/accounts/alice/holds?limit=2").await;
+    let page = first.assert_status(200);
+    assert_eq!(ids(page), pending[..2]);
+    assert_eq!(page["holds"][0]["state"], "pending");
+    let next = page["next"].as_str().expect("a next cursor").to_owned();
+    assert_eq!(next, pending[1]);
+    let last = app.get(&format!("/v1/accounts/alice/holds?state=pending&limit=2&after={next}")).await;
+    let page = last.assert_status(200);
+    assert_eq!(ids(page), pending[2..]);
+    assert!(page["next"].is_null());
+
+    let reply = app.get("/v1/accounts/alice/holds?state=captured").await;
+    let page = reply.assert_status(200);
+    assert_eq!(ids(page), [captured]);
+    assert_eq!(page["holds"][0]["captured"], "2");
+    let reply = app.get("/v1/accounts/alice/holds?state=released").await;
+    assert_eq!(reply.assert_status(200)["holds"], json!([]));
+
+    let view = app.account("alice").await;
+    assert_eq!(view.body["held"], "3");
+    assert!(view.body.get("holds").is_none(), "the account view lists no holds");
+
+    app.get("/v1/accounts/nobody/holds").await.assert_problem(404, "account_not_found");
+    app.get("/v1/accounts/alice/holds?state=done").await.assert_problem(422, "invalid_request");
+    app.get("/v1/accounts/alice/holds?limit=0").await.assert_problem(422, "invalid_request");
+    app.get("/v1/accounts/alice/holds?limit=1001").await.assert_problem(422, "invalid_request");
+    app.get("/v1/accounts/alice/holds?after=not%20an%20id").await.assert_problem(422, "invalid_request");
+    app.get("/v1/accounts/alice/holds?extra=1").await.assert_problem(422, "invalid_request");
+}
+
 #[tokio::test]
 async fn a_debit_charges_available_credits_all_or_nothing() {
     let app = spawn_app().await;

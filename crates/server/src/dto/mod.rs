@@ -188,6 +188,40 @@ pub struct EntriesQuery {
     pub after: Option<String>,
 }
 
+/// Which holds `GET /v1/accounts/{account_id}/holds` lists: as they read now (a pending hold
+/// past its expiry reads as expired).
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldStateQuery {
+    #[default]
+    Pending,
+    Captured,
+    Released,
+    Expired,
+}
+
+/// Query of `GET /v1/accounts/{account_id}/holds`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HoldsQuery {
+    /// pending (default) | captured | released | expired
+    #[param(inline)]
+    pub state: Option<HoldStateQuery>,
+    /// Page size: 1 to 1000, 100 when absent.
+    pub limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+}
+
+/// One page of an account's holds, in hold-id order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldsResponse {
+    pub holds: Vec<HoldResponse>,
+    /// Pass as `after` for the next page; null at the end.
+    pub next: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HoldResponse {
     pub hold_id: String,

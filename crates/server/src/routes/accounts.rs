@@ -6,8 +6,8 @@ use axum::response::Response;
 use ledger::{Command, Outcome};
 
 use crate::dto::{
-    AccountResponse, DebitRequest, DebitResponse, EntriesQuery, EntriesResponse, GrantRequest, GrantResponse, Problem,
-    RefundRequest,
+    AccountResponse, DebitRequest, DebitResponse, EntriesQuery, EntriesResponse, GrantRequest, GrantResponse,
+    HoldStateQuery, HoldsQuery, HoldsResponse, Problem, RefundRequest,
 };
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, IdempotencyKey, JsonBody, RequireAdmin, RequireService};
@@ -17,6 +17,8 @@ use crate::wire;
 
 /// Priority of a grant whose request names none: the contract's default.
 const GRANT_PRIORITY_DEFAULT: i32 = 100;
+/// Page size of the holds list when the request names none.
+const HOLDS_LIMIT_DEFAULT: u32 = 100;
 
 /// Add credits to an account (creating it on its first grant).
 #[utoipa::path(
@@ -131,6 +133,59 @@ pub async fn list_entries(
         None
     };
     let body = EntriesResponse { entries: entries.iter().map(wire::entry_response).collect(), next };
+    Ok(json(StatusCode::OK, body))
+}
+
+/// The account's holds in one state, as they read now, in hold-id order, one page at a time. The
+/// account view carries no holds; this is where an account's pending holds are read.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account_id}/holds", tag = "accounts",
+    params(("account_id" = String, Path), HoldsQuery),
+    responses(
+        (status = 200, body = HoldsResponse),
+        (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_holds(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(account_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HoldsQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let limit_max = store::HOLDS_PAGE_MAX;
+    let limit = query.limit.unwrap_or(HOLDS_LIMIT_DEFAULT);
+    if !(1..=limit_max).contains(&limit) {
+        return Err(ApiError::invalid_request(format!("limit: must be between 1 and {limit_max}")));
+    }
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            ledger::HoldId::parse(cursor)
+                .map_err(|_| ApiError::invalid_request("after: not a cursor this API returned"))?,
+        ),
+    };
+    let hold_state = match query.state.unwrap_or_default() {
+        HoldStateQuery::Pending => ledger::HoldState::Pending,
+        HoldStateQuery::Captured => ledger::HoldState::Captured,
+        HoldStateQuery::Released => ledger::HoldState::Released,
+        HoldStateQuery::Expired => ledger::HoldState::Expired,
+    };
+    // One extra hold tells whether another page follows (the store caps a page at `limit_max`,
+    // so a full page of `limit_max` says so by itself).
+    let fetch = limit.saturating_add(1).min(limit_max);
+    let mut holds = state.store.holds(&account_id, hold_state, after.as_ref(), fetch).await?;
+    if holds.is_empty() && state.store.account(&account_id).await?.is_none() {
+        return Err(ApiError::account_not_found());
+    }
+    // At the largest page size no extra hold was asked for: a full page then offers a cursor,
+    // and the page after it may be empty.
+    let more = holds.len() > limit as usize || (fetch == limit && holds.len() == limit as usize);
+    holds.truncate(limit as usize);
+    let next = if more { holds.last().map(|hold| hold.hold_id.to_string()) } else { None };
+    let body = HoldsResponse { holds: holds.iter().map(wire::hold_response).collect(), next };
     Ok(json(StatusCode::OK, body))
 }
 

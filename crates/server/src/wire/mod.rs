@@ -148,23 +148,15 @@ pub fn grant_response(grant: &Grant, remaining: Amount) -> GrantResponse {
 }
 
 /// An account as it reads now: its figures and every grant with credits left, in spend order.
-/// A grant's `remaining` is its free part plus what active holds reserved from it.
+/// A grant's `remaining` is its free part plus what active holds reserved from it (its kept
+/// `pinned`; the view has already returned what due holds reserved).
 pub fn account_response(view: &store::AccountView) -> AccountResponse {
     let mut grants: Vec<&Grant> = view.state.grants.iter().collect();
     grants.sort_by(|a, b| a.spend_order_key().cmp(&b.spend_order_key()));
     let grants = grants
         .into_iter()
         .filter_map(|grant| {
-            let pinned = Amount::sum(
-                view.state
-                    .holds
-                    .iter()
-                    .filter(|hold| hold.state == ledger::HoldState::Pending)
-                    .flat_map(|hold| hold.allocations.iter())
-                    .filter(|allocation| allocation.grant_id == grant.grant_id)
-                    .map(|allocation| allocation.amount),
-            );
-            let remaining = grant.free.plus(pinned);
+            let remaining = grant.free.plus(grant.pinned);
             (!remaining.is_zero()).then(|| grant_response(grant, remaining))
         })
         .collect();

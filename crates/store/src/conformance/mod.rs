@@ -57,6 +57,9 @@ macro_rules! conformance_tests {
             concurrent_same_key_applies_once
             entries_pagination_is_stable
             sweep_forgets_old_idempotency_keys
+            kept_figures_follow_every_hold_change
+            many_pending_holds_stay_out_of_account_reads
+            holds_are_paged_by_state
             differential_against_model
         );
         $crate::conformance_tests!(@runs $factory;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::future::join_all;
-use ledger::{Command, EntryKind, GrantId, HoldId, HoldState, Outcome, Overage, Reference, Rejection};
+use ledger::{Amount, Command, EntryKind, GrantId, HoldId, HoldState, Outcome, Overage, Reference, Rejection};
 
 use super::{account, balances, cr, Harness};
 use crate::{Executed, Request};
@@ -354,5 +354,161 @@ pub async fn sweep_forgets_old_idempotency_keys(h: Harness) {
     // record is gone by the store no longer replaying it.
     let after = h.store.execute(Request::with_key(h.hold_command("u", "1", 60), "old", "f2")).await.unwrap();
     assert!(matches!(after, Executed::Fresh(Ok(_))), "{after:?}");
+    h.assert_verified().await;
+}
+
+/// The kept figures (issue 16): the account's `held` and each grant's `pinned` follow every
+/// hold, capture (partial, final, with overage), release, expiry and refund, across grants of
+/// several priorities — `verify` checks both against the holds after each step, and the view's
+/// grants carry what their pending holds pinned.
+pub async fn kept_figures_follow_every_hold_change(h: Harness) {
+    h.grant_with("u", "10", 1, None, None).await.expect("granted");
+    h.grant_with("u", "10", 2, Some(600), None).await.expect("granted");
+    let spanning = h.hold("u", "15", 60).await.expect("held"); // 10 of the first, 5 of the second
+    let short = h.hold("u", "2", 30).await.expect("held");
+    let long = h.hold("u", "1", 3600).await.expect("held");
+    h.assert_verified().await;
+    let view = h.store.account(&account("u")).await.expect("answers").expect("exists");
+    let pinned: Vec<Amount> = view.state.grants.iter().map(|grant| grant.pinned).collect();
+    assert_eq!(Amount::sum(pinned.iter().copied()), cr("18"), "{pinned:?}");
+    assert_eq!(view.balances, balances("20", "18", "2"));
+    assert!(view.state.holds.is_empty(), "no hold is due, so the view carries none");
+    h.capture(&spanning.hold_id, "11", false).await.expect("partial capture");
+    h.assert_verified().await;
+    let overage = Command::Capture {
+        hold_id: spanning.hold_id.clone(),
+        amount: cr("5"),
+        is_final: true,
+        overage: Overage::IfAvailable,
+    };
+    h.run(overage).await.expect("final capture with 1 of overage");
+    assert_eq!(h.balances("u").await, balances("4", "3", "1"));
+    h.assert_verified().await;
+    h.clock.advance_seconds(31);
+    assert_eq!(h.balances("u").await, balances("4", "1", "3"), "the short hold expired on read");
+    let report = h.store.sweep(100).await.expect("swept");
+    assert_eq!(report.accounts, 1, "the short hold's expiry is journaled");
+    h.assert_verified().await;
+    h.release(&long.hold_id).await.expect("released");
+    h.assert_verified().await;
+    let short_now = h.store.hold(&short.hold_id).await.expect("answers").expect("exists");
+    assert_eq!(short_now.state, HoldState::Expired);
+    let refund = Command::Refund {
+        account_id: account("u"),
+        grant_id: GrantId::parse("kept-refund").expect("valid id"),
+        amount: cr("3"),
+        reference: Reference::parse("kept-refund").expect("valid reference"),
+        hold_id: Some(spanning.hold_id.clone()),
+        priority: 0,
+        expires_at: None,
+    };
+    h.run(refund).await.expect("refunded");
+    assert_eq!(h.balances("u").await, balances("7", "0", "7"));
+    let view = h.store.account(&account("u")).await.expect("answers").expect("exists");
+    assert!(view.state.grants.iter().all(|grant| grant.pinned.is_zero()), "nothing is pending");
+    h.assert_verified().await;
+}
+
+/// How many pending holds [`many_pending_holds_stay_out_of_account_reads`] piles up.
+const PILE_HOLDS: usize = 5_000;
+
+/// An account with 5,000 pending holds: its read carries none of them (only due ones), holds
+/// and captures still decide right, the due ones — and only they — are expired first, and the
+/// paged holds read lists every pending hold once, in order, in pages of at most 1,000.
+pub async fn many_pending_holds_stay_out_of_account_reads(h: Harness) {
+    h.grant("u", "100000").await;
+    let h = Arc::new(h);
+    let mut held: Vec<HoldId> = Vec::with_capacity(PILE_HOLDS);
+    for chunk in 0..PILE_HOLDS / 100 {
+        // Every tenth chunk expires soon, the rest in an hour.
+        let ttl_seconds = if chunk % 10 == 0 { 60 } else { 3600 };
+        let tasks = (0..100).map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.hold("u", "1", ttl_seconds).await })
+        });
+        for joined in join_all(tasks).await {
+            held.push(joined.expect("task ends").expect("held").hold_id);
+        }
+    }
+    let view = h.store.account(&account("u")).await.expect("answers").expect("exists");
+    assert!(view.state.holds.is_empty(), "{} holds in the account read", view.state.holds.len());
+    let pending = cr(&PILE_HOLDS.to_string());
+    assert_eq!(view.balances.held, pending);
+
+    // A hold and a capture decide on the kept figures.
+    let one = h.hold("u", "2", 3600).await.expect("held");
+    h.capture(&one.hold_id, "2", true).await.expect("captured");
+    assert_eq!(h.balances("u").await, balances("99998", &PILE_HOLDS.to_string(), &(99_998 - PILE_HOLDS).to_string()));
+
+    // Past the short TTL: the 500 due holds read as expired, and only they are loaded.
+    h.clock.advance_seconds(61);
+    let view = h.store.account(&account("u")).await.expect("answers").expect("exists");
+    let due = PILE_HOLDS / 10;
+    assert_eq!(view.state.holds.len(), due, "the due holds, expired on read");
+    assert!(view.state.holds.iter().all(|hold| hold.state == HoldState::Expired));
+    assert_eq!(view.balances.held, cr(&(PILE_HOLDS - due).to_string()));
+
+    // Pages of the pending holds: each once, in hold-id order, at most 1,000 a page.
+    let mut listed: Vec<HoldId> = Vec::new();
+    let mut after: Option<HoldId> = None;
+    loop {
+        let page = h.store.holds(&account("u"), HoldState::Pending, after.as_ref(), 5_000).await.expect("answers");
+        assert!(page.len() <= crate::HOLDS_PAGE_MAX as usize);
+        let Some(last) = page.last() else { break };
+        after = Some(last.hold_id.clone());
+        assert!(page.iter().all(|hold| hold.state == HoldState::Pending));
+        listed.extend(page.into_iter().map(|hold| hold.hold_id));
+    }
+    assert_eq!(listed.len(), PILE_HOLDS - due);
+    assert!(listed.windows(2).all(|pair| pair[0] < pair[1]), "in hold-id order, no repeats");
+    let expired = h.store.holds(&account("u"), HoldState::Expired, None, 1_000).await.expect("answers");
+    assert_eq!(expired.len(), due, "due holds read as expired before any sweep");
+
+    // A command expires the due holds first; then none is due, and none is loaded.
+    h.hold("u", "1", 3600).await.expect("held");
+    let view = h.store.account(&account("u")).await.expect("answers").expect("exists");
+    assert!(view.state.holds.is_empty());
+    h.assert_verified().await;
+}
+
+/// The paged holds read by state: captured, released and expired holds each in their own list,
+/// a pending hold past its expiry listed as expired (exact on read), an empty page past the end
+/// and for an account without holds.
+pub async fn holds_are_paged_by_state(h: Harness) {
+    h.grant("u", "100").await;
+    let captured = h.hold("u", "1", 600).await.expect("held");
+    h.capture(&captured.hold_id, "1", true).await.expect("captured");
+    let released = h.hold("u", "1", 600).await.expect("held");
+    h.release(&released.hold_id).await.expect("released");
+    let expiring = h.hold("u", "1", 10).await.expect("held");
+    let pending: Vec<HoldId> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(h.hold("u", "1", 600).await.expect("held").hold_id);
+        }
+        ids.sort();
+        ids
+    };
+    let list = |state: HoldState, after: Option<HoldId>, limit: u32| {
+        let h = &h;
+        async move {
+            let page = h.store.holds(&account("u"), state, after.as_ref(), limit).await.expect("answers");
+            page.into_iter().map(|hold| hold.hold_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(HoldState::Captured, None, 10).await, vec![captured.hold_id]);
+    assert_eq!(list(HoldState::Released, None, 10).await, vec![released.hold_id]);
+    assert_eq!(list(HoldState::Expired, None, 10).await, Vec::<HoldId>::new());
+    let mut all_pending = pending.clone();
+    all_pending.push(expiring.hold_id.clone());
+    all_pending.sort();
+    assert_eq!(list(HoldState::Pending, None, 10).await, all_pending);
+    h.clock.advance_seconds(11);
+    assert_eq!(list(HoldState::Expired, None, 10).await, vec![expiring.hold_id]);
+    assert_eq!(list(HoldState::Pending, None, 2).await, pending[..2]);
+    assert_eq!(list(HoldState::Pending, Some(pending[1].clone()), 10).await, pending[2..]);
+    assert_eq!(list(HoldState::Pending, Some(pending[4].clone()), 10).await, Vec::<HoldId>::new());
+    let other = h.store.holds(&account("nobody"), HoldState::Pending, None, 10).await.expect("answers");
+    assert!(other.is_empty());
     h.assert_verified().await;
 }
