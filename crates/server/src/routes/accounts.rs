@@ -91,6 +91,15 @@ pub async fn get_account(
     Ok(json(StatusCode::OK, body))
 }
 
+/// A list route's `limit`: the default (never above the maximum) when absent, else 1..=max.
+fn page_limit(limit: Option<u32>, default: u32, limit_max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default.min(limit_max));
+    if !(1..=limit_max).contains(&limit) {
+        return Err(ApiError::invalid_request(format!("limit: must be between 1 and {limit_max}")));
+    }
+    Ok(limit)
+}
+
 /// The account's journal, oldest first, one page at a time.
 #[utoipa::path(
     get, path = "/v1/accounts/{account_id}/entries", tag = "accounts",
@@ -110,10 +119,7 @@ pub async fn list_entries(
 ) -> Result<Response, ApiError> {
     let account_id = wire::parse_account_id(&account_id)?;
     let limit_max = state.config.entries_limit_max;
-    let limit = query.limit.unwrap_or(state.config.entries_limit_default.min(limit_max));
-    if !(1..=limit_max).contains(&limit) {
-        return Err(ApiError::invalid_request(format!("limit: must be between 1 and {limit_max}")));
-    }
+    let limit = page_limit(query.limit, state.config.entries_limit_default, limit_max)?;
     let after_seq = match query.after.as_deref() {
         None => 0,
         Some(cursor) => {
@@ -156,10 +162,7 @@ pub async fn list_holds(
 ) -> Result<Response, ApiError> {
     let account_id = wire::parse_account_id(&account_id)?;
     let limit_max = store::HOLDS_PAGE_MAX;
-    let limit = query.limit.unwrap_or(HOLDS_LIMIT_DEFAULT);
-    if !(1..=limit_max).contains(&limit) {
-        return Err(ApiError::invalid_request(format!("limit: must be between 1 and {limit_max}")));
-    }
+    let limit = page_limit(query.limit, HOLDS_LIMIT_DEFAULT, limit_max)?;
     let after = match query.after.as_deref() {
         None => None,
         Some(cursor) => Some(
