@@ -280,14 +280,17 @@ async fn instant_provider() -> FakeProvider {
     fake
 }
 
+/// An engine over `ledger` and `runs`; `one_store` when they are the same store, so the settle is
+/// written with the run's end (as a server does), else sent to the ledger on its own.
 fn engine_over(
     ledger: Arc<dyn LedgerStore>,
     runs: Arc<dyn RunStore>,
+    one_store: bool,
     fake: &FakeProvider,
     clock: Arc<dyn Clock>,
 ) -> Arc<Engine> {
     Engine::new(
-        EngineConfig::default(),
+        EngineConfig { settle_with_end: one_store, ..EngineConfig::default() },
         ledger,
         runs,
         Arc::new(fake.provider()),
@@ -331,8 +334,8 @@ async fn measure_on(store: Arc<SqliteStore>, clock: Arc<dyn Clock>, turns: usize
     }
     let fake = instant_provider().await;
     let null_ledger = Arc::new(NullLedger::new(account_id.clone(), clock.clone()));
-    let on = engine_over(store.clone(), store.clone(), &fake, clock.clone());
-    let off = engine_over(null_ledger, store.clone(), &fake, clock);
+    let on = engine_over(store.clone(), store.clone(), true, &fake, clock.clone());
+    let off = engine_over(null_ledger, store.clone(), false, &fake, clock);
 
     let (mut on_latencies, mut off_latencies) = (Latencies::new(), Latencies::new());
     let mut settled = Amount::ZERO;

@@ -64,8 +64,8 @@ use store::keys::{self, KeyUse, KeyedRun, RecordedResponse};
 use store::runs::RUN_EVENTS_PAGE_MAX;
 use store::{
     AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, Idempotency, InstanceLease, JobId, JobRecord,
-    JobStore, JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunEventsWrite, RunId, RunRecord, RunSignal,
-    RunState, RunStore, StoreError, StoredFrame, SweepReport, ThreadId, VerifyReport,
+    JobStore, JobWrite, JobWriteRefusal, JobWritten, LedgerStore, Request, RunEndWritten, RunEventsWrite, RunId,
+    RunRecord, RunSettle, RunSignal, RunState, RunStore, StoreError, StoredFrame, SweepReport, ThreadId, VerifyReport,
 };
 use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
@@ -957,6 +957,19 @@ impl RunStore for PostgresStore {
 
     async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {
         self.retrying("write_run_events", || self.try_write_run_events(write)).await
+    }
+
+    async fn write_run_end(&self, write: &RunEventsWrite, settle: &RunSettle) -> Result<RunEndWritten, StoreError> {
+        self.retrying("write_run_end", || async {
+            let mut client = self.client().await?;
+            let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+            let ended = runs::write_end_attempt(transaction, write, settle, self.clock.now()).await?;
+            if ended.committed {
+                self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(ended.result)
+        })
+        .await
     }
 
     async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {

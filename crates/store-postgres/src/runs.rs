@@ -28,14 +28,15 @@ use ledger::{AccountId, HoldId, Timestamp};
 use store::codec::undecodable;
 use store::keys::{self, KeyedRun};
 use store::{
-    Artifact, ArtifactId, CreateRunRefusal, HoldResolution, Idempotency, RunEventsWrite, RunId, RunRecord, RunState,
-    StoreError, StoredFrame, ThreadId,
+    Artifact, ArtifactId, CreateRunRefusal, Executed, HoldResolution, Idempotency, RunEndWritten, RunEventsWrite,
+    RunId, RunRecord, RunSettle, RunState, StoreError, StoredFrame, ThreadId,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::{describe, Failure, RetryCause};
+use crate::execute;
 use crate::listen::EVENTS_CHANNEL;
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, account_id, thread_id, turn_index, state, instance_id, hold_id, \
@@ -136,6 +137,50 @@ pub(crate) async fn write_events_attempt(
     transaction: Transaction<'_>,
     write: &RunEventsWrite,
 ) -> Result<bool, Failure> {
+    if !write_events(&transaction, write).await? {
+        transaction.rollback().await?;
+        return Ok(false);
+    }
+    transaction.commit().await?;
+    Ok(true)
+}
+
+/// What one attempt at [`store::RunStore::write_run_end`] decided, and whether it committed.
+pub(crate) struct Ended {
+    pub result: RunEndWritten,
+    pub committed: bool,
+}
+
+/// One attempt at [`store::RunStore::write_run_end`] in `transaction`: the run's end first (an
+/// unknown run never reaches the ledger), then its settlement through the ledger's own path,
+/// committed together when the ledger answers as expected, else rolled back. On `Err` the
+/// transaction is dropped, which rolls it back.
+pub(crate) async fn write_end_attempt(
+    transaction: Transaction<'_>,
+    write: &RunEventsWrite,
+    settle: &RunSettle,
+    now: Timestamp,
+) -> Result<Ended, Failure> {
+    store::runs::ending_run(write).map_err(Failure::Store)?;
+    if !write_events(&transaction, write).await? {
+        transaction.rollback().await?;
+        return Ok(Ended { result: RunEndWritten::NoSuchRun, committed: false });
+    }
+    match execute::apply(&transaction, &settle.request, now).await?.executed {
+        Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) if settle.expected.matches(&outcome) => {
+            transaction.commit().await?;
+            Ok(Ended { result: RunEndWritten::Written(outcome), committed: true })
+        }
+        other => {
+            transaction.rollback().await?;
+            Ok(Ended { result: RunEndWritten::Refused(other), committed: false })
+        }
+    }
+}
+
+/// The writes of [`store::RunStore::write_run_events`] in `transaction`, neither committed nor
+/// rolled back; false, having written nothing, for an unknown run.
+async fn write_events(transaction: &Transaction<'_>, write: &RunEventsWrite) -> Result<bool, Failure> {
     if let Some(run) = &write.run {
         let update = transaction.prepare_cached(UPDATE_RUN).await?;
         let params: [&(dyn ToSql + Sync); 6] = [
@@ -152,7 +197,6 @@ pub(crate) async fn write_events_attempt(
             Err(error) => return Err(error.into()),
         };
         if updated == 0 {
-            transaction.rollback().await?;
             return Ok(false);
         }
     }
@@ -179,7 +223,6 @@ pub(crate) async fn write_events_attempt(
             .await?;
         transaction.execute(&notify, &[&notified]).await?;
     }
-    transaction.commit().await?;
     Ok(true)
 }
 

@@ -36,8 +36,8 @@ use store::runs::RUN_SIGNALS_CAPACITY;
 use store::{
     AccountView, Artifact, ArtifactId, Clock, CreateRunRefusal, Executed, Idempotency, InstanceLease, JobId, JobRecord,
     JobStore, JobWrite, JobWriteRefusal, JobWritten, KeyUse, KeyedRun, LedgerStore, RecordedResponse, Request,
-    RunEventsWrite, RunId, RunRecord, RunSignal, RunState, RunStore, StoreError, StoredFrame, SweepReport, ThreadId,
-    VerifyReport,
+    RunEndWritten, RunEventsWrite, RunId, RunRecord, RunSettle, RunSignal, RunState, RunStore, StoreError, StoredFrame,
+    SweepReport, ThreadId, VerifyReport,
 };
 use tokio::sync::{broadcast, mpsc};
 
@@ -488,6 +488,18 @@ impl RunStore for SqliteStore {
     async fn artifact(&self, artifact_id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
         let artifact_id = artifact_id.to_owned();
         self.readers.run(move |conn| runs::artifact(conn, &artifact_id)).await
+    }
+
+    async fn write_run_end(&self, write: &RunEventsWrite, settle: &RunSettle) -> Result<RunEndWritten, StoreError> {
+        let runs = write.runs_with_frames();
+        let written = self.call(Work::WriteRunEnd, Box::new((write.clone(), settle.clone()))).await?;
+        if matches!(written, RunEndWritten::Written(_)) {
+            for run_id in runs {
+                // No receiver is not an error: nobody follows.
+                let _ = self.signals.send(RunSignal::Events(run_id));
+            }
+        }
+        Ok(written)
     }
 
     async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {

@@ -34,7 +34,7 @@ use rusqlite::Connection;
 use store::protocol::{self, AccountRow, Decided, PendingHolds, Writes};
 use store::{
     Artifact, Clock, CreateRunRefusal, Executed, Idempotency, JobRecord, JobWrite, JobWriteRefusal, JobWritten, KeyUse,
-    RecordedResponse, Request, RunEventsWrite, RunId, RunRecord, StoreError,
+    RecordedResponse, Request, RunEndWritten, RunEventsWrite, RunId, RunRecord, RunSettle, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -134,6 +134,8 @@ pub(crate) enum Work {
     UpdateRun(Job<RunRecord, bool>),
     /// Answers false (nothing written) when the write's run does not exist.
     WriteRunEvents(Job<RunEventsWrite, bool>),
+    /// A run's end with its settlement ([`store::RunStore::write_run_end`]); boxed: it is large.
+    WriteRunEnd(Job<Box<(RunEventsWrite, RunSettle)>, RunEndWritten>),
     /// Forgets frames of runs ended before the time, at most the count: answers how many.
     ForgetRunEvents(Job<(Timestamp, u32), u64>),
     /// Answers whether the run was running.
@@ -158,6 +160,7 @@ macro_rules! each_job {
             Work::CreateRun($job) => $body,
             Work::UpdateRun($job) => $body,
             Work::WriteRunEvents($job) => $body,
+            Work::WriteRunEnd($job) => $body,
             Work::ForgetRunEvents($job) => $body,
             Work::RequestCancel($job) => $body,
             Work::RecordResponse($job) => $body,
@@ -506,6 +509,7 @@ impl Writer {
             }
             Work::UpdateRun(job) => job.perform(|run| kept(runs::update_run(&self.conn, run))),
             Work::WriteRunEvents(job) => job.perform(|write| kept(runs::write_run_events(&self.conn, write))),
+            Work::WriteRunEnd(job) => job.perform(|end| self.write_run_end(&end.0, &end.1, now)),
             Work::ForgetRunEvents(job) => {
                 job.perform(|(ended_before, limit)| kept(runs::forget_run_events(&self.conn, *ended_before, *limit)))
             }
@@ -550,6 +554,28 @@ impl Writer {
             Executed::Conflict => JobWriteRefusal::Ledger(None),
         };
         Ok((Err(refusal), Performed { keep: false, ..performed }))
+    }
+
+    /// The run's end first (an unknown run never reaches the ledger), then its settlement through
+    /// the same path as [`Writer::execute`]; any answer but the expected one undoes both (the
+    /// caller rolls the savepoint back).
+    fn write_run_end(
+        &mut self,
+        write: &RunEventsWrite,
+        settle: &RunSettle,
+        now: Timestamp,
+    ) -> Result<(RunEndWritten, Performed), StoreError> {
+        store::runs::ending_run(write)?;
+        if !runs::write_run_events(&self.conn, write)? {
+            return Ok((RunEndWritten::NoSuchRun, Performed::UNDONE));
+        }
+        let (executed, performed) = self.execute(&settle.request, now)?;
+        match executed {
+            Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) if settle.expected.matches(&outcome) => {
+                Ok((RunEndWritten::Written(outcome), performed))
+            }
+            other => Ok((RunEndWritten::Refused(other), Performed { keep: false, ..performed })),
+        }
     }
 
     /// One request through [`store::protocol`]: replay, or read, decide and write. The

@@ -34,8 +34,8 @@ pub use ids::{ArtifactId, JobId, RunId, ThreadId};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 pub use keys::{KeyUse, KeyedRun, RecordedResponse};
 pub use runs::{
-    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
-    RunStore, StoredFrame,
+    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEndWritten, RunEventsWrite, RunRecord, RunSettle,
+    RunSignal, RunState, RunStore, SettledHold, StoredFrame,
 };
 
 /// Most holds one page of [`LedgerStore::holds`] returns.

@@ -22,8 +22,8 @@ use crate::jobs::{self, JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusa
 use crate::keys::{self, KeyUse, KeyedRun, RecordedResponse};
 use crate::protocol::{self, Decided, PendingHolds, Writes};
 use crate::runs::{
-    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
-    RunStore, StoredFrame, RUN_EVENTS_PAGE_MAX, RUN_SIGNALS_CAPACITY,
+    ending_run, Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEndWritten, RunEventsWrite, RunRecord,
+    RunSettle, RunSignal, RunState, RunStore, StoredFrame, RUN_EVENTS_PAGE_MAX, RUN_SIGNALS_CAPACITY,
 };
 use crate::{AccountView, Clock, Executed, Idempotency, LedgerStore, Request, StoreError, SweepReport, VerifyReport};
 
@@ -538,6 +538,41 @@ impl RunStore for MemoryStore {
             let _ = self.signals.send(RunSignal::Events(run_id));
         }
         Ok(true)
+    }
+
+    async fn write_run_end(&self, write: &RunEventsWrite, settle: &RunSettle) -> Result<RunEndWritten, StoreError> {
+        let run = ending_run(write)?;
+        let now = self.clock.now();
+        {
+            let mut inner = self.lock();
+            // Everything that can refuse is checked before anything is written.
+            if !inner.runs.contains_key(&run.run_id) {
+                return Ok(RunEndWritten::NoSuchRun);
+            }
+            let outcome = match inner.decide(&settle.request, now)? {
+                Decided::Answered(Executed::Replayed(Ok(outcome))) if settle.expected.matches(&outcome) => outcome,
+                Decided::Fresh(Ok(outcome), writes) if settle.expected.matches(&outcome) => {
+                    inner.store(*writes, now);
+                    outcome
+                }
+                Decided::Answered(executed) => return Ok(RunEndWritten::Refused(executed)),
+                Decided::Fresh(result, _) => return Ok(RunEndWritten::Refused(Executed::Fresh(result))),
+            };
+            let updated = inner.update_run(run)?;
+            assert!(updated, "the run was found under the same lock");
+            for frame in &write.frames {
+                inner.events.entry((frame.run_id.clone(), frame.seq)).or_insert_with(|| frame.clone());
+            }
+            for key in &write.evicted {
+                inner.events.remove(key);
+            }
+            drop(inner);
+            for run_id in write.runs_with_frames() {
+                // No receiver is not an error: nobody follows.
+                let _ = self.signals.send(RunSignal::Events(run_id));
+            }
+            Ok(RunEndWritten::Written(outcome))
+        }
     }
 
     async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {

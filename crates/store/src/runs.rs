@@ -13,12 +13,12 @@
 //! to look again (PostgreSQL: `LISTEN/NOTIFY`; the single-process stores: in process).
 
 use async_trait::async_trait;
-use ledger::{AccountId, HoldId, Timestamp};
+use ledger::{AccountId, Amount, HoldId, HoldState, Outcome, Timestamp};
 use tokio::sync::broadcast;
 
 pub use crate::ids::{ArtifactId, RunId, ThreadId};
 use crate::keys::{KeyUse, KeyedRun, RecordedResponse};
-use crate::{Idempotency, StoreError};
+use crate::{Executed, Idempotency, Request, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RunState {
@@ -166,6 +166,64 @@ impl RunEventsWrite {
     }
 }
 
+/// A run's settlement, decided in the same transaction as the write that ends the run
+/// ([`RunStore::write_run_end`]): the ledger request that resolves the run's hold (a capture or a
+/// release, with its idempotency key, so a retried or replayed settle never applies twice), and
+/// the hold as the run's record and frames (built before the write) say it is afterwards.
+#[derive(Clone, Debug)]
+pub struct RunSettle {
+    pub request: Request,
+    pub expected: SettledHold,
+}
+
+/// The part of a hold a run's end reports: what the ledger must answer for the end to be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettledHold {
+    pub hold_id: HoldId,
+    pub state: HoldState,
+    pub amount: Amount,
+    pub captured: Amount,
+}
+
+impl SettledHold {
+    /// Whether `outcome` (a capture's or a release's) leaves the hold as expected.
+    pub fn matches(&self, outcome: &Outcome) -> bool {
+        let hold = match outcome {
+            Outcome::Captured { hold } | Outcome::Released { hold, .. } => hold,
+            _ => return false,
+        };
+        hold.hold_id == self.hold_id
+            && hold.state == self.state
+            && hold.amount == self.amount
+            && hold.captured == self.captured
+    }
+}
+
+/// What [`RunStore::write_run_end`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEndWritten {
+    /// The settlement, the run's record and the frames committed together; the ledger's outcome
+    /// (a replayed key gives the first one).
+    Written(Outcome),
+    /// The write's run does not exist: nothing was written.
+    NoSuchRun,
+    /// The ledger answered otherwise than expected (a rejection, a conflicting key, another
+    /// hold): nothing was written, not even the rejection (the key stays unused).
+    Refused(Executed),
+}
+
+/// The terminal run a [`RunStore::write_run_end`] ends: every backend refuses the same caller
+/// bugs the same way ([`StoreError::Corrupt`]).
+pub fn ending_run(write: &RunEventsWrite) -> Result<&RunRecord, StoreError> {
+    match &write.run {
+        Some(run) if run.state.is_terminal() => Ok(run),
+        Some(run) => {
+            Err(StoreError::corrupt(format!("run {} is settled with a write that leaves it running", run.run_id)))
+        }
+        None => Err(StoreError::corrupt("a settle is written with the run it ends")),
+    }
+}
+
 /// Most frames [`RunStore::run_events`] returns at once.
 pub const RUN_EVENTS_PAGE_MAX: u32 = 1024;
 
@@ -289,6 +347,13 @@ pub trait RunStore: Send + Sync + 'static {
     /// run that does not exist; making a run `Running` that way is refused as in
     /// [`RunStore::update_run`].
     async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError>;
+
+    /// [`RunStore::write_run_events`] ending a run (`write.run` must be terminal) together with
+    /// its settlement, in one transaction: the ledger request is decided there, and the write
+    /// commits only when its answer is `settle.expected`; otherwise nothing is written, and the
+    /// answer says why. So a turn's settle and its end are one commit, and a hold resolves with
+    /// its run's end or not at all.
+    async fn write_run_end(&self, write: &RunEventsWrite, settle: &RunSettle) -> Result<RunEndWritten, StoreError>;
 
     /// The run's stored frames with `seq > after` (all when `None`), in seq order, at most
     /// `limit` (capped at [`RUN_EVENTS_PAGE_MAX`]).

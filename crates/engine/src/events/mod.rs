@@ -518,6 +518,46 @@ impl EventChannel {
         Some(frame)
     }
 
+    /// [`EventChannel::seal`] with one more frame before the final one (a turn's
+    /// `credit_settled`, written with the run's end and its settlement): both take their seqs
+    /// now, in order, and are published together by [`EventChannel::publish_sealed`]. `None`
+    /// when already sealed.
+    pub fn seal_after(&self, node: Option<&'static str>, before: Event, last: Event) -> Option<[Frame; 2]> {
+        debug_assert!(!before.kind().is_terminal() && last.kind().is_terminal(), "only the last frame ends a stream");
+        let mut buffer = self.buffer();
+        let first = self.next_frame(&mut buffer, None, node, before)?;
+        let second = self.next_frame(&mut buffer, None, None, last).expect("not sealed: a frame was just emitted");
+        buffer.sealed = true;
+        Some([first, second])
+    }
+
+    /// Takes back frames sealed but never published nor stored (their write was refused): the
+    /// stream is open again, and the next frame emitted takes `from`, the first of their seqs.
+    pub fn unseal(&self, from: u64) {
+        let mut buffer = self.buffer();
+        assert!(buffer.sealed && !buffer.closed, "only a sealed, unpublished stream is unsealed");
+        assert!(from <= buffer.next_seq, "seqs are taken back, never skipped");
+        buffer.next_seq = from;
+        buffer.sealed = false;
+    }
+
+    /// Publishes frames sealed by [`EventChannel::seal_after`] (once stored), in order, and
+    /// closes the stream.
+    pub fn publish_sealed(&self, frames: [Frame; 2]) {
+        let [first, last] = frames;
+        {
+            let mut buffer = self.buffer();
+            let bytes = stored::encode(&self.run_id, &first).data.len();
+            let evicted = self.keep(&mut buffer, first, bytes);
+            if let Some(sink) = &self.sink {
+                for gone in evicted {
+                    sink.evict(&self.run_id, gone);
+                }
+            }
+        }
+        self.publish_final(last);
+    }
+
     /// The stored form of a frame of this run.
     pub fn stored_form(&self, frame: &Frame) -> StoredFrame {
         stored::encode(&self.run_id, frame)

@@ -8,7 +8,10 @@
 //! `flush_ms`, and writes them all in one [`RunStore::write_run_events`]. A run's final frame
 //! goes another way ([`EventWriter::finish`]): it is written, with every frame still pending and
 //! the run's terminal record, in one write the run waits for, so a reader that sees the run
-//! ended finds its `done` or `error` stored.
+//! ended finds its `done` or `error` stored. A run that settles its hold with its end
+//! ([`EventWriter::finish_settled`]) has that write carry the settlement too
+//! ([`RunStore::write_run_end`]); when the ledger refuses it, nothing of that write is stored, the
+//! other runs' frames go back to pending and the run hears why.
 //!
 //! A failed write is retried with a growing pause; its frames stay pending meanwhile (bounded:
 //! each run's channel keeps at most its `frames_max`, and evicting a pending frame removes it).
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::FutureExt;
-use store::{RunEventsWrite, RunId, RunRecord, RunStore, StoreError, StoredFrame};
+use store::{RunEndWritten, RunEventsWrite, RunId, RunRecord, RunSettle, RunStore, StoreError, StoredFrame};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -28,11 +31,19 @@ pub const WRITE_FRAMES_MAX: usize = 2048;
 const RETRY_PAUSE_MIN_MS: u64 = 50;
 const RETRY_PAUSE_MAX_MS: u64 = 2_000;
 
-/// A run's last write: its final frames and terminal record, and whoever waits for it.
+/// A run's last write: its final frames and terminal record, its settlement if it carries one,
+/// and whoever waits for it.
 struct Final {
     frames: Vec<StoredFrame>,
     run: RunRecord,
-    done: oneshot::Sender<Result<bool, StoreError>>,
+    settle: Option<RunSettle>,
+    done: oneshot::Sender<Result<Ended, StoreError>>,
+}
+
+/// What a final write answers: whether the run existed, or, with a settlement, what the store did.
+enum Ended {
+    Plain(bool),
+    Settled(RunEndWritten),
 }
 
 #[derive(Default)]
@@ -97,8 +108,34 @@ impl EventWriter {
     /// Writes `frames` and the run's terminal record `run` together with every frame pending
     /// before them, and returns once that write committed (true) or found no such run (false).
     pub async fn finish(&self, run: RunRecord, frames: Vec<StoredFrame>) -> Result<bool, StoreError> {
+        match self.send_final(run, frames, None).await? {
+            Ended::Plain(written) => Ok(written),
+            Ended::Settled(_) => unreachable!("a final without a settlement is answered plainly"),
+        }
+    }
+
+    /// [`EventWriter::finish`] with the run's settlement in the same write
+    /// ([`RunStore::write_run_end`]), answering what the store did.
+    pub async fn finish_settled(
+        &self,
+        run: RunRecord,
+        frames: Vec<StoredFrame>,
+        settle: RunSettle,
+    ) -> Result<RunEndWritten, StoreError> {
+        match self.send_final(run, frames, Some(settle)).await? {
+            Ended::Settled(written) => Ok(written),
+            Ended::Plain(_) => unreachable!("a final with a settlement is answered with what it did"),
+        }
+    }
+
+    async fn send_final(
+        &self,
+        run: RunRecord,
+        frames: Vec<StoredFrame>,
+        settle: Option<RunSettle>,
+    ) -> Result<Ended, StoreError> {
         let (done, answer) = oneshot::channel();
-        self.pending().finals.push_back(Final { frames, run, done });
+        self.pending().finals.push_back(Final { frames, run, settle, done });
         self.wake.notify_one();
         self.urgent.notify_one();
         answer.await.unwrap_or_else(|_| Err(StoreError::unavailable("the event writer stopped")))
@@ -167,25 +204,43 @@ impl EventWriter {
         if write.frames.is_empty() && write.evicted.is_empty() && write.run.is_none() {
             return Ok(());
         }
-        match self.runs.write_run_events(&write).await {
-            Ok(written) => {
+        let settle = waiting.as_ref().and_then(|last| last.settle.as_ref());
+        let written = match settle {
+            None => self.runs.write_run_events(&write).await.map(Ended::Plain),
+            Some(settle) => self.runs.write_run_end(&write, settle).await.map(Ended::Settled),
+        };
+        // A refused settlement stored nothing: the frames of the other runs go back, and the run
+        // is told (it settles another way and writes its end again).
+        let refused = matches!(written, Ok(Ended::Settled(RunEndWritten::NoSuchRun | RunEndWritten::Refused(_))));
+        match written {
+            Ok(ended) => {
+                if refused {
+                    self.put_back(write, None, waiting.as_ref().map_or(0, |last| last.frames.len()));
+                }
                 if let Some(last) = waiting {
-                    let _ = last.done.send(Ok(written));
+                    let _ = last.done.send(Ok(ended));
                 }
                 Ok(())
             }
             Err(error) => {
-                let mut pending = self.pending();
-                let own = write.frames.len() - waiting.as_ref().map_or(0, |last| last.frames.len());
-                for frame in write.frames.into_iter().take(own).rev() {
-                    pending.frames.push_front(frame);
-                }
-                pending.evicted.extend(write.evicted);
-                if let Some(last) = waiting {
-                    pending.finals.push_front(last);
-                }
+                let own_final = waiting.as_ref().map_or(0, |last| last.frames.len());
+                self.put_back(write, waiting, own_final);
                 Err(error)
             }
+        }
+    }
+
+    /// Puts an unwritten write back in front of what is pending, in order: its frames but the
+    /// last `final_frames` (the final's own, which travel with it), its evictions, its final.
+    fn put_back(&self, write: RunEventsWrite, waiting: Option<Final>, final_frames: usize) {
+        let mut pending = self.pending();
+        let own = write.frames.len() - final_frames;
+        for frame in write.frames.into_iter().take(own).rev() {
+            pending.frames.push_front(frame);
+        }
+        pending.evicted.extend(write.evicted);
+        if let Some(last) = waiting {
+            pending.finals.push_front(last);
         }
     }
 }

@@ -16,6 +16,19 @@ pub enum Released {
     AlreadyDone(&'static str),
 }
 
+/// The capture [`Credits::capture`] sends.
+pub(crate) fn capture_command(hold_id: &HoldId, amount: Amount, is_final: bool) -> Command {
+    Command::Capture { hold_id: hold_id.clone(), amount, is_final, overage: Overage::Reject }
+}
+
+/// `command` under `key`, fingerprinted as every ledger call of the engine fingerprints it: the
+/// same command under the same key replays, whichever way it was sent (a settle written with its
+/// run's end, or sent alone after that write was refused).
+pub(crate) fn keyed(command: Command, key: &str) -> Request {
+    let fingerprint = format!("{command:?}");
+    Request::with_key(command, key, &fingerprint)
+}
+
 #[derive(Clone)]
 pub(crate) struct Credits {
     pub store: Arc<dyn LedgerStore>,
@@ -33,10 +46,9 @@ impl Credits {
         key: &str,
         shape: fn(Outcome) -> Result<T, Box<Outcome>>,
     ) -> Result<Result<T, Rejection>, StoreError> {
-        let fingerprint = format!("{command:?}");
         let mut attempt = 0;
         loop {
-            let request = Request::with_key(command.clone(), key, &fingerprint);
+            let request = keyed(command.clone(), key);
             match self.store.execute(request).await {
                 Ok(Executed::Fresh(result) | Executed::Replayed(result)) => {
                     return match result.map(shape) {
@@ -75,8 +87,7 @@ impl Credits {
         amount: Amount,
         is_final: bool,
     ) -> Result<Result<Hold, Rejection>, StoreError> {
-        let command = Command::Capture { hold_id: hold_id.clone(), amount, is_final, overage: Overage::Reject };
-        self.send(command, key, Outcome::into_captured).await
+        self.send(capture_command(hold_id, amount, is_final), key, Outcome::into_captured).await
     }
 
     /// Moves a pending hold's expiry to `ttl_seconds` from now (the key names the extension, so

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use ledger::{AccountId, Timestamp};
 use store::{
-    Clock, CreateRunRefusal, HoldResolution, Idempotency, JobId, KeyedRun, LedgerStore, RunId, RunRecord, RunState,
-    RunStore, StoreError, ThreadId,
+    Clock, CreateRunRefusal, HoldResolution, Idempotency, JobId, KeyedRun, LedgerStore, RunEndWritten, RunEventsWrite,
+    RunId, RunRecord, RunSettle, RunState, RunStore, StoreError, ThreadId,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +77,11 @@ pub struct EngineConfig {
     pub recovery_runs_max: u32,
     /// A live run's pending hold expiring within this margin is extended by `hold_ttl_seconds`.
     pub hold_extend_margin_seconds: u64,
+    /// The run store is the ledger's own store (as in a server): a turn's settle is written in
+    /// the transaction that ends its run ([`store::RunStore::write_run_end`]), one commit instead
+    /// of two. False when the ledger is another store (a benchmark's null ledger): the settle is
+    /// then its own ledger command, before the end is written.
+    pub settle_with_end: bool,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +108,7 @@ impl Default for EngineConfig {
             recovery_interval_seconds: 5,
             recovery_runs_max: 64,
             hold_extend_margin_seconds: 300,
+            settle_with_end: true,
         }
     }
 }
@@ -438,6 +444,51 @@ impl Engine {
         }
         if let Err(error) = self.runs.update_run(&record).await {
             tracing::error!(run_id = %record.run_id, %error, "could not record the run's end");
+        }
+    }
+
+    /// Ends a run and settles its hold in one write: `frames` (sealed, not yet published) and the
+    /// terminal `record` are stored with `settle` decided in the same transaction. True when it
+    /// all committed; false when nothing was (the ledger answered otherwise than expected, the
+    /// store failed, or the write took too long): the caller then settles the way it did before
+    /// the two were one write (the settle's idempotency key makes a late commit of this write
+    /// and that settle one capture).
+    pub(crate) async fn write_end(
+        &self,
+        record: RunRecord,
+        channel: &EventChannel,
+        frames: &[Frame],
+        settle: RunSettle,
+    ) -> bool {
+        let run_id = record.run_id.clone();
+        let stored = frames.iter().map(|frame| channel.stored_form(frame)).collect();
+        let written = match &self.writer {
+            Some(writer) => {
+                let limit = Duration::from_secs(self.config.final_write_seconds_max);
+                match tokio::time::timeout(limit, writer.finish_settled(record, stored, settle)).await {
+                    Ok(written) => written,
+                    Err(_) => Err(StoreError::unavailable("the run's end was not stored in time")),
+                }
+            }
+            None => {
+                let write = RunEventsWrite { frames: stored, evicted: Vec::new(), run: Some(record) };
+                self.runs.write_run_end(&write, &settle).await
+            }
+        };
+        match written {
+            Ok(RunEndWritten::Written(_)) => true,
+            Ok(RunEndWritten::NoSuchRun) => {
+                tracing::error!(%run_id, "the run to end is not stored; settling it alone");
+                false
+            }
+            Ok(RunEndWritten::Refused(executed)) => {
+                tracing::info!(%run_id, ?executed, "the settle was not as expected; settling it alone");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%run_id, %error, "the run's end and settle not stored; settling it alone");
+                false
+            }
         }
     }
 

@@ -12,12 +12,12 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ledger::{AccountId, Amount, Command, Hold, HoldId, Reference, Rejection};
+use ledger::{AccountId, Amount, Command, Hold, HoldId, HoldState, Reference, Rejection};
 use serde_json::{json, Value};
-use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunState, StoreError, ThreadId};
+use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunSettle, RunState, SettledHold, StoreError, ThreadId};
 use tokio_util::sync::CancellationToken;
 
-use super::credits::{Credits, Released};
+use super::credits::{self, Credits, Released};
 use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData};
 use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
 use super::Engine;
@@ -62,6 +62,9 @@ struct TurnState {
     committed: bool,
     /// Extensions of the hold applied so far: the `n` of the next key `<run_id>:extend:<n>`.
     extensions: u32,
+    /// Set by the settler when the settle is to be written with the run's end
+    /// ([`Turn::finish_success`]).
+    settle_with_end: bool,
 }
 
 /// The lock sections only copy and assign, so none can panic; a poisoned lock is a bug, and the
@@ -111,7 +114,15 @@ impl Turn {
             retries_max: engine.config.ledger_retries_max,
             backoff_ms: engine.config.ledger_backoff_ms,
         };
-        let state = TurnState { record, data, hold: None, hold_taking: None, committed: false, extensions: 0 };
+        let state = TurnState {
+            record,
+            data,
+            hold: None,
+            hold_taking: None,
+            committed: false,
+            extensions: 0,
+            settle_with_end: false,
+        };
         Turn {
             engine,
             catalog,
@@ -540,6 +551,16 @@ impl Turn {
         self.node_result(step_idx, "video", started, result.as_ref().err());
         let job = result?;
         self.meter_action(Node::Video, Charge::Video, Action::Video, None);
+        {
+            // The job's price was captured from the hold with the job: keep the hold as known in
+            // step, so the settle written with the run's end expects what the ledger will say.
+            let price = self.catalog.action(Action::Video);
+            let mut state = self.state();
+            if let Some(hold) = state.hold.as_mut() {
+                hold.captured = hold.captured.plus(price);
+                hold.remaining = hold.remaining.saturating_sub(price);
+            }
+        }
         let video = Attachment::Video { job_id: job.job_id.clone(), status: job.status };
         self.channel.emit(
             Some(step_idx),
@@ -631,8 +652,21 @@ impl Turn {
         Ok(())
     }
 
-    /// Captures the turn's synchronous cost with `final`; the rest of the hold goes back.
+    /// The settler. With `settle_with_end`, the capture is written in the transaction that ends
+    /// the run ([`Turn::finish_success`]); only the turn's commitment is recorded here.
     async fn settle(&self) -> Result<(), StepFailure> {
+        if !self.engine.config.settle_with_end {
+            return self.settle_now().await;
+        }
+        let mut state = self.state();
+        assert!(state.hold.is_some(), "the settler runs after the hold");
+        state.committed = true;
+        state.settle_with_end = true;
+        Ok(())
+    }
+
+    /// Captures the turn's synchronous cost with `final`; the rest of the hold goes back.
+    async fn settle_now(&self) -> Result<(), StepFailure> {
         let (hold, actual, log) = {
             let mut state = self.state();
             state.committed = true;
@@ -674,7 +708,74 @@ impl Turn {
     }
 
     pub(crate) async fn finish_success(&self) {
+        let settle_with_end = std::mem::take(&mut self.state().settle_with_end);
+        if settle_with_end {
+            if self.finish_settled().await {
+                return;
+            }
+            // Nothing was written: settle as a command of its own (the same key: if the refused
+            // write commits late after all, this replays it), then end the run.
+            if let Err(failure) = self.settle_now().await {
+                self.finish_failure(failure).await;
+                return;
+            }
+        }
         self.finish(RunState::Succeeded, Event::Done).await;
+    }
+
+    /// Ends the run settled in one write: the capture of the turn's synchronous cost with
+    /// `final`, the terminal record, `credit_settled` and `done`, all built from the hold the
+    /// capture is expected to leave and committed only if the ledger leaves it so. True when it
+    /// committed (then the frames are published); false when nothing was written (the frames are
+    /// taken back and the caller settles the old way, in the same frame order).
+    async fn finish_settled(&self) -> bool {
+        let now = self.engine.now();
+        let (hold, actual, log) = {
+            let state = self.state();
+            let hold = state.hold.clone().expect("the settler runs after the hold");
+            (hold, synchronous_cost(&state.data.log), state.data.log.clone())
+        };
+        let Some(captured) = hold.captured.checked_add(actual).filter(|captured| *captured <= hold.amount) else {
+            // Beyond the hold: the capture alone is refused, and the turn fails as it always did.
+            return false;
+        };
+        let refunded = hold.amount.minus(captured);
+        let expected =
+            SettledHold { hold_id: hold.hold_id.clone(), state: HoldState::Captured, amount: hold.amount, captured };
+        let command = credits::capture_command(&hold.hold_id, actual, true);
+        let settle = RunSettle { request: credits::keyed(command, &self.key("settle")), expected };
+        let (record, data) = {
+            let state = self.state();
+            let mut data = state.data.clone();
+            data.actual = Some(actual);
+            data.captured = Some(captured);
+            data.refunded = Some(refunded);
+            data.hold_resolved = true;
+            let mut record = state.record.clone();
+            record.state = RunState::Succeeded;
+            record.updated_at = now;
+            record.hold_id = Some(hold.hold_id.clone());
+            record.data = data.to_text();
+            record.hold_resolution = data.hold_resolution(record.hold_id.as_ref());
+            (record, data)
+        };
+        let settled =
+            CreditSettled { hold_id: hold.hold_id.clone(), actual, reserved: hold.amount, captured, refunded, log };
+        let Some(frames) = self.channel.seal_after(Some("settler"), Event::CreditSettled(settled), Event::Done) else {
+            unreachable!("only the supervisor ends a turn, once");
+        };
+        if !self.engine.write_end(record.clone(), &self.channel, &frames, settle).await {
+            self.channel.unseal(frames[0].seq);
+            return false;
+        }
+        {
+            let mut state = self.state();
+            state.record = record;
+            state.data = data;
+            state.hold = Some(Hold { captured, remaining: Amount::ZERO, state: HoldState::Captured, ..hold });
+        }
+        self.channel.publish_sealed(frames);
+        true
     }
 
     /// Ends a failed turn: the hold is released (nothing is charged for a failed turn), the run

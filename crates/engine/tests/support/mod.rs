@@ -19,8 +19,8 @@ use store::conformance::grant_credits;
 use store::memory::MemoryStore;
 use store::{
     Artifact, ArtifactId, CreateRunRefusal, Idempotency, InstanceLease, KeyUse, KeyedRun, LedgerStore, ManualClock,
-    RecordedResponse, Request, RunEventsWrite, RunId, RunRecord, RunSignal, RunState, RunStore, StoreError,
-    StoredFrame, ThreadId,
+    RecordedResponse, Request, RunEndWritten, RunEventsWrite, RunId, RunRecord, RunSettle, RunSignal, RunState,
+    RunStore, StoreError, StoredFrame, ThreadId,
 };
 use tokio::sync::Notify;
 
@@ -134,6 +134,11 @@ impl RunStore for WatchedRuns {
     }
     async fn write_run_events(&self, write: &RunEventsWrite) -> Result<bool, StoreError> {
         let written = self.inner.write_run_events(write).await;
+        self.changed.notify_waiters();
+        written
+    }
+    async fn write_run_end(&self, write: &RunEventsWrite, settle: &RunSettle) -> Result<RunEndWritten, StoreError> {
+        let written = self.inner.write_run_end(write, settle).await;
         self.changed.notify_waiters();
         written
     }

@@ -86,6 +86,9 @@ macro_rules! conformance_tests {
             runs_recorded_responses
             runs_signals_follow_writes
         );
+        $crate::conformance_tests!(@ended $factory;
+            runs_end_settles_with_the_record
+        );
         $crate::conformance_tests!(@jobs $factory;
             jobs_insert_then_read_back
             jobs_version_compare_and_set
@@ -120,6 +123,18 @@ macro_rules! conformance_tests {
                 let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
                 let store = $factory(clock.clone()).await;
                 $crate::conformance::runs::$name($crate::conformance::runs::RunHarness { store, clock }).await;
+            }
+        )*
+    };
+    (@ended $factory:path; $($name:ident)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let clock = ::std::sync::Arc::new($crate::ManualClock::starting_now());
+                let store = $factory(clock.clone()).await;
+                let runs = $crate::conformance::runs::RunHarness { store: store.clone(), clock: clock.clone() };
+                let ledger = $crate::conformance::Harness { store, clock };
+                $crate::conformance::runs::$name(runs, ledger).await;
             }
         )*
     };

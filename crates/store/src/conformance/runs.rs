@@ -9,14 +9,14 @@
 use std::sync::Arc;
 
 use futures::future::join_all;
-use ledger::{AccountId, HoldId, Timestamp};
+use ledger::{AccountId, Amount, HoldId, HoldState, Timestamp};
 
 use super::account;
 use crate::ids::{ArtifactId, RunId, ThreadId};
 use crate::keys::{KeyUse, KeyedRun, RecordedResponse};
 use crate::runs::{
-    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEventsWrite, RunRecord, RunSignal, RunState,
-    RunStore, StoredFrame, RUN_EVENTS_PAGE_MAX,
+    Artifact, CreateRunRefusal, HoldResolution, InstanceLease, RunEndWritten, RunEventsWrite, RunRecord, RunSettle,
+    RunSignal, RunState, RunStore, SettledHold, StoredFrame, RUN_EVENTS_PAGE_MAX,
 };
 use crate::{Clock, Idempotency, ManualClock, StoreError};
 
@@ -605,6 +605,103 @@ pub async fn runs_events_with_the_final_record(h: RunHarness) {
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
     assert_eq!(seqs(&h, "r", None, 10).await, vec![0, 1], "all or nothing");
     assert_eq!(h.read("r").await, Some(finished));
+}
+
+/// A run's end and its settle are one transaction ([`RunStore::write_run_end`]): the capture,
+/// the terminal record and the final frames commit together when the ledger answers as expected
+/// (and a replay of the same settle is answered the same); otherwise (a rejection, another hold
+/// than expected, an unknown run, a write that leaves the run running) nothing is written: the
+/// hold stays as it was, the key stays unused, the run stays running without its final frames.
+pub async fn runs_end_settles_with_the_record(h: RunHarness, credits: super::Harness) {
+    credits.grant("u", "100").await;
+    let hold = credits.hold("u", "30", 3_600).await.expect("the hold is taken");
+    let started = h.start("r", "u", "t").await;
+    h.clock.advance_seconds(2);
+    let ended = RunRecord {
+        state: RunState::Succeeded,
+        hold_id: Some(hold.hold_id.clone()),
+        hold_resolution: HoldResolution::Resolved,
+        updated_at: h.now(),
+        data: r#"{"answer":"4","captured":"12"}"#.to_owned(),
+        ..started.clone()
+    };
+    let capture = |amount: &str| {
+        let command = ledger::Command::Capture {
+            hold_id: hold.hold_id.clone(),
+            amount: super::cr(amount),
+            is_final: true,
+            overage: ledger::Overage::Reject,
+        };
+        crate::Request::with_key(command, "r:settle", amount)
+    };
+    let expected = |captured: &str| SettledHold {
+        hold_id: hold.hold_id.clone(),
+        state: HoldState::Captured,
+        amount: super::cr("30"),
+        captured: super::cr(captured),
+    };
+    let frames = vec![frame(&h, "r", 0, "token"), frame(&h, "r", 1, "credit_settled"), frame(&h, "r", 2, "done")];
+    let write = events_write(frames.clone(), &[], Some(ended.clone()));
+
+    // An unknown run: nothing reaches the ledger.
+    let ghost = events_write(
+        vec![frame(&h, "ghost", 0, "done")],
+        &[],
+        Some(RunRecord { run_id: run_of("ghost"), ..ended.clone() }),
+    );
+    let settle = RunSettle { request: capture("12"), expected: expected("12") };
+    assert_eq!(h.store.write_run_end(&ghost, &settle).await.unwrap(), RunEndWritten::NoSuchRun);
+    // A write that would leave the run running is a caller bug.
+    let running = events_write(frames.clone(), &[], Some(started.clone()));
+    let error = h.store.write_run_end(&running, &settle).await.expect_err("a settle ends its run");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    // The ledger leaves the hold otherwise than the record says: nothing is written.
+    let wrong = RunSettle { request: capture("12"), expected: expected("13") };
+    match h.store.write_run_end(&write, &wrong).await.unwrap() {
+        RunEndWritten::Refused(crate::Executed::Fresh(Ok(_))) => {}
+        other => panic!("expected a refusal of an unexpected capture, got {other:?}"),
+    }
+    // The ledger rejects the capture (more than the hold): reported, nothing written.
+    let beyond = RunSettle { request: capture("31"), expected: expected("31") };
+    match h.store.write_run_end(&write, &beyond).await.unwrap() {
+        RunEndWritten::Refused(crate::Executed::Fresh(Err(ledger::Rejection::AmountExceedsHold { .. }))) => {}
+        other => panic!("expected a rejected capture, got {other:?}"),
+    }
+    let untouched = credits.store.hold(&hold.hold_id).await.unwrap().expect("the hold exists");
+    assert_eq!((untouched.state, untouched.captured), (HoldState::Pending, Amount::ZERO), "the hold is untouched");
+    assert_eq!(h.read("r").await, Some(started.clone()), "the run still runs");
+    assert_eq!(seqs(&h, "r", None, 10).await, Vec::<u64>::new(), "no frame was written");
+    assert_eq!(credits.balances("u").await.held, super::cr("30"));
+
+    // As expected: the capture, the record and the frames commit together.
+    match h.store.write_run_end(&write, &settle).await.unwrap() {
+        RunEndWritten::Written(ledger::Outcome::Captured { hold: captured }) => {
+            assert_eq!((captured.state, captured.captured), (HoldState::Captured, super::cr("12")));
+        }
+        other => panic!("expected the settle written, got {other:?}"),
+    }
+    assert_eq!(h.read("r").await, Some(ended.clone()));
+    assert_eq!(seqs(&h, "r", None, 10).await, vec![0, 1, 2]);
+    let balances = credits.balances("u").await;
+    assert_eq!((balances.held, balances.available), (Amount::ZERO, super::cr("88")));
+    // Written again (a retry after an unknown outcome): the key replays, nothing moves twice.
+    match h.store.write_run_end(&write, &settle).await.unwrap() {
+        RunEndWritten::Written(ledger::Outcome::Captured { hold: captured }) => {
+            assert_eq!(captured.captured, super::cr("12"));
+        }
+        other => panic!("expected the replayed settle, got {other:?}"),
+    }
+    assert_eq!(credits.balances("u").await.available, super::cr("88"), "captured once");
+    // The same key for another capture is a conflict: nothing written.
+    let conflict = RunSettle { request: capture("5"), expected: expected("5") };
+    let later = RunRecord { updated_at: h.now().plus_seconds(1), ..ended.clone() };
+    let write = events_write(vec![frame(&h, "r", 3, "token")], &[], Some(later));
+    assert_eq!(
+        h.store.write_run_end(&write, &conflict).await.unwrap(),
+        RunEndWritten::Refused(crate::Executed::Conflict)
+    );
+    assert_eq!(h.read("r").await, Some(ended));
+    assert_eq!(seqs(&h, "r", None, 10).await, vec![0, 1, 2]);
 }
 
 /// Retention: the frames of runs that ended (terminal, last updated) before the cutoff go, in
