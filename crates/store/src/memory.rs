@@ -543,7 +543,7 @@ impl RunStore for MemoryStore {
     async fn write_run_end(&self, write: &RunEventsWrite, settle: &RunSettle) -> Result<RunEndWritten, StoreError> {
         let run = ending_run(write)?;
         let now = self.clock.now();
-        {
+        let outcome = {
             let mut inner = self.lock();
             // Everything that can refuse is checked before anything is written.
             if !inner.runs.contains_key(&run.run_id) {
@@ -566,13 +566,13 @@ impl RunStore for MemoryStore {
             for key in &write.evicted {
                 inner.events.remove(key);
             }
-            drop(inner);
-            for run_id in write.runs_with_frames() {
-                // No receiver is not an error: nobody follows.
-                let _ = self.signals.send(RunSignal::Events(run_id));
-            }
-            Ok(RunEndWritten::Written(outcome))
+            outcome
+        };
+        for run_id in write.runs_with_frames() {
+            // No receiver is not an error: nobody follows.
+            let _ = self.signals.send(RunSignal::Events(run_id));
         }
+        Ok(RunEndWritten::Written(outcome))
     }
 
     async fn run_events(&self, run_id: &RunId, after: Option<u64>, limit: u32) -> Result<Vec<StoredFrame>, StoreError> {
