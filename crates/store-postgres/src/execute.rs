@@ -205,7 +205,7 @@ pub(crate) async fn hold_account(
 
 /// One pipelined statement: the rows it returned (a write returns rows only where they are
 /// checked: `RETURNING`).
-type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+pub(crate) type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
 
 /// The batch proper.
 async fn run(
@@ -438,7 +438,7 @@ impl Load {
 /// Polls every future in `pending` in list order on each wake-up, so their first polls (which
 /// send the statements) happen in that order, and returns the outputs in that order.
 /// (`futures::join_all` switches to an unordered set above 30 futures.)
-async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
     let mut slots: Vec<MaybeDone<F>> = pending.into_iter().map(maybe_done).collect();
     std::future::poll_fn(|context| {
         let mut done = true;

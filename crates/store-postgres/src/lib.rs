@@ -485,30 +485,41 @@ impl PostgresStore {
         rows.iter().map(jobs::job).collect()
     }
 
-    /// Loads the account's stored state (live grants, pending holds) in one snapshot.
+    /// Loads the account's stored state (live grants, pending holds) in one snapshot, in one
+    /// round trip: `BEGIN … REPEATABLE READ READ ONLY`, the three reads and `COMMIT` are sent
+    /// together (pipelined). All five are sent by the join's first poll, so a caller dropping
+    /// this future leaves the connection either untouched or past its `COMMIT` (which ends a
+    /// failed transaction as a rollback), never inside a transaction.
     async fn stored_state(&self, account_id: &AccountId) -> Result<Option<AccountState>, StoreError> {
-        let mut client = self.client().await?;
-        let transaction = read_transaction(&mut client).await?;
+        let client = self.client().await?;
         let account_sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
         let grants_sql =
             format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id");
         let holds_sql = format!(
             "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' ORDER BY created_at, hold_id"
         );
-        let account_statement = transaction.prepare_cached(&account_sql).await.map_err(store_error)?;
-        let grants_statement = transaction.prepare_cached(&grants_sql).await.map_err(store_error)?;
-        let holds_statement = transaction.prepare_cached(&holds_sql).await.map_err(store_error)?;
+        let account_statement = client.prepare_cached(&account_sql).await.map_err(store_error)?;
+        let grants_statement = client.prepare_cached(&grants_sql).await.map_err(store_error)?;
+        let holds_statement = client.prepare_cached(&holds_sql).await.map_err(store_error)?;
         let id = account_id.as_str();
         let by_account: [&(dyn ToSql + Sync); 1] = [&id];
-        let (account_row, grant_rows, hold_rows) = tokio::try_join!(
-            transaction.query_opt(&account_statement, &by_account),
-            transaction.query(&grants_statement, &by_account),
-            transaction.query(&holds_statement, &by_account),
-        )
-        .map_err(store_error)?;
-        transaction.commit().await.map_err(store_error)?;
-        let Some(account_row) = account_row else { return Ok(None) };
-        let (account_id, created_at, totals) = rows::account(&account_row)?;
+        let client = &**client;
+        let control = |sql: &'static str| async move { client.batch_execute(sql).await.map(|()| Vec::new()) };
+        let pending: Vec<execute::PendingRows<'_>> = vec![
+            Box::pin(control("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")),
+            Box::pin(client.query(&account_statement, &by_account)),
+            Box::pin(client.query(&grants_statement, &by_account)),
+            Box::pin(client.query(&holds_statement, &by_account)),
+            Box::pin(control("COMMIT")),
+        ];
+        let mut replies = Vec::with_capacity(pending.len());
+        for reply in execute::join_in_order(pending).await {
+            replies.push(reply.map_err(store_error)?);
+        }
+        let [_, account_rows, grant_rows, hold_rows, _] =
+            <[Vec<tokio_postgres::Row>; 5]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
+        let Some(account_row) = account_rows.first() else { return Ok(None) };
+        let (account_id, created_at, totals) = rows::account(account_row)?;
         let mut state = AccountState::new(account_id, created_at);
         state.totals = totals;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
