@@ -88,7 +88,8 @@ const UPSERT_GRANTS: &str = "INSERT INTO grants (grant_id, account_id, kind, amo
      $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::BOOL[], $12::BIGINT[]) \
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
      priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
-     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned";
+     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned \
+     WHERE grants.account_id = EXCLUDED.account_id RETURNING grant_id";
 const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
      expires_at, created_at, reference, metadata, allocations) \
      SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
@@ -96,7 +97,8 @@ const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, capt
      ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
      remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
      expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
-     allocations = EXCLUDED.allocations";
+     allocations = EXCLUDED.allocations \
+     WHERE holds.account_id = EXCLUDED.account_id RETURNING hold_id";
 /// Inserts a batch's journal entries in journal order and returns them whole with their `seq`,
 /// so the caller can check that each entry got a larger `seq` than the one before it without
 /// relying on the order `RETURNING` happens to use.
@@ -474,6 +476,9 @@ struct Checked {
     inserted_accounts: Option<(usize, Vec<String>)>,
     updated_accounts: Option<(usize, usize)>,
     entries: Option<usize>,
+    /// Grants and holds upserted: an id that belongs to another account writes no row.
+    grants: Option<(usize, usize)>,
+    holds: Option<(usize, usize)>,
 }
 
 /// Writes what the protocol lists ([`Writes`]) for every account of the batch, one statement per
@@ -516,11 +521,15 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes]) -> Result<(), F
         let refunded = updates.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
         let held = updates.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
         checked.updated_accounts = Some((pending.len(), account_id.len()));
-        pending.push(Box::pin(async move { transaction.query(&statement, &[&account_id, &spent, &refunded, &held]).await }));
+        pending.push(Box::pin(
+            async move { transaction.query(&statement, &[&account_id, &spent, &refunded, &held]).await },
+        ));
     }
     let grants: Vec<&Grant> = changed.iter().flat_map(|writes| writes.grants()).collect();
+    checked.grants = Some((pending.len(), grants.len())).filter(|(_, count)| *count > 0);
     push_grants(transaction, grants, &mut pending).await?;
     let holds: Vec<&Hold> = changed.iter().flat_map(|writes| writes.holds()).collect();
+    checked.holds = Some((pending.len(), holds.len())).filter(|(_, count)| *count > 0);
     push_holds(transaction, holds, &mut pending).await?;
     let entries: Vec<&Entry> = changed.iter().flat_map(|writes| writes.entries()).collect();
     if !entries.is_empty() {
@@ -558,6 +567,17 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes]) -> Result<(), F
     if let Some((index, count)) = checked.updated_accounts {
         if replies[index].len() != count {
             return Err(Failure::Store(undecodable("account row (vanished while locked)")));
+        }
+    }
+    // Ids are the service's (UUIDv7), unique across accounts: a reused one is refused, never
+    // written over another account's row.
+    for (checked, what) in [(checked.grants, "grant"), (checked.holds, "hold")] {
+        if let Some((index, count)) = checked {
+            if replies[index].len() != count {
+                return Err(Failure::Store(StoreError::corrupt(format!(
+                    "a {what} id of the batch already belongs to another account; not committed"
+                ))));
+            }
         }
     }
     Ok(())
