@@ -4,7 +4,7 @@
 //! Why: every transaction costs its round trips and a WAL flush whatever it does, and on
 //! PostgreSQL that fixed cost, not the work, bounds throughput: a per-account batch helps only a
 //! hot account, while load spread over many accounts still paid one transaction per command.
-//! Here a transaction applies up to `commands_max` commands of any accounts: keys claimed, every
+//! Here a transaction applies up to `commands_max` commands of any accounts: keys read, every
 //! account locked and loaded, each account's commands decided in arrival order, one write per
 //! table, one commit (see [`crate::execute`]).
 //!

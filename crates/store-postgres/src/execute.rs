@@ -2,11 +2,8 @@
 //! accounts (see [`crate::batch`] for how batches form), and a lone command as a batch of one.
 //!
 //! The order of steps is what makes it correct with many server processes on one database:
-//! 1. the batch's idempotency keys are claimed first, in ascending (byte) order, by one
-//!    `INSERT … ON CONFLICT DO NOTHING` that inserts them in that order, so a concurrent request
-//!    with one of those keys waits on the key's index entry until this transaction commits, then
-//!    finds the recorded result and replays it; a key found already committed is read back, and
-//!    its request is answered `Replayed` (or `Conflict`) without being applied;
+//! 1. the batch's idempotency keys are read (`key = ANY($1)`, no wait): a request whose key is
+//!    recorded is answered `Replayed` (or `Conflict`) without being applied;
 //! 2. every account row of the batch is locked, in ascending account-id order, by one
 //!    `SELECT … WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE` (the rows are locked as
 //!    the sort emits them), which serialises every change of one account across processes, and
@@ -16,31 +13,34 @@
 //!    [`protocol::Decider`] per account decides that account's commands in arrival order, each
 //!    on the state the one before produced (a rejection leaves it as it was; it never touches
 //!    another account's commands);
-//! 4. every account's [`protocol::Writes`] are written together, one statement per table (each
-//!    changed grant and hold at its final state, the journal entries in order), with every
-//!    claimed key's result, and committed once.
+//! 4. the decided requests' keys are recorded with their results, in ascending key order, by one
+//!    `INSERT … ON CONFLICT DO NOTHING RETURNING key`; then every account's [`protocol::Writes`]
+//!    are written, one statement per table (each changed grant and hold at its final state, the
+//!    journal entries in order), and committed once. A key a concurrent transaction is recording
+//!    makes this insert wait for it; when that one commits, the key is missing from the reply and
+//!    the batch rolls back and is retried, and then step 1 finds the record and replays it. So
+//!    the same key sent twice at once applies once, and each key costs one row written once.
 //!
-//! The protocol's steps are [`store::protocol`]'s; this module is their I/O: the claims, the locks,
-//! the pipelined reads and writes.
+//! The protocol's steps are [`store::protocol`]'s; this module is their I/O: the key reads, the
+//! locks, the pipelined reads and writes.
 //!
-//! Deadlock freedom: every transaction takes its locks in one global order — keys in ascending
-//! order, then account rows in ascending order — and after the last row lock waits for nothing
-//! but its own statements. Rank each lock: every key below every account, keys among themselves
-//! and accounts among themselves by their order. A transaction only ever waits for a lock ranked
-//! above every lock it holds (one waiting for a key holds smaller keys; one waiting for an account
-//! row holds all its keys and smaller accounts; one past step 2 waits on no lock of anyone). So
+//! Deadlock freedom: every transaction takes its locks in one global order — account rows in
+//! ascending order, then keys in ascending order, then the rows of accounts it creates in
+//! ascending order — and waits for nothing else. Rank each lock: every account row below every
+//! key, every key below every created account, and within each kind by that order. A transaction
+//! only ever waits for a lock ranked above every lock it holds (one waiting for an account row
+//! holds smaller rows; one waiting for a key holds all its rows and smaller keys; one waiting on
+//! a created account's index entry holds all its rows and keys and smaller created accounts). So
 //! along any chain of waits the ranks increase strictly, and no cycle can form, between batches of
-//! any number of processes and whatever accounts they span. Accounts created by the batch are
-//! inserted after step 2, in ascending order in one statement; a second creator of the same
-//! account waits on its index entry holding only that order's smaller new accounts, and its
-//! insert then finds the row and the batch is retried (a race, not a deadlock). Steps 1–3 travel
-//! in one pipelined burst (the server runs them in order; reading back keys that already existed
-//! costs one more round trip), and step 4 in a second one. Deadlocks and unique violations can
-//! still come from outside (a session locking in another order) and are retried by the caller.
+//! any number of processes and whatever accounts they span. A second creator of the same account
+//! finds the row after the wait and the batch is retried (a race, not a deadlock). Steps 1–3
+//! travel in one pipelined burst (the server runs them in order), and step 4 in a second one.
+//! Deadlocks and unique violations can still come from outside (a session locking in another
+//! order) and are retried by the caller.
 //!
 //! [`apply`] runs these steps for one request inside a transaction it does not own, so a job
 //! write (see [`crate::jobs`]) applies its ledger request in its own transaction, after its job
-//! row; the job row is then the only lock taken before the key and the account, and always first.
+//! row; the job row is then the only lock taken before the account and the key, and always first.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -58,17 +58,21 @@ use tokio_postgres::Row;
 use crate::error::{Failure, RetryCause};
 use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 
-/// Claims every key of a batch in one statement, in the order given (ascending: the lock order),
-/// and returns the keys this transaction inserted; the others existed (committed).
-///
-/// Set-based statements (one per table, rows passed as arrays) keep a batch's cost nearly flat in
-/// its size: the server's per-statement overhead dominates a batch's transaction.
-const CLAIM_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
-     SELECT key, fingerprint, '', $3 FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS claim (key, fingerprint, n) \
-     ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
+/// Reads the recorded keys among a batch's (replays), without waiting: a key that a concurrent
+/// transaction is recording is not seen here, and [`RECORD_KEYS`] settles that race.
 const READ_KEYS: &str = "SELECT key, fingerprint, result FROM idempotency WHERE key = ANY($1)";
-const RECORD_RESULTS: &str = "UPDATE idempotency SET result = recorded.result \
-     FROM unnest($1::TEXT[], $2::TEXT[]) AS recorded (key, result) WHERE idempotency.key = recorded.key";
+/// Records the keys of the requests a batch decided, with their results, in the order given
+/// (ascending: the lock order, so two batches never wait on each other's keys in a cycle), and
+/// returns the keys it inserted. A key another transaction recorded first (it waits for that one
+/// to end) is missing from the reply: the batch rolls back and is retried, and replays it then.
+///
+/// One row written per request, at the end, rather than claimed first and updated with the
+/// result: a key is recorded by the same statement that makes it visible. Set-based statements
+/// (one per table, rows passed as arrays) keep a batch's cost nearly flat in its size: the
+/// server's per-statement overhead dominates a batch's transaction.
+const RECORD_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
+     SELECT key, fingerprint, result, $4 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY \
+     AS record (key, fingerprint, result, n) ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
 /// Inserts new accounts in the order given (ascending) and returns the rows it inserted: fewer
 /// than given when another transaction created one of them first.
@@ -169,8 +173,8 @@ pub(crate) struct Application {
     pub wrote: bool,
 }
 
-/// Applies `request` inside `transaction` as a batch of one (claim the key, lock the account,
-/// decide, write, record), leaving the commit or rollback to the caller. On `Err` the caller
+/// Applies `request` inside `transaction` as a batch of one (read the key, lock the account,
+/// decide, record the key, write), leaving the commit or rollback to the caller. On `Err` the caller
 /// must drop the transaction.
 ///
 /// A command naming a hold finds its account here, inside the transaction: a hold's account
@@ -224,26 +228,21 @@ async fn run(
     requests: &[(Option<&AccountId>, &Request)],
     now: Timestamp,
 ) -> Result<Batch, Failure> {
-    let now_micros = now.micros();
-    // Claims in ascending key order: the lock order that keeps batches of different processes
-    // from waiting on each other's keys in a cycle.
-    let mut claims: Vec<(usize, &Idempotency)> = requests
+    let keyed: Vec<(usize, &Idempotency)> = requests
         .iter()
         .enumerate()
         .filter_map(|(index, (_, request))| request.idempotency.as_ref().map(|idempotency| (index, idempotency)))
         .collect();
-    claims.sort_by(|left, right| left.1.key.cmp(&right.1.key));
-    debug_assert!(claims.windows(2).all(|pair| pair[0].1.key != pair[1].1.key), "a key twice in one batch");
+    debug_assert!(
+        keyed.iter().map(|(_, idempotency)| &idempotency.key).collect::<HashSet<_>>().len() == keyed.len(),
+        "a key twice in one batch"
+    );
 
     let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(6);
-    if !claims.is_empty() {
-        let statement = transaction.prepare_cached(CLAIM_KEYS).await?;
-        let keys: Vec<&str> = claims.iter().map(|claim| claim.1.key.as_str()).collect();
-        let fingerprints: Vec<&str> = claims.iter().map(|claim| claim.1.fingerprint.as_str()).collect();
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 3] = [&keys, &fingerprints, &now_micros];
-            transaction.query(&statement, &params).await
-        }));
+    if !keyed.is_empty() {
+        let statement = transaction.prepare_cached(READ_KEYS).await?;
+        let keys: Vec<&str> = keyed.iter().map(|(_, idempotency)| idempotency.key.as_str()).collect();
+        pending.push(Box::pin(async move { transaction.query(&statement, &[&keys]).await }));
     }
     let load = Load::push(transaction, requests, now, &mut pending).await?;
     // One join, so every statement is sent (in this order) before any answer is awaited. The
@@ -257,18 +256,11 @@ async fn run(
 
     // Requests whose key was already recorded are answered from the record.
     let mut executed: Vec<Option<Executed>> = vec![None; requests.len()];
-    let mut recorded = Vec::new();
-    if !claims.is_empty() {
-        let reply = replies.next().expect("a reply to the claims");
-        let mut inserted = HashSet::with_capacity(reply.len());
-        for row in &reply {
-            let key: &str = row.try_get(0).map_err(|_| undecodable("idempotency key"))?;
-            inserted.insert(key);
+    if !keyed.is_empty() {
+        let rows = replies.next().expect("a reply to the key reads");
+        for (index, answer) in replays(&keyed, &rows)? {
+            executed[index] = Some(answer);
         }
-        recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1.key.as_str())).copied());
-    }
-    for (index, answer) in read_keys(transaction, &recorded).await? {
-        executed[index] = Some(answer);
     }
 
     // Decide each account's requests in arrival order, each on the state the previous one left.
@@ -292,44 +284,32 @@ async fn run(
         executed[index] = Some(Executed::Fresh(deciders[position].1.decide(request, now)));
     }
     let writes: Vec<Writes> = deciders.into_iter().map(|(_, decider)| decider.finish()).collect();
-    write(transaction, &writes).await?;
+    write(transaction, &writes, now).await?;
     let executed = executed.into_iter().map(|answer| answer.expect("every request answered")).collect();
     Ok(Batch { executed, wrote: writes.iter().any(|writes| !writes.is_empty()) })
 }
 
-/// Reads the records of keys that existed when claimed, in one statement: `(request index,
-/// answer)` each.
-async fn read_keys(
-    transaction: &Transaction<'_>,
-    recorded: &[(usize, &Idempotency)],
-) -> Result<Vec<(usize, Executed)>, Failure> {
-    if recorded.is_empty() {
-        return Ok(Vec::new());
-    }
-    let statement = transaction.prepare_cached(READ_KEYS).await?;
-    let keys: Vec<&str> = recorded.iter().map(|(_, idempotency)| idempotency.key.as_str()).collect();
-    let rows = transaction.query(&statement, &[&keys]).await?;
+/// The answers of the requests whose key is recorded (`rows`, from [`READ_KEYS`]): `(request
+/// index, answer)` each.
+fn replays(keyed: &[(usize, &Idempotency)], rows: &[Row]) -> Result<Vec<(usize, Executed)>, Failure> {
     let undecodable = |error| StoreError::corrupt("undecodable idempotency record").with_source(error);
     let mut found: HashMap<&str, (&str, &str)> = HashMap::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         found.insert(
             row.try_get(0).map_err(undecodable)?,
             (row.try_get(1).map_err(undecodable)?, row.try_get(2).map_err(undecodable)?),
         );
     }
-    let mut answers = Vec::with_capacity(recorded.len());
-    for &(index, idempotency) in recorded {
-        // The key exists, committed: its INSERT waited for any transaction still holding it.
-        let Some((stored_fingerprint, result)) = found.get(idempotency.key.as_str()) else {
-            // Swept between the two statements (only possible past the retention period).
-            return Err(Failure::retry(RetryCause::Race, "idempotency key vanished"));
-        };
-        answers.push((index, protocol::replay(idempotency, stored_fingerprint, result)?));
+    let mut answers = Vec::with_capacity(found.len());
+    for &(index, idempotency) in keyed {
+        if let Some((stored_fingerprint, result)) = found.get(idempotency.key.as_str()) {
+            answers.push((index, protocol::replay(idempotency, stored_fingerprint, result)?));
+        }
     }
     Ok(answers)
 }
 
-/// The reads of steps 2 and 3, queued behind the key claims in the same pipeline: which replies
+/// The reads of steps 2 and 3, queued behind the key reads in the same pipeline: which replies
 /// are whose.
 struct Load {
     /// Whether any account was locked and loaded (not when every command names a missing hold).
@@ -476,25 +456,42 @@ struct Checked {
     inserted_accounts: Option<(usize, Vec<String>)>,
     updated_accounts: Option<(usize, usize)>,
     entries: Option<usize>,
+    /// The keys recorded: one missing was recorded by a concurrent transaction first.
+    recorded_keys: Option<(usize, usize)>,
     /// Grants and holds upserted: an id that belongs to another account writes no row.
     grants: Option<(usize, usize)>,
     holds: Option<(usize, usize)>,
 }
 
 /// Writes what the protocol lists ([`Writes`]) for every account of the batch, one statement per
-/// table: the account rows (inserted when new, in ascending order; updated only when their totals
+/// table: first the decided requests' keys with their results ([`RECORD_KEYS`]), then the account rows (inserted when new, in ascending order; updated only when their totals
 /// moved), the changed grants and holds (upserted as they stand in the final state, once each),
-/// the journal entries in order; then each claimed key's result.
+/// the journal entries in order.
 ///
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
-async fn write(transaction: &Transaction<'_>, writes: &[Writes]) -> Result<(), Failure> {
+async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp) -> Result<(), Failure> {
     let changed: Vec<&Writes> = writes.iter().filter(|writes| writes.state().is_some() && writes.changed()).collect();
     fn state<'w>(writes: &&'w Writes) -> &'w AccountState {
         writes.state().expect("a changed account has a state")
     }
     let mut pending: Vec<PendingRows<'_>> = Vec::new();
     let mut checked = Checked::default();
+
+    let mut records: Vec<&protocol::Record> = writes.iter().flat_map(|writes| writes.records()).collect();
+    records.sort_unstable_by(|left, right| left.key.cmp(&right.key));
+    if !records.is_empty() {
+        let statement = transaction.prepare_cached(RECORD_KEYS).await?;
+        let keys: Vec<&str> = records.iter().map(|record| record.key.as_str()).collect();
+        let fingerprints: Vec<&str> = records.iter().map(|record| record.fingerprint.as_str()).collect();
+        let results: Vec<&str> = records.iter().map(|record| record.result.as_str()).collect();
+        let now_micros = now.micros();
+        checked.recorded_keys = Some((pending.len(), records.len()));
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 4] = [&keys, &fingerprints, &results, &now_micros];
+            transaction.query(&statement, &params).await
+        }));
+    }
 
     let mut inserts: Vec<&AccountState> =
         changed.iter().filter(|writes| writes.account_row() == AccountRow::Insert).map(state).collect();
@@ -536,13 +533,6 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes]) -> Result<(), F
         checked.entries = Some(pending.len());
         push_entries(transaction, &entries, &mut pending).await?;
     }
-    let records: Vec<&protocol::Record> = writes.iter().flat_map(|writes| writes.records()).collect();
-    if !records.is_empty() {
-        let statement = transaction.prepare_cached(RECORD_RESULTS).await?;
-        let keys: Vec<&str> = records.iter().map(|record| record.key.as_str()).collect();
-        let results: Vec<&str> = records.iter().map(|record| record.result.as_str()).collect();
-        pending.push(Box::pin(async move { transaction.query(&statement, &[&keys, &results]).await }));
-    }
     if pending.is_empty() {
         return Ok(());
     }
@@ -553,6 +543,13 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes]) -> Result<(), F
     let mut replies = Vec::with_capacity(pending.len());
     for reply in join_in_order(pending).await {
         replies.push(reply?);
+    }
+    if let Some((index, count)) = checked.recorded_keys {
+        if replies[index].len() != count {
+            // A concurrent request with one of these keys committed first (this insert waited
+            // for it): the next attempt reads its record and replays it.
+            return Err(Failure::retry(RetryCause::Race, "an idempotency key recorded concurrently"));
+        }
     }
     if let Some(index) = checked.entries {
         check_entries(&entries, &replies[index])?;

@@ -7,12 +7,12 @@
 //! connections open with their prepared statements, and every change of an account happens
 //! under `SELECT … FOR UPDATE` of its row, so any number of server processes sharing the
 //! database apply one account's commands one at a time, in the same order as their journal
-//! `seq`. Idempotency keys are claimed at the start of the same transaction (see [`execute`]'s
-//! module docs), so the same key sent twice at once applies once.
+//! `seq`. Idempotency keys are recorded in the same transaction (see [`execute`]'s module
+//! docs), so the same key sent twice at once applies once.
 //!
 //! A transaction's fixed cost (round trips, a WAL flush at commit) dominates one command's work,
 //! so this process applies the commands that arrive together in one transaction, whatever their
-//! accounts (group commit, see [`batch`]): keys claimed, accounts locked in ascending order and
+//! accounts (group commit, see [`batch`]): keys read, accounts locked in ascending order and
 //! loaded with one statement per table, one write per table and one commit for up to
 //! [`PostgresOptions::batch_commands_max`] commands, each decided on the state the one before it
 //! (of its account) left, each answered as if it had run alone. Up to
