@@ -219,7 +219,7 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
             )
             .await?;
             let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
-            let result = crate::pileup::run(kind, opened.ledger(), &run).await;
+            let result = crate::pileup::run(kind, opened.ledger(), &place, &run).await;
             opened.close().await;
             let result = result.with_context(|| format!("pile-up on {}", kind.label()))?;
             eprintln!(
