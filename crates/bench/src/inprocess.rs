@@ -137,8 +137,8 @@ pub async fn run(
     workload: &Workload,
     settings: &InProcessRun,
 ) -> anyhow::Result<InProcessResult> {
+    // The caller has seeded the accounts ([`seed`]).
     let store = opened.ledger();
-    seed(&store, workload).await?;
     let picker = workload.distribution.picker();
     let counters_before = opened.counters();
     let cpu_before = machine_cpu_busy();

@@ -136,7 +136,12 @@ async fn hold(store: &dyn LedgerStore, ttl_seconds: u64, latencies: &mut Latenci
 }
 
 /// Runs the three phases on an open store; `verify` at the end.
-pub async fn run(kind: StoreKind, store: Arc<dyn LedgerStore>, settings: &PileUpRun) -> anyhow::Result<PileUp> {
+pub async fn run(
+    kind: StoreKind,
+    store: Arc<dyn LedgerStore>,
+    place: &crate::stores::Place,
+    settings: &PileUpRun,
+) -> anyhow::Result<PileUp> {
     let grant = Command::Grant {
         account_id: account(),
         grant_id: GrantId::parse("pile-up-grant").expect("a constant valid id"),
@@ -151,8 +156,11 @@ pub async fn run(kind: StoreKind, store: Arc<dyn LedgerStore>, settings: &PileUp
         other => anyhow::bail!("the pile-up grant was not applied: {other:?}"),
     }
     let errors = Arc::new(AtomicU64::new(0));
+    // Each measurement on statistics as autovacuum would have them by then (see `analyze`).
+    crate::stores::analyze(place).await?;
     let empty = cycles(&store, settings, 0, &errors).await;
     let windows = pile(&store, settings, &errors).await;
+    crate::stores::analyze(place).await?;
     let piled = cycles(&store, settings, settings.pending_max, &errors).await;
     let report = store.verify().await.context("verify after the pile-up")?;
     for violation in report.violations.iter().take(10) {

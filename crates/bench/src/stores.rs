@@ -151,6 +151,30 @@ impl Opened {
     }
 }
 
+/// Environment variables that override creditgraph PostgreSQL's batching, so each lever can be
+/// measured on its own with one build (`CREDITGRAPH_BENCH_PG_BATCH_COMMANDS_MAX=1` is one
+/// transaction per command; the server processes of the HTTP runs inherit them).
+const PG_BATCH_COMMANDS_MAX_VARIABLE: &str = "CREDITGRAPH_BENCH_PG_BATCH_COMMANDS_MAX";
+const PG_BATCHES_IN_FLIGHT_MAX_VARIABLE: &str = "CREDITGRAPH_BENCH_PG_BATCHES_IN_FLIGHT_MAX";
+
+/// creditgraph PostgreSQL's options in the benchmark: the pool the baselines get, the default
+/// batching unless overridden (see [`PG_BATCH_COMMANDS_MAX_VARIABLE`]).
+fn postgres_options() -> anyhow::Result<PostgresOptions> {
+    let defaults = PostgresOptions::default();
+    let variable = |name: &str, default: usize| -> anyhow::Result<usize> {
+        match std::env::var(name) {
+            Ok(text) => text.parse().with_context(|| format!("{name} must be a count, not {text:?}")),
+            Err(_) => Ok(default),
+        }
+    };
+    Ok(PostgresOptions {
+        pool_max: POSTGRES_POOL_MAX,
+        batch_commands_max: variable(PG_BATCH_COMMANDS_MAX_VARIABLE, defaults.batch_commands_max)?,
+        batches_in_flight_max: variable(PG_BATCHES_IN_FLIGHT_MAX_VARIABLE, defaults.batches_in_flight_max)?,
+        ..defaults
+    })
+}
+
 /// Where a store keeps its data: a SQLite file, or a PostgreSQL database URL.
 #[derive(Clone, Debug)]
 pub struct Place {
@@ -172,7 +196,7 @@ pub async fn open(kind: StoreKind, place: &Place) -> anyhow::Result<Opened> {
             Opened::Sqlite(Arc::new(SqliteStore::open(&place.sqlite_path, clock, options).await?))
         }
         StoreKind::Postgres => {
-            let options = PostgresOptions { pool_max: POSTGRES_POOL_MAX, ..PostgresOptions::default() };
+            let options = postgres_options()?;
             Opened::Postgres(Arc::new(PostgresStore::connect(postgres_url()?, clock, options).await?))
         }
         StoreKind::BaselinePgForUpdate | StoreKind::BaselinePgConditional => {
@@ -217,6 +241,20 @@ pub async fn fresh_place(
         (false, _) => None,
     };
     Ok(Place { sqlite_path: dir.join(format!("{run}.db")), postgres_url })
+}
+
+/// Refreshes the planner's statistics of a PostgreSQL place after seeding, for every store
+/// alike, so runs measure the steady state a deployment is in once autovacuum has analyzed its
+/// tables (it does so within a minute of a table growing by 10%), not plans made for the empty
+/// tables of a database created seconds before. Nothing for SQLite.
+pub async fn analyze(place: &Place) -> anyhow::Result<()> {
+    let Some(url) = &place.postgres_url else { return Ok(()) };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    client.batch_execute("ANALYZE").await.context("ANALYZE after seeding")?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
 }
 
 /// `SHOW server_version` of the cluster at `url`.

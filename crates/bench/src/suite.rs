@@ -219,7 +219,7 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
             )
             .await?;
             let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
-            let result = crate::pileup::run(kind, opened.ledger(), &run).await;
+            let result = crate::pileup::run(kind, opened.ledger(), &place, &run).await;
             opened.close().await;
             let result = result.with_context(|| format!("pile-up on {}", kind.label()))?;
             eprintln!(
@@ -266,7 +266,12 @@ async fn in_process(settings: &SuiteSettings, kind: StoreKind, workload: &Worklo
     let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
     let run =
         InProcessRun { callers: settings.callers(), duration: settings.in_process_duration(), seed: settings.seed };
-    let result = inprocess::run(kind, &opened, workload, &run).await;
+    let result = async {
+        inprocess::seed(&opened.ledger(), workload).await?;
+        stores::analyze(&place).await?;
+        inprocess::run(kind, &opened, workload, &run).await
+    }
+    .await;
     opened.close().await;
     result.with_context(|| format!("{} on {}", workload.name, kind.label()))
 }
@@ -289,6 +294,7 @@ async fn http_run(
     }
     if action != Action::Noop {
         http::seed(&processes, workload).await?;
+        stores::analyze(&place).await?;
     }
     let result = http::run(HttpRun {
         store: kind,

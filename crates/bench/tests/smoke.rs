@@ -26,7 +26,8 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
     assert!(status.success(), "the smoke run failed: {status}");
 
     let markdown = std::fs::read_to_string(out.path().join("BENCHMARKS.md")).expect("BENCHMARKS.md written");
-    assert!(markdown.contains("## Targets (issue 6)"), "{markdown}");
+    assert!(markdown.contains("## Targets (issue 16)"), "{markdown}");
+    assert!(markdown.contains("## Targets (issue 6, kept for comparison)"), "{markdown}");
     assert!(markdown.contains("Invariant violations over every run (verify + conservation): **0**"), "{markdown}");
     let chart = std::fs::read_to_string(out.path().join("docs/benchmarks/chart.svg")).expect("chart written");
     assert!(chart.starts_with("<svg") && chart.contains("<rect"), "{chart}");
@@ -62,4 +63,8 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
     let targets = results["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 11, "targets 1-9 (target 9 in two parts) and the synchronous=NORMAL row");
     assert!(targets.iter().all(|target| target["met"].is_boolean()), "every target measured: {targets:?}");
+    let targets_16 = results["targets_issue_16"].as_array().expect("issue 16 targets");
+    let numbers: Vec<u64> = targets_16.iter().map(|target| target["number"].as_u64().expect("number")).collect();
+    assert_eq!(numbers, (1..=7).collect::<Vec<u64>>(), "issue 16's targets 1-7, in order");
+    assert!(targets_16.iter().all(|target| target["met"].is_boolean()), "every target measured: {targets_16:?}");
 }

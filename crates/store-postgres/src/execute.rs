@@ -1,47 +1,56 @@
-//! Applying commands of one account: one READ COMMITTED transaction for a whole batch of them
-//! (see [`crate::batch`] for how batches form), and a lone command as a batch of one.
+//! Applying commands: one READ COMMITTED transaction for a whole batch of them, of any number of
+//! accounts (see [`crate::batch`] for how batches form), and a lone command as a batch of one.
 //!
 //! The order of steps is what makes it correct with many server processes on one database:
-//! 1. the batch's idempotency keys are claimed first, in ascending (byte) order, by one
-//!    `INSERT … ON CONFLICT DO NOTHING` that inserts them in that order, so a concurrent request
-//!    with one of those keys
-//!    waits on the key's index entry until this transaction commits, then finds the recorded
-//!    result and replays it; a key found already committed is read back, and its request is
-//!    answered `Replayed` (or `Conflict`) without being applied;
-//! 2. the account row is locked (`SELECT … FOR UPDATE`), which serialises every change of one
-//!    account across processes, and so keeps the account's journal `seq` increasing;
-//! 3. the state is loaded once under that lock (what [`protocol::needs`] lists for each command
-//!    of the batch), then a [`protocol::Decider`] decides each command in arrival order on the
-//!    state the one before produced (a rejection leaves it as it was);
-//! 4. the [`protocol::Writes`] are written once (each changed grant and hold at its final state,
-//!    the journal entries in order), with every claimed key's result, and committed once.
+//! 1. the batch's idempotency keys are read (`key = ANY($1)`, no wait): a request whose key is
+//!    recorded is answered `Replayed` (or `Conflict`) without being applied;
+//! 2. every account row of the batch is locked, in ascending account-id order, by one
+//!    `SELECT … WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE` (the rows are locked as
+//!    the sort emits them), which serialises every change of one account across processes, and
+//!    so keeps each account's journal `seq` increasing;
+//! 3. the accounts' states are loaded once under those locks, one statement per table for the
+//!    whole batch (what [`protocol::needs`] lists for each command), then one
+//!    [`protocol::Decider`] per account decides that account's commands in arrival order, each
+//!    on the state the one before produced (a rejection leaves it as it was; it never touches
+//!    another account's commands);
+//! 4. the decided requests' keys are recorded with their results, in ascending key order, by one
+//!    `INSERT … ON CONFLICT DO NOTHING RETURNING key`; then every account's [`protocol::Writes`]
+//!    are written, one statement per table (each changed grant and hold at its final state, the
+//!    journal entries in order), and committed once. A key a concurrent transaction is recording
+//!    makes this insert wait for it; when that one commits, the key is missing from the reply and
+//!    the batch rolls back and is retried, and then step 1 finds the record and replays it. So
+//!    the same key sent twice at once applies once, and each key costs one row written once.
 //!
-//! The protocol's steps are [`store::protocol`]'s; this module is their I/O: the claims, the lock,
-//! the pipelined reads and writes.
+//! The protocol's steps are [`store::protocol`]'s; this module is their I/O: the key reads, the
+//! locks, the pipelined reads and writes.
 //!
-//! Deadlock freedom: every transaction takes its locks in one global order, keys in ascending
-//! order, then one account row, and waits for nothing after that lock but its own statements.
-//! A transaction waiting for a key holds only smaller keys; one waiting for an account row holds
-//! only keys; the holder of an account row waits on no lock. So no cycle can form between
-//! batches of any number of processes. Steps 1–3 travel in one pipelined burst (the server runs
-//! them in order; reading back keys that already existed costs one more round trip), and step 4
-//! in a second one, with one statement per table whatever the batch's size. Deadlocks and unique violations can still come
-//! from outside (a new account created by two transactions at once, a session locking in another
+//! Deadlock freedom: every transaction takes its locks in one global order — account rows in
+//! ascending order, then keys in ascending order, then the rows of accounts it creates in
+//! ascending order — and waits for nothing else. Rank each lock: every account row below every
+//! key, every key below every created account, and within each kind by that order. A transaction
+//! only ever waits for a lock ranked above every lock it holds (one waiting for an account row
+//! holds smaller rows; one waiting for a key holds all its rows and smaller keys; one waiting on
+//! a created account's index entry holds all its rows and keys and smaller created accounts). So
+//! along any chain of waits the ranks increase strictly, and no cycle can form, between batches of
+//! any number of processes and whatever accounts they span. A second creator of the same account
+//! finds the row after the wait and the batch is retried (a race, not a deadlock). Steps 1–3
+//! travel in one pipelined burst (the server runs them in order), and step 4 in a second one.
+//! Deadlocks and unique violations can still come from outside (a session locking in another
 //! order) and are retried by the caller.
 //!
 //! [`apply`] runs these steps for one request inside a transaction it does not own, so a job
 //! write (see [`crate::jobs`]) applies its ledger request in its own transaction, after its job
-//! row; the job row is then the only lock taken before the key and the account, and always first.
+//! row; the job row is then the only lock taken before the account and the key, and always first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
-use ledger::{AccountId, AccountState, Amount, Entry, Hold, HoldId, Target, Timestamp};
+use ledger::{AccountId, AccountState, Amount, Entry, Grant, Hold, HoldId, Target, Timestamp};
 use store::codec::{self, undecodable};
-use store::protocol::{self, AccountRow, Decider, Needs, PendingHolds, Writes};
+use store::protocol::{self, AccountRow, Decider, PendingHolds, Writes};
 use store::{Executed, Idempotency, Request, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -49,29 +58,42 @@ use tokio_postgres::Row;
 use crate::error::{Failure, RetryCause};
 use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 
-/// Claims every key of a batch in one statement, in the order given (ascending: the lock order),
-/// and returns the keys this transaction inserted; the others existed (committed).
+/// Reads the recorded keys among a batch's (replays), without waiting: a key that a concurrent
+/// transaction is recording is not seen here, and [`RECORD_KEYS`] settles that race.
+const READ_KEYS: &str = "SELECT key, fingerprint, result FROM idempotency WHERE key = ANY($1)";
+/// Records the keys of the requests a batch decided, with their results, in the order given
+/// (ascending: the lock order, so two batches never wait on each other's keys in a cycle), and
+/// returns the keys it inserted. A key another transaction recorded first (it waits for that one
+/// to end) is missing from the reply: the batch rolls back and is retried, and replays it then.
 ///
-/// Set-based statements (one per table, rows passed as arrays) keep a batch's cost nearly flat in
-/// its size: the server's per-statement overhead dominates a hot account's transactions.
-const CLAIM_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
-     SELECT key, fingerprint, '', $3 FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS claim (key, fingerprint, n) \
-     ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
-const READ_KEY: &str = "SELECT fingerprint, result FROM idempotency WHERE key = $1";
-const RECORD_RESULTS: &str = "UPDATE idempotency SET result = recorded.result \
-     FROM unnest($1::TEXT[], $2::TEXT[]) AS recorded (key, result) WHERE idempotency.key = recorded.key";
+/// One row written per request, at the end, rather than claimed first and updated with the
+/// result: a key is recorded by the same statement that makes it visible. Set-based statements
+/// (one per table, rows passed as arrays) keep a batch's cost nearly flat in its size: the
+/// server's per-statement overhead dominates a batch's transaction.
+const RECORD_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
+     SELECT key, fingerprint, result, $4 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY \
+     AS record (key, fingerprint, result, n) ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
-/// Returns the row it inserted: none when another transaction created the account first.
-const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded, held) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
-/// Returns the row it updated: exactly one, the row this transaction has locked.
-const UPDATE_ACCOUNT: &str =
-    "UPDATE accounts SET spent = $2, refunded = $3, held = $4 WHERE account_id = $1 RETURNING account_id";
-const UPSERT_GRANT: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
-     created_at, reference, metadata, live, pinned) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+/// Inserts new accounts in the order given (ascending) and returns the rows it inserted: fewer
+/// than given when another transaction created one of them first.
+const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded, held) \
+     SELECT account_id, created_at, spent, refunded, held \
+     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) WITH ORDINALITY \
+     AS account (account_id, created_at, spent, refunded, held, n) \
+     ORDER BY n ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
+/// Returns the rows it updated: exactly those given, the rows this transaction has locked.
+const UPDATE_ACCOUNTS: &str = "UPDATE accounts SET spent = changed.spent, refunded = changed.refunded, \
+     held = changed.held \
+     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) AS changed (account_id, spent, refunded, held) \
+     WHERE accounts.account_id = changed.account_id RETURNING accounts.account_id";
+const UPSERT_GRANTS: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
+     created_at, reference, metadata, live, pinned) \
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::INT[], $7::BIGINT[], \
+     $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::BOOL[], $12::BIGINT[]) \
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
      priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
-     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned";
+     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned \
+     WHERE grants.account_id = EXCLUDED.account_id RETURNING grant_id";
 const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
      expires_at, created_at, reference, metadata, allocations) \
      SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
@@ -79,7 +101,8 @@ const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, capt
      ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
      remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
      expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
-     allocations = EXCLUDED.allocations";
+     allocations = EXCLUDED.allocations \
+     WHERE holds.account_id = EXCLUDED.account_id RETURNING hold_id";
 /// Inserts a batch's journal entries in journal order and returns them whole with their `seq`,
 /// so the caller can check that each entry got a larger `seq` than the one before it without
 /// relying on the order `RETURNING` happens to use.
@@ -94,13 +117,27 @@ const INSERT_ENTRIES: &str = "INSERT INTO entries (account_id, kind, amount, hol
      reference, balance_after, held_after, at, idempotency_key, n) \
      ORDER BY n";
 
-fn lock_account_sql() -> String {
-    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR UPDATE")
+/// Locks the batch's accounts in ascending order: `LockRows` sits above the sort, so rows are
+/// locked in the order they are returned.
+fn lock_accounts_sql() -> String {
+    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE")
 }
 fn live_grants_sql() -> String {
-    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id")
+    format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ANY($1) AND live ORDER BY account_id, created_at, grant_id"
+    )
 }
-/// The account's pending holds due at $2 (through `holds_pending_by_account_expiry`): never all.
+/// The pending holds a base state carries ([`PendingHolds`]) of every account in `$1`: those
+/// due at `$2` (through `holds_pending_by_account_expiry`), never all of them.
+fn pending_holds_sql(pending_holds: PendingHolds) -> String {
+    match pending_holds {
+        PendingHolds::DueAt(_) => format!(
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ANY($1) AND state = 'pending' AND expires_at <= $2 \
+             ORDER BY account_id, expires_at, hold_id"
+        ),
+    }
+}
+/// One account's pending holds due at `$2`, for the read path.
 pub(crate) fn due_holds_sql() -> String {
     format!(
         "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' AND expires_at <= $2 \
@@ -111,8 +148,12 @@ pub(crate) fn due_holds_sql() -> String {
 fn holds_by_id_sql() -> String {
     format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = ANY($1) ORDER BY created_at, hold_id")
 }
-fn grant_by_reference_sql() -> String {
-    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND kind = $2 AND reference = $3")
+/// The grants the batch's commands name by `(account, kind, reference)`.
+fn grants_by_reference_sql() -> String {
+    format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE (account_id, kind, reference) IN \
+         (SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]))"
+    )
 }
 
 /// What a batch did inside its caller's transaction, not yet committed.
@@ -132,8 +173,8 @@ pub(crate) struct Application {
     pub wrote: bool,
 }
 
-/// Applies `request` inside `transaction` as a batch of one (claim the key, lock the account,
-/// decide, write, record), leaving the commit or rollback to the caller. On `Err` the caller
+/// Applies `request` inside `transaction` as a batch of one (read the key, lock the account,
+/// decide, record the key, write), leaving the commit or rollback to the caller. On `Err` the caller
 /// must drop the transaction.
 ///
 /// A command naming a hold finds its account here, inside the transaction: a hold's account
@@ -148,21 +189,20 @@ pub(crate) async fn apply(
         Target::Account(account_id) => Some(account_id.clone()),
         Target::Hold(hold_id) => hold_account(transaction, hold_id).await?,
     };
-    let Batch { mut executed, wrote } = run(transaction, account_id.as_ref(), &[request], now).await?;
+    let Batch { mut executed, wrote } = run(transaction, &[(account_id.as_ref(), request)], now).await?;
     Ok(Application { executed: executed.pop().expect("one answer per request"), wrote })
 }
 
-/// Applies `requests` inside `transaction`, as one batch: see the module docs. Every command
-/// must concern `account_id` (a command naming a hold: that hold's account), and no idempotency
-/// key may appear twice. Leaves the commit or rollback to the caller; on `Err` the caller must
-/// drop the transaction.
+/// Applies `requests` inside `transaction`, as one batch: see the module docs. Each request comes
+/// with the account it concerns (a command naming a hold: that hold's account; `None`: the hold
+/// does not exist), and no idempotency key may appear twice. Leaves the commit or rollback to the
+/// caller; on `Err` the caller must drop the transaction.
 pub(crate) async fn apply_batch(
     transaction: &Transaction<'_>,
-    account_id: &AccountId,
-    requests: &[&Request],
+    requests: &[(Option<&AccountId>, &Request)],
     now: Timestamp,
 ) -> Result<Batch, Failure> {
-    run(transaction, Some(account_id), requests, now).await
+    run(transaction, requests, now).await
 }
 
 /// The account of a hold, read without a lock; `None` when there is no such hold.
@@ -180,40 +220,31 @@ pub(crate) async fn hold_account(
 
 /// One pipelined statement: the rows it returned (a write returns rows only where they are
 /// checked: `RETURNING`).
-type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+pub(crate) type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
 
-/// The batch proper. `account_id` `None`: the hold the (single) command names does not exist, so
-/// every request not answered by its key is rejected with `hold_not_found`.
+/// The batch proper.
 async fn run(
     transaction: &Transaction<'_>,
-    account_id: Option<&AccountId>,
-    requests: &[&Request],
+    requests: &[(Option<&AccountId>, &Request)],
     now: Timestamp,
 ) -> Result<Batch, Failure> {
-    let now_micros = now.micros();
-    // Claims in ascending key order: the lock order that keeps batches of different processes
-    // from waiting on each other's keys in a cycle.
-    let mut claims: Vec<(usize, &Idempotency)> = requests
+    let keyed: Vec<(usize, &Idempotency)> = requests
         .iter()
         .enumerate()
-        .filter_map(|(index, request)| request.idempotency.as_ref().map(|idempotency| (index, idempotency)))
+        .filter_map(|(index, (_, request))| request.idempotency.as_ref().map(|idempotency| (index, idempotency)))
         .collect();
-    claims.sort_by(|left, right| left.1.key.cmp(&right.1.key));
+    debug_assert!(
+        keyed.iter().map(|(_, idempotency)| &idempotency.key).collect::<HashSet<_>>().len() == keyed.len(),
+        "a key twice in one batch"
+    );
 
     let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(6);
-    if !claims.is_empty() {
-        let statement = transaction.prepare_cached(CLAIM_KEYS).await?;
-        let keys: Vec<&str> = claims.iter().map(|claim| claim.1.key.as_str()).collect();
-        let fingerprints: Vec<&str> = claims.iter().map(|claim| claim.1.fingerprint.as_str()).collect();
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 3] = [&keys, &fingerprints, &now_micros];
-            transaction.query(&statement, &params).await
-        }));
+    if !keyed.is_empty() {
+        let statement = transaction.prepare_cached(READ_KEYS).await?;
+        let keys: Vec<&str> = keyed.iter().map(|(_, idempotency)| idempotency.key.as_str()).collect();
+        pending.push(Box::pin(async move { transaction.query(&statement, &[&keys]).await }));
     }
-    let load = match account_id {
-        Some(account_id) => Some(Load::push(transaction, account_id, requests, now, &mut pending).await?),
-        None => None,
-    };
+    let load = Load::push(transaction, requests, now, &mut pending).await?;
     // One join, so every statement is sent (in this order) before any answer is awaited. The
     // first error in sending order is the real one: later statements fail only because the
     // transaction aborted.
@@ -225,157 +256,184 @@ async fn run(
 
     // Requests whose key was already recorded are answered from the record.
     let mut executed: Vec<Option<Executed>> = vec![None; requests.len()];
-    let mut recorded = Vec::new();
-    if !claims.is_empty() {
-        let reply = replies.next().expect("a reply to the claims");
-        let mut inserted = HashSet::with_capacity(reply.len());
-        for row in &reply {
-            let key: &str = row.try_get(0).map_err(|_| undecodable("idempotency key"))?;
-            inserted.insert(key);
+    if !keyed.is_empty() {
+        let rows = replies.next().expect("a reply to the key reads");
+        for (index, answer) in replays(&keyed, &rows)? {
+            executed[index] = Some(answer);
         }
-        recorded.extend(claims.iter().filter(|claim| !inserted.contains(claim.1.key.as_str())).copied());
-    }
-    for (index, answer) in read_keys(transaction, &recorded).await? {
-        executed[index] = Some(answer);
     }
 
-    // Decide in arrival order, each command on the state the previous one left.
-    let mut decider = match (account_id, load) {
-        (Some(account_id), Some(load)) => Decider::new(load.state(account_id, &mut replies)?),
-        _ => Decider::hold_not_found(),
-    };
-    for (index, request) in requests.iter().enumerate() {
-        if executed[index].is_none() {
-            executed[index] = Some(Executed::Fresh(decider.decide(request, now)));
+    // Decide each account's requests in arrival order, each on the state the previous one left.
+    let mut states = load.states(&mut replies)?;
+    let mut deciders: Vec<(Option<&AccountId>, Decider)> = Vec::new();
+    for (index, (account_id, request)) in requests.iter().enumerate() {
+        if executed[index].is_some() {
+            continue;
         }
+        let position = match deciders.iter().position(|(decided, _)| decided == account_id) {
+            Some(position) => position,
+            None => {
+                let decider = match account_id {
+                    Some(account_id) => Decider::new(states.remove(account_id.as_str())),
+                    None => Decider::hold_not_found(),
+                };
+                deciders.push((*account_id, decider));
+                deciders.len() - 1
+            }
+        };
+        executed[index] = Some(Executed::Fresh(deciders[position].1.decide(request, now)));
     }
-    let writes = decider.finish();
-    write(transaction, &writes).await?;
+    let writes: Vec<Writes> = deciders.into_iter().map(|(_, decider)| decider.finish()).collect();
+    write(transaction, &writes, now).await?;
     let executed = executed.into_iter().map(|answer| answer.expect("every request answered")).collect();
-    Ok(Batch { executed, wrote: !writes.is_empty() })
+    Ok(Batch { executed, wrote: writes.iter().any(|writes| !writes.is_empty()) })
 }
 
-/// Reads the records of keys that existed when claimed: `(request index, answer)` each.
-async fn read_keys(
-    transaction: &Transaction<'_>,
-    recorded: &[(usize, &Idempotency)],
-) -> Result<Vec<(usize, Executed)>, Failure> {
-    if recorded.is_empty() {
-        return Ok(Vec::new());
+/// The answers of the requests whose key is recorded (`rows`, from [`READ_KEYS`]): `(request
+/// index, answer)` each.
+fn replays(keyed: &[(usize, &Idempotency)], rows: &[Row]) -> Result<Vec<(usize, Executed)>, Failure> {
+    let undecodable = |error| StoreError::corrupt("undecodable idempotency record").with_source(error);
+    let mut found: HashMap<&str, (&str, &str)> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        found.insert(
+            row.try_get(0).map_err(undecodable)?,
+            (row.try_get(1).map_err(undecodable)?, row.try_get(2).map_err(undecodable)?),
+        );
     }
-    let statement = transaction.prepare_cached(READ_KEY).await?;
-    let pending: Vec<PendingRows<'_>> = recorded
-        .iter()
-        .map(|&(_, idempotency)| {
-            let statement = statement.clone();
-            let key = idempotency.key.as_str();
-            Box::pin(async move { transaction.query(&statement, &[&key]).await }) as PendingRows<'_>
-        })
-        .collect();
-    let mut answers = Vec::with_capacity(recorded.len());
-    for (&(index, idempotency), rows) in recorded.iter().zip(join_in_order(pending).await) {
-        // The key exists, committed: its INSERT waited for any transaction still holding it.
-        let Some(row) = rows?.into_iter().next() else {
-            // Swept between the two statements (only possible past the retention period).
-            return Err(Failure::retry(RetryCause::Race, "idempotency key vanished"));
-        };
-        let undecodable = |error| StoreError::corrupt("undecodable idempotency record").with_source(error);
-        let stored_fingerprint: &str = row.try_get(0).map_err(undecodable)?;
-        let result: &str = row.try_get(1).map_err(undecodable)?;
-        answers.push((index, protocol::replay(idempotency, stored_fingerprint, result)?));
+    let mut answers = Vec::with_capacity(found.len());
+    for &(index, idempotency) in keyed {
+        if let Some((stored_fingerprint, result)) = found.get(idempotency.key.as_str()) {
+            answers.push((index, protocol::replay(idempotency, stored_fingerprint, result)?));
+        }
     }
     Ok(answers)
 }
 
-/// The reads of step 2 and 3, queued behind the key claims in the same pipeline: which replies
+/// The reads of steps 2 and 3, queued behind the key reads in the same pipeline: which replies
 /// are whose.
 struct Load {
+    /// Whether any account was locked and loaded (not when every command names a missing hold).
+    accounts: bool,
     /// Whether the named holds were queried (not when no command names one).
     named_holds: bool,
-    referenced_grants: usize,
+    /// Whether grants were queried by reference (not when no command names one).
+    referenced_grants: bool,
 }
 
 impl Load {
-    /// Queues the account lock and what every request needs ([`protocol::needs`]): its base
-    /// state, the named holds and the referenced grants (also for requests that will turn out to
-    /// be replays: loading more of the account than needed is harmless).
+    /// Queues the account locks and what every request needs ([`protocol::needs`]): the base
+    /// states, the named holds and the referenced grants (also for requests that will turn out to
+    /// be replays: loading more of an account than needed is harmless).
     async fn push<'a>(
         transaction: &'a Transaction<'_>,
-        account_id: &'a AccountId,
-        requests: &[&'a Request],
+        requests: &[(Option<&'a AccountId>, &'a Request)],
         now: Timestamp,
         pending: &mut Vec<PendingRows<'a>>,
     ) -> Result<Load, Failure> {
-        let needs: Vec<Needs<'a>> = requests.iter().map(|request| protocol::needs(&request.command, now)).collect();
-        let pending_holds = needs.first().map_or(PendingHolds::DueAt(now), |need| need.pending_holds);
-        assert!(needs.iter().all(|need| need.pending_holds == pending_holds), "one base state per batch");
-        let lock = transaction.prepare_cached(&lock_account_sql()).await?;
-        let grants = transaction.prepare_cached(&live_grants_sql()).await?;
-        let (holds, due_at) = match pending_holds {
-            PendingHolds::DueAt(at) => (transaction.prepare_cached(&due_holds_sql()).await?, at.micros()),
-        };
-        let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
-        let by_reference = transaction.prepare_cached(&grant_by_reference_sql()).await?;
-        let id = account_id.as_str();
-        pending.push(Box::pin(async move { transaction.query(&lock, &[&id]).await }));
-        pending.push(Box::pin(async move { transaction.query(&grants, &[&id]).await }));
-        pending.push(Box::pin(async move { transaction.query(&holds, &[&id, &due_at]).await }));
-        let mut named: Vec<&str> = needs.iter().filter_map(|need| need.hold.map(HoldId::as_str)).collect();
+        let mut accounts: Vec<&str> =
+            requests.iter().filter_map(|(account_id, _)| account_id.map(AccountId::as_str)).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        if accounts.is_empty() {
+            return Ok(Load { accounts: false, named_holds: false, referenced_grants: false });
+        }
+        let mut pending_holds = None;
+        let mut named: Vec<&str> = Vec::new();
+        let mut references: Vec<(&str, &str, &str)> = Vec::new();
+        for (account_id, request) in requests {
+            let Some(account_id) = account_id else { continue };
+            let need = protocol::needs(&request.command, now);
+            assert!(pending_holds.is_none_or(|holds| holds == need.pending_holds), "one kind of base state per batch");
+            pending_holds = Some(need.pending_holds);
+            named.extend(need.hold.map(HoldId::as_str));
+            if let Some((kind, reference)) = need.grant {
+                references.push((account_id.as_str(), kind.as_str(), reference.as_str()));
+            }
+        }
         named.sort_unstable();
         named.dedup();
+        references.sort_unstable();
+        references.dedup();
+        let pending_holds = pending_holds.expect("a batch with an account has a request");
+
+        let lock = transaction.prepare_cached(&lock_accounts_sql()).await?;
+        let grants = transaction.prepare_cached(&live_grants_sql()).await?;
+        let holds = transaction.prepare_cached(&pending_holds_sql(pending_holds)).await?;
+        let PendingHolds::DueAt(due_at) = pending_holds;
+        let due_at = due_at.micros();
+        let accounts_for_grants = accounts.clone();
+        let accounts_for_holds = accounts.clone();
+        pending.push(Box::pin(async move { transaction.query(&lock, &[&accounts]).await }));
+        pending.push(Box::pin(async move { transaction.query(&grants, &[&accounts_for_grants]).await }));
+        pending.push(Box::pin(async move { transaction.query(&holds, &[&accounts_for_holds, &due_at]).await }));
         let named_holds = !named.is_empty();
         if named_holds {
+            let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
             pending.push(Box::pin(async move { transaction.query(&holds_by_id, &[&named]).await }));
         }
-        let mut references = HashSet::new();
-        let mut referenced_grants = 0;
-        for need in &needs {
-            let Some((kind, reference)) = need.grant else { continue };
-            if !references.insert((kind.as_str(), reference.as_str())) {
-                continue;
-            }
-            let statement = by_reference.clone();
+        let referenced_grants = !references.is_empty();
+        if referenced_grants {
+            let by_reference = transaction.prepare_cached(&grants_by_reference_sql()).await?;
+            let account_ids: Vec<&str> = references.iter().map(|named| named.0).collect();
+            let kinds: Vec<&str> = references.iter().map(|named| named.1).collect();
+            let references: Vec<&str> = references.iter().map(|named| named.2).collect();
             pending.push(Box::pin(async move {
-                let params: [&(dyn ToSql + Sync); 3] = [&id, &kind.as_str(), &reference.as_str()];
-                transaction.query(&statement, &params).await
+                transaction.query(&by_reference, &[&account_ids, &kinds, &references]).await
             }));
-            referenced_grants += 1;
         }
-        Ok(Load { named_holds, referenced_grants })
+        Ok(Load { accounts: true, named_holds, referenced_grants })
     }
 
-    /// The loaded state from the replies (in the order [`Load::push`] queued them), `None` when
-    /// the account does not exist (a grant then creates it on write).
-    fn state(
-        self,
-        account_id: &AccountId,
-        replies: &mut impl Iterator<Item = Vec<Row>>,
-    ) -> Result<Option<AccountState>, Failure> {
+    /// The loaded states by account id, from the replies (in the order [`Load::push`] queued
+    /// them); an account that does not exist has none (a grant then creates it on write).
+    fn states(self, replies: &mut impl Iterator<Item = Vec<Row>>) -> Result<HashMap<String, AccountState>, Failure> {
+        let mut states = HashMap::new();
+        if !self.accounts {
+            return Ok(states);
+        }
         let mut next = || replies.next().expect("one reply per queued read");
-        let (account_row, grant_rows, hold_rows) = (next(), next(), next());
+        let (account_rows, grant_rows, hold_rows) = (next(), next(), next());
         let named_holds = if self.named_holds { next() } else { Vec::new() };
-        let referenced: Vec<Vec<Row>> = (0..self.referenced_grants).map(|_| next()).collect();
-        let Some(account_row) = account_row.first() else { return Ok(None) };
-        let (_, created_at, totals, held) = rows::account(account_row)?;
-        let mut state = AccountState::new(account_id.clone(), created_at);
-        state.totals = totals;
-        state.held = held;
-        state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
-        state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
+        let referenced = if self.referenced_grants { next() } else { Vec::new() };
+        for row in &account_rows {
+            let (account_id, created_at, totals, held) = rows::account(row)?;
+            let mut state = AccountState::new(account_id.clone(), created_at);
+            state.totals = totals;
+            state.held = held;
+            states.insert(account_id.as_str().to_owned(), state);
+        }
+        for grant in grant_rows.iter().map(rows::grant) {
+            let grant: Grant = grant?;
+            if let Some(state) = states.get_mut(grant.account_id.as_str()) {
+                state.grants.push(grant);
+            }
+        }
+        for hold in hold_rows.iter().map(rows::hold) {
+            let hold: Hold = hold?;
+            if let Some(state) = states.get_mut(hold.account_id.as_str()) {
+                state.holds.push(hold);
+            }
+        }
         for hold in named_holds.iter().map(rows::hold) {
-            protocol::include_hold(&mut state, hold?);
+            let hold = hold?;
+            if let Some(state) = states.get_mut(hold.account_id.as_str()) {
+                protocol::include_hold(state, hold);
+            }
         }
-        for grant in referenced.iter().flatten().map(rows::grant) {
-            protocol::include_grant(&mut state, grant?);
+        for grant in referenced.iter().map(rows::grant) {
+            let grant = grant?;
+            if let Some(state) = states.get_mut(grant.account_id.as_str()) {
+                protocol::include_grant(state, grant);
+            }
         }
-        Ok(Some(state))
+        Ok(states)
     }
 }
 
 /// Polls every future in `pending` in list order on each wake-up, so their first polls (which
 /// send the statements) happen in that order, and returns the outputs in that order.
 /// (`futures::join_all` switches to an unordered set above 30 futures.)
-async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
     let mut slots: Vec<MaybeDone<F>> = pending.into_iter().map(maybe_done).collect();
     std::future::poll_fn(|context| {
         let mut done = true;
@@ -392,50 +450,88 @@ async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::Output> {
     slots.iter_mut().map(|slot| Pin::new(slot).take_output().expect("every joined future completed")).collect()
 }
 
-/// Writes what the protocol lists ([`Writes`]): the account row (inserted when new; updated
-/// only when its totals moved), the changed grants and holds (upserted as they stand in the final
-/// state, once each), the journal entries in order; then each claimed key's result.
+/// Which replies of [`write`]'s pipeline are checked.
+#[derive(Default)]
+struct Checked {
+    inserted_accounts: Option<(usize, Vec<String>)>,
+    updated_accounts: Option<(usize, usize)>,
+    entries: Option<usize>,
+    /// The keys recorded: one missing was recorded by a concurrent transaction first.
+    recorded_keys: Option<(usize, usize)>,
+    /// Grants and holds upserted: an id that belongs to another account writes no row.
+    grants: Option<(usize, usize)>,
+    holds: Option<(usize, usize)>,
+}
+
+/// Writes what the protocol lists ([`Writes`]) for every account of the batch, one statement per
+/// table: first the decided requests' keys with their results ([`RECORD_KEYS`]), then the account rows (inserted when new, in ascending order; updated only when their totals
+/// moved), the changed grants and holds (upserted as they stand in the final state, once each),
+/// the journal entries in order.
 ///
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
-async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Failure> {
-    let mut pending: Vec<PendingRows<'_>> = Vec::new();
-    let mut entries_at = None;
-    let account_row = writes.account_row();
-    if let Some(state) = writes.state().filter(|_| writes.changed()) {
-        let account_id = state.account_id.as_str();
-        let spent = sql_amount(state.totals.spent)?;
-        let refunded = sql_amount(state.totals.refunded)?;
-        let held = sql_amount(state.held)?;
-        let created_at = state.created_at.micros();
-        match account_row {
-            AccountRow::Unchanged => {}
-            AccountRow::Insert => {
-                let statement = transaction.prepare_cached(INSERT_ACCOUNT).await?;
-                pending.push(Box::pin(async move {
-                    let params: [&(dyn ToSql + Sync); 5] = [&account_id, &created_at, &spent, &refunded, &held];
-                    transaction.query(&statement, &params).await
-                }));
-            }
-            AccountRow::Update => {
-                let statement = transaction.prepare_cached(UPDATE_ACCOUNT).await?;
-                pending.push(Box::pin(async move {
-                    transaction.query(&statement, &[&account_id, &spent, &refunded, &held]).await
-                }));
-            }
-        }
-        push_grants(transaction, writes, &mut pending).await?;
-        push_holds(transaction, writes, &mut pending).await?;
-        if !writes.entries().is_empty() {
-            entries_at = Some(pending.len());
-            push_entries(transaction, writes.entries(), &mut pending).await?;
-        }
+async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp) -> Result<(), Failure> {
+    let changed: Vec<&Writes> = writes.iter().filter(|writes| writes.state().is_some() && writes.changed()).collect();
+    fn state<'w>(writes: &&'w Writes) -> &'w AccountState {
+        writes.state().expect("a changed account has a state")
     }
-    if !writes.records().is_empty() {
-        let statement = transaction.prepare_cached(RECORD_RESULTS).await?;
-        let keys: Vec<&str> = writes.records().iter().map(|record| record.key.as_str()).collect();
-        let results: Vec<&str> = writes.records().iter().map(|record| record.result.as_str()).collect();
-        pending.push(Box::pin(async move { transaction.query(&statement, &[&keys, &results]).await }));
+    let mut pending: Vec<PendingRows<'_>> = Vec::new();
+    let mut checked = Checked::default();
+
+    let mut records: Vec<&protocol::Record> = writes.iter().flat_map(|writes| writes.records()).collect();
+    records.sort_unstable_by(|left, right| left.key.cmp(&right.key));
+    if !records.is_empty() {
+        let statement = transaction.prepare_cached(RECORD_KEYS).await?;
+        let keys: Vec<&str> = records.iter().map(|record| record.key.as_str()).collect();
+        let fingerprints: Vec<&str> = records.iter().map(|record| record.fingerprint.as_str()).collect();
+        let results: Vec<&str> = records.iter().map(|record| record.result.as_str()).collect();
+        let now_micros = now.micros();
+        checked.recorded_keys = Some((pending.len(), records.len()));
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 4] = [&keys, &fingerprints, &results, &now_micros];
+            transaction.query(&statement, &params).await
+        }));
+    }
+
+    let mut inserts: Vec<&AccountState> =
+        changed.iter().filter(|writes| writes.account_row() == AccountRow::Insert).map(state).collect();
+    inserts.sort_unstable_by(|left, right| left.account_id.cmp(&right.account_id));
+    if !inserts.is_empty() {
+        let statement = transaction.prepare_cached(INSERT_ACCOUNTS).await?;
+        let account_id: Vec<&str> = inserts.iter().map(|state| state.account_id.as_str()).collect();
+        let created_at: Vec<i64> = inserts.iter().map(|state| state.created_at.micros()).collect();
+        let spent = inserts.iter().map(|state| sql_amount(state.totals.spent)).collect::<Result<Vec<_>, _>>()?;
+        let refunded = inserts.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
+        let held = inserts.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
+        checked.inserted_accounts = Some((pending.len(), account_id.iter().map(|id| (*id).to_owned()).collect()));
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 5] = [&account_id, &created_at, &spent, &refunded, &held];
+            transaction.query(&statement, &params).await
+        }));
+    }
+    let updates: Vec<&AccountState> =
+        changed.iter().filter(|writes| writes.account_row() == AccountRow::Update).map(state).collect();
+    if !updates.is_empty() {
+        let statement = transaction.prepare_cached(UPDATE_ACCOUNTS).await?;
+        let account_id: Vec<&str> = updates.iter().map(|state| state.account_id.as_str()).collect();
+        let spent = updates.iter().map(|state| sql_amount(state.totals.spent)).collect::<Result<Vec<_>, _>>()?;
+        let refunded = updates.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
+        let held = updates.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
+        checked.updated_accounts = Some((pending.len(), account_id.len()));
+        pending.push(Box::pin(
+            async move { transaction.query(&statement, &[&account_id, &spent, &refunded, &held]).await },
+        ));
+    }
+    let grants: Vec<&Grant> = changed.iter().flat_map(|writes| writes.grants()).collect();
+    checked.grants = Some((pending.len(), grants.len())).filter(|(_, count)| *count > 0);
+    push_grants(transaction, grants, &mut pending).await?;
+    let holds: Vec<&Hold> = changed.iter().flat_map(|writes| writes.holds()).collect();
+    checked.holds = Some((pending.len(), holds.len())).filter(|(_, count)| *count > 0);
+    push_holds(transaction, holds, &mut pending).await?;
+    let entries: Vec<&Entry> = changed.iter().flat_map(|writes| writes.entries()).collect();
+    if !entries.is_empty() {
+        checked.entries = Some(pending.len());
+        push_entries(transaction, &entries, &mut pending).await?;
     }
     if pending.is_empty() {
         return Ok(());
@@ -448,32 +544,51 @@ async fn write(transaction: &Transaction<'_>, writes: &Writes) -> Result<(), Fai
     for reply in join_in_order(pending).await {
         replies.push(reply?);
     }
-    if let Some(index) = entries_at {
-        check_entries(writes.entries(), &replies[index])?;
-    }
-    // The account row's statement, when there is one, went first.
-    match (account_row, &replies[0]) {
-        // Another transaction created the account first; its row is now committed, so the next
-        // attempt locks it and decides against its real state.
-        (AccountRow::Insert, rows) if rows.is_empty() => {
-            let account_id = writes.state().map(|state| state.account_id.as_str()).unwrap_or_default();
-            Err(Failure::retry(RetryCause::Race, format!("account {account_id} created concurrently")))
+    if let Some((index, count)) = checked.recorded_keys {
+        if replies[index].len() != count {
+            // A concurrent request with one of these keys committed first (this insert waited
+            // for it): the next attempt reads its record and replays it.
+            return Err(Failure::retry(RetryCause::Race, "an idempotency key recorded concurrently"));
         }
-        (AccountRow::Update, rows) if rows.len() != 1 => {
-            Err(Failure::Store(undecodable("account row (vanished while locked)")))
-        }
-        _ => Ok(()),
     }
+    if let Some(index) = checked.entries {
+        check_entries(&entries, &replies[index])?;
+    }
+    if let Some((index, accounts)) = checked.inserted_accounts {
+        if replies[index].len() != accounts.len() {
+            // Another transaction created one of them first; its row is now committed, so the
+            // next attempt locks it and decides against its real state.
+            return Err(Failure::retry(RetryCause::Race, format!("one of accounts {accounts:?} created concurrently")));
+        }
+    }
+    if let Some((index, count)) = checked.updated_accounts {
+        if replies[index].len() != count {
+            return Err(Failure::Store(undecodable("account row (vanished while locked)")));
+        }
+    }
+    // Ids are the service's (UUIDv7), unique across accounts: a reused one is refused, never
+    // written over another account's row.
+    for (checked, what) in [(checked.grants, "grant"), (checked.holds, "hold")] {
+        if let Some((index, count)) = checked {
+            if replies[index].len() != count {
+                return Err(Failure::Store(StoreError::corrupt(format!(
+                    "a {what} id of the batch already belongs to another account; not committed"
+                ))));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the batch's entries were inserted exactly as decided, each with a larger `seq`
-/// than the entry before it in journal order: `rows` (the inserted entries, in any order) sorted
-/// by `seq` must equal `entries`. (Two entries equal in every column are interchangeable.)
-fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
+/// than the entry before it in the order written (each account's journal order): `rows` (the
+/// inserted entries, in any order) sorted by `seq` must equal `entries`. (Two entries equal in
+/// every column are interchangeable.)
+fn check_entries(entries: &[&Entry], rows: &[Row]) -> Result<(), Failure> {
     let mut inserted: Vec<Entry> = rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
     inserted.sort_unstable_by_key(|entry| entry.seq);
     let in_order = inserted.len() == entries.len()
-        && inserted.iter().zip(entries).all(|(stored, entry)| &Entry { seq: entry.seq, ..stored.clone() } == entry);
+        && inserted.iter().zip(entries).all(|(stored, entry)| &Entry { seq: entry.seq, ..stored.clone() } == *entry);
     if !in_order {
         let seqs: Vec<u64> = inserted.iter().map(|entry| entry.seq).collect();
         return Err(Failure::Store(StoreError::corrupt(format!(
@@ -485,48 +600,53 @@ fn check_entries(entries: &[Entry], rows: &[Row]) -> Result<(), Failure> {
 
 async fn push_grants<'a>(
     transaction: &'a Transaction<'_>,
-    writes: &'a Writes,
+    grants: Vec<&'a Grant>,
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
-    if writes.grants().next().is_none() {
+    if grants.is_empty() {
         return Ok(());
     }
-    let statement = transaction.prepare_cached(UPSERT_GRANT).await?;
-    for grant in writes.grants() {
-        let amount = sql_amount(grant.amount)?;
-        let free = sql_amount(grant.free)?;
-        let pinned = sql_amount(grant.pinned)?;
-        let expires_at = grant.expires_at.map(Timestamp::micros);
-        let created_at = grant.created_at.micros();
-        let reference = grant.reference.as_ref().map(|reference| reference.as_str());
-        let statement = statement.clone();
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 12] = [
-                &grant.grant_id.as_str(),
-                &grant.account_id.as_str(),
-                &grant.kind.as_str(),
-                &amount,
-                &free,
-                &grant.priority,
-                &expires_at,
-                &created_at,
-                &reference,
-                &grant.metadata,
-                &grant.live,
-                &pinned,
-            ];
-            transaction.query(&statement, &params).await
-        }));
-    }
+    let statement = transaction.prepare_cached(UPSERT_GRANTS).await?;
+    let amounts = |amount: fn(&Grant) -> Amount| {
+        grants.iter().map(|grant| sql_amount(amount(grant))).collect::<Result<Vec<_>, _>>()
+    };
+    let (amount, free, pinned) =
+        (amounts(|grant| grant.amount)?, amounts(|grant| grant.free)?, amounts(|grant| grant.pinned)?);
+    let grant_id: Vec<&str> = grants.iter().map(|grant| grant.grant_id.as_str()).collect();
+    let account_id: Vec<&str> = grants.iter().map(|grant| grant.account_id.as_str()).collect();
+    let kind: Vec<&str> = grants.iter().map(|grant| grant.kind.as_str()).collect();
+    let priority: Vec<i32> = grants.iter().map(|grant| grant.priority).collect();
+    let expires_at: Vec<Option<i64>> = grants.iter().map(|grant| grant.expires_at.map(Timestamp::micros)).collect();
+    let created_at: Vec<i64> = grants.iter().map(|grant| grant.created_at.micros()).collect();
+    let reference: Vec<Option<&str>> =
+        grants.iter().map(|grant| grant.reference.as_ref().map(|reference| reference.as_str())).collect();
+    let metadata: Vec<&str> = grants.iter().map(|grant| grant.metadata.as_str()).collect();
+    let live: Vec<bool> = grants.iter().map(|grant| grant.live).collect();
+    pending.push(Box::pin(async move {
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &grant_id,
+            &account_id,
+            &kind,
+            &amount,
+            &free,
+            &priority,
+            &expires_at,
+            &created_at,
+            &reference,
+            &metadata,
+            &live,
+            &pinned,
+        ];
+        transaction.query(&statement, &params).await
+    }));
     Ok(())
 }
 
 async fn push_holds<'a>(
     transaction: &'a Transaction<'_>,
-    writes: &'a Writes,
+    holds: Vec<&'a Hold>,
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
-    let holds: Vec<&Hold> = writes.holds().collect();
     if holds.is_empty() {
         return Ok(());
     }
@@ -566,7 +686,7 @@ async fn push_holds<'a>(
 
 async fn push_entries<'a>(
     transaction: &'a Transaction<'_>,
-    entries: &'a [Entry],
+    entries: &[&'a Entry],
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
     let statement = transaction.prepare_cached(&insert_entries_sql()).await?;
@@ -601,4 +721,83 @@ async fn push_entries<'a>(
         transaction.query(&statement, &params).await
     }));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deadpool_postgres::Transaction;
+    use ledger::{AccountId, Amount, Outcome, Rejection, Timestamp};
+    use store::conformance::{account, capture_credits, grant_credits, hold_credits};
+    use store::{Clock, Executed, LedgerStore, ManualClock, Request};
+    use tokio_postgres::IsolationLevel;
+
+    use super::{apply_batch, Batch};
+    use crate::{testing, PostgresOptions, PostgresStore};
+
+    async fn batch(
+        transaction: &Transaction<'_>,
+        requests: &[(Option<&AccountId>, &Request)],
+        now: Timestamp,
+    ) -> Batch {
+        apply_batch(transaction, requests, now).await.expect("batch")
+    }
+
+    /// One transaction for commands of three accounts (one new), with a rejection in the middle:
+    /// the rejected command changes nothing and costs its neighbours nothing, each account's
+    /// commands are decided in arrival order, and the result verifies.
+    #[tokio::test]
+    async fn a_batch_spanning_accounts_with_a_rejection_in_the_middle() {
+        let url = testing::fresh_database().await;
+        let clock = Arc::new(ManualClock::starting_now());
+        let store = PostgresStore::connect(&url, clock.clone(), PostgresOptions::default()).await.expect("connect");
+        for (account_id, amount) in [("x-a", 10), ("x-b", 5)] {
+            store
+                .execute(Request::new(grant_credits(account_id, &format!("g-{account_id}"), amount)))
+                .await
+                .expect("grant");
+        }
+        let (a, b, c) = (account("x-a"), account("x-b"), account("x-c"));
+        let requests = [
+            (Some(&b), Request::with_key(hold_credits("x-b", "hb1", 4, 600), "kb1", "f")),
+            (Some(&a), Request::with_key(hold_credits("x-a", "ha1", 6, 600), "ka1", "f")),
+            // Only 1 credit left on x-b: rejected, and recorded on its key.
+            (Some(&b), Request::with_key(hold_credits("x-b", "hb2", 2, 600), "kb2", "f")),
+            (Some(&c), Request::new(grant_credits("x-c", "g-x-c", 7))),
+            (Some(&a), Request::with_key(capture_credits("ha1", 5), "ka2", "f")),
+            // Still 1 credit on x-b: the rejection above left the state as it was.
+            (Some(&b), Request::with_key(hold_credits("x-b", "hb3", 1, 600), "kb3", "f")),
+        ];
+        let requests: Vec<(Option<&AccountId>, &Request)> =
+            requests.iter().map(|(account_id, request)| (*account_id, request)).collect();
+        let mut client = store.pool.get().await.expect("client");
+        let transaction =
+            client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.expect("begin");
+        let Batch { executed, wrote } = batch(&transaction, &requests, clock.now()).await;
+        transaction.commit().await.expect("commit");
+        assert!(wrote);
+        assert!(matches!(executed[0], Executed::Fresh(Ok(Outcome::Held { .. }))), "{executed:?}");
+        assert!(matches!(executed[1], Executed::Fresh(Ok(Outcome::Held { .. }))), "{executed:?}");
+        assert!(matches!(executed[2], Executed::Fresh(Err(Rejection::InsufficientCredits { .. }))), "{executed:?}");
+        assert!(matches!(executed[3], Executed::Fresh(Ok(Outcome::Granted { .. }))), "{executed:?}");
+        assert!(matches!(executed[4], Executed::Fresh(Ok(Outcome::Captured { .. }))), "{executed:?}");
+        assert!(matches!(executed[5], Executed::Fresh(Ok(Outcome::Held { .. }))), "{executed:?}");
+
+        let balances = |id: &'static str| {
+            let store = &store;
+            async move { store.account(&account(id)).await.expect("read").expect("exists").balances }
+        };
+        let (a_now, b_now, c_now) = (balances("x-a").await, balances("x-b").await, balances("x-c").await);
+        assert_eq!((a_now.balance, a_now.held), (Amount::from_credits(5), Amount::ZERO));
+        assert_eq!((b_now.balance, b_now.held), (Amount::from_credits(5), Amount::from_credits(5)));
+        assert_eq!((c_now.balance, c_now.held), (Amount::from_credits(7), Amount::ZERO));
+        // The rejection was recorded on its key: sent again, it replays.
+        let again = store.execute(Request::with_key(hold_credits("x-b", "hb2", 2, 600), "kb2", "f")).await;
+        assert!(matches!(again, Ok(Executed::Replayed(Err(Rejection::InsufficientCredits { .. })))), "{again:?}");
+        let entries = store.entries(&account("x-b"), 0, 100).await.expect("entries");
+        assert_eq!(entries.len(), 3, "the grant and two holds: {entries:?}");
+        let report = store.verify().await.expect("verify");
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+    }
 }

@@ -1,5 +1,5 @@
 //! The ledger store on PostgreSQL: a connection pool, one READ COMMITTED transaction per batch
-//! of one account's concurrent commands, the account row lock as the unit of serialisation,
+//! of concurrent commands (of any accounts), the account row lock as the unit of serialisation,
 //! bounded retries.
 //!
 //! Why this shape: the system this replaces opened a connection per operation (about 2–2.6 ms
@@ -7,13 +7,16 @@
 //! connections open with their prepared statements, and every change of an account happens
 //! under `SELECT … FOR UPDATE` of its row, so any number of server processes sharing the
 //! database apply one account's commands one at a time, in the same order as their journal
-//! `seq`. Idempotency keys are claimed at the start of the same transaction (see [`execute`]'s
-//! module docs), so the same key sent twice at once applies once.
+//! `seq`. Idempotency keys are recorded in the same transaction (see [`execute`]'s module
+//! docs), so the same key sent twice at once applies once.
 //!
-//! Because a hot account's commands run one at a time anyway, this process applies the ones that
-//! arrive together in one transaction (group commit, see [`batch`]): one lock, one load, one
-//! write and one commit for up to [`PostgresOptions::batch_commands_max`] commands, each decided
-//! on the state the one before it left, each answered as if it had run alone.
+//! A transaction's fixed cost (round trips, a WAL flush at commit) dominates one command's work,
+//! so this process applies the commands that arrive together in one transaction, whatever their
+//! accounts (group commit, see [`batch`]): keys read, accounts locked in ascending order and
+//! loaded with one statement per table, one write per table and one commit for up to
+//! [`PostgresOptions::batch_commands_max`] commands, each decided on the state the one before it
+//! (of its account) left, each answered as if it had run alone. Up to
+//! [`PostgresOptions::batches_in_flight_max`] such batches run at once, one connection each.
 //!
 //! Serialization failures and deadlocks (and the unique violation of two transactions creating
 //! one account) retry the whole transaction (a whole batch) with jittered exponential backoff, at most
@@ -71,7 +74,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
-use crate::batch::{ApplyBatch, Batched, Batcher, BATCH_COMMANDS_MAX};
+use crate::batch::{ApplyBatch, Batched, Batcher, BATCHES_IN_FLIGHT_MAX, BATCH_COMMANDS_MAX};
 use crate::connection::Connector;
 use crate::error::{pool_error, store_error, Failure, RetryCause};
 use crate::listen::{Listener, CANCEL_CHANNEL};
@@ -98,9 +101,12 @@ pub struct PostgresOptions {
     /// Bound on one connection attempt on one host, start-up and authentication included, when
     /// the URL sets no `connect_timeout` (libpq's meaning; see [`connection`]).
     pub connect_timeout_seconds: u64,
-    /// Most concurrent commands of one account applied in one transaction (1: one transaction
-    /// per command).
+    /// Most concurrent commands (of any accounts) applied in one transaction (1: one
+    /// transaction per command).
     pub batch_commands_max: usize,
+    /// Most batches running at once, each on its own pooled connection (keep it below
+    /// `pool_max`: reads, sweeps, runs and jobs use the rest).
+    pub batches_in_flight_max: usize,
 }
 
 impl Default for PostgresOptions {
@@ -111,6 +117,7 @@ impl Default for PostgresOptions {
             idempotency_retention_seconds: 86_400,
             connect_timeout_seconds: 5,
             batch_commands_max: BATCH_COMMANDS_MAX,
+            batches_in_flight_max: BATCHES_IN_FLIGHT_MAX,
         }
     }
 }
@@ -126,8 +133,8 @@ pub struct PostgresStats {
     pub deadlocks: u64,
     /// Attempts that failed with a serialization failure (40001).
     pub serialization_failures: u64,
-    /// Batches of one account's commands applied (committed, or rolled back with nothing to
-    /// write); `batched_commands / batches` is the mean number of commands per transaction.
+    /// Batches of commands applied (committed, or rolled back with nothing to write);
+    /// `batched_commands / batches` is the mean number of commands per transaction.
     pub batches: u64,
     /// Commands answered by those batches (replays of a recorded key included).
     pub batched_commands: u64,
@@ -152,6 +159,8 @@ pub struct PostgresStore {
     options: PostgresOptions,
     counters: Arc<Counters>,
     batcher: Batcher<AccountId, Request, Answer>,
+    /// Which account each recently seen hold belongs to (a hold's account never changes).
+    hold_accounts: HoldAccounts,
     /// The run signals' `LISTEN` connection, opened on the first subscription.
     listener: Listener,
 }
@@ -172,25 +181,26 @@ struct BatchRunner {
 }
 
 impl BatchRunner {
-    /// Applies one account's batch, retrying the whole of it on contention; every request gets
-    /// the batch's failure if it fails for good.
-    async fn apply(&self, account_id: AccountId, requests: Vec<Request>) -> Vec<Answer> {
+    /// Applies one batch, retrying the whole of it on contention; every request gets the
+    /// batch's failure if it fails for good.
+    async fn apply(&self, requests: Vec<(AccountId, Request)>) -> Vec<Answer> {
         let what = match requests.as_slice() {
-            [request] => request.command.name().to_owned(),
+            [(_, request)] => request.command.name().to_owned(),
             _ => format!("a batch of {} commands", requests.len()),
         };
-        let attempt = || self.try_once(&account_id, &requests);
+        let attempt = || self.try_once(&requests);
         match retrying(&self.counters, self.retries_max, &what, attempt).await {
             Ok(executed) => executed.into_iter().map(Ok).collect(),
             Err(error) => requests.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
-    async fn try_once(&self, account_id: &AccountId, requests: &[Request]) -> Result<Vec<Executed>, Failure> {
+    async fn try_once(&self, requests: &[(AccountId, Request)]) -> Result<Vec<Executed>, Failure> {
         let mut client = self.pool.get().await?;
         let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
-        let requests: Vec<&Request> = requests.iter().collect();
-        let batch = execute::apply_batch(&transaction, account_id, &requests, self.clock.now()).await?;
+        let requests: Vec<(Option<&AccountId>, &Request)> =
+            requests.iter().map(|(account_id, request)| (Some(account_id), request)).collect();
+        let batch = execute::apply_batch(&transaction, &requests, self.clock.now()).await?;
         if batch.wrote {
             transaction.commit().await?;
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
@@ -269,12 +279,13 @@ impl PostgresStore {
             counters: counters.clone(),
             retries_max: options.retries_max,
         };
-        let apply: ApplyBatch<AccountId, Request, Answer> = Arc::new(move |account_id, requests| {
+        let apply: ApplyBatch<AccountId, Request, Answer> = Arc::new(move |requests| {
             let runner = runner.clone();
-            Box::pin(async move { runner.apply(account_id, requests).await }) as Pin<Box<_>>
+            Box::pin(async move { runner.apply(requests).await }) as Pin<Box<_>>
         });
-        let batcher = Batcher::new(options.batch_commands_max, apply);
-        Ok(PostgresStore { pool, clock, options, counters, batcher, listener })
+        let batcher = Batcher::new(options.batch_commands_max, options.batches_in_flight_max, apply);
+        let hold_accounts = HoldAccounts::default();
+        Ok(PostgresStore { pool, clock, options, counters, batcher, hold_accounts, listener })
     }
 
     /// Applies the embedded migrations on one short-lived connection (to the primary, when the
@@ -325,18 +336,24 @@ impl PostgresStore {
     }
 
     /// The account a command will lock, as far as can be told before its transaction. A hold's
-    /// account never changes, so looking it up outside the transaction is safe; an unknown hold
-    /// gives `None` (the command then runs alone, and its transaction decides).
+    /// account never changes, so looking it up outside the transaction (or remembering it) is
+    /// safe; an unknown hold gives `None` (the command then runs alone, and its transaction
+    /// decides).
     async fn queue_key(&self, command: &Command) -> Result<Option<AccountId>, StoreError> {
         match command.target() {
             Target::Account(account_id) => Ok(Some(account_id.clone())),
             Target::Hold(hold_id) => {
+                if let Some(account_id) = self.hold_accounts.get(hold_id) {
+                    return Ok(Some(account_id));
+                }
                 let client = self.client().await?;
                 let statement = client.prepare_cached(execute::HOLD_ACCOUNT).await.map_err(store_error)?;
                 let row = client.query_opt(&statement, &[&hold_id.as_str()]).await.map_err(store_error)?;
                 let Some(row) = row else { return Ok(None) };
                 let text: &str = row.try_get(0).map_err(|_| undecodable("hold account_id"))?;
-                AccountId::parse(text).map(Some).map_err(|_| undecodable("hold account_id"))
+                let account_id = AccountId::parse(text).map_err(|_| undecodable("hold account_id"))?;
+                self.hold_accounts.insert(hold_id, &account_id);
+                Ok(Some(account_id))
             }
         }
     }
@@ -347,11 +364,19 @@ impl PostgresStore {
         let Some(account_id) = self.queue_key(&request.command).await? else {
             return self.retrying(request.command.name(), || self.try_once(&request)).await;
         };
-        self.batcher.submit(account_id, request).await.unwrap_or_else(|| {
+        let new_hold = match &request.command {
+            Command::Hold { hold_id, .. } => Some(hold_id.clone()),
+            _ => None,
+        };
+        let executed = self.batcher.submit(account_id.clone(), request).await.unwrap_or_else(|| {
             Err(StoreError::corrupt(
                 "the batch applying this command ended without an answer (a broken invariant; see the log)".to_owned(),
             ))
-        })
+        });
+        if let (Some(hold_id), Ok(Executed::Fresh(Ok(_)) | Executed::Replayed(Ok(_)))) = (&new_hold, &executed) {
+            self.hold_accounts.insert(hold_id, &account_id);
+        }
+        executed
     }
 
     async fn try_once(&self, request: &Request) -> Result<Executed, Failure> {
@@ -461,29 +486,40 @@ impl PostgresStore {
     }
 
     /// Loads the account's stored state (row, live grants, the pending holds due at `now`, never
-    /// all of them) in one snapshot.
+    /// all of them) in one snapshot, in one
+    /// round trip: `BEGIN … REPEATABLE READ READ ONLY`, the three reads and `COMMIT` are sent
+    /// together (pipelined). All five are sent by the join's first poll, so a caller dropping
+    /// this future leaves the connection either untouched or past its `COMMIT` (which ends a
+    /// failed transaction as a rollback), never inside a transaction.
     async fn stored_state(&self, account_id: &AccountId, now: Timestamp) -> Result<Option<AccountState>, StoreError> {
-        let mut client = self.client().await?;
-        let transaction = read_transaction(&mut client).await?;
+        let client = self.client().await?;
         let account_sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
         let grants_sql =
             format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id");
-        let account_statement = transaction.prepare_cached(&account_sql).await.map_err(store_error)?;
-        let grants_statement = transaction.prepare_cached(&grants_sql).await.map_err(store_error)?;
-        let holds_statement = transaction.prepare_cached(&execute::due_holds_sql()).await.map_err(store_error)?;
+        let account_statement = client.prepare_cached(&account_sql).await.map_err(store_error)?;
+        let grants_statement = client.prepare_cached(&grants_sql).await.map_err(store_error)?;
+        let holds_statement = client.prepare_cached(&execute::due_holds_sql()).await.map_err(store_error)?;
         let id = account_id.as_str();
         let by_account: [&(dyn ToSql + Sync); 1] = [&id];
         let due_at = now.micros();
         let due: [&(dyn ToSql + Sync); 2] = [&id, &due_at];
-        let (account_row, grant_rows, hold_rows) = tokio::try_join!(
-            transaction.query_opt(&account_statement, &by_account),
-            transaction.query(&grants_statement, &by_account),
-            transaction.query(&holds_statement, &due),
-        )
-        .map_err(store_error)?;
-        transaction.commit().await.map_err(store_error)?;
-        let Some(account_row) = account_row else { return Ok(None) };
-        let (account_id, created_at, totals, held) = rows::account(&account_row)?;
+        let client = &**client;
+        let control = |sql: &'static str| async move { client.batch_execute(sql).await.map(|()| Vec::new()) };
+        let pending: Vec<execute::PendingRows<'_>> = vec![
+            Box::pin(control("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")),
+            Box::pin(client.query(&account_statement, &by_account)),
+            Box::pin(client.query(&grants_statement, &by_account)),
+            Box::pin(client.query(&holds_statement, &due)),
+            Box::pin(control("COMMIT")),
+        ];
+        let mut replies = Vec::with_capacity(pending.len());
+        for reply in execute::join_in_order(pending).await {
+            replies.push(reply.map_err(store_error)?);
+        }
+        let [_, account_rows, grant_rows, hold_rows, _] =
+            <[Vec<tokio_postgres::Row>; 5]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
+        let Some(account_row) = account_rows.first() else { return Ok(None) };
+        let (account_id, created_at, totals, held) = rows::account(account_row)?;
         let mut state = AccountState::new(account_id, created_at);
         state.totals = totals;
         state.held = held;
@@ -578,6 +614,37 @@ impl PostgresStore {
         let entries: Vec<Entry> = entry_rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
         let violations = ledger::verify_account(&entries, &stored);
         Ok((entries.len() as u64, stored.holds.len() as u64, violations))
+    }
+}
+
+/// Most holds whose account [`HoldAccounts`] remembers.
+const HOLD_ACCOUNTS_MAX: usize = 65_536;
+
+/// Which account recently created or looked-up holds belong to, so that a capture or release
+/// of a hold this process knows is queued without a round trip. A hold's account never changes,
+/// so an entry is never stale; at [`HOLD_ACCOUNTS_MAX`] entries the map starts over (a miss costs
+/// one indexed lookup).
+#[derive(Default)]
+struct HoldAccounts {
+    accounts: std::sync::Mutex<std::collections::HashMap<HoldId, AccountId>>,
+}
+
+impl HoldAccounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<HoldId, AccountId>> {
+        // No code under the lock can panic midway: the map is always consistent.
+        self.accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, hold_id: &HoldId) -> Option<AccountId> {
+        self.lock().get(hold_id).cloned()
+    }
+
+    fn insert(&self, hold_id: &HoldId, account_id: &AccountId) {
+        let mut accounts = self.lock();
+        if accounts.len() >= HOLD_ACCOUNTS_MAX {
+            accounts.clear();
+        }
+        accounts.insert(hold_id.clone(), account_id.clone());
     }
 }
 

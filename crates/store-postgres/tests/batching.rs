@@ -223,3 +223,108 @@ async fn a_caller_that_stops_waiting_leaves_its_command_applied_whole_or_not_at_
     assert_eq!(view.state.totals.spent, credits(40 * 3));
     assert_clean(&store).await;
 }
+
+/// Two pools (two server processes) hammer 12 overlapping accounts, one sending its commands in
+/// ascending account order and the other in descending order, so their batches span accounts
+/// in opposite arrival orders: locks are taken in account order whatever the arrival order, so
+/// there is no deadlock, and every account ends exactly as its successful commands say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_spanning_overlapping_accounts_in_opposite_orders_never_deadlock() {
+    const ACCOUNTS: usize = 12;
+    const ROUNDS: usize = 15;
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let stores = [connect(&url, &clock).await, connect(&url, &clock).await];
+    for index in 0..ACCOUNTS {
+        stores[0]
+            .execute(Request::new(grant(&format!("span{index}"), &format!("g{index}"), 100)))
+            .await
+            .expect("grant");
+    }
+
+    let tasks: Vec<_> = (0..2 * ROUNDS * ACCOUNTS)
+        .map(|task| {
+            let (side, round, slot) = (task % 2, task / 2 / ACCOUNTS, task / 2 % ACCOUNTS);
+            let store = stores[side].clone();
+            let account = if side == 0 { slot } else { ACCOUNTS - 1 - slot };
+            tokio::spawn(async move {
+                let hold_id = format!("h{side}-{round}-{account}");
+                let key = format!("k{side}-{round}-{account}");
+                let request = Request::with_key(hold(&format!("span{account}"), &hold_id, 3), &key, "f");
+                match store.execute(request).await.expect("hold") {
+                    Executed::Fresh(Ok(Outcome::Held { .. })) => {}
+                    Executed::Fresh(Err(Rejection::InsufficientCredits { .. })) => return (account, 0),
+                    other => panic!("unexpected {other:?}"),
+                }
+                let request = Request::with_key(capture(&hold_id, 2), &format!("{key}-capture"), "f");
+                match store.execute(request).await.expect("capture") {
+                    Executed::Fresh(Ok(Outcome::Captured { .. })) => (account, 2),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut spent = [0_u64; ACCOUNTS];
+    for task in tasks {
+        let (account, credits_spent) = task.await.expect("task");
+        spent[account] += credits_spent;
+    }
+    for (index, spent) in spent.iter().enumerate() {
+        let view = stores[1].account(&account(&format!("span{index}"))).await.expect("read").expect("exists");
+        assert_eq!(view.balances.balance, credits(100 - spent), "account {index}");
+        assert_eq!(view.balances.held, Amount::ZERO, "account {index}");
+        assert_eq!(view.state.totals.spent, credits(*spent), "account {index}");
+    }
+    assert_clean(&stores[0]).await;
+    let stats = [stores[0].stats(), stores[1].stats()];
+    assert_eq!(stats[0].deadlocks + stats[1].deadlocks, 0, "{stats:?}");
+    let (commands, batches) =
+        (stats[0].batched_commands + stats[1].batched_commands, stats[0].batches + stats[1].batches);
+    assert!(commands > batches, "some commands shared a transaction: {stats:?}");
+}
+
+/// One key sent 30 times at once (20 with the winning body, 10 with another) among holds on 8
+/// other accounts: never twice in one batch, applied once, replayed or conflicting otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_queued_twice_among_other_accounts_applies_once() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    for index in 0..9 {
+        store.execute(Request::new(grant(&format!("q{index}"), &format!("g{index}"), 1_000))).await.expect("grant");
+    }
+    let same = Request::with_key(hold("q0", "h-same", 10), "same-key", "f");
+    let tasks: Vec<_> = (0..110)
+        .map(|index| {
+            let store = store.clone();
+            let request = match index % 11 {
+                0 => Request::with_key(hold("q0", "h-same", 10), "same-key", "other-fingerprint"),
+                1 | 2 => same.clone(),
+                _ => Request::with_key(
+                    hold(&format!("q{}", 1 + index % 8), &format!("h{index}"), 1),
+                    &format!("k{index}"),
+                    "f",
+                ),
+            };
+            tokio::spawn(async move { (index % 11, store.execute(request).await.expect("execute")) })
+        })
+        .collect();
+    let (mut fresh, mut replayed, mut conflicts) = (0, 0, 0);
+    for task in tasks {
+        match task.await.expect("task") {
+            (0..=2, Executed::Fresh(Ok(Outcome::Held { .. }))) => fresh += 1,
+            (0..=2, Executed::Replayed(Ok(Outcome::Held { .. }))) => replayed += 1,
+            (0..=2, Executed::Conflict) => conflicts += 1,
+            (0..=2, other) => panic!("unexpected {other:?}"),
+            (_, executed) => assert!(matches!(executed, Executed::Fresh(Ok(Outcome::Held { .. }))), "{executed:?}"),
+        }
+    }
+    // The first to be applied is fresh; the same body replays it, the other body conflicts (or,
+    // when the other body came first, it is the fresh one and the 20 others conflict).
+    assert_eq!(fresh, 1, "applied once");
+    assert_eq!(fresh + replayed + conflicts, 30);
+    assert!(conflicts == 10 || conflicts == 20, "{conflicts} conflicts");
+    let entries = store.entries(&account("q0"), 0, 1_000).await.expect("entries");
+    assert_eq!(entries.iter().filter(|entry| entry.idempotency_key.as_deref() == Some("same-key")).count(), 1);
+    assert_clean(&store).await;
+}

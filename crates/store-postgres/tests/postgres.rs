@@ -363,18 +363,20 @@ async fn a_pool_of_one_serves_many_concurrent_commands() {
 async fn deadlock_once(store: Arc<PostgresStore>, url: &str, key: &str) -> Result<Executed, StoreError> {
     let (raw, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("raw connect");
     tokio::spawn(connection);
-    raw.batch_execute(
-        "SET deadlock_timeout = '20s'; BEGIN; SELECT 1 FROM accounts WHERE account_id = 'locked' FOR UPDATE",
-    )
-    .await
-    .expect("lock the account row");
+    // The outside session takes the key first and the account second: the reverse of the store's
+    // order (account rows, then keys), so the two wait for each other.
+    raw.batch_execute("SET deadlock_timeout = '20s'; BEGIN").await.expect("begin");
+    raw.execute("INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES ($1, 'raw', '', 0)", &[&key])
+        .await
+        .expect("take the key");
     let key_owned = key.to_owned();
     let pending = tokio::spawn(async move {
         store.execute(Request::with_key(hold("locked", &format!("h-{key_owned}"), 1, 600), &key_owned, "f")).await
     });
-    // Let the store claim the key and queue on the row lock.
+    // Let the store lock the account row and queue on the key (nothing to wait on: the store
+    // exposes no event for "waiting on a lock").
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    raw.execute("INSERT INTO idempotency (key, fingerprint, result, created_at) VALUES ($1, 'raw', '', 0)", &[&key])
+    raw.batch_execute("SELECT 1 FROM accounts WHERE account_id = 'locked' FOR UPDATE")
         .await
         .expect("the store's transaction is the deadlock victim");
     raw.batch_execute("ROLLBACK").await.expect("rollback");

@@ -10,16 +10,20 @@
 //! the next write transaction can restart the WAL from its beginning, which bounds its size.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
+use crate::writer::Counters;
 use crate::{schema, Synchronous};
 
 /// Pause between two passive checkpoints.
 pub(crate) const CHECKPOINT_INTERVAL_MILLISECONDS: u64 = 100;
 
 /// Runs until `stop` is dropped or sends; then returns, closing its connection.
-pub(crate) fn run(path: PathBuf, synchronous: Synchronous, stop: Receiver<()>) {
+/// Each pass is timed in `counters` (with the frames it copied), so slow commits can be matched
+/// against the passes they overlapped.
+pub(crate) fn run(path: PathBuf, synchronous: Synchronous, stop: Receiver<()>, counters: &Counters) {
     let conn = match schema::open_checkpointer(&path, synchronous) {
         Ok(conn) => conn,
         Err(error) => {
@@ -33,11 +37,16 @@ pub(crate) fn run(path: PathBuf, synchronous: Synchronous, stop: Receiver<()>) {
         stop.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MILLISECONDS))
     {
         // (busy, WAL frames, frames checkpointed); busy only means another checkpoint ran.
-        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        let checkpoint = counters.time_checkpoint(|| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            })
         });
-        if let Err(error) = checkpoint {
-            tracing::warn!(%error, "background checkpoint failed; retrying");
+        match checkpoint {
+            Ok((_, _, copied)) => {
+                counters.checkpoint_frames.fetch_add(u64::try_from(copied).unwrap_or(0), Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(%error, "background checkpoint failed; retrying"),
         }
     }
     if let Err((_, error)) = conn.close() {

@@ -121,6 +121,18 @@ pub struct SqliteStats {
     pub commits: u64,
     /// Jobs (ledger commands, key clean-ups) in those transactions.
     pub operations: u64,
+    /// Time in `COMMIT` statements (the WAL sync, and SQLite's automatic checkpoint when it
+    /// fires inside one), summed, and the longest.
+    pub commit_micros: u64,
+    pub commit_max_micros: u64,
+    /// Commits of 10 ms or more, and how many of those overlapped a background checkpoint pass.
+    pub slow_commits: u64,
+    pub slow_commits_during_checkpoint: u64,
+    /// Background checkpoint passes, their summed and longest time, the WAL frames they copied.
+    pub checkpoints: u64,
+    pub checkpoint_micros: u64,
+    pub checkpoint_max_micros: u64,
+    pub checkpoint_frames: u64,
 }
 
 /// Accounts verified per read of the account list, so verification memory stays bounded by the
@@ -234,9 +246,19 @@ impl SqliteStore {
     }
 
     pub fn stats(&self) -> SqliteStats {
+        let counters = &self.counters;
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         SqliteStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            operations: self.counters.operations.load(Ordering::Relaxed),
+            commits: load(&counters.commits),
+            operations: load(&counters.operations),
+            commit_micros: load(&counters.commit_micros),
+            commit_max_micros: load(&counters.commit_max_micros),
+            slow_commits: load(&counters.slow_commits),
+            slow_commits_during_checkpoint: load(&counters.slow_commits_during_checkpoint),
+            checkpoints: load(&counters.checkpoints_ended),
+            checkpoint_micros: load(&counters.checkpoint_micros),
+            checkpoint_max_micros: load(&counters.checkpoint_max_micros),
+            checkpoint_frames: load(&counters.checkpoint_frames),
         }
     }
 
@@ -254,6 +276,22 @@ impl SqliteStore {
                 _ => tracing::error!(database = %self.path.display(), "the SQLite writer ended abnormally"),
             }
         }
+        // The commit and checkpoint timings of the store's life, for an operator chasing slow
+        // commits (docs/benchmarks/analysis.md, target 6, reads them from the benchmark's log).
+        let stats = self.stats();
+        tracing::info!(
+            database = %self.path.display(),
+            commits = stats.commits,
+            commit_mean_micros = stats.commit_micros.checked_div(stats.commits).unwrap_or(0),
+            commit_max_micros = stats.commit_max_micros,
+            slow_commits = stats.slow_commits,
+            slow_commits_during_checkpoint = stats.slow_commits_during_checkpoint,
+            checkpoints = stats.checkpoints,
+            checkpoint_mean_micros = stats.checkpoint_micros.checked_div(stats.checkpoints).unwrap_or(0),
+            checkpoint_max_micros = stats.checkpoint_max_micros,
+            checkpoint_frames = stats.checkpoint_frames,
+            "SQLite store closed"
+        );
     }
 
     /// Queues `input` for the writer as the work `kind` makes of it; the answer arrives once its

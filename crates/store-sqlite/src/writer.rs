@@ -216,6 +216,61 @@ fn kept<T>(result: Result<T, StoreError>) -> Result<(T, Performed), StoreError> 
 pub(crate) struct Counters {
     pub commits: AtomicU64,
     pub operations: AtomicU64,
+    /// Time spent in `COMMIT` (its WAL sync, and SQLite's automatic checkpoint when it fires).
+    pub commit_micros: AtomicU64,
+    pub commit_max_micros: AtomicU64,
+    /// Commits that took [`SLOW_COMMIT_MICROS`] or more, and how many of those overlapped a pass
+    /// of the background checkpointer: the figures that confirm or refute that checkpoints make
+    /// the slow commits (docs/benchmarks/analysis.md, target 6).
+    pub slow_commits: AtomicU64,
+    pub slow_commits_during_checkpoint: AtomicU64,
+    /// Passes of the background checkpointer started and ended (a pass is running while they
+    /// differ), their time, the longest, and the WAL frames they copied.
+    pub checkpoints_started: AtomicU64,
+    pub checkpoints_ended: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
+    pub checkpoint_max_micros: AtomicU64,
+    pub checkpoint_frames: AtomicU64,
+}
+
+/// A commit at least this slow counts as slow in [`Counters`]: five times a typical durable
+/// commit's sync on the machines measured.
+pub(crate) const SLOW_COMMIT_MICROS: u64 = 10_000;
+
+impl Counters {
+    /// Times `commit` and files it, with whether a checkpoint pass ran at any point during it.
+    fn time_commit<T>(&self, commit: impl FnOnce() -> T) -> T {
+        let passes_ended_before = self.checkpoints_ended.load(Ordering::Acquire);
+        let started = std::time::Instant::now();
+        let result = commit();
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        self.commit_max_micros.fetch_max(micros, Ordering::Relaxed);
+        if micros >= SLOW_COMMIT_MICROS {
+            self.slow_commits.fetch_add(1, Ordering::Relaxed);
+            // A pass overlapped the commit if one was running when it ended, or one ended since
+            // it began.
+            let overlapped = self.checkpoints_started.load(Ordering::Acquire)
+                != self.checkpoints_ended.load(Ordering::Acquire)
+                || self.checkpoints_ended.load(Ordering::Acquire) != passes_ended_before;
+            if overlapped {
+                self.slow_commits_during_checkpoint.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Times one pass of the background checkpointer.
+    pub(crate) fn time_checkpoint<T>(&self, pass: impl FnOnce() -> T) -> T {
+        self.checkpoints_started.fetch_add(1, Ordering::AcqRel);
+        let started = std::time::Instant::now();
+        let result = pass();
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.checkpoint_micros.fetch_add(micros, Ordering::Relaxed);
+        self.checkpoint_max_micros.fetch_max(micros, Ordering::Relaxed);
+        self.checkpoints_ended.fetch_add(1, Ordering::AcqRel);
+        result
+    }
 }
 
 /// Persisted state (live grants, pending holds) of recently used accounts, at most `max` of
@@ -365,7 +420,10 @@ impl Writer {
             self.conn.path().filter(|path| !path.is_empty()).map(std::path::PathBuf::from).and_then(|path| {
                 std::thread::Builder::new()
                     .name("sqlite-checkpoint".to_owned())
-                    .spawn(move || crate::checkpointer::run(path, synchronous, stop))
+                    .spawn({
+                        let counters = Arc::clone(&self.counters);
+                        move || crate::checkpointer::run(path, synchronous, stop, &counters)
+                    })
                     .map_err(|error| tracing::warn!(%error, "cannot start the background checkpointer"))
                     .ok()
             });
@@ -452,7 +510,8 @@ impl Writer {
                 return Err(failure);
             }
         }
-        if let Err(error) = self.conn.execute_batch("COMMIT") {
+        let conn = &self.conn;
+        if let Err(error) = self.counters.time_commit(|| conn.execute_batch("COMMIT")) {
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }

@@ -36,6 +36,9 @@ struct Inner {
     /// Each account's pending holds by expiry: the SQL stores' index on pending holds by
     /// (account, expiry), so the due ones are found without looking at the rest.
     pending: HashMap<AccountId, BTreeSet<(Timestamp, HoldId)>>,
+    /// The account of every grant id ever written: ids are unique across accounts, as the SQL
+    /// stores' primary keys make them.
+    grant_accounts: HashMap<ledger::GrantId, AccountId>,
     /// Every grant with a reference, by (account, kind, reference).
     references: HashMap<(AccountId, &'static str, Reference), ledger::Grant>,
     journal: Vec<Entry>,
@@ -129,8 +132,24 @@ impl Inner {
 
     /// Writes what the protocol decided: the changed grants and holds, the entries, the
     /// idempotency records, and the account's state to keep.
-    fn store(&mut self, writes: Writes, now: Timestamp) {
+    ///
+    /// A grant or hold id that already belongs to another account is refused before anything is
+    /// written, as the SQL stores refuse it: ids are the service's (UUIDv7), never reused.
+    fn store(&mut self, writes: Writes, now: Timestamp) -> Result<(), StoreError> {
+        let taken = |owner: Option<&AccountId>, account_id: &AccountId| owner.is_some_and(|owner| owner != account_id);
+        if let Some(grant) =
+            writes.grants().find(|grant| taken(self.grant_accounts.get(&grant.grant_id), &grant.account_id))
+        {
+            return Err(StoreError::corrupt(format!("grant id {} already belongs to another account", grant.grant_id)));
+        }
+        if let Some(hold) = writes
+            .holds()
+            .find(|hold| taken(self.holds.get(&hold.hold_id).map(|held| &held.account_id), &hold.account_id))
+        {
+            return Err(StoreError::corrupt(format!("hold id {} already belongs to another account", hold.hold_id)));
+        }
         for grant in writes.grants() {
+            self.grant_accounts.insert(grant.grant_id.clone(), grant.account_id.clone());
             if let Some(reference) = grant.reference.clone() {
                 self.references.insert((grant.account_id.clone(), grant.kind.as_str(), reference), grant.clone());
             }
@@ -155,6 +174,7 @@ impl Inner {
         if let Some(state) = writes.into_cached() {
             self.accounts.insert(state.account_id.clone(), state);
         }
+        Ok(())
     }
 
     /// The account's pending holds that `pending_holds` includes, in expiry order: O(due).
@@ -215,7 +235,7 @@ impl LedgerStore for MemoryStore {
         Ok(match inner.decide(&request, now)? {
             Decided::Answered(executed) => executed,
             Decided::Fresh(result, writes) => {
-                inner.store(*writes, now);
+                inner.store(*writes, now)?;
                 Executed::Fresh(result)
             }
         })
@@ -302,7 +322,7 @@ impl LedgerStore for MemoryStore {
             let writes = protocol::sweep(&mut &*inner, &account_id, now)?;
             report.accounts += 1;
             report.entries += writes.entries().len() as u64;
-            inner.store(writes, now);
+            inner.store(writes, now)?;
         }
         let retention_micros = i64::try_from(self.idempotency_retention_seconds).unwrap_or(i64::MAX / 2) * 1_000_000;
         let before = inner.idempotency.len();
@@ -712,7 +732,7 @@ impl JobStore for MemoryStore {
                 },
                 Decided::Fresh(Err(rejection), _) => return Ok(Err(JobWriteRefusal::Ledger(Some(rejection)))),
                 Decided::Fresh(Ok(outcome), writes) => {
-                    inner.store(*writes, now);
+                    inner.store(*writes, now)?;
                     Some(outcome)
                 }
             },

@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             extend_moves_expiry
             refund_by_reference_applies_once
             refund_with_hold_of_another_account_is_not_found
+            ids_of_another_account_are_never_overwritten
             grant_reference_returns_first_grant
             grants_expire_exactly_and_sweep_records_them
             pinned_grant_expiry_waits_for_the_hold

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures::future::join_all;
 use ledger::{Amount, Command, EntryKind, GrantId, HoldId, HoldState, Outcome, Overage, Reference, Rejection};
 
-use super::{account, balances, cr, Harness};
-use crate::{Executed, Request};
+use super::{account, balances, cr, grant_credits, hold_credits, Harness};
+use crate::{Executed, Request, StoreError};
 
 /// Balance 20, hold 15, capture 10 not final → remaining 5 pending, balance 10, available 5;
 /// final capture 3 → captured, balance 7, available 7.
@@ -203,6 +203,30 @@ pub async fn refund_with_hold_of_another_account_is_not_found(h: Harness) {
     h.capture(&hold.hold_id, "5", true).await.unwrap();
     assert_eq!(h.run(refund("b", "1", "x", Some(&hold.hold_id))).await, Err(Rejection::HoldNotFound));
     assert_eq!(h.balances("b").await, balances("10", "0", "10"));
+}
+
+/// Grant and hold ids are unique across accounts: a command reusing another account's id is
+/// refused by the store (an error, not a rejection: the service never reuses an id), and the
+/// other account's grant or hold is left exactly as it was.
+pub async fn ids_of_another_account_are_never_overwritten(h: Harness) {
+    h.run(grant_credits("a", "g-shared", 10)).await.expect("first grant");
+    h.run(grant_credits("b", "g-b", 10)).await.expect("b's grant");
+    h.run(hold_credits("a", "h-shared", 4, 60)).await.expect("first hold");
+    let before = (h.balances("a").await, h.store.hold(&hold_id("h-shared")).await.expect("store answers"));
+
+    let reused_grant = h.store.execute(Request::new(grant_credits("b", "g-shared", 99))).await;
+    assert!(matches!(reused_grant, Err(StoreError::Corrupt { .. })), "{reused_grant:?}");
+    let reused_hold = h.store.execute(Request::new(hold_credits("b", "h-shared", 1, 60))).await;
+    assert!(matches!(reused_hold, Err(StoreError::Corrupt { .. })), "{reused_hold:?}");
+
+    let after = (h.balances("a").await, h.store.hold(&hold_id("h-shared")).await.expect("store answers"));
+    assert_eq!(after, before, "a's grant and hold are untouched");
+    assert_eq!(h.balances("b").await, balances("10", "0", "10"), "nothing of the refused commands was written");
+    h.assert_verified().await;
+}
+
+fn hold_id(id: &str) -> HoldId {
+    HoldId::parse(id).expect("test hold ids are valid")
 }
 
 pub async fn grant_reference_returns_first_grant(h: Harness) {
