@@ -572,7 +572,7 @@ impl RunStore for MemoryStore {
             let outcome = match inner.decide(&settle.request, now)? {
                 Decided::Answered(Executed::Replayed(Ok(outcome))) if settle.expected.matches(&outcome) => outcome,
                 Decided::Fresh(Ok(outcome), writes) if settle.expected.matches(&outcome) => {
-                    inner.store(*writes, now);
+                    inner.store(*writes, now)?;
                     outcome
                 }
                 Decided::Answered(executed) => return Ok(RunEndWritten::Refused(executed)),
