@@ -32,6 +32,9 @@ pub(crate) fn run(path: PathBuf, synchronous: Synchronous, stop: Receiver<()>, c
             return;
         }
     };
+    // SQLite reports the frames checkpointed in the current WAL so far (it restarts from 0 when
+    // the WAL does): this pass copied the growth since the last pass.
+    let mut checkpointed_before: u64 = 0;
     // A message or a dropped sender stops it; a timeout is the next pass.
     while let Err(RecvTimeoutError::Timeout) =
         stop.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MILLISECONDS))
@@ -43,8 +46,11 @@ pub(crate) fn run(path: PathBuf, synchronous: Synchronous, stop: Receiver<()>, c
             })
         });
         match checkpoint {
-            Ok((_, _, copied)) => {
-                counters.checkpoint_frames.fetch_add(u64::try_from(copied).unwrap_or(0), Ordering::Relaxed);
+            Ok((_, _, checkpointed)) => {
+                let checkpointed = u64::try_from(checkpointed).unwrap_or(0);
+                let copied = checkpointed.checked_sub(checkpointed_before).unwrap_or(checkpointed);
+                counters.checkpoint_frames.fetch_add(copied, Ordering::Relaxed);
+                checkpointed_before = checkpointed;
             }
             Err(error) => tracing::warn!(%error, "background checkpoint failed; retrying"),
         }
