@@ -67,6 +67,11 @@ impl ServerProcess {
         self.ask("counters").await
     }
 
+    /// The SQLite writer's commit and checkpoint timings so far (`None` for other stores).
+    pub async fn writer_timings(&mut self) -> anyhow::Result<Option<crate::stores::WriterTimings>> {
+        self.ask("timings").await
+    }
+
     /// Verifies the store and sums the first `accounts` balances, in the server process.
     pub async fn check(&mut self, accounts: usize) -> anyhow::Result<CheckAnswer> {
         self.ask(&format!("check {accounts}")).await

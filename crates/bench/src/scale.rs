@@ -45,6 +45,9 @@ pub struct ScalePoint {
     pub rss_peak_bytes: u64,
     /// `verify` over the whole database after the runs.
     pub verify_seconds: f64,
+    /// The writer's commits and the background checkpointer's passes during the hold run: do
+    /// the slow commits overlap checkpoint passes? (issue 16, target 6)
+    pub writer: Option<crate::stores::WriterTimings>,
     pub violations: u64,
 }
 
@@ -89,6 +92,7 @@ pub async fn measure(dir: &Path, accounts: u64, duration: Duration, seed: u64) -
         check_balances: false,
     })
     .await?;
+    let timings_before = servers[0].writer_timings().await?;
     let holds = http::run(HttpRun {
         store: StoreKind::Sqlite,
         servers: &mut servers,
@@ -103,6 +107,10 @@ pub async fn measure(dir: &Path, accounts: u64, duration: Duration, seed: u64) -
         check_balances: false,
     })
     .await?;
+    let writer = match (servers[0].writer_timings().await?, timings_before) {
+        (Some(after), Some(before)) => Some(after.since(before)),
+        _ => None,
+    };
     let (rss_bytes, rss_peak_bytes) = servers[0].memory().unwrap_or((0, 0));
     let verify_started = Instant::now();
     let violations = servers[0].check(0).await?.violations;
@@ -124,6 +132,7 @@ pub async fn measure(dir: &Path, accounts: u64, duration: Duration, seed: u64) -
         rss_peak_bytes,
         verify_seconds,
         violations,
+        writer,
     })
 }
 

@@ -4,7 +4,8 @@
 //! The harness talks to it on stdin/stdout: it prints `listening <address>` once ready; a line
 //! `check <accounts>` on stdin makes it verify the store and sum the balances of the first
 //! `<accounts>` benchmark accounts, answering one JSON line; `counters` answers the store's
-//! counters alone; end of stdin stops it.
+//! counters alone; `timings` the SQLite writer's commit and checkpoint timings (`null` for
+//! other stores); end of stdin stops it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,11 @@ pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr) -> anyhow:
     stdout.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
+        if line == "timings" {
+            stdout.write_all(format!("{}\n", serde_json::to_string(&opened.writer_timings())?).as_bytes()).await?;
+            stdout.flush().await?;
+            continue;
+        }
         if line == "counters" {
             stdout.write_all(format!("{}\n", serde_json::to_string(&opened.counters())?).as_bytes()).await?;
             stdout.flush().await?;

@@ -103,6 +103,38 @@ impl StoreCounters {
     }
 }
 
+/// The SQLite writer's commit and checkpoint timings ([`store_sqlite::SqliteStats`]), for the
+/// scale section's slow-commit question (issue 16, target 6).
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+pub struct WriterTimings {
+    pub commits: u64,
+    pub commit_micros: u64,
+    pub commit_max_micros: u64,
+    pub slow_commits: u64,
+    pub slow_commits_during_checkpoint: u64,
+    pub checkpoints: u64,
+    pub checkpoint_micros: u64,
+    pub checkpoint_max_micros: u64,
+    pub checkpoint_frames: u64,
+}
+
+impl WriterTimings {
+    /// What happened between `before` and `self` (maxima are over the store's whole life).
+    pub fn since(self, before: WriterTimings) -> WriterTimings {
+        WriterTimings {
+            commits: self.commits - before.commits,
+            commit_micros: self.commit_micros - before.commit_micros,
+            commit_max_micros: self.commit_max_micros,
+            slow_commits: self.slow_commits - before.slow_commits,
+            slow_commits_during_checkpoint: self.slow_commits_during_checkpoint - before.slow_commits_during_checkpoint,
+            checkpoints: self.checkpoints - before.checkpoints,
+            checkpoint_micros: self.checkpoint_micros - before.checkpoint_micros,
+            checkpoint_max_micros: self.checkpoint_max_micros,
+            checkpoint_frames: self.checkpoint_frames - before.checkpoint_frames,
+        }
+    }
+}
+
 /// An open store of any kind.
 #[derive(Clone)]
 pub enum Opened {
@@ -140,6 +172,23 @@ impl Opened {
             Opened::BaselinePostgres(store) => StoreCounters::of_baseline(store.stats()),
             Opened::BaselineSqlite(store) => StoreCounters::of_baseline(store.stats()),
         }
+    }
+
+    /// The writer's timings, for creditgraph's SQLite store; `None` for the others.
+    pub fn writer_timings(&self) -> Option<WriterTimings> {
+        let Opened::Sqlite(store) = self else { return None };
+        let stats = store.stats();
+        Some(WriterTimings {
+            commits: stats.commits,
+            commit_micros: stats.commit_micros,
+            commit_max_micros: stats.commit_max_micros,
+            slow_commits: stats.slow_commits,
+            slow_commits_during_checkpoint: stats.slow_commits_during_checkpoint,
+            checkpoints: stats.checkpoints,
+            checkpoint_micros: stats.checkpoint_micros,
+            checkpoint_max_micros: stats.checkpoint_max_micros,
+            checkpoint_frames: stats.checkpoint_frames,
+        })
     }
 
     pub async fn close(&self) {

@@ -253,6 +253,23 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
                 point.verify_seconds,
                 point.violations,
             );
+            if let Some(writer) = point.writer {
+                eprintln!(
+                    "bench: scale {:>8} accounts, during the hold run: {} commits (mean {} µs, longest so far {} µs), \
+                     {} of them ≥ 10 ms, {} of those overlapping a checkpoint pass; {} checkpoint passes (mean {} µs, \
+                     longest so far {} µs, {} frames copied)",
+                    point.accounts,
+                    writer.commits,
+                    writer.commit_micros.checked_div(writer.commits).unwrap_or(0),
+                    writer.commit_max_micros,
+                    writer.slow_commits,
+                    writer.slow_commits_during_checkpoint,
+                    writer.checkpoints,
+                    writer.checkpoint_micros.checked_div(writer.checkpoints).unwrap_or(0),
+                    writer.checkpoint_max_micros,
+                    writer.checkpoint_frames,
+                );
+            }
             results.scale.push(point);
         }
     }
