@@ -13,6 +13,11 @@
 # CREDITGRAPH_TEST_PG_BIN, PostgreSQL's bin folder), which this script sets.
 # When no PostgreSQL server binaries are found, they are installed with apt-get (CI runs as root
 # on a fresh machine). initdb refuses to run as root, so the cluster runs as the `postgres` user.
+#
+# The code_execute sandbox's tests run the real sandbox: bubblewrap (`bwrap`; CI machines lack
+# it) and Debian's /usr/bin/python3 are installed with apt-get when missing, in the background
+# while the Rust tests build, and waited for before they run. (prlimit and setpriv come from
+# util-linux, on every Debian machine.)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +31,46 @@ export CREDITGRAPH_TEST_POSTGRES_URL="$THROWAWAY_POSTGRES_URL"
 # The failover test (crates/faults/tests/failover.rs) starts its own primary and standby from
 # these binaries; it fails without them.
 export CREDITGRAPH_TEST_PG_BIN="$PG_BIN"
+
+# The sandbox's packages, started after PostgreSQL's install (one apt-get at a time: dpkg's lock).
+sandbox_packages=()
+command -v bwrap >/dev/null 2>&1 || sandbox_packages+=(bubblewrap)
+[[ -x /usr/bin/python3 ]] || sandbox_packages+=(python3)
+sandbox_install_pid=""
+if [[ ${#sandbox_packages[@]} -gt 0 ]]; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+        log "the code_execute sandbox tests need ${sandbox_packages[*]} (apt-get install ${sandbox_packages[*]} as root); they will fail without"
+    else
+        log "installing ${sandbox_packages[*]} with apt-get in the background"
+        SANDBOX_INSTALL_DIR="$(mktemp -d "${TMPDIR:-/tmp}/creditgraph-sandbox-install.XXXXXX")"
+        THROWAWAY_EXTRA_DIRS+=("$SANDBOX_INSTALL_DIR")
+        (
+            export DEBIAN_FRONTEND=noninteractive
+            # Package lists are needed first; stale ones (a 404 on install) are refreshed once.
+            if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+                apt-get update
+            fi
+            apt-get install -y "${sandbox_packages[@]}" || { apt-get update && apt-get install -y "${sandbox_packages[@]}"; }
+        ) >"$SANDBOX_INSTALL_DIR/install.log" 2>&1 &
+        sandbox_install_pid=$!
+    fi
+fi
+
+# Waits for the background install (if any); stops the script when it failed.
+wait_for_sandbox_install() {
+    [[ -n "$sandbox_install_pid" ]] || return 0
+    if ! wait "$sandbox_install_pid"; then
+        log "installing ${sandbox_packages[*]} failed; its log:"
+        cat "$SANDBOX_INSTALL_DIR/install.log" >&2 || true
+        exit 1
+    fi
+    sandbox_install_pid=""
+    if ! command -v bwrap >/dev/null 2>&1 || [[ ! -x /usr/bin/python3 ]]; then
+        log "${sandbox_packages[*]} installed, but bwrap or /usr/bin/python3 is still missing"
+        exit 1
+    fi
+    log "installed ${sandbox_packages[*]}"
+}
 
 # The whole workspace, unless the arguments pick packages themselves (cargo lets --workspace win).
 scope=(--workspace)
@@ -46,6 +91,11 @@ fi
 
 set +e
 if cargo nextest --version >/dev/null 2>&1; then
+    if [[ -n "$sandbox_install_pid" ]]; then
+        # Build while apt-get works; a build error shows again in the run below.
+        cargo nextest run "${scope[@]}" --no-run "$@"
+    fi
+    wait_for_sandbox_install
     cargo nextest run "${scope[@]}" --no-fail-fast "$@"
 else
     log "cargo-nextest not found; using cargo test"
@@ -63,6 +113,11 @@ else
             *) cargo_args+=("$argument") ;;
         esac
     done
+    if [[ -n "$sandbox_install_pid" ]]; then
+        # Build while apt-get works; a build error shows again in the run below.
+        cargo test "${scope[@]}" --no-run "${cargo_args[@]}"
+    fi
+    wait_for_sandbox_install
     cargo test "${scope[@]}" --no-fail-fast "${cargo_args[@]}"
 fi
 status=$?

@@ -16,11 +16,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use engine::run::{Engine, EngineConfig};
+use engine::sandbox::bwrap::Bubblewrap;
 use engine::sandbox::local::LocalPython;
+use engine::sandbox::{CodeExecutor, ExecLimits};
 use jobs::worker::{spawn_stuck_sweeper, spawn_workers};
 use jobs::JobService;
 
-use crate::config::{resolve_listen, RendererSettings, Settings};
+use crate::config::{resolve_listen, RendererSettings, SandboxSettings, Settings};
 use crate::database::OpenStore;
 
 pub struct Application {
@@ -37,7 +39,8 @@ pub struct Application {
 
 impl Application {
     /// Checks the auth policy, binds the listener, opens the store. Refuses to listen on a
-    /// non-loopback address without tokens: an open ledger on a network is never a default.
+    /// non-loopback address without tokens: an open ledger on a network is never a default; nor
+    /// with `--sandbox=none`, which is no boundary for model-written code.
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
         Application::build_with(settings, clock, None).await
     }
@@ -60,6 +63,16 @@ impl Application {
                 );
             }
             tracing::warn!(listen = %settings.listen, "no tokens configured: authentication is OFF (loopback only)");
+        }
+        if settings.runs.sandbox == SandboxSettings::None && executor.is_none() {
+            if !loopback {
+                bail!(
+                    "refusing to listen on {} with --sandbox=none: model-written code would run unisolated; use \
+                     --sandbox=bwrap (the default), or listen on a loopback address for development",
+                    settings.listen
+                );
+            }
+            tracing::warn!("--sandbox=none: code_execute runs model-written code WITHOUT isolation (development only)");
         }
         let renderer_settings = RendererSettings::from_env()?;
         let renderer = renderer_settings.build(settings.runs.jobs.artifact_bytes_max)?;
@@ -201,7 +214,7 @@ async fn stop_job_tasks(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// The run engine over the open store, with the configured provider and the local sandbox.
+/// The run engine over the open store, with the configured provider and sandbox.
 fn build_engine(
     settings: &Settings,
     store: &OpenStore,
@@ -219,15 +232,9 @@ fn build_engine(
             Arc::new(engine::run::NoProvider)
         }
     };
-    let executor: Arc<dyn engine::sandbox::CodeExecutor> = match executor {
+    let executor = match executor {
         Some(executor) => executor,
-        None => match LocalPython::detect(engine::sandbox::ExecLimits::default()) {
-            Ok(python) => Arc::new(python),
-            Err(error) => {
-                tracing::warn!(%error, "no Python sandbox: code_execute calls will answer a tool error");
-                Arc::new(engine::run::NoExecutor)
-            }
-        },
+        None => build_sandbox(&runs.sandbox),
     };
     let config = EngineConfig {
         hold_ttl_seconds: runs.hold_ttl_seconds,
@@ -253,4 +260,37 @@ fn build_engine(
         clock,
         Some(jobs),
     ))
+}
+
+/// The configured `code_execute` sandbox. Never fails start-up: a sandbox that does not work
+/// here is logged loudly and replaced by one that fails every call closed (`sandbox_unavailable`),
+/// so the ledger and estimates keep working and code never runs unisolated.
+fn build_sandbox(settings: &SandboxSettings) -> Arc<dyn CodeExecutor> {
+    match settings {
+        SandboxSettings::Bubblewrap(bubblewrap) => match Bubblewrap::detect(ExecLimits::default(), bubblewrap) {
+            Ok(sandbox) => {
+                tracing::info!(
+                    python = %sandbox.python().display(),
+                    runs_as_nobody = sandbox.drops_root(),
+                    "code_execute sandbox: bubblewrap"
+                );
+                Arc::new(sandbox)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "code_execute sandbox UNAVAILABLE: every code_execute call will fail with sandbox_unavailable \
+                     (install bubblewrap and util-linux, check --sandbox-python)"
+                );
+                Arc::new(engine::sandbox::Unavailable { reason: error.detail })
+            }
+        },
+        SandboxSettings::None => match LocalPython::detect(ExecLimits::default()) {
+            Ok(python) => Arc::new(python),
+            Err(error) => {
+                tracing::warn!(%error, "no Python sandbox: code_execute calls will answer a tool error");
+                Arc::new(engine::run::NoExecutor)
+            }
+        },
+    }
 }

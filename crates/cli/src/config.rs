@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::sandbox::bwrap::{BubblewrapSettings, PYTHON_DEFAULT};
 use pricing::catalog::{CatalogError, CATALOG_BYTES_MAX};
 use pricing::Catalog;
 use server::{ApiConfig, Role};
@@ -113,6 +114,22 @@ pub struct ServeArgs {
     /// How often in-process workers renew their lease (less than the lease).
     #[arg(long, env = "CREDITGRAPH_JOB_HEARTBEAT_SECONDS", default_value_t = 5)]
     pub job_heartbeat_seconds: u64,
+    /// How `code_execute` isolates model-written code: `bwrap` (bubblewrap; a security boundary)
+    /// or `none` (a plain child process, NOT a boundary: for development, loopback only).
+    #[arg(long, env = "CREDITGRAPH_SANDBOX", value_enum, default_value_t = SandboxKind::Bwrap)]
+    pub sandbox: SandboxKind,
+    /// The Python interpreter the `bwrap` sandbox runs (absolute; readable by uid 65534).
+    #[arg(long, env = "CREDITGRAPH_SANDBOX_PYTHON", default_value = PYTHON_DEFAULT)]
+    pub sandbox_python: PathBuf,
+}
+
+/// The `--sandbox` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxKind {
+    /// bubblewrap behind prlimit and setpriv: namespaces, uid 65534, hard limits.
+    Bwrap,
+    /// The local Python sandbox: limits only, no boundary. Development only, loopback only.
+    None,
 }
 
 /// Most worker loops one process runs.
@@ -295,6 +312,12 @@ impl Settings {
             run_events_retention_seconds: args.run_events_retention_seconds,
             run_events_flush_ms: args.run_events_flush_ms,
             jobs: jobs_config(args)?,
+            sandbox: match args.sandbox {
+                SandboxKind::Bwrap => {
+                    SandboxSettings::Bubblewrap(BubblewrapSettings::with_python(&args.sandbox_python))
+                }
+                SandboxKind::None => SandboxSettings::None,
+            },
         };
         Ok(Settings {
             runs,
@@ -560,6 +583,14 @@ mod tests {
         assert!(serve(&["--job-lease-seconds", "4", "--job-heartbeat-seconds", "4"]).is_err());
         assert!(serve(&["--workers-in-process", "1000"]).is_err());
         assert!(serve(&["--worker-token", "has blank"]).is_err());
+        assert_eq!(settings.runs.sandbox, SandboxSettings::Bubblewrap(BubblewrapSettings::default()), "the default");
+        let settings = serve(&["--sandbox", "bwrap", "--sandbox-python", "/opt/py/bin/python3"]).expect("valid");
+        assert_eq!(
+            settings.runs.sandbox,
+            SandboxSettings::Bubblewrap(BubblewrapSettings::with_python("/opt/py/bin/python3"))
+        );
+        assert_eq!(serve(&["--sandbox=none"]).expect("valid").runs.sandbox, SandboxSettings::None);
+        assert!(Cli::try_parse_from(["creditgraph", "serve", "--sandbox=nsjail"]).is_err());
         assert_eq!(serve(&["--worker-token", "w0rker"]).expect("valid").api.worker_token.as_deref(), Some("w0rker"));
     }
 }
@@ -578,4 +609,17 @@ pub struct RunSettings {
     pub run_events_flush_ms: u64,
     /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
     pub jobs: jobs::JobsConfig,
+    /// Where `code_execute` runs model-written code.
+    pub sandbox: SandboxSettings,
+}
+
+/// The `code_execute` sandbox a server builds (`--sandbox`, `--sandbox-python`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxSettings {
+    /// [`engine::sandbox::bwrap::Bubblewrap`]; when its start-up probe fails, every
+    /// `code_execute` fails closed with `sandbox_unavailable`.
+    Bubblewrap(BubblewrapSettings),
+    /// [`engine::sandbox::local::LocalPython`], `python3` from `PATH`: NOT a boundary (the code
+    /// can read what the service can); refused unless every listen address is loopback.
+    None,
 }

@@ -3,7 +3,7 @@
 //!
 //! Layout: [`run`] (the graph: router → planner → hold → steps → settler; its supervisor and
 //! crash recovery), [`events`] (the per-run SSE buffer), [`provider`] (the LLM port and its
-//! OpenAI-compatible client), [`sandbox`] (the `code_execute` port and the local Python
+//! OpenAI-compatible client), [`sandbox`] (the `code_execute` port: bubblewrap, and the local Python
 //! sandbox), [`pdf`] (solution PDFs). Prices and plans come from the `pricing` crate, video jobs
 //! are the `jobs` crate's; `testing` (feature `testing`) holds the test doubles.
 

@@ -86,12 +86,16 @@ fn database_and_tokens_come_from_the_environment_too() {
     assert_eq!(stdout_json(&balance)["balance"], "3");
 }
 
-#[test]
-fn serve_refuses_a_public_address_without_tokens() {
+/// Runs `serve` with `args` (and `--database` in a fresh folder) that must make it refuse to
+/// start: its exit code and stderr, after checking no database was touched before the check.
+fn serve_refusal(args: &[&str], environment: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let database = format!("sqlite:{}", dir.path().join("ledger.db").display());
     let mut child = creditgraph()
-        .args(["serve", "--listen", "0.0.0.0:0", "--database", &database])
+        .arg("serve")
+        .args(args)
+        .args(["--database", &database])
+        .envs(environment.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -101,11 +105,25 @@ fn serve_refuses_a_public_address_without_tokens() {
         let _ = child.kill();
     }
     let status = status.expect("serve exits at once");
-    assert_eq!(status.code(), Some(1));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr read");
-    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without tokens"), "{stderr}");
     assert!(!dir.path().join("ledger.db").exists(), "no database is touched before the check");
+    (status.code(), stderr)
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_tokens() {
+    let (code, stderr) = serve_refusal(&["--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without tokens"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_sandbox() {
+    let (code, stderr) =
+        serve_refusal(&["--listen", "0.0.0.0:0", "--tokens", "admin:s3cret"], &[("CREDITGRAPH_SANDBOX", "none")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with --sandbox=none"), "{stderr}");
 }
 
 #[test]

@@ -91,6 +91,8 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         run_events_flush_ms: 25,
         // Tests run the stuck sweep themselves, on the manual clock.
         jobs: jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..jobs::JobsConfig::default() },
+        // The production default: code runs behind bubblewrap (scripts/test.sh installs it).
+        sandbox: cli::SandboxSettings::Bubblewrap(engine::sandbox::bwrap::BubblewrapSettings::default()),
     };
     Settings {
         runs,

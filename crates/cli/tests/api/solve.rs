@@ -345,6 +345,33 @@ async fn a_panic_inside_a_step_is_an_internal_error_and_releases_the_hold() {
     assert_failed_turn(&app, &frames, &thread_id, "internal_error", "jon", "50").await;
 }
 
+/// A server whose sandbox fails its start-up probe (here: no such interpreter) never runs code
+/// another way: the step fails with `sandbox_unavailable` and the hold is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_working_sandbox_code_execute_fails_closed_with_sandbox_unavailable() {
+    let missing = engine::sandbox::bwrap::BubblewrapSettings::with_python("/nonexistent/bin/python3");
+    let (app, fake) = spawn_app_with_provider(false, move |settings| {
+        settings.runs.sandbox = cli::SandboxSettings::Bubblewrap(missing)
+    })
+    .await;
+    app.fund("joy", "50").await;
+    fake.on(Purpose::Router, FakeReply::route(false));
+    fake.on(Purpose::Planner, FakeReply::plan(&["solve"], "easy", "full", false));
+    fake.on(Purpose::Solver, FakeReply::execute("print(1)"));
+    fake.on(Purpose::Solver, FakeReply::text("never asked"));
+    let stream = app.solve(json!({"account_id": "joy", "problem": "p"})).await;
+    let thread_id = stream.thread_id.clone();
+    let frames = stream.collect().await;
+    assert_failed_turn(&app, &frames, &thread_id, "sandbox_unavailable", "joy", "50").await;
+    let message = frames.last().unwrap().payload()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("/nonexistent/bin/python3"), "the reason found at start-up: {message}");
+    assert_eq!(fake.count(Purpose::Solver), 1, "the step ended at the code_execute call");
+    let run = app.get(&format!("/v1/runs/{}", frames[0].data["run_id"].as_str().unwrap())).await;
+    let run = run.assert_status(200);
+    let error_code = run["details"]["error"]["code"].as_str();
+    assert_eq!((run["state"].as_str(), error_code), (Some("failed"), Some("sandbox_unavailable")), "{run}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_does_not_stop_the_run_and_can_resume() {
     let (app, fake) = app_with_provider(false).await;

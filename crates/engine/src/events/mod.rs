@@ -123,10 +123,13 @@ pub enum ErrorCode {
     Canceled,
     /// The instance running the run died; another one's recovery ended it.
     Interrupted,
+    /// `code_execute` has no sandbox on this server (it failed its start-up probe): the code is
+    /// never run unisolated, so the step fails.
+    SandboxUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InternalError,
         ErrorCode::ToolError,
         ErrorCode::ModelError,
@@ -135,6 +138,7 @@ impl ErrorCode {
         ErrorCode::InvalidInput,
         ErrorCode::Canceled,
         ErrorCode::Interrupted,
+        ErrorCode::SandboxUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +151,7 @@ impl ErrorCode {
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::Canceled => "canceled",
             ErrorCode::Interrupted => "interrupted",
+            ErrorCode::SandboxUnavailable => "sandbox_unavailable",
         }
     }
 }
@@ -162,6 +167,7 @@ impl From<ErrorCode> for RunErrorCode {
             ErrorCode::InvalidInput => RunErrorCode::InvalidInput,
             ErrorCode::Canceled => RunErrorCode::Canceled,
             ErrorCode::Interrupted => RunErrorCode::Interrupted,
+            ErrorCode::SandboxUnavailable => RunErrorCode::SandboxUnavailable,
         }
     }
 }

@@ -189,10 +189,11 @@ pub enum RunErrorCode {
     InvalidInput,
     Canceled,
     Interrupted,
+    SandboxUnavailable,
 }
 
 impl RunErrorCode {
-    pub const ALL: [RunErrorCode; 8] = [
+    pub const ALL: [RunErrorCode; 9] = [
         RunErrorCode::InternalError,
         RunErrorCode::ToolError,
         RunErrorCode::ModelError,
@@ -201,6 +202,7 @@ impl RunErrorCode {
         RunErrorCode::InvalidInput,
         RunErrorCode::Canceled,
         RunErrorCode::Interrupted,
+        RunErrorCode::SandboxUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -213,6 +215,7 @@ impl RunErrorCode {
             RunErrorCode::InvalidInput => "invalid_input",
             RunErrorCode::Canceled => "canceled",
             RunErrorCode::Interrupted => "interrupted",
+            RunErrorCode::SandboxUnavailable => "sandbox_unavailable",
         }
     }
 }

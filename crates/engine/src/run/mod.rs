@@ -605,6 +605,6 @@ pub struct NoExecutor;
 #[async_trait::async_trait]
 impl CodeExecutor for NoExecutor {
     async fn execute(&self, _code: &str) -> Result<crate::sandbox::ExecOutput, crate::sandbox::ExecError> {
-        Err(crate::sandbox::ExecError { detail: "no Python interpreter on this server".to_owned() })
+        Err(crate::sandbox::ExecError::failed("no Python interpreter on this server"))
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::data::{Charge, CreditEntry, Node};
 use crate::events::{ErrorCode, Event, Shortfall, SolvePhase, SolveProgress, ToolResult, ToolStart};
 use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, ToolCall, ToolSpec};
-use crate::sandbox::{CodeExecutor, ExecStatus};
+use crate::sandbox::{CodeExecutor, ExecErrorKind, ExecStatus};
 use pricing::catalog::{Action, Catalog};
 use pricing::ExplanationMode;
 use pricing::Tier;
@@ -190,7 +190,14 @@ async fn run_tool(
                     Ok((truncate(&text, TOOL_RESULT_BYTES_MAX), success))
                 }
                 // The code never ran: not charged, not counted.
-                Err(error) => Ok((format!("tool error: {error}"), false)),
+                Err(error) => match error.kind {
+                    ExecErrorKind::Failed => Ok((format!("tool error: {error}"), false)),
+                    // Never run it another way: the step fails, and with it the turn (its hold
+                    // released like after any failed step).
+                    ExecErrorKind::Unavailable => {
+                        Err(StepFailure::new(ErrorCode::SandboxUnavailable, format!("code_execute: {error}")))
+                    }
+                },
             }
         }
         other => Ok((format!("tool error: unknown tool `{}`", truncate(other, 64)), false)),

@@ -1,8 +1,16 @@
 //! The `code_execute` port: run model-written Python under limits.
 //!
-//! The executor is a trait so a remote sandbox can replace the local one ([`local::LocalPython`]).
+//! The executor is a trait so the server can choose: [`bwrap::Bubblewrap`], the default and a
+//! security boundary (namespaces, an unprivileged uid, hard limits); [`local::LocalPython`], for
+//! development only and no boundary; [`Unavailable`], what a server whose sandbox failed its
+//! start-up probe gets, so that code never runs unisolated; or a remote sandbox. The shared
+//! mechanics of running one child live in `child`.
 
+pub mod bwrap;
+mod child;
 pub mod local;
+
+pub use child::CODE_BYTES_MAX;
 
 use async_trait::async_trait;
 
@@ -14,6 +22,7 @@ pub struct ExecLimits {
     pub memory_bytes: u64,
     pub file_bytes: u64,
     pub processes_max: u64,
+    pub open_files_max: u64,
     pub output_bytes_max: usize,
 }
 
@@ -25,6 +34,7 @@ impl Default for ExecLimits {
             memory_bytes: 512 * 1024 * 1024,
             file_bytes: 1024 * 1024,
             processes_max: 32,
+            open_files_max: 64,
             output_bytes_max: 16 * 1024,
         }
     }
@@ -49,15 +59,51 @@ pub struct ExecOutput {
     pub truncated: bool,
 }
 
+/// Why the code did not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecErrorKind {
+    /// No sandbox to run it in (the start-up probe failed, the sandbox tool is gone): the step
+    /// fails with `sandbox_unavailable`; the code is never run another way.
+    Unavailable,
+    /// This call could not run (too large, the sandbox broke while starting it): the model gets
+    /// a tool error and may try again.
+    Failed,
+}
+
 /// The sandbox itself failed (no interpreter, cannot create the folder): the code never ran,
 /// so the call is not charged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the sandbox could not run the code: {detail}")]
 pub struct ExecError {
+    pub kind: ExecErrorKind,
     pub detail: String,
+}
+
+impl ExecError {
+    pub fn unavailable(detail: impl Into<String>) -> ExecError {
+        ExecError { kind: ExecErrorKind::Unavailable, detail: detail.into() }
+    }
+
+    pub fn failed(detail: impl Into<String>) -> ExecError {
+        ExecError { kind: ExecErrorKind::Failed, detail: detail.into() }
+    }
 }
 
 #[async_trait]
 pub trait CodeExecutor: Send + Sync + 'static {
     async fn execute(&self, code: &str) -> Result<ExecOutput, ExecError>;
+}
+
+/// The executor of a server whose sandbox is not there: every call fails closed with
+/// [`ExecErrorKind::Unavailable`] and the reason found at start-up.
+#[derive(Clone, Debug)]
+pub struct Unavailable {
+    pub reason: String,
+}
+
+#[async_trait]
+impl CodeExecutor for Unavailable {
+    async fn execute(&self, _code: &str) -> Result<ExecOutput, ExecError> {
+        Err(ExecError::unavailable(self.reason.clone()))
+    }
 }

@@ -37,6 +37,7 @@ wire_enum!(out
         InvalidInput,
         Canceled,
         Interrupted,
+        SandboxUnavailable,
     }
 );
 

@@ -139,6 +139,7 @@ wire_enum!(out
         InvalidInput,
         Canceled,
         Interrupted,
+        SandboxUnavailable,
     }
 );
 
