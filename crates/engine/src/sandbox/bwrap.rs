@@ -209,6 +209,12 @@ impl Bubblewrap {
                 "--disable-userns",
                 "--die-with-parent",
                 "--new-session",
+                // The code is the namespace's PID 1, not a bwrap reaper: bwrap exits without
+                // waiting for its reaper, which a host init that does not reap (a container's,
+                // this CI's) keeps as a zombie of the sandbox's uid, counted against its
+                // RLIMIT_NPROC until the next sandbox cannot fork. The namespace still dies
+                // with its PID 1, orphans and all.
+                "--as-pid-1",
                 "--ro-bind",
                 "/usr",
                 "/usr",
