@@ -12,6 +12,7 @@ mod idempotency;
 mod jobs;
 mod postgres;
 mod processes;
+mod sandbox;
 mod scenarios;
 mod solve;
 mod sse;

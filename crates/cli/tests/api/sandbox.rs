@@ -69,6 +69,8 @@ async fn model_written_code_cannot_reach_the_server_its_data_or_the_network() {
         listener_port,
     );
 
+    let zombies_before: Vec<u32> =
+        sandbox_processes().into_iter().filter(|process| process.zombie).map(|process| process.pid).collect();
     app.fund("mallory", "100").await;
     fake.on(Purpose::Router, FakeReply::route(false));
     fake.on(Purpose::Planner, FakeReply::plan(&["solve"], "easy", "full", false));
@@ -91,16 +93,61 @@ async fn model_written_code_cannot_reach_the_server_its_data_or_the_network() {
     let run = app.get(&format!("/v1/runs/{run_id}")).await;
     assert_eq!(run.assert_status(200)["state"], "succeeded");
 
-    // The server and the machine are unharmed: the ledger verifies on the same file, and no
-    // process of the sandbox's user is left behind.
+    // The server and the machine are unharmed: the ledger verifies on the same file, no process
+    // of the sandbox's user is left under this process (other tests run sandboxes at the same
+    // time, so only this process's descendants count), and none was left as a zombie for the
+    // host's init to collect (those count against the sandbox user's process limit).
     app.assert_verified().await;
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
-        .filter(|status| status.lines().any(|line| line.starts_with("Uid:") && line.contains("\t65534\t")))
+    let left: Vec<Process> = sandbox_processes()
+        .into_iter()
+        .filter(|process| {
+            process.descends_from(std::process::id()) || process.zombie && !zombies_before.contains(&process.pid)
+        })
         .collect();
     assert!(left.is_empty(), "sandboxed processes outlived the turn: {left:?}");
     drop(listener);
+}
+
+/// A process of the sandbox's user (uid 65534), from `/proc`.
+#[derive(Debug)]
+struct Process {
+    pid: u32,
+    zombie: bool,
+    /// Its ancestors' pids, nearest first, up to the host's init.
+    ancestors: Vec<u32>,
+}
+
+impl Process {
+    fn descends_from(&self, pid: u32) -> bool {
+        self.ancestors.contains(&pid)
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix(field)).map(|value| value.trim().to_owned())
+}
+
+fn sandbox_processes() -> Vec<Process> {
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.into_iter()
+        .filter(|pid| status_field(*pid, "Uid:").is_some_and(|uid| uid.split_whitespace().next() == Some("65534")))
+        .map(|pid| {
+            let zombie = status_field(pid, "State:").is_some_and(|state| state.starts_with('Z'));
+            let mut ancestors = Vec::new();
+            let mut current = pid;
+            // A chain of parents is short; the bound only guards against a pid reused mid-walk.
+            while let Some(parent) = status_field(current, "PPid:").and_then(|ppid| ppid.parse::<u32>().ok()) {
+                if parent <= 1 || ancestors.len() >= 64 {
+                    break;
+                }
+                ancestors.push(parent);
+                current = parent;
+            }
+            Process { pid, zombie, ancestors }
+        })
+        .collect()
 }
