@@ -17,6 +17,7 @@ pub mod inprocess;
 pub mod measure;
 pub mod pileup;
 pub mod report;
+pub mod sandbox;
 pub mod scale;
 pub mod serve;
 pub mod stores;

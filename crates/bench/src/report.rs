@@ -625,6 +625,28 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     }
     http_table(w, "Hot account at 1,000 requests/s (500 hold+capture arrivals/s)", &results.hot_fixed_rate);
     http_table(w, "Two server processes on one PostgreSQL database, hot account, saturated", &results.two_servers);
+    if let Some(cost) = &results.sandbox {
+        let _ = writeln!(w, "## The `code_execute` sandbox (issue 17)\n");
+        let _ = writeln!(
+            w,
+            "A small program (`print(sum(range(1000)))`), {} runs through each executor, alternating: \
+             the bubblewrap sandbox (the default: namespaces, uid 65534, hard limits) and the local \
+             executor (limits only, no boundary).\n",
+            cost.runs
+        );
+        let _ = writeln!(w, "| executor | p50 | p99 | max |");
+        let _ = writeln!(w, "|---|---|---|---|");
+        for (name, latency) in [("bubblewrap sandbox", cost.bubblewrap), ("local, no boundary", cost.local)] {
+            let _ = writeln!(
+                w,
+                "| {name} | {} | {} | {} |",
+                ms(latency.p50_micros),
+                ms(latency.p99_micros),
+                ms(latency.max_micros)
+            );
+        }
+        let _ = writeln!(w);
+    }
     if !results.pile_up.is_empty() {
         let _ = writeln!(w, "## Pile-up: one account's pending holds (issue 16, target 1)\n");
         let _ = writeln!(

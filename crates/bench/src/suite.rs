@@ -98,6 +98,8 @@ pub struct Results {
     pub streams: Option<crate::streams::StreamMemory>,
     /// Issue 16, target 1: one account's pending holds piled up, per store.
     pub pile_up: Vec<crate::pileup::PileUp>,
+    /// Issue 17: a `code_execute` call through the bubblewrap sandbox and the local executor.
+    pub sandbox: Option<crate::sandbox::SandboxCost>,
 }
 
 /// Turns per arm (ledger on, ledger off) of the turn-overhead section: at 2,000 the p99 is the
@@ -200,6 +202,18 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
         let streams = crate::streams::measure_stream_memory(&binary, count, &settings.data_dir).await?;
         eprintln!("bench: {} SSE streams cost {} bytes each", streams.streams, streams.bytes_per_stream);
         results.streams = Some(streams);
+    }
+    if wanted("sandbox") {
+        let cost = crate::sandbox::measure(if settings.smoke { 3 } else { 200 }).await?;
+        eprintln!(
+            "bench: sandbox: {} runs each, bubblewrap p50 {} µs p99 {} µs, local p50 {} µs p99 {} µs",
+            cost.runs,
+            cost.bubblewrap.p50_micros,
+            cost.bubblewrap.p99_micros,
+            cost.local.p50_micros,
+            cost.local.p99_micros
+        );
+        results.sandbox = Some(cost);
     }
     if wanted("pile-up") {
         let pending_max = settings.pile_up_holds.unwrap_or(if settings.smoke { 2_000 } else { 100_000 });

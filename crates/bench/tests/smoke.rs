@@ -57,7 +57,7 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
     for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches", "scale"] {
         assert!(!results["results"][section].as_array().expect(section).is_empty(), "{section} ran");
     }
-    for section in ["turns", "streams"] {
+    for section in ["turns", "streams", "sandbox"] {
         assert!(results["results"][section].is_object(), "{section} ran");
     }
     let targets = results["targets"].as_array().expect("targets");
