@@ -22,13 +22,17 @@ use engine::sandbox::{CodeExecutor, ExecLimits};
 use jobs::worker::{spawn_stuck_sweeper, spawn_workers};
 use jobs::JobService;
 
-use crate::config::{resolve_listen, RendererSettings, SandboxSettings, Settings};
+use crate::config::{resolve_listen, EdgeSettings, RendererSettings, SandboxSettings, Settings};
 use crate::database::OpenStore;
+use server::edge::tls::TlsFiles;
+use server::edge::EdgeConfig;
 
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: axum::Router,
+    /// Connection limits (the cap fitted to the open-file limit) and TLS.
+    edge: EdgeConfig,
     store: OpenStore,
     engine: Arc<Engine>,
     /// What in-process workers render video jobs with (`CREDITGRAPH_RENDERER_*`).
@@ -74,6 +78,14 @@ impl Application {
             }
             tracing::warn!("--sandbox=none: code_execute runs model-written code WITHOUT isolation (development only)");
         }
+        let edge = build_edge(&settings.edge)?;
+        if edge.tls.is_none() && !loopback && !settings.api.tokens.is_empty() {
+            tracing::warn!(
+                listen = %settings.listen,
+                "serving plain HTTP beyond loopback: bearer tokens cross the network in the clear unless a TLS proxy \
+                 terminates in front (else use --tls-cert and --tls-key)"
+            );
+        }
         let renderer_settings = RendererSettings::from_env()?;
         let renderer = renderer_settings.build(settings.runs.jobs.artifact_bytes_max)?;
         let listener =
@@ -91,6 +103,7 @@ impl Application {
         );
         tracing::info!(
             address = %local_addr,
+            tls = edge.tls.is_some(),
             database = %settings.database.describe(),
             backend = store.ledger().backend(),
             "creditgraph listening"
@@ -99,6 +112,7 @@ impl Application {
             listener,
             local_addr,
             router,
+            edge,
             store,
             engine,
             renderer,
@@ -132,7 +146,9 @@ impl Application {
     /// its lease back, so its job is queued again without a refund), lets requests finish (for at
     /// most the grace period), stops the sweepers, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { listener, router, store, engine, renderer, sweep_interval, shutdown_grace, .. } = self;
+        let Application { listener, router, edge, store, engine, renderer, sweep_interval, shutdown_grace, .. } = self;
+        let tls_reloads =
+            edge.tls.as_ref().map(|files| reload_tls_on_hangup(Arc::clone(files), shutdown.child_token()));
         let job_tasks = start_job_tasks(&engine, renderer, &shutdown.child_token());
         // Instance lease, crash recovery of dead instances' runs, hold extension of live ones.
         let upkeep = engine.start_background();
@@ -147,7 +163,7 @@ impl Application {
             })
         };
         let sweeper = server::spawn_sweeper(store.ledger(), sweep_interval, shutdown.child_token());
-        let serving = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serving = server::edge::serve(listener, router, edge, shutdown.child_token());
         let grace_over = async {
             shutdown.cancelled().await;
             tokio::time::sleep(shutdown_grace).await;
@@ -173,10 +189,80 @@ impl Application {
             tracing::error!("the sweeper task ended abnormally");
         }
         stop_job_tasks(job_tasks).await;
+        if let Some(reloads) = tls_reloads {
+            reloads.abort();
+        }
         store.close().await;
         tracing::info!("stopped");
         served.context("the HTTP server failed")
     }
+}
+
+/// The edge from its settings: raises the open-file limit (as far as the hard limit allows)
+/// and fits the connection cap under it, and loads the TLS pair (a server never starts with a
+/// certificate it cannot serve).
+fn build_edge(settings: &EdgeSettings) -> anyhow::Result<EdgeConfig> {
+    let open_files_soft = match server::edge::raise_open_files_limit() {
+        Ok(files) => {
+            tracing::info!(
+                before = files.soft_before,
+                now = files.soft,
+                hard = files.hard,
+                "open-file limit (RLIMIT_NOFILE)"
+            );
+            files.soft
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let connections_max = server::edge::connections_max_within(settings.connections_max, open_files_soft);
+    if connections_max < settings.connections_max {
+        tracing::warn!(
+            configured = settings.connections_max,
+            connections_max,
+            open_files_soft,
+            "the connection cap is lowered to fit the open-file limit"
+        );
+    }
+    let tls = match &settings.tls {
+        Some(paths) => Some(TlsFiles::load(&paths.cert, &paths.key).map_err(|error| anyhow::anyhow!("TLS: {error}"))?),
+        None => None,
+    };
+    Ok(EdgeConfig { limits: settings.limits, connections_max, tls })
+}
+
+/// Reloads the TLS certificate and key from their files on every SIGHUP, as nginx does; a
+/// failed reload keeps the pair in use and says why.
+fn reload_tls_on_hangup(files: Arc<TlsFiles>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|error| tracing::warn!(%error, "cannot listen for SIGHUP: the TLS certificate will not reload"))
+        .ok();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        if let Some(mut hangups) = hangups {
+            loop {
+                tokio::select! {
+                    received = hangups.recv() => {
+                        if received.is_none() {
+                            break;
+                        }
+                    }
+                    () = stop.cancelled() => break,
+                }
+                match files.reload() {
+                    Ok(()) => tracing::info!(cert = %files.cert_path().display(), "TLS certificate reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "TLS certificate NOT reloaded; the previous one stays in use")
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        stop.cancelled().await;
+    })
 }
 
 /// Longest wait for the in-process workers and the stuck sweep to stop. A worker stops at once

@@ -121,6 +121,93 @@ pub struct ServeArgs {
     /// The Python interpreter the `bwrap` sandbox runs (absolute; readable by uid 65534).
     #[arg(long, env = "CREDITGRAPH_SANDBOX_PYTHON", default_value = PYTHON_DEFAULT)]
     pub sandbox_python: PathBuf,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// The limits of the HTTP edge, and TLS.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// A request's headers must arrive within this time of its first byte (else the connection
+    /// is closed); also bounds a TLS handshake.
+    #[arg(long, env = "CREDITGRAPH_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_seconds: u64,
+    /// A keep-alive connection with no request for this long is closed. Keep it above the idle
+    /// timeout of a load balancer in front (60 s on common ones).
+    #[arg(long, env = "CREDITGRAPH_IDLE_TIMEOUT_SECONDS", default_value_t = 75,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_seconds: u64,
+    /// A write to a client that does not read (a dead SSE client included) may stay blocked
+    /// this long before the connection is closed.
+    #[arg(long, env = "CREDITGRAPH_WRITE_TIMEOUT_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub write_timeout_seconds: u64,
+    /// A request's whole body must arrive within this time of its headers (else `408`).
+    #[arg(long, env = "CREDITGRAPH_REQUEST_BODY_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_body_timeout_seconds: u64,
+    /// A handler of a route that does not stream must answer within this time (else
+    /// `504 handler_timeout`; retry with the same Idempotency-Key).
+    #[arg(long, env = "CREDITGRAPH_HANDLER_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handler_timeout_seconds: u64,
+    /// Most connections open at once (lowered to fit the open-file limit); past it, new
+    /// connections wait in the kernel's backlog.
+    #[arg(long, env = "CREDITGRAPH_CONNECTIONS_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections_max: u64,
+    /// Most requests inside handlers at once; past it, `503 overloaded` with `Retry-After`.
+    #[arg(long, env = "CREDITGRAPH_REQUESTS_IN_FLIGHT_MAX", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub requests_in_flight_max: u64,
+    /// A PEM certificate chain: serve HTTPS (with --tls-key). Reloaded on SIGHUP.
+    #[arg(long, env = "CREDITGRAPH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert. Reloaded on SIGHUP.
+    #[arg(long, env = "CREDITGRAPH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The HTTP edge a server runs with (see `server::edge`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeSettings {
+    pub limits: server::edge::watch::ConnectionLimits,
+    /// Before it is fitted to the open-file limit at start-up.
+    pub connections_max: usize,
+    /// Certificate chain and key (PEM) when serving HTTPS.
+    pub tls: Option<TlsPaths>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for EdgeSettings {
+    /// `server::edge`'s defaults, plain HTTP.
+    fn default() -> EdgeSettings {
+        let defaults = server::edge::EdgeConfig::default();
+        EdgeSettings { limits: defaults.limits, connections_max: defaults.connections_max, tls: None }
+    }
+}
+
+impl EdgeSettings {
+    fn from_args(args: &EdgeArgs) -> EdgeSettings {
+        EdgeSettings {
+            limits: server::edge::watch::ConnectionLimits {
+                header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
+                idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
+                write_timeout: Duration::from_secs(args.write_timeout_seconds),
+            },
+            connections_max: usize::try_from(args.connections_max).unwrap_or(usize::MAX),
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.clone(), key: key.clone() }),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// The `--sandbox` choices.
@@ -275,6 +362,8 @@ pub struct Settings {
     pub runs: RunSettings,
     pub database: DatabaseUrl,
     pub api: ApiConfig,
+    /// Connection limits and TLS.
+    pub edge: EdgeSettings,
     pub sweep_interval: Duration,
     /// Longest wait for requests in flight once shutdown starts.
     pub shutdown_grace: Duration,
@@ -294,6 +383,9 @@ impl Settings {
             hold_ttl_seconds_default: defaults.hold_ttl_seconds_default.min(args.hold_ttl_seconds_max),
             refund_grant_ttl_seconds: args.refund_grant_ttl_seconds,
             worker_token,
+            request_body_timeout_seconds: args.edge.request_body_timeout_seconds,
+            handler_timeout_seconds: args.edge.handler_timeout_seconds,
+            requests_in_flight_max: usize::try_from(args.edge.requests_in_flight_max).unwrap_or(usize::MAX),
             ..defaults
         };
         let catalog = match &args.catalog {
@@ -324,6 +416,7 @@ impl Settings {
             listen: args.listen.clone(),
             database: DatabaseUrl::parse(&args.database.database)?,
             api,
+            edge: EdgeSettings::from_args(&args.edge),
             sweep_interval: Duration::from_secs(args.sweep_interval_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         })

@@ -60,6 +60,14 @@ pub struct ApiConfig {
     /// The bearer token of `creditgraph worker` processes on `/v1/worker/…`. `None` turns the
     /// worker API off (503 `worker_api_disabled`); in-process workers need no token.
     pub worker_token: Option<String>,
+    /// From a request's headers to the last byte of its body; later bodies get `408`.
+    pub request_body_timeout_seconds: u64,
+    /// From a request reaching its handler to its response's headers; later answers are
+    /// `504 handler_timeout`. Routes that stream (SSE, artifact uploads) are exempt.
+    pub handler_timeout_seconds: u64,
+    /// Requests inside handlers at once on this instance; past it, `503 overloaded` with
+    /// `Retry-After`.
+    pub requests_in_flight_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +83,9 @@ impl Default for ApiConfig {
             entries_limit_max: 1000,
             entries_limit_default: 100,
             worker_token: None,
+            request_body_timeout_seconds: 30,
+            handler_timeout_seconds: 30,
+            requests_in_flight_max: 1024,
         }
     }
 }
@@ -95,6 +106,9 @@ impl fmt::Debug for ApiConfig {
             .field("entries_limit_max", &self.entries_limit_max)
             .field("entries_limit_default", &self.entries_limit_default)
             .field("worker_token", &self.worker_token.as_ref().map(|_| "configured"))
+            .field("request_body_timeout_seconds", &self.request_body_timeout_seconds)
+            .field("handler_timeout_seconds", &self.handler_timeout_seconds)
+            .field("requests_in_flight_max", &self.requests_in_flight_max)
             .finish()
     }
 }

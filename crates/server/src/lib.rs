@@ -6,10 +6,12 @@
 
 mod config;
 pub mod dto;
+pub mod edge;
 mod error;
 mod extract;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod limits;
 mod openapi;
 mod router;
 mod routes;

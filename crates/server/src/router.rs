@@ -1,12 +1,16 @@
 //! The route table and the layers every request passes through.
 //!
 //! Outermost is panic catching, so even a bug answers with a problem+json 500 instead of a
-//! dropped connection; then tracing; then the body limit that extractors enforce.
+//! dropped connection; then tracing; then the request limits of `crate::limits` (body
+//! deadline, in-flight cap, handler deadline per route); then the body size limit that
+//! extractors enforce.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use engine::run::Engine;
@@ -16,6 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::error::panic_response;
+use crate::limits::{self, RequestLimits};
 use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs, worker};
 use crate::state::AppState;
 
@@ -24,44 +29,55 @@ pub fn router(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiCon
     router_with_engine(store, clock, config, None)
 }
 
-/// Every route: its method, its path and its handler. The router is built from this table
+/// Whether a route's handler answers under the handler deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timing {
+    /// Answers whole: its handler must answer within `handler_timeout_seconds`.
+    Handler,
+    /// Streams (an SSE response, an artifact upload read by the handler): exempt from the
+    /// handler deadline, bounded instead by the run's own limits, SSE heartbeats, the
+    /// connection's write timeout and the body deadline.
+    Streams,
+}
+
+/// Every route: its method, its path, its handler and its [`Timing`]. The router is built from this table
 /// alone, and the tests hold the OpenAPI document (and the fuzzers' route lists) against it, so
 /// a route cannot be added without being documented and fuzzed.
-fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
     vec![
-        (Method::GET, "/v1/accounts/{account_id}", get(accounts::get_account)),
-        (Method::POST, "/v1/accounts/{account_id}/grants", post(accounts::create_grant)),
-        (Method::GET, "/v1/accounts/{account_id}/entries", get(accounts::list_entries)),
-        (Method::GET, "/v1/accounts/{account_id}/holds", get(accounts::list_holds)),
-        (Method::POST, "/v1/accounts/{account_id}/debits", post(accounts::create_debit)),
-        (Method::POST, "/v1/accounts/{account_id}/refunds", post(accounts::create_refund)),
-        (Method::POST, "/v1/holds", post(holds::create_hold)),
-        (Method::GET, "/v1/holds/{hold_id}", get(holds::get_hold)),
-        (Method::POST, "/v1/holds/{hold_id}/capture", post(holds::capture)),
-        (Method::POST, "/v1/holds/{hold_id}/release", post(holds::release)),
-        (Method::POST, "/v1/holds/{hold_id}/extend", post(holds::extend)),
-        (Method::POST, "/v1/estimate", post(runs::estimate)),
-        (Method::POST, "/v1/solve", post(runs::solve)),
-        (Method::GET, "/v1/runs/{run_id}", get(runs::get_run)),
-        (Method::GET, "/v1/runs/{run_id}/events", get(runs::run_events)),
-        (Method::POST, "/v1/runs/{run_id}/cancel", post(runs::cancel_run)),
-        (Method::GET, "/v1/artifacts/{artifact_id}", get(runs::get_artifact)),
-        (Method::GET, "/v1/threads/{thread_id}", get(runs::get_thread)),
-        (Method::GET, "/v1/threads/{thread_id}/jobs", get(jobs::thread_jobs)),
-        (Method::GET, "/v1/jobs/{job_id}", get(jobs::get_job)),
-        (Method::POST, "/v1/jobs/{job_id}/cancel", post(jobs::cancel_job)),
-        (Method::POST, "/v1/worker/claim", post(worker::claim)),
-        (Method::POST, "/v1/worker/jobs/{job_id}/heartbeat", post(worker::heartbeat)),
-        (Method::POST, "/v1/worker/jobs/{job_id}/finish", post(worker::finish)),
-        (Method::GET, "/v1/openapi.json", get(health::openapi)),
-        (Method::GET, "/healthz", get(health::healthz)),
-        (Method::GET, "/readyz", get(health::readyz)),
+        (Method::GET, "/v1/accounts/{account_id}", get(accounts::get_account), Timing::Handler),
+        (Method::POST, "/v1/accounts/{account_id}/grants", post(accounts::create_grant), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/entries", get(accounts::list_entries), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/holds", get(accounts::list_holds), Timing::Handler),
+        (Method::POST, "/v1/accounts/{account_id}/debits", post(accounts::create_debit), Timing::Handler),
+        (Method::POST, "/v1/accounts/{account_id}/refunds", post(accounts::create_refund), Timing::Handler),
+        (Method::POST, "/v1/holds", post(holds::create_hold), Timing::Handler),
+        (Method::GET, "/v1/holds/{hold_id}", get(holds::get_hold), Timing::Handler),
+        (Method::POST, "/v1/holds/{hold_id}/capture", post(holds::capture), Timing::Handler),
+        (Method::POST, "/v1/holds/{hold_id}/release", post(holds::release), Timing::Handler),
+        (Method::POST, "/v1/holds/{hold_id}/extend", post(holds::extend), Timing::Handler),
+        (Method::POST, "/v1/estimate", post(runs::estimate), Timing::Handler),
+        (Method::POST, "/v1/solve", post(runs::solve), Timing::Streams),
+        (Method::GET, "/v1/runs/{run_id}", get(runs::get_run), Timing::Handler),
+        (Method::GET, "/v1/runs/{run_id}/events", get(runs::run_events), Timing::Streams),
+        (Method::POST, "/v1/runs/{run_id}/cancel", post(runs::cancel_run), Timing::Handler),
+        (Method::GET, "/v1/artifacts/{artifact_id}", get(runs::get_artifact), Timing::Handler),
+        (Method::GET, "/v1/threads/{thread_id}", get(runs::get_thread), Timing::Handler),
+        (Method::GET, "/v1/threads/{thread_id}/jobs", get(jobs::thread_jobs), Timing::Handler),
+        (Method::GET, "/v1/jobs/{job_id}", get(jobs::get_job), Timing::Handler),
+        (Method::POST, "/v1/jobs/{job_id}/cancel", post(jobs::cancel_job), Timing::Handler),
+        (Method::POST, "/v1/worker/claim", post(worker::claim), Timing::Handler),
+        (Method::POST, "/v1/worker/jobs/{job_id}/heartbeat", post(worker::heartbeat), Timing::Handler),
+        (Method::POST, "/v1/worker/jobs/{job_id}/finish", post(worker::finish), Timing::Streams),
+        (Method::GET, "/v1/openapi.json", get(health::openapi), Timing::Handler),
+        (Method::GET, "/healthz", get(health::healthz), Timing::Handler),
+        (Method::GET, "/readyz", get(health::readyz), Timing::Handler),
     ]
 }
 
 /// Every route of [`router`] as (method, path), paths as the OpenAPI document writes them.
 pub fn route_table() -> Vec<(Method, &'static str)> {
-    routes().into_iter().map(|(method, path, _)| (method, path)).collect()
+    routes().into_iter().map(|(method, path, _, _)| (method, path)).collect()
 }
 
 /// The whole HTTP API: the ledger, and metered runs when an engine is given.
@@ -72,15 +88,31 @@ pub fn router_with_engine(
     engine: Option<Arc<Engine>>,
 ) -> Router {
     let body_bytes_max = config.request_body_bytes_max;
+    let limits = Arc::new(RequestLimits::new(
+        Duration::from_secs(config.request_body_timeout_seconds),
+        Duration::from_secs(config.handler_timeout_seconds),
+        config.requests_in_flight_max,
+        body_bytes_max,
+    ));
     let mut state = AppState::new(store, clock, config);
     state.catalog = engine.as_ref().map(|engine| engine.shared_catalog());
     state.engine = engine;
     // One entry per (method, path); axum merges the methods of a path given twice.
-    let router = routes().into_iter().fold(Router::new(), |router, (_, path, handler)| router.route(path, handler));
+    let router = routes().into_iter().fold(Router::new(), |router, (_, path, handler, timing)| {
+        let handler = match timing {
+            Timing::Handler => handler.layer(from_fn_with_state(Arc::clone(&limits), limits::handler_deadline)),
+            Timing::Streams => handler,
+        };
+        router.route(path, handler)
+    });
+    // Outermost first: panics, tracing, the body deadline (so a slow body never holds an
+    // in-flight slot), the in-flight cap, then routing and the per-route handler deadline.
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(from_fn_with_state(Arc::clone(&limits), limits::in_flight_cap))
+        .layer(from_fn_with_state(limits, limits::body_deadline))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)

@@ -99,6 +99,7 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         listen: "127.0.0.1:0".to_owned(),
         database,
         api,
+        edge: cli::EdgeSettings::default(),
         sweep_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(10),
     }
