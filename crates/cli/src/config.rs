@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CommandLine {
     /// Run the HTTP API (and the expiry sweeper) until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the embedded migrations and exit.
     Migrate(DatabaseArgs),
     /// Recompute every account from its journal; exit status 0 only when nothing disagrees.

@@ -337,3 +337,118 @@ impl TestApp {
         assert!(report.violations.is_empty(), "{:#?}", report.violations);
     }
 }
+
+/// A running `creditgraph serve` process, stopped with SIGTERM when dropped; its log lines are
+/// kept for [`ServerProcess::wait_for_line`].
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub base: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Lines read while waiting for another, oldest first, not yet matched.
+    seen: Vec<String>,
+}
+
+impl ServerProcess {
+    pub fn start(database: &str) -> ServerProcess {
+        ServerProcess::start_with(database, &[], &[])
+    }
+
+    pub fn start_with(database: &str, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::launch(&[], database, args, envs, "http")
+    }
+
+    /// `wrapper` (such as `prlimit --nofile=…`) runs the binary; `scheme` is the base URL's.
+    pub fn launch(
+        wrapper: &[&str],
+        database: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        scheme: &str,
+    ) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let binary = env!("CARGO_BIN_EXE_creditgraph");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .args(["serve", "--listen", &listen, "--database", database])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("CREDITGRAPH_TOKENS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut server = ServerProcess { child, base: format!("{scheme}://{listen}"), lines, seen: Vec::new() };
+        server.wait_for_line("creditgraph listening", Duration::from_secs(30));
+        server
+    }
+
+    /// The first log line containing `needle` not matched before, waiting for it at most
+    /// `timeout`; panics with the lines seen when none comes.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(index) = self.seen.iter().position(|line| line.contains(needle)) {
+            return self.seen.remove(index);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no log line with {needle:?}; seen: {:#?}", self.seen);
+                }
+            }
+        }
+    }
+
+    /// Sends a signal (`-HUP`, `-TERM`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            // std's Child has no wait with a deadline: poll its exit.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}

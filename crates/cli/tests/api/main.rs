@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod binary;
+mod edge;
 mod errors;
 mod health;
 mod helpers;

@@ -2,84 +2,13 @@
 //! overdraw and `creditgraph verify` stays clean; a run is followed, resumed, retried and canceled
 //! from another process (PostgreSQL) or after a restart (SQLite).
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-/// A running `creditgraph serve`, stopped with SIGTERM when dropped.
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl ServerProcess {
-    fn start(database: &str) -> ServerProcess {
-        ServerProcess::start_with(database, &[], &[])
-    }
-
-    fn start_with(database: &str, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
-        let port =
-            TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_creditgraph"))
-            .args(["serve", "--listen", &listen, "--database", database])
-            .args(args)
-            .envs(envs.iter().copied())
-            .env_remove("CREDITGRAPH_TOKENS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while !seen.iter().any(|line: &String| line.contains("creditgraph listening")) {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("serve did not start: {seen:#?}");
-                }
-            }
-        }
-        ServerProcess { child, base: format!("http://{listen}") }
-    }
-}
-
-impl ServerProcess {
-    /// `kill -9`: no shutdown code runs.
-    fn crash(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            // std's Child has no wait with a deadline: poll its exit.
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
+use crate::helpers::ServerProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_server_processes_on_one_postgres_database_never_overdraw() {
