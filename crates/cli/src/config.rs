@@ -659,6 +659,55 @@ mod tests {
     }
 
     #[test]
+    fn edge_flags_are_checked() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["creditgraph", "serve"];
+            argv.extend_from_slice(extra);
+            let parsed = Cli::try_parse_from(argv).map_err(|error| anyhow::anyhow!("{error}"))?;
+            match parsed.command {
+                CommandLine::Serve(args) => Settings::from_args(&args),
+                other => panic!("not serve: {other:?}"),
+            }
+        };
+        let defaults = serve(&[]).expect("valid");
+        assert_eq!(defaults.edge, EdgeSettings::default());
+        assert_eq!(defaults.edge.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!((defaults.api.request_body_timeout_seconds, defaults.api.handler_timeout_seconds), (30, 30));
+        assert_eq!(defaults.api.requests_in_flight_max, 1024);
+        let settings = serve(&[
+            "--header-read-timeout-seconds=2",
+            "--idle-timeout-seconds=90",
+            "--write-timeout-seconds=7",
+            "--request-body-timeout-seconds=5",
+            "--handler-timeout-seconds=6",
+            "--connections-max=100",
+            "--requests-in-flight-max=8",
+            "--tls-cert=/etc/cg/cert.pem",
+            "--tls-key=/etc/cg/key.pem",
+        ])
+        .expect("valid");
+        assert_eq!(settings.edge.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(settings.edge.limits.idle_timeout, Duration::from_secs(90));
+        assert_eq!(settings.edge.limits.write_timeout, Duration::from_secs(7));
+        assert_eq!((settings.api.request_body_timeout_seconds, settings.api.handler_timeout_seconds), (5, 6));
+        assert_eq!((settings.edge.connections_max, settings.api.requests_in_flight_max), (100, 8));
+        assert_eq!(
+            settings.edge.tls,
+            Some(TlsPaths { cert: "/etc/cg/cert.pem".into(), key: "/etc/cg/key.pem".into() })
+        );
+        for refused in [
+            &["--header-read-timeout-seconds=0"][..],
+            &["--connections-max=0"],
+            &["--requests-in-flight-max=0"],
+            &["--handler-timeout-seconds=0"],
+            &["--tls-cert=/etc/cg/cert.pem"],
+            &["--tls-key=/etc/cg/key.pem"],
+        ] {
+            assert!(serve(refused).is_err(), "{refused:?} was accepted");
+        }
+    }
+
+    #[test]
     fn job_flags_are_checked() {
         let serve = |extra: &[&str]| {
             let mut argv = vec!["creditgraph", "serve"];
