@@ -33,6 +33,18 @@ const REQUEST_SECONDS_MAX: u64 = 30;
 /// Concurrent grants while seeding over HTTP.
 const SEED_CONCURRENCY: usize = 32;
 
+/// How a benchmark server serves HTTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Edge {
+    /// What `creditgraph serve` runs: `server::edge::serve` (connection cap, header, idle and
+    /// write timeouts) and the router's request limits (body and handler deadlines, in-flight cap).
+    #[default]
+    Hardened,
+    /// `axum::serve` and the router without request limits: what a plain axum service is, and
+    /// what creditgraph was before its edge was hardened.
+    Plain,
+}
+
 /// One `creditgraph-bench serve` process.
 pub struct ServerProcess {
     child: Child,
@@ -40,12 +52,18 @@ pub struct ServerProcess {
     stdout: Lines<BufReader<ChildStdout>>,
     pub address: SocketAddr,
     pub pid: u32,
+    pub edge: Edge,
 }
 
 impl ServerProcess {
     pub async fn start(kind: StoreKind, place: &Place) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start_with(kind, place, Edge::Hardened).await
+    }
+
+    pub async fn start_with(kind: StoreKind, place: &Place, edge: Edge) -> anyhow::Result<ServerProcess> {
         let mut command = tokio::process::Command::new(std::env::current_exe()?);
         command.arg("serve").arg("--store").arg(kind_argument(kind)).arg("--sqlite-path").arg(&place.sqlite_path);
+        command.arg("--edge").arg(clap::ValueEnum::to_possible_value(&edge).expect("named").get_name());
         if let Some(url) = &place.postgres_url {
             command.arg("--postgres-url").arg(url);
         }
@@ -59,7 +77,7 @@ impl ServerProcess {
             .context("the server exited before listening")?;
         let address = line.strip_prefix("listening ").context("unexpected first line")?.parse()?;
         let pid = child.id().context("child pid")?;
-        Ok(ServerProcess { child, stdin, stdout, address, pid })
+        Ok(ServerProcess { child, stdin, stdout, address, pid, edge })
     }
 
     /// The store's counters, from the server process.
@@ -185,6 +203,7 @@ pub enum Action {
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpResult {
     pub store: StoreKind,
+    pub edge: Edge,
     pub servers: usize,
     pub workload: String,
     pub action: Action,
@@ -392,6 +411,7 @@ pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
         check_after(settings.servers, settings.workload, action, captures, &shared, settings.check_balances).await?;
     Ok(HttpResult {
         store: settings.store,
+        edge: settings.servers.first().map(|server| server.edge).unwrap_or_default(),
         servers: settings.servers.len(),
         workload: settings.workload.name.to_owned(),
         action,

@@ -66,14 +66,16 @@ enum Command {
         postgres_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        #[arg(long, value_enum, default_value_t = bench::http::Edge::Hardened)]
+        edge: bench::http::Edge,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve { store, sqlite_path, postgres_url, listen } => {
-            bench::serve::serve(store, Place { sqlite_path, postgres_url }, listen).await
+        Command::Serve { store, sqlite_path, postgres_url, listen, edge } => {
+            bench::serve::serve(store, Place { sqlite_path, postgres_url }, listen, edge).await
         }
         Command::Run {
             smoke,

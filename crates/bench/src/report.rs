@@ -161,7 +161,10 @@ pub fn targets(results: &Results) -> Vec<TargetOutcome> {
     let target = "hold over HTTP adds ≤ 0.3 ms p50, ≤ 1 ms p99 over a no-op at 2,000 req/s; hold+capture ≥ 0.5× no-op throughput";
     let overhead = |store: StoreKind, action, fixed: bool| {
         results.overhead.iter().find(|result| {
-            result.store == store && result.action == action && (result.arrivals_per_second > 0) == fixed
+            result.store == store
+                && result.action == action
+                && (result.arrivals_per_second > 0) == fixed
+                && result.edge == crate::http::Edge::Hardened
         })
     };
     let fixed = |action| overhead(StoreKind::Sqlite, action, true);
@@ -610,6 +613,7 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
         crate::suite::SATURATION_CONNECTIONS
     );
     http_table(w, "Overhead: no-op (`GET /healthz`) vs hold+capture, creditgraph SQLite, uniform", &results.overhead);
+    edge_comparison(w, &results.overhead);
     for search in &results.rate_searches {
         let title = format!(
             "Rate search, Zipf s=1, hold+capture: {} (best {} cycles/s with p99 ≤ {})",
@@ -722,6 +726,51 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     out
 }
 
+/// Issue 19: the hardened edge (connection watchdog, body and handler deadlines, in-flight cap)
+/// beside a plain axum server, at the same fixed rates: what the limits cost per request.
+fn edge_comparison(w: &mut String, overhead: &[HttpResult]) {
+    use crate::http::{Action, Edge};
+    let find = |action, edge| {
+        overhead.iter().find(|result| {
+            result.store == StoreKind::Sqlite
+                && result.action == action
+                && result.edge == edge
+                && result.arrivals_per_second > 0
+        })
+    };
+    let mut lines = Vec::new();
+    for (action, what) in [(Action::Noop, "no-op"), (Action::HoldCapture, "hold (of hold+capture)")] {
+        if let (Some(hardened), Some(plain)) = (find(action, Edge::Hardened), find(action, Edge::Plain)) {
+            let (hardened_summary, plain_summary) = match action {
+                Action::HoldCapture => (&hardened.holds, &plain.holds),
+                _ => (&hardened.requests, &plain.requests),
+            };
+            lines.push(format!(
+                "- {what} at {} arrivals/s: hardened p50 {} p99 {} ({:.1} CPU µs/req) vs plain axum p50 {} p99 {} ({:.1} CPU µs/req)",
+                hardened.arrivals_per_second,
+                ms(hardened_summary.p50_micros),
+                ms(hardened_summary.p99_micros),
+                hardened.cpu_micros_per_request,
+                ms(plain_summary.p50_micros),
+                ms(plain_summary.p99_micros),
+                plain.cpu_micros_per_request,
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "**The hardened edge (issue 19)** — `server::edge::serve` with its connection watchdog and the router's \
+         request limits, as `creditgraph serve` runs, beside the same router without limits under `axum::serve`:\n"
+    );
+    for line in lines {
+        let _ = writeln!(w, "{line}");
+    }
+    let _ = writeln!(w);
+}
+
 fn http_table(w: &mut String, title: &str, results: &[HttpResult]) {
     if results.is_empty() {
         return;
@@ -738,10 +787,14 @@ fn http_table(w: &mut String, title: &str, results: &[HttpResult]) {
         let per_commit = result.counters.per_commit_text();
         let _ = writeln!(
             w,
-            "| {} | {} | {:?} | {asked} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {per_commit} | {:.1} | {} |",
+            "| {} | {} | {:?}{} | {asked} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {per_commit} | {:.1} | {} |",
             result.store.label(),
             result.servers,
             result.action,
+            match result.edge {
+                crate::http::Edge::Hardened => "",
+                crate::http::Edge::Plain => " (plain axum)",
+            },
             result.requests_per_second,
             ms(result.requests.p50_micros),
             ms(result.requests.p99_micros),

@@ -1,5 +1,7 @@
-//! `creditgraph-bench serve`: the HTTP server of creditgraph (`server::router`, the same router
-//! `creditgraph serve` mounts) over any store kind, baselines included, in its own process.
+//! `creditgraph-bench serve`: the HTTP server of creditgraph (`server::router` served by
+//! `server::edge::serve`, as `creditgraph serve` does; or, with `--edge plain`, the router
+//! without request limits under `axum::serve`) over any store kind, baselines included, in its
+//! own process.
 //!
 //! The harness talks to it on stdin/stdout: it prints `listening <address>` once ready; a line
 //! `check <accounts>` on stdin makes it verify the store and sum the balances of the first
@@ -17,6 +19,7 @@ use server::{ApiConfig, Role};
 use store::{LedgerStore, SystemClock};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::http::Edge;
 use crate::stores::{self, Place, StoreCounters, StoreKind};
 use crate::workload::account_id;
 
@@ -32,21 +35,31 @@ pub struct CheckAnswer {
     pub counters: StoreCounters,
 }
 
-pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr, edge: Edge) -> anyhow::Result<()> {
     let opened = stores::open(kind, &place).await?;
     let config = ApiConfig { tokens: vec![(BENCH_TOKEN.to_owned(), Role::Admin)], ..ApiConfig::default() };
-    let router = server::router(opened.ledger(), Arc::new(SystemClock), config);
     // As `creditgraph serve` does: expired holds are swept in the background (every store kind,
     // so the baselines get the same help).
     let stop_sweeping = tokio_util::sync::CancellationToken::new();
     let sweeper = server::spawn_sweeper(opened.ledger(), std::time::Duration::from_secs(1), stop_sweeping.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let serving = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.notified().await }).await }
-    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let serving = match edge {
+        Edge::Hardened => {
+            // As `creditgraph serve` does, with the default limits.
+            let _ = server::edge::raise_open_files_limit();
+            let router = server::router(opened.ledger(), Arc::new(SystemClock), config);
+            tokio::spawn(server::edge::serve(listener, router, server::edge::EdgeConfig::default(), shutdown.clone()))
+        }
+        Edge::Plain => {
+            let router = server::router_without_limits(opened.ledger(), Arc::new(SystemClock), config);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            })
+        }
+    };
     let mut stdout = tokio::io::stdout();
     stdout.write_all(format!("listening {address}\n").as_bytes()).await?;
     stdout.flush().await?;
@@ -72,7 +85,7 @@ pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr) -> anyhow:
     }
     stop_sweeping.cancel();
     let _ = sweeper.await;
-    shutdown.notify_one();
+    shutdown.cancel();
     serving.await.context("server task")??;
     opened.close().await;
     Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::http::{self, Action, Drive, HttpResult, HttpRun, ServerProcess};
+use crate::http::{self, Action, Drive, Edge, HttpResult, HttpRun, ServerProcess};
 use crate::inprocess::{self, InProcessResult, InProcessRun};
 use crate::stores::{self, StoreKind};
 use crate::workload::{in_process_workloads, Distribution, Mix, Workload};
@@ -316,12 +316,25 @@ async fn http_run(
     action: Action,
     drive: Drive,
 ) -> anyhow::Result<HttpResult> {
+    http_run_on(settings, kind, servers, workload, action, drive, Edge::Hardened).await
+}
+
+/// [`http_run`] with servers of a chosen [`Edge`].
+async fn http_run_on(
+    settings: &SuiteSettings,
+    kind: StoreKind,
+    servers: usize,
+    workload: &Workload,
+    action: Action,
+    drive: Drive,
+    edge: Edge,
+) -> anyhow::Result<HttpResult> {
     let run_name = format!("http-{}-{:?}-{}", workload.name, kind, rand::random::<u32>());
     let place =
         stores::fresh_place(kind, &settings.data_dir, &run_name, settings.postgres_admin_url.as_deref()).await?;
     let mut processes = Vec::new();
     for _ in 0..servers {
-        processes.push(ServerProcess::start(kind, &place).await?);
+        processes.push(ServerProcess::start_with(kind, &place, edge).await?);
     }
     if action != Action::Noop {
         http::seed(&processes, workload).await?;
@@ -370,6 +383,19 @@ async fn overhead(settings: &SuiteSettings, uniform: &Workload) -> anyhow::Resul
         http_run(settings, kind, 1, uniform, Action::HoldCapture, fixed(OVERHEAD_REQUESTS_PER_SECOND / 2)).await?,
         http_run(settings, kind, 1, uniform, Action::Noop, saturated).await?,
         http_run(settings, kind, 1, uniform, Action::HoldCapture, saturated).await?,
+        // Issue 19: the same fixed-rate runs on a plain axum server without the hardened
+        // edge's connection watchdog and request limits, to show what those cost.
+        http_run_on(settings, kind, 1, uniform, Action::Noop, fixed(OVERHEAD_REQUESTS_PER_SECOND), Edge::Plain).await?,
+        http_run_on(
+            settings,
+            kind,
+            1,
+            uniform,
+            Action::HoldCapture,
+            fixed(OVERHEAD_REQUESTS_PER_SECOND / 2),
+            Edge::Plain,
+        )
+        .await?,
         // The same fixed-rate holds with `synchronous=NORMAL`, the option operators may choose
         // (no fsync per commit; a power loss may take the last ~100 ms of commits).
         http_run(

@@ -22,5 +22,5 @@ pub mod wire;
 pub use config::{ApiConfig, Role};
 pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
 pub use openapi::ApiDoc;
-pub use router::{route_table, router, router_with_engine};
+pub use router::{route_table, router, router_with_engine, router_without_limits};
 pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};

@@ -87,6 +87,29 @@ pub fn router_with_engine(
     config: ApiConfig,
     engine: Option<Arc<Engine>>,
 ) -> Router {
+    build(store, clock, config, engine, Limits::On)
+}
+
+/// The ledger API without the request limits of `crate::limits` (body and handler deadlines,
+/// in-flight cap): what a plain axum server would be. Only for the benchmark, which measures
+/// what the limits cost beside it; never serve it.
+pub fn router_without_limits(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> Router {
+    build(store, clock, config, None, Limits::Off)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    On,
+    Off,
+}
+
+fn build(
+    store: Arc<dyn LedgerStore>,
+    clock: Arc<dyn Clock>,
+    config: ApiConfig,
+    engine: Option<Arc<Engine>>,
+    with_limits: Limits,
+) -> Router {
     let body_bytes_max = config.request_body_bytes_max;
     let limits = Arc::new(RequestLimits::new(
         Duration::from_secs(config.request_body_timeout_seconds),
@@ -99,23 +122,27 @@ pub fn router_with_engine(
     state.engine = engine;
     // One entry per (method, path); axum merges the methods of a path given twice.
     let router = routes().into_iter().fold(Router::new(), |router, (_, path, handler, timing)| {
-        let handler = match timing {
-            Timing::Handler => handler.layer(from_fn_with_state(Arc::clone(&limits), limits::handler_deadline)),
-            Timing::Streams => handler,
+        let handler = match (timing, with_limits) {
+            (Timing::Handler, Limits::On) => {
+                handler.layer(from_fn_with_state(Arc::clone(&limits), limits::handler_deadline))
+            }
+            (Timing::Streams, _) | (_, Limits::Off) => handler,
         };
         router.route(path, handler)
     });
-    // Outermost first: panics, tracing, the body deadline (so a slow body never holds an
-    // in-flight slot), the in-flight cap, then routing and the per-route handler deadline.
-    router
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_bytes_max))
-        .layer(from_fn_with_state(Arc::clone(&limits), limits::in_flight_cap))
-        .layer(from_fn_with_state(limits, limits::body_deadline))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_bytes_max));
+    // Outermost first: panics, tracing, the body deadline (so a slow body never holds an
+    // in-flight slot), the in-flight cap, then routing and the per-route handler deadline.
+    let router = match with_limits {
+        Limits::On => router
+            .layer(from_fn_with_state(Arc::clone(&limits), limits::in_flight_cap))
+            .layer(from_fn_with_state(limits, limits::body_deadline)),
+        Limits::Off => router,
+    };
+    router.layer(TraceLayer::new_for_http()).layer(CatchPanicLayer::custom(panic_response)).with_state(state)
 }
 
 #[cfg(test)]
