@@ -11,13 +11,14 @@ mod extract;
 #[cfg(test)]
 mod fuzz_tests;
 mod openapi;
+mod rate_limit;
 mod router;
 mod routes;
 mod state;
 mod sweeper;
 pub mod wire;
 
-pub use config::{ApiConfig, Role};
+pub use config::{ApiConfig, RateLimits, RatePeriod, RateQuota, RateQuotaError, Role, RATE_LIMIT_ACCOUNTS_MAX_DEFAULT};
 pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
 pub use openapi::ApiDoc;
 pub use router::{route_table, router, router_with_engine};
