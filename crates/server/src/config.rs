@@ -114,8 +114,8 @@ pub struct RateLimits {
     pub per_token: Option<RateQuota>,
     /// One budget per account the request names.
     pub per_account: Option<RateQuota>,
-    /// Most accounts the per-account limiter tracks at once; past it, after pruning the accounts
-    /// whose budget is whole again, it forgets every account (each may burst once more).
+    /// Most accounts the per-account limiter tracks; past it, after pruning the accounts whose
+    /// budget is whole again, it forgets every account (each may burst once more).
     pub accounts_max: usize,
 }
 

@@ -20,9 +20,10 @@
 //!
 //! Memory: the token limiter has at most one key per configured token. The account limiter has
 //! one key per account seen; every [`PRUNE_EVERY_CHECKS`] checks it drops the accounts whose
-//! budget is whole again (dropping them changes no decision), and at `accounts_max` it prunes at
-//! once and, if that is not enough, forgets every account: memory stays bounded and each account
-//! may burst once more (logged as a warning). With a per-token limit set, one client cannot name
+//! budget is whole again (dropping them changes no decision), and when a check finds more than
+//! `accounts_max` it prunes at once and, if that is not enough, forgets every account: memory
+//! stays bounded (`accounts_max` plus the checks in flight) and each account may burst once more
+//! (logged as a warning). With a per-token limit set, one client cannot name
 //! accounts faster than its own budget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,10 +50,11 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(limits: &RateLimits, tokens: usize, clock: Arc<dyn Clock>) -> RateLimiter {
+    pub fn new(limits: &RateLimits, clock: Arc<dyn Clock>) -> RateLimiter {
         let clock = LimiterClock::new(clock);
-        // One key per token, and one more for `Caller::Open`.
-        let per_token = limits.per_token.map(|quota| Keyed::new("token", quota, tokens + 1, clock.clone()));
+        // At most one key per token and one for `Caller::Open`: bounded as it is, so no cap (a
+        // cap of exactly that many would be reached by the keys it is meant for).
+        let per_token = limits.per_token.map(|quota| Keyed::new("token", quota, usize::MAX, clock.clone()));
         let per_account = limits.per_account.map(|quota| Keyed::new("account", quota, limits.accounts_max, clock));
         RateLimiter { per_token, per_account }
     }
@@ -69,7 +71,8 @@ impl RateLimiter {
     }
 
     /// How many accounts the per-account limiter tracks now (0 without one).
-    pub fn accounts_tracked(&self) -> usize {
+    #[cfg(test)]
+    fn accounts_tracked(&self) -> usize {
         self.per_account.as_ref().map_or(0, |limiter| limiter.len())
     }
 }
@@ -103,9 +106,9 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
         if checks % PRUNE_EVERY_CHECKS == 0 {
             self.prune();
         }
-        if self.len() >= self.keys_max {
+        if self.len() > self.keys_max {
             self.prune();
-            if self.len() >= self.keys_max {
+            if self.len() > self.keys_max {
                 tracing::warn!(
                     limit = self.name,
                     keys_max = self.keys_max,
@@ -198,7 +201,7 @@ mod tests {
     ) -> (RateLimiter, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_800_000_000_000_000)));
         let limits = RateLimits { per_token: per_token.map(quota), per_account: per_account.map(quota), accounts_max };
-        (RateLimiter::new(&limits, 2, Arc::clone(&clock) as Arc<dyn Clock>), clock)
+        (RateLimiter::new(&limits, Arc::clone(&clock) as Arc<dyn Clock>), clock)
     }
 
     #[track_caller]
@@ -277,26 +280,25 @@ mod tests {
     #[test]
     fn accounts_are_pruned_and_capped() {
         let (limiter, clock) = limiter(None, Some("1/s:1"), 100);
-        for index in 0..99 {
+        for index in 0..100 {
             assert!(limiter.check(Caller::Open, Some(&account(&format!("a{index}")))).is_ok());
         }
         refused(limiter.check(Caller::Open, Some(&account("a0"))), "account");
-        assert!(limiter.check(Caller::Open, Some(&account("a99"))).is_ok());
-        assert_eq!(limiter.accounts_tracked(), 100);
-        // At the cap with every account still spent: all forgotten, the new one tracked.
         assert!(limiter.check(Caller::Open, Some(&account("new"))).is_ok());
-        assert_eq!(limiter.accounts_tracked(), 1, "forgot every account at the cap");
+        assert_eq!(limiter.accounts_tracked(), 101, "one past the cap");
+        // Past the cap with every account still spent: all forgotten at the next check.
         assert!(limiter.check(Caller::Open, Some(&account("a0"))).is_ok(), "a forgotten account bursts again");
-        // Accounts whose budget came back are pruned at the cap instead: no reset.
-        for index in 0..97 {
+        assert_eq!(limiter.accounts_tracked(), 1, "forgot every account past the cap");
+        // Accounts whose budget came back are pruned past the cap instead: no reset.
+        for index in 0..99 {
             assert!(limiter.check(Caller::Open, Some(&account(&format!("b{index}")))).is_ok());
         }
         clock.advance_seconds(2);
         let spent = account("spent");
         assert!(limiter.check(Caller::Open, Some(&spent)).is_ok());
-        assert_eq!(limiter.accounts_tracked(), 100);
+        assert_eq!(limiter.accounts_tracked(), 101);
         assert!(limiter.check(Caller::Open, Some(&account("c"))).is_ok());
-        assert_eq!(limiter.accounts_tracked(), 2, "pruned the 99 whole budgets, kept the spent one and the new one");
+        assert_eq!(limiter.accounts_tracked(), 2, "pruned the 100 whole budgets, kept the spent one and the new one");
         refused(limiter.check(Caller::Open, Some(&spent)), "account");
     }
 

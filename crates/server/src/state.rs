@@ -39,7 +39,7 @@ impl AppState {
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> AppState {
         let token_digests = config.tokens.iter().map(|(token, role)| (token_digest(token.as_bytes()), *role)).collect();
         let worker_token_digest = config.worker_token.as_ref().map(|token| token_digest(token.as_bytes()));
-        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits, config.tokens.len(), Arc::clone(&clock)));
+        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits, Arc::clone(&clock)));
         AppState {
             store,
             clock,
