@@ -103,7 +103,7 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
 
     fn check(&self, key: &K) -> Result<(), ApiError> {
         let checks = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
-        if checks % PRUNE_EVERY_CHECKS == 0 {
+        if checks.is_multiple_of(PRUNE_EVERY_CHECKS) {
             self.prune();
         }
         if self.len() > self.keys_max {
