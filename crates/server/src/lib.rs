@@ -21,5 +21,6 @@ pub mod wire;
 pub use config::{ApiConfig, RateLimits, RatePeriod, RateQuota, RateQuotaError, Role, RATE_LIMIT_ACCOUNTS_MAX_DEFAULT};
 pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
 pub use openapi::ApiDoc;
+pub use rate_limit::RATE_LIMITED_ROUTES;
 pub use router::{route_table, router, router_with_engine};
 pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};

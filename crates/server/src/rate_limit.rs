@@ -8,6 +8,9 @@
 //! always be able to give credits back and settle what it started. `POST /v1/estimate` changes
 //! nothing and touches no store, so it is not limited either.
 //!
+//! A solve retried under its `Idempotency-Key` is a request like another; `GET
+//! /v1/runs/{run_id}/events`, which resumes any run, is not limited.
+//!
 //! Where: a handler checks after authentication (unauthenticated junk never creates a limiter
 //! key) and after it parsed its request (the account is often in the body), and before any store
 //! call, so a `429 rate_limited` has applied nothing and a retry under the same
@@ -39,6 +42,16 @@ use store::Clock;
 use crate::config::{RateLimits, RateQuota};
 use crate::error::ApiError;
 use crate::extract::Caller;
+
+/// The routes whose handlers check the limits, as (method, path) of the route table; the tests
+/// hold the OpenAPI document's `429` responses against this list.
+pub const RATE_LIMITED_ROUTES: [(&str, &str); 5] = [
+    ("POST", "/v1/accounts/{account_id}/grants"),
+    ("POST", "/v1/accounts/{account_id}/debits"),
+    ("POST", "/v1/accounts/{account_id}/refunds"),
+    ("POST", "/v1/holds"),
+    ("POST", "/v1/solve"),
+];
 
 /// Checks between two prunes of a limiter's keys whose budget is whole again.
 pub const PRUNE_EVERY_CHECKS: u64 = 1024;
