@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engine::sandbox::bwrap::{BubblewrapSettings, PYTHON_DEFAULT};
 use pricing::catalog::{CatalogError, CATALOG_BYTES_MAX};
 use pricing::Catalog;
-use server::{ApiConfig, Role};
+use server::{ApiConfig, RateLimits, RateQuota, Role, RATE_LIMIT_ACCOUNTS_MAX_DEFAULT};
 use store_sqlite::Synchronous;
 
 #[derive(Debug, Parser)]
@@ -121,6 +122,18 @@ pub struct ServeArgs {
     /// The Python interpreter the `bwrap` sandbox runs (absolute; readable by uid 65534).
     #[arg(long, env = "CREDITGRAPH_SANDBOX_PYTHON", default_value = PYTHON_DEFAULT)]
     pub sandbox_python: PathBuf,
+    /// Rate limit per bearer token on the routes that start spending (holds, grants, debits,
+    /// refunds, solves), `REQUESTS/UNIT[:BURST]` with UNIT `s`, `min` or `h` (`50/s`,
+    /// `600/min:100`); off when absent. Settling, releasing and cancelling are never limited.
+    #[arg(long, env = "CREDITGRAPH_RATE_LIMIT_PER_TOKEN")]
+    pub rate_limit_per_token: Option<RateQuota>,
+    /// Rate limit per account on the same routes, in the same form; off when absent.
+    #[arg(long, env = "CREDITGRAPH_RATE_LIMIT_PER_ACCOUNT")]
+    pub rate_limit_per_account: Option<RateQuota>,
+    /// Most accounts the per-account limit tracks at once (past it, it forgets them all).
+    #[arg(long, env = "CREDITGRAPH_RATE_LIMIT_ACCOUNTS_MAX", default_value_t = RATE_LIMIT_ACCOUNTS_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|value| value as usize))]
+    pub rate_limit_accounts_max: usize,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -386,6 +399,11 @@ impl Settings {
             request_body_timeout_seconds: args.edge.request_body_timeout_seconds,
             handler_timeout_seconds: args.edge.handler_timeout_seconds,
             requests_in_flight_max: usize::try_from(args.edge.requests_in_flight_max).unwrap_or(usize::MAX),
+            rate_limits: RateLimits {
+                per_token: args.rate_limit_per_token,
+                per_account: args.rate_limit_per_account,
+                accounts_max: args.rate_limit_accounts_max,
+            },
             ..defaults
         };
         let catalog = match &args.catalog {
@@ -615,6 +633,40 @@ mod tests {
         assert!(parse_tokens("root:x").is_err());
         assert!(parse_tokens("admin").is_err());
         assert!(parse_tokens("admin:").is_err());
+    }
+
+    #[test]
+    fn rate_limits_are_off_by_default_and_parsed_at_the_edge() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["creditgraph", "serve"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map_err(|error| error.to_string())?.command {
+                CommandLine::Serve(args) => Settings::from_args(&args).map_err(|error| error.to_string()),
+                other => panic!("not serve: {other:?}"),
+            }
+        };
+        let limits = serve(&[]).expect("valid").api.rate_limits;
+        assert_eq!(limits, RateLimits::default());
+        assert_eq!((limits.per_token, limits.per_account), (None, None));
+        let limits = serve(&["--rate-limit-per-token", "50/s", "--rate-limit-per-account=600/min:100"])
+            .expect("valid")
+            .api
+            .rate_limits;
+        assert_eq!(limits.per_token, Some(RateQuota::new(50, server::RatePeriod::Second, 50).expect("valid")));
+        assert_eq!(limits.per_account, Some(RateQuota::new(600, server::RatePeriod::Minute, 100).expect("valid")));
+        assert_eq!(limits.accounts_max, RATE_LIMIT_ACCOUNTS_MAX_DEFAULT);
+        let limits = serve(&["--rate-limit-accounts-max", "7"]).expect("valid").api.rate_limits;
+        assert_eq!(limits.accounts_max, 7);
+        for bad in [
+            &["--rate-limit-per-token", "0/s"][..],
+            &["--rate-limit-per-token", "50"],
+            &["--rate-limit-per-account", "5/s:0"],
+            &["--rate-limit-per-account", "lots"],
+            &["--rate-limit-accounts-max", "0"],
+        ] {
+            let error = serve(bad).expect_err("refused");
+            assert!(error.contains("--rate-limit-"), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -25,11 +25,20 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     extensions: Map<String, Value>,
+    /// Sent as the `Retry-After` header (whole seconds) when set.
+    retry_after_seconds: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError { status, code, detail: detail.into(), extensions: Map::new() }
+        ApiError { status, code, detail: detail.into(), extensions: Map::new(), retry_after_seconds: None }
+    }
+
+    /// Tells the client when to try again: a `Retry-After` header and a `retry_after_seconds`
+    /// member, both in whole seconds.
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_seconds = Some(seconds);
+        self.with("retry_after_seconds", seconds)
     }
 
     /// Adds an extension member (RFC 9457 §3.2).
@@ -86,6 +95,20 @@ impl ApiError {
         )
     }
 
+    /// `429 rate_limited`: the token or the account spent its budget; `retry_after` is when the
+    /// next request would be admitted, sent rounded up to whole seconds and at least 1 (a
+    /// client that waits that long is admitted, unless others spent the budget first).
+    pub fn rate_limited(limit: &str, retry_after: std::time::Duration) -> ApiError {
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests for this {limit}; retry after the time in Retry-After"),
+        )
+        .with("limit", limit)
+        .with_retry_after(seconds.max(1))
+    }
+
     pub fn idempotency_conflict() -> ApiError {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -135,6 +158,7 @@ fn title(code: &str) -> String {
         "not_found" => "Not found",
         "method_not_allowed" => "Method not allowed",
         "payload_too_large" => "Payload too large",
+        "rate_limited" => "Rate limited",
         "store_unavailable" => "Store unavailable",
         "internal_error" => "Internal error",
         _ => "",
@@ -220,6 +244,9 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -233,4 +260,45 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .unwrap_or_else(|| "a non-string panic payload".to_owned());
     tracing::error!(panic = %message, "request handler panicked");
     ApiError::internal().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The 429 a limiter answers: problem+json with the stable code, `Retry-After` in whole
+    /// seconds rounded up (never 0) and the same number as `retry_after_seconds`.
+    #[tokio::test]
+    async fn rate_limited_is_a_429_problem_with_retry_after() {
+        for (wait, seconds) in [
+            (Duration::ZERO, 1),
+            (Duration::from_nanos(1), 1),
+            (Duration::from_millis(999), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(3600), 3600),
+        ] {
+            let error = ApiError::rate_limited("account", wait);
+            assert_eq!((error.status(), error.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            let headers = response.headers();
+            assert_eq!(headers[header::RETRY_AFTER], seconds.to_string(), "{wait:?}");
+            assert_eq!(headers[header::CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+            let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+            assert_eq!(body["code"], "rate_limited");
+            assert_eq!(body["status"], 429);
+            assert_eq!(body["title"], "Rate limited");
+            assert_eq!(body["limit"], "account");
+            assert_eq!(body["retry_after_seconds"], seconds, "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn other_problems_send_no_retry_after() {
+        let response = ApiError::store_unavailable().into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

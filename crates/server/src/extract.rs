@@ -19,9 +19,18 @@ use crate::config::Role;
 use crate::error::ApiError;
 use crate::state::{token_digest, AppState};
 
-fn authorize(parts: &Parts, state: &AppState, required: Role) -> Result<Role, ApiError> {
+/// Who is calling, as far as rate limits are concerned: which configured token matched, or
+/// anyone at all when authentication is off (then every caller shares one budget).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// The index of the token in [`crate::ApiConfig::tokens`].
+    Token(usize),
+    Open,
+}
+
+fn authorize(parts: &Parts, state: &AppState, required: Role) -> Result<Caller, ApiError> {
     if state.token_digests.is_empty() {
-        return Ok(Role::Admin);
+        return Ok(Caller::Open);
     }
     let header = parts
         .headers
@@ -37,29 +46,41 @@ fn authorize(parts: &Parts, state: &AppState, required: Role) -> Result<Role, Ap
     let digest = token_digest(token.as_bytes());
     // Compare with every configured token so timing does not tell which one nearly matched.
     let mut found = None;
-    for (candidate, role) in state.token_digests.iter() {
+    for (index, (candidate, role)) in state.token_digests.iter().enumerate() {
         if bool::from(candidate.ct_eq(&digest)) {
-            found = Some(*role);
+            found = Some((index, *role));
         }
     }
-    let role = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+    let (index, role) = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
     if !role.allows(required) {
         return Err(ApiError::forbidden(format!("this route needs the {} role", required.as_str())));
     }
-    Ok(role)
+    Ok(Caller::Token(index))
 }
 
 /// The caller holds an admin token (or auth is off).
-pub struct RequireAdmin;
+pub struct RequireAdmin(Caller);
 
 /// The caller holds a service or admin token (or auth is off).
-pub struct RequireService;
+pub struct RequireService(Caller);
+
+impl RequireAdmin {
+    pub fn caller(&self) -> Caller {
+        self.0
+    }
+}
+
+impl RequireService {
+    pub fn caller(&self) -> Caller {
+        self.0
+    }
+}
 
 impl FromRequestParts<AppState> for RequireAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authorize(parts, state, Role::Admin).map(|_| RequireAdmin)
+        authorize(parts, state, Role::Admin).map(RequireAdmin)
     }
 }
 
@@ -67,7 +88,7 @@ impl FromRequestParts<AppState> for RequireService {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authorize(parts, state, Role::Service).map(|_| RequireService)
+        authorize(parts, state, Role::Service).map(RequireService)
     }
 }
 

@@ -13,14 +13,16 @@ mod extract;
 mod fuzz_tests;
 pub mod limits;
 mod openapi;
+mod rate_limit;
 mod router;
 mod routes;
 mod state;
 mod sweeper;
 pub mod wire;
 
-pub use config::{ApiConfig, Role};
+pub use config::{ApiConfig, RateLimits, RatePeriod, RateQuota, RateQuotaError, Role, RATE_LIMIT_ACCOUNTS_MAX_DEFAULT};
 pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
 pub use openapi::ApiDoc;
+pub use rate_limit::RATE_LIMITED_ROUTES;
 pub use router::{route_table, router, router_with_engine, router_without_limits};
 pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};

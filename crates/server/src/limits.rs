@@ -81,7 +81,7 @@ impl ApiError {
             "overloaded",
             "too many requests in flight on this instance; retry after the time in Retry-After",
         )
-        .with("retry_after_seconds", RETRY_AFTER_SECONDS)
+        .with_retry_after(RETRY_AFTER_SECONDS)
     }
 
     pub fn handler_timeout(timeout: Duration) -> ApiError {
@@ -140,9 +140,7 @@ pub async fn in_flight_cap(State(limits): State<Arc<RequestLimits>>, request: Re
         return next.run(request).await;
     }
     let Ok(_permit) = Arc::clone(&limits.in_flight).try_acquire_owned() else {
-        let mut response = ApiError::overloaded().into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-        return response;
+        return ApiError::overloaded().into_response();
     };
     next.run(request).await
 }

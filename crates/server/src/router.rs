@@ -260,6 +260,21 @@ mod tests {
         assert!(body["components"]["schemas"]["HoldResponse"].is_object());
     }
 
+    /// The routes that check the rate limits, and only those, document `429 rate_limited`.
+    #[tokio::test]
+    async fn the_rate_limited_routes_document_their_429() {
+        let (_, _, body) = call(false, "/v1/openapi.json").await;
+        for (method, path) in route_table() {
+            let operation = &body["paths"][path][method.as_str().to_lowercase()];
+            let limited = crate::rate_limit::RATE_LIMITED_ROUTES.contains(&(method.as_str(), path));
+            let documented = &operation["responses"]["429"];
+            assert_eq!(documented.is_object(), limited, "{method} {path}: {documented}");
+            if limited {
+                assert!(documented["headers"]["Retry-After"].is_object(), "{method} {path}: {documented}");
+            }
+        }
+    }
+
     /// Every request and response body of the job, worker and run routes has a schema (no bare
     /// `Object`), and every event payload is described.
     #[tokio::test]

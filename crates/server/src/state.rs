@@ -1,4 +1,5 @@
-//! What every handler shares: the store, the clock, the configuration and the token table.
+//! What every handler shares: the store, the clock, the configuration, the token table and the
+//! rate limiters.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use store::{Clock, Executed, LedgerStore, Request};
 use crate::config::{ApiConfig, Role};
 use crate::error::ApiError;
 use crate::extract::IdempotencyKey;
+use crate::rate_limit::RateLimiter;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -25,6 +27,8 @@ pub struct AppState {
     pub catalog: Option<Arc<SharedCatalog>>,
     /// SHA-256 of the worker token (compared in constant time); `None`: the worker API is off.
     pub worker_token_digest: Option<[u8; 32]>,
+    /// The optional per-token and per-account limits of the routes that start spending.
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
@@ -35,6 +39,7 @@ impl AppState {
     pub fn new(store: Arc<dyn LedgerStore>, clock: Arc<dyn Clock>, config: ApiConfig) -> AppState {
         let token_digests = config.tokens.iter().map(|(token, role)| (token_digest(token.as_bytes()), *role)).collect();
         let worker_token_digest = config.worker_token.as_ref().map(|token| token_digest(token.as_bytes()));
+        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits, Arc::clone(&clock)));
         AppState {
             store,
             clock,
@@ -43,6 +48,7 @@ impl AppState {
             engine: None,
             catalog: None,
             worker_token_digest,
+            rate_limiter,
         }
     }
 

@@ -13,6 +13,7 @@ mod idempotency;
 mod jobs;
 mod postgres;
 mod processes;
+mod rate_limits;
 mod sandbox;
 mod scenarios;
 mod solve;

@@ -33,12 +33,14 @@ const HOLDS_LIMIT_DEFAULT: u32 = 100;
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited (the token's or the account's rate limit; see Retry-After)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "whole seconds until a request would be admitted"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn create_grant(
     State(state): State<AppState>,
-    _auth: RequireAdmin,
+    auth: RequireAdmin,
     ApiPath(account_id): ApiPath<String>,
     key: IdempotencyKey,
     body: JsonBody<GrantRequest>,
@@ -49,6 +51,7 @@ pub async fn create_grant(
     let expires_at = request.expires_at.as_deref().map(|text| wire::parse_time("expires_at", text)).transpose()?;
     let reference = wire::parse_reference(request.reference.as_deref())?;
     let metadata = wire::metadata_text(request.metadata.as_ref(), state.config.metadata_bytes_max)?;
+    state.rate_limiter.check(auth.caller(), Some(&account_id))?;
     let command = Command::Grant {
         account_id,
         grant_id: new_grant_id(),
@@ -203,12 +206,14 @@ pub async fn list_holds(
         (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited (the token's or the account's rate limit; see Retry-After)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "whole seconds until a request would be admitted"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn create_debit(
     State(state): State<AppState>,
-    _auth: RequireService,
+    auth: RequireService,
     ApiPath(account_id): ApiPath<String>,
     key: IdempotencyKey,
     body: JsonBody<DebitRequest>,
@@ -216,6 +221,7 @@ pub async fn create_debit(
     let account_id = wire::parse_account_id(&account_id)?;
     let amount = wire::parse_positive_amount("amount", &body.value.amount)?;
     let reference = wire::parse_reference(body.value.reference.as_deref())?;
+    state.rate_limiter.check(auth.caller(), Some(&account_id))?;
     let command = Command::Debit { account_id, amount, reference: reference.clone() };
     match state.execute(command, &key, || body.fingerprint(Some(amount))).await? {
         Ok(Outcome::Debited { account_id, amount, balances }) => {
@@ -245,12 +251,14 @@ pub async fn create_debit(
         (status = 404, description = "account_not_found, hold_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "refund_exceeds_charges, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited (the token's or the account's rate limit; see Retry-After)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "whole seconds until a request would be admitted"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn create_refund(
     State(state): State<AppState>,
-    _auth: RequireAdmin,
+    auth: RequireAdmin,
     ApiPath(account_id): ApiPath<String>,
     key: IdempotencyKey,
     body: JsonBody<RefundRequest>,
@@ -261,6 +269,7 @@ pub async fn create_refund(
     let reference = wire::parse_reference(Some(&request.reference))?
         .ok_or_else(|| ApiError::invalid_request("reference: required"))?;
     let hold_id = request.hold_id.as_deref().map(wire::parse_hold_id).transpose()?;
+    state.rate_limiter.check(auth.caller(), Some(&account_id))?;
     let expires_at =
         state.config.refund_grant_ttl_seconds.map(|ttl_seconds| state.clock.now().plus_seconds(ttl_seconds));
     let command = Command::Refund {

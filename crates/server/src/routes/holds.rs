@@ -33,12 +33,14 @@ fn hold_result(command: &str, result: Result<Outcome, ledger::Rejection>) -> Res
         (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited (the token's or the account's rate limit; see Retry-After)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "whole seconds until a request would be admitted"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn create_hold(
     State(state): State<AppState>,
-    _auth: RequireService,
+    auth: RequireService,
     key: IdempotencyKey,
     body: JsonBody<HoldRequest>,
 ) -> Result<Response, ApiError> {
@@ -50,6 +52,7 @@ pub async fn create_hold(
         wire::parse_ttl(request.ttl_seconds, config.hold_ttl_seconds_default, config.hold_ttl_seconds_max)?;
     let reference = wire::parse_reference(request.reference.as_deref())?;
     let metadata = wire::metadata_text(request.metadata.as_ref(), config.metadata_bytes_max)?;
+    state.rate_limiter.check(auth.caller(), Some(&account_id))?;
     let command = Command::Hold { account_id, hold_id: new_hold_id(), amount, ttl_seconds, reference, metadata };
     let result = state.execute(command, &key, || body.fingerprint(Some(amount))).await?;
     let hold = hold_result("hold", result)?;

@@ -162,12 +162,14 @@ fn stream_response(
         (status = 410, description = "run_events_expired (a retried key whose run's events are gone)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "runs_busy, runs_unavailable, shutting_down", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited (the token's or the account's rate limit; see Retry-After)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "whole seconds until a request would be admitted"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn solve(
     State(state): State<AppState>,
-    _auth: RequireService,
+    auth: RequireService,
     key: IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<SolveRequestDto>,
@@ -186,6 +188,7 @@ pub async fn solve(
         Some(key) => Some(Idempotency { key: key.to_owned(), fingerprint: body.fingerprint(None)? }),
         None => None,
     };
+    state.rate_limiter.check(auth.caller(), Some(&account_id))?;
     let solve = SolveRequest {
         account_id,
         problem: request.problem.clone(),
