@@ -332,6 +332,7 @@ fn build_engine(
         recovery_interval_seconds: (runs.instance_lease_seconds / 3).max(1),
         runs_active_max: runs.runs_active_max,
         solve_enabled: runs.llm.is_some(),
+        coalesce: runs.coalesce,
         ..EngineConfig::default()
     };
     tracing::info!(catalog = runs.catalog.origin(), version = runs.catalog.version(), "pricing catalog loaded");

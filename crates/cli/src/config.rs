@@ -99,6 +99,14 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDITGRAPH_RUN_EVENTS_FLUSH_MS", default_value_t = 25,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub run_events_flush_ms: u64,
+    /// Streamed answer text gathers into one `token` frame for at most this long…
+    #[arg(long, env = "CREDITGRAPH_TOKEN_COALESCE_MS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub token_coalesce_ms: u64,
+    /// …or until this many bytes have gathered, whichever comes first.
+    #[arg(long, env = "CREDITGRAPH_TOKEN_COALESCE_BYTES", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub token_coalesce_bytes: u64,
     /// The token `creditgraph worker` processes present on `/v1/worker/…`. Without it the worker
     /// API is off (in-process workers need none).
     #[arg(long, env = "CREDITGRAPH_WORKER_TOKEN", hide_env_values = true)]
@@ -421,6 +429,10 @@ impl Settings {
             cancel_on_disconnect: args.cancel_on_disconnect,
             run_events_retention_seconds: args.run_events_retention_seconds,
             run_events_flush_ms: args.run_events_flush_ms,
+            coalesce: engine::run::stream::Coalesce {
+                interval: Duration::from_millis(args.token_coalesce_ms),
+                bytes_max: usize::try_from(args.token_coalesce_bytes).unwrap_or(usize::MAX),
+            },
             jobs: jobs_config(args)?,
             sandbox: match args.sandbox {
                 SandboxKind::Bwrap => {
@@ -801,6 +813,8 @@ pub struct RunSettings {
     pub cancel_on_disconnect: bool,
     pub run_events_retention_seconds: u64,
     pub run_events_flush_ms: u64,
+    /// How streamed answer text gathers into `token` frames.
+    pub coalesce: engine::run::stream::Coalesce,
     /// Video jobs: leases, attempts, stuck thresholds, in-process workers.
     pub jobs: jobs::JobsConfig,
     /// Where `code_execute` runs model-written code.

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use engine::events::Event;
 use engine::provider::{ChatRequest, ChatResponse, Provider, ProviderError, Purpose, ToolCall};
 use engine::run::data::CreditEntry;
-use engine::run::solver::{solve, SolverSetup, SolverSink};
+use engine::run::solver::{solve, Section, SolverSetup, SolverSink};
+use engine::run::stream::Coalesce;
 use engine::sandbox::{CodeExecutor, ExecError, ExecOutput, ExecStatus};
 use ledger::Amount;
 use pricing::catalog::Catalog;
@@ -36,11 +37,15 @@ struct ScriptedModel {
 impl Provider for ScriptedModel {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
         if request.purpose != Purpose::Solver {
-            return Ok(ChatResponse { content: Some("```python\nprint(1)\n```".to_owned()), tool_calls: Vec::new() });
+            return Ok(ChatResponse {
+                content: Some("```python\nprint(1)\n```".to_owned()),
+                tool_calls: Vec::new(),
+                usage: None,
+            });
         }
         let index = self.next.fetch_add(1, Ordering::SeqCst);
         match self.moves.get(index).cloned().unwrap_or(Move::Answer) {
-            Move::Answer => Ok(ChatResponse { content: Some("42".to_owned()), tool_calls: Vec::new() }),
+            Move::Answer => Ok(ChatResponse { content: Some("42".to_owned()), tool_calls: Vec::new(), usage: None }),
             Move::Fail => Err(ProviderError::Status { status: 500 }),
             Move::Tools(kinds) => {
                 let tool_calls = kinds
@@ -61,7 +66,7 @@ impl Provider for ScriptedModel {
                         }
                     })
                     .collect();
-                Ok(ChatResponse { content: None, tool_calls })
+                Ok(ChatResponse { content: None, tool_calls, usage: None })
             }
         }
     }
@@ -92,6 +97,8 @@ impl SolverSink for Meter {
     }
 
     fn emit(&self, _event: Event) {}
+
+    fn text(&self, _section: Section, _delta: String, _is_final: bool) {}
 }
 
 fn move_strategy() -> impl Strategy<Value = Move> {
@@ -123,8 +130,9 @@ proptest! {
             mode,
             problem: "1 + 1",
             tool_calls_per_message_max: 8,
+            coalesce: Coalesce::default(),
         };
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let outcome = runtime.block_on(solve(&setup, meter.as_ref()));
         let spent = Amount::sum(meter.log.lock().unwrap().iter().map(|entry| entry.cost));
         let worst = solve_worst_case(&catalog, tier, mode);
@@ -150,6 +158,7 @@ async fn a_greedy_model_reaches_exactly_the_worst_case() {
         mode: ExplanationMode::Full,
         problem: "p",
         tool_calls_per_message_max: 8,
+        coalesce: Coalesce::default(),
     };
     let (_, budget) = solve(&setup, &meter).await.expect("the solver ends");
     let spent = Amount::sum(meter.log.lock().unwrap().iter().map(|entry| entry.cost));

@@ -60,7 +60,7 @@ fn router_request() -> ChatRequest {
 }
 
 fn text(content: &str) -> ChatResponse {
-    ChatResponse { content: Some(content.to_owned()), tool_calls: Vec::new() }
+    ChatResponse { content: Some(content.to_owned()), tool_calls: Vec::new(), usage: None }
 }
 
 fn provider_with(fake: &FakeProvider, change: impl FnOnce(&mut OpenAiConfig)) -> OpenAiProvider {

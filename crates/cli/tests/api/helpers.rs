@@ -89,6 +89,7 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         cancel_on_disconnect: false,
         run_events_retention_seconds: 7 * 24 * 3600,
         run_events_flush_ms: 25,
+        coalesce: engine::run::stream::Coalesce::default(),
         // Tests run the stuck sweep themselves, on the manual clock.
         jobs: jobs::JobsConfig { stuck_sweep_interval_seconds: 3600, ..jobs::JobsConfig::default() },
         // The production default: code runs behind bubblewrap (scripts/test.sh installs it).

@@ -264,11 +264,32 @@ pub struct SolveProgress {
     pub phase: SolvePhase,
 }
 
+/// A piece of text the user reads as the model writes it, or an attachment (empty `delta`).
+/// A text ends with one token whose `is_final` is set; the concatenated deltas of a node's
+/// tokens are the text the run stores for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub delta: String,
     /// What the token announces besides text.
     pub attachment: Option<Attachment>,
+    /// The last piece of its text. Frames stored before answers streamed held whole answers,
+    /// so a missing flag reads as final.
+    #[serde(default = "final_by_default")]
+    pub is_final: bool,
+}
+
+fn final_by_default() -> bool {
+    true
+}
+
+impl Token {
+    pub fn text(delta: impl Into<String>, is_final: bool) -> Token {
+        Token { delta: delta.into(), attachment: None, is_final }
+    }
+
+    pub fn attachment(attachment: Attachment) -> Token {
+        Token { delta: String::new(), attachment: Some(attachment), is_final: true }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -661,7 +682,7 @@ mod tests {
     }
 
     fn token() -> Event {
-        Event::Token(Token { delta: "x".to_owned(), attachment: None })
+        Event::Token(Token::text("x", true))
     }
 
     #[tokio::test]

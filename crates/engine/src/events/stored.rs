@@ -19,7 +19,8 @@ use store::JobRecord;
 
 /// Every node a frame can name (`Frame::node` is a `&'static str`); a stored name outside this
 /// list reads back as no node.
-const NODES: [&str; 8] = ["general", "general_chat", "math_task", "pdf", "planner", "settler", "solve", "video"];
+const NODES: [&str; 9] =
+    ["explain", "general", "general_chat", "math_task", "pdf", "planner", "settler", "solve", "video"];
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -191,11 +192,11 @@ mod tests {
         let hold_id = HoldId::parse("hold-1").expect("valid");
         let job = store::conformance::jobs::queued_job("job-1", "t", Timestamp::from_micros(7));
         let events = [
-            Event::Token(Token { delta: "ü".to_owned(), attachment: None }),
-            Event::Token(Token {
-                delta: String::new(),
-                attachment: Some(Attachment::Video { job_id: job.job_id.clone(), status: JobStatus::Queued }),
-            }),
+            Event::Token(Token::text("ü", false)),
+            Event::Token(Token::attachment(Attachment::Video {
+                job_id: job.job_id.clone(),
+                status: JobStatus::Queued,
+            })),
             Event::CreditReserved(CreditReserved {
                 hold_id: hold_id.clone(),
                 amount: Amount::from_micros(1_500_001),

@@ -143,10 +143,19 @@ pub struct ChatRequest {
     pub response_format: Option<JsonSchemaFormat>,
 }
 
+/// Token counts a provider reported for one call. `None` on a [`ChatResponse`]: the provider
+/// reported none (unknown, never zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatResponse {
     pub content: Option<String>,
     pub tool_calls: Vec<ToolCall>,
+    pub usage: Option<Usage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -159,9 +168,28 @@ pub enum ProviderError {
     Malformed { detail: String },
     #[error("the provider cannot be reached: {detail}")]
     Unreachable { detail: String },
+    #[error("the provider's stream broke off: {detail}")]
+    Interrupted { detail: String },
+    #[error("the provider sent nothing for {seconds} s while streaming")]
+    Idle { seconds: u64 },
 }
 
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError>;
+
+    /// The same call, streamed: every piece of the reply's text is sent on `deltas` as it
+    /// arrives; the reply's `content` is their concatenation. The default (a provider that
+    /// cannot stream) sends the whole text as one piece.
+    async fn stream(
+        &self,
+        request: ChatRequest,
+        deltas: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let reply = self.complete(request).await?;
+        if let Some(text) = reply.content.as_ref().filter(|text| !text.is_empty()) {
+            let _ = deltas.send(text.clone());
+        }
+        Ok(reply)
+    }
 }

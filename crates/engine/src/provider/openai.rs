@@ -600,7 +600,7 @@ fn parse_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
         let id = call.id.filter(|id| !id.is_empty()).unwrap_or_else(|| format!("call_{index}"));
         tool_calls.push(ToolCall { id, name, arguments });
     }
-    Ok(ChatResponse { content, tool_calls })
+    Ok(ChatResponse { content, tool_calls, usage: None })
 }
 
 #[cfg(test)]
@@ -637,7 +637,7 @@ mod tests {
                 .unwrap();
         assert_eq!(response.content.as_deref(), Some("ab"));
         let response = parse(json!({"choices": [{"message": {"content": null}}]})).unwrap();
-        assert_eq!(response, ChatResponse { content: None, tool_calls: Vec::new() });
+        assert_eq!(response, ChatResponse { content: None, tool_calls: Vec::new(), usage: None });
     }
 
     #[test]

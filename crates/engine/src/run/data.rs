@@ -89,7 +89,27 @@ impl Charge {
     }
 }
 
-/// One metered call: `{node, action, model?, cost}`.
+/// The tokens of one model call, as its provider reported them: ready for prices per token.
+/// A provider that reports none is `Unknown`, never zero tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokens {
+    Unknown,
+    Reported { prompt_tokens: u64, completion_tokens: u64 },
+}
+
+impl Tokens {
+    pub fn of(usage: Option<crate::provider::Usage>) -> Tokens {
+        match usage {
+            Some(usage) => {
+                Tokens::Reported { prompt_tokens: usage.prompt_tokens, completion_tokens: usage.completion_tokens }
+            }
+            None => Tokens::Unknown,
+        }
+    }
+}
+
+/// One metered call: `{node, action, model?, cost, tokens?}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditEntry {
     pub node: Node,
@@ -98,11 +118,20 @@ pub struct CreditEntry {
     pub model: Option<Tier>,
     #[serde(with = "amount_text")]
     pub cost: Amount,
+    /// A model call's tokens; absent for what is not a model call (tools, PDF, video) and in
+    /// logs written before tokens were recorded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens: Option<Tokens>,
 }
 
 impl CreditEntry {
     pub fn new(node: Node, action: Charge, model: Option<Tier>, cost: Amount) -> CreditEntry {
-        CreditEntry { node, action, model, cost }
+        CreditEntry { node, action, model, cost, tokens: None }
+    }
+
+    /// The entry of a model call, with the tokens its provider reported.
+    pub fn model_call(node: Node, action: Charge, model: Tier, cost: Amount, tokens: Tokens) -> CreditEntry {
+        CreditEntry { node, action, model: Some(model), cost, tokens: Some(tokens) }
     }
 
     /// Video is charged by its job (captured when the job is created), not by the settler.

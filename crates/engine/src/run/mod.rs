@@ -10,6 +10,7 @@ pub mod credits;
 pub mod data;
 pub mod recovery;
 pub mod solver;
+pub mod stream;
 mod turn;
 
 use std::collections::HashMap;
@@ -82,6 +83,8 @@ pub struct EngineConfig {
     /// of two. False when the ledger is another store (a benchmark's null ledger): the settle is
     /// then its own ledger command, before the end is written.
     pub settle_with_end: bool,
+    /// How streamed answer text gathers into `token` frames.
+    pub coalesce: stream::Coalesce,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +112,7 @@ impl Default for EngineConfig {
             recovery_runs_max: 64,
             hold_extend_margin_seconds: 300,
             settle_with_end: true,
+            coalesce: stream::Coalesce::default(),
         }
     }
 }

@@ -8,7 +8,8 @@
 
 use serde_json::{json, Value};
 
-use super::data::{Charge, CreditEntry, Node};
+use super::data::{Charge, CreditEntry, Node, Tokens};
+use super::stream::{self, Coalesce};
 use crate::events::{ErrorCode, Event, Shortfall, SolvePhase, SolveProgress, ToolResult, ToolStart};
 use crate::provider::{ChatRequest, JsonSchemaFormat, Message, Provider, Purpose, ToolCall, ToolSpec};
 use crate::sandbox::{CodeExecutor, ExecErrorKind, ExecStatus};
@@ -36,10 +37,21 @@ impl StepFailure {
     }
 }
 
+/// Which text a piece of streamed text belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// The answer: every text the solver writes, and the limit summary.
+    Answer,
+    /// The explanation (`full` mode).
+    Explanation,
+}
+
 /// Where the solver reports: metered calls and stream events.
 pub trait SolverSink: Send + Sync {
     fn meter(&self, entry: CreditEntry);
     fn emit(&self, event: Event);
+    /// A piece of `section`'s text as the model writes it; `is_final` on its last piece.
+    fn text(&self, section: Section, delta: String, is_final: bool);
 }
 
 pub struct SolverSetup<'a> {
@@ -50,6 +62,8 @@ pub struct SolverSetup<'a> {
     pub mode: ExplanationMode,
     pub problem: &'a str,
     pub tool_calls_per_message_max: usize,
+    /// How streamed text gathers into `token` frames.
+    pub coalesce: Coalesce,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,12 +166,14 @@ async fn run_tool(
                 tools: Vec::new(),
                 response_format: None,
             };
+            // Code for a tool, not text the user reads: not streamed.
             let reply = setup.provider.complete(request).await.map_err(|error| model_error("code_generate", error))?;
-            sink.meter(CreditEntry::new(
+            sink.meter(CreditEntry::model_call(
                 Node::Solver,
                 Charge::CodeGenerate,
-                Some(Tier::Flash),
+                Tier::Flash,
                 setup.catalog.action(Action::CodeGenerate),
+                Tokens::of(reply.usage),
             ));
             Ok((first_code_block(reply.content.as_deref().unwrap_or("")), true))
         }
@@ -204,17 +220,39 @@ async fn run_tool(
     }
 }
 
+/// One streamed call whose text is `section`'s: pieces go to the sink as they arrive (never
+/// final: the caller ends the section). Returns the reply and the text that gathered after the
+/// last piece.
+async fn streamed(
+    setup: &SolverSetup<'_>,
+    sink: &dyn SolverSink,
+    request: ChatRequest,
+    section: Section,
+) -> (Result<crate::provider::ChatResponse, crate::provider::ProviderError>, String) {
+    let emit = |piece: String| sink.text(section, piece, false);
+    let streamed = stream::call(setup.provider, request, setup.coalesce, &emit).await;
+    (streamed.reply, streamed.rest)
+}
+
 /// Solves the problem within the catalog's limits.
+///
+/// Every call whose text the user reads streams: the solver's calls and the limit summary (the
+/// answer), the explanation. The solver's calls stream although they may end in tool calls:
+/// whether a reply is the answer is known only at its end, and OpenAI-compatible models send a
+/// tool-call reply without text. When one does write text before its tool calls, that text was
+/// shown, so it is part of the answer: the answer stored is exactly what the stream carried.
 pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(Solution, Budget), StepFailure> {
     let limits = setup.catalog.limits().clone();
     let model_price = setup.catalog.model_call(setup.tier);
-    let model = Some(setup.tier);
     let mut messages = vec![
         system(Purpose::Solver, "Solve the problem. Use code_generate and code_execute to check your work; answer without tool calls when done."),
         Message::user(setup.problem),
     ];
     let mut budget = Budget::default();
-    let mut answer = None;
+    let mut answer = String::new();
+    let mut answered = false;
+    // Text gathered after the last piece sent: it goes out with the next piece or as the final one.
+    let mut rest = String::new();
     while budget.model_calls < limits.max_iterations {
         let request = ChatRequest {
             purpose: Purpose::Solver,
@@ -223,17 +261,29 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
             tools: tools(),
             response_format: None,
         };
-        let reply = setup.provider.complete(request).await.map_err(|error| model_error("solver", error))?;
+        let (reply, gathered) = streamed(setup, sink, request, Section::Answer).await;
+        let reply = reply.map_err(|error| model_error("solver", error))?;
         budget.model_calls += 1;
-        sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallVerify, model, model_price));
+        sink.meter(CreditEntry::model_call(
+            Node::Solver,
+            Charge::LlmCallVerify,
+            setup.tier,
+            model_price,
+            Tokens::of(reply.usage),
+        ));
         sink.emit(Event::SolveProgress(SolveProgress {
             text: reply.content.clone().unwrap_or_default(),
             iteration: budget.model_calls,
             phase: SolvePhase::Verify,
         }));
+        answer.push_str(reply.content.as_deref().unwrap_or(""));
+        rest.push_str(&gathered);
         if reply.tool_calls.is_empty() {
-            answer = Some(reply.content.unwrap_or_default());
+            answered = true;
             break;
+        }
+        if !rest.is_empty() {
+            sink.text(Section::Answer, std::mem::take(&mut rest), false);
         }
         messages.push(Message::assistant(reply.content.clone(), reply.tool_calls.clone()));
         for (index, call) in reply.tool_calls.iter().enumerate() {
@@ -252,29 +302,35 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
             messages.push(Message::tool(call.id.clone(), output));
         }
     }
-    let answer = match answer {
-        Some(answer) => answer,
-        None => {
-            // The limit was hit without a final answer: one summary call.
-            messages.push(Message::user("The step limit is reached. Give your best final answer now, without tools."));
-            messages[0] = system(Purpose::LimitSummary, "Summarise the work so far into a final answer.");
-            let request = ChatRequest {
-                purpose: Purpose::LimitSummary,
-                tier: setup.tier,
-                messages: messages.clone(),
-                tools: Vec::new(),
-                response_format: None,
-            };
-            let reply = setup.provider.complete(request).await.map_err(|error| model_error("limit summary", error))?;
-            sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallSummary, model, model_price));
-            sink.emit(Event::SolveProgress(SolveProgress {
-                text: String::new(),
-                iteration: budget.model_calls,
-                phase: SolvePhase::Summary,
-            }));
-            reply.content.unwrap_or_default()
-        }
-    };
+    if !answered {
+        // The limit was hit without a final answer: one summary call, the rest of the answer.
+        messages.push(Message::user("The step limit is reached. Give your best final answer now, without tools."));
+        messages[0] = system(Purpose::LimitSummary, "Summarise the work so far into a final answer.");
+        let request = ChatRequest {
+            purpose: Purpose::LimitSummary,
+            tier: setup.tier,
+            messages: messages.clone(),
+            tools: Vec::new(),
+            response_format: None,
+        };
+        let (reply, gathered) = streamed(setup, sink, request, Section::Answer).await;
+        let reply = reply.map_err(|error| model_error("limit summary", error))?;
+        sink.meter(CreditEntry::model_call(
+            Node::Solver,
+            Charge::LlmCallSummary,
+            setup.tier,
+            model_price,
+            Tokens::of(reply.usage),
+        ));
+        sink.emit(Event::SolveProgress(SolveProgress {
+            text: String::new(),
+            iteration: budget.model_calls,
+            phase: SolvePhase::Summary,
+        }));
+        answer.push_str(reply.content.as_deref().unwrap_or(""));
+        rest.push_str(&gathered);
+    }
+    sink.text(Section::Answer, rest, true);
     let explanation = if setup.mode == ExplanationMode::Full && limits.explain_calls > 0 {
         let request = ChatRequest {
             purpose: Purpose::Explain,
@@ -286,13 +342,21 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
             tools: Vec::new(),
             response_format: None,
         };
-        let reply = setup.provider.complete(request).await.map_err(|error| model_error("explain", error))?;
-        sink.meter(CreditEntry::new(Node::Solver, Charge::LlmCallExplain, model, model_price));
+        let (reply, gathered) = streamed(setup, sink, request, Section::Explanation).await;
+        let reply = reply.map_err(|error| model_error("explain", error))?;
+        sink.meter(CreditEntry::model_call(
+            Node::Solver,
+            Charge::LlmCallExplain,
+            setup.tier,
+            model_price,
+            Tokens::of(reply.usage),
+        ));
         sink.emit(Event::SolveProgress(SolveProgress {
             text: String::new(),
             iteration: budget.model_calls,
             phase: SolvePhase::Explain,
         }));
+        sink.text(Section::Explanation, gathered, true);
         Some(reply.content.unwrap_or_default())
     } else {
         None

@@ -18,8 +18,9 @@ use store::{Artifact, ArtifactId, JobId, RunId, RunRecord, RunSettle, RunState, 
 use tokio_util::sync::CancellationToken;
 
 use super::credits::{self, Credits, Released};
-use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData};
-use super::solver::{self, Solution, SolverSetup, SolverSink, StepFailure};
+use super::data::{synchronous_cost, Charge, CreditEntry, ErrorData, Node, PlanData, Route, RunData, Tokens};
+use super::solver::{self, Section, Solution, SolverSetup, SolverSink, StepFailure};
+use super::stream;
 use super::Engine;
 use crate::events::{
     Attachment, CreditReserved, CreditSettled, ErrorCode, Event, EventChannel, NodeResult, PageStart, RunError,
@@ -86,11 +87,6 @@ fn credit_exhausted(required: Amount, available: Amount) -> StepFailure {
     }
 }
 
-/// A final token of answer text.
-fn text_token(delta: String) -> Event {
-    Event::Token(Token { delta, attachment: None })
-}
-
 impl SolverSink for Turn {
     fn meter(&self, entry: CreditEntry) {
         self.state().data.log.push(entry);
@@ -98,6 +94,14 @@ impl SolverSink for Turn {
 
     fn emit(&self, event: Event) {
         self.channel.emit(Some(0), Some("solve"), event);
+    }
+
+    fn text(&self, section: Section, delta: String, is_final: bool) {
+        let node = match section {
+            Section::Answer => "solve",
+            Section::Explanation => "explain",
+        };
+        self.channel.emit(Some(0), Some(node), Event::Token(Token::text(delta, is_final)));
     }
 }
 
@@ -189,9 +193,14 @@ impl Turn {
         self.state().committed
     }
 
-    /// Meters a call of a priced catalog action.
-    fn meter_action(&self, node: Node, charge: Charge, action: Action, model: Option<Tier>) {
-        self.meter(CreditEntry::new(node, charge, model, self.catalog.action(action)));
+    /// Meters a call of a priced catalog action that is not a model call.
+    fn meter_action(&self, node: Node, charge: Charge, action: Action) {
+        self.meter(CreditEntry::new(node, charge, None, self.catalog.action(action)));
+    }
+
+    /// Meters a model call of a priced catalog action, with the tokens its provider reported.
+    fn meter_model_call(&self, node: Node, charge: Charge, action: Action, tier: Tier, tokens: Tokens) {
+        self.meter(CreditEntry::model_call(node, charge, tier, self.catalog.action(action), tokens));
     }
 
     fn spent(&self) -> Amount {
@@ -318,7 +327,7 @@ impl Turn {
         tier: Tier,
         messages: Vec<Message>,
         format: Option<crate::provider::JsonSchemaFormat>,
-    ) -> Result<String, StepFailure> {
+    ) -> Result<(String, Tokens), StepFailure> {
         let request = ChatRequest { purpose, tier, messages, tools: Vec::new(), response_format: format };
         let reply = self
             .engine
@@ -326,7 +335,7 @@ impl Turn {
             .complete(request)
             .await
             .map_err(|error| StepFailure::new(ErrorCode::ModelError, format!("{}: {error}", purpose.as_str())))?;
-        Ok(reply.content.unwrap_or_default())
+        Ok((reply.content.unwrap_or_default(), Tokens::of(reply.usage)))
     }
 
     /// Returns true for a general-chat turn.
@@ -335,8 +344,8 @@ impl Turn {
             Message::system(format!("{} Classify the message: general_chat or math_task.", Purpose::Router.tag())),
             Message::user(problem),
         ];
-        let content = self.call(Purpose::Router, Tier::Flash, messages, Some(solver::route_format())).await?;
-        self.meter_action(Node::Router, Charge::Router, Action::Router, Some(Tier::Flash));
+        let (content, tokens) = self.call(Purpose::Router, Tier::Flash, messages, Some(solver::route_format())).await?;
+        self.meter_model_call(Node::Router, Charge::Router, Action::Router, Tier::Flash, tokens);
         let parsed: Value = serde_json::from_str(&content)
             .map_err(|_| StepFailure::new(ErrorCode::ModelError, "router: the answer is not JSON"))?;
         let route = match parsed.get("route").and_then(Value::as_str) {
@@ -359,10 +368,30 @@ impl Turn {
             Message::system(format!("{} You are a helpful tutor.", Purpose::GeneralChat.tag())),
             Message::user(problem),
         ];
-        let answer = self.call(Purpose::GeneralChat, Tier::Flash, messages, None).await?;
-        self.meter_action(Node::General, Charge::GeneralChat, Action::GeneralChat, Some(Tier::Flash));
-        self.channel.emit(None, Some("general"), text_token(answer.clone()));
-        self.state().data.answer = Some(answer);
+        // The answer streams as the model writes it.
+        let request = ChatRequest {
+            purpose: Purpose::GeneralChat,
+            tier: Tier::Flash,
+            messages,
+            tools: Vec::new(),
+            response_format: None,
+        };
+        let emit = |piece: String| {
+            self.channel.emit(None, Some("general"), Event::Token(Token::text(piece, false)));
+        };
+        let streamed = stream::call(self.engine.provider.as_ref(), request, self.engine.config.coalesce, &emit).await;
+        let reply = streamed
+            .reply
+            .map_err(|error| StepFailure::new(ErrorCode::ModelError, format!("general_chat: {error}")))?;
+        self.meter_model_call(
+            Node::General,
+            Charge::GeneralChat,
+            Action::GeneralChat,
+            Tier::Flash,
+            Tokens::of(reply.usage),
+        );
+        self.channel.emit(None, Some("general"), Event::Token(Token::text(streamed.rest, true)));
+        self.state().data.answer = Some(reply.content.unwrap_or_default());
         self.settle().await
     }
 
@@ -374,8 +403,8 @@ impl Turn {
             )),
             Message::user(problem),
         ];
-        let content = self.call(Purpose::Planner, Tier::Flash, messages, Some(solver::plan_format())).await?;
-        self.meter_action(Node::Planner, Charge::Planner, Action::Planner, Some(Tier::Flash));
+        let (content, tokens) = self.call(Purpose::Planner, Tier::Flash, messages, Some(solver::plan_format())).await?;
+        self.meter_model_call(Node::Planner, Charge::Planner, Action::Planner, Tier::Flash, tokens);
         let bad = |what: &str| StepFailure::new(ErrorCode::ModelError, format!("planner: {what}"));
         let parsed: Value = serde_json::from_str(&content).map_err(|_| bad("the plan is not JSON"))?;
         let raw_steps = parsed.get("steps").and_then(Value::as_array).ok_or_else(|| bad("no steps"))?;
@@ -491,11 +520,12 @@ impl Turn {
             mode: plan.mode,
             problem,
             tool_calls_per_message_max: self.engine.config.tool_calls_per_message_max,
+            coalesce: self.engine.config.coalesce,
         };
+        // The answer (and the explanation) stream as `token` frames while the solver runs.
         let result = solver::solve(&setup, self).await;
         self.node_result(0, "solve", started, result.as_ref().err());
         let (solution, _) = result?;
-        self.channel.emit(Some(0), Some("solve"), text_token(solution.answer.clone()));
         let mut state = self.state();
         state.data.answer = Some(solution.answer.clone());
         state.data.explanation = solution.explanation.clone();
@@ -550,7 +580,7 @@ impl Turn {
         let result = self.create_job(problem, solution, retry_source_job_id).await;
         self.node_result(step_idx, "video", started, result.as_ref().err());
         let job = result?;
-        self.meter_action(Node::Video, Charge::Video, Action::Video, None);
+        self.meter_action(Node::Video, Charge::Video, Action::Video);
         {
             // The job's price was captured from the hold with the job: keep the hold as known in
             // step, so the settle written with the run's end expects what the ledger will say.
@@ -562,11 +592,7 @@ impl Turn {
             }
         }
         let video = Attachment::Video { job_id: job.job_id.clone(), status: job.status };
-        self.channel.emit(
-            Some(step_idx),
-            Some("video"),
-            Event::Token(Token { delta: String::new(), attachment: Some(video) }),
-        );
+        self.channel.emit(Some(step_idx), Some("video"), Event::Token(Token::attachment(video)));
         self.state().data.jobs.push(job.job_id.clone());
         self.channel.emit(Some(step_idx), Some("video"), Event::job(job));
         Ok(())
@@ -641,13 +667,9 @@ impl Turn {
         self.node_result(step_idx, "pdf", started, result.as_ref().err());
         let artifact_id = result?;
         // Charged only once the PDF exists.
-        self.meter_action(Node::Pdf, Charge::Pdf, Action::Pdf, None);
+        self.meter_action(Node::Pdf, Charge::Pdf, Action::Pdf);
         let pdf = Attachment::Pdf { artifact_id: artifact_id.clone() };
-        self.channel.emit(
-            Some(step_idx),
-            Some("pdf"),
-            Event::Token(Token { delta: String::new(), attachment: Some(pdf) }),
-        );
+        self.channel.emit(Some(step_idx), Some("pdf"), Event::Token(Token::attachment(pdf)));
         self.state().data.artifacts.push(artifact_id);
         Ok(())
     }

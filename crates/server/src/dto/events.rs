@@ -105,11 +105,13 @@ pub struct SolveProgressPayload {
     pub phase: SolvePhase,
 }
 
-/// `token`: a final piece of the answer, or an attachment (`delta` empty).
+/// `token`: a piece of text as the model writes it (node `solve`: the answer; `explain`: the
+/// explanation; `general`: a general-chat answer), or an attachment (`delta` empty). The
+/// deltas of a node concatenate to the text the run stores for it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenPayload {
     pub delta: String,
-    /// Always true: the engine sends whole answers.
+    /// The last piece of its text (attachments are always final).
     #[serde(rename = "final")]
     pub is_final: bool,
     pub metadata: TokenMetadata,

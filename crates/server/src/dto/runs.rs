@@ -165,6 +165,21 @@ pub struct CreditLogEntry {
     pub model: Option<ModelTier>,
     #[schema(example = "1")]
     pub cost: String,
+    /// A model call's tokens as its provider reported them; absent for tools, PDF and video
+    /// (and for calls logged before tokens were recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenUsage>,
+}
+
+/// The tokens of one model call: ready for prices per token. A provider that reports no usage
+/// is `{"reported": false}`, never zero tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenUsage {
+    pub reported: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -3,7 +3,7 @@
 //! decimal text only in the DTO.
 
 use engine::events::{Attachment, Event, Frame, RunError};
-use engine::run::data::{CreditEntry, RunData};
+use engine::run::data::{CreditEntry, RunData, Tokens};
 use pricing::Line;
 use store::{RunId, RunRecord, ThreadId};
 
@@ -11,8 +11,8 @@ use super::format_time;
 use crate::dto::{
     CreditLogEntry, CreditReservedPayload, CreditSettledPayload, DonePayload, EmptyObject, ErrorPayload, EstimateLine,
     NodeResultPayload, NodeStatus, PageStartPayload, PdfTokenMetadata, PlanDetails, Route, RunDetails, RunErrorDetails,
-    RunEvent, RunEventPayload, RunResponse, SolveProgressPayload, TokenMetadata, TokenPayload, ToolResultPayload,
-    ToolStartPayload, VideoTokenMetadata,
+    RunEvent, RunEventPayload, RunResponse, SolveProgressPayload, TokenMetadata, TokenPayload, TokenUsage,
+    ToolResultPayload, ToolStartPayload, VideoTokenMetadata,
 };
 use crate::wire::jobs::job_response;
 
@@ -26,6 +26,14 @@ pub fn credit_log_entry(entry: &CreditEntry) -> CreditLogEntry {
         action: entry.action.into(),
         model: entry.model.map(Into::into),
         cost: entry.cost.to_string(),
+        tokens: entry.tokens.map(|tokens| match tokens {
+            Tokens::Unknown => TokenUsage { reported: false, prompt_tokens: None, completion_tokens: None },
+            Tokens::Reported { prompt_tokens, completion_tokens } => TokenUsage {
+                reported: true,
+                prompt_tokens: Some(prompt_tokens),
+                completion_tokens: Some(completion_tokens),
+            },
+        }),
     }
 }
 
@@ -122,7 +130,7 @@ pub fn event_payload(event: &Event) -> RunEventPayload {
                     progress_url: format!("/v1/jobs/{job_id}"),
                 }),
             };
-            RunEventPayload::Token(TokenPayload { delta: token.delta.clone(), is_final: true, metadata })
+            RunEventPayload::Token(TokenPayload { delta: token.delta.clone(), is_final: token.is_final, metadata })
         }
         Event::ToolStart(tool) => RunEventPayload::ToolStart(ToolStartPayload {
             name: tool.name.clone(),
@@ -314,20 +322,21 @@ mod tests {
                 json!({"status": "error", "duration_ms": 3, "error_code": "tool_error"}),
             ),
             (
-                frame(4, Some(0), Some("solve"), Event::Token(Token { delta: "4".to_owned(), attachment: None })),
+                frame(4, Some(0), Some("solve"), Event::Token(Token::text("4", true))),
                 json!({"delta": "4", "final": true, "metadata": {}}),
+            ),
+            (
+                frame(4, Some(0), Some("solve"), Event::Token(Token::text("The answer", false))),
+                json!({"delta": "The answer", "final": false, "metadata": {}}),
             ),
             (
                 frame(
                     5,
                     Some(1),
                     Some("pdf"),
-                    Event::Token(Token {
-                        delta: String::new(),
-                        attachment: Some(Attachment::Pdf {
-                            artifact_id: store::ArtifactId::parse("artifact-1").expect("valid"),
-                        }),
-                    }),
+                    Event::Token(Token::attachment(Attachment::Pdf {
+                        artifact_id: store::ArtifactId::parse("artifact-1").expect("valid"),
+                    })),
                 ),
                 json!({"delta": "", "final": true, "metadata": {"artifact_id": "artifact-1", "url": "/v1/artifacts/artifact-1"}}),
             ),
@@ -336,13 +345,10 @@ mod tests {
                     6,
                     Some(2),
                     Some("video"),
-                    Event::Token(Token {
-                        delta: String::new(),
-                        attachment: Some(Attachment::Video {
-                            job_id: store::JobId::parse("job-1").expect("valid"),
-                            status: JobStatus::Queued,
-                        }),
-                    }),
+                    Event::Token(Token::attachment(Attachment::Video {
+                        job_id: store::JobId::parse("job-1").expect("valid"),
+                        status: JobStatus::Queued,
+                    })),
                 ),
                 json!({"delta": "", "final": true, "metadata": {
                     "display": "tool", "tool_name": "video_generate", "job_id": "job-1", "status": "queued",
