@@ -36,11 +36,15 @@ struct ScriptedModel {
 impl Provider for ScriptedModel {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
         if request.purpose != Purpose::Solver {
-            return Ok(ChatResponse { content: Some("```python\nprint(1)\n```".to_owned()), tool_calls: Vec::new() });
+            return Ok(ChatResponse {
+                content: Some("```python\nprint(1)\n```".to_owned()),
+                tool_calls: Vec::new(),
+                usage: None,
+            });
         }
         let index = self.next.fetch_add(1, Ordering::SeqCst);
         match self.moves.get(index).cloned().unwrap_or(Move::Answer) {
-            Move::Answer => Ok(ChatResponse { content: Some("42".to_owned()), tool_calls: Vec::new() }),
+            Move::Answer => Ok(ChatResponse { content: Some("42".to_owned()), tool_calls: Vec::new(), usage: None }),
             Move::Fail => Err(ProviderError::Status { status: 500 }),
             Move::Tools(kinds) => {
                 let tool_calls = kinds
@@ -61,7 +65,7 @@ impl Provider for ScriptedModel {
                         }
                     })
                     .collect();
-                Ok(ChatResponse { content: None, tool_calls })
+                Ok(ChatResponse { content: None, tool_calls, usage: None })
             }
         }
     }
