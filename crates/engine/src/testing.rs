@@ -17,8 +17,10 @@
 //! and `data: [DONE]`. [`FakeReply::Chunks`] scripts a stream piece by piece, and can hold it at a
 //! [`Gate`] mid-answer. While a stream waits, the fake sends an SSE comment (`: keep-alive`)
 //! every [`FAKE_KEEP_ALIVE_INTERVAL_MS`] ms: a write to a connection the client closed fails, so
-//! the fake notices a dropped request within a few of those intervals, records the instant
-//! ([`FakeProvider::streams_dropped`]) and a test can await it ([`FakeProvider::stream_dropped`]).
+//! the fake notices a dropped request within a few of those intervals at worst (hyper usually
+//! sees the connection close at once, and also while a scripted wait holds the headers back),
+//! records the instant ([`FakeProvider::streams_dropped`]) and a test can await it
+//! ([`FakeProvider::stream_dropped`]).
 //!
 //! Usage: every answer reports `usage` by one deterministic rule, [`fake_usage`], unless the
 //! script says otherwise ([`FakeReply::NoUsage`], or a [`FakeReply::Chunks`] without a
@@ -797,59 +799,88 @@ type BodyItem = Result<Bytes, std::io::Error>;
 /// and disarms it once the last piece is out (or the script ends the body on purpose).
 fn event_stream(pieces: Vec<Piece>, watch: DropWatch) -> Response {
     let (sender, receiver) = mpsc::channel::<BodyItem>(STREAM_BUFFER_PIECES);
+    let (hungry_sender, hungry) = watch::channel(0_usize);
     tokio::spawn(async move {
-        if send_pieces(pieces, &sender).await {
+        let mut writer = BodyWriter { sender, sent: 0, hungry };
+        if writer.send_pieces(pieces).await {
             watch.disarm();
         }
         // Otherwise `watch` is dropped armed here: the client dropped the stream.
     });
+    // Each time hyper asks for the next item and none is waiting, it has taken (and will write
+    // out before it asks again) every item so far: `hungry` says how many.
     let body =
-        futures::stream::unfold(
-            receiver,
-            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
-        );
+        futures::stream::unfold((receiver, hungry_sender, 0_usize), |(mut receiver, hungry, taken)| async move {
+            if receiver.is_empty() {
+                hungry.send_replace(taken);
+            }
+            let item = receiver.recv().await?;
+            Some((item, (receiver, hungry, taken + 1)))
+        });
     let headers =
         [(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")];
     (headers, Body::from_stream(body)).into_response()
 }
 
-/// Sends the pieces; false as soon as the body is gone (the client dropped the request).
-async fn send_pieces(pieces: Vec<Piece>, sender: &mpsc::Sender<BodyItem>) -> bool {
-    for piece in pieces {
-        let alive = match piece {
-            Piece::Bytes(bytes) => sender.send(Ok(Bytes::from(bytes))).await.is_ok(),
-            Piece::Gate(gate) => keep_alive_until(sender, gate.passed()).await,
-            // The scripted delay itself: what such scripts test is the wait.
-            Piece::Delay(delay) => keep_alive_until(sender, tokio::time::sleep(delay)).await,
-            Piece::Break => {
-                // An error from the body makes hyper close the connection mid-body.
-                let _ = sender.send(Err(std::io::Error::other("the script breaks the stream here"))).await;
-                return true;
-            }
-            Piece::End => return true,
-        };
-        if !alive {
-            return false;
-        }
-    }
-    true
+/// The writing end of a streamed answer's body.
+struct BodyWriter {
+    sender: mpsc::Sender<BodyItem>,
+    /// Items sent so far.
+    sent: usize,
+    /// Items the body had taken when it last asked for more and found none.
+    hungry: watch::Receiver<usize>,
 }
 
-/// Waits for `until`, sending `: keep-alive` every [`FAKE_KEEP_ALIVE_INTERVAL_MS`] meanwhile: a
-/// write to a closed connection fails, hyper then drops the body and `sender` sees it closed.
-/// False when the body is gone.
-async fn keep_alive_until(sender: &mpsc::Sender<BodyItem>, until: impl Future<Output = ()>) -> bool {
-    let mut until = std::pin::pin!(until);
-    let mut ticks = tokio::time::interval(Duration::from_millis(FAKE_KEEP_ALIVE_INTERVAL_MS));
-    loop {
-        tokio::select! {
-            () = &mut until => return true,
-            () = sender.closed() => return false,
-            _ = ticks.tick() => {
-                // A full buffer means the client is not reading yet; the next tick tries again.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(Ok(Bytes::from_static(b": keep-alive\n\n"))) {
-                    return false;
+impl BodyWriter {
+    /// Sends the pieces; false as soon as the body is gone (the client dropped the request).
+    async fn send_pieces(&mut self, pieces: Vec<Piece>) -> bool {
+        for piece in pieces {
+            let alive = match piece {
+                Piece::Bytes(bytes) => self.send(Ok(Bytes::from(bytes))).await,
+                Piece::Gate(gate) => self.keep_alive_until(gate.passed()).await,
+                // The scripted delay itself: what such scripts test is the wait.
+                Piece::Delay(delay) => self.keep_alive_until(tokio::time::sleep(delay)).await,
+                Piece::Break => {
+                    // An error from the body makes hyper close the connection mid-body, dropping
+                    // what it has not written yet: first let it take and write out the rest.
+                    let sent = self.sent;
+                    if self.hungry.wait_for(|taken| *taken >= sent).await.is_err() {
+                        return false;
+                    }
+                    let _ = self.send(Err(std::io::Error::other("the script breaks the stream here"))).await;
+                    return true;
                 }
+                Piece::End => return true,
+            };
+            if !alive {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, item: BodyItem) -> bool {
+        let sent = self.sender.send(item).await.is_ok();
+        self.sent += usize::from(sent);
+        sent
+    }
+
+    /// Waits for `until`, sending `: keep-alive` every [`FAKE_KEEP_ALIVE_INTERVAL_MS`] meanwhile:
+    /// a write to a closed connection fails, hyper then drops the body and the sender sees it
+    /// closed. False when the body is gone.
+    async fn keep_alive_until(&mut self, until: impl Future<Output = ()>) -> bool {
+        let mut until = std::pin::pin!(until);
+        let mut ticks = tokio::time::interval(Duration::from_millis(FAKE_KEEP_ALIVE_INTERVAL_MS));
+        loop {
+            tokio::select! {
+                () = &mut until => return true,
+                () = self.sender.closed() => return false,
+                _ = ticks.tick() => match self.sender.try_send(Ok(Bytes::from_static(b": keep-alive\n\n"))) {
+                    Ok(()) => self.sent += 1,
+                    // A full buffer means the client is not reading yet; the next tick tries again.
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                },
             }
         }
     }
