@@ -341,6 +341,11 @@ impl OpenAiProvider {
     ///
     /// A server that ignores `stream: true` and answers one JSON completion is taken whole: its
     /// content is one delta.
+    ///
+    /// What may be retried (and is, while nothing was delivered): a 429 or 5xx, a transport
+    /// failure, a stream that ends before `[DONE]` or a finish. What is final: any other status,
+    /// a malformed chunk, an error the server reports in the stream, the size cap, the idle
+    /// timeout.
     async fn stream_attempt(
         &self,
         body: &[u8],
@@ -530,15 +535,6 @@ enum BodyError {
     Transport(reqwest::Error),
     /// More than `response_bytes_max` bytes arrived.
     TooLarge,
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BodyError::Transport(error) => write!(formatter, "{error}"),
-            BodyError::TooLarge => formatter.write_str("the answer is too large"),
-        }
-    }
 }
 
 fn too_large(bytes_max: usize) -> ProviderError {
