@@ -5,6 +5,10 @@
 //! `testing::FakeProvider` (feature `testing`). Every request's first message is a system
 //! message that starts with the purpose tag (`[creditgraph:router]`, …), so logs and test
 //! doubles can tell calls apart.
+//!
+//! A call either completes (one answer, [`Provider::complete`]) or streams ([`Provider::stream`]:
+//! the text reaches the caller piece by piece as the model writes it, for the steps whose text
+//! a user reads). Both report the provider's token [`Usage`] when it sends one.
 
 pub mod openai;
 
@@ -143,8 +147,11 @@ pub struct ChatRequest {
     pub response_format: Option<JsonSchemaFormat>,
 }
 
-/// Token counts a provider reported for one call. `None` on a [`ChatResponse`]: the provider
-/// reported none (unknown, never zero).
+/// Token counts a provider reported for one call. `None` on a `ChatResponse` = the provider reported none: unknown, never zero.
+///
+/// Read from `usage.prompt_tokens` and `usage.completion_tokens`; a `usage` object missing either
+/// (or holding something other than a whole number) counts as none, because a guessed count
+/// would be priced as if it were known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -155,6 +162,7 @@ pub struct Usage {
 pub struct ChatResponse {
     pub content: Option<String>,
     pub tool_calls: Vec<ToolCall>,
+    /// What the provider said the call used; `None` when it said nothing (unknown, not zero).
     pub usage: Option<Usage>,
 }
 
@@ -168,8 +176,10 @@ pub enum ProviderError {
     Malformed { detail: String },
     #[error("the provider cannot be reached: {detail}")]
     Unreachable { detail: String },
+    /// The stream broke off after it had started (connection lost, a malformed chunk, no `[DONE]`/finish): the call failed; nothing of it counts as an answer.
     #[error("the provider's stream broke off: {detail}")]
     Interrupted { detail: String },
+    /// No chunk arrived for `seconds` while streaming.
     #[error("the provider sent nothing for {seconds} s while streaming")]
     Idle { seconds: u64 },
 }
@@ -178,18 +188,23 @@ pub enum ProviderError {
 pub trait Provider: Send + Sync + 'static {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError>;
 
-    /// The same call, streamed: every piece of the reply's text is sent on `deltas` as it
-    /// arrives; the reply's `content` is their concatenation. The default (a provider that
-    /// cannot stream) sends the whole text as one piece.
+    /// The same call, streamed: every piece of the reply's text is sent on `deltas` as soon as it arrives, in order; the returned response's `content` is exactly their concatenation (None when there was no text), tool calls are assembled from their deltas, `usage` is the final chunk's (None when none was sent). A send error on `deltas` (receiver gone) is ignored. Dropping the future drops the HTTP request at once.
+    ///
+    /// Deltas are never empty. On an error, the deltas already sent are not an answer: the caller
+    /// discards them (they reached the user, but nothing of the call is charged as a success).
+    ///
+    /// The default is for providers that cannot stream: [`Provider::complete`], then its whole
+    /// content as one delta (none when the content is absent or empty).
     async fn stream(
         &self,
         request: ChatRequest,
         deltas: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<ChatResponse, ProviderError> {
-        let reply = self.complete(request).await?;
-        if let Some(text) = reply.content.as_ref().filter(|text| !text.is_empty()) {
-            let _ = deltas.send(text.clone());
+        let response = self.complete(request).await?;
+        if let Some(content) = response.content.as_ref().filter(|content| !content.is_empty()) {
+            // The receiver may be gone (the run stopped listening); the answer is still the answer.
+            let _ = deltas.send(content.clone());
         }
-        Ok(reply)
+        Ok(response)
     }
 }

@@ -1,26 +1,39 @@
 //! The OpenAI-compatible HTTP client behind [`Provider`].
 //!
 //! Why it is shaped this way: a metered run must end in bounded time and must never be brought
-//! down by what a remote server sends. So one [`Provider::complete`] call has one deadline
-//! (`timeout_seconds`, every attempt and back-off included), retries only what a second try can
-//! fix (HTTP 429, 5xx, transport errors), reads at most `response_bytes_max` bytes of an answer,
-//! and turns every unexpected answer into a [`ProviderError`] — never a panic. The API key only
+//! down by what a remote server sends. So one [`Provider::complete`] or [`Provider::stream`] call
+//! has one deadline (`timeout_seconds`, every attempt and back-off included), retries only what a
+//! second try can fix (HTTP 429, 5xx, transport errors), reads at most `response_bytes_max` bytes
+//! of an answer (streamed bytes included), and turns every unexpected answer into a
+//! [`ProviderError`] — never a panic.
+//!
+//! A stream adds two rules. Between two chunks at most `stream_idle_timeout_seconds` may pass
+//! ([`ProviderError::Idle`]), so a stalled stream is noticed long before the deadline. And once a
+//! text delta has been handed to the caller, nothing is retried: the user has read it, a second
+//! try would write a different answer under it, so any later failure is final
+//! ([`ProviderError::Interrupted`]). The `text/event-stream` framing is parsed by
+//! `eventsource-stream`; what this module adds is the chunk protocol ([`StreamAssembly`]). The API key only
 //! ever goes into the `Authorization` header (marked sensitive) and is redacted from `Debug`, so
 //! it cannot reach a log line.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use super::{ChatRequest, ChatResponse, Message, Provider, ProviderError, ToolCall};
+use super::{ChatRequest, ChatResponse, Message, Provider, ProviderError, ToolCall, Usage};
 use pricing::Tier;
 
 pub const ENV_BASE_URL: &str = "CREDITGRAPH_LLM_BASE_URL";
@@ -29,12 +42,14 @@ pub const ENV_MODEL_FLASH: &str = "CREDITGRAPH_LLM_MODEL_FLASH";
 pub const ENV_MODEL_SONNET: &str = "CREDITGRAPH_LLM_MODEL_SONNET";
 pub const ENV_MODEL_OPUS: &str = "CREDITGRAPH_LLM_MODEL_OPUS";
 pub const ENV_TIMEOUT_SECONDS: &str = "CREDITGRAPH_LLM_TIMEOUT_SECONDS";
+pub const ENV_STREAM_IDLE_TIMEOUT_SECONDS: &str = "CREDITGRAPH_LLM_STREAM_IDLE_TIMEOUT_SECONDS";
 
 pub const TIMEOUT_SECONDS_DEFAULT: u64 = 60;
 pub const CONNECT_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
 pub const RETRIES_MAX_DEFAULT: u32 = 2;
 pub const RETRY_BACKOFF_MS_DEFAULT: u64 = 200;
 pub const RESPONSE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+pub const STREAM_IDLE_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
 /// The bound of `timeout_seconds`, so that a deadline can always be computed.
 pub const TIMEOUT_SECONDS_MAX: u64 = 3600;
 /// The longest `Retry-After` honoured; a longer one is cut to this.
@@ -45,6 +60,11 @@ const RETRY_BACKOFF_MS_MAX: u64 = 30_000;
 const ERROR_BODY_LOG_BYTES_MAX: usize = 512;
 /// How long reading an error answer for the log may take.
 const ERROR_BODY_READ_MS_MAX: u64 = 1000;
+/// The tool calls one streamed answer may assemble: a chunk naming a higher `index` is malformed
+/// (the bound keeps a hostile index from allocating).
+const STREAM_TOOL_CALLS_MAX: usize = 64;
+/// How much of an `error` a provider sends mid-stream is kept in [`ProviderError::Interrupted`].
+const STREAM_ERROR_DETAIL_CHARS_MAX: usize = 200;
 
 /// The provider's model name for each price tier of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,9 +92,9 @@ impl Default for OpenAiModels {
 
 /// Where the provider is and how patiently to talk to it.
 ///
-/// `timeout_seconds` bounds one whole `complete` call: every attempt, every back-off and every
-/// `Retry-After` wait. A wait that would pass the deadline is not taken; the last error is
-/// returned instead.
+/// `timeout_seconds` bounds one whole `complete` or `stream` call: every attempt, every back-off
+/// and every `Retry-After` wait. A wait that would pass the deadline is not taken; the last error
+/// is returned instead.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OpenAiConfig {
     /// Up to, not including, `/chat/completions` (e.g. `https://api.openai.com/v1`).
@@ -88,7 +108,12 @@ pub struct OpenAiConfig {
     pub retries_max: u32,
     /// The first back-off; doubled each retry, with jitter (a wait is in [b/2, b]).
     pub retry_backoff_ms: u64,
+    /// Bounds the bytes of one attempt's answer; for a stream, every byte received (the SSE
+    /// framing and the chunks' JSON, not only the text).
     pub response_bytes_max: usize,
+    /// The longest a stream may go without a chunk (counted from the answer's headers; SSE
+    /// comments such as keep-alives are not chunks). Does not apply to `complete`.
+    pub stream_idle_timeout_seconds: u64,
 }
 
 impl OpenAiConfig {
@@ -103,13 +128,22 @@ impl OpenAiConfig {
             retries_max: RETRIES_MAX_DEFAULT,
             retry_backoff_ms: RETRY_BACKOFF_MS_DEFAULT,
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
+            stream_idle_timeout_seconds: STREAM_IDLE_TIMEOUT_SECONDS_DEFAULT,
         }
     }
 
     /// Reads `CREDITGRAPH_LLM_*` from the process environment; `Ok(None)` when
     /// `CREDITGRAPH_LLM_BASE_URL` is unset or empty (no provider configured).
     pub fn from_env() -> Result<Option<OpenAiConfig>, OpenAiConfigError> {
-        let names = [ENV_BASE_URL, ENV_API_KEY, ENV_MODEL_FLASH, ENV_MODEL_SONNET, ENV_MODEL_OPUS, ENV_TIMEOUT_SECONDS];
+        let names = [
+            ENV_BASE_URL,
+            ENV_API_KEY,
+            ENV_MODEL_FLASH,
+            ENV_MODEL_SONNET,
+            ENV_MODEL_OPUS,
+            ENV_TIMEOUT_SECONDS,
+            ENV_STREAM_IDLE_TIMEOUT_SECONDS,
+        ];
         for name in names {
             if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
                 return Err(OpenAiConfigError { variable: name, detail: "is not valid UTF-8".to_owned() });
@@ -138,15 +172,10 @@ impl OpenAiConfig {
             config.models.opus = name;
         }
         if let Some(text) = read(ENV_TIMEOUT_SECONDS) {
-            config.timeout_seconds = match text.parse::<u64>() {
-                Ok(seconds) if (1..=TIMEOUT_SECONDS_MAX).contains(&seconds) => seconds,
-                _ => {
-                    return Err(OpenAiConfigError {
-                        variable: ENV_TIMEOUT_SECONDS,
-                        detail: format!("{text:?} is not a whole number of seconds in 1..={TIMEOUT_SECONDS_MAX}"),
-                    })
-                }
-            };
+            config.timeout_seconds = parse_seconds(ENV_TIMEOUT_SECONDS, &text)?;
+        }
+        if let Some(text) = read(ENV_STREAM_IDLE_TIMEOUT_SECONDS) {
+            config.stream_idle_timeout_seconds = parse_seconds(ENV_STREAM_IDLE_TIMEOUT_SECONDS, &text)?;
         }
         Ok(Some(config))
     }
@@ -158,6 +187,9 @@ impl OpenAiConfig {
         }
         if !(1..=TIMEOUT_SECONDS_MAX).contains(&self.connect_timeout_seconds) {
             return Err(format!("connect_timeout_seconds must be in 1..={TIMEOUT_SECONDS_MAX}"));
+        }
+        if !(1..=TIMEOUT_SECONDS_MAX).contains(&self.stream_idle_timeout_seconds) {
+            return Err(format!("stream_idle_timeout_seconds must be in 1..={TIMEOUT_SECONDS_MAX}"));
         }
         if self.response_bytes_max == 0 {
             return Err("response_bytes_max must be positive".to_owned());
@@ -183,6 +215,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("retries_max", &self.retries_max)
             .field("retry_backoff_ms", &self.retry_backoff_ms)
             .field("response_bytes_max", &self.response_bytes_max)
+            .field("stream_idle_timeout_seconds", &self.stream_idle_timeout_seconds)
             .finish()
     }
 }
@@ -193,6 +226,17 @@ impl fmt::Debug for OpenAiConfig {
 pub struct OpenAiConfigError {
     pub variable: &'static str,
     pub detail: String,
+}
+
+/// A whole number of seconds in `1..=TIMEOUT_SECONDS_MAX`, read from `variable`.
+fn parse_seconds(variable: &'static str, text: &str) -> Result<u64, OpenAiConfigError> {
+    match text.parse::<u64>() {
+        Ok(seconds) if (1..=TIMEOUT_SECONDS_MAX).contains(&seconds) => Ok(seconds),
+        _ => Err(OpenAiConfigError {
+            variable,
+            detail: format!("{text:?} is not a whole number of seconds in 1..={TIMEOUT_SECONDS_MAX}"),
+        }),
+    }
 }
 
 fn parse_base_url(text: &str) -> Result<Url, String> {
@@ -272,27 +316,160 @@ impl OpenAiProvider {
         self.endpoint.as_str()
     }
 
-    /// One request and its answer, classified for the retry loop.
-    async fn attempt(&self, body: &[u8]) -> Result<ChatResponse, Failure> {
+    /// The POST of one attempt, with its headers.
+    fn post(&self, body: &[u8]) -> reqwest::RequestBuilder {
         let mut builder =
             self.client.post(self.endpoint.clone()).header(CONTENT_TYPE, "application/json").body(body.to_vec());
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
-        let mut response = builder.send().await.map_err(transport_failure)?;
-        let status = response.status();
-        if status.is_success() {
-            let bytes = read_bounded(&mut response, self.config.response_bytes_max).await?;
-            return parse_response(&bytes).map_err(Failure::Final);
+        builder
+    }
+
+    /// One request and its answer, classified for the retry loop.
+    async fn attempt(&self, body: &[u8]) -> Result<ChatResponse, Failure> {
+        let mut response = self.post(body).send().await.map_err(transport_failure)?;
+        if !response.status().is_success() {
+            return Err(status_failure(&mut response).await);
         }
-        let retry_after = retry_after_of(response.headers());
-        let snippet = read_error_snippet(&mut response).await;
-        let error = ProviderError::Status { status: status.as_u16() };
-        tracing::debug!(status = status.as_u16(), body = %snippet, "the provider answered an error");
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Err(Failure::Retry { error, retry_after })
-        } else {
-            Err(Failure::Final(error))
+        let bytes = read_bounded(&mut response, self.config.response_bytes_max).await?;
+        parse_response(&bytes).map_err(Failure::Final)
+    }
+
+    /// One streamed request: each text delta goes to `deltas` as it is parsed, and `delivered`
+    /// turns true before the first one is sent (from then on the call must not be retried).
+    ///
+    /// A server that ignores `stream: true` and answers one JSON completion is taken whole: its
+    /// content is one delta.
+    ///
+    /// What may be retried (and is, while nothing was delivered): a 429 or 5xx, a transport
+    /// failure, a stream that ends before `[DONE]` or a finish. What is final: any other status,
+    /// a malformed chunk, an error the server reports in the stream, the size cap, the idle
+    /// timeout.
+    async fn stream_attempt(
+        &self,
+        body: &[u8],
+        deltas: &UnboundedSender<String>,
+        delivered: &AtomicBool,
+    ) -> Result<ChatResponse, Failure> {
+        let mut response = self.post(body).send().await.map_err(transport_failure)?;
+        if !response.status().is_success() {
+            return Err(status_failure(&mut response).await);
+        }
+        let deliver = |text: String| {
+            delivered.store(true, Ordering::Relaxed);
+            // The receiver may be gone (the run stopped listening); the call still ends as it would.
+            let _ = deltas.send(text);
+        };
+        if !is_event_stream(response.headers()) {
+            let answer = parse_response(&read_bounded(&mut response, self.config.response_bytes_max).await?)
+                .map_err(Failure::Final)?;
+            if let Some(content) = answer.content.as_ref().filter(|content| !content.is_empty()) {
+                deliver(content.clone());
+            }
+            return Ok(answer);
+        }
+        let bytes_max = self.config.response_bytes_max;
+        let mut received_bytes: usize = 0;
+        let mut events = response
+            .bytes_stream()
+            .map(move |chunk| {
+                let chunk = chunk.map_err(BodyError::Transport)?;
+                received_bytes = received_bytes.saturating_add(chunk.len());
+                if received_bytes > bytes_max {
+                    return Err(BodyError::TooLarge);
+                }
+                Ok(chunk)
+            })
+            .eventsource();
+        let idle_seconds = self.config.stream_idle_timeout_seconds;
+        let mut assembly = StreamAssembly::default();
+        loop {
+            let Ok(next) = tokio::time::timeout(Duration::from_secs(idle_seconds), events.next()).await else {
+                return Err(Failure::Final(ProviderError::Idle { seconds: idle_seconds }));
+            };
+            let event = match next {
+                Some(Ok(event)) => event,
+                Some(Err(EventStreamError::Transport(BodyError::TooLarge))) => {
+                    return Err(Failure::Final(too_large(bytes_max)));
+                }
+                Some(Err(EventStreamError::Transport(BodyError::Transport(error)))) => {
+                    let error = interrupted(format!("the connection failed: {}", error_chain(error)));
+                    return Err(Failure::Retry { error, retry_after: None });
+                }
+                Some(Err(EventStreamError::Utf8(_))) => {
+                    return Err(Failure::Final(interrupted("the stream is not UTF-8")));
+                }
+                Some(Err(EventStreamError::Parser(error))) => {
+                    return Err(Failure::Final(interrupted(format!(
+                        "the stream is not an event stream: {:?}",
+                        error.code
+                    ))));
+                }
+                None if assembly.finished() => return assembly.finish().map_err(Failure::Final),
+                None => {
+                    let error = interrupted("the stream ended before [DONE] or a finish_reason");
+                    return Err(Failure::Retry { error, retry_after: None });
+                }
+            };
+            match assembly.push(&event.event, &event.data).map_err(Failure::Final)? {
+                Step::Text(text) => deliver(text),
+                Step::Quiet => {}
+                Step::Done => return assembly.finish().map_err(Failure::Final),
+            }
+        }
+    }
+
+    /// Runs attempts until one succeeds, fails for good, `may_retry` says no more, the retries are
+    /// used up or the deadline would pass. Every attempt runs under the one deadline.
+    async fn with_retries<Attempt>(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+        may_retry: impl Fn() -> bool,
+        mut attempt: impl FnMut() -> Attempt,
+    ) -> Result<ChatResponse, ProviderError>
+    where
+        Attempt: Future<Output = Result<ChatResponse, Failure>>,
+    {
+        let purpose = request.purpose.as_str();
+        let deadline = Instant::now() + Duration::from_secs(self.config.timeout_seconds);
+        let mut retry: u32 = 0;
+        loop {
+            let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
+                Ok(outcome) => outcome,
+                Err(_elapsed) => {
+                    tracing::warn!(purpose, model, retry, "the provider timed out");
+                    return Err(ProviderError::Timeout { seconds: self.config.timeout_seconds });
+                }
+            };
+            let (error, retry_after) = match outcome {
+                Ok(response) => return Ok(response),
+                Err(Failure::Final(error)) => {
+                    tracing::warn!(purpose, model, %error, "the provider call failed");
+                    return Err(error);
+                }
+                Err(Failure::Retry { error, .. }) if !may_retry() => {
+                    tracing::warn!(purpose, model, %error, "the provider call failed after its answer had begun");
+                    return Err(error);
+                }
+                Err(Failure::Retry { error, retry_after }) => (error, retry_after),
+            };
+            let wait = retry_after.unwrap_or_else(|| self.backoff(retry));
+            if retry >= self.config.retries_max || Instant::now() + wait >= deadline {
+                tracing::warn!(purpose, model, retry, %error, "the provider call failed");
+                return Err(error);
+            }
+            tracing::info!(
+                purpose,
+                model,
+                retry,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                %error,
+                "retrying the provider call"
+            );
+            tokio::time::sleep(wait).await;
+            retry += 1;
         }
     }
 
@@ -311,42 +488,61 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
         let model = self.config.models.name(request.tier);
-        let body = encode_request(&request, model)?;
-        let deadline = Instant::now() + Duration::from_secs(self.config.timeout_seconds);
-        let mut retry: u32 = 0;
-        loop {
-            let outcome = match tokio::time::timeout_at(deadline, self.attempt(&body)).await {
-                Ok(outcome) => outcome,
-                Err(_elapsed) => {
-                    tracing::warn!(purpose = request.purpose.as_str(), model, retry, "the provider timed out");
-                    return Err(ProviderError::Timeout { seconds: self.config.timeout_seconds });
-                }
-            };
-            let (error, retry_after) = match outcome {
-                Ok(response) => return Ok(response),
-                Err(Failure::Final(error)) => {
-                    tracing::warn!(purpose = request.purpose.as_str(), model, %error, "the provider call failed");
-                    return Err(error);
-                }
-                Err(Failure::Retry { error, retry_after }) => (error, retry_after),
-            };
-            let wait = retry_after.unwrap_or_else(|| self.backoff(retry));
-            if retry >= self.config.retries_max || Instant::now() + wait >= deadline {
-                tracing::warn!(purpose = request.purpose.as_str(), model, retry, %error, "the provider call failed");
-                return Err(error);
-            }
-            tracing::info!(
-                purpose = request.purpose.as_str(),
-                model,
-                retry,
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                %error,
-                "retrying the provider call"
-            );
-            tokio::time::sleep(wait).await;
-            retry += 1;
-        }
+        let body = encode_request(&request, model, false)?;
+        self.with_retries(&request, model, || true, || self.attempt(&body)).await
     }
+
+    async fn stream(
+        &self,
+        request: ChatRequest,
+        deltas: UnboundedSender<String>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let model = self.config.models.name(request.tier);
+        let body = encode_request(&request, model, true)?;
+        let delivered = AtomicBool::new(false);
+        let may_retry = || !delivered.load(Ordering::Relaxed);
+        self.with_retries(&request, model, may_retry, || self.stream_attempt(&body, &deltas, &delivered)).await
+    }
+}
+
+/// An answer's status other than 2xx: 429 and 5xx may be retried (after `Retry-After`, when
+/// given), any other is final. The start of the body is logged at debug level.
+async fn status_failure(response: &mut reqwest::Response) -> Failure {
+    let status = response.status();
+    let retry_after = retry_after_of(response.headers());
+    let snippet = read_error_snippet(response).await;
+    let error = ProviderError::Status { status: status.as_u16() };
+    tracing::debug!(status = status.as_u16(), body = %snippet, "the provider answered an error");
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Failure::Retry { error, retry_after }
+    } else {
+        Failure::Final(error)
+    }
+}
+
+/// Whether the answer says `Content-Type: text/event-stream` (parameters and case aside).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// Why the bytes of a stream stopped coming.
+#[derive(Debug)]
+enum BodyError {
+    Transport(reqwest::Error),
+    /// More than `response_bytes_max` bytes arrived.
+    TooLarge,
+}
+
+fn too_large(bytes_max: usize) -> ProviderError {
+    ProviderError::Malformed { detail: format!("the answer is larger than {bytes_max} bytes") }
+}
+
+fn interrupted(detail: impl Into<String>) -> ProviderError {
+    ProviderError::Interrupted { detail: detail.into() }
 }
 
 /// How one attempt failed: for good, or in a way another attempt may fix.
@@ -385,9 +581,7 @@ async fn read_bounded(response: &mut reqwest::Response, bytes_max: usize) -> Res
     let mut bytes = Vec::with_capacity(capacity.min(bytes_max));
     while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
         if chunk.len() > bytes_max - bytes.len() {
-            return Err(Failure::Final(ProviderError::Malformed {
-                detail: format!("the answer is larger than {bytes_max} bytes"),
-            }));
+            return Err(Failure::Final(too_large(bytes_max)));
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -430,6 +624,17 @@ struct WireRequest<'a> {
     tools: Vec<WireTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<WireResponseFormat<'a>>,
+    /// `true` for [`Provider::stream`], absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<WireStreamOptions>,
+}
+
+/// `stream_options: {include_usage: true}`: the last chunk then carries the call's usage.
+#[derive(Serialize)]
+struct WireStreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Serialize)]
@@ -501,8 +706,9 @@ fn encode_message(message: &Message) -> WireMessage<'_> {
     }
 }
 
-/// The JSON body of a request, in the wire form of the protocol.
-fn encode_request(request: &ChatRequest, model: &str) -> Result<Vec<u8>, ProviderError> {
+/// The JSON body of a request, in the wire form of the protocol; a streamed one adds
+/// `"stream": true, "stream_options": {"include_usage": true}`.
+fn encode_request(request: &ChatRequest, model: &str, stream: bool) -> Result<Vec<u8>, ProviderError> {
     let wire = WireRequest {
         model,
         messages: request.messages.iter().map(encode_message).collect(),
@@ -522,6 +728,8 @@ fn encode_request(request: &ChatRequest, model: &str) -> Result<Vec<u8>, Provide
             kind: "json_schema",
             json_schema: WireJsonSchema { name: &format.name, schema: &format.schema, strict: true },
         }),
+        stream,
+        stream_options: stream.then_some(WireStreamOptions { include_usage: true }),
     };
     serde_json::to_vec(&wire)
         .map_err(|error| ProviderError::Malformed { detail: format!("the request cannot be encoded: {error}") })
@@ -530,6 +738,8 @@ fn encode_request(request: &ChatRequest, model: &str) -> Result<Vec<u8>, Provide
 #[derive(Deserialize)]
 struct WireResponse {
     choices: Option<Vec<WireChoice>>,
+    /// Kept as a value: a `usage` of an unexpected shape is unknown usage, not a bad answer.
+    usage: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -559,32 +769,18 @@ fn malformed(detail: impl Into<String>) -> ProviderError {
     ProviderError::Malformed { detail: detail.into() }
 }
 
-/// `choices[0].message.{content, tool_calls}` of a 2xx answer.
+/// `choices[0].message.{content, tool_calls}` and `usage` of a 2xx answer.
 ///
 /// Tolerated, because compatible servers differ: content as an array of text parts (joined),
 /// a missing tool call id (one is made up from the call's position), arguments given as a JSON
-/// value rather than text (re-encoded). Arguments are otherwise passed on raw: the engine answers
-/// bad ones to the model as a tool error.
+/// value rather than text (re-encoded), a missing or odd `usage` (unknown usage). Arguments are
+/// otherwise passed on raw: the engine answers bad ones to the model as a tool error.
 fn parse_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
     let wire: WireResponse = serde_json::from_slice(bytes)
         .map_err(|error| malformed(format!("the answer is not the expected JSON: {error}")))?;
     let choice = wire.choices.and_then(|choices| choices.into_iter().next()).ok_or_else(|| malformed("no choices"))?;
     let answer = choice.message.ok_or_else(|| malformed("choices[0] has no message"))?;
-    let content = match answer.content {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match part.get("text").and_then(Value::as_str) {
-                    Some(piece) => text.push_str(piece),
-                    None => return Err(malformed("a content part has no text")),
-                }
-            }
-            Some(text)
-        }
-        Some(_) => return Err(malformed("the message content is neither text nor a list of parts")),
-    };
+    let content = text_of(answer.content).map_err(malformed)?;
     let mut tool_calls = Vec::new();
     for (index, call) in answer.tool_calls.unwrap_or_default().into_iter().enumerate() {
         let function = call.function.ok_or_else(|| malformed(format!("tool call {index} has no function")))?;
@@ -592,15 +788,203 @@ fn parse_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
             .name
             .filter(|name| !name.is_empty())
             .ok_or_else(|| malformed(format!("tool call {index} has no function name")))?;
-        let arguments = match function.arguments {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(text)) => text,
-            Some(other) => other.to_string(),
-        };
-        let id = call.id.filter(|id| !id.is_empty()).unwrap_or_else(|| format!("call_{index}"));
-        tool_calls.push(ToolCall { id, name, arguments });
+        let mut arguments = String::new();
+        append_arguments(&mut arguments, function.arguments);
+        tool_calls.push(ToolCall { id: call_id(call.id, index), name, arguments });
     }
-    Ok(ChatResponse { content, tool_calls, usage: None })
+    Ok(ChatResponse { content, tool_calls, usage: wire.usage.as_ref().and_then(usage_of) })
+}
+
+/// A message's or a delta's `content`: text, or a list of parts each with a `text`.
+fn text_of(content: Option<Value>) -> Result<Option<String>, &'static str> {
+    match content {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match part.get("text").and_then(Value::as_str) {
+                    Some(piece) => text.push_str(piece),
+                    None => return Err("a content part has no text"),
+                }
+            }
+            Ok(Some(text))
+        }
+        Some(_) => Err("the message content is neither text nor a list of parts"),
+    }
+}
+
+/// Tool call arguments as text: a string as is, any other JSON value re-encoded.
+fn append_arguments(arguments: &mut String, value: Option<Value>) {
+    match value {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => arguments.push_str(&text),
+        Some(other) => arguments.push_str(&other.to_string()),
+    }
+}
+
+/// The call's id, or one made up from its position when the server sent none.
+fn call_id(id: Option<String>, index: usize) -> String {
+    id.filter(|id| !id.is_empty()).unwrap_or_else(|| format!("call_{index}"))
+}
+
+/// `{prompt_tokens, completion_tokens}` as whole numbers, or `None`: a count that is missing or
+/// not a whole number is unknown, never guessed (and never zero).
+fn usage_of(usage: &Value) -> Option<Usage> {
+    let prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+    let completion_tokens = usage.get("completion_tokens").and_then(Value::as_u64);
+    match (prompt_tokens, completion_tokens) {
+        (Some(prompt_tokens), Some(completion_tokens)) => Some(Usage { prompt_tokens, completion_tokens }),
+        _ => {
+            tracing::debug!(%usage, "the provider's usage is incomplete; it is recorded as unknown");
+            None
+        }
+    }
+}
+
+/// One `chat.completion.chunk`.
+#[derive(Deserialize)]
+struct WireChunk {
+    choices: Option<Vec<WireChunkChoice>>,
+    usage: Option<Value>,
+    /// Some servers report a failure mid-stream as a chunk holding only an `error`.
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    delta: Option<WireDelta>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta {
+    content: Option<Value>,
+    tool_calls: Option<Vec<WireDeltaToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct WireDeltaToolCall {
+    index: Option<u64>,
+    id: Option<String>,
+    function: Option<WireAnswerFunction>,
+}
+
+/// What one event of a stream contributed.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// A piece of the answer's text, never empty: it goes to the caller now.
+    Text(String),
+    /// Nothing to hand on (a role-only delta, a tool call piece, the usage, a finish_reason).
+    Quiet,
+    /// `data: [DONE]`: the answer is complete.
+    Done,
+}
+
+/// A tool call as its deltas arrive.
+#[derive(Debug, Default)]
+struct PartialCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+/// One streamed answer, put together event by event; pure, so the chunk protocol is tested
+/// without a socket.
+///
+/// Invariant: `content` is the concatenation of every [`Step::Text`] returned so far, in order.
+/// Tool calls are assembled by their `index` (the array position when a server sends none): the
+/// first id and the first name win (some servers repeat them), arguments are appended. `usage`
+/// is the last one a chunk carried.
+#[derive(Debug, Default)]
+struct StreamAssembly {
+    content: String,
+    calls: Vec<PartialCall>,
+    usage: Option<Usage>,
+    /// A chunk carried a `finish_reason`: the answer is complete even if `[DONE]` never comes.
+    finished: bool,
+}
+
+impl StreamAssembly {
+    /// Takes one event (its type and its data). A chunk that is not the expected JSON, or an
+    /// error the server reports in the stream, is [`ProviderError::Interrupted`].
+    fn push(&mut self, event_type: &str, data: &str) -> Result<Step, ProviderError> {
+        if data.trim() == "[DONE]" {
+            return Ok(Step::Done);
+        }
+        let chunk: WireChunk = serde_json::from_str(data)
+            .map_err(|error| interrupted(format!("a chunk is not the expected JSON: {error}")))?;
+        if let Some(error) = chunk.error.filter(|error| !error.is_null()) {
+            return Err(interrupted(format!("the provider reported an error mid-stream: {}", error_message(&error))));
+        }
+        if event_type == "error" {
+            return Err(interrupted("the provider sent an error event"));
+        }
+        if let Some(usage) = chunk.usage.as_ref().filter(|usage| !usage.is_null()) {
+            self.usage = usage_of(usage);
+        }
+        let Some(choice) = chunk.choices.and_then(|choices| choices.into_iter().next()) else {
+            return Ok(Step::Quiet);
+        };
+        if choice.finish_reason.is_some() {
+            self.finished = true;
+        }
+        let Some(delta) = choice.delta else {
+            return Ok(Step::Quiet);
+        };
+        for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
+            let index = call.index.map_or(Ok(position), usize::try_from).unwrap_or(usize::MAX);
+            if index >= STREAM_TOOL_CALLS_MAX {
+                return Err(interrupted(format!("a tool call index is not below {STREAM_TOOL_CALLS_MAX}")));
+            }
+            if self.calls.len() <= index {
+                self.calls.resize_with(index + 1, PartialCall::default);
+            }
+            let partial = &mut self.calls[index];
+            if partial.id.is_none() {
+                partial.id = call.id.filter(|id| !id.is_empty());
+            }
+            if let Some(function) = call.function {
+                if partial.name.is_empty() {
+                    partial.name = function.name.unwrap_or_default();
+                }
+                append_arguments(&mut partial.arguments, function.arguments);
+            }
+        }
+        match text_of(delta.content).map_err(interrupted)? {
+            Some(text) if !text.is_empty() => {
+                self.content.push_str(&text);
+                Ok(Step::Text(text))
+            }
+            _ => Ok(Step::Quiet),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The answer: `None` content when no text came; every tool call must have a name.
+    fn finish(self) -> Result<ChatResponse, ProviderError> {
+        let mut tool_calls = Vec::with_capacity(self.calls.len());
+        for (index, call) in self.calls.into_iter().enumerate() {
+            if call.name.is_empty() {
+                return Err(malformed(format!("tool call {index} has no function name")));
+            }
+            tool_calls.push(ToolCall { id: call_id(call.id, index), name: call.name, arguments: call.arguments });
+        }
+        let content = Some(self.content).filter(|content| !content.is_empty());
+        Ok(ChatResponse { content, tool_calls, usage: self.usage })
+    }
+}
+
+/// `error.message` (or the whole error) of an error chunk, cut short for the log and the detail.
+fn error_message(error: &Value) -> String {
+    let message = match error.get("message").and_then(Value::as_str) {
+        Some(message) => message.to_owned(),
+        None => error.to_string(),
+    };
+    message.chars().take(STREAM_ERROR_DETAIL_CHARS_MAX).collect()
 }
 
 #[cfg(test)]
@@ -682,7 +1066,7 @@ mod tests {
             tools: vec![ToolSpec { name: "t".into(), description: "d".into(), parameters: json!({"type": "object"}) }],
             response_format: Some(JsonSchemaFormat { name: "plan".into(), schema: json!({"type": "object"}) }),
         };
-        let body: Value = serde_json::from_slice(&encode_request(&request, "m").unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&encode_request(&request, "m", false).unwrap()).unwrap();
         assert_eq!(
             body,
             json!({
@@ -697,6 +1081,236 @@ mod tests {
                 "response_format": {"type": "json_schema", "json_schema": {"name": "plan", "schema": {"type": "object"}, "strict": true}},
             })
         );
+    }
+
+    #[test]
+    fn parses_usage_and_treats_a_partial_one_as_unknown() {
+        let usage =
+            |value: Value| parse(json!({"choices": [{"message": {"content": "x"}}], "usage": value})).unwrap().usage;
+        assert_eq!(
+            usage(json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15})),
+            Some(Usage { prompt_tokens: 12, completion_tokens: 3 })
+        );
+        assert_eq!(
+            usage(json!({"prompt_tokens": 0, "completion_tokens": 0})),
+            Some(Usage { prompt_tokens: 0, completion_tokens: 0 })
+        );
+        for unknown in [
+            json!(null),
+            json!({}),
+            json!({"prompt_tokens": 12}),
+            json!({"prompt_tokens": -1, "completion_tokens": 3}),
+            json!({"prompt_tokens": 1.5, "completion_tokens": 3}),
+            json!({"prompt_tokens": "12", "completion_tokens": "3"}),
+            json!("lots"),
+        ] {
+            assert_eq!(usage(unknown.clone()), None, "{unknown}");
+        }
+        assert_eq!(parse(json!({"choices": [{"message": {"content": "x"}}]})).unwrap().usage, None);
+    }
+
+    /// Feeds `data` events to an assembly: the steps and the answer.
+    fn assemble(events: &[Value]) -> (Vec<Step>, Result<ChatResponse, ProviderError>) {
+        let mut assembly = StreamAssembly::default();
+        let mut steps = Vec::new();
+        for event in events {
+            match assembly.push("message", &event.to_string()) {
+                Ok(step) => steps.push(step),
+                Err(error) => return (steps, Err(error)),
+            }
+        }
+        (steps, assembly.finish())
+    }
+
+    fn chunk(delta: Value, finish_reason: Value) -> Value {
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    }
+
+    #[test]
+    fn assembles_text_deltas_and_usage() {
+        let (steps, answer) = assemble(&[
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "The answer "}), Value::Null),
+            chunk(json!({"content": [{"type": "text", "text": "is "}, {"text": "4"}]}), Value::Null),
+            chunk(json!({"content": null}), Value::Null),
+            chunk(json!({}), json!("stop")),
+            json!({"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 4}}),
+        ]);
+        assert_eq!(
+            steps,
+            [
+                Step::Quiet,
+                Step::Text("The answer ".into()),
+                Step::Text("is 4".into()),
+                Step::Quiet,
+                Step::Quiet,
+                Step::Quiet
+            ]
+        );
+        assert_eq!(
+            answer.unwrap(),
+            ChatResponse {
+                content: Some("The answer is 4".into()),
+                tool_calls: Vec::new(),
+                usage: Some(Usage { prompt_tokens: 20, completion_tokens: 4 }),
+            }
+        );
+        let mut assembly = StreamAssembly::default();
+        assert_eq!(assembly.push("message", "[DONE]").unwrap(), Step::Done);
+        assert_eq!(assembly.push("message", " [DONE]\n").unwrap(), Step::Done);
+    }
+
+    #[test]
+    fn an_answer_without_usage_or_text_has_none() {
+        let (_, answer) =
+            assemble(&[chunk(json!({"role": "assistant"}), Value::Null), chunk(json!({}), json!("stop"))]);
+        assert_eq!(answer.unwrap(), ChatResponse { content: None, tool_calls: Vec::new(), usage: None });
+        let (_, answer) = assemble(&[
+            chunk(json!({"content": "a"}), Value::Null),
+            json!({"choices": [], "usage": null}),
+            json!({"choices": [], "usage": {"completion_tokens": 1}}),
+        ]);
+        assert_eq!(answer.unwrap().usage, None, "a partial usage is unknown");
+        let (_, answer) = assemble(&[
+            json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+            json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}),
+        ]);
+        assert_eq!(
+            answer.unwrap().usage,
+            Some(Usage { prompt_tokens: 5, completion_tokens: 2 }),
+            "the last one counts"
+        );
+    }
+
+    #[test]
+    fn assembles_tool_calls_across_chunks_by_index() {
+        let (steps, answer) = assemble(&[
+            chunk(json!({"role": "assistant", "content": null}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "a", "type": "function", "function": {"name": "code_execute", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "code_generate", "arguments": "{\"task\""}}]}),
+                Value::Null,
+            ),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"code\":"}}]}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 1, "function": {"arguments": ":\"x\"}"}}, {"index": 0, "id": "ignored", "function": {"name": "ignored", "arguments": "\"1\"}"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"function": {"name": "code_execute", "arguments": {"code": "2"}}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+        ]);
+        assert!(steps.iter().all(|step| *step == Step::Quiet), "{steps:?}");
+        assert_eq!(
+            answer.unwrap(),
+            ChatResponse {
+                content: None,
+                tool_calls: vec![
+                    ToolCall {
+                        id: "a".into(),
+                        name: "code_execute".into(),
+                        arguments: "{\"code\":\"1\"}{\"code\":\"2\"}".into()
+                    },
+                    ToolCall { id: "b".into(), name: "code_generate".into(), arguments: "{\"task\":\"x\"}".into() },
+                ],
+                usage: None,
+            }
+        );
+        let (_, answer) = assemble(&[chunk(json!({"tool_calls": [{"function": {"arguments": "{}"}}]}), Value::Null)]);
+        assert_eq!(answer.unwrap_err(), malformed("tool call 0 has no function name"));
+        let (_, answer) =
+            assemble(&[chunk(json!({"tool_calls": [{"index": 2, "function": {"name": "t"}}]}), Value::Null)]);
+        assert_eq!(
+            answer.unwrap_err(),
+            malformed("tool call 0 has no function name"),
+            "a gap is a call without a name"
+        );
+    }
+
+    #[test]
+    fn the_finish_reason_marks_the_answer_complete() {
+        let mut assembly = StreamAssembly::default();
+        assembly.push("message", &chunk(json!({"content": "a"}), Value::Null).to_string()).unwrap();
+        assert!(!assembly.finished());
+        assembly.push("message", &chunk(json!({}), json!("length")).to_string()).unwrap();
+        assert!(assembly.finished());
+    }
+
+    #[test]
+    fn malformed_chunks_interrupt_the_stream() {
+        let cases = [
+            "",
+            "not json",
+            "{\"choices\": [",
+            "[1, 2]",
+            "{\"choices\": {}}",
+            "{\"choices\": [{\"delta\": 5}]}",
+            "{\"choices\": [{\"delta\": {\"content\": 5}}]}",
+            "{\"choices\": [{\"delta\": {\"content\": [{\"type\": \"image\"}]}}]}",
+            "{\"choices\": [{\"delta\": {\"tool_calls\": {\"index\": 0}}}]}",
+            "{\"choices\": [{\"delta\": {\"tool_calls\": [{\"index\": 64}]}}]}",
+            "{\"choices\": [{\"delta\": {\"tool_calls\": [{\"index\": 18446744073709551615}]}}]}",
+            "{\"choices\": [{\"delta\": {\"tool_calls\": [{\"index\": -1}]}}]}",
+            "{\"choices\": [{\"finish_reason\": 3}]}",
+            "{\"error\": {\"message\": \"overloaded\", \"code\": 502}}",
+        ];
+        for case in cases {
+            let mut assembly = StreamAssembly::default();
+            let outcome = assembly.push("message", case);
+            assert!(matches!(outcome, Err(ProviderError::Interrupted { .. })), "{case:?} gave {outcome:?}");
+        }
+        let mut assembly = StreamAssembly::default();
+        let error = assembly.push("message", "{\"error\": {\"message\": \"overloaded\"}}").unwrap_err();
+        assert_eq!(error, interrupted("the provider reported an error mid-stream: overloaded"));
+        let error = assembly.push("error", "{\"choices\": []}").unwrap_err();
+        assert_eq!(error, interrupted("the provider sent an error event"));
+        let long = json!({"error": {"message": "x".repeat(10_000)}}).to_string();
+        let Err(ProviderError::Interrupted { detail }) = assembly.push("message", &long) else {
+            panic!("not interrupted")
+        };
+        assert!(detail.len() < 300, "{}", detail.len());
+    }
+
+    #[test]
+    fn encodes_a_streamed_request() {
+        let request = ChatRequest {
+            purpose: Purpose::Explain,
+            tier: Tier::Sonnet,
+            messages: vec![Message::system("[creditgraph:explain] explain")],
+            tools: Vec::new(),
+            response_format: None,
+        };
+        let body: Value = serde_json::from_slice(&encode_request(&request, "m", true).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "m",
+                "messages": [{"role": "system", "content": "[creditgraph:explain] explain"}],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+            })
+        );
+    }
+
+    #[test]
+    fn recognises_an_event_stream() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_event_stream(&headers));
+        for (value, expected) in [
+            ("text/event-stream", true),
+            ("text/event-stream; charset=utf-8", true),
+            ("Text/Event-Stream", true),
+            ("application/json", false),
+            ("text/event-streams", false),
+        ] {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_event_stream(&headers), expected, "{value}");
+        }
     }
 
     #[test]
