@@ -336,7 +336,7 @@ async fn the_size_cap_counts_every_streamed_byte() {
     let fake = FakeProvider::start().await;
     // 100 words of 2 bytes: 200 bytes of text, but each word is a chunk of about 150 bytes.
     fake.on_each(Purpose::Explain, [FakeReply::text("ok"), FakeReply::text("w ".repeat(100))]);
-    let provider = provider_with(&fake, |config| config.response_bytes_max = 2048);
+    let provider = provider_with(&fake, |config| config.stream_bytes_max = 2048);
 
     let (within, _) = stream(&provider, request(Purpose::Explain)).await;
     let (over, deltas) = stream(&provider, request(Purpose::Explain)).await;

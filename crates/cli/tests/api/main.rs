@@ -18,4 +18,5 @@ mod sandbox;
 mod scenarios;
 mod solve;
 mod sse;
+mod streaming;
 mod workers;

@@ -43,6 +43,7 @@ pub const ENV_MODEL_SONNET: &str = "CREDITGRAPH_LLM_MODEL_SONNET";
 pub const ENV_MODEL_OPUS: &str = "CREDITGRAPH_LLM_MODEL_OPUS";
 pub const ENV_TIMEOUT_SECONDS: &str = "CREDITGRAPH_LLM_TIMEOUT_SECONDS";
 pub const ENV_STREAM_IDLE_TIMEOUT_SECONDS: &str = "CREDITGRAPH_LLM_STREAM_IDLE_TIMEOUT_SECONDS";
+pub const ENV_STREAM_BYTES_MAX: &str = "CREDITGRAPH_LLM_STREAM_BYTES_MAX";
 
 pub const TIMEOUT_SECONDS_DEFAULT: u64 = 60;
 pub const CONNECT_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
@@ -50,6 +51,10 @@ pub const RETRIES_MAX_DEFAULT: u32 = 2;
 pub const RETRY_BACKOFF_MS_DEFAULT: u64 = 200;
 pub const RESPONSE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 pub const STREAM_IDLE_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
+/// A streamed answer's bytes on the wire: its SSE framing and each chunk's JSON weigh about 60
+/// bytes per token of text, so 32 MiB holds an answer of some 500,000 tokens, beyond any
+/// model's output limit, while still bounding a provider that never stops.
+pub const STREAM_BYTES_MAX_DEFAULT: usize = 32 * 1024 * 1024;
 /// The bound of `timeout_seconds`, so that a deadline can always be computed.
 pub const TIMEOUT_SECONDS_MAX: u64 = 3600;
 /// The longest `Retry-After` honoured; a longer one is cut to this.
@@ -108,9 +113,11 @@ pub struct OpenAiConfig {
     pub retries_max: u32,
     /// The first back-off; doubled each retry, with jitter (a wait is in [b/2, b]).
     pub retry_backoff_ms: u64,
-    /// Bounds the bytes of one attempt's answer; for a stream, every byte received (the SSE
-    /// framing and the chunks' JSON, not only the text).
+    /// Bounds the bytes of one attempt's answer (not streamed).
     pub response_bytes_max: usize,
+    /// Bounds the bytes of one attempt's streamed answer: every byte received (the SSE framing
+    /// and the chunks' JSON, not only the text), so far more than `response_bytes_max`.
+    pub stream_bytes_max: usize,
     /// The longest a stream may go without a chunk (counted from the answer's headers; SSE
     /// comments such as keep-alives are not chunks). Does not apply to `complete`.
     pub stream_idle_timeout_seconds: u64,
@@ -128,6 +135,7 @@ impl OpenAiConfig {
             retries_max: RETRIES_MAX_DEFAULT,
             retry_backoff_ms: RETRY_BACKOFF_MS_DEFAULT,
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
+            stream_bytes_max: STREAM_BYTES_MAX_DEFAULT,
             stream_idle_timeout_seconds: STREAM_IDLE_TIMEOUT_SECONDS_DEFAULT,
         }
     }
@@ -143,6 +151,7 @@ impl OpenAiConfig {
             ENV_MODEL_OPUS,
             ENV_TIMEOUT_SECONDS,
             ENV_STREAM_IDLE_TIMEOUT_SECONDS,
+            ENV_STREAM_BYTES_MAX,
         ];
         for name in names {
             if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
@@ -177,6 +186,13 @@ impl OpenAiConfig {
         if let Some(text) = read(ENV_STREAM_IDLE_TIMEOUT_SECONDS) {
             config.stream_idle_timeout_seconds = parse_seconds(ENV_STREAM_IDLE_TIMEOUT_SECONDS, &text)?;
         }
+        if let Some(text) = read(ENV_STREAM_BYTES_MAX) {
+            config.stream_bytes_max =
+                text.parse().ok().filter(|bytes| *bytes > 0).ok_or_else(|| OpenAiConfigError {
+                    variable: ENV_STREAM_BYTES_MAX,
+                    detail: "must be a whole number of bytes, at least 1".to_owned(),
+                })?;
+        }
         Ok(Some(config))
     }
 
@@ -193,6 +209,9 @@ impl OpenAiConfig {
         }
         if self.response_bytes_max == 0 {
             return Err("response_bytes_max must be positive".to_owned());
+        }
+        if self.stream_bytes_max == 0 {
+            return Err("stream_bytes_max must be positive".to_owned());
         }
         for tier in Tier::ALL {
             if self.models.name(tier).trim().is_empty() {
@@ -215,6 +234,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("retries_max", &self.retries_max)
             .field("retry_backoff_ms", &self.retry_backoff_ms)
             .field("response_bytes_max", &self.response_bytes_max)
+            .field("stream_bytes_max", &self.stream_bytes_max)
             .field("stream_idle_timeout_seconds", &self.stream_idle_timeout_seconds)
             .finish()
     }
@@ -369,7 +389,7 @@ impl OpenAiProvider {
             }
             return Ok(answer);
         }
-        let bytes_max = self.config.response_bytes_max;
+        let bytes_max = self.config.stream_bytes_max;
         let mut received_bytes: usize = 0;
         let mut events = response
             .bytes_stream()
