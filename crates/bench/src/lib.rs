@@ -12,6 +12,7 @@
 //! (issue 16, target 1).
 
 pub mod baseline;
+pub mod first_token;
 pub mod http;
 pub mod inprocess;
 pub mod measure;

@@ -625,6 +625,36 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     }
     http_table(w, "Hot account at 1,000 requests/s (500 hold+capture arrivals/s)", &results.hot_fixed_rate);
     http_table(w, "Two server processes on one PostgreSQL database, hot account, saturated", &results.two_servers);
+    if let Some(first) = &results.first_token {
+        let _ = writeln!(w, "## Time to the first token (issue 18)\n");
+        let _ = writeln!(
+            w,
+            "`POST /v1/solve` over HTTP (the router and edge `creditgraph serve` runs) until the response's first \
+             `token` event; the provider streams the solver's answer, its first chunk {} ms after the request. \
+             {} turns per arm, alternating; the ledger on is durable SQLite (the balance read and the hold \
+             commit come before the solver starts), off is a ledger that answers at once. Target: the credit \
+             wiring adds ≤ 1 ms p50.\n",
+            first.first_chunk_delay_ms, first.turns
+        );
+        let _ = writeln!(w, "| ledger | p50 | p99 | max |");
+        let _ = writeln!(w, "|---|---|---|---|");
+        for (name, latency) in [("on (SQLite, durable)", first.ledger_on), ("off", first.ledger_off)] {
+            let _ = writeln!(
+                w,
+                "| {name} | {} | {} | {} |",
+                ms(latency.p50_micros),
+                ms(latency.p99_micros),
+                ms(latency.max_micros)
+            );
+        }
+        let met = if first.added_p50_micros <= 1_000 { "met" } else { "missed" };
+        let _ = writeln!(
+            w,
+            "\nThe credit wiring adds {:.2} ms p50, {:.2} ms p99 to the first token: target {met}.\n",
+            first.added_p50_micros as f64 / 1000.0,
+            first.added_p99_micros as f64 / 1000.0
+        );
+    }
     if let Some(cost) = &results.sandbox {
         let _ = writeln!(w, "## The `code_execute` sandbox (issue 17)\n");
         let _ = writeln!(

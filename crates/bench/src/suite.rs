@@ -100,12 +100,17 @@ pub struct Results {
     pub pile_up: Vec<crate::pileup::PileUp>,
     /// Issue 17: a `code_execute` call through the bubblewrap sandbox and the local executor.
     pub sandbox: Option<crate::sandbox::SandboxCost>,
+    /// Issue 18: time to the first `token` event over HTTP, ledger on and off.
+    pub first_token: Option<crate::first_token::FirstToken>,
 }
 
 /// Turns per arm (ledger on, ledger off) of the turn-overhead section: at 2,000 the p99 is the
 /// 20th-slowest turn, not one unlucky fsync (at 500 it was the 5th, and moved by milliseconds
 /// between runs of the same binary).
 pub const TURNS_PER_ARM: usize = 2_000;
+
+/// Turns per arm of the first-token section: each waits out the provider's first-chunk delay.
+pub const FIRST_TOKEN_TURNS_PER_ARM: usize = 500;
 
 /// p99 bound of the rate search (target 2), microseconds.
 pub const RATE_SEARCH_P99_MICROS_MAX: u64 = 10_000;
@@ -202,6 +207,17 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
         let streams = crate::streams::measure_stream_memory(&binary, count, &settings.data_dir).await?;
         eprintln!("bench: {} SSE streams cost {} bytes each", streams.streams, streams.bytes_per_stream);
         results.streams = Some(streams);
+    }
+    if wanted("first-token") {
+        let measured = crate::first_token::measure(if settings.smoke { 5 } else { FIRST_TOKEN_TURNS_PER_ARM }).await?;
+        eprintln!(
+            "bench: first token ledger on p50 {} µs p99 {} µs, off p50 {} µs p99 {} µs",
+            measured.ledger_on.p50_micros,
+            measured.ledger_on.p99_micros,
+            measured.ledger_off.p50_micros,
+            measured.ledger_off.p99_micros
+        );
+        results.first_token = Some(measured);
     }
     if wanted("sandbox") {
         let cost = crate::sandbox::measure(if settings.smoke { 3 } else { 200 }).await?;

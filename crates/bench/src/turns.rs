@@ -282,7 +282,7 @@ async fn instant_provider() -> FakeProvider {
 
 /// An engine over `ledger` and `runs`; `one_store` when they are the same store, so the settle is
 /// written with the run's end (as a server does), else sent to the ledger on its own.
-fn engine_over(
+pub(crate) fn engine_over(
     ledger: Arc<dyn LedgerStore>,
     runs: Arc<dyn RunStore>,
     one_store: bool,
@@ -312,7 +312,7 @@ pub async fn measure_turn_overhead(turns: usize) -> anyhow::Result<TurnOverhead>
     result
 }
 
-async fn open_store(dir: &Path, clock: Arc<dyn Clock>) -> anyhow::Result<SqliteStore> {
+pub(crate) async fn open_store(dir: &Path, clock: Arc<dyn Clock>) -> anyhow::Result<SqliteStore> {
     let options = SqliteOptions { synchronous: Synchronous::Full, ..SqliteOptions::default() };
     Ok(SqliteStore::open(&dir.join("turns.db"), clock, options).await?)
 }

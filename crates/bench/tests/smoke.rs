@@ -29,6 +29,8 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
     assert!(markdown.contains("## Targets (issue 16)"), "{markdown}");
     assert!(markdown.contains("## Targets (issue 6, kept for comparison)"), "{markdown}");
     assert!(markdown.contains("Invariant violations over every run (verify + conservation): **0**"), "{markdown}");
+    assert!(markdown.contains("## Time to the first token (issue 18)"), "{markdown}");
+    assert!(markdown.contains("**The hardened edge (issue 19)**"), "{markdown}");
     let chart = std::fs::read_to_string(out.path().join("docs/benchmarks/chart.svg")).expect("chart written");
     assert!(chart.starts_with("<svg") && chart.contains("<rect"), "{chart}");
 
@@ -57,7 +59,7 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
     for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches", "scale"] {
         assert!(!results["results"][section].as_array().expect(section).is_empty(), "{section} ran");
     }
-    for section in ["turns", "streams", "sandbox"] {
+    for section in ["turns", "streams", "sandbox", "first_token"] {
         assert!(results["results"][section].is_object(), "{section} ran");
     }
     let targets = results["targets"].as_array().expect("targets");
