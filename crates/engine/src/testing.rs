@@ -344,6 +344,12 @@ impl FakeProvider {
             .await
             .expect("the fake provider binds a loopback port");
         let address = listener.local_addr().expect("a bound listener has an address");
+        // A streamed answer is many small writes: without TCP_NODELAY, Nagle's algorithm holds
+        // each behind the client's delayed ACK (tens of milliseconds), which a real provider's
+        // stream does not suffer and the time-to-first-token benchmark must not measure.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {
                 eprintln!("the fake provider stopped: {error}");
