@@ -112,6 +112,7 @@ mod tests {
         };
         let feeding = async move {
             for (pause_ms, delta) in deltas {
+                // Virtual time (a paused clock): the gaps between deltas are the input under test.
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 sender.send(delta).expect("the forwarder listens");
             }
