@@ -18,14 +18,14 @@ use anyhow::Context;
 use engine::provider::Purpose;
 use engine::testing::{FakeChunk, FakeProvider, FakeReply};
 use futures::StreamExt;
-use ledger::{AccountId, Amount, Command, GrantId};
+use ledger::AccountId;
 use serde::Serialize;
 use serde_json::json;
-use store::{Clock, Executed, LedgerStore, Request, SystemClock};
+use store::{Clock, LedgerStore, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::{Latencies, LatencySummary};
-use crate::turns::{engine_over, open_store, NullLedger};
+use crate::turns::{engine_over, grant_credits, open_store, NullLedger};
 
 /// The provider's first chunk of the answer comes this long after the solver's request.
 pub const FIRST_CHUNK_DELAY_MS: u64 = 20;
@@ -125,19 +125,7 @@ pub async fn measure(turns: usize) -> anyhow::Result<FirstToken> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = Arc::new(open_store(dir.path(), clock.clone()).await?);
     let account_id = AccountId::parse(ACCOUNT).map_err(|error| anyhow::anyhow!("{error:?}"))?;
-    let grant = Command::Grant {
-        account_id: account_id.clone(),
-        grant_id: GrantId::parse("bench-first-token-grant").map_err(|error| anyhow::anyhow!("{error:?}"))?,
-        amount: Amount::from_credits(GRANT_CREDITS),
-        priority: 100,
-        expires_at: None,
-        reference: None,
-        metadata: "{}".to_owned(),
-    };
-    match store.execute(Request::new(grant)).await? {
-        Executed::Fresh(Ok(_)) => {}
-        other => anyhow::bail!("granting the benchmark account: {other:?}"),
-    }
+    grant_credits(store.as_ref(), &account_id, "bench-first-token-grant", GRANT_CREDITS).await?;
     let fake = streaming_provider().await;
     let null_ledger: Arc<dyn LedgerStore> = Arc::new(NullLedger::new(account_id.clone(), clock.clone()));
     let on_engine = engine_over(store.clone(), store.clone(), true, &fake, clock.clone());

@@ -300,6 +300,28 @@ pub(crate) fn engine_over(
     )
 }
 
+/// Grants `credits` to `account_id` in `store` (creating the account).
+pub(crate) async fn grant_credits(
+    store: &dyn LedgerStore,
+    account_id: &AccountId,
+    grant_id: &str,
+    credits: u64,
+) -> anyhow::Result<()> {
+    let grant = Command::Grant {
+        account_id: account_id.clone(),
+        grant_id: GrantId::parse(grant_id).map_err(anyhow_of)?,
+        amount: Amount::from_credits(credits),
+        priority: 100,
+        expires_at: None,
+        reference: None,
+        metadata: "{}".to_owned(),
+    };
+    match store.execute(Request::new(grant)).await? {
+        Executed::Fresh(Ok(_)) => Ok(()),
+        other => anyhow::bail!("granting the benchmark account: {other:?}"),
+    }
+}
+
 /// Runs `WARM_UP_TURNS` then `turns` measured turns on each engine, interleaved, and checks the
 /// SQLite ledger afterwards (see the module documentation).
 pub async fn measure_turn_overhead(turns: usize) -> anyhow::Result<TurnOverhead> {
@@ -319,19 +341,7 @@ pub(crate) async fn open_store(dir: &Path, clock: Arc<dyn Clock>) -> anyhow::Res
 
 async fn measure_on(store: Arc<SqliteStore>, clock: Arc<dyn Clock>, turns: usize) -> anyhow::Result<TurnOverhead> {
     let account_id = AccountId::parse(ACCOUNT).map_err(anyhow_of)?;
-    let grant = Command::Grant {
-        account_id: account_id.clone(),
-        grant_id: GrantId::parse("bench-turns-grant").map_err(anyhow_of)?,
-        amount: Amount::from_credits(GRANT_CREDITS),
-        priority: 100,
-        expires_at: None,
-        reference: None,
-        metadata: "{}".to_owned(),
-    };
-    match store.execute(Request::new(grant)).await? {
-        Executed::Fresh(Ok(_)) => {}
-        other => anyhow::bail!("granting the benchmark account: {other:?}"),
-    }
+    grant_credits(store.as_ref(), &account_id, "bench-turns-grant", GRANT_CREDITS).await?;
     let fake = instant_provider().await;
     let null_ledger = Arc::new(NullLedger::new(account_id.clone(), clock.clone()));
     let on = engine_over(store.clone(), store.clone(), true, &fake, clock.clone());

@@ -234,6 +234,33 @@ async fn streamed(
     (streamed.reply, streamed.rest)
 }
 
+/// A streamed call without tools at the solver's tier: the limit summary or the explanation.
+struct TextCall {
+    purpose: Purpose,
+    charge: Charge,
+    phase: SolvePhase,
+}
+
+/// Runs `call` streaming its text as `section`, meters it and reports its phase; returns its
+/// text and what gathered after the last piece sent.
+async fn text_call(
+    setup: &SolverSetup<'_>,
+    sink: &dyn SolverSink,
+    call: &TextCall,
+    messages: Vec<Message>,
+    section: Section,
+    iteration: u32,
+) -> Result<(String, String), StepFailure> {
+    let request =
+        ChatRequest { purpose: call.purpose, tier: setup.tier, messages, tools: Vec::new(), response_format: None };
+    let (reply, gathered) = streamed(setup, sink, request, section).await;
+    let reply = reply.map_err(|error| model_error(&call.purpose.as_str().replace('_', " "), error))?;
+    let price = setup.catalog.model_call(setup.tier);
+    sink.meter(CreditEntry::model_call(Node::Solver, call.charge, setup.tier, price, Tokens::of(reply.usage)));
+    sink.emit(Event::SolveProgress(SolveProgress { text: String::new(), iteration, phase: call.phase }));
+    Ok((reply.content.unwrap_or_default(), gathered))
+}
+
 /// Solves the problem within the catalog's limits.
 ///
 /// Every call whose text the user reads streams: the solver's calls and the limit summary (the
@@ -306,58 +333,24 @@ pub async fn solve(setup: &SolverSetup<'_>, sink: &dyn SolverSink) -> Result<(So
         // The limit was hit without a final answer: one summary call, the rest of the answer.
         messages.push(Message::user("The step limit is reached. Give your best final answer now, without tools."));
         messages[0] = system(Purpose::LimitSummary, "Summarise the work so far into a final answer.");
-        let request = ChatRequest {
-            purpose: Purpose::LimitSummary,
-            tier: setup.tier,
-            messages: messages.clone(),
-            tools: Vec::new(),
-            response_format: None,
-        };
-        let (reply, gathered) = streamed(setup, sink, request, Section::Answer).await;
-        let reply = reply.map_err(|error| model_error("limit summary", error))?;
-        sink.meter(CreditEntry::model_call(
-            Node::Solver,
-            Charge::LlmCallSummary,
-            setup.tier,
-            model_price,
-            Tokens::of(reply.usage),
-        ));
-        sink.emit(Event::SolveProgress(SolveProgress {
-            text: String::new(),
-            iteration: budget.model_calls,
-            phase: SolvePhase::Summary,
-        }));
-        answer.push_str(reply.content.as_deref().unwrap_or(""));
+        let call =
+            TextCall { purpose: Purpose::LimitSummary, charge: Charge::LlmCallSummary, phase: SolvePhase::Summary };
+        let (text, gathered) =
+            text_call(setup, sink, &call, messages.clone(), Section::Answer, budget.model_calls).await?;
+        answer.push_str(&text);
         rest.push_str(&gathered);
     }
     sink.text(Section::Answer, rest, true);
     let explanation = if setup.mode == ExplanationMode::Full && limits.explain_calls > 0 {
-        let request = ChatRequest {
-            purpose: Purpose::Explain,
-            tier: setup.tier,
-            messages: vec![
-                system(Purpose::Explain, "Explain the solution step by step for a student."),
-                Message::user(format!("Problem:\n{}\n\nSolution:\n{answer}", setup.problem)),
-            ],
-            tools: Vec::new(),
-            response_format: None,
-        };
-        let (reply, gathered) = streamed(setup, sink, request, Section::Explanation).await;
-        let reply = reply.map_err(|error| model_error("explain", error))?;
-        sink.meter(CreditEntry::model_call(
-            Node::Solver,
-            Charge::LlmCallExplain,
-            setup.tier,
-            model_price,
-            Tokens::of(reply.usage),
-        ));
-        sink.emit(Event::SolveProgress(SolveProgress {
-            text: String::new(),
-            iteration: budget.model_calls,
-            phase: SolvePhase::Explain,
-        }));
+        let messages = vec![
+            system(Purpose::Explain, "Explain the solution step by step for a student."),
+            Message::user(format!("Problem:\n{}\n\nSolution:\n{answer}", setup.problem)),
+        ];
+        let call = TextCall { purpose: Purpose::Explain, charge: Charge::LlmCallExplain, phase: SolvePhase::Explain };
+        let (text, gathered) =
+            text_call(setup, sink, &call, messages, Section::Explanation, budget.model_calls).await?;
         sink.text(Section::Explanation, gathered, true);
-        Some(reply.content.unwrap_or_default())
+        Some(text)
     } else {
         None
     };
