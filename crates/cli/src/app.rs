@@ -86,6 +86,16 @@ impl Application {
                  terminates in front (else use --tls-cert and --tls-key)"
             );
         }
+        if settings.api.test_clock.is_some() {
+            if !loopback {
+                bail!(
+                    "refusing to listen on {} with --test-clock: anyone with an admin token could move the \
+                     ledger's time; listen on a loopback address",
+                    settings.listen
+                );
+            }
+            tracing::warn!("--test-clock: POST /v1/test-clock/advance moves this server's time (tests and demos only)");
+        }
         let renderer_settings = RendererSettings::from_env()?;
         let renderer = renderer_settings.build(settings.runs.jobs.artifact_bytes_max)?;
         let listener =

@@ -142,6 +142,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDITGRAPH_RATE_LIMIT_ACCOUNTS_MAX", default_value_t = RATE_LIMIT_ACCOUNTS_MAX_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|value| value as usize))]
     pub rate_limit_accounts_max: usize,
+    /// Run on a test clock that `POST /v1/test-clock/advance` moves forward (tests and demos;
+    /// refused unless every listen address is loopback).
+    #[arg(long, env = "CREDITGRAPH_TEST_CLOCK")]
+    pub test_clock: bool,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }

@@ -45,8 +45,15 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         CommandLine::Serve(args) => {
-            let settings = Settings::from_args(args)?;
-            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let mut settings = Settings::from_args(args)?;
+            // With --test-clock every part of the server reads the one clock the API moves.
+            let clock: Arc<dyn Clock> = if args.test_clock {
+                let test_clock = Arc::new(store::TestClock::new());
+                settings.api.test_clock = Some(Arc::clone(&test_clock));
+                test_clock
+            } else {
+                Arc::new(SystemClock)
+            };
             // Signals first: a SIGTERM during start-up must also stop the server gracefully.
             let shutdown = CancellationToken::new();
             let signals = shutdown::cancel_on_signal(shutdown.clone());

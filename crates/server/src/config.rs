@@ -73,6 +73,10 @@ pub struct ApiConfig {
     pub requests_in_flight_max: usize,
     /// Rate limits of the routes that start spending; off by default.
     pub rate_limits: RateLimits,
+    /// The server's clock when it runs with `--test-clock` (the same clock the stores and the
+    /// engine read): `POST /v1/test-clock/advance` moves it. `None`: those routes answer
+    /// `404 test_clock_disabled`.
+    pub test_clock: Option<std::sync::Arc<store::TestClock>>,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +96,7 @@ impl Default for ApiConfig {
             handler_timeout_seconds: 30,
             requests_in_flight_max: 1024,
             rate_limits: RateLimits::default(),
+            test_clock: None,
         }
     }
 }
@@ -116,6 +121,7 @@ impl fmt::Debug for ApiConfig {
             .field("handler_timeout_seconds", &self.handler_timeout_seconds)
             .field("requests_in_flight_max", &self.requests_in_flight_max)
             .field("rate_limits", &self.rate_limits)
+            .field("test_clock", &self.test_clock.as_ref().map(|_| "on"))
             .finish()
     }
 }

@@ -275,6 +275,7 @@ const POST_ROUTES: &[PostRoute] = &[
     PostRoute { path: "/v1/runs/{id}/cancel", template: || json!({}) },
     PostRoute { path: "/v1/jobs/{id}/cancel", template: || json!({}) },
     PostRoute { path: "/v1/worker/claim", template: || json!({"worker_id": "w1"}) },
+    PostRoute { path: "/v1/test-clock/advance", template: || json!({"seconds": 60}) },
     PostRoute {
         path: "/v1/worker/jobs/{id}/heartbeat",
         template: || json!({"worker_id": "w1", "stage": "rendering", "progress": 50}),
@@ -395,6 +396,7 @@ const GET_ROUTES: &[&str] = &[
     "/v1/threads/{id}",
     "/v1/threads/{id}/jobs",
     "/v1/jobs/{id}",
+    "/v1/test-clock",
     "/v1/openapi.json",
     "/healthz",
     "/readyz",

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, health, holds, jobs, runs, worker};
+use crate::routes::{accounts, health, holds, jobs, runs, test_clock, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,8 @@ use crate::routes::{accounts, health, holds, jobs, runs, worker};
         worker::claim,
         worker::heartbeat,
         worker::finish,
+        test_clock::get_test_clock,
+        test_clock::advance_test_clock,
         health::healthz,
         health::readyz,
         health::openapi,

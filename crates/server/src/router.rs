@@ -21,7 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::ApiConfig;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
-use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs, worker};
+use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs, test_clock, worker};
 use crate::state::AppState;
 
 /// The ledger API over one store (no metered runs).
@@ -69,6 +69,8 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::POST, "/v1/worker/claim", post(worker::claim), Timing::Handler),
         (Method::POST, "/v1/worker/jobs/{job_id}/heartbeat", post(worker::heartbeat), Timing::Handler),
         (Method::POST, "/v1/worker/jobs/{job_id}/finish", post(worker::finish), Timing::Streams),
+        (Method::GET, "/v1/test-clock", get(test_clock::get_test_clock), Timing::Handler),
+        (Method::POST, "/v1/test-clock/advance", post(test_clock::advance_test_clock), Timing::Handler),
         (Method::GET, "/v1/openapi.json", get(health::openapi), Timing::Handler),
         (Method::GET, "/healthz", get(health::healthz), Timing::Handler),
         (Method::GET, "/readyz", get(health::readyz), Timing::Handler),

@@ -20,6 +20,39 @@ impl Clock for SystemClock {
     }
 }
 
+/// Wall-clock time plus an offset an operator moves forward (`creditgraph serve --test-clock`,
+/// `POST /v1/test-clock/advance`), like Stripe's test clocks: time keeps running, and a month of
+/// expiries can be seen in seconds. Never moves backwards: a journal's times only grow.
+#[derive(Debug, Default)]
+pub struct TestClock {
+    offset_micros: AtomicI64,
+}
+
+impl TestClock {
+    pub fn new() -> TestClock {
+        TestClock::default()
+    }
+
+    /// Moves the clock `seconds` forward; the new time.
+    pub fn advance_seconds(&self, seconds: u64) -> Timestamp {
+        let micros = i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        self.offset_micros.fetch_add(micros, Ordering::SeqCst);
+        self.now()
+    }
+
+    /// How far ahead of the wall clock this clock is.
+    pub fn offset_seconds(&self) -> i64 {
+        self.offset_micros.load(Ordering::SeqCst) / 1_000_000
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        let offset = self.offset_micros.load(Ordering::SeqCst);
+        Timestamp::from_micros(SystemClock.now().micros().saturating_add(offset))
+    }
+}
+
 /// A clock that moves only when told to.
 #[derive(Debug)]
 pub struct ManualClock(AtomicI64);

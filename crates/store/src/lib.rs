@@ -29,7 +29,7 @@ use ledger::{
     Violation,
 };
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, TestClock};
 pub use ids::{ArtifactId, JobId, RunId, ThreadId};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 pub use keys::{KeyUse, KeyedRun, RecordedResponse};

@@ -196,3 +196,10 @@ fn a_broken_catalog_stops_start_up_naming_file_line_and_key() {
     let expected = format!("{}:{line}: models.sonnet", catalog.display());
     assert!(stderr.contains(&expected), "expected `{expected}` in {stderr}");
 }
+
+#[test]
+fn serve_refuses_a_public_address_with_a_test_clock() {
+    let (code, stderr) = serve_refusal(&["--listen", "0.0.0.0:0", "--tokens", "admin:s3cret", "--test-clock"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with --test-clock"), "{stderr}");
+}

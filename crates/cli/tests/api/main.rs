@@ -19,4 +19,5 @@ mod scenarios;
 mod solve;
 mod sse;
 mod streaming;
+mod test_clock;
 mod workers;

@@ -306,6 +306,23 @@ pub struct StatusResponse {
     pub status: String,
 }
 
+/// `POST /v1/test-clock/advance`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceTestClockRequest {
+    /// How far to move the server's clock forward (at most 366 days per call).
+    pub seconds: u64,
+}
+
+/// The server's test clock.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestClockResponse {
+    /// The server's time now (RFC 3339, UTC).
+    pub now: String,
+    /// How far ahead of the wall clock it is.
+    pub offset_seconds: i64,
+}
+
 /// RFC 9457 problem details with a stable `code`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {

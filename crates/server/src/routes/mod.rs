@@ -6,6 +6,7 @@ pub mod health;
 pub mod holds;
 pub mod jobs;
 pub mod runs;
+pub mod test_clock;
 pub mod worker;
 
 use axum::http::StatusCode;
