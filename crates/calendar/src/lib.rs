@@ -58,9 +58,11 @@ pub const INSTANT_MICROS_MAX: i64 = 253_370_764_800_000_000 - 1;
 pub const TEXT_BYTES_MAX: usize = 64;
 
 /// How many single-period steps may correct the arithmetic estimate of the current period.
-/// The estimate, made in local civil time, is off only when an offset change lies between the
-/// instant and a period boundary: by one period, or two where a zone skipped a whole day.
-pub const CORRECTION_STEPS_MAX: u32 = 4;
+/// The estimate is exact in local civil time; it is off only when an offset change lies
+/// between the instant and a period boundary, and then by one period (the property tests, run
+/// with a bound of one over every bundled zone near its transitions, never needed more). The
+/// second step is a margin, not a loop: exceeding it is a broken invariant and panics.
+pub const CORRECTION_STEPS_MAX: u32 = 2;
 
 /// The bundled copy of the IANA time-zone database, and no other: even when another crate in
 /// the build turns on jiff's system-database features, schedules read this one.
@@ -155,11 +157,7 @@ impl Schedule {
     /// A schedule of `period`s in the IANA zone `time_zone_name`. `anchor_micros`, if given,
     /// is an instant whose local time (and weekday, or day of month) every period starts at;
     /// without it a day starts at 00:00, a week on Monday 00:00, a month on the 1st at 00:00.
-    pub fn new(
-        period: Period,
-        time_zone_name: &str,
-        anchor_micros: Option<i64>,
-    ) -> Result<Schedule, CalendarError> {
+    pub fn new(period: Period, time_zone_name: &str, anchor_micros: Option<i64>) -> Result<Schedule, CalendarError> {
         let unknown = || CalendarError::UnknownTimeZone { name: bounded(time_zone_name) };
         if time_zone_name.len() > TEXT_BYTES_MAX {
             return Err(unknown());
@@ -264,9 +262,7 @@ impl Schedule {
             Period::Month => jiff::Span::new().try_months(index),
         }
         .expect("periods between instants in range fit a jiff span");
-        self.anchor
-            .checked_add(step)
-            .expect("periods near instants in range are inside jiff's civil range")
+        self.anchor.checked_add(step).expect("periods near instants in range are inside jiff's civil range")
     }
 
     /// The instant period `index` starts at: its civil start resolved by the `compatible` rule.

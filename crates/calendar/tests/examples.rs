@@ -55,14 +55,8 @@ fn a_seoul_day_starts_at_local_midnight_and_lasts_24_hours() {
     let midnight = utc("2026-12-01T15:00:00Z");
     assert_eq!(midnight, local("Asia/Seoul", "2026-12-02T00:00"));
 
-    assert_eq!(
-        days.period_at(midnight),
-        Ok(Span { start_micros: midnight, end_micros: midnight + DAY_MICROS })
-    );
-    assert_eq!(
-        days.period_at(midnight - 1),
-        Ok(Span { start_micros: midnight - DAY_MICROS, end_micros: midnight })
-    );
+    assert_eq!(days.period_at(midnight), Ok(Span { start_micros: midnight, end_micros: midnight + DAY_MICROS }));
+    assert_eq!(days.period_at(midnight - 1), Ok(Span { start_micros: midnight - DAY_MICROS, end_micros: midnight }));
     assert_eq!(days.period_at(midnight + DAY_MICROS - 1).map(|span| span.start_micros), Ok(midnight));
 
     for span in periods(&days, midnight, 800) {
@@ -128,10 +122,7 @@ fn a_month_anchored_on_the_31st_clamps_to_shorter_months_without_drifting() {
         })
     );
     // ...and the day before it is still January's period; a leap February clamps to the 29th.
-    assert_eq!(
-        months.period_at(local("Europe/Berlin", "2027-02-27T23:59")).map(|span| span.start_micros),
-        Ok(anchor)
-    );
+    assert_eq!(months.period_at(local("Europe/Berlin", "2027-02-27T23:59")).map(|span| span.start_micros), Ok(anchor));
     assert_eq!(
         months.period_at(local("Europe/Berlin", "2028-03-01T00:00")).map(|span| span.start_micros),
         Ok(local("Europe/Berlin", "2028-02-29T00:00"))
@@ -149,9 +140,20 @@ fn a_month_anchored_on_29_february_starts_on_the_29th_and_leap_februaries_have_2
     assert_eq!(
         starts,
         [
-            "2028-01-29", "2028-02-29", "2028-03-29", "2028-04-29", "2028-05-29", "2028-06-29",
-            "2028-07-29", "2028-08-29", "2028-09-29", "2028-10-29", "2028-11-29", "2028-12-29",
-            "2029-01-29", "2029-02-28",
+            "2028-01-29",
+            "2028-02-29",
+            "2028-03-29",
+            "2028-04-29",
+            "2028-05-29",
+            "2028-06-29",
+            "2028-07-29",
+            "2028-08-29",
+            "2028-09-29",
+            "2028-10-29",
+            "2028-11-29",
+            "2028-12-29",
+            "2029-01-29",
+            "2029-02-28",
         ]
     );
     assert_eq!(
@@ -199,10 +201,7 @@ fn a_start_in_a_dst_gap_moves_forward_and_one_in_a_fold_takes_the_earlier_instan
     // Chile springs forward at midnight: 2026-09-06T00:00 does not exist in Santiago.
     let santiago = zone("America/Santiago");
     let missing: DateTime = "2026-09-06T00:00".parse().expect("civil");
-    assert!(matches!(
-        santiago.to_ambiguous_timestamp(missing).offset(),
-        jiff::tz::AmbiguousOffset::Gap { .. }
-    ));
+    assert!(matches!(santiago.to_ambiguous_timestamp(missing).offset(), jiff::tz::AmbiguousOffset::Gap { .. }));
     let days = schedule(Period::Day, "America/Santiago", None);
     let gap_day = days.period_at(local("America/Santiago", "2026-09-06T12:00")).expect("in range");
     assert_eq!(civil_at("America/Santiago", gap_day.start_micros).to_string(), "2026-09-06T01:00:00");
@@ -211,6 +210,17 @@ fn a_start_in_a_dst_gap_moves_forward_and_one_in_a_fold_takes_the_earlier_instan
     assert_eq!(before.end_micros, gap_day.start_micros);
     assert_eq!(before.end_micros - before.start_micros, 24 * HOUR_MICROS);
     assert_eq!(gap_day.end_micros - gap_day.start_micros, 23 * HOUR_MICROS);
+
+    // A day anchored at 02:30 starts at 03:30 EDT on 2026-03-08, so 03:15 EDT that morning
+    // still belongs to the day before.
+    let anchor = local("America/New_York", "2026-03-01T02:30");
+    let days = schedule(Period::Day, "America/New_York", Some(anchor));
+    let late_start = local("America/New_York", "2026-03-08T03:30");
+    assert_eq!(
+        days.period_at(local("America/New_York", "2026-03-08T03:15")),
+        Ok(Span { start_micros: local("America/New_York", "2026-03-07T02:30"), end_micros: late_start })
+    );
+    assert_eq!(days.period_at(late_start).map(|span| span.start_micros), Ok(late_start));
 
     // 01:30 happens twice in New York on 2026-11-01; the day starts at the first (EDT).
     let anchor = local("America/New_York", "2026-10-01T01:30");
@@ -290,10 +300,7 @@ fn instants_and_anchors_outside_the_range_are_errors() {
                 assert!(first.contains(INSTANT_MICROS_MIN));
                 let last = schedule.period_at(INSTANT_MICROS_MAX).expect("the maximum is in range");
                 assert!(last.contains(INSTANT_MICROS_MAX));
-                assert_eq!(
-                    schedule.next(last),
-                    Err(CalendarError::InstantOutOfRange { micros: last.end_micros })
-                );
+                assert_eq!(schedule.next(last), Err(CalendarError::InstantOutOfRange { micros: last.end_micros }));
             }
         }
     }
