@@ -20,7 +20,8 @@
 //!   anchor's local time of day (default 00:00); a week on the anchor's weekday at its time
 //!   (default Monday 00:00); a month on the anchor's day of month at its time (default the 1st,
 //!   00:00). The schedule extends both ways from the anchor: an anchor in the future still
-//!   defines the current period.
+//!   defines the current period. Only the anchor's local civil time counts: an anchor instant
+//!   in the second pass of a fold (the repeated hour) starts its period at the first pass.
 //! - **Month ends clamp**: period `k` starts at the anchor plus `k` months, computed from the
 //!   anchor each time, so a month anchored on the 31st starts on the last day of shorter months
 //!   and returns to the 31st (31 Jan → 28 Feb → 31 Mar → 30 Apr) — it never drifts. A month
