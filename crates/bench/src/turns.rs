@@ -179,6 +179,9 @@ impl NullLedger {
                 Outcome::Refunded { grant, created: true }
             }
             Command::Sweep { .. } => Outcome::Swept { entries: 0 },
+            Command::CreateAllowance { .. } | Command::EndAllowances { .. } | Command::SubscribePlan { .. } => {
+                unreachable!("a turn never manages allowances")
+            }
         })
     }
 }

@@ -222,6 +222,15 @@ impl Schedule {
         );
     }
 
+    /// `at_micros` as the schedule's zone shows it, in RFC 3339 with the local offset
+    /// (`2026-12-02T00:00:00+09:00`): how a period's start is named in its grant's reference.
+    pub fn local_rfc3339(&self, at_micros: i64) -> Result<String, CalendarError> {
+        if !(INSTANT_MICROS_MIN..=INSTANT_MICROS_MAX).contains(&at_micros) {
+            return Err(CalendarError::InstantOutOfRange { micros: at_micros });
+        }
+        Ok(timestamp(at_micros).to_zoned(self.time_zone.clone()).strftime("%Y-%m-%dT%H:%M:%S%.f%:z").to_string())
+    }
+
     /// The period after `span`: the one containing `span.end_micros`, which for a span this
     /// schedule returned is the one starting there. Fails only when that instant is past
     /// [`INSTANT_MICROS_MAX`].

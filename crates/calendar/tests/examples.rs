@@ -305,3 +305,18 @@ fn instants_and_anchors_outside_the_range_are_errors() {
         }
     }
 }
+
+/// A period's start is named in the zone's local time with its offset, as grant references
+/// show it.
+#[test]
+fn local_rfc3339_shows_the_zones_offset() {
+    let seoul = Schedule::new(Period::Day, "Asia/Seoul", None).expect("valid");
+    let span = seoul.period_at(utc("2026-12-01T15:00:00Z")).expect("in range");
+    assert_eq!(seoul.local_rfc3339(span.start_micros).expect("in range"), "2026-12-02T00:00:00+09:00");
+    let new_york = Schedule::new(Period::Day, "America/New_York", None).expect("valid");
+    assert_eq!(
+        new_york.local_rfc3339(utc("2026-07-01T04:00:00.25Z")).expect("in range"),
+        "2026-07-01T00:00:00.25-04:00"
+    );
+    assert!(new_york.local_rfc3339(-1).is_err());
+}

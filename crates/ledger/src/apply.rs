@@ -6,8 +6,9 @@
 //! keep it: [`execute_in_place`] leaves it exactly as it was on a rejection, without copying it.
 
 use crate::{
-    AccountId, AccountState, Allocation, Amount, Command, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId,
-    HoldState, Outcome, Overage, Reference, Rejection, Timestamp,
+    AccountId, AccountState, Allocation, Allowance, AllowanceId, Amount, Command, Entry, EntryKind, Grant, GrantId,
+    GrantKind, Hold, HoldId, HoldState, Outcome, Overage, Reference, Rejection, Rollover, Timestamp,
+    ALLOWANCES_ACTIVE_MAX,
 };
 
 /// What a successful command changed. Stores write the listed grants and holds as they stand in
@@ -18,10 +19,17 @@ pub struct Changes {
     pub account_created: bool,
     pub grants: Vec<GrantId>,
     pub holds: Vec<HoldId>,
+    pub allowances: Vec<AllowanceId>,
     pub entries: Vec<Entry>,
 }
 
 impl Changes {
+    fn touch_allowance(&mut self, allowance_id: &AllowanceId) {
+        if !self.allowances.contains(allowance_id) {
+            self.allowances.push(allowance_id.clone());
+        }
+    }
+
     fn touch_grant(&mut self, grant_id: &GrantId) {
         if !self.grants.contains(grant_id) {
             self.grants.push(grant_id.clone());
@@ -35,7 +43,11 @@ impl Changes {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.account_created && self.grants.is_empty() && self.holds.is_empty() && self.entries.is_empty()
+        !self.account_created
+            && self.grants.is_empty()
+            && self.holds.is_empty()
+            && self.allowances.is_empty()
+            && self.entries.is_empty()
     }
 }
 
@@ -149,7 +161,10 @@ fn new_account(command: &Command, now: Timestamp) -> Result<AccountState, Reject
     if !command.creates_account() {
         return Err(Rejection::AccountNotFound);
     }
-    let Command::Grant { account_id, .. } = command else { unreachable!("only grants create accounts") };
+    let account_id = match command.target() {
+        crate::Target::Account(account_id) => account_id,
+        crate::Target::Hold(_) => unreachable!("a command that creates an account names it"),
+    };
     Ok(AccountState::new(account_id.clone(), now))
 }
 
@@ -241,7 +256,9 @@ fn grant_due(grant: &Grant, now: Timestamp) -> bool {
 
 /// Whether [`advance`] at `now` would change anything.
 fn has_due_expiry(state: &AccountState, now: Timestamp) -> bool {
-    state.holds.iter().any(|hold| hold_due(hold, now)) || state.grants.iter().any(|grant| grant_due(grant, now))
+    state.holds.iter().any(|hold| hold_due(hold, now))
+        || state.grants.iter().any(|grant| grant_due(grant, now))
+        || state.allowances.iter().any(|allowance| allowance.ungranted_due().is_some())
 }
 
 fn advance_with(state: &mut AccountState, now: Timestamp, journal: &mut Journal<'_>, changes: &mut Changes) {
@@ -273,6 +290,110 @@ fn advance_with(state: &mut AccountState, now: Timestamp, journal: &mut Journal<
         changes.touch_grant(&grant_id);
         journal.push(changes, EntryKind::GrantExpired, amount, None, Some(&grant_id), None, at);
     }
+    // Allowances last: the period that ended expired above (rollover none) before the next
+    // one's credits arrive.
+    for index in 0..state.allowances.len() {
+        grant_allowance_period(state, index, now, journal, changes);
+    }
+}
+
+/// Grants allowance `index`'s due period if it is still missing (after trimming earlier
+/// periods' credits to its rollover cap). A period whose credits would pass the balance limit
+/// is left ungranted (it is tried again at the next decision).
+fn grant_allowance_period(
+    state: &mut AccountState,
+    index: usize,
+    now: Timestamp,
+    journal: &mut Journal<'_>,
+    changes: &mut Changes,
+) {
+    let allowance = &state.allowances[index];
+    let Some(due) = allowance.ungranted_due().cloned() else { return };
+    // Contract with the store: `due` is the period at this decision's `now`.
+    assert!(due.start <= now && now < due.end, "an allowance's due period does not contain now");
+    assert!(allowance.starts_at <= now && !allowance.has_ended_at(now), "an allowance due outside its life");
+    let at = due.start.max(allowance.created_at);
+    if let Rollover::Cap(cap) = allowance.rollover {
+        let prefix = allowance.grant_reference_prefix();
+        trim_to_cap(state, &prefix, cap, at, journal, changes);
+    }
+    let allowance = &state.allowances[index];
+    if check_balance_room(state, allowance.amount).is_err() {
+        return;
+    }
+    assert!(state.grant(&due.grant_id).is_none(), "a period's grant exists but the allowance says it is missing");
+    let grant = Grant {
+        grant_id: due.grant_id.clone(),
+        account_id: state.account_id.clone(),
+        kind: GrantKind::Allowance,
+        amount: allowance.amount,
+        free: allowance.amount,
+        pinned: Amount::ZERO,
+        priority: allowance.priority,
+        expires_at: match allowance.rollover {
+            Rollover::None => Some(due.end),
+            Rollover::Keep | Rollover::Cap(_) => None,
+        },
+        created_at: at,
+        reference: Some(due.reference.clone()),
+        metadata: "{}".to_owned(),
+        live: true,
+    };
+    let amount = grant.amount;
+    state.grants.push(grant);
+    changes.touch_grant(&due.grant_id);
+    journal.push(changes, EntryKind::Grant, amount, None, Some(&due.grant_id), Some(&due.reference), at);
+    let allowance = &mut state.allowances[index];
+    allowance.granted_period = Some(due.start);
+    allowance.next_due_at = next_due_after(allowance, due.end);
+    changes.touch_allowance(&allowance.allowance_id);
+}
+
+/// When an allowance next needs a decision, once its period ending at `period_end` is granted.
+fn next_due_after(allowance: &Allowance, period_end: Timestamp) -> Option<Timestamp> {
+    match allowance.ends_at {
+        Some(ends_at) if ends_at <= period_end => None,
+        _ => Some(period_end),
+    }
+}
+
+/// Expires the free credits of the grants whose reference starts with `prefix` (one
+/// allowance's earlier periods) above `cap` in total, oldest first.
+fn trim_to_cap(
+    state: &mut AccountState,
+    prefix: &str,
+    cap: Amount,
+    at: Timestamp,
+    journal: &mut Journal<'_>,
+    changes: &mut Changes,
+) {
+    let of_allowance = |grant: &Grant| {
+        grant.kind == GrantKind::Allowance
+            && grant.reference.as_ref().is_some_and(|reference| reference.as_str().starts_with(prefix))
+    };
+    let total = Amount::sum(state.grants.iter().filter(|grant| of_allowance(grant)).map(|grant| grant.free));
+    if total <= cap {
+        return;
+    }
+    let mut excess = total.minus(cap);
+    let mut order: Vec<usize> = (0..state.grants.len()).filter(|&index| of_allowance(&state.grants[index])).collect();
+    order.sort_by_key(|&index| (state.grants[index].created_at, state.grants[index].grant_id.clone()));
+    for index in order {
+        if excess.is_zero() {
+            break;
+        }
+        let grant = &mut state.grants[index];
+        let take = grant.free.min(excess);
+        if take.is_zero() {
+            continue;
+        }
+        grant.free = grant.free.minus(take);
+        excess = excess.minus(take);
+        let grant_id = grant.grant_id.clone();
+        changes.touch_grant(&grant_id);
+        journal.push(changes, EntryKind::GrantExpired, take, None, Some(&grant_id), None, at);
+    }
+    assert!(excess.is_zero(), "the cap trimmed less than the excess");
 }
 
 impl Grant {
@@ -592,7 +713,116 @@ fn apply_command(
             Ok(Outcome::Refunded { grant, created: true })
         }
         Command::Sweep { .. } => Ok(Outcome::Swept { entries: changes.entries.len() }),
+        Command::CreateAllowance { allowance } => {
+            check_allowance_room(state, 1, now)?;
+            let index = add_allowance(state, allowance, now, changes);
+            grant_allowance_period(state, index, now, journal, changes);
+            Ok(Outcome::AllowanceCreated { allowance: Box::new(state.allowances[index].clone()) })
+        }
+        Command::EndAllowances { allowances, plan, .. } => {
+            let targets = allowances_to_end(state, allowances, *plan, now)?;
+            let changed = end_allowances(state, &targets, now, changes);
+            let allowances = targets.iter().map(|&index| state.allowances[index].clone()).collect();
+            Ok(Outcome::AllowancesEnded { allowances, changed })
+        }
+        Command::SubscribePlan { plan_id, allowances, .. } => {
+            let current: Vec<usize> = (0..state.allowances.len())
+                .filter(|&index| state.allowances[index].plan_id.is_some() && state.allowances[index].ends_at.is_none())
+                .collect();
+            if !current.is_empty()
+                && current.iter().all(|&index| state.allowances[index].plan_id.as_ref() == Some(plan_id))
+            {
+                // Already on this plan: nothing changes (a retry without its key lands here).
+                let allowances = current.iter().map(|&index| state.allowances[index].clone()).collect();
+                return Ok(Outcome::PlanSubscribed { plan_id: plan_id.clone(), allowances, ended: Vec::new() });
+            }
+            check_allowance_room(state, allowances.len(), now)?;
+            let _ = end_allowances(state, &current, now, changes);
+            let ended = current.iter().map(|&index| state.allowances[index].clone()).collect();
+            let mut created = Vec::with_capacity(allowances.len());
+            for allowance in allowances {
+                assert_eq!(allowance.plan_id.as_ref(), Some(plan_id), "a plan's allowances name the plan");
+                let index = add_allowance(state, allowance, now, changes);
+                grant_allowance_period(state, index, now, journal, changes);
+                created.push(state.allowances[index].clone());
+            }
+            Ok(Outcome::PlanSubscribed { plan_id: plan_id.clone(), allowances: created, ended })
+        }
     }
+}
+
+/// Refuses adding `adding` allowances when the account would then have more than
+/// [`ALLOWANCES_ACTIVE_MAX`] that have not ended (one ending at its period's end still counts).
+fn check_allowance_room(state: &AccountState, adding: usize, now: Timestamp) -> Result<(), Rejection> {
+    let active = state.allowances.iter().filter(|allowance| !allowance.has_ended_at(now)).count();
+    if active + adding > ALLOWANCES_ACTIVE_MAX {
+        return Err(Rejection::AllowanceLimit);
+    }
+    Ok(())
+}
+
+/// Adds a new allowance as the command brings it (its `due` set by the store), nothing granted
+/// yet; returns its index.
+fn add_allowance(state: &mut AccountState, allowance: &Allowance, now: Timestamp, changes: &mut Changes) -> usize {
+    assert!(state.allowance(&allowance.allowance_id).is_none(), "allowance ids are new");
+    assert_eq!(allowance.account_id, state.account_id, "an allowance of another account");
+    let mut allowance = allowance.clone();
+    allowance.created_at = now;
+    allowance.granted_period = None;
+    let first_due = allowance.starts_at.max(now);
+    allowance.next_due_at =
+        allowance.ends_at.map_or(Some(first_due), |ends_at| (first_due < ends_at).then_some(first_due));
+    changes.touch_allowance(&allowance.allowance_id);
+    state.allowances.push(allowance);
+    state.allowances.len() - 1
+}
+
+/// The allowances an [`Command::EndAllowances`] ends: those named (each must be one that has
+/// not ended) and, with `plan`, every one that came from a plan.
+fn allowances_to_end(
+    state: &AccountState,
+    named: &[AllowanceId],
+    plan: bool,
+    now: Timestamp,
+) -> Result<Vec<usize>, Rejection> {
+    let mut targets = Vec::new();
+    for allowance_id in named {
+        let index = state
+            .allowances
+            .iter()
+            .position(|allowance| &allowance.allowance_id == allowance_id && !allowance.has_ended_at(now))
+            .ok_or(Rejection::AllowanceNotFound)?;
+        if !targets.contains(&index) {
+            targets.push(index);
+        }
+    }
+    if plan {
+        for (index, allowance) in state.allowances.iter().enumerate() {
+            if allowance.plan_id.is_some() && !allowance.has_ended_at(now) && !targets.contains(&index) {
+                targets.push(index);
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Ends each allowance at the end of its current period (at `now` when none is current): it
+/// grants nothing after. Returns whether any end moved.
+fn end_allowances(state: &mut AccountState, targets: &[usize], now: Timestamp, changes: &mut Changes) -> bool {
+    let mut changed = false;
+    for &index in targets {
+        let allowance = &mut state.allowances[index];
+        let end = allowance.due.as_ref().map_or(now, |due| due.end);
+        let end = allowance.ends_at.map_or(end, |ends_at| ends_at.min(end));
+        if allowance.ends_at == Some(end) {
+            continue;
+        }
+        allowance.ends_at = Some(end);
+        allowance.next_due_at = allowance.next_due_at.filter(|next| *next < end);
+        changed = true;
+        changes.touch_allowance(&allowance.allowance_id);
+    }
+    changed
 }
 
 /// Recomputes each grant's `live` flag: live while it has free credits or a pending hold pins

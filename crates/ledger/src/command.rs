@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-use crate::{AccountId, Amount, Balances, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference, Timestamp};
+use crate::{
+    AccountId, Allowance, AllowanceId, Amount, Balances, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, PlanId,
+    Reference, Timestamp, ALLOWANCES_ACTIVE_MAX,
+};
 
 /// What a capture does with an amount above the hold's remaining part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,28 @@ pub enum Command {
     Sweep {
         account_id: AccountId,
     },
+    /// Adds a recurring allowance (its `granted_period` and `next_due_at` are the ledger's to
+    /// set; the store sets its `due` period like every loaded allowance's). The period at `now`,
+    /// if any, is granted by the same command. Creates the account.
+    CreateAllowance {
+        allowance: Allowance,
+    },
+    /// Ends allowances at the end of their current period (at once if none has started): the
+    /// current period's credits stay, no later period is granted. `allowances` names them;
+    /// `plan` ends every allowance that came from a plan as well.
+    EndAllowances {
+        account_id: AccountId,
+        allowances: Vec<AllowanceId>,
+        plan: bool,
+    },
+    /// Switches the account to a plan: ends the allowances of its current plan as
+    /// [`Command::EndAllowances`] does, then adds the plan's (all or nothing). Creates the
+    /// account.
+    SubscribePlan {
+        account_id: AccountId,
+        plan_id: PlanId,
+        allowances: Vec<Allowance>,
+    },
 }
 
 /// Which account a command acts on: named directly, or through a hold.
@@ -82,7 +107,10 @@ impl Command {
             | Command::Hold { account_id, .. }
             | Command::Debit { account_id, .. }
             | Command::Refund { account_id, .. }
-            | Command::Sweep { account_id } => Target::Account(account_id),
+            | Command::Sweep { account_id }
+            | Command::EndAllowances { account_id, .. }
+            | Command::SubscribePlan { account_id, .. } => Target::Account(account_id),
+            Command::CreateAllowance { allowance } => Target::Account(&allowance.account_id),
             Command::Capture { hold_id, .. } | Command::Release { hold_id } | Command::Extend { hold_id, .. } => {
                 Target::Hold(hold_id)
             }
@@ -111,7 +139,25 @@ impl Command {
 
     /// Whether this command may create the account.
     pub fn creates_account(&self) -> bool {
-        matches!(self, Command::Grant { .. })
+        matches!(self, Command::Grant { .. } | Command::CreateAllowance { .. } | Command::SubscribePlan { .. })
+    }
+
+    /// The allowances this command brings, whose `due` period the store sets before deciding.
+    pub fn new_allowances_mut(&mut self) -> &mut [Allowance] {
+        match self {
+            Command::CreateAllowance { allowance } => std::slice::from_mut(allowance),
+            Command::SubscribePlan { allowances, .. } => allowances,
+            _ => &mut [],
+        }
+    }
+
+    /// The allowances this command brings (see [`Command::new_allowances_mut`]).
+    pub fn new_allowances(&self) -> &[Allowance] {
+        match self {
+            Command::CreateAllowance { allowance } => std::slice::from_ref(allowance),
+            Command::SubscribePlan { allowances, .. } => allowances,
+            _ => &[],
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -124,6 +170,9 @@ impl Command {
             Command::Debit { .. } => "debit",
             Command::Refund { .. } => "refund",
             Command::Sweep { .. } => "sweep",
+            Command::CreateAllowance { .. } => "create_allowance",
+            Command::EndAllowances { .. } => "end_allowances",
+            Command::SubscribePlan { .. } => "subscribe_plan",
         }
     }
 }
@@ -132,14 +181,50 @@ impl Command {
 /// that the ledger answers without change (same reference, release of a released hold).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Granted { grant: Grant, created: bool },
-    Held { hold: Hold },
-    Captured { hold: Hold },
-    Released { hold: Hold, changed: bool },
-    Extended { hold: Hold },
-    Debited { account_id: AccountId, amount: Amount, balances: Balances },
-    Refunded { grant: Grant, created: bool },
-    Swept { entries: usize },
+    Granted {
+        grant: Grant,
+        created: bool,
+    },
+    Held {
+        hold: Hold,
+    },
+    Captured {
+        hold: Hold,
+    },
+    Released {
+        hold: Hold,
+        changed: bool,
+    },
+    Extended {
+        hold: Hold,
+    },
+    Debited {
+        account_id: AccountId,
+        amount: Amount,
+        balances: Balances,
+    },
+    Refunded {
+        grant: Grant,
+        created: bool,
+    },
+    Swept {
+        entries: usize,
+    },
+    /// The allowance as created, its current period granted if one had started.
+    AllowanceCreated {
+        allowance: Box<Allowance>,
+    },
+    /// The allowances as they now end (`changed`: whether any end moved).
+    AllowancesEnded {
+        allowances: Vec<Allowance>,
+        changed: bool,
+    },
+    /// The plan's allowances as created, and the ended ones of the plan before.
+    PlanSubscribed {
+        plan_id: PlanId,
+        allowances: Vec<Allowance>,
+        ended: Vec<Allowance>,
+    },
 }
 
 /// Typed views of an outcome, one per command that answers with a record: the variant that
@@ -214,6 +299,10 @@ pub enum Rejection {
     BalanceLimit,
     /// A grant whose `expires_at` is not in the future.
     ExpiryNotInFuture,
+    /// The account would have more than [`ALLOWANCES_ACTIVE_MAX`] allowances that have not ended.
+    AllowanceLimit,
+    /// No allowance of the account that has not ended has this id.
+    AllowanceNotFound,
 }
 
 impl Rejection {
@@ -229,6 +318,8 @@ impl Rejection {
             Rejection::RefundExceedsCharges { .. } => "refund_exceeds_charges",
             Rejection::BalanceLimit => "invalid_amount",
             Rejection::ExpiryNotInFuture => "invalid_request",
+            Rejection::AllowanceLimit => "allowance_limit",
+            Rejection::AllowanceNotFound => "allowance_not_found",
         }
     }
 }
@@ -251,6 +342,10 @@ impl fmt::Display for Rejection {
             }
             Rejection::BalanceLimit => write!(f, "the balance would exceed {} credits", Amount::BALANCE_MAX),
             Rejection::ExpiryNotInFuture => f.write_str("expires_at must be in the future"),
+            Rejection::AllowanceLimit => {
+                write!(f, "an account has at most {ALLOWANCES_ACTIVE_MAX} allowances that have not ended")
+            }
+            Rejection::AllowanceNotFound => f.write_str("no such allowance (or it has ended)"),
         }
     }
 }

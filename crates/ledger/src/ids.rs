@@ -72,6 +72,17 @@ id_type!(
     GrantId,
     "grant_id"
 );
+id_type!(
+    /// A recurring allowance's id; the service generates them. An allowance's period grants
+    /// have ids derived from it (see `AllowancePeriod`), so keep it short.
+    AllowanceId,
+    "allowance_id"
+);
+id_type!(
+    /// A plan's id (a named set of allowances); chosen by the operator.
+    PlanId,
+    "plan_id"
+);
 
 /// A client-chosen reference (grant, refund, hold, debit) or idempotency key:
 /// 1–255 characters, no control characters.

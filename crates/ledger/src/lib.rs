@@ -20,9 +20,12 @@ mod verify;
 pub use amount::{Amount, AmountError, MICROS_PER_CREDIT};
 pub use apply::{advance, execute, execute_in_place, view, view_hold, Applied, Changes};
 pub use command::{Command, Outcome, Overage, Rejection, Target};
-pub use ids::{check_id, AccountId, GrantId, HoldId, IdError, Reference, ID_LENGTH_MAX, REFERENCE_LENGTH_MAX};
+pub use ids::{
+    check_id, AccountId, AllowanceId, GrantId, HoldId, IdError, PlanId, Reference, ID_LENGTH_MAX, REFERENCE_LENGTH_MAX,
+};
 pub use model::{
-    AccountState, Allocation, Balances, Deltas, Entry, EntryKind, Grant, GrantKind, Hold, HoldState, Totals,
+    AccountState, Allocation, Allowance, AllowancePeriod, Balances, Deltas, Entry, EntryKind, Grant, GrantKind, Hold,
+    HoldState, Rollover, Totals, ALLOWANCES_ACTIVE_MAX,
 };
 pub use time::{Timestamp, MICROS_PER_SECOND};
 pub use verify::{verify_account, StoredAccount, Violation};

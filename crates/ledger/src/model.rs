@@ -1,13 +1,15 @@
 //! The ledger's records: grants, holds, journal entries and one account's state.
 
-use crate::{AccountId, Amount, GrantId, HoldId, Reference, Timestamp};
+use crate::{AccountId, AllowanceId, Amount, GrantId, HoldId, PlanId, Reference, Timestamp};
 
-/// Where a grant came from: an operator's grant or a refund of an earlier charge.
-/// References are unique per account *within* a kind.
+/// Where a grant came from: an operator's grant, a refund of an earlier charge, or one period of
+/// a recurring allowance. References are unique per account *within* a kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GrantKind {
     Grant,
     Refund,
+    /// A period's credits of an [`Allowance`]; its reference is `<allowance_id>:<period start>`.
+    Allowance,
 }
 
 impl GrantKind {
@@ -15,6 +17,7 @@ impl GrantKind {
         match self {
             GrantKind::Grant => "grant",
             GrantKind::Refund => "refund",
+            GrantKind::Allowance => "allowance",
         }
     }
 
@@ -22,8 +25,100 @@ impl GrantKind {
         match text {
             "grant" => Some(GrantKind::Grant),
             "refund" => Some(GrantKind::Refund),
+            "allowance" => Some(GrantKind::Allowance),
             _ => None,
         }
+    }
+}
+
+/// Most allowances an account may have that have not ended (limits on everything: each is
+/// scheduled on every decision about the account).
+pub const ALLOWANCES_ACTIVE_MAX: usize = 16;
+
+/// What happens to a period's unspent credits when the next period starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rollover {
+    /// They expire at the period's end.
+    None,
+    /// They stay (the period grants never expire).
+    Keep,
+    /// They stay, but when a period starts, the allowance's earlier grants keep at most this
+    /// much free in total; the excess expires then.
+    Cap(Amount),
+}
+
+impl Rollover {
+    pub fn kind_str(self) -> &'static str {
+        match self {
+            Rollover::None => "none",
+            Rollover::Keep => "keep",
+            Rollover::Cap(_) => "cap",
+        }
+    }
+}
+
+/// The period of an allowance's schedule that contains the decision's `now`, as the store's
+/// calendar computed it, with the id and reference its grant gets. The ledger has no calendar:
+/// it only compares and applies these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowancePeriod {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub grant_id: GrantId,
+    /// `<allowance_id>:<period start>`: unique per account among allowance grants, so a period
+    /// is granted at most once whatever wrote it.
+    pub reference: Reference,
+}
+
+/// Credits granted again every period (a daily allowance, a plan's monthly credits).
+///
+/// Granted lazily and exactly: whoever decides about the account at `now` applies the period
+/// containing `now` if it was not granted yet (see [`crate::advance`]). Only that period:
+/// periods that passed while nobody looked are never granted afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowance {
+    pub allowance_id: AllowanceId,
+    pub account_id: AccountId,
+    /// Credits granted each period.
+    pub amount: Amount,
+    /// The priority of its grants (lower is spent first).
+    pub priority: i32,
+    pub rollover: Rollover,
+    /// The schedule (period, time zone, anchor) as the store's calendar reads it; the ledger
+    /// never looks inside.
+    pub schedule: String,
+    /// No period is granted before this instant.
+    pub starts_at: Timestamp,
+    /// No period is granted at or after this instant (`None`: never ends).
+    pub ends_at: Option<Timestamp>,
+    pub reference: Option<Reference>,
+    /// The plan this allowance came from, if any: switching plans ends these.
+    pub plan_id: Option<PlanId>,
+    pub created_at: Timestamp,
+    /// The start of the last period granted.
+    pub granted_period: Option<Timestamp>,
+    /// When this allowance next needs a decision (a period to grant), for the sweeper; `None`
+    /// once it has ended.
+    pub next_due_at: Option<Timestamp>,
+    /// The period at the decision's `now`, set by the store before each decision (never
+    /// stored); `None` outside `starts_at..ends_at`.
+    pub due: Option<AllowancePeriod>,
+}
+
+impl Allowance {
+    /// Whether no further period will ever be granted, as of `now`.
+    pub fn has_ended_at(&self, now: Timestamp) -> bool {
+        self.ends_at.is_some_and(|ends_at| ends_at <= now)
+    }
+
+    /// The due period if its grant is still missing.
+    pub fn ungranted_due(&self) -> Option<&AllowancePeriod> {
+        self.due.as_ref().filter(|due| self.granted_period.is_none_or(|granted| granted < due.start))
+    }
+
+    /// The reference prefix of this allowance's period grants.
+    pub fn grant_reference_prefix(&self) -> String {
+        format!("{}:", self.allowance_id)
     }
 }
 
@@ -247,6 +342,9 @@ pub struct AccountState {
     pub grants: Vec<Grant>,
     /// Only the due and the named holds (see above), never a complete list.
     pub holds: Vec<Hold>,
+    /// The allowances that have not ended (at most [`ALLOWANCES_ACTIVE_MAX`]), each with its
+    /// `due` period set by the store for the decision's `now`.
+    pub allowances: Vec<Allowance>,
 }
 
 /// Balance figures of an account at a moment.
@@ -269,6 +367,7 @@ impl AccountState {
             held: Amount::ZERO,
             grants: Vec::new(),
             holds: Vec::new(),
+            allowances: Vec::new(),
         }
     }
 
@@ -285,5 +384,9 @@ impl AccountState {
 
     pub fn grant(&self, grant_id: &GrantId) -> Option<&Grant> {
         self.grants.iter().find(|grant| &grant.grant_id == grant_id)
+    }
+
+    pub fn allowance(&self, allowance_id: &AllowanceId) -> Option<&Allowance> {
+        self.allowances.iter().find(|allowance| &allowance.allowance_id == allowance_id)
     }
 }

@@ -535,3 +535,75 @@ fn verify_reports_kept_figures_that_disagree_with_the_holds() {
     assert!(violations[0].detail.contains("pinned"), "{violations:?}");
     assert_eq!(verify_account(&book.journal, &stored("4", "0")).len(), 1, "a pin missing from its grant");
 }
+
+/// An allowance as the store hands it to the ledger: `due` is the period `[start, end)`.
+fn allowance_due(amount: &str, rollover: Rollover, start: Timestamp, end: Timestamp) -> Allowance {
+    Allowance {
+        allowance_id: AllowanceId::parse("al1").unwrap(),
+        account_id: account(),
+        amount: cr(amount),
+        priority: 0,
+        rollover,
+        schedule: "{}".to_owned(),
+        starts_at: start,
+        ends_at: None,
+        reference: None,
+        plan_id: None,
+        created_at: start,
+        granted_period: None,
+        next_due_at: Some(start),
+        due: Some(AllowancePeriod {
+            start,
+            end,
+            grant_id: GrantId::parse(&format!("al1.{}", start.micros())).unwrap(),
+            reference: Reference::parse(&format!("al1:{}", start.micros())).unwrap(),
+        }),
+    }
+}
+
+/// A due allowance period is granted by the decision that sees it, at the period's start, once;
+/// a rejected command leaves it ungranted (the state exactly as before), and a view shows it.
+#[test]
+fn a_due_allowance_is_granted_once_and_a_rejection_leaves_it_due() {
+    let day = 86_400_000_000;
+    let mut state = Some(AccountState::new(account(), T0));
+    state.as_mut().unwrap().allowances.push(allowance_due("10", Rollover::None, T0, T0.plus_micros(day)));
+    let before = state.clone();
+    let now = T0.plus_seconds(60);
+    let debit = |credits: &str| Command::Debit { account_id: account(), amount: cr(credits), reference: None };
+    let rejected = execute_in_place(&mut state, &debit("11"), now, None);
+    assert_eq!(rejected, Err(Rejection::InsufficientCredits { required: cr("11"), available: cr("10") }));
+    assert_eq!(state, before, "a rejection changes nothing, the due grant included");
+    assert_eq!(view(state.as_ref().unwrap(), now).materialized().available, cr("10"));
+
+    let (_, changes) = execute_in_place(&mut state, &debit("4"), now, None).unwrap();
+    let kinds: Vec<_> = changes.entries.iter().map(|entry| (entry.kind, entry.at)).collect();
+    assert_eq!(kinds, [(EntryKind::Grant, T0), (EntryKind::Debit, now)]);
+    assert_eq!(changes.allowances.len(), 1);
+    let granted = state.as_ref().unwrap().allowances[0].clone();
+    assert_eq!((granted.granted_period, granted.next_due_at), (Some(T0), Some(T0.plus_micros(day))));
+    let (_, changes) = execute_in_place(&mut state, &debit("1"), now, None).unwrap();
+    assert_eq!(changes.entries.len(), 1, "the period is not granted twice");
+    assert_eq!(state.unwrap().materialized().available, cr("5"));
+}
+
+/// Rollover `cap`: when a period starts, the allowance's earlier grants keep at most the cap
+/// (oldest expire first), then the new period's credits arrive.
+#[test]
+fn a_capped_rollover_trims_earlier_periods_first() {
+    let day = 86_400_000_000;
+    let mut state = Some(AccountState::new(account(), T0));
+    let first = allowance_due("10", Rollover::Cap(cr("3")), T0, T0.plus_micros(day));
+    state.as_mut().unwrap().allowances.push(first);
+    let sweep = Command::Sweep { account_id: account() };
+    execute_in_place(&mut state, &sweep, T0, None).unwrap();
+    let next = T0.plus_micros(day);
+    let mut second = allowance_due("10", Rollover::Cap(cr("3")), next, next.plus_micros(day));
+    second.granted_period = Some(T0);
+    second.created_at = T0;
+    state.as_mut().unwrap().allowances[0].due = second.due;
+    let (_, changes) = execute_in_place(&mut state, &sweep, next, None).unwrap();
+    let kinds: Vec<_> = changes.entries.iter().map(|entry| (entry.kind, entry.amount)).collect();
+    assert_eq!(kinds, [(EntryKind::GrantExpired, cr("7")), (EntryKind::Grant, cr("10"))]);
+    assert_eq!(state.unwrap().materialized().available, cr("13"));
+}

@@ -200,6 +200,9 @@ impl From<&Rejection> for ApiError {
             Rejection::BalanceLimit | Rejection::ExpiryNotInFuture => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
             }
+            Rejection::AllowanceLimit => ApiError::new(StatusCode::CONFLICT, code, detail)
+                .with("allowances_max", serde_json::Value::from(ledger::ALLOWANCES_ACTIVE_MAX)),
+            Rejection::AllowanceNotFound => ApiError::new(StatusCode::NOT_FOUND, code, detail),
         }
     }
 }

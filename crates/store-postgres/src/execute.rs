@@ -48,7 +48,7 @@ use std::pin::Pin;
 
 use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
-use ledger::{AccountId, AccountState, Amount, Entry, Grant, Hold, HoldId, Target, Timestamp};
+use ledger::{AccountId, AccountState, Allowance, Amount, Entry, Grant, Hold, HoldId, Target, Timestamp};
 use store::codec::{self, undecodable};
 use store::protocol::{self, AccountRow, Decider, PendingHolds, Writes};
 use store::{Executed, Idempotency, Request, StoreError};
@@ -129,6 +129,16 @@ fn live_grants_sql() -> String {
 }
 /// The pending holds a base state carries ([`PendingHolds`]) of every account in `$1`: those
 /// due at `$2` (through `holds_pending_by_account_expiry`), never all of them.
+/// The allowances of the batch's accounts that have not ended at `$2`.
+pub(crate) const ALLOWANCES: &str = "SELECT data FROM allowances WHERE account_id = ANY($1) \
+     AND (ends_at IS NULL OR ends_at > $2) ORDER BY account_id, allowance_id";
+
+const UPSERT_ALLOWANCES: &str = "INSERT INTO allowances (allowance_id, account_id, ends_at, next_due_at, data) \
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[]) \
+     ON CONFLICT (allowance_id) DO UPDATE SET ends_at = EXCLUDED.ends_at, next_due_at = EXCLUDED.next_due_at, \
+         data = EXCLUDED.data \
+     WHERE allowances.account_id = EXCLUDED.account_id RETURNING allowance_id";
+
 fn pending_holds_sql(pending_holds: PendingHolds) -> String {
     match pending_holds {
         PendingHolds::DueAt(_) => format!(
@@ -363,9 +373,13 @@ impl Load {
         let due_at = due_at.micros();
         let accounts_for_grants = accounts.clone();
         let accounts_for_holds = accounts.clone();
+        let accounts_for_allowances = accounts.clone();
         pending.push(Box::pin(async move { transaction.query(&lock, &[&accounts]).await }));
         pending.push(Box::pin(async move { transaction.query(&grants, &[&accounts_for_grants]).await }));
         pending.push(Box::pin(async move { transaction.query(&holds, &[&accounts_for_holds, &due_at]).await }));
+        let allowances = transaction.prepare_cached(ALLOWANCES).await?;
+        pending
+            .push(Box::pin(async move { transaction.query(&allowances, &[&accounts_for_allowances, &due_at]).await }));
         let named_holds = !named.is_empty();
         if named_holds {
             let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
@@ -392,7 +406,7 @@ impl Load {
             return Ok(states);
         }
         let mut next = || replies.next().expect("one reply per queued read");
-        let (account_rows, grant_rows, hold_rows) = (next(), next(), next());
+        let (account_rows, grant_rows, hold_rows, allowance_rows) = (next(), next(), next(), next());
         let named_holds = if self.named_holds { next() } else { Vec::new() };
         let referenced = if self.referenced_grants { next() } else { Vec::new() };
         for row in &account_rows {
@@ -412,6 +426,12 @@ impl Load {
             let hold: Hold = hold?;
             if let Some(state) = states.get_mut(hold.account_id.as_str()) {
                 state.holds.push(hold);
+            }
+        }
+        for allowance in allowance_rows.iter().map(rows::allowance) {
+            let allowance = allowance?;
+            if let Some(state) = states.get_mut(allowance.account_id.as_str()) {
+                state.allowances.push(allowance);
             }
         }
         for hold in named_holds.iter().map(rows::hold) {
@@ -461,6 +481,7 @@ struct Checked {
     /// Grants and holds upserted: an id that belongs to another account writes no row.
     grants: Option<(usize, usize)>,
     holds: Option<(usize, usize)>,
+    allowances: Option<(usize, usize)>,
 }
 
 /// Writes what the protocol lists ([`Writes`]) for every account of the batch, one statement per
@@ -528,6 +549,9 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp)
     let holds: Vec<&Hold> = changed.iter().flat_map(|writes| writes.holds()).collect();
     checked.holds = Some((pending.len(), holds.len())).filter(|(_, count)| *count > 0);
     push_holds(transaction, holds, &mut pending).await?;
+    let allowances: Vec<&Allowance> = changed.iter().flat_map(|writes| writes.allowances()).collect();
+    checked.allowances = Some((pending.len(), allowances.len())).filter(|(_, count)| *count > 0);
+    push_allowances(transaction, allowances, &mut pending).await?;
     let entries: Vec<&Entry> = changed.iter().flat_map(|writes| writes.entries()).collect();
     if !entries.is_empty() {
         checked.entries = Some(pending.len());
@@ -568,7 +592,7 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp)
     }
     // Ids are the service's (UUIDv7), unique across accounts: a reused one is refused, never
     // written over another account's row.
-    for (checked, what) in [(checked.grants, "grant"), (checked.holds, "hold")] {
+    for (checked, what) in [(checked.grants, "grant"), (checked.holds, "hold"), (checked.allowances, "allowance")] {
         if let Some((index, count)) = checked {
             if replies[index].len() != count {
                 return Err(Failure::Store(StoreError::corrupt(format!(
@@ -637,6 +661,29 @@ async fn push_grants<'a>(
             &live,
             &pinned,
         ];
+        transaction.query(&statement, &params).await
+    }));
+    Ok(())
+}
+
+async fn push_allowances<'a>(
+    transaction: &'a Transaction<'_>,
+    allowances: Vec<&'a Allowance>,
+    pending: &mut Vec<PendingRows<'a>>,
+) -> Result<(), Failure> {
+    if allowances.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction.prepare_cached(UPSERT_ALLOWANCES).await?;
+    let allowance_id: Vec<&str> = allowances.iter().map(|allowance| allowance.allowance_id.as_str()).collect();
+    let account_id: Vec<&str> = allowances.iter().map(|allowance| allowance.account_id.as_str()).collect();
+    let ends_at: Vec<Option<i64>> =
+        allowances.iter().map(|allowance| allowance.ends_at.map(Timestamp::micros)).collect();
+    let next_due_at: Vec<Option<i64>> =
+        allowances.iter().map(|allowance| allowance.next_due_at.map(Timestamp::micros)).collect();
+    let data: Vec<String> = allowances.iter().map(|allowance| codec::encode_allowance(allowance).to_string()).collect();
+    pending.push(Box::pin(async move {
+        let params: [&(dyn ToSql + Sync); 5] = [&allowance_id, &account_id, &ends_at, &next_due_at, &data];
         transaction.query(&statement, &params).await
     }));
     Ok(())

@@ -499,7 +499,10 @@ impl PostgresStore {
         let account_statement = client.prepare_cached(&account_sql).await.map_err(store_error)?;
         let grants_statement = client.prepare_cached(&grants_sql).await.map_err(store_error)?;
         let holds_statement = client.prepare_cached(&execute::due_holds_sql()).await.map_err(store_error)?;
+        let allowances_statement = client.prepare_cached(execute::ALLOWANCES).await.map_err(store_error)?;
         let id = account_id.as_str();
+        let ids = [id];
+        let by_accounts_at: [&(dyn ToSql + Sync); 2] = [&ids.as_slice(), &now.micros()];
         let by_account: [&(dyn ToSql + Sync); 1] = [&id];
         let due_at = now.micros();
         let due: [&(dyn ToSql + Sync); 2] = [&id, &due_at];
@@ -510,14 +513,15 @@ impl PostgresStore {
             Box::pin(client.query(&account_statement, &by_account)),
             Box::pin(client.query(&grants_statement, &by_account)),
             Box::pin(client.query(&holds_statement, &due)),
+            Box::pin(client.query(&allowances_statement, &by_accounts_at)),
             Box::pin(control("COMMIT")),
         ];
         let mut replies = Vec::with_capacity(pending.len());
         for reply in execute::join_in_order(pending).await {
             replies.push(reply.map_err(store_error)?);
         }
-        let [_, account_rows, grant_rows, hold_rows, _] =
-            <[Vec<tokio_postgres::Row>; 5]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
+        let [_, account_rows, grant_rows, hold_rows, allowance_rows, _] =
+            <[Vec<tokio_postgres::Row>; 6]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
         let Some(account_row) = account_rows.first() else { return Ok(None) };
         let (account_id, created_at, totals, held) = rows::account(account_row)?;
         let mut state = AccountState::new(account_id, created_at);
@@ -525,10 +529,12 @@ impl PostgresStore {
         state.held = held;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
         state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
+        state.allowances = allowance_rows.iter().map(rows::allowance).collect::<Result<_, _>>()?;
         Ok(Some(state))
     }
 
-    /// Accounts with an expiry due at `now`: a pending hold or a live grant's free part.
+    /// Accounts with an expiry due at `now` (a pending hold or a live grant's free part) or an
+    /// allowance period to grant.
     async fn due_accounts(&self, now: Timestamp, accounts_max: u32) -> Result<Vec<AccountId>, StoreError> {
         let client = self.client().await?;
         let statement = client
@@ -536,6 +542,8 @@ impl PostgresStore {
                 "SELECT account_id FROM holds WHERE state = 'pending' AND expires_at <= $1 \
                  UNION \
                  SELECT account_id FROM grants WHERE live AND free > 0 AND expires_at <= $1 \
+                 UNION \
+                 SELECT account_id FROM allowances WHERE next_due_at <= $1 \
                  ORDER BY account_id LIMIT $2",
             )
             .await

@@ -127,3 +127,9 @@ pub(crate) fn entry(row: &Row) -> Result<Entry, StoreError> {
         idempotency_key: get::<Option<String>>(row, 10, "idempotency_key")?,
     })
 }
+
+/// An allowance from its `data` column (the whole record).
+pub(crate) fn allowance(row: &Row) -> Result<ledger::Allowance, StoreError> {
+    let data: &str = get(row, 0, "allowance")?;
+    codec::decode_allowance_text(data)
+}

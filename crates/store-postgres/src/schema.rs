@@ -248,6 +248,30 @@ CREATE INDEX holds_pending_by_account_expiry ON holds (account_id, expires_at) W
 CREATE INDEX holds_by_account_state ON holds (account_id, state, hold_id COLLATE "C");
 "#,
     },
+    // Issue 15: recurring allowances.
+    Migration {
+        version: 8,
+        sql: r#"
+-- A period's credits are a grant of kind 'allowance' (reference `<allowance_id>:<period start>`,
+-- unique per account and kind like every grant reference).
+ALTER TABLE grants DROP CONSTRAINT grants_kind_check;
+ALTER TABLE grants ADD CONSTRAINT grants_kind_check CHECK (kind IN ('grant', 'refund', 'allowance'));
+
+-- One row per allowance: `data` is the whole record (store::codec::encode_allowance); the other
+-- columns are copies of the fields queries filter on, always written from the same record.
+CREATE TABLE allowances (
+    allowance_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (account_id),
+    -- NULL: never ends. An allowance is loaded with its account until it has ended.
+    ends_at BIGINT,
+    -- The sweeper's question: which accounts have an allowance period to grant?
+    next_due_at BIGINT,
+    data TEXT NOT NULL
+);
+CREATE INDEX allowances_by_account ON allowances (account_id, ends_at);
+CREATE INDEX allowances_due ON allowances (next_due_at) WHERE next_due_at IS NOT NULL;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -5,8 +5,8 @@
 //! driver error ever panics.
 
 use ledger::{
-    AccountId, AccountState, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference,
-    Timestamp, Totals,
+    AccountId, AccountState, Allowance, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState,
+    Reference, Timestamp, Totals,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use store::protocol::PendingHolds;
@@ -187,7 +187,53 @@ pub(crate) fn load_account(
         query_all(&mut statement, [account_id.as_str()], decode_grant)?
     };
     let holds = pending(conn, account_id, pending_holds)?;
-    Ok(Some(AccountState { account_id: account_id.clone(), created_at, totals, held, grants, holds }))
+    let PendingHolds::DueAt(now) = pending_holds;
+    let allowances = allowances(conn, account_id, now)?;
+    Ok(Some(AccountState { account_id: account_id.clone(), created_at, totals, held, grants, holds, allowances }))
+}
+
+/// The account's allowances that have not ended at `now` (at most `ALLOWANCES_ACTIVE_MAX`),
+/// oldest first.
+pub(crate) fn allowances(
+    conn: &Connection,
+    account_id: &AccountId,
+    now: Timestamp,
+) -> Result<Vec<Allowance>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT data FROM allowances WHERE account_id = ?1 AND (ends_at IS NULL OR ends_at > ?2) ORDER BY rowid",
+        )
+        .map_err(sql_error)?;
+    query_all(&mut statement, params![account_id.as_str(), now.micros()], |row| {
+        codec::decode_allowance_text(&get::<String>(row, 0)?)
+    })
+}
+
+/// Inserts a new allowance or rewrites an existing one (its end, its granted period and next
+/// due time change). An id of another account is refused rather than overwritten.
+pub(crate) fn upsert_allowance(conn: &Connection, allowance: &Allowance) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO allowances (allowance_id, account_id, ends_at, next_due_at, data) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (allowance_id) DO UPDATE SET ends_at = excluded.ends_at, \
+                 next_due_at = excluded.next_due_at, data = excluded.data \
+             WHERE allowances.account_id = excluded.account_id",
+        )
+        .map_err(sql_error)?;
+    let written = statement
+        .execute(params![
+            allowance.allowance_id.as_str(),
+            allowance.account_id.as_str(),
+            allowance.ends_at.map(Timestamp::micros),
+            allowance.next_due_at.map(Timestamp::micros),
+            codec::encode_allowance(allowance).to_string(),
+        ])
+        .map_err(sql_error)?;
+    if written != 1 {
+        let id = &allowance.allowance_id;
+        return Err(StoreError::corrupt(format!("allowance id {id} already belongs to another account")));
+    }
+    Ok(())
 }
 
 /// The account's pending holds that `pending_holds` names, in expiry order: O(due), through
@@ -376,14 +422,17 @@ pub(crate) fn orphan_journal_accounts(conn: &Connection, limit: u32) -> Result<V
     query_all(&mut statement, [i64::from(limit)], |row| get_account_id(row, 0))
 }
 
-/// Accounts with an expiry due at `now`: a pending hold at or past its expiry, or free credits of
-/// a live grant at or past its expiry. The same test as `ledger::advance` producing entries.
+/// Accounts with an expiry due at `now`: a pending hold at or past its expiry, free credits of
+/// a live grant at or past its expiry, or an allowance with a period to grant. The same test as
+/// `ledger::advance` producing entries.
 pub(crate) fn due_accounts(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<AccountId>, StoreError> {
     let mut statement = conn
         .prepare_cached(
             "SELECT account_id FROM holds WHERE state = 'pending' AND expires_at <= ?1 \
              UNION \
              SELECT account_id FROM grants WHERE live = 1 AND expires_at IS NOT NULL AND expires_at <= ?1 AND free > 0 \
+             UNION \
+             SELECT account_id FROM allowances WHERE next_due_at <= ?1 \
              LIMIT ?2",
         )
         .map_err(sql_error)?;

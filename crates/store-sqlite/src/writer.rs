@@ -673,6 +673,9 @@ impl Writer {
         for hold in writes.holds() {
             rows::upsert_hold(&self.conn, hold)?;
         }
+        for allowance in writes.allowances() {
+            rows::upsert_allowance(&self.conn, allowance)?;
+        }
         for entry in writes.entries() {
             rows::insert_entry(&self.conn, entry)?;
         }

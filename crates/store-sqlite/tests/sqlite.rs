@@ -372,7 +372,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
         // Back to what a version-1 build wrote.
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.execute_batch(&format!(
-            "{UNDO_VERSION_7} DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; \
+            "{UNDO_VERSION_8} {UNDO_VERSION_7} DROP TABLE run_events; DROP TABLE instances; DROP TABLE jobs; DROP TABLE artifacts; \
              DROP TABLE runs; \
              DROP TABLE threads; \
              DELETE FROM schema_migrations WHERE version >= 2;"
@@ -382,7 +382,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     assert_eq!(schema_versions(&path), vec![1]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
@@ -404,14 +404,14 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.execute_batch(&format!(
-            "{UNDO_VERSION_7} {UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3;"
+            "{UNDO_VERSION_8} {UNDO_VERSION_7} {UNDO_VERSION_6} DROP TABLE instances; DROP TABLE jobs; DELETE FROM schema_migrations WHERE version >= 3;"
         ))
         .expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1, 2]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
     assert_eq!(
@@ -425,6 +425,8 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 const UNDO_VERSION_6: &str = "DROP INDEX runs_hold_pending; DROP INDEX runs_cancel_requested; DROP TABLE run_events; \
      ALTER TABLE runs DROP COLUMN hold_resolution; ALTER TABLE runs DROP COLUMN cancel_requested_at; \
      DELETE FROM schema_migrations WHERE version >= 6;";
+
+const UNDO_VERSION_8: &str = "DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
 
 const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
      CREATE INDEX holds_pending_by_account ON holds (account_id) WHERE state = 'pending'; \
@@ -460,12 +462,12 @@ async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() 
     store.close().await;
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
-        conn.execute_batch(UNDO_VERSION_7).expect("downgrades");
+        conn.execute_batch(&format!("{UNDO_VERSION_8} {UNDO_VERSION_7}")).expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let after = store.account(&account("u")).await.expect("answers").expect("exists");
     assert_eq!(after, before, "held and every grant's pinned part read as before");
     assert_eq!(after.balances.held, cr("9"), "h1's 7 and what is left of h2");
@@ -505,12 +507,12 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
     store.close().await;
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
-        conn.execute_batch(&format!("{UNDO_VERSION_7} {UNDO_VERSION_6}")).expect("downgrades");
+        conn.execute_batch(&format!("{UNDO_VERSION_8} {UNDO_VERSION_7} {UNDO_VERSION_6}")).expect("downgrades");
     }
     assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let resolution = |run_id: &'static str| {
         let store = &store;
         async move {

@@ -5,8 +5,8 @@
 //! as JSON for storage, so both adapters store byte-identical records.
 
 use ledger::{
-    AccountId, Allocation, Amount, Balances, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Outcome, Reference,
-    Rejection, Timestamp,
+    AccountId, Allocation, Allowance, AllowanceId, Amount, Balances, Grant, GrantId, GrantKind, Hold, HoldId,
+    HoldState, Outcome, PlanId, Reference, Rejection, Rollover, Timestamp,
 };
 use serde_json::{json, Map, Value};
 
@@ -85,6 +85,77 @@ fn encode_hold(hold: &Hold) -> Value {
     })
 }
 
+/// Encodes an allowance as the SQL adapters' `data` column holds it (every field but `due`,
+/// which is never stored).
+pub fn encode_allowance(allowance: &Allowance) -> Value {
+    let cap = match allowance.rollover {
+        Rollover::Cap(cap) => json!(cap.micros()),
+        Rollover::None | Rollover::Keep => Value::Null,
+    };
+    json!({
+        "allowance_id": allowance.allowance_id.as_str(),
+        "account_id": allowance.account_id.as_str(),
+        "amount": allowance.amount.micros(),
+        "priority": allowance.priority,
+        "rollover": allowance.rollover.kind_str(),
+        "rollover_cap": cap,
+        "schedule": allowance.schedule,
+        "starts_at": allowance.starts_at.micros(),
+        "ends_at": opt_ts(allowance.ends_at),
+        "reference": opt_ref(allowance.reference.as_ref()),
+        "plan_id": opt_text(allowance.plan_id.as_ref().map(PlanId::as_str)),
+        "created_at": allowance.created_at.micros(),
+        "granted_period": opt_ts(allowance.granted_period),
+        "next_due_at": opt_ts(allowance.next_due_at),
+    })
+}
+
+/// Decodes what [`encode_allowance`] wrote, as text.
+pub fn decode_allowance_text(text: &str) -> Result<Allowance, StoreError> {
+    let value: Value = serde_json::from_str(text).map_err(|error| undecodable("allowance").with_source(error))?;
+    decode_allowance(&Fields(value.as_object().ok_or_else(|| undecodable("allowance"))?))
+}
+
+fn decode_allowance(fields: &Fields<'_>) -> Result<Allowance, StoreError> {
+    let rollover = match fields.str("rollover")? {
+        "none" => Rollover::None,
+        "keep" => Rollover::Keep,
+        "cap" => Rollover::Cap(fields.amount("rollover_cap")?),
+        _ => return Err(undecodable("rollover")),
+    };
+    let schedule = fields.str("schedule")?.to_owned();
+    // Checked here, at the store's edge, so scheduling the allowance later cannot fail on it.
+    crate::allowances::AllowanceSchedule::parse_text(&schedule)?;
+    Ok(Allowance {
+        allowance_id: AllowanceId::parse(fields.str("allowance_id")?).map_err(|_| undecodable("allowance_id"))?,
+        account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("account_id"))?,
+        amount: fields.amount("amount")?,
+        priority: i32::try_from(fields.i64("priority")?).map_err(|_| undecodable("priority"))?,
+        rollover,
+        schedule,
+        starts_at: fields.ts("starts_at")?,
+        ends_at: fields.opt_ts("ends_at")?,
+        reference: fields.opt_ref("reference")?,
+        plan_id: match fields.opt_str("plan_id")? {
+            None => None,
+            Some(text) => Some(PlanId::parse(text).map_err(|_| undecodable("plan_id"))?),
+        },
+        created_at: fields.ts("created_at")?,
+        granted_period: fields.opt_ts("granted_period")?,
+        next_due_at: fields.opt_ts("next_due_at")?,
+        due: None,
+    })
+}
+
+fn decode_allowances(fields: &Fields<'_>, name: &str) -> Result<Vec<Allowance>, StoreError> {
+    let list = fields.value(name)?.as_array().ok_or_else(|| undecodable(name))?;
+    list.iter().map(|item| decode_allowance(&Fields(item.as_object().ok_or_else(|| undecodable(name))?))).collect()
+}
+
+fn encode_allowances(allowances: &[Allowance]) -> Value {
+    Value::Array(allowances.iter().map(encode_allowance).collect())
+}
+
 /// Encodes the result of a command, as recorded for idempotent replay.
 pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
     let value = match result {
@@ -109,6 +180,18 @@ pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
             json!({"ok": "refunded", "grant": encode_grant(grant), "created": created})
         }
         Ok(Outcome::Swept { entries }) => json!({"ok": "swept", "entries": entries}),
+        Ok(Outcome::AllowanceCreated { allowance }) => {
+            json!({"ok": "allowance_created", "allowance": encode_allowance(allowance)})
+        }
+        Ok(Outcome::AllowancesEnded { allowances, changed }) => {
+            json!({"ok": "allowances_ended", "allowances": encode_allowances(allowances), "changed": changed})
+        }
+        Ok(Outcome::PlanSubscribed { plan_id, allowances, ended }) => json!({
+            "ok": "plan_subscribed",
+            "plan_id": plan_id.as_str(),
+            "allowances": encode_allowances(allowances),
+            "ended": encode_allowances(ended),
+        }),
         Err(rejection) => encode_rejection(rejection),
     };
     value.to_string()
@@ -131,6 +214,8 @@ fn encode_rejection(rejection: &Rejection) -> Value {
         }
         Rejection::BalanceLimit => json!({"err": "balance_limit"}),
         Rejection::ExpiryNotInFuture => json!({"err": "expiry_not_in_future"}),
+        Rejection::AllowanceLimit => json!({"err": "allowance_limit"}),
+        Rejection::AllowanceNotFound => json!({"err": "allowance_not_found"}),
     }
 }
 
@@ -253,6 +338,18 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
                 Outcome::Refunded { grant: decode_grant(&fields.object("grant")?)?, created: fields.bool("created")? }
             }
             "swept" => Outcome::Swept { entries: usize::try_from(fields.u64("entries")?).unwrap_or(usize::MAX) },
+            "allowance_created" => {
+                Outcome::AllowanceCreated { allowance: Box::new(decode_allowance(&fields.object("allowance")?)?) }
+            }
+            "allowances_ended" => Outcome::AllowancesEnded {
+                allowances: decode_allowances(&fields, "allowances")?,
+                changed: fields.bool("changed")?,
+            },
+            "plan_subscribed" => Outcome::PlanSubscribed {
+                plan_id: PlanId::parse(fields.str("plan_id")?).map_err(|_| undecodable("plan_id"))?,
+                allowances: decode_allowances(&fields, "allowances")?,
+                ended: decode_allowances(&fields, "ended")?,
+            },
             _ => return Err(undecodable("result kind")),
         };
         return Ok(Ok(outcome));
@@ -278,6 +375,8 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
         },
         "balance_limit" => Rejection::BalanceLimit,
         "expiry_not_in_future" => Rejection::ExpiryNotInFuture,
+        "allowance_limit" => Rejection::AllowanceLimit,
+        "allowance_not_found" => Rejection::AllowanceNotFound,
         _ => return Err(undecodable("rejection kind")),
     };
     Ok(Err(rejection))

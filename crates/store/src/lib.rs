@@ -11,6 +11,7 @@
 //! Architecture invariant: no database driver type appears here. Adapters map their driver's
 //! errors into [`StoreError`].
 
+pub mod allowances;
 pub mod clock;
 pub mod codec;
 pub mod conformance;
@@ -100,7 +101,13 @@ pub struct AccountView {
 
 impl AccountView {
     pub fn at(state: &AccountState, now: Timestamp) -> AccountView {
-        let state = ledger::view(state, now);
+        let state = if state.allowances.is_empty() {
+            ledger::view(state, now)
+        } else {
+            let mut scheduled = state.clone();
+            allowances::schedule_at(&mut scheduled, now);
+            ledger::view(&scheduled, now)
+        };
         let balances = state.materialized();
         AccountView { state, balances }
     }

@@ -191,6 +191,9 @@ impl Inner {
     fn base_state(&self, account_id: &AccountId, pending_holds: PendingHolds) -> Option<AccountState> {
         let mut state = self.accounts.get(account_id)?.clone();
         state.holds = self.due_holds(account_id, pending_holds);
+        let PendingHolds::DueAt(now) = pending_holds;
+        // The SQL stores load only the allowances that have not ended.
+        state.allowances.retain(|allowance| !allowance.has_ended_at(now));
         Some(state)
     }
 }
@@ -312,7 +315,11 @@ impl LedgerStore for MemoryStore {
                     .get(&state.account_id)
                     .and_then(BTreeSet::first)
                     .is_some_and(|(expires_at, _)| *expires_at <= now);
-                hold_due || state.grants.iter().any(|grant| grant.is_expired_at(now) && !grant.free.is_zero())
+                let allowance_due =
+                    state.allowances.iter().any(|allowance| allowance.next_due_at.is_some_and(|next| next <= now));
+                hold_due
+                    || allowance_due
+                    || state.grants.iter().any(|grant| grant.is_expired_at(now) && !grant.free.is_zero())
             })
             .map(|state| state.account_id.clone())
             .take(accounts_max as usize)

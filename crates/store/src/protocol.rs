@@ -26,8 +26,8 @@
 //! thread, the memory store) run steps 1–3 whole through [`decide`] and a [`Reads`].
 
 use ledger::{
-    AccountId, AccountState, Amount, Changes, Command, Entry, Grant, GrantKind, Hold, HoldId, Outcome, Reference,
-    Rejection, Target, Timestamp, Totals,
+    AccountId, AccountState, Allowance, Amount, Changes, Command, Entry, Grant, GrantKind, Hold, HoldId, Outcome,
+    Reference, Rejection, Target, Timestamp, Totals,
 };
 
 use crate::{codec, Executed, Idempotency, Request, StoreError};
@@ -252,7 +252,19 @@ impl Decider {
                 if let (Some(state), Target::Account(account_id)) = (state.as_ref(), request.command.target()) {
                     assert_eq!(account_id, &state.account_id, "a decider decides one account's commands");
                 }
-                ledger::execute_in_place(state, &request.command, now, key).map(|(outcome, changes)| {
+                // The calendar's step (the ledger has none): every allowance the decision sees,
+                // the account's and the command's own, gets its period at `now`.
+                if let Some(state) = state.as_mut() {
+                    // An ended allowance does nothing more; a backend's kept state drops it here
+                    // (unless this batch changed it and must still write it).
+                    let changed = &self.changes.allowances;
+                    state
+                        .allowances
+                        .retain(|allowance| !allowance.has_ended_at(now) || changed.contains(&allowance.allowance_id));
+                    crate::allowances::schedule_at(state, now);
+                }
+                let command = crate::allowances::schedule_command(&request.command, now);
+                ledger::execute_in_place(state, &command, now, key).map(|(outcome, changes)| {
                     merge(&mut self.changes, changes);
                     outcome
                 })
@@ -297,6 +309,11 @@ fn merge(into: &mut Changes, changes: Changes) {
     for hold_id in changes.holds {
         if !into.holds.contains(&hold_id) {
             into.holds.push(hold_id);
+        }
+    }
+    for allowance_id in changes.allowances {
+        if !into.allowances.contains(&allowance_id) {
+            into.allowances.push(allowance_id);
         }
     }
     into.entries.extend(changes.entries);
@@ -358,6 +375,15 @@ impl Writes {
             .holds
             .iter()
             .map(move |hold_id| state.and_then(|state| state.hold(hold_id)).expect("a changed hold is in the state"))
+    }
+
+    /// Every allowance a command changed (created, granted a period, ended), once, as it
+    /// finally stands: insert or update each.
+    pub fn allowances(&self) -> impl Iterator<Item = &Allowance> + '_ {
+        let state = self.state.as_ref();
+        self.changes.allowances.iter().map(move |allowance_id| {
+            state.and_then(|state| state.allowance(allowance_id)).expect("a changed allowance is in the state")
+        })
     }
 
     /// The journal entries in journal order: append each, with a `seq` above every earlier one.

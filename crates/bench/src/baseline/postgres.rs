@@ -371,9 +371,12 @@ impl BaselinePostgresStore {
                 .move_credits(transaction, account_id, Moves::debit(*amount), *amount)
                 .await?
                 .map(|balances| Outcome::Debited { account_id: account_id.clone(), amount: *amount, balances })),
-            Command::Extend { .. } | Command::Refund { .. } | Command::Sweep { .. } => {
-                Err(rules::unsupported(command).expect("an unsupported command").into())
-            }
+            Command::Extend { .. }
+            | Command::Refund { .. }
+            | Command::Sweep { .. }
+            | Command::CreateAllowance { .. }
+            | Command::EndAllowances { .. }
+            | Command::SubscribePlan { .. } => Err(rules::unsupported(command).expect("an unsupported command").into()),
         }
     }
 

@@ -57,7 +57,12 @@ pub(crate) fn to_amount(micros: i64, what: &str) -> Result<Amount, StoreError> {
 /// The answer to every command the baseline leaves out.
 pub(crate) fn unsupported(command: &Command) -> Option<StoreError> {
     match command {
-        Command::Extend { .. } | Command::Refund { .. } | Command::Sweep { .. } => {
+        Command::Extend { .. }
+        | Command::Refund { .. }
+        | Command::Sweep { .. }
+        | Command::CreateAllowance { .. }
+        | Command::EndAllowances { .. }
+        | Command::SubscribePlan { .. } => {
             Some(StoreError::unavailable(format!("the baseline store does not support {}", command.name())))
         }
         Command::Grant { .. }
@@ -180,6 +185,7 @@ pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) 
         held: stored_held,
         grants: vec![grant],
         holds: pending,
+        allowances: Vec::new(),
     };
     Ok(AccountView::at(&state, now))
 }

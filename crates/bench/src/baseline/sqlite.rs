@@ -360,9 +360,12 @@ fn apply(
             Ok(move_credits(transaction, account_id, Moves::debit(*amount), *amount)?
                 .map(|balances| Outcome::Debited { account_id: account_id.clone(), amount: *amount, balances }))
         }
-        Command::Extend { .. } | Command::Refund { .. } | Command::Sweep { .. } => {
-            Err(rules::unsupported(command).expect("an unsupported command").into())
-        }
+        Command::Extend { .. }
+        | Command::Refund { .. }
+        | Command::Sweep { .. }
+        | Command::CreateAllowance { .. }
+        | Command::EndAllowances { .. }
+        | Command::SubscribePlan { .. } => Err(rules::unsupported(command).expect("an unsupported command").into()),
     }
 }
 

@@ -93,7 +93,13 @@ fn answer_of(result: &Result<Outcome, Rejection>) -> Answer {
             | Outcome::Released { hold, .. }
             | Outcome::Extended { hold },
         ) => Answer::Hold(hold.state.as_str(), hold.captured.micros(), hold.remaining.micros()),
-        Ok(Outcome::Debited { .. } | Outcome::Swept { .. }) => Answer::Done,
+        Ok(
+            Outcome::Debited { .. }
+            | Outcome::Swept { .. }
+            | Outcome::AllowanceCreated { .. }
+            | Outcome::AllowancesEnded { .. }
+            | Outcome::PlanSubscribed { .. },
+        ) => Answer::Done,
         Err(rejection) => Answer::Rejected(rejection.code()),
     }
 }

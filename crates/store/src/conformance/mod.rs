@@ -10,6 +10,7 @@
 //! turned into an `Arc<dyn RunStore>`); the job checks get it as both a job store and a ledger,
 //! because a job write moves credits.
 
+pub mod allowances;
 pub mod differential;
 pub mod jobs;
 pub mod model;
@@ -22,6 +23,7 @@ use ledger::{AccountId, Amount, Balances, Command, GrantId, Hold, HoldId, Outcom
 
 use crate::{Executed, LedgerStore, ManualClock, Request};
 
+pub use allowances::*;
 pub use differential::differential_against_model;
 pub use scenarios::*;
 
@@ -62,6 +64,14 @@ macro_rules! conformance_tests {
             many_pending_holds_stay_out_of_account_reads
             holds_are_paged_by_state
             differential_against_model
+            allowances_daily_seoul_midnight
+            allowances_grant_only_the_current_period
+            allowances_granted_once_under_concurrency
+            allowances_rollover_rules
+            allowances_end_at_the_period_end
+            allowances_are_limited
+            allowances_plans_switch
+            allowances_against_model
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
@@ -196,7 +206,7 @@ pub fn capture_credits(hold_id: &str, credits: u64) -> Command {
     }
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
