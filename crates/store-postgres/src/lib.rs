@@ -799,6 +799,49 @@ impl LedgerStore for PostgresStore {
         Ok(report)
     }
 
+    async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {
+        let client = self.client().await?;
+        let insert = client
+            .prepare_cached("INSERT INTO plans (plan_id, data) VALUES ($1, $2) ON CONFLICT (plan_id) DO NOTHING")
+            .await
+            .map_err(store_error)?;
+        let data = store::plans::encode_plan(plan);
+        let inserted = client.execute(&insert, &[&plan.plan_id.as_str(), &data]).await.map_err(store_error)?;
+        if inserted == 1 {
+            return Ok(store::plans::PlanPut::Created(plan.clone()));
+        }
+        drop(client);
+        let existing = self.plan(&plan.plan_id).await?;
+        existing.map(store::plans::PlanPut::Exists).ok_or_else(|| undecodable("plan (vanished after a conflict)"))
+    }
+
+    async fn plan(&self, plan_id: &ledger::PlanId) -> Result<Option<store::plans::Plan>, StoreError> {
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT data FROM plans WHERE plan_id = $1").await.map_err(store_error)?;
+        let row = client.query_opt(&statement, &[&plan_id.as_str()]).await.map_err(store_error)?;
+        row.map(|row| {
+            let data: &str = row.try_get(0).map_err(|_| undecodable("plan"))?;
+            store::plans::decode_plan(data)
+        })
+        .transpose()
+    }
+
+    async fn plans(&self, plans_max: u32) -> Result<Vec<store::plans::Plan>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT data FROM plans ORDER BY plan_id COLLATE \"C\" LIMIT $1")
+            .await
+            .map_err(store_error)?;
+        let rows = client.query(&statement, &[&i64::from(plans_max)]).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let data: &str = row.try_get(0).map_err(|_| undecodable("plan"))?;
+                store::plans::decode_plan(data)
+            })
+            .collect()
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }

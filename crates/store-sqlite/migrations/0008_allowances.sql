@@ -39,3 +39,9 @@ CREATE TABLE allowances (
 );
 CREATE INDEX allowances_by_account ON allowances (account_id, ends_at);
 CREATE INDEX allowances_due ON allowances (next_due_at) WHERE next_due_at IS NOT NULL;
+
+-- Plans: named sets of allowances, written once (`data` is store::plans::encode_plan).
+CREATE TABLE plans (
+    plan_id TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);

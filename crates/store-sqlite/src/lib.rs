@@ -433,6 +433,19 @@ impl LedgerStore for SqliteStore {
             .await
     }
 
+    async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {
+        self.call(Work::PutPlan, Box::new(plan.clone())).await
+    }
+
+    async fn plan(&self, plan_id: &ledger::PlanId) -> Result<Option<store::plans::Plan>, StoreError> {
+        let plan_id = plan_id.clone();
+        self.readers.run(move |conn| rows::plan_by_id(conn, &plan_id)).await
+    }
+
+    async fn plans(&self, plans_max: u32) -> Result<Vec<store::plans::Plan>, StoreError> {
+        self.readers.run(move |conn| rows::plans(conn, plans_max)).await
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }

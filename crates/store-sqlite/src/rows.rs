@@ -583,3 +583,28 @@ pub(crate) fn delete_idempotency_before(conn: &Connection, cutoff: Timestamp) ->
     let deleted = statement.execute([cutoff.micros()]).map_err(sql_error)?;
     Ok(deleted as u64)
 }
+
+/// Inserts a plan unless its id exists (plans never change). Writer thread only.
+pub(crate) fn put_plan(conn: &Connection, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {
+    if let Some(existing) = plan_by_id(conn, &plan.plan_id)? {
+        return Ok(store::plans::PlanPut::Exists(existing));
+    }
+    let mut statement = conn.prepare_cached("INSERT INTO plans (plan_id, data) VALUES (?1, ?2)").map_err(sql_error)?;
+    statement.execute(params![plan.plan_id.as_str(), store::plans::encode_plan(plan)]).map_err(sql_error)?;
+    Ok(store::plans::PlanPut::Created(plan.clone()))
+}
+
+pub(crate) fn plan_by_id(
+    conn: &Connection,
+    plan_id: &ledger::PlanId,
+) -> Result<Option<store::plans::Plan>, StoreError> {
+    let mut statement = conn.prepare_cached("SELECT data FROM plans WHERE plan_id = ?1").map_err(sql_error)?;
+    let data: Option<String> =
+        statement.query_row([plan_id.as_str()], |row| row.get(0)).optional().map_err(sql_error)?;
+    data.map(|text| store::plans::decode_plan(&text)).transpose()
+}
+
+pub(crate) fn plans(conn: &Connection, plans_max: u32) -> Result<Vec<store::plans::Plan>, StoreError> {
+    let mut statement = conn.prepare_cached("SELECT data FROM plans ORDER BY plan_id LIMIT ?1").map_err(sql_error)?;
+    query_all(&mut statement, [i64::from(plans_max)], |row| store::plans::decode_plan(&get::<String>(row, 0)?))
+}

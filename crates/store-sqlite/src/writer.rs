@@ -142,6 +142,8 @@ pub(crate) enum Work {
     RequestCancel(Job<(RunId, Timestamp), bool>),
     RecordResponse(Job<NewResponse, KeyUse>),
     PutArtifact(Job<Artifact, ()>),
+    /// Writes a plan unless its id exists: answers what was done.
+    PutPlan(Job<Box<store::plans::Plan>, store::plans::PlanPut>),
     /// Boxed: a job record is large, and queued work should not all be that size.
     WriteJob(Job<Box<JobWrite>, Result<JobWritten, JobWriteRefusal>>),
     ClaimJob(Job<Claim, Option<JobRecord>>),
@@ -165,6 +167,7 @@ macro_rules! each_job {
             Work::RequestCancel($job) => $body,
             Work::RecordResponse($job) => $body,
             Work::PutArtifact($job) => $body,
+            Work::PutPlan($job) => $body,
             Work::WriteJob($job) => $body,
             Work::ClaimJob($job) => $body,
             Work::RenewInstance($job) => $body,
@@ -577,6 +580,7 @@ impl Writer {
                 job.perform(|new| kept(runs::record_response(&self.conn, &new.key, &new.response, now)))
             }
             Work::PutArtifact(job) => job.perform(|artifact| kept(runs::put_artifact(&self.conn, artifact))),
+            Work::PutPlan(job) => job.perform(|plan| kept(rows::put_plan(&self.conn, plan))),
             Work::ClaimJob(job) => job.perform(|claim| {
                 kept(jobs::claim(&self.conn, &claim.worker_id, claim.now, claim.lease_until, claim.attempts_max))
             }),

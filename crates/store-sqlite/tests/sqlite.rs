@@ -426,7 +426,8 @@ const UNDO_VERSION_6: &str = "DROP INDEX runs_hold_pending; DROP INDEX runs_canc
      ALTER TABLE runs DROP COLUMN hold_resolution; ALTER TABLE runs DROP COLUMN cancel_requested_at; \
      DELETE FROM schema_migrations WHERE version >= 6;";
 
-const UNDO_VERSION_8: &str = "DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
+const UNDO_VERSION_8: &str =
+    "DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
 
 const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
      CREATE INDEX holds_pending_by_account ON holds (account_id) WHERE state = 'pending'; \

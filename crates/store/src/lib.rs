@@ -19,6 +19,7 @@ pub mod ids;
 pub mod jobs;
 pub mod keys;
 pub mod memory;
+pub mod plans;
 pub mod protocol;
 pub mod runs;
 
@@ -249,6 +250,24 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// Recomputes every account from its journal and compares with the stored state.
     async fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// Writes a plan unless one with its id exists (plans never change): what was done.
+    async fn put_plan(&self, plan: &plans::Plan) -> Result<plans::PlanPut, StoreError> {
+        let _ = plan;
+        Err(StoreError::unavailable(format!("the {} store keeps no plans", self.backend())))
+    }
+
+    /// The plan with this id.
+    async fn plan(&self, plan_id: &ledger::PlanId) -> Result<Option<plans::Plan>, StoreError> {
+        let _ = plan_id;
+        Err(StoreError::unavailable(format!("the {} store keeps no plans", self.backend())))
+    }
+
+    /// Every plan, in id order (at most `plans_max`).
+    async fn plans(&self, plans_max: u32) -> Result<Vec<plans::Plan>, StoreError> {
+        let _ = plans_max;
+        Err(StoreError::unavailable(format!("the {} store keeps no plans", self.backend())))
+    }
 
     /// A short name for logs ("sqlite", "postgres", "memory").
     fn backend(&self) -> &'static str;

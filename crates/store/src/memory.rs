@@ -56,6 +56,8 @@ struct Inner {
     retries: HashMap<JobId, JobId>,
     /// Instance leases by instance id.
     instances: HashMap<String, InstanceLease>,
+    /// Plans by id (ordered: listed in id order).
+    plans: BTreeMap<ledger::PlanId, crate::plans::Plan>,
 }
 
 struct Thread {
@@ -368,6 +370,23 @@ impl LedgerStore for MemoryStore {
             report.violations.extend(ledger::verify_account(&entries, &stored));
         }
         Ok(report)
+    }
+
+    async fn put_plan(&self, plan: &crate::plans::Plan) -> Result<crate::plans::PlanPut, StoreError> {
+        let mut inner = self.lock();
+        if let Some(existing) = inner.plans.get(&plan.plan_id) {
+            return Ok(crate::plans::PlanPut::Exists(existing.clone()));
+        }
+        inner.plans.insert(plan.plan_id.clone(), plan.clone());
+        Ok(crate::plans::PlanPut::Created(plan.clone()))
+    }
+
+    async fn plan(&self, plan_id: &ledger::PlanId) -> Result<Option<crate::plans::Plan>, StoreError> {
+        Ok(self.lock().plans.get(plan_id).cloned())
+    }
+
+    async fn plans(&self, plans_max: u32) -> Result<Vec<crate::plans::Plan>, StoreError> {
+        Ok(self.lock().plans.values().take(plans_max as usize).cloned().collect())
     }
 
     fn backend(&self) -> &'static str {

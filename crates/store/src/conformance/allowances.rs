@@ -360,3 +360,32 @@ pub async fn allowances_against_model(h: Harness) {
     }
     h.assert_verified().await;
 }
+
+/// Plans are written once: the same id again answers with the first, unchanged; they read back
+/// by id and in id order.
+pub async fn plans_are_written_once(h: Harness) {
+    let plan = |plan_id: &str, credits: &str| crate::plans::Plan {
+        plan_id: PlanId::parse(plan_id).expect("valid"),
+        name: format!("{plan_id} plan"),
+        allowances: vec![crate::plans::PlanAllowance {
+            amount: cr(credits),
+            priority: 5,
+            rollover: Rollover::Cap(cr("3")),
+            schedule: AllowanceSchedule::new(Period::Month, "Asia/Seoul", None).expect("valid"),
+        }],
+        created_at: h.clock_now(),
+    };
+    let created = h.store.put_plan(&plan("pro", "500")).await.unwrap();
+    assert!(matches!(created, crate::plans::PlanPut::Created(_)), "{created:?}");
+    let again = h.store.put_plan(&plan("pro", "900")).await.unwrap();
+    let crate::plans::PlanPut::Exists(existing) = again else { panic!("{again:?}") };
+    assert_eq!(existing.allowances[0].amount, cr("500"), "the first definition stands");
+    assert!(existing.same_definition(&plan("pro", "500")) && !existing.same_definition(&plan("pro", "900")));
+    h.store.put_plan(&plan("basic", "100")).await.unwrap();
+    let read = h.store.plan(&PlanId::parse("pro").unwrap()).await.unwrap().expect("stored");
+    assert_eq!((read.name.as_str(), read.allowances[0].rollover), ("pro plan", Rollover::Cap(cr("3"))));
+    assert_eq!(read.allowances[0].schedule.time_zone(), "Asia/Seoul");
+    let ids: Vec<String> = h.store.plans(10).await.unwrap().iter().map(|plan| plan.plan_id.to_string()).collect();
+    assert_eq!(ids, ["basic", "pro"]);
+    assert!(h.store.plan(&PlanId::parse("none").unwrap()).await.unwrap().is_none());
+}

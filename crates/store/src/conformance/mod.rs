@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             allowances_are_limited
             allowances_plans_switch
             allowances_against_model
+            plans_are_written_once
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
