@@ -277,6 +277,15 @@ const POST_ROUTES: &[PostRoute] = &[
     PostRoute { path: "/v1/worker/claim", template: || json!({"worker_id": "w1"}) },
     PostRoute { path: "/v1/test-clock/advance", template: || json!({"seconds": 60}) },
     PostRoute {
+        path: "/v1/accounts/{id}/allowances",
+        template: || json!({"amount": "2", "period": "day", "timezone": "Asia/Seoul", "rollover": "cap", "rollover_cap": "1"}),
+    },
+    PostRoute {
+        path: "/v1/plans",
+        template: || json!({"plan_id": "p1", "name": "P", "allowances": [{"amount": "1", "period": "month", "timezone": "UTC"}]}),
+    },
+    PostRoute { path: "/v1/accounts/{id}/plan", template: || json!({"plan_id": "p1"}) },
+    PostRoute {
         path: "/v1/worker/jobs/{id}/heartbeat",
         template: || json!({"worker_id": "w1", "stage": "rendering", "progress": 50}),
     },
@@ -397,6 +406,9 @@ const GET_ROUTES: &[&str] = &[
     "/v1/threads/{id}/jobs",
     "/v1/jobs/{id}",
     "/v1/test-clock",
+    "/v1/accounts/{id}/allowances",
+    "/v1/plans",
+    "/v1/plans/{id}",
     "/v1/openapi.json",
     "/healthz",
     "/readyz",
@@ -464,7 +476,35 @@ fn the_fuzzed_routes_are_every_route_of_the_router() {
     for path in gets {
         assert!(GET_ROUTES.contains(&path.as_str()), "GET_ROUTES must list {path}");
     }
-    assert!(table.iter().all(|(method, _)| [axum::http::Method::GET, axum::http::Method::POST].contains(method)));
+    let deletes =
+        table.iter().filter(|(method, _)| *method == axum::http::Method::DELETE).map(|(_, path)| fuzzable(path));
+    for path in deletes {
+        assert!(DELETE_ROUTES.contains(&path.as_str()), "DELETE_ROUTES must list {path}");
+    }
+    let methods = [axum::http::Method::GET, axum::http::Method::POST, axum::http::Method::DELETE];
+    assert!(table.iter().all(|(method, _)| methods.contains(method)));
+}
+
+const DELETE_ROUTES: &[&str] = &["/v1/accounts/{id}/allowances/{id}"];
+
+#[test]
+fn random_segments_to_every_delete_route_never_answer_5xx() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let fixture = runtime.block_on(fixture());
+    let strategy = (prop::sample::select(DELETE_ROUTES), segment(fixture.ids.clone()), prop::option::of("\\PC{0,40}"));
+    runner(500, 0x0DE1_E7E5)
+        .run(&strategy, |(path, segment, key)| {
+            let mut request = Request::delete(fill(path, &segment).as_str());
+            if let Some(key) = key {
+                request = request.header("idempotency-key", key);
+            }
+            let Ok(request) = request.body(Body::empty()) else { return Ok(()) };
+            runtime.block_on(check(&fixture.app, request))?;
+            Ok(())
+        })
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let report = runtime.block_on(fixture.store.verify()).expect("verify");
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
 /// Sends `body` to `path` and expects a 4xx problem with this status and code.

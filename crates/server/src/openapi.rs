@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, health, holds, jobs, runs, test_clock, worker};
+use crate::routes::{accounts, allowances, health, holds, jobs, runs, test_clock, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,13 @@ use crate::routes::{accounts, health, holds, jobs, runs, test_clock, worker};
         accounts::list_holds,
         accounts::create_debit,
         accounts::create_refund,
+        allowances::create_allowance,
+        allowances::list_allowances,
+        allowances::end_allowance,
+        allowances::create_plan,
+        allowances::list_plans,
+        allowances::get_plan,
+        allowances::subscribe_plan,
         holds::create_hold,
         holds::get_hold,
         holds::capture,

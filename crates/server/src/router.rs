@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use engine::run::Engine;
 use store::{Clock, LedgerStore};
@@ -21,7 +21,9 @@ use tower_http::trace::TraceLayer;
 use crate::config::ApiConfig;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
-use crate::routes::{accounts, health, holds, jobs, method_not_allowed, not_found, runs, test_clock, worker};
+use crate::routes::{
+    accounts, allowances, health, holds, jobs, method_not_allowed, not_found, runs, test_clock, worker,
+};
 use crate::state::AppState;
 
 /// The ledger API over one store (no metered runs).
@@ -51,6 +53,18 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/accounts/{account_id}/holds", get(accounts::list_holds), Timing::Handler),
         (Method::POST, "/v1/accounts/{account_id}/debits", post(accounts::create_debit), Timing::Handler),
         (Method::POST, "/v1/accounts/{account_id}/refunds", post(accounts::create_refund), Timing::Handler),
+        (Method::POST, "/v1/accounts/{account_id}/allowances", post(allowances::create_allowance), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/allowances", get(allowances::list_allowances), Timing::Handler),
+        (
+            Method::DELETE,
+            "/v1/accounts/{account_id}/allowances/{allowance_id}",
+            delete(allowances::end_allowance),
+            Timing::Handler,
+        ),
+        (Method::POST, "/v1/accounts/{account_id}/plan", post(allowances::subscribe_plan), Timing::Handler),
+        (Method::POST, "/v1/plans", post(allowances::create_plan), Timing::Handler),
+        (Method::GET, "/v1/plans", get(allowances::list_plans), Timing::Handler),
+        (Method::GET, "/v1/plans/{plan_id}", get(allowances::get_plan), Timing::Handler),
         (Method::POST, "/v1/holds", post(holds::create_hold), Timing::Handler),
         (Method::GET, "/v1/holds/{hold_id}", get(holds::get_hold), Timing::Handler),
         (Method::POST, "/v1/holds/{hold_id}/capture", post(holds::capture), Timing::Handler),

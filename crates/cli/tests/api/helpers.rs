@@ -268,6 +268,11 @@ impl TestApp {
     }
 
     /// GET as admin.
+    /// DELETE as admin, without a body.
+    pub async fn request_delete(&self, path: &str) -> Reply {
+        self.request(Method::DELETE, path, Some(ADMIN_TOKEN), None, Body::None).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, Some(ADMIN_TOKEN), None, Body::None).await
     }

@@ -2,6 +2,7 @@
 //! binary (one link step); every module shares `helpers`.
 
 mod accounts;
+mod allowances;
 mod auth;
 mod binary;
 mod edge;

@@ -79,10 +79,12 @@ macro_rules! wire_enum {
     };
 }
 
+pub mod allowances;
 pub mod events;
 pub mod jobs;
 pub mod runs;
 
+pub use self::allowances::*;
 pub use self::events::*;
 pub use self::jobs::*;
 pub use self::runs::*;
@@ -244,7 +246,7 @@ pub struct HoldResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GrantResponse {
     pub grant_id: String,
-    /// grant | refund
+    /// grant | refund | allowance (one period of an allowance)
     pub kind: String,
     pub amount: String,
     /// Credits of this grant still in the balance: free plus what active holds reserved from it.

@@ -2,6 +2,7 @@
 //! runs one store call and renders the result; none holds business logic.
 
 pub mod accounts;
+pub mod allowances;
 pub mod health;
 pub mod holds;
 pub mod jobs;

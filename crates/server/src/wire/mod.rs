@@ -3,6 +3,7 @@
 //! The CLI uses the same functions, so its output has the API's shapes. [`runs`] renders runs and
 //! their events, [`jobs`] renders jobs and parses the worker protocol.
 
+pub mod allowances;
 pub mod jobs;
 pub mod runs;
 
