@@ -409,6 +409,7 @@ const GET_ROUTES: &[&str] = &[
     "/v1/accounts/{id}/allowances",
     "/v1/plans",
     "/v1/plans/{id}",
+    "/v1/events",
     "/v1/openapi.json",
     "/healthz",
     "/readyz",

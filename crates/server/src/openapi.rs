@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, allowances, health, holds, jobs, runs, test_clock, worker};
+use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, runs, test_clock, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,7 @@ use crate::routes::{accounts, allowances, health, holds, jobs, runs, test_clock,
         allowances::list_plans,
         allowances::get_plan,
         allowances::subscribe_plan,
+        ledger_events::list_events,
         holds::create_hold,
         holds::get_hold,
         holds::capture,

@@ -22,7 +22,7 @@ use crate::config::ApiConfig;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
 use crate::routes::{
-    accounts, allowances, health, holds, jobs, method_not_allowed, not_found, runs, test_clock, worker,
+    accounts, allowances, health, holds, jobs, ledger_events, method_not_allowed, not_found, runs, test_clock, worker,
 };
 use crate::state::AppState;
 
@@ -65,6 +65,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::POST, "/v1/plans", post(allowances::create_plan), Timing::Handler),
         (Method::GET, "/v1/plans", get(allowances::list_plans), Timing::Handler),
         (Method::GET, "/v1/plans/{plan_id}", get(allowances::get_plan), Timing::Handler),
+        (Method::GET, "/v1/events", get(ledger_events::list_events), Timing::Handler),
         (Method::POST, "/v1/holds", post(holds::create_hold), Timing::Handler),
         (Method::GET, "/v1/holds/{hold_id}", get(holds::get_hold), Timing::Handler),
         (Method::POST, "/v1/holds/{hold_id}/capture", post(holds::capture), Timing::Handler),

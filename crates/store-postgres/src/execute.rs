@@ -50,6 +50,7 @@ use deadpool_postgres::Transaction;
 use futures::future::{maybe_done, MaybeDone};
 use ledger::{AccountId, AccountState, Allowance, Amount, Entry, Grant, Hold, HoldId, Target, Timestamp};
 use store::codec::{self, undecodable};
+use store::events::NewEvent;
 use store::protocol::{self, AccountRow, Decider, PendingHolds, Writes};
 use store::{Executed, Idempotency, Request, StoreError};
 use tokio_postgres::types::ToSql;
@@ -138,6 +139,10 @@ const UPSERT_ALLOWANCES: &str = "INSERT INTO allowances (allowance_id, account_i
      ON CONFLICT (allowance_id) DO UPDATE SET ends_at = EXCLUDED.ends_at, next_due_at = EXCLUDED.next_due_at, \
          data = EXCLUDED.data \
      WHERE allowances.account_id = EXCLUDED.account_id RETURNING allowance_id";
+
+const INSERT_EVENTS: &str = "INSERT INTO outbox (type, account_id, data, at, created_at) \
+     SELECT type, account_id, data, at, $5 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[]) \
+     WITH ORDINALITY AS event (type, account_id, data, at, n) ORDER BY n";
 
 fn pending_holds_sql(pending_holds: PendingHolds) -> String {
     match pending_holds {
@@ -552,6 +557,19 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp)
     let allowances: Vec<&Allowance> = changed.iter().flat_map(|writes| writes.allowances()).collect();
     checked.allowances = Some((pending.len(), allowances.len())).filter(|(_, count)| *count > 0);
     push_allowances(transaction, allowances, &mut pending).await?;
+    let events: Vec<NewEvent> = changed.iter().flat_map(|writes| writes.events()).collect();
+    if !events.is_empty() {
+        let statement = transaction.prepare_cached(INSERT_EVENTS).await?;
+        let kinds: Vec<&str> = events.iter().map(|event| event.event_type.as_str()).collect();
+        let accounts: Vec<String> = events.iter().map(|event| event.account_id.to_string()).collect();
+        let data: Vec<String> = events.iter().map(|event| event.data.clone()).collect();
+        let at: Vec<i64> = events.iter().map(|event| event.at.micros()).collect();
+        let now_micros = now.micros();
+        pending.push(Box::pin(async move {
+            let params: [&(dyn ToSql + Sync); 5] = [&kinds, &accounts, &data, &at, &now_micros];
+            transaction.query(&statement, &params).await
+        }));
+    }
     let entries: Vec<&Entry> = changed.iter().flat_map(|writes| writes.entries()).collect();
     if !entries.is_empty() {
         checked.entries = Some(pending.len());

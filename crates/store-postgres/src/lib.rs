@@ -569,6 +569,23 @@ impl PostgresStore {
             )
             .await
             .map_err(store_error)?;
+        // Events past their retention go the same way, in bounded batches.
+        let events_cutoff = now.micros().saturating_sub(
+            i64::try_from(store::events::EVENTS_RETENTION_SECONDS).unwrap_or(i64::MAX).saturating_mul(1_000_000),
+        );
+        let forget_events = client
+            .prepare_cached("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE created_at <= $1 LIMIT $2)")
+            .await
+            .map_err(store_error)?;
+        for _ in 0..IDEMPOTENCY_DELETE_BATCHES_MAX {
+            let batch = client
+                .execute(&forget_events, &[&events_cutoff, &IDEMPOTENCY_DELETE_BATCH_MAX])
+                .await
+                .map_err(store_error)?;
+            if batch < IDEMPOTENCY_DELETE_BATCH_MAX.unsigned_abs() {
+                break;
+            }
+        }
         let mut deleted = 0_u64;
         for _ in 0..IDEMPOTENCY_DELETE_BATCHES_MAX {
             let batch =
@@ -797,6 +814,47 @@ impl LedgerStore for PostgresStore {
             }
         }
         Ok(report)
+    }
+
+    async fn events(&self, after: u128, limit: u32) -> Result<Vec<store::events::StoredEvent>, StoreError> {
+        use store::events::{EventType, NewEvent, StoredEvent, EVENTS_PAGE_MAX};
+        // A position is (txid << 64) | seq: see the outbox table.
+        let after_txid = i64::try_from(after >> 64).unwrap_or(i64::MAX);
+        let after_seq = i64::try_from(after & u128::from(u64::MAX)).unwrap_or(i64::MAX);
+        let limit = i64::from(limit.min(EVENTS_PAGE_MAX));
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT seq, txid, type, account_id, data, at, created_at FROM outbox \
+                 WHERE (txid, seq) > ($1, $2) \
+                   AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY txid, seq LIMIT $3",
+            )
+            .await
+            .map_err(store_error)?;
+        let rows = client.query(&statement, &[&after_txid, &after_seq, &limit]).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let number = |index: usize, what: &str| -> Result<u64, StoreError> {
+                    let value: i64 = row.try_get(index).map_err(|_| undecodable(what))?;
+                    u64::try_from(value).map_err(|_| undecodable(what))
+                };
+                let text = |index: usize, what: &str| -> Result<String, StoreError> {
+                    row.try_get::<_, String>(index).map_err(|_| undecodable(what))
+                };
+                let micros = |index: usize, what: &str| -> Result<Timestamp, StoreError> {
+                    row.try_get::<_, i64>(index).map(Timestamp::from_micros).map_err(|_| undecodable(what))
+                };
+                let (seq, txid) = (number(0, "event seq")?, number(1, "event txid")?);
+                let event_type = EventType::parse(&text(2, "event type")?).ok_or_else(|| undecodable("event type"))?;
+                let account_id =
+                    AccountId::parse(&text(3, "event account")?).map_err(|_| undecodable("event account"))?;
+                let event =
+                    NewEvent { event_type, account_id, data: text(4, "event data")?, at: micros(5, "event at")? };
+                let position = (u128::from(txid) << 64) | u128::from(seq);
+                Ok(StoredEvent { seq, position, event, created_at: micros(6, "event created_at")? })
+            })
+            .collect()
     }
 
     async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {

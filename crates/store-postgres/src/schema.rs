@@ -276,6 +276,22 @@ CREATE TABLE plans (
     plan_id TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
+
+-- The event outbox: written in the transaction of the change that causes each event
+-- (store::events). Transactions commit in another order than they take seqs, so readers page by
+-- (txid, seq) and only below the oldest transaction still running: a row that becomes visible
+-- later always sorts after every row already read.
+CREATE TABLE outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    txid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    type TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX outbox_by_position ON outbox (txid, seq);
+CREATE INDEX outbox_by_time ON outbox (created_at);
 "#,
     },
 ];

@@ -45,3 +45,15 @@ CREATE TABLE plans (
     plan_id TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
+
+-- The event outbox: written in the transaction of the change that causes each event
+-- (store::events). One writer commits in seq order, so readers page by seq.
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX outbox_by_time ON outbox (created_at);

@@ -433,6 +433,10 @@ impl LedgerStore for SqliteStore {
             .await
     }
 
+    async fn events(&self, after: u128, limit: u32) -> Result<Vec<store::events::StoredEvent>, StoreError> {
+        self.readers.run(move |conn| rows::events(conn, after, limit)).await
+    }
+
     async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {
         self.call(Work::PutPlan, Box::new(plan.clone())).await
     }

@@ -9,6 +9,7 @@ use ledger::{
     Reference, Timestamp, Totals,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use store::events::{EventType, NewEvent, StoredEvent, EVENTS_PAGE_MAX};
 use store::protocol::PendingHolds;
 use store::{codec, StoreError, HOLDS_PAGE_MAX};
 
@@ -582,6 +583,47 @@ pub(crate) fn delete_idempotency_before(conn: &Connection, cutoff: Timestamp) ->
     let mut statement = conn.prepare_cached("DELETE FROM idempotency WHERE created_at <= ?1").map_err(sql_error)?;
     let deleted = statement.execute([cutoff.micros()]).map_err(sql_error)?;
     Ok(deleted as u64)
+}
+
+/// Forgets outbox events written at or before `cutoff` (their retention ended).
+pub(crate) fn delete_events_before(conn: &Connection, cutoff: Timestamp) -> Result<u64, StoreError> {
+    let mut statement = conn.prepare_cached("DELETE FROM outbox WHERE created_at <= ?1").map_err(sql_error)?;
+    let deleted = statement.execute([cutoff.micros()]).map_err(sql_error)?;
+    Ok(deleted as u64)
+}
+
+/// Appends an event to the outbox. Writer thread only, in the transaction of its change.
+pub(crate) fn insert_event(conn: &Connection, event: &NewEvent, now: Timestamp) -> Result<(), StoreError> {
+    let mut statement = conn
+        .prepare_cached("INSERT INTO outbox (type, account_id, data, at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(sql_error)?;
+    statement
+        .execute(params![
+            event.event_type.as_str(),
+            event.account_id.as_str(),
+            event.data,
+            event.at.micros(),
+            now.micros()
+        ])
+        .map_err(sql_error)?;
+    Ok(())
+}
+
+/// The outbox's events after seq `after`, in seq order (one writer commits them in that order).
+pub(crate) fn events(conn: &Connection, after: u128, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT seq, type, account_id, data, at, created_at FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(sql_error)?;
+    query_all(&mut statement, params![after, i64::from(limit.min(EVENTS_PAGE_MAX))], |row| {
+        let seq = u64::try_from(get::<i64>(row, 0)?).map_err(|_| codec::undecodable("event seq"))?;
+        let event_type = EventType::parse(&get::<String>(row, 1)?).ok_or_else(|| codec::undecodable("event type"))?;
+        let event =
+            NewEvent { event_type, account_id: get_account_id(row, 2)?, data: get(row, 3)?, at: get_time(row, 4)? };
+        Ok(StoredEvent { seq, position: u128::from(seq), event, created_at: get_time(row, 5)? })
+    })
 }
 
 /// Inserts a plan unless its id exists (plans never change). Writer thread only.

@@ -564,6 +564,11 @@ impl Writer {
                     .unwrap_or(i64::MAX)
                     .saturating_mul(MICROS_PER_SECOND);
                 let cutoff = Timestamp::from_micros(now.micros().saturating_sub(retention_micros));
+                let events_retention_micros = i64::try_from(store::events::EVENTS_RETENTION_SECONDS)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(MICROS_PER_SECOND);
+                let events_cutoff = Timestamp::from_micros(now.micros().saturating_sub(events_retention_micros));
+                let _events = rows::delete_events_before(&self.conn, events_cutoff)?;
                 kept(rows::delete_idempotency_before(&self.conn, cutoff))
             }),
             Work::CreateRun(job) => {
@@ -682,6 +687,9 @@ impl Writer {
         }
         for entry in writes.entries() {
             rows::insert_entry(&self.conn, entry)?;
+        }
+        for event in writes.events() {
+            rows::insert_event(&self.conn, &event, now)?;
         }
         for record in writes.records() {
             rows::insert_idempotency(&self.conn, &record.key, &record.fingerprint, &record.result, now)?;

@@ -15,6 +15,7 @@ pub mod allowances;
 pub mod clock;
 pub mod codec;
 pub mod conformance;
+pub mod events;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
@@ -250,6 +251,14 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// Recomputes every account from its journal and compares with the stored state.
     async fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// The outbox's events after `position` (0: from the start), in read order, at most
+    /// `limit` (≤ [`events::EVENTS_PAGE_MAX`]). Only committed events, and never one that could
+    /// later appear before another already returned (see [`events::StoredEvent::position`]).
+    async fn events(&self, after: u128, limit: u32) -> Result<Vec<events::StoredEvent>, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::unavailable(format!("the {} store keeps no events", self.backend())))
+    }
 
     /// Writes a plan unless one with its id exists (plans never change): what was done.
     async fn put_plan(&self, plan: &plans::Plan) -> Result<plans::PlanPut, StoreError> {

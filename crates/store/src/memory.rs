@@ -56,6 +56,9 @@ struct Inner {
     retries: HashMap<JobId, JobId>,
     /// Instance leases by instance id.
     instances: HashMap<String, InstanceLease>,
+    /// The event outbox, in seq order, and the seq the next event gets.
+    outbox: Vec<crate::events::StoredEvent>,
+    outbox_next_seq: u64,
     /// Plans by id (ordered: listed in id order).
     plans: BTreeMap<ledger::PlanId, crate::plans::Plan>,
 }
@@ -168,6 +171,12 @@ impl Inner {
         for entry in writes.entries() {
             let seq = self.journal.len() as u64 + 1;
             self.journal.push(Entry { seq, ..entry.clone() });
+        }
+        for event in writes.events() {
+            self.outbox_next_seq += 1;
+            let seq = self.outbox_next_seq;
+            let stored = crate::events::StoredEvent { seq, position: u128::from(seq), event, created_at: now };
+            self.outbox.push(stored);
         }
         for record in writes.records() {
             let recorded = (record.fingerprint.clone(), record.result.clone(), now.micros());
@@ -336,6 +345,10 @@ impl LedgerStore for MemoryStore {
         let retention_micros = i64::try_from(self.idempotency_retention_seconds).unwrap_or(i64::MAX / 2) * 1_000_000;
         let before = inner.idempotency.len();
         inner.idempotency.retain(|_, (_, _, at)| now.micros() - *at < retention_micros);
+        let events_cutoff = now.plus_seconds(0).micros().saturating_sub(
+            i64::try_from(crate::events::EVENTS_RETENTION_SECONDS).unwrap_or(i64::MAX).saturating_mul(1_000_000),
+        );
+        inner.outbox.retain(|event| event.created_at.micros() > events_cutoff);
         report.idempotency_keys_deleted = (before - inner.idempotency.len()) as u64;
         Ok(report)
     }
@@ -370,6 +383,12 @@ impl LedgerStore for MemoryStore {
             report.violations.extend(ledger::verify_account(&entries, &stored));
         }
         Ok(report)
+    }
+
+    async fn events(&self, after: u128, limit: u32) -> Result<Vec<crate::events::StoredEvent>, StoreError> {
+        let inner = self.lock();
+        let limit = limit.min(crate::events::EVENTS_PAGE_MAX) as usize;
+        Ok(inner.outbox.iter().filter(|event| event.position > after).take(limit).cloned().collect())
     }
 
     async fn put_plan(&self, plan: &crate::plans::Plan) -> Result<crate::plans::PlanPut, StoreError> {

@@ -391,6 +391,12 @@ impl Writes {
         &self.changes.entries
     }
 
+    /// The events of these changes ([`crate::events::ledger_events`]), to write in the same
+    /// transaction, in this order.
+    pub fn events(&self) -> Vec<crate::events::NewEvent> {
+        crate::events::ledger_events(self)
+    }
+
     /// One record per decided request with a key, in the requests' order.
     pub fn records(&self) -> &[Record] {
         &self.records

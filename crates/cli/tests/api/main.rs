@@ -12,6 +12,7 @@ mod helpers;
 mod holds;
 mod idempotency;
 mod jobs;
+mod ledger_events;
 mod postgres;
 mod processes;
 mod rate_limits;

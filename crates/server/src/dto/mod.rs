@@ -82,11 +82,13 @@ macro_rules! wire_enum {
 pub mod allowances;
 pub mod events;
 pub mod jobs;
+pub mod ledger_events;
 pub mod runs;
 
 pub use self::allowances::*;
 pub use self::events::*;
 pub use self::jobs::*;
+pub use self::ledger_events::*;
 pub use self::runs::*;
 
 /// `POST /v1/accounts/{account_id}/grants`

@@ -6,6 +6,7 @@ pub mod allowances;
 pub mod health;
 pub mod holds;
 pub mod jobs;
+pub mod ledger_events;
 pub mod runs;
 pub mod test_clock;
 pub mod worker;

@@ -12,6 +12,7 @@
 
 pub mod allowances;
 pub mod differential;
+pub mod events;
 pub mod jobs;
 pub mod model;
 pub mod runs;
@@ -25,6 +26,7 @@ use crate::{Executed, LedgerStore, ManualClock, Request};
 
 pub use allowances::*;
 pub use differential::differential_against_model;
+pub use events::*;
 pub use scenarios::*;
 
 /// A fresh store and the clock it reads.
@@ -73,6 +75,8 @@ macro_rules! conformance_tests {
             allowances_plans_switch
             allowances_against_model
             plans_are_written_once
+            events_follow_each_change_in_order
+            events_are_read_once_under_concurrent_commits
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
