@@ -144,6 +144,24 @@ const INSERT_EVENTS: &str = "INSERT INTO outbox (type, account_id, data, at, cre
      SELECT type, account_id, data, at, $5 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[]) \
      WITH ORDINALITY AS event (type, account_id, data, at, n) ORDER BY n";
 
+/// Writes `events` to the outbox in `transaction` (a run's or a job's end: one at a time).
+pub(crate) async fn insert_events(
+    transaction: &Transaction<'_>,
+    events: &[NewEvent],
+    now: Timestamp,
+) -> Result<(), Failure> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction.prepare_cached(INSERT_EVENTS).await?;
+    let kinds: Vec<&str> = events.iter().map(|event| event.event_type.as_str()).collect();
+    let accounts: Vec<&str> = events.iter().map(|event| event.account_id.as_str()).collect();
+    let data: Vec<&str> = events.iter().map(|event| event.data.as_str()).collect();
+    let at: Vec<i64> = events.iter().map(|event| event.at.micros()).collect();
+    transaction.execute(&statement, &[&kinds, &accounts, &data, &at, &now.micros()]).await?;
+    Ok(())
+}
+
 fn pending_holds_sql(pending_holds: PendingHolds) -> String {
     match pending_holds {
         PendingHolds::DueAt(_) => format!(

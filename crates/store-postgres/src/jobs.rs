@@ -25,7 +25,7 @@
 use deadpool_postgres::Transaction;
 use ledger::Timestamp;
 use store::jobs::{self, JOBS_LIST_MAX};
-use store::{codec, JobId, JobRecord, JobWrite, JobWriteRefusal, JobWritten, StoreError};
+use store::{codec, JobId, JobRecord, JobStatus, JobWrite, JobWriteRefusal, JobWritten, StoreError};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -193,6 +193,19 @@ pub(crate) async fn write_attempt(
     now: Timestamp,
 ) -> Result<Written, Failure> {
     let refused = |refusal| Written { result: Err(refusal), committed: false };
+    // A job's end event, if this write ends it (a job ends once; a write that finds it ended
+    // adds none). Looked up (and the row locked) only for a write of a terminal status.
+    let end_event = match store::events::job_event(&write.job) {
+        Some(event) => {
+            let status = transaction.prepare_cached("SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE").await?;
+            let row = transaction.query_opt(&status, &[&write.job.job_id.as_str()]).await?;
+            let ended = row.is_some_and(|row| {
+                row.try_get::<_, &str>(0).ok().and_then(JobStatus::parse).is_some_and(JobStatus::is_terminal)
+            });
+            (!ended).then_some(event)
+        }
+        None => None,
+    };
     let job = match write_row(&transaction, &write.job, write.expected_version).await? {
         Ok(job) => job,
         Err(refusal) => {
@@ -200,6 +213,9 @@ pub(crate) async fn write_attempt(
             return Ok(refused(refusal));
         }
     };
+    if let Some(event) = end_event {
+        crate::execute::insert_events(&transaction, &[event], now).await?;
+    }
     let Some(request) = &write.ledger else {
         transaction.commit().await?;
         return Ok(Written { result: Ok(JobWritten { job, ledger: None }), committed: true });

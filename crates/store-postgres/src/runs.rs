@@ -182,6 +182,16 @@ pub(crate) async fn write_end_attempt(
 /// rolled back; false, having written nothing, for an unknown run.
 async fn write_events(transaction: &Transaction<'_>, write: &RunEventsWrite) -> Result<bool, Failure> {
     if let Some(run) = &write.run {
+        // The run's end event, if this write ends it (a retried final write finds it ended).
+        let end_event = match store::events::run_event(run) {
+            Some(event) => {
+                let state = transaction.prepare_cached("SELECT state FROM runs WHERE run_id = $1 FOR UPDATE").await?;
+                let row = transaction.query_opt(&state, &[&run.run_id.as_str()]).await?;
+                let running = row.is_some_and(|row| row.try_get::<_, &str>(0).is_ok_and(|state| state == "running"));
+                running.then_some(event)
+            }
+            None => None,
+        };
         let update = transaction.prepare_cached(UPDATE_RUN).await?;
         let params: [&(dyn ToSql + Sync); 6] = [
             &run.run_id.as_str(),
@@ -198,6 +208,10 @@ async fn write_events(transaction: &Transaction<'_>, write: &RunEventsWrite) -> 
         };
         if updated == 0 {
             return Ok(false);
+        }
+        if let Some(event) = end_event {
+            let at = event.at;
+            crate::execute::insert_events(transaction, &[event], at).await?;
         }
     }
     if !write.frames.is_empty() {

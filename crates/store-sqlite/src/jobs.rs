@@ -14,7 +14,7 @@
 use ledger::Timestamp;
 use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 use store::jobs::{self, JOBS_LIST_MAX};
-use store::{codec, JobId, JobRecord, JobWriteRefusal, StoreError, ThreadId};
+use store::{codec, JobId, JobRecord, JobStatus, JobWriteRefusal, StoreError, ThreadId};
 
 use crate::rows::sql_error;
 
@@ -199,4 +199,15 @@ pub(crate) fn stuck_jobs(
         i64::from(limit.min(JOBS_LIST_MAX)),
     ];
     query_jobs(conn, &sql, params)
+}
+
+/// Whether the job is stored in a terminal status (it then never changes status again).
+pub(crate) fn is_terminal(conn: &Connection, job_id: &JobId) -> Result<bool, StoreError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM jobs WHERE job_id = ?1")
+        .map_err(sql_error)?
+        .query_row([job_id.as_str()], |row| row.get(0))
+        .optional()
+        .map_err(sql_error)?;
+    Ok(status.as_deref().and_then(JobStatus::parse).is_some_and(JobStatus::is_terminal))
 }

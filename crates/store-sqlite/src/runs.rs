@@ -373,8 +373,18 @@ fn seq_param(seq: u64) -> Result<i64, StoreError> {
 /// the job's savepoint; false, having written nothing, for an unknown run. Writer thread only.
 pub(crate) fn write_run_events(conn: &Connection, write: &RunEventsWrite) -> Result<bool, StoreError> {
     if let Some(run) = &write.run {
+        // The run's end event, if this write ends it (a retried final write finds it ended).
+        let running: Option<String> = conn
+            .prepare_cached("SELECT state FROM runs WHERE run_id = ?1")
+            .map_err(sql_error)?
+            .query_row([run.run_id.as_str()], |row| row.get(0))
+            .optional()
+            .map_err(sql_error)?;
         if !update_run(conn, run)? {
             return Ok(false);
+        }
+        if let Some(event) = store::events::run_event(run).filter(|_| running.as_deref() == Some("running")) {
+            crate::rows::insert_event(conn, &event, event.at)?;
         }
     }
     let mut insert = conn

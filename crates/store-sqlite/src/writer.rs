@@ -604,10 +604,14 @@ impl Writer {
         write: &JobWrite,
         now: Timestamp,
     ) -> Result<(Result<JobWritten, JobWriteRefusal>, Performed), StoreError> {
+        let ended_before = jobs::is_terminal(&self.conn, &write.job.job_id)?;
         let job = match jobs::write(&self.conn, &write.job, write.expected_version)? {
             Ok(job) => job,
             Err(refusal) => return Ok((Err(refusal), Performed::UNDONE)),
         };
+        if let Some(event) = store::events::job_event(&job).filter(|_| !ended_before) {
+            rows::insert_event(&self.conn, &event, now)?;
+        }
         let Some(request) = &write.ledger else {
             return Ok((Ok(JobWritten { job, ledger: None }), Performed::KEPT));
         };

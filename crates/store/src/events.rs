@@ -31,10 +31,17 @@ pub enum EventType {
     HoldExpired,
     RefundCreated,
     BalanceDepleted,
+    RunSucceeded,
+    /// A run that ended any other way: failed, canceled, or interrupted (its `state` says which).
+    RunFailed,
+    JobSucceeded,
+    /// A video job that failed (refunded once, `refunded` says whether yet).
+    JobFailed,
+    JobCanceled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 14] = [
         EventType::GrantCreated,
         EventType::GrantExpired,
         EventType::AllowanceGranted,
@@ -44,6 +51,11 @@ impl EventType {
         EventType::HoldExpired,
         EventType::RefundCreated,
         EventType::BalanceDepleted,
+        EventType::RunSucceeded,
+        EventType::RunFailed,
+        EventType::JobSucceeded,
+        EventType::JobFailed,
+        EventType::JobCanceled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +69,11 @@ impl EventType {
             EventType::HoldExpired => "hold.expired",
             EventType::RefundCreated => "refund.created",
             EventType::BalanceDepleted => "balance.depleted",
+            EventType::RunSucceeded => "run.succeeded",
+            EventType::RunFailed => "run.failed",
+            EventType::JobSucceeded => "job.succeeded",
+            EventType::JobFailed => "job.failed",
+            EventType::JobCanceled => "job.canceled",
         }
     }
 
@@ -216,6 +233,48 @@ pub fn ledger_events(writes: &Writes) -> Vec<NewEvent> {
         index = last + 1;
     }
     events
+}
+
+/// The event of a run's record written as ended (`None` while it runs): stores call this where
+/// they write a run's final record, in that transaction.
+pub fn run_event(run: &crate::RunRecord) -> Option<NewEvent> {
+    use crate::RunState;
+    let event_type = match run.state {
+        RunState::Running => return None,
+        RunState::Succeeded => EventType::RunSucceeded,
+        RunState::Failed | RunState::Canceled | RunState::Interrupted => EventType::RunFailed,
+    };
+    let data = json!({
+        "account_id": run.account_id.as_str(),
+        "run_id": run.run_id.as_str(),
+        "thread_id": run.thread_id.as_str(),
+        "state": run.state.as_str(),
+        "hold_id": text_or_null(run.hold_id.as_ref().map(|hold_id| hold_id.as_str())),
+    });
+    Some(NewEvent { event_type, account_id: run.account_id.clone(), data: data.to_string(), at: run.updated_at })
+}
+
+/// The event of a job written in a terminal status (`None` before): stores call this where
+/// they write the job, in that transaction. A job reaches a terminal status once.
+pub fn job_event(job: &crate::JobRecord) -> Option<NewEvent> {
+    use crate::JobStatus;
+    let event_type = match job.status {
+        JobStatus::Succeeded => EventType::JobSucceeded,
+        JobStatus::Failed => EventType::JobFailed,
+        JobStatus::Canceled => EventType::JobCanceled,
+        JobStatus::Queued | JobStatus::Running => return None,
+    };
+    let data = json!({
+        "account_id": job.account_id.as_str(),
+        "job_id": job.job_id.as_str(),
+        "run_id": job.run_id.as_str(),
+        "thread_id": job.thread_id.as_str(),
+        "status": job.status.as_str(),
+        "price": job.price.to_string(),
+        "refunded": job.refund_applied_at.is_some(),
+        "error_code": text_or_null(job.error_code.as_deref()),
+    });
+    Some(NewEvent { event_type, account_id: job.account_id.clone(), data: data.to_string(), at: job.updated_at })
 }
 
 fn available(entry: &Entry) -> Amount {

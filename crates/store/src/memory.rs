@@ -173,10 +173,7 @@ impl Inner {
             self.journal.push(Entry { seq, ..entry.clone() });
         }
         for event in writes.events() {
-            self.outbox_next_seq += 1;
-            let seq = self.outbox_next_seq;
-            let stored = crate::events::StoredEvent { seq, position: u128::from(seq), event, created_at: now };
-            self.outbox.push(stored);
+            self.append_event(event, now);
         }
         for record in writes.records() {
             let recorded = (record.fingerprint.clone(), record.result.clone(), now.micros());
@@ -186,6 +183,20 @@ impl Inner {
             self.accounts.insert(state.account_id.clone(), state);
         }
         Ok(())
+    }
+
+    /// Appends an event to the outbox (under the lock of the write that causes it).
+    fn append_event(&mut self, event: crate::events::NewEvent, now: Timestamp) {
+        self.outbox_next_seq += 1;
+        let seq = self.outbox_next_seq;
+        self.outbox.push(crate::events::StoredEvent { seq, position: u128::from(seq), event, created_at: now });
+    }
+
+    /// The event of a run's final record, if this write ends a running run (a retried final
+    /// write finds it ended and adds none).
+    fn run_end_event(&self, run: &RunRecord) -> Option<crate::events::NewEvent> {
+        let running = self.runs.get(&run.run_id).is_some_and(|stored| stored.state == RunState::Running);
+        crate::events::run_event(run).filter(|_| running)
     }
 
     /// The account's pending holds that `pending_holds` includes, in expiry order: O(due).
@@ -587,8 +598,12 @@ impl RunStore for MemoryStore {
         {
             let mut inner = self.lock();
             if let Some(run) = &write.run {
+                let event = inner.run_end_event(run);
                 if !inner.update_run(run)? {
                     return Ok(false);
+                }
+                if let Some(event) = event {
+                    inner.append_event(event, self.clock.now());
                 }
             }
             for frame in &write.frames {
@@ -623,8 +638,12 @@ impl RunStore for MemoryStore {
                 Decided::Answered(executed) => return Ok(RunEndWritten::Refused(executed)),
                 Decided::Fresh(result, _) => return Ok(RunEndWritten::Refused(Executed::Fresh(result))),
             };
+            let event = inner.run_end_event(run);
             let updated = inner.update_run(run)?;
             assert!(updated, "the run was found under the same lock");
+            if let Some(event) = event {
+                inner.append_event(event, now);
+            }
             for frame in &write.frames {
                 inner.events.entry((frame.run_id.clone(), frame.seq)).or_insert_with(|| frame.clone());
             }
@@ -783,6 +802,10 @@ impl JobStore for MemoryStore {
             },
         };
         let stored = JobRecord { version, ..job };
+        let ended_before = inner.jobs.get(&stored.job_id).is_some_and(|old| old.status.is_terminal());
+        if let Some(event) = crate::events::job_event(&stored).filter(|_| !ended_before) {
+            inner.append_event(event, now);
+        }
         if let Some(previous) = inner.jobs.get(&stored.job_id).and_then(|old| old.retry_source_job_id.clone()) {
             inner.retries.remove(&previous);
         }

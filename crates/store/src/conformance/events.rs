@@ -134,3 +134,19 @@ pub async fn events_are_read_once_under_concurrent_commits(h: Harness) {
     assert_eq!(seen.len(), ACCOUNTS * HOLDS, "every hold.created, once");
     assert!(all_events(&h, position).await.is_empty(), "nothing beyond them");
 }
+
+/// The events of `event_type` once `expected` of them are readable (on PostgreSQL an event is
+/// readable once every older transaction of the cluster ended), read twice to see no more come.
+pub async fn events_of_type(h: &Harness, event_type: crate::events::EventType, expected: usize) -> Vec<StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let of_type = |events: Vec<StoredEvent>| -> Vec<StoredEvent> {
+        events.into_iter().filter(|event| event.event.event_type == event_type).collect()
+    };
+    loop {
+        let events = of_type(all_events(h, 0).await);
+        if events.len() >= expected || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::task::yield_now().await;
+    }
+}

@@ -422,6 +422,11 @@ pub async fn jobs_terminal_refund_applies_once(h: JobHarness) {
         assert_eq!(h.ledger.balances("u").await, refunded);
         assert_eq!(h.entry_count().await, entries + 1);
     }
+    // One job.failed per job, however many writes raced or repeated it; with the refund.
+    let failed = super::events::events_of_type(&h.ledger, crate::events::EventType::JobFailed, 2).await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let data: serde_json::Value = serde_json::from_str(&failed[0].event.data).expect("JSON");
+    assert_eq!((data["refunded"].as_bool(), data["error_code"].as_str()), (Some(true), Some("render_failed")));
     h.ledger.assert_verified().await;
 }
 

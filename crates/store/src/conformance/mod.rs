@@ -104,6 +104,7 @@ macro_rules! conformance_tests {
         );
         $crate::conformance_tests!(@ended $factory;
             runs_end_settles_with_the_record
+            runs_end_writes_one_event
         );
         $crate::conformance_tests!(@jobs $factory;
             jobs_insert_then_read_back

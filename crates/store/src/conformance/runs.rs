@@ -848,3 +848,21 @@ pub async fn runs_signals_follow_writes(h: RunHarness) {
     let cancel = signal(&mut receiver, |signal| matches!(signal, RunSignal::Cancel(_))).await;
     assert_eq!(cancel, RunSignal::Cancel(run_of("r")));
 }
+
+/// A run's end writes one `run.succeeded` or `run.failed` event with the final record, and a
+/// retried final write (the run already ended) writes none.
+pub async fn runs_end_writes_one_event(h: RunHarness, ledger: super::Harness) {
+    for (run_id, state) in [("r-ok", RunState::Succeeded), ("r-bad", RunState::Canceled)] {
+        let started = h.start(run_id, "u", "t").await;
+        h.clock.advance_seconds(1);
+        let ended = RunRecord { state, updated_at: h.now(), ..started };
+        let write = events_write(vec![frame(&h, run_id, 0, "done")], &[], Some(ended));
+        assert!(h.store.write_run_events(&write).await.unwrap());
+        assert!(h.store.write_run_events(&write).await.unwrap(), "a retried write");
+    }
+    let succeeded = super::events::events_of_type(&ledger, crate::events::EventType::RunSucceeded, 1).await;
+    let failed = super::events::events_of_type(&ledger, crate::events::EventType::RunFailed, 1).await;
+    assert_eq!((succeeded.len(), failed.len()), (1, 1), "{succeeded:?} {failed:?}");
+    let data: serde_json::Value = serde_json::from_str(&failed[0].event.data).expect("JSON");
+    assert_eq!((data["run_id"].as_str(), data["state"].as_str()), (Some("r-bad"), Some("canceled")));
+}
