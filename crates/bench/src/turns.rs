@@ -179,7 +179,10 @@ impl NullLedger {
                 Outcome::Refunded { grant, created: true }
             }
             Command::Sweep { .. } => Outcome::Swept { entries: 0 },
-            Command::CreateAllowance { .. } | Command::EndAllowances { .. } | Command::SubscribePlan { .. } => {
+            Command::CreateAllowance { .. }
+            | Command::EndAllowances { .. }
+            | Command::SubscribePlan { .. }
+            | Command::SetLowBalanceThreshold { .. } => {
                 unreachable!("a turn never manages allowances")
             }
         })

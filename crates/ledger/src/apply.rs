@@ -21,6 +21,8 @@ pub struct Changes {
     pub holds: Vec<HoldId>,
     pub allowances: Vec<AllowanceId>,
     pub entries: Vec<Entry>,
+    /// The account row's settings changed (the low-balance threshold).
+    pub settings: bool,
 }
 
 impl Changes {
@@ -48,6 +50,7 @@ impl Changes {
             && self.holds.is_empty()
             && self.allowances.is_empty()
             && self.entries.is_empty()
+            && !self.settings
     }
 }
 
@@ -713,6 +716,17 @@ fn apply_command(
             Ok(Outcome::Refunded { grant, created: true })
         }
         Command::Sweep { .. } => Ok(Outcome::Swept { entries: changes.entries.len() }),
+        Command::SetLowBalanceThreshold { threshold, .. } => {
+            if state.low_balance_threshold != *threshold {
+                state.low_balance_threshold = *threshold;
+                changes.settings = true;
+            }
+            Ok(Outcome::LowBalanceThresholdSet {
+                account_id: state.account_id.clone(),
+                threshold: *threshold,
+                balances: state.materialized(),
+            })
+        }
         Command::CreateAllowance { allowance } => {
             check_allowance_room(state, 1, now)?;
             let index = add_allowance(state, allowance, now, changes);

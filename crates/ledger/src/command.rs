@@ -83,6 +83,11 @@ pub enum Command {
         allowances: Vec<AllowanceId>,
         plan: bool,
     },
+    /// Sets (or, with `None`, clears) the account's low-balance threshold.
+    SetLowBalanceThreshold {
+        account_id: AccountId,
+        threshold: Option<Amount>,
+    },
     /// Switches the account to a plan: ends the allowances of its current plan as
     /// [`Command::EndAllowances`] does, then adds the plan's (all or nothing). Creates the
     /// account.
@@ -109,7 +114,8 @@ impl Command {
             | Command::Refund { account_id, .. }
             | Command::Sweep { account_id }
             | Command::EndAllowances { account_id, .. }
-            | Command::SubscribePlan { account_id, .. } => Target::Account(account_id),
+            | Command::SubscribePlan { account_id, .. }
+            | Command::SetLowBalanceThreshold { account_id, .. } => Target::Account(account_id),
             Command::CreateAllowance { allowance } => Target::Account(&allowance.account_id),
             Command::Capture { hold_id, .. } | Command::Release { hold_id } | Command::Extend { hold_id, .. } => {
                 Target::Hold(hold_id)
@@ -173,6 +179,7 @@ impl Command {
             Command::CreateAllowance { .. } => "create_allowance",
             Command::EndAllowances { .. } => "end_allowances",
             Command::SubscribePlan { .. } => "subscribe_plan",
+            Command::SetLowBalanceThreshold { .. } => "set_low_balance_threshold",
         }
     }
 }
@@ -218,6 +225,12 @@ pub enum Outcome {
     AllowancesEnded {
         allowances: Vec<Allowance>,
         changed: bool,
+    },
+    /// The account's low-balance threshold as now set, and its figures.
+    LowBalanceThresholdSet {
+        account_id: AccountId,
+        threshold: Option<Amount>,
+        balances: Balances,
     },
     /// The plan's allowances as created, and the ended ones of the plan before.
     PlanSubscribed {

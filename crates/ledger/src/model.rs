@@ -345,6 +345,9 @@ pub struct AccountState {
     /// The allowances that have not ended (at most [`ALLOWANCES_ACTIVE_MAX`]), each with its
     /// `due` period set by the store for the decision's `now`.
     pub allowances: Vec<Allowance>,
+    /// Below this many available credits the account is low (a `balance.low` event each time
+    /// available falls from at or above it to below it). Kept on the account row.
+    pub low_balance_threshold: Option<Amount>,
 }
 
 /// Balance figures of an account at a moment.
@@ -368,6 +371,7 @@ impl AccountState {
             grants: Vec::new(),
             holds: Vec::new(),
             allowances: Vec::new(),
+            low_balance_threshold: None,
         }
     }
 

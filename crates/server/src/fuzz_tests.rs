@@ -285,6 +285,7 @@ const POST_ROUTES: &[PostRoute] = &[
         template: || json!({"plan_id": "p1", "name": "P", "allowances": [{"amount": "1", "period": "month", "timezone": "UTC"}]}),
     },
     PostRoute { path: "/v1/accounts/{id}/plan", template: || json!({"plan_id": "p1"}) },
+    PostRoute { path: "/v1/accounts/{id}/low-balance-threshold", template: || json!({"threshold": "5"}) },
     PostRoute {
         path: "/v1/worker/jobs/{id}/heartbeat",
         template: || json!({"worker_id": "w1", "stage": "rendering", "progress": 50}),

@@ -16,6 +16,7 @@ use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, ru
         accounts::list_holds,
         accounts::create_debit,
         accounts::create_refund,
+        accounts::set_low_balance_threshold,
         allowances::create_allowance,
         allowances::list_allowances,
         allowances::end_allowance,

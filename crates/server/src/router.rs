@@ -53,6 +53,12 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/accounts/{account_id}/holds", get(accounts::list_holds), Timing::Handler),
         (Method::POST, "/v1/accounts/{account_id}/debits", post(accounts::create_debit), Timing::Handler),
         (Method::POST, "/v1/accounts/{account_id}/refunds", post(accounts::create_refund), Timing::Handler),
+        (
+            Method::POST,
+            "/v1/accounts/{account_id}/low-balance-threshold",
+            post(accounts::set_low_balance_threshold),
+            Timing::Handler,
+        ),
         (Method::POST, "/v1/accounts/{account_id}/allowances", post(allowances::create_allowance), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}/allowances", get(allowances::list_allowances), Timing::Handler),
         (

@@ -77,15 +77,17 @@ const RECORD_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, cr
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
 /// Inserts new accounts in the order given (ascending) and returns the rows it inserted: fewer
 /// than given when another transaction created one of them first.
-const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded, held) \
-     SELECT account_id, created_at, spent, refunded, held \
-     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) WITH ORDINALITY \
-     AS account (account_id, created_at, spent, refunded, held, n) \
+const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded, held, \
+     low_balance_threshold) \
+     SELECT account_id, created_at, spent, refunded, held, low_balance_threshold \
+     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[]) WITH ORDINALITY \
+     AS account (account_id, created_at, spent, refunded, held, low_balance_threshold, n) \
      ORDER BY n ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
 /// Returns the rows it updated: exactly those given, the rows this transaction has locked.
 const UPDATE_ACCOUNTS: &str = "UPDATE accounts SET spent = changed.spent, refunded = changed.refunded, \
-     held = changed.held \
-     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) AS changed (account_id, spent, refunded, held) \
+     held = changed.held, low_balance_threshold = changed.low_balance_threshold \
+     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) \
+     AS changed (account_id, spent, refunded, held, low_balance_threshold) \
      WHERE accounts.account_id = changed.account_id RETURNING accounts.account_id";
 const UPSERT_GRANTS: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
      created_at, reference, metadata, live, pinned) \
@@ -433,11 +435,8 @@ impl Load {
         let named_holds = if self.named_holds { next() } else { Vec::new() };
         let referenced = if self.referenced_grants { next() } else { Vec::new() };
         for row in &account_rows {
-            let (account_id, created_at, totals, held) = rows::account(row)?;
-            let mut state = AccountState::new(account_id.clone(), created_at);
-            state.totals = totals;
-            state.held = held;
-            states.insert(account_id.as_str().to_owned(), state);
+            let state = rows::account(row)?;
+            states.insert(state.account_id.as_str().to_owned(), state);
         }
         for grant in grant_rows.iter().map(rows::grant) {
             let grant: Grant = grant?;
@@ -547,9 +546,10 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp)
         let spent = inserts.iter().map(|state| sql_amount(state.totals.spent)).collect::<Result<Vec<_>, _>>()?;
         let refunded = inserts.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
         let held = inserts.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
+        let thresholds = thresholds(&inserts)?;
         checked.inserted_accounts = Some((pending.len(), account_id.iter().map(|id| (*id).to_owned()).collect()));
         pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 5] = [&account_id, &created_at, &spent, &refunded, &held];
+            let params: [&(dyn ToSql + Sync); 6] = [&account_id, &created_at, &spent, &refunded, &held, &thresholds];
             transaction.query(&statement, &params).await
         }));
     }
@@ -561,10 +561,11 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp)
         let spent = updates.iter().map(|state| sql_amount(state.totals.spent)).collect::<Result<Vec<_>, _>>()?;
         let refunded = updates.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
         let held = updates.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
+        let thresholds = thresholds(&updates)?;
         checked.updated_accounts = Some((pending.len(), account_id.len()));
-        pending.push(Box::pin(
-            async move { transaction.query(&statement, &[&account_id, &spent, &refunded, &held]).await },
-        ));
+        pending.push(Box::pin(async move {
+            transaction.query(&statement, &[&account_id, &spent, &refunded, &held, &thresholds]).await
+        }));
     }
     let grants: Vec<&Grant> = changed.iter().flat_map(|writes| writes.grants()).collect();
     checked.grants = Some((pending.len(), grants.len())).filter(|(_, count)| *count > 0);
@@ -638,6 +639,11 @@ async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp)
         }
     }
     Ok(())
+}
+
+/// The accounts' low-balance thresholds as a BIGINT[] parameter (NULL for none).
+fn thresholds(states: &[&AccountState]) -> Result<Vec<Option<i64>>, StoreError> {
+    states.iter().map(|state| state.low_balance_threshold.map(sql_amount).transpose()).collect()
 }
 
 /// Checks that the batch's entries were inserted exactly as decided, each with a larger `seq`

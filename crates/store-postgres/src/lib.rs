@@ -523,10 +523,7 @@ impl PostgresStore {
         let [_, account_rows, grant_rows, hold_rows, allowance_rows, _] =
             <[Vec<tokio_postgres::Row>; 6]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
         let Some(account_row) = account_rows.first() else { return Ok(None) };
-        let (account_id, created_at, totals, held) = rows::account(account_row)?;
-        let mut state = AccountState::new(account_id, created_at);
-        state.totals = totals;
-        state.held = held;
+        let mut state = rows::account(account_row)?;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
         state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
         state.allowances = allowance_rows.iter().map(rows::allowance).collect::<Result<_, _>>()?;
@@ -626,7 +623,7 @@ impl PostgresStore {
         .map_err(store_error)?;
         transaction.commit().await.map_err(store_error)?;
         let Some(account_row) = account_row else { return Ok((0, 0, Vec::new())) };
-        let (account_id, _, totals, held) = rows::account(&account_row)?;
+        let AccountState { account_id, totals, held, .. } = rows::account(&account_row)?;
         let free: i64 = free_row.try_get(0).map_err(|_| undecodable("free sum"))?;
         let stored = StoredAccount {
             account_id,

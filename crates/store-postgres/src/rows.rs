@@ -5,8 +5,8 @@
 //! database holds something this build never writes.
 
 use ledger::{
-    AccountId, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference, Timestamp,
-    Totals,
+    AccountId, AccountState, Amount, Entry, EntryKind, Grant, GrantId, GrantKind, Hold, HoldId, HoldState, Reference,
+    Timestamp, Totals,
 };
 use store::codec::{self, undecodable};
 use store::StoreError;
@@ -19,7 +19,7 @@ pub(crate) const HOLD_COLUMNS: &str = "hold_id, account_id, amount, captured, re
      created_at, reference, metadata, allocations";
 pub(crate) const ENTRY_COLUMNS: &str =
     "seq, account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key";
-pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, created_at, spent, refunded, held";
+pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, created_at, spent, refunded, held, low_balance_threshold";
 
 fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<T, StoreError> {
     row.try_get(index).map_err(|error| undecodable(what).with_source(error))
@@ -62,14 +62,17 @@ pub(crate) fn sql_amount(amount: Amount) -> Result<i64, StoreError> {
     i64::try_from(amount.micros()).map_err(|_| StoreError::corrupt(format!("amount {amount} does not fit a BIGINT")))
 }
 
-/// The account row read with [`ACCOUNT_COLUMNS`]: id, creation time, lifetime totals and held.
-pub(crate) fn account(row: &Row) -> Result<(AccountId, Timestamp, Totals, Amount), StoreError> {
-    Ok((
-        account_id(row, 0)?,
-        timestamp(row, 1, "created_at")?,
-        Totals { spent: amount(row, 2, "spent")?, refunded: amount(row, 3, "refunded")? },
-        amount(row, 4, "held")?,
-    ))
+/// The account row read with [`ACCOUNT_COLUMNS`] as a state with no grants, holds or allowances
+/// yet: id, creation time, lifetime totals, held and the low-balance threshold.
+pub(crate) fn account(row: &Row) -> Result<AccountState, StoreError> {
+    let mut state = AccountState::new(account_id(row, 0)?, timestamp(row, 1, "created_at")?);
+    state.totals = Totals { spent: amount(row, 2, "spent")?, refunded: amount(row, 3, "refunded")? };
+    state.held = amount(row, 4, "held")?;
+    let threshold: Option<i64> = get(row, 5, "low_balance_threshold")?;
+    state.low_balance_threshold = threshold
+        .map(|micros| u64::try_from(micros).map(Amount::from_micros).map_err(|_| undecodable("low_balance_threshold")))
+        .transpose()?;
+    Ok(state)
 }
 
 pub(crate) fn grant(row: &Row) -> Result<Grant, StoreError> {

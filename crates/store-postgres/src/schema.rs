@@ -292,6 +292,9 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_by_position ON outbox (txid, seq);
 CREATE INDEX outbox_by_time ON outbox (created_at);
+
+-- Below this many available credits (micro-credits) the account is low: `balance.low` events.
+ALTER TABLE accounts ADD COLUMN low_balance_threshold BIGINT CHECK (low_balance_threshold >= 0);
 "#,
     },
 ];

@@ -57,3 +57,6 @@ CREATE TABLE outbox (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX outbox_by_time ON outbox (created_at);
+
+-- Below this many available credits (micro-credits) the account is low: `balance.low` events.
+ALTER TABLE accounts ADD COLUMN low_balance_threshold INTEGER CHECK (low_balance_threshold >= 0);

@@ -162,15 +162,26 @@ fn decode_entry(row: &Row<'_>) -> Result<Entry, StoreError> {
     })
 }
 
-/// The account row's creation time, totals and held, or `None` when the account does not exist.
-fn account_row(conn: &Connection, account_id: &AccountId) -> Result<Option<(Timestamp, Totals, Amount)>, StoreError> {
+/// The account row's creation time, totals, held and low-balance threshold, or `None` when the
+/// account does not exist.
+#[allow(clippy::type_complexity)]
+fn account_row(
+    conn: &Connection,
+    account_id: &AccountId,
+) -> Result<Option<(Timestamp, Totals, Amount, Option<Amount>)>, StoreError> {
     let mut statement = conn
-        .prepare_cached("SELECT created_at, spent, refunded, held FROM accounts WHERE account_id = ?1")
+        .prepare_cached(
+            "SELECT created_at, spent, refunded, held, low_balance_threshold FROM accounts WHERE account_id = ?1",
+        )
         .map_err(sql_error)?;
     let mut rows = statement.query([account_id.as_str()]).map_err(sql_error)?;
     let Some(row) = rows.next().map_err(sql_error)? else { return Ok(None) };
     let totals = Totals { spent: get_amount(row, 1, "spent")?, refunded: get_amount(row, 2, "refunded")? };
-    Ok(Some((get_time(row, 0)?, totals, get_amount(row, 3, "held")?)))
+    let threshold: Option<i64> = get(row, 4)?;
+    let threshold = threshold
+        .map(|micros| u64::try_from(micros).map(Amount::from_micros).map_err(|_| codec::undecodable("threshold")))
+        .transpose()?;
+    Ok(Some((get_time(row, 0)?, totals, get_amount(row, 3, "held")?, threshold)))
 }
 
 /// The state the ledger decides on: the account row, its live grants and the pending holds
@@ -181,7 +192,9 @@ pub(crate) fn load_account(
     account_id: &AccountId,
     pending_holds: PendingHolds,
 ) -> Result<Option<AccountState>, StoreError> {
-    let Some((created_at, totals, held)) = account_row(conn, account_id)? else { return Ok(None) };
+    let Some((created_at, totals, held, low_balance_threshold)) = account_row(conn, account_id)? else {
+        return Ok(None);
+    };
     let grants = {
         let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1 AND live = 1 ORDER BY rowid");
         let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
@@ -190,7 +203,16 @@ pub(crate) fn load_account(
     let holds = pending(conn, account_id, pending_holds)?;
     let PendingHolds::DueAt(now) = pending_holds;
     let allowances = allowances(conn, account_id, now)?;
-    Ok(Some(AccountState { account_id: account_id.clone(), created_at, totals, held, grants, holds, allowances }))
+    Ok(Some(AccountState {
+        account_id: account_id.clone(),
+        created_at,
+        totals,
+        held,
+        grants,
+        holds,
+        allowances,
+        low_balance_threshold,
+    }))
 }
 
 /// The account's allowances that have not ended at `now` (at most `ALLOWANCES_ACTIVE_MAX`),
@@ -443,9 +465,10 @@ pub(crate) fn due_accounts(conn: &Connection, now: Timestamp, limit: u32) -> Res
 pub(crate) fn upsert_account(conn: &Connection, state: &AccountState) -> Result<(), StoreError> {
     let mut statement = conn
         .prepare_cached(
-            "INSERT INTO accounts (account_id, created_at, spent, refunded, held) VALUES (?1, ?2, ?3, ?4, ?5) \
+            "INSERT INTO accounts (account_id, created_at, spent, refunded, held, low_balance_threshold) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (account_id) DO UPDATE SET spent = excluded.spent, refunded = excluded.refunded, \
-                 held = excluded.held",
+                 held = excluded.held, low_balance_threshold = excluded.low_balance_threshold",
         )
         .map_err(sql_error)?;
     statement
@@ -455,6 +478,7 @@ pub(crate) fn upsert_account(conn: &Connection, state: &AccountState) -> Result<
             amount_to_sql(state.totals.spent)?,
             amount_to_sql(state.totals.refunded)?,
             amount_to_sql(state.held)?,
+            state.low_balance_threshold.map(amount_to_sql).transpose()?,
         ])
         .map_err(sql_error)?;
     Ok(())

@@ -186,6 +186,14 @@ pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
         Ok(Outcome::AllowancesEnded { allowances, changed }) => {
             json!({"ok": "allowances_ended", "allowances": encode_allowances(allowances), "changed": changed})
         }
+        Ok(Outcome::LowBalanceThresholdSet { account_id, threshold, balances }) => json!({
+            "ok": "low_balance_threshold_set",
+            "account_id": account_id.as_str(),
+            "threshold": threshold.map_or(Value::Null, |threshold| json!(threshold.micros())),
+            "balance": balances.balance.micros(),
+            "held": balances.held.micros(),
+            "available": balances.available.micros(),
+        }),
         Ok(Outcome::PlanSubscribed { plan_id, allowances, ended }) => json!({
             "ok": "plan_subscribed",
             "plan_id": plan_id.as_str(),
@@ -344,6 +352,18 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
             "allowances_ended" => Outcome::AllowancesEnded {
                 allowances: decode_allowances(&fields, "allowances")?,
                 changed: fields.bool("changed")?,
+            },
+            "low_balance_threshold_set" => Outcome::LowBalanceThresholdSet {
+                account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("account_id"))?,
+                threshold: match fields.value("threshold")? {
+                    Value::Null => None,
+                    _ => Some(fields.amount("threshold")?),
+                },
+                balances: Balances {
+                    balance: fields.amount("balance")?,
+                    held: fields.amount("held")?,
+                    available: fields.amount("available")?,
+                },
             },
             "plan_subscribed" => Outcome::PlanSubscribed {
                 plan_id: PlanId::parse(fields.str("plan_id")?).map_err(|_| undecodable("plan_id"))?,

@@ -30,6 +30,8 @@ pub enum EventType {
     HoldReleased,
     HoldExpired,
     RefundCreated,
+    /// Available credits fell below the account's low-balance threshold (once per crossing).
+    BalanceLow,
     BalanceDepleted,
     RunSucceeded,
     /// A run that ended any other way: failed, canceled, or interrupted (its `state` says which).
@@ -41,7 +43,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::GrantCreated,
         EventType::GrantExpired,
         EventType::AllowanceGranted,
@@ -50,6 +52,7 @@ impl EventType {
         EventType::HoldReleased,
         EventType::HoldExpired,
         EventType::RefundCreated,
+        EventType::BalanceLow,
         EventType::BalanceDepleted,
         EventType::RunSucceeded,
         EventType::RunFailed,
@@ -68,6 +71,7 @@ impl EventType {
             EventType::HoldReleased => "hold.released",
             EventType::HoldExpired => "hold.expired",
             EventType::RefundCreated => "refund.created",
+            EventType::BalanceLow => "balance.low",
             EventType::BalanceDepleted => "balance.depleted",
             EventType::RunSucceeded => "run.succeeded",
             EventType::RunFailed => "run.failed",
@@ -150,8 +154,9 @@ fn text_or_null(text: Option<&str>) -> Value {
 
 /// The events of what one batch of decisions changed, in journal order: one per grant, refund,
 /// hold, capture (a final capture's released remainder and its overage are part of its
-/// `hold.captured`), release, expiry and grant expiry, and `balance.depleted` when an entry takes
-/// the account's available credits from above zero to zero.
+/// `hold.captured`), release, expiry and grant expiry; `balance.low` when a change takes the
+/// available credits from at or above the account's threshold to below it, and
+/// `balance.depleted` when it takes them from above zero to zero.
 pub fn ledger_events(writes: &Writes) -> Vec<NewEvent> {
     let Some(state) = writes.state() else { return Vec::new() };
     let entries = writes.entries();
@@ -224,10 +229,18 @@ pub fn ledger_events(writes: &Writes) -> Vec<NewEvent> {
             }
             EntryKind::Capture | EntryKind::Debit | EntryKind::Extend => {}
         }
-        // Depleted: this command's last entry leaves nothing available where the entry before
-        // the group left some.
+        // Low, then depleted: the group's last entry takes available below the threshold (or
+        // to zero) from at or above it (from above zero) before the group. Each crossing is one
+        // event; rising back above re-arms it, with no flag to keep.
         let before = if index == 0 { writes_before(writes) } else { Some(available(&entries[index - 1])) };
-        if available(&entries[last]).is_zero() && before.is_some_and(|before| !before.is_zero()) {
+        let after = available(&entries[last]);
+        if let (Some(threshold), Some(before)) = (state.low_balance_threshold, before) {
+            if before >= threshold && after < threshold {
+                let fields = json!({"threshold": threshold.to_string()});
+                events.push(event(EventType::BalanceLow, &entries[last], Amount::ZERO, fields));
+            }
+        }
+        if after.is_zero() && before.is_some_and(|before| !before.is_zero()) {
             events.push(event(EventType::BalanceDepleted, &entries[last], Amount::ZERO, json!({})));
         }
         index = last + 1;

@@ -223,8 +223,8 @@ enum Account {
 #[derive(Debug)]
 pub struct Decider {
     account: Account,
-    /// The row's figures as loaded: totals and held.
-    row_before: Option<(Totals, Amount)>,
+    /// The row as loaded: totals, held and the low-balance threshold.
+    row_before: Option<(Totals, Amount, Option<Amount>)>,
     changes: Changes,
     records: Vec<Record>,
 }
@@ -232,7 +232,7 @@ pub struct Decider {
 impl Decider {
     /// On the account's assembled state (`None`: the account does not exist yet).
     pub fn new(state: Option<AccountState>) -> Decider {
-        let row_before = state.as_ref().map(|state| (state.totals, state.held));
+        let row_before = state.as_ref().map(|state| (state.totals, state.held, state.low_balance_threshold));
         Decider { account: Account::Known(state), row_before, changes: Changes::default(), records: Vec::new() }
     }
 
@@ -290,7 +290,9 @@ impl Decider {
         let account_row = match &state {
             _ if self.changes.is_empty() => AccountRow::Unchanged,
             _ if self.changes.account_created => AccountRow::Insert,
-            Some(state) if Some((state.totals, state.held)) != self.row_before => AccountRow::Update,
+            Some(state) if Some((state.totals, state.held, state.low_balance_threshold)) != self.row_before => {
+                AccountRow::Update
+            }
             _ => AccountRow::Unchanged,
         };
         Writes { state, account_row, changes: self.changes, records: self.records }
@@ -317,6 +319,7 @@ fn merge(into: &mut Changes, changes: Changes) {
         }
     }
     into.entries.extend(changes.entries);
+    into.settings |= changes.settings;
 }
 
 /// What happens to the account row.
@@ -326,7 +329,7 @@ pub enum AccountRow {
     Unchanged,
     /// The account was created: insert it, with the final totals and held.
     Insert,
-    /// Its totals or held moved: update them.
+    /// Its totals, held or threshold moved: update them.
     Update,
 }
 

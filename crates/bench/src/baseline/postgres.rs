@@ -376,7 +376,10 @@ impl BaselinePostgresStore {
             | Command::Sweep { .. }
             | Command::CreateAllowance { .. }
             | Command::EndAllowances { .. }
-            | Command::SubscribePlan { .. } => Err(rules::unsupported(command).expect("an unsupported command").into()),
+            | Command::SubscribePlan { .. }
+            | Command::SetLowBalanceThreshold { .. } => {
+                Err(rules::unsupported(command).expect("an unsupported command").into())
+            }
         }
     }
 

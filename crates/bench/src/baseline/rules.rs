@@ -62,7 +62,8 @@ pub(crate) fn unsupported(command: &Command) -> Option<StoreError> {
         | Command::Sweep { .. }
         | Command::CreateAllowance { .. }
         | Command::EndAllowances { .. }
-        | Command::SubscribePlan { .. } => {
+        | Command::SubscribePlan { .. }
+        | Command::SetLowBalanceThreshold { .. } => {
             Some(StoreError::unavailable(format!("the baseline store does not support {}", command.name())))
         }
         Command::Grant { .. }
@@ -186,6 +187,7 @@ pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) 
         grants: vec![grant],
         holds: pending,
         allowances: Vec::new(),
+        low_balance_threshold: None,
     };
     Ok(AccountView::at(&state, now))
 }

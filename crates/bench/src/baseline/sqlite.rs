@@ -365,7 +365,10 @@ fn apply(
         | Command::Sweep { .. }
         | Command::CreateAllowance { .. }
         | Command::EndAllowances { .. }
-        | Command::SubscribePlan { .. } => Err(rules::unsupported(command).expect("an unsupported command").into()),
+        | Command::SubscribePlan { .. }
+        | Command::SetLowBalanceThreshold { .. } => {
+            Err(rules::unsupported(command).expect("an unsupported command").into())
+        }
     }
 }
 

@@ -52,6 +52,18 @@ async fn events_of_changes(app: TestApp) {
     assert_eq!(types(&page), ["allowance.granted"], "{page}");
     assert!(page["events"][0]["data"]["reference"].as_str().is_some_and(|reference| reference.starts_with("al_")));
 
+    // A low-balance threshold: one balance.low per crossing.
+    let next = page["next"].as_str().expect("next").to_owned();
+    let set = app.post("/v1/accounts/ada/low-balance-threshold", json!({"threshold": "2"})).await;
+    assert_eq!(set.assert_status(200)["low_balance_threshold"], "2");
+    assert_eq!(app.account("ada").await.body["low_balance_threshold"], "2");
+    app.debit("ada", json!({"amount": "2"})).await.assert_status(201);
+    let page = events_after(&app, &next, 1).await;
+    assert_eq!(types(&page), ["balance.low"], "{page}");
+    app.post("/v1/accounts/ghost/low-balance-threshold", json!({"threshold": null}))
+        .await
+        .assert_problem(404, "account_not_found");
+
     app.get("/v1/events?after=evt_1").await.assert_problem(422, "invalid_request");
     app.get("/v1/events?limit=0").await.assert_problem(422, "invalid_request");
 }

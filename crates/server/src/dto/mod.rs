@@ -269,6 +269,8 @@ pub struct AccountResponse {
     pub balance: String,
     pub held: String,
     pub available: String,
+    /// Below this many available credits a `balance.low` event is written (once per crossing).
+    pub low_balance_threshold: Option<String>,
     /// Grants with credits left, in spend order.
     pub grants: Vec<GrantResponse>,
 }
@@ -293,6 +295,24 @@ pub struct EntriesResponse {
     pub entries: Vec<EntryResponse>,
     /// Pass as `after` for the next page; null at the end.
     pub next: Option<String>,
+}
+
+/// `POST /v1/accounts/{account_id}/low-balance-threshold`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LowBalanceThresholdRequest {
+    /// A decimal string; `null` clears it.
+    #[schema(value_type = Option<String>, example = "5")]
+    pub threshold: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LowBalanceThresholdResponse {
+    pub account_id: String,
+    pub low_balance_threshold: Option<String>,
+    pub balance: String,
+    pub held: String,
+    pub available: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

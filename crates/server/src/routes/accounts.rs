@@ -7,7 +7,8 @@ use ledger::{Command, Outcome};
 
 use crate::dto::{
     AccountResponse, DebitRequest, DebitResponse, EntriesQuery, EntriesResponse, GrantRequest, GrantResponse,
-    HoldStateQuery, HoldsQuery, HoldsResponse, Problem, RefundRequest,
+    HoldStateQuery, HoldsQuery, HoldsResponse, LowBalanceThresholdRequest, LowBalanceThresholdResponse, Problem,
+    RefundRequest,
 };
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, IdempotencyKey, JsonBody, RequireAdmin, RequireService};
@@ -286,6 +287,45 @@ pub async fn create_refund(
             Ok(json(created_or_ok(created), wire::grant_response(&grant, grant.free)))
         }
         Ok(other) => Err(unexpected_outcome("refund", &other)),
+        Err(rejection) => Err(rejection.into()),
+    }
+}
+
+/// Set (or clear, with `null`) the account's low-balance threshold: a `balance.low` event is
+/// written each time a change takes its available credits from at or above it to below it.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account_id}/low-balance-threshold", tag = "accounts",
+    params(("account_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = LowBalanceThresholdRequest,
+    responses(
+        (status = 200, body = LowBalanceThresholdResponse),
+        (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_amount, invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn set_low_balance_threshold(
+    State(state): State<AppState>,
+    _auth: RequireAdmin,
+    ApiPath(account_id): ApiPath<String>,
+    key: IdempotencyKey,
+    body: JsonBody<LowBalanceThresholdRequest>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let threshold = body.value.threshold.as_deref().map(|raw| wire::parse_amount("threshold", raw)).transpose()?;
+    let command = Command::SetLowBalanceThreshold { account_id, threshold };
+    match state.execute(command, &key, || body.fingerprint(None)).await? {
+        Ok(Outcome::LowBalanceThresholdSet { account_id, threshold, balances }) => Ok(json(
+            StatusCode::OK,
+            LowBalanceThresholdResponse {
+                account_id: account_id.to_string(),
+                low_balance_threshold: threshold.map(|threshold| threshold.to_string()),
+                balance: balances.balance.to_string(),
+                held: balances.held.to_string(),
+                available: balances.available.to_string(),
+            },
+        )),
+        Ok(other) => Err(unexpected_outcome("set_low_balance_threshold", &other)),
         Err(rejection) => Err(rejection.into()),
     }
 }

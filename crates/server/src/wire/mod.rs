@@ -166,6 +166,7 @@ pub fn account_response(view: &store::AccountView) -> AccountResponse {
         balance: view.balances.balance.to_string(),
         held: view.balances.held.to_string(),
         available: view.balances.available.to_string(),
+        low_balance_threshold: view.state.low_balance_threshold.map(|threshold| threshold.to_string()),
         grants,
     }
 }

@@ -98,7 +98,8 @@ fn answer_of(result: &Result<Outcome, Rejection>) -> Answer {
             | Outcome::Swept { .. }
             | Outcome::AllowanceCreated { .. }
             | Outcome::AllowancesEnded { .. }
-            | Outcome::PlanSubscribed { .. },
+            | Outcome::PlanSubscribed { .. }
+            | Outcome::LowBalanceThresholdSet { .. },
         ) => Answer::Done,
         Err(rejection) => Answer::Rejected(rejection.code()),
     }

@@ -150,3 +150,28 @@ pub async fn events_of_type(h: &Harness, event_type: crate::events::EventType, e
         tokio::task::yield_now().await;
     }
 }
+
+/// `balance.low` once per crossing of the account's threshold, re-armed by rising above it;
+/// setting the threshold is kept on the account.
+pub async fn events_balance_low_once_per_crossing(h: Harness) {
+    h.grant("low", "10").await;
+    let set = Command::SetLowBalanceThreshold { account_id: account("low"), threshold: Some(cr("5")) };
+    assert!(matches!(h.run(set).await, Ok(Outcome::LowBalanceThresholdSet { .. })));
+    let view = h.store.account(&account("low")).await.unwrap().expect("exists");
+    assert_eq!(view.state.low_balance_threshold, Some(cr("5")));
+    let first = h.hold("low", "6", 60).await.unwrap();
+    h.release(&first.hold_id).await.unwrap();
+    let second = h.hold("low", "7", 60).await.unwrap();
+    let debit = Command::Debit { account_id: account("low"), amount: cr("3"), reference: None };
+    h.run(debit).await.unwrap();
+    h.capture(&second.hold_id, "7", true).await.unwrap();
+    let low = events_of_type(&h, crate::events::EventType::BalanceLow, 2).await;
+    assert_eq!(low.len(), 2, "the first hold and the second, not the debit below it: {low:?}");
+    assert_eq!(data(&low[0])["available"], "4");
+    assert_eq!(data(&low[0])["threshold"], "5");
+    let depleted = events_of_type(&h, crate::events::EventType::BalanceDepleted, 1).await;
+    assert_eq!(depleted.len(), 1);
+    let unknown = Command::SetLowBalanceThreshold { account_id: account("nobody"), threshold: None };
+    assert_eq!(h.run(unknown).await, Err(Rejection::AccountNotFound));
+    h.assert_verified().await;
+}

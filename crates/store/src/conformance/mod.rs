@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             plans_are_written_once
             events_follow_each_change_in_order
             events_are_read_once_under_concurrent_commits
+            events_balance_low_once_per_crossing
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
