@@ -93,10 +93,31 @@ struct CallerOutput {
     holds: Latencies,
 }
 
-/// Grants every account of `workload` its credits.
+/// A monthly allowance of zero credits in UTC for account `index`: it costs each decision what
+/// any allowance does (loaded, its period computed and named) and moves no credits.
+fn zero_allowance(index: usize, allowance: usize) -> anyhow::Result<ledger::Allowance> {
+    let schedule = store::allowances::AllowanceSchedule::new(calendar::Period::Month, "UTC", None)?;
+    Ok(store::allowances::AllowanceSpec {
+        allowance_id: ledger::AllowanceId::parse(&format!("al-{index}-{allowance}"))
+            .map_err(|error| anyhow::anyhow!("{error:?}"))?,
+        account_id: account_id(index)?,
+        amount: Amount::ZERO,
+        priority: 100,
+        rollover: ledger::Rollover::None,
+        schedule,
+        starts_at: ledger::Timestamp::from_micros(0),
+        ends_at: None,
+        reference: None,
+        plan_id: None,
+    }
+    .into_allowance())
+}
+
+/// Grants every account of `workload` its credits (and its allowances).
 pub async fn seed(store: &Arc<dyn LedgerStore>, workload: &Workload) -> anyhow::Result<()> {
     let accounts = workload.distribution.accounts();
     let credits = workload.grant_credits();
+    let allowances = workload.allowances;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tasks: Vec<_> = (0..SEED_CONCURRENCY.min(accounts))
         .map(|_| {
@@ -120,6 +141,13 @@ pub async fn seed(store: &Arc<dyn LedgerStore>, workload: &Workload) -> anyhow::
                     match store.execute(Request::new(grant)).await? {
                         Executed::Fresh(Ok(_)) => {}
                         other => anyhow::bail!("seeding grant {index}: {other:?}"),
+                    }
+                    for allowance in 0..allowances {
+                        let create = Command::CreateAllowance { allowance: zero_allowance(index, allowance)? };
+                        match store.execute(Request::new(create)).await? {
+                            Executed::Fresh(Ok(_)) => {}
+                            other => anyhow::bail!("seeding allowance {allowance} of {index}: {other:?}"),
+                        }
                     }
                 }
             })

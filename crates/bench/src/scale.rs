@@ -78,6 +78,7 @@ pub async fn measure(dir: &Path, accounts: u64, duration: Duration, seed: u64) -
         mix,
         replay_percent: 0,
         near_empty: false,
+        allowances: 0,
     };
     let reads_workload = uniform(Mix::ReadHeavy);
     let holds_workload = uniform(Mix::HoldCapture);

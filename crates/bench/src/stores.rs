@@ -35,6 +35,13 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
+    /// One of the straightforward designs the benchmark compares against.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, StoreKind::BaselinePgForUpdate | StoreKind::BaselinePgConditional | StoreKind::BaselineSqlite)
+    }
+}
+
+impl StoreKind {
     pub fn label(self) -> &'static str {
         match self {
             StoreKind::Sqlite => "creditgraph SQLite",

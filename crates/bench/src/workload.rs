@@ -150,6 +150,10 @@ pub struct Workload {
     pub replay_percent: u32,
     /// Accounts get [`GRANT_CREDITS_NEAR_EMPTY`], so holds are refused often.
     pub near_empty: bool,
+    /// Recurring allowances per account (creditgraph's stores only): each decision and read
+    /// loads them and computes their current period. Zero credits each, so the balances the
+    /// conservation check expects are unchanged.
+    pub allowances: usize,
 }
 
 impl Workload {
@@ -160,6 +164,9 @@ impl Workload {
         }
         if self.near_empty {
             label.push_str(", near-empty accounts");
+        }
+        if self.allowances > 0 {
+            label.push_str(&format!(", {} monthly allowances per account", self.allowances));
         }
         label
     }
@@ -192,6 +199,7 @@ pub fn in_process_workloads(accounts: usize) -> Vec<Workload> {
             mix: Mix::HoldCapture,
             replay_percent: 0,
             near_empty: false,
+            allowances: 0,
         },
         Workload {
             name: "zipf",
@@ -199,6 +207,7 @@ pub fn in_process_workloads(accounts: usize) -> Vec<Workload> {
             mix: Mix::HoldCapture,
             replay_percent: 0,
             near_empty: false,
+            allowances: 0,
         },
         Workload {
             name: "hot",
@@ -206,6 +215,7 @@ pub fn in_process_workloads(accounts: usize) -> Vec<Workload> {
             mix: Mix::HoldCapture,
             replay_percent: 0,
             near_empty: false,
+            allowances: 0,
         },
         Workload {
             name: "lifecycle",
@@ -213,6 +223,7 @@ pub fn in_process_workloads(accounts: usize) -> Vec<Workload> {
             mix: Mix::Lifecycle,
             replay_percent: 0,
             near_empty: false,
+            allowances: 0,
         },
         Workload {
             name: "read-heavy",
@@ -220,14 +231,31 @@ pub fn in_process_workloads(accounts: usize) -> Vec<Workload> {
             mix: Mix::ReadHeavy,
             replay_percent: 0,
             near_empty: false,
+            allowances: 0,
         },
-        Workload { name: "replays", distribution: zipf, mix: Mix::HoldCapture, replay_percent: 5, near_empty: false },
+        Workload {
+            name: "replays",
+            distribution: zipf,
+            mix: Mix::HoldCapture,
+            replay_percent: 5,
+            near_empty: false,
+            allowances: 0,
+        },
+        Workload {
+            name: "allowances",
+            distribution: uniform.clone(),
+            mix: Mix::HoldCapture,
+            replay_percent: 0,
+            near_empty: false,
+            allowances: ledger::ALLOWANCES_ACTIVE_MAX,
+        },
         Workload {
             name: "near-empty",
             distribution: uniform.min_accounts(100),
             mix: Mix::Lifecycle,
             replay_percent: 0,
             near_empty: true,
+            allowances: 0,
         },
     ]
 }
