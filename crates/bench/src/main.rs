@@ -37,7 +37,8 @@ enum Command {
         /// Only these stores (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         stores: Vec<StoreKind>,
-        /// Only these in-process workloads: uniform, zipf, hot, lifecycle, read-heavy, replays, near-empty.
+        /// Only these in-process workloads: uniform, zipf, hot, lifecycle, read-heavy, replays, allowances,
+        /// near-empty.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         #[arg(long, default_value_t = 20_261_126)]

@@ -312,8 +312,9 @@ fn grant_allowance_period(
 ) {
     let allowance = &state.allowances[index];
     let Some(due) = allowance.ungranted_due().cloned() else { return };
-    // Contract with the store: `due` is the period at this decision's `now`.
+    // Contract with the store: `due` is the period at this decision's `now`, named when ungranted.
     assert!(due.start <= now && now < due.end, "an allowance's due period does not contain now");
+    let named = due.grant.clone().expect("the store names an ungranted period's grant");
     assert!(allowance.starts_at <= now && !allowance.has_ended_at(now), "an allowance due outside its life");
     let at = due.start.max(allowance.created_at);
     if let Rollover::Cap(cap) = allowance.rollover {
@@ -324,9 +325,9 @@ fn grant_allowance_period(
     if check_balance_room(state, allowance.amount).is_err() {
         return;
     }
-    assert!(state.grant(&due.grant_id).is_none(), "a period's grant exists but the allowance says it is missing");
+    assert!(state.grant(&named.grant_id).is_none(), "a period's grant exists but the allowance says it is missing");
     let grant = Grant {
-        grant_id: due.grant_id.clone(),
+        grant_id: named.grant_id.clone(),
         account_id: state.account_id.clone(),
         kind: GrantKind::Allowance,
         amount: allowance.amount,
@@ -338,14 +339,14 @@ fn grant_allowance_period(
             Rollover::Keep | Rollover::Cap(_) => None,
         },
         created_at: at,
-        reference: Some(due.reference.clone()),
+        reference: Some(named.reference.clone()),
         metadata: "{}".to_owned(),
         live: true,
     };
     let amount = grant.amount;
     state.grants.push(grant);
-    changes.touch_grant(&due.grant_id);
-    journal.push(changes, EntryKind::Grant, amount, None, Some(&due.grant_id), Some(&due.reference), at);
+    changes.touch_grant(&named.grant_id);
+    journal.push(changes, EntryKind::Grant, amount, None, Some(&named.grant_id), Some(&named.reference), at);
     let allowance = &mut state.allowances[index];
     allowance.granted_period = Some(due.start);
     allowance.next_due_at = next_due_after(allowance, due.end);

@@ -25,7 +25,7 @@ pub use ids::{
 };
 pub use model::{
     AccountState, Allocation, Allowance, AllowancePeriod, Balances, Deltas, Entry, EntryKind, Grant, GrantKind, Hold,
-    HoldState, Rollover, Totals, ALLOWANCES_ACTIVE_MAX,
+    HoldState, PeriodGrant, Rollover, Totals, ALLOWANCES_ACTIVE_MAX,
 };
 pub use time::{Timestamp, MICROS_PER_SECOND};
 pub use verify::{verify_account, StoredAccount, Violation};

@@ -64,6 +64,14 @@ impl Rollover {
 pub struct AllowancePeriod {
     pub start: Timestamp,
     pub end: Timestamp,
+    /// How the period's grant is named; `None` when the allowance has granted this period
+    /// already (nothing to name: the common case, found without the calendar).
+    pub grant: Option<PeriodGrant>,
+}
+
+/// The id and reference of an allowance period's grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeriodGrant {
     pub grant_id: GrantId,
     /// `<allowance_id>:<period start>`: unique per account among allowance grants, so a period
     /// is granted at most once whatever wrote it.

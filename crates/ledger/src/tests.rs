@@ -555,8 +555,10 @@ fn allowance_due(amount: &str, rollover: Rollover, start: Timestamp, end: Timest
         due: Some(AllowancePeriod {
             start,
             end,
-            grant_id: GrantId::parse(&format!("al1.{}", start.micros())).unwrap(),
-            reference: Reference::parse(&format!("al1:{}", start.micros())).unwrap(),
+            grant: Some(PeriodGrant {
+                grant_id: GrantId::parse(&format!("al1.{}", start.micros())).unwrap(),
+                reference: Reference::parse(&format!("al1:{}", start.micros())).unwrap(),
+            }),
         }),
     }
 }

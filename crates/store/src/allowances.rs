@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use calendar::{CalendarError, Period, Schedule};
-use ledger::{AccountState, Allowance, AllowancePeriod, Command, GrantId, Reference, Timestamp};
+use ledger::{AccountState, Allowance, AllowancePeriod, Command, GrantId, PeriodGrant, Reference, Timestamp};
 use serde_json::{json, Value};
 
 use crate::codec::undecodable;
@@ -81,17 +81,36 @@ pub fn due_period(allowance: &Allowance, now: Timestamp) -> Option<AllowancePeri
     if now < allowance.starts_at || allowance.has_ended_at(now) {
         return None;
     }
+    // The common case needs no calendar: the period granted last ends at `next_due_at`, so
+    // while `now` is before it, that period is current and there is nothing to name.
+    if let (Some(start), Some(end)) = (allowance.granted_period, allowance.next_due_at) {
+        if start <= now && now < end {
+            return Some(AllowancePeriod { start, end, grant: None });
+        }
+    }
     let schedule = AllowanceSchedule::parse_text(&allowance.schedule).ok()?;
     let span = schedule.calendar().period_at(now.micros()).ok()?;
-    let start_text = schedule.calendar().local_rfc3339(span.start_micros).ok()?;
-    let grant_id = GrantId::parse(&format!("{}.{}", allowance.allowance_id, span.start_micros)).ok()?;
+    let start = Timestamp::from_micros(span.start_micros);
+    let end = Timestamp::from_micros(span.end_micros);
+    if allowance.granted_period.is_some_and(|granted| granted >= start) {
+        return Some(AllowancePeriod { start, end, grant: None });
+    }
+    Some(AllowancePeriod { start, end, grant: Some(period_grant(allowance, &schedule, start)?) })
+}
+
+/// The id and reference of the grant of `allowance`'s period starting at `start`.
+fn period_grant(allowance: &Allowance, schedule: &AllowanceSchedule, start: Timestamp) -> Option<PeriodGrant> {
+    let start_text = schedule.calendar().local_rfc3339(start.micros()).ok()?;
+    let grant_id = GrantId::parse(&format!("{}.{}", allowance.allowance_id, start.micros())).ok()?;
     let reference = Reference::parse(&format!("{}:{start_text}", allowance.allowance_id)).ok()?;
-    Some(AllowancePeriod {
-        start: Timestamp::from_micros(span.start_micros),
-        end: Timestamp::from_micros(span.end_micros),
-        grant_id,
-        reference,
-    })
+    Some(PeriodGrant { grant_id, reference })
+}
+
+/// The grant reference of `allowance`'s period at `now` (for display), whether granted or not.
+pub fn period_reference(allowance: &Allowance, now: Timestamp) -> Option<Reference> {
+    let due = due_period(allowance, now)?;
+    let schedule = AllowanceSchedule::parse_text(&allowance.schedule).ok()?;
+    period_grant(allowance, &schedule, due.start).map(|grant| grant.reference)
 }
 
 /// Sets every loaded allowance's `due` period for a decision or a read at `now`: the step

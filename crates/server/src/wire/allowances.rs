@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use calendar::{CalendarError, Period};
 use ledger::{Allowance, Rollover, Timestamp};
 use serde_json::value::RawValue;
-use store::allowances::{due_period, AllowanceSchedule};
+use store::allowances::{due_period, period_reference, AllowanceSchedule};
 use store::plans::{Plan, PlanAllowance};
 
 use crate::dto::{AllowanceResponse, PeriodResponse, PlanAllowanceResponse, PlanResponse};
@@ -74,7 +74,9 @@ pub fn allowance_response(allowance: &Allowance, now: Timestamp) -> AllowanceRes
         current_period: due
             .as_ref()
             .map(|due| PeriodResponse { start: format_time(due.start), end: format_time(due.end) }),
-        current_grant_reference: due.map(|due| due.reference.to_string()),
+        current_grant_reference: due
+            .and_then(|_| period_reference(allowance, now))
+            .map(|reference| reference.to_string()),
     }
 }
 
