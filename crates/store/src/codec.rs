@@ -123,9 +123,9 @@ fn decode_allowance(fields: &Fields<'_>) -> Result<Allowance, StoreError> {
         "cap" => Rollover::Cap(fields.amount("rollover_cap")?),
         _ => return Err(undecodable("rollover")),
     };
+    // Not parsed here: it is read on every load, and needed only when a period is to be
+    // computed (`allowances::due_period`), which a schedule validated when written never fails.
     let schedule = fields.str("schedule")?.to_owned();
-    // Checked here, at the store's edge, so scheduling the allowance later cannot fail on it.
-    crate::allowances::AllowanceSchedule::parse_text(&schedule)?;
     Ok(Allowance {
         allowance_id: AllowanceId::parse(fields.str("allowance_id")?).map_err(|_| undecodable("allowance_id"))?,
         account_id: AccountId::parse(fields.str("account_id")?).map_err(|_| undecodable("account_id"))?,
