@@ -120,22 +120,26 @@ const INSERT_ENTRIES: &str = "INSERT INTO entries (account_id, kind, amount, hol
      reference, balance_after, held_after, at, idempotency_key, n) \
      ORDER BY n";
 
-/// Locks the batch's accounts in ascending order: `LockRows` sits above the sort, so rows are
-/// locked in the order they are returned.
+/// Locks the batch's accounts in ascending order (`LockRows` sits above the sort, so rows are
+/// locked in the order they are returned), each row with its allowances that have not ended at
+/// `$2` as one array column ([`ALLOWANCES_COLUMN`]): no statement of its own, and an index probe
+/// that finds nothing for an account without any.
 fn lock_accounts_sql() -> String {
-    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE")
+    format!(
+        "SELECT {ACCOUNT_COLUMNS}, {ALLOWANCES_COLUMN} FROM accounts WHERE account_id = ANY($1) \
+         ORDER BY account_id FOR UPDATE"
+    )
 }
+
+/// The account row's allowances that have not ended at `$2`, their `data` in id order (NULL
+/// for none); the column after [`ACCOUNT_COLUMNS`].
+pub(crate) const ALLOWANCES_COLUMN: &str = "(SELECT array_agg(data ORDER BY allowance_id) FROM allowances \
+     WHERE allowances.account_id = accounts.account_id AND (ends_at IS NULL OR ends_at > $2))";
 fn live_grants_sql() -> String {
     format!(
         "SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ANY($1) AND live ORDER BY account_id, created_at, grant_id"
     )
 }
-/// The pending holds a base state carries ([`PendingHolds`]) of every account in `$1`: those
-/// due at `$2` (through `holds_pending_by_account_expiry`), never all of them.
-/// The allowances of the batch's accounts that have not ended at `$2`.
-pub(crate) const ALLOWANCES: &str = "SELECT data FROM allowances WHERE account_id = ANY($1) \
-     AND (ends_at IS NULL OR ends_at > $2) ORDER BY account_id, allowance_id";
-
 const UPSERT_ALLOWANCES: &str = "INSERT INTO allowances (allowance_id, account_id, ends_at, next_due_at, data) \
      SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[]) \
      ON CONFLICT (allowance_id) DO UPDATE SET ends_at = EXCLUDED.ends_at, next_due_at = EXCLUDED.next_due_at, \
@@ -164,6 +168,8 @@ pub(crate) async fn insert_events(
     Ok(())
 }
 
+/// The pending holds a base state carries ([`PendingHolds`]) of every account in `$1`: those
+/// due at `$2` (through `holds_pending_by_account_expiry`), never all of them.
 fn pending_holds_sql(pending_holds: PendingHolds) -> String {
     match pending_holds {
         PendingHolds::DueAt(_) => format!(
@@ -398,13 +404,9 @@ impl Load {
         let due_at = due_at.micros();
         let accounts_for_grants = accounts.clone();
         let accounts_for_holds = accounts.clone();
-        let accounts_for_allowances = accounts.clone();
-        pending.push(Box::pin(async move { transaction.query(&lock, &[&accounts]).await }));
+        pending.push(Box::pin(async move { transaction.query(&lock, &[&accounts, &due_at]).await }));
         pending.push(Box::pin(async move { transaction.query(&grants, &[&accounts_for_grants]).await }));
         pending.push(Box::pin(async move { transaction.query(&holds, &[&accounts_for_holds, &due_at]).await }));
-        let allowances = transaction.prepare_cached(ALLOWANCES).await?;
-        pending
-            .push(Box::pin(async move { transaction.query(&allowances, &[&accounts_for_allowances, &due_at]).await }));
         let named_holds = !named.is_empty();
         if named_holds {
             let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
@@ -431,11 +433,12 @@ impl Load {
             return Ok(states);
         }
         let mut next = || replies.next().expect("one reply per queued read");
-        let (account_rows, grant_rows, hold_rows, allowance_rows) = (next(), next(), next(), next());
+        let (account_rows, grant_rows, hold_rows) = (next(), next(), next());
         let named_holds = if self.named_holds { next() } else { Vec::new() };
         let referenced = if self.referenced_grants { next() } else { Vec::new() };
         for row in &account_rows {
-            let state = rows::account(row)?;
+            let mut state = rows::account(row)?;
+            state.allowances = rows::allowances_column(row)?;
             states.insert(state.account_id.as_str().to_owned(), state);
         }
         for grant in grant_rows.iter().map(rows::grant) {
@@ -448,12 +451,6 @@ impl Load {
             let hold: Hold = hold?;
             if let Some(state) = states.get_mut(hold.account_id.as_str()) {
                 state.holds.push(hold);
-            }
-        }
-        for allowance in allowance_rows.iter().map(rows::allowance) {
-            let allowance = allowance?;
-            if let Some(state) = states.get_mut(allowance.account_id.as_str()) {
-                state.allowances.push(allowance);
             }
         }
         for hold in named_holds.iter().map(rows::hold) {

@@ -493,16 +493,16 @@ impl PostgresStore {
     /// failed transaction as a rollback), never inside a transaction.
     async fn stored_state(&self, account_id: &AccountId, now: Timestamp) -> Result<Option<AccountState>, StoreError> {
         let client = self.client().await?;
-        let account_sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
+        let account_sql =
+            format!("SELECT {ACCOUNT_COLUMNS}, {} FROM accounts WHERE account_id = $1", execute::ALLOWANCES_COLUMN);
         let grants_sql =
             format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id");
         let account_statement = client.prepare_cached(&account_sql).await.map_err(store_error)?;
         let grants_statement = client.prepare_cached(&grants_sql).await.map_err(store_error)?;
         let holds_statement = client.prepare_cached(&execute::due_holds_sql()).await.map_err(store_error)?;
-        let allowances_statement = client.prepare_cached(execute::ALLOWANCES).await.map_err(store_error)?;
         let id = account_id.as_str();
-        let ids = [id];
-        let by_accounts_at: [&(dyn ToSql + Sync); 2] = [&ids.as_slice(), &now.micros()];
+        let now_micros = now.micros();
+        let account_at: [&(dyn ToSql + Sync); 2] = [&id, &now_micros];
         let by_account: [&(dyn ToSql + Sync); 1] = [&id];
         let due_at = now.micros();
         let due: [&(dyn ToSql + Sync); 2] = [&id, &due_at];
@@ -510,23 +510,22 @@ impl PostgresStore {
         let control = |sql: &'static str| async move { client.batch_execute(sql).await.map(|()| Vec::new()) };
         let pending: Vec<execute::PendingRows<'_>> = vec![
             Box::pin(control("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")),
-            Box::pin(client.query(&account_statement, &by_account)),
+            Box::pin(client.query(&account_statement, &account_at)),
             Box::pin(client.query(&grants_statement, &by_account)),
             Box::pin(client.query(&holds_statement, &due)),
-            Box::pin(client.query(&allowances_statement, &by_accounts_at)),
             Box::pin(control("COMMIT")),
         ];
         let mut replies = Vec::with_capacity(pending.len());
         for reply in execute::join_in_order(pending).await {
             replies.push(reply.map_err(store_error)?);
         }
-        let [_, account_rows, grant_rows, hold_rows, allowance_rows, _] =
-            <[Vec<tokio_postgres::Row>; 6]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
+        let [_, account_rows, grant_rows, hold_rows, _] =
+            <[Vec<tokio_postgres::Row>; 5]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
         let Some(account_row) = account_rows.first() else { return Ok(None) };
         let mut state = rows::account(account_row)?;
         state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
         state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
-        state.allowances = allowance_rows.iter().map(rows::allowance).collect::<Result<_, _>>()?;
+        state.allowances = rows::allowances_column(account_row)?;
         Ok(Some(state))
     }
 

@@ -131,8 +131,9 @@ pub(crate) fn entry(row: &Row) -> Result<Entry, StoreError> {
     })
 }
 
-/// An allowance from its `data` column (the whole record).
-pub(crate) fn allowance(row: &Row) -> Result<ledger::Allowance, StoreError> {
-    let data: &str = get(row, 0, "allowance")?;
-    codec::decode_allowance_text(data)
+/// The allowances of an account row read with [`ACCOUNT_COLUMNS`] and the allowances column
+/// after them (`execute::ALLOWANCES_COLUMN`: their `data`, NULL for none).
+pub(crate) fn allowances_column(row: &Row) -> Result<Vec<ledger::Allowance>, StoreError> {
+    let data: Option<Vec<&str>> = get(row, 6, "allowances")?;
+    data.unwrap_or_default().into_iter().map(codec::decode_allowance_text).collect()
 }

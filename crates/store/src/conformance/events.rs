@@ -16,6 +16,19 @@ async fn all_events(h: &Harness, after: u128) -> Vec<StoredEvent> {
     h.store.events(after, crate::events::EVENTS_PAGE_MAX).await.expect("store answers")
 }
 
+/// Every event, once at least `expected` are readable (on PostgreSQL an event is readable once
+/// every older transaction of the cluster has ended; other tests' transactions count too).
+async fn readable_events(h: &Harness, expected: usize) -> Vec<StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let events = all_events(h, 0).await;
+        if events.len() >= expected || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 fn types(events: &[StoredEvent]) -> Vec<&'static str> {
     events.iter().map(|event| event.event.event_type.as_str()).collect()
 }
@@ -49,7 +62,7 @@ pub async fn events_follow_each_change_in_order(h: Harness) {
     h.run(refund).await.unwrap();
     let debit = Command::Debit { account_id: account("u"), amount: cr("8"), reference: None };
     h.run(debit).await.unwrap();
-    let events = all_events(&h, 0).await;
+    let events = readable_events(&h, 10).await;
     assert_eq!(
         types(&events),
         [
