@@ -120,19 +120,22 @@ const INSERT_ENTRIES: &str = "INSERT INTO entries (account_id, kind, amount, hol
      reference, balance_after, held_after, at, idempotency_key, n) \
      ORDER BY n";
 
-/// Locks the batch's accounts in ascending order (`LockRows` sits above the sort, so rows are
-/// locked in the order they are returned), each row with its allowances that have not ended at
-/// `$2` as one array column ([`ALLOWANCES_COLUMN`]): no statement of its own, and an index probe
-/// that finds nothing for an account without any.
+/// Locks the batch's accounts in ascending order: `LockRows` sits above the sort, so rows are
+/// locked in the order they are returned.
 fn lock_accounts_sql() -> String {
-    format!(
-        "SELECT {ACCOUNT_COLUMNS}, {ALLOWANCES_COLUMN} FROM accounts WHERE account_id = ANY($1) \
-         ORDER BY account_id FOR UPDATE"
-    )
+    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE")
 }
 
+/// The allowances of the batch's accounts that have not ended at `$2`. A statement of its own,
+/// after the lock: under READ COMMITTED each statement reads a new snapshot, so it sees what the
+/// transaction that held the lock last committed (a subquery of the locking statement would read
+/// that statement's snapshot, from before the wait, and grant a period twice).
+const ALLOWANCES: &str = "SELECT data FROM allowances WHERE account_id = ANY($1) \
+     AND (ends_at IS NULL OR ends_at > $2) ORDER BY account_id, allowance_id";
+
 /// The account row's allowances that have not ended at `$2`, their `data` in id order (NULL
-/// for none); the column after [`ACCOUNT_COLUMNS`].
+/// for none), as a column after [`ACCOUNT_COLUMNS`]: for the account read, which reads one
+/// snapshot (REPEATABLE READ) and locks nothing.
 pub(crate) const ALLOWANCES_COLUMN: &str = "(SELECT array_agg(data ORDER BY allowance_id) FROM allowances \
      WHERE allowances.account_id = accounts.account_id AND (ends_at IS NULL OR ends_at > $2))";
 fn live_grants_sql() -> String {
@@ -404,9 +407,13 @@ impl Load {
         let due_at = due_at.micros();
         let accounts_for_grants = accounts.clone();
         let accounts_for_holds = accounts.clone();
-        pending.push(Box::pin(async move { transaction.query(&lock, &[&accounts, &due_at]).await }));
+        let accounts_for_allowances = accounts.clone();
+        pending.push(Box::pin(async move { transaction.query(&lock, &[&accounts]).await }));
         pending.push(Box::pin(async move { transaction.query(&grants, &[&accounts_for_grants]).await }));
         pending.push(Box::pin(async move { transaction.query(&holds, &[&accounts_for_holds, &due_at]).await }));
+        let allowances = transaction.prepare_cached(ALLOWANCES).await?;
+        pending
+            .push(Box::pin(async move { transaction.query(&allowances, &[&accounts_for_allowances, &due_at]).await }));
         let named_holds = !named.is_empty();
         if named_holds {
             let holds_by_id = transaction.prepare_cached(&holds_by_id_sql()).await?;
@@ -433,12 +440,11 @@ impl Load {
             return Ok(states);
         }
         let mut next = || replies.next().expect("one reply per queued read");
-        let (account_rows, grant_rows, hold_rows) = (next(), next(), next());
+        let (account_rows, grant_rows, hold_rows, allowance_rows) = (next(), next(), next(), next());
         let named_holds = if self.named_holds { next() } else { Vec::new() };
         let referenced = if self.referenced_grants { next() } else { Vec::new() };
         for row in &account_rows {
-            let mut state = rows::account(row)?;
-            state.allowances = rows::allowances_column(row)?;
+            let state = rows::account(row)?;
             states.insert(state.account_id.as_str().to_owned(), state);
         }
         for grant in grant_rows.iter().map(rows::grant) {
@@ -451,6 +457,12 @@ impl Load {
             let hold: Hold = hold?;
             if let Some(state) = states.get_mut(hold.account_id.as_str()) {
                 state.holds.push(hold);
+            }
+        }
+        for allowance in allowance_rows.iter().map(rows::allowance) {
+            let allowance = allowance?;
+            if let Some(state) = states.get_mut(allowance.account_id.as_str()) {
+                state.allowances.push(allowance);
             }
         }
         for hold in named_holds.iter().map(rows::hold) {

@@ -137,3 +137,9 @@ pub(crate) fn allowances_column(row: &Row) -> Result<Vec<ledger::Allowance>, Sto
     let data: Option<Vec<&str>> = get(row, 6, "allowances")?;
     data.unwrap_or_default().into_iter().map(codec::decode_allowance_text).collect()
 }
+
+/// An allowance from its `data` column (the whole record).
+pub(crate) fn allowance(row: &Row) -> Result<ledger::Allowance, StoreError> {
+    let data: &str = get(row, 0, "allowance")?;
+    codec::decode_allowance_text(data)
+}
