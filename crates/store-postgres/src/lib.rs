@@ -570,7 +570,9 @@ impl PostgresStore {
             i64::try_from(store::events::EVENTS_RETENTION_SECONDS).unwrap_or(i64::MAX).saturating_mul(1_000_000),
         );
         let forget_events = client
-            .prepare_cached("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE created_at <= $1 LIMIT $2)")
+            .prepare_cached(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $2) AND created_at <= $1",
+            )
             .await
             .map_err(store_error)?;
         for _ in 0..IDEMPOTENCY_DELETE_BATCHES_MAX {

@@ -280,7 +280,8 @@ CREATE TABLE plans (
 -- The event outbox: written in the transaction of the change that causes each event
 -- (store::events). Transactions commit in another order than they take seqs, so readers page by
 -- (txid, seq) and only below the oldest transaction still running: a row that becomes visible
--- later always sorts after every row already read.
+-- later always sorts after every row already read. No index on time: retention deletes the
+-- oldest rows by seq.
 CREATE TABLE outbox (
     seq BIGSERIAL PRIMARY KEY,
     txid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
@@ -291,7 +292,6 @@ CREATE TABLE outbox (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX outbox_by_position ON outbox (txid, seq);
-CREATE INDEX outbox_by_time ON outbox (created_at);
 
 -- Below this many available credits (micro-credits) the account is low: `balance.low` events.
 ALTER TABLE accounts ADD COLUMN low_balance_threshold BIGINT CHECK (low_balance_threshold >= 0);

@@ -47,7 +47,9 @@ CREATE TABLE plans (
 );
 
 -- The event outbox: written in the transaction of the change that causes each event
--- (store::events). One writer commits in seq order, so readers page by seq.
+-- (store::events). One writer commits in seq order, so readers page by seq. AUTOINCREMENT: a seq
+-- is never used twice, even after retention emptied the table. No index on time: retention
+-- deletes the oldest rows by seq.
 CREATE TABLE outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     type TEXT NOT NULL,
@@ -56,7 +58,6 @@ CREATE TABLE outbox (
     at INTEGER NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE INDEX outbox_by_time ON outbox (created_at);
 
 -- Below this many available credits (micro-credits) the account is low: `balance.low` events.
 ALTER TABLE accounts ADD COLUMN low_balance_threshold INTEGER CHECK (low_balance_threshold >= 0);

@@ -609,10 +609,19 @@ pub(crate) fn delete_idempotency_before(conn: &Connection, cutoff: Timestamp) ->
     Ok(deleted as u64)
 }
 
-/// Forgets outbox events written at or before `cutoff` (their retention ended).
+/// Most outbox rows one retention pass looks at (the oldest, by seq).
+const EVENTS_FORGET_MAX: i64 = 10_000;
+
+/// Forgets outbox events written at or before `cutoff` (their retention ended): of the oldest
+/// [`EVENTS_FORGET_MAX`] by seq (the primary key: no index on time to keep up on every write),
+/// those old enough. Rows are written in seq order by one writer, so the old ones come first.
 pub(crate) fn delete_events_before(conn: &Connection, cutoff: Timestamp) -> Result<u64, StoreError> {
-    let mut statement = conn.prepare_cached("DELETE FROM outbox WHERE created_at <= ?1").map_err(sql_error)?;
-    let deleted = statement.execute([cutoff.micros()]).map_err(sql_error)?;
+    let mut statement = conn
+        .prepare_cached(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?2) AND created_at <= ?1",
+        )
+        .map_err(sql_error)?;
+    let deleted = statement.execute(params![cutoff.micros(), EVENTS_FORGET_MAX]).map_err(sql_error)?;
     Ok(deleted as u64)
 }
 

@@ -188,3 +188,18 @@ pub async fn events_balance_low_once_per_crossing(h: Harness) {
     assert_eq!(h.run(unknown).await, Err(Rejection::AccountNotFound));
     h.assert_verified().await;
 }
+
+/// Events are kept [`crate::events::EVENTS_RETENTION_SECONDS`], then the sweeper forgets them
+/// (the oldest first); a newer one stays.
+pub async fn events_are_forgotten_after_retention(h: Harness) {
+    h.grant("old", "1").await;
+    let retention = i64::try_from(crate::events::EVENTS_RETENTION_SECONDS).expect("fits");
+    h.clock.advance_seconds(retention - 60);
+    h.grant("new", "1").await;
+    assert_eq!(readable_events(&h, 2).await.len(), 2);
+    h.clock.advance_seconds(61);
+    h.store.sweep(100).await.unwrap();
+    let kept = readable_events(&h, 1).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].event.account_id, account("new"));
+}

@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             events_follow_each_change_in_order
             events_are_read_once_under_concurrent_commits
             events_balance_low_once_per_crossing
+            events_are_forgotten_after_retention
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
