@@ -99,6 +99,13 @@ id_type!(
     "artifact"
 );
 
+id_type!(
+    /// A webhook endpoint. Generated when an admin creates it.
+    EndpointId,
+    "endpoint_id",
+    "we"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod plans;
 pub mod protocol;
 pub mod runs;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ use ledger::{
 };
 
 pub use clock::{Clock, ManualClock, SystemClock, TestClock};
-pub use ids::{ArtifactId, JobId, RunId, ThreadId};
+pub use ids::{ArtifactId, EndpointId, JobId, RunId, ThreadId};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 pub use keys::{KeyUse, KeyedRun, RecordedResponse};
 pub use runs::{
@@ -258,6 +259,67 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn events(&self, after: u128, limit: u32) -> Result<Vec<events::StoredEvent>, StoreError> {
         let _ = (after, limit);
         Err(StoreError::unavailable(format!("the {} store keeps no events", self.backend())))
+    }
+
+    /// Creates a webhook endpoint at the outbox's end (the position given is ignored): it
+    /// receives events written after it. See [`webhooks`] for the delivery protocol.
+    async fn create_webhook_endpoint(&self, endpoint: &webhooks::Endpoint) -> Result<webhooks::Endpoint, StoreError> {
+        let _ = endpoint;
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook endpoints", self.backend())))
+    }
+
+    /// Every webhook endpoint, in id order (at most [`webhooks::ENDPOINTS_MAX`]).
+    async fn webhook_endpoints(&self) -> Result<Vec<webhooks::Endpoint>, StoreError> {
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook endpoints", self.backend())))
+    }
+
+    /// Applies an admin's change to an endpoint: the endpoint after it, `None` when unknown.
+    async fn change_webhook_endpoint(
+        &self,
+        endpoint_id: &EndpointId,
+        change: &webhooks::EndpointChange,
+        now: Timestamp,
+    ) -> Result<Option<webhooks::Endpoint>, StoreError> {
+        let _ = (endpoint_id, change, now);
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook endpoints", self.backend())))
+    }
+
+    /// Records a fan-out's deliveries and moves the endpoint to `to`, if the endpoint is still
+    /// at `from`: whether it was (false: another dispatcher fanned out first; nothing written).
+    async fn fan_out_webhook_events(&self, fan_out: &webhooks::FanOut) -> Result<bool, StoreError> {
+        let _ = fan_out;
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
+    }
+
+    /// Claims due deliveries of enabled endpoints, oldest due first.
+    async fn claim_webhook_deliveries(
+        &self,
+        claim: &webhooks::DeliveryClaim,
+    ) -> Result<Vec<webhooks::ClaimedDelivery>, StoreError> {
+        let _ = claim;
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
+    }
+
+    /// Records how a claimed delivery's attempt ended.
+    async fn finish_webhook_delivery(
+        &self,
+        finish: &webhooks::DeliveryFinish,
+    ) -> Result<webhooks::Finished, StoreError> {
+        let _ = finish;
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
+    }
+
+    /// Records the events an endpoint wants that were written at or after `since` and already
+    /// fanned out to it as due again (at most [`webhooks::REPLAY_MAX`], the oldest first), each
+    /// with a new retry window: how many, `None` when the endpoint is unknown.
+    async fn replay_webhook_events(
+        &self,
+        endpoint_id: &EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = (endpoint_id, since, now);
+        Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
     }
 
     /// Writes a plan unless one with its id exists (plans never change): what was done.

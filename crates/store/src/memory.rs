@@ -61,6 +61,25 @@ struct Inner {
     outbox_next_seq: u64,
     /// Plans by id (ordered: listed in id order).
     plans: BTreeMap<ledger::PlanId, crate::plans::Plan>,
+    /// Webhook endpoints by id, and their deliveries by (endpoint, event seq).
+    webhook_endpoints: BTreeMap<crate::EndpointId, crate::webhooks::Endpoint>,
+    deliveries: BTreeMap<(crate::EndpointId, u64), MemoryDelivery>,
+}
+
+/// A webhook delivery as the SQL stores' `webhook_deliveries` row keeps it.
+struct MemoryDelivery {
+    state: DeliveryState,
+    attempts: u32,
+    next_attempt_at: Timestamp,
+    lease_owner: Option<String>,
+    created_at: Timestamp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
 }
 
 struct Thread {
@@ -360,6 +379,7 @@ impl LedgerStore for MemoryStore {
             i64::try_from(crate::events::EVENTS_RETENTION_SECONDS).unwrap_or(i64::MAX).saturating_mul(1_000_000),
         );
         inner.outbox.retain(|event| event.created_at.micros() > events_cutoff);
+        inner.deliveries.retain(|_, delivery| delivery.created_at.micros() > events_cutoff);
         report.idempotency_keys_deleted = (before - inner.idempotency.len()) as u64;
         Ok(report)
     }
@@ -400,6 +420,166 @@ impl LedgerStore for MemoryStore {
         let inner = self.lock();
         let limit = limit.min(crate::events::EVENTS_PAGE_MAX) as usize;
         Ok(inner.outbox.iter().filter(|event| event.position > after).take(limit).cloned().collect())
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &crate::webhooks::Endpoint,
+    ) -> Result<crate::webhooks::Endpoint, StoreError> {
+        let mut inner = self.lock();
+        let position = inner.outbox.last().map_or(u128::from(inner.outbox_next_seq), |event| event.position);
+        let endpoint = crate::webhooks::Endpoint { position, ..endpoint.clone() };
+        inner.webhook_endpoints.insert(endpoint.endpoint_id.clone(), endpoint.clone());
+        Ok(endpoint)
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<crate::webhooks::Endpoint>, StoreError> {
+        Ok(self.lock().webhook_endpoints.values().take(crate::webhooks::ENDPOINTS_MAX).cloned().collect())
+    }
+
+    async fn change_webhook_endpoint(
+        &self,
+        endpoint_id: &crate::EndpointId,
+        change: &crate::webhooks::EndpointChange,
+        now: Timestamp,
+    ) -> Result<Option<crate::webhooks::Endpoint>, StoreError> {
+        let mut inner = self.lock();
+        let Some(endpoint) = inner.webhook_endpoints.get_mut(endpoint_id) else { return Ok(None) };
+        *endpoint = endpoint.changed(change, now);
+        Ok(Some(endpoint.clone()))
+    }
+
+    async fn fan_out_webhook_events(&self, fan_out: &crate::webhooks::FanOut) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(endpoint) = inner.webhook_endpoints.get_mut(&fan_out.endpoint_id) else { return Ok(false) };
+        if endpoint.position != fan_out.from {
+            return Ok(false);
+        }
+        endpoint.position = fan_out.to;
+        for seq in &fan_out.event_seqs {
+            inner.deliveries.entry((fan_out.endpoint_id.clone(), *seq)).or_insert(MemoryDelivery {
+                state: DeliveryState::Pending,
+                attempts: 0,
+                next_attempt_at: fan_out.now,
+                lease_owner: None,
+                created_at: fan_out.now,
+            });
+        }
+        Ok(true)
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        claim: &crate::webhooks::DeliveryClaim,
+    ) -> Result<Vec<crate::webhooks::ClaimedDelivery>, StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut due: Vec<(Timestamp, crate::EndpointId, u64)> = inner
+            .deliveries
+            .iter()
+            .filter(|((endpoint_id, _), delivery)| {
+                delivery.state == DeliveryState::Pending
+                    && delivery.next_attempt_at <= claim.now
+                    && inner.webhook_endpoints.get(endpoint_id).is_some_and(|endpoint| endpoint.disabled.is_none())
+            })
+            .map(|((endpoint_id, seq), delivery)| (delivery.next_attempt_at, endpoint_id.clone(), *seq))
+            .collect();
+        due.sort();
+        let mut claimed = Vec::new();
+        for (_, endpoint_id, seq) in due {
+            if claimed.len() >= claim.limit.min(crate::webhooks::CLAIM_MAX) as usize {
+                break;
+            }
+            // The SQL stores join the outbox: a delivery whose event was forgotten is not sent.
+            let Some(event) = inner.outbox.iter().find(|event| event.seq == seq).cloned() else { continue };
+            let Some(delivery) = inner.deliveries.get_mut(&(endpoint_id.clone(), seq)) else { continue };
+            delivery.attempts += 1;
+            delivery.next_attempt_at = claim.lease_until;
+            delivery.lease_owner = Some(claim.owner.clone());
+            claimed.push(crate::webhooks::ClaimedDelivery {
+                endpoint_id,
+                event,
+                attempt: delivery.attempts,
+                created_at: delivery.created_at,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_webhook_delivery(
+        &self,
+        finish: &crate::webhooks::DeliveryFinish,
+    ) -> Result<crate::webhooks::Finished, StoreError> {
+        use crate::webhooks::{DeliveryOutcome, Finished};
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(delivery) = inner.deliveries.get_mut(&(finish.endpoint_id.clone(), finish.event_seq)) else {
+            return Ok(Finished::LeaseLost);
+        };
+        let ours = delivery.state == DeliveryState::Pending
+            && delivery.attempts == finish.attempt
+            && delivery.lease_owner.as_deref() == Some(finish.owner.as_str());
+        if !ours {
+            return Ok(Finished::LeaseLost);
+        }
+        delivery.lease_owner = None;
+        let Some(endpoint) = inner.webhook_endpoints.get_mut(&finish.endpoint_id) else {
+            return Ok(Finished::LeaseLost);
+        };
+        match &finish.outcome {
+            DeliveryOutcome::Delivered => {
+                delivery.state = DeliveryState::Delivered;
+                endpoint.failing_since = None;
+                Ok(Finished::Recorded { endpoint_disabled: false })
+            }
+            DeliveryOutcome::Retry { at, .. } => {
+                delivery.next_attempt_at = *at;
+                let was_enabled = endpoint.disabled.is_none();
+                *endpoint = endpoint.failed(finish.now);
+                Ok(Finished::Recorded { endpoint_disabled: was_enabled && endpoint.disabled.is_some() })
+            }
+            DeliveryOutcome::GaveUp { .. } => {
+                delivery.state = DeliveryState::Failed;
+                let was_enabled = endpoint.disabled.is_none();
+                *endpoint = endpoint.failed(finish.now);
+                Ok(Finished::Recorded { endpoint_disabled: was_enabled && endpoint.disabled.is_some() })
+            }
+        }
+    }
+
+    async fn replay_webhook_events(
+        &self,
+        endpoint_id: &crate::EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(endpoint) = inner.webhook_endpoints.get(endpoint_id) else { return Ok(None) };
+        let seqs: Vec<u64> = inner
+            .outbox
+            .iter()
+            .filter(|event| {
+                event.created_at >= since
+                    && event.position <= endpoint.position
+                    && endpoint.wants(event.event.event_type)
+            })
+            .take(crate::webhooks::REPLAY_MAX as usize)
+            .map(|event| event.seq)
+            .collect();
+        for seq in &seqs {
+            inner.deliveries.insert(
+                (endpoint_id.clone(), *seq),
+                MemoryDelivery {
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    lease_owner: None,
+                    created_at: now,
+                },
+            );
+        }
+        Ok(Some(seqs.len() as u64))
     }
 
     async fn put_plan(&self, plan: &crate::plans::Plan) -> Result<crate::plans::PlanPut, StoreError> {

@@ -12,7 +12,7 @@ use super::{account, cr, new_id, Harness};
 use crate::events::StoredEvent;
 use crate::Request;
 
-async fn all_events(h: &Harness, after: u128) -> Vec<StoredEvent> {
+pub(crate) async fn all_events(h: &Harness, after: u128) -> Vec<StoredEvent> {
     h.store.events(after, crate::events::EVENTS_PAGE_MAX).await.expect("store answers")
 }
 

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod model;
 pub mod runs;
 mod scenarios;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use allowances::*;
 pub use differential::differential_against_model;
 pub use events::*;
 pub use scenarios::*;
+pub use webhooks::*;
 
 /// A fresh store and the clock it reads.
 pub struct Harness {
@@ -79,6 +81,12 @@ macro_rules! conformance_tests {
             events_are_read_once_under_concurrent_commits
             events_balance_low_once_per_crossing
             events_are_forgotten_after_retention
+            webhooks_fan_out_claim_and_finish
+            webhooks_expired_lease_is_reclaimed
+            webhooks_concurrent_claims_each_delivery_once
+            webhooks_failing_endpoint_is_disabled
+            webhooks_replay_rotate_and_disable
+            webhooks_against_model
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
