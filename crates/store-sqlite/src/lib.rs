@@ -22,6 +22,7 @@ mod readers;
 mod rows;
 mod runs;
 mod schema;
+mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ use store::{
 use tokio::sync::{broadcast, mpsc};
 
 use readers::Readers;
+use webhooks::{WebhookAnswer, WebhookWork};
 use writer::{Answer, Claim, Counters, Job, NewResponse, NewRun, Renewal, Work, Writer};
 
 /// When a commit is on disk: SQLite's `synchronous` setting of the writer and checkpointer.
@@ -311,6 +313,10 @@ impl SqliteStore {
     async fn call<I, T>(&self, kind: fn(Job<I, T>) -> Work, input: I) -> Result<T, StoreError> {
         Self::answer(self.submit(kind, input).await?).await
     }
+
+    async fn webhook(&self, work: WebhookWork) -> Result<WebhookAnswer, StoreError> {
+        self.call(Work::Webhook, Box::new(work)).await
+    }
 }
 
 #[async_trait]
@@ -435,6 +441,72 @@ impl LedgerStore for SqliteStore {
 
     async fn events(&self, after: u128, limit: u32) -> Result<Vec<store::events::StoredEvent>, StoreError> {
         self.readers.run(move |conn| rows::events(conn, after, limit)).await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &store::webhooks::Endpoint,
+    ) -> Result<store::webhooks::Endpoint, StoreError> {
+        match self.webhook(WebhookWork::Create(Box::new(endpoint.clone()))).await? {
+            WebhookAnswer::Endpoint(endpoint) => Ok(*endpoint),
+            _ => Err(WebhookAnswer::mismatch()),
+        }
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<store::webhooks::Endpoint>, StoreError> {
+        self.readers.run(webhooks::endpoints).await
+    }
+
+    async fn change_webhook_endpoint(
+        &self,
+        endpoint_id: &store::EndpointId,
+        change: &store::webhooks::EndpointChange,
+        now: Timestamp,
+    ) -> Result<Option<store::webhooks::Endpoint>, StoreError> {
+        match self.webhook(WebhookWork::Change(endpoint_id.clone(), change.clone(), now)).await? {
+            WebhookAnswer::MaybeEndpoint(endpoint) => Ok(endpoint.map(|endpoint| *endpoint)),
+            _ => Err(WebhookAnswer::mismatch()),
+        }
+    }
+
+    async fn fan_out_webhook_events(&self, fan_out: &store::webhooks::FanOut) -> Result<bool, StoreError> {
+        match self.webhook(WebhookWork::FanOut(fan_out.clone())).await? {
+            WebhookAnswer::FannedOut(won) => Ok(won),
+            _ => Err(WebhookAnswer::mismatch()),
+        }
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        claim: &store::webhooks::DeliveryClaim,
+    ) -> Result<Vec<store::webhooks::ClaimedDelivery>, StoreError> {
+        match self.webhook(WebhookWork::Claim(claim.clone())).await? {
+            WebhookAnswer::Claimed(claimed) => Ok(claimed),
+            _ => Err(WebhookAnswer::mismatch()),
+        }
+    }
+
+    async fn finish_webhook_delivery(
+        &self,
+        finish: &store::webhooks::DeliveryFinish,
+    ) -> Result<store::webhooks::Finished, StoreError> {
+        match self.webhook(WebhookWork::Finish(finish.clone())).await? {
+            WebhookAnswer::Finished(finished) => Ok(finished),
+            _ => Err(WebhookAnswer::mismatch()),
+        }
+    }
+
+    async fn replay_webhook_events(
+        &self,
+        endpoint_id: &store::EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let work = WebhookWork::Replay { endpoint_id: endpoint_id.clone(), since, now };
+        match self.webhook(work).await? {
+            WebhookAnswer::Replayed(count) => Ok(count),
+            _ => Err(WebhookAnswer::mismatch()),
+        }
     }
 
     async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_run_events.sql")),
     (7, include_str!("../migrations/0007_kept_holds.sql")),
     (8, include_str!("../migrations/0008_allowances.sql")),
+    (9, include_str!("../migrations/0009_webhooks.sql")),
 ];
 
 fn refused(path: &Path, what: &str, detail: impl std::fmt::Display) -> StoreError {

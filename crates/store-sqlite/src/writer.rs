@@ -150,6 +150,8 @@ pub(crate) enum Work {
     RenewInstance(Job<Renewal, ()>),
     /// Answers whether the instance had a lease.
     DropInstance(Job<String, bool>),
+    /// A webhook endpoint or delivery write (`crate::webhooks`).
+    Webhook(Job<Box<crate::webhooks::WebhookWork>, crate::webhooks::WebhookAnswer>),
 }
 
 /// `$body` on the [`Job`] inside any [`Work`], bound to `$job`.
@@ -172,6 +174,7 @@ macro_rules! each_job {
             Work::ClaimJob($job) => $body,
             Work::RenewInstance($job) => $body,
             Work::DropInstance($job) => $body,
+            Work::Webhook($job) => $body,
         }
     };
 }
@@ -569,6 +572,7 @@ impl Writer {
                     .saturating_mul(MICROS_PER_SECOND);
                 let events_cutoff = Timestamp::from_micros(now.micros().saturating_sub(events_retention_micros));
                 let _events = rows::delete_events_before(&self.conn, events_cutoff)?;
+                let _deliveries = crate::webhooks::delete_deliveries_before(&self.conn, events_cutoff)?;
                 kept(rows::delete_idempotency_before(&self.conn, cutoff))
             }),
             Work::CreateRun(job) => {
@@ -593,6 +597,7 @@ impl Writer {
                 kept(runs::renew_instance(&self.conn, &renewal.instance_id, renewal.now, renewal.lease_until))
             }),
             Work::DropInstance(job) => job.perform(|instance_id| kept(runs::drop_instance(&self.conn, instance_id))),
+            Work::Webhook(job) => job.perform(|work| kept(crate::webhooks::perform(&self.conn, work))),
         }
     }
 
