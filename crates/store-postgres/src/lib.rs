@@ -49,6 +49,7 @@ mod rows;
 mod runs;
 mod schema;
 pub mod testing;
+mod webhooks;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -584,6 +585,24 @@ impl PostgresStore {
                 break;
             }
         }
+        // Deliveries go with their events (a claim joins the outbox: one without its event is
+        // never sent).
+        let forget_deliveries = client
+            .prepare_cached(
+                "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_seq) IN \
+                 (SELECT endpoint_id, event_seq FROM webhook_deliveries WHERE created_at <= $1 LIMIT $2)",
+            )
+            .await
+            .map_err(store_error)?;
+        for _ in 0..IDEMPOTENCY_DELETE_BATCHES_MAX {
+            let batch = client
+                .execute(&forget_deliveries, &[&events_cutoff, &IDEMPOTENCY_DELETE_BATCH_MAX])
+                .await
+                .map_err(store_error)?;
+            if batch < IDEMPOTENCY_DELETE_BATCH_MAX.unsigned_abs() {
+                break;
+            }
+        }
         let mut deleted = 0_u64;
         for _ in 0..IDEMPOTENCY_DELETE_BATCHES_MAX {
             let batch =
@@ -853,6 +872,69 @@ impl LedgerStore for PostgresStore {
                 Ok(StoredEvent { seq, position, event, created_at: micros(6, "event created_at")? })
             })
             .collect()
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &store::webhooks::Endpoint,
+    ) -> Result<store::webhooks::Endpoint, StoreError> {
+        self.retrying("creating a webhook endpoint", || async {
+            webhooks::create(&self.client().await?, endpoint).await
+        })
+        .await
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<store::webhooks::Endpoint>, StoreError> {
+        self.retrying("reading webhook endpoints", || async { webhooks::endpoints(&self.client().await?).await }).await
+    }
+
+    async fn change_webhook_endpoint(
+        &self,
+        endpoint_id: &store::EndpointId,
+        change: &store::webhooks::EndpointChange,
+        now: Timestamp,
+    ) -> Result<Option<store::webhooks::Endpoint>, StoreError> {
+        self.retrying("changing a webhook endpoint", || async {
+            webhooks::change(&mut self.client().await?, endpoint_id, change, now).await
+        })
+        .await
+    }
+
+    async fn fan_out_webhook_events(&self, fan_out: &store::webhooks::FanOut) -> Result<bool, StoreError> {
+        self.retrying("fanning out webhook events", || async {
+            webhooks::fan_out(&mut self.client().await?, fan_out).await
+        })
+        .await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        claim: &store::webhooks::DeliveryClaim,
+    ) -> Result<Vec<store::webhooks::ClaimedDelivery>, StoreError> {
+        self.retrying("claiming webhook deliveries", || async { webhooks::claim(&self.client().await?, claim).await })
+            .await
+    }
+
+    async fn finish_webhook_delivery(
+        &self,
+        finish: &store::webhooks::DeliveryFinish,
+    ) -> Result<store::webhooks::Finished, StoreError> {
+        self.retrying("finishing a webhook delivery", || async {
+            webhooks::finish(&mut self.client().await?, finish).await
+        })
+        .await
+    }
+
+    async fn replay_webhook_events(
+        &self,
+        endpoint_id: &store::EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        self.retrying("replaying webhook events", || async {
+            webhooks::replay(&mut self.client().await?, endpoint_id, since, now).await
+        })
+        .await
     }
 
     async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {

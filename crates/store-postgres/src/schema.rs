@@ -297,6 +297,46 @@ CREATE INDEX outbox_by_position ON outbox (txid, seq);
 ALTER TABLE accounts ADD COLUMN low_balance_threshold BIGINT CHECK (low_balance_threshold >= 0);
 "#,
     },
+    // Issue 15: webhook endpoints and their deliveries (store::webhooks).
+    Migration {
+        version: 9,
+        sql: r#"
+-- An endpoint keeps the outbox position it has been fanned out to: (txid, seq), as readers page.
+CREATE TABLE webhook_endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    description TEXT,
+    secret TEXT NOT NULL,
+    previous_secret TEXT,
+    previous_secret_until BIGINT,
+    created_at BIGINT NOT NULL,
+    disabled_at BIGINT,
+    disabled_reason TEXT CHECK (disabled_reason IN ('admin', 'failing')),
+    failing_since BIGINT,
+    position_txid BIGINT NOT NULL CHECK (position_txid >= 0),
+    position_seq BIGINT NOT NULL CHECK (position_seq >= 0),
+    CHECK ((disabled_at IS NULL) = (disabled_reason IS NULL))
+);
+
+-- One delivery per (endpoint, event); a claim leases it by moving next_attempt_at to the
+-- lease's end and counting the attempt.
+CREATE TABLE webhook_deliveries (
+    endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (endpoint_id),
+    event_seq BIGINT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts BIGINT NOT NULL CHECK (attempts >= 0),
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner TEXT,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (endpoint_id, event_seq)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, endpoint_id, event_seq)
+    WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_by_age ON webhook_deliveries (created_at);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.
