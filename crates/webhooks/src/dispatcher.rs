@@ -1,0 +1,291 @@
+//! The dispatcher: one per instance, delivering the outbox to webhook endpoints through the
+//! store's delivery protocol (`store::webhooks`: fan-out, claim, finish).
+//!
+//! Each pass fans new events out to every endpoint, claims due deliveries, sends them at most
+//! [`DispatcherConfig::in_flight_max`] at a time and records each outcome. Delivery is
+//! at-least-once: a dispatcher that dies (or shuts down) mid-send leaves its claims to expire
+//! and be sent again, so a receiver deduplicates by `webhook-id` (the event id). Deliveries of
+//! one endpoint are not ordered: a retried event can arrive after a later one, and several
+//! dispatchers send side by side; a receiver orders by the payload's `timestamp` or re-reads
+//! the account if it needs the latest state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use store::events::StoredEvent;
+use store::webhooks::{
+    fan_out_page, ClaimedDelivery, DeliveryClaim, DeliveryFinish, DeliveryOutcome, Endpoint, Finished, CLAIM_MAX,
+    DELIVERY_WINDOW_SECONDS,
+};
+use store::{Clock, EndpointId, LedgerStore, StoreError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::destination::{Destination, Reach};
+use crate::signature::{sign, SigningSecret};
+
+/// Renders an event as the JSON body receivers get: the composition root passes the server's
+/// renderer, so a webhook body is exactly what `GET /v1/events` lists.
+pub type RenderEvent = Arc<dyn Fn(&StoredEvent) -> Vec<u8> + Send + Sync>;
+
+/// How a dispatcher sends. Every field has a limit a receiver cannot stretch.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// Who claims: the instance id (only this dispatcher records its claims' outcomes).
+    pub owner: String,
+    /// Which destination addresses are allowed (private ones only with `--webhooks-allow-private`).
+    pub reach: Reach,
+    /// The pause between passes that found nothing to do.
+    pub poll_interval: Duration,
+    /// How long a claim is this dispatcher's: longer than a request can take.
+    pub lease: Duration,
+    pub connect_timeout: Duration,
+    /// The whole request, response body included.
+    pub request_timeout: Duration,
+    /// The first retry's delay; each next one doubles, with jitter, up to `retry_delay_max`.
+    pub retry_delay_initial: Duration,
+    pub retry_delay_max: Duration,
+    /// Most deliveries sent at once.
+    pub in_flight_max: usize,
+    /// Most bytes of a response read (the rest is dropped with the connection).
+    pub response_bytes_max: usize,
+}
+
+impl DispatcherConfig {
+    pub fn new(owner: impl Into<String>, reach: Reach) -> DispatcherConfig {
+        DispatcherConfig {
+            owner: owner.into(),
+            reach,
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            retry_delay_initial: Duration::from_secs(5),
+            retry_delay_max: Duration::from_secs(6 * 3600),
+            in_flight_max: 16,
+            response_bytes_max: 64 * 1024,
+        }
+    }
+
+    /// The delay before attempt `attempt + 1`, after attempt `attempt` (from 1) failed: exponential
+    /// from `retry_delay_initial`, doubling, capped at `retry_delay_max`, with jitter (backon).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry_delay_initial)
+            .with_max_delay(self.retry_delay_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.retry_delay_max)
+    }
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub fanned_out: usize,
+    pub delivered: usize,
+    pub failed: usize,
+    /// Whether a page or a claim came back full: the next pass starts at once.
+    pub more: bool,
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn LedgerStore>,
+    clock: Arc<dyn Clock>,
+    render: RenderEvent,
+    config: DispatcherConfig,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn LedgerStore>,
+        clock: Arc<dyn Clock>,
+        render: RenderEvent,
+        config: DispatcherConfig,
+    ) -> Self {
+        Dispatcher { store, clock, render, config }
+    }
+
+    /// Runs passes until `shutdown`: at once while there is more to do, else every poll
+    /// interval. A store error is logged and the next pass tries again.
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let pass = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    pass = self.pass() => pass,
+                };
+                let more = match pass {
+                    Ok(report) => report.more,
+                    Err(error) => {
+                        tracing::warn!(%error, "a webhook dispatch pass failed; trying again");
+                        false
+                    }
+                };
+                if !more {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        // Polling: the outbox is written by every instance, so there is no
+                        // in-process signal for all of it (a wakeup would only shorten this).
+                        () = tokio::time::sleep(self.config.poll_interval) => {}
+                    }
+                }
+            }
+        })
+    }
+
+    /// One pass: fan out, claim, send, record.
+    pub async fn pass(&self) -> Result<PassReport, StoreError> {
+        let mut report = PassReport::default();
+        let endpoints = self.store.webhook_endpoints().await?;
+        for endpoint in &endpoints {
+            let fanned = fan_out_page(&*self.store, endpoint, self.clock.now()).await?;
+            report.fanned_out += fanned.recorded;
+            report.more |= fanned.read == store::events::EVENTS_PAGE_MAX as usize;
+        }
+        let now = self.clock.now();
+        let lease_micros = i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX);
+        let claim = DeliveryClaim {
+            owner: self.config.owner.clone(),
+            now,
+            lease_until: now.plus_micros(lease_micros),
+            limit: CLAIM_MAX,
+        };
+        let claimed = self.store.claim_webhook_deliveries(&claim).await?;
+        report.more |= claimed.len() == CLAIM_MAX as usize;
+        let endpoints: HashMap<&EndpointId, &Endpoint> =
+            endpoints.iter().map(|endpoint| (&endpoint.endpoint_id, endpoint)).collect();
+        // An endpoint created after the list was read is skipped: its claim expires and is sent
+        // again. Sent in groups of at most `in_flight_max`.
+        let sendable: Vec<(&Endpoint, &ClaimedDelivery)> = claimed
+            .iter()
+            .filter_map(|delivery| endpoints.get(&delivery.endpoint_id).map(|endpoint| (*endpoint, delivery)))
+            .collect();
+        let mut outcomes = Vec::with_capacity(sendable.len());
+        for group in sendable.chunks(self.config.in_flight_max.max(1)) {
+            let sends = group.iter().map(|(endpoint, delivery)| self.deliver_and_record(endpoint, delivery));
+            outcomes.extend(futures::future::join_all(sends).await);
+        }
+        for outcome in outcomes {
+            if outcome? {
+                report.delivered += 1;
+            } else {
+                report.failed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sends one delivery and records its outcome: whether it was delivered.
+    async fn deliver_and_record(&self, endpoint: &Endpoint, delivery: &ClaimedDelivery) -> Result<bool, StoreError> {
+        let sent = self.send(endpoint, delivery).await;
+        let now = self.clock.now();
+        let outcome = match sent {
+            Ok(()) => DeliveryOutcome::Delivered,
+            Err(error) => {
+                let delay_micros =
+                    i64::try_from(self.config.retry_delay(delivery.attempt).as_micros()).unwrap_or(i64::MAX);
+                let at = now.plus_micros(delay_micros);
+                if at > delivery.created_at.plus_seconds(DELIVERY_WINDOW_SECONDS) {
+                    tracing::warn!(endpoint = %endpoint.endpoint_id, event = %delivery.event.event_id(), %error,
+                        attempts = delivery.attempt, "a webhook delivery failed for 3 days; giving up");
+                    DeliveryOutcome::GaveUp { error }
+                } else {
+                    tracing::debug!(endpoint = %endpoint.endpoint_id, event = %delivery.event.event_id(), %error,
+                        attempt = delivery.attempt, "a webhook delivery failed; retrying");
+                    DeliveryOutcome::Retry { at, error }
+                }
+            }
+        };
+        let delivered = outcome == DeliveryOutcome::Delivered;
+        let finish = DeliveryFinish {
+            endpoint_id: endpoint.endpoint_id.clone(),
+            event_seq: delivery.event.seq,
+            owner: self.config.owner.clone(),
+            attempt: delivery.attempt,
+            now,
+            outcome,
+        };
+        match self.store.finish_webhook_delivery(&finish).await? {
+            Finished::Recorded { endpoint_disabled: true } => {
+                tracing::error!(endpoint = %endpoint.endpoint_id, url = %endpoint.url,
+                    "a webhook endpoint failed for a day and was disabled; enable it once it answers again");
+            }
+            Finished::Recorded { endpoint_disabled: false } => {}
+            Finished::LeaseLost => {
+                tracing::debug!(endpoint = %endpoint.endpoint_id, event = %delivery.event.event_id(),
+                    "a webhook delivery's claim ended before its outcome was recorded");
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// One signed POST: `Ok` on a 2xx answer, else why not (a short text for the delivery row).
+    async fn send(&self, endpoint: &Endpoint, delivery: &ClaimedDelivery) -> Result<(), String> {
+        let destination = Destination::parse(&endpoint.url).map_err(|error| error.to_string())?;
+        let addresses = destination.resolve(self.config.reach).await.map_err(|error| error.to_string())?;
+        let mut client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.config.connect_timeout)
+            .timeout(self.config.request_timeout);
+        if let Some(host) = destination.url().host_str() {
+            // Pinned: the addresses just checked are the ones connected to (no DNS rebinding).
+            client = client.resolve_to_addrs(host, &addresses);
+        }
+        let client = client.build().map_err(|error| format!("no HTTP client: {error}"))?;
+        let body = (self.render)(&delivery.event);
+        let message_id = delivery.event.event_id();
+        // The receiver compares this with its own clock, so it is wall-clock time even when the
+        // service runs on a test clock.
+        let timestamp_seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(0));
+        let signatures: Vec<String> = endpoint
+            .signing_secrets(self.clock.now())
+            .into_iter()
+            .filter_map(|secret| SigningSecret::parse(secret).ok())
+            .map(|secret| sign(&secret, &message_id, timestamp_seconds, &body))
+            .collect();
+        if signatures.is_empty() {
+            return Err("the endpoint has no usable secret".to_owned());
+        }
+        let response = client
+            .post(destination.url().clone())
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("creditgraph-webhooks/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", &message_id)
+            .header("webhook-timestamp", timestamp_seconds.to_string())
+            .header("webhook-signature", signatures.join(" "))
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| format!("no answer: {error}"))?;
+        let status = response.status();
+        let answer = read_capped(response, self.config.response_bytes_max).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&answer)))
+        }
+    }
+}
+
+/// At most `bytes_max` bytes of a response body; the rest is never read.
+async fn read_capped(response: reqwest::Response, bytes_max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = bytes_max.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= bytes_max {
+            break;
+        }
+    }
+    body
+}
