@@ -80,6 +80,26 @@ for argument in "$@"; do
     esac
 done
 
+# The Python packages the Rust tests drive (scripts/lib/test-venv.sh), installed in the
+# background while the tests build and waited for before they run.
+TEST_VENV_DIR="$(mktemp -d "${TMPDIR:-/tmp}/creditgraph-test-venv.XXXXXX")"
+THROWAWAY_EXTRA_DIRS+=("$TEST_VENV_DIR")
+scripts/lib/test-venv.sh "$TEST_VENV_DIR/venv" >"$TEST_VENV_DIR/install.log" 2>&1 &
+test_venv_pid=$!
+
+# Waits for the test venv; stops the script when it failed.
+wait_for_test_venv() {
+    [[ -n "$test_venv_pid" ]] || return 0
+    if ! wait "$test_venv_pid"; then
+        log "installing the tests' Python packages failed (is PyPI reachable?); its log:"
+        cat "$TEST_VENV_DIR/install.log" >&2 || true
+        exit 1
+    fi
+    test_venv_pid=""
+    export CREDITGRAPH_TEST_PYTHON="$TEST_VENV_DIR/venv/bin/python"
+    log "the tests' Python packages are installed"
+}
+
 # The fuzzer's venv is installed in the background while the Rust tests build and run.
 fuzz_install_pid=""
 if [[ ${#scope[@]} -gt 0 ]]; then
@@ -96,6 +116,7 @@ if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run "${scope[@]}" --no-run "$@"
     fi
     wait_for_sandbox_install
+    wait_for_test_venv
     cargo nextest run "${scope[@]}" --no-fail-fast "$@"
 else
     log "cargo-nextest not found; using cargo test"
@@ -118,6 +139,7 @@ else
         cargo test "${scope[@]}" --no-run "${cargo_args[@]}"
     fi
     wait_for_sandbox_install
+    wait_for_test_venv
     cargo test "${scope[@]}" --no-fail-fast "${cargo_args[@]}"
 fi
 status=$?

@@ -39,6 +39,8 @@ pub struct Application {
     renderer: Arc<dyn jobs::render::Renderer>,
     sweep_interval: Duration,
     shutdown_grace: Duration,
+    /// This instance's webhook dispatcher, started with the server.
+    webhooks: webhooks::dispatcher::Dispatcher,
 }
 
 impl Application {
@@ -104,6 +106,10 @@ impl Application {
         let store = OpenStore::open(&settings.database, Arc::clone(&clock)).await?;
         let engine = build_engine(&settings, &store, Arc::clone(&clock), executor)?;
         let worker_api = settings.api.worker_token.is_some();
+        if settings.api.webhooks_reach == webhooks::destination::Reach::AllowPrivate {
+            tracing::warn!("--webhooks-allow-private: webhook URLs may reach loopback and private addresses");
+        }
+        let webhooks = build_dispatcher(&settings, &store, Arc::clone(&clock), &engine.config().instance_id);
         let router = server::router_with_engine(store.ledger(), clock, settings.api, Some(Arc::clone(&engine)));
         tracing::info!(
             workers_in_process = settings.runs.jobs.workers_in_process,
@@ -128,6 +134,7 @@ impl Application {
             renderer,
             sweep_interval: settings.sweep_interval,
             shutdown_grace: settings.shutdown_grace,
+            webhooks,
         })
     }
 
@@ -156,7 +163,18 @@ impl Application {
     /// its lease back, so its job is queued again without a refund), lets requests finish (for at
     /// most the grace period), stops the sweepers, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { listener, router, edge, store, engine, renderer, sweep_interval, shutdown_grace, .. } = self;
+        let Application {
+            listener,
+            router,
+            edge,
+            store,
+            engine,
+            renderer,
+            sweep_interval,
+            shutdown_grace,
+            webhooks,
+            ..
+        } = self;
         let tls_reloads =
             edge.tls.as_ref().map(|files| reload_tls_on_hangup(Arc::clone(files), shutdown.child_token()));
         let job_tasks = start_job_tasks(&engine, renderer, &shutdown.child_token());
@@ -173,6 +191,8 @@ impl Application {
             })
         };
         let sweeper = server::spawn_sweeper(store.ledger(), sweep_interval, shutdown.child_token());
+        // Stopped at once on shutdown: a delivery cut short is sent again once its claim ends.
+        let dispatcher = webhooks.spawn(shutdown.child_token());
         let serving = server::edge::serve(listener, router, edge, shutdown.child_token());
         let grace_over = async {
             shutdown.cancelled().await;
@@ -197,6 +217,9 @@ impl Application {
         }
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task ended abnormally");
+        }
+        if dispatcher.await.is_err() {
+            tracing::error!("the webhook dispatcher ended abnormally");
         }
         stop_job_tasks(job_tasks).await;
         if let Some(reloads) = tls_reloads {
@@ -390,4 +413,19 @@ fn build_sandbox(settings: &SandboxSettings) -> Arc<dyn CodeExecutor> {
             }
         },
     }
+}
+
+/// The webhook dispatcher of this instance: claims as the instance, renders each event exactly
+/// as `GET /v1/events` lists it.
+fn build_dispatcher(
+    settings: &Settings,
+    store: &OpenStore,
+    clock: Arc<dyn Clock>,
+    instance_id: &str,
+) -> webhooks::dispatcher::Dispatcher {
+    let mut config = webhooks::dispatcher::DispatcherConfig::new(instance_id, settings.api.webhooks_reach);
+    config.poll_interval = settings.webhooks.poll_interval;
+    config.retry_delay_initial = settings.webhooks.retry_delay_initial;
+    let render: webhooks::dispatcher::RenderEvent = Arc::new(server::webhook_body);
+    webhooks::dispatcher::Dispatcher::new(store.ledger(), clock, render, config)
 }

@@ -146,8 +146,34 @@ pub struct ServeArgs {
     /// refused unless every listen address is loopback).
     #[arg(long, env = "CREDITGRAPH_TEST_CLOCK")]
     pub test_clock: bool,
+    /// Let webhook URLs resolve to loopback and private addresses (tests, or receivers on the
+    /// same network). Off: a webhook URL cannot be used to reach internal services.
+    #[arg(long, env = "CREDITGRAPH_WEBHOOKS_ALLOW_PRIVATE")]
+    pub webhooks_allow_private: bool,
+    /// How often the webhook dispatcher looks for new events when it found none.
+    #[arg(long, env = "CREDITGRAPH_WEBHOOKS_POLL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub webhooks_poll_ms: u64,
+    /// The first retry's delay after a failed webhook delivery (then doubling, with jitter, up
+    /// to 6 hours; a delivery is retried for 3 days).
+    #[arg(long, env = "CREDITGRAPH_WEBHOOKS_RETRY_INITIAL_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub webhooks_retry_initial_seconds: u64,
     #[command(flatten)]
     pub edge: EdgeArgs,
+}
+
+/// How this instance's webhook dispatcher runs (its reach is `ApiConfig::webhooks_reach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub poll_interval: Duration,
+    pub retry_delay_initial: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> WebhookSettings {
+        WebhookSettings { poll_interval: Duration::from_millis(500), retry_delay_initial: Duration::from_secs(5) }
+    }
 }
 
 /// The limits of the HTTP edge, and TLS.
@@ -392,6 +418,7 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Longest wait for requests in flight once shutdown starts.
     pub shutdown_grace: Duration,
+    pub webhooks: WebhookSettings,
 }
 
 impl Settings {
@@ -415,6 +442,11 @@ impl Settings {
                 per_token: args.rate_limit_per_token,
                 per_account: args.rate_limit_per_account,
                 accounts_max: args.rate_limit_accounts_max,
+            },
+            webhooks_reach: if args.webhooks_allow_private {
+                webhooks::destination::Reach::AllowPrivate
+            } else {
+                webhooks::destination::Reach::PublicOnly
             },
             ..defaults
         };
@@ -453,6 +485,10 @@ impl Settings {
             edge: EdgeSettings::from_args(&args.edge),
             sweep_interval: Duration::from_secs(args.sweep_interval_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            webhooks: WebhookSettings {
+                poll_interval: Duration::from_millis(args.webhooks_poll_ms),
+                retry_delay_initial: Duration::from_secs(args.webhooks_retry_initial_seconds),
+            },
         })
     }
 }

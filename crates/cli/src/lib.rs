@@ -19,7 +19,9 @@ use store::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 pub use app::Application;
-pub use config::{Cli, CommandLine, DatabaseUrl, EdgeSettings, RunSettings, SandboxSettings, Settings, TlsPaths};
+pub use config::{
+    Cli, CommandLine, DatabaseUrl, EdgeSettings, RunSettings, SandboxSettings, Settings, TlsPaths, WebhookSettings,
+};
 
 /// Parses the command line, runs the command, maps the result to an exit status (0 success,
 /// 1 failure or an unclean `verify`, 2 usage error from clap).

@@ -77,6 +77,9 @@ pub struct ApiConfig {
     /// engine read): `POST /v1/test-clock/advance` moves it. `None`: those routes answer
     /// `404 test_clock_disabled`.
     pub test_clock: Option<std::sync::Arc<store::TestClock>>,
+    /// Which addresses a webhook URL may resolve to (checked when an endpoint is created, and
+    /// by the dispatcher before every delivery). Public only unless `--webhooks-allow-private`.
+    pub webhooks_reach: webhooks::destination::Reach,
 }
 
 impl Default for ApiConfig {
@@ -97,6 +100,7 @@ impl Default for ApiConfig {
             requests_in_flight_max: 1024,
             rate_limits: RateLimits::default(),
             test_clock: None,
+            webhooks_reach: webhooks::destination::Reach::PublicOnly,
         }
     }
 }

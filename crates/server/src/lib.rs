@@ -26,3 +26,11 @@ pub use openapi::ApiDoc;
 pub use rate_limit::RATE_LIMITED_ROUTES;
 pub use router::{route_table, router, router_with_engine, router_without_limits};
 pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};
+
+/// The body of a webhook delivering `event`: the event exactly as `GET /v1/events` lists it
+/// (the dispatcher is handed this, so the two cannot differ).
+pub fn webhook_body(event: &store::events::StoredEvent) -> Vec<u8> {
+    // Serializing a DTO of strings and options cannot fail; an empty body would be refused by
+    // the receiver's signature check rather than sent wrong.
+    serde_json::to_vec(&routes::ledger_events::event_response(event)).unwrap_or_default()
+}

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, runs, test_clock, worker};
+use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, runs, test_clock, webhooks, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,13 @@ use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, ru
         allowances::get_plan,
         allowances::subscribe_plan,
         ledger_events::list_events,
+        webhooks::create_endpoint,
+        webhooks::list_endpoints,
+        webhooks::get_endpoint,
+        webhooks::disable_endpoint,
+        webhooks::enable_endpoint,
+        webhooks::rotate_secret,
+        webhooks::replay,
         holds::create_hold,
         holds::get_hold,
         holds::capture,

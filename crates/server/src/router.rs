@@ -22,7 +22,8 @@ use crate::config::ApiConfig;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
 use crate::routes::{
-    accounts, allowances, health, holds, jobs, ledger_events, method_not_allowed, not_found, runs, test_clock, worker,
+    accounts, allowances, health, holds, jobs, ledger_events, method_not_allowed, not_found, runs, test_clock,
+    webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -72,6 +73,23 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/plans", get(allowances::list_plans), Timing::Handler),
         (Method::GET, "/v1/plans/{plan_id}", get(allowances::get_plan), Timing::Handler),
         (Method::GET, "/v1/events", get(ledger_events::list_events), Timing::Handler),
+        (Method::POST, "/v1/webhook-endpoints", post(webhooks::create_endpoint), Timing::Handler),
+        (Method::GET, "/v1/webhook-endpoints", get(webhooks::list_endpoints), Timing::Handler),
+        (Method::GET, "/v1/webhook-endpoints/{endpoint_id}", get(webhooks::get_endpoint), Timing::Handler),
+        (
+            Method::POST,
+            "/v1/webhook-endpoints/{endpoint_id}/disable",
+            post(webhooks::disable_endpoint),
+            Timing::Handler,
+        ),
+        (Method::POST, "/v1/webhook-endpoints/{endpoint_id}/enable", post(webhooks::enable_endpoint), Timing::Handler),
+        (
+            Method::POST,
+            "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+            post(webhooks::rotate_secret),
+            Timing::Handler,
+        ),
+        (Method::POST, "/v1/webhook-endpoints/{endpoint_id}/replay", post(webhooks::replay), Timing::Handler),
         (Method::POST, "/v1/holds", post(holds::create_hold), Timing::Handler),
         (Method::GET, "/v1/holds/{hold_id}", get(holds::get_hold), Timing::Handler),
         (Method::POST, "/v1/holds/{hold_id}/capture", post(holds::capture), Timing::Handler),

@@ -14,6 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const URL_BYTES_MAX: usize = 2048;
 /// Most addresses one host may resolve to that are kept.
 pub const ADDRESSES_MAX: usize = 16;
+/// The longest a host's resolution may take: a resolver that does not answer must not hold an
+/// admin's request or a delivery.
+pub const RESOLVE_SECONDS_MAX: u64 = 3;
 
 /// Which addresses a destination may resolve to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +88,15 @@ impl Destination {
         let addresses: Vec<SocketAddr> = match self.url.host() {
             Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
             Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-            Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, port))
-                .await
-                .map_err(|error| DestinationError::Unresolved(error.to_string()))?
-                .take(ADDRESSES_MAX)
-                .collect(),
+            Some(url::Host::Domain(name)) => {
+                let lookup = tokio::net::lookup_host((name, port));
+                tokio::time::timeout(std::time::Duration::from_secs(RESOLVE_SECONDS_MAX), lookup)
+                    .await
+                    .map_err(|_| DestinationError::Unresolved(format!("no answer within {RESOLVE_SECONDS_MAX} s")))?
+                    .map_err(|error| DestinationError::Unresolved(error.to_string()))?
+                    .take(ADDRESSES_MAX)
+                    .collect()
+            }
             None => return Err(DestinationError::Malformed("no host".to_owned())),
         };
         if addresses.is_empty() {

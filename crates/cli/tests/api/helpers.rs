@@ -78,6 +78,8 @@ impl Drop for TestApp {
 fn test_settings(database: DatabaseUrl) -> Settings {
     let api = ApiConfig {
         tokens: vec![(ADMIN_TOKEN.to_owned(), Role::Admin), (SERVICE_TOKEN.to_owned(), Role::Service)],
+        // Webhook receivers in tests listen on loopback.
+        webhooks_reach: webhooks::destination::Reach::AllowPrivate,
         ..ApiConfig::default()
     };
     let runs = RunSettings {
@@ -103,6 +105,8 @@ fn test_settings(database: DatabaseUrl) -> Settings {
         edge: cli::EdgeSettings::default(),
         sweep_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(10),
+        // Deliveries retry on the manual clock: a test moves it past the backoff.
+        webhooks: cli::WebhookSettings { poll_interval: Duration::from_millis(50), ..cli::WebhookSettings::default() },
     }
 }
 

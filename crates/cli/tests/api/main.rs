@@ -22,4 +22,5 @@ mod solve;
 mod sse;
 mod streaming;
 mod test_clock;
+mod webhooks;
 mod workers;

@@ -84,12 +84,14 @@ pub mod events;
 pub mod jobs;
 pub mod ledger_events;
 pub mod runs;
+pub mod webhooks;
 
 pub use self::allowances::*;
 pub use self::events::*;
 pub use self::jobs::*;
 pub use self::ledger_events::*;
 pub use self::runs::*;
+pub use self::webhooks::*;
 
 /// `POST /v1/accounts/{account_id}/grants`
 #[derive(Debug, Deserialize, ToSchema)]

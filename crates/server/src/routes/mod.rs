@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod ledger_events;
 pub mod runs;
 pub mod test_clock;
+pub mod webhooks;
 pub mod worker;
 
 use axum::http::StatusCode;
