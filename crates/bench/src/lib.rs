@@ -25,4 +25,5 @@ pub mod stores;
 pub mod streams;
 pub mod suite;
 pub mod turns;
+pub mod webhooks;
 pub mod workload;

@@ -677,6 +677,28 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
         }
         let _ = writeln!(w);
     }
+    if !results.webhooks.is_empty() {
+        let _ = writeln!(w, "## Webhook delivery (issue 15)\n");
+        let _ = writeln!(
+            w,
+            "A backlog of `grant.created` events drained to a receiver on loopback that answers 200. creditgraph's \
+             dispatcher fans each event out to the endpoint, claims deliveries with a lease, signs each POST \
+             (Standard Webhooks) and records its outcome, {IN_FLIGHT} sends in flight. Beside it, what a team writes \
+             by hand: a relay over an outbox table that locks one row `FOR UPDATE SKIP LOCKED`, POSTs it unsigned and \
+             marks it sent in that transaction, {IN_FLIGHT} workers.\n",
+            IN_FLIGHT = 16
+        );
+        let _ = writeln!(w, "| system | events | seconds | deliveries/s |");
+        let _ = writeln!(w, "|---|---|---|---|");
+        for delivery in &results.webhooks {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.2} | {:.0} |",
+                delivery.system, delivery.events, delivery.seconds, delivery.deliveries_per_second
+            );
+        }
+        let _ = writeln!(w);
+    }
     if !results.pile_up.is_empty() {
         let _ = writeln!(w, "## Pile-up: one account's pending holds (issue 16, target 1)\n");
         let _ = writeln!(

@@ -102,6 +102,9 @@ pub struct Results {
     pub sandbox: Option<crate::sandbox::SandboxCost>,
     /// Issue 18: time to the first `token` event over HTTP, ledger on and off.
     pub first_token: Option<crate::first_token::FirstToken>,
+    /// Issue 15: a backlog of events delivered to a webhook receiver, per store and by a
+    /// hand-written relay.
+    pub webhooks: Vec<crate::webhooks::Delivery>,
 }
 
 /// Turns per arm (ledger on, ledger off) of the turn-overhead section: at 2,000 the p99 is the
@@ -234,6 +237,32 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
             cost.local.p99_micros
         );
         results.sandbox = Some(cost);
+    }
+    if wanted("webhooks") {
+        let events = if settings.smoke { 200 } else { 20_000 };
+        for kind in [StoreKind::Sqlite, StoreKind::Postgres].into_iter().filter(|&kind| settings.includes(kind)) {
+            let place = stores::fresh_place(
+                kind,
+                &settings.data_dir,
+                &format!("webhooks-{kind:?}"),
+                settings.postgres_admin_url.as_deref(),
+            )
+            .await?;
+            let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
+            let delivered = crate::webhooks::dispatcher(kind.label(), opened.ledger(), events).await;
+            opened.close().await;
+            results.webhooks.push(delivered?);
+        }
+        if let Some(admin_url) = settings.postgres_admin_url.as_deref() {
+            let database = stores::create_database(admin_url).await?;
+            results.webhooks.push(crate::webhooks::naive_relay(&database, events).await?);
+        }
+        for delivery in &results.webhooks {
+            eprintln!(
+                "bench: webhooks {:<70} {} events in {:.2} s: {:.0}/s",
+                delivery.system, delivery.events, delivery.seconds, delivery.deliveries_per_second
+            );
+        }
     }
     if wanted("pile-up") {
         let pending_max = settings.pile_up_holds.unwrap_or(if settings.smoke { 2_000 } else { 100_000 });

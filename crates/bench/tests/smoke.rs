@@ -57,6 +57,9 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
         .map(|run| run["tally"]["replays"].as_u64().expect("replays"))
         .sum();
     assert!(replays > 0, "the replay workload must replay keys");
+    assert!(markdown.contains("## Webhook delivery (issue 15)"), "{markdown}");
+    let webhooks = results["results"]["webhooks"].as_array().expect("webhook results");
+    assert_eq!(webhooks.len(), 3, "the dispatcher on both stores and the hand-written relay: {webhooks:?}");
     for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches", "scale"] {
         assert!(!results["results"][section].as_array().expect(section).is_empty(), "{section} ran");
     }

@@ -169,16 +169,15 @@ pub(crate) async fn fan_out(client: &mut Object, fan_out: &FanOut) -> Result<boo
     Ok(true)
 }
 
-/// One statement: due rows of enabled endpoints are locked (skipping rows another claim holds),
-/// leased and returned with their events.
+/// One statement: due rows of the named endpoints are locked (skipping rows another claim
+/// holds) walking the due index in order, leased and returned with their events.
 pub(crate) async fn claim(client: &Object, claim: &DeliveryClaim) -> Result<Vec<ClaimedDelivery>, Failure> {
     let statement = client
         .prepare_cached(
             "WITH due AS ( \
                  SELECT d.endpoint_id, d.event_seq, d.next_attempt_at FROM webhook_deliveries d \
-                 JOIN webhook_endpoints e ON e.endpoint_id = d.endpoint_id AND e.disabled_at IS NULL \
-                 JOIN outbox o ON o.seq = d.event_seq \
-                 WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND d.endpoint_id = ANY($5) \
+                     AND EXISTS (SELECT 1 FROM outbox o WHERE o.seq = d.event_seq) \
                  ORDER BY d.next_attempt_at, d.endpoint_id, d.event_seq LIMIT $4 \
                  FOR UPDATE OF d SKIP LOCKED), \
              leased AS ( \
@@ -192,8 +191,10 @@ pub(crate) async fn claim(client: &Object, claim: &DeliveryClaim) -> Result<Vec<
         )
         .await?;
     let limit = i64::from(claim.limit.min(CLAIM_MAX));
-    let rows =
-        client.query(&statement, &[&claim.now.micros(), &claim.lease_until.micros(), &claim.owner, &limit]).await?;
+    let endpoints: Vec<&str> = claim.endpoints.iter().map(EndpointId::as_str).collect();
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&claim.now.micros(), &claim.lease_until.micros(), &claim.owner, &limit, &endpoints];
+    let rows = client.query(&statement, &parameters).await?;
     rows.iter().map(claimed_row).collect::<Result<_, StoreError>>().map_err(Failure::from)
 }
 
@@ -250,13 +251,22 @@ pub(crate) async fn finish(client: &mut Object, finish: &DeliveryFinish) -> Resu
     if updated == 0 {
         return Ok(Finished::LeaseLost);
     }
+    if finish.outcome == DeliveryOutcome::Delivered {
+        // The common case touches the endpoint row only when a failing run ends: concurrent
+        // successes of one endpoint do not queue on its lock.
+        transaction
+            .execute(
+                "UPDATE webhook_endpoints SET failing_since = NULL WHERE endpoint_id = $1 AND failing_since IS NOT NULL",
+                &[&finish.endpoint_id.as_str()],
+            )
+            .await?;
+        transaction.commit().await?;
+        return Ok(Finished::Recorded { endpoint_disabled: false });
+    }
     let Some(current) = locked_endpoint(&transaction, &finish.endpoint_id).await? else {
         return Ok(Finished::LeaseLost);
     };
-    let after = match finish.outcome {
-        DeliveryOutcome::Delivered => Endpoint { failing_since: None, ..current.clone() },
-        DeliveryOutcome::Retry { .. } | DeliveryOutcome::GaveUp { .. } => current.failed(finish.now),
-    };
+    let after = current.failed(finish.now);
     if after != current {
         put(&transaction, &after).await?;
     }

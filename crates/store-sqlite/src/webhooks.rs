@@ -191,15 +191,17 @@ fn claim_deliveries(conn: &Connection, claim: &DeliveryClaim) -> Result<Vec<Clai
     let mut due = conn
         .prepare_cached(
             "SELECT d.endpoint_id, d.event_seq FROM webhook_deliveries d \
-             JOIN webhook_endpoints e ON e.endpoint_id = d.endpoint_id AND e.disabled_at IS NULL \
              JOIN outbox o ON o.seq = d.event_seq \
              WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 \
+                 AND d.endpoint_id IN (SELECT value FROM json_each(?3)) \
              ORDER BY d.next_attempt_at, d.endpoint_id, d.event_seq LIMIT ?2",
         )
         .map_err(sql_error)?;
     let limit = i64::from(claim.limit.min(CLAIM_MAX));
     let keys: Vec<(String, i64)> = due
-        .query_map(params![claim.now.micros(), limit], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_map(params![claim.now.micros(), limit, endpoint_list(&claim.endpoints)], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
         .map_err(sql_error)?
         .collect::<Result<_, _>>()
         .map_err(sql_error)?;
@@ -225,6 +227,11 @@ fn claim_deliveries(conn: &Connection, claim: &DeliveryClaim) -> Result<Vec<Clai
         });
     }
     Ok(claimed)
+}
+
+/// A JSON array of endpoint ids, for `json_each`.
+fn endpoint_list(endpoints: &[EndpointId]) -> String {
+    serde_json::Value::Array(endpoints.iter().map(|id| serde_json::Value::String(id.to_string())).collect()).to_string()
 }
 
 fn event(conn: &Connection, seq: i64) -> Result<Option<StoredEvent>, StoreError> {

@@ -480,7 +480,7 @@ impl LedgerStore for MemoryStore {
             .filter(|((endpoint_id, _), delivery)| {
                 delivery.state == DeliveryState::Pending
                     && delivery.next_attempt_at <= claim.now
-                    && inner.webhook_endpoints.get(endpoint_id).is_some_and(|endpoint| endpoint.disabled.is_none())
+                    && claim.endpoints.contains(endpoint_id)
             })
             .map(|((endpoint_id, seq), delivery)| (delivery.next_attempt_at, endpoint_id.clone(), *seq))
             .collect();

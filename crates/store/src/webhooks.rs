@@ -9,7 +9,7 @@
 //!    ([`FanOut`]): the deliveries are inserted and the position moved in one transaction, and
 //!    only if the position is still where the dispatcher read it (a compare-and-set), so two
 //!    instances fanning out at once record each delivery once.
-//! 2. **Claim.** A dispatcher claims due deliveries ([`DeliveryClaim`]): a claim moves the
+//! 2. **Claim.** A dispatcher claims due deliveries of enabled endpoints ([`DeliveryClaim`]): a claim moves the
 //!    delivery's next attempt to the end of the lease and counts the attempt, so a dispatcher
 //!    that dies mid-send leaves it to be claimed again once the lease ends (at-least-once), and
 //!    two dispatchers never send one delivery at the same time (PostgreSQL: `FOR UPDATE SKIP
@@ -198,6 +198,10 @@ pub struct DeliveryClaim {
     pub now: Timestamp,
     /// Until when the claim is the dispatcher's; after that the delivery is due again.
     pub lease_until: Timestamp,
+    /// The endpoints whose deliveries may be claimed: the enabled ones, as the dispatcher read
+    /// them at the start of its pass (an endpoint disabled since then gets that pass's claims;
+    /// naming them lets PostgreSQL walk its due index in order instead of joining).
+    pub endpoints: Vec<EndpointId>,
     /// At most [`CLAIM_MAX`].
     pub limit: u32,
 }

@@ -10,7 +10,8 @@
 //! the account if it needs the latest state.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -100,6 +101,8 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     render: RenderEvent,
     config: DispatcherConfig,
+    /// Each endpoint's client with the addresses it is pinned to (at most `ENDPOINTS_MAX`).
+    clients: Mutex<HashMap<EndpointId, (Vec<SocketAddr>, reqwest::Client)>>,
 }
 
 impl Dispatcher {
@@ -109,7 +112,7 @@ impl Dispatcher {
         render: RenderEvent,
         config: DispatcherConfig,
     ) -> Self {
-        Dispatcher { store, clock, render, config }
+        Dispatcher { store, clock, render, config, clients: Mutex::default() }
     }
 
     /// Runs passes until `shutdown`: at once while there is more to do, else every poll
@@ -144,6 +147,10 @@ impl Dispatcher {
     pub async fn pass(&self) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
         let endpoints = self.store.webhook_endpoints().await?;
+        if endpoints.is_empty() {
+            // Nothing to fan out or claim: no claim reaches the store (on SQLite, the writer).
+            return Ok(report);
+        }
         for endpoint in &endpoints {
             let fanned = fan_out_page(&*self.store, endpoint, self.clock.now()).await?;
             report.fanned_out += fanned.recorded;
@@ -155,6 +162,11 @@ impl Dispatcher {
             owner: self.config.owner.clone(),
             now,
             lease_until: now.plus_micros(lease_micros),
+            endpoints: endpoints
+                .iter()
+                .filter(|endpoint| endpoint.disabled.is_none())
+                .map(|endpoint| endpoint.endpoint_id.clone())
+                .collect(),
             limit: CLAIM_MAX,
         };
         let claimed = self.store.claim_webhook_deliveries(&claim).await?;
@@ -230,15 +242,7 @@ impl Dispatcher {
     async fn send(&self, endpoint: &Endpoint, delivery: &ClaimedDelivery) -> Result<(), String> {
         let destination = Destination::parse(&endpoint.url).map_err(|error| error.to_string())?;
         let addresses = destination.resolve(self.config.reach).await.map_err(|error| error.to_string())?;
-        let mut client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.config.connect_timeout)
-            .timeout(self.config.request_timeout);
-        if let Some(host) = destination.url().host_str() {
-            // Pinned: the addresses just checked are the ones connected to (no DNS rebinding).
-            client = client.resolve_to_addrs(host, &addresses);
-        }
-        let client = client.build().map_err(|error| format!("no HTTP client: {error}"))?;
+        let client = self.client(&endpoint.endpoint_id, &destination, addresses)?;
         let body = (self.render)(&delivery.event);
         let message_id = delivery.event.event_id();
         // The receiver compares this with its own clock, so it is wall-clock time even when the
@@ -273,6 +277,38 @@ impl Dispatcher {
         } else {
             Err(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&answer)))
         }
+    }
+}
+
+impl Dispatcher {
+    /// The HTTP client of an endpoint, pinned to the addresses just checked (so a DNS answer
+    /// that changes after the check cannot redirect a delivery), kept while they stay the same
+    /// so deliveries reuse its connections.
+    fn client(
+        &self,
+        endpoint_id: &EndpointId,
+        destination: &Destination,
+        addresses: Vec<SocketAddr>,
+    ) -> Result<reqwest::Client, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((pinned, client)) = clients.get(endpoint_id) {
+            if *pinned == addresses {
+                return Ok(client.clone());
+            }
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.config.connect_timeout)
+            .timeout(self.config.request_timeout);
+        if let Some(host) = destination.url().host_str() {
+            builder = builder.resolve_to_addrs(host, &addresses);
+        }
+        let client = builder.build().map_err(|error| format!("no HTTP client: {error}"))?;
+        if clients.len() >= store::webhooks::ENDPOINTS_MAX {
+            clients.clear();
+        }
+        clients.insert(endpoint_id.clone(), (addresses, client.clone()));
+        Ok(client)
     }
 }
 
