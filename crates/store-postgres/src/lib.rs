@@ -915,12 +915,15 @@ impl LedgerStore for PostgresStore {
             .await
     }
 
-    async fn finish_webhook_delivery(
+    async fn finish_webhook_deliveries(
         &self,
-        finish: &store::webhooks::DeliveryFinish,
-    ) -> Result<store::webhooks::Finished, StoreError> {
-        self.retrying("finishing a webhook delivery", || async {
-            webhooks::finish(&mut self.client().await?, finish).await
+        finishes: &[store::webhooks::DeliveryFinish],
+    ) -> Result<Vec<store::webhooks::Finished>, StoreError> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retrying("finishing webhook deliveries", || async {
+            webhooks::finish(&mut self.client().await?, finishes).await
         })
         .await
     }

@@ -224,54 +224,77 @@ fn claimed_row(row: &Row) -> Result<ClaimedDelivery, StoreError> {
     })
 }
 
-pub(crate) async fn finish(client: &mut Object, finish: &DeliveryFinish) -> Result<Finished, Failure> {
-    let (state, next_attempt_at, error) = match &finish.outcome {
-        DeliveryOutcome::Delivered => ("delivered", None, None),
-        DeliveryOutcome::Retry { at, error } => ("pending", Some(at.micros()), Some(error_text(error))),
-        DeliveryOutcome::GaveUp { error } => ("failed", None, Some(error_text(error))),
-    };
-    let seq = i64::try_from(finish.event_seq).map_err(|_| StoreError::corrupt("an event seq beyond i64"))?;
+/// One transaction: every delivery's outcome (sent together, pipelined on the connection), then
+/// each endpoint touched, in id order — an endpoint with a failure among them locked and folded
+/// through the outcomes in order (`Endpoint::failed`, a success ending the failing run), one
+/// with successes only cleared of a failing run if it had one (no lock otherwise, so concurrent
+/// successes of one endpoint never queue on its row).
+pub(crate) async fn finish(client: &mut Object, finishes: &[DeliveryFinish]) -> Result<Vec<Finished>, Failure> {
     let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
-    let updated = transaction
-        .execute(
+    let statement = transaction
+        .prepare_cached(
             "UPDATE webhook_deliveries SET state = $5, next_attempt_at = COALESCE($6, next_attempt_at), \
                  last_error = $7, lease_owner = NULL \
              WHERE endpoint_id = $1 AND event_seq = $2 AND state = 'pending' AND lease_owner = $3 AND attempts = $4",
-            &[
-                &finish.endpoint_id.as_str(),
-                &seq,
-                &finish.owner,
-                &i64::from(finish.attempt),
-                &state,
-                &next_attempt_at,
-                &error,
-            ],
         )
         .await?;
-    if updated == 0 {
-        return Ok(Finished::LeaseLost);
-    }
-    if finish.outcome == DeliveryOutcome::Delivered {
-        // The common case touches the endpoint row only when a failing run ends: concurrent
-        // successes of one endpoint do not queue on its lock.
-        transaction
-            .execute(
-                "UPDATE webhook_endpoints SET failing_since = NULL WHERE endpoint_id = $1 AND failing_since IS NOT NULL",
-                &[&finish.endpoint_id.as_str()],
-            )
-            .await?;
-        transaction.commit().await?;
-        return Ok(Finished::Recorded { endpoint_disabled: false });
-    }
-    let Some(current) = locked_endpoint(&transaction, &finish.endpoint_id).await? else {
-        return Ok(Finished::LeaseLost);
-    };
-    let after = current.failed(finish.now);
-    if after != current {
-        put(&transaction, &after).await?;
+    let updates = finishes.iter().map(|finish| {
+        let statement = &statement;
+        let transaction = &transaction;
+        async move {
+            let (state, next_attempt_at, error) = match &finish.outcome {
+                DeliveryOutcome::Delivered => ("delivered", None, None),
+                DeliveryOutcome::Retry { at, error } => ("pending", Some(at.micros()), Some(error_text(error))),
+                DeliveryOutcome::GaveUp { error } => ("failed", None, Some(error_text(error))),
+            };
+            let seq = i64::try_from(finish.event_seq).map_err(|_| StoreError::corrupt("an event seq beyond i64"))?;
+            let attempt = i64::from(finish.attempt);
+            let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                [&finish.endpoint_id.as_str(), &seq, &finish.owner, &attempt, &state, &next_attempt_at, &error];
+            Ok::<bool, Failure>(transaction.execute(statement, &parameters).await? == 1)
+        }
+    });
+    let recorded: Vec<bool> = futures::future::try_join_all(updates).await?;
+    let mut finished: Vec<Finished> = recorded
+        .iter()
+        .map(|&ours| if ours { Finished::Recorded { endpoint_disabled: false } } else { Finished::LeaseLost })
+        .collect();
+    let mut endpoint_ids: Vec<&EndpointId> = finishes.iter().map(|finish| &finish.endpoint_id).collect();
+    endpoint_ids.sort();
+    endpoint_ids.dedup();
+    for endpoint_id in endpoint_ids {
+        let outcomes: Vec<usize> = (0..finishes.len())
+            .filter(|&index| recorded[index] && &finishes[index].endpoint_id == endpoint_id)
+            .collect();
+        let failures = outcomes.iter().any(|&index| finishes[index].outcome != DeliveryOutcome::Delivered);
+        if outcomes.is_empty() {
+            continue;
+        }
+        if !failures {
+            transaction
+                .execute(
+                    "UPDATE webhook_endpoints SET failing_since = NULL WHERE endpoint_id = $1 AND failing_since IS NOT NULL",
+                    &[&endpoint_id.as_str()],
+                )
+                .await?;
+            continue;
+        }
+        let Some(current) = locked_endpoint(&transaction, endpoint_id).await? else { continue };
+        let mut after = current.clone();
+        for &index in &outcomes {
+            let was_enabled = after.disabled.is_none();
+            after = match finishes[index].outcome {
+                DeliveryOutcome::Delivered => Endpoint { failing_since: None, ..after },
+                DeliveryOutcome::Retry { .. } | DeliveryOutcome::GaveUp { .. } => after.failed(finishes[index].now),
+            };
+            finished[index] = Finished::Recorded { endpoint_disabled: was_enabled && after.disabled.is_some() };
+        }
+        if after != current {
+            put(&transaction, &after).await?;
+        }
     }
     transaction.commit().await?;
-    Ok(Finished::Recorded { endpoint_disabled: current.disabled.is_none() && after.disabled.is_some() })
+    Ok(finished)
 }
 
 pub(crate) async fn replay(

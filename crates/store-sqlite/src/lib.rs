@@ -486,11 +486,11 @@ impl LedgerStore for SqliteStore {
         }
     }
 
-    async fn finish_webhook_delivery(
+    async fn finish_webhook_deliveries(
         &self,
-        finish: &store::webhooks::DeliveryFinish,
-    ) -> Result<store::webhooks::Finished, StoreError> {
-        match self.webhook(WebhookWork::Finish(finish.clone())).await? {
+        finishes: &[store::webhooks::DeliveryFinish],
+    ) -> Result<Vec<store::webhooks::Finished>, StoreError> {
+        match self.webhook(WebhookWork::Finish(finishes.to_vec())).await? {
             WebhookAnswer::Finished(finished) => Ok(finished),
             _ => Err(WebhookAnswer::mismatch()),
         }

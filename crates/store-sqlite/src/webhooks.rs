@@ -20,7 +20,7 @@ pub(crate) enum WebhookWork {
     Change(EndpointId, EndpointChange, Timestamp),
     FanOut(FanOut),
     Claim(DeliveryClaim),
-    Finish(DeliveryFinish),
+    Finish(Vec<DeliveryFinish>),
     Replay { endpoint_id: EndpointId, since: Timestamp, now: Timestamp },
 }
 
@@ -30,7 +30,7 @@ pub(crate) enum WebhookAnswer {
     MaybeEndpoint(Option<Box<Endpoint>>),
     FannedOut(bool),
     Claimed(Vec<ClaimedDelivery>),
-    Finished(Finished),
+    Finished(Vec<Finished>),
     Replayed(Option<u64>),
 }
 
@@ -51,7 +51,11 @@ pub(crate) fn perform(conn: &Connection, work: &WebhookWork) -> Result<WebhookAn
             .map(|endpoint| WebhookAnswer::MaybeEndpoint(endpoint.map(Box::new))),
         WebhookWork::FanOut(fan_out) => fan_out_events(conn, fan_out).map(WebhookAnswer::FannedOut),
         WebhookWork::Claim(claim) => claim_deliveries(conn, claim).map(WebhookAnswer::Claimed),
-        WebhookWork::Finish(finish) => finish_delivery(conn, finish).map(WebhookAnswer::Finished),
+        WebhookWork::Finish(finishes) => finishes
+            .iter()
+            .map(|finish| finish_delivery(conn, finish))
+            .collect::<Result<_, _>>()
+            .map(WebhookAnswer::Finished),
         WebhookWork::Replay { endpoint_id, since, now } => {
             replay(conn, endpoint_id, *since, *now).map(WebhookAnswer::Replayed)
         }

@@ -300,12 +300,13 @@ pub trait LedgerStore: Send + Sync + 'static {
         Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
     }
 
-    /// Records how a claimed delivery's attempt ended.
-    async fn finish_webhook_delivery(
+    /// Records how claimed deliveries' attempts ended, in order, in one transaction: what each
+    /// recorded.
+    async fn finish_webhook_deliveries(
         &self,
-        finish: &webhooks::DeliveryFinish,
-    ) -> Result<webhooks::Finished, StoreError> {
-        let _ = finish;
+        finishes: &[webhooks::DeliveryFinish],
+    ) -> Result<Vec<webhooks::Finished>, StoreError> {
+        let _ = finishes;
         Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
     }
 

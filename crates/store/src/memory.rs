@@ -204,6 +204,44 @@ impl Inner {
         Ok(())
     }
 
+    /// Records one attempt's outcome (see `LedgerStore::finish_webhook_deliveries`).
+    fn finish_delivery(&mut self, finish: &crate::webhooks::DeliveryFinish) -> crate::webhooks::Finished {
+        use crate::webhooks::{DeliveryOutcome, Finished};
+        let inner = self;
+        let Some(delivery) = inner.deliveries.get_mut(&(finish.endpoint_id.clone(), finish.event_seq)) else {
+            return Finished::LeaseLost;
+        };
+        let ours = delivery.state == DeliveryState::Pending
+            && delivery.attempts == finish.attempt
+            && delivery.lease_owner.as_deref() == Some(finish.owner.as_str());
+        if !ours {
+            return Finished::LeaseLost;
+        }
+        delivery.lease_owner = None;
+        let Some(endpoint) = inner.webhook_endpoints.get_mut(&finish.endpoint_id) else {
+            return Finished::LeaseLost;
+        };
+        match &finish.outcome {
+            DeliveryOutcome::Delivered => {
+                delivery.state = DeliveryState::Delivered;
+                endpoint.failing_since = None;
+                Finished::Recorded { endpoint_disabled: false }
+            }
+            DeliveryOutcome::Retry { at, .. } => {
+                delivery.next_attempt_at = *at;
+                let was_enabled = endpoint.disabled.is_none();
+                *endpoint = endpoint.failed(finish.now);
+                Finished::Recorded { endpoint_disabled: was_enabled && endpoint.disabled.is_some() }
+            }
+            DeliveryOutcome::GaveUp { .. } => {
+                delivery.state = DeliveryState::Failed;
+                let was_enabled = endpoint.disabled.is_none();
+                *endpoint = endpoint.failed(finish.now);
+                Finished::Recorded { endpoint_disabled: was_enabled && endpoint.disabled.is_some() }
+            }
+        }
+    }
+
     /// Appends an event to the outbox (under the lock of the write that causes it).
     fn append_event(&mut self, event: crate::events::NewEvent, now: Timestamp) {
         self.outbox_next_seq += 1;
@@ -506,45 +544,12 @@ impl LedgerStore for MemoryStore {
         Ok(claimed)
     }
 
-    async fn finish_webhook_delivery(
+    async fn finish_webhook_deliveries(
         &self,
-        finish: &crate::webhooks::DeliveryFinish,
-    ) -> Result<crate::webhooks::Finished, StoreError> {
-        use crate::webhooks::{DeliveryOutcome, Finished};
+        finishes: &[crate::webhooks::DeliveryFinish],
+    ) -> Result<Vec<crate::webhooks::Finished>, StoreError> {
         let mut guard = self.lock();
-        let inner = &mut *guard;
-        let Some(delivery) = inner.deliveries.get_mut(&(finish.endpoint_id.clone(), finish.event_seq)) else {
-            return Ok(Finished::LeaseLost);
-        };
-        let ours = delivery.state == DeliveryState::Pending
-            && delivery.attempts == finish.attempt
-            && delivery.lease_owner.as_deref() == Some(finish.owner.as_str());
-        if !ours {
-            return Ok(Finished::LeaseLost);
-        }
-        delivery.lease_owner = None;
-        let Some(endpoint) = inner.webhook_endpoints.get_mut(&finish.endpoint_id) else {
-            return Ok(Finished::LeaseLost);
-        };
-        match &finish.outcome {
-            DeliveryOutcome::Delivered => {
-                delivery.state = DeliveryState::Delivered;
-                endpoint.failing_since = None;
-                Ok(Finished::Recorded { endpoint_disabled: false })
-            }
-            DeliveryOutcome::Retry { at, .. } => {
-                delivery.next_attempt_at = *at;
-                let was_enabled = endpoint.disabled.is_none();
-                *endpoint = endpoint.failed(finish.now);
-                Ok(Finished::Recorded { endpoint_disabled: was_enabled && endpoint.disabled.is_some() })
-            }
-            DeliveryOutcome::GaveUp { .. } => {
-                delivery.state = DeliveryState::Failed;
-                let was_enabled = endpoint.disabled.is_none();
-                *endpoint = endpoint.failed(finish.now);
-                Ok(Finished::Recorded { endpoint_disabled: was_enabled && endpoint.disabled.is_some() })
-            }
-        }
+        Ok(finishes.iter().map(|finish| guard.finish_delivery(finish)).collect())
     }
 
     async fn replay_webhook_events(

@@ -179,23 +179,35 @@ impl Dispatcher {
             .iter()
             .filter_map(|delivery| endpoints.get(&delivery.endpoint_id).map(|endpoint| (*endpoint, delivery)))
             .collect();
-        let mut outcomes = Vec::with_capacity(sendable.len());
         for group in sendable.chunks(self.config.in_flight_max.max(1)) {
-            let sends = group.iter().map(|(endpoint, delivery)| self.deliver_and_record(endpoint, delivery));
-            outcomes.extend(futures::future::join_all(sends).await);
-        }
-        for outcome in outcomes {
-            if outcome? {
-                report.delivered += 1;
-            } else {
-                report.failed += 1;
+            let attempts = group.iter().map(|(endpoint, delivery)| self.attempt(endpoint, delivery));
+            let finishes: Vec<DeliveryFinish> = futures::future::join_all(attempts).await;
+            // One transaction records the group's outcomes.
+            let finished = self.store.finish_webhook_deliveries(&finishes).await?;
+            for ((finish, finished), (endpoint, _)) in finishes.iter().zip(finished).zip(group) {
+                match finished {
+                    Finished::Recorded { endpoint_disabled: true } => {
+                        tracing::error!(endpoint = %endpoint.endpoint_id, url = %endpoint.url,
+                            "a webhook endpoint failed for a day and was disabled; enable it once it answers again");
+                    }
+                    Finished::Recorded { endpoint_disabled: false } => {}
+                    Finished::LeaseLost => {
+                        tracing::debug!(endpoint = %endpoint.endpoint_id, event_seq = finish.event_seq,
+                            "a webhook delivery's claim ended before its outcome was recorded");
+                    }
+                }
+                if finish.outcome == DeliveryOutcome::Delivered {
+                    report.delivered += 1;
+                } else {
+                    report.failed += 1;
+                }
             }
         }
         Ok(report)
     }
 
-    /// Sends one delivery and records its outcome: whether it was delivered.
-    async fn deliver_and_record(&self, endpoint: &Endpoint, delivery: &ClaimedDelivery) -> Result<bool, StoreError> {
+    /// Sends one delivery: its outcome, to record.
+    async fn attempt(&self, endpoint: &Endpoint, delivery: &ClaimedDelivery) -> DeliveryFinish {
         let sent = self.send(endpoint, delivery).await;
         let now = self.clock.now();
         let outcome = match sent {
@@ -215,27 +227,14 @@ impl Dispatcher {
                 }
             }
         };
-        let delivered = outcome == DeliveryOutcome::Delivered;
-        let finish = DeliveryFinish {
+        DeliveryFinish {
             endpoint_id: endpoint.endpoint_id.clone(),
             event_seq: delivery.event.seq,
             owner: self.config.owner.clone(),
             attempt: delivery.attempt,
             now,
             outcome,
-        };
-        match self.store.finish_webhook_delivery(&finish).await? {
-            Finished::Recorded { endpoint_disabled: true } => {
-                tracing::error!(endpoint = %endpoint.endpoint_id, url = %endpoint.url,
-                    "a webhook endpoint failed for a day and was disabled; enable it once it answers again");
-            }
-            Finished::Recorded { endpoint_disabled: false } => {}
-            Finished::LeaseLost => {
-                tracing::debug!(endpoint = %endpoint.endpoint_id, event = %delivery.event.event_id(),
-                    "a webhook delivery's claim ended before its outcome was recorded");
-            }
         }
-        Ok(delivered)
     }
 
     /// One signed POST: `Ok` on a 2xx answer, else why not (a short text for the delivery row).

@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             events_balance_low_once_per_crossing
             events_are_forgotten_after_retention
             webhooks_fan_out_claim_and_finish
+            webhooks_finish_in_batches
             webhooks_expired_lease_is_reclaimed
             webhooks_concurrent_claims_each_delivery_once
             webhooks_failing_endpoint_is_disabled

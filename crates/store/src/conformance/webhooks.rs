@@ -81,7 +81,9 @@ async fn finish(h: &Harness, delivery: &ClaimedDelivery, owner: &str, outcome: D
         now: h.clock_now(),
         outcome,
     };
-    h.store.finish_webhook_delivery(&finish).await.expect("store answers")
+    let finished = h.store.finish_webhook_deliveries(std::slice::from_ref(&finish)).await.expect("store answers");
+    assert_eq!(finished.len(), 1, "one answer per finish");
+    finished[0]
 }
 
 fn types(deliveries: &[ClaimedDelivery]) -> Vec<&'static str> {
@@ -137,6 +139,40 @@ pub async fn webhooks_fan_out_claim_and_finish(h: Harness) {
     assert_eq!(finish(&h, &second[0], "b", gave_up).await, Finished::Recorded { endpoint_disabled: false });
     h.clock.advance_seconds(3600);
     assert_eq!(claimed(&h, "a", 10).await, [], "delivered and failed deliveries are done");
+}
+
+/// Outcomes recorded in one call are recorded in order, each as it would be alone: a stale one
+/// is refused beside the others, and the endpoint's failing run follows the last outcome.
+pub async fn webhooks_finish_in_batches(h: Harness) {
+    let created = h.store.create_webhook_endpoint(&new_endpoint(&h, &[EventType::GrantCreated])).await.unwrap();
+    let name = format!("b-{}", new_id());
+    for _ in 0..3 {
+        h.grant(&name, "1").await;
+    }
+    assert_eq!(fan_out_all(&h, &created.endpoint_id, 3).await, 3);
+    let taken = claimed(&h, "a", 3).await;
+    assert_eq!(taken.len(), 3);
+    let finish = |delivery: &ClaimedDelivery, attempt: u32, outcome: DeliveryOutcome| DeliveryFinish {
+        endpoint_id: delivery.endpoint_id.clone(),
+        event_seq: delivery.event.seq,
+        owner: "a".to_owned(),
+        attempt,
+        now: h.clock_now(),
+        outcome,
+    };
+    let batch = [
+        finish(&taken[0], 1, DeliveryOutcome::Delivered),
+        finish(&taken[1], 7, DeliveryOutcome::Delivered),
+        finish(&taken[2], 1, retry_in(&h, 60)),
+    ];
+    let recorded = Finished::Recorded { endpoint_disabled: false };
+    let finished = h.store.finish_webhook_deliveries(&batch).await.expect("store answers");
+    assert_eq!(finished, [recorded, Finished::LeaseLost, recorded]);
+    assert_eq!(endpoint(&h, &created.endpoint_id).await.failing_since, Some(h.clock_now()), "the last one failed");
+    assert_eq!(h.store.finish_webhook_deliveries(&[]).await.expect("store answers"), []);
+    h.clock.advance_seconds(LEASE_SECONDS as i64);
+    let due: Vec<u64> = claimed(&h, "b", 5).await.iter().map(|delivery| delivery.event.seq).collect();
+    assert_eq!(due, [taken[1].event.seq], "the stale finish left its delivery leased, then due");
 }
 
 /// A dispatcher that dies mid-send leaves its claim to be taken again once the lease ends; its
