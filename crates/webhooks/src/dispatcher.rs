@@ -61,7 +61,11 @@ impl DispatcherConfig {
             owner: owner.into(),
             reach,
             poll_interval: Duration::from_millis(500),
-            lease: Duration::from_secs(60),
+            // A claim's deliveries wait their turn behind `in_flight_max` sends of at most
+            // `request_timeout` (plus the resolve and connect limits) each: 4 turns of 23 s at the
+            // defaults. The lease outlasts that with room, so a slow receiver never gets one
+            // event from two dispatchers at once; a crashed one's claims go out again after it.
+            lease: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             retry_delay_initial: Duration::from_secs(5),
@@ -106,12 +110,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Panics when the lease is shorter than a claim can take to send (see `DispatcherConfig::new`).
     pub fn new(
         store: Arc<dyn LedgerStore>,
         clock: Arc<dyn Clock>,
         render: RenderEvent,
         config: DispatcherConfig,
     ) -> Self {
+        let turns = u32::try_from((CLAIM_MAX as usize).div_ceil(config.in_flight_max.max(1))).unwrap_or(u32::MAX);
+        let send_max = config.request_timeout
+            + config.connect_timeout
+            + Duration::from_secs(crate::destination::RESOLVE_SECONDS_MAX);
+        assert!(config.lease > send_max * turns, "the lease must outlast a claim's sends: {config:?}");
         Dispatcher { store, clock, render, config, clients: Mutex::default() }
     }
 
@@ -179,12 +189,24 @@ impl Dispatcher {
             .iter()
             .filter_map(|delivery| endpoints.get(&delivery.endpoint_id).map(|endpoint| (*endpoint, delivery)))
             .collect();
-        for group in sendable.chunks(self.config.in_flight_max.max(1)) {
-            let attempts = group.iter().map(|(endpoint, delivery)| self.attempt(endpoint, delivery));
-            let finishes: Vec<DeliveryFinish> = futures::future::join_all(attempts).await;
-            // One transaction records the group's outcomes.
+        // At most `in_flight_max` sends at once, without waiting for a whole group: the outcomes
+        // are recorded as they come, up to `in_flight_max` per transaction.
+        let in_flight = self.config.in_flight_max.max(1);
+        // Owned items: a stream of borrowed ones makes the spawned task's future not `Send`
+        // (rustc cannot prove the closure general over their lifetimes).
+        let owned: Vec<(Endpoint, ClaimedDelivery)> =
+            sendable.into_iter().map(|(endpoint, delivery)| (endpoint.clone(), delivery.clone())).collect();
+        let mut attempts = futures::stream::iter(owned)
+            .map(|(endpoint, delivery)| async move {
+                let finish = self.attempt(&endpoint, &delivery).await;
+                (endpoint, finish)
+            })
+            .buffer_unordered(in_flight)
+            .ready_chunks(in_flight);
+        while let Some(group) = attempts.next().await {
+            let finishes: Vec<DeliveryFinish> = group.iter().map(|(_, finish)| finish.clone()).collect();
             let finished = self.store.finish_webhook_deliveries(&finishes).await?;
-            for ((finish, finished), (endpoint, _)) in finishes.iter().zip(finished).zip(group) {
+            for ((endpoint, finish), finished) in group.iter().zip(finished) {
                 match finished {
                     Finished::Recorded { endpoint_disabled: true } => {
                         tracing::error!(endpoint = %endpoint.endpoint_id, url = %endpoint.url,
