@@ -28,6 +28,10 @@ pub const CATALOG_BYTES_MAX: usize = 64 * 1024;
 pub const PRICE_CREDITS_MAX: u64 = 1_000_000;
 /// The largest value of a limit. Larger is absurd for one solve step and would make holds huge.
 pub const LIMIT_MAX: u32 = 100;
+/// Most models the gateway section may price.
+pub const GATEWAY_MODELS_MAX: usize = 64;
+/// The largest output cap a gateway model may have, in tokens.
+pub const OUTPUT_TOKENS_MAX: u32 = 1_000_000;
 /// How many hex digits of the SHA-256 the version keeps: enough to tell versions apart in logs.
 const VERSION_HEX_DIGITS: usize = 16;
 /// The `key` of an error that is not about one key (syntax, unreadable file).
@@ -169,6 +173,33 @@ pub struct Catalog {
     limits: Limits,
     /// Indexed by [`Difficulty::index`].
     difficulty_tiers: [Tier; 3],
+    /// The LLM gateway's models by name (`[gateway."<model>"]`), each with its token prices.
+    gateway_models: BTreeMap<String, TokenPrices>,
+}
+
+/// What one model costs through the LLM gateway: credits per million input and output tokens,
+/// and how many output tokens a call may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenPrices {
+    pub input_per_million: Amount,
+    pub output_per_million: Amount,
+    /// A request asking for more output tokens is refused.
+    pub max_output_tokens: u32,
+    /// The output cap held for (and forced on the upstream) when a request names none.
+    pub default_max_output_tokens: u32,
+}
+
+impl TokenPrices {
+    /// The exact cost of a call that used these tokens, rounded up to the next micro-credit
+    /// (never below what was used); `None` beyond [`Amount::MAX`]. Monotonic in both counts, so
+    /// the cost of a call's real usage never exceeds the cost of its bound.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Option<Amount> {
+        let micros_times_million = u128::from(self.input_per_million.micros()) * u128::from(input_tokens)
+            + u128::from(self.output_per_million.micros()) * u128::from(output_tokens);
+        let micros = micros_times_million.div_ceil(1_000_000);
+        let micros = u64::try_from(micros).ok()?;
+        (micros <= Amount::MAX.micros()).then(|| Amount::from_micros(micros))
+    }
 }
 
 /// Why a catalog was refused, precise enough to fix the file: `{origin}:{line}: {key}: {message}`.
@@ -243,6 +274,16 @@ impl Catalog {
     pub fn tier_for(&self, difficulty: Difficulty) -> Tier {
         self.difficulty_tiers[difficulty.index()]
     }
+
+    /// A gateway model's token prices; `None` for a model the gateway does not serve.
+    pub fn gateway_model(&self, model: &str) -> Option<&TokenPrices> {
+        self.gateway_models.get(model)
+    }
+
+    /// Every gateway model, in name order.
+    pub fn gateway_models(&self) -> impl Iterator<Item = (&str, &TokenPrices)> {
+        self.gateway_models.iter().map(|(name, prices)| (name.as_str(), prices))
+    }
 }
 
 /// The catalog new turns are priced at, shared by everything that prices (the run engine, the
@@ -281,9 +322,14 @@ struct Sections {
     limits: Entries,
     #[serde(default)]
     difficulty: Entries,
+    /// Model name → its table (checked one by one in [`Parser::gateway_model`]).
+    #[serde(default)]
+    gateway: Entries,
 }
 
-const SECTION_NAMES: [&str; 4] = ["models", "actions", "limits", "difficulty"];
+const SECTION_NAMES: [&str; 5] = ["models", "actions", "limits", "difficulty", "gateway"];
+const GATEWAY_KEYS: [&str; 4] =
+    ["input_per_million", "output_per_million", "max_output_tokens", "default_max_output_tokens"];
 
 struct Parser<'a> {
     text: &'a str,
@@ -384,6 +430,15 @@ impl Parser<'_> {
             fill(limit_values, |index| missing("limits", LIMIT_KEYS[index]))?;
         let difficulty_tiers = fill(difficulty_tiers, |index| missing("difficulty", Difficulty::ALL[index].as_str()))?;
 
+        if sections.gateway.len() > GATEWAY_MODELS_MAX {
+            let line = section_lines.get("gateway").copied();
+            return Err(self.error(line, "gateway", format!("at most {GATEWAY_MODELS_MAX} models")));
+        }
+        let mut gateway_models = BTreeMap::new();
+        for (name, table) in &sections.gateway {
+            gateway_models.insert(name.get_ref().clone(), self.gateway_model(name, table)?);
+        }
+
         let digest = hex::encode(Sha256::digest(self.text.as_bytes()));
         Ok(Catalog {
             origin: self.origin.to_owned(),
@@ -392,7 +447,67 @@ impl Parser<'_> {
             action_prices,
             limits: Limits { max_iterations, limit_summary_calls, explain_calls },
             difficulty_tiers,
+            gateway_models,
         })
+    }
+
+    /// One `[gateway."<model>"]` table: both prices and both output caps, the default within
+    /// the cap.
+    fn gateway_model(&self, name: &Spanned<String>, table: &Spanned<toml::Value>) -> Result<TokenPrices, CatalogError> {
+        let model = name.get_ref();
+        let dotted = format!("gateway.{model}");
+        let line = self.line_of(name.span());
+        let name_ok = (1..=128).contains(&model.len())
+            && model.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._:/-".contains(&byte));
+        if !name_ok {
+            return Err(self.error(line, &dotted, "a model name is 1-128 characters of [A-Za-z0-9._:/-]".to_owned()));
+        }
+        let Some(entries) = table.get_ref().as_table() else {
+            return Err(self.error(
+                line,
+                &dotted,
+                format!("a gateway model is a table: write `[gateway.\"{model}\"]`"),
+            ));
+        };
+        if let Some(unknown_key) = entries.keys().find(|key| !GATEWAY_KEYS.contains(&key.as_str())) {
+            return Err(self.error(line, &format!("{dotted}.{unknown_key}"), unknown("key", &GATEWAY_KEYS)));
+        }
+        let value = |key: &str| {
+            entries.get(key).ok_or_else(|| {
+                self.error(line, &format!("{dotted}.{key}"), format!("missing; `[{dotted}]` must set `{key}`"))
+            })
+        };
+        // The values of a nested table carry no spans of their own: errors point at the model.
+        let price = |key: &str| -> Result<Amount, CatalogError> {
+            let raw = value(key)?;
+            if raw.is_float() {
+                let message = format!("a price must be exact, and {raw} is a TOML float; quote it as a decimal string");
+                return Err(self.error(line, &format!("{dotted}.{key}"), message));
+            }
+            let spanned = Spanned::new(table.span(), raw.clone());
+            self.price(&spanned).map_err(|message| self.error(line, &format!("{dotted}.{key}"), message))
+        };
+        let tokens = |key: &str| -> Result<u32, CatalogError> {
+            let fail = |message: String| self.error(line, &format!("{dotted}.{key}"), message);
+            let toml::Value::Integer(integer) = value(key)? else {
+                return Err(fail("a token count is an integer".to_owned()));
+            };
+            match u32::try_from(*integer) {
+                Ok(count) if (1..=OUTPUT_TOKENS_MAX).contains(&count) => Ok(count),
+                _ => Err(fail(format!("a token count is between 1 and {OUTPUT_TOKENS_MAX}, not {integer}"))),
+            }
+        };
+        let prices = TokenPrices {
+            input_per_million: price("input_per_million")?,
+            output_per_million: price("output_per_million")?,
+            max_output_tokens: tokens("max_output_tokens")?,
+            default_max_output_tokens: tokens("default_max_output_tokens")?,
+        };
+        if prices.default_max_output_tokens > prices.max_output_tokens {
+            let key = format!("{dotted}.default_max_output_tokens");
+            return Err(self.error(line, &key, "must not exceed max_output_tokens".to_owned()));
+        }
+        Ok(prices)
     }
 
     /// A price: a TOML integer or a decimal string, in `0..=PRICE_CREDITS_MAX` credits.
@@ -535,6 +650,84 @@ mod tests {
         assert_eq!(error.key, key, "{error}");
         assert_eq!(error.line, line, "{error}");
         assert!(error.message.contains(message_part), "{error:?} does not say {message_part:?}");
+    }
+
+    #[test]
+    fn gateway_models_are_priced_per_token_and_rounded_up() {
+        let catalog = Catalog::builtin();
+        let mini = catalog.gateway_model("gpt-4o-mini").expect("the built-in catalog serves gpt-4o-mini");
+        assert_eq!(
+            (mini.input_per_million, mini.output_per_million),
+            (Amount::from_credits(15), Amount::from_credits(60))
+        );
+        assert_eq!((mini.max_output_tokens, mini.default_max_output_tokens), (16_384, 1_024));
+        assert!(catalog.gateway_model("gpt-5-nonexistent").is_none());
+        assert_eq!(catalog.gateway_models().count(), 2);
+        // 1,000 input and 500 output tokens: 15 × 0.001 + 60 × 0.0005 = 0.045 credits, exactly.
+        assert_eq!(mini.cost(1_000, 500), Some(Amount::parse("0.045").unwrap()));
+        // One input token is 0.000015 credits: 15 micro-credits, exact.
+        assert_eq!(mini.cost(1, 0), Some(Amount::from_micros(15)));
+        let odd = TokenPrices {
+            input_per_million: Amount::parse("0.7").unwrap(),
+            output_per_million: Amount::from_credits(0),
+            max_output_tokens: 1,
+            default_max_output_tokens: 1,
+        };
+        // 0.7 credits per million tokens: one token is 0.7 micro-credits, charged as 1.
+        assert_eq!(odd.cost(1, 0), Some(Amount::from_micros(1)));
+        assert_eq!(odd.cost(0, 0), Some(Amount::ZERO));
+        let dear = TokenPrices { input_per_million: Amount::from_credits(PRICE_CREDITS_MAX), ..odd };
+        assert_eq!(dear.cost(u64::MAX, 0), None, "beyond Amount::MAX");
+    }
+
+    #[test]
+    fn gateway_tables_are_checked_key_by_key() {
+        let with = |table: &str| format!("{DEFAULT}\n[gateway.\"m\"]\n{table}\n");
+        let complete = "input_per_million = 1\noutput_per_million = \"0.5\"\nmax_output_tokens = 10\ndefault_max_output_tokens = 5";
+        let catalog = Catalog::parse(&with(complete), "test").expect("a complete table parses");
+        assert_eq!(catalog.gateway_model("m").map(|m| m.output_per_million), Some(Amount::parse("0.5").unwrap()));
+        let cases = [
+            (complete.replace("= 1\n", "= 1.5\n"), "gateway.m.input_per_million", "TOML float"),
+            (
+                complete.replace("max_output_tokens = 10", "max_output_tokens = 0"),
+                "gateway.m.max_output_tokens",
+                "between 1",
+            ),
+            (complete.replace("= 5", "= 11"), "gateway.m.default_max_output_tokens", "must not exceed"),
+            (complete.replace("output_per_million = \"0.5\"\n", ""), "gateway.m.output_per_million", "missing"),
+            (format!("{complete}\ncolour = 1"), "gateway.m.colour", "unknown key"),
+        ];
+        for (table, key, message) in cases {
+            let error = Catalog::parse(&with(&table), "test").expect_err("refused");
+            assert_eq!(error.key, key, "{error}");
+            assert!(error.message.contains(message), "{error}");
+            assert!(error.line.is_some(), "{error}");
+        }
+        let bad_name = format!("{DEFAULT}\n[gateway.\"a b\"]\n{complete}\n");
+        assert!(Catalog::parse(&bad_name, "test").expect_err("refused").message.contains("model name"));
+    }
+
+    proptest::proptest! {
+        /// The cost is monotonic in both counts (so real usage within the bound never costs more
+        /// than the hold) and never below the exact value.
+        #[test]
+        fn token_costs_are_monotonic_and_never_undercharge(
+            input_micros in 0u64..=1_000_000_000_000, output_micros in 0u64..=1_000_000_000_000,
+            input in 0u64..10_000_000, output in 0u64..10_000_000, more_input in 0u64..1_000, more_output in 0u64..1_000,
+        ) {
+            let prices = TokenPrices {
+                input_per_million: Amount::from_micros(input_micros),
+                output_per_million: Amount::from_micros(output_micros),
+                max_output_tokens: 1,
+                default_max_output_tokens: 1,
+            };
+            let cost = prices.cost(input, output).expect("in range");
+            let bound = prices.cost(input + more_input, output + more_output).expect("in range");
+            proptest::prop_assert!(cost <= bound);
+            let exact_times_million = u128::from(input_micros) * u128::from(input) + u128::from(output_micros) * u128::from(output);
+            proptest::prop_assert!(u128::from(cost.micros()) * 1_000_000 >= exact_times_million);
+            proptest::prop_assert!(u128::from(cost.micros()) * 1_000_000 < exact_times_million + 1_000_000);
+        }
     }
 
     #[test]
