@@ -15,6 +15,7 @@
 //! (video jobs; [`jobs`]): their writes are jobs of the same writer, so they share group commits
 //! and the single-writer guarantee, and a job write carrying a ledger request is one savepoint.
 
+mod api_keys;
 mod checkpointer;
 mod jobs;
 mod lockfile;
@@ -506,6 +507,39 @@ impl LedgerStore for SqliteStore {
         match self.webhook(work).await? {
             WebhookAnswer::Replayed(count) => Ok(count),
             _ => Err(WebhookAnswer::mismatch()),
+        }
+    }
+
+    async fn create_api_key(
+        &self,
+        key: &store::api_keys::ApiKey,
+    ) -> Result<store::api_keys::ApiKeyCreated, StoreError> {
+        match self.call(Work::ApiKey, Box::new(api_keys::ApiKeyWork::Create(key.clone()))).await? {
+            api_keys::ApiKeyAnswer::Created(created) => Ok(created),
+            api_keys::ApiKeyAnswer::Revoked(_) => Err(api_keys::ApiKeyAnswer::mismatch()),
+        }
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<store::api_keys::ApiKey>, StoreError> {
+        let hash = hash.to_owned();
+        self.readers.run(move |conn| api_keys::by_hash(conn, &hash)).await
+    }
+
+    async fn api_keys(&self, account_id: &AccountId) -> Result<Vec<store::api_keys::ApiKey>, StoreError> {
+        let account_id = account_id.clone();
+        self.readers.run(move |conn| api_keys::of_account(conn, &account_id)).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &store::ApiKeyId,
+        now: Timestamp,
+    ) -> Result<Option<store::api_keys::ApiKey>, StoreError> {
+        let work = api_keys::ApiKeyWork::Revoke { account_id: account_id.clone(), key_id: key_id.clone(), now };
+        match self.call(Work::ApiKey, Box::new(work)).await? {
+            api_keys::ApiKeyAnswer::Revoked(key) => Ok(key),
+            api_keys::ApiKeyAnswer::Created(_) => Err(api_keys::ApiKeyAnswer::mismatch()),
         }
     }
 

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_kept_holds.sql")),
     (8, include_str!("../migrations/0008_allowances.sql")),
     (9, include_str!("../migrations/0009_webhooks.sql")),
+    (10, include_str!("../migrations/0010_api_keys.sql")),
 ];
 
 fn refused(path: &Path, what: &str, detail: impl std::fmt::Display) -> StoreError {

@@ -152,6 +152,8 @@ pub(crate) enum Work {
     DropInstance(Job<String, bool>),
     /// A webhook endpoint or delivery write (`crate::webhooks`).
     Webhook(Job<Box<crate::webhooks::WebhookWork>, crate::webhooks::WebhookAnswer>),
+    /// A gateway key write (`crate::api_keys`).
+    ApiKey(Job<Box<crate::api_keys::ApiKeyWork>, crate::api_keys::ApiKeyAnswer>),
 }
 
 /// `$body` on the [`Job`] inside any [`Work`], bound to `$job`.
@@ -175,6 +177,7 @@ macro_rules! each_job {
             Work::RenewInstance($job) => $body,
             Work::DropInstance($job) => $body,
             Work::Webhook($job) => $body,
+            Work::ApiKey($job) => $body,
         }
     };
 }
@@ -598,6 +601,7 @@ impl Writer {
             }),
             Work::DropInstance(job) => job.perform(|instance_id| kept(runs::drop_instance(&self.conn, instance_id))),
             Work::Webhook(job) => job.perform(|work| kept(crate::webhooks::perform(&self.conn, work))),
+            Work::ApiKey(job) => job.perform(|work| kept(crate::api_keys::perform(&self.conn, work))),
         }
     }
 

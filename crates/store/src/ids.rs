@@ -106,6 +106,13 @@ id_type!(
     "we"
 );
 
+id_type!(
+    /// A gateway key (not its secret text). Generated when an admin creates it.
+    ApiKeyId,
+    "key_id",
+    "key"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 //! errors into [`StoreError`].
 
 pub mod allowances;
+pub mod api_keys;
 pub mod clock;
 pub mod codec;
 pub mod conformance;
@@ -34,7 +35,7 @@ use ledger::{
 };
 
 pub use clock::{Clock, ManualClock, SystemClock, TestClock};
-pub use ids::{ArtifactId, EndpointId, JobId, RunId, ThreadId};
+pub use ids::{ApiKeyId, ArtifactId, EndpointId, JobId, RunId, ThreadId};
 pub use jobs::{JobRecord, JobStatus, JobStore, JobWrite, JobWriteRefusal, JobWritten};
 pub use keys::{KeyUse, KeyedRun, RecordedResponse};
 pub use runs::{
@@ -321,6 +322,36 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<Option<u64>, StoreError> {
         let _ = (endpoint_id, since, now);
         Err(StoreError::unavailable(format!("the {} store keeps no webhook deliveries", self.backend())))
+    }
+
+    /// Creates a gateway key unless its account has [`api_keys::KEYS_PER_ACCOUNT_MAX`].
+    async fn create_api_key(&self, key: &api_keys::ApiKey) -> Result<api_keys::ApiKeyCreated, StoreError> {
+        let _ = key;
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway keys", self.backend())))
+    }
+
+    /// The key whose text hashes to `hash` (revoked ones included: the caller checks).
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<api_keys::ApiKey>, StoreError> {
+        let _ = hash;
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway keys", self.backend())))
+    }
+
+    /// An account's keys, oldest first.
+    async fn api_keys(&self, account_id: &AccountId) -> Result<Vec<api_keys::ApiKey>, StoreError> {
+        let _ = account_id;
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway keys", self.backend())))
+    }
+
+    /// Revokes one of the account's keys (revoking again keeps the first time): the key after,
+    /// `None` when the account has no such key.
+    async fn revoke_api_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &ApiKeyId,
+        now: Timestamp,
+    ) -> Result<Option<api_keys::ApiKey>, StoreError> {
+        let _ = (account_id, key_id, now);
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway keys", self.backend())))
     }
 
     /// Writes a plan unless one with its id exists (plans never change): what was done.

@@ -64,6 +64,8 @@ struct Inner {
     /// Webhook endpoints by id, and their deliveries by (endpoint, event seq).
     webhook_endpoints: BTreeMap<crate::EndpointId, crate::webhooks::Endpoint>,
     deliveries: BTreeMap<(crate::EndpointId, u64), MemoryDelivery>,
+    /// Gateway keys in creation order.
+    api_keys: Vec<crate::api_keys::ApiKey>,
 }
 
 /// A webhook delivery as the SQL stores' `webhook_deliveries` row keeps it.
@@ -585,6 +587,42 @@ impl LedgerStore for MemoryStore {
             );
         }
         Ok(Some(seqs.len() as u64))
+    }
+
+    async fn create_api_key(
+        &self,
+        key: &crate::api_keys::ApiKey,
+    ) -> Result<crate::api_keys::ApiKeyCreated, StoreError> {
+        let mut inner = self.lock();
+        let owned = inner.api_keys.iter().filter(|stored| stored.account_id == key.account_id).count();
+        if owned >= crate::api_keys::KEYS_PER_ACCOUNT_MAX {
+            return Ok(crate::api_keys::ApiKeyCreated::Limit);
+        }
+        inner.api_keys.push(key.clone());
+        Ok(crate::api_keys::ApiKeyCreated::Created(key.clone()))
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<crate::api_keys::ApiKey>, StoreError> {
+        Ok(self.lock().api_keys.iter().find(|key| key.hash == hash).cloned())
+    }
+
+    async fn api_keys(&self, account_id: &AccountId) -> Result<Vec<crate::api_keys::ApiKey>, StoreError> {
+        Ok(self.lock().api_keys.iter().filter(|key| &key.account_id == account_id).cloned().collect())
+    }
+
+    async fn revoke_api_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &crate::ApiKeyId,
+        now: Timestamp,
+    ) -> Result<Option<crate::api_keys::ApiKey>, StoreError> {
+        let mut inner = self.lock();
+        let Some(key) = inner.api_keys.iter_mut().find(|key| &key.account_id == account_id && &key.key_id == key_id)
+        else {
+            return Ok(None);
+        };
+        key.revoked_at.get_or_insert(now);
+        Ok(Some(key.clone()))
     }
 
     async fn put_plan(&self, plan: &crate::plans::Plan) -> Result<crate::plans::PlanPut, StoreError> {

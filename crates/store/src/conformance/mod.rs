@@ -11,6 +11,7 @@
 //! because a job write moves credits.
 
 pub mod allowances;
+pub mod api_keys;
 pub mod differential;
 pub mod events;
 pub mod jobs;
@@ -26,6 +27,7 @@ use ledger::{AccountId, Amount, Balances, Command, GrantId, Hold, HoldId, Outcom
 use crate::{Executed, LedgerStore, ManualClock, Request};
 
 pub use allowances::*;
+pub use api_keys::*;
 pub use differential::differential_against_model;
 pub use events::*;
 pub use scenarios::*;
@@ -88,6 +90,7 @@ macro_rules! conformance_tests {
             webhooks_failing_endpoint_is_disabled
             webhooks_replay_rotate_and_disable
             webhooks_against_model
+            api_keys_are_found_by_hash_and_revoked_once
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
