@@ -39,6 +39,7 @@
 //! the same bounded retries; claims take rows with `FOR UPDATE SKIP LOCKED`. Run signals come
 //! from `LISTEN` on one dedicated connection ([`listen`]).
 
+mod api_keys;
 mod batch;
 mod connection;
 mod error;
@@ -936,6 +937,37 @@ impl LedgerStore for PostgresStore {
     ) -> Result<Option<u64>, StoreError> {
         self.retrying("replaying webhook events", || async {
             webhooks::replay(&mut self.client().await?, endpoint_id, since, now).await
+        })
+        .await
+    }
+
+    async fn create_api_key(
+        &self,
+        key: &store::api_keys::ApiKey,
+    ) -> Result<store::api_keys::ApiKeyCreated, StoreError> {
+        self.retrying("creating a gateway key", || async { api_keys::create(&mut self.client().await?, key).await })
+            .await
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<store::api_keys::ApiKey>, StoreError> {
+        self.retrying("reading a gateway key", || async { api_keys::by_hash(&self.client().await?, hash).await }).await
+    }
+
+    async fn api_keys(&self, account_id: &AccountId) -> Result<Vec<store::api_keys::ApiKey>, StoreError> {
+        self.retrying("reading gateway keys", || async {
+            api_keys::of_account(&self.client().await?, account_id).await
+        })
+        .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        account_id: &AccountId,
+        key_id: &store::ApiKeyId,
+        now: Timestamp,
+    ) -> Result<Option<store::api_keys::ApiKey>, StoreError> {
+        self.retrying("revoking a gateway key", || async {
+            api_keys::revoke(&self.client().await?, account_id, key_id, now).await
         })
         .await
     }

@@ -337,6 +337,24 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, endp
 CREATE INDEX webhook_deliveries_by_age ON webhook_deliveries (created_at);
 "#,
     },
+    // Issue 13: the LLM gateway's per-account keys (store::api_keys), stored hashed.
+    Migration {
+        version: 10,
+        sql: r#"
+CREATE TABLE api_keys (
+    key_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT,
+    hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    daily_limit BIGINT CHECK (daily_limit >= 0),
+    models TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX api_keys_by_account ON api_keys (account_id, created_at);
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.
