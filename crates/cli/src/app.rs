@@ -110,6 +110,13 @@ impl Application {
             tracing::warn!("--webhooks-allow-private: webhook URLs may reach loopback and private addresses");
         }
         let webhooks = build_dispatcher(&settings, &store, Arc::clone(&clock), &engine.config().instance_id);
+        let mut settings = settings;
+        // The LLM gateway forwards to the same OpenAI-compatible provider as the run engine.
+        settings.api.gateway_upstream = settings.runs.llm.as_ref().map(|llm| server::GatewayUpstream {
+            base_url: llm.base_url.clone(),
+            api_key: llm.api_key.clone(),
+            timeout_seconds: llm.timeout_seconds,
+        });
         let router = server::router_with_engine(store.ledger(), clock, settings.api, Some(Arc::clone(&engine)));
         tracing::info!(
             workers_in_process = settings.runs.jobs.workers_in_process,

@@ -80,6 +80,9 @@ pub struct ApiConfig {
     /// Which addresses a webhook URL may resolve to (checked when an endpoint is created, and
     /// by the dispatcher before every delivery). Public only unless `--webhooks-allow-private`.
     pub webhooks_reach: webhooks::destination::Reach,
+    /// Where the LLM gateway forwards (`POST /v1/chat/completions`); `None`: the route answers
+    /// `503 gateway_disabled`.
+    pub gateway_upstream: Option<crate::routes::gateway::GatewayUpstream>,
 }
 
 impl Default for ApiConfig {
@@ -101,6 +104,7 @@ impl Default for ApiConfig {
             rate_limits: RateLimits::default(),
             test_clock: None,
             webhooks_reach: webhooks::destination::Reach::PublicOnly,
+            gateway_upstream: None,
         }
     }
 }

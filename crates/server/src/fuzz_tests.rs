@@ -117,6 +117,15 @@ async fn check(app: &Router, request: Request<Body>) -> Result<(StatusCode, Valu
         .to_bytes();
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned();
     prop_assert!(!status.is_server_error(), "{what}: {status} {text}");
+    if status.is_client_error() && what.contains("/v1/chat/completions") {
+        // The OpenAI-compatible route answers errors in OpenAI's shape, as its SDKs expect.
+        let error: Value = serde_json::from_slice(&bytes)
+            .map_err(|error| TestCaseError::fail(format!("{what}: error is not JSON ({error}): {text}")))?;
+        for member in ["message", "type", "code"] {
+            prop_assert!(error["error"][member].is_string(), "{}: no string `error.{}` in {}", what, member, text);
+        }
+        return Ok((status, error));
+    }
     if status.is_client_error() {
         prop_assert_eq!(&content_type, crate::PROBLEM_CONTENT_TYPE, "{}: {} {}", what, status, text);
         let problem: Value = serde_json::from_slice(&bytes)
@@ -291,6 +300,14 @@ const POST_ROUTES: &[PostRoute] = &[
         path: "/v1/webhook-endpoints",
         template: || json!({"url": "https://93.184.215.14/hook", "events": ["hold.created"], "description": "d"}),
     },
+    PostRoute {
+        path: "/v1/accounts/{id}/keys",
+        template: || json!({"name": "k", "daily_limit": "1", "models": ["gpt-4o-mini"]}),
+    },
+    PostRoute {
+        path: "/v1/chat/completions",
+        template: || json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}),
+    },
     PostRoute { path: "/v1/webhook-endpoints/{id}/disable", template: || json!({}) },
     PostRoute { path: "/v1/webhook-endpoints/{id}/enable", template: || json!({}) },
     PostRoute { path: "/v1/webhook-endpoints/{id}/rotate-secret", template: || json!({}) },
@@ -422,6 +439,7 @@ const GET_ROUTES: &[&str] = &[
     "/v1/events",
     "/v1/webhook-endpoints",
     "/v1/webhook-endpoints/{id}",
+    "/v1/accounts/{id}/keys",
     "/v1/openapi.json",
     "/healthz",
     "/readyz",
@@ -498,7 +516,7 @@ fn the_fuzzed_routes_are_every_route_of_the_router() {
     assert!(table.iter().all(|(method, _)| methods.contains(method)));
 }
 
-const DELETE_ROUTES: &[&str] = &["/v1/accounts/{id}/allowances/{id}"];
+const DELETE_ROUTES: &[&str] = &["/v1/accounts/{id}/allowances/{id}", "/v1/accounts/{id}/keys/{id}"];
 
 #[test]
 fn random_segments_to_every_delete_route_never_answer_5xx() {
@@ -546,8 +564,9 @@ async fn every_body_list_and_string_has_a_limit() {
     for route in POST_ROUTES.iter().filter(|route| reads_body(route.path)) {
         let padded = format!("{{\"pad\":\"{}\"}}", " ".repeat(over));
         let (status, body) = send(app, worker(post_raw(&fill(route.path, hold), padded.into_bytes()))).await;
-        let problem = (status, body["code"].as_str());
-        assert_eq!(problem, (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{}", route.path);
+        // The OpenAI-compatible route answers in OpenAI's shape (`error.code`).
+        let code = body["code"].as_str().or_else(|| body["error"]["code"].as_str());
+        assert_eq!((status, code), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{}", route.path);
     }
     let finish_over = JobsConfig::default().artifact_bytes_max.div_ceil(3) * 4 + 64 * 1024 + 1;
     let (status, body) = send(app, worker(post_raw("/v1/worker/jobs/j/finish", vec![b' '; finish_over]))).await;

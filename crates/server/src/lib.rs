@@ -25,6 +25,7 @@ pub use error::{ApiError, PROBLEM_CONTENT_TYPE};
 pub use openapi::ApiDoc;
 pub use rate_limit::RATE_LIMITED_ROUTES;
 pub use router::{route_table, router, router_with_engine, router_without_limits};
+pub use routes::gateway::GatewayUpstream;
 pub use sweeper::{spawn_sweeper, SWEEP_ACCOUNTS_MAX};
 
 /// The body of a webhook delivering `event`: the event exactly as `GET /v1/events` lists it

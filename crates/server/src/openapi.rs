@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, runs, test_clock, webhooks, worker};
+use crate::routes::{
+    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, runs, test_clock, webhooks, worker,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +27,10 @@ use crate::routes::{accounts, allowances, health, holds, jobs, ledger_events, ru
         allowances::get_plan,
         allowances::subscribe_plan,
         ledger_events::list_events,
+        api_keys::create_key,
+        api_keys::list_keys,
+        api_keys::revoke_key,
+        gateway::chat_completions,
         webhooks::create_endpoint,
         webhooks::list_endpoints,
         webhooks::get_endpoint,

@@ -22,8 +22,8 @@ use crate::config::ApiConfig;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
 use crate::routes::{
-    accounts, allowances, health, holds, jobs, ledger_events, method_not_allowed, not_found, runs, test_clock,
-    webhooks, worker,
+    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, method_not_allowed, not_found, runs,
+    test_clock, webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -73,6 +73,11 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/plans", get(allowances::list_plans), Timing::Handler),
         (Method::GET, "/v1/plans/{plan_id}", get(allowances::get_plan), Timing::Handler),
         (Method::GET, "/v1/events", get(ledger_events::list_events), Timing::Handler),
+        (Method::POST, "/v1/accounts/{account_id}/keys", post(api_keys::create_key), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/keys", get(api_keys::list_keys), Timing::Handler),
+        (Method::DELETE, "/v1/accounts/{account_id}/keys/{key_id}", delete(api_keys::revoke_key), Timing::Handler),
+        // Bounded by the upstream timeout instead of the handler deadline (a completion takes long).
+        (Method::POST, "/v1/chat/completions", post(gateway::chat_completions), Timing::Streams),
         (Method::POST, "/v1/webhook-endpoints", post(webhooks::create_endpoint), Timing::Handler),
         (Method::GET, "/v1/webhook-endpoints", get(webhooks::list_endpoints), Timing::Handler),
         (Method::GET, "/v1/webhook-endpoints/{endpoint_id}", get(webhooks::get_endpoint), Timing::Handler),

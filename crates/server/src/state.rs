@@ -29,6 +29,8 @@ pub struct AppState {
     pub worker_token_digest: Option<[u8; 32]>,
     /// The optional per-token and per-account limits of the routes that start spending.
     pub rate_limiter: Arc<RateLimiter>,
+    /// The LLM gateway's client to its upstream (connections reused across calls).
+    pub gateway_client: reqwest::Client,
 }
 
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
@@ -49,6 +51,7 @@ impl AppState {
             catalog: None,
             worker_token_digest,
             rate_limiter,
+            gateway_client: reqwest::Client::new(),
         }
     }
 

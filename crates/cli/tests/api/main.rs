@@ -7,6 +7,7 @@ mod auth;
 mod binary;
 mod edge;
 mod errors;
+mod gateway;
 mod health;
 mod helpers;
 mod holds;

@@ -81,6 +81,7 @@ macro_rules! wire_enum {
 
 pub mod allowances;
 pub mod events;
+pub mod gateway;
 pub mod jobs;
 pub mod ledger_events;
 pub mod runs;
@@ -88,6 +89,7 @@ pub mod webhooks;
 
 pub use self::allowances::*;
 pub use self::events::*;
+pub use self::gateway::*;
 pub use self::jobs::*;
 pub use self::ledger_events::*;
 pub use self::runs::*;

@@ -3,6 +3,8 @@
 
 pub mod accounts;
 pub mod allowances;
+pub mod api_keys;
+pub mod gateway;
 pub mod health;
 pub mod holds;
 pub mod jobs;

@@ -1,0 +1,205 @@
+//! The LLM gateway over HTTP, driven by the official `openai` Python SDK
+//! (`support/openai_calls.py`) against a scripted upstream that reports usage: each call charged
+//! its exact token arithmetic, 50 concurrent calls on an account that affords 20 worst cases
+//! never overspending, keys created, listed and revoked, and the errors in OpenAI's shape.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use engine::provider::Purpose;
+use engine::testing::{FakeProvider, FakeReply, Gate};
+use ledger::Amount;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with_provider, TestApp};
+
+const MODEL: &str = "gpt-4o-mini";
+
+fn messages() -> Value {
+    // The fake upstream picks its reply by the purpose tag opening the system message.
+    json!([
+        {"role": "system", "content": "[creditgraph:general_chat] You answer in one word."},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ])
+}
+
+fn prices() -> pricing::catalog::TokenPrices {
+    *pricing::catalog::Catalog::builtin().gateway_model(MODEL).expect("the built-in catalog serves the model")
+}
+
+/// The worst case the gateway holds for one call of [`messages`] with this output cap.
+fn worst_case(max_tokens: u64) -> Amount {
+    let bound = gateway::bound::input_tokens_max(&json!({"messages": messages()})).expect("a bound");
+    prices().cost(bound, max_tokens).expect("in range")
+}
+
+async fn new_key(app: &TestApp, account: &str) -> String {
+    let created = app.post(&format!("/v1/accounts/{account}/keys"), json!({"name": "agent"})).await;
+    created.assert_status(201)["key"].as_str().expect("the key, once").to_owned()
+}
+
+/// Runs the SDK script with `calls` concurrent calls; its results once it ends.
+fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64) -> tokio::process::Child {
+    let python = std::env::var("CREDITGRAPH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/support/openai_calls.py");
+    let plan = json!({
+        "base_url": format!("{}/v1", app.address),
+        "api_key": key,
+        "model": MODEL,
+        "calls": calls,
+        "max_tokens": max_tokens,
+        "messages": messages(),
+    });
+    tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(plan.to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("{python} starts: {error}"))
+}
+
+async fn results(child: tokio::process::Child) -> Vec<Value> {
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the SDK calls end")
+        .expect("the script runs");
+    assert!(output.status.success(), "the script failed (is the openai package installed?): {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+async fn one_call_charges_its_tokens(postgres: bool) {
+    let (app, fake): (TestApp, FakeProvider) = spawn_app_with_provider(postgres, |_| {}).await;
+    fake.on_default(Purpose::GeneralChat, FakeReply::text("Four, which is the sum of two and two."));
+    app.fund("gw", "100").await;
+    let key = new_key(&app, "gw").await;
+    let results = results(sdk_calls(&app, &key, 1, 50)).await;
+    let call = &results[0];
+    assert_eq!(call["ok"], true, "{call}");
+    assert_eq!(call["content"], "Four, which is the sum of two and two.");
+    let (prompt, completion) = (
+        call["usage"]["prompt_tokens"].as_u64().expect("usage"),
+        call["usage"]["completion_tokens"].as_u64().expect("usage"),
+    );
+    let cost = prices().cost(prompt, completion).expect("in range");
+    assert!(cost < worst_case(50), "the real usage costs less than the held worst case");
+    assert_eq!(call["cost"], cost.to_string(), "the exact token arithmetic, not capped at the hold");
+    let expected = Amount::from_credits(100).checked_sub(cost).expect("affordable");
+    assert_eq!(app.figures("gw").await, (expected.to_string(), "0".to_owned(), expected.to_string()));
+    let hold = app.get_hold(call["hold_id"].as_str().expect("a hold id")).await;
+    assert_eq!((hold.str("state"), hold.str("captured")), ("captured", cost.to_string().as_str()));
+    // The upstream got the output cap the gateway held for.
+    let forwarded = fake.requests().pop().expect("one request");
+    assert_eq!(forwarded["max_tokens"], 50, "{forwarded}");
+    app.assert_verified().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sdk_call_is_charged_its_exact_tokens() {
+    one_call_charges_its_tokens(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_sdk_call_is_charged_its_exact_tokens() {
+    one_call_charges_its_tokens(true).await;
+}
+
+/// 50 calls at once on an account that affords exactly 20 worst cases: the upstream holds every
+/// answer until 20 holds are taken and 30 calls refused with `402 insufficient_credits`; then the
+/// 20 are settled at their real cost, and nothing was overspent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_calls_never_overspend_twenty_worst_cases() {
+    let (app, fake) = spawn_app_with_provider(false, |_| {}).await;
+    let gate = Gate::new();
+    fake.on_default(Purpose::GeneralChat, FakeReply::text("four").gated(&gate));
+    let worst = worst_case(1_000);
+    let funded = Amount::from_micros(worst.micros() * 20);
+    app.grant("crowd", json!({"amount": funded.to_string()})).await.assert_status(201);
+    let key = new_key(&app, "crowd").await;
+    let mut calls = sdk_calls(&app, &key, 50, 1_000);
+    // Each call's result is printed as it ends: the 30 refusals come while the 20 wait upstream.
+    let stdout = calls.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut results: Vec<Value> = Vec::new();
+    while results.len() < 30 {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("30 calls end while 20 wait")
+            .expect("reads")
+            .expect("the script prints a line per call");
+        results.push(serde_json::from_str(&line).expect("a JSON line"));
+    }
+    assert_eq!(app.figures("crowd").await.1, funded.to_string(), "20 worst cases held meanwhile");
+    gate.open();
+    while let Some(line) = lines.next_line().await.expect("reads") {
+        results.push(serde_json::from_str(&line).expect("a JSON line"));
+    }
+    assert!(calls.wait().await.expect("the script ends").success());
+    let (ok, refused): (Vec<&Value>, Vec<&Value>) = results.iter().partition(|call| call["ok"] == true);
+    assert_eq!((ok.len(), refused.len()), (20, 30), "{results:#?}");
+    assert!(refused.iter().all(|call| call["status"] == 402 && call["code"] == "insufficient_credits"), "{refused:#?}");
+    assert_eq!(refused[0]["required"], worst.to_string());
+    let charged = ok.iter().map(|call| Amount::parse(call["cost"].as_str().expect("a cost")).expect("an amount"));
+    let charged = Amount::sum(charged);
+    let (balance, held, _) = app.figures("crowd").await;
+    assert_eq!(held, "0");
+    assert_eq!(balance, funded.checked_sub(charged).expect("never overspent").to_string());
+    app.assert_verified().await;
+}
+
+/// Keys: created (shown once), listed without their text, revoked (then refused); errors in
+/// OpenAI's shape for a missing key, an unknown model, a cap above the model's, and `n > 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_errors() {
+    let (app, fake) = spawn_app_with_provider(false, |_| {}).await;
+    fake.on_default(Purpose::GeneralChat, FakeReply::text("four"));
+    app.fund("kay", "10").await;
+    let created = app.post("/v1/accounts/kay/keys", json!({"models": [MODEL], "daily_limit": "5"})).await;
+    let created = created.assert_status(201).clone();
+    let key = created["key"].as_str().expect("the key").to_owned();
+    assert!(key.starts_with("cg_") && key.starts_with(created["prefix"].as_str().expect("a prefix")), "{created}");
+    let listed = app.get("/v1/accounts/kay/keys").await;
+    let listed = listed.assert_status(200)["keys"].clone();
+    assert_eq!((listed[0]["key_id"].clone(), listed[0].get("key")), (created["key_id"].clone(), None));
+    app.post("/v1/accounts/kay/keys", json!({"models": ["gpt-9"]})).await.assert_problem(422, "unknown_model");
+
+    let chat = |bearer: String, body: Value| {
+        let client = app.client.clone();
+        let url = format!("{}/v1/chat/completions", app.address);
+        async move {
+            let response = client.post(url).bearer_auth(bearer).json(&body).send().await.expect("answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let body = |extra: Value| {
+        let mut body = json!({"model": MODEL, "messages": messages()});
+        body.as_object_mut().expect("an object").extend(extra.as_object().expect("an object").clone());
+        body
+    };
+    let (status, answer) = chat(key.clone(), body(json!({}))).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, error) = chat("cg_nope".to_owned(), body(json!({}))).await;
+    assert_eq!((status, &error["error"]["code"]), (401, &json!("invalid_api_key")), "{error}");
+    let (status, error) = chat(key.clone(), body(json!({"model": "gpt-4o"}))).await;
+    assert_eq!((status, &error["error"]["code"]), (403, &json!("model_not_allowed")), "{error}");
+    let (status, error) = chat(key.clone(), body(json!({"model": "gpt-9"}))).await;
+    assert_eq!((status, &error["error"]["code"]), (404, &json!("model_not_found")), "{error}");
+    let (status, error) = chat(key.clone(), body(json!({"max_tokens": 1_000_000}))).await;
+    assert_eq!((status, &error["error"]["code"]), (422, &json!("max_tokens_too_large")), "{error}");
+    let (status, error) = chat(key.clone(), body(json!({"n": 2}))).await;
+    assert_eq!((status, &error["error"]["code"]), (400, &json!("unsupported_parameter")), "{error}");
+    let (status, error) = chat(key.clone(), json!({"model": MODEL})).await;
+    assert_eq!((status, &error["error"]["code"]), (400, &json!("invalid_messages")), "{error}");
+    assert_eq!(app.figures("kay").await.1, "0", "no hold left behind by a refused call");
+
+    let key_id = created["key_id"].as_str().expect("an id");
+    let revoked = app.request_delete(&format!("/v1/accounts/kay/keys/{key_id}")).await;
+    assert!(revoked.assert_status(200)["revoked_at"].is_string());
+    let (status, error) = chat(key, body(json!({}))).await;
+    assert_eq!((status, &error["error"]["code"]), (401, &json!("invalid_api_key")), "{error}");
+    app.request_delete("/v1/accounts/kay/keys/key-ghost").await.assert_problem(404, "api_key_not_found");
+}

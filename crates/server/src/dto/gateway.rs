@@ -1,0 +1,62 @@
+//! The LLM gateway's keys (`/v1/accounts/{id}/keys`) and its OpenAI-shaped errors.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/accounts/{account_id}/keys`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyRequest {
+    /// At most 200 bytes, for telling keys apart.
+    pub name: Option<String>,
+    /// The most the key may spend per UTC day (decimal credits); none: the account's credits.
+    pub daily_limit: Option<String>,
+    /// The gateway models the key may call (at most 32, each in the catalog); none: all.
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyResponse {
+    pub key_id: String,
+    pub account_id: String,
+    pub name: Option<String>,
+    /// The key's first characters, for telling keys apart.
+    pub prefix: String,
+    pub daily_limit: Option<String>,
+    pub models: Vec<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    /// The key itself (`cg_…`), shown only in the answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeysResponse {
+    pub keys: Vec<ApiKeyResponse>,
+}
+
+/// An error of the OpenAI-compatible routes, in OpenAI's shape (the SDKs read it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorResponse {
+    pub error: OpenAiError,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiError {
+    pub message: String,
+    /// invalid_request_error | authentication_error | permission_error | insufficient_quota |
+    /// upstream_error | service_unavailable
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub param: Option<String>,
+    /// A stable code: insufficient_credits, invalid_api_key, model_not_found, model_not_allowed,
+    /// max_tokens_too_large, unsupported_parameter, invalid_json, upstream_unreachable,
+    /// upstream_invalid_answer, gateway_disabled.
+    pub code: String,
+    /// With `insufficient_credits`: the call's worst case and what the account has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<String>,
+}
