@@ -558,8 +558,11 @@ async fn every_body_list_and_string_has_a_limit() {
     let over = ApiConfig::default().request_body_bytes_max + 1;
     // Routes without a body (cancels, an endpoint's disable, enable and rotation) read none;
     // a finish has its own, larger limit (below).
+    // The chat completions route has its own, larger limit (below).
     let reads_body = |path: &str| {
-        !["cancel", "finish", "/disable", "/enable", "/rotate-secret"].iter().any(|end| path.contains(end))
+        !["cancel", "finish", "/disable", "/enable", "/rotate-secret", "/chat/completions"]
+            .iter()
+            .any(|end| path.contains(end))
     };
     for route in POST_ROUTES.iter().filter(|route| reads_body(route.path)) {
         let padded = format!("{{\"pad\":\"{}\"}}", " ".repeat(over));
@@ -568,6 +571,9 @@ async fn every_body_list_and_string_has_a_limit() {
         let code = body["code"].as_str().or_else(|| body["error"]["code"].as_str());
         assert_eq!((status, code), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{}", route.path);
     }
+    let chat_over = format!("{{\"pad\":\"{}\"}}", " ".repeat(crate::routes::gateway::REQUEST_BYTES_MAX));
+    let (status, body) = send(app, post_raw("/v1/chat/completions", chat_over.into_bytes())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
     let finish_over = JobsConfig::default().artifact_bytes_max.div_ceil(3) * 4 + 64 * 1024 + 1;
     let (status, body) = send(app, worker(post_raw("/v1/worker/jobs/j/finish", vec![b' '; finish_over]))).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));

@@ -77,7 +77,12 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/accounts/{account_id}/keys", get(api_keys::list_keys), Timing::Handler),
         (Method::DELETE, "/v1/accounts/{account_id}/keys/{key_id}", delete(api_keys::revoke_key), Timing::Handler),
         // Bounded by the upstream timeout instead of the handler deadline (a completion takes long).
-        (Method::POST, "/v1/chat/completions", post(gateway::chat_completions), Timing::Streams),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            post(gateway::chat_completions).layer(DefaultBodyLimit::max(gateway::REQUEST_BYTES_MAX)),
+            Timing::Streams,
+        ),
         (Method::POST, "/v1/webhook-endpoints", post(webhooks::create_endpoint), Timing::Handler),
         (Method::GET, "/v1/webhook-endpoints", get(webhooks::list_endpoints), Timing::Handler),
         (Method::GET, "/v1/webhook-endpoints/{endpoint_id}", get(webhooks::get_endpoint), Timing::Handler),

@@ -182,6 +182,13 @@ async fn keys_and_errors() {
     };
     let (status, answer) = chat(key.clone(), body(json!({}))).await;
     assert_eq!(status, 200, "{answer}");
+    // A context larger than the API's other bodies (64 KiB) is served (up to 1 MiB).
+    let long = json!([
+        {"role": "system", "content": "[creditgraph:general_chat] Summarise."},
+        {"role": "user", "content": "word ".repeat(40_000)},
+    ]);
+    let (status, answer) = chat(key.clone(), json!({"model": MODEL, "messages": long, "max_tokens": 10})).await;
+    assert_eq!(status, 200, "{answer}");
     let (status, error) = chat("cg_nope".to_owned(), body(json!({}))).await;
     assert_eq!((status, &error["error"]["code"]), (401, &json!("invalid_api_key")), "{error}");
     let (status, error) = chat(key.clone(), body(json!({"model": "gpt-4o"}))).await;

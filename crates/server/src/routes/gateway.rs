@@ -33,6 +33,8 @@ use crate::routes::api_keys::{key_hash, KEY_PREFIX};
 use crate::routes::new_hold_id;
 use crate::state::AppState;
 
+/// The largest request body: an agent's context is larger than the API's other bodies.
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
 /// The most bytes of an upstream answer read.
 pub const UPSTREAM_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// How long a call's hold lives beyond the upstream timeout: it is settled long before.
