@@ -39,7 +39,7 @@ async fn new_key(app: &TestApp, account: &str) -> String {
 }
 
 /// Runs the SDK script with `calls` concurrent calls; its results once it ends.
-fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64) -> tokio::process::Child {
+fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64, stream: bool) -> tokio::process::Child {
     let python = std::env::var("CREDITGRAPH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/support/openai_calls.py");
     let plan = json!({
@@ -49,6 +49,7 @@ fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64) -> tokio::
         "calls": calls,
         "max_tokens": max_tokens,
         "messages": messages(),
+        "stream": stream,
     });
     tokio::process::Command::new(&python)
         .arg(script)
@@ -76,7 +77,7 @@ async fn one_call_charges_its_tokens(postgres: bool) {
     fake.on_default(Purpose::GeneralChat, FakeReply::text("Four, which is the sum of two and two."));
     app.fund("gw", "100").await;
     let key = new_key(&app, "gw").await;
-    let results = results(sdk_calls(&app, &key, 1, 50)).await;
+    let results = results(sdk_calls(&app, &key, 1, 50, false)).await;
     let call = &results[0];
     assert_eq!(call["ok"], true, "{call}");
     assert_eq!(call["content"], "Four, which is the sum of two and two.");
@@ -107,6 +108,58 @@ async fn postgres_one_sdk_call_is_charged_its_exact_tokens() {
     one_call_charges_its_tokens(true).await;
 }
 
+/// A streamed call through the SDK: the text arrives chunk by chunk, and the call is settled
+/// from the usage chunk the gateway asked the upstream for — or, when the upstream sends none,
+/// at the worst case if it produced output, and released if it produced none.
+async fn streamed_calls_settle_by_the_rule(postgres: bool) {
+    let (app, fake) = spawn_app_with_provider(postgres, |_| {}).await;
+    app.fund("st", "100").await;
+    let key = new_key(&app, "st").await;
+    let settled = |call: &Value| {
+        let hold_id = call["hold_id"].as_str().expect("a hold id").to_owned();
+        let app = &app;
+        async move {
+            let hold = app.get_hold(&hold_id).await;
+            (hold.str("state").to_owned(), hold.str("captured").to_owned())
+        }
+    };
+
+    fake.on(Purpose::GeneralChat, FakeReply::text("Two and two make four."));
+    let call = results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
+    assert_eq!((call["ok"].clone(), call["content"].clone()), (json!(true), json!("Two and two make four.")), "{call}");
+    let usage = &call["usage"];
+    let cost = prices()
+        .cost(usage["prompt_tokens"].as_u64().expect("usage"), usage["completion_tokens"].as_u64().expect("usage"))
+        .expect("in range");
+    assert_eq!(settled(&call).await, ("captured".to_owned(), cost.to_string()));
+    let forwarded = fake.requests().pop().expect("a request");
+    assert_eq!(forwarded["stream_options"]["include_usage"], true, "{forwarded}");
+
+    fake.on(Purpose::GeneralChat, FakeReply::text("Four.").without_usage());
+    let call = results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
+    assert_eq!((call["content"].clone(), call["usage"].clone()), (json!("Four."), Value::Null), "{call}");
+    assert_eq!(
+        settled(&call).await,
+        ("captured".to_owned(), worst_case(50).to_string()),
+        "output, no usage: worst case"
+    );
+
+    fake.on(Purpose::GeneralChat, FakeReply::text("").without_usage());
+    let call = results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
+    assert_eq!(settled(&call).await.0, "released", "no output, no usage: released");
+    app.assert_verified().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_calls_are_settled_from_usage_or_by_the_rule() {
+    streamed_calls_settle_by_the_rule(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_streamed_calls_are_settled_from_usage_or_by_the_rule() {
+    streamed_calls_settle_by_the_rule(true).await;
+}
+
 /// 50 calls at once on an account that affords exactly 20 worst cases: the upstream holds every
 /// answer until 20 holds are taken and 30 calls refused with `402 insufficient_credits`; then the
 /// 20 are settled at their real cost, and nothing was overspent.
@@ -119,7 +172,7 @@ async fn fifty_concurrent_calls_never_overspend_twenty_worst_cases() {
     let funded = Amount::from_micros(worst.micros() * 20);
     app.grant("crowd", json!({"amount": funded.to_string()})).await.assert_status(201);
     let key = new_key(&app, "crowd").await;
-    let mut calls = sdk_calls(&app, &key, 50, 1_000);
+    let mut calls = sdk_calls(&app, &key, 50, 1_000, false);
     // Each call's result is printed as it ends: the 30 refusals come while the 20 wait upstream.
     let stdout = calls.stdout.take().expect("stdout");
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));

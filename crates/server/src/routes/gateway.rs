@@ -1,5 +1,5 @@
 //! `POST /v1/chat/completions`: the metered LLM gateway (issue 13), OpenAI-compatible, so the
-//! official SDKs work against it unchanged. This slice serves non-streaming calls:
+//! official SDKs work against it unchanged:
 //!
 //! 1. The caller's gateway key (`Authorization: Bearer cg_…`) names the account that pays.
 //! 2. The call's worst case is held before anything is forwarded: the input bound
@@ -10,7 +10,9 @@
 //!    hold is impossible by construction.
 //! 4. The upstream's `usage` is captured (`final`; the rest goes back). An answer without usage
 //!    is settled at the worst case (the upstream did produce an answer); an upstream error, a
-//!    timeout or an answer that is not JSON releases the hold.
+//!    timeout or an answer that is not JSON releases the hold. A streamed answer is relayed
+//!    chunk by chunk and settled from its usage chunk (the gateway asks for one); a stream that
+//!    ends without usage is settled at the worst case if it carried output, else released.
 //!
 //! Steps 3 and 4 run in a task of their own, so a client that disconnects mid-call never strands
 //! the hold: the call is settled or released whatever the client does.
@@ -94,7 +96,7 @@ impl From<store::StoreError> for GatewayError {
     }
 }
 
-/// Create a chat completion, metered: OpenAI's Chat Completions protocol (non-streaming),
+/// Create a chat completion, metered: OpenAI's Chat Completions protocol (streamed or not),
 /// authenticated with a gateway key; errors in OpenAI's shape.
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "gateway",
@@ -148,11 +150,13 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ApiKey, G
     }
 }
 
-/// What a request asks for once checked: its model's prices, its output cap and its worst case.
+/// What a request asks for once checked: its model's prices, its output cap, its worst case and
+/// whether the answer streams.
 struct Priced {
     prices: TokenPrices,
     output_tokens_max: u64,
     worst_case: Amount,
+    streams: bool,
 }
 
 fn price(request: &mut Value, prices: TokenPrices) -> Result<Priced, GatewayError> {
@@ -162,8 +166,17 @@ fn price(request: &mut Value, prices: TokenPrices) -> Result<Priced, GatewayErro
             return Err(error);
         }
     }
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        return Err(GatewayError::invalid("unsupported_parameter", "stream: streaming is not served yet"));
+    let streams = request.get("stream").and_then(Value::as_bool) == Some(true);
+    if streams {
+        // The usage chunk is what a streamed call is settled from.
+        if let Some(object) = request.as_object_mut() {
+            let options = object.entry("stream_options").or_insert_with(|| json!({}));
+            if let Some(options) = options.as_object_mut() {
+                options.insert("include_usage".to_owned(), json!(true));
+            } else {
+                *options = json!({"include_usage": true});
+            }
+        }
     }
     let asked = ["max_completion_tokens", "max_tokens"]
         .into_iter()
@@ -195,7 +208,7 @@ fn price(request: &mut Value, prices: TokenPrices) -> Result<Priced, GatewayErro
     let worst_case = prices
         .cost(input_tokens_max, output_tokens_max)
         .ok_or_else(|| GatewayError::invalid("request_too_large", "the call's worst case is beyond any account"))?;
-    Ok(Priced { prices, output_tokens_max, worst_case })
+    Ok(Priced { prices, output_tokens_max, worst_case, streams })
 }
 
 async fn complete(state: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response, GatewayError> {
@@ -286,10 +299,18 @@ async fn forward_and_settle(
         call = call.bearer_auth(api_key);
     }
     let started = std::time::Instant::now();
-    let answered = match call.send().await {
-        Ok(response) => read_capped(response).await,
-        Err(error) => Err(format!("no answer: {error}")),
+    let response = match call.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            release(&state, &hold_id).await;
+            let detail = format!("no answer: {error}");
+            return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", detail));
+        }
     };
+    if priced.streams && response.status().is_success() {
+        return Ok(relay_stream(state, response, hold_id, priced));
+    }
+    let answered = read_capped(response).await;
     let (status, bytes) = match answered {
         Ok(answer) => answer,
         Err(detail) => {
@@ -334,12 +355,8 @@ async fn forward_and_settle(
         // A 2xx answer without usage: the upstream produced an answer of unknown size.
         _ => priced.worst_case,
     };
-    let capture = Command::Capture { hold_id: hold_id.clone(), amount: cost, is_final: true, overage: Overage::Reject };
-    match state.store.execute(Request::new(capture)).await {
-        Ok(store::Executed::Fresh(Ok(_))) => {}
-        other => tracing::error!(?other, hold = %hold_id, "a gateway call's capture failed"),
-    }
-    tracing::info!(hold = %hold_id, %cost, latency_ms = started.elapsed().as_millis() as u64, "gateway call settled");
+    capture(&state, &hold_id, cost).await;
+    tracing::debug!(hold = %hold_id, latency_ms = started.elapsed().as_millis() as u64, "gateway call answered");
     let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     if let Ok(value) = HeaderValue::from_str(hold_id.as_str()) {
         response.headers_mut().insert("x-creditgraph-hold-id", value);
@@ -348,6 +365,116 @@ async fn forward_and_settle(
         response.headers_mut().insert("x-creditgraph-cost", value);
     }
     Ok(response)
+}
+
+/// The most bytes of a streamed answer relayed; past it the stream is cut and settled.
+pub const UPSTREAM_STREAM_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What a streamed answer showed, read off its `data:` lines as they pass.
+#[derive(Default)]
+struct StreamTally {
+    /// Unfinished line carried to the next chunk.
+    partial: Vec<u8>,
+    /// Whether any chunk carried output (content, a refusal, tool calls).
+    produced: bool,
+    /// The usage chunk's counts.
+    usage: Option<(u64, u64)>,
+}
+
+impl StreamTally {
+    fn read(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let Some(data) = line.strip_prefix(b"data:") else { continue };
+            let Ok(chunk) = serde_json::from_slice::<Value>(data.trim_ascii()) else { continue };
+            if let Some(usage) = chunk.get("usage").filter(|usage| !usage.is_null()) {
+                let tokens = |field: &str| usage.get(field).and_then(Value::as_u64);
+                if let (Some(prompt), Some(completion)) = (tokens("prompt_tokens"), tokens("completion_tokens")) {
+                    self.usage = Some((prompt, completion));
+                }
+            }
+            let choices = chunk.get("choices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            self.produced |= choices.iter().any(|choice| {
+                let delta = &choice["delta"];
+                ["content", "refusal"].iter().any(|field| delta[field].as_str().is_some_and(|text| !text.is_empty()))
+                    || delta["tool_calls"].as_array().is_some_and(|calls| !calls.is_empty())
+            });
+        }
+    }
+}
+
+/// Relays a streamed answer chunk by chunk (nothing buffered but one line) and settles it when
+/// it ends, in a task of its own: from the usage chunk; without one, at the worst case if any
+/// output came, else released. A client that leaves does not stop the relay: the upstream is
+/// read to its end (bounded by the forced output cap) so the call is settled from its usage.
+fn relay_stream(state: AppState, response: reqwest::Response, hold_id: HoldId, priced: Priced) -> Response {
+    use futures::StreamExt;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let settled_hold = hold_id.clone();
+    tokio::spawn(async move {
+        let mut upstream = response.bytes_stream();
+        let mut tally = StreamTally::default();
+        let mut relayed = 0_usize;
+        let mut client_gone = false;
+        // The terminator (`data: [DONE]` and what follows) is held back until the call is
+        // settled, so a client that read the whole stream finds its charge recorded.
+        let mut held_back = Bytes::new();
+        while let Some(chunk) = upstream.next().await {
+            let Ok(mut chunk) = chunk else { break };
+            relayed += chunk.len();
+            if relayed > UPSTREAM_STREAM_BYTES_MAX {
+                tracing::error!(hold = %settled_hold, "a streamed answer passed the size limit; cut");
+                break;
+            }
+            tally.read(&chunk);
+            if let Some(done) = find(&chunk, b"data: [DONE]").or_else(|| find(&chunk, b"data:[DONE]")) {
+                held_back = chunk.split_off(done);
+            }
+            if !client_gone && !chunk.is_empty() && sender.send(Ok(chunk)).await.is_err() {
+                client_gone = true;
+            }
+            if !held_back.is_empty() {
+                break;
+            }
+        }
+        drop(upstream);
+        match tally.usage {
+            Some((prompt, completion)) => {
+                let cost = priced.prices.cost(prompt, completion).unwrap_or(priced.worst_case).min(priced.worst_case);
+                capture(&state, &settled_hold, cost).await;
+            }
+            None if tally.produced => capture(&state, &settled_hold, priced.worst_case).await,
+            None => release(&state, &settled_hold).await,
+        }
+        if !client_gone && !held_back.is_empty() {
+            let _ = sender.send(Ok(held_back)).await;
+        }
+    });
+    let stream = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(hold_id.as_str()) {
+        response.headers_mut().insert("x-creditgraph-hold-id", value);
+    }
+    response
+}
+
+/// Where `needle` starts in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+async fn capture(state: &AppState, hold_id: &HoldId, cost: Amount) {
+    let capture = Command::Capture { hold_id: hold_id.clone(), amount: cost, is_final: true, overage: Overage::Reject };
+    match state.store.execute(Request::new(capture)).await {
+        Ok(store::Executed::Fresh(Ok(_))) => tracing::info!(hold = %hold_id, %cost, "gateway call settled"),
+        other => tracing::error!(?other, hold = %hold_id, "a gateway call's capture failed"),
+    }
 }
 
 /// The answer's status and at most [`UPSTREAM_ANSWER_BYTES_MAX`] bytes of its body.
