@@ -56,21 +56,22 @@ pub struct GatewayUpstream {
 #[derive(Debug)]
 pub struct GatewayError {
     status: StatusCode,
-    body: OpenAiError,
+    /// Boxed: errors travel in `Result`s on every path, and the body is large.
+    body: Box<OpenAiError>,
 }
 
 impl GatewayError {
     fn new(status: StatusCode, error_type: &str, code: &str, message: impl Into<String>) -> GatewayError {
         GatewayError {
             status,
-            body: OpenAiError {
+            body: Box::new(OpenAiError {
                 message: message.into(),
                 error_type: error_type.to_owned(),
                 param: None,
                 code: code.to_owned(),
                 required: None,
                 available: None,
-            },
+            }),
         }
     }
 
@@ -85,7 +86,7 @@ impl GatewayError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(OpenAiErrorResponse { error: self.body })).into_response()
+        (self.status, axum::Json(OpenAiErrorResponse { error: *self.body })).into_response()
     }
 }
 
