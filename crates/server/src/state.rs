@@ -31,6 +31,9 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     /// The LLM gateway's client to its upstream (connections reused across calls).
     pub gateway_client: reqwest::Client,
+    /// The worst cases of this process's gateway calls in flight on each run hold they draw from
+    /// (`X-Creditgraph-Hold`), so concurrent calls never together exceed what the hold has left.
+    pub gateway_draws: Arc<std::sync::Mutex<std::collections::HashMap<ledger::HoldId, ledger::Amount>>>,
 }
 
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
@@ -52,6 +55,7 @@ impl AppState {
             worker_token_digest,
             rate_limiter,
             gateway_client: reqwest::Client::new(),
+            gateway_draws: Arc::default(),
         }
     }
 

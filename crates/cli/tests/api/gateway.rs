@@ -40,6 +40,18 @@ async fn new_key(app: &TestApp, account: &str) -> String {
 
 /// Runs the SDK script with `calls` concurrent calls; its results once it ends.
 fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64, stream: bool) -> tokio::process::Child {
+    sdk_calls_with(app, key, calls, max_tokens, stream, json!({}))
+}
+
+/// [`sdk_calls`] with extra request headers.
+fn sdk_calls_with(
+    app: &TestApp,
+    key: &str,
+    calls: usize,
+    max_tokens: u64,
+    stream: bool,
+    headers: Value,
+) -> tokio::process::Child {
     let python = std::env::var("CREDITGRAPH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/support/openai_calls.py");
     let plan = json!({
@@ -50,6 +62,7 @@ fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64, stream: bo
         "max_tokens": max_tokens,
         "messages": messages(),
         "stream": stream,
+        "headers": headers,
     });
     tokio::process::Command::new(&python)
         .arg(script)
@@ -60,7 +73,7 @@ fn sdk_calls(app: &TestApp, key: &str, calls: usize, max_tokens: u64, stream: bo
         .unwrap_or_else(|error| panic!("{python} starts: {error}"))
 }
 
-async fn results(child: tokio::process::Child) -> Vec<Value> {
+async fn all_results(child: tokio::process::Child) -> Vec<Value> {
     let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .expect("the SDK calls end")
@@ -77,7 +90,7 @@ async fn one_call_charges_its_tokens(postgres: bool) {
     fake.on_default(Purpose::GeneralChat, FakeReply::text("Four, which is the sum of two and two."));
     app.fund("gw", "100").await;
     let key = new_key(&app, "gw").await;
-    let results = results(sdk_calls(&app, &key, 1, 50, false)).await;
+    let results = all_results(sdk_calls(&app, &key, 1, 50, false)).await;
     let call = &results[0];
     assert_eq!(call["ok"], true, "{call}");
     assert_eq!(call["content"], "Four, which is the sum of two and two.");
@@ -125,7 +138,7 @@ async fn streamed_calls_settle_by_the_rule(postgres: bool) {
     };
 
     fake.on(Purpose::GeneralChat, FakeReply::text("Two and two make four."));
-    let call = results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
+    let call = all_results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
     assert_eq!((call["ok"].clone(), call["content"].clone()), (json!(true), json!("Two and two make four.")), "{call}");
     let usage = &call["usage"];
     let cost = prices()
@@ -136,7 +149,7 @@ async fn streamed_calls_settle_by_the_rule(postgres: bool) {
     assert_eq!(forwarded["stream_options"]["include_usage"], true, "{forwarded}");
 
     fake.on(Purpose::GeneralChat, FakeReply::text("Four.").without_usage());
-    let call = results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
+    let call = all_results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
     assert_eq!((call["content"].clone(), call["usage"].clone()), (json!("Four."), Value::Null), "{call}");
     assert_eq!(
         settled(&call).await,
@@ -145,7 +158,7 @@ async fn streamed_calls_settle_by_the_rule(postgres: bool) {
     );
 
     fake.on(Purpose::GeneralChat, FakeReply::text("").without_usage());
-    let call = results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
+    let call = all_results(sdk_calls(&app, &key, 1, 50, true)).await.remove(0);
     assert_eq!(settled(&call).await.0, "released", "no output, no usage: released");
     app.assert_verified().await;
 }
@@ -200,6 +213,67 @@ async fn fifty_concurrent_calls_never_overspend_twenty_worst_cases() {
     let (balance, held, _) = app.figures("crowd").await;
     assert_eq!(held, "0");
     assert_eq!(balance, funded.checked_sub(charged).expect("never overspent").to_string());
+    app.assert_verified().await;
+}
+
+/// Reads the script's result lines until `count` have come.
+async fn first_results(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    count: usize,
+) -> Vec<Value> {
+    let mut results = Vec::new();
+    while results.len() < count {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the calls end")
+            .expect("reads")
+            .expect("the script prints a line per call");
+        results.push(serde_json::from_str(&line).expect("a JSON line"));
+    }
+    results
+}
+
+/// A run's hold drawn by 30 concurrent calls (`X-Creditgraph-Hold`) that affords 12 worst
+/// cases: 18 are refused with what the hold has left, the 12 are captured from it (partial
+/// captures), the hold never goes below zero and ends with exactly their captures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_hold_drawn_by_thirty_calls_never_goes_negative() {
+    let (app, fake) = spawn_app_with_provider(false, |_| {}).await;
+    let gate = Gate::new();
+    fake.on_default(Purpose::GeneralChat, FakeReply::text("four").gated(&gate));
+    app.fund("runner", "100").await;
+    let worst = worst_case(1_000);
+    let budget = Amount::from_micros(worst.micros() * 12);
+    let hold =
+        app.post("/v1/holds", json!({"account_id": "runner", "amount": budget.to_string(), "ttl_seconds": 600})).await;
+    let hold_id = hold.assert_status(201)["hold_id"].as_str().expect("a hold id").to_owned();
+    let key = new_key(&app, "runner").await;
+    let mut calls = sdk_calls_with(&app, &key, 30, 1_000, false, json!({"X-Creditgraph-Hold": hold_id}));
+    let stdout = calls.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut results = first_results(&mut lines, 18).await;
+    gate.open();
+    results.extend(first_results(&mut lines, 12).await);
+    assert!(calls.wait().await.expect("the script ends").success());
+    let (ok, refused): (Vec<&Value>, Vec<&Value>) = results.iter().partition(|call| call["ok"] == true);
+    assert_eq!((ok.len(), refused.len()), (12, 18), "{results:#?}");
+    assert!(refused.iter().all(|call| call["status"] == 402 && call["remaining"].is_string()), "{refused:#?}");
+    assert!(ok.iter().all(|call| call["hold_id"] == hold_id.as_str()), "drawn from the run's hold");
+    let charged =
+        Amount::sum(ok.iter().map(|call| Amount::parse(call["cost"].as_str().expect("a cost")).expect("an amount")));
+    let hold = app.get_hold(&hold_id).await;
+    assert_eq!((hold.str("state"), hold.str("captured")), ("pending", charged.to_string().as_str()));
+    assert_eq!(hold.str("remaining"), budget.checked_sub(charged).expect("never below zero").to_string());
+    app.release(&hold_id).await.assert_status(200);
+    let balance = Amount::from_credits(100).checked_sub(charged).expect("affordable");
+    assert_eq!(app.figures("runner").await.0, balance.to_string());
+    // Another account's hold, or a hold that is no longer pending, is refused.
+    let other_key = new_key(&app, "someone-else").await;
+    let stranger = sdk_calls_with(&app, &other_key, 1, 10, false, json!({"X-Creditgraph-Hold": hold_id}));
+    let stranger = all_results(stranger).await;
+    assert_eq!((stranger[0]["status"].clone(), stranger[0]["code"].clone()), (json!(404), json!("hold_not_found")));
+    let ended = all_results(sdk_calls_with(&app, &key, 1, 10, false, json!({"X-Creditgraph-Hold": hold_id}))).await;
+    assert_eq!((ended[0]["status"].clone(), ended[0]["code"].clone()), (json!(409), json!("hold_not_pending")));
     app.assert_verified().await;
 }
 

@@ -59,4 +59,7 @@ pub struct OpenAiError {
     pub required: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available: Option<String>,
+    /// With `insufficient_credits` on a run's hold (`X-Creditgraph-Hold`): what it has left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<String>,
 }

@@ -24,7 +24,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ledger::{Amount, Command, HoldId, Outcome, Overage, Rejection};
+use std::sync::Arc;
+
+use ledger::{Amount, Command, HoldId, HoldState, Outcome, Overage, Rejection};
 use pricing::catalog::TokenPrices;
 use serde_json::{json, Value};
 use store::api_keys::ApiKey;
@@ -71,6 +73,7 @@ impl GatewayError {
                 code: code.to_owned(),
                 required: None,
                 available: None,
+                remaining: None,
             }),
         }
     }
@@ -239,11 +242,33 @@ async fn complete(state: AppState, headers: &HeaderMap, body: &[u8]) -> Result<R
         return Err(GatewayError::new(StatusCode::FORBIDDEN, "permission_error", "model_not_allowed", message));
     }
     let priced = price(&mut request, prices)?;
+    let payer = match headers.get(RUN_HOLD_HEADER) {
+        None => take_own_hold(&state, &key, &model, catalog.version(), &upstream, &priced).await?,
+        Some(value) => draw_from_run_hold(&state, &key, value, &priced).await?,
+    };
+    // Its own task: the call is settled or released even if this request's client goes away.
+    let settle = tokio::spawn(forward_and_settle(state, upstream, request, payer, priced));
+    settle.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a gateway call's task failed");
+        Err(GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "try again"))
+    })
+}
+
+/// Holds a call's worst case on its own hold (settled `final`, released on failure).
+async fn take_own_hold(
+    state: &AppState,
+    key: &ApiKey,
+    model: &str,
+    catalog_version: &str,
+    upstream: &GatewayUpstream,
+    priced: &Priced,
+) -> Result<Payer, GatewayError> {
+    let account_id = &key.account_id;
     let hold_id = new_hold_id();
     let metadata =
-        json!({"gateway": {"model": model, "key_id": key.key_id.as_str(), "catalog_version": catalog.version()}});
+        json!({"gateway": {"model": model, "key_id": key.key_id.as_str(), "catalog_version": catalog_version}});
     let hold = Command::Hold {
-        account_id: key.account_id.clone(),
+        account_id: account_id.clone(),
         hold_id: hold_id.clone(),
         amount: priced.worst_case,
         ttl_seconds: upstream.timeout_seconds + HOLD_MARGIN_SECONDS,
@@ -251,7 +276,7 @@ async fn complete(state: AppState, headers: &HeaderMap, body: &[u8]) -> Result<R
         metadata: metadata.to_string(),
     };
     match state.store.execute(Request::new(hold)).await? {
-        store::Executed::Fresh(Ok(Outcome::Held { .. })) => {}
+        store::Executed::Fresh(Ok(Outcome::Held { .. })) => Ok(Payer { hold_id, own: true, _reservation: None }),
         store::Executed::Fresh(Err(Rejection::InsufficientCredits { required, available })) => {
             let mut error = GatewayError::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -261,7 +286,7 @@ async fn complete(state: AppState, headers: &HeaderMap, body: &[u8]) -> Result<R
             );
             error.body.required = Some(required.to_string());
             error.body.available = Some(available.to_string());
-            return Err(error);
+            Err(error)
         }
         store::Executed::Fresh(Err(Rejection::AccountNotFound)) => {
             let mut error = GatewayError::new(
@@ -272,26 +297,104 @@ async fn complete(state: AppState, headers: &HeaderMap, body: &[u8]) -> Result<R
             );
             error.body.required = Some(priced.worst_case.to_string());
             error.body.available = Some(Amount::ZERO.to_string());
-            return Err(error);
+            Err(error)
         }
         other => {
             tracing::error!(?other, "the gateway's hold had an unexpected outcome");
-            return Err(GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "try again"));
+            Err(GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "try again"))
         }
     }
-    // Its own task: the call is settled or released even if this request's client goes away.
-    let settle = tokio::spawn(forward_and_settle(state, upstream, request, hold_id, priced));
-    settle.await.unwrap_or_else(|error| {
-        tracing::error!(%error, "a gateway call's task failed");
-        Err(GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "try again"))
-    })
+}
+
+/// Draws a call from a run's hold (`X-Creditgraph-Hold`, a pending hold of the key's account):
+/// the call's worst case must fit in what the hold has left beside this process's calls in
+/// flight on it; the call's cost is captured from it (partial, not final), and nothing is
+/// released on failure (the hold stays the run's).
+async fn draw_from_run_hold(
+    state: &AppState,
+    key: &ApiKey,
+    value: &HeaderValue,
+    priced: &Priced,
+) -> Result<Payer, GatewayError> {
+    let hold_id = value
+        .to_str()
+        .ok()
+        .and_then(|text| HoldId::parse(text.trim()).ok())
+        .ok_or_else(|| GatewayError::invalid("invalid_hold", format!("{RUN_HOLD_HEADER}: not a hold id")))?;
+    let not_found =
+        || GatewayError::new(StatusCode::NOT_FOUND, "invalid_request_error", "hold_not_found", "no such hold");
+    let hold =
+        state.store.hold(&hold_id).await?.filter(|hold| hold.account_id == key.account_id).ok_or_else(not_found)?;
+    if hold.state != HoldState::Pending || !hold.is_active_at(state.clock.now()) {
+        let message = format!("the hold is {}", hold.state.as_str());
+        return Err(GatewayError::new(StatusCode::CONFLICT, "invalid_request_error", "hold_not_pending", message));
+    }
+    let mut draws = state.gateway_draws.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let in_flight = draws.get(&hold_id).copied().unwrap_or(Amount::ZERO);
+    let remaining = hold.remaining.checked_sub(in_flight).unwrap_or(Amount::ZERO);
+    if priced.worst_case > remaining {
+        let mut error = GatewayError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_quota",
+            "insufficient_credits",
+            format!("this call may cost up to {} credits; the hold has {remaining} left", priced.worst_case),
+        );
+        error.body.required = Some(priced.worst_case.to_string());
+        error.body.remaining = Some(remaining.to_string());
+        return Err(error);
+    }
+    draws.insert(hold_id.clone(), in_flight.plus(priced.worst_case));
+    let reservation =
+        Reservation { draws: Arc::clone(&state.gateway_draws), hold_id: hold_id.clone(), amount: priced.worst_case };
+    Ok(Payer { hold_id, own: false, _reservation: Some(reservation) })
+}
+
+/// A call's worst case counted against a run hold while the call is in flight; uncounted when
+/// dropped (after the call settled).
+struct Reservation {
+    draws: Arc<std::sync::Mutex<std::collections::HashMap<HoldId, Amount>>>,
+    hold_id: HoldId,
+    amount: Amount,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut draws = self.draws.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(in_flight) = draws.get_mut(&self.hold_id) {
+            *in_flight = in_flight.checked_sub(self.amount).unwrap_or(Amount::ZERO);
+            if in_flight.is_zero() {
+                draws.remove(&self.hold_id);
+            }
+        }
+    }
+}
+
+/// Which hold pays for a call.
+struct Payer {
+    hold_id: HoldId,
+    /// The call's own hold (captured `final`, released on failure), or a run's hold it draws
+    /// from (captured partially; never released by the gateway).
+    own: bool,
+    _reservation: Option<Reservation>,
+}
+
+impl Payer {
+    async fn capture(&self, state: &AppState, cost: Amount) {
+        capture(state, &self.hold_id, cost, self.own).await;
+    }
+
+    async fn release(&self, state: &AppState) {
+        if self.own {
+            release(state, &self.hold_id).await;
+        }
+    }
 }
 
 async fn forward_and_settle(
     state: AppState,
     upstream: GatewayUpstream,
     request: Value,
-    hold_id: HoldId,
+    payer: Payer,
     priced: Priced,
 ) -> Result<Response, GatewayError> {
     let url = format!("{}/chat/completions", upstream.base_url.trim_end_matches('/'));
@@ -303,25 +406,25 @@ async fn forward_and_settle(
     let response = match call.send().await {
         Ok(response) => response,
         Err(error) => {
-            release(&state, &hold_id).await;
+            payer.release(&state).await;
             let detail = format!("no answer: {error}");
             return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", detail));
         }
     };
     if priced.streams && response.status().is_success() {
-        return Ok(relay_stream(state, response, hold_id, priced));
+        return Ok(relay_stream(state, response, payer, priced));
     }
     let answered = read_capped(response).await;
     let (status, bytes) = match answered {
         Ok(answer) => answer,
         Err(detail) => {
-            release(&state, &hold_id).await;
+            payer.release(&state).await;
             let error = GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", detail);
             return Err(error);
         }
     };
     if !status.is_success() {
-        release(&state, &hold_id).await;
+        payer.release(&state).await;
         let detail = format!(
             "the upstream answered {}: {}",
             status.as_u16(),
@@ -330,7 +433,7 @@ async fn forward_and_settle(
         return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error", detail));
     }
     let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-        release(&state, &hold_id).await;
+        payer.release(&state).await;
         let error = GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_answer", "not JSON");
         return Err(error);
     };
@@ -356,10 +459,10 @@ async fn forward_and_settle(
         // A 2xx answer without usage: the upstream produced an answer of unknown size.
         _ => priced.worst_case,
     };
-    capture(&state, &hold_id, cost).await;
-    tracing::debug!(hold = %hold_id, latency_ms = started.elapsed().as_millis() as u64, "gateway call answered");
+    payer.capture(&state, cost).await;
+    tracing::debug!(hold = %payer.hold_id, latency_ms = started.elapsed().as_millis() as u64, "gateway call answered");
     let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
-    if let Ok(value) = HeaderValue::from_str(hold_id.as_str()) {
+    if let Ok(value) = HeaderValue::from_str(payer.hold_id.as_str()) {
         response.headers_mut().insert("x-creditgraph-hold-id", value);
     }
     if let Ok(value) = HeaderValue::from_str(&cost.to_string()) {
@@ -368,6 +471,8 @@ async fn forward_and_settle(
     Ok(response)
 }
 
+/// The header naming a run's hold a call draws from instead of holding its own.
+pub const RUN_HOLD_HEADER: &str = "x-creditgraph-hold";
 /// The most bytes of a streamed answer relayed; past it the stream is cut and settled.
 pub const UPSTREAM_STREAM_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -409,10 +514,10 @@ impl StreamTally {
 /// it ends, in a task of its own: from the usage chunk; without one, at the worst case if any
 /// output came, else released. A client that leaves does not stop the relay: the upstream is
 /// read to its end (bounded by the forced output cap) so the call is settled from its usage.
-fn relay_stream(state: AppState, response: reqwest::Response, hold_id: HoldId, priced: Priced) -> Response {
+fn relay_stream(state: AppState, response: reqwest::Response, payer: Payer, priced: Priced) -> Response {
     use futures::StreamExt;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let settled_hold = hold_id.clone();
+    let hold_id = payer.hold_id.clone();
     tokio::spawn(async move {
         let mut upstream = response.bytes_stream();
         let mut tally = StreamTally::default();
@@ -425,7 +530,7 @@ fn relay_stream(state: AppState, response: reqwest::Response, hold_id: HoldId, p
             let Ok(mut chunk) = chunk else { break };
             relayed += chunk.len();
             if relayed > UPSTREAM_STREAM_BYTES_MAX {
-                tracing::error!(hold = %settled_hold, "a streamed answer passed the size limit; cut");
+                tracing::error!(hold = %payer.hold_id, "a streamed answer passed the size limit; cut");
                 break;
             }
             tally.read(&chunk);
@@ -443,10 +548,10 @@ fn relay_stream(state: AppState, response: reqwest::Response, hold_id: HoldId, p
         match tally.usage {
             Some((prompt, completion)) => {
                 let cost = priced.prices.cost(prompt, completion).unwrap_or(priced.worst_case).min(priced.worst_case);
-                capture(&state, &settled_hold, cost).await;
+                payer.capture(&state, cost).await;
             }
-            None if tally.produced => capture(&state, &settled_hold, priced.worst_case).await,
-            None => release(&state, &settled_hold).await,
+            None if tally.produced => payer.capture(&state, priced.worst_case).await,
+            None => payer.release(&state).await,
         }
         if !client_gone && !held_back.is_empty() {
             let _ = sender.send(Ok(held_back)).await;
@@ -470,8 +575,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
 
-async fn capture(state: &AppState, hold_id: &HoldId, cost: Amount) {
-    let capture = Command::Capture { hold_id: hold_id.clone(), amount: cost, is_final: true, overage: Overage::Reject };
+async fn capture(state: &AppState, hold_id: &HoldId, cost: Amount, is_final: bool) {
+    let capture = Command::Capture { hold_id: hold_id.clone(), amount: cost, is_final, overage: Overage::Reject };
     match state.store.execute(Request::new(capture)).await {
         Ok(store::Executed::Fresh(Ok(_))) => tracing::info!(hold = %hold_id, %cost, "gateway call settled"),
         other => tracing::error!(?other, hold = %hold_id, "a gateway call's capture failed"),

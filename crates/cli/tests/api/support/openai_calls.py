@@ -2,7 +2,7 @@
 for creditgraph's tests (the gateway must work with the SDK unchanged).
 
 Usage: openai_calls.py '<json plan>' where the plan is {"base_url", "api_key", "model",
-"calls", "max_tokens", "messages", "stream"?}. All calls run at once (one thread each). Prints one JSON
+"calls", "max_tokens", "messages", "stream"?, "headers"?}. All calls run at once (one thread each). Prints one JSON
 line per call as it ends (in the order they end): {"ok": true, "hold_id", "cost", "usage": {...}, "content"} or
 {"ok": false, "status", "code", "required", "available"}.
 """
@@ -32,7 +32,7 @@ def call(_index):
     try:
         raw = client.chat.completions.with_raw_response.create(
             model=plan["model"], messages=plan["messages"], max_tokens=plan["max_tokens"],
-            stream=plan.get("stream", False),
+            stream=plan.get("stream", False), extra_headers=plan.get("headers"),
         )
         if plan.get("stream", False):
             content, usage = streamed(raw)
@@ -58,6 +58,7 @@ def call(_index):
             "code": error.code,
             "required": body.get("required"),
             "available": body.get("available"),
+            "remaining": body.get("remaining"),
         }
 
 
