@@ -117,8 +117,9 @@ async fn check(app: &Router, request: Request<Body>) -> Result<(StatusCode, Valu
         .to_bytes();
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned();
     prop_assert!(!status.is_server_error(), "{what}: {status} {text}");
-    if status.is_client_error() && what.contains("/v1/chat/completions") {
-        // The OpenAI-compatible route answers errors in OpenAI's shape, as its SDKs expect.
+    let openai_compatible = ["/v1/chat/completions", "/v1/models"].iter().any(|path| what.contains(path));
+    if status.is_client_error() && openai_compatible {
+        // The OpenAI-compatible routes answer errors in OpenAI's shape, as its SDKs expect.
         let error: Value = serde_json::from_slice(&bytes)
             .map_err(|error| TestCaseError::fail(format!("{what}: error is not JSON ({error}): {text}")))?;
         for member in ["message", "type", "code"] {
@@ -440,6 +441,7 @@ const GET_ROUTES: &[&str] = &[
     "/v1/webhook-endpoints",
     "/v1/webhook-endpoints/{id}",
     "/v1/accounts/{id}/keys",
+    "/v1/models",
     "/v1/openapi.json",
     "/healthz",
     "/readyz",

@@ -31,6 +31,7 @@ use crate::routes::{
         api_keys::list_keys,
         api_keys::revoke_key,
         gateway::chat_completions,
+        gateway::list_models,
         webhooks::create_endpoint,
         webhooks::list_endpoints,
         webhooks::get_endpoint,

@@ -309,6 +309,13 @@ async fn keys_and_errors() {
     };
     let (status, answer) = chat(key.clone(), body(json!({}))).await;
     assert_eq!(status, 200, "{answer}");
+    // The models this key may call, in OpenAI's list shape.
+    let models = app.client.get(format!("{}/v1/models", app.address)).bearer_auth(&key).send().await.expect("answers");
+    let models: Value = models.json().await.expect("JSON");
+    assert_eq!(
+        models["data"].as_array().map(|data| data.iter().map(|model| model["id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(MODEL)])
+    );
     // A context larger than the API's other bodies (64 KiB) is served (up to 1 MiB).
     let long = json!([
         {"role": "system", "content": "[creditgraph:general_chat] Summarise."},

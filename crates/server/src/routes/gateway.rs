@@ -137,6 +137,30 @@ pub async fn chat_completions(
     }
 }
 
+/// The models the caller's gateway key may call, in OpenAI's list shape.
+#[utoipa::path(
+    get, path = "/v1/models", tag = "gateway",
+    responses(
+        (status = 200, description = "`{object: list, data: [{id, object: model, created, owned_by}]}`"),
+        (status = 401, body = OpenAiErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let key = match authenticate(&state, &headers).await {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
+    let catalog = state.catalog.as_ref().map(|catalog| catalog.current());
+    let models: Vec<Value> = catalog
+        .iter()
+        .flat_map(|catalog| catalog.gateway_models().map(|(name, _)| name.to_owned()).collect::<Vec<_>>())
+        .filter(|name| key.allows_model(name))
+        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "creditgraph"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": models})).into_response()
+}
+
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ApiKey, GatewayError> {
     let text = headers
         .get(header::AUTHORIZATION)
