@@ -216,6 +216,31 @@ async fn fifty_concurrent_calls_never_overspend_twenty_worst_cases() {
     app.assert_verified().await;
 }
 
+/// LangChain's `ChatOpenAI` pointed at the gateway works unchanged, and its call is charged its
+/// exact tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn langchain_chat_openai_works_through_the_gateway() {
+    let (app, fake) = spawn_app_with_provider(false, |_| {}).await;
+    fake.on_default(Purpose::GeneralChat, FakeReply::text("Four."));
+    app.fund("lc", "100").await;
+    let key = new_key(&app, "lc").await;
+    let python = std::env::var("CREDITGRAPH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/support/langchain_call.py");
+    let plan = json!({
+        "base_url": format!("{}/v1", app.address), "api_key": key, "model": MODEL, "max_tokens": 50,
+        "messages": messages(),
+    });
+    let output = tokio::process::Command::new(&python).arg(script).arg(plan.to_string()).output().await.expect("runs");
+    assert!(output.status.success(), "LangChain's call failed (is langchain-openai installed?): {output:?}");
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(answer["content"], "Four.");
+    let cost = prices()
+        .cost(answer["prompt_tokens"].as_u64().expect("usage"), answer["completion_tokens"].as_u64().expect("usage"))
+        .expect("in range");
+    let balance = Amount::from_credits(100).checked_sub(cost).expect("affordable");
+    assert_eq!(app.figures("lc").await, (balance.to_string(), "0".to_owned(), balance.to_string()));
+}
+
 /// Reads the script's result lines until `count` have come.
 async fn first_results(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
