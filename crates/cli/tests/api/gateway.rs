@@ -241,6 +241,81 @@ async fn langchain_chat_openai_works_through_the_gateway() {
     assert_eq!(app.figures("lc").await, (balance.to_string(), "0".to_owned(), balance.to_string()));
 }
 
+/// An upstream that answers a stream's head and then dies: the first connection after one
+/// chunk of output, the next ones before any. (A raw socket: the fake provider always finishes.)
+async fn dying_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let address = listener.local_addr().expect("an address");
+    tokio::spawn(async move {
+        let mut connections = 0;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            connections += 1;
+            // The whole request first (head, then as many body bytes as it announces).
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 8192];
+            loop {
+                let Ok(read) = socket.read(&mut buffer).await else { break };
+                request.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let Some(head_end) = text.find("\r\n\r\n") else { continue };
+                let length = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|value| value.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if read == 0 || request.len() >= head_end + 4 + length {
+                    break;
+                }
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            if connections == 1 {
+                let data = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+                let _ = socket.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes()).await;
+            }
+            let _ = socket.flush().await;
+            drop(socket);
+        }
+    });
+    format!("http://{address}")
+}
+
+/// A stream whose upstream dies: settled at the worst case when output had come, released when
+/// none had — and the client's stream ends only once the call is settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_mid_stream_settles_by_the_rule() {
+    let upstream = dying_upstream().await;
+    let app = crate::helpers::spawn_app_with(move |settings| {
+        settings.runs.llm = Some(engine::provider::openai::OpenAiConfig::new(upstream));
+    })
+    .await;
+    app.fund("cut", "10").await;
+    let key = new_key(&app, "cut").await;
+    let stream = |max_tokens: u64| {
+        let request = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.address))
+            .bearer_auth(&key)
+            .json(&json!({"model": MODEL, "messages": messages(), "max_tokens": max_tokens, "stream": true}));
+        async move {
+            let response = request.send().await.expect("answers");
+            assert_eq!(response.status(), 200);
+            let hold_id = response.headers()["x-creditgraph-hold-id"].to_str().expect("text").to_owned();
+            let body = response.bytes().await.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+            (hold_id, body.unwrap_or_default())
+        }
+    };
+    let (hold_id, body) = stream(40).await;
+    assert!(body.contains("Hel"), "the output that came was relayed: {body}");
+    let hold = app.get_hold(&hold_id).await;
+    assert_eq!((hold.str("state"), hold.str("captured")), ("captured", worst_case(40).to_string().as_str()));
+    let (hold_id, _) = stream(40).await;
+    assert_eq!(app.get_hold(&hold_id).await.str("state"), "released", "no output: nothing charged");
+    let balance = Amount::from_credits(10).checked_sub(worst_case(40)).expect("affordable");
+    assert_eq!(app.figures("cut").await, (balance.to_string(), "0".to_owned(), balance.to_string()));
+}
+
 /// Reads the script's result lines until `count` have come.
 async fn first_results(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
