@@ -254,8 +254,7 @@ async fn dying_upstream() -> String {
             // The whole request first (head, then as many body bytes as it announces).
             let mut request = Vec::new();
             let mut buffer = [0u8; 8192];
-            loop {
-                let Ok(read) = socket.read(&mut buffer).await else { break };
+            while let Ok(read) = socket.read(&mut buffer).await {
                 request.extend_from_slice(&buffer[..read]);
                 let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
                 let Some(head_end) = text.find("\r\n\r\n") else { continue };
