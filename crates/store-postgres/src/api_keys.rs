@@ -3,7 +3,9 @@
 
 use deadpool_postgres::Object;
 use ledger::{AccountId, Amount, Timestamp};
-use store::api_keys::{decode_models, encode_models, ApiKey, ApiKeyCreated, KEYS_PER_ACCOUNT_MAX};
+use store::api_keys::{
+    decode_models, encode_models, ApiKey, ApiKeyCreated, GatewayCall, UsageRow, KEYS_PER_ACCOUNT_MAX, USAGE_ROWS_MAX,
+};
 use store::codec::undecodable;
 use store::{ApiKeyId, StoreError};
 use tokio_postgres::{IsolationLevel, Row};
@@ -95,4 +97,79 @@ pub(crate) async fn revoke(
     );
     let row = client.query_opt(&sql, &[&account_id.as_str(), &key_id.as_str(), &now.micros()]).await?;
     Ok(row.as_ref().map(key_row).transpose()?)
+}
+
+fn micros(amount: Amount) -> Result<i64, StoreError> {
+    i64::try_from(amount.micros()).map_err(|_| StoreError::corrupt("an amount beyond i64"))
+}
+
+pub(crate) async fn record(client: &Object, call: &GatewayCall) -> Result<(), Failure> {
+    let tokens = |count: Option<u64>| count.map(|count| i64::try_from(count).unwrap_or(i64::MAX));
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO gateway_calls (account_id, key_id, hold_id, model, catalog_version, prompt_tokens, \
+                 completion_tokens, cost, worst_case, settlement, upstream_status, latency_ms, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .await?;
+    let (prompt, completion) = (tokens(call.prompt_tokens), tokens(call.completion_tokens));
+    let (cost, worst_case) = (micros(call.cost)?, micros(call.worst_case)?);
+    let (status, latency) = (i32::from(call.upstream_status), i64::try_from(call.latency_ms).unwrap_or(i64::MAX));
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+        &call.account_id.as_str(),
+        &call.key_id.as_str(),
+        &call.hold_id.as_str(),
+        &call.model,
+        &call.catalog_version,
+        &prompt,
+        &completion,
+        &cost,
+        &worst_case,
+        &call.settlement.as_str(),
+        &status,
+        &latency,
+        &call.at.micros(),
+    ];
+    client.execute(&statement, &parameters).await?;
+    Ok(())
+}
+
+pub(crate) async fn usage(
+    client: &Object,
+    account_id: &AccountId,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<UsageRow>, Failure> {
+    let statement = client
+        .prepare_cached(
+            "SELECT to_char(to_timestamp(at / 1000000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, model, count(*), \
+                 coalesce(sum(prompt_tokens), 0)::BIGINT, coalesce(sum(completion_tokens), 0)::BIGINT, sum(cost)::BIGINT \
+             FROM gateway_calls WHERE account_id = $1 AND at >= $2 AND at < $3 \
+             GROUP BY day, model ORDER BY day, model LIMIT $4",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&account_id.as_str(), &from.micros(), &to.micros(), &i64::from(USAGE_ROWS_MAX)])
+        .await?;
+    let count = |value: i64| u64::try_from(value).map_err(|_| undecodable("usage"));
+    let mut usage = Vec::with_capacity(rows.len());
+    for row in &rows {
+        usage.push(UsageRow {
+            day: row.try_get(0)?,
+            model: row.try_get(1)?,
+            calls: count(row.try_get(2)?)?,
+            prompt_tokens: count(row.try_get(3)?)?,
+            completion_tokens: count(row.try_get(4)?)?,
+            cost: Amount::from_micros(count(row.try_get(5)?)?),
+        });
+    }
+    Ok(usage)
+}
+
+pub(crate) async fn spent_since(client: &Object, key_id: &ApiKeyId, since: Timestamp) -> Result<Amount, Failure> {
+    let statement = client
+        .prepare_cached("SELECT coalesce(sum(cost), 0)::BIGINT FROM gateway_calls WHERE key_id = $1 AND at >= $2")
+        .await?;
+    let spent: i64 = client.query_one(&statement, &[&key_id.as_str(), &since.micros()]).await?.try_get(0)?;
+    Ok(u64::try_from(spent).map(Amount::from_micros).map_err(|_| undecodable("key spending"))?)
 }

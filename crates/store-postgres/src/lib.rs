@@ -972,6 +972,30 @@ impl LedgerStore for PostgresStore {
         .await
     }
 
+    async fn record_gateway_call(&self, call: &store::api_keys::GatewayCall) -> Result<(), StoreError> {
+        self.retrying("recording a gateway call", || async { api_keys::record(&self.client().await?, call).await })
+            .await
+    }
+
+    async fn gateway_usage(
+        &self,
+        account_id: &AccountId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<store::api_keys::UsageRow>, StoreError> {
+        self.retrying("reading gateway usage", || async {
+            api_keys::usage(&self.client().await?, account_id, from, to).await
+        })
+        .await
+    }
+
+    async fn key_spent_since(&self, key_id: &store::ApiKeyId, since: Timestamp) -> Result<ledger::Amount, StoreError> {
+        self.retrying("reading a key's spending", || async {
+            api_keys::spent_since(&self.client().await?, key_id, since).await
+        })
+        .await
+    }
+
     async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {
         let client = self.client().await?;
         let insert = client

@@ -353,6 +353,27 @@ CREATE TABLE api_keys (
     revoked_at BIGINT
 );
 CREATE INDEX api_keys_by_account ON api_keys (account_id, created_at);
+
+-- Every settled gateway call (store::api_keys::GatewayCall): the journal holds its money, this
+-- what it was. Summed by account and time (usage), and by key and time (daily limits).
+CREATE TABLE gateway_calls (
+    seq BIGSERIAL PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    hold_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    catalog_version TEXT NOT NULL,
+    prompt_tokens BIGINT,
+    completion_tokens BIGINT,
+    cost BIGINT NOT NULL CHECK (cost >= 0),
+    worst_case BIGINT NOT NULL CHECK (worst_case >= 0),
+    settlement TEXT NOT NULL CHECK (settlement IN ('usage', 'worst_case', 'released')),
+    upstream_status INTEGER NOT NULL,
+    latency_ms BIGINT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX gateway_calls_by_account ON gateway_calls (account_id, at);
+CREATE INDEX gateway_calls_by_key ON gateway_calls (key_id, at);
 "#,
     },
 ];

@@ -2,7 +2,9 @@
 
 use ledger::{AccountId, Amount, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use store::api_keys::{decode_models, encode_models, ApiKey, ApiKeyCreated, KEYS_PER_ACCOUNT_MAX};
+use store::api_keys::{
+    decode_models, encode_models, ApiKey, ApiKeyCreated, GatewayCall, UsageRow, KEYS_PER_ACCOUNT_MAX, USAGE_ROWS_MAX,
+};
 use store::{codec, ApiKeyId, StoreError};
 
 use crate::rows::sql_error;
@@ -12,12 +14,14 @@ use crate::rows::sql_error;
 pub(crate) enum ApiKeyWork {
     Create(ApiKey),
     Revoke { account_id: AccountId, key_id: ApiKeyId, now: Timestamp },
+    Record(Box<GatewayCall>),
 }
 
 #[derive(Debug)]
 pub(crate) enum ApiKeyAnswer {
     Created(ApiKeyCreated),
     Revoked(Option<ApiKey>),
+    Recorded,
 }
 
 impl ApiKeyAnswer {
@@ -33,6 +37,7 @@ pub(crate) fn perform(conn: &Connection, work: &ApiKeyWork) -> Result<ApiKeyAnsw
         ApiKeyWork::Revoke { account_id, key_id, now } => {
             revoke(conn, account_id, key_id, *now).map(ApiKeyAnswer::Revoked)
         }
+        ApiKeyWork::Record(call) => record(conn, call).map(|()| ApiKeyAnswer::Recorded),
     }
 }
 
@@ -122,4 +127,85 @@ pub(crate) fn of_account(conn: &Connection, account_id: &AccountId) -> Result<Ve
     let rows =
         statement.query_map(params![account_id.as_str(), KEYS_PER_ACCOUNT_MAX as i64], key_row).map_err(sql_error)?;
     rows.map(|row| row.map_err(sql_error)?).collect()
+}
+
+fn micros(amount: Amount) -> Result<i64, StoreError> {
+    i64::try_from(amount.micros()).map_err(|_| StoreError::corrupt("an amount beyond i64"))
+}
+
+fn record(conn: &Connection, call: &GatewayCall) -> Result<(), StoreError> {
+    let tokens = |count: Option<u64>| count.map(|count| i64::try_from(count).unwrap_or(i64::MAX));
+    conn.prepare_cached(
+        "INSERT INTO gateway_calls (account_id, key_id, hold_id, model, catalog_version, prompt_tokens, \
+             completion_tokens, cost, worst_case, settlement, upstream_status, latency_ms, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        call.account_id.as_str(),
+        call.key_id.as_str(),
+        call.hold_id.as_str(),
+        call.model,
+        call.catalog_version,
+        tokens(call.prompt_tokens),
+        tokens(call.completion_tokens),
+        micros(call.cost)?,
+        micros(call.worst_case)?,
+        call.settlement.as_str(),
+        i64::from(call.upstream_status),
+        i64::try_from(call.latency_ms).unwrap_or(i64::MAX),
+        call.at.micros(),
+    ])
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+pub(crate) fn usage(
+    conn: &Connection,
+    account_id: &AccountId,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<UsageRow>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT date(at / 1000000, 'unixepoch') AS day, model, count(*), \
+                 coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), sum(cost) \
+             FROM gateway_calls WHERE account_id = ?1 AND at >= ?2 AND at < ?3 \
+             GROUP BY day, model ORDER BY day, model LIMIT ?4",
+        )
+        .map_err(sql_error)?;
+    let rows = statement
+        .query_map(params![account_id.as_str(), from.micros(), to.micros(), i64::from(USAGE_ROWS_MAX)], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(sql_error)?;
+    rows.map(|row| {
+        let (day, model, calls, prompt, completion, cost) = row.map_err(sql_error)?;
+        let count = |value: i64| u64::try_from(value).map_err(|_| codec::undecodable("usage"));
+        Ok(UsageRow {
+            model,
+            day,
+            calls: count(calls)?,
+            prompt_tokens: count(prompt)?,
+            completion_tokens: count(completion)?,
+            cost: Amount::from_micros(count(cost)?),
+        })
+    })
+    .collect()
+}
+
+pub(crate) fn spent_since(conn: &Connection, key_id: &ApiKeyId, since: Timestamp) -> Result<Amount, StoreError> {
+    let spent: i64 = conn
+        .prepare_cached("SELECT coalesce(sum(cost), 0) FROM gateway_calls WHERE key_id = ?1 AND at >= ?2")
+        .map_err(sql_error)?
+        .query_row(params![key_id.as_str(), since.micros()], |row| row.get(0))
+        .map_err(sql_error)?;
+    u64::try_from(spent).map(Amount::from_micros).map_err(|_| codec::undecodable("key spending"))
 }

@@ -516,7 +516,7 @@ impl LedgerStore for SqliteStore {
     ) -> Result<store::api_keys::ApiKeyCreated, StoreError> {
         match self.call(Work::ApiKey, Box::new(api_keys::ApiKeyWork::Create(key.clone()))).await? {
             api_keys::ApiKeyAnswer::Created(created) => Ok(created),
-            api_keys::ApiKeyAnswer::Revoked(_) => Err(api_keys::ApiKeyAnswer::mismatch()),
+            _ => Err(api_keys::ApiKeyAnswer::mismatch()),
         }
     }
 
@@ -539,8 +539,30 @@ impl LedgerStore for SqliteStore {
         let work = api_keys::ApiKeyWork::Revoke { account_id: account_id.clone(), key_id: key_id.clone(), now };
         match self.call(Work::ApiKey, Box::new(work)).await? {
             api_keys::ApiKeyAnswer::Revoked(key) => Ok(key),
-            api_keys::ApiKeyAnswer::Created(_) => Err(api_keys::ApiKeyAnswer::mismatch()),
+            _ => Err(api_keys::ApiKeyAnswer::mismatch()),
         }
+    }
+
+    async fn record_gateway_call(&self, call: &store::api_keys::GatewayCall) -> Result<(), StoreError> {
+        match self.call(Work::ApiKey, Box::new(api_keys::ApiKeyWork::Record(Box::new(call.clone())))).await? {
+            api_keys::ApiKeyAnswer::Recorded => Ok(()),
+            _ => Err(api_keys::ApiKeyAnswer::mismatch()),
+        }
+    }
+
+    async fn gateway_usage(
+        &self,
+        account_id: &AccountId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<store::api_keys::UsageRow>, StoreError> {
+        let account_id = account_id.clone();
+        self.readers.run(move |conn| api_keys::usage(conn, &account_id, from, to)).await
+    }
+
+    async fn key_spent_since(&self, key_id: &store::ApiKeyId, since: Timestamp) -> Result<ledger::Amount, StoreError> {
+        let key_id = key_id.clone();
+        self.readers.run(move |conn| api_keys::spent_since(conn, &key_id, since)).await
     }
 
     async fn put_plan(&self, plan: &store::plans::Plan) -> Result<store::plans::PlanPut, StoreError> {

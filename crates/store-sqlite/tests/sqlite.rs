@@ -427,7 +427,7 @@ const UNDO_VERSION_6: &str = "DROP INDEX runs_hold_pending; DROP INDEX runs_canc
      DELETE FROM schema_migrations WHERE version >= 6;";
 
 const UNDO_VERSION_8: &str =
-    "DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
+    "DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
 
 const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
      CREATE INDEX holds_pending_by_account ON holds (account_id) WHERE state = 'pending'; \

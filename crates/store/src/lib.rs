@@ -354,6 +354,30 @@ pub trait LedgerStore: Send + Sync + 'static {
         Err(StoreError::unavailable(format!("the {} store keeps no gateway keys", self.backend())))
     }
 
+    /// Records a settled gateway call.
+    async fn record_gateway_call(&self, call: &api_keys::GatewayCall) -> Result<(), StoreError> {
+        let _ = call;
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway calls", self.backend())))
+    }
+
+    /// An account's gateway calls at `from <= at < to`, summed by model and UTC day (day, then
+    /// model order; at most [`api_keys::USAGE_ROWS_MAX`] rows).
+    async fn gateway_usage(
+        &self,
+        account_id: &AccountId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<api_keys::UsageRow>, StoreError> {
+        let _ = (account_id, from, to);
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway calls", self.backend())))
+    }
+
+    /// What a key's calls were charged since `since`.
+    async fn key_spent_since(&self, key_id: &ApiKeyId, since: Timestamp) -> Result<ledger::Amount, StoreError> {
+        let _ = (key_id, since);
+        Err(StoreError::unavailable(format!("the {} store keeps no gateway calls", self.backend())))
+    }
+
     /// Writes a plan unless one with its id exists (plans never change): what was done.
     async fn put_plan(&self, plan: &plans::Plan) -> Result<plans::PlanPut, StoreError> {
         let _ = plan;

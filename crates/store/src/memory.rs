@@ -64,8 +64,9 @@ struct Inner {
     /// Webhook endpoints by id, and their deliveries by (endpoint, event seq).
     webhook_endpoints: BTreeMap<crate::EndpointId, crate::webhooks::Endpoint>,
     deliveries: BTreeMap<(crate::EndpointId, u64), MemoryDelivery>,
-    /// Gateway keys in creation order.
+    /// Gateway keys in creation order, and the calls made with them.
     api_keys: Vec<crate::api_keys::ApiKey>,
+    gateway_calls: Vec<crate::api_keys::GatewayCall>,
 }
 
 /// A webhook delivery as the SQL stores' `webhook_deliveries` row keeps it.
@@ -623,6 +624,36 @@ impl LedgerStore for MemoryStore {
         };
         key.revoked_at.get_or_insert(now);
         Ok(Some(key.clone()))
+    }
+
+    async fn record_gateway_call(&self, call: &crate::api_keys::GatewayCall) -> Result<(), StoreError> {
+        self.lock().gateway_calls.push(call.clone());
+        Ok(())
+    }
+
+    async fn gateway_usage(
+        &self,
+        account_id: &AccountId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<crate::api_keys::UsageRow>, StoreError> {
+        let inner = self.lock();
+        let calls: Vec<_> = inner
+            .gateway_calls
+            .iter()
+            .filter(|call| &call.account_id == account_id && call.at >= from && call.at < to)
+            .cloned()
+            .collect();
+        let mut rows = crate::api_keys::usage_rows(&calls);
+        rows.truncate(crate::api_keys::USAGE_ROWS_MAX as usize);
+        Ok(rows)
+    }
+
+    async fn key_spent_since(&self, key_id: &crate::ApiKeyId, since: Timestamp) -> Result<Amount, StoreError> {
+        let inner = self.lock();
+        let spent =
+            inner.gateway_calls.iter().filter(|call| &call.key_id == key_id && call.at >= since).map(|call| call.cost);
+        Ok(Amount::sum(spent))
     }
 
     async fn put_plan(&self, plan: &crate::plans::Plan) -> Result<crate::plans::PlanPut, StoreError> {

@@ -4,7 +4,7 @@
 use ledger::Amount;
 
 use super::{account, new_id, Harness};
-use crate::api_keys::{ApiKey, ApiKeyCreated, KEYS_PER_ACCOUNT_MAX};
+use crate::api_keys::{ApiKey, ApiKeyCreated, CallSettlement, GatewayCall, KEYS_PER_ACCOUNT_MAX};
 use crate::ApiKeyId;
 
 fn key(h: &Harness, account_id: &str, hash: &str) -> ApiKey {
@@ -53,4 +53,71 @@ pub async fn api_keys_are_found_by_hash_and_revoked_once(h: Harness) {
     assert_eq!(h.store.create_api_key(&over).await.unwrap(), ApiKeyCreated::Limit);
     let elsewhere = key(&h, &other, &format!("{:3>64}", new_id()));
     assert!(matches!(h.store.create_api_key(&elsewhere).await.unwrap(), ApiKeyCreated::Created(_)));
+}
+
+fn call(account_id: &str, key_id: &ApiKeyId, model: &str, cost: &str, at: ledger::Timestamp) -> GatewayCall {
+    GatewayCall {
+        account_id: account(account_id),
+        key_id: key_id.clone(),
+        hold_id: ledger::HoldId::parse(&new_id()).expect("an id"),
+        model: model.to_owned(),
+        catalog_version: "sha256:0".to_owned(),
+        prompt_tokens: Some(10),
+        completion_tokens: Some(5),
+        cost: Amount::parse(cost).expect("an amount"),
+        worst_case: Amount::from_credits(1),
+        settlement: CallSettlement::Usage,
+        upstream_status: 200,
+        latency_ms: 3,
+        at,
+    }
+}
+
+/// Calls are summed by UTC day and model within `[from, to)`, per account; a key's spending is
+/// summed since a time; a released call counts its tokens and no cost.
+pub async fn api_keys_calls_are_summed_by_day_and_model(h: Harness) {
+    let name = format!("u-{}", new_id());
+    let key_id = ApiKeyId::generate();
+    let other_key = ApiKeyId::generate();
+    let day = |text: &str| {
+        let instant: jiff::Timestamp = text.parse().expect("an RFC 3339 time");
+        ledger::Timestamp::from_micros(instant.as_microsecond())
+    };
+    let calls = [
+        call(&name, &key_id, "m-a", "0.5", day("2026-12-01T10:00:00Z")),
+        call(&name, &key_id, "m-a", "0.25", day("2026-12-01T23:59:59Z")),
+        call(&name, &other_key, "m-b", "1", day("2026-12-01T12:00:00Z")),
+        call(&name, &key_id, "m-a", "2", day("2026-12-02T00:00:00Z")),
+        GatewayCall {
+            settlement: CallSettlement::Released,
+            cost: Amount::ZERO,
+            ..call(&name, &key_id, "m-a", "0", day("2026-12-02T01:00:00Z"))
+        },
+        call("someone-else", &key_id, "m-a", "7", day("2026-12-01T10:00:00Z")),
+    ];
+    for call in &calls {
+        h.store.record_gateway_call(call).await.expect("store answers");
+    }
+    let usage =
+        h.store.gateway_usage(&account(&name), day("2026-12-01T00:00:00Z"), day("2026-12-03T00:00:00Z")).await.unwrap();
+    let summary: Vec<(&str, &str, u64, u64, String)> = usage
+        .iter()
+        .map(|row| (row.day.as_str(), row.model.as_str(), row.calls, row.prompt_tokens, row.cost.to_string()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("2026-12-01", "m-a", 2, 20, "0.75".to_owned()),
+            ("2026-12-01", "m-b", 1, 10, "1".to_owned()),
+            ("2026-12-02", "m-a", 2, 20, "2".to_owned()),
+        ]
+    );
+    let first_day =
+        h.store.gateway_usage(&account(&name), day("2026-12-01T00:00:00Z"), day("2026-12-02T00:00:00Z")).await.unwrap();
+    assert_eq!(first_day.len(), 2, "`to` is exclusive");
+    assert_eq!(h.store.key_spent_since(&key_id, day("2026-12-02T00:00:00Z")).await.unwrap(), Amount::from_credits(2));
+    assert_eq!(
+        h.store.key_spent_since(&key_id, day("2026-12-01T00:00:00Z")).await.unwrap(),
+        Amount::parse("9.75").unwrap()
+    );
 }

@@ -91,6 +91,7 @@ macro_rules! conformance_tests {
             webhooks_replay_rotate_and_disable
             webhooks_against_model
             api_keys_are_found_by_hash_and_revoked_once
+            api_keys_calls_are_summed_by_day_and_model
         );
         $crate::conformance_tests!(@runs $factory;
             runs_create_then_read_back
