@@ -442,6 +442,7 @@ const GET_ROUTES: &[&str] = &[
     "/v1/webhook-endpoints/{id}",
     "/v1/accounts/{id}/keys",
     "/v1/models",
+    "/v1/accounts/{id}/usage",
     "/v1/openapi.json",
     "/healthz",
     "/readyz",

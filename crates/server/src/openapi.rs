@@ -30,6 +30,7 @@ use crate::routes::{
         api_keys::create_key,
         api_keys::list_keys,
         api_keys::revoke_key,
+        api_keys::usage,
         gateway::chat_completions,
         gateway::list_models,
         webhooks::create_endpoint,

@@ -77,6 +77,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/accounts/{account_id}/keys", get(api_keys::list_keys), Timing::Handler),
         (Method::DELETE, "/v1/accounts/{account_id}/keys/{key_id}", delete(api_keys::revoke_key), Timing::Handler),
         (Method::GET, "/v1/models", get(gateway::list_models), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/usage", get(api_keys::usage), Timing::Handler),
         // Bounded by the upstream timeout instead of the handler deadline (a completion takes long).
         (
             Method::POST,

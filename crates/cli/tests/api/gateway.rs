@@ -10,6 +10,7 @@ use engine::provider::Purpose;
 use engine::testing::{FakeProvider, FakeReply, Gate};
 use ledger::Amount;
 use serde_json::{json, Value};
+use store::Clock;
 
 use crate::helpers::{spawn_app_with_provider, TestApp};
 
@@ -108,6 +109,15 @@ async fn one_call_charges_its_tokens(postgres: bool) {
     // The upstream got the output cap the gateway held for.
     let forwarded = fake.requests().pop().expect("one request");
     assert_eq!(forwarded["max_tokens"], 50, "{forwarded}");
+    // The call is recorded: usage by day and model, and by model.
+    let today = store::api_keys::utc_day(app.clock.now()).0;
+    let usage = app.get("/v1/accounts/gw/usage").await;
+    let expected = json!([{"day": today, "model": MODEL, "calls": 1, "prompt_tokens": prompt,
+        "completion_tokens": completion, "cost": cost.to_string()}]);
+    assert_eq!(usage.assert_status(200)["rows"], expected);
+    let by_model = app.get("/v1/accounts/gw/usage?group_by=model").await;
+    assert_eq!(by_model.assert_status(200)["rows"][0].get("day"), None);
+    app.get("/v1/accounts/gw/usage?group_by=week").await.assert_problem(422, "invalid_request");
     app.assert_verified().await;
 }
 
@@ -435,6 +445,15 @@ async fn keys_and_errors() {
     let (status, error) = chat(key.clone(), json!({"model": MODEL})).await;
     assert_eq!((status, &error["error"]["code"]), (400, &json!("invalid_messages")), "{error}");
     assert_eq!(app.figures("kay").await.1, "0", "no hold left behind by a refused call");
+
+    // A key's daily limit: the worst case must fit in what it has left today.
+    let limited = app.post("/v1/accounts/kay/keys", json!({"daily_limit": "0.005"})).await;
+    let limited = limited.assert_status(201)["key"].as_str().expect("a key").to_owned();
+    let (status, answer) = chat(limited.clone(), body(json!({"max_tokens": 50}))).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, error) = chat(limited, body(json!({"max_tokens": 50}))).await;
+    assert_eq!((status, &error["error"]["code"]), (402, &json!("key_daily_limit")), "{error}");
+    assert!(error["error"]["remaining"].is_string(), "{error}");
 
     let key_id = created["key_id"].as_str().expect("an id");
     let revoked = app.request_delete(&format!("/v1/accounts/kay/keys/{key_id}")).await;

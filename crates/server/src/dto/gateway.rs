@@ -1,7 +1,7 @@
 //! The LLM gateway's keys (`/v1/accounts/{id}/keys`) and its OpenAI-shaped errors.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// `POST /v1/accounts/{account_id}/keys`
 #[derive(Debug, Deserialize, ToSchema)]
@@ -62,4 +62,40 @@ pub struct OpenAiError {
     /// With `insufficient_credits` on a run's hold (`X-Creditgraph-Hold`): what it has left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<String>,
+}
+
+/// Query of `GET /v1/accounts/{account_id}/usage`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// From this time (RFC 3339, inclusive); default 30 days before `to`.
+    pub from: Option<String>,
+    /// To this time (RFC 3339, exclusive); default now (inclusive).
+    pub to: Option<String>,
+    /// `model` or `day`; by both when absent.
+    pub group_by: Option<String>,
+}
+
+/// The gateway calls of an account, summed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageResponse {
+    pub from: String,
+    pub to: String,
+    pub rows: Vec<UsageRowResponse>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageRowResponse {
+    /// The UTC day (`YYYY-MM-DD`), unless grouped by model only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    /// Unless grouped by day only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Credits charged (decimal).
+    pub cost: String,
 }

@@ -9,12 +9,14 @@ use sha2::{Digest, Sha256};
 use store::api_keys::{ApiKey, ApiKeyCreated, KEYS_PER_ACCOUNT_MAX, KEY_MODELS_MAX, KEY_NAME_BYTES_MAX};
 use store::ApiKeyId;
 
-use crate::dto::{ApiKeyRequest, ApiKeyResponse, ApiKeysResponse, Problem};
+use crate::dto::{
+    ApiKeyRequest, ApiKeyResponse, ApiKeysResponse, Problem, UsageQuery, UsageResponse, UsageRowResponse,
+};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, JsonBody, RequireAdmin};
+use crate::extract::{ApiPath, ApiQuery, JsonBody, RequireAdmin, RequireService};
 use crate::routes::json;
 use crate::state::AppState;
-use crate::wire::{self, parse_id};
+use crate::wire::{self, parse_id, parse_time};
 
 /// The prefix of every key's text.
 pub const KEY_PREFIX: &str = "cg_";
@@ -147,4 +149,72 @@ pub async fn revoke_key(
     let revoked = state.store.revoke_api_key(&account_id, &key_id, state.clock.now()).await?;
     let key = revoked.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "api_key_not_found", "no such key"))?;
     Ok(json(StatusCode::OK, key_response(&key, None)))
+}
+
+/// The default span of a usage query.
+const USAGE_DAYS_DEFAULT: u64 = 30;
+
+/// An account's gateway calls at `from <= time < to`, summed by UTC day and model (or by one of
+/// them): calls, tokens and credits charged.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account_id}/usage", tag = "gateway",
+    params(("account_id" = String, Path), UsageQuery),
+    responses(
+        (status = 200, body = UsageResponse),
+        (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(account_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    // Exclusive, so the default ends just after now: a call recorded this microsecond counts.
+    let to = query
+        .to
+        .as_deref()
+        .map(|text| parse_time("to", text))
+        .transpose()?
+        .unwrap_or_else(|| state.clock.now().plus_micros(1));
+    let from = match query.from.as_deref() {
+        Some(text) => parse_time("from", text)?,
+        None => ledger::Timestamp::from_micros(
+            to.micros().saturating_sub(i64::try_from(USAGE_DAYS_DEFAULT * 86_400 * 1_000_000).unwrap_or(i64::MAX)),
+        ),
+    };
+    if from > to {
+        return Err(ApiError::invalid_request("from: must not be after to"));
+    }
+    let (by_day, by_model) = match query.group_by.as_deref() {
+        None => (true, true),
+        Some("day") => (true, false),
+        Some("model") => (false, true),
+        Some(other) => return Err(ApiError::invalid_request(format!("group_by: `day` or `model`, not {other:?}"))),
+    };
+    let mut rows: std::collections::BTreeMap<(Option<String>, Option<String>), UsageRowResponse> = Default::default();
+    for row in state.store.gateway_usage(&account_id, from, to).await? {
+        let key = (by_day.then(|| row.day.clone()), by_model.then(|| row.model.clone()));
+        let entry = rows.entry(key.clone()).or_insert_with(|| UsageRowResponse {
+            day: key.0.clone(),
+            model: key.1.clone(),
+            calls: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: "0".to_owned(),
+        });
+        entry.calls += row.calls;
+        entry.prompt_tokens += row.prompt_tokens;
+        entry.completion_tokens += row.completion_tokens;
+        let sum = Amount::parse(&entry.cost).unwrap_or(Amount::ZERO).plus(row.cost);
+        entry.cost = sum.to_string();
+    }
+    let response = UsageResponse {
+        from: store::events::rfc3339(from),
+        to: store::events::rfc3339(to),
+        rows: rows.into_values().collect(),
+    };
+    Ok(json(StatusCode::OK, response))
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use ledger::{Amount, Command, HoldId, HoldState, Outcome, Overage, Rejection};
 use pricing::catalog::TokenPrices;
 use serde_json::{json, Value};
-use store::api_keys::ApiKey;
+use store::api_keys::{ApiKey, CallSettlement, GatewayCall};
 use store::Request;
 
 use crate::dto::{OpenAiError, OpenAiErrorResponse};
@@ -266,9 +266,37 @@ async fn complete(state: AppState, headers: &HeaderMap, body: &[u8]) -> Result<R
         return Err(GatewayError::new(StatusCode::FORBIDDEN, "permission_error", "model_not_allowed", message));
     }
     let priced = price(&mut request, prices)?;
+    if let Some(limit) = key.daily_limit {
+        // Calls in flight are not counted: concurrent calls can pass the limit by their worst cases.
+        let (_, day_start) = store::api_keys::utc_day(state.clock.now());
+        let spent = state.store.key_spent_since(&key.key_id, day_start).await?;
+        let left = limit.checked_sub(spent).unwrap_or(Amount::ZERO);
+        if priced.worst_case > left {
+            let mut error = GatewayError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                "key_daily_limit",
+                format!("this call may cost up to {} credits; the key has {left} left today (UTC)", priced.worst_case),
+            );
+            error.body.required = Some(priced.worst_case.to_string());
+            error.body.remaining = Some(left.to_string());
+            return Err(error);
+        }
+    }
     let payer = match headers.get(RUN_HOLD_HEADER) {
         None => take_own_hold(&state, &key, &model, catalog.version(), &upstream, &priced).await?,
         Some(value) => draw_from_run_hold(&state, &key, value, &priced).await?,
+    };
+    let payer = Payer {
+        call: Some(CallInfo {
+            key_id: key.key_id.clone(),
+            account_id: key.account_id.clone(),
+            model: model.clone(),
+            catalog_version: catalog.version().to_owned(),
+            worst_case: priced.worst_case,
+            started: std::time::Instant::now(),
+        }),
+        ..payer
     };
     // Its own task: the call is settled or released even if this request's client goes away.
     let settle = tokio::spawn(forward_and_settle(state, upstream, request, payer, priced));
@@ -300,7 +328,9 @@ async fn take_own_hold(
         metadata: metadata.to_string(),
     };
     match state.store.execute(Request::new(hold)).await? {
-        store::Executed::Fresh(Ok(Outcome::Held { .. })) => Ok(Payer { hold_id, own: true, _reservation: None }),
+        store::Executed::Fresh(Ok(Outcome::Held { .. })) => {
+            Ok(Payer { hold_id, own: true, _reservation: None, call: None })
+        }
         store::Executed::Fresh(Err(Rejection::InsufficientCredits { required, available })) => {
             let mut error = GatewayError::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -370,7 +400,7 @@ async fn draw_from_run_hold(
     draws.insert(hold_id.clone(), in_flight.plus(priced.worst_case));
     let reservation =
         Reservation { draws: Arc::clone(&state.gateway_draws), hold_id: hold_id.clone(), amount: priced.worst_case };
-    Ok(Payer { hold_id, own: false, _reservation: Some(reservation) })
+    Ok(Payer { hold_id, own: false, _reservation: Some(reservation), call: None })
 }
 
 /// A call's worst case counted against a run hold while the call is in flight; uncounted when
@@ -393,23 +423,69 @@ impl Drop for Reservation {
     }
 }
 
-/// Which hold pays for a call.
+/// Which hold pays for a call, and what the call is (for its record).
 struct Payer {
     hold_id: HoldId,
     /// The call's own hold (captured `final`, released on failure), or a run's hold it draws
     /// from (captured partially; never released by the gateway).
     own: bool,
     _reservation: Option<Reservation>,
+    call: Option<CallInfo>,
+}
+
+/// What a call's record says beside its settlement.
+struct CallInfo {
+    key_id: store::ApiKeyId,
+    account_id: ledger::AccountId,
+    model: String,
+    catalog_version: String,
+    worst_case: Amount,
+    started: std::time::Instant,
+}
+
+/// How a call ends.
+enum Settled {
+    /// Charged the upstream's usage.
+    Usage { prompt: u64, completion: u64, cost: Amount },
+    /// Output without usage: charged the worst case.
+    WorstCase,
+    /// Nothing charged.
+    Released,
 }
 
 impl Payer {
-    async fn capture(&self, state: &AppState, cost: Amount) {
-        capture(state, &self.hold_id, cost, self.own).await;
-    }
-
-    async fn release(&self, state: &AppState) {
-        if self.own {
-            release(state, &self.hold_id).await;
+    /// Settles the call on its hold and records it (`upstream_status` 0: no answer).
+    async fn settle(&self, state: &AppState, settled: Settled, upstream_status: u16) {
+        let worst_case = self.call.as_ref().map_or(Amount::ZERO, |call| call.worst_case);
+        let (settlement, cost, usage) = match settled {
+            Settled::Usage { prompt, completion, cost } => (CallSettlement::Usage, cost, Some((prompt, completion))),
+            Settled::WorstCase => (CallSettlement::WorstCase, worst_case, None),
+            Settled::Released => (CallSettlement::Released, Amount::ZERO, None),
+        };
+        match settlement {
+            CallSettlement::Released if self.own => release(state, &self.hold_id).await,
+            CallSettlement::Released => {}
+            CallSettlement::Usage | CallSettlement::WorstCase => capture(state, &self.hold_id, cost, self.own).await,
+        }
+        let Some(call) = &self.call else { return };
+        let record = GatewayCall {
+            account_id: call.account_id.clone(),
+            key_id: call.key_id.clone(),
+            hold_id: self.hold_id.clone(),
+            model: call.model.clone(),
+            catalog_version: call.catalog_version.clone(),
+            prompt_tokens: usage.map(|(prompt, _)| prompt),
+            completion_tokens: usage.map(|(_, completion)| completion),
+            cost,
+            worst_case,
+            settlement,
+            upstream_status,
+            latency_ms: u64::try_from(call.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            at: state.clock.now(),
+        };
+        // The journal holds the money; a record that fails is logged, never retried forever.
+        if let Err(error) = state.store.record_gateway_call(&record).await {
+            tracing::error!(%error, hold = %self.hold_id, "a gateway call's record was not written");
         }
     }
 }
@@ -430,7 +506,7 @@ async fn forward_and_settle(
     let response = match call.send().await {
         Ok(response) => response,
         Err(error) => {
-            payer.release(&state).await;
+            payer.settle(&state, Settled::Released, 0).await;
             let detail = format!("no answer: {error}");
             return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", detail));
         }
@@ -442,13 +518,13 @@ async fn forward_and_settle(
     let (status, bytes) = match answered {
         Ok(answer) => answer,
         Err(detail) => {
-            payer.release(&state).await;
+            payer.settle(&state, Settled::Released, 0).await;
             let error = GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", detail);
             return Err(error);
         }
     };
     if !status.is_success() {
-        payer.release(&state).await;
+        payer.settle(&state, Settled::Released, status.as_u16()).await;
         let detail = format!(
             "the upstream answered {}: {}",
             status.as_u16(),
@@ -457,33 +533,24 @@ async fn forward_and_settle(
         return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error", detail));
     }
     let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-        payer.release(&state).await;
+        payer.settle(&state, Settled::Released, status.as_u16()).await;
         let error = GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_answer", "not JSON");
         return Err(error);
     };
     let usage = answer.get("usage");
     let tokens = |field: &str| usage.and_then(|usage| usage.get(field)).and_then(Value::as_u64);
-    let cost = match (tokens("prompt_tokens"), tokens("completion_tokens")) {
+    let settled = match (tokens("prompt_tokens"), tokens("completion_tokens")) {
         (Some(prompt), Some(completion)) => {
-            if completion > priced.output_tokens_max {
-                tracing::error!(
-                    completion,
-                    cap = priced.output_tokens_max,
-                    "the upstream answered beyond the forced cap"
-                );
-            }
-            let cost = priced.prices.cost(prompt, completion).unwrap_or(priced.worst_case);
-            if cost > priced.worst_case {
-                // The input bound is an upper bound by construction; if an upstream ever counts
-                // more, the caller is charged what was held, never more.
-                tracing::error!(prompt, completion, %cost, held = %priced.worst_case, "a call's usage exceeded its bound");
-            }
-            cost.min(priced.worst_case)
+            Settled::Usage { prompt, completion, cost: usage_cost(&priced, prompt, completion) }
         }
         // A 2xx answer without usage: the upstream produced an answer of unknown size.
-        _ => priced.worst_case,
+        _ => Settled::WorstCase,
     };
-    payer.capture(&state, cost).await;
+    let cost = match &settled {
+        Settled::Usage { cost, .. } => *cost,
+        Settled::WorstCase | Settled::Released => priced.worst_case,
+    };
+    payer.settle(&state, settled, status.as_u16()).await;
     tracing::debug!(hold = %payer.hold_id, latency_ms = started.elapsed().as_millis() as u64, "gateway call answered");
     let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     if let Ok(value) = HeaderValue::from_str(payer.hold_id.as_str()) {
@@ -569,14 +636,14 @@ fn relay_stream(state: AppState, response: reqwest::Response, payer: Payer, pric
             }
         }
         drop(upstream);
-        match tally.usage {
+        let settled = match tally.usage {
             Some((prompt, completion)) => {
-                let cost = priced.prices.cost(prompt, completion).unwrap_or(priced.worst_case).min(priced.worst_case);
-                payer.capture(&state, cost).await;
+                Settled::Usage { prompt, completion, cost: usage_cost(&priced, prompt, completion) }
             }
-            None if tally.produced => payer.capture(&state, priced.worst_case).await,
-            None => payer.release(&state).await,
-        }
+            None if tally.produced => Settled::WorstCase,
+            None => Settled::Released,
+        };
+        payer.settle(&state, settled, StatusCode::OK.as_u16()).await;
         if !client_gone && !held_back.is_empty() {
             let _ = sender.send(Ok(held_back)).await;
         }
@@ -592,6 +659,20 @@ fn relay_stream(state: AppState, response: reqwest::Response, payer: Payer, pric
         response.headers_mut().insert("x-creditgraph-hold-id", value);
     }
     response
+}
+
+/// The cost of a call's reported usage, never above what was held: the input bound is an upper
+/// bound by construction and the output cap is forced, so a larger count is an upstream's error,
+/// logged, and the caller is charged what was held.
+fn usage_cost(priced: &Priced, prompt: u64, completion: u64) -> Amount {
+    if completion > priced.output_tokens_max {
+        tracing::error!(completion, cap = priced.output_tokens_max, "the upstream answered beyond the forced cap");
+    }
+    let cost = priced.prices.cost(prompt, completion).unwrap_or(priced.worst_case);
+    if cost > priced.worst_case {
+        tracing::error!(prompt, completion, %cost, held = %priced.worst_case, "a call's usage exceeded its bound");
+    }
+    cost.min(priced.worst_case)
 }
 
 /// Where `needle` starts in `haystack`.
