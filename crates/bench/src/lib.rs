@@ -13,6 +13,7 @@
 
 pub mod baseline;
 pub mod first_token;
+pub mod gateway;
 pub mod http;
 pub mod inprocess;
 pub mod measure;

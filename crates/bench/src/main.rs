@@ -31,7 +31,7 @@ enum Command {
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
         /// Only these sections: in-process, overhead, rate-search, hot-fixed-rate, two-servers, turns,
-        /// streams, sandbox, pile-up, scale, webhooks.
+        /// streams, sandbox, pile-up, scale, webhooks, gateway.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Only these stores (default: all).

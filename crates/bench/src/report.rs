@@ -677,6 +677,44 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
         }
         let _ = writeln!(w);
     }
+    if let Some(gateway) = &results.gateway {
+        let _ = writeln!(w, "## The LLM gateway's overhead (issue 13)\n");
+        let _ = writeln!(
+            w,
+            "An instant scripted upstream, keep-alive, durable SQLite. {} non-streaming calls per arm at {} calls/s each, \
+             alternating between the gateway (key lookup, hold of the worst case, forward, capture of the usage, call \
+             record) and the upstream itself; then streamed calls one at a time, to their first content chunk.\n",
+            gateway.calls, gateway.calls_per_second
+        );
+        let _ = writeln!(w, "| path | p50 | p99 | max |");
+        let _ = writeln!(w, "|---|---|---|---|");
+        for (name, latency) in [
+            ("through the gateway", gateway.gateway),
+            ("direct to the upstream", gateway.direct),
+            ("first chunk, through the gateway", gateway.gateway_first_chunk),
+            ("first chunk, direct", gateway.direct_first_chunk),
+        ] {
+            let _ = writeln!(
+                w,
+                "| {name} | {} | {} | {} |",
+                ms(latency.p50_micros),
+                ms(latency.p99_micros),
+                ms(latency.max_micros)
+            );
+        }
+        let met = |micros: i64, bound: i64| if micros <= bound { "met" } else { "missed" };
+        let _ = writeln!(
+            w,
+            "\nThe gateway adds {:.2} ms p50 (target ≤ 2 ms: {}) and {:.2} ms p99 (target ≤ 5 ms: {}); {:.2} ms to the first \
+             chunk (target ≤ 2 ms: {}).\n",
+            gateway.added_p50_micros as f64 / 1000.0,
+            met(gateway.added_p50_micros, 2_000),
+            gateway.added_p99_micros as f64 / 1000.0,
+            met(gateway.added_p99_micros, 5_000),
+            gateway.added_first_chunk_p50_micros as f64 / 1000.0,
+            met(gateway.added_first_chunk_p50_micros, 2_000)
+        );
+    }
     if !results.webhooks.is_empty() {
         let _ = writeln!(w, "## Webhook delivery (issue 15)\n");
         let _ = writeln!(

@@ -105,6 +105,8 @@ pub struct Results {
     /// Issue 15: a backlog of events delivered to a webhook receiver, per store and by a
     /// hand-written relay.
     pub webhooks: Vec<crate::webhooks::Delivery>,
+    /// Issue 13: the LLM gateway's overhead over calling the upstream directly.
+    pub gateway: Option<crate::gateway::GatewayOverhead>,
 }
 
 /// Turns per arm (ledger on, ledger off) of the turn-overhead section: at 2,000 the p99 is the
@@ -237,6 +239,18 @@ pub async fn run(settings: &SuiteSettings, only: &[String]) -> anyhow::Result<Re
             cost.local.p99_micros
         );
         results.sandbox = Some(cost);
+    }
+    if wanted("gateway") {
+        let measured = crate::gateway::measure(if settings.smoke { 10 } else { 2_000 }).await?;
+        eprintln!(
+            "bench: gateway p50 {} µs p99 {} µs, direct p50 {} µs p99 {} µs; first chunk +{} µs p50",
+            measured.gateway.p50_micros,
+            measured.gateway.p99_micros,
+            measured.direct.p50_micros,
+            measured.direct.p99_micros,
+            measured.added_first_chunk_p50_micros
+        );
+        results.gateway = Some(measured);
     }
     if wanted("webhooks") {
         let events = if settings.smoke { 200 } else { 20_000 };

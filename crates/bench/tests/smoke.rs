@@ -58,6 +58,8 @@ fn the_smoke_run_covers_every_section_and_writes_the_report() {
         .sum();
     assert!(replays > 0, "the replay workload must replay keys");
     assert!(markdown.contains("## Webhook delivery (issue 15)"), "{markdown}");
+    assert!(markdown.contains("## The LLM gateway's overhead (issue 13)"), "{markdown}");
+    assert!(results["results"]["gateway"].is_object(), "the gateway section ran");
     let webhooks = results["results"]["webhooks"].as_array().expect("webhook results");
     assert_eq!(webhooks.len(), 3, "the dispatcher on both stores and the hand-written relay: {webhooks:?}");
     for section in ["overhead", "hot_fixed_rate", "two_servers", "rate_searches", "scale"] {

@@ -111,10 +111,9 @@ async fn one_call_charges_its_tokens(postgres: bool) {
     assert_eq!(forwarded["max_tokens"], 50, "{forwarded}");
     // The call is recorded: usage by day and model, and by model.
     let today = store::api_keys::utc_day(app.clock.now()).0;
-    let usage = app.get("/v1/accounts/gw/usage").await;
     let expected = json!([{"day": today, "model": MODEL, "calls": 1, "prompt_tokens": prompt,
         "completion_tokens": completion, "cost": cost.to_string()}]);
-    assert_eq!(usage.assert_status(200)["rows"], expected);
+    assert_eq!(recorded_usage(&app, "gw", 1).await, expected);
     let by_model = app.get("/v1/accounts/gw/usage?group_by=model").await;
     assert_eq!(by_model.assert_status(200)["rows"][0].get("day"), None);
     app.get("/v1/accounts/gw/usage?group_by=week").await.assert_problem(422, "invalid_request");
@@ -325,6 +324,22 @@ async fn an_upstream_killed_mid_stream_settles_by_the_rule() {
     assert_eq!(app.figures("cut").await, (balance.to_string(), "0".to_owned(), balance.to_string()));
 }
 
+/// The account's usage rows once `calls` calls are recorded (each is written just after its
+/// answer, off the answer's path).
+async fn recorded_usage(app: &TestApp, account: &str, calls: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let usage = app.get(&format!("/v1/accounts/{account}/usage")).await;
+        let rows = usage.assert_status(200)["rows"].clone();
+        let recorded: u64 = rows.as_array().map_or(0, |rows| rows.iter().filter_map(|row| row["calls"].as_u64()).sum());
+        if recorded >= calls {
+            return rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {recorded} of {calls} calls recorded");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Reads the script's result lines until `count` have come.
 async fn first_results(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
@@ -451,6 +466,9 @@ async fn keys_and_errors() {
     let limited = limited.assert_status(201)["key"].as_str().expect("a key").to_owned();
     let (status, answer) = chat(limited.clone(), body(json!({"max_tokens": 50}))).await;
     assert_eq!(status, 200, "{answer}");
+    // The limit counts recorded calls (written just after each answer): wait for this one's.
+    let calls_so_far = 3;
+    recorded_usage(&app, "kay", calls_so_far).await;
     let (status, error) = chat(limited, body(json!({"max_tokens": 50}))).await;
     assert_eq!((status, &error["error"]["code"]), (402, &json!("key_daily_limit")), "{error}");
     assert!(error["error"]["remaining"].is_string(), "{error}");

@@ -483,10 +483,14 @@ impl Payer {
             latency_ms: u64::try_from(call.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             at: state.clock.now(),
         };
-        // The journal holds the money; a record that fails is logged, never retried forever.
-        if let Err(error) = state.store.record_gateway_call(&record).await {
-            tracing::error!(%error, hold = %self.hold_id, "a gateway call's record was not written");
-        }
+        // Written after the answer, off its path (one commit less per call): the journal holds
+        // the money; a record that fails, or is cut short by a crash, is logged, never retried.
+        let store = Arc::clone(&state.store);
+        tokio::spawn(async move {
+            if let Err(error) = store.record_gateway_call(&record).await {
+                tracing::error!(%error, hold = %record.hold_id, "a gateway call's record was not written");
+            }
+        });
     }
 }
 
