@@ -99,3 +99,97 @@ pub struct UsageRowResponse {
     /// Credits charged (decimal).
     pub cost: String,
 }
+
+/// `POST /v1/chat/completions`: OpenAI's Chat Completions request. The fields the gateway reads
+/// are typed here; every other field OpenAI defines is forwarded to the upstream unchanged.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    #[schema(example = "gpt-4o-mini")]
+    pub model: String,
+    /// 1 to 4,096 messages; every string in them counts toward the input bound.
+    pub messages: Vec<ChatMessage>,
+    /// The output cap held for and forced upstream (or `max_completion_tokens`); the catalog's
+    /// default when neither is given.
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    /// Streamed as server-sent events, settled from the usage chunk.
+    pub stream: Option<bool>,
+    /// Only 1.
+    pub n: Option<u64>,
+}
+
+/// One message of a chat request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    /// system | user | assistant | tool | developer
+    pub role: String,
+    /// Text, or content parts (text, image_url, …).
+    pub content: Option<ChatContent>,
+    pub name: Option<String>,
+}
+
+/// A message's content: text, or a list of parts.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ChatContent {
+    Text(String),
+    Parts(Vec<ChatContentPart>),
+}
+
+/// One content part (`{"type": "text", "text": …}`, `{"type": "image_url", "image_url": {"url": …}}`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatContentPart {
+    #[serde(rename = "type")]
+    pub part_type: String,
+    pub text: Option<String>,
+}
+
+/// The upstream's completion as it answered (the fields every OpenAI-compatible upstream sends).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    /// `chat.completion`
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Option<ChatUsage>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ChatAnswer,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatAnswer {
+    pub role: String,
+    pub content: Option<String>,
+}
+
+/// The tokens the call used: what it is charged for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// `GET /v1/models`, in OpenAI's list shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelsResponse {
+    /// `list`
+    pub object: String,
+    pub data: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelEntry {
+    pub id: String,
+    /// `model`
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}

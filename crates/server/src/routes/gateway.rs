@@ -32,7 +32,9 @@ use serde_json::{json, Value};
 use store::api_keys::{ApiKey, CallSettlement, GatewayCall};
 use store::Request;
 
-use crate::dto::{OpenAiError, OpenAiErrorResponse};
+use crate::dto::{
+    ChatCompletionRequest, ChatCompletionResponse, ModelEntry, ModelsResponse, OpenAiError, OpenAiErrorResponse,
+};
 use crate::routes::api_keys::{key_hash, KEY_PREFIX};
 use crate::routes::new_hold_id;
 use crate::state::AppState;
@@ -104,9 +106,9 @@ impl From<store::StoreError> for GatewayError {
 /// authenticated with a gateway key; errors in OpenAI's shape.
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "gateway",
-    request_body(content = Object, description = "An OpenAI Chat Completions request"),
+    request_body = ChatCompletionRequest,
     responses(
-        (status = 200, description = "The upstream's completion, as it answered"),
+        (status = 200, description = "The upstream's completion, as it answered (or, with `stream: true`, its server-sent events)", body = ChatCompletionResponse),
         (status = 400, body = OpenAiErrorResponse),
         (status = 401, body = OpenAiErrorResponse),
         (status = 402, description = "insufficient_credits: nothing was forwarded", body = OpenAiErrorResponse),
@@ -141,7 +143,7 @@ pub async fn chat_completions(
 #[utoipa::path(
     get, path = "/v1/models", tag = "gateway",
     responses(
-        (status = 200, description = "`{object: list, data: [{id, object: model, created, owned_by}]}`"),
+        (status = 200, body = ModelsResponse),
         (status = 401, body = OpenAiErrorResponse),
     ),
     security(("bearer" = []))
@@ -152,13 +154,13 @@ pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> R
         Err(error) => return error.into_response(),
     };
     let catalog = state.catalog.as_ref().map(|catalog| catalog.current());
-    let models: Vec<Value> = catalog
+    let data: Vec<ModelEntry> = catalog
         .iter()
         .flat_map(|catalog| catalog.gateway_models().map(|(name, _)| name.to_owned()).collect::<Vec<_>>())
         .filter(|name| key.allows_model(name))
-        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "creditgraph"}))
+        .map(|id| ModelEntry { id, object: "model".to_owned(), created: 0, owned_by: "creditgraph".to_owned() })
         .collect();
-    axum::Json(json!({"object": "list", "data": models})).into_response()
+    axum::Json(ModelsResponse { object: "list".to_owned(), data }).into_response()
 }
 
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ApiKey, GatewayError> {
