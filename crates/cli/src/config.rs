@@ -22,6 +22,17 @@ use store_sqlite::Synchronous;
 pub struct Cli {
     #[command(subcommand)]
     pub command: CommandLine,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line, the
+    /// request's span fields included) for a log pipeline.
+    #[arg(long, global = true, env = "CREDITGRAPH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

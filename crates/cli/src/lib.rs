@@ -27,7 +27,7 @@ pub use config::{
 /// 1 failure or an unclean `verify`, 2 usage error from clap).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
+    telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

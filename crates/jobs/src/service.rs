@@ -108,6 +108,11 @@ pub enum Finish {
 /// Compare-and-set attempts before giving up on a hot job.
 const CAS_ATTEMPTS_MAX: u32 = 8;
 
+/// Jobs that reached a terminal status, by `status` (succeeded, failed, canceled).
+pub const JOBS_ENDED: &str = "creditgraph_jobs_ended_total";
+/// Refunds of failed or canceled jobs (each applied once, by its reference).
+pub const JOBS_REFUNDED: &str = "creditgraph_jobs_refunded_total";
+
 pub struct JobService {
     store: Arc<dyn JobStore>,
     runs: Arc<dyn RunStore>,
@@ -313,6 +318,10 @@ impl JobService {
                 Ok(written) => {
                     if let Some(Outcome::Refunded { created: true, .. }) = written.ledger {
                         tracing::info!(%job_id, "job refunded");
+                        metrics::counter!(JOBS_REFUNDED).increment(1);
+                    }
+                    if written.job.status.is_terminal() && written.job.status != job.status {
+                        metrics::counter!(JOBS_ENDED, "status" => written.job.status.as_str()).increment(1);
                     }
                     return Ok(self.published(written.job));
                 }

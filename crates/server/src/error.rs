@@ -236,6 +236,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code.to_owned(),
+            request_id: crate::observe::current_request_id(),
             extensions: self.extensions,
         };
         // Serialising plain strings and JSON values cannot fail; the fallback keeps the promise

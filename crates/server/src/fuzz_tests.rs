@@ -446,6 +446,7 @@ const GET_ROUTES: &[&str] = &[
     "/v1/openapi.json",
     "/healthz",
     "/readyz",
+    "/metrics",
     "/{id}",
     "/v1/{id}/{id}",
 ];

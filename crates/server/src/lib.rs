@@ -12,6 +12,7 @@ mod extract;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod limits;
+pub mod observe;
 mod openapi;
 mod rate_limit;
 mod router;

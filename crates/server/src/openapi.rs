@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, runs, test_clock, webhooks, worker,
+    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, prometheus, runs, test_clock,
+    webhooks, worker,
 };
 
 #[derive(OpenApi)]
@@ -63,6 +64,7 @@ use crate::routes::{
         health::healthz,
         health::readyz,
         health::openapi,
+        prometheus::metrics,
     ),
     modifiers(&BearerAuth)
 )]

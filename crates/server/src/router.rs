@@ -1,7 +1,7 @@
 //! The route table and the layers every request passes through.
 //!
-//! Outermost is panic catching, so even a bug answers with a problem+json 500 instead of a
-//! dropped connection; then tracing; then the request limits of `crate::limits` (body
+//! Outermost is `observe` (the request id, the request's log line and metrics), then panic
+//! catching, so even a bug answers with a problem+json 500 instead of a dropped connection; then the request limits of `crate::limits` (body
 //! deadline, in-flight cap, handler deadline per route); then the body size limit that
 //! extractors enforce.
 
@@ -16,14 +16,14 @@ use axum::Router;
 use engine::run::Engine;
 use store::{Clock, LedgerStore};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::config::ApiConfig;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
+use crate::observe;
 use crate::routes::{
-    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, method_not_allowed, not_found, runs,
-    test_clock, webhooks, worker,
+    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, method_not_allowed, not_found,
+    prometheus, runs, test_clock, webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -123,6 +123,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
         (Method::GET, "/v1/test-clock", get(test_clock::get_test_clock), Timing::Handler),
         (Method::POST, "/v1/test-clock/advance", post(test_clock::advance_test_clock), Timing::Handler),
         (Method::GET, "/v1/openapi.json", get(health::openapi), Timing::Handler),
+        (Method::GET, "/metrics", get(prometheus::metrics), Timing::Handler),
         (Method::GET, "/healthz", get(health::healthz), Timing::Handler),
         (Method::GET, "/readyz", get(health::readyz), Timing::Handler),
     ]
@@ -163,6 +164,9 @@ fn build(
     engine: Option<Arc<Engine>>,
     with_limits: Limits,
 ) -> Router {
+    // Installs the process's metrics recorder before anything records (the facade drops what
+    // is recorded without one).
+    observe::metrics_handle();
     let body_bytes_max = config.request_body_bytes_max;
     let limits = Arc::new(RequestLimits::new(
         Duration::from_secs(config.request_body_timeout_seconds),
@@ -195,7 +199,11 @@ fn build(
             .layer(from_fn_with_state(limits, limits::body_deadline)),
         Limits::Off => router,
     };
-    router.layer(TraceLayer::new_for_http()).layer(CatchPanicLayer::custom(panic_response)).with_state(state)
+    // The request's id, log line and metrics wrap everything, panics' 500s included.
+    router
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(observe::observe_request))
+        .with_state(state)
 }
 
 #[cfg(test)]

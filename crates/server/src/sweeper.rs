@@ -17,6 +17,13 @@ pub const SWEEP_ACCOUNTS_MAX: u32 = 1000;
 /// running unbounded.
 pub const SWEEP_BATCHES_PER_TICK_MAX: u32 = 100;
 
+/// Accounts the sweeper brought up to date (expiries recorded, allowances granted).
+pub const SWEEP_ACCOUNTS: &str = "creditgraph_sweeper_accounts_total";
+/// Journal entries the sweeper wrote (expiries, allowance grants).
+pub const SWEEP_ENTRIES: &str = "creditgraph_sweeper_entries_total";
+/// Sweep passes that failed (the store answered an error; retried at the next tick).
+pub const SWEEP_FAILURES: &str = "creditgraph_sweeper_failures_total";
+
 /// Sweeps every `interval` until `cancel` fires. Store errors and even panics are logged and the
 /// loop goes on at the next tick.
 pub fn spawn_sweeper(store: Arc<dyn LedgerStore>, interval: Duration, cancel: CancellationToken) -> JoinHandle<()> {
@@ -38,11 +45,14 @@ pub fn spawn_sweeper(store: Arc<dyn LedgerStore>, interval: Duration, cancel: Ca
                         if report.entries > 0 || report.idempotency_keys_deleted > 0 {
                             tracing::debug!(?report, "swept");
                         }
+                        metrics::counter!(SWEEP_ACCOUNTS).increment(report.accounts);
+                        metrics::counter!(SWEEP_ENTRIES).increment(report.entries);
                         if report.accounts < u64::from(SWEEP_ACCOUNTS_MAX) {
                             break;
                         }
                     }
                     Ok(Err(error)) => {
+                        metrics::counter!(SWEEP_FAILURES).increment(1);
                         tracing::warn!(%error, "sweep failed; retrying at the next tick");
                         break;
                     }

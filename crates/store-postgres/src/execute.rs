@@ -207,6 +207,8 @@ pub(crate) struct Batch {
     /// Whether it wrote anything (ledger changes, an idempotency record): the batch commits only
     /// then, and rolls back otherwise.
     pub wrote: bool,
+    /// The credits its entries move: the caller reports them once it has committed.
+    pub credits: store::observe::Credits,
 }
 
 /// What [`apply`] did inside its caller's transaction, not yet committed.
@@ -215,6 +217,8 @@ pub(crate) struct Application {
     /// Whether it wrote anything (ledger changes, an idempotency record): a lone command commits
     /// only then.
     pub wrote: bool,
+    /// The credits its entries move: the caller reports them once it has committed.
+    pub credits: store::observe::Credits,
 }
 
 /// Applies `request` inside `transaction` as a batch of one (read the key, lock the account,
@@ -233,8 +237,8 @@ pub(crate) async fn apply(
         Target::Account(account_id) => Some(account_id.clone()),
         Target::Hold(hold_id) => hold_account(transaction, hold_id).await?,
     };
-    let Batch { mut executed, wrote } = run(transaction, &[(account_id.as_ref(), request)], now).await?;
-    Ok(Application { executed: executed.pop().expect("one answer per request"), wrote })
+    let Batch { mut executed, wrote, credits } = run(transaction, &[(account_id.as_ref(), request)], now).await?;
+    Ok(Application { executed: executed.pop().expect("one answer per request"), wrote, credits })
 }
 
 /// Applies `requests` inside `transaction`, as one batch: see the module docs. Each request comes
@@ -330,7 +334,9 @@ async fn run(
     let writes: Vec<Writes> = deciders.into_iter().map(|(_, decider)| decider.finish()).collect();
     write(transaction, &writes, now).await?;
     let executed = executed.into_iter().map(|answer| answer.expect("every request answered")).collect();
-    Ok(Batch { executed, wrote: writes.iter().any(|writes| !writes.is_empty()) })
+    let mut credits = store::observe::Credits::default();
+    writes.iter().for_each(|writes| credits.add(writes));
+    Ok(Batch { executed, wrote: writes.iter().any(|writes| !writes.is_empty()), credits })
 }
 
 /// The answers of the requests whose key is recorded (`rows`, from [`READ_KEYS`]): `(request
@@ -872,7 +878,7 @@ mod tests {
         let mut client = store.pool.get().await.expect("client");
         let transaction =
             client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.expect("begin");
-        let Batch { executed, wrote } = batch(&transaction, &requests, clock.now()).await;
+        let Batch { executed, wrote, .. } = batch(&transaction, &requests, clock.now()).await;
         transaction.commit().await.expect("commit");
         assert!(wrote);
         assert!(matches!(executed[0], Executed::Fresh(Ok(Outcome::Held { .. }))), "{executed:?}");

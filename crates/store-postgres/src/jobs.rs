@@ -220,9 +220,11 @@ pub(crate) async fn write_attempt(
         transaction.commit().await?;
         return Ok(Written { result: Ok(JobWritten { job, ledger: None }), committed: true });
     };
-    let refusal = match execute::apply(&transaction, request, now).await?.executed {
+    let mut application = execute::apply(&transaction, request, now).await?;
+    let refusal = match application.executed {
         store::Executed::Fresh(Ok(outcome)) | store::Executed::Replayed(Ok(outcome)) => {
             transaction.commit().await?;
+            application.credits.committed();
             return Ok(Written { result: Ok(JobWritten { job, ledger: Some(outcome) }), committed: true });
         }
         store::Executed::Fresh(Err(rejection)) | store::Executed::Replayed(Err(rejection)) => {

@@ -202,9 +202,13 @@ impl BatchRunner {
         let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
         let requests: Vec<(Option<&AccountId>, &Request)> =
             requests.iter().map(|(account_id, request)| (Some(account_id), request)).collect();
-        let batch = execute::apply_batch(&transaction, &requests, self.clock.now()).await?;
+        let mut batch = execute::apply_batch(&transaction, &requests, self.clock.now()).await?;
         if batch.wrote {
+            let started = std::time::Instant::now();
             transaction.commit().await?;
+            store::observe::commit_time("postgres", started.elapsed());
+            store::observe::batch_size("postgres", requests.len());
+            batch.credits.committed();
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         } else {
             transaction.rollback().await?;
@@ -384,9 +388,13 @@ impl PostgresStore {
     async fn try_once(&self, request: &Request) -> Result<Executed, Failure> {
         let mut client = self.client().await?;
         let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
-        let application = execute::apply(&transaction, request, self.clock.now()).await?;
+        let mut application = execute::apply(&transaction, request, self.clock.now()).await?;
         if application.wrote {
+            let started = std::time::Instant::now();
             transaction.commit().await?;
+            store::observe::commit_time("postgres", started.elapsed());
+            store::observe::batch_size("postgres", 1);
+            application.credits.committed();
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         } else {
             transaction.rollback().await?;
@@ -712,7 +720,10 @@ async fn read_transaction(client: &mut Object) -> Result<deadpool_postgres::Tran
 #[async_trait]
 impl LedgerStore for PostgresStore {
     async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
-        self.run(request).await
+        let command = request.command.name();
+        let executed = self.run(request).await?;
+        store::observe::command(command, &executed);
+        Ok(executed)
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
@@ -1037,6 +1048,35 @@ impl LedgerStore for PostgresStore {
                 store::plans::decode_plan(data)
             })
             .collect()
+    }
+
+    async fn gauges(&self) -> Result<store::StoreGauges, StoreError> {
+        let client = self.client().await?;
+        // One statement, one snapshot: the pending holds through their partial index, the
+        // queued and running jobs through the claim index.
+        let row = client
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM holds WHERE state = 'pending'), \
+                        (SELECT COALESCE(SUM(remaining), 0)::BIGINT FROM holds WHERE state = 'pending'), \
+                        (SELECT COUNT(*) FROM jobs WHERE status = 'queued'), \
+                        (SELECT COUNT(*) FROM jobs WHERE status = 'running'), \
+                        (SELECT MIN(created_at) FROM jobs WHERE status = 'queued')",
+                &[],
+            )
+            .await
+            .map_err(store_error)?;
+        let count = |index: usize| -> Result<u64, StoreError> {
+            let value: i64 = row.try_get(index).map_err(|_| undecodable("a gauge"))?;
+            u64::try_from(value).map_err(|_| undecodable("a gauge"))
+        };
+        let oldest: Option<i64> = row.try_get(4).map_err(|_| undecodable("the oldest queued job"))?;
+        Ok(store::StoreGauges {
+            pending_holds: count(0)?,
+            held: Amount::from_micros(count(1)?),
+            jobs_queued: count(2)?,
+            jobs_running: count(3)?,
+            oldest_queued_job_at: oldest.map(Timestamp::from_micros),
+        })
     }
 
     fn backend(&self) -> &'static str {

@@ -166,9 +166,11 @@ pub(crate) async fn write_end_attempt(
         transaction.rollback().await?;
         return Ok(Ended { result: RunEndWritten::NoSuchRun, committed: false });
     }
-    match execute::apply(&transaction, &settle.request, now).await?.executed {
+    let mut application = execute::apply(&transaction, &settle.request, now).await?;
+    match application.executed {
         Executed::Fresh(Ok(outcome)) | Executed::Replayed(Ok(outcome)) if settle.expected.matches(&outcome) => {
             transaction.commit().await?;
+            application.credits.committed();
             Ok(Ended { result: RunEndWritten::Written(outcome), committed: true })
         }
         other => {

@@ -323,7 +323,10 @@ impl SqliteStore {
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
-        self.call(Work::Execute, request).await
+        let command = request.command.name();
+        let executed = self.call(Work::Execute, request).await?;
+        store::observe::command(command, &executed);
+        Ok(executed)
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
@@ -576,6 +579,10 @@ impl LedgerStore for SqliteStore {
 
     async fn plans(&self, plans_max: u32) -> Result<Vec<store::plans::Plan>, StoreError> {
         self.readers.run(move |conn| rows::plans(conn, plans_max)).await
+    }
+
+    async fn gauges(&self) -> Result<store::StoreGauges, StoreError> {
+        self.readers.run(rows::gauges).await
     }
 
     fn backend(&self) -> &'static str {

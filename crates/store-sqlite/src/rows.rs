@@ -683,3 +683,28 @@ pub(crate) fn plans(conn: &Connection, plans_max: u32) -> Result<Vec<store::plan
     let mut statement = conn.prepare_cached("SELECT data FROM plans ORDER BY plan_id LIMIT ?1").map_err(sql_error)?;
     query_all(&mut statement, [i64::from(plans_max)], |row| store::plans::decode_plan(&get::<String>(row, 0)?))
 }
+
+/// The whole store's open figures ([`store::StoreGauges`]): the pending holds through their
+/// partial index, the queued and running jobs through the claim index.
+pub(crate) fn gauges(conn: &Connection) -> Result<store::StoreGauges, StoreError> {
+    let (pending_holds, held): (i64, i64) = conn
+        .prepare_cached("SELECT COUNT(*), COALESCE(SUM(remaining), 0) FROM holds WHERE state = 'pending'")
+        .and_then(|mut statement| statement.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
+        .map_err(sql_error)?;
+    let (jobs_queued, oldest): (i64, Option<i64>) = conn
+        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = 'queued'")
+        .and_then(|mut statement| statement.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
+        .map_err(sql_error)?;
+    let jobs_running: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .map_err(sql_error)?;
+    let count = |value: i64| u64::try_from(value).map_err(|_| StoreError::corrupt("a negative count"));
+    Ok(store::StoreGauges {
+        pending_holds: count(pending_holds)?,
+        held: Amount::from_micros(count(held)?),
+        jobs_queued: count(jobs_queued)?,
+        jobs_running: count(jobs_running)?,
+        oldest_queued_job_at: oldest.map(Timestamp::from_micros),
+    })
+}

@@ -252,7 +252,9 @@ impl Counters {
         let passes_ended_before = self.checkpoints_ended.load(Ordering::Acquire);
         let started = std::time::Instant::now();
         let result = commit();
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        store::observe::commit_time("sqlite", elapsed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.commit_micros.fetch_add(micros, Ordering::Relaxed);
         self.commit_max_micros.fetch_max(micros, Ordering::Relaxed);
         if micros >= SLOW_COMMIT_MICROS {
@@ -377,6 +379,8 @@ pub(crate) struct Writer {
     batch_max: usize,
     idempotency_retention_seconds: u64,
     counters: Arc<Counters>,
+    /// The credits the open batch's entries move, reported once it commits.
+    credits: store::observe::Credits,
 }
 
 /// Which jobs of a batch run inside their own savepoint.
@@ -411,6 +415,7 @@ impl Writer {
             batch_max: batch_max.max(1),
             idempotency_retention_seconds,
             counters,
+            credits: store::observe::Credits::default(),
         }
     }
 
@@ -476,6 +481,8 @@ impl Writer {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters.operations.fetch_add(size, Ordering::Relaxed);
+                self.credits.committed();
+                store::observe::batch_size("sqlite", batch.len());
                 batch.into_iter().for_each(Work::reply);
             }
             Err(BatchFailure::Fatal(error)) => self.fail_all(batch, &error),
@@ -493,6 +500,7 @@ impl Writer {
             // A transaction left open by an earlier failure would swallow this batch.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+        self.credits = store::observe::Credits::default();
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|error| BatchFailure::Fatal(sql_error(error)))?;
         for work in batch.iter_mut() {
             let unguarded = savepoints == Savepoints::WhereNeeded && work.is_ledger_command();
@@ -538,8 +546,12 @@ impl Writer {
         // A ledger assertion that fails panics through here on purpose (see docs/dev/style.md):
         // the writer thread dies, its open transaction is rolled back with the connection, and
         // every later write answers `Unavailable` instead of moving credits on corrupt logic.
+        let credits_before = self.credits.clone();
         let result = self.perform(work);
         let keep = matches!(&result, Ok(performed) if performed.keep);
+        if !keep {
+            self.credits = credits_before;
+        }
         let end = if keep { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
         self.conn.execute_batch(end).map_err(sql_error)?;
         // Only now is the job's state part of the batch: the cache may take it. A state whose
@@ -682,7 +694,8 @@ impl Writer {
     }
 
     /// Writes exactly what the protocol lists.
-    fn persist(&self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {
+    fn persist(&mut self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {
+        self.credits.add(writes);
         match (writes.account_row(), writes.state()) {
             (AccountRow::Unchanged, _) => {}
             (AccountRow::Insert | AccountRow::Update, state) => {

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod jobs;
 pub mod keys;
 pub mod memory;
+pub mod observe;
 pub mod plans;
 pub mod protocol;
 pub mod runs;
@@ -122,6 +123,19 @@ pub struct SweepReport {
     pub accounts: u64,
     pub entries: u64,
     pub idempotency_keys_deleted: u64,
+}
+
+/// What the store holds open right now, whole-store figures for the operator's gauges (never
+/// per account). Pending holds include ones past their expiry the sweeper has not reached yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    pub pending_holds: u64,
+    /// What the pending holds still hold (their `remaining`).
+    pub held: ledger::Amount,
+    pub jobs_queued: u64,
+    pub jobs_running: u64,
+    /// When the oldest queued job was created; `None` when none is queued.
+    pub oldest_queued_job_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -394,6 +408,12 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn plans(&self, plans_max: u32) -> Result<Vec<plans::Plan>, StoreError> {
         let _ = plans_max;
         Err(StoreError::unavailable(format!("the {} store keeps no plans", self.backend())))
+    }
+
+    /// Whole-store figures for the metrics' gauges (see [`StoreGauges`]): one indexed pass over
+    /// the pending holds and the queued and running jobs, meant for a scrape every few seconds.
+    async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        Err(StoreError::unavailable(format!("the {} store reports no gauges", self.backend())))
     }
 
     /// A short name for logs ("sqlite", "postgres", "memory").

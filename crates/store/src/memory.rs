@@ -194,6 +194,10 @@ impl Inner {
             let seq = self.journal.len() as u64 + 1;
             self.journal.push(Entry { seq, ..entry.clone() });
         }
+        // Nothing below can fail: the writes are as good as committed.
+        let mut credits = crate::observe::Credits::default();
+        credits.add(&writes);
+        credits.committed();
         for event in writes.events() {
             self.append_event(event, now);
         }
@@ -317,13 +321,15 @@ impl LedgerStore for MemoryStore {
     async fn execute(&self, request: Request) -> Result<Executed, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        Ok(match inner.decide(&request, now)? {
+        let executed = match inner.decide(&request, now)? {
             Decided::Answered(executed) => executed,
             Decided::Fresh(result, writes) => {
                 inner.store(*writes, now)?;
                 Executed::Fresh(result)
             }
-        })
+        };
+        crate::observe::command(request.command.name(), &executed);
+        Ok(executed)
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
@@ -671,6 +677,21 @@ impl LedgerStore for MemoryStore {
 
     async fn plans(&self, plans_max: u32) -> Result<Vec<crate::plans::Plan>, StoreError> {
         Ok(self.lock().plans.values().take(plans_max as usize).cloned().collect())
+    }
+
+    async fn gauges(&self) -> Result<crate::StoreGauges, StoreError> {
+        let inner = self.lock();
+        let pending = inner.holds.values().filter(|hold| hold.state == HoldState::Pending);
+        let (pending_holds, held) =
+            pending.fold((0_u64, 0_u64), |(count, held), hold| (count + 1, held + hold.remaining.micros()));
+        let queued = inner.jobs.values().filter(|job| job.status == JobStatus::Queued);
+        Ok(crate::StoreGauges {
+            pending_holds,
+            held: ledger::Amount::from_micros(held),
+            jobs_queued: queued.clone().count() as u64,
+            jobs_running: inner.jobs.values().filter(|job| job.status == JobStatus::Running).count() as u64,
+            oldest_queued_job_at: queued.map(|job| job.created_at).min(),
+        })
     }
 
     fn backend(&self) -> &'static str {

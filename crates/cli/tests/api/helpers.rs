@@ -178,7 +178,7 @@ async fn spawn_full(
     executor: Option<Arc<dyn engine::sandbox::CodeExecutor>>,
 ) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        cli::telemetry::init();
+        cli::telemetry::init(cli::config::LogFormat::Text);
     }
     // Whole seconds, so RFC 3339 times in assertions are easy to write.
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_800_000_000_000_000)));

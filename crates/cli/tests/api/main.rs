@@ -14,6 +14,7 @@ mod holds;
 mod idempotency;
 mod jobs;
 mod ledger_events;
+mod observability;
 mod postgres;
 mod processes;
 mod rate_limits;

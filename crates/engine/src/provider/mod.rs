@@ -10,6 +10,7 @@
 //! the text reaches the caller piece by piece as the model writes it, for the steps whose text
 //! a user reads). Both report the provider's token [`Usage`] when it sends one.
 
+pub mod observed;
 pub mod openai;
 
 use async_trait::async_trait;

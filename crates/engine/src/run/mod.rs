@@ -233,7 +233,7 @@ impl Engine {
             config,
             ledger,
             runs,
-            provider,
+            provider: crate::provider::observed::Observed::wrap(provider),
             executor,
             clock,
             jobs,

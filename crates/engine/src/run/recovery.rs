@@ -23,6 +23,10 @@ use super::data::{ErrorData, RunData, RunErrorCode};
 use super::Engine;
 use crate::events::{stored, ErrorCode, Event, Frame, RunError};
 
+/// What recovery did, by `action` (`hold_released`: a dead run's hold given back;
+/// `run_interrupted`: a run of a dead instance ended as interrupted).
+pub const RECOVERY_ACTIONS: &str = "creditgraph_recovery_actions_total";
+
 /// A dead instance's lease row is forgotten this long after it lapsed (once it has no running
 /// run left); long enough that a paused instance cannot come back to a deleted row unnoticed.
 const INSTANCE_FORGET_SECONDS: u64 = 3600;
@@ -86,6 +90,7 @@ impl Engine {
         match self.credits().release(&key, &hold_id).await {
             Ok(Released::Now) => {
                 report.released += 1;
+                metrics::counter!(RECOVERY_ACTIONS, "action" => "hold_released").increment(1);
                 tracing::info!(run_id = %run.run_id, hold_id = %hold_id, "recovery released a hold");
                 true
             }
@@ -165,6 +170,7 @@ impl Engine {
             };
             if self.end_recovered_run(updated, last).await? {
                 report.interrupted += 1;
+                metrics::counter!(RECOVERY_ACTIONS, "action" => "run_interrupted").increment(1);
                 tracing::warn!(run_id = %run.run_id, instance_id = %run.instance_id, "run of a dead instance interrupted");
             }
         }

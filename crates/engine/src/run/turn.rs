@@ -46,7 +46,14 @@ pub(crate) struct Turn {
     /// Everything that changes during the turn, behind one lock (never held across an await).
     /// Shared with the task that takes the hold, which finishes even if the turn is aborted.
     state: Arc<Mutex<TurnState>>,
+    /// When the turn began, for the turn-latency histogram.
+    started: Instant,
 }
+
+/// Turns ended, by `state` (succeeded, failed, canceled, interrupted).
+pub const RUNS_ENDED: &str = "creditgraph_runs_ended_total";
+/// A turn's time from its start to its end, by `state`.
+pub const TURN_SECONDS: &str = "creditgraph_turn_seconds";
 
 /// The changing part of a turn: its record and document, its hold and the flags around it.
 struct TurnState {
@@ -136,6 +143,7 @@ impl Turn {
             thread_id: state.record.thread_id.clone(),
             account_id: state.record.account_id.clone(),
             state: Arc::new(Mutex::new(state)),
+            started: Instant::now(),
         }
     }
 
@@ -237,6 +245,8 @@ impl Turn {
         };
         self.engine.write_final(record, &self.channel, &frame).await;
         self.channel.publish_final(frame);
+        metrics::counter!(RUNS_ENDED, "state" => state.as_str()).increment(1);
+        metrics::histogram!(TURN_SECONDS, "state" => state.as_str()).record(self.started.elapsed().as_secs_f64());
     }
 
     /// The whole turn. Returns when the settler has run, or with the failure that ends the turn.

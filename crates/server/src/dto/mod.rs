@@ -361,6 +361,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code, e.g. insufficient_credits.
     pub code: String,
+    /// The request's id (the `x-request-id` header of the response), to find its log line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// Extension members such as `required`/`available` (402) or `state` (409 hold_not_pending).
     #[serde(flatten)]
     #[schema(ignore)]

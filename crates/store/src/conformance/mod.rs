@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
             kept_figures_follow_every_hold_change
             many_pending_holds_stay_out_of_account_reads
             holds_are_paged_by_state
+            gauges_follow_pending_holds
             differential_against_model
             allowances_daily_seoul_midnight
             allowances_grant_only_the_current_period

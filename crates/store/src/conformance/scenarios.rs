@@ -536,3 +536,30 @@ pub async fn holds_are_paged_by_state(h: Harness) {
     assert!(other.is_empty());
     h.assert_verified().await;
 }
+
+/// The operator's gauges count every pending hold of the store and what they still hold, across
+/// accounts, and drop a hold once it is captured, released or swept.
+pub async fn gauges_follow_pending_holds(h: Harness) {
+    let before = h.store.gauges().await.expect("gauges");
+    h.grant("g1", "100").await;
+    h.grant("g2", "100").await;
+    let first = h.hold("g1", "10", 600).await.expect("held");
+    let second = h.hold("g2", "2.5", 600).await.expect("held");
+    let expiring = h.hold("g2", "1", 10).await.expect("held");
+    let gauges = h.store.gauges().await.expect("gauges");
+    assert_eq!(gauges.pending_holds, before.pending_holds + 3);
+    assert_eq!(gauges.held, before.held.checked_add(cr("13.5")).expect("small"));
+    h.capture(&first.hold_id, "4", false).await.expect("captured");
+    let gauges = h.store.gauges().await.expect("gauges");
+    assert_eq!(gauges.pending_holds, before.pending_holds + 3, "a partial capture leaves the hold pending");
+    assert_eq!(gauges.held, before.held.checked_add(cr("9.5")).expect("small"));
+    h.release(&second.hold_id).await.expect("released");
+    h.clock.advance_seconds(11);
+    h.store.sweep(100).await.expect("swept");
+    let gauges = h.store.gauges().await.expect("gauges");
+    assert_eq!(gauges.pending_holds, before.pending_holds + 1, "released and swept holds are not pending");
+    assert_eq!(gauges.held, before.held.checked_add(cr("6")).expect("small"));
+    assert!(h.store.hold(&expiring.hold_id).await.expect("read").is_some_and(|hold| hold.state == HoldState::Expired));
+    let jobs = |gauges: crate::StoreGauges| (gauges.jobs_queued, gauges.jobs_running, gauges.oldest_queued_job_at);
+    assert_eq!(jobs(gauges), jobs(before), "no job moved");
+}
