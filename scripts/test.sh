@@ -32,10 +32,13 @@ export CREDITGRAPH_TEST_POSTGRES_URL="$THROWAWAY_POSTGRES_URL"
 # these binaries; it fails without them.
 export CREDITGRAPH_TEST_PG_BIN="$PG_BIN"
 
-# The sandbox's packages, started after PostgreSQL's install (one apt-get at a time: dpkg's lock).
+# The sandbox's packages, and Debian's Chromium for the console's browser test (driven by
+# Playwright from the test venv, which never downloads a browser of its own); started after
+# PostgreSQL's install (one apt-get at a time: dpkg's lock).
 sandbox_packages=()
 command -v bwrap >/dev/null 2>&1 || sandbox_packages+=(bubblewrap)
 [[ -x /usr/bin/python3 ]] || sandbox_packages+=(python3)
+[[ -x /usr/bin/chromium ]] || sandbox_packages+=(chromium)
 sandbox_install_pid=""
 if [[ ${#sandbox_packages[@]} -gt 0 ]]; then
     if [[ "$(id -u)" -ne 0 ]]; then
@@ -65,8 +68,8 @@ wait_for_sandbox_install() {
         exit 1
     fi
     sandbox_install_pid=""
-    if ! command -v bwrap >/dev/null 2>&1 || [[ ! -x /usr/bin/python3 ]]; then
-        log "${sandbox_packages[*]} installed, but bwrap or /usr/bin/python3 is still missing"
+    if ! command -v bwrap >/dev/null 2>&1 || [[ ! -x /usr/bin/python3 ]] || [[ ! -x /usr/bin/chromium ]]; then
+        log "${sandbox_packages[*]} installed, but bwrap, /usr/bin/python3 or /usr/bin/chromium is still missing"
         exit 1
     fi
     log "installed ${sandbox_packages[*]}"

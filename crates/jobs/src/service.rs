@@ -367,6 +367,17 @@ impl JobService {
         Ok(Some(job))
     }
 
+    /// An account's jobs, newest first, older than `before` when given (see
+    /// `store::JobStore::account_jobs`).
+    pub async fn account_jobs(
+        &self,
+        account_id: &ledger::AccountId,
+        before: Option<(Timestamp, &JobId)>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, JobError> {
+        Ok(self.store.account_jobs(account_id, before, limit).await?)
+    }
+
     pub async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, JobError> {
         Ok(self.store.thread_jobs(thread_id, limit).await?)
     }

@@ -447,6 +447,10 @@ const GET_ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/v1/accounts",
+    "/v1/accounts/{id}/runs",
+    "/v1/accounts/{id}/jobs",
+    "/v1/overview",
     "/{id}",
     "/v1/{id}/{id}",
 ];

@@ -5,6 +5,7 @@
 //! (`error`). Only the types in `dto` derive serde. Nothing here names a concrete backend.
 
 mod config;
+mod console;
 pub mod dto;
 pub mod edge;
 mod error;

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, prometheus, runs, test_clock,
-    webhooks, worker,
+    accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, operator, prometheus, runs,
+    test_clock, webhooks, worker,
 };
 
 #[derive(OpenApi)]
@@ -65,6 +65,10 @@ use crate::routes::{
         health::readyz,
         health::openapi,
         prometheus::metrics,
+        operator::list_accounts,
+        operator::account_runs,
+        operator::account_jobs,
+        operator::overview,
     ),
     modifiers(&BearerAuth)
 )]

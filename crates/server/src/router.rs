@@ -18,12 +18,13 @@ use store::{Clock, LedgerStore};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::ApiConfig;
+use crate::console;
 use crate::error::panic_response;
 use crate::limits::{self, RequestLimits};
 use crate::observe;
 use crate::routes::{
     accounts, allowances, api_keys, gateway, health, holds, jobs, ledger_events, method_not_allowed, not_found,
-    prometheus, runs, test_clock, webhooks, worker,
+    operator, prometheus, runs, test_clock, webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -48,7 +49,11 @@ enum Timing {
 /// a route cannot be added without being documented and fuzzed.
 fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
     vec![
+        (Method::GET, "/v1/accounts", get(operator::list_accounts), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}", get(accounts::get_account), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/runs", get(operator::account_runs), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/jobs", get(operator::account_jobs), Timing::Handler),
+        (Method::GET, "/v1/overview", get(operator::overview), Timing::Handler),
         (Method::POST, "/v1/accounts/{account_id}/grants", post(accounts::create_grant), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}/entries", get(accounts::list_entries), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}/holds", get(accounts::list_holds), Timing::Handler),
@@ -188,6 +193,7 @@ fn build(
         router.route(path, handler)
     });
     let router = router
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max));
@@ -379,7 +385,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 6, "the job and worker routes");
+        assert_eq!(checked, 7, "the job and worker routes");
         let event = &schemas["RunEventPayload"];
         let variants = event["oneOf"].as_array().expect("the payload is one of the payload schemas");
         assert_eq!(variants.len(), 11, "{event}");

@@ -67,6 +67,12 @@ const PRIMARY_KEY: &str = "jobs_pkey";
 const RETRY_INDEX: &str = "jobs_one_retry_per_source";
 
 /// `limit` as the bounded `LIMIT` of a list.
+/// An account's jobs older than ($2, $3), newest first (`JobStore::account_jobs`).
+pub(crate) const ACCOUNT_JOBS: &str = select_jobs!(
+    "WHERE account_id = $1 AND (created_at < $2 OR (created_at = $2 AND job_id COLLATE \"C\" < $3)) \
+     ORDER BY created_at DESC, job_id COLLATE \"C\" DESC LIMIT $4"
+);
+
 pub(crate) fn list_limit(limit: u32) -> i64 {
     i64::from(limit.min(JOBS_LIST_MAX))
 }

@@ -1050,6 +1050,61 @@ impl LedgerStore for PostgresStore {
             .collect()
     }
 
+    async fn account_ids(
+        &self,
+        prefix: &str,
+        after: Option<&AccountId>,
+        limit: u32,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let client = self.client().await?;
+        // Ids compare byte-wise (COLLATE "C") whatever the database's collation. They are
+        // `[A-Za-z0-9._-]`, so every id starting with `prefix` sorts below `prefix` + `~`.
+        let statement = client
+            .prepare_cached(
+                "SELECT account_id FROM accounts WHERE account_id COLLATE \"C\" > $1 \
+                 AND account_id COLLATE \"C\" >= $2 AND account_id COLLATE \"C\" < $3 \
+                 ORDER BY account_id COLLATE \"C\" LIMIT $4",
+            )
+            .await
+            .map_err(store_error)?;
+        let after = after.map_or("", AccountId::as_str);
+        let below = format!("{prefix}~");
+        let limit = i64::from(limit.min(store::ACCOUNTS_PAGE_MAX));
+        let params: [&(dyn ToSql + Sync); 4] = [&after, &prefix, &below, &limit];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(|_| undecodable("account id"))?;
+                AccountId::parse(&id).map_err(|_| undecodable("account id"))
+            })
+            .collect()
+    }
+
+    async fn daily_credits(&self, from: Timestamp, to: Timestamp) -> Result<Vec<store::DayCredits>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT at / $3 AS day, kind, SUM(amount)::BIGINT FROM entries WHERE at >= $1 AND at < $2 \
+                 GROUP BY day, kind ORDER BY day, kind",
+            )
+            .await
+            .map_err(store_error)?;
+        let params: [&(dyn ToSql + Sync); 3] = [&from.micros(), &to.micros(), &store::MICROS_PER_DAY];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let day: i64 = row.try_get(0).map_err(|_| undecodable("day"))?;
+                let kind: String = row.try_get(1).map_err(|_| undecodable("entry kind"))?;
+                let micros: i64 = row.try_get(2).map_err(|_| undecodable("sum of amounts"))?;
+                Ok(store::DayCredits {
+                    day,
+                    kind: ledger::EntryKind::parse(&kind).ok_or_else(|| undecodable("entry kind"))?,
+                    amount: Amount::from_micros(u64::try_from(micros).map_err(|_| undecodable("sum of amounts"))?),
+                })
+            })
+            .collect()
+    }
+
     async fn gauges(&self) -> Result<store::StoreGauges, StoreError> {
         let client = self.client().await?;
         // One statement, one snapshot: the pending holds through their partial index, the
@@ -1156,6 +1211,29 @@ impl RunStore for PostgresStore {
             client.prepare_cached("SELECT account_id FROM threads WHERE thread_id = $1").await.map_err(store_error)?;
         let row = client.query_opt(&statement, &[&thread_id]).await.map_err(store_error)?;
         row.map(|row| runs::account_id(row.try_get(0).map_err(|_| undecodable("thread account_id"))?)).transpose()
+    }
+
+    async fn account_runs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &RunId)>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        // With no cursor, one past every run: the largest time, and `~` above every id byte.
+        let (at, run_id) = before.map_or((i64::MAX, "~"), |(at, run_id)| (at.micros(), run_id.as_str()));
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE account_id = $1 \
+                 AND (created_at < $2 OR (created_at = $2 AND run_id COLLATE \"C\" < $3)) \
+                 ORDER BY created_at DESC, run_id COLLATE \"C\" DESC LIMIT $4"
+            ))
+            .await
+            .map_err(store_error)?;
+        let limit = i64::from(limit.min(store::runs::RUNS_PAGE_MAX));
+        let params: [&(dyn ToSql + Sync); 4] = [&account_id.as_str(), &at, &run_id, &limit];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        rows.iter().map(runs::run).collect()
     }
 
     async fn thread_runs(
@@ -1421,6 +1499,18 @@ impl JobStore for PostgresStore {
 
     async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         Ok(self.query_jobs(jobs::JOB_BY_ID, &[&job_id.as_str()]).await?.pop())
+    }
+
+    async fn account_jobs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &JobId)>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        // With no cursor, one past every job: the largest time, and `~` above every id byte.
+        let (at, job_id) = before.map_or((i64::MAX, "~"), |(at, job_id)| (at.micros(), job_id.as_str()));
+        let params: [&(dyn ToSql + Sync); 4] = [&account_id.as_str(), &at, &job_id, &jobs::list_limit(limit)];
+        self.query_jobs(jobs::ACCOUNT_JOBS, &params).await
     }
 
     async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {

@@ -376,6 +376,15 @@ CREATE INDEX gateway_calls_by_account ON gateway_calls (account_id, at);
 CREATE INDEX gateway_calls_by_key ON gateway_calls (key_id, at);
 "#,
     },
+    // Issue 14: the operator's lists. An account's runs and jobs, newest first
+    // (RunStore::account_runs, JobStore::account_jobs); ids compare byte-wise.
+    Migration {
+        version: 11,
+        sql: r#"
+CREATE INDEX runs_by_account ON runs (account_id, created_at, run_id COLLATE "C");
+CREATE INDEX jobs_by_account ON jobs (account_id, created_at, job_id COLLATE "C");
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

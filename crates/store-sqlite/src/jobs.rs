@@ -169,6 +169,31 @@ pub(crate) fn thread_jobs(conn: &Connection, thread_id: &ThreadId, limit: u32) -
     query_jobs(conn, &sql, params![thread_id.as_str(), i64::from(limit.min(JOBS_LIST_MAX))])
 }
 
+/// See [`store::JobStore::account_jobs`]; the `jobs_by_account` index serves it.
+pub(crate) fn account_jobs(
+    conn: &Connection,
+    account_id: &ledger::AccountId,
+    before: Option<(Timestamp, &JobId)>,
+    limit: u32,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let limit = i64::from(limit.min(JOBS_LIST_MAX));
+    match before {
+        None => {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE account_id = ?1 ORDER BY created_at DESC, job_id DESC LIMIT ?2"
+            );
+            query_jobs(conn, &sql, params![account_id.as_str(), limit])
+        }
+        Some((at, job_id)) => {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE account_id = ?1 AND (created_at, job_id) < (?2, ?3) \
+                 ORDER BY created_at DESC, job_id DESC LIMIT ?4"
+            );
+            query_jobs(conn, &sql, params![account_id.as_str(), at.micros(), job_id.as_str(), limit])
+        }
+    }
+}
+
 pub(crate) fn retry_of(conn: &Connection, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE retry_source_job_id = ?1");
     Ok(query_jobs(conn, &sql, [source_job_id.as_str()])?.pop())

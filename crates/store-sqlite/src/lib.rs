@@ -581,6 +581,20 @@ impl LedgerStore for SqliteStore {
         self.readers.run(move |conn| rows::plans(conn, plans_max)).await
     }
 
+    async fn account_ids(
+        &self,
+        prefix: &str,
+        after: Option<&AccountId>,
+        limit: u32,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let (prefix, after) = (prefix.to_owned(), after.cloned());
+        self.readers.run(move |conn| rows::account_ids(conn, &prefix, after.as_ref(), limit)).await
+    }
+
+    async fn daily_credits(&self, from: Timestamp, to: Timestamp) -> Result<Vec<store::DayCredits>, StoreError> {
+        self.readers.run(move |conn| rows::daily_credits(conn, from, to)).await
+    }
+
     async fn gauges(&self) -> Result<store::StoreGauges, StoreError> {
         self.readers.run(rows::gauges).await
     }
@@ -617,6 +631,19 @@ impl RunStore for SqliteStore {
     async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
         let thread_id = thread_id.to_owned();
         self.readers.run(move |conn| runs::thread_account(conn, &thread_id)).await
+    }
+
+    async fn account_runs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &RunId)>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let account_id = account_id.clone();
+        let before = before.map(|(at, run_id)| (at, run_id.clone()));
+        self.readers
+            .run(move |conn| runs::account_runs(conn, &account_id, before.as_ref().map(|(at, id)| (*at, id)), limit))
+            .await
     }
 
     async fn thread_runs(
@@ -754,6 +781,19 @@ impl JobStore for SqliteStore {
     async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let job_id = job_id.to_owned();
         self.readers.run(move |conn| jobs::job(conn, &job_id)).await
+    }
+
+    async fn account_jobs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &JobId)>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let account_id = account_id.clone();
+        let before = before.map(|(at, job_id)| (at, job_id.clone()));
+        self.readers
+            .run(move |conn| jobs::account_jobs(conn, &account_id, before.as_ref().map(|(at, id)| (*at, id)), limit))
+            .await
     }
 
     async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {

@@ -708,3 +708,53 @@ pub(crate) fn gauges(conn: &Connection) -> Result<store::StoreGauges, StoreError
         oldest_queued_job_at: oldest.map(Timestamp::from_micros),
     })
 }
+
+/// See [`store::LedgerStore::account_ids`]: a range of the primary key. Ids are
+/// `[A-Za-z0-9._-]`, so every id starting with `prefix` sorts below `prefix` + `~`.
+pub(crate) fn account_ids(
+    conn: &Connection,
+    prefix: &str,
+    after: Option<&AccountId>,
+    limit: u32,
+) -> Result<Vec<AccountId>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT account_id FROM accounts WHERE account_id > ?1 AND account_id >= ?2 AND account_id < ?3 \
+             ORDER BY account_id LIMIT ?4",
+        )
+        .map_err(sql_error)?;
+    let after = after.map_or("", AccountId::as_str);
+    let below = format!("{prefix}~");
+    let limit = i64::from(limit.min(store::ACCOUNTS_PAGE_MAX));
+    query_all(&mut statement, params![after, prefix, below, limit], |row| row.get::<_, String>(0).map_err(sql_error))?
+        .into_iter()
+        .map(|id| AccountId::parse(&id).map_err(|_| StoreError::corrupt(format!("stored account id {id:?}"))))
+        .collect()
+}
+
+/// See [`store::LedgerStore::daily_credits`].
+pub(crate) fn daily_credits(
+    conn: &Connection,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<store::DayCredits>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT at / ?3 AS day, kind, SUM(amount) FROM entries WHERE at >= ?1 AND at < ?2 \
+             GROUP BY day, kind ORDER BY day, kind",
+        )
+        .map_err(sql_error)?;
+    let rows = query_all(&mut statement, params![from.micros(), to.micros(), store::MICROS_PER_DAY], |row| {
+        let day: i64 = row.get(0).map_err(sql_error)?;
+        let kind: String = row.get(1).map_err(sql_error)?;
+        let micros: i64 = row.get(2).map_err(sql_error)?;
+        Ok((day, kind, micros))
+    })?;
+    rows.into_iter()
+        .map(|(day, kind, micros)| {
+            let kind = EntryKind::parse(&kind).ok_or_else(|| StoreError::corrupt(format!("entry kind {kind:?}")))?;
+            let micros = u64::try_from(micros).map_err(|_| StoreError::corrupt("a negative sum of amounts"))?;
+            Ok(store::DayCredits { day, kind, amount: Amount::from_micros(micros) })
+        })
+        .collect()
+}

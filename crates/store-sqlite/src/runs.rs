@@ -261,6 +261,31 @@ pub(crate) fn thread_runs(
     query_runs(conn, &sql, params![thread_id.as_str(), after, i64::from(limit)])
 }
 
+/// See [`store::RunStore::account_runs`]; the `runs_by_account` index serves it.
+pub(crate) fn account_runs(
+    conn: &Connection,
+    account_id: &AccountId,
+    before: Option<(Timestamp, &RunId)>,
+    limit: u32,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let limit = i64::from(limit.min(store::runs::RUNS_PAGE_MAX));
+    match before {
+        None => {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE account_id = ?1 ORDER BY created_at DESC, run_id DESC LIMIT ?2"
+            );
+            query_runs(conn, &sql, params![account_id.as_str(), limit])
+        }
+        Some((at, run_id)) => {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE account_id = ?1 AND (created_at, run_id) < (?2, ?3) \
+                 ORDER BY created_at DESC, run_id DESC LIMIT ?4"
+            );
+            query_runs(conn, &sql, params![account_id.as_str(), at.micros(), run_id.as_str(), limit])
+        }
+    }
+}
+
 pub(crate) fn runs_in_state(
     conn: &Connection,
     state: RunState,

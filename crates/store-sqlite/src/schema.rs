@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_allowances.sql")),
     (9, include_str!("../migrations/0009_webhooks.sql")),
     (10, include_str!("../migrations/0010_api_keys.sql")),
+    (11, include_str!("../migrations/0011_operator_lists.sql")),
 ];
 
 fn refused(path: &Path, what: &str, detail: impl std::fmt::Display) -> StoreError {

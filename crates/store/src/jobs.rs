@@ -131,6 +131,16 @@ pub trait JobStore: Send + Sync + 'static {
     async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError>;
 
     /// The retry of `source_job_id`, if one exists.
+    /// An account's jobs, newest first (`created_at`, then job id, both descending), at most
+    /// `limit` (≤ [`JOBS_LIST_MAX`]); only those older than `before` (a job's `created_at` and
+    /// id) when given.
+    async fn account_jobs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &JobId)>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
     async fn retry_of(&self, source_job_id: &JobId) -> Result<Option<JobRecord>, StoreError>;
 
     /// Claims the oldest claimable job for `worker_id`: a queued job with `run_after <= now`, or

@@ -125,6 +125,26 @@ pub struct SweepReport {
     pub idempotency_keys_deleted: u64,
 }
 
+/// The largest page of [`LedgerStore::account_ids`].
+pub const ACCOUNTS_PAGE_MAX: u32 = 1_000;
+
+/// Micro-credits a day's journal entries of one kind moved (see [`LedgerStore::daily_credits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DayCredits {
+    /// Days since 1970-01-01, UTC.
+    pub day: i64,
+    pub kind: ledger::EntryKind,
+    pub amount: ledger::Amount,
+}
+
+/// The UTC day (days since the Unix epoch) of `at`.
+pub fn utc_day(at: Timestamp) -> i64 {
+    at.micros().div_euclid(MICROS_PER_DAY)
+}
+
+/// Microseconds in a UTC day (no leap seconds, as Unix time).
+pub const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
+
 /// What the store holds open right now, whole-store figures for the operator's gauges (never
 /// per account). Pending holds include ones past their expiry the sweeper has not reached yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -408,6 +428,26 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn plans(&self, plans_max: u32) -> Result<Vec<plans::Plan>, StoreError> {
         let _ = plans_max;
         Err(StoreError::unavailable(format!("the {} store keeps no plans", self.backend())))
+    }
+
+    /// Account ids starting with `prefix` (empty: every account), after `after`, in byte order,
+    /// at most `limit` (≤ [`ACCOUNTS_PAGE_MAX`]). The operator's account search.
+    async fn account_ids(
+        &self,
+        prefix: &str,
+        after: Option<&AccountId>,
+        limit: u32,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let _ = (prefix, after, limit);
+        Err(StoreError::unavailable(format!("the {} store lists no accounts", self.backend())))
+    }
+
+    /// The journal's credits per UTC day and entry kind, for entries at `from` or later and
+    /// before `to`, every account together (days with none are absent). Reads every entry in
+    /// the window: an overview for operators, not a hot path.
+    async fn daily_credits(&self, from: Timestamp, to: Timestamp) -> Result<Vec<DayCredits>, StoreError> {
+        let _ = (from, to);
+        Err(StoreError::unavailable(format!("the {} store sums no days", self.backend())))
     }
 
     /// Whole-store figures for the metrics' gauges (see [`StoreGauges`]): one indexed pass over

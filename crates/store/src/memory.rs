@@ -679,6 +679,39 @@ impl LedgerStore for MemoryStore {
         Ok(self.lock().plans.values().take(plans_max as usize).cloned().collect())
     }
 
+    async fn account_ids(
+        &self,
+        prefix: &str,
+        after: Option<&AccountId>,
+        limit: u32,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let inner = self.lock();
+        let mut ids: Vec<&AccountId> = inner
+            .accounts
+            .keys()
+            .filter(|id| id.as_str().starts_with(prefix) && after.is_none_or(|after| *id > after))
+            .collect();
+        ids.sort();
+        Ok(ids.into_iter().take(limit.min(crate::ACCOUNTS_PAGE_MAX) as usize).cloned().collect())
+    }
+
+    async fn daily_credits(&self, from: Timestamp, to: Timestamp) -> Result<Vec<crate::DayCredits>, StoreError> {
+        let inner = self.lock();
+        let mut days: std::collections::BTreeMap<(i64, &'static str), (ledger::EntryKind, u64)> = Default::default();
+        for entry in inner.journal.iter().filter(|entry| entry.at >= from && entry.at < to) {
+            let day = days.entry((crate::utc_day(entry.at), entry.kind.as_str())).or_insert((entry.kind, 0));
+            day.1 += entry.amount.micros();
+        }
+        Ok(days
+            .into_iter()
+            .map(|((day, _), (kind, micros))| crate::DayCredits {
+                day,
+                kind,
+                amount: ledger::Amount::from_micros(micros),
+            })
+            .collect())
+    }
+
     async fn gauges(&self) -> Result<crate::StoreGauges, StoreError> {
         let inner = self.lock();
         let pending = inner.holds.values().filter(|hold| hold.state == HoldState::Pending);
@@ -762,6 +795,23 @@ impl RunStore for MemoryStore {
 
     async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
         Ok(self.lock().threads.get(thread_id).map(|thread| thread.account_id.clone()))
+    }
+
+    async fn account_runs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &RunId)>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let inner = self.lock();
+        let mut runs: Vec<&RunRecord> = inner
+            .runs
+            .values()
+            .filter(|run| &run.account_id == account_id)
+            .filter(|run| before.is_none_or(|(at, run_id)| (run.created_at, &run.run_id) < (at, run_id)))
+            .collect();
+        runs.sort_by(|a, b| (b.created_at, &b.run_id).cmp(&(a.created_at, &a.run_id)));
+        Ok(runs.into_iter().take(limit.min(crate::runs::RUNS_PAGE_MAX) as usize).cloned().collect())
     }
 
     async fn thread_runs(
@@ -1093,6 +1143,23 @@ impl JobStore for MemoryStore {
 
     async fn job(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         Ok(self.lock().jobs.get(job_id).cloned())
+    }
+
+    async fn account_jobs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &JobId)>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let inner = self.lock();
+        let mut jobs: Vec<&JobRecord> = inner
+            .jobs
+            .values()
+            .filter(|job| &job.account_id == account_id)
+            .filter(|job| before.is_none_or(|(at, job_id)| (job.created_at, &job.job_id) < (at, job_id)))
+            .collect();
+        jobs.sort_by(|a, b| (b.created_at, &b.job_id).cmp(&(a.created_at, &a.job_id)));
+        Ok(jobs.into_iter().take(limit.min(JOBS_LIST_MAX) as usize).cloned().collect())
     }
 
     async fn thread_jobs(&self, thread_id: &ThreadId, limit: u32) -> Result<Vec<JobRecord>, StoreError> {

@@ -259,6 +259,9 @@ pub enum CreateRunRefusal {
     KeyUsed(KeyedRun),
 }
 
+/// The largest page of [`RunStore::account_runs`].
+pub const RUNS_PAGE_MAX: u32 = 1_000;
+
 #[async_trait]
 pub trait RunStore: Send + Sync + 'static {
     /// Inserts a run in state `Running`, creating its thread on first use, and assigns
@@ -303,6 +306,16 @@ pub trait RunStore: Send + Sync + 'static {
     ) -> Result<Vec<RunRecord>, StoreError>;
 
     /// Runs in `state`, optionally only those of one instance, oldest first, at most `limit`.
+    /// An account's runs, newest first (`created_at`, then run id, both descending), at most
+    /// `limit` (≤ [`RUNS_PAGE_MAX`]); only those older than `before` (a run's `created_at` and id)
+    /// when given.
+    async fn account_runs(
+        &self,
+        account_id: &AccountId,
+        before: Option<(Timestamp, &RunId)>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
     async fn runs_in_state(
         &self,
         state: RunState,

@@ -30,7 +30,12 @@ fn script_video_turn(fake: &FakeProvider) {
 }
 
 /// Runs a video turn for `account`; returns the frames and the job id.
-async fn video_turn(app: &TestApp, fake: &FakeProvider, account: &str, thread: &str) -> (Vec<Frame>, String) {
+pub(crate) async fn video_turn(
+    app: &TestApp,
+    fake: &FakeProvider,
+    account: &str,
+    thread: &str,
+) -> (Vec<Frame>, String) {
     script_video_turn(fake);
     let frames =
         app.solve(json!({"account_id": account, "problem": "draw 2 + 2", "thread_id": thread})).await.collect().await;

@@ -82,6 +82,14 @@ impl RunStore for WatchedRuns {
     async fn thread_account(&self, thread_id: &ThreadId) -> Result<Option<AccountId>, StoreError> {
         self.inner.thread_account(thread_id).await
     }
+    async fn account_runs(
+        &self,
+        account_id: &ledger::AccountId,
+        before: Option<(ledger::Timestamp, &store::RunId)>,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.account_runs(account_id, before, limit).await
+    }
     async fn thread_runs(
         &self,
         thread_id: &ThreadId,

@@ -84,6 +84,7 @@ pub mod events;
 pub mod gateway;
 pub mod jobs;
 pub mod ledger_events;
+pub mod operator;
 pub mod runs;
 pub mod webhooks;
 

@@ -96,7 +96,7 @@ pub async fn get_account(
 }
 
 /// A list route's `limit`: the default (never above the maximum) when absent, else 1..=max.
-fn page_limit(limit: Option<u32>, default: u32, limit_max: u32) -> Result<u32, ApiError> {
+pub(crate) fn page_limit(limit: Option<u32>, default: u32, limit_max: u32) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(default.min(limit_max));
     if !(1..=limit_max).contains(&limit) {
         return Err(ApiError::invalid_request(format!("limit: must be between 1 and {limit_max}")));

@@ -25,7 +25,7 @@ fn job_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "job_not_found", "no such job for this account")
 }
 
-fn jobs(state: &AppState) -> Result<Arc<JobService>, ApiError> {
+pub(crate) fn jobs(state: &AppState) -> Result<Arc<JobService>, ApiError> {
     state.engine.as_ref().and_then(|engine| engine.jobs().cloned()).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -35,7 +35,7 @@ fn jobs(state: &AppState) -> Result<Arc<JobService>, ApiError> {
     })
 }
 
-fn job_error(error: JobError) -> ApiError {
+pub(crate) fn job_error(error: JobError) -> ApiError {
     match error {
         JobError::NotFound => job_not_found(),
         JobError::Store(error) => error.into(),

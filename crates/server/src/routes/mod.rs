@@ -9,6 +9,7 @@ pub mod health;
 pub mod holds;
 pub mod jobs;
 pub mod ledger_events;
+pub mod operator;
 pub mod prometheus;
 pub mod runs;
 pub mod test_clock;

@@ -38,7 +38,7 @@ fn runs_unavailable() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runs_unavailable", "metered runs are not configured on this server")
 }
 
-fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
+pub(crate) fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
     state.engine.as_ref().ok_or_else(runs_unavailable)
 }
 

@@ -708,3 +708,39 @@ pub async fn jobs_thread_jobs_order_and_limit(h: JobHarness) {
     let listed = h.store.thread_jobs(&thread_of("t"), 1).await.unwrap();
     assert_eq!(listed, vec![h.read("j-10").await.unwrap()], "lists hold whole records");
 }
+
+/// An account's jobs come newest first (by `created_at`, then id byte-wise, both descending),
+/// in pages that continue after a job's `(created_at, id)`, never another account's.
+pub async fn jobs_account_jobs_newest_first_in_pages(h: JobHarness) {
+    let base = h.now();
+    // (id, account, created +s): inserted out of order; three created at the same time.
+    let jobs =
+        [("j-c", "u", 30), ("j-a", "u", 10), ("x", "other", 40), ("j-b", "u", 20), ("j-10", "u", 10), ("j-2", "u", 10)];
+    for (job_id, account_id, created) in jobs {
+        let mut job = h.record(job_id, "t");
+        job.account_id = account(account_id);
+        job.created_at = base.plus_seconds(created);
+        h.insert(&job).await;
+    }
+    let page = |before: Option<&'static str>, limit: u32| {
+        let h = &h;
+        async move {
+            let cursor = match before {
+                Some(job_id) => Some(h.read(job_id).await.expect("the cursor's job")),
+                None => None,
+            };
+            let before = cursor.as_ref().map(|job| (job.created_at, &job.job_id));
+            let jobs = h.store.account_jobs(&account("u"), before, limit).await.expect("store answers");
+            assert!(jobs.iter().all(|job| job.account_id.as_str() == "u"), "only the account's jobs: {jobs:?}");
+            jobs.into_iter().map(|job| job.job_id.to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, 10).await, vec!["j-c", "j-b", "j-a", "j-2", "j-10"]);
+    assert_eq!(page(None, 2).await, vec!["j-c", "j-b"]);
+    assert_eq!(page(Some("j-b"), 2).await, vec!["j-a", "j-2"]);
+    assert_eq!(page(Some("j-2"), 2).await, vec!["j-10"]);
+    assert_eq!(page(Some("j-10"), 2).await, Vec::<String>::new());
+    assert_eq!(page(None, 0).await, Vec::<String>::new());
+    let listed = h.store.account_jobs(&account("u"), None, 1).await.expect("store answers");
+    assert_eq!(listed, vec![h.read("j-c").await.expect("stored")], "lists hold whole records");
+}

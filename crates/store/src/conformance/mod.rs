@@ -70,6 +70,8 @@ macro_rules! conformance_tests {
             many_pending_holds_stay_out_of_account_reads
             holds_are_paged_by_state
             gauges_follow_pending_holds
+            accounts_are_listed_by_prefix_in_pages
+            daily_credits_sum_the_journal_by_day_and_kind
             differential_against_model
             allowances_daily_seoul_midnight
             allowances_grant_only_the_current_period
@@ -102,6 +104,7 @@ macro_rules! conformance_tests {
             runs_duplicate_run_id
             runs_update_changes_only_mutable_fields
             runs_thread_runs_pages
+            runs_account_runs_newest_first_in_pages
             runs_in_state_oldest_first
             runs_artifacts_round_trip
             runs_concurrent_creates_one_wins
@@ -137,6 +140,7 @@ macro_rules! conformance_tests {
             jobs_attempts_max_respected
             jobs_stuck_jobs
             jobs_thread_jobs_order_and_limit
+            jobs_account_jobs_newest_first_in_pages
         );
     };
     (@tests $factory:path; $($name:ident)*) => {

@@ -866,3 +866,42 @@ pub async fn runs_end_writes_one_event(h: RunHarness, ledger: super::Harness) {
     let data: serde_json::Value = serde_json::from_str(&failed[0].event.data).expect("JSON");
     assert_eq!((data["run_id"].as_str(), data["state"].as_str()), (Some("r-bad"), Some("canceled")));
 }
+
+/// An account's runs come newest first (by `created_at`, then id byte-wise, both descending),
+/// across its threads, in pages that continue after a run's `(created_at, id)`.
+pub async fn runs_account_runs_newest_first_in_pages(h: RunHarness) {
+    let base = h.now();
+    // (run, account, thread, created +s): two created at the same time.
+    let runs = [
+        ("r-a", "u", "t1", 10),
+        ("r-c", "u", "t2", 30),
+        ("o", "other", "t3", 40),
+        ("r-b", "u", "t4", 20),
+        ("r-2", "u", "t5", 20),
+    ];
+    for (run_id, account_id, thread_id, created) in runs {
+        let mut run = h.record(run_id, account_id, thread_id);
+        run.created_at = base.plus_seconds(created);
+        run.updated_at = run.created_at;
+        h.create(&run).await.unwrap_or_else(|refusal| panic!("run {run_id} refused: {refusal:?}"));
+    }
+    let page = |before: Option<&'static str>, limit: u32| {
+        let h = &h;
+        async move {
+            let cursor = match before {
+                Some(run_id) => Some(h.read(run_id).await.expect("the cursor's run")),
+                None => None,
+            };
+            let before = cursor.as_ref().map(|run| (run.created_at, &run.run_id));
+            let runs = h.store.account_runs(&account("u"), before, limit).await.expect("store answers");
+            assert!(runs.iter().all(|run| run.account_id.as_str() == "u"), "only the account's runs: {runs:?}");
+            runs.into_iter().map(|run| run.run_id.to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, 10).await, vec!["r-c", "r-b", "r-2", "r-a"]);
+    assert_eq!(page(None, 2).await, vec!["r-c", "r-b"]);
+    assert_eq!(page(Some("r-b"), 2).await, vec!["r-2", "r-a"]);
+    assert_eq!(page(Some("r-a"), 2).await, Vec::<String>::new());
+    let listed = h.store.account_runs(&account("u"), None, 1).await.expect("store answers");
+    assert_eq!(listed, vec![h.read("r-c").await.expect("stored")], "lists hold whole records");
+}

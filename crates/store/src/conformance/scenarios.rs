@@ -563,3 +563,54 @@ pub async fn gauges_follow_pending_holds(h: Harness) {
     let jobs = |gauges: crate::StoreGauges| (gauges.jobs_queued, gauges.jobs_running, gauges.oldest_queued_job_at);
     assert_eq!(jobs(gauges), jobs(before), "no job moved");
 }
+
+/// The operator's account search: ids with a prefix, in byte order, page after page.
+pub async fn accounts_are_listed_by_prefix_in_pages(h: Harness) {
+    for id in ["acme-2", "acme-10", "acme-1", "acmf", "ac", "zeta", "Acme-0"] {
+        h.grant(id, "1").await;
+    }
+    let page = |prefix: &'static str, after: Option<&'static str>, limit: u32| {
+        let h = &h;
+        async move {
+            let after = after.map(account);
+            let ids = h.store.account_ids(prefix, after.as_ref(), limit).await.expect("store answers");
+            ids.into_iter().map(|id| id.to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("acme-", None, 10).await, vec!["acme-1", "acme-10", "acme-2"]);
+    assert_eq!(page("acme-", None, 2).await, vec!["acme-1", "acme-10"]);
+    assert_eq!(page("acme-", Some("acme-10"), 2).await, vec!["acme-2"]);
+    assert_eq!(page("acme-", Some("acme-2"), 2).await, Vec::<String>::new());
+    assert_eq!(page("ac", None, 10).await, vec!["ac", "acme-1", "acme-10", "acme-2", "acmf"]);
+    assert_eq!(page("", None, 3).await, vec!["Acme-0", "ac", "acme-1"], "byte order: upper case first");
+    assert_eq!(page("", Some("acmf"), 10).await, vec!["zeta"]);
+    assert_eq!(page("nobody", None, 10).await, Vec::<String>::new());
+}
+
+/// The overview's days: the journal's credits per UTC day and kind, for a window of time.
+pub async fn daily_credits_sum_the_journal_by_day_and_kind(h: Harness) {
+    let start = crate::utc_day(crate::Clock::now(h.clock.as_ref()));
+    h.grant("d1", "10").await;
+    h.grant("d2", "2.5").await;
+    let hold = h.hold("d1", "4", 3 * 86_400).await.expect("held");
+    h.clock.advance_seconds(86_400);
+    h.capture(&hold.hold_id, "3", true).await.expect("captured");
+    h.grant("d1", "1").await;
+    let from = crate::Timestamp::from_micros(start * crate::MICROS_PER_DAY);
+    let to = crate::Timestamp::from_micros((start + 2) * crate::MICROS_PER_DAY);
+    let days = h.store.daily_credits(from, to).await.expect("store answers");
+    let got: Vec<(i64, &str, String)> =
+        days.iter().map(|day| (day.day - start, day.kind.as_str(), day.amount.to_string())).collect();
+    let want = vec![
+        (0, "grant", "12.5".to_owned()),
+        (0, "hold", "4".to_owned()),
+        (1, "capture", "3".to_owned()),
+        (1, "grant", "1".to_owned()),
+        (1, "release", "1".to_owned()),
+    ];
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, want);
+    let first_day_only = h.store.daily_credits(from, from.plus_seconds(86_400)).await.expect("store answers");
+    assert!(first_day_only.iter().all(|day| day.day == start), "the window bounds the entries: {first_day_only:?}");
+}
