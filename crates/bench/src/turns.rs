@@ -158,6 +158,7 @@ impl NullLedger {
                     reference,
                     metadata,
                     live: true,
+                    voided_at: None,
                 };
                 Outcome::Granted { grant, created: true }
             }
@@ -175,6 +176,7 @@ impl NullLedger {
                     reference: Some(reference),
                     metadata: String::new(),
                     live: true,
+                    voided_at: None,
                 };
                 Outcome::Refunded { grant, created: true }
             }
@@ -182,8 +184,9 @@ impl NullLedger {
             Command::CreateAllowance { .. }
             | Command::EndAllowances { .. }
             | Command::SubscribePlan { .. }
-            | Command::SetLowBalanceThreshold { .. } => {
-                unreachable!("a turn never manages allowances")
+            | Command::SetLowBalanceThreshold { .. }
+            | Command::VoidGrant { .. } => {
+                unreachable!("a turn never manages allowances, thresholds or grants")
             }
         })
     }

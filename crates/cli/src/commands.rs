@@ -15,7 +15,8 @@ use jobs::worker::{run_worker, WorkerBackend};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    parse_worker_token, AccountArgs, DatabaseArgs, DatabaseUrl, GrantArgs, RendererSettings, WorkerArgs, WORKERS_MAX,
+    parse_worker_token, AccountArgs, DatabaseArgs, DatabaseUrl, GrantArgs, RendererSettings, ServerArgs, WorkerArgs,
+    WORKERS_MAX,
 };
 use crate::database::{self, OpenStore};
 
@@ -99,8 +100,41 @@ pub async fn grant(args: &GrantArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long a read command waits for a server's answer.
+const SERVER_READ_SECONDS: u64 = 30;
+/// Pages of holds `holds --server` reads at most (1,000 holds each).
+const SERVER_HOLD_PAGES_MAX: usize = 1_000;
+
+/// GET `path` from the server `--server` names: the JSON body of a 200, else an error naming the
+/// problem's code and detail (what the API answered), or the status.
+async fn server_get(server: &ServerArgs, path: &str) -> anyhow::Result<Value> {
+    let base = server.server.as_deref().expect("called only with --server").trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(SERVER_READ_SECONDS))
+        .build()
+        .context("cannot build an HTTP client")?;
+    let mut request = client.get(format!("{base}{path}"));
+    if let Some(token) = &server.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {base}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.with_context(|| format!("{base}{path} answered {status} without JSON"))?;
+    if !status.is_success() {
+        let code = body["code"].as_str().unwrap_or("error");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        bail!("{code}: {detail} ({status} from {base}{path})");
+    }
+    Ok(body)
+}
+
 pub async fn balance(args: &AccountArgs) -> anyhow::Result<ExitCode> {
     let account_id = account_id(&args.account)?;
+    if args.server.server.is_some() {
+        // The server renders the account exactly as this command does from the database.
+        print_json(&server_get(&args.server, &format!("/v1/accounts/{account_id}")).await?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let view = with_store(&args.database, async |store| Ok(store.account(&account_id).await?)).await?;
     let view = view.ok_or_else(|| anyhow!("account_not_found: no account {}", args.account))?;
     print_json(&server::wire::account_response(&view))?;
@@ -109,6 +143,22 @@ pub async fn balance(args: &AccountArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn holds(args: &AccountArgs) -> anyhow::Result<ExitCode> {
     let account_id = account_id(&args.account)?;
+    if args.server.server.is_some() {
+        let mut holds = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..SERVER_HOLD_PAGES_MAX {
+            let cursor = after.as_deref().map(|after| format!("&after={after}")).unwrap_or_default();
+            let path = format!("/v1/accounts/{account_id}/holds?state=pending&limit=1000{cursor}");
+            let page = server_get(&args.server, &path).await?;
+            holds.extend(page["holds"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        print_json(&holds)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let holds = with_store(&args.database, async |store| Ok(store.pending_holds(&account_id).await?)).await?;
     let holds: Vec<_> = holds.iter().map(server::wire::hold_response).collect();
     print_json(&holds)?;

@@ -330,6 +330,20 @@ pub struct AccountArgs {
     pub account: String,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Where a read command asks instead of opening the database: a running server's API, so it
+/// works while that server holds the SQLite file (or from another machine).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// A running server's base URL (`http://127.0.0.1:8080`); the database is not opened then.
+    #[arg(long, env = "CREDITGRAPH_SERVER")]
+    pub server: Option<String>,
+    /// The bearer token for `--server` (a service or admin token).
+    #[arg(long, env = "CREDITGRAPH_TOKEN", requires = "server")]
+    pub token: Option<String>,
 }
 
 /// Where the ledger lives.

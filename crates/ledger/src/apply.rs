@@ -342,6 +342,7 @@ fn grant_allowance_period(
         reference: Some(named.reference.clone()),
         metadata: "{}".to_owned(),
         live: true,
+        voided_at: None,
     };
     let amount = grant.amount;
     state.grants.push(grant);
@@ -546,6 +547,7 @@ fn apply_command(
                 reference: reference.clone(),
                 metadata: metadata.clone(),
                 live: true,
+                voided_at: None,
             };
             state.grants.push(grant.clone());
             changes.touch_grant(grant_id);
@@ -709,6 +711,7 @@ fn apply_command(
                 reference: Some(reference.clone()),
                 metadata: "{}".to_owned(),
                 live: true,
+                voided_at: None,
             };
             state.grants.push(grant.clone());
             state.totals.refunded = state.totals.refunded.plus(*amount);
@@ -717,6 +720,25 @@ fn apply_command(
             Ok(Outcome::Refunded { grant, created: true })
         }
         Command::Sweep { .. } => Ok(Outcome::Swept { entries: changes.entries.len() }),
+        Command::VoidGrant { grant_id, .. } => {
+            let grant = state
+                .grants
+                .iter_mut()
+                .find(|grant| &grant.grant_id == grant_id && grant.live)
+                .ok_or(Rejection::GrantNotFound)?;
+            if !grant.pinned.is_zero() {
+                return Err(Rejection::GrantCreditsHeld { held: grant.pinned });
+            }
+            let voided = std::mem::replace(&mut grant.free, Amount::ZERO);
+            grant.voided_at = Some(now);
+            let grant_id = grant.grant_id.clone();
+            changes.touch_grant(&grant_id);
+            journal.push(changes, EntryKind::Void, voided, None, Some(&grant_id), None, now);
+            let mut grant = grant.clone();
+            // What the end of the command will store: nothing left, so never loaded again.
+            grant.live = false;
+            Ok(Outcome::GrantVoided { grant, voided })
+        }
         Command::SetLowBalanceThreshold { threshold, .. } => {
             if state.low_balance_threshold != *threshold {
                 state.low_balance_threshold = *threshold;

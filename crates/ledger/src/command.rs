@@ -88,6 +88,13 @@ pub enum Command {
         account_id: AccountId,
         threshold: Option<Amount>,
     },
+    /// Takes back what is left of a grant given by mistake: its free credits leave the balance
+    /// (journalled as `void`) and it is marked voided. Refused while pending holds reserve any
+    /// of its credits (release them first), so a void never takes credits a hold was promised.
+    VoidGrant {
+        account_id: AccountId,
+        grant_id: GrantId,
+    },
     /// Switches the account to a plan: ends the allowances of its current plan as
     /// [`Command::EndAllowances`] does, then adds the plan's (all or nothing). Creates the
     /// account.
@@ -115,7 +122,8 @@ impl Command {
             | Command::Sweep { account_id }
             | Command::EndAllowances { account_id, .. }
             | Command::SubscribePlan { account_id, .. }
-            | Command::SetLowBalanceThreshold { account_id, .. } => Target::Account(account_id),
+            | Command::SetLowBalanceThreshold { account_id, .. }
+            | Command::VoidGrant { account_id, .. } => Target::Account(account_id),
             Command::CreateAllowance { allowance } => Target::Account(&allowance.account_id),
             Command::Capture { hold_id, .. } | Command::Release { hold_id } | Command::Extend { hold_id, .. } => {
                 Target::Hold(hold_id)
@@ -180,6 +188,7 @@ impl Command {
             Command::EndAllowances { .. } => "end_allowances",
             Command::SubscribePlan { .. } => "subscribe_plan",
             Command::SetLowBalanceThreshold { .. } => "set_low_balance_threshold",
+            Command::VoidGrant { .. } => "void_grant",
         }
     }
 }
@@ -231,6 +240,11 @@ pub enum Outcome {
         account_id: AccountId,
         threshold: Option<Amount>,
         balances: Balances,
+    },
+    /// The grant as voided (`voided_at` set, nothing left in it) and what the void took back.
+    GrantVoided {
+        grant: Grant,
+        voided: Amount,
     },
     /// The plan's allowances as created, and the ended ones of the plan before.
     PlanSubscribed {
@@ -316,6 +330,14 @@ pub enum Rejection {
     AllowanceLimit,
     /// No allowance of the account that has not ended has this id.
     AllowanceNotFound,
+    /// The account has no grant with this id that still holds credits (never given, spent,
+    /// expired or voided already).
+    GrantNotFound,
+    /// Pending holds reserve `held` of the grant's credits: a void would take what they were
+    /// promised.
+    GrantCreditsHeld {
+        held: Amount,
+    },
 }
 
 impl Rejection {
@@ -333,6 +355,8 @@ impl Rejection {
             Rejection::ExpiryNotInFuture => "invalid_request",
             Rejection::AllowanceLimit => "allowance_limit",
             Rejection::AllowanceNotFound => "allowance_not_found",
+            Rejection::GrantNotFound => "grant_not_found",
+            Rejection::GrantCreditsHeld { .. } => "grant_credits_held",
         }
     }
 }
@@ -359,6 +383,10 @@ impl fmt::Display for Rejection {
                 write!(f, "an account has at most {ALLOWANCES_ACTIVE_MAX} allowances that have not ended")
             }
             Rejection::AllowanceNotFound => f.write_str("no such allowance (or it has ended)"),
+            Rejection::GrantNotFound => f.write_str("no such grant with credits left (spent, expired or voided)"),
+            Rejection::GrantCreditsHeld { held } => {
+                write!(f, "pending holds reserve {held} credits of this grant; release them first")
+            }
         }
     }
 }

@@ -156,6 +156,8 @@ pub struct Grant {
     /// False once the grant can never again hold credits (`free` and `pinned` both zero): stores
     /// skip loading it.
     pub live: bool,
+    /// When an operator voided it ([`crate::Command::VoidGrant`]); a voided grant holds nothing.
+    pub voided_at: Option<Timestamp>,
 }
 
 impl Grant {
@@ -256,13 +258,15 @@ pub enum EntryKind {
     Debit,
     /// balance −amount (a grant's free part reached its expiry)
     GrantExpired,
+    /// balance −amount (an operator voided what was left of a grant)
+    Void,
 }
 
 /// Signed change of (balance, held) in micro-credits.
 pub type Deltas = (i128, i128);
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 9] = [
+    pub const ALL: [EntryKind; 10] = [
         EntryKind::Grant,
         EntryKind::Refund,
         EntryKind::Hold,
@@ -272,6 +276,7 @@ impl EntryKind {
         EntryKind::Extend,
         EntryKind::Debit,
         EntryKind::GrantExpired,
+        EntryKind::Void,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -285,6 +290,7 @@ impl EntryKind {
             EntryKind::Extend => "extend",
             EntryKind::Debit => "debit",
             EntryKind::GrantExpired => "grant_expired",
+            EntryKind::Void => "void",
         }
     }
 
@@ -300,7 +306,7 @@ impl EntryKind {
             EntryKind::Capture => (-a, -a),
             EntryKind::Release | EntryKind::Expire => (0, -a),
             EntryKind::Extend => (0, 0),
-            EntryKind::Debit | EntryKind::GrantExpired => (-a, 0),
+            EntryKind::Debit | EntryKind::GrantExpired | EntryKind::Void => (-a, 0),
         }
     }
 }

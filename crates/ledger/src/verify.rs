@@ -109,7 +109,7 @@ pub fn verify_account(entries: &[Entry], stored: &StoredAccount) -> Vec<Violatio
                 tally.resolutions += 1;
             }
             EntryKind::Refund => tally.refunded = tally.refunded.plus(entry.amount),
-            EntryKind::Extend | EntryKind::Grant | EntryKind::GrantExpired => {}
+            EntryKind::Extend | EntryKind::Grant | EntryKind::GrantExpired | EntryKind::Void => {}
         }
     }
     let pending = || stored.holds.iter().filter(|hold| hold.state == HoldState::Pending);

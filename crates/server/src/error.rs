@@ -202,7 +202,12 @@ impl From<&Rejection> for ApiError {
             }
             Rejection::AllowanceLimit => ApiError::new(StatusCode::CONFLICT, code, detail)
                 .with("allowances_max", serde_json::Value::from(ledger::ALLOWANCES_ACTIVE_MAX)),
-            Rejection::AllowanceNotFound => ApiError::new(StatusCode::NOT_FOUND, code, detail),
+            Rejection::AllowanceNotFound | Rejection::GrantNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, code, detail)
+            }
+            Rejection::GrantCreditsHeld { held } => {
+                ApiError::new(StatusCode::CONFLICT, code, detail).with("held", held.to_string())
+            }
         }
     }
 }

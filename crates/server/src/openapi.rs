@@ -66,6 +66,8 @@ use crate::routes::{
         health::openapi,
         prometheus::metrics,
         operator::list_accounts,
+        operator::list_grants,
+        operator::void_grant,
         operator::account_runs,
         operator::account_jobs,
         operator::overview,

@@ -51,6 +51,8 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Timing)> {
     vec![
         (Method::GET, "/v1/accounts", get(operator::list_accounts), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}", get(accounts::get_account), Timing::Handler),
+        (Method::GET, "/v1/accounts/{account_id}/grants", get(operator::list_grants), Timing::Handler),
+        (Method::POST, "/v1/grants/{grant_id}/void", post(operator::void_grant), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}/runs", get(operator::account_runs), Timing::Handler),
         (Method::GET, "/v1/accounts/{account_id}/jobs", get(operator::account_jobs), Timing::Handler),
         (Method::GET, "/v1/overview", get(operator::overview), Timing::Handler),

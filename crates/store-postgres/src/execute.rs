@@ -90,12 +90,12 @@ const UPDATE_ACCOUNTS: &str = "UPDATE accounts SET spent = changed.spent, refund
      AS changed (account_id, spent, refunded, held, low_balance_threshold) \
      WHERE accounts.account_id = changed.account_id RETURNING accounts.account_id";
 const UPSERT_GRANTS: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
-     created_at, reference, metadata, live, pinned) \
+     created_at, reference, metadata, live, pinned, voided_at) \
      SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::INT[], $7::BIGINT[], \
-     $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::BOOL[], $12::BIGINT[]) \
+     $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::BOOL[], $12::BIGINT[], $13::BIGINT[]) \
      ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
      priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
-     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned \
+     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned, voided_at = EXCLUDED.voided_at \
      WHERE grants.account_id = EXCLUDED.account_id RETURNING grant_id";
 const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
      expires_at, created_at, reference, metadata, allocations) \
@@ -703,8 +703,9 @@ async fn push_grants<'a>(
         grants.iter().map(|grant| grant.reference.as_ref().map(|reference| reference.as_str())).collect();
     let metadata: Vec<&str> = grants.iter().map(|grant| grant.metadata.as_str()).collect();
     let live: Vec<bool> = grants.iter().map(|grant| grant.live).collect();
+    let voided_at: Vec<Option<i64>> = grants.iter().map(|grant| grant.voided_at.map(Timestamp::micros)).collect();
     pending.push(Box::pin(async move {
-        let params: [&(dyn ToSql + Sync); 12] = [
+        let params: [&(dyn ToSql + Sync); 13] = [
             &grant_id,
             &account_id,
             &kind,
@@ -717,6 +718,7 @@ async fn push_grants<'a>(
             &metadata,
             &live,
             &pinned,
+            &voided_at,
         ];
         transaction.query(&statement, &params).await
     }));

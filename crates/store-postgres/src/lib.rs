@@ -1050,6 +1050,76 @@ impl LedgerStore for PostgresStore {
             .collect()
     }
 
+    async fn filtered_entries(
+        &self,
+        account_id: &AccountId,
+        filter: &store::EntryFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let client = self.client().await?;
+        // One statement; a condition is left out by a NULL.
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = $1 AND seq > $2 \
+                 AND ($3::TEXT IS NULL OR kind = $3) AND ($4::BIGINT IS NULL OR at >= $4) \
+                 AND ($5::BIGINT IS NULL OR at < $5) AND ($6::TEXT IS NULL OR reference = $6) ORDER BY seq LIMIT $7"
+            ))
+            .await
+            .map_err(store_error)?;
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let kind = filter.kind.map(ledger::EntryKind::as_str);
+        let (from, to) = (filter.from.map(Timestamp::micros), filter.to.map(Timestamp::micros));
+        let reference = filter.reference.as_ref().map(ledger::Reference::as_str);
+        let limit = i64::from(limit);
+        let params: [&(dyn ToSql + Sync); 7] = [&account_id.as_str(), &after, &kind, &from, &to, &reference, &limit];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        rows.iter().map(rows::entry).collect()
+    }
+
+    async fn grant(&self, grant_id: &ledger::GrantId) -> Result<Option<ledger::Grant>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1"))
+            .await
+            .map_err(store_error)?;
+        let row = client.query_opt(&statement, &[&grant_id.as_str()]).await.map_err(store_error)?;
+        row.as_ref().map(rows::grant).transpose()
+    }
+
+    async fn grants(
+        &self,
+        account_id: &AccountId,
+        state: store::GrantListState,
+        after: Option<&ledger::GrantId>,
+        limit: u32,
+    ) -> Result<Vec<ledger::Grant>, StoreError> {
+        // $3 is the moment the state is judged at (unused for voided grants). Ids compare
+        // byte-wise, as the ledger's do; the (account_id, grant_id COLLATE "C") index serves it.
+        let (filter, now) = match state {
+            store::GrantListState::Active(now) => {
+                ("voided_at IS NULL AND (expires_at IS NULL OR expires_at > $3)", now)
+            }
+            store::GrantListState::Expired(now) => ("voided_at IS NULL AND expires_at <= $3", now),
+            store::GrantListState::Voided => {
+                ("voided_at IS NOT NULL AND $3::BIGINT IS NOT NULL", Timestamp::from_micros(0))
+            }
+        };
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND grant_id COLLATE \"C\" > $2 AND {filter} \
+                 ORDER BY grant_id COLLATE \"C\" LIMIT $4"
+            ))
+            .await
+            .map_err(store_error)?;
+        let after = after.map_or("", ledger::GrantId::as_str);
+        let limit = i64::from(limit.min(store::GRANTS_PAGE_MAX));
+        let params: [&(dyn ToSql + Sync); 4] = [&account_id.as_str(), &after, &now.micros(), &limit];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        rows.iter().map(rows::grant).collect()
+    }
+
     async fn account_ids(
         &self,
         prefix: &str,

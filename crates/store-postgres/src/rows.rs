@@ -14,7 +14,8 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 
 pub(crate) const GRANT_COLUMNS: &str =
-    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live, pinned";
+    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live, pinned, \
+     voided_at";
 pub(crate) const HOLD_COLUMNS: &str = "hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, \
      created_at, reference, metadata, allocations";
 pub(crate) const ENTRY_COLUMNS: &str =
@@ -89,6 +90,7 @@ pub(crate) fn grant(row: &Row) -> Result<Grant, StoreError> {
         metadata: get::<String>(row, 9, "grant metadata")?,
         live: get(row, 10, "live")?,
         pinned: amount(row, 11, "grant pinned")?,
+        voided_at: opt_timestamp(row, 12, "grant voided_at")?,
     })
 }
 

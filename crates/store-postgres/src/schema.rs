@@ -377,12 +377,16 @@ CREATE INDEX gateway_calls_by_key ON gateway_calls (key_id, at);
 "#,
     },
     // Issue 14: the operator's lists. An account's runs and jobs, newest first
-    // (RunStore::account_runs, JobStore::account_jobs); ids compare byte-wise.
+    // (RunStore::account_runs, JobStore::account_jobs), its grants by id; voided grants. Ids
+    // compare byte-wise.
     Migration {
         version: 11,
         sql: r#"
 CREATE INDEX runs_by_account ON runs (account_id, created_at, run_id COLLATE "C");
 CREATE INDEX jobs_by_account ON jobs (account_id, created_at, job_id COLLATE "C");
+-- A grant voided by an operator (ledger::Command::VoidGrant); an account's grants by id.
+ALTER TABLE grants ADD COLUMN voided_at BIGINT;
+CREATE INDEX grants_by_account ON grants (account_id, grant_id COLLATE "C");
 "#,
     },
 ];

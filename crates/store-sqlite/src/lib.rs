@@ -581,6 +581,33 @@ impl LedgerStore for SqliteStore {
         self.readers.run(move |conn| rows::plans(conn, plans_max)).await
     }
 
+    async fn filtered_entries(
+        &self,
+        account_id: &AccountId,
+        filter: &store::EntryFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let (account_id, filter) = (account_id.clone(), filter.clone());
+        self.readers.run(move |conn| rows::filtered_entries(conn, &account_id, &filter, after_seq, limit)).await
+    }
+
+    async fn grant(&self, grant_id: &ledger::GrantId) -> Result<Option<ledger::Grant>, StoreError> {
+        let grant_id = grant_id.clone();
+        self.readers.run(move |conn| rows::grant_by_id(conn, &grant_id)).await
+    }
+
+    async fn grants(
+        &self,
+        account_id: &AccountId,
+        state: store::GrantListState,
+        after: Option<&ledger::GrantId>,
+        limit: u32,
+    ) -> Result<Vec<ledger::Grant>, StoreError> {
+        let (account_id, after) = (account_id.clone(), after.cloned());
+        self.readers.run(move |conn| rows::grants_page(conn, &account_id, state, after.as_ref(), limit)).await
+    }
+
     async fn account_ids(
         &self,
         prefix: &str,

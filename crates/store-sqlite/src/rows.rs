@@ -89,8 +89,8 @@ fn query_all<T>(
     Ok(list)
 }
 
-const GRANT_COLUMNS: &str =
-    "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, metadata, live, pinned";
+const GRANT_COLUMNS: &str = "grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, \
+     metadata, live, pinned, voided_at";
 
 fn decode_grant(row: &Row<'_>) -> Result<Grant, StoreError> {
     let kind: String = get(row, 2)?;
@@ -107,6 +107,7 @@ fn decode_grant(row: &Row<'_>) -> Result<Grant, StoreError> {
         metadata: get(row, 9)?,
         live: get(row, 10)?,
         pinned: get_amount(row, 11, "grant pinned part")?,
+        voided_at: get::<Option<i64>>(row, 12)?.map(Timestamp::from_micros),
     })
 }
 
@@ -407,6 +408,33 @@ pub(crate) fn entries(
     query_all(&mut statement, params![account_id.as_str(), after, i64::from(limit)], decode_entry)
 }
 
+/// See [`store::LedgerStore::filtered_entries`]: one statement, a condition left out by a NULL.
+pub(crate) fn filtered_entries(
+    conn: &Connection,
+    account_id: &AccountId,
+    filter: &store::EntryFilter,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<Entry>, StoreError> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = ?1 AND seq > ?2 \
+         AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR at >= ?4) AND (?5 IS NULL OR at < ?5) \
+         AND (?6 IS NULL OR reference = ?6) ORDER BY seq LIMIT ?7"
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let params = params![
+        account_id.as_str(),
+        after,
+        filter.kind.map(EntryKind::as_str),
+        filter.from.map(Timestamp::micros),
+        filter.to.map(Timestamp::micros),
+        filter.reference.as_ref().map(Reference::as_str),
+        i64::from(limit),
+    ];
+    query_all(&mut statement, params, decode_entry)
+}
+
 /// The whole journal of one account in `seq` order (for verification).
 pub(crate) fn all_entries(conn: &Connection, account_id: &AccountId) -> Result<Vec<Entry>, StoreError> {
     let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = ?1 ORDER BY seq");
@@ -491,10 +519,10 @@ pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> Result<(), Store
     let mut statement = conn
         .prepare_cached(
             "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, created_at, \
-                                 reference, metadata, live, pinned) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                                 reference, metadata, live, pinned, voided_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
              ON CONFLICT (grant_id) DO UPDATE SET free = excluded.free, live = excluded.live, \
-                 pinned = excluded.pinned \
+                 pinned = excluded.pinned, voided_at = excluded.voided_at \
              WHERE grants.account_id = excluded.account_id",
         )
         .map_err(sql_error)?;
@@ -512,6 +540,7 @@ pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> Result<(), Store
             grant.metadata,
             grant.live,
             amount_to_sql(grant.pinned)?,
+            grant.voided_at.map(Timestamp::micros),
         ])
         .map_err(sql_error)?;
     if written != 1 {
@@ -757,4 +786,35 @@ pub(crate) fn daily_credits(
             Ok(store::DayCredits { day, kind, amount: Amount::from_micros(micros) })
         })
         .collect()
+}
+
+/// See [`store::LedgerStore::grant`].
+pub(crate) fn grant_by_id(conn: &Connection, grant_id: &GrantId) -> Result<Option<Grant>, StoreError> {
+    let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?1");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    Ok(query_all(&mut statement, [grant_id.as_str()], decode_grant)?.pop())
+}
+
+/// See [`store::LedgerStore::grants`]; the `grants_by_account` index serves it.
+pub(crate) fn grants_page(
+    conn: &Connection,
+    account_id: &AccountId,
+    state: store::GrantListState,
+    after: Option<&GrantId>,
+    limit: u32,
+) -> Result<Vec<Grant>, StoreError> {
+    // ?3 is the moment the state is judged at (unused for voided grants).
+    let (filter, now) = match state {
+        store::GrantListState::Active(now) => ("voided_at IS NULL AND (expires_at IS NULL OR expires_at > ?3)", now),
+        store::GrantListState::Expired(now) => ("voided_at IS NULL AND expires_at <= ?3", now),
+        store::GrantListState::Voided => ("voided_at IS NOT NULL AND ?3 IS NOT NULL", Timestamp::from_micros(0)),
+    };
+    let sql = format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1 AND grant_id > ?2 AND {filter} \
+         ORDER BY grant_id LIMIT ?4"
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let after = after.map_or("", GrantId::as_str);
+    let limit = i64::from(limit.min(store::GRANTS_PAGE_MAX));
+    query_all(&mut statement, params![account_id.as_str(), after, now.micros(), limit], decode_grant)
 }

@@ -65,6 +65,7 @@ fn encode_grant(grant: &Grant) -> Value {
         "reference": opt_ref(grant.reference.as_ref()),
         "metadata": grant.metadata,
         "live": grant.live,
+        "voided_at": opt_ts(grant.voided_at),
     })
 }
 
@@ -194,6 +195,9 @@ pub fn encode_result(result: &Result<Outcome, Rejection>) -> String {
             "held": balances.held.micros(),
             "available": balances.available.micros(),
         }),
+        Ok(Outcome::GrantVoided { grant, voided }) => {
+            json!({"ok": "grant_voided", "grant": encode_grant(grant), "voided": voided.micros()})
+        }
         Ok(Outcome::PlanSubscribed { plan_id, allowances, ended }) => json!({
             "ok": "plan_subscribed",
             "plan_id": plan_id.as_str(),
@@ -224,6 +228,8 @@ fn encode_rejection(rejection: &Rejection) -> Value {
         Rejection::ExpiryNotInFuture => json!({"err": "expiry_not_in_future"}),
         Rejection::AllowanceLimit => json!({"err": "allowance_limit"}),
         Rejection::AllowanceNotFound => json!({"err": "allowance_not_found"}),
+        Rejection::GrantNotFound => json!({"err": "grant_not_found"}),
+        Rejection::GrantCreditsHeld { held } => json!({"err": "grant_credits_held", "held": held.micros()}),
     }
 }
 
@@ -298,6 +304,11 @@ fn decode_grant(fields: &Fields<'_>) -> Result<Grant, StoreError> {
         reference: fields.opt_ref("reference")?,
         metadata: fields.str("metadata")?.to_owned(),
         live: fields.bool("live")?,
+        // Recorded results from before grants could be voided (issue 14) have none.
+        voided_at: match fields.0.get("voided_at") {
+            None => None,
+            Some(_) => fields.opt_ts("voided_at")?,
+        },
     })
 }
 
@@ -365,6 +376,10 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
                     available: fields.amount("available")?,
                 },
             },
+            "grant_voided" => Outcome::GrantVoided {
+                grant: decode_grant(&fields.object("grant")?)?,
+                voided: fields.amount("voided")?,
+            },
             "plan_subscribed" => Outcome::PlanSubscribed {
                 plan_id: PlanId::parse(fields.str("plan_id")?).map_err(|_| undecodable("plan_id"))?,
                 allowances: decode_allowances(&fields, "allowances")?,
@@ -397,6 +412,8 @@ pub fn decode_result(text: &str) -> Result<Result<Outcome, Rejection>, StoreErro
         "expiry_not_in_future" => Rejection::ExpiryNotInFuture,
         "allowance_limit" => Rejection::AllowanceLimit,
         "allowance_not_found" => Rejection::AllowanceNotFound,
+        "grant_not_found" => Rejection::GrantNotFound,
+        "grant_credits_held" => Rejection::GrantCreditsHeld { held: fields.amount("held")? },
         _ => return Err(undecodable("rejection kind")),
     };
     Ok(Err(rejection))

@@ -24,6 +24,8 @@ pub const EVENTS_RETENTION_SECONDS: u64 = 30 * 24 * 3600;
 pub enum EventType {
     GrantCreated,
     GrantExpired,
+    /// An operator voided what was left of a grant.
+    GrantVoided,
     AllowanceGranted,
     HoldCreated,
     HoldCaptured,
@@ -43,9 +45,10 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 16] = [
         EventType::GrantCreated,
         EventType::GrantExpired,
+        EventType::GrantVoided,
         EventType::AllowanceGranted,
         EventType::HoldCreated,
         EventType::HoldCaptured,
@@ -65,6 +68,7 @@ impl EventType {
         match self {
             EventType::GrantCreated => "grant.created",
             EventType::GrantExpired => "grant.expired",
+            EventType::GrantVoided => "grant.voided",
             EventType::AllowanceGranted => "allowance.granted",
             EventType::HoldCreated => "hold.created",
             EventType::HoldCaptured => "hold.captured",
@@ -226,6 +230,10 @@ pub fn ledger_events(writes: &Writes) -> Vec<NewEvent> {
             EntryKind::GrantExpired => {
                 let fields = json!({"grant_id": text_or_null(grant_id)});
                 events.push(event(EventType::GrantExpired, entry, entry.amount, fields));
+            }
+            EntryKind::Void => {
+                let fields = json!({"grant_id": text_or_null(grant_id)});
+                events.push(event(EventType::GrantVoided, entry, entry.amount, fields));
             }
             EntryKind::Capture | EntryKind::Debit | EntryKind::Extend => {}
         }

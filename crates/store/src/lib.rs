@@ -125,6 +125,51 @@ pub struct SweepReport {
     pub idempotency_keys_deleted: u64,
 }
 
+/// Which journal entries [`LedgerStore::filtered_entries`] keeps: every condition given holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    pub kind: Option<ledger::EntryKind>,
+    /// At or after.
+    pub from: Option<Timestamp>,
+    /// Before.
+    pub to: Option<Timestamp>,
+    pub reference: Option<ledger::Reference>,
+}
+
+impl EntryFilter {
+    pub fn admits(&self, entry: &Entry) -> bool {
+        self.kind.is_none_or(|kind| entry.kind == kind)
+            && self.from.is_none_or(|from| entry.at >= from)
+            && self.to.is_none_or(|to| entry.at < to)
+            && self.reference.as_ref().is_none_or(|reference| entry.reference.as_ref() == Some(reference))
+    }
+}
+
+/// Which grants [`LedgerStore::grants`] lists, at a moment `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantListState {
+    /// Neither voided nor past their expiry (spent ones included: they still count as given).
+    Active(Timestamp),
+    /// Past their expiry, not voided.
+    Expired(Timestamp),
+    /// Voided by an operator.
+    Voided,
+}
+
+impl GrantListState {
+    /// Whether `grant` is in this state.
+    pub fn admits(self, grant: &ledger::Grant) -> bool {
+        match self {
+            GrantListState::Active(now) => grant.voided_at.is_none() && !grant.is_expired_at(now),
+            GrantListState::Expired(now) => grant.voided_at.is_none() && grant.is_expired_at(now),
+            GrantListState::Voided => grant.voided_at.is_some(),
+        }
+    }
+}
+
+/// The largest page of [`LedgerStore::grants`].
+pub const GRANTS_PAGE_MAX: u32 = 1_000;
+
 /// The largest page of [`LedgerStore::account_ids`].
 pub const ACCOUNTS_PAGE_MAX: u32 = 1_000;
 
@@ -428,6 +473,39 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn plans(&self, plans_max: u32) -> Result<Vec<plans::Plan>, StoreError> {
         let _ = plans_max;
         Err(StoreError::unavailable(format!("the {} store keeps no plans", self.backend())))
+    }
+
+    /// An account's journal entries that pass `filter`, in `seq` order after `after_seq`, at
+    /// most `limit`: [`LedgerStore::entries`] with filters. It reads the account's entries in
+    /// order and keeps the matching ones, so a rare kind in a long journal costs a longer scan.
+    async fn filtered_entries(
+        &self,
+        account_id: &AccountId,
+        filter: &EntryFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let _ = (account_id, filter, after_seq, limit);
+        Err(StoreError::unavailable(format!("the {} store filters no journal", self.backend())))
+    }
+
+    /// A grant by id, in whatever state (live, spent, expired or voided).
+    async fn grant(&self, grant_id: &ledger::GrantId) -> Result<Option<ledger::Grant>, StoreError> {
+        let _ = grant_id;
+        Err(StoreError::unavailable(format!("the {} store reads no grants by id", self.backend())))
+    }
+
+    /// An account's grants in one state at `now`, in grant-id order (byte-wise), after `after`,
+    /// at most `limit` (≤ [`GRANTS_PAGE_MAX`]).
+    async fn grants(
+        &self,
+        account_id: &AccountId,
+        state: GrantListState,
+        after: Option<&ledger::GrantId>,
+        limit: u32,
+    ) -> Result<Vec<ledger::Grant>, StoreError> {
+        let _ = (account_id, state, after, limit);
+        Err(StoreError::unavailable(format!("the {} store lists no grants", self.backend())))
     }
 
     /// Account ids starting with `prefix` (empty: every account), after `after`, in byte order,

@@ -39,6 +39,8 @@ struct Inner {
     /// The account of every grant id ever written: ids are unique across accounts, as the SQL
     /// stores' primary keys make them.
     grant_accounts: HashMap<ledger::GrantId, AccountId>,
+    /// Every grant ever written, as last written, by (account, id): the grants table.
+    grants: BTreeMap<(AccountId, ledger::GrantId), ledger::Grant>,
     /// Every grant with a reference, by (account, kind, reference).
     references: HashMap<(AccountId, &'static str, Reference), ledger::Grant>,
     journal: Vec<Entry>,
@@ -177,6 +179,7 @@ impl Inner {
         }
         for grant in writes.grants() {
             self.grant_accounts.insert(grant.grant_id.clone(), grant.account_id.clone());
+            self.grants.insert((grant.account_id.clone(), grant.grant_id.clone()), grant.clone());
             if let Some(reference) = grant.reference.clone() {
                 self.references.insert((grant.account_id.clone(), grant.kind.as_str(), reference), grant.clone());
             }
@@ -677,6 +680,49 @@ impl LedgerStore for MemoryStore {
 
     async fn plans(&self, plans_max: u32) -> Result<Vec<crate::plans::Plan>, StoreError> {
         Ok(self.lock().plans.values().take(plans_max as usize).cloned().collect())
+    }
+
+    async fn filtered_entries(
+        &self,
+        account_id: &AccountId,
+        filter: &crate::EntryFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .journal
+            .iter()
+            .filter(|entry| &entry.account_id == account_id && entry.seq > after_seq && filter.admits(entry))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn grant(&self, grant_id: &ledger::GrantId) -> Result<Option<ledger::Grant>, StoreError> {
+        let inner = self.lock();
+        let Some(account_id) = inner.grant_accounts.get(grant_id) else { return Ok(None) };
+        Ok(inner.grants.get(&(account_id.clone(), grant_id.clone())).cloned())
+    }
+
+    async fn grants(
+        &self,
+        account_id: &AccountId,
+        state: crate::GrantListState,
+        after: Option<&ledger::GrantId>,
+        limit: u32,
+    ) -> Result<Vec<ledger::Grant>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .grants
+            // "-" is the smallest id there is (ids are [A-Za-z0-9._-]).
+            .range((account_id.clone(), ledger::GrantId::parse("-").expect("a valid id"))..)
+            .take_while(|((owner, _), _)| owner == account_id)
+            .map(|(_, grant)| grant)
+            .filter(|grant| after.is_none_or(|after| &grant.grant_id > after) && state.admits(grant))
+            .take(limit.min(crate::GRANTS_PAGE_MAX) as usize)
+            .cloned()
+            .collect())
     }
 
     async fn account_ids(

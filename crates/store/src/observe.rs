@@ -16,7 +16,7 @@ use crate::Executed;
 /// `replayed`, `idempotency_conflict`, or the rejection's code).
 pub const LEDGER_COMMANDS: &str = "creditgraph_ledger_commands_total";
 /// Micro-credits moved by committed journal entries, by `kind` (grant, hold, capture, release,
-/// expire, refund, debit, grant_expired).
+/// expire, refund, debit, grant_expired, void).
 pub const CREDITS: &str = "creditgraph_credits_micros_total";
 /// Commands (or jobs) per committed group-commit batch, by `store`.
 pub const BATCH_SIZE: &str = "creditgraph_store_batch_size";

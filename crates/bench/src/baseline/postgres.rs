@@ -377,9 +377,8 @@ impl BaselinePostgresStore {
             | Command::CreateAllowance { .. }
             | Command::EndAllowances { .. }
             | Command::SubscribePlan { .. }
-            | Command::SetLowBalanceThreshold { .. } => {
-                Err(rules::unsupported(command).expect("an unsupported command").into())
-            }
+            | Command::SetLowBalanceThreshold { .. }
+            | Command::VoidGrant { .. } => Err(rules::unsupported(command).expect("an unsupported command").into()),
         }
     }
 

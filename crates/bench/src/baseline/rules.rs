@@ -63,7 +63,8 @@ pub(crate) fn unsupported(command: &Command) -> Option<StoreError> {
         | Command::CreateAllowance { .. }
         | Command::EndAllowances { .. }
         | Command::SubscribePlan { .. }
-        | Command::SetLowBalanceThreshold { .. } => {
+        | Command::SetLowBalanceThreshold { .. }
+        | Command::VoidGrant { .. } => {
             Some(StoreError::unavailable(format!("the baseline store does not support {}", command.name())))
         }
         Command::Grant { .. }
@@ -172,6 +173,7 @@ pub(crate) fn account_view(row: AccountRow, pending: Vec<Hold>, now: Timestamp) 
         reference: None,
         metadata: "{}".to_owned(),
         live: true,
+        voided_at: None,
     };
     if stored_held != to_amount(row.held, "held")? {
         return Err(StoreError::corrupt(format!(
@@ -211,6 +213,7 @@ pub(crate) fn new_grant(command: &Command, now: Timestamp) -> Grant {
         reference: reference.clone(),
         metadata: metadata.clone(),
         live: true,
+        voided_at: None,
     }
 }
 

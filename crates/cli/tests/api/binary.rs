@@ -10,7 +10,14 @@ use serde_json::Value;
 
 fn creditgraph() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_creditgraph"));
-    for variable in ["CREDITGRAPH_DATABASE", "CREDITGRAPH_LISTEN", "CREDITGRAPH_TOKENS", "RUST_LOG"] {
+    for variable in [
+        "CREDITGRAPH_DATABASE",
+        "CREDITGRAPH_LISTEN",
+        "CREDITGRAPH_TOKENS",
+        "CREDITGRAPH_SERVER",
+        "CREDITGRAPH_TOKEN",
+        "RUST_LOG",
+    ] {
         command.env_remove(variable);
     }
     command.stdin(Stdio::null());
@@ -202,4 +209,41 @@ fn serve_refuses_a_public_address_with_a_test_clock() {
     let (code, stderr) = serve_refusal(&["--listen", "0.0.0.0:0", "--tokens", "admin:s3cret", "--test-clock"], &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with --test-clock"), "{stderr}");
+}
+
+/// `balance` and `holds` read a running server over HTTP (`--server`, `--token`) while it holds
+/// the SQLite file, and answer what the API answers; a refused token is a clear failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_ask_a_running_server() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let database = format!("sqlite:{}", dir.path().join("served.db").display());
+    let server = crate::helpers::ServerProcess::start_with(&database, &["--tokens", "admin:adm,service:svc"], &[]);
+    let client = reqwest::Client::new();
+    let grant = client.post(format!("{}/v1/accounts/ops/grants", server.base)).bearer_auth("adm");
+    assert_eq!(grant.json(&serde_json::json!({"amount": "12"})).send().await.expect("grant").status(), 201);
+    for amount in ["2", "3"] {
+        let hold = client.post(format!("{}/v1/holds", server.base)).bearer_auth("svc");
+        let hold = hold.json(&serde_json::json!({"account_id": "ops", "amount": amount})).send().await.expect("hold");
+        assert_eq!(hold.status(), 201);
+    }
+    let base = server.base.clone();
+    let (balance, holds, refused) = tokio::task::spawn_blocking(move || {
+        let read = |command: &str, token: &str| run(&[command, "ops", "--server", &base, "--token", token]);
+        (read("balance", "svc"), read("holds", "svc"), read("balance", "wrong"))
+    })
+    .await
+    .expect("the commands ran");
+    let balance = stdout_json(&balance);
+    assert_eq!(
+        (balance["balance"].as_str(), balance["held"].as_str(), balance["available"].as_str()),
+        (Some("12"), Some("5"), Some("7"))
+    );
+    let holds = stdout_json(&holds);
+    let mut amounts: Vec<&str> =
+        holds.as_array().expect("a list").iter().map(|hold| hold["amount"].as_str().unwrap()).collect();
+    amounts.sort_unstable();
+    assert_eq!(amounts, ["2", "3"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:#?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("unauthorized"), "{stderr}");
 }

@@ -12,7 +12,7 @@ fn types(page: &Value) -> Vec<&str> {
 
 /// The events after `after` once `count` of them are readable (on PostgreSQL an event is
 /// readable once every older transaction of the cluster ended).
-async fn events_after(app: &TestApp, after: &str, count: usize) -> Value {
+pub(crate) async fn events_after(app: &TestApp, after: &str, count: usize) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let page = app.get(&format!("/v1/events?limit=1000&after={after}")).await;

@@ -175,3 +175,78 @@ async fn the_overview_sums_each_day_and_counts_pending_holds() {
     as_service.assert_problem(403, "forbidden");
     app.get("/v1/overview?days=91").await.assert_problem(422, "invalid_request");
 }
+
+/// A mistaken grant is voided once (admin, journalled, an event), never while a hold reserves
+/// its credits; grants list by state; the journal filters by kind, time and reference.
+async fn a_grant_is_voided_and_the_lists_show_it(app: TestApp) {
+    let mistaken = app.grant("vo", json!({"amount": "40", "reference": "typo: 400 meant 4", "priority": 10})).await;
+    let mistaken = mistaken.assert_status(201)["grant_id"].as_str().unwrap().to_owned();
+    app.grant("vo", json!({"amount": "4", "reference": "the right one", "priority": 20})).await.assert_status(201);
+    let hold = app.hold_id("vo", "30").await;
+    let void = |key: &'static str| {
+        let path = format!("/v1/grants/{mistaken}/void");
+        let app = &app;
+        async move {
+            app.request(Method::POST, &path, Some(crate::helpers::ADMIN_TOKEN), Some(key), Body::Json(json!({}))).await
+        }
+    };
+    let refused = void("void-1").await;
+    refused.assert_problem(409, "grant_credits_held");
+    assert_eq!(refused.body["held"], "30", "{:?}", refused.body);
+    app.release(&hold).await.assert_status(200);
+    let voided = void("void-2").await;
+    let body = voided.assert_status(200).clone();
+    assert_eq!(body["voided"], "40", "{body}");
+    assert!(body["grant"]["voided_at"].is_string(), "{body}");
+    assert_eq!(void("void-2").await.body, body, "a retry with the same key replays the void");
+    void("void-3").await.assert_problem(409, "grant_not_voidable");
+    assert_eq!(app.figures("vo").await, ("4".to_owned(), "0".to_owned(), "4".to_owned()));
+    app.post("/v1/grants/no-such-grant/void", json!({})).await.assert_problem(404, "grant_not_found");
+    let as_service = app
+        .request(Method::POST, &format!("/v1/grants/{mistaken}/void"), Some(SERVICE_TOKEN), None, Body::Json(json!({})))
+        .await;
+    as_service.assert_problem(403, "forbidden");
+
+    let listed = |state: &str| {
+        let path = format!("/v1/accounts/vo/grants?state={state}");
+        let app = &app;
+        async move {
+            let reply = app.get(&path).await;
+            let grants = reply.assert_status(200)["grants"].as_array().unwrap().clone();
+            grants.iter().map(|grant| grant["reference"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("voided").await, vec!["typo: 400 meant 4"]);
+    assert_eq!(listed("active").await, vec!["the right one"]);
+    assert!(listed("expired").await.is_empty());
+    app.get("/v1/accounts/vo/grants?state=gone").await.assert_problem(422, "invalid_request");
+    app.get("/v1/accounts/nobody/grants").await.assert_problem(404, "account_not_found");
+
+    // The journal: the void is one entry of kind `void`, found by kind and by time window.
+    let voids = app.entries("vo", "?kind=void").await;
+    let voids = voids.assert_status(200)["entries"].as_array().unwrap().clone();
+    assert_eq!(voids.len(), 1, "{voids:?}");
+    assert_eq!((voids[0]["amount"].as_str(), voids[0]["grant_id"].as_str()), (Some("40"), Some(mistaken.as_str())));
+    let by_reference = app.entries("vo", "?reference=the%20right%20one").await;
+    assert_eq!(by_reference.assert_status(200)["entries"].as_array().unwrap().len(), 1);
+    let later = app.entries("vo", "?from=2100-01-01T00:00:00Z").await;
+    assert_eq!(later.assert_status(200)["entries"], json!([]));
+    app.entries("vo", "?kind=teleport").await.assert_problem(422, "invalid_request");
+    app.entries("vo", "?from=yesterday").await.assert_problem(422, "invalid_request");
+    // Two grants, the hold made and released, the void.
+    let events = crate::ledger_events::events_after(&app, "0", 5).await;
+    let types: Vec<&str> =
+        events["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|kind| **kind == "grant.voided").count(), 1, "{types:?}");
+    app.assert_verified().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_voided_and_the_lists_show_it_on_sqlite() {
+    a_grant_is_voided_and_the_lists_show_it(spawn_app().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_voided_and_the_lists_show_it_on_postgres() {
+    a_grant_is_voided_and_the_lists_show_it(spawn_app_postgres().await).await;
+}

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 pub struct LedgerEventResponse {
     /// `evt_<n>`: unique, the same on every delivery.
     pub id: String,
-    /// grant.created | grant.expired | allowance.granted | hold.created | hold.captured |
+    /// grant.created | grant.expired | grant.voided | allowance.granted | hold.created | hold.captured |
     /// hold.released | hold.expired | refund.created | balance.depleted
     #[serde(rename = "type")]
     pub event_type: String,
@@ -37,7 +37,7 @@ pub struct LedgerEventData {
     pub held: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<String>,
-    /// grant.created, allowance.granted, refund.created, grant.expired
+    /// grant.created, allowance.granted, refund.created, grant.expired, grant.voided
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     /// hold.*, refund.created (when against a hold), run.*

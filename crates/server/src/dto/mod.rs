@@ -195,6 +195,15 @@ pub struct EntriesQuery {
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
+    /// Only entries of this kind (grant | refund | hold | capture | release | expire | extend |
+    /// debit | grant_expired | void).
+    pub kind: Option<String>,
+    /// Only entries at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Only entries before this time (RFC 3339).
+    pub to: Option<String>,
+    /// Only entries with this reference.
+    pub reference: Option<String>,
 }
 
 /// Which holds `GET /v1/accounts/{account_id}/holds` lists: as they read now (a pending hold
@@ -266,6 +275,9 @@ pub struct GrantResponse {
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub created_at: String,
+    /// When an operator voided the grant (absent unless voided).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voided_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -283,7 +295,7 @@ pub struct AccountResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntryResponse {
     pub seq: u64,
-    /// grant | refund | hold | capture | release | expire | extend | debit | grant_expired
+    /// grant | refund | hold | capture | release | expire | extend | debit | grant_expired | void
     pub kind: String,
     pub amount: String,
     pub hold_id: Option<String>,

@@ -5,7 +5,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::jobs::JobResponse;
 use super::runs::RunResponse;
-use super::AccountResponse;
+use super::{AccountResponse, GrantResponse};
 
 /// `GET /v1/accounts`
 #[derive(Debug, Deserialize, IntoParams)]
@@ -85,4 +85,50 @@ pub struct OverviewResponse {
     pub held: String,
     /// One per UTC day of the window, oldest first, days without entries included.
     pub days: Vec<OverviewDay>,
+}
+
+/// Which grants `GET /v1/accounts/{account_id}/grants` lists, as they read now.
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStateQuery {
+    /// Neither voided nor past their expiry (spent ones included).
+    #[default]
+    Active,
+    Expired,
+    Voided,
+}
+
+/// `GET /v1/accounts/{account_id}/grants`
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GrantsQuery {
+    /// active (default) | expired | voided
+    #[param(inline)]
+    pub state: Option<GrantStateQuery>,
+    /// Page size: 1 to 1000, 100 when absent.
+    pub limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+}
+
+/// One page of an account's grants in one state, in grant-id order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GrantsResponse {
+    pub grants: Vec<GrantResponse>,
+    /// Pass as `after` for the next page; null at the end.
+    pub next: Option<String>,
+}
+
+/// `POST /v1/grants/{grant_id}/void` (the body is optional and has no fields).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoidGrantRequest {}
+
+/// A grant as voided, and what the void took back from the balance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VoidGrantResponse {
+    pub grant: GrantResponse,
+    #[schema(example = "6")]
+    pub voided: String,
 }

@@ -104,7 +104,8 @@ pub(crate) fn page_limit(limit: Option<u32>, default: u32, limit_max: u32) -> Re
     Ok(limit)
 }
 
-/// The account's journal, oldest first, one page at a time.
+/// The account's journal, oldest first, one page at a time; optionally only the entries of one
+/// kind, in a time window or with one reference.
 #[utoipa::path(
     get, path = "/v1/accounts/{account_id}/entries", tag = "accounts",
     params(("account_id" = String, Path), EntriesQuery),
@@ -130,8 +131,26 @@ pub async fn list_entries(
             cursor.parse::<u64>().map_err(|_| ApiError::invalid_request("after: not a cursor this API returned"))?
         }
     };
+    let filter = store::EntryFilter {
+        kind: query
+            .kind
+            .as_deref()
+            .map(|kind| {
+                ledger::EntryKind::parse(kind)
+                    .ok_or_else(|| ApiError::invalid_request(format!("kind: no entry kind {kind:?}")))
+            })
+            .transpose()?,
+        from: query.from.as_deref().map(|text| wire::parse_time("from", text)).transpose()?,
+        to: query.to.as_deref().map(|text| wire::parse_time("to", text)).transpose()?,
+        reference: wire::parse_reference(query.reference.as_deref())?,
+    };
     // One extra entry tells whether another page follows, without an empty last page.
-    let mut entries = state.store.entries(&account_id, after_seq, limit.saturating_add(1)).await?;
+    let fetch = limit.saturating_add(1);
+    let mut entries = if filter == store::EntryFilter::default() {
+        state.store.entries(&account_id, after_seq, fetch).await?
+    } else {
+        state.store.filtered_entries(&account_id, &filter, after_seq, fetch).await?
+    };
     if entries.is_empty() && state.store.account(&account_id).await?.is_none() {
         return Err(ApiError::account_not_found());
     }

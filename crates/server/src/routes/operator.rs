@@ -9,12 +9,13 @@ use ledger::{Amount, EntryKind};
 use store::{JobId, RunId};
 
 use crate::dto::operator::{
-    AccountJobsResponse, AccountRunsResponse, AccountsQuery, AccountsResponse, NewestFirstQuery, OverviewDay,
-    OverviewQuery, OverviewResponse,
+    AccountJobsResponse, AccountRunsResponse, AccountsQuery, AccountsResponse, GrantStateQuery, GrantsQuery,
+    GrantsResponse, NewestFirstQuery, OverviewDay, OverviewQuery, OverviewResponse, VoidGrantRequest,
+    VoidGrantResponse,
 };
 use crate::dto::Problem;
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, RequireAdmin, RequireService};
+use crate::extract::{ApiPath, ApiQuery, IdempotencyKey, JsonBody, RequireAdmin, RequireService};
 use crate::routes::accounts::page_limit;
 use crate::routes::{jobs, json, runs};
 use crate::state::AppState;
@@ -22,6 +23,7 @@ use crate::wire;
 
 const ACCOUNTS_LIMIT_DEFAULT: u32 = 50;
 const NEWEST_FIRST_LIMIT_DEFAULT: u32 = 20;
+const GRANTS_LIMIT_DEFAULT: u32 = 100;
 const OVERVIEW_DAYS_DEFAULT: u32 = 30;
 /// The longest overview window: the overview reads every journal entry of it.
 const OVERVIEW_DAYS_MAX: u32 = 90;
@@ -81,6 +83,104 @@ pub async fn list_accounts(
     }
     let next = if more { ids.last().map(ToString::to_string) } else { None };
     Ok(json(StatusCode::OK, AccountsResponse { accounts, next }))
+}
+
+/// The account's grants in one state (active, expired or voided) as they read now, in grant-id
+/// order, one page at a time; `remaining` is what is left in each (free plus held).
+#[utoipa::path(
+    get, path = "/v1/accounts/{account_id}/grants", tag = "operator",
+    params(("account_id" = String, Path), GrantsQuery),
+    responses(
+        (status = 200, body = GrantsResponse),
+        (status = 404, description = "account_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_grants(
+    State(state): State<AppState>,
+    _auth: RequireService,
+    ApiPath(account_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<GrantsQuery>,
+) -> Result<Response, ApiError> {
+    let account_id = wire::parse_account_id(&account_id)?;
+    let limit = page_limit(query.limit, GRANTS_LIMIT_DEFAULT, store::GRANTS_PAGE_MAX)?;
+    let after =
+        query.after.as_deref().map(|after| ledger::GrantId::parse(after).map_err(|_| bad_cursor())).transpose()?;
+    let now = state.clock.now();
+    let list_state = match query.state.unwrap_or_default() {
+        GrantStateQuery::Active => store::GrantListState::Active(now),
+        GrantStateQuery::Expired => store::GrantListState::Expired(now),
+        GrantStateQuery::Voided => store::GrantListState::Voided,
+    };
+    let fetch = fetch_size(limit, store::GRANTS_PAGE_MAX);
+    let mut grants = state.store.grants(&account_id, list_state, after.as_ref(), fetch).await?;
+    if grants.is_empty() && state.store.account(&account_id).await?.is_none() {
+        return Err(ApiError::account_not_found());
+    }
+    let more = one_page(&mut grants, limit, fetch);
+    let next = if more { grants.last().map(|grant| grant.grant_id.to_string()) } else { None };
+    // The stored grant's kept parts: an expired one's free part is taken at the next command or
+    // sweep, so it may still show until then.
+    let grants = grants.iter().map(|grant| wire::grant_response(grant, grant.free.plus(grant.pinned))).collect();
+    Ok(json(StatusCode::OK, GrantsResponse { grants, next }))
+}
+
+/// Take back what is left of a grant given by mistake (admin): its free credits leave the
+/// balance, journalled as a `void` entry (and a `grant.voided` event), and the grant is marked
+/// voided. Refused while pending holds reserve any of its credits: release them first.
+#[utoipa::path(
+    post, path = "/v1/grants/{grant_id}/void", tag = "operator",
+    params(("grant_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = VoidGrantRequest,
+    responses(
+        (status = 200, body = VoidGrantResponse),
+        (status = 404, description = "grant_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "grant_credits_held (with `held`), grant_not_voidable (spent, expired or voided already), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn void_grant(
+    State(state): State<AppState>,
+    _auth: RequireAdmin,
+    ApiPath(grant_id): ApiPath<String>,
+    key: IdempotencyKey,
+    body: JsonBody<VoidGrantRequest>,
+) -> Result<Response, ApiError> {
+    let grant_id = wire::parse_id("grant_id", &grant_id, ledger::GrantId::parse)?;
+    // The grant names its account; the ledger then decides on that account's state. (A replay
+    // under the same key answers from the record, whatever the grant is now.)
+    let grant = state.store.grant(&grant_id).await?.ok_or_else(grant_not_found)?;
+    let command = ledger::Command::VoidGrant { account_id: grant.account_id.clone(), grant_id };
+    match state.execute(command, &key, || body.fingerprint(None)).await? {
+        Ok(ledger::Outcome::GrantVoided { grant, voided }) => {
+            let body =
+                VoidGrantResponse { grant: wire::grant_response(&grant, Amount::ZERO), voided: voided.to_string() };
+            Ok(json(StatusCode::OK, body))
+        }
+        Ok(other) => Err(crate::state::unexpected_outcome("void_grant", &other)),
+        // The grant exists (read above) but holds nothing the ledger could take: spent,
+        // expired or voided already. (The stored grant read before says when it was voided.)
+        Err(ledger::Rejection::GrantNotFound) => Err(not_voidable(&grant)),
+        Err(rejection) => Err(rejection.into()),
+    }
+}
+
+fn grant_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "grant_not_found", "no such grant")
+}
+
+fn not_voidable(grant: &ledger::Grant) -> ApiError {
+    let error = ApiError::new(
+        StatusCode::CONFLICT,
+        "grant_not_voidable",
+        "the grant has nothing left to void (spent, expired or voided already)",
+    );
+    match grant.voided_at {
+        Some(at) => error.with("voided_at", wire::format_time(at)),
+        None => error,
+    }
 }
 
 /// The account's metered runs, newest first, with their credit logs.
@@ -193,9 +293,12 @@ pub async fn overview(
             EntryKind::Grant => 0,
             EntryKind::Capture | EntryKind::Debit => 1,
             EntryKind::Refund => 2,
-            EntryKind::Hold | EntryKind::Release | EntryKind::Expire | EntryKind::Extend | EntryKind::GrantExpired => {
-                continue
-            }
+            EntryKind::Hold
+            | EntryKind::Release
+            | EntryKind::Expire
+            | EntryKind::Extend
+            | EntryKind::GrantExpired
+            | EntryKind::Void => continue,
         };
         slot[column] = slot[column].saturating_add(sum.amount.micros());
     }

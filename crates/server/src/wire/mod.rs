@@ -145,6 +145,7 @@ pub fn grant_response(grant: &Grant, remaining: Amount) -> GrantResponse {
         reference: grant.reference.as_ref().map(ToString::to_string),
         metadata: metadata_value(&grant.metadata),
         created_at: format_time(grant.created_at),
+        voided_at: grant.voided_at.map(format_time),
     }
 }
 

@@ -95,6 +95,7 @@ fn answer_of(result: &Result<Outcome, Rejection>) -> Answer {
         ) => Answer::Hold(hold.state.as_str(), hold.captured.micros(), hold.remaining.micros()),
         Ok(
             Outcome::Debited { .. }
+            | Outcome::GrantVoided { .. }
             | Outcome::Swept { .. }
             | Outcome::AllowanceCreated { .. }
             | Outcome::AllowancesEnded { .. }

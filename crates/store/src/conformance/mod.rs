@@ -72,6 +72,8 @@ macro_rules! conformance_tests {
             gauges_follow_pending_holds
             accounts_are_listed_by_prefix_in_pages
             daily_credits_sum_the_journal_by_day_and_kind
+            grants_are_voided_once_and_listed_by_state
+            journal_is_filtered_by_kind_time_and_reference
             differential_against_model
             allowances_daily_seoul_midnight
             allowances_grant_only_the_current_period

@@ -614,3 +614,111 @@ pub async fn daily_credits_sum_the_journal_by_day_and_kind(h: Harness) {
     let first_day_only = h.store.daily_credits(from, from.plus_seconds(86_400)).await.expect("store answers");
     assert!(first_day_only.iter().all(|day| day.day == start), "the window bounds the entries: {first_day_only:?}");
 }
+
+/// A void takes back what is left of a grant, journalled, once; never credits a pending hold
+/// reserved; and grants list by state (active, expired, voided) page by page.
+pub async fn grants_are_voided_once_and_listed_by_state(h: Harness) {
+    let grant_id = |outcome: Result<Outcome, Rejection>| match outcome {
+        Ok(Outcome::Granted { grant, .. }) => grant.grant_id,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    // Spent first (priority 10), so the hold below pins it and nothing else.
+    let pinned = grant_id(h.grant_with("v", "10", 10, None, None).await);
+    let spare = grant_id(h.grant_with("v", "6", 200, None, None).await);
+    let kept = grant_id(h.grant_with("v", "2", 300, None, None).await);
+    let expiring = grant_id(h.grant_with("v", "3", 400, Some(10), None).await);
+    let hold = h.hold("v", "4", 600).await.expect("held");
+    let void = |grant_id: &ledger::GrantId| Command::VoidGrant { account_id: account("v"), grant_id: grant_id.clone() };
+
+    match h.run(void(&spare)).await {
+        Ok(Outcome::GrantVoided { grant, voided }) => {
+            assert_eq!(voided, cr("6"));
+            assert_eq!((grant.free, grant.pinned, grant.live), (Amount::ZERO, Amount::ZERO, false));
+            assert_eq!(grant.voided_at, Some(h.clock_now()));
+        }
+        other => panic!("expected a void, got {other:?}"),
+    }
+    assert_eq!(h.balances("v").await, balances("15", "4", "11"));
+    assert_eq!(h.run(void(&pinned)).await, Err(Rejection::GrantCreditsHeld { held: cr("4") }));
+    assert_eq!(h.balances("v").await, balances("15", "4", "11"), "a refused void changes nothing");
+    h.release(&hold.hold_id).await.expect("released");
+    match h.run(void(&pinned)).await {
+        Ok(Outcome::GrantVoided { voided, .. }) => assert_eq!(voided, cr("10")),
+        other => panic!("expected a void, got {other:?}"),
+    }
+    assert_eq!(h.run(void(&pinned)).await, Err(Rejection::GrantNotFound), "a grant is voided once");
+    let unknown = ledger::GrantId::parse("no-such-grant").expect("valid id");
+    assert_eq!(h.run(void(&unknown)).await, Err(Rejection::GrantNotFound));
+    assert_eq!(h.balances("v").await, balances("5", "0", "5"));
+    let voids: Vec<Amount> = h
+        .store
+        .entries(&account("v"), 0, 100)
+        .await
+        .expect("entries")
+        .into_iter()
+        .filter(|entry| entry.kind == ledger::EntryKind::Void)
+        .map(|entry| entry.amount)
+        .collect();
+    assert_eq!(voids, vec![cr("6"), cr("10")], "each void is one journal entry");
+
+    h.clock.advance_seconds(11);
+    let now = h.clock_now();
+    let list = |state: crate::GrantListState, after: Option<ledger::GrantId>, limit: u32| {
+        let h = &h;
+        async move {
+            let grants = h.store.grants(&account("v"), state, after.as_ref(), limit).await.expect("store answers");
+            grants.into_iter().map(|grant| grant.grant_id).collect::<Vec<_>>()
+        }
+    };
+    let mut voided = vec![pinned.clone(), spare.clone()];
+    voided.sort();
+    assert_eq!(list(crate::GrantListState::Voided, None, 10).await, voided);
+    assert_eq!(list(crate::GrantListState::Voided, None, 1).await, voided[..1].to_vec());
+    assert_eq!(list(crate::GrantListState::Voided, Some(voided[0].clone()), 1).await, voided[1..].to_vec());
+    assert_eq!(list(crate::GrantListState::Active(now), None, 10).await, vec![kept.clone()]);
+    assert_eq!(list(crate::GrantListState::Expired(now), None, 10).await, vec![expiring.clone()]);
+    let read = h.store.grant(&spare).await.expect("store answers").expect("the voided grant is kept");
+    assert!(read.voided_at.is_some() && read.free.is_zero(), "{read:?}");
+    assert_eq!(h.store.grant(&unknown).await.expect("store answers"), None);
+    h.assert_verified().await;
+}
+
+/// The journal filtered by kind, time window and reference, page after page in seq order.
+pub async fn journal_is_filtered_by_kind_time_and_reference(h: Harness) {
+    h.grant_with("j", "10", 100, None, Some("first")).await.expect("granted");
+    let start = h.clock_now();
+    h.clock.advance_seconds(60);
+    let middle = h.clock_now();
+    for _ in 0..3 {
+        let hold = h.hold("j", "1", 600).await.expect("held");
+        h.capture(&hold.hold_id, "1", true).await.expect("captured");
+    }
+    h.clock.advance_seconds(60);
+    let end = h.clock_now();
+    h.grant_with("j", "5", 100, None, Some("second")).await.expect("granted");
+    let kinds = |filter: crate::EntryFilter, after: u64, limit: u32| {
+        let h = &h;
+        async move {
+            let entries = h.store.filtered_entries(&account("j"), &filter, after, limit).await.expect("store answers");
+            entries.into_iter().map(|entry| (entry.seq, entry.kind.as_str())).collect::<Vec<_>>()
+        }
+    };
+    let captures = crate::EntryFilter { kind: Some(EntryKind::Capture), ..Default::default() };
+    let all = kinds(captures.clone(), 0, 10).await;
+    assert_eq!(all.iter().map(|(_, kind)| *kind).collect::<Vec<_>>(), ["capture"; 3]);
+    let first_page = kinds(captures.clone(), 0, 2).await;
+    assert_eq!(first_page, all[..2].to_vec());
+    assert_eq!(kinds(captures, first_page[1].0, 2).await, all[2..].to_vec());
+    let window = crate::EntryFilter { from: Some(middle), to: Some(end), ..Default::default() };
+    assert_eq!(kinds(window, 0, 100).await.len(), 6, "three holds and three captures in the window");
+    let before = crate::EntryFilter { to: Some(start.plus_seconds(1)), ..Default::default() };
+    assert_eq!(kinds(before, 0, 100).await.iter().map(|(_, kind)| *kind).collect::<Vec<_>>(), ["grant"]);
+    let second = crate::EntryFilter {
+        reference: Some(Reference::parse("second").expect("valid")),
+        kind: Some(EntryKind::Grant),
+        ..Default::default()
+    };
+    assert_eq!(kinds(second, 0, 100).await.len(), 1);
+    let none = crate::EntryFilter { kind: Some(EntryKind::Refund), ..Default::default() };
+    assert!(kinds(none, 0, 100).await.is_empty());
+}
