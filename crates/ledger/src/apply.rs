@@ -724,7 +724,9 @@ fn apply_command(
             let grant = state
                 .grants
                 .iter_mut()
-                .find(|grant| &grant.grant_id == grant_id && grant.live)
+                // Free or pinned credits, not the `live` flag: that is brought up to date at the
+                // command's end, after the expiries this command just applied.
+                .find(|grant| &grant.grant_id == grant_id && !(grant.free.is_zero() && grant.pinned.is_zero()))
                 .ok_or(Rejection::GrantNotFound)?;
             if !grant.pinned.is_zero() {
                 return Err(Rejection::GrantCreditsHeld { held: grant.pinned });

@@ -52,6 +52,10 @@ enum Op {
         reference: u8,
         hold: Option<usize>,
     },
+    /// Void the grant at this index (modulo) of those made so far.
+    Void {
+        grant: usize,
+    },
     Advance {
         seconds: i64,
     },
@@ -76,6 +80,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (1..800_u64).prop_map(|cents| Op::Debit { cents }),
         2 => (1..800_u64, 0..4_u8, proptest::option::of(0..16_usize))
             .prop_map(|(cents, reference, hold)| Op::Refund { cents, reference, hold }),
+        1 => (0..8_usize).prop_map(|grant| Op::Void { grant }),
         3 => (0..250_i64).prop_map(|seconds| Op::Advance { seconds }),
         1 => Just(Op::Sweep),
         2 => (0..64_usize, any::<bool>()).prop_map(|(index, same)| Op::Replay { index, same }),
@@ -93,9 +98,9 @@ fn answer_of(result: &Result<Outcome, Rejection>) -> Answer {
             | Outcome::Released { hold, .. }
             | Outcome::Extended { hold },
         ) => Answer::Hold(hold.state.as_str(), hold.captured.micros(), hold.remaining.micros()),
+        Ok(Outcome::GrantVoided { voided, .. }) => Answer::Voided(voided.micros()),
         Ok(
             Outcome::Debited { .. }
-            | Outcome::GrantVoided { .. }
             | Outcome::Swept { .. }
             | Outcome::AllowanceCreated { .. }
             | Outcome::AllowancesEnded { .. }
@@ -208,6 +213,11 @@ impl Case<'_> {
                 };
                 (command, answer)
             }
+            Op::Void { grant } => {
+                let grant_id = self.model.grant_id(*grant, "r", "g")?;
+                let answer = self.model.void(now, *grant);
+                (Command::VoidGrant { account_id, grant_id: GrantId::parse(&grant_id).unwrap() }, answer)
+            }
             Op::Advance { .. } | Op::Sweep | Op::Replay { .. } => return None,
         };
         Some((command, answer))
@@ -239,7 +249,8 @@ impl Case<'_> {
                 }
             }
             _ => {
-                let (command, expected) = self.prepare(step, op).expect("a ledger operation");
+                // A void before any grant has nothing to name.
+                let Some((command, expected)) = self.prepare(step, op) else { return };
                 let key = format!("{}-{step}", self.name);
                 let fingerprint = format!("{command:?}");
                 let request = Request::with_key(command.clone(), &key, &fingerprint);

@@ -16,6 +16,8 @@ pub enum Answer {
     Grant(u64, bool),
     /// A debit or sweep.
     Done,
+    /// A void: what it took back (µcr).
+    Voided(u64),
     Rejected(&'static str),
 }
 
@@ -27,6 +29,7 @@ struct Grant {
     expires_at: Option<i64>,
     order: u64,
     amount: u64,
+    voided: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +121,44 @@ impl Account {
         pins
     }
 
+    /// The id the differential test gave the model's grant at `index` (modulo; `None`: none yet).
+    pub fn grant_id(&self, index: usize, refund_prefix: &str, grant_prefix: &str) -> Option<String> {
+        if self.grants.is_empty() {
+            return None;
+        }
+        let grant = &self.grants[index % self.grants.len()];
+        let prefix = if self.refund_refs.values().any(|&at| at == index % self.grants.len()) {
+            refund_prefix
+        } else {
+            grant_prefix
+        };
+        Some(format!("{prefix}{}", grant.key))
+    }
+
+    /// Voids the grant at `index` (modulo): refused while pending holds pin any of it, and a
+    /// grant with nothing free or pinned (spent, expired, voided) is not found.
+    pub fn void(&mut self, now: i64, index: usize) -> Answer {
+        self.settle(now);
+        let index = index % self.grants.len();
+        let pinned: u64 = self
+            .holds
+            .values()
+            .filter(|hold| hold.state == "pending")
+            .flat_map(|hold| hold.pins.iter())
+            .filter(|(grant, _)| *grant == index)
+            .map(|(_, amount)| amount)
+            .sum();
+        let grant = &mut self.grants[index];
+        if grant.voided || (grant.free == 0 && pinned == 0) {
+            return Answer::Rejected("grant_not_found");
+        }
+        if pinned > 0 {
+            return Answer::Rejected("grant_credits_held");
+        }
+        grant.voided = true;
+        Answer::Voided(std::mem::take(&mut grant.free))
+    }
+
     fn hold_answer(hold: &Hold) -> Answer {
         Answer::Hold(hold.state, hold.captured, hold.remaining)
     }
@@ -143,6 +184,7 @@ impl Account {
             expires_at,
             order: self.next_order,
             amount,
+            voided: false,
         });
         if let Some(reference) = reference {
             self.grant_refs.insert(reference.to_owned(), self.grants.len() - 1);
@@ -300,6 +342,7 @@ impl Account {
             expires_at: None,
             order: self.next_order,
             amount,
+            voided: false,
         });
         self.refund_refs.insert(reference.to_owned(), self.grants.len() - 1);
         Answer::Grant(amount, true)
