@@ -287,7 +287,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }
 
 #[tokio::test]
@@ -480,7 +480,10 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    );
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
     assert_eq!((view.balances.balance, view.balances.held), (credits(10), credits(4)));
@@ -511,7 +514,10 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    );
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
     assert_eq!(
@@ -522,7 +528,7 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 
 /// What migration 7 added, undone: back to a version-6 database.
 const UNDO_VERSION_8: &str =
-    "DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
+    "DROP INDEX IF EXISTS runs_by_account; DROP INDEX IF EXISTS jobs_by_account; DROP INDEX IF EXISTS grants_by_account; ALTER TABLE grants DROP COLUMN voided_at; DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
 
 const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
      CREATE INDEX holds_pending ON holds (account_id) WHERE state = 'pending'; \
@@ -564,7 +570,10 @@ async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() 
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    );
     let after = store.account(&account("u")).await.expect("read").expect("exists");
     assert_eq!(after, before, "held and every grant's pinned part read as before");
     assert_eq!(after.balances.held, credits(9), "h1's 7 and what is left of h2");
@@ -610,7 +619,10 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
 
     let store = connect(&url, &clock).await;
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
-    assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    );
     for (run_id, expected) in [
         ("failed-release", store::HoldResolution::Pending),
         ("settled", store::HoldResolution::Resolved),

@@ -382,7 +382,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     assert_eq!(schema_versions(&path), vec![1]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert_eq!(store.entries(&account("u"), 0, 100).await.expect("entries"), entries_before);
     assert_eq!(store.account(&account("u")).await.expect("answers").expect("exists").balances.held, cr("4"));
     assert_verified(&store).await;
@@ -411,7 +411,7 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     assert_eq!(schema_versions(&path), vec![1, 2]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(job_write("j1", &clock)).await.expect("answers").expect("written").job;
     assert_eq!(
@@ -427,7 +427,7 @@ const UNDO_VERSION_6: &str = "DROP INDEX runs_hold_pending; DROP INDEX runs_canc
      DELETE FROM schema_migrations WHERE version >= 6;";
 
 const UNDO_VERSION_8: &str =
-    "DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
+    "DROP INDEX IF EXISTS runs_by_account; DROP INDEX IF EXISTS jobs_by_account; DROP INDEX IF EXISTS grants_by_account; ALTER TABLE grants DROP COLUMN voided_at; DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
 
 const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
      CREATE INDEX holds_pending_by_account ON holds (account_id) WHERE state = 'pending'; \
@@ -468,7 +468,7 @@ async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() 
     assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let after = store.account(&account("u")).await.expect("answers").expect("exists");
     assert_eq!(after, before, "held and every grant's pinned part read as before");
     assert_eq!(after.balances.held, cr("9"), "h1's 7 and what is left of h2");
@@ -513,7 +513,7 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
     assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
 
     let store = open(&path, &clock).await;
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let resolution = |run_id: &'static str| {
         let store = &store;
         async move {

@@ -55,7 +55,14 @@ async fn a_402_replays_as_402() {
     first.assert_problem(402, "insufficient_credits");
     app.fund("alice", "5").await;
     let second = app.post_with_key("/v1/holds", "k402", body).await;
-    assert_eq!((second.status, &second.text), (402, &first.text));
+    // The same problem; only `request_id` is the retry's own (it names this request's log line).
+    let without_id = |body: &serde_json::Value| {
+        let mut body = body.clone();
+        body.as_object_mut().expect("a problem object").remove("request_id");
+        body
+    };
+    assert_eq!((second.status, without_id(&second.body)), (402, without_id(&first.body)));
+    assert_ne!(second.body["request_id"], first.body["request_id"]);
     assert_eq!(app.figures("alice").await, ("10".into(), "0".into(), "10".into()));
 }
 

@@ -19,9 +19,10 @@ use tokio::io::AsyncBufReadExt;
 use crate::helpers::{spawn_app, spawn_app_with_provider, ServerProcess, TestApp};
 
 /// Every event type, as an endpoint subscribes to them.
-const EVENT_TYPES: [&str; 15] = [
+const EVENT_TYPES: [&str; 16] = [
     "grant.created",
     "grant.expired",
+    "grant.voided",
     "allowance.granted",
     "hold.created",
     "hold.captured",
@@ -182,6 +183,9 @@ async fn one_change_of_every_kind(app: &TestApp, fake: &FakeProvider) {
 
     // The ledger's own kinds on `led`.
     app.fund("led", "20").await;
+    let mistaken = app.grant("led", json!({"amount": "1", "priority": 2000})).await;
+    let mistaken = mistaken.assert_status(201)["grant_id"].as_str().expect("grant id").to_owned();
+    app.post(&format!("/v1/grants/{mistaken}/void"), json!({})).await.assert_status(200);
     let expires_at = store::events::rfc3339(app.clock.now().plus_seconds(5));
     // Spent last (a higher priority number), so its credit is still there when it expires.
     app.grant("led", json!({"amount": "1", "expires_at": expires_at, "priority": 1000})).await.assert_status(201);
