@@ -161,9 +161,16 @@ if [[ ${#scope[@]} -gt 0 ]]; then
         cat "$FUZZ_DIR/install.log" >&2 || true
     fi
     scripts/schemathesis.sh || fuzz_status=$?
-    log "summary: Rust tests exit $status, HTTP fuzzer exit $fuzz_status"
-    if [[ $status -eq 0 && $fuzz_status -ne 0 ]]; then
-        status=$fuzz_status
-    fi
+    # The Python client against the same binary (clients/python): mypy, pytest on both stores,
+    # its docs build.
+    log "running the Python client's checks (scripts/python-client.sh)"
+    python_status=0
+    scripts/python-client.sh || python_status=$?
+    log "summary: Rust tests exit $status, HTTP fuzzer exit $fuzz_status, Python client exit $python_status"
+    for other in "$fuzz_status" "$python_status"; do
+        if [[ $status -eq 0 && $other -ne 0 ]]; then
+            status=$other
+        fi
+    done
 fi
 exit "$status"

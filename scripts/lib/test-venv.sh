@@ -13,10 +13,19 @@ OPENAI_VERSION="1.109.1"
 LANGCHAIN_OPENAI_VERSION="0.3.35"
 PROMETHEUS_CLIENT_VERSION="0.23.1"
 PLAYWRIGHT_VERSION="1.49.1"
+# The Python client's own checks and integrations (scripts/python-client.sh).
+PYTEST_VERSION="8.4.2"
+MYPY_VERSION="1.18.2"
+PDOC_VERSION="15.0.4"
+LANGGRAPH_VERSION="0.6.7"
+FASTAPI_VERSION="0.118.0"
+SETUPTOOLS_VERSION="80.9.0"
 
 venv="${1:?usage: test-venv.sh <venv directory>}"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION" \
     "openai==$OPENAI_VERSION" "langchain-openai==$LANGCHAIN_OPENAI_VERSION" \
-    "prometheus-client==$PROMETHEUS_CLIENT_VERSION" "playwright==$PLAYWRIGHT_VERSION"
-"$venv/bin/python" -c "import standardwebhooks, openai, langchain_openai, prometheus_client, playwright"
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION" "playwright==$PLAYWRIGHT_VERSION" \
+    "pytest==$PYTEST_VERSION" "mypy==$MYPY_VERSION" "pdoc==$PDOC_VERSION" "langgraph==$LANGGRAPH_VERSION" \
+    "fastapi==$FASTAPI_VERSION" "setuptools==$SETUPTOOLS_VERSION"
+"$venv/bin/python" -c "import standardwebhooks, openai, langchain_openai, prometheus_client, playwright, langgraph, fastapi"
