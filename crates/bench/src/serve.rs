@@ -36,6 +36,15 @@ pub struct CheckAnswer {
 }
 
 pub async fn serve(kind: StoreKind, place: Place, listen: SocketAddr, edge: Edge) -> anyhow::Result<()> {
+    // `creditgraph serve` logs every request at `info`: the same subscriber here (JSON lines), so
+    // the measured cost includes building and formatting them; written to a sink, as the disk or
+    // pipe an operator ships them to is not what is measured.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .json()
+        .with_current_span(true)
+        .with_writer(std::io::sink)
+        .try_init();
     let opened = stores::open(kind, &place).await?;
     let config = ApiConfig { tokens: vec![(BENCH_TOKEN.to_owned(), Role::Admin)], ..ApiConfig::default() };
     // As `creditgraph serve` does: expired holds are swept in the background (every store kind,
