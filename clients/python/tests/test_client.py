@@ -16,6 +16,7 @@ import pytest
 from conftest import new_account
 from creditgraph import (
     AccountNotFound,
+    GrantCreditsHeld,
     Client,
     CreditReserved,
     CreditSettled,
@@ -247,3 +248,20 @@ def test_the_async_client_lists_the_journal_across_pages(server: CreditgraphServ
             return [entry.kind async for entry in client.entries(account, page_size=1)]
 
     assert asyncio.run(scenario()) == ["grant", "hold", "capture", "release"]
+
+
+def test_an_operator_lists_accounts_and_voids_a_grant(server: CreditgraphServer) -> None:
+    account = funded(server, "2")
+    with server.client(admin=True) as admin:
+        mistaken = admin.grant(account, "50", reference="typo")
+        hold = admin.create_hold(account, "51")
+        with pytest.raises(GrantCreditsHeld) as held:
+            admin.void_grant(mistaken.grant_id)
+        assert held.value.held > 0
+        admin.release(hold.hold_id)
+        voided = admin.void_grant(mistaken.grant_id)
+        assert voided.voided == Decimal(50) and voided.grant.voided_at is not None
+        assert [grant.reference for grant in admin.grants(account, state="voided")] == ["typo"]
+        listed = [found.account_id for found in admin.accounts(account[:-1], page_size=1)]
+        assert account in listed
+        assert admin.account(account).balance == Decimal(2)

@@ -18,6 +18,7 @@ from .errors import (
     ApiError,
     CreditgraphError,
     Forbidden,
+    GrantCreditsHeld,
     HoldExpired,
     HoldNotFound,
     HoldNotPending,
@@ -48,13 +49,14 @@ from .models import (
     RunEvent,
     RunFailed,
     Token,
+    VoidedGrant,
 )
 
 __all__ = [
     "Account", "AccountNotFound", "AmountExceedsHold", "AmountLike", "ApiError", "AsyncClient", "AsyncHoldContext",
     "Client", "CreditReserved", "CreditSettled", "CreditgraphError", "Debit", "Done", "Entry", "Estimate",
-    "EstimateLine", "Forbidden", "Grant", "Hold", "HoldContext", "HoldExpired", "HoldNotFound", "HoldNotPending",
+    "EstimateLine", "Forbidden", "Grant", "GrantCreditsHeld", "Hold", "HoldContext", "HoldExpired", "HoldNotFound", "HoldNotPending",
     "HoldReleaseFailed", "IdempotencyConflict", "InsufficientCredits", "InvalidRequest", "Job", "NotFound",
     "ProtocolError", "RateLimited", "Run", "RunEvent", "RunFailed", "StreamInterrupted", "Token", "Unauthorized",
-    "Unavailable",
+    "Unavailable", "VoidedGrant",
 ]

@@ -16,7 +16,20 @@ from ._amounts import AmountLike, amount_text
 from ._holds import AsyncHoldContext, HoldContext
 from ._sse import SseEvent, aevents, events
 from .errors import ProtocolError, StreamInterrupted, error_for
-from .models import Account, Debit, Entry, Estimate, Grant, Hold, HoldState, Job, Run, RunEvent
+from .models import (
+    Account,
+    Debit,
+    Entry,
+    Estimate,
+    Grant,
+    GrantState,
+    Hold,
+    HoldState,
+    Job,
+    Run,
+    RunEvent,
+    VoidedGrant,
+)
 
 #: Default time limits: connecting, and each read (a run's stream sends heartbeats well inside it).
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -175,6 +188,40 @@ class Client:
             after = page.get("next")
             if after is None:
                 return
+
+    def accounts(self, prefix: str = "", *, page_size: int = PAGE_SIZE) -> Iterator[Account]:
+        """Accounts whose id starts with `prefix`, in id order, page by page (admin token)."""
+        after: Optional[str] = None
+        while True:
+            params = {"limit": str(page_size), "prefix": prefix}
+            if after is not None:
+                params["after"] = after
+            page = self._call(_http.Call("GET", "/v1/accounts", params=params))
+            for account in page["accounts"]:
+                yield Account.model_validate(account)
+            after = page.get("next")
+            if after is None:
+                return
+
+    def grants(self, account_id: str, *, state: GrantState = "active", page_size: int = PAGE_SIZE) -> Iterator[Grant]:
+        """The account's grants in one state, in id order, page by page."""
+        after: Optional[str] = None
+        while True:
+            params = {"limit": str(page_size), "state": state}
+            if after is not None:
+                params["after"] = after
+            page = self._call(_http.Call("GET", f"/v1/accounts/{_segment(account_id)}/grants", params=params))
+            for grant in page["grants"]:
+                yield Grant.model_validate(grant)
+            after = page.get("next")
+            if after is None:
+                return
+
+    def void_grant(self, grant_id: str, *, idempotency_key: Optional[str] = None) -> VoidedGrant:
+        """Take back what is left of a mistaken grant (admin token); `GrantCreditsHeld` while
+        pending holds reserve any of it."""
+        call = _http.mutation(f"/v1/grants/{_segment(grant_id)}/void", {}, idempotency_key)
+        return VoidedGrant.model_validate(self._call(call))
 
     def holds(self, account_id: str, *, state: HoldState = "pending", page_size: int = PAGE_SIZE) -> Iterator[Hold]:
         """The account's holds in one state, page by page as it is iterated."""

@@ -92,6 +92,14 @@ class IdempotencyConflict(ApiError):
     """409: the `Idempotency-Key` was used before with another request."""
 
 
+class GrantCreditsHeld(ApiError):
+    """409: pending holds reserve `held` of the grant a void named (release them first)."""
+
+    def __init__(self, problem: Mapping[str, Any], status: int) -> None:
+        super().__init__(problem, status)
+        self.held = _decimal(problem, "held")
+
+
 class NotFound(ApiError):
     """404: the account, hold, run, job, thread or grant does not exist."""
 
@@ -136,6 +144,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     "idempotency_conflict": IdempotencyConflict,
     "account_not_found": AccountNotFound,
     "hold_not_found": HoldNotFound,
+    "grant_credits_held": GrantCreditsHeld,
     "rate_limited": RateLimited,
 }
 

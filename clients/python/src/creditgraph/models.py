@@ -34,6 +34,14 @@ class Grant(_Model):
     voided_at: Optional[datetime] = None
 
 
+class VoidedGrant(_Model):
+    """A grant as an operator voided it, and what the void took back from the balance."""
+
+    schema_name: ClassVar[str] = "VoidGrantResponse"
+    grant: Grant
+    voided: Decimal
+
+
 class Account(_Model):
     schema_name: ClassVar[str] = "AccountResponse"
     account_id: str
@@ -229,12 +237,16 @@ class RunEvent(_Model):
         return parsed
 
 
+#: Grant states `Client.grants` lists.
+GrantState = Literal["active", "expired", "voided"]
+
 #: Hold states `Client.holds` lists.
 HoldState = Literal["pending", "captured", "released", "expired"]
 
 #: Every model a test holds to the OpenAPI document.
 MODELS: tuple[type[_Model], ...] = (
     Grant,
+    VoidedGrant,
     Account,
     Hold,
     Entry,
