@@ -93,6 +93,21 @@ fn path_ids<'a>(template: &str, path: &'a str) -> PathIds<'a> {
     ids
 }
 
+/// The method as a metric label: the standard ones by name, any other as `other` (a client may
+/// send any token as a method; labels must stay a bounded set).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// The outermost layer: gives the request its id, runs it inside a span carrying the id (so
 /// every line logged while answering it names the request), logs the answer at `info` and
 /// counts it.
@@ -128,8 +143,8 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
             "answered"
         );
     });
-    let method = method.as_str().to_owned();
-    metrics::counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+    let method = method_label(&method);
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!(HTTP_DURATION_SECONDS, "method" => method, "route" => route).record(elapsed.as_secs_f64());
     response
@@ -148,6 +163,13 @@ mod tests {
         assert_ne!(request_id(&headers), "has space");
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&"x".repeat(129)).expect("ascii"));
         assert_eq!(request_id(&headers).len(), 36, "a new UUID replaces an overlong id");
+    }
+
+    #[test]
+    fn a_method_label_is_one_of_a_bounded_set() {
+        assert_eq!(method_label(&axum::http::Method::POST), "POST");
+        let odd = axum::http::Method::from_bytes(b"BREW").expect("a valid token");
+        assert_eq!(method_label(&odd), "other");
     }
 
     #[test]
