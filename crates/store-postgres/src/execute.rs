@@ -181,13 +181,6 @@ fn pending_holds_sql(pending_holds: PendingHolds) -> String {
         ),
     }
 }
-/// One account's pending holds due at `$2`, for the read path.
-pub(crate) fn due_holds_sql() -> String {
-    format!(
-        "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = $1 AND state = 'pending' AND expires_at <= $2 \
-         ORDER BY expires_at, hold_id"
-    )
-}
 /// The holds the batch's commands name, in any state (pending ones are loaded twice, harmlessly).
 fn holds_by_id_sql() -> String {
     format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = ANY($1) ORDER BY created_at, hold_id")

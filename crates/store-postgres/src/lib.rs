@@ -496,46 +496,46 @@ impl PostgresStore {
     }
 
     /// Loads the account's stored state (row, live grants, the pending holds due at `now`, never
-    /// all of them) in one snapshot, in one
-    /// round trip: `BEGIN … REPEATABLE READ READ ONLY`, the three reads and `COMMIT` are sent
-    /// together (pipelined). All five are sent by the join's first poll, so a caller dropping
-    /// this future leaves the connection either untouched or past its `COMMIT` (which ends a
-    /// failed transaction as a rollback), never inside a transaction.
+    /// all of them) with one statement: the row, and the grants and due holds aggregated as JSON
+    /// arrays by subqueries. One statement reads one snapshot (READ COMMITTED takes it per
+    /// statement), so the three parts agree without a transaction; the server parses, plans and
+    /// runs one statement where a pipelined `BEGIN`, three reads and `COMMIT` cost five.
     async fn stored_state(&self, account_id: &AccountId, now: Timestamp) -> Result<Option<AccountState>, StoreError> {
+        use crate::rows::{ACCOUNT_SNAPSHOT_GRANT, ACCOUNT_SNAPSHOT_HOLD};
         let client = self.client().await?;
-        let account_sql =
-            format!("SELECT {ACCOUNT_COLUMNS}, {} FROM accounts WHERE account_id = $1", execute::ALLOWANCES_COLUMN);
-        let grants_sql =
-            format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = $1 AND live ORDER BY created_at, grant_id");
-        let account_statement = client.prepare_cached(&account_sql).await.map_err(store_error)?;
-        let grants_statement = client.prepare_cached(&grants_sql).await.map_err(store_error)?;
-        let holds_statement = client.prepare_cached(&execute::due_holds_sql()).await.map_err(store_error)?;
-        let id = account_id.as_str();
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS}, {allowances}, \
+               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_GRANT} ORDER BY created_at, grant_id), '[]')::TEXT \
+                  FROM grants WHERE grants.account_id = accounts.account_id AND live), \
+               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_HOLD} ORDER BY expires_at, hold_id), '[]')::TEXT \
+                  FROM holds WHERE holds.account_id = accounts.account_id AND state = 'pending' AND expires_at <= $2) \
+             FROM accounts WHERE account_id = $1",
+            allowances = execute::ALLOWANCES_COLUMN,
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(store_error)?;
         let now_micros = now.micros();
-        let account_at: [&(dyn ToSql + Sync); 2] = [&id, &now_micros];
-        let by_account: [&(dyn ToSql + Sync); 1] = [&id];
-        let due_at = now.micros();
-        let due: [&(dyn ToSql + Sync); 2] = [&id, &due_at];
-        let client = &**client;
-        let control = |sql: &'static str| async move { client.batch_execute(sql).await.map(|()| Vec::new()) };
-        let pending: Vec<execute::PendingRows<'_>> = vec![
-            Box::pin(control("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")),
-            Box::pin(client.query(&account_statement, &account_at)),
-            Box::pin(client.query(&grants_statement, &by_account)),
-            Box::pin(client.query(&holds_statement, &due)),
-            Box::pin(control("COMMIT")),
-        ];
-        let mut replies = Vec::with_capacity(pending.len());
-        for reply in execute::join_in_order(pending).await {
-            replies.push(reply.map_err(store_error)?);
-        }
-        let [_, account_rows, grant_rows, hold_rows, _] =
-            <[Vec<tokio_postgres::Row>; 5]>::try_from(replies).map_err(|_| undecodable("account snapshot"))?;
-        let Some(account_row) = account_rows.first() else { return Ok(None) };
-        let mut state = rows::account(account_row)?;
-        state.grants = grant_rows.iter().map(rows::grant).collect::<Result<_, _>>()?;
-        state.holds = hold_rows.iter().map(rows::hold).collect::<Result<_, _>>()?;
-        state.allowances = rows::allowances_column(account_row)?;
+        let params: [&(dyn ToSql + Sync); 2] = [&account_id.as_str(), &now_micros];
+        let Some(row) = client.query_opt(&statement, &params).await.map_err(store_error)? else { return Ok(None) };
+        let mut state = rows::account(&row)?;
+        state.allowances = rows::allowances_column(&row)?;
+        let parse = |index: usize, what: &str| -> Result<serde_json::Value, StoreError> {
+            let text: &str = row.try_get(index).map_err(|_| undecodable(what))?;
+            serde_json::from_str(text).map_err(|error| undecodable(what).with_source(error))
+        };
+        let grants = parse(7, "grants")?;
+        let holds = parse(8, "due holds")?;
+        state.grants = grants
+            .as_array()
+            .ok_or_else(|| undecodable("grants"))?
+            .iter()
+            .map(rows::grant_from_json)
+            .collect::<Result<_, _>>()?;
+        state.holds = holds
+            .as_array()
+            .ok_or_else(|| undecodable("due holds"))?
+            .iter()
+            .map(rows::hold_from_json)
+            .collect::<Result<_, _>>()?;
         Ok(Some(state))
     }
 

@@ -145,3 +145,93 @@ pub(crate) fn allowance(row: &Row) -> Result<ledger::Allowance, StoreError> {
     let data: &str = get(row, 0, "allowance")?;
     codec::decode_allowance_text(data)
 }
+
+/// A grant and a hold as the one-statement account read aggregates them
+/// ([`ACCOUNT_SNAPSHOT_GRANT`], [`ACCOUNT_SNAPSHOT_HOLD`]): JSON arrays of the columns in
+/// [`GRANT_COLUMNS`] and [`HOLD_COLUMNS`] order. JSON numbers parse exactly as integers, so
+/// micro-credits and microseconds survive.
+pub(crate) const ACCOUNT_SNAPSHOT_GRANT: &str = "json_build_array(grant_id, account_id, kind, amount, free, \
+     priority, expires_at, created_at, reference, metadata, live, pinned, voided_at)";
+pub(crate) const ACCOUNT_SNAPSHOT_HOLD: &str = "json_build_array(hold_id, account_id, amount, captured, remaining, \
+     refunded, state, expires_at, created_at, reference, metadata, allocations)";
+
+fn json_items<'a>(
+    value: &'a serde_json::Value,
+    what: &str,
+    count: usize,
+) -> Result<&'a [serde_json::Value], StoreError> {
+    value.as_array().map(Vec::as_slice).filter(|items| items.len() == count).ok_or_else(|| undecodable(what))
+}
+
+fn json_str<'a>(value: &'a serde_json::Value, what: &str) -> Result<&'a str, StoreError> {
+    value.as_str().ok_or_else(|| undecodable(what))
+}
+
+fn json_i64(value: &serde_json::Value, what: &str) -> Result<i64, StoreError> {
+    value.as_i64().ok_or_else(|| undecodable(what))
+}
+
+fn json_amount(value: &serde_json::Value, what: &str) -> Result<Amount, StoreError> {
+    value.as_u64().map(Amount::from_micros).ok_or_else(|| undecodable(what))
+}
+
+fn json_opt_time(value: &serde_json::Value, what: &str) -> Result<Option<Timestamp>, StoreError> {
+    match value {
+        serde_json::Value::Null => Ok(None),
+        other => json_i64(other, what).map(|micros| Some(Timestamp::from_micros(micros))),
+    }
+}
+
+fn json_opt_reference(value: &serde_json::Value) -> Result<Option<Reference>, StoreError> {
+    match value {
+        serde_json::Value::Null => Ok(None),
+        other => Reference::parse(json_str(other, "reference")?).map(Some).map_err(|_| undecodable("reference")),
+    }
+}
+
+/// A grant from [`ACCOUNT_SNAPSHOT_GRANT`]'s array.
+pub(crate) fn grant_from_json(value: &serde_json::Value) -> Result<Grant, StoreError> {
+    let [id, account, kind, amount, free, priority, expires_at, created_at, reference, metadata, live, pinned, voided_at] =
+        json_items(value, "grant", 13)?
+    else {
+        return Err(undecodable("grant"));
+    };
+    Ok(Grant {
+        grant_id: grant_id(json_str(id, "grant_id")?)?,
+        account_id: AccountId::parse(json_str(account, "account_id")?).map_err(|_| undecodable("account_id"))?,
+        kind: GrantKind::parse(json_str(kind, "grant kind")?).ok_or_else(|| undecodable("grant kind"))?,
+        amount: json_amount(amount, "grant amount")?,
+        free: json_amount(free, "grant free")?,
+        priority: i32::try_from(json_i64(priority, "priority")?).map_err(|_| undecodable("priority"))?,
+        expires_at: json_opt_time(expires_at, "grant expires_at")?,
+        created_at: Timestamp::from_micros(json_i64(created_at, "grant created_at")?),
+        reference: json_opt_reference(reference)?,
+        metadata: json_str(metadata, "grant metadata")?.to_owned(),
+        live: live.as_bool().ok_or_else(|| undecodable("live"))?,
+        pinned: json_amount(pinned, "grant pinned")?,
+        voided_at: json_opt_time(voided_at, "grant voided_at")?,
+    })
+}
+
+/// A hold from [`ACCOUNT_SNAPSHOT_HOLD`]'s array.
+pub(crate) fn hold_from_json(value: &serde_json::Value) -> Result<Hold, StoreError> {
+    let [id, account, amount, captured, remaining, refunded, state, expires_at, created_at, reference, metadata, allocations] =
+        json_items(value, "hold", 12)?
+    else {
+        return Err(undecodable("hold"));
+    };
+    Ok(Hold {
+        hold_id: hold_id(json_str(id, "hold_id")?)?,
+        account_id: AccountId::parse(json_str(account, "account_id")?).map_err(|_| undecodable("account_id"))?,
+        amount: json_amount(amount, "hold amount")?,
+        captured: json_amount(captured, "captured")?,
+        remaining: json_amount(remaining, "remaining")?,
+        refunded: json_amount(refunded, "hold refunded")?,
+        state: HoldState::parse(json_str(state, "hold state")?).ok_or_else(|| undecodable("hold state"))?,
+        expires_at: Timestamp::from_micros(json_i64(expires_at, "hold expires_at")?),
+        created_at: Timestamp::from_micros(json_i64(created_at, "hold created_at")?),
+        reference: json_opt_reference(reference)?,
+        metadata: json_str(metadata, "hold metadata")?.to_owned(),
+        allocations: codec::decode_allocations(json_str(allocations, "allocations")?)?,
+    })
+}
