@@ -387,6 +387,9 @@ CREATE INDEX jobs_by_account ON jobs (account_id, created_at, job_id COLLATE "C"
 -- A grant voided by an operator (ledger::Command::VoidGrant); an account's grants by id.
 ALTER TABLE grants ADD COLUMN voided_at BIGINT;
 CREATE INDEX grants_by_account ON grants (account_id, grant_id COLLATE "C");
+-- The operator's account search pages by id byte-wise (LedgerStore::account_ids); the primary
+-- key's order is the database's collation.
+CREATE INDEX accounts_by_id_bytes ON accounts (account_id COLLATE "C");
 "#,
     },
 ];

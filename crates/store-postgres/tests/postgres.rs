@@ -528,7 +528,7 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
 
 /// What migration 7 added, undone: back to a version-6 database.
 const UNDO_VERSION_8: &str =
-    "DROP INDEX IF EXISTS runs_by_account; DROP INDEX IF EXISTS jobs_by_account; DROP INDEX IF EXISTS grants_by_account; ALTER TABLE grants DROP COLUMN voided_at; DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
+    "DROP INDEX IF EXISTS runs_by_account; DROP INDEX IF EXISTS jobs_by_account; DROP INDEX IF EXISTS grants_by_account; DROP INDEX IF EXISTS accounts_by_id_bytes; ALTER TABLE grants DROP COLUMN voided_at; DROP TABLE gateway_calls; DROP TABLE api_keys; DROP TABLE webhook_deliveries; DROP TABLE webhook_endpoints; ALTER TABLE accounts DROP COLUMN low_balance_threshold; DROP TABLE outbox; DROP TABLE plans; DROP TABLE allowances; DELETE FROM schema_migrations WHERE version >= 8;";
 
 const UNDO_VERSION_7: &str = "DROP INDEX holds_by_account_state; DROP INDEX holds_pending_by_account_expiry; \
      CREATE INDEX holds_pending ON holds (account_id) WHERE state = 'pending'; \
