@@ -152,6 +152,19 @@ class Client:
             return _http.decode(response)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _paged(self, path: str, field: str, params: Mapping[str, str], page_size: int) -> Iterator[Any]:
+        """Every item of a list route, following `next` page by page as it is iterated."""
+        after: Optional[str] = None
+        while True:
+            query = {**params, "limit": str(page_size)}
+            if after is not None:
+                query["after"] = after
+            page = self._call(_http.Call("GET", path, params=query))
+            yield from page[field]
+            after = page.get("next")
+            if after is None:
+                return
+
     # Accounts and grants.
 
     def account(self, account_id: str) -> Account:
@@ -175,47 +188,19 @@ class Client:
 
     def entries(self, account_id: str, *, kind: Optional[str] = None, page_size: int = PAGE_SIZE) -> Iterator[Entry]:
         """The account's journal, oldest first, read page by page as it is iterated."""
-        after: Optional[str] = None
-        while True:
-            params = {"limit": str(page_size)}
-            if kind is not None:
-                params["kind"] = kind
-            if after is not None:
-                params["after"] = after
-            page = self._call(_http.Call("GET", f"/v1/accounts/{_segment(account_id)}/entries", params=params))
-            for entry in page["entries"]:
-                yield Entry.model_validate(entry)
-            after = page.get("next")
-            if after is None:
-                return
+        params = {} if kind is None else {"kind": kind}
+        path = f"/v1/accounts/{_segment(account_id)}/entries"
+        yield from (Entry.model_validate(item) for item in self._paged(path, "entries", params, page_size))
 
     def accounts(self, prefix: str = "", *, page_size: int = PAGE_SIZE) -> Iterator[Account]:
         """Accounts whose id starts with `prefix`, in id order, page by page (admin token)."""
-        after: Optional[str] = None
-        while True:
-            params = {"limit": str(page_size), "prefix": prefix}
-            if after is not None:
-                params["after"] = after
-            page = self._call(_http.Call("GET", "/v1/accounts", params=params))
-            for account in page["accounts"]:
-                yield Account.model_validate(account)
-            after = page.get("next")
-            if after is None:
-                return
+        params = {"prefix": prefix}
+        yield from (Account.model_validate(item) for item in self._paged("/v1/accounts", "accounts", params, page_size))
 
     def grants(self, account_id: str, *, state: GrantState = "active", page_size: int = PAGE_SIZE) -> Iterator[Grant]:
         """The account's grants in one state, in id order, page by page."""
-        after: Optional[str] = None
-        while True:
-            params = {"limit": str(page_size), "state": state}
-            if after is not None:
-                params["after"] = after
-            page = self._call(_http.Call("GET", f"/v1/accounts/{_segment(account_id)}/grants", params=params))
-            for grant in page["grants"]:
-                yield Grant.model_validate(grant)
-            after = page.get("next")
-            if after is None:
-                return
+        path = f"/v1/accounts/{_segment(account_id)}/grants"
+        yield from (Grant.model_validate(item) for item in self._paged(path, "grants", {"state": state}, page_size))
 
     def void_grant(self, grant_id: str, *, idempotency_key: Optional[str] = None) -> VoidedGrant:
         """Take back what is left of a mistaken grant (admin token); `GrantCreditsHeld` while
@@ -225,19 +210,8 @@ class Client:
 
     def holds(self, account_id: str, *, state: HoldState = "pending", page_size: int = PAGE_SIZE) -> Iterator[Hold]:
         """The account's holds in one state, page by page as it is iterated."""
-        after: Optional[str] = None
-        while True:
-            params = {"limit": str(page_size), "state": state}
-            if after is not None:
-                params["after"] = after
-            page = self._call(_http.Call("GET", f"/v1/accounts/{_segment(account_id)}/holds", params=params))
-            for hold in page["holds"]:
-                yield Hold.model_validate(hold)
-            after = page.get("next")
-            if after is None:
-                return
-
-    # Holds.
+        path = f"/v1/accounts/{_segment(account_id)}/holds"
+        yield from (Hold.model_validate(item) for item in self._paged(path, "holds", {"state": state}, page_size))
 
     def create_hold(self, account_id: str, amount: AmountLike, *, ttl_seconds: Optional[int] = None,
                     reference: Optional[str] = None, metadata: Optional[Mapping[str, Any]] = None,
