@@ -28,8 +28,17 @@ const SEED_CONCURRENCY: usize = 64;
 #[derive(Clone, Debug)]
 pub struct InProcessRun {
     pub callers: usize,
+    /// How long the measured phase lasts.
     pub duration: Duration,
+    /// How long the unmeasured warm-up before it lasts (see [`warm_up`]).
+    pub warm_up: Duration,
     pub seed: u64,
+}
+
+/// What the warm-up left in the store, which the measured run's conservation check counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WarmedUp {
+    tally: Tally,
 }
 
 /// What the callers saw, summed.
@@ -159,45 +168,44 @@ pub async fn seed(store: &Arc<dyn LedgerStore>, workload: &Workload) -> anyhow::
     Ok(())
 }
 
+/// Runs the workload, unmeasured, for `settings.warm_up`: every store then has rows in each
+/// table the workload writes (holds, keys, journal), as a deployment that has served for a while
+/// has, before the caller refreshes the planner's statistics and measures. Without it the
+/// statistics taken after seeding describe an empty `holds` table, and PostgreSQL keeps plans
+/// made for that (sequential scans of a table growing by thousands of rows a second) for the
+/// whole run, where a deployment's autovacuum would have re-analyzed within a minute.
+pub async fn warm_up(opened: &Opened, workload: &Workload, settings: &InProcessRun) -> anyhow::Result<WarmedUp> {
+    let store = opened.ledger();
+    let driven = drive(&store, workload, settings, "w", settings.warm_up).await?;
+    Ok(WarmedUp { tally: driven.tally })
+}
+
 pub async fn run(
     kind: StoreKind,
     opened: &Opened,
     workload: &Workload,
     settings: &InProcessRun,
+    warmed: WarmedUp,
 ) -> anyhow::Result<InProcessResult> {
-    // The caller has seeded the accounts ([`seed`]).
+    // The caller has seeded the accounts ([`seed`]) and warmed the store up ([`warm_up`]).
     let store = opened.ledger();
-    let picker = workload.distribution.picker();
     let counters_before = opened.counters();
     let cpu_before = machine_cpu_busy();
     let started = Instant::now();
-    let deadline = started + settings.duration;
     // What a server's sweeper does, for every store alike: expired holds return their credits
     // (creditgraph's stores also do so on read; the baselines only here).
     let stop_sweeping = tokio_util::sync::CancellationToken::new();
     let sweeper = server::spawn_sweeper(store.clone(), Duration::from_secs(1), stop_sweeping.clone());
-    let tasks: Vec<_> = (0..settings.callers)
-        .map(|caller| {
-            let (store, picker, workload) = (store.clone(), picker.clone(), workload.clone());
-            let seed = settings.seed ^ (caller as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            tokio::spawn(async move { caller_loop(store, workload, picker, caller, seed, deadline).await })
-        })
-        .collect();
-    let mut tally = Tally::default();
-    let mut all = Latencies::new();
-    let mut holds = Latencies::new();
-    for task in tasks {
-        let output = task.await.context("caller task")?;
-        tally.add(&output.tally);
-        all.merge(&output.all);
-        holds.merge(&output.holds);
-    }
+    let driven = drive(&store, workload, settings, "m", settings.duration).await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = machine_cpu_busy().saturating_sub(cpu_before);
     let counters = opened.counters().since(counters_before);
     stop_sweeping.cancel();
     let _ = sweeper.await;
-    let violations = check(&store, workload, &tally).await?;
+    let CallerOutput { tally, all, holds } = driven?;
+    let mut applied = warmed.tally;
+    applied.add(&tally);
+    let violations = check(&store, workload, &applied).await?;
     let operations = tally.operations();
     Ok(InProcessResult {
         store: kind,
@@ -214,6 +222,36 @@ pub async fn run(
         cpu_micros_per_operation: cpu.as_micros() as f64 / operations.max(1) as f64,
         violations,
     })
+}
+
+/// Runs `settings.callers` closed-loop callers for `duration`; `phase` keeps the hold ids and
+/// idempotency keys of the warm-up and the measured run apart.
+async fn drive(
+    store: &Arc<dyn LedgerStore>,
+    workload: &Workload,
+    settings: &InProcessRun,
+    phase: &'static str,
+    duration: Duration,
+) -> anyhow::Result<CallerOutput> {
+    let picker = workload.distribution.picker();
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..settings.callers)
+        .map(|caller| {
+            let (store, picker, workload) = (store.clone(), picker.clone(), workload.clone());
+            let seed =
+                settings.seed ^ (caller as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(phase.as_bytes()[0]);
+            let caller = Caller { index: caller, phase, seed };
+            tokio::spawn(async move { caller_loop(store, workload, picker, caller, deadline).await })
+        })
+        .collect();
+    let mut output = CallerOutput::default();
+    for task in tasks {
+        let caller = task.await.context("caller task")?;
+        output.tally.add(&caller.tally);
+        output.all.merge(&caller.all);
+        output.holds.merge(&caller.holds);
+    }
+    Ok(output)
 }
 
 /// `verify`'s violations, plus one if the balances do not add up to granted − captured.
@@ -242,14 +280,21 @@ async fn check(store: &Arc<dyn LedgerStore>, workload: &Workload, tally: &Tally)
     Ok(violations)
 }
 
+/// One caller of [`drive`]: its number, its phase's prefix for ids and keys, its random seed.
+struct Caller {
+    index: usize,
+    phase: &'static str,
+    seed: u64,
+}
+
 async fn caller_loop(
     store: Arc<dyn LedgerStore>,
     workload: Workload,
     picker: Picker,
-    caller: usize,
-    seed: u64,
+    caller: Caller,
     deadline: Instant,
 ) -> CallerOutput {
+    let Caller { index: caller, phase, seed } = caller;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut output = CallerOutput::default();
     let hold_credits = Amount::from_credits(workload.hold_credits());
@@ -269,7 +314,7 @@ async fn caller_loop(
                 }
             }
             Step::Hold(ending) => {
-                let hold_id = HoldId::parse(&format!("h-{caller}-{sequence}")).expect("valid hold id");
+                let hold_id = HoldId::parse(&format!("h-{phase}{caller}-{sequence}")).expect("valid hold id");
                 let ttl_seconds = if ending == Ending::Expire { HOLD_TTL_SECONDS_EXPIRING } else { HOLD_TTL_SECONDS };
                 let hold = Command::Hold {
                     account_id,
@@ -279,7 +324,7 @@ async fn caller_loop(
                     reference: None,
                     metadata: "{}".to_owned(),
                 };
-                let key = format!("k-{caller}-{sequence}-hold");
+                let key = format!("k-{phase}{caller}-{sequence}-hold");
                 let request = Request::with_key(hold, &key, "bench");
                 let started = Instant::now();
                 let answer = store.execute(request.clone()).await;
@@ -315,7 +360,7 @@ async fn caller_loop(
                         continue;
                     }
                 };
-                let key = format!("k-{caller}-{sequence}-settle");
+                let key = format!("k-{phase}{caller}-{sequence}-settle");
                 let request = Request::with_key(settle, &key, "bench");
                 let started = Instant::now();
                 let answer = store.execute(request.clone()).await;

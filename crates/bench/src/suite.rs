@@ -46,6 +46,10 @@ impl SuiteSettings {
     fn in_process_duration(&self) -> Duration {
         Duration::from_millis(if self.smoke { 300 } else { 5_000 })
     }
+    /// The unmeasured run before an in-process measurement (see [`inprocess::warm_up`]).
+    fn warm_up_duration(&self) -> Duration {
+        Duration::from_millis(if self.smoke { 100 } else { 1_000 })
+    }
     fn http_duration(&self) -> Duration {
         Duration::from_millis(if self.smoke { 300 } else { 4_000 })
     }
@@ -358,12 +362,17 @@ async fn in_process(settings: &SuiteSettings, kind: StoreKind, workload: &Worklo
     let place =
         stores::fresh_place(kind, &settings.data_dir, &run_name, settings.postgres_admin_url.as_deref()).await?;
     let opened = stores::open(kind, &place).await.with_context(|| format!("opening {}", kind.label()))?;
-    let run =
-        InProcessRun { callers: settings.callers(), duration: settings.in_process_duration(), seed: settings.seed };
+    let run = InProcessRun {
+        callers: settings.callers(),
+        duration: settings.in_process_duration(),
+        warm_up: settings.warm_up_duration(),
+        seed: settings.seed,
+    };
     let result = async {
         inprocess::seed(&opened.ledger(), workload).await?;
+        let warmed = inprocess::warm_up(&opened, workload, &run).await?;
         stores::analyze(&place).await?;
-        inprocess::run(kind, &opened, workload, &run).await
+        inprocess::run(kind, &opened, workload, &run, warmed).await
     }
     .await;
     opened.close().await;
