@@ -212,6 +212,8 @@ impl Opened {
 /// transaction per command; the server processes of the HTTP runs inherit them).
 const PG_BATCH_COMMANDS_MAX_VARIABLE: &str = "CREDITGRAPH_BENCH_PG_BATCH_COMMANDS_MAX";
 const PG_BATCHES_IN_FLIGHT_MAX_VARIABLE: &str = "CREDITGRAPH_BENCH_PG_BATCHES_IN_FLIGHT_MAX";
+const PG_READ_ACCOUNTS_MAX_VARIABLE: &str = "CREDITGRAPH_BENCH_PG_READ_ACCOUNTS_MAX";
+const PG_READS_IN_FLIGHT_MAX_VARIABLE: &str = "CREDITGRAPH_BENCH_PG_READS_IN_FLIGHT_MAX";
 
 /// creditgraph PostgreSQL's options in the benchmark: the pool the baselines get, the default
 /// batching unless overridden (see [`PG_BATCH_COMMANDS_MAX_VARIABLE`]).
@@ -227,6 +229,8 @@ fn postgres_options() -> anyhow::Result<PostgresOptions> {
         pool_max: POSTGRES_POOL_MAX,
         batch_commands_max: variable(PG_BATCH_COMMANDS_MAX_VARIABLE, defaults.batch_commands_max)?,
         batches_in_flight_max: variable(PG_BATCHES_IN_FLIGHT_MAX_VARIABLE, defaults.batches_in_flight_max)?,
+        read_accounts_max: variable(PG_READ_ACCOUNTS_MAX_VARIABLE, defaults.read_accounts_max)?,
+        reads_in_flight_max: variable(PG_READS_IN_FLIGHT_MAX_VARIABLE, defaults.reads_in_flight_max)?,
         ..defaults
     })
 }

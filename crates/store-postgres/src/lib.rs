@@ -29,8 +29,11 @@
 //! that takes writes, each host's attempt is bounded, and connections to a server that went away
 //! or stopped taking writes are dropped rather than handed out again (see [`connection`]).
 //!
-//! Reads run in REPEATABLE READ, READ ONLY transactions so a view of an account (grants and holds
-//! read by separate statements) is one consistent snapshot; they take no locks.
+//! An account read is one statement (the row, its live grants and due holds aggregated by
+//! subqueries), so it reads one snapshot and takes no locks; the reads that arrive while others
+//! run share a statement (`account_id = ANY($1)`, see `ReadRunner`), as commands share a
+//! transaction. Multi-statement reads (`verify`, the lists) run in REPEATABLE READ, READ ONLY
+//! transactions.
 //!
 //! The same store implements [`RunStore`] (threads, runs, artifacts; see [`runs`]): a new run
 //! locks its thread's row as a command locks its account's, with the same bounded retries. And
@@ -76,7 +79,9 @@ use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
-use crate::batch::{ApplyBatch, Batched, Batcher, BATCHES_IN_FLIGHT_MAX, BATCH_COMMANDS_MAX};
+use crate::batch::{
+    ApplyBatch, Batched, Batcher, BATCHES_IN_FLIGHT_MAX, BATCH_COMMANDS_MAX, READS_IN_FLIGHT_MAX, READ_ACCOUNTS_MAX,
+};
 use crate::connection::Connector;
 use crate::error::{pool_error, store_error, Failure, RetryCause};
 use crate::listen::{Listener, CANCEL_CHANNEL};
@@ -109,6 +114,10 @@ pub struct PostgresOptions {
     /// Most batches running at once, each on its own pooled connection (keep it below
     /// `pool_max`: reads, sweeps, runs and jobs use the rest).
     pub batches_in_flight_max: usize,
+    /// Most concurrent account reads answered by one statement (1: one statement per read).
+    pub read_accounts_max: usize,
+    /// Most account-read statements running at once, each on its own pooled connection.
+    pub reads_in_flight_max: usize,
 }
 
 impl Default for PostgresOptions {
@@ -120,6 +129,8 @@ impl Default for PostgresOptions {
             connect_timeout_seconds: 5,
             batch_commands_max: BATCH_COMMANDS_MAX,
             batches_in_flight_max: BATCHES_IN_FLIGHT_MAX,
+            read_accounts_max: READ_ACCOUNTS_MAX,
+            reads_in_flight_max: READS_IN_FLIGHT_MAX,
         }
     }
 }
@@ -140,6 +151,11 @@ pub struct PostgresStats {
     pub batches: u64,
     /// Commands answered by those batches (replays of a recorded key included).
     pub batched_commands: u64,
+    /// Account-read statements run; `reads / read_batches` is the mean number of account reads
+    /// one statement answered.
+    pub read_batches: u64,
+    /// Account reads answered by those statements.
+    pub reads: u64,
 }
 
 #[derive(Default)]
@@ -150,10 +166,14 @@ struct Counters {
     serialization_failures: AtomicU64,
     batches: AtomicU64,
     batched_commands: AtomicU64,
+    read_batches: AtomicU64,
+    reads: AtomicU64,
 }
 
 /// What one batch answers each of its commands.
 type Answer = Result<Executed, StoreError>;
+/// What one read batch answers each of its reads: the account's stored state, if it exists.
+type ReadAnswer = Result<Option<(AccountState, Timestamp)>, StoreError>;
 
 pub struct PostgresStore {
     pool: Pool,
@@ -161,10 +181,20 @@ pub struct PostgresStore {
     options: PostgresOptions,
     counters: Arc<Counters>,
     batcher: Batcher<AccountId, Request, Answer>,
+    /// Account reads, batched like commands (see [`ReadRunner`]); keyed by a sequence number, as
+    /// reads of one account may share a statement or run in two at once.
+    reads: Batcher<u64, AccountId, ReadAnswer>,
+    read_sequence: AtomicU64,
     /// Which account each recently seen hold belongs to (a hold's account never changes).
     hold_accounts: HoldAccounts,
     /// The run signals' `LISTEN` connection, opened on the first subscription.
     listener: Listener,
+}
+
+impl Batched for AccountId {
+    fn conflict_key(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Batched for Request {
@@ -290,8 +320,24 @@ impl PostgresStore {
             Box::pin(async move { runner.apply(requests).await }) as Pin<Box<_>>
         });
         let batcher = Batcher::new(options.batch_commands_max, options.batches_in_flight_max, apply);
+        let reader = ReadRunner { pool: pool.clone(), clock: clock.clone(), counters: counters.clone() };
+        let read: ApplyBatch<u64, AccountId, ReadAnswer> = Arc::new(move |requests| {
+            let reader = reader.clone();
+            Box::pin(async move { reader.read(requests).await }) as Pin<Box<_>>
+        });
+        let reads = Batcher::new(options.read_accounts_max, options.reads_in_flight_max, read);
         let hold_accounts = HoldAccounts::default();
-        Ok(PostgresStore { pool, clock, options, counters, batcher, hold_accounts, listener })
+        Ok(PostgresStore {
+            pool,
+            clock,
+            options,
+            counters,
+            batcher,
+            reads,
+            read_sequence: AtomicU64::new(0),
+            hold_accounts,
+            listener,
+        })
     }
 
     /// Applies the embedded migrations on one short-lived connection (to the primary, when the
@@ -327,6 +373,8 @@ impl PostgresStore {
             serialization_failures: self.counters.serialization_failures.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             batched_commands: self.counters.batched_commands.load(Ordering::Relaxed),
+            read_batches: self.counters.read_batches.load(Ordering::Relaxed),
+            reads: self.counters.reads.load(Ordering::Relaxed),
         }
     }
 
@@ -495,50 +543,6 @@ impl PostgresStore {
         rows.iter().map(jobs::job).collect()
     }
 
-    /// Loads the account's stored state (row, live grants, the pending holds due at `now`, never
-    /// all of them) with one statement: the row, and the grants and due holds aggregated as JSON
-    /// arrays by subqueries. One statement reads one snapshot (READ COMMITTED takes it per
-    /// statement), so the three parts agree without a transaction; the server parses, plans and
-    /// runs one statement where a pipelined `BEGIN`, three reads and `COMMIT` cost five.
-    async fn stored_state(&self, account_id: &AccountId, now: Timestamp) -> Result<Option<AccountState>, StoreError> {
-        use crate::rows::{ACCOUNT_SNAPSHOT_GRANT, ACCOUNT_SNAPSHOT_HOLD};
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS}, {allowances}, \
-               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_GRANT} ORDER BY created_at, grant_id), '[]')::TEXT \
-                  FROM grants WHERE grants.account_id = accounts.account_id AND live), \
-               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_HOLD} ORDER BY expires_at, hold_id), '[]')::TEXT \
-                  FROM holds WHERE holds.account_id = accounts.account_id AND state = 'pending' AND expires_at <= $2) \
-             FROM accounts WHERE account_id = $1",
-            allowances = execute::ALLOWANCES_COLUMN,
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(store_error)?;
-        let now_micros = now.micros();
-        let params: [&(dyn ToSql + Sync); 2] = [&account_id.as_str(), &now_micros];
-        let Some(row) = client.query_opt(&statement, &params).await.map_err(store_error)? else { return Ok(None) };
-        let mut state = rows::account(&row)?;
-        state.allowances = rows::allowances_column(&row)?;
-        let parse = |index: usize, what: &str| -> Result<serde_json::Value, StoreError> {
-            let text: &str = row.try_get(index).map_err(|_| undecodable(what))?;
-            serde_json::from_str(text).map_err(|error| undecodable(what).with_source(error))
-        };
-        let grants = parse(7, "grants")?;
-        let holds = parse(8, "due holds")?;
-        state.grants = grants
-            .as_array()
-            .ok_or_else(|| undecodable("grants"))?
-            .iter()
-            .map(rows::grant_from_json)
-            .collect::<Result<_, _>>()?;
-        state.holds = holds
-            .as_array()
-            .ok_or_else(|| undecodable("due holds"))?
-            .iter()
-            .map(rows::hold_from_json)
-            .collect::<Result<_, _>>()?;
-        Ok(Some(state))
-    }
-
     /// Accounts with an expiry due at `now` (a pending hold or a live grant's free part) or an
     /// allowance period to grant.
     async fn due_accounts(&self, now: Timestamp, accounts_max: u32) -> Result<Vec<AccountId>, StoreError> {
@@ -699,6 +703,96 @@ impl HoldAccounts {
     }
 }
 
+/// Account reads, batched: the reads queued while others run are answered together by one
+/// statement (`account_id = ANY($1)`), as commands are by one transaction (see [`batch`]).
+///
+/// Why: a read's own work is a few index lookups; what it costs is the statement around them
+/// (a round trip, the server's parse, bind and executor start-up, the wake-ups of the reply), so
+/// under load one statement for many reads costs little more than one for one. With a free place
+/// among `reads_in_flight_max` a read runs at once, alone, as before.
+///
+/// Freshness: a read is queued before the statement that answers it starts, and a statement
+/// reads the snapshot of its start (READ COMMITTED), so it sees every write committed before the
+/// read was asked, as a statement of its own would.
+#[derive(Clone)]
+struct ReadRunner {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+}
+
+impl ReadRunner {
+    /// Answers each `(sequence, account)` read in order; a failure is every read's.
+    async fn read(&self, requests: Vec<(u64, AccountId)>) -> Vec<ReadAnswer> {
+        let now = self.clock.now();
+        let accounts: Vec<&str> = requests.iter().map(|(_, account_id)| account_id.as_str()).collect();
+        let states = self.states(&accounts, now).await;
+        self.counters.read_batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.reads.fetch_add(requests.len() as u64, Ordering::Relaxed);
+        match states {
+            Ok(states) => requests
+                .iter()
+                .map(|(_, account_id)| {
+                    // An account read twice in one batch is answered twice from one row.
+                    Ok(states.get(account_id.as_str()).cloned().map(|state| (state, now)))
+                })
+                .collect(),
+            Err(error) => requests.iter().map(|_| Err(error.clone())).collect(),
+        }
+    }
+
+    /// Loads the stored state of each of `accounts` that exists (row, live grants, the pending
+    /// holds due at `now`, never all of them) with one statement: the rows, and each one's grants
+    /// and due holds aggregated as JSON arrays by subqueries. One statement reads one snapshot
+    /// (READ COMMITTED takes it per statement), so the parts agree without a transaction.
+    async fn states(
+        &self,
+        accounts: &[&str],
+        now: Timestamp,
+    ) -> Result<std::collections::HashMap<String, AccountState>, StoreError> {
+        use crate::rows::{ACCOUNT_SNAPSHOT_GRANT, ACCOUNT_SNAPSHOT_HOLD};
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS}, {allowances}, \
+               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_GRANT} ORDER BY created_at, grant_id), '[]')::TEXT \
+                  FROM grants WHERE grants.account_id = accounts.account_id AND live), \
+               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_HOLD} ORDER BY expires_at, hold_id), '[]')::TEXT \
+                  FROM holds WHERE holds.account_id = accounts.account_id AND state = 'pending' AND expires_at <= $2) \
+             FROM accounts WHERE account_id = ANY($1)",
+            allowances = execute::ALLOWANCES_COLUMN,
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(store_error)?;
+        let now_micros = now.micros();
+        let params: [&(dyn ToSql + Sync); 2] = [&accounts, &now_micros];
+        let rows = client.query(&statement, &params).await.map_err(store_error)?;
+        let mut states = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let mut state = rows::account(row)?;
+            state.allowances = rows::allowances_column(row)?;
+            let parse = |index: usize, what: &str| -> Result<serde_json::Value, StoreError> {
+                let text: &str = row.try_get(index).map_err(|_| undecodable(what))?;
+                serde_json::from_str(text).map_err(|error| undecodable(what).with_source(error))
+            };
+            let grants = parse(7, "grants")?;
+            let holds = parse(8, "due holds")?;
+            state.grants = grants
+                .as_array()
+                .ok_or_else(|| undecodable("grants"))?
+                .iter()
+                .map(rows::grant_from_json)
+                .collect::<Result<_, _>>()?;
+            state.holds = holds
+                .as_array()
+                .ok_or_else(|| undecodable("due holds"))?
+                .iter()
+                .map(rows::hold_from_json)
+                .collect::<Result<_, _>>()?;
+            states.insert(state.account_id.as_str().to_owned(), state);
+        }
+        Ok(states)
+    }
+}
+
 /// Delay before retry number `retry` (1-based): exponential, capped, with full jitter in its
 /// upper half so that colliding transactions spread out instead of colliding again.
 fn backoff(retry: u32) -> Duration {
@@ -727,9 +821,14 @@ impl LedgerStore for PostgresStore {
     }
 
     async fn account(&self, account_id: &AccountId) -> Result<Option<AccountView>, StoreError> {
-        let now = self.clock.now();
-        let state = self.stored_state(account_id, now).await?;
-        Ok(state.map(|state| AccountView::at(&state, now)))
+        let sequence = self.read_sequence.fetch_add(1, Ordering::Relaxed);
+        let state = self.reads.submit(sequence, account_id.clone()).await.unwrap_or_else(|| {
+            Err(StoreError::corrupt(
+                "the batch reading this account ended without an answer (a broken invariant; see the log)".to_owned(),
+            ))
+        })?;
+        // Viewed at the time the read's statement ran, the time its due holds were picked by.
+        Ok(state.map(|(state, now)| AccountView::at(&state, now)))
     }
 
     async fn hold(&self, hold_id: &HoldId) -> Result<Option<Hold>, StoreError> {

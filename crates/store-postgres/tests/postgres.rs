@@ -356,6 +356,51 @@ async fn a_pool_of_one_serves_many_concurrent_commands() {
     assert_clean(&store).await;
 }
 
+/// Concurrent account reads are answered by shared statements (one read in flight at a time
+/// here, so the others queue behind it), and each still gets its own account: the same account
+/// read many times at once, an account that does not exist, and a write answered before the
+/// reads that is seen by every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_share_statements_and_each_gets_its_own_account() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let options = PostgresOptions { reads_in_flight_max: 1, ..PostgresOptions::default() };
+    let store = Arc::new(PostgresStore::connect(&url, clock, options).await.expect("connect"));
+    for index in 1..=8_u64 {
+        fresh(Request::new(grant(&format!("reader-{index}"), &format!("g{index}"), index)), &store)
+            .await
+            .expect("grant");
+    }
+    fresh(Request::new(hold("reader-3", "h-read", 2, 600)), &store).await.expect("hold");
+    let before = store.stats();
+    let tasks: Vec<_> = (0..400_u64)
+        .map(|read| {
+            let store = store.clone();
+            // Accounts 1..=8 and, every ninth read, one that does not exist.
+            let index = read % 9 + 1;
+            tokio::spawn(async move { (index, store.account(&account(&format!("reader-{index}"))).await) })
+        })
+        .collect();
+    for task in tasks {
+        let (index, answer) = task.await.expect("task");
+        let view = answer.expect("read");
+        if index == 9 {
+            assert!(view.is_none(), "reader-9 does not exist");
+            continue;
+        }
+        let view = view.expect("exists");
+        assert_eq!(view.state.account_id, account(&format!("reader-{index}")));
+        let held = if index == 3 { 2 } else { 0 };
+        assert_eq!(view.balances.held, credits(held));
+        assert_eq!(view.balances.available, credits(index - held));
+    }
+    let after = store.stats();
+    let (reads, statements) = (after.reads - before.reads, after.read_batches - before.read_batches);
+    assert_eq!(reads, 400);
+    assert!(statements < reads, "400 concurrent reads took {statements} statements");
+    assert_clean(&store).await;
+}
+
 /// Forces a real deadlock: a raw session locks the account row, the store's transaction claims
 /// its idempotency key and waits for that row, then the raw session inserts the same key. The
 /// raw session's long `deadlock_timeout` makes PostgreSQL abort the store's transaction, which
