@@ -317,31 +317,45 @@ pub struct HttpRun<'a> {
     /// Verify the store and sum every account's balance after the run (conservation); `false`
     /// for runs over a million accounts, whose caller verifies once at the end.
     pub check_balances: bool,
+    /// Drive the workload unmeasured first, then refresh the place's planner statistics.
+    pub warm_up: Option<WarmUp<'a>>,
 }
 
-pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
-    let addresses: Vec<SocketAddr> = settings.servers.iter().map(|server| server.address).collect();
-    let connections = match settings.drive {
-        Drive::OpenLoop { in_flight_max, .. } => in_flight_max,
-        Drive::ClosedLoop { connections } => connections,
-    };
-    let client = Client::new(&addresses, connections)?;
-    let picker = settings.workload.distribution.picker();
-    let shared = Arc::new(Shared::default());
-    let hold_credits = settings.workload.hold_credits();
-    let action = settings.action;
-    let counters_before = sum_counters(settings.servers).await?;
-    let cpu_before = machine_cpu_busy();
-    let started = Instant::now();
-    let deadline = started + settings.duration;
-    let mut dropped = 0_u64;
-    let arrivals_per_second = match settings.drive {
+/// An unmeasured run before the measured one, and the place whose statistics to refresh after it.
+pub struct WarmUp<'a> {
+    pub duration: Duration,
+    pub place: &'a crate::stores::Place,
+}
+
+/// What every arrival of one drive shares.
+struct Driving<'a> {
+    client: &'a Client,
+    workload: &'a Workload,
+    action: Action,
+    hold_credits: u64,
+    seed: u64,
+}
+
+/// Drives arrivals from `started` until `deadline` as `mode` says, numbering them from
+/// `index_base`, recording into `shared`. Returns the arrivals dropped (open loop: too many in
+/// flight) and the arrival rate asked for (0 for a closed loop).
+async fn drive(
+    driving: &Driving<'_>,
+    mode: Drive,
+    shared: &Arc<Shared>,
+    started: Instant,
+    deadline: Instant,
+    index_base: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let Driving { client, workload, action, hold_credits, seed } = *driving;
+    let picker = workload.distribution.picker();
+    match mode {
         Drive::OpenLoop { arrivals_per_second, in_flight_max } => {
             // The schedule runs on its own thread with `std::thread::sleep` (tens of µs late at
             // most); tokio's timer wheel has 1 ms ticks, which would show up as latency.
             let runtime = tokio::runtime::Handle::current();
-            let (client, shared, seed) = (client.clone(), shared.clone(), settings.seed);
-            let (scheduled_dropped, tasks) = tokio::task::spawn_blocking(move || {
+            let (client, shared) = (client.clone(), shared.clone());
+            let (dropped, tasks) = tokio::task::spawn_blocking(move || {
                 let in_flight = Arc::new(AtomicUsize::new(0));
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut tasks = Vec::new();
@@ -363,8 +377,9 @@ pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
                     } else {
                         in_flight.fetch_add(1, Ordering::Relaxed);
                         let (client, shared, in_flight) = (client.clone(), shared.clone(), in_flight.clone());
+                        let number = index_base + index;
                         tasks.push(runtime.spawn(async move {
-                            arrival(&client, &shared, action, index, account, intended, hold_credits).await;
+                            arrival(&client, &shared, action, number, account, intended, hold_credits).await;
                             in_flight.fetch_sub(1, Ordering::Relaxed);
                         }));
                     }
@@ -373,18 +388,17 @@ pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
                 (dropped, tasks)
             })
             .await?;
-            dropped = scheduled_dropped;
             for task in tasks {
                 task.await?;
             }
-            arrivals_per_second
+            Ok((dropped, arrivals_per_second))
         }
         Drive::ClosedLoop { connections } => {
-            let next = Arc::new(AtomicU64::new(0));
+            let next = Arc::new(AtomicU64::new(index_base));
             let tasks: Vec<_> = (0..connections)
                 .map(|caller| {
                     let (client, shared, next, picker) = (client.clone(), shared.clone(), next.clone(), picker.clone());
-                    let seed = settings.seed ^ (caller as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let seed = seed ^ (caller as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                     tokio::spawn(async move {
                         let mut rng = StdRng::seed_from_u64(seed);
                         while Instant::now() < deadline {
@@ -398,17 +412,50 @@ pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
             for task in tasks {
                 task.await?;
             }
-            0
+            Ok((0, 0))
         }
+    }
+}
+
+/// Where the warm-up's arrival numbers start (they name idempotency keys): far above any
+/// measured run's.
+const WARM_UP_INDEX_BASE: u64 = 1 << 40;
+
+pub async fn run(settings: HttpRun<'_>) -> anyhow::Result<HttpResult> {
+    let addresses: Vec<SocketAddr> = settings.servers.iter().map(|server| server.address).collect();
+    let connections = match settings.drive {
+        Drive::OpenLoop { in_flight_max, .. } => in_flight_max,
+        Drive::ClosedLoop { connections } => connections,
     };
+    let client = Client::new(&addresses, connections)?;
+    let hold_credits = settings.workload.hold_credits();
+    let action = settings.action;
+    // The warm-up: the same drive, unmeasured, then fresh planner statistics (see
+    // `inprocess::warm_up` for why); what it captured counts in the conservation check.
+    let warmed = Arc::new(Shared::default());
+    if let Some(warm_up) = &settings.warm_up {
+        let driving =
+            Driving { client: &client, workload: settings.workload, action, hold_credits, seed: !settings.seed };
+        let started = Instant::now();
+        drive(&driving, settings.drive, &warmed, started, started + warm_up.duration, WARM_UP_INDEX_BASE).await?;
+        crate::stores::analyze(warm_up.place).await?;
+    }
+    let shared = Arc::new(Shared::default());
+    let counters_before = sum_counters(settings.servers).await?;
+    let cpu_before = machine_cpu_busy();
+    let started = Instant::now();
+    let deadline = started + settings.duration;
+    let driving = Driving { client: &client, workload: settings.workload, action, hold_credits, seed: settings.seed };
+    let (dropped, arrivals_per_second) = drive(&driving, settings.drive, &shared, started, deadline, 0).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = machine_cpu_busy().saturating_sub(cpu_before);
     let requests = shared.requests.lock().expect("latencies").clone();
     let holds = shared.holds.lock().expect("latencies").clone();
     let request_count = requests.count();
-    let captures = shared.captures.load(Ordering::Relaxed);
+    let captures = shared.captures.load(Ordering::Relaxed) + warmed.captures.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed) + warmed.errors.load(Ordering::Relaxed);
     let (counters_after, violations) =
-        check_after(settings.servers, settings.workload, action, captures, &shared, settings.check_balances).await?;
+        check_after(settings.servers, settings.workload, action, captures, errors, settings.check_balances).await?;
     Ok(HttpResult {
         store: settings.store,
         edge: settings.servers.first().map(|server| server.edge).unwrap_or_default(),
@@ -443,7 +490,7 @@ async fn check_after(
     workload: &Workload,
     action: Action,
     captures: u64,
-    shared: &Shared,
+    errors: u64,
     check_balances: bool,
 ) -> anyhow::Result<(StoreCounters, u64)> {
     let accounts = if action == Action::Noop { 0 } else { workload.distribution.accounts() };
@@ -462,7 +509,6 @@ async fn check_after(
                     ledger::Amount::parse(&answer.balance_total).map_err(|error| anyhow::anyhow!("{error:?}"))?;
                 let expected = ledger::Amount::from_credits(workload.grant_credits() * accounts as u64)
                     .minus(ledger::Amount::from_credits(CAPTURE_CREDITS * captures));
-                let errors = shared.errors.load(Ordering::Relaxed);
                 let conserved = if errors == 0 { balance == expected } else { balance <= expected };
                 if !conserved {
                     eprintln!("bench: conservation fails over HTTP: balances {balance}, expected {expected}");

@@ -91,6 +91,7 @@ pub async fn measure(dir: &Path, accounts: u64, duration: Duration, seed: u64) -
         duration,
         seed,
         check_balances: false,
+        warm_up: None,
     })
     .await?;
     let timings_before = servers[0].writer_timings().await?;
@@ -106,6 +107,7 @@ pub async fn measure(dir: &Path, accounts: u64, duration: Duration, seed: u64) -
         duration,
         seed: seed + 1,
         check_balances: false,
+        warm_up: None,
     })
     .await?;
     let writer = match (servers[0].writer_timings().await?, timings_before) {

@@ -408,10 +408,14 @@ async fn http_run_on(
     for _ in 0..servers {
         processes.push(ServerProcess::start_with(kind, &place, edge).await?);
     }
-    if action != Action::Noop {
+    // A store that serves holds is seeded, then warmed up (the statistics are refreshed after the
+    // warm-up, see `inprocess::warm_up`).
+    let warm_up = if action == Action::Noop {
+        None
+    } else {
         http::seed(&processes, workload).await?;
-        stores::analyze(&place).await?;
-    }
+        Some(http::WarmUp { duration: settings.warm_up_duration(), place: &place })
+    };
     let result = http::run(HttpRun {
         store: kind,
         servers: &mut processes,
@@ -421,6 +425,7 @@ async fn http_run_on(
         duration: settings.http_duration(),
         seed: settings.seed,
         check_balances: true,
+        warm_up,
     })
     .await
     .with_context(|| format!("HTTP {} on {}", workload.name, kind.label()))?;
