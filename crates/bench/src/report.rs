@@ -614,6 +614,19 @@ pub fn markdown(results: &Results, machine: &Machine, command: &str, date: &str,
     );
     http_table(w, "Overhead: no-op (`GET /healthz`) vs hold+capture, creditgraph SQLite, uniform", &results.overhead);
     edge_comparison(w, &results.overhead);
+    if !results.rate_searches.is_empty() {
+        let _ = writeln!(
+            w,
+            "Rate search: every run seeds a fresh database, warms up for 1 s, refreshes the planner's \
+             statistics and measures 4 s. Rates double from 250 cycles/s until one fails, then {} \
+             bisections; a rate passes if one of {} runs keeps p99 ≤ {} with nothing dropped or failed \
+             (a single stall of the shared machine fails a run), the same for every store. Each table \
+             lists every run, in order.\n",
+            crate::suite::RATE_SEARCH_BISECTIONS,
+            crate::suite::RATE_SEARCH_ATTEMPTS,
+            ms(RATE_SEARCH_P99_MICROS_MAX)
+        );
+    }
     for search in &results.rate_searches {
         let title = format!(
             "Rate search, Zipf s=1, hold+capture: {} (best {} cycles/s with p99 ≤ {})",

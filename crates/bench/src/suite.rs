@@ -123,6 +123,10 @@ pub const FIRST_TOKEN_TURNS_PER_ARM: usize = 500;
 
 /// p99 bound of the rate search (target 2), microseconds.
 pub const RATE_SEARCH_P99_MICROS_MAX: u64 = 10_000;
+/// Runs of one rate before the rate search calls it failed (see `rate_search`).
+pub const RATE_SEARCH_ATTEMPTS: usize = 2;
+/// Bisection steps after the rate search's doubling fails.
+pub const RATE_SEARCH_BISECTIONS: usize = 2;
 /// Requests per second of target 5's latency comparison and target 3's hot-account run.
 pub const OVERHEAD_REQUESTS_PER_SECOND: u64 = 2_000;
 pub const HOT_REQUESTS_PER_SECOND: u64 = 1_000;
@@ -488,36 +492,54 @@ async fn overhead(settings: &SuiteSettings, uniform: &Workload) -> anyhow::Resul
 }
 
 /// Target 2: doubles the arrival rate until a run misses the bound, then tries the midpoint.
+/// Finds the highest hold+capture arrival rate `kind` serves with p99 within the bound: doubles
+/// from 250 cycles/s until a rate fails, then bisects between the last pass and the first
+/// failure [`RATE_SEARCH_BISECTIONS`] times. A rate passes if one of
+/// [`RATE_SEARCH_ATTEMPTS`] runs (each on a fresh database and server) keeps p99 ≤ 10 ms with
+/// nothing dropped or failed: a p99 this low over a 4 s run fails on one stall of the shared
+/// 2-core machine (CPU steal, a checkpoint), whichever store runs then. Every store is searched
+/// the same way.
 async fn rate_search(settings: &SuiteSettings, kind: StoreKind, workload: &Workload) -> anyhow::Result<RateSearch> {
     let passes = |result: &HttpResult| {
         result.requests.p99_micros <= RATE_SEARCH_P99_MICROS_MAX && result.dropped == 0 && result.errors == 0
     };
     let mut steps = Vec::new();
+    let attempts = if settings.smoke { 1 } else { RATE_SEARCH_ATTEMPTS };
+    let try_rate = async |rate: u64, steps: &mut Vec<HttpResult>| -> anyhow::Result<bool> {
+        for _ in 0..attempts {
+            let drive = Drive::OpenLoop { arrivals_per_second: rate, in_flight_max: IN_FLIGHT_MAX };
+            let result = http_run(settings, kind, 1, workload, Action::HoldCapture, drive).await?;
+            let passed = passes(&result);
+            steps.push(result);
+            if passed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
     let mut best = 0;
     let mut rate = if settings.smoke { 100 } else { 250 };
     let rate_max = if settings.smoke { 200 } else { 64_000 };
     let mut failed_at = None;
     while rate <= rate_max {
-        let drive = Drive::OpenLoop { arrivals_per_second: rate, in_flight_max: IN_FLIGHT_MAX };
-        let result = http_run(settings, kind, 1, workload, Action::HoldCapture, drive).await?;
-        let passed = passes(&result);
-        steps.push(result);
-        if !passed {
+        if !try_rate(rate, &mut steps).await? {
             failed_at = Some(rate);
             break;
         }
         best = rate;
         rate *= 2;
     }
-    if let (Some(failed), false) = (failed_at, settings.smoke) {
-        let middle = (best + failed) / 2;
-        if middle > best {
-            let drive = Drive::OpenLoop { arrivals_per_second: middle, in_flight_max: IN_FLIGHT_MAX };
-            let result = http_run(settings, kind, 1, workload, Action::HoldCapture, drive).await?;
-            if passes(&result) {
-                best = middle;
+    if let (Some(mut failed), false) = (failed_at, settings.smoke) {
+        for _ in 0..RATE_SEARCH_BISECTIONS {
+            let middle = (best + failed) / 2;
+            if middle <= best {
+                break;
             }
-            steps.push(result);
+            if try_rate(middle, &mut steps).await? {
+                best = middle;
+            } else {
+                failed = middle;
+            }
         }
     }
     Ok(RateSearch { store: kind, best_arrivals_per_second: best, steps })
