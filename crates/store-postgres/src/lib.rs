@@ -55,10 +55,11 @@ mod schema;
 pub mod testing;
 mod webhooks;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -742,55 +743,53 @@ impl ReadRunner {
     }
 
     /// Loads the stored state of each of `accounts` that exists (row, live grants, the pending
-    /// holds due at `now`, never all of them) with one statement: the rows, and each one's grants
-    /// and due holds aggregated as JSON arrays by subqueries. One statement reads one snapshot
-    /// (READ COMMITTED takes it per statement), so the parts agree without a transaction.
-    async fn states(
-        &self,
-        accounts: &[&str],
-        now: Timestamp,
-    ) -> Result<std::collections::HashMap<String, AccountState>, StoreError> {
-        use crate::rows::{ACCOUNT_SNAPSHOT_GRANT, ACCOUNT_SNAPSHOT_HOLD};
+    /// holds due at `now`, never all of them) with one statement ([`ACCOUNT_READS`]). One
+    /// statement reads one snapshot (READ COMMITTED takes it per statement), so the parts agree
+    /// without a transaction.
+    async fn states(&self, accounts: &[&str], now: Timestamp) -> Result<HashMap<String, AccountState>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS}, {allowances}, \
-               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_GRANT} ORDER BY created_at, grant_id), '[]')::TEXT \
-                  FROM grants WHERE grants.account_id = accounts.account_id AND live), \
-               (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_HOLD} ORDER BY expires_at, hold_id), '[]')::TEXT \
-                  FROM holds WHERE holds.account_id = accounts.account_id AND state = 'pending' AND expires_at <= $2) \
-             FROM accounts WHERE account_id = ANY($1)",
-            allowances = execute::ALLOWANCES_COLUMN,
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(store_error)?;
+        let statement = client.prepare_cached(&ACCOUNT_READS).await.map_err(store_error)?;
         let now_micros = now.micros();
         let params: [&(dyn ToSql + Sync); 2] = [&accounts, &now_micros];
         let rows = client.query(&statement, &params).await.map_err(store_error)?;
-        let mut states = std::collections::HashMap::with_capacity(rows.len());
+        let mut states = HashMap::with_capacity(rows.len());
         for row in &rows {
             let mut state = rows::account(row)?;
             state.allowances = rows::allowances_column(row)?;
-            let parse = |index: usize, what: &str| -> Result<serde_json::Value, StoreError> {
-                let text: &str = row.try_get(index).map_err(|_| undecodable(what))?;
-                serde_json::from_str(text).map_err(|error| undecodable(what).with_source(error))
-            };
-            let grants = parse(7, "grants")?;
-            let holds = parse(8, "due holds")?;
-            state.grants = grants
-                .as_array()
-                .ok_or_else(|| undecodable("grants"))?
-                .iter()
-                .map(rows::grant_from_json)
-                .collect::<Result<_, _>>()?;
-            state.holds = holds
-                .as_array()
-                .ok_or_else(|| undecodable("due holds"))?
-                .iter()
-                .map(rows::hold_from_json)
-                .collect::<Result<_, _>>()?;
+            state.grants = json_array(row, 7, "grants", rows::grant_from_json)?;
+            state.holds = json_array(row, 8, "due holds", rows::hold_from_json)?;
             states.insert(state.account_id.as_str().to_owned(), state);
         }
         Ok(states)
     }
+}
+
+/// The account read of [`ReadRunner`]: the rows of the accounts in `$1`, each with its
+/// allowances (`execute::ALLOWANCES_COLUMN`), then its live grants and its pending holds due at
+/// `$2` as JSON arrays (columns 7 and 8). Built once: the statement cache looks it up by its text.
+static ACCOUNT_READS: LazyLock<String> = LazyLock::new(|| {
+    use crate::rows::{ACCOUNT_SNAPSHOT_GRANT, ACCOUNT_SNAPSHOT_HOLD};
+    format!(
+        "SELECT {ACCOUNT_COLUMNS}, {allowances}, \
+           (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_GRANT} ORDER BY created_at, grant_id), '[]')::TEXT \
+              FROM grants WHERE grants.account_id = accounts.account_id AND live), \
+           (SELECT COALESCE(json_agg({ACCOUNT_SNAPSHOT_HOLD} ORDER BY expires_at, hold_id), '[]')::TEXT \
+              FROM holds WHERE holds.account_id = accounts.account_id AND state = 'pending' AND expires_at <= $2) \
+         FROM accounts WHERE account_id = ANY($1)",
+        allowances = execute::ALLOWANCES_COLUMN,
+    )
+});
+
+/// Column `index` of `row`: a JSON array as text, each element decoded by `decode`.
+fn json_array<T>(
+    row: &tokio_postgres::Row,
+    index: usize,
+    what: &str,
+    decode: fn(&serde_json::Value) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let text: &str = row.try_get(index).map_err(|_| undecodable(what))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| undecodable(what).with_source(error))?;
+    value.as_array().ok_or_else(|| undecodable(what))?.iter().map(decode).collect()
 }
 
 /// Delay before retry number `retry` (1-based): exponential, capped, with full jitter in its
