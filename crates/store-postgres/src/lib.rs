@@ -673,6 +673,37 @@ impl PostgresStore {
     }
 }
 
+/// The accounts named by journal entries, holds or grants that have no account row: each
+/// such account is a violation. No foreign key checks this on write (see migration 13): every
+/// such row is written in the transaction that locked or inserted its account's row, and account
+/// rows are never deleted, so this finds none unless something else wrote to these tables.
+async fn orphans(client: &Object) -> Result<Vec<ledger::Violation>, StoreError> {
+    let rows = client.query(ORPHANS, &[]).await.map_err(store_error)?;
+    rows.iter()
+        .map(|row| {
+            let (account_id, table, count): (&str, &str, i64) = (
+                row.try_get(0).map_err(|_| undecodable("orphan account_id"))?,
+                row.try_get(1).map_err(|_| undecodable("orphan table"))?,
+                row.try_get(2).map_err(|_| undecodable("orphan count"))?,
+            );
+            Ok(ledger::Violation {
+                account_id: AccountId::parse(account_id).map_err(|_| undecodable("orphan account_id"))?,
+                detail: format!("{count} {table} row(s) name this account, which has no account row"),
+            })
+        })
+        .collect()
+}
+
+/// Rows of `entries`, `holds` and `grants` whose account has no row, counted per account and
+/// table (an anti-join per table: one pass over each, as `verify` already reads them all).
+const ORPHANS: &str = "SELECT account_id, 'entries', count(*) FROM entries \
+     WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE accounts.account_id = entries.account_id) GROUP BY account_id \
+     UNION ALL SELECT account_id, 'holds', count(*) FROM holds \
+     WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE accounts.account_id = holds.account_id) GROUP BY account_id \
+     UNION ALL SELECT account_id, 'grants', count(*) FROM grants \
+     WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE accounts.account_id = grants.account_id) GROUP BY account_id \
+     ORDER BY 1, 2";
+
 /// Most holds whose account [`HoldAccounts`] remembers.
 const HOLD_ACCOUNTS_MAX: usize = 65_536;
 
@@ -940,6 +971,7 @@ impl LedgerStore for PostgresStore {
                 break;
             }
         }
+        report.violations.extend(orphans(&client).await?);
         Ok(report)
     }
 

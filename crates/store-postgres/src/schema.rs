@@ -407,6 +407,20 @@ DROP INDEX IF EXISTS idempotency_created;
 CREATE INDEX idempotency_created ON idempotency USING brin (created_at);
 "#,
     },
+    // Issue 16: a foreign key is checked row by row, by a query that locks the account row (FOR
+    // KEY SHARE) — the row the batch already holds FOR UPDATE. Measured in-process (uniform,
+    // 64 callers): the checks were 7 % of the server's statement time, and without them a
+    // command costs 10 % less CPU (173–199 → 158–166 µs). These rows are written by one module
+    // (`execute::write`), in the transaction that locked or inserted their account's row, and an
+    // account row is never deleted; `verify` reports any row whose account is missing.
+    Migration {
+        version: 13,
+        sql: r#"
+ALTER TABLE entries DROP CONSTRAINT IF EXISTS entries_account_id_fkey;
+ALTER TABLE holds DROP CONSTRAINT IF EXISTS holds_account_id_fkey;
+ALTER TABLE grants DROP CONSTRAINT IF EXISTS grants_account_id_fkey;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -287,7 +287,46 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+}
+
+/// No foreign key guards the ledger's rows (migration 13): `verify` finds a journal entry, a
+/// hold or a grant whose account has no row, each once per account and table, and a ledger
+/// written only through the store has none.
+#[tokio::test]
+async fn verify_reports_ledger_rows_whose_account_is_missing() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let store = connect(&url, &clock).await;
+    fresh(Request::new(grant("orphan-a", "g-orphan-a", 10)), &store).await.expect("grant");
+    fresh(Request::new(hold("orphan-a", "h-orphan-a", 4, 600)), &store).await.expect("hold");
+    assert_clean(&store).await;
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO entries (account_id, kind, amount, balance_after, held_after, at) \
+               VALUES ('orphan-gone', 'grant', 5, 5, 0, 1), ('orphan-gone', 'grant', 6, 11, 0, 2); \
+             INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, \
+               created_at, metadata, allocations) \
+               VALUES ('h-gone', 'orphan-held', 1, 0, 1, 0, 'pending', 9, 1, '{}', '[]')",
+        )
+        .await
+        .expect("write rows without their account");
+    let report = store.verify().await.expect("verify");
+    let found: Vec<(String, String)> = report
+        .violations
+        .iter()
+        .map(|violation| (violation.account_id.to_string(), violation.detail.clone()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("orphan-gone".to_owned(), "2 entries row(s) name this account, which has no account row".to_owned()),
+            ("orphan-held".to_owned(), "1 holds row(s) name this account, which has no account row".to_owned()),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -527,7 +566,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
@@ -561,7 +600,7 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
@@ -617,7 +656,7 @@ async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() 
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     let after = store.account(&account("u")).await.expect("read").expect("exists");
     assert_eq!(after, before, "held and every grant's pinned part read as before");
@@ -666,7 +705,7 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     for (run_id, expected) in [
         ("failed-release", store::HoldResolution::Pending),
