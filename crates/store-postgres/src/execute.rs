@@ -34,7 +34,8 @@
 //! along any chain of waits the ranks increase strictly, and no cycle can form, between batches of
 //! any number of processes and whatever accounts they span. A second creator of the same account
 //! finds the row after the wait and the batch is retried (a race, not a deadlock). Steps 1–3
-//! travel in one pipelined burst (the server runs them in order), and step 4 in a second one.
+//! travel in one pipelined burst (the server runs them in order), behind the batch's `BEGIN` when
+//! it opens its own transaction ([`Opening::Begin`]), and step 4 in a second one.
 //! Deadlocks and unique violations can still come from outside (a session locking in another
 //! order) and are retried by the caller.
 //!
@@ -46,7 +47,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use futures::future::{maybe_done, MaybeDone};
 use ledger::{AccountId, AccountState, Allowance, Amount, Entry, Grant, Hold, HoldId, Target, Timestamp};
 use store::codec::{self, undecodable};
@@ -74,6 +75,24 @@ use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMN
 /// transaction (`set_config(…, true)`), so other statements on the connection keep the defaults.
 const PLAN_SETTINGS: &str = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), \
      set_config('enable_seqscan', 'off', true)";
+/// Opens a batch's own transaction with the plan settings of [`PLAN_SETTINGS`], as one simple
+/// query (one message, and no reply awaited before the batch's reads: see [`Opening::Begin`]).
+const BEGIN_BATCH: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; \
+     SET LOCAL enable_seqscan = off";
+
+/// How a batch's first burst starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// The connection is idle: the batch opens its transaction ([`BEGIN_BATCH`]) in the same
+    /// burst as its reads, saving a round trip. Safe because nothing is written before every
+    /// reply of that burst, the BEGIN's included, has come back without error: had the BEGIN
+    /// failed, the reads would have run outside a transaction, and only the reads.
+    Begin,
+    /// The caller's transaction is open (a job's or a run's write, a lone command): the batch
+    /// sets the plan settings in it ([`PLAN_SETTINGS`]).
+    InTransaction,
+}
+
 /// Reads the recorded keys among a batch's (replays), without waiting: a key that a concurrent
 /// transaction is recording is not seen here, and [`RECORD_KEYS`] settles that race.
 const READ_KEYS: &str = "SELECT key, fingerprint, result FROM idempotency WHERE key = ANY($1)";
@@ -245,7 +264,8 @@ pub(crate) async fn apply(
         Target::Account(account_id) => Some(account_id.clone()),
         Target::Hold(hold_id) => hold_account(transaction, hold_id).await?,
     };
-    let Batch { mut executed, wrote, credits } = run(transaction, &[(account_id.as_ref(), request)], now).await?;
+    let Batch { mut executed, wrote, credits } =
+        run(transaction, Opening::InTransaction, &[(account_id.as_ref(), request)], now).await?;
     Ok(Application { executed: executed.pop().expect("one answer per request"), wrote, credits })
 }
 
@@ -253,12 +273,13 @@ pub(crate) async fn apply(
 /// with the account it concerns (a command naming a hold: that hold's account; `None`: the hold
 /// does not exist), and no idempotency key may appear twice. Leaves the commit or rollback to the
 /// caller; on `Err` the caller must drop the transaction.
-pub(crate) async fn apply_batch(
-    transaction: &Transaction<'_>,
+pub(crate) async fn apply_batch<C: GenericClient>(
+    transaction: &C,
+    opening: Opening,
     requests: &[(Option<&AccountId>, &Request)],
     now: Timestamp,
 ) -> Result<Batch, Failure> {
-    run(transaction, requests, now).await
+    run(transaction, opening, requests, now).await
 }
 
 /// The account of a hold, read without a lock; `None` when there is no such hold.
@@ -279,8 +300,9 @@ pub(crate) async fn hold_account(
 pub(crate) type PendingRows<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
 
 /// The batch proper.
-async fn run(
-    transaction: &Transaction<'_>,
+async fn run<C: GenericClient>(
+    transaction: &C,
+    opening: Opening,
     requests: &[(Option<&AccountId>, &Request)],
     now: Timestamp,
 ) -> Result<Batch, Failure> {
@@ -295,8 +317,15 @@ async fn run(
     );
 
     let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(8);
-    let settings = transaction.prepare_cached(PLAN_SETTINGS).await?;
-    pending.push(Box::pin(async move { transaction.query(&settings, &[]).await }));
+    match opening {
+        Opening::Begin => {
+            pending.push(Box::pin(async move { transaction.batch_execute(BEGIN_BATCH).await.map(|()| Vec::new()) }))
+        }
+        Opening::InTransaction => {
+            let settings = transaction.prepare_cached(PLAN_SETTINGS).await?;
+            pending.push(Box::pin(async move { transaction.query(&settings, &[]).await }));
+        }
+    }
     if !keyed.is_empty() {
         let statement = transaction.prepare_cached(READ_KEYS).await?;
         let keys: Vec<&str> = keyed.iter().map(|(_, idempotency)| idempotency.key.as_str()).collect();
@@ -311,7 +340,7 @@ async fn run(
         replies.push(reply?);
     }
     let mut replies = replies.into_iter();
-    replies.next().expect("a reply to the plan settings");
+    replies.next().expect("a reply to the opening (BEGIN or the plan settings)");
 
     // Requests whose key was already recorded are answered from the record.
     let mut executed: Vec<Option<Executed>> = vec![None; requests.len()];
@@ -385,8 +414,8 @@ impl Load {
     /// Queues the account locks and what every request needs ([`protocol::needs`]): the base
     /// states, the named holds and the referenced grants (also for requests that will turn out to
     /// be replays: loading more of an account than needed is harmless).
-    async fn push<'a>(
-        transaction: &'a Transaction<'_>,
+    async fn push<'a, C: GenericClient>(
+        transaction: &'a C,
         requests: &[(Option<&'a AccountId>, &'a Request)],
         now: Timestamp,
         pending: &mut Vec<PendingRows<'a>>,
@@ -539,7 +568,7 @@ struct Checked {
 ///
 /// The statements are pipelined: sent together, executed by the server in the order sent. The
 /// entries' `seq` values are read back and checked to increase in journal order before commit.
-async fn write(transaction: &Transaction<'_>, writes: &[Writes], now: Timestamp) -> Result<(), Failure> {
+async fn write<C: GenericClient>(transaction: &C, writes: &[Writes], now: Timestamp) -> Result<(), Failure> {
     let changed: Vec<&Writes> = writes.iter().filter(|writes| writes.state().is_some() && writes.changed()).collect();
     fn state<'w>(writes: &&'w Writes) -> &'w AccountState {
         writes.state().expect("a changed account has a state")
@@ -690,8 +719,8 @@ fn check_entries(entries: &[&Entry], rows: &[Row]) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn push_grants<'a>(
-    transaction: &'a Transaction<'_>,
+async fn push_grants<'a, C: GenericClient>(
+    transaction: &'a C,
     grants: Vec<&'a Grant>,
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
@@ -736,8 +765,8 @@ async fn push_grants<'a>(
     Ok(())
 }
 
-async fn push_allowances<'a>(
-    transaction: &'a Transaction<'_>,
+async fn push_allowances<'a, C: GenericClient>(
+    transaction: &'a C,
     allowances: Vec<&'a Allowance>,
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
@@ -759,8 +788,8 @@ async fn push_allowances<'a>(
     Ok(())
 }
 
-async fn push_holds<'a>(
-    transaction: &'a Transaction<'_>,
+async fn push_holds<'a, C: GenericClient>(
+    transaction: &'a C,
     holds: Vec<&'a Hold>,
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
@@ -801,8 +830,8 @@ async fn push_holds<'a>(
     Ok(())
 }
 
-async fn push_entries<'a>(
-    transaction: &'a Transaction<'_>,
+async fn push_entries<'a, C: GenericClient>(
+    transaction: &'a C,
     entries: &[&'a Entry],
     pending: &mut Vec<PendingRows<'a>>,
 ) -> Result<(), Failure> {
@@ -858,7 +887,7 @@ mod tests {
         requests: &[(Option<&AccountId>, &Request)],
         now: Timestamp,
     ) -> Batch {
-        apply_batch(transaction, requests, now).await.expect("batch")
+        apply_batch(transaction, super::Opening::InTransaction, requests, now).await.expect("batch")
     }
 
     /// One transaction for commands of three accounts (one new), with a rejection in the middle:

@@ -85,6 +85,7 @@ use crate::batch::{
 };
 use crate::connection::Connector;
 use crate::error::{pool_error, store_error, Failure, RetryCause};
+use crate::execute::Opening;
 use crate::listen::{Listener, CANCEL_CHANNEL};
 use crate::rows::{ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 use crate::runs::{ARTIFACT_COLUMNS, FRAME_COLUMNS, RUN_COLUMNS};
@@ -229,24 +230,64 @@ impl BatchRunner {
     }
 
     async fn try_once(&self, requests: &[(AccountId, Request)]) -> Result<Vec<Executed>, Failure> {
-        let mut client = self.pool.get().await?;
-        let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+        let open = OpenTransaction { client: Some(self.pool.get().await?) };
         let requests: Vec<(Option<&AccountId>, &Request)> =
             requests.iter().map(|(account_id, request)| (Some(account_id), request)).collect();
-        let mut batch = execute::apply_batch(&transaction, &requests, self.clock.now()).await?;
+        let applied = execute::apply_batch(open.client(), Opening::Begin, &requests, self.clock.now()).await;
+        let mut batch = match applied {
+            Ok(batch) => batch,
+            Err(failure) => {
+                // The transaction may be open (aborted, or never sent its writes); a connection
+                // whose ROLLBACK fails is closed instead of pooled.
+                let _ = open.end("ROLLBACK").await;
+                return Err(failure);
+            }
+        };
         if batch.wrote {
             let started = std::time::Instant::now();
-            transaction.commit().await?;
+            open.end("COMMIT").await?;
             store::observe::commit_time("postgres", started.elapsed());
             store::observe::batch_size("postgres", requests.len());
             batch.credits.committed();
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         } else {
-            transaction.rollback().await?;
+            open.end("ROLLBACK").await?;
         }
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.batched_commands.fetch_add(requests.len() as u64, Ordering::Relaxed);
         Ok(batch.executed)
+    }
+}
+
+/// A pooled connection inside a transaction a batch opened itself (its `BEGIN` travels with its
+/// reads, see [`execute::Opening::Begin`], so no `Transaction` guard of the driver is at hand). It
+/// goes back to the pool only once the transaction has ended; dropped before (an error midway, a
+/// cancelled task), the connection is taken out of the pool and closed, which ends the
+/// transaction on the server, so no pooled connection is ever left inside one.
+struct OpenTransaction {
+    client: Option<Object>,
+}
+
+impl OpenTransaction {
+    fn client(&self) -> &Object {
+        self.client.as_ref().expect("a transaction not yet ended has its connection")
+    }
+
+    /// Ends the transaction with `statement` (`COMMIT` or `ROLLBACK`); the connection returns
+    /// to the pool only when that succeeds.
+    async fn end(mut self, statement: &str) -> Result<(), tokio_postgres::Error> {
+        self.client().batch_execute(statement).await?;
+        drop(self.client.take());
+        Ok(())
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Out of the pool, then dropped: the connection closes.
+            drop(Object::take(client));
+        }
     }
 }
 

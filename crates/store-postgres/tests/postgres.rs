@@ -329,6 +329,33 @@ async fn verify_reports_ledger_rows_whose_account_is_missing() {
     );
 }
 
+/// A batch opens its transaction itself (its BEGIN travels with its reads), so a batch that
+/// fails after writing must end that transaction before its connection is reused: on a pool of
+/// one connection, a batch refused after its writes (a hold id of another account) leaves
+/// nothing behind, and the next batch on the same connection commits only its own writes.
+#[tokio::test]
+async fn a_failed_batch_ends_its_transaction_before_its_connection_is_reused() {
+    let url = testing::fresh_database().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let options = PostgresOptions { pool_max: 1, ..PostgresOptions::default() };
+    let store = PostgresStore::connect(&url, clock.clone(), options).await.expect("connect");
+    fresh(Request::new(grant("owner", "g-owner", 10)), &store).await.expect("grant");
+    fresh(Request::new(grant("other", "g-other", 10)), &store).await.expect("grant");
+    fresh(Request::new(hold("owner", "h-owned", 4, 600)), &store).await.expect("hold");
+
+    // Decided and written (entries, the account row), then refused before commit.
+    let reused = store.execute(Request::new(hold("other", "h-owned", 3, 600))).await;
+    assert!(matches!(reused, Err(StoreError::Corrupt { .. })), "{reused:?}");
+    fresh(Request::new(grant("third", "g-third", 5)), &store).await.expect("the next batch");
+
+    let other = store.account(&account("other")).await.expect("read").expect("exists");
+    assert_eq!((other.balances.balance, other.balances.held), (credits(10), Amount::ZERO));
+    assert_eq!(store.entries(&account("other"), 0, 100).await.expect("entries").len(), 1, "only its grant");
+    let third = store.account(&account("third")).await.expect("read").expect("exists");
+    assert_eq!(third.balances.balance, credits(5));
+    assert_clean(&store).await;
+}
+
 #[tokio::test]
 async fn sweep_records_expiries_and_forgets_old_keys() {
     let url = testing::fresh_database().await;
