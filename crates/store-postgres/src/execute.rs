@@ -13,16 +13,18 @@
 //!    [`protocol::Decider`] per account decides that account's commands in arrival order, each
 //!    on the state the one before produced (a rejection leaves it as it was; it never touches
 //!    another account's commands);
-//! 4. the decided requests' keys are recorded with their results, in ascending key order, by one
-//!    `INSERT … ON CONFLICT DO NOTHING RETURNING key`; then every account's [`protocol::Writes`]
-//!    are written, one statement per table (each changed grant and hold at its final state, the
-//!    journal entries in order), and committed once. A key a concurrent transaction is recording
-//!    makes this insert wait for it; when that one commits, the key is missing from the reply and
-//!    the batch rolls back and is retried, and then step 1 finds the record and replays it. So
-//!    the same key sent twice at once applies once, and each key costs one row written once.
+//! 4. one statement ([`WRITE_BATCH`]) writes it all: the decided requests' keys with their
+//!    results, in ascending key order, by `INSERT … ON CONFLICT DO NOTHING`; every account's
+//!    [`protocol::Writes`] (each changed grant and hold at its final state, the journal entries
+//!    in order, the events); and checks itself, raising when a check fails, so the `COMMIT` is
+//!    sent in the same burst and becomes a `ROLLBACK` then. A key a concurrent transaction is
+//!    recording makes the insert wait for it; when that one commits, the key is not inserted,
+//!    the check raises a unique violation, the batch is retried, and then step 1 finds the
+//!    record and replays it. So the same key sent twice at once applies once, and each key
+//!    costs one row written once.
 //!
 //! The protocol's steps are [`store::protocol`]'s; this module is their I/O: the key reads, the
-//! locks, the pipelined reads and writes.
+//! locks, the pipelined reads, the write.
 //!
 //! Deadlock freedom: every transaction takes its locks in one global order — account rows in
 //! ascending order, then keys in ascending order, then the rows of accounts it creates in
@@ -46,6 +48,8 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Transaction};
 use futures::future::{maybe_done, MaybeDone};
@@ -57,8 +61,8 @@ use store::{Executed, Idempotency, Request, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::error::{Failure, RetryCause};
-use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, ENTRY_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
+use crate::error::Failure;
+use crate::rows::{self, sql_amount, ACCOUNT_COLUMNS, GRANT_COLUMNS, HOLD_COLUMNS};
 
 /// The batch's statements run on generic plans, made once per connection and statement, not
 /// planned again on every execution, and those plans never scan a table sequentially.
@@ -94,66 +98,9 @@ pub(crate) enum Opening {
 }
 
 /// Reads the recorded keys among a batch's (replays), without waiting: a key that a concurrent
-/// transaction is recording is not seen here, and [`RECORD_KEYS`] settles that race.
+/// transaction is recording is not seen here, and [`WRITE_BATCH`] settles that race.
 const READ_KEYS: &str = "SELECT key, fingerprint, result FROM idempotency WHERE key = ANY($1)";
-/// Records the keys of the requests a batch decided, with their results, in the order given
-/// (ascending: the lock order, so two batches never wait on each other's keys in a cycle), and
-/// returns the keys it inserted. A key another transaction recorded first (it waits for that one
-/// to end) is missing from the reply: the batch rolls back and is retried, and replays it then.
-///
-/// One row written per request, at the end, rather than claimed first and updated with the
-/// result: a key is recorded by the same statement that makes it visible. Set-based statements
-/// (one per table, rows passed as arrays) keep a batch's cost nearly flat in its size: the
-/// server's per-statement overhead dominates a batch's transaction.
-const RECORD_KEYS: &str = "INSERT INTO idempotency (key, fingerprint, result, created_at) \
-     SELECT key, fingerprint, result, $4 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY \
-     AS record (key, fingerprint, result, n) ORDER BY n ON CONFLICT (key) DO NOTHING RETURNING key";
 pub(crate) const HOLD_ACCOUNT: &str = "SELECT account_id FROM holds WHERE hold_id = $1";
-/// Inserts new accounts in the order given (ascending) and returns the rows it inserted: fewer
-/// than given when another transaction created one of them first.
-const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (account_id, created_at, spent, refunded, held, \
-     low_balance_threshold) \
-     SELECT account_id, created_at, spent, refunded, held, low_balance_threshold \
-     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[]) WITH ORDINALITY \
-     AS account (account_id, created_at, spent, refunded, held, low_balance_threshold, n) \
-     ORDER BY n ON CONFLICT (account_id) DO NOTHING RETURNING account_id";
-/// Returns the rows it updated: exactly those given, the rows this transaction has locked.
-const UPDATE_ACCOUNTS: &str = "UPDATE accounts SET spent = changed.spent, refunded = changed.refunded, \
-     held = changed.held, low_balance_threshold = changed.low_balance_threshold \
-     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) \
-     AS changed (account_id, spent, refunded, held, low_balance_threshold) \
-     WHERE accounts.account_id = changed.account_id RETURNING accounts.account_id";
-const UPSERT_GRANTS: &str = "INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, \
-     created_at, reference, metadata, live, pinned, voided_at) \
-     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::INT[], $7::BIGINT[], \
-     $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::BOOL[], $12::BIGINT[], $13::BIGINT[]) \
-     ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
-     priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
-     metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned, voided_at = EXCLUDED.voided_at \
-     WHERE grants.account_id = EXCLUDED.account_id RETURNING grant_id";
-const UPSERT_HOLDS: &str = "INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, \
-     expires_at, created_at, reference, metadata, allocations) \
-     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
-     $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[]) \
-     ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
-     remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
-     expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
-     allocations = EXCLUDED.allocations \
-     WHERE holds.account_id = EXCLUDED.account_id RETURNING hold_id";
-/// Inserts a batch's journal entries in journal order and returns them whole with their `seq`,
-/// so the caller can check that each entry got a larger `seq` than the one before it without
-/// relying on the order `RETURNING` happens to use.
-fn insert_entries_sql() -> String {
-    format!("{INSERT_ENTRIES} RETURNING {ENTRY_COLUMNS}")
-}
-const INSERT_ENTRIES: &str = "INSERT INTO entries (account_id, kind, amount, hold_id, grant_id, reference, \
-     balance_after, held_after, at, idempotency_key) \
-     SELECT account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, idempotency_key \
-     FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], \
-     $8::BIGINT[], $9::BIGINT[], $10::TEXT[]) WITH ORDINALITY AS entry (account_id, kind, amount, hold_id, grant_id, \
-     reference, balance_after, held_after, at, idempotency_key, n) \
-     ORDER BY n";
-
 /// Locks the batch's accounts in ascending order: `LockRows` sits above the sort, so rows are
 /// locked in the order they are returned.
 fn lock_accounts_sql() -> String {
@@ -177,12 +124,6 @@ fn live_grants_sql() -> String {
         "SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ANY($1) AND live ORDER BY account_id, created_at, grant_id"
     )
 }
-const UPSERT_ALLOWANCES: &str = "INSERT INTO allowances (allowance_id, account_id, ends_at, next_due_at, data) \
-     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[]) \
-     ON CONFLICT (allowance_id) DO UPDATE SET ends_at = EXCLUDED.ends_at, next_due_at = EXCLUDED.next_due_at, \
-         data = EXCLUDED.data \
-     WHERE allowances.account_id = EXCLUDED.account_id RETURNING allowance_id";
-
 const INSERT_EVENTS: &str = "INSERT INTO outbox (type, account_id, data, at, created_at) \
      SELECT type, account_id, data, at, $5 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[]) \
      WITH ORDINALITY AS event (type, account_id, data, at, n) ORDER BY n";
@@ -234,6 +175,10 @@ pub(crate) struct Batch {
     /// Whether it wrote anything (ledger changes, an idempotency record): the batch commits only
     /// then, and rolls back otherwise.
     pub wrote: bool,
+    /// Whether it committed too, and how long its last burst (the write and the `COMMIT`, the
+    /// durable sync included) took: a batch that opened its transaction ([`Opening::Begin`])
+    /// sends its `COMMIT` with its write; in a caller's transaction, the caller commits.
+    pub committed: Option<Duration>,
     /// The credits its entries move: the caller reports them once it has committed.
     pub credits: store::observe::Credits,
 }
@@ -264,7 +209,7 @@ pub(crate) async fn apply(
         Target::Account(account_id) => Some(account_id.clone()),
         Target::Hold(hold_id) => hold_account(transaction, hold_id).await?,
     };
-    let Batch { mut executed, wrote, credits } =
+    let Batch { mut executed, wrote, credits, .. } =
         run(transaction, Opening::InTransaction, &[(account_id.as_ref(), request)], now).await?;
     Ok(Application { executed: executed.pop().expect("one answer per request"), wrote, credits })
 }
@@ -372,11 +317,11 @@ async fn run<C: GenericClient>(
         executed[index] = Some(Executed::Fresh(deciders[position].1.decide(request, now)));
     }
     let writes: Vec<Writes> = deciders.into_iter().map(|(_, decider)| decider.finish()).collect();
-    write(transaction, &writes, now).await?;
+    let committed = write(transaction, &writes, now, opening == Opening::Begin).await?;
     let executed = executed.into_iter().map(|answer| answer.expect("every request answered")).collect();
     let mut credits = store::observe::Credits::default();
     writes.iter().for_each(|writes| credits.add(writes));
-    Ok(Batch { executed, wrote: writes.iter().any(|writes| !writes.is_empty()), credits })
+    Ok(Batch { executed, wrote: writes.iter().any(|writes| !writes.is_empty()), committed, credits })
 }
 
 /// The answers of the requests whose key is recorded (`rows`, from [`READ_KEYS`]): `(request
@@ -547,326 +492,446 @@ pub(crate) async fn join_in_order<F: Future + Unpin>(pending: Vec<F>) -> Vec<F::
     slots.iter_mut().map(|slot| Pin::new(slot).take_output().expect("every joined future completed")).collect()
 }
 
-/// Which replies of [`write`]'s pipeline are checked.
-#[derive(Default)]
-struct Checked {
-    inserted_accounts: Option<(usize, Vec<String>)>,
-    updated_accounts: Option<(usize, usize)>,
-    entries: Option<usize>,
-    /// The keys recorded: one missing was recorded by a concurrent transaction first.
-    recorded_keys: Option<(usize, usize)>,
-    /// Grants and holds upserted: an id that belongs to another account writes no row.
-    grants: Option<(usize, usize)>,
-    holds: Option<(usize, usize)>,
-    allowances: Option<(usize, usize)>,
-}
-
-/// Writes what the protocol lists ([`Writes`]) for every account of the batch, one statement per
-/// table: first the decided requests' keys with their results ([`RECORD_KEYS`]), then the account rows (inserted when new, in ascending order; updated only when their totals
-/// moved), the changed grants and holds (upserted as they stand in the final state, once each),
-/// the journal entries in order.
+/// Writes what the protocol lists ([`Writes`]) for every account of the batch with one
+/// statement ([`WRITE_BATCH`]), and, when `commit`, sends the `COMMIT` behind it in the same
+/// burst. Returns how long that burst took when it committed (nothing to write: no statement, no
+/// commit, `None`).
 ///
-/// The statements are pipelined: sent together, executed by the server in the order sent. The
-/// entries' `seq` values are read back and checked to increase in journal order before commit.
-async fn write<C: GenericClient>(transaction: &C, writes: &[Writes], now: Timestamp) -> Result<(), Failure> {
+/// Why one statement: a batch's cost is mostly fixed (per statement: its messages, a server
+/// reply flushed at each `Sync`, executor start-up; per batch: the round trips), and with about
+/// fifteen commands per batch that fixed part outweighed the rows. Why the commit rides along:
+/// every check of the write is made by the statement itself (`creditgraph_check`, migration 14),
+/// so a failed check aborts the transaction and the `COMMIT` that follows is answered as a
+/// `ROLLBACK`; nothing is left for the client to check before committing.
+async fn write<C: GenericClient>(
+    transaction: &C,
+    writes: &[Writes],
+    now: Timestamp,
+    commit: bool,
+) -> Result<Option<Duration>, Failure> {
     let changed: Vec<&Writes> = writes.iter().filter(|writes| writes.state().is_some() && writes.changed()).collect();
     fn state<'w>(writes: &&'w Writes) -> &'w AccountState {
         writes.state().expect("a changed account has a state")
     }
-    let mut pending: Vec<PendingRows<'_>> = Vec::new();
-    let mut checked = Checked::default();
-
     let mut records: Vec<&protocol::Record> = writes.iter().flat_map(|writes| writes.records()).collect();
-    records.sort_unstable_by(|left, right| left.key.cmp(&right.key));
-    if !records.is_empty() {
-        let statement = transaction.prepare_cached(RECORD_KEYS).await?;
-        let keys: Vec<&str> = records.iter().map(|record| record.key.as_str()).collect();
-        let fingerprints: Vec<&str> = records.iter().map(|record| record.fingerprint.as_str()).collect();
-        let results: Vec<&str> = records.iter().map(|record| record.result.as_str()).collect();
-        let now_micros = now.micros();
-        checked.recorded_keys = Some((pending.len(), records.len()));
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 4] = [&keys, &fingerprints, &results, &now_micros];
-            transaction.query(&statement, &params).await
-        }));
+    if records.is_empty() && changed.is_empty() {
+        return Ok(None);
     }
-
+    // Keys and created accounts in ascending order: the lock order (see the module docs).
+    records.sort_unstable_by(|left, right| left.key.cmp(&right.key));
     let mut inserts: Vec<&AccountState> =
         changed.iter().filter(|writes| writes.account_row() == AccountRow::Insert).map(state).collect();
     inserts.sort_unstable_by(|left, right| left.account_id.cmp(&right.account_id));
-    if !inserts.is_empty() {
-        let statement = transaction.prepare_cached(INSERT_ACCOUNTS).await?;
-        let account_id: Vec<&str> = inserts.iter().map(|state| state.account_id.as_str()).collect();
-        let created_at: Vec<i64> = inserts.iter().map(|state| state.created_at.micros()).collect();
-        let spent = inserts.iter().map(|state| sql_amount(state.totals.spent)).collect::<Result<Vec<_>, _>>()?;
-        let refunded = inserts.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
-        let held = inserts.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
-        let thresholds = thresholds(&inserts)?;
-        checked.inserted_accounts = Some((pending.len(), account_id.iter().map(|id| (*id).to_owned()).collect()));
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 6] = [&account_id, &created_at, &spent, &refunded, &held, &thresholds];
-            transaction.query(&statement, &params).await
-        }));
-    }
     let updates: Vec<&AccountState> =
         changed.iter().filter(|writes| writes.account_row() == AccountRow::Update).map(state).collect();
-    if !updates.is_empty() {
-        let statement = transaction.prepare_cached(UPDATE_ACCOUNTS).await?;
-        let account_id: Vec<&str> = updates.iter().map(|state| state.account_id.as_str()).collect();
-        let spent = updates.iter().map(|state| sql_amount(state.totals.spent)).collect::<Result<Vec<_>, _>>()?;
-        let refunded = updates.iter().map(|state| sql_amount(state.totals.refunded)).collect::<Result<Vec<_>, _>>()?;
-        let held = updates.iter().map(|state| sql_amount(state.held)).collect::<Result<Vec<_>, _>>()?;
-        let thresholds = thresholds(&updates)?;
-        checked.updated_accounts = Some((pending.len(), account_id.len()));
-        pending.push(Box::pin(async move {
-            transaction.query(&statement, &[&account_id, &spent, &refunded, &held, &thresholds]).await
-        }));
-    }
     let grants: Vec<&Grant> = changed.iter().flat_map(|writes| writes.grants()).collect();
-    checked.grants = Some((pending.len(), grants.len())).filter(|(_, count)| *count > 0);
-    push_grants(transaction, grants, &mut pending).await?;
     let holds: Vec<&Hold> = changed.iter().flat_map(|writes| writes.holds()).collect();
-    checked.holds = Some((pending.len(), holds.len())).filter(|(_, count)| *count > 0);
-    push_holds(transaction, holds, &mut pending).await?;
     let allowances: Vec<&Allowance> = changed.iter().flat_map(|writes| writes.allowances()).collect();
-    checked.allowances = Some((pending.len(), allowances.len())).filter(|(_, count)| *count > 0);
-    push_allowances(transaction, allowances, &mut pending).await?;
     let events: Vec<NewEvent> = changed.iter().flat_map(|writes| writes.events()).collect();
-    if !events.is_empty() {
-        let statement = transaction.prepare_cached(INSERT_EVENTS).await?;
-        let kinds: Vec<&str> = events.iter().map(|event| event.event_type.as_str()).collect();
-        let accounts: Vec<String> = events.iter().map(|event| event.account_id.to_string()).collect();
-        let data: Vec<String> = events.iter().map(|event| event.data.clone()).collect();
-        let at: Vec<i64> = events.iter().map(|event| event.at.micros()).collect();
-        let now_micros = now.micros();
-        pending.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 5] = [&kinds, &accounts, &data, &at, &now_micros];
-            transaction.query(&statement, &params).await
-        }));
-    }
     let entries: Vec<&Entry> = changed.iter().flat_map(|writes| writes.entries()).collect();
-    if !entries.is_empty() {
-        checked.entries = Some(pending.len());
-        push_entries(transaction, &entries, &mut pending).await?;
-    }
-    if pending.is_empty() {
-        return Ok(());
-    }
 
-    // One join, so every statement is sent (in this order) before any answer is awaited. The
-    // first error in sending order is the real one: later statements fail only because the
-    // transaction aborted.
-    let mut replies = Vec::with_capacity(pending.len());
+    let statement = transaction.prepare_cached(&WRITE_BATCH).await?;
+    let now_micros = now.micros();
+    let records = RecordColumns::new(&records);
+    let (inserts, updates) = (AccountColumns::new(&inserts)?, AccountColumns::new(&updates)?);
+    let grants = GrantColumns::new(&grants)?;
+    let holds = HoldColumns::new(&holds)?;
+    let allowances = AllowanceColumns::new(&allowances);
+    let events = EventColumns::new(&events);
+    let entries = EntryColumns::new(&entries)?;
+    let mut params: Vec<Param<'_>> = Vec::with_capacity(WRITE_BATCH_PARAMS);
+    params.extend::<[Param<'_>; 4]>([&records.key, &records.fingerprint, &records.result, &now_micros]);
+    params.extend::<[Param<'_>; 6]>([
+        &inserts.account_id,
+        &inserts.created_at,
+        &inserts.spent,
+        &inserts.refunded,
+        &inserts.held,
+        &inserts.threshold,
+    ]);
+    params.extend::<[Param<'_>; 5]>([
+        &updates.account_id,
+        &updates.spent,
+        &updates.refunded,
+        &updates.held,
+        &updates.threshold,
+    ]);
+    grants.push(&mut params);
+    holds.push(&mut params);
+    params.extend::<[Param<'_>; 5]>([
+        &allowances.allowance_id,
+        &allowances.account_id,
+        &allowances.ends_at,
+        &allowances.next_due_at,
+        &allowances.data,
+    ]);
+    params.extend::<[Param<'_>; 4]>([&events.kind, &events.account_id, &events.data, &events.at]);
+    entries.push(&mut params);
+    debug_assert_eq!(params.len(), WRITE_BATCH_PARAMS);
+
+    let started = Instant::now();
+    let mut pending: Vec<PendingRows<'_>> = Vec::with_capacity(2);
+    pending.push(Box::pin(transaction.query(&statement, &params)));
+    if commit {
+        pending.push(Box::pin(async move { transaction.batch_execute("COMMIT").await.map(|()| Vec::new()) }));
+    }
+    // The first error in sending order is the real one: a COMMIT after a failed statement is
+    // answered as a ROLLBACK, without error.
     for reply in join_in_order(pending).await {
-        replies.push(reply?);
+        reply?;
     }
-    if let Some((index, count)) = checked.recorded_keys {
-        if replies[index].len() != count {
-            // A concurrent request with one of these keys committed first (this insert waited
-            // for it): the next attempt reads its record and replays it.
-            return Err(Failure::retry(RetryCause::Race, "an idempotency key recorded concurrently"));
-        }
-    }
-    if let Some(index) = checked.entries {
-        check_entries(&entries, &replies[index])?;
-    }
-    if let Some((index, accounts)) = checked.inserted_accounts {
-        if replies[index].len() != accounts.len() {
-            // Another transaction created one of them first; its row is now committed, so the
-            // next attempt locks it and decides against its real state.
-            return Err(Failure::retry(RetryCause::Race, format!("one of accounts {accounts:?} created concurrently")));
-        }
-    }
-    if let Some((index, count)) = checked.updated_accounts {
-        if replies[index].len() != count {
-            return Err(Failure::Store(undecodable("account row (vanished while locked)")));
-        }
-    }
-    // Ids are the service's (UUIDv7), unique across accounts: a reused one is refused, never
-    // written over another account's row.
-    for (checked, what) in [(checked.grants, "grant"), (checked.holds, "hold"), (checked.allowances, "allowance")] {
-        if let Some((index, count)) = checked {
-            if replies[index].len() != count {
-                return Err(Failure::Store(StoreError::corrupt(format!(
-                    "a {what} id of the batch already belongs to another account; not committed"
-                ))));
-            }
-        }
-    }
-    Ok(())
+    Ok(commit.then(|| started.elapsed()))
 }
+
+/// One statement parameter.
+type Param<'p> = &'p (dyn ToSql + Sync);
+
+/// How many parameters [`WRITE_BATCH`] takes.
+const WRITE_BATCH_PARAMS: usize = 59;
+
+/// A batch's writes in one statement: one data-modifying CTE per table, each fed arrays (empty
+/// for a table the batch does not write), and a final row of checks, each raising through
+/// `creditgraph_check` (migration 14) so that the statement — and with it the transaction —
+/// fails rather than answering a count for the client to check:
+/// - a key recorded by a concurrent transaction first (the insert waits for it, then skips the
+///   key), or an account created by one first: `23505`, retried like any unique violation, and
+///   the next attempt replays the key or locks the account;
+/// - a grant, hold or allowance id that belongs to another account (its upsert updates no row),
+///   or a locked account row not updated: `23000`, corrupt, nothing written;
+/// - journal entries not numbered in journal order: `23000`. Each entry's `seq` is taken from the
+///   sequence in journal order (`numbered`: `nextval` over the entries sorted by position) and
+///   the check reads the numbers back.
+///
+/// The checks are the select list, evaluated left to right, and each pulls its CTE to the end:
+/// keys are recorded before accounts are created, the lock order the module docs rely on. (The
+/// documentation leaves the order of a statement's CTEs open; an order ever changed would at
+/// worst be a deadlock, which is detected and retried.)
+static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH recorded AS ( \
+           INSERT INTO idempotency (key, fingerprint, result, created_at) \
+           SELECT key, fingerprint, result, $4 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY \
+             AS record (key, fingerprint, result, n) ORDER BY n \
+           ON CONFLICT (key) DO NOTHING RETURNING 1), \
+         created AS ( \
+           INSERT INTO accounts (account_id, created_at, spent, refunded, held, low_balance_threshold) \
+           SELECT account_id, created_at, spent, refunded, held, low_balance_threshold \
+           FROM unnest($5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[]) \
+             WITH ORDINALITY AS account (account_id, created_at, spent, refunded, held, low_balance_threshold, n) \
+           ORDER BY n ON CONFLICT (account_id) DO NOTHING RETURNING 1), \
+         updated AS ( \
+           UPDATE accounts SET spent = changed.spent, refunded = changed.refunded, held = changed.held, \
+             low_balance_threshold = changed.low_balance_threshold \
+           FROM unnest($11::TEXT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[]) \
+             AS changed (account_id, spent, refunded, held, low_balance_threshold) \
+           WHERE accounts.account_id = changed.account_id RETURNING 1), \
+         granted AS ( \
+           INSERT INTO grants (grant_id, account_id, kind, amount, free, priority, expires_at, created_at, reference, \
+             metadata, live, pinned, voided_at) \
+           SELECT * FROM unnest($16::TEXT[], $17::TEXT[], $18::TEXT[], $19::BIGINT[], $20::BIGINT[], $21::INT[], \
+             $22::BIGINT[], $23::BIGINT[], $24::TEXT[], $25::TEXT[], $26::BOOL[], $27::BIGINT[], $28::BIGINT[]) \
+           ON CONFLICT (grant_id) DO UPDATE SET amount = EXCLUDED.amount, free = EXCLUDED.free, \
+             priority = EXCLUDED.priority, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, \
+             metadata = EXCLUDED.metadata, live = EXCLUDED.live, pinned = EXCLUDED.pinned, \
+             voided_at = EXCLUDED.voided_at \
+           WHERE grants.account_id = EXCLUDED.account_id RETURNING 1), \
+         held AS ( \
+           INSERT INTO holds (hold_id, account_id, amount, captured, remaining, refunded, state, expires_at, \
+             created_at, reference, metadata, allocations) \
+           SELECT * FROM unnest($29::TEXT[], $30::TEXT[], $31::BIGINT[], $32::BIGINT[], $33::BIGINT[], \
+             $34::BIGINT[], $35::TEXT[], $36::BIGINT[], $37::BIGINT[], $38::TEXT[], $39::TEXT[], $40::TEXT[]) \
+           ON CONFLICT (hold_id) DO UPDATE SET amount = EXCLUDED.amount, captured = EXCLUDED.captured, \
+             remaining = EXCLUDED.remaining, refunded = EXCLUDED.refunded, state = EXCLUDED.state, \
+             expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference, metadata = EXCLUDED.metadata, \
+             allocations = EXCLUDED.allocations \
+           WHERE holds.account_id = EXCLUDED.account_id RETURNING 1), \
+         scheduled AS ( \
+           INSERT INTO allowances (allowance_id, account_id, ends_at, next_due_at, data) \
+           SELECT * FROM unnest($41::TEXT[], $42::TEXT[], $43::BIGINT[], $44::BIGINT[], $45::TEXT[]) \
+           ON CONFLICT (allowance_id) DO UPDATE SET ends_at = EXCLUDED.ends_at, \
+             next_due_at = EXCLUDED.next_due_at, data = EXCLUDED.data \
+           WHERE allowances.account_id = EXCLUDED.account_id RETURNING 1), \
+         announced AS ( \
+           INSERT INTO outbox (type, account_id, data, at, created_at) \
+           SELECT type, account_id, data, at, $4 FROM unnest($46::TEXT[], $47::TEXT[], $48::TEXT[], $49::BIGINT[]) \
+             WITH ORDINALITY AS event (type, account_id, data, at, n) ORDER BY n RETURNING 1), \
+         numbered AS MATERIALIZED ( \
+           SELECT entry.*, nextval('entries_seq_seq') AS seq FROM ( \
+             SELECT * FROM unnest($50::TEXT[], $51::TEXT[], $52::BIGINT[], $53::TEXT[], $54::TEXT[], $55::TEXT[], \
+               $56::BIGINT[], $57::BIGINT[], $58::BIGINT[], $59::TEXT[]) WITH ORDINALITY \
+               AS entry ({entry_columns}, n) ORDER BY n) AS entry), \
+         journaled AS ( \
+           INSERT INTO entries (seq, {entry_columns}) SELECT seq, {entry_columns} FROM numbered RETURNING 1) \
+         SELECT \
+           creditgraph_check((SELECT count(*) FROM recorded) = cardinality($1::TEXT[]), '23505', \
+             'an idempotency key of the batch was recorded concurrently'), \
+           creditgraph_check((SELECT count(*) FROM created) = cardinality($5::TEXT[]), '23505', \
+             'an account of the batch was created concurrently'), \
+           creditgraph_check((SELECT count(*) FROM updated) = cardinality($11::TEXT[]), '23000', \
+             'an account row locked by the batch was not updated; not committed'), \
+           creditgraph_check((SELECT count(*) FROM granted) = cardinality($16::TEXT[]), '23000', \
+             'a grant id of the batch already belongs to another account; not committed'), \
+           creditgraph_check((SELECT count(*) FROM held) = cardinality($29::TEXT[]), '23000', \
+             'a hold id of the batch already belongs to another account; not committed'), \
+           creditgraph_check((SELECT count(*) FROM scheduled) = cardinality($41::TEXT[]), '23000', \
+             'an allowance id of the batch already belongs to another account; not committed'), \
+           (SELECT count(*) FROM announced), \
+           creditgraph_check((SELECT count(*) FROM journaled) = cardinality($50::TEXT[]) \
+             AND NOT EXISTS (SELECT 1 FROM numbered AS before JOIN numbered AS after ON after.n = before.n + 1 \
+               WHERE after.seq <= before.seq), '23000', \
+             'journal entries were not numbered in journal order; not committed')",
+        entry_columns = "account_id, kind, amount, hold_id, grant_id, reference, balance_after, held_after, at, \
+                         idempotency_key",
+    )
+});
 
 /// The accounts' low-balance thresholds as a BIGINT[] parameter (NULL for none).
 fn thresholds(states: &[&AccountState]) -> Result<Vec<Option<i64>>, StoreError> {
     states.iter().map(|state| state.low_balance_threshold.map(sql_amount).transpose()).collect()
 }
 
-/// Checks that the batch's entries were inserted exactly as decided, each with a larger `seq`
-/// than the entry before it in the order written (each account's journal order): `rows` (the
-/// inserted entries, in any order) sorted by `seq` must equal `entries`. (Two entries equal in
-/// every column are interchangeable.)
-fn check_entries(entries: &[&Entry], rows: &[Row]) -> Result<(), Failure> {
-    let mut inserted: Vec<Entry> = rows.iter().map(rows::entry).collect::<Result<_, _>>()?;
-    inserted.sort_unstable_by_key(|entry| entry.seq);
-    let in_order = inserted.len() == entries.len()
-        && inserted.iter().zip(entries).all(|(stored, entry)| &Entry { seq: entry.seq, ..stored.clone() } == *entry);
-    if !in_order {
-        let seqs: Vec<u64> = inserted.iter().map(|entry| entry.seq).collect();
-        return Err(Failure::Store(StoreError::corrupt(format!(
-            "journal entries were not assigned seq in journal order (got {seqs:?}); not committed"
-        ))));
-    }
-    Ok(())
+/// The amounts `amount` picks from each of `items`, as a BIGINT[] parameter.
+fn amounts<T>(items: &[&T], amount: fn(&T) -> Amount) -> Result<Vec<i64>, StoreError> {
+    items.iter().map(|item| sql_amount(amount(item))).collect()
 }
 
-async fn push_grants<'a, C: GenericClient>(
-    transaction: &'a C,
-    grants: Vec<&'a Grant>,
-    pending: &mut Vec<PendingRows<'a>>,
-) -> Result<(), Failure> {
-    if grants.is_empty() {
-        return Ok(());
-    }
-    let statement = transaction.prepare_cached(UPSERT_GRANTS).await?;
-    let amounts = |amount: fn(&Grant) -> Amount| {
-        grants.iter().map(|grant| sql_amount(amount(grant))).collect::<Result<Vec<_>, _>>()
-    };
-    let (amount, free, pinned) =
-        (amounts(|grant| grant.amount)?, amounts(|grant| grant.free)?, amounts(|grant| grant.pinned)?);
-    let grant_id: Vec<&str> = grants.iter().map(|grant| grant.grant_id.as_str()).collect();
-    let account_id: Vec<&str> = grants.iter().map(|grant| grant.account_id.as_str()).collect();
-    let kind: Vec<&str> = grants.iter().map(|grant| grant.kind.as_str()).collect();
-    let priority: Vec<i32> = grants.iter().map(|grant| grant.priority).collect();
-    let expires_at: Vec<Option<i64>> = grants.iter().map(|grant| grant.expires_at.map(Timestamp::micros)).collect();
-    let created_at: Vec<i64> = grants.iter().map(|grant| grant.created_at.micros()).collect();
-    let reference: Vec<Option<&str>> =
-        grants.iter().map(|grant| grant.reference.as_ref().map(|reference| reference.as_str())).collect();
-    let metadata: Vec<&str> = grants.iter().map(|grant| grant.metadata.as_str()).collect();
-    let live: Vec<bool> = grants.iter().map(|grant| grant.live).collect();
-    let voided_at: Vec<Option<i64>> = grants.iter().map(|grant| grant.voided_at.map(Timestamp::micros)).collect();
-    pending.push(Box::pin(async move {
-        let params: [&(dyn ToSql + Sync); 13] = [
-            &grant_id,
-            &account_id,
-            &kind,
-            &amount,
-            &free,
-            &priority,
-            &expires_at,
-            &created_at,
-            &reference,
-            &metadata,
-            &live,
-            &pinned,
-            &voided_at,
-        ];
-        transaction.query(&statement, &params).await
-    }));
-    Ok(())
+/// [`WRITE_BATCH`]'s parameters, one array per column: the idempotency records.
+struct RecordColumns<'a> {
+    key: Vec<&'a str>,
+    fingerprint: Vec<&'a str>,
+    result: Vec<&'a str>,
 }
 
-async fn push_allowances<'a, C: GenericClient>(
-    transaction: &'a C,
-    allowances: Vec<&'a Allowance>,
-    pending: &mut Vec<PendingRows<'a>>,
-) -> Result<(), Failure> {
-    if allowances.is_empty() {
-        return Ok(());
+impl<'a> RecordColumns<'a> {
+    fn new(records: &[&'a protocol::Record]) -> RecordColumns<'a> {
+        RecordColumns {
+            key: records.iter().map(|record| record.key.as_str()).collect(),
+            fingerprint: records.iter().map(|record| record.fingerprint.as_str()).collect(),
+            result: records.iter().map(|record| record.result.as_str()).collect(),
+        }
     }
-    let statement = transaction.prepare_cached(UPSERT_ALLOWANCES).await?;
-    let allowance_id: Vec<&str> = allowances.iter().map(|allowance| allowance.allowance_id.as_str()).collect();
-    let account_id: Vec<&str> = allowances.iter().map(|allowance| allowance.account_id.as_str()).collect();
-    let ends_at: Vec<Option<i64>> =
-        allowances.iter().map(|allowance| allowance.ends_at.map(Timestamp::micros)).collect();
-    let next_due_at: Vec<Option<i64>> =
-        allowances.iter().map(|allowance| allowance.next_due_at.map(Timestamp::micros)).collect();
-    let data: Vec<String> = allowances.iter().map(|allowance| codec::encode_allowance(allowance).to_string()).collect();
-    pending.push(Box::pin(async move {
-        let params: [&(dyn ToSql + Sync); 5] = [&allowance_id, &account_id, &ends_at, &next_due_at, &data];
-        transaction.query(&statement, &params).await
-    }));
-    Ok(())
 }
 
-async fn push_holds<'a, C: GenericClient>(
-    transaction: &'a C,
-    holds: Vec<&'a Hold>,
-    pending: &mut Vec<PendingRows<'a>>,
-) -> Result<(), Failure> {
-    if holds.is_empty() {
-        return Ok(());
-    }
-    let statement = transaction.prepare_cached(UPSERT_HOLDS).await?;
-    let amounts =
-        |amount: fn(&Hold) -> Amount| holds.iter().map(|hold| sql_amount(amount(hold))).collect::<Result<Vec<_>, _>>();
-    let (amount, captured) = (amounts(|hold| hold.amount)?, amounts(|hold| hold.captured)?);
-    let (remaining, refunded) = (amounts(|hold| hold.remaining)?, amounts(|hold| hold.refunded)?);
-    let hold_id: Vec<&str> = holds.iter().map(|hold| hold.hold_id.as_str()).collect();
-    let account_id: Vec<&str> = holds.iter().map(|hold| hold.account_id.as_str()).collect();
-    let hold_state: Vec<&str> = holds.iter().map(|hold| hold.state.as_str()).collect();
-    let expires_at: Vec<i64> = holds.iter().map(|hold| hold.expires_at.micros()).collect();
-    let created_at: Vec<i64> = holds.iter().map(|hold| hold.created_at.micros()).collect();
-    let reference: Vec<Option<&str>> =
-        holds.iter().map(|hold| hold.reference.as_ref().map(|reference| reference.as_str())).collect();
-    let metadata: Vec<&str> = holds.iter().map(|hold| hold.metadata.as_str()).collect();
-    let allocations: Vec<String> = holds.iter().map(|hold| codec::encode_allocations(&hold.allocations)).collect();
-    pending.push(Box::pin(async move {
-        let params: [&(dyn ToSql + Sync); 12] = [
-            &hold_id,
-            &account_id,
-            &amount,
-            &captured,
-            &remaining,
-            &refunded,
-            &hold_state,
-            &expires_at,
-            &created_at,
-            &reference,
-            &metadata,
-            &allocations,
-        ];
-        transaction.query(&statement, &params).await
-    }));
-    Ok(())
+/// Account rows, inserted or updated (`created_at` is used for inserts only).
+struct AccountColumns<'a> {
+    account_id: Vec<&'a str>,
+    created_at: Vec<i64>,
+    spent: Vec<i64>,
+    refunded: Vec<i64>,
+    held: Vec<i64>,
+    threshold: Vec<Option<i64>>,
 }
 
-async fn push_entries<'a, C: GenericClient>(
-    transaction: &'a C,
-    entries: &[&'a Entry],
-    pending: &mut Vec<PendingRows<'a>>,
-) -> Result<(), Failure> {
-    let statement = transaction.prepare_cached(&insert_entries_sql()).await?;
-    let amounts = |amount: fn(&Entry) -> Amount| {
-        entries.iter().map(|entry| sql_amount(amount(entry))).collect::<Result<Vec<_>, _>>()
-    };
-    let amount = amounts(|entry| entry.amount)?;
-    let balance_after = amounts(|entry| entry.balance_after)?;
-    let held_after = amounts(|entry| entry.held_after)?;
-    let account_id: Vec<&str> = entries.iter().map(|entry| entry.account_id.as_str()).collect();
-    let kind: Vec<&str> = entries.iter().map(|entry| entry.kind.as_str()).collect();
-    let hold_id: Vec<Option<&str>> = entries.iter().map(|entry| entry.hold_id.as_ref().map(HoldId::as_str)).collect();
-    let grant_id: Vec<Option<&str>> =
-        entries.iter().map(|entry| entry.grant_id.as_ref().map(|id| id.as_str())).collect();
-    let reference: Vec<Option<&str>> =
-        entries.iter().map(|entry| entry.reference.as_ref().map(|reference| reference.as_str())).collect();
-    let at: Vec<i64> = entries.iter().map(|entry| entry.at.micros()).collect();
-    let idempotency_key: Vec<Option<&str>> = entries.iter().map(|entry| entry.idempotency_key.as_deref()).collect();
-    pending.push(Box::pin(async move {
-        let params: [&(dyn ToSql + Sync); 10] = [
-            &account_id,
-            &kind,
-            &amount,
-            &hold_id,
-            &grant_id,
-            &reference,
-            &balance_after,
-            &held_after,
-            &at,
-            &idempotency_key,
-        ];
-        transaction.query(&statement, &params).await
-    }));
-    Ok(())
+impl<'a> AccountColumns<'a> {
+    fn new(states: &[&'a AccountState]) -> Result<AccountColumns<'a>, StoreError> {
+        Ok(AccountColumns {
+            account_id: states.iter().map(|state| state.account_id.as_str()).collect(),
+            created_at: states.iter().map(|state| state.created_at.micros()).collect(),
+            spent: amounts(states, |state| state.totals.spent)?,
+            refunded: amounts(states, |state| state.totals.refunded)?,
+            held: amounts(states, |state| state.held)?,
+            threshold: thresholds(states)?,
+        })
+    }
+}
+
+/// Grants, each as it stands in its account's final state.
+struct GrantColumns<'a> {
+    grant_id: Vec<&'a str>,
+    account_id: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    amount: Vec<i64>,
+    free: Vec<i64>,
+    priority: Vec<i32>,
+    expires_at: Vec<Option<i64>>,
+    created_at: Vec<i64>,
+    reference: Vec<Option<&'a str>>,
+    metadata: Vec<&'a str>,
+    live: Vec<bool>,
+    pinned: Vec<i64>,
+    voided_at: Vec<Option<i64>>,
+}
+
+impl<'a> GrantColumns<'a> {
+    fn new(grants: &[&'a Grant]) -> Result<GrantColumns<'a>, StoreError> {
+        Ok(GrantColumns {
+            grant_id: grants.iter().map(|grant| grant.grant_id.as_str()).collect(),
+            account_id: grants.iter().map(|grant| grant.account_id.as_str()).collect(),
+            kind: grants.iter().map(|grant| grant.kind.as_str()).collect(),
+            amount: amounts(grants, |grant| grant.amount)?,
+            free: amounts(grants, |grant| grant.free)?,
+            priority: grants.iter().map(|grant| grant.priority).collect(),
+            expires_at: grants.iter().map(|grant| grant.expires_at.map(Timestamp::micros)).collect(),
+            created_at: grants.iter().map(|grant| grant.created_at.micros()).collect(),
+            reference: grants
+                .iter()
+                .map(|grant| grant.reference.as_ref().map(|reference| reference.as_str()))
+                .collect(),
+            metadata: grants.iter().map(|grant| grant.metadata.as_str()).collect(),
+            live: grants.iter().map(|grant| grant.live).collect(),
+            pinned: amounts(grants, |grant| grant.pinned)?,
+            voided_at: grants.iter().map(|grant| grant.voided_at.map(Timestamp::micros)).collect(),
+        })
+    }
+
+    fn push<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 13]>([
+            &self.grant_id,
+            &self.account_id,
+            &self.kind,
+            &self.amount,
+            &self.free,
+            &self.priority,
+            &self.expires_at,
+            &self.created_at,
+            &self.reference,
+            &self.metadata,
+            &self.live,
+            &self.pinned,
+            &self.voided_at,
+        ]);
+    }
+}
+
+/// Holds, each as it stands in its account's final state.
+struct HoldColumns<'a> {
+    hold_id: Vec<&'a str>,
+    account_id: Vec<&'a str>,
+    amount: Vec<i64>,
+    captured: Vec<i64>,
+    remaining: Vec<i64>,
+    refunded: Vec<i64>,
+    state: Vec<&'a str>,
+    expires_at: Vec<i64>,
+    created_at: Vec<i64>,
+    reference: Vec<Option<&'a str>>,
+    metadata: Vec<&'a str>,
+    allocations: Vec<String>,
+}
+
+impl<'a> HoldColumns<'a> {
+    fn new(holds: &[&'a Hold]) -> Result<HoldColumns<'a>, StoreError> {
+        Ok(HoldColumns {
+            hold_id: holds.iter().map(|hold| hold.hold_id.as_str()).collect(),
+            account_id: holds.iter().map(|hold| hold.account_id.as_str()).collect(),
+            amount: amounts(holds, |hold| hold.amount)?,
+            captured: amounts(holds, |hold| hold.captured)?,
+            remaining: amounts(holds, |hold| hold.remaining)?,
+            refunded: amounts(holds, |hold| hold.refunded)?,
+            state: holds.iter().map(|hold| hold.state.as_str()).collect(),
+            expires_at: holds.iter().map(|hold| hold.expires_at.micros()).collect(),
+            created_at: holds.iter().map(|hold| hold.created_at.micros()).collect(),
+            reference: holds.iter().map(|hold| hold.reference.as_ref().map(|reference| reference.as_str())).collect(),
+            metadata: holds.iter().map(|hold| hold.metadata.as_str()).collect(),
+            allocations: holds.iter().map(|hold| codec::encode_allocations(&hold.allocations)).collect(),
+        })
+    }
+
+    fn push<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 12]>([
+            &self.hold_id,
+            &self.account_id,
+            &self.amount,
+            &self.captured,
+            &self.remaining,
+            &self.refunded,
+            &self.state,
+            &self.expires_at,
+            &self.created_at,
+            &self.reference,
+            &self.metadata,
+            &self.allocations,
+        ]);
+    }
+}
+
+/// Allowances, each as it stands in its account's final state.
+struct AllowanceColumns<'a> {
+    allowance_id: Vec<&'a str>,
+    account_id: Vec<&'a str>,
+    ends_at: Vec<Option<i64>>,
+    next_due_at: Vec<Option<i64>>,
+    data: Vec<String>,
+}
+
+impl<'a> AllowanceColumns<'a> {
+    fn new(allowances: &[&'a Allowance]) -> AllowanceColumns<'a> {
+        AllowanceColumns {
+            allowance_id: allowances.iter().map(|allowance| allowance.allowance_id.as_str()).collect(),
+            account_id: allowances.iter().map(|allowance| allowance.account_id.as_str()).collect(),
+            ends_at: allowances.iter().map(|allowance| allowance.ends_at.map(Timestamp::micros)).collect(),
+            next_due_at: allowances.iter().map(|allowance| allowance.next_due_at.map(Timestamp::micros)).collect(),
+            data: allowances.iter().map(|allowance| codec::encode_allowance(allowance).to_string()).collect(),
+        }
+    }
+}
+
+/// Outbox events, in order.
+struct EventColumns<'a> {
+    kind: Vec<&'a str>,
+    account_id: Vec<String>,
+    data: Vec<&'a str>,
+    at: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn new(events: &'a [NewEvent]) -> EventColumns<'a> {
+        EventColumns {
+            kind: events.iter().map(|event| event.event_type.as_str()).collect(),
+            account_id: events.iter().map(|event| event.account_id.to_string()).collect(),
+            data: events.iter().map(|event| event.data.as_str()).collect(),
+            at: events.iter().map(|event| event.at.micros()).collect(),
+        }
+    }
+}
+
+/// Journal entries, in journal order.
+struct EntryColumns<'a> {
+    account_id: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    amount: Vec<i64>,
+    hold_id: Vec<Option<&'a str>>,
+    grant_id: Vec<Option<&'a str>>,
+    reference: Vec<Option<&'a str>>,
+    balance_after: Vec<i64>,
+    held_after: Vec<i64>,
+    at: Vec<i64>,
+    idempotency_key: Vec<Option<&'a str>>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn new(entries: &[&'a Entry]) -> Result<EntryColumns<'a>, StoreError> {
+        Ok(EntryColumns {
+            account_id: entries.iter().map(|entry| entry.account_id.as_str()).collect(),
+            kind: entries.iter().map(|entry| entry.kind.as_str()).collect(),
+            amount: amounts(entries, |entry| entry.amount)?,
+            hold_id: entries.iter().map(|entry| entry.hold_id.as_ref().map(HoldId::as_str)).collect(),
+            grant_id: entries.iter().map(|entry| entry.grant_id.as_ref().map(|id| id.as_str())).collect(),
+            reference: entries
+                .iter()
+                .map(|entry| entry.reference.as_ref().map(|reference| reference.as_str()))
+                .collect(),
+            balance_after: amounts(entries, |entry| entry.balance_after)?,
+            held_after: amounts(entries, |entry| entry.held_after)?,
+            at: entries.iter().map(|entry| entry.at.micros()).collect(),
+            idempotency_key: entries.iter().map(|entry| entry.idempotency_key.as_deref()).collect(),
+        })
+    }
+
+    fn push<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 10]>([
+            &self.account_id,
+            &self.kind,
+            &self.amount,
+            &self.hold_id,
+            &self.grant_id,
+            &self.reference,
+            &self.balance_after,
+            &self.held_after,
+            &self.at,
+            &self.idempotency_key,
+        ]);
+    }
 }
 
 #[cfg(test)]

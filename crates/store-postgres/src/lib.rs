@@ -243,10 +243,9 @@ impl BatchRunner {
                 return Err(failure);
             }
         };
-        if batch.wrote {
-            let started = std::time::Instant::now();
-            open.end("COMMIT").await?;
-            store::observe::commit_time("postgres", started.elapsed());
+        if let Some(commit) = batch.committed {
+            open.ended();
+            store::observe::commit_time("postgres", commit);
             store::observe::batch_size("postgres", requests.len());
             batch.credits.committed();
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
@@ -271,6 +270,12 @@ struct OpenTransaction {
 impl OpenTransaction {
     fn client(&self) -> &Object {
         self.client.as_ref().expect("a transaction not yet ended has its connection")
+    }
+
+    /// The batch ended the transaction (its COMMIT went with its writes): the connection
+    /// returns to the pool.
+    fn ended(mut self) {
+        drop(self.client.take());
     }
 
     /// Ends the transaction with `statement` (`COMMIT` or `ROLLBACK`); the connection returns

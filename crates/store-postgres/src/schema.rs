@@ -421,6 +421,24 @@ ALTER TABLE holds DROP CONSTRAINT IF EXISTS holds_account_id_fkey;
 ALTER TABLE grants DROP CONSTRAINT IF EXISTS grants_account_id_fkey;
 "#,
     },
+    // Issue 16: a batch writes with one statement and sends its COMMIT in the same burst
+    // (`execute::write`), so the statement checks itself: a check that fails raises, the
+    // transaction aborts, and the COMMIT is answered as a ROLLBACK.
+    Migration {
+        version: 14,
+        sql: r#"
+-- Raises `sqlstate` with `message` unless `ok`; returns `ok`.
+CREATE OR REPLACE FUNCTION creditgraph_check(ok BOOLEAN, sqlstate TEXT, message TEXT) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $check$
+BEGIN
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
+    END IF;
+    RETURN ok;
+END
+$check$;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

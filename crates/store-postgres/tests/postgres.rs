@@ -287,7 +287,7 @@ async fn concurrent_startups_migrate_once() {
     tokio::spawn(connection);
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
 }
 
 /// No foreign key guards the ledger's rows (migration 13): `verify` finds a journal entry, a
@@ -593,7 +593,7 @@ async fn a_version_1_database_gains_the_run_and_job_tables_and_keeps_its_ledger(
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     assert_eq!(store.entries(&account("old"), 0, 100).await.expect("entries"), entries_before);
     let view = store.account(&account("old")).await.expect("read").expect("account exists");
@@ -627,7 +627,7 @@ async fn a_version_2_database_gains_the_job_table_and_keeps_its_runs() {
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     assert_eq!(store.run(&store::RunId::parse("r1").expect("valid id")).await.expect("answers"), Some(created));
     let job = store.write_job(insert(job_record("j1", &clock), None)).await.expect("answers").expect("written").job;
@@ -683,7 +683,7 @@ async fn a_version_6_database_gains_held_and_pinned_backfilled_from_its_holds() 
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     let after = store.account(&account("u")).await.expect("read").expect("exists");
     assert_eq!(after, before, "held and every grant's pinned part read as before");
@@ -732,7 +732,7 @@ async fn a_version_5_database_gains_the_typed_hold_resolution_of_its_runs() {
     let rows = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query");
     assert_eq!(
         rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     for (run_id, expected) in [
         ("failed-release", store::HoldResolution::Pending),

@@ -20,7 +20,8 @@ pub const LEDGER_COMMANDS: &str = "creditgraph_ledger_commands_total";
 pub const CREDITS: &str = "creditgraph_credits_micros_total";
 /// Commands (or jobs) per committed group-commit batch, by `store`.
 pub const BATCH_SIZE: &str = "creditgraph_store_batch_size";
-/// Time to commit one batch (the durable sync included), by `store`.
+/// Time to commit one batch (the durable sync included), by `store`. PostgreSQL sends a batch's
+/// COMMIT with its write statement: there it is that last round trip, the write included.
 pub const COMMIT_SECONDS: &str = "creditgraph_store_commit_seconds";
 
 /// Counts one answered ledger command (`command` is [`ledger::Command::name`]). Called once per request after its answer is final
