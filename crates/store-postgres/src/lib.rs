@@ -13,7 +13,8 @@
 //! A transaction's fixed cost (round trips, a WAL flush at commit) dominates one command's work,
 //! so this process applies the commands that arrive together in one transaction, whatever their
 //! accounts (group commit, see [`batch`]): keys read, accounts locked in ascending order and
-//! loaded with one statement per table, one write per table and one commit for up to
+//! loaded with one statement per table, one write statement and one commit (two round trips:
+//! the `BEGIN` travels with the reads, the `COMMIT` with the write) for up to
 //! [`PostgresOptions::batch_commands_max`] commands, each decided on the state the one before it
 //! (of its account) left, each answered as if it had run alone. Up to
 //! [`PostgresOptions::batches_in_flight_max`] such batches run at once, one connection each.
