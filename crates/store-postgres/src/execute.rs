@@ -540,32 +540,14 @@ async fn write<C: GenericClient>(
     let events = EventColumns::new(&events);
     let entries = EntryColumns::new(&entries)?;
     let mut params: Vec<Param<'_>> = Vec::with_capacity(WRITE_BATCH_PARAMS);
-    params.extend::<[Param<'_>; 4]>([&records.key, &records.fingerprint, &records.result, &now_micros]);
-    params.extend::<[Param<'_>; 6]>([
-        &inserts.account_id,
-        &inserts.created_at,
-        &inserts.spent,
-        &inserts.refunded,
-        &inserts.held,
-        &inserts.threshold,
-    ]);
-    params.extend::<[Param<'_>; 5]>([
-        &updates.account_id,
-        &updates.spent,
-        &updates.refunded,
-        &updates.held,
-        &updates.threshold,
-    ]);
+    // In WRITE_BATCH's parameter order ($1 … $59).
+    records.push(&mut params, &now_micros);
+    inserts.push_insert(&mut params);
+    updates.push_update(&mut params);
     grants.push(&mut params);
     holds.push(&mut params);
-    params.extend::<[Param<'_>; 5]>([
-        &allowances.allowance_id,
-        &allowances.account_id,
-        &allowances.ends_at,
-        &allowances.next_due_at,
-        &allowances.data,
-    ]);
-    params.extend::<[Param<'_>; 4]>([&events.kind, &events.account_id, &events.data, &events.at]);
+    allowances.push(&mut params);
+    events.push(&mut params);
     entries.push(&mut params);
     debug_assert_eq!(params.len(), WRITE_BATCH_PARAMS);
 
@@ -710,6 +692,11 @@ impl<'a> RecordColumns<'a> {
             result: records.iter().map(|record| record.result.as_str()).collect(),
         }
     }
+
+    /// Pushes `$1`–`$3` and the batch's time, `$4`.
+    fn push<'p>(&'p self, params: &mut Vec<Param<'p>>, now_micros: &'p i64) {
+        params.extend::<[Param<'_>; 4]>([&self.key, &self.fingerprint, &self.result, now_micros]);
+    }
 }
 
 /// Account rows, inserted or updated (`created_at` is used for inserts only).
@@ -732,6 +719,23 @@ impl<'a> AccountColumns<'a> {
             held: amounts(states, |state| state.held)?,
             threshold: thresholds(states)?,
         })
+    }
+
+    /// Pushes the columns of created accounts.
+    fn push_insert<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 6]>([
+            &self.account_id,
+            &self.created_at,
+            &self.spent,
+            &self.refunded,
+            &self.held,
+            &self.threshold,
+        ]);
+    }
+
+    /// Pushes the columns of updated accounts (`created_at` never changes).
+    fn push_update<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 5]>([&self.account_id, &self.spent, &self.refunded, &self.held, &self.threshold]);
     }
 }
 
@@ -864,6 +868,16 @@ impl<'a> AllowanceColumns<'a> {
             data: allowances.iter().map(|allowance| codec::encode_allowance(allowance).to_string()).collect(),
         }
     }
+
+    fn push<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 5]>([
+            &self.allowance_id,
+            &self.account_id,
+            &self.ends_at,
+            &self.next_due_at,
+            &self.data,
+        ]);
+    }
 }
 
 /// Outbox events, in order.
@@ -882,6 +896,10 @@ impl<'a> EventColumns<'a> {
             data: events.iter().map(|event| event.data.as_str()).collect(),
             at: events.iter().map(|event| event.at.micros()).collect(),
         }
+    }
+
+    fn push<'p>(&'p self, params: &mut Vec<Param<'p>>) {
+        params.extend::<[Param<'_>; 4]>([&self.kind, &self.account_id, &self.data, &self.at]);
     }
 }
 
